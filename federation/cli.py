@@ -1,0 +1,252 @@
+"""The ``fip`` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+from federation import __version__
+from federation.data import Table, read_csv
+from federation.demo import write_demo_data
+from federation.errors import FipError, InputError
+from federation.job import CENTRAL, JobEvent
+from federation.outputs import write_outputs
+from federation.params import parse_param
+from federation.registry import Algorithm, Registry, load_folder
+from federation.simulation import simulate
+
+SIMULATE_EXAMPLE = """\
+example:
+  fip simulate --algorithm SIMI --central central.csv --site a.csv --site b.csv \\
+      --target bmi:gaussian --imputations 20 --seed 7 --out results/
+
+Writes results/imputations.zip (one CSV per imputation), results/imputations_long.csv
+(R mice's long layout: .imp 0 is the original, .id the row) and results/report.json.
+Cells that are empty, NA, NaN, nan, N/A or NULL are missing.
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.handler(args)
+        return code
+    except FipError as error:
+        print(f"fip: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("fip: interrupted; nothing was written", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fip",
+        description="Federated Imputation Portal: multiple imputation across sites that share "
+        "aggregates, never rows.",
+    )
+    parser.add_argument("--version", action="version", version=f"fip {__version__}")
+    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+
+    sim = commands.add_parser(
+        "simulate",
+        help="run a whole job in this process (central and sites in memory)",
+        description="Run a whole federated job in one process, with every site's file read "
+        "locally and messages passed in memory through the real wire codec.",
+        epilog=SIMULATE_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sim.add_argument(
+        "--algorithm",
+        required=True,
+        metavar="NAME|FOLDER",
+        help="a built-in algorithm (SIMI, SIMICE) or a folder with "
+        "<Name>Central.py, <Name>Remote.py and params.json",
+    )
+    sim.add_argument(
+        "--central",
+        required=True,
+        type=Path,
+        metavar="CSV",
+        help="central's data: the rows to impute",
+    )
+    sim.add_argument(
+        "--site",
+        action="append",
+        default=[],
+        metavar="[NAME=]CSV",
+        help="a remote site's data (repeatable); the name defaults to the file stem",
+    )
+    sim.add_argument(
+        "--target",
+        action="append",
+        required=True,
+        metavar="COLUMN:TYPE",
+        help="a column to impute, by name or 1-based index, with its type "
+        "gaussian or logistic (repeatable)",
+    )
+    sim.add_argument("--imputations", type=int, metavar="M", help="number of imputed datasets")
+    sim.add_argument("--seed", type=int, help="random seed (drawn and reported when omitted)")
+    sim.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an algorithm parameter, e.g. ridge=0.01 (repeatable)",
+    )
+    sim.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        metavar="DIR",
+        help="folder for imputations.zip, imputations_long.csv and report.json",
+    )
+    sim.set_defaults(handler=_simulate)
+
+    algos = commands.add_parser(
+        "algorithms",
+        help="list the built-in algorithms, or check a folder holding a new one",
+        description="List the built-in algorithms. With --check, validate an algorithm folder "
+        "and run it once on synthetic data, as central does before it accepts an upload.",
+    )
+    algos.add_argument("--check", type=Path, metavar="FOLDER", help="an algorithm folder to check")
+    algos.set_defaults(handler=_algorithms)
+
+    demo = commands.add_parser(
+        "demo-data",
+        help="write three demo hospital CSVs (central, north, south)",
+        description="Write demo data: three hospitals' tables with missing bmi and smoker.",
+    )
+    demo.add_argument("--out", required=True, type=Path, metavar="DIR")
+    demo.add_argument("--seed", type=int, default=2020)
+    demo.set_defaults(handler=_demo_data)
+    return parser
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    algorithm = _algorithm(args.algorithm)
+    central = read_csv(args.central)
+    sites = _read_sites(args.site)
+    params = dict(parse_param(p) for p in args.param)
+    if args.imputations is not None:
+        params["imputations"] = args.imputations
+    targets = [_parse_target(text) for text in args.target]
+    progress = _Progress(sys.stderr)
+    result = asyncio.run(
+        simulate(
+            algorithm=algorithm,
+            central=central,
+            sites=sites,
+            targets=targets,
+            params=params,
+            seed=args.seed,
+            on_event=progress,
+        )
+    )
+    progress.done()
+    written = write_outputs(result, args.out)
+    report = result.report
+    for warning in report["warnings"]:
+        print(f"fip: warning: {warning}", file=sys.stderr)
+    print(
+        f"{algorithm.name} {algorithm.version}: {len(result.imputed_cells)} imputed datasets of "
+        f"{central.label} (seed {report['seed']}), {len(report['fits'])} fit(s), "
+        f"{report['round_trips']} round trips, {_size(report['bytes_sent'])} sent, "
+        f"{_size(report['bytes_received'])} received, {report['seconds']:.2f} s"
+    )
+    for path in written:
+        print(f"  {path}")
+    return 0
+
+
+def _algorithms(args: argparse.Namespace) -> int:
+    if args.check is not None:
+        from federation.simulation import smoke_test
+
+        algorithm = load_folder(args.check)
+        smoke_test(algorithm)
+        print(f"{algorithm.name} {algorithm.version} is valid and ran on synthetic data")
+        print(f"digest {algorithm.digest}")
+        return 0
+    registry = Registry.with_builtins()
+    for name in registry.names():
+        for algorithm in registry.versions(name):
+            caps = algorithm.capabilities
+            print(
+                f"{algorithm.name} {algorithm.version}  targets: "
+                f"{'several' if caps.multiple_targets else 'one'} "
+                f"({', '.join(caps.target_types)})  digest {algorithm.digest[:12]}"
+            )
+            print(f"    {algorithm.description}")
+            print(f"    parameters: {json.dumps(_defaults(algorithm))}")
+    return 0
+
+
+def _demo_data(args: argparse.Namespace) -> int:
+    for site, path in write_demo_data(args.out, seed=args.seed).items():
+        print(f"{site}: {path}")
+    return 0
+
+
+def _defaults(algorithm: Algorithm) -> dict[str, object]:
+    return {k: v.get("default") for k, v in algorithm.schema.get("properties", {}).items()}
+
+
+def _algorithm(text: str) -> Algorithm:
+    folder = Path(text)
+    if folder.is_dir():
+        return load_folder(folder)
+    return Registry.with_builtins().get(text)
+
+
+def _read_sites(entries: Sequence[str]) -> dict[str, Table]:
+    sites: dict[str, Table] = {}
+    for entry in entries:
+        name, sep, path = entry.partition("=")
+        if not sep:
+            name, path = Path(entry).stem, entry
+        if name == CENTRAL or name in sites:
+            raise InputError(f"site name '{name}' is taken; name sites apart with --site NAME=path")
+        sites[name] = read_csv(Path(path))
+    return sites
+
+
+def _parse_target(text: str) -> tuple[str | int, str]:
+    column, sep, kind = text.rpartition(":")
+    if not sep or not column:
+        raise InputError(f"--target expects COLUMN:TYPE (gaussian or logistic), got {text!r}")
+    return (int(column) if column.isdigit() else column), kind
+
+
+def _size(count: int) -> str:
+    for unit in ("B", "kB", "MB"):
+        if count < 1000:
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1000  # type: ignore[assignment]
+    return f"{count:.1f} GB"
+
+
+class _Progress:
+    """A one-line progress bar on a terminal; silent when the output is not one."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._active = stream.isatty()
+
+    def __call__(self, event: JobEvent) -> None:
+        if not self._active or event.kind != "progress" or event.fraction is None:
+            return
+        filled = int(event.fraction * 30)
+        bar = "#" * filled + "." * (30 - filled)
+        self._stream.write(f"\r[{bar}] {event.fraction:4.0%} {event.message[:60]:<60}")
+        self._stream.flush()
+
+    def done(self) -> None:
+        if self._active:
+            self._stream.write("\n")

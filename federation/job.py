@@ -1,0 +1,130 @@
+"""What a job is, as both halves see it: its targets, its parameters, its seed and its events."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from federation.errors import InputError
+
+TargetType = Literal["gaussian", "logistic"]
+TARGET_TYPES: tuple[TargetType, ...] = ("gaussian", "logistic")
+CENTRAL = "central"
+"""The name of central's own participant, in reports and in the random streams."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """A column to impute. ``index`` is 1-based, as algorithms are called with it."""
+
+    index: int
+    name: str
+    type: TargetType
+
+    @property
+    def column(self) -> int:
+        """0-based position in the data matrix."""
+        return self.index - 1
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything a site needs to know about a job, sent to every site when the job opens."""
+
+    job_id: str
+    algorithm: str
+    version: str
+    digest: str
+    columns: tuple[str, ...]
+    targets: tuple[Target, ...]
+    params: Mapping[str, Any]
+    seed: int
+    sites: tuple[str, ...]
+
+    def predictors(self, target: Target) -> list[str]:
+        """Names of the design columns for a target: every other column, then the intercept."""
+        return [c for i, c in enumerate(self.columns) if i != target.column] + ["(intercept)"]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "algorithm": self.algorithm,
+            "version": self.version,
+            "digest": self.digest,
+            "columns": list(self.columns),
+            "targets": [{"index": t.index, "name": t.name, "type": t.type} for t in self.targets],
+            "params": dict(self.params),
+            "seed": self.seed,
+            "sites": list(self.sites),
+        }
+
+    @classmethod
+    def from_wire(cls, raw: Mapping[str, Any]) -> JobSpec:
+        return cls(
+            job_id=str(raw["job_id"]),
+            algorithm=str(raw["algorithm"]),
+            version=str(raw["version"]),
+            digest=str(raw["digest"]),
+            columns=tuple(raw["columns"]),
+            targets=tuple(Target(t["index"], t["name"], t["type"]) for t in raw["targets"]),
+            params=dict(raw["params"]),
+            seed=int(raw["seed"]),
+            sites=tuple(raw["sites"]),
+        )
+
+
+def make_targets(
+    columns: Sequence[str], requested: Iterable[tuple[str | int, str]], *, label: str
+) -> tuple[Target, ...]:
+    """Turn (column name or 1-based index, type) pairs into targets, checking each one."""
+    targets: list[Target] = []
+    for key, kind in requested:
+        if isinstance(key, int):
+            if not 1 <= key <= len(columns):
+                raise InputError(
+                    f"target index {key} is out of range: {label} has {len(columns)} columns "
+                    f"(1..{len(columns)})"
+                )
+            index = key
+        elif key in columns:
+            index = columns.index(key) + 1
+        else:
+            raise InputError(
+                f"target '{key}' is not a column of {label}; its columns are "
+                + ", ".join(f"'{c}'" for c in columns)
+            )
+        if kind != "gaussian" and kind != "logistic":
+            raise InputError(
+                f"target '{columns[index - 1]}': type '{kind}' is not one of "
+                + ", ".join(TARGET_TYPES)
+            )
+        if any(t.index == index for t in targets):
+            raise InputError(f"target '{columns[index - 1]}' is given twice")
+        chosen: TargetType = "gaussian" if kind == "gaussian" else "logistic"
+        targets.append(Target(index=index, name=columns[index - 1], type=chosen))
+    if not targets:
+        raise InputError("no target given: name at least one column to impute")
+    return tuple(targets)
+
+
+def random_stream(seed: int, key: str) -> np.random.Generator:
+    """The random stream of one participant: derived from (job seed, key), nothing else."""
+    digest = hashlib.sha256(key.encode()).digest()
+    spawn_key = (int.from_bytes(digest[:8], "little"),)
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=spawn_key))
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """Progress and messages of a running job, for progress bars and event logs."""
+
+    kind: Literal["progress", "log", "warning"]
+    message: str
+    fraction: float | None = None
+    site: str | None = None
+    at: float = field(default_factory=time.time)

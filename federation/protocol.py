@@ -1,0 +1,167 @@
+"""Wire messages between central and sites, and their binary codec.
+
+A frame is ``MAGIC | uint32 header length (little-endian) | header JSON | array bytes``.
+The header holds the message (a pydantic model with a ``type`` discriminator and the
+protocol version) in which every numpy array is replaced by ``{"$array": i}``, and the
+list of arrays with dtype, shape and byte length. Array bytes follow in that order, so a
+float64 travels exactly. Nothing is pickled, and only the dtypes in ``ALLOWED_DTYPES`` are
+accepted.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+
+from federation.errors import ProtocolError
+
+PROTOCOL_VERSION = 1
+MAGIC = b"FIP1"
+ALLOWED_DTYPES = frozenset({"<f8", "<i8", "|b1"})
+_LENGTH = struct.Struct("<I")
+
+
+class Op(BaseModel):
+    """One operation for a site's half of an algorithm: a handler name and its arguments."""
+
+    name: str
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+class Request(BaseModel):
+    """Central asks a site to run ``ops`` in order; the reply carries one result per op."""
+
+    type: Literal["request"] = "request"
+    protocol_version: int = PROTOCOL_VERSION
+    job_id: str
+    seq: int
+    ops: list[Op]
+
+
+class Reply(BaseModel):
+    """A site's answer to the request with the same ``seq``."""
+
+    type: Literal["reply"] = "reply"
+    protocol_version: int = PROTOCOL_VERSION
+    job_id: str
+    seq: int
+    results: list[dict[str, Any]]
+
+
+ErrorKind = Literal["refused", "failed"]
+
+
+class ErrorReply(BaseModel):
+    """A site could not answer: ``refused`` for a reason in its data, ``failed`` for a fault."""
+
+    type: Literal["error"] = "error"
+    protocol_version: int = PROTOCOL_VERSION
+    job_id: str
+    seq: int
+    kind: ErrorKind
+    message: str
+
+
+Message = Annotated[Request | Reply | ErrorReply, Field(discriminator="type")]
+_MESSAGE = TypeAdapter(Message)
+
+
+class _ArraySpec(BaseModel):
+    dtype: str
+    shape: list[int]
+    nbytes: int
+
+
+class _Header(BaseModel):
+    message: dict[str, Any]
+    arrays: list[_ArraySpec]
+
+
+def encode(message: Request | Reply | ErrorReply) -> bytes:
+    """Serialise a message and the arrays inside it into one frame."""
+    arrays: list[np.ndarray] = []
+    body = _extract(message.model_dump(), arrays)
+    specs = [
+        _ArraySpec(dtype=a.dtype.str, shape=list(a.shape), nbytes=a.nbytes).model_dump()
+        for a in arrays
+    ]
+    try:
+        header = json.dumps({"message": body, "arrays": specs}, allow_nan=False).encode()
+    except ValueError:
+        raise ProtocolError("a NaN or infinite number cannot travel as a scalar") from None
+    parts = [MAGIC, _LENGTH.pack(len(header)), header]
+    parts.extend(a.tobytes(order="C") for a in arrays)
+    return b"".join(parts)
+
+
+def decode(frame: bytes) -> Request | Reply | ErrorReply:
+    """Parse a frame made by :func:`encode`; raise ``ProtocolError`` on anything malformed."""
+    if frame[:4] != MAGIC:
+        raise ProtocolError("not a federation frame (bad magic bytes)")
+    if len(frame) < 8:
+        raise ProtocolError("truncated frame")
+    (length,) = _LENGTH.unpack_from(frame, 4)
+    start = 8 + length
+    try:
+        header = _Header.model_validate_json(frame[8:start])
+    except ValidationError as error:
+        raise ProtocolError(f"malformed frame header: {error.errors()[0]['msg']}") from None
+    arrays: list[np.ndarray] = []
+    offset = start
+    for spec in header.arrays:
+        if spec.dtype not in ALLOWED_DTYPES:
+            raise ProtocolError(f"array dtype {spec.dtype!r} is not allowed on the wire")
+        dtype = np.dtype(spec.dtype)
+        if spec.nbytes != dtype.itemsize * int(np.prod(spec.shape, dtype=np.int64)):
+            raise ProtocolError("array byte length does not match its shape")
+        if offset + spec.nbytes > len(frame):
+            raise ProtocolError("truncated frame: array bytes missing")
+        flat = np.frombuffer(frame, dtype=dtype, count=spec.nbytes // dtype.itemsize, offset=offset)
+        arrays.append(flat.reshape(spec.shape))
+        offset += spec.nbytes
+    if offset != len(frame):
+        raise ProtocolError("frame has trailing bytes")
+    body = _insert(header.message, arrays)
+    if body.get("protocol_version") != PROTOCOL_VERSION:
+        raise ProtocolError(
+            f"protocol version {body.get('protocol_version')!r} is not supported "
+            f"(this side speaks {PROTOCOL_VERSION})"
+        )
+    try:
+        return _MESSAGE.validate_python(body)
+    except ValidationError as error:
+        raise ProtocolError(f"malformed message: {error.errors()[0]['msg']}") from None
+
+
+def _extract(value: Any, arrays: list[np.ndarray]) -> Any:
+    """Replace arrays by references (collecting them) and numpy scalars by Python ones."""
+    if isinstance(value, np.ndarray):
+        array = np.ascontiguousarray(value)
+        if array.dtype.str not in ALLOWED_DTYPES:
+            raise ProtocolError(f"array dtype {array.dtype.str!r} cannot be sent")
+        arrays.append(array)
+        return {"$array": len(arrays) - 1}
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {str(k): _extract(v, arrays) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_extract(v, arrays) for v in value]
+    return value
+
+
+def _insert(value: Any, arrays: list[np.ndarray]) -> Any:
+    if isinstance(value, dict):
+        if value.keys() == {"$array"}:
+            index = value["$array"]
+            if not isinstance(index, int) or not 0 <= index < len(arrays):
+                raise ProtocolError("array reference out of range")
+            return arrays[index]
+        return {k: _insert(v, arrays) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_insert(v, arrays) for v in value]
+    return value

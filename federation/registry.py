@@ -1,0 +1,262 @@
+"""Algorithm packages: loading, validating, digesting and versioning them.
+
+A package is three files: ``<Name>Central.py`` (``async def run(job)``), ``<Name>Remote.py``
+(``prepare(site)`` and ``HANDLERS``, optionally ``LOCAL``) and ``params.json`` (name, version,
+description, capabilities and the JSON Schema of the parameters). Built-ins in ``algorithms/``
+go through exactly the same path as an uploaded package.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import linecache
+import re
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+
+from federation.errors import AlgorithmInvalid, InputError
+from federation.job import TARGET_TYPES
+
+BUILTIN_DIR = Path(__file__).resolve().parent.parent / "algorithms"
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,39}$")
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    multiple_targets: bool
+    target_types: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """A validated algorithm version, its modules loaded."""
+
+    name: str
+    version: str
+    description: str
+    capabilities: Capabilities
+    schema: Mapping[str, Any]
+    files: Mapping[str, bytes]
+    digest: str
+    central: ModuleType
+    remote: ModuleType
+
+    def check_targets(self, types: Iterable[str]) -> None:
+        """Raise ``InputError`` when the targets do not fit this algorithm's capabilities."""
+        types = list(types)
+        if len(types) > 1 and not self.capabilities.multiple_targets:
+            raise InputError(
+                f"{self.name} imputes one target; {len(types)} were given "
+                "(use a chained-equations algorithm such as SIMICE for several)"
+            )
+        for kind in types:
+            if kind not in self.capabilities.target_types:
+                raise InputError(f"{self.name} does not support {kind} targets")
+
+
+def file_names(name: str) -> tuple[str, str, str]:
+    return f"{name}Central.py", f"{name}Remote.py", "params.json"
+
+
+def package_digest(files: Mapping[str, bytes]) -> str:
+    """SHA-256 over the package's files, each as name, NUL, length, NUL, content, by name."""
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        content = files[name]
+        digest.update(f"{name}\0{len(content)}\0".encode())
+        digest.update(content)
+    return digest.hexdigest()
+
+
+def load_algorithm(name: str, files: Mapping[str, bytes]) -> Algorithm:
+    """Validate a package and load its modules; ``AlgorithmInvalid`` names the file at fault."""
+    if not _NAME.match(name):
+        raise AlgorithmInvalid(
+            f"algorithm name {name!r} must start with a letter and hold only letters, digits "
+            "and underscores (at most 40)"
+        )
+    central_file, remote_file, params_file = file_names(name)
+    expected = {central_file, remote_file, params_file}
+    if set(files) != expected:
+        missing = sorted(expected - set(files))
+        extra = sorted(set(files) - expected)
+        detail = "; ".join(
+            part
+            for part in (
+                f"missing {', '.join(missing)}" if missing else "",
+                f"unexpected {', '.join(extra)}" if extra else "",
+            )
+            if part
+        )
+        raise AlgorithmInvalid(f"algorithm {name} needs exactly {sorted(expected)}: {detail}")
+    meta = _read_params(name, files[params_file])
+    digest = package_digest(files)
+    central = _load_module(name, central_file, files[central_file], digest)
+    remote = _load_module(name, remote_file, files[remote_file], digest)
+    _check_central(central_file, central)
+    _check_remote(remote_file, remote)
+    caps = meta["capabilities"]
+    return Algorithm(
+        name=name,
+        version=str(meta["version"]),
+        description=str(meta.get("description", "")),
+        capabilities=Capabilities(
+            multiple_targets=caps["targets"] == "multiple",
+            target_types=tuple(caps["target_types"]),
+        ),
+        schema=meta["parameters"],
+        files=dict(files),
+        digest=digest,
+        central=central,
+        remote=remote,
+    )
+
+
+def load_folder(folder: Path) -> Algorithm:
+    """Load the package in ``folder`` (its name is the folder's name)."""
+    name = folder.name
+    files = {f: (folder / f).read_bytes() for f in file_names(name) if (folder / f).is_file()}
+    return load_algorithm(name, files)
+
+
+class Registry:
+    """Algorithms by name, each with its versions in the order they were added."""
+
+    def __init__(self) -> None:
+        self._versions: dict[str, dict[str, Algorithm]] = {}
+
+    @classmethod
+    def with_builtins(cls) -> Registry:
+        registry = cls()
+        for folder in sorted(BUILTIN_DIR.iterdir()):
+            if folder.is_dir() and (folder / "params.json").is_file():
+                registry.add(load_folder(folder))
+        return registry
+
+    def add(self, algorithm: Algorithm) -> None:
+        versions = self._versions.setdefault(algorithm.name, {})
+        known = versions.get(algorithm.version)
+        if known is not None and known.digest != algorithm.digest:
+            raise AlgorithmInvalid(
+                f"{algorithm.name} version {algorithm.version} exists with other files; "
+                "give the new files a new version in params.json"
+            )
+        versions[algorithm.version] = algorithm
+
+    def names(self) -> list[str]:
+        return sorted(self._versions)
+
+    def versions(self, name: str) -> list[Algorithm]:
+        return list(self._versions.get(name, {}).values())
+
+    def get(self, name: str, version: str | None = None) -> Algorithm:
+        versions = self._versions.get(name)
+        if not versions:
+            raise InputError(
+                f"no algorithm named '{name}'; known: {', '.join(self.names()) or 'none'}"
+            )
+        if version is None:
+            return list(versions.values())[-1]
+        if version not in versions:
+            raise InputError(f"{name} has no version '{version}'; known: {', '.join(versions)}")
+        return versions[version]
+
+
+def _read_params(name: str, content: bytes) -> dict[str, Any]:
+    try:
+        meta = json.loads(content)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise AlgorithmInvalid(f"params.json is not valid JSON: {error}") from None
+    if not isinstance(meta, dict):
+        raise AlgorithmInvalid("params.json must hold a JSON object")
+    for key in ("name", "version", "capabilities", "parameters"):
+        if key not in meta:
+            raise AlgorithmInvalid(f"params.json has no '{key}'")
+    if meta["name"] != name:
+        raise AlgorithmInvalid(f"params.json names '{meta['name']}', the files name '{name}'")
+    caps = meta["capabilities"]
+    if not isinstance(caps, dict) or caps.get("targets") not in ("single", "multiple"):
+        raise AlgorithmInvalid('params.json: capabilities.targets must be "single" or "multiple"')
+    types = caps.get("target_types")
+    if not isinstance(types, list) or not types or not set(types) <= set(TARGET_TYPES):
+        raise AlgorithmInvalid(
+            "params.json: capabilities.target_types must be a non-empty list of "
+            + " and ".join(f'"{t}"' for t in TARGET_TYPES)
+        )
+    schema = meta["parameters"]
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as error:
+        raise AlgorithmInvalid(
+            f"params.json: parameters is not a valid JSON Schema: {error.message}"
+        ) from None
+    if not isinstance(schema, dict) or schema.get("type") != "object":
+        raise AlgorithmInvalid('params.json: parameters must be a schema of "type": "object"')
+    properties = schema.get("properties", {})
+    if "imputations" not in properties:
+        raise AlgorithmInvalid("params.json: parameters must define 'imputations' (M)")
+    defaults = {
+        k: v["default"]
+        for k, v in properties.items()
+        if "default" in v and v["default"] is not None
+    }
+    problems = list(Draft202012Validator(schema).iter_errors(defaults))
+    if problems:
+        raise AlgorithmInvalid(
+            f"params.json: a default does not fit its schema: {problems[0].message}"
+        )
+    return meta
+
+
+def _load_module(name: str, file_name: str, source: bytes, digest: str) -> ModuleType:
+    filename = f"<{name}/{file_name} {digest[:12]}>"
+    try:
+        text = source.decode()
+        code = compile(text, filename, "exec")
+    except UnicodeDecodeError:
+        raise AlgorithmInvalid(f"{file_name} is not UTF-8 text") from None
+    except SyntaxError as error:
+        raise AlgorithmInvalid(f"{file_name} line {error.lineno}: {error.msg}") from None
+    linecache.cache[filename] = (len(text), None, text.splitlines(True), filename)
+    module_name = f"fip_algorithm_{digest[:16]}_{file_name.removesuffix('.py')}"
+    module = ModuleType(module_name)
+    module.__file__ = filename
+    sys.modules[module_name] = module
+    try:
+        exec(code, module.__dict__)
+    except Exception as error:
+        del sys.modules[module_name]
+        raise AlgorithmInvalid(
+            f"{file_name} failed to load: {type(error).__name__}: {error}"
+        ) from None
+    return module
+
+
+def _check_central(file_name: str, module: ModuleType) -> None:
+    run = getattr(module, "run", None)
+    if not inspect.iscoroutinefunction(run):
+        raise AlgorithmInvalid(f"{file_name} must define 'async def run(job)'")
+
+
+def _check_remote(file_name: str, module: ModuleType) -> None:
+    if not callable(getattr(module, "prepare", None)):
+        raise AlgorithmInvalid(f"{file_name} must define 'prepare(site)'")
+    for attribute in ("HANDLERS", "LOCAL"):
+        handlers = getattr(module, attribute, {})
+        if not isinstance(handlers, dict) or not all(
+            isinstance(k, str) and callable(v) for k, v in handlers.items()
+        ):
+            raise AlgorithmInvalid(
+                f"{file_name}: {attribute} must map operation names to functions"
+            )
+    if not getattr(module, "HANDLERS", None):
+        raise AlgorithmInvalid(f"{file_name} must define HANDLERS, the operations sites answer")

@@ -1,0 +1,321 @@
+"""Central's side of a job: the context an algorithm's central half runs in, and the runner.
+
+An algorithm's central half is a coroutine ``run(job)`` that asks and awaits::
+
+    replies = await job.ask("gaussian_stats", target=t.index)   # every participant, summed later
+    job.tell("impute", target=t.index, alpha=alpha)             # rides on the next request
+    job.emit_imputation(job.local("completed"))                 # central's own data only
+
+Transport, the message codec, round-trip and byte accounting, progress, the report and clean
+cancellation are written once here. Central is a participant: every ``ask`` also runs on
+central's own data, in process, and its result comes first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from federation.data import Table
+from federation.errors import FipError, InputError, ProtocolError, SiteFailed
+from federation.job import CENTRAL, JobEvent, JobSpec, Target, random_stream
+from federation.protocol import ErrorReply, Op, Reply, Request, decode, encode
+from federation.site import CLOSE, OPEN, Result, SiteRunner
+from federation.transport import Transport
+
+log = logging.getLogger(__name__)
+
+EventSink = Callable[[JobEvent], None]
+_CLOSE_TIMEOUT = 5.0
+
+
+@dataclass
+class Traffic:
+    """Messages between central and the sites: a round trip is one request to every site."""
+
+    round_trips: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+
+
+@dataclass
+class JobResult:
+    """A finished job: central's data, the imputed cells of each dataset, and the report.
+
+    Only the cells that were missing are kept per imputation; :meth:`dataset` rebuilds a copy.
+    """
+
+    spec: JobSpec
+    table: Table
+    imputed_cells: list[np.ndarray]
+    report: dict[str, Any]
+
+    @property
+    def missing(self) -> np.ndarray:
+        mask: np.ndarray = np.isnan(self.table.values)
+        return mask
+
+    def dataset(self, m: int) -> np.ndarray:
+        """Imputed dataset ``m`` (1..M); ``m = 0`` is the original with its missing cells."""
+        values = self.table.values.copy()
+        if m > 0:
+            values[self.missing] = self.imputed_cells[m - 1]
+        return values
+
+
+@dataclass
+class CentralJob:
+    """What an algorithm's central half works with."""
+
+    spec: JobSpec
+    data: Table
+    rng: np.random.Generator
+    _local: SiteRunner
+    _transport: Transport
+    _sink: EventSink | None
+    traffic: Traffic = field(default_factory=Traffic)
+    site_summaries: dict[str, Result] = field(default_factory=dict)
+    fits: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    imputed_cells: list[np.ndarray] = field(default_factory=list)
+    _pending: list[Op] = field(default_factory=list)
+    _seq: itertools.count[int] = field(default_factory=itertools.count)
+
+    @property
+    def params(self) -> Mapping[str, Any]:
+        return self.spec.params
+
+    @property
+    def targets(self) -> tuple[Target, ...]:
+        return self.spec.targets
+
+    @property
+    def participants(self) -> tuple[str, ...]:
+        """Central first, then the sites in the job's order."""
+        return (CENTRAL, *self.spec.sites)
+
+    async def ask(self, name: str, **args: Any) -> dict[str, Result]:
+        """Run an operation at every participant; results by participant, central first.
+
+        Instructions queued by :meth:`tell` travel in the same request, before this operation.
+        """
+        local = asyncio.to_thread(self._local.call, name, args)
+        if not self.spec.sites:
+            return {CENTRAL: await local}
+        ops = [*self._pending, Op(name=name, args=args)]
+        self._pending = []
+        results = await self._round_trip(ops, local=local)
+        return {site: result[-1] for site, result in results.items()}
+
+    def tell(self, name: str, **args: Any) -> None:
+        """An instruction for every participant: central runs it now, sites with the next ask."""
+        self._local.call(name, args)
+        if self.spec.sites:
+            self._pending.append(Op(name=name, args=args))
+
+    def local(self, name: str, **args: Any) -> Result:
+        """Run an operation on central's own data only (it may return rows: nothing is sent)."""
+        return self._local.call(name, args, local=True)
+
+    def emit_imputation(self, values: np.ndarray) -> None:
+        """Deliver imputed dataset number ``len(imputations) + 1`` of central's data."""
+        original = self.data.values
+        if values.shape != original.shape:
+            raise FipError(
+                f"imputed dataset has shape {values.shape}, central's data has {original.shape}"
+            )
+        observed = ~np.isnan(original)
+        if not np.array_equal(values[observed], original[observed]):
+            raise FipError("the algorithm changed observed values of central's data")
+        self.imputed_cells.append(values[~observed].copy())
+
+    def record_fit(
+        self,
+        *,
+        target: Target,
+        cycle: int,
+        n: int,
+        coefficients: np.ndarray,
+        sse: float | None = None,
+        iterations: int | None = None,
+    ) -> None:
+        """Note a fit for the report; coefficients follow the design order (intercept last)."""
+        names = self.spec.predictors(target)
+        entry: dict[str, Any] = {
+            "target": target.name,
+            "type": target.type,
+            "cycle": cycle,
+            "n": n,
+            "coefficients": dict(zip(names, map(float, coefficients), strict=True)),
+        }
+        if sse is not None:
+            entry["sse"] = float(sse)
+        if iterations is not None:
+            entry["iterations"] = iterations
+        self.fits.append(entry)
+
+    def progress(self, fraction: float, message: str = "") -> None:
+        self._send(JobEvent(kind="progress", message=message, fraction=min(max(fraction, 0), 1)))
+
+    def log(self, message: str) -> None:
+        log.info("job %s: %s", self.spec.job_id, message)
+        self._send(JobEvent(kind="log", message=message))
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+        log.warning("job %s: %s", self.spec.job_id, message)
+        self._send(JobEvent(kind="warning", message=message))
+
+    def _send(self, event: JobEvent) -> None:
+        if self._sink is not None:
+            self._sink(event)
+
+    async def _round_trip(
+        self, ops: list[Op], *, local: Awaitable[Result] | None = None
+    ) -> dict[str, list[Result]]:
+        """One request to every site (central's own part running alongside), checked replies."""
+        sites = self.spec.sites
+        request = Request(job_id=self.spec.job_id, seq=next(self._seq), ops=ops)
+        frame = encode(request)
+        self.traffic.round_trips += 1
+        self.traffic.bytes_sent += len(frame) * len(sites)
+        remote = asyncio.gather(
+            *(self._transport.exchange(site, frame) for site in sites), return_exceptions=True
+        )
+        results: dict[str, list[Result]] = {}
+        if local is None:
+            answers = await remote
+        else:
+            central_result, answers = await asyncio.gather(local, remote)
+            results[CENTRAL] = [central_result]
+        failures: dict[str, str] = {}
+        for site, answer in zip(sites, answers, strict=True):
+            if isinstance(answer, BaseException):
+                if not isinstance(answer, Exception):
+                    raise answer
+                failures[site] = f"no answer ({type(answer).__name__}: {answer})"
+                continue
+            self.traffic.bytes_received += len(answer)
+            reply = decode(answer)
+            if isinstance(reply, ErrorReply):
+                failures[site] = reply.message
+            elif not isinstance(reply, Reply) or reply.seq != request.seq:
+                failures[site] = "answered with an unexpected message"
+            else:
+                results[site] = reply.results
+        if failures:
+            raise SiteFailed(failures)
+        return results
+
+    async def _open(self) -> None:
+        spec_args = {"spec": self.spec.to_wire()}
+        try:
+            self.site_summaries[CENTRAL] = self._local.call(OPEN, spec_args)
+        except FipError as error:
+            message = str(error)
+            raise InputError(
+                message if message.startswith(self.data.label) else f"{self.data.label}: {message}"
+            ) from None
+        if self.spec.sites:
+            opened = await self._round_trip([Op(name=OPEN, args=spec_args)])
+            self.site_summaries.update({site: result[0] for site, result in opened.items()})
+        self._check_targets()
+
+    def _check_targets(self) -> None:
+        for target in self.targets:
+            counts = {s: int(r["observed"][target.column]) for s, r in self.site_summaries.items()}
+            if sum(counts.values()) == 0:
+                raise InputError(
+                    f"target '{target.name}' has no observed value at any site: nothing to fit"
+                )
+            if counts[CENTRAL] == self.data.rows:
+                self.warn(
+                    f"target '{target.name}' has no missing value in {self.data.label}: "
+                    "each imputed dataset equals the original in that column"
+                )
+
+    async def _close(self) -> None:
+        self._local.call(CLOSE, {})
+        if not self.spec.sites:
+            return
+        try:
+            await asyncio.wait_for(self._round_trip([Op(name=CLOSE)]), _CLOSE_TIMEOUT)
+        except (FipError, TimeoutError, OSError) as error:
+            log.warning("job %s: closing at the sites failed: %s", self.spec.job_id, error)
+
+
+async def run_job(
+    *,
+    spec: JobSpec,
+    central_module: ModuleType,
+    local: SiteRunner,
+    transport: Transport,
+    on_event: EventSink | None = None,
+) -> JobResult:
+    """Run a whole job: open every site, run the central half, close, and build the report.
+
+    Cancelling the task that awaits this stops the algorithm at its next message and still
+    closes the job at every site (bounded by a few seconds) before the cancellation goes on.
+    """
+    if CENTRAL in spec.sites or len(set(spec.sites)) != len(spec.sites):
+        raise InputError(f"site names must be unique and not '{CENTRAL}': {list(spec.sites)}")
+    started = time.perf_counter()
+    job = CentralJob(
+        spec=spec,
+        data=local.data,
+        rng=random_stream(spec.seed, f"{CENTRAL}/parameters"),
+        _local=local,
+        _transport=transport,
+        _sink=on_event,
+    )
+    try:
+        await job._open()
+        await central_module.run(job)
+    finally:
+        await job._close()
+    expected = int(spec.params["imputations"])
+    if len(job.imputed_cells) != expected:
+        raise ProtocolError(
+            f"the algorithm produced {len(job.imputed_cells)} imputed datasets, not {expected}"
+        )
+    job.progress(1.0, "completed")
+    report = _report(job, seconds=time.perf_counter() - started)
+    return JobResult(spec=spec, table=job.data, imputed_cells=job.imputed_cells, report=report)
+
+
+def _report(job: CentralJob, *, seconds: float) -> dict[str, Any]:
+    spec = job.spec
+    sites = []
+    for name in job.participants:
+        summary = job.site_summaries[name]
+        sites.append(
+            {
+                "name": name,
+                "rows": int(summary["rows"]),
+                "rows_used": int(summary["rows_used"]),
+                "left_out": summary["left_out"],
+            }
+        )
+    return {
+        "algorithm": spec.algorithm,
+        "version": spec.version,
+        "digest": spec.digest,
+        "params": dict(spec.params),
+        "seed": spec.seed,
+        "targets": [{"name": t.name, "index": t.index, "type": t.type} for t in spec.targets],
+        "sites": sites,
+        "fits": job.fits,
+        "warnings": job.warnings,
+        "round_trips": job.traffic.round_trips,
+        "bytes_sent": job.traffic.bytes_sent,
+        "bytes_received": job.traffic.bytes_received,
+        "seconds": round(seconds, 6),
+    }

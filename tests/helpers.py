@@ -1,0 +1,50 @@
+"""Small builders shared by the tests."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from functools import cache
+from typing import Any
+
+import numpy as np
+
+from federation.data import Table
+from federation.registry import Algorithm, Registry
+from federation.runtime import EventSink, JobResult
+from federation.simulation import simulate
+
+
+@cache
+def builtin(name: str) -> Algorithm:
+    """A built-in algorithm, loaded once per test session."""
+    return Registry.with_builtins().get(name)
+
+
+def table(label: str, columns: Sequence[str], values: np.ndarray) -> Table:
+    return Table(label=label, columns=tuple(columns), values=np.asarray(values, dtype=np.float64))
+
+
+def run(
+    algorithm: str | Algorithm,
+    central: Table,
+    sites: Mapping[str, Table],
+    targets: Sequence[tuple[str | int, str]],
+    *,
+    seed: int = 1,
+    on_event: EventSink | None = None,
+    **params: Any,
+) -> JobResult:
+    """Simulate a job synchronously; ``params`` are the algorithm's parameters."""
+    chosen = builtin(algorithm) if isinstance(algorithm, str) else algorithm
+    return asyncio.run(
+        simulate(
+            algorithm=chosen,
+            central=central,
+            sites=sites,
+            targets=targets,
+            params=params,
+            seed=seed,
+            on_event=on_event,
+        )
+    )
