@@ -123,7 +123,7 @@ def random_stream(seed: int, key: str) -> np.random.Generator:
 class JobEvent:
     """Progress and messages of a running job, for progress bars and event logs."""
 
-    kind: Literal["progress", "log", "warning"]
+    kind: Literal["progress", "log", "warning", "fit"]
     message: str
     fraction: float | None = None
     site: str | None = None

@@ -161,6 +161,12 @@ class CentralJob:
         if iterations is not None:
             entry["iterations"] = iterations
         self.fits.append(entry)
+        self._send(
+            JobEvent(
+                kind="fit",
+                message=f"cycle {cycle}: fitted '{target.name}' on {n} rows",
+            )
+        )
 
     def progress(self, fraction: float, message: str = "") -> None:
         self._send(JobEvent(kind="progress", message=message, fraction=min(max(fraction, 0), 1)))
