@@ -1,0 +1,95 @@
+"""The wire codec: exact arrays, no pickle, and clear refusals of malformed frames."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+import pytest
+
+from federation.errors import ProtocolError
+from federation.protocol import MAGIC, ErrorReply, Op, Reply, Request, decode, encode
+
+
+def test_request_with_arrays_round_trips_exactly() -> None:
+    """float64, int64 and bool arrays (nested in args) come back bit for bit."""
+    beta = np.array([0.1, -0.0, 1e-300, 5e-324, 2.0**53, np.pi])
+    mask = np.array([[True, False], [False, True]])
+    request = Request(
+        job_id="j1",
+        seq=3,
+        ops=[Op(name="fit", args={"beta": beta, "nested": {"mask": mask, "k": [1, 2.5]}})],
+    )
+
+    decoded = decode(encode(request))
+
+    assert isinstance(decoded, Request)
+    args = decoded.ops[0].args
+    assert args["beta"].tobytes() == beta.tobytes()
+    assert args["beta"].dtype == np.float64
+    assert np.array_equal(args["nested"]["mask"], mask)
+    assert args["nested"]["k"] == [1, 2.5]
+
+
+def test_numpy_scalars_travel_as_plain_numbers() -> None:
+    """np.float64 and np.int64 results become JSON numbers, exactly."""
+    reply = Reply(job_id="j", seq=0, results=[{"n": np.int64(7), "q": np.float64(0.1 + 0.2)}])
+
+    decoded = decode(encode(reply))
+
+    assert isinstance(decoded, Reply)
+    assert decoded.results == [{"n": 7, "q": 0.1 + 0.2}]
+
+
+def test_error_reply_round_trips() -> None:
+    message = ErrorReply(job_id="j", seq=2, kind="refused", message="site a: too few rows")
+
+    assert decode(encode(message)) == message
+
+
+def test_object_arrays_are_refused_on_encode() -> None:
+    """Nothing that would need pickling can be sent."""
+    request = Request(job_id="j", seq=0, ops=[Op(name="x", args={"a": np.array(["text"])})])
+
+    with pytest.raises(ProtocolError, match="cannot be sent"):
+        encode(request)
+
+
+def test_nan_scalar_is_refused_on_encode() -> None:
+    request = Request(job_id="j", seq=0, ops=[Op(name="x", args={"a": float("nan")})])
+
+    with pytest.raises(ProtocolError, match="NaN"):
+        encode(request)
+
+
+def _frame(header: dict[str, object], payload: bytes = b"") -> bytes:
+    raw = json.dumps(header).encode()
+    return MAGIC + struct.pack("<I", len(raw)) + raw + payload
+
+
+@pytest.mark.parametrize(
+    ("frame", "message"),
+    [
+        (b"GET / HTTP/1.1\r\n", "bad magic"),
+        (MAGIC + b"\x01", "truncated"),
+        (_frame({"message": {}, "arrays": [{"dtype": "|O", "shape": [1], "nbytes": 8}]}), "dtype"),
+        (_frame({"message": {}, "arrays": [{"dtype": "<f8", "shape": [2], "nbytes": 8}]}), "shape"),
+        (
+            _frame({"message": {}, "arrays": [{"dtype": "<f8", "shape": [1], "nbytes": 8}]}),
+            "missing",
+        ),
+        (
+            _frame({"message": {"protocol_version": 1, "type": "reply"}, "arrays": []}, b"x"),
+            "trailing",
+        ),
+        (_frame({"message": {"protocol_version": 99, "type": "reply"}, "arrays": []}), "version"),
+        (_frame({"message": {"protocol_version": 1, "type": "other"}, "arrays": []}), "malformed"),
+        (_frame({"message": {"$array": 3}, "arrays": []}), "out of range"),
+        (MAGIC + struct.pack("<I", 5) + b"{not}", "header"),
+    ],
+)
+def test_malformed_frames_are_refused(frame: bytes, message: str) -> None:
+    """Each kind of broken frame raises ProtocolError with a reason, never a crash."""
+    with pytest.raises(ProtocolError, match=message):
+        decode(frame)
