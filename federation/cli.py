@@ -40,6 +40,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FipError as error:
         print(f"fip: error: {error}", file=sys.stderr)
         return 1
+    except OSError as error:  # writing the outputs: a full disk, a path that is a file, ...
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"fip: error: {where}{error.strerror or error}; nothing was written", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("fip: interrupted; nothing was written", file=sys.stderr)
         return 130
@@ -155,8 +159,9 @@ def _simulate(args: argparse.Namespace) -> int:
     for warning in report["warnings"]:
         print(f"fip: warning: {warning}", file=sys.stderr)
     print(
-        f"{algorithm.name} {algorithm.version}: {len(result.imputed_cells)} imputed datasets of "
-        f"{central.label} (seed {report['seed']}), {len(report['fits'])} fit(s), "
+        f"{algorithm.name} {algorithm.version}: "
+        f"{_count(len(result.imputed_cells), 'imputed dataset')} of {central.label} "
+        f"(seed {report['seed']}), {_count(len(report['fits']), 'fit')}, "
         f"{report['round_trips']} round trips, {_size(report['bytes_sent'])} sent, "
         f"{_size(report['bytes_received'])} received, {report['seconds']:.2f} s"
     )
@@ -222,6 +227,10 @@ def _parse_target(text: str) -> tuple[str | int, str]:
     if not sep or not column:
         raise InputError(f"--target expects COLUMN:TYPE (gaussian or logistic), got {text!r}")
     return (int(column) if column.isdigit() else column), kind
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def _size(count: int) -> str:

@@ -38,7 +38,7 @@ def resolve_params(
         first = errors[0]
         field = ".".join(str(p) for p in first.path) or "parameters"
         raise InputError(f"parameter '{field}': {first.message}")
-    if "min_rows" in resolved and resolved["min_rows"] is None:
+    if resolved.get("min_rows") is None:  # every job has one: the sites' privacy floor
         resolved["min_rows"] = default_min_rows(columns)
     return resolved
 

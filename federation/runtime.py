@@ -3,12 +3,15 @@
 An algorithm's central half is a coroutine ``run(job)`` that asks and awaits::
 
     replies = await job.ask("gaussian_stats", target=t.index)   # every participant, summed later
-    job.tell("impute", target=t.index, alpha=alpha)             # rides on the next request
-    job.emit_imputation(job.local("completed"))                 # central's own data only
+    await job.tell("impute", target=t.index, alpha=alpha)       # rides on the next request
+    job.emit_imputation((await job.local("completed"))["values"])   # central's own data only
 
 Transport, the message codec, round-trip and byte accounting, progress, the report and clean
 cancellation are written once here. Central is a participant: every ``ask`` also runs on
-central's own data, in process, and its result comes first.
+central's own data, in process, and its result comes first. Work on central's data runs in a
+worker thread, so a portal's event loop stays free, and every ``await`` is a point where a
+cancelled job stops. Arguments reach central's own handlers exactly as they reach the sites:
+through the wire codec (read-only arrays, plain numbers).
 """
 
 from __future__ import annotations
@@ -107,23 +110,29 @@ class CentralJob:
 
         Instructions queued by :meth:`tell` travel in the same request, before this operation.
         """
-        local = asyncio.to_thread(self._local.call, name, args)
+        op = _as_sent(name, args)
+        local = asyncio.to_thread(self._local.call, name, op.args)
         if not self.spec.sites:
             return {CENTRAL: await local}
-        ops = [*self._pending, Op(name=name, args=args)]
+        ops = [*self._pending, op]
         self._pending = []
         results = await self._round_trip(ops, local=local)
         return {site: result[-1] for site, result in results.items()}
 
-    def tell(self, name: str, **args: Any) -> None:
-        """An instruction for every participant: central runs it now, sites with the next ask."""
-        self._local.call(name, args)
-        if self.spec.sites:
-            self._pending.append(Op(name=name, args=args))
+    async def tell(self, name: str, **args: Any) -> None:
+        """An instruction for every participant: central runs it now, sites with the next ask.
 
-    def local(self, name: str, **args: Any) -> Result:
+        Instructions still queued when ``run`` returns are not sent: the job has ended.
+        """
+        op = _as_sent(name, args)
+        await asyncio.to_thread(self._local.call, name, op.args)
+        if self.spec.sites:
+            self._pending.append(op)
+
+    async def local(self, name: str, **args: Any) -> Result:
         """Run an operation on central's own data only (it may return rows: nothing is sent)."""
-        return self._local.call(name, args, local=True)
+        op = _as_sent(name, args)
+        return await asyncio.to_thread(self._local.call, name, op.args, local=True)
 
     def emit_imputation(self, values: np.ndarray) -> None:
         """Deliver imputed dataset number ``len(imputations) + 1`` of central's data."""
@@ -135,6 +144,13 @@ class CentralJob:
         observed = ~np.isnan(original)
         if not np.array_equal(values[observed], original[observed]):
             raise FipError("the algorithm changed observed values of central's data")
+        for target in self.targets:
+            left = int(np.isnan(values[:, target.column]).sum())
+            if left:
+                raise FipError(
+                    f"imputed dataset {len(self.imputed_cells) + 1} leaves {left} cell(s) of "
+                    f"target '{target.name}' missing"
+                )
         self.imputed_cells.append(values[~observed].copy())
 
     def record_fit(
@@ -143,18 +159,31 @@ class CentralJob:
         target: Target,
         cycle: int,
         n: int,
-        coefficients: np.ndarray,
+        coefficients: np.ndarray | Mapping[str, float],
         sse: float | None = None,
         iterations: int | None = None,
     ) -> None:
-        """Note a fit for the report; coefficients follow the design order (intercept last)."""
+        """Note a fit for the report: coefficients in design order (every other column, then
+        the intercept) or as a mapping from those names to values (a subset is fine)."""
         names = self.spec.predictors(target)
+        if isinstance(coefficients, Mapping):
+            unknown = sorted(set(coefficients) - set(names))
+            if unknown:
+                raise FipError(f"record_fit: {unknown} are not predictors of '{target.name}'")
+            named = {k: float(v) for k, v in coefficients.items()}
+        else:
+            if len(coefficients) != len(names):
+                raise FipError(
+                    f"record_fit: {len(coefficients)} coefficients for {len(names)} design "
+                    f"columns of '{target.name}' ({', '.join(names)})"
+                )
+            named = dict(zip(names, map(float, coefficients), strict=True))
         entry: dict[str, Any] = {
             "target": target.name,
             "type": target.type,
             "cycle": cycle,
             "n": n,
-            "coefficients": dict(zip(names, map(float, coefficients), strict=True)),
+            "coefficients": named,
         }
         if sse is not None:
             entry["sse"] = float(sse)
@@ -234,6 +263,9 @@ class CentralJob:
             opened = await self._round_trip([Op(name=OPEN, args=spec_args)])
             self.site_summaries.update({site: result[0] for site, result in opened.items()})
         self._check_targets()
+        refused = {s: str(r["refused"]) for s, r in self.site_summaries.items() if "refused" in r}
+        if refused:
+            raise SiteFailed(refused)
 
     def _check_targets(self) -> None:
         for target in self.targets:
@@ -285,6 +317,10 @@ async def run_job(
     try:
         await job._open()
         await central_module.run(job)
+        if job._pending:
+            log.debug(
+                "job %s: %d instruction(s) left unsent at the end", spec.job_id, len(job._pending)
+            )
     finally:
         await job._close()
     expected = int(spec.params["imputations"])
@@ -325,3 +361,10 @@ def _report(job: CentralJob, *, seconds: float) -> dict[str, Any]:
         "bytes_received": job.traffic.bytes_received,
         "seconds": round(seconds, 6),
     }
+
+
+def _as_sent(name: str, args: Mapping[str, Any]) -> Op:
+    """The operation as a site receives it: through the codec, arrays read-only."""
+    message = decode(encode(Request(job_id="", seq=0, ops=[Op(name=name, args=dict(args))])))
+    assert isinstance(message, Request)
+    return message.ops[0]

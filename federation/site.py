@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 Result = dict[str, Any]
 Handler = Callable[..., Result]
+_MESSAGE_CHARS = 2000
 OPEN = "fip.open"
 CLOSE = "fip.close"
 
@@ -112,7 +113,10 @@ class SiteRunner:
             self._emit("warning", str(refusal))
             return self._error(request, "refused", str(refusal))
         except FipError as error:
-            return self._error(request, "refused", f"{self.data.label}: {error}")
+            message = str(error)
+            if not message.startswith(self.data.label):
+                message = f"{self.data.label}: {message}"
+            return self._error(request, "refused", message)
         except Exception as error:
             log.exception("site %s job %s: handler failed", self.site, request.job_id)
             return self._error(request, "failed", f"{type(error).__name__}: {error}")
@@ -151,36 +155,50 @@ class SiteRunner:
             is_central=self._is_central,
             on_event=self._on_event,
         )
-        summary: Result = dict(self._remote.prepare(job))
-        used = int(summary["rows_used"])
+        counts = {
+            "rows": self.data.rows,
+            "observed": (~np.isnan(self.data.values)).sum(axis=0).astype(np.int64),
+        }
+        try:
+            summary: Result = dict(self._remote.prepare(job))
+            used = int(summary["rows_used"])
+            minimum = int(spec.params["min_rows"])
+            if not self._is_central and used < minimum:
+                job.refuse(
+                    f"only {used} usable row(s) of {self.data.rows}, fewer than this job's "
+                    f"minimum of {minimum} (min_rows); this site does not take part"
+                )
+        except SiteRefused as refusal:
+            if self._is_central:
+                raise
+            # Counts still go back, so that central can tell a target nobody observes.
+            self._emit("warning", str(refusal))
+            return {**counts, "rows_used": 0, "left_out": {}, "refused": str(refusal)}
         left_out = {str(k): int(v) for k, v in summary.get("left_out", {}).items() if v}
         for reason, count in left_out.items():
             job.log(f"{count} row(s) left out: {reason}")
-        minimum = int(spec.params["min_rows"])
-        if not self._is_central and used < minimum:
-            job.refuse(
-                f"only {used} usable row(s) of {self.data.rows}, fewer than this job's minimum "
-                f"of {minimum} (min_rows); this site does not take part"
-            )
         self._job = job
-        observed = (~np.isnan(self.data.values)).sum(axis=0).astype(np.int64)
-        return {
-            **summary,
-            "rows": self.data.rows,
-            "rows_used": used,
-            "left_out": left_out,
-            "observed": observed,
-        }
+        return {**summary, **counts, "rows_used": used, "left_out": left_out}
 
     def _guard(self, name: str, result: Result) -> None:
-        """No reply may carry more numbers than a (p + 1) x (p + 1) aggregate."""
+        """No reply may carry more than aggregates: at most (p + 1)^2 numbers in one value and
+        twice that in a whole result, counting nested lists, and text longer than a message
+        (8 characters a number)."""
         limit = (len(self.data.columns) + 1) ** 2
+        total = 0
         for key, value in result.items():
-            if isinstance(value, np.ndarray) and value.size > limit:
+            size = _size(value)
+            if size > limit:
                 raise SiteRefused(
-                    f"operation '{name}' tried to send '{key}' with {value.size} numbers, more "
+                    f"operation '{name}' tried to send '{key}' with {size} numbers, more "
                     f"than an aggregate may hold ({limit}); nothing was sent"
                 )
+            total += size
+        if total > 2 * limit:
+            raise SiteRefused(
+                f"operation '{name}' tried to send {total} numbers, more than aggregates may "
+                f"hold ({2 * limit}); nothing was sent"
+            )
 
     def _error(self, request: Request, kind: ErrorKind, message: str) -> bytes:
         return encode(
@@ -190,3 +208,16 @@ class SiteRunner:
     def _emit(self, kind: str, message: str) -> None:
         if self._on_event is not None:
             self._on_event(JobEvent(kind=kind, message=message, site=self.site))  # type: ignore[arg-type]
+
+
+def _size(value: Any) -> int:
+    """How many numbers a reply value holds, wherever they are nested."""
+    if isinstance(value, np.ndarray):
+        return int(value.size)
+    if isinstance(value, str | bytes):  # a status message is fine; a long text counts as data
+        return 1 if len(value) <= _MESSAGE_CHARS else len(value) // 8
+    if isinstance(value, dict):
+        return sum(_size(v) for v in value.values()) + len(value)
+    if isinstance(value, list | tuple):
+        return sum(_size(v) for v in value)
+    return 1

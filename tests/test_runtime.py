@@ -50,7 +50,7 @@ async def run(job):
     replies = await job.ask("total", column=1)
     job.log(repr({site: float(r["sum"][0]) for site, r in replies.items()}))
     for _ in range(job.params["imputations"]):
-        values = job.local("copy")["values"]
+        values = (await job.local("copy"))["values"]
         values[values != values] = 0.0
         job.emit_imputation(values)
 """,
@@ -65,7 +65,7 @@ async def run(job):
 """,
     "tamper": b"""
 async def run(job):
-    values = job.local("copy")["values"]
+    values = (await job.local("copy"))["values"]
     values[0, 0] += 1
     job.emit_imputation(values)
 """,

@@ -144,12 +144,14 @@ def test_local_handlers_cannot_be_called_by_central_over_the_wire() -> None:
 
 
 def test_a_site_with_too_few_rows_refuses_to_open() -> None:
+    """It still sends its counts, so that central can name a target that nobody observes."""
     runner = _runner(rows=5)
 
-    answer = _ask(runner, 0, _open(min_rows=10))
+    (summary,) = _results(_ask(runner, 0, _open(min_rows=10)))
 
-    assert isinstance(answer, ErrorReply)
-    assert "only 5 usable row(s)" in answer.message and "min_rows" in answer.message
+    assert "only 5 usable row(s)" in summary["refused"] and "min_rows" in summary["refused"]
+    assert summary["rows_used"] == 0
+    assert summary["observed"].tolist() == [5, 5]
     assert runner.job is None
 
 

@@ -15,6 +15,6 @@ async def run(job: CentralJob) -> None:
     record(job, target, fit, cycle=1)
     for m in range(1, imputations + 1):
         drawn = draw_parameters(fit, job.rng)
-        completed = job.local("impute", target=target.index, **drawn)["values"]
+        completed = (await job.local("impute", target=target.index, **drawn))["values"]
         job.emit_imputation(completed)
         job.progress(m / imputations, f"imputation {m} of {imputations}")

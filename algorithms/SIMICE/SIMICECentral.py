@@ -22,7 +22,7 @@ async def run(job: CentralJob) -> None:
     cycles = before + between * (imputations - 1)
     counts = total(job.site_summaries, "target_n")
     sums = total(job.site_summaries, "target_sum")
-    job.tell("fill_unobserved", means=sums / np.maximum(counts, 1))
+    await job.tell("fill_unobserved", means=sums / np.maximum(counts, 1))
     starts: dict[int, np.ndarray] = {}
     cycle = 0
     for m in range(1, imputations + 1):
@@ -37,7 +37,7 @@ async def run(job: CentralJob) -> None:
                 if fit.kind == "logistic":
                     starts[target.index] = fit.beta
                 record(job, target, fit, cycle=cycle)
-                job.tell("impute", target=target.index, **draw_parameters(fit, job.rng))
-        job.emit_imputation(job.local("completed")["values"])
+                await job.tell("impute", target=target.index, **draw_parameters(fit, job.rng))
+        job.emit_imputation((await job.local("completed"))["values"])
         job.log(f"imputed dataset {m} of {imputations} after cycle {cycle}")
     job.progress(1.0, f"{imputations} imputed datasets")

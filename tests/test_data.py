@@ -1,0 +1,363 @@
+"""Reading a site's CSV: numbers in, NaN for missing, and every bad file refused with a message
+that names the file and the column or line at fault."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from federation.data import MISSING_TOKENS, Table, check_binary, check_columns, read_csv
+from federation.errors import InputError
+
+LABEL = "north.csv"
+
+
+def read_error(content: bytes, *, label: str = LABEL) -> str:
+    """The message of the InputError that reading ``content`` raises."""
+    with pytest.raises(InputError) as raised:
+        read_csv(content, label=label)
+    return str(raised.value)
+
+
+def make_table(columns: tuple[str, ...], rows: list[list[float]]) -> Table:
+    return Table(label=LABEL, columns=columns, values=np.array(rows, dtype=np.float64))
+
+
+# ---------------------------------------------------------------- what reads
+
+
+def test_reads_a_path_with_its_path_as_label(tmp_path: Path) -> None:
+    """A file on disk reads to float64 values; errors would name it by its path."""
+    path = tmp_path / "central.csv"
+    path.write_bytes(b"age,bmi\n70,22.5\n58,27.25\n")
+
+    table = read_csv(path)
+
+    assert table.label == str(path)
+    assert table.columns == ("age", "bmi")
+    assert table.values.dtype == np.float64
+    assert table.values.tolist() == [[70.0, 22.5], [58.0, 27.25]]
+    assert table.rows == 2
+
+
+def test_reads_bytes_with_the_given_label() -> None:
+    """Uploaded bytes read the same way, and keep the label they were given."""
+    table = read_csv(b"a,b\n1,2\n3,4\n", label="upload.csv")
+
+    assert table.label == "upload.csv"
+    assert table.columns == ("a", "b")
+    assert table.values.tolist() == [[1.0, 2.0], [3.0, 4.0]]
+
+
+def test_bytes_without_label_are_called_uploaded_file() -> None:
+    """With no label, an error about bytes still says what it is about."""
+    with pytest.raises(InputError, match="uploaded file"):
+        read_csv(b"")
+
+
+@pytest.mark.parametrize("token", MISSING_TOKENS)
+def test_missing_tokens_read_as_nan(token: str) -> None:
+    """Empty, NA, NaN, nan, N/A and NULL are all missing cells."""
+    table = read_csv(f"a,b\n1,{token}\n2,3\n".encode(), label=LABEL)
+
+    assert np.isnan(table.values[0, 1])
+    assert table.values[1].tolist() == [2.0, 3.0]
+
+
+def test_every_missing_token_in_one_file() -> None:
+    """All the tokens together, in one column, give NaN and leave the numbers alone."""
+    body = "".join(f"{i},{token}\n" for i, token in enumerate(MISSING_TOKENS))
+    table = read_csv(f"a,b\n{body}9,8\n".encode(), label=LABEL)
+
+    assert np.isnan(table.values[:-1, 1]).all()
+    assert table.values[-1].tolist() == [9.0, 8.0]
+    assert not np.isnan(table.values[:, 0]).any()
+
+
+def test_byte_order_mark_is_not_part_of_the_first_name(tmp_path: Path) -> None:
+    """Excel's UTF-8 BOM is dropped, from bytes and from a file."""
+    content = b"\xef\xbb\xbfage,bmi\n70,22.5\n"
+    path = tmp_path / "bom.csv"
+    path.write_bytes(content)
+
+    for table in (read_csv(content, label=LABEL), read_csv(path)):
+        assert table.columns == ("age", "bmi")
+        assert table.values.tolist() == [[70.0, 22.5]]
+
+
+def test_windows_line_endings_and_quoted_names() -> None:
+    """CRLF files and quoted header names read like any other."""
+    table = read_csv(b'"a","b"\r\n1,2\r\n3,4\r\n', label=LABEL)
+
+    assert table.columns == ("a", "b")
+    assert table.values.tolist() == [[1.0, 2.0], [3.0, 4.0]]
+
+
+def test_column_lookup_by_name() -> None:
+    """Table.column gives the 0-based position, or an error naming file and column."""
+    table = read_csv(b"a,b\n1,2\n", label=LABEL)
+
+    assert table.column("b") == 1
+    with pytest.raises(InputError, match=r"north\.csv.*'zz'"):
+        table.column("zz")
+
+
+# ---------------------------------------------------------------- what is refused
+
+
+def test_empty_file() -> None:
+    """A file with no bytes at all says it is empty and that a header is expected."""
+    message = read_error(b"")
+
+    assert LABEL in message
+    assert "empty" in message
+    assert "header" in message
+
+
+def test_blank_lines_only_is_empty() -> None:
+    """Whitespace and newlines only count as empty too."""
+    assert "empty" in read_error(b"\n \n")
+
+
+def test_missing_file_is_named(tmp_path: Path) -> None:
+    """A path that does not exist is an InputError naming it, not a traceback."""
+    path = tmp_path / "absent.csv"
+    with pytest.raises(InputError) as raised:
+        read_csv(path)
+
+    assert str(path) in str(raised.value)
+    assert "no such file" in str(raised.value)
+
+
+@pytest.mark.parametrize("content", [b"a,b\n", b"a,b", b"a,b\r\n"])
+def test_header_only(content: bytes) -> None:
+    """A header without data rows is refused: nothing to impute or to fit."""
+    message = read_error(content)
+
+    assert LABEL in message
+    assert "header but no data rows" in message
+
+
+def test_duplicate_column_names() -> None:
+    """The duplicate is named, with both positions."""
+    message = read_error(b"age,bmi,age\n1,2,3\n")
+
+    assert LABEL in message
+    assert "duplicate column name 'age'" in message
+    assert "1" in message and "3" in message
+
+
+def test_duplicate_after_byte_order_mark() -> None:
+    """The BOM does not hide a duplicate of the first column."""
+    assert "duplicate column name 'a'" in read_error(b"\xef\xbb\xbfa,a\n1,2\n")
+
+
+@pytest.mark.parametrize(
+    ("content", "position"),
+    [(b"a,,c\n1,2,3\n", 2), (b"a,b,\n1,2,3\n", 3), (b"a, ,c\n1,2,3\n", 2)],
+)
+def test_column_without_name(content: bytes, position: int) -> None:
+    """An empty (or blank) header cell is refused and its position given."""
+    message = read_error(content)
+
+    assert LABEL in message
+    assert f"column {position}" in message
+    assert "no name" in message
+
+
+def test_non_numeric_column_names_column_value_and_line() -> None:
+    """The message names the column, quotes the first bad value and gives its line."""
+    message = read_error(b"age,sex\n70,1\n58,male\n61,female\n")
+
+    assert LABEL in message
+    assert "'sex'" in message
+    assert "not numeric" in message
+    assert "'male'" in message
+    assert "line 3" in message
+    assert "2 such cells" in message
+
+
+def test_non_numeric_from_a_path(tmp_path: Path) -> None:
+    """From disk too, the message names the file by its path."""
+    path = tmp_path / "south.csv"
+    path.write_bytes(b"a,b\n1,x\n")
+    with pytest.raises(InputError) as raised:
+        read_csv(path)
+
+    message = str(raised.value)
+    assert str(path) in message
+    assert "'b'" in message and "'x'" in message and "line 2" in message
+
+
+def test_every_non_numeric_column_is_named() -> None:
+    """Two bad columns are both reported, so one fix round suffices."""
+    message = read_error(b"a,b,c\n1,x,y\n2,3,z\n")
+
+    assert "'b'" in message and "'x'" in message
+    assert "'c'" in message and "'y'" in message
+
+
+def test_missing_token_with_spaces_is_explained() -> None:
+    """A padded ' NA' either reads as missing or is named: never an unexplained refusal."""
+    try:
+        table = read_csv(b"a,b\n1, NA\n2,3\n", label=LABEL)
+    except InputError as error:
+        message = str(error)
+        assert "'b'" in message, message
+        assert "line 2" in message, message
+    else:
+        assert np.isnan(table.values[0, 1])
+
+
+def test_line_numbers_count_blank_lines() -> None:
+    """The line named is the line of the file, even after a blank line."""
+    message = read_error(b"a,b\n1,2\n\n3,x\n")
+
+    assert "'x'" in message
+    assert "line 4" in message, message
+
+
+def test_row_with_too_many_fields() -> None:
+    """A row wider than the header names its line and both widths."""
+    message = read_error(b"a,b\n1,2\n3,4,5\n")
+
+    assert LABEL in message
+    assert "line 3" in message
+    assert "3 fields" in message
+    assert "2 columns" in message
+
+
+def test_row_with_too_few_fields() -> None:
+    """A short row is a ragged row too, not silently padded with missing cells."""
+    message = read_error(b"a,b,c\n1,2,3\n4,5\n6,7,8\n")
+
+    assert LABEL in message
+    assert "line 3" in message
+    assert "2 fields" in message
+
+
+@pytest.mark.parametrize("content", [b"a,b\n1,2,3\n4,5,6\n", b"a,b\n1,2,3\n4,5\n"])
+def test_extra_field_on_first_data_row_is_not_taken_as_row_names(content: bytes) -> None:
+    """A wider first row must be refused, never read shifted one column to the left."""
+    message = read_error(content)
+
+    assert "line 2" in message
+    assert "3 fields" in message
+
+
+@pytest.mark.parametrize("cell", ["inf", "-inf", "Infinity", "-Infinity"])
+def test_infinite_values(cell: str) -> None:
+    """An infinite cell is refused with its column and line."""
+    message = read_error(f"a,b\n1,2\n3,{cell}\n".encode())
+
+    assert LABEL in message
+    assert "'b'" in message
+    assert "infinite" in message
+    assert "line 3" in message
+
+
+def test_not_utf8_in_header() -> None:
+    """Latin-1 bytes in the header: the file is named as not UTF-8."""
+    message = read_error("\xe2ge,b\n1,2\n".encode("latin-1"))
+
+    assert LABEL in message
+    assert "UTF-8" in message
+
+
+def test_not_utf8_in_header_from_path(tmp_path: Path) -> None:
+    path = tmp_path / "latin.csv"
+    path.write_bytes("\xe2ge,b\n1,2\n".encode("latin-1"))
+    with pytest.raises(InputError, match="UTF-8") as raised:
+        read_csv(path)
+
+    assert str(path) in str(raised.value)
+
+
+def test_not_utf8_after_the_header() -> None:
+    """Latin-1 bytes in a data row are an InputError too, not a UnicodeDecodeError."""
+    message = read_error("a,b\n1,2\n3,caf\xe9\n".encode("latin-1"))
+
+    assert LABEL in message
+    assert "UTF-8" in message
+
+
+def test_not_utf8_deep_in_a_large_file(tmp_path: Path) -> None:
+    """A bad byte far beyond the first read buffer of a file is still an InputError."""
+    path = tmp_path / "big.csv"
+    path.write_bytes(b"a,b\n" + b"1,2\n" * 20_000 + "3,caf\xe9\n".encode("latin-1"))
+    with pytest.raises(InputError, match="UTF-8") as raised:
+        read_csv(path)
+
+    assert str(path) in str(raised.value)
+
+
+# ---------------------------------------------------------------- against the job
+
+
+def test_check_columns_accepts_the_same_header() -> None:
+    check_columns(make_table(("a", "b"), [[1, 2]]), ["a", "b"])
+
+
+def test_check_columns_missing_column() -> None:
+    """A column the job has and the site lacks is named as missing."""
+    with pytest.raises(InputError) as raised:
+        check_columns(make_table(("a", "b"), [[1, 2]]), ["a", "b", "c"])
+
+    message = str(raised.value)
+    assert LABEL in message
+    assert "missing 'c'" in message
+    assert "unexpected" not in message
+
+
+def test_check_columns_unexpected_column() -> None:
+    """A column the site has and the job lacks is named as unexpected."""
+    with pytest.raises(InputError) as raised:
+        check_columns(make_table(("a", "b", "z"), [[1, 2, 3]]), ["a", "b"])
+
+    message = str(raised.value)
+    assert LABEL in message
+    assert "unexpected 'z'" in message
+    assert "missing" not in message
+
+
+def test_check_columns_missing_and_unexpected() -> None:
+    """A renamed column shows both sides of the difference."""
+    with pytest.raises(InputError) as raised:
+        check_columns(make_table(("a", "BMI"), [[1, 2]]), ["a", "bmi"])
+
+    message = str(raised.value)
+    assert "missing 'bmi'" in message
+    assert "unexpected 'BMI'" in message
+
+
+def test_check_columns_reordered() -> None:
+    """Same names in another order is refused, and the expected order shown."""
+    with pytest.raises(InputError) as raised:
+        check_columns(make_table(("b", "a"), [[1, 2]]), ["a", "b"])
+
+    message = str(raised.value)
+    assert LABEL in message
+    assert "order" in message
+    assert "'a', 'b'" in message
+
+
+def test_check_binary_accepts_zero_one_and_missing() -> None:
+    check_binary(make_table(("y",), [[0], [1], [np.nan], [1]]), 0)
+
+
+def test_check_binary_shows_examples_with_lines() -> None:
+    """Cells other than 0/1 are counted, and the first few shown with their lines."""
+    table = make_table(("x", "smoker"), [[1, 0], [2, 0.5], [3, 1], [4, 2], [5, -1], [6, 7]])
+    with pytest.raises(InputError) as raised:
+        check_binary(table, 1)
+
+    message = str(raised.value)
+    assert LABEL in message
+    assert "'smoker'" in message
+    assert "4 cell(s)" in message
+    assert "0.5 (line 3)" in message
+    assert "2 (line 5)" in message
+    assert "-1 (line 6)" in message
+    assert "line 7" not in message  # at most three examples
