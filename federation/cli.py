@@ -130,6 +130,10 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", required=True, type=Path, metavar="DIR")
     demo.add_argument("--seed", type=int, default=2020)
     demo.set_defaults(handler=_demo_data)
+
+    from portal_central.cli import add_commands as add_central_commands
+
+    add_central_commands(commands)
     return parser
 
 

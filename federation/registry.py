@@ -152,6 +152,10 @@ class Registry:
             )
         versions[algorithm.version] = algorithm
 
+    def all(self) -> list[Algorithm]:
+        """Every version of every algorithm, by name then in the order added."""
+        return [a for name in self.names() for a in self._versions[name].values()]
+
     def names(self) -> list[str]:
         return sorted(self._versions)
 

@@ -8,6 +8,8 @@ import pytest
 
 from federation.demo import write_demo_data
 
+pytest_plugins = ["tests.central_fixtures"]
+
 
 @pytest.fixture(scope="session")
 def demo_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:

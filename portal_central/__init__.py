@@ -1,0 +1,1 @@
+"""The central portal: accounts, the algorithm registry, jobs, and the site connections."""

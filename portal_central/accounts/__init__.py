@@ -1,0 +1,1 @@
+"""Accounts: registration, approval with an emailed site_id, sign-in, tokens."""

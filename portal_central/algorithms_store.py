@@ -1,0 +1,199 @@
+"""Algorithm versions in the database, and the in-memory registry built from them.
+
+Built-ins are written to the database at start-up through the same validation as an upload;
+every version a job may pin stays loadable. An upload is accepted only after it has run once
+in simulation on synthetic data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from federation.errors import AlgorithmInvalid, FipError
+from federation.registry import Algorithm, Registry, file_names, load_algorithm
+from federation.simulation import smoke_test
+from portal_central.errors import Conflict, FieldInvalid, NotFound
+from portal_central.models import AlgorithmVersion, User, utcnow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """What the pages and the API show of a version."""
+
+    id: int
+    name: str
+    version: str
+    description: str
+    digest: str
+    builtin: bool
+    uploaded_at: datetime
+    uploaded_by: str | None
+    retired: bool
+    algorithm: Algorithm
+
+
+def files_of(row: AlgorithmVersion) -> dict[str, bytes]:
+    central, remote, params = file_names(row.name)
+    return {
+        central: row.central_source.encode(),
+        remote: row.remote_source.encode(),
+        params: row.params_json.encode(),
+    }
+
+
+def _row(algorithm: Algorithm, *, builtin: bool, uploader: User | None) -> AlgorithmVersion:
+    central, remote, params = file_names(algorithm.name)
+    return AlgorithmVersion(
+        name=algorithm.name,
+        version=algorithm.version,
+        description=algorithm.description,
+        digest=algorithm.digest,
+        central_source=algorithm.files[central].decode(),
+        remote_source=algorithm.files[remote].decode(),
+        params_json=algorithm.files[params].decode(),
+        builtin=builtin,
+        uploaded_by_id=uploader.id if uploader else None,
+    )
+
+
+def sync_builtins(*, session: Session) -> None:
+    """Record every built-in version that the database does not have yet."""
+    for algorithm in Registry.with_builtins().all():
+        known = session.scalar(
+            select(AlgorithmVersion).where(
+                AlgorithmVersion.name == algorithm.name,
+                AlgorithmVersion.version == algorithm.version,
+            )
+        )
+        if known is None:
+            session.add(_row(algorithm, builtin=True, uploader=None))
+            log.info("built-in algorithm %s %s registered", algorithm.name, algorithm.version)
+        elif known.digest != algorithm.digest:
+            raise AlgorithmInvalid(
+                f"built-in {algorithm.name} {algorithm.version} differs from the version of that "
+                "number in the database; give changed files a new version in params.json"
+            )
+
+
+def load_registry(*, session: Session) -> Registry:
+    """Every stored version (retired ones too: old jobs pin them), loaded and validated."""
+    registry = Registry()
+    rows = session.scalars(select(AlgorithmVersion).order_by(AlgorithmVersion.id))
+    for row in rows:
+        registry.add(load_algorithm(row.name, files_of(row)))
+    return registry
+
+
+def versions(*, session: Session, registry: Registry, name: str | None = None) -> list[VersionInfo]:
+    query = select(AlgorithmVersion).order_by(AlgorithmVersion.name, AlgorithmVersion.id)
+    if name is not None:
+        query = query.where(AlgorithmVersion.name == name)
+    return [
+        VersionInfo(
+            id=row.id,
+            name=row.name,
+            version=row.version,
+            description=row.description,
+            digest=row.digest,
+            builtin=row.builtin,
+            uploaded_at=row.uploaded_at,
+            uploaded_by=row.uploaded_by.username if row.uploaded_by else None,
+            retired=row.retired_at is not None,
+            algorithm=registry.get(row.name, row.version),
+        )
+        for row in session.scalars(query)
+    ]
+
+
+def current(
+    *, session: Session, registry: Registry, name: str, version: str | None = None
+) -> VersionInfo:
+    """The newest version in service of an algorithm, or the version asked for."""
+    found = versions(session=session, registry=registry, name=name)
+    if not found:
+        raise NotFound(f"no algorithm named '{name}'")
+    if version is not None:
+        chosen = [v for v in found if v.version == version]
+        if not chosen:
+            raise NotFound(f"{name} has no version '{version}'")
+        if chosen[0].retired:
+            raise Conflict(
+                f"{name} {version} is retired; pick a version in service", field="version"
+            )
+        return chosen[0]
+    in_service = [v for v in found if not v.retired]
+    if not in_service:
+        raise Conflict(f"every version of {name} is retired", field="algorithm")
+    return in_service[-1]
+
+
+def validate_upload(files: dict[str, bytes]) -> Algorithm:
+    """Load an upload (named by its Central file) and run it on synthetic data."""
+    centrals = [name for name in files if name.endswith("Central.py")]
+    if len(centrals) != 1:
+        raise FieldInvalid("the central file must be named <Name>Central.py", field="central")
+    name = centrals[0].removesuffix("Central.py")
+    try:
+        algorithm = load_algorithm(name, files)
+    except AlgorithmInvalid as error:
+        raise FieldInvalid(str(error), field=_field_of(str(error), name)) from None
+    try:
+        smoke_test(algorithm)
+    except FipError as error:
+        raise FieldInvalid(f"the pair failed its trial run on synthetic data: {error}") from None
+    except Exception as error:  # noqa: BLE001 - any crash of uploaded code is the upload's fault
+        raise FieldInvalid(
+            f"the pair crashed in its trial run on synthetic data: {type(error).__name__}: {error}"
+        ) from None
+    return algorithm
+
+
+def store(
+    *, session: Session, registry: Registry, algorithm: Algorithm, uploader: User
+) -> AlgorithmVersion:
+    known = session.scalar(
+        select(AlgorithmVersion).where(
+            AlgorithmVersion.name == algorithm.name, AlgorithmVersion.version == algorithm.version
+        )
+    )
+    if known is not None:
+        same = " with the same files" if known.digest == algorithm.digest else ""
+        raise Conflict(
+            f"{algorithm.name} version {algorithm.version} exists already{same}; "
+            "give the new files a new version in params.json",
+            field="params",
+        )
+    row = _row(algorithm, builtin=False, uploader=uploader)
+    session.add(row)
+    session.flush()
+    registry.add(algorithm)
+    return row
+
+
+def retire(*, session: Session, version_id: int, retired: bool = True) -> AlgorithmVersion:
+    row = session.get(AlgorithmVersion, version_id)
+    if row is None:
+        raise NotFound(f"no algorithm version {version_id}")
+    row.retired_at = utcnow() if retired else None
+    return row
+
+
+def _field_of(message: str, name: str) -> str:
+    """Which uploaded file a validation message is about (messages start with the file)."""
+    head = message[:60]
+    for marker, field in ((f"{name}Central.py", "central"), (f"{name}Remote.py", "remote")):
+        if marker in head:
+            return field
+    return "params"
+
+
+async def validate_upload_async(files: dict[str, bytes]) -> Algorithm:
+    return await asyncio.to_thread(validate_upload, files)

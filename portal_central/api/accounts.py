@@ -1,0 +1,168 @@
+"""JSON API: registration, tokens, and the admin's account decisions."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Form
+from pydantic import BaseModel
+
+from portal_central.accounts import service
+from portal_central.deps import AdminUser, CurrentUser, StateDep
+from portal_central.errors import PortalError
+from portal_central.models import OutboxMail, User
+from portal_central.web.admin import apply_decision
+
+router = APIRouter(prefix="/api", tags=["accounts"])
+
+
+class Registration(BaseModel):
+    username: str
+    email: str
+    institution: str
+    password: str
+
+
+class UserOut(BaseModel):
+    id: int
+    username: str
+    email: str
+    institution: str
+    role: str
+    status: str
+    site_id: str | None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, user: User) -> UserOut:
+        return cls(
+            id=user.id,
+            username=user.username,
+            email=user.email,
+            institution=user.institution,
+            role=user.role,
+            status=user.status,
+            site_id=user.site_id,
+            created_at=user.created_at,
+        )
+
+
+class Decision(UserOut):
+    notice: str
+    mail_sent: bool
+
+
+class TokenOut(BaseModel):
+    access_token: str
+    refresh_token: str
+    token_type: Literal["bearer"] = "bearer"
+    expires_in: int
+
+
+class RefreshIn(BaseModel):
+    refresh_token: str
+
+
+class MailOut(BaseModel):
+    id: int
+    to: str
+    subject: str
+    body: str
+    created_at: datetime
+
+
+@router.post("/register", status_code=201)
+def register(body: Registration, state: StateDep) -> UserOut:
+    """Register a site user; the account is pending until an admin approves it."""
+    with state.database.session() as session:
+        user = service.register(
+            session=session,
+            passwords=state.passwords,
+            username=body.username,
+            email=body.email,
+            institution=body.institution,
+            password=body.password,
+        )
+        return UserOut.of(user)
+
+
+@router.post("/auth/token")
+def token(
+    state: StateDep, username: Annotated[str, Form()], password: Annotated[str, Form()]
+) -> TokenOut:
+    """Exchange a username and password (form fields) for an access and a refresh token."""
+    with state.database.session() as session:
+        outcome = service.authenticate(
+            session=session,
+            passwords=state.passwords,
+            settings=state.settings,
+            username=username,
+            password=password,
+        )
+        if outcome.user is not None:
+            pair = service.issue_tokens(
+                session=session, tokens=state.tokens, settings=state.settings, user=outcome.user
+            )
+    if outcome.error is not None:
+        raise outcome.error
+    return TokenOut(**pair.__dict__)
+
+
+@router.post("/auth/refresh")
+def refresh(body: RefreshIn, state: StateDep) -> TokenOut:
+    """A new token pair for a refresh token; the old refresh token stops working."""
+    with state.database.session() as session:
+        pair = service.refresh_tokens(
+            session=session,
+            tokens=state.tokens,
+            settings=state.settings,
+            refresh_token=body.refresh_token,
+        )
+    return TokenOut(**pair.__dict__)
+
+
+@router.post("/auth/revoke", status_code=204)
+def revoke(body: RefreshIn, state: StateDep) -> None:
+    """Revoke a refresh token (signing out a script or a site)."""
+    with state.database.session() as session:
+        service.revoke_refresh_token(session=session, refresh_token=body.refresh_token)
+
+
+@router.get("/me")
+def me(user: CurrentUser) -> UserOut:
+    return UserOut.of(user)
+
+
+@router.get("/users")
+def users(admin: AdminUser, state: StateDep, status: str | None = None) -> list[UserOut]:
+    """Every account, or those of one status (pending, approved, rejected, disabled)."""
+    with state.database.session() as session:
+        return [UserOut.of(u) for u in service.list_users(session=session, status=status)]
+
+
+@router.post("/users/{user_id}/{action}")
+async def decide(user_id: int, action: str, admin: AdminUser, state: StateDep) -> Decision:
+    """approve (issues and mails the site_id), reject, disable (revokes tokens) or enable."""
+    if action not in service.STATUS_TRANSITIONS:
+        raise PortalError(
+            f"unknown action '{action}'; use one of {', '.join(service.STATUS_TRANSITIONS)}",
+            field="action",
+        )
+    user, notice, failed = await apply_decision(state, user_id=user_id, action=action)
+    return Decision(**UserOut.of(user).model_dump(), notice=notice, mail_sent=not failed)
+
+
+@router.get("/outbox")
+def outbox(admin: AdminUser, state: StateDep) -> list[MailOut]:
+    """Mails kept because no SMTP server is configured, newest first."""
+    from sqlalchemy import select
+
+    with state.database.session() as session:
+        mails = session.scalars(select(OutboxMail).order_by(OutboxMail.id.desc()))
+        return [
+            MailOut(
+                id=m.id, to=m.to_address, subject=m.subject, body=m.body, created_at=m.created_at
+            )
+            for m in mails
+        ]

@@ -1,0 +1,82 @@
+"""JSON API: the algorithm registry."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, UploadFile
+from fastapi.responses import PlainTextResponse
+from pydantic import BaseModel
+
+from portal_central import algorithms_store as store
+from portal_central.deps import AdminUser, CurrentUser, StateDep
+from portal_central.errors import NotFound
+from portal_central.web.algorithms import read_upload
+
+router = APIRouter(prefix="/api/algorithms", tags=["algorithms"])
+
+
+class VersionOut(BaseModel):
+    name: str
+    version: str
+    description: str
+    digest: str
+    builtin: bool
+    retired: bool
+    uploaded_at: datetime
+    uploaded_by: str | None
+    multiple_targets: bool
+    target_types: list[str]
+    parameters: dict[str, Any]
+
+    @classmethod
+    def of(cls, info: store.VersionInfo) -> VersionOut:
+        caps = info.algorithm.capabilities
+        return cls(
+            name=info.name,
+            version=info.version,
+            description=info.description,
+            digest=info.digest,
+            builtin=info.builtin,
+            retired=info.retired,
+            uploaded_at=info.uploaded_at,
+            uploaded_by=info.uploaded_by,
+            multiple_targets=caps.multiple_targets,
+            target_types=list(caps.target_types),
+            parameters=dict(info.algorithm.schema),
+        )
+
+
+@router.get("")
+def list_algorithms(user: CurrentUser, state: StateDep) -> list[VersionOut]:
+    """Every version of every algorithm, retired ones included (flagged)."""
+    with state.database.session() as session:
+        return [VersionOut.of(i) for i in store.versions(session=session, registry=state.registry)]
+
+
+@router.post("", status_code=201)
+async def upload(
+    admin: AdminUser,
+    state: StateDep,
+    central: Annotated[UploadFile, File(description="<Name>Central.py")],
+    remote: Annotated[UploadFile, File(description="<Name>Remote.py")],
+    params: Annotated[UploadFile, File(description="params.json")],
+) -> VersionOut:
+    """Upload an algorithm or a new version; it is validated and run once before it is stored."""
+    algorithm = await store.validate_upload_async(await read_upload(central, remote, params))
+    with state.database.session() as session:
+        store.store(session=session, registry=state.registry, algorithm=algorithm, uploader=admin)
+        info = store.current(
+            session=session, registry=state.registry, name=algorithm.name, version=algorithm.version
+        )
+    return VersionOut.of(info)
+
+
+@router.get("/{name}/{version}/files/{file_name}", response_class=PlainTextResponse)
+def file(name: str, version: str, file_name: str, user: CurrentUser, state: StateDep) -> str:
+    """One file of a version, as text (sites fetch the remote half this way)."""
+    algorithm = state.registry.get(name, version)
+    if file_name not in algorithm.files:
+        raise NotFound(f"{name} {version} has no file '{file_name}'")
+    return algorithm.files[file_name].decode()

@@ -1,0 +1,125 @@
+"""The central portal's application: ``create_app(settings)``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from sqlalchemy import text
+
+from portal_central.api import accounts as accounts_api
+from portal_central.api import algorithms as algorithms_api
+from portal_central.db import upgrade
+from portal_central.deps import OptionalUser, StateDep
+from portal_central.errors import FieldInvalid, PortalError, Unauthorized
+from portal_central.settings import CentralSettings
+from portal_central.state import CentralState
+from portal_central.web import admin, algorithms, auth
+from portal_central.web.render import STATIC, is_htmx, render
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: CentralSettings) -> FastAPI:
+    """Build the portal for these settings; the database is upgraded when it starts."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        upgrade(settings.prepare().database)
+        state = CentralState.create(settings)
+        app.state.fip = state
+        log.info("central portal at %s, database %s", settings.url, _redacted(settings.database))
+        try:
+            yield
+        finally:
+            state.database.dispose()
+
+    app = FastAPI(
+        title="Federated Imputation Portal: central",
+        description="JSON API of the central portal. Browser pages are served beside it.",
+        lifespan=lifespan,
+    )
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.include_router(auth.router)
+    app.include_router(admin.router)
+    app.include_router(algorithms.router)
+    app.include_router(accounts_api.router)
+    app.include_router(algorithms_api.router)
+    app.add_exception_handler(PortalError, _portal_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+
+    @app.get("/", include_in_schema=False)
+    def home(user: OptionalUser) -> Response:
+        if user is None:
+            return RedirectResponse("/sign-in", status_code=303)
+        return RedirectResponse(
+            "/admin/users" if user.role == "admin" else "/account", status_code=303
+        )
+
+    @app.get("/account", response_class=HTMLResponse, include_in_schema=False)
+    def account(request: Request, user: OptionalUser, state: StateDep) -> Response:
+        if user is None:
+            return RedirectResponse("/sign-in?next=/account", status_code=303)
+        return render(
+            request, "central/account.html", {"central_url": state.settings.url, "nav": "account"}
+        )
+
+    @app.get("/health", tags=["operations"])
+    def health(state: StateDep) -> JSONResponse:
+        """Whether the database answers."""
+        try:
+            with state.database.session() as session:
+                session.execute(text("SELECT 1"))
+        except Exception as error:  # noqa: BLE001 - any database failure is "unhealthy"
+            return JSONResponse({"status": "unhealthy", "database": str(error)}, status_code=503)
+        return JSONResponse({"status": "ok", "database": "ok"})
+
+    return app
+
+
+def _wants_json(request: Request) -> bool:
+    return request.url.path.startswith("/api/") or "application/json" in request.headers.get(
+        "accept", ""
+    )
+
+
+async def _portal_error(request: Request, error: PortalError) -> Response:
+    if _wants_json(request):
+        return JSONResponse(
+            {"detail": error.message, "field": error.field}, status_code=error.status_code
+        )
+    if isinstance(error, Unauthorized) and request.method == "GET" and not is_htmx(request):
+        return RedirectResponse(f"/sign-in?next={request.url.path}", status_code=303)
+    if is_htmx(request):
+        response = render(
+            request, "_error.html", {"message": error.message}, status_code=error.status_code
+        )
+        response.headers["HX-Retarget"] = "#main"
+        response.headers["HX-Reswap"] = "afterbegin"
+        return response
+    titles = {401: "Please sign in", 403: "Not allowed", 404: "Not found", 409: "Not possible now"}
+    return render(
+        request,
+        "error.html",
+        {"title": titles.get(error.status_code, "Something is wrong"), "message": error.message},
+        status_code=error.status_code,
+    )
+
+
+async def _validation_error(request: Request, error: RequestValidationError) -> Response:
+    first = error.errors()[0]
+    field = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+    message = f"{field}: {first.get('msg', 'invalid')}" if field else first.get("msg", "invalid")
+    return await _portal_error(request, FieldInvalid(message, field=field))
+
+
+def _redacted(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        rest = "***@" + rest.split("@", 1)[1]
+    return scheme + sep + rest

@@ -1,0 +1,120 @@
+"""``fip central``: serve the portal, create the first admin, upgrade the database."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import sys
+from pathlib import Path
+
+from federation.errors import InputError
+from portal_central.accounts import service
+from portal_central.db import Database, upgrade
+from portal_central.errors import PortalError
+from portal_central.security import Passwords
+from portal_central.settings import CentralSettings
+
+
+def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    central = commands.add_parser(
+        "central",
+        help="run the central portal, or manage it (create-admin, db upgrade)",
+        description="Run the central portal (HTTPS pages, JSON API and the sites' WebSocket on "
+        "one port). Every setting is also an environment variable FIP_CENTRAL_<NAME>; flags win.",
+    )
+    central.add_argument(
+        "--data-dir", type=Path, help="database, secret key and logs (FIP_CENTRAL_DATA_DIR)"
+    )
+    central.add_argument("--database-url", help="SQLAlchemy URL; default SQLite in the data dir")
+    central.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    central.add_argument("--port", type=int, help="port to listen on (default 8443)")
+    central.add_argument("--certfile", type=Path, help="TLS certificate (PEM)")
+    central.add_argument("--keyfile", type=Path, help="TLS private key (PEM)")
+    central.set_defaults(handler=_serve)
+    actions = central.add_subparsers(title="actions", metavar="ACTION")
+
+    admin = actions.add_parser(
+        "create-admin",
+        help="create an admin account (asks for the password when --password is not given)",
+    )
+    admin.add_argument("--username", required=True)
+    admin.add_argument("--email", required=True)
+    admin.add_argument("--password", help="the password; prompted for when omitted")
+    admin.set_defaults(handler=_create_admin)
+
+    db = actions.add_parser("db", help="database maintenance")
+    db_actions = db.add_subparsers(title="db actions", metavar="ACTION", required=True)
+    db_upgrade = db_actions.add_parser("upgrade", help="apply the migrations up to the newest")
+    db_upgrade.set_defaults(handler=_db_upgrade)
+
+
+def settings_from(args: argparse.Namespace) -> CentralSettings:
+    """Environment variables, overridden by the flags that were given."""
+    given = {
+        key: getattr(args, key)
+        for key in ("data_dir", "database_url", "host", "port", "certfile", "keyfile")
+        if getattr(args, key, None) is not None
+    }
+    return CentralSettings(**given).prepare()
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from portal_central.app import create_app
+
+    settings = settings_from(args)
+    if (settings.certfile is None) != (settings.keyfile is None):
+        raise InputError("give both --certfile and --keyfile, or neither")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        ssl_certfile=str(settings.certfile) if settings.certfile else None,
+        ssl_keyfile=str(settings.keyfile) if settings.keyfile else None,
+        ws_per_message_deflate=False,
+        log_level="info",
+    )
+    return 0
+
+
+def _create_admin(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    password = args.password
+    if password is None:
+        password = getpass.getpass(f"Password for {args.username}: ")
+        if getpass.getpass("Again: ") != password:
+            raise InputError("the two passwords differ")
+    upgrade(settings.database)
+    database = Database(settings.database)
+    passwords = Passwords(
+        time_cost=settings.argon2_time_cost, memory_kib=settings.argon2_memory_kib
+    )
+    try:
+        with database.session() as session:
+            user = service.create_admin(
+                session=session,
+                passwords=passwords,
+                username=args.username,
+                email=args.email,
+                password=password,
+            )
+    except PortalError as error:
+        raise InputError(
+            f"{error.field}: {error.message}" if error.field else error.message
+        ) from None
+    finally:
+        database.dispose()
+    print(f"admin '{user.username}' created in {settings.database}", file=sys.stdout)
+    return 0
+
+
+def _db_upgrade(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    upgrade(settings.database)
+    print(f"database at the newest migration: {settings.database}")
+    return 0

@@ -1,0 +1,96 @@
+"""Request dependencies: the portal's state, who is asking, and CSRF protection."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from portal_central.errors import Forbidden, Unauthorized
+from portal_central.models import User
+from portal_central.security import Claims, InvalidToken
+from portal_central.state import CentralState
+
+SESSION_COOKIE = "fip_session"
+CSRF_FIELD = "csrf_token"
+CSRF_HEADER = "X-CSRF-Token"
+_UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+def get_state(request: Request) -> CentralState:
+    state: CentralState = request.app.state.fip
+    return state
+
+
+StateDep = Annotated[CentralState, Depends(get_state)]
+
+
+def _claims(request: Request, state: CentralState) -> tuple[Claims, bool] | None:
+    """The caller's claims and whether they came from the browser cookie."""
+    header = request.headers.get("Authorization", "")
+    if header.lower().startswith("bearer "):
+        try:
+            return state.tokens.read(header[7:].strip(), kind="access"), False
+        except InvalidToken:
+            raise Unauthorized("the access token is not valid or has expired") from None
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if cookie:
+        try:
+            return state.tokens.read(cookie, kind="session"), True
+        except InvalidToken:
+            return None
+    return None
+
+
+async def optional_user(request: Request, state: StateDep) -> User | None:
+    """The signed-in user, if any; checks that the account is still approved and unrevoked."""
+    found = _claims(request, state)
+    if found is None:
+        return None
+    claims, from_cookie = found
+    with state.database.session() as session:
+        user = session.get(User, claims.user_id)
+    if user is None or user.status != "approved" or user.token_version != claims.token_version:
+        if from_cookie:
+            return None
+        raise Unauthorized("the access token was revoked; sign in again")
+    if from_cookie and request.method in _UNSAFE:
+        await _check_csrf(request, state, claims.session_id)
+    request.state.page_context = {
+        "user": user,
+        "csrf_token": state.tokens.csrf(claims.session_id) if from_cookie else "",
+    }
+    return user
+
+
+async def _check_csrf(request: Request, state: CentralState, session_id: str) -> None:
+    token = request.headers.get(CSRF_HEADER)
+    if token is None and request.headers.get("content-type", "").startswith(
+        ("application/x-www-form-urlencoded", "multipart/form-data")
+    ):
+        form = await request.form()
+        value = form.get(CSRF_FIELD)
+        token = value if isinstance(value, str) else None
+    if not state.tokens.check_csrf(session_id, token):
+        raise Forbidden("the form has expired or did not come from this portal; reload the page")
+
+
+OptionalUser = Annotated[User | None, Depends(optional_user)]
+
+
+def current_user(user: OptionalUser) -> User:
+    if user is None:
+        raise Unauthorized("sign in first")
+    return user
+
+
+CurrentUser = Annotated[User, Depends(current_user)]
+
+
+def admin_user(user: CurrentUser) -> User:
+    if user.role != "admin":
+        raise Forbidden("only admins may do this")
+    return user
+
+
+AdminUser = Annotated[User, Depends(admin_user)]

@@ -1,0 +1,165 @@
+"""The central database: accounts, tokens, mail, algorithm versions and job metadata.
+
+No data set, imputed value or derived matrix is ever stored here: a job keeps its column
+names, targets, parameters and state, nothing else.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timestamps stored as UTC and always read back timezone-aware, on SQLite too."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: store timezone-aware UTC times")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class User(Base):
+    """A person: an admin, or a site user whose account carries the site's ``site_id``."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    email: Mapped[str] = mapped_column(String(254))
+    institution: Mapped[str] = mapped_column(String(200))
+    password_hash: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(16))  # admin | site
+    status: Mapped[str] = mapped_column(String(16))  # pending | approved | rejected | disabled
+    site_id: Mapped[str | None] = mapped_column(String(16), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    decided_at: Mapped[datetime | None]
+    failed_sign_ins: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[datetime | None]
+    token_version: Mapped[int] = mapped_column(Integer, default=0)
+    """Raised when the account is disabled: every access token and session issued before dies."""
+
+    refresh_tokens: Mapped[list[RefreshToken]] = relationship(back_populates="user")
+
+
+class RefreshToken(Base):
+    """A long-lived token that buys short access tokens; stored hashed, revocable."""
+
+    __tablename__ = "refresh_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+
+    user: Mapped[User] = relationship(back_populates="refresh_tokens")
+
+
+class OutboxMail(Base):
+    """A mail that was not sent because no SMTP server is configured; admins read it."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    to_address: Mapped[str] = mapped_column(String(254))
+    subject: Mapped[str] = mapped_column(String(300))
+    body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AlgorithmVersion(Base):
+    """One version of an algorithm: its three files, digest, and who uploaded it when."""
+
+    __tablename__ = "algorithm_versions"
+    __table_args__ = (UniqueConstraint("name", "version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(40), index=True)
+    version: Mapped[str] = mapped_column(String(40))
+    description: Mapped[str] = mapped_column(Text, default="")
+    digest: Mapped[str] = mapped_column(String(64))
+    central_source: Mapped[str] = mapped_column(Text)
+    remote_source: Mapped[str] = mapped_column(Text)
+    params_json: Mapped[str] = mapped_column(Text)
+    builtin: Mapped[bool] = mapped_column(Boolean, default=False)
+    uploaded_at: Mapped[datetime] = mapped_column(default=utcnow)
+    uploaded_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    retired_at: Mapped[datetime | None]
+
+    uploaded_by: Mapped[User | None] = relationship()
+
+
+class Job(Base):
+    """A job's metadata: what runs, on which columns, with whom. Never its data."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(Text, default="")
+    algorithm_version_id: Mapped[int] = mapped_column(ForeignKey("algorithm_versions.id"))
+    columns: Mapped[list[Any]]
+    targets: Mapped[list[Any]]
+    params: Mapped[dict[str, Any]]
+    seed: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    message: Mapped[str] = mapped_column(Text, default="")
+    created_by_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+    algorithm: Mapped[AlgorithmVersion] = relationship()
+    created_by: Mapped[User] = relationship()
+    participants: Mapped[list[JobParticipant]] = relationship(
+        back_populates="job", cascade="all, delete-orphan", order_by="JobParticipant.position"
+    )
+
+
+class JobParticipant(Base):
+    """A remote site taking part in a job (central always takes part with its own data)."""
+
+    __tablename__ = "job_participants"
+    __table_args__ = (UniqueConstraint("job_id", "user_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    position: Mapped[int] = mapped_column(Integer)
+
+    job: Mapped[Job] = relationship(back_populates="participants")
+    user: Mapped[User] = relationship()

@@ -1,0 +1,78 @@
+"""Central's settings: environment variables prefixed ``FIP_CENTRAL_``, and a few flags.
+
+The secret key is never a default in code: it is generated on first start and kept in the data
+directory (mode 0600).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class CentralSettings(BaseSettings):
+    """Every setting of the central portal; each is ``FIP_CENTRAL_<NAME>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="FIP_CENTRAL_", extra="ignore")
+
+    data_dir: Path = Path("central-data")
+    """Where the database (SQLite by default), the secret key and the logs live. No data sets."""
+    database_url: str | None = None
+    """SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db; default SQLite in data_dir."""
+    host: str = "127.0.0.1"
+    port: int = 8443
+    certfile: Path | None = None
+    keyfile: Path | None = None
+    public_url: str | None = None
+    """The address sites and users reach central at, written in mails; default from host/port."""
+
+    smtp_host: str | None = None
+    """With no SMTP host, mail goes to the outbox that admins read in the portal."""
+    smtp_port: int = 587
+    smtp_security: Literal["starttls", "tls", "none"] = "starttls"
+    smtp_user: str | None = None
+    smtp_password: SecretStr | None = None
+    mail_from: str = "fip@localhost"
+
+    access_token_minutes: int = 15
+    refresh_token_days: int = 30
+    session_hours: int = 12
+    lockout_attempts: int = 5
+    lockout_minutes: int = 15
+    argon2_time_cost: int = Field(default=3, ge=1)
+    argon2_memory_kib: int = Field(default=65536, ge=64)
+
+    @property
+    def tls(self) -> bool:
+        return self.certfile is not None
+
+    @property
+    def url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{self.host}:{self.port}"
+
+    @property
+    def database(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'central.db'}"
+
+    def prepare(self) -> CentralSettings:
+        """Create the data directory (owner-only) if it does not exist yet."""
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return self
+
+    def secret_key(self) -> bytes:
+        """The signing key: read from data_dir/secret.key, created there on first use."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        path = self.data_dir / "secret.key"
+        if not path.exists():
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(secrets.token_hex(32))
+        return bytes.fromhex(path.read_text().strip())

@@ -1,0 +1,40 @@
+"""What the running central portal holds: settings, database, security, mail, templates."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from federation.registry import Registry
+from portal_central.accounts.mail import Mailer
+from portal_central.algorithms_store import load_registry, sync_builtins
+from portal_central.db import Database
+from portal_central.security import Passwords, Tokens
+from portal_central.settings import CentralSettings
+
+
+@dataclass
+class CentralState:
+    settings: CentralSettings
+    database: Database
+    passwords: Passwords
+    tokens: Tokens
+    mailer: Mailer
+    registry: Registry
+
+    @classmethod
+    def create(cls, settings: CentralSettings) -> CentralState:
+        database = Database(settings.database)
+        with database.session() as session:
+            sync_builtins(session=session)
+        with database.session() as session:
+            registry = load_registry(session=session)
+        return cls(
+            settings=settings,
+            database=database,
+            passwords=Passwords(
+                time_cost=settings.argon2_time_cost, memory_kib=settings.argon2_memory_kib
+            ),
+            tokens=Tokens(settings.secret_key()),
+            mailer=Mailer(settings, database),
+            registry=registry,
+        )

@@ -1,0 +1,125 @@
+"""Algorithm pages: the list, one algorithm's versions and code, uploads and retiring."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Request, UploadFile
+from fastapi.params import File
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from federation.registry import file_names
+from portal_central import algorithms_store as store
+from portal_central.deps import AdminUser, CurrentUser, StateDep
+from portal_central.errors import NotFound, PortalError
+from portal_central.web.render import render
+
+router = APIRouter(prefix="/algorithms")
+
+
+def _grouped(infos: list[store.VersionInfo]) -> dict[str, list[store.VersionInfo]]:
+    grouped: dict[str, list[store.VersionInfo]] = {}
+    for info in infos:
+        grouped.setdefault(info.name, []).append(info)
+    return grouped
+
+
+def _list_page(
+    request: Request, state: StateDep, *, error: str = "", field: str = "", status: int = 200
+) -> Response:
+    with state.database.session() as session:
+        infos = store.versions(session=session, registry=state.registry)
+    return render(
+        request,
+        "central/algorithms/list.html",
+        {"algorithms": _grouped(infos), "error": error, "error_field": field, "nav": "algorithms"},
+        status_code=status,
+    )
+
+
+@router.get("", response_class=HTMLResponse)
+def algorithms_page(request: Request, user: CurrentUser, state: StateDep) -> Response:
+    return _list_page(request, state)
+
+
+@router.post("", response_class=HTMLResponse)
+async def upload(
+    request: Request,
+    admin: AdminUser,
+    state: StateDep,
+    central: Annotated[UploadFile, File()],
+    remote: Annotated[UploadFile, File()],
+    params: Annotated[UploadFile, File()],
+) -> Response:
+    """Upload a new algorithm or a new version: validated, run once, then stored."""
+    try:
+        algorithm = await store.validate_upload_async(await read_upload(central, remote, params))
+        with state.database.session() as session:
+            store.store(
+                session=session, registry=state.registry, algorithm=algorithm, uploader=admin
+            )
+    except PortalError as error:
+        return _list_page(
+            request, state, error=error.message, field=error.field or "", status=error.status_code
+        )
+    return RedirectResponse(
+        f"/algorithms/{algorithm.name}?version={algorithm.version}", status_code=303
+    )
+
+
+async def read_upload(
+    central: UploadFile, remote: UploadFile, params: UploadFile
+) -> dict[str, bytes]:
+    """The three uploaded files by their names; the names must follow the contract."""
+    files: dict[str, bytes] = {}
+    for field, upload_file in (("central", central), ("remote", remote), ("params", params)):
+        name = (upload_file.filename or "").rsplit("/", 1)[-1]
+        if not name:
+            raise PortalError(f"choose the {field} file", field=field)
+        files[name] = await upload_file.read()
+    central_name = next((n for n in files if n.endswith("Central.py")), None)
+    if central_name is None:
+        raise PortalError("the central file must be named <Name>Central.py", field="central")
+    expected = file_names(central_name.removesuffix("Central.py"))
+    if set(files) != set(expected):
+        raise PortalError(
+            f"the files must be named {', '.join(expected)}; got {', '.join(sorted(files))}",
+            field="remote" if expected[1] not in files else "params",
+        )
+    return files
+
+
+@router.get("/{name}", response_class=HTMLResponse)
+def algorithm_page(
+    request: Request, name: str, user: CurrentUser, state: StateDep, version: str | None = None
+) -> Response:
+    with state.database.session() as session:
+        infos = store.versions(session=session, registry=state.registry, name=name)
+    if not infos:
+        raise NotFound(f"no algorithm named '{name}'")
+    shown = next((i for i in infos if i.version == version), infos[-1])
+    central, remote, params = file_names(name)
+    files = shown.algorithm.files
+    return render(
+        request,
+        "central/algorithms/detail.html",
+        {
+            "name": name,
+            "versions": infos,
+            "shown": shown,
+            "code": [(f, files[f].decode()) for f in (central, remote, params)],
+            "nav": "algorithms",
+        },
+    )
+
+
+@router.post("/{name}/versions/{version_id}/{action}", response_class=HTMLResponse)
+def retire(
+    request: Request, name: str, version_id: int, action: str, admin: AdminUser, state: StateDep
+) -> Response:
+    if action not in ("retire", "restore"):
+        raise NotFound(f"no action '{action}'")
+    with state.database.session() as session:
+        row = store.retire(session=session, version_id=version_id, retired=action == "retire")
+        version = row.version
+    return RedirectResponse(f"/algorithms/{name}?version={version}", status_code=303)

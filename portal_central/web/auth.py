@@ -1,0 +1,131 @@
+"""Sign-in, sign-out and self-registration pages."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from portal_central.accounts import service
+from portal_central.deps import SESSION_COOKIE, CurrentUser, OptionalUser, StateDep
+from portal_central.errors import PortalError
+from portal_central.web.render import render
+
+router = APIRouter()
+
+
+def _safe_next(target: str) -> str:
+    """Only a path on this portal, never another site (no open redirect)."""
+    return target if target.startswith("/") and not target.startswith("//") else "/"
+
+
+@router.get("/sign-in", response_class=HTMLResponse)
+def sign_in_page(request: Request, user: OptionalUser, next: str = "/") -> Response:
+    if user is not None:
+        return RedirectResponse(_safe_next(next), status_code=303)
+    return render(
+        request,
+        "central/auth/sign_in.html",
+        {"error": "", "username": "", "next": _safe_next(next), "nav": "sign-in"},
+    )
+
+
+@router.post("/sign-in", response_class=HTMLResponse)
+def sign_in(
+    request: Request,
+    state: StateDep,
+    username: Annotated[str, Form()] = "",
+    password: Annotated[str, Form()] = "",
+    next: Annotated[str, Form()] = "/",
+) -> Response:
+    with state.database.session() as session:
+        outcome = service.authenticate(
+            session=session,
+            passwords=state.passwords,
+            settings=state.settings,
+            username=username,
+            password=password,
+        )
+        user = outcome.user
+    if user is None:
+        assert outcome.error is not None
+        return render(
+            request,
+            "central/auth/sign_in.html",
+            {"error": outcome.error.message, "username": username, "next": _safe_next(next)},
+            status_code=outcome.error.status_code,
+        )
+    cookie = state.tokens.issue(
+        user_id=user.id,
+        role=user.role,
+        token_version=user.token_version,
+        site_id=user.site_id,
+        kind="session",
+        lifetime_seconds=state.settings.session_hours * 3600,
+    )
+    response = RedirectResponse(_safe_next(next), status_code=303)
+    response.set_cookie(
+        SESSION_COOKIE,
+        cookie,
+        max_age=state.settings.session_hours * 3600,
+        httponly=True,
+        secure=state.settings.tls,
+        samesite="lax",
+    )
+    return response
+
+
+@router.post("/sign-out")
+def sign_out(user: CurrentUser) -> Response:
+    response = RedirectResponse("/sign-in", status_code=303)
+    response.delete_cookie(SESSION_COOKIE)
+    return response
+
+
+@router.get("/register", response_class=HTMLResponse)
+def register_page(request: Request) -> Response:
+    return render(
+        request,
+        "central/auth/register.html",
+        {
+            "values": {"username": "", "email": "", "institution": ""},
+            "errors": {},
+            "nav": "register",
+        },
+    )
+
+
+@router.post("/register", response_class=HTMLResponse)
+def register(
+    request: Request,
+    state: StateDep,
+    username: Annotated[str, Form()] = "",
+    email: Annotated[str, Form()] = "",
+    institution: Annotated[str, Form()] = "",
+    password: Annotated[str, Form()] = "",
+) -> Response:
+    values = {"username": username, "email": email, "institution": institution}
+    try:
+        with state.database.session() as session:
+            user = service.register(
+                session=session,
+                passwords=state.passwords,
+                username=username,
+                email=email,
+                institution=institution,
+                password=password,
+            )
+    except PortalError as error:
+        return render(
+            request,
+            "central/auth/register.html",
+            {"values": values, "errors": {error.field or "form": error.message}, "nav": "register"},
+            status_code=error.status_code,
+        )
+    return render(
+        request,
+        "central/auth/registered.html",
+        {"username": user.username, "email": user.email, "institution": user.institution},
+        status_code=201,
+    )

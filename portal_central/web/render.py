@@ -1,0 +1,76 @@
+"""Rendering pages and fragments from ``templates/``, shared by central and site portals."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import HTMLResponse
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
+STATIC = Path(__file__).resolve().parents[2] / "static"
+
+
+def ago(moment: datetime | None, now: datetime | None = None) -> str:
+    """A time in a person's terms: 'just now', '2 min ago', '3 h ago', '5 days ago'."""
+    if moment is None:
+        return "never"
+    seconds = ((now or datetime.now(UTC)) - moment).total_seconds()
+    if seconds < 0:
+        return "in the future"
+    for limit, unit, size in ((60, "", 1), (3600, "min", 60), (86400, "h", 3600)):
+        if seconds < limit:
+            return "just now" if not unit else f"{int(seconds // size)} {unit} ago"
+    days = int(seconds // 86400)
+    return f"{days} day{'s' if days != 1 else ''} ago"
+
+
+def _environment() -> Environment:
+    environment = Environment(
+        loader=FileSystemLoader(TEMPLATES),
+        autoescape=select_autoescape(["html"]),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    environment.filters["ago"] = ago
+    environment.filters["iso"] = lambda m: m.isoformat(timespec="seconds") if m else ""
+    return environment
+
+
+ENVIRONMENT = _environment()
+PAGE_DEFAULTS: dict[str, Any] = {"user": None, "csrf_token": "", "nav": "", "portal": "central"}
+"""What every page may use; a portal's dependencies put the caller's values in
+``request.state.page_context``."""
+
+
+def is_htmx(request: Request) -> bool:
+    return request.headers.get("HX-Request") == "true"
+
+
+def render(
+    request: Request,
+    template: str,
+    context: dict[str, Any] | None = None,
+    *,
+    status_code: int = 200,
+    block: str | None = None,
+) -> HTMLResponse:
+    """A whole page, or one named block of it (an HTMX fragment)."""
+    page = ENVIRONMENT.get_template(template)
+    values = {
+        **PAGE_DEFAULTS,
+        **getattr(request.state, "page_context", {}),
+        "request": request,
+        **(context or {}),
+    }
+    if block is None:
+        html = page.render(values)
+    else:
+        html = "".join(page.blocks[block](page.new_context(values)))
+    response = HTMLResponse(html, status_code=status_code)
+    response.headers["Vary"] = "HX-Request"
+    return response

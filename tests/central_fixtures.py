@@ -1,0 +1,121 @@
+"""Fixtures for the central portal: a database of each kind, settings, a client, accounts."""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+
+from portal_central.app import create_app
+from portal_central.settings import CentralSettings
+
+POSTGRES = os.environ.get("FIP_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+"""A PostgreSQL server where the tests may create and drop databases (scripts/test starts one)."""
+
+ADMIN = {"username": "admin", "email": "admin@central.example", "password": "Central-key-2026"}
+SITE_PASSWORD = "Site-pass-2026!"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database: SQLite in tmp_path, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'central.db'}"
+        return
+    name = f"fip_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(POSTGRES, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    server = POSTGRES.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
+    try:
+        yield f"{server}/{name}"
+    finally:
+        with psycopg.connect(POSTGRES, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def make_settings(data_dir: Path, database_url: str, **overrides: object) -> CentralSettings:
+    """Settings for a test: cheap password hashing, no SMTP unless given."""
+    values: dict[str, object] = {
+        "data_dir": data_dir,
+        "database_url": database_url,
+        "argon2_time_cost": 1,
+        "argon2_memory_kib": 64,
+        **overrides,
+    }
+    return CentralSettings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def central_settings(tmp_path: Path, database_url: str) -> CentralSettings:
+    return make_settings(tmp_path / "central", database_url)
+
+
+@pytest.fixture
+def central(central_settings: CentralSettings) -> Iterator[TestClient]:
+    """The central portal in process (TestClient), its database upgraded, with one admin."""
+    with TestClient(create_app(central_settings)) as client:
+        create_admin(client)
+        yield client
+
+
+def create_admin(client: TestClient) -> None:
+    from portal_central.accounts import service
+
+    state = client.app.state.fip  # type: ignore[attr-defined]
+    with state.database.session() as session:
+        service.create_admin(session=session, passwords=state.passwords, **ADMIN)
+
+
+def token(client: TestClient, username: str, password: str) -> str:
+    response = client.post("/api/auth/token", data={"username": username, "password": password})
+    assert response.status_code == 200, response.text
+    access: str = response.json()["access_token"]
+    return access
+
+
+def bearer(access: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {access}"}
+
+
+def admin_headers(client: TestClient) -> dict[str, str]:
+    return bearer(token(client, ADMIN["username"], ADMIN["password"]))
+
+
+def register_site(client: TestClient, username: str = "north", **fields: str) -> int:
+    body = {
+        "username": username,
+        "email": f"{username}@hospital.example",
+        "institution": f"{username.capitalize()} Hospital",
+        "password": SITE_PASSWORD,
+        **fields,
+    }
+    response = client.post("/api/register", json=body)
+    assert response.status_code == 201, response.text
+    user_id: int = response.json()["id"]
+    return user_id
+
+
+def approved_site(client: TestClient, username: str = "north") -> tuple[int, str]:
+    """Register and approve a site user; returns (user id, site_id)."""
+    user_id = register_site(client, username)
+    response = client.post(f"/api/users/{user_id}/approve", headers=admin_headers(client))
+    assert response.status_code == 200, response.text
+    site_id: str = response.json()["site_id"]
+    return user_id, site_id
+
+
+def browser_sign_in(client: TestClient, username: str, password: str) -> str:
+    """Sign in through the form; returns the page's CSRF token for later forms."""
+    response = client.post(
+        "/sign-in", data={"username": username, "password": password}, follow_redirects=True
+    )
+    assert response.status_code == 200, response.text
+    found = re.search(r'name="csrf_token" value="([0-9a-f]+)"', response.text)
+    assert found, "a signed-in page carries the CSRF token"
+    return found.group(1)

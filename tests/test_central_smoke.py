@@ -1,0 +1,15 @@
+"""The central portal starts on each database and the first flows work."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+
+from tests.central_fixtures import approved_site, bearer, token, SITE_PASSWORD
+
+
+def test_health_and_approval_flow(central: TestClient) -> None:
+    assert central.get("/health").json() == {"status": "ok", "database": "ok"}
+    _, site_id = approved_site(central)
+    access = token(central, "north", SITE_PASSWORD)
+    me = central.get("/api/me", headers=bearer(access)).json()
+    assert me["site_id"] == site_id
