@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,12 +15,13 @@ from sqlalchemy import text
 
 from portal_central.api import accounts as accounts_api
 from portal_central.api import algorithms as algorithms_api
+from portal_central.api import jobs as jobs_api
 from portal_central.db import upgrade
 from portal_central.deps import OptionalUser, StateDep
 from portal_central.errors import FieldInvalid, PortalError, Unauthorized
 from portal_central.settings import CentralSettings
 from portal_central.state import CentralState
-from portal_central.web import admin, algorithms, auth
+from portal_central.web import admin, algorithms, auth, jobs
 from portal_central.web.render import STATIC, is_htmx, render
 
 log = logging.getLogger(__name__)
@@ -33,10 +35,18 @@ def create_app(settings: CentralSettings) -> FastAPI:
         upgrade(settings.prepare().database)
         state = CentralState.create(settings)
         app.state.fip = state
+        interrupted = state.runs.interrupt_unfinished()
+        if interrupted:
+            log.warning(
+                "%d job(s) were under way when central stopped: now interrupted", interrupted
+            )
         log.info("central portal at %s, database %s", settings.url, _redacted(settings.database))
+        sweeper = asyncio.create_task(state.runs.sweep_forever(), name="result-sweeper")
         try:
             yield
         finally:
+            sweeper.cancel()
+            await state.runs.shutdown()
             state.database.dispose()
 
     app = FastAPI(
@@ -48,8 +58,10 @@ def create_app(settings: CentralSettings) -> FastAPI:
     app.include_router(auth.router)
     app.include_router(admin.router)
     app.include_router(algorithms.router)
+    app.include_router(jobs.router)
     app.include_router(accounts_api.router)
     app.include_router(algorithms_api.router)
+    app.include_router(jobs_api.router)
     app.add_exception_handler(PortalError, _portal_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
 

@@ -44,6 +44,10 @@ class CentralSettings(BaseSettings):
     session_hours: int = 12
     lockout_attempts: int = 5
     lockout_minutes: int = 15
+    result_expiry_minutes: float = Field(default=60, gt=0)
+    """Imputed results stay in memory this long after a job completes, unless downloaded."""
+    download_grace_seconds: float = Field(default=300, ge=0)
+    """After a download starts, the results stay this long (for the other format), then go."""
     argon2_time_cost: int = Field(default=3, ge=1)
     argon2_memory_kib: int = Field(default=65536, ge=64)
 

@@ -8,6 +8,7 @@ from federation.registry import Registry
 from portal_central.accounts.mail import Mailer
 from portal_central.algorithms_store import load_registry, sync_builtins
 from portal_central.db import Database
+from portal_central.jobs.runner import Runs
 from portal_central.security import Passwords, Tokens
 from portal_central.settings import CentralSettings
 
@@ -20,6 +21,7 @@ class CentralState:
     tokens: Tokens
     mailer: Mailer
     registry: Registry
+    runs: Runs
 
     @classmethod
     def create(cls, settings: CentralSettings) -> CentralState:
@@ -37,4 +39,10 @@ class CentralState:
             tokens=Tokens(settings.secret_key()),
             mailer=Mailer(settings, database),
             registry=registry,
+            runs=Runs(
+                database=database,
+                registry=registry,
+                result_expiry_seconds=settings.result_expiry_minutes * 60,
+                download_grace_seconds=settings.download_grace_seconds,
+            ),
         )

@@ -37,6 +37,9 @@ def _environment() -> Environment:
         lstrip_blocks=True,
     )
     environment.filters["ago"] = ago
+    environment.filters["clock"] = lambda epoch: datetime.fromtimestamp(epoch, UTC).strftime(
+        "%H:%M:%S"
+    )
     environment.filters["iso"] = lambda m: m.isoformat(timespec="seconds") if m else ""
     return environment
 

@@ -1,0 +1,176 @@
+"""JSON API: jobs, central's data for them, cancelling, and their results."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, File, UploadFile
+from fastapi.responses import Response
+from pydantic import BaseModel, Field
+
+from federation.data import read_csv
+from federation.errors import InputError
+from portal_central.deps import AdminUser, CurrentUser, StateDep
+from portal_central.errors import FieldInvalid
+from portal_central.jobs import service
+from portal_central.jobs.results import result_response
+from portal_central.models import Job, User
+from portal_central.state import CentralState
+
+router = APIRouter(prefix="/api/jobs", tags=["jobs"])
+
+
+class TargetIn(BaseModel):
+    column: str = Field(description="the column's name in the header")
+    type: Literal["gaussian", "logistic"]
+
+
+class JobIn(BaseModel):
+    name: str
+    description: str = ""
+    algorithm: str
+    version: str | None = None
+    columns: list[str] = Field(description="the header of the job's CSV files, in order")
+    participants: list[str] = Field(default_factory=list, description="site_ids of remote sites")
+    targets: list[TargetIn]
+    imputations: int | None = None
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    seed: int | None = Field(default=None, ge=0, lt=2**32)
+
+
+class ParticipantOut(BaseModel):
+    site_id: str
+    institution: str
+
+
+class JobOut(BaseModel):
+    id: int
+    name: str
+    description: str
+    state: str
+    message: str
+    algorithm: str
+    version: str
+    digest: str
+    columns: list[str]
+    targets: list[dict[str, Any]]
+    parameters: dict[str, Any]
+    seed: int
+    participants: list[ParticipantOut]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    results_available: bool
+
+    @classmethod
+    def of(cls, job: Job, *, results: bool) -> JobOut:
+        return cls(
+            id=job.id,
+            name=job.name,
+            description=job.description,
+            state=job.state,
+            message=job.message,
+            algorithm=job.algorithm.name,
+            version=job.algorithm.version,
+            digest=job.algorithm.digest,
+            columns=list(job.columns),
+            targets=list(job.targets),
+            parameters=dict(job.params),
+            seed=job.seed,
+            participants=[
+                ParticipantOut(site_id=p.user.site_id or "", institution=p.user.institution)
+                for p in job.participants
+            ],
+            created_at=job.created_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            results_available=results,
+        )
+
+
+@router.post("", status_code=201)
+def create(body: JobIn, admin: AdminUser, state: StateDep) -> JobOut:
+    """Create a job; targets are named by column, the algorithm is called with 1-based indices."""
+    params = dict(body.parameters)
+    if body.imputations is not None:
+        params["imputations"] = body.imputations
+    with state.database.session() as session:
+        job = service.create_job(
+            session=session,
+            registry=state.registry,
+            creator=admin,
+            name=body.name,
+            description=body.description,
+            algorithm=body.algorithm,
+            version=body.version,
+            columns=body.columns,
+            targets=[service.TargetChoice(column=t.column, type=t.type) for t in body.targets],
+            params=params,
+            participants=body.participants,
+            seed=body.seed,
+        )
+        job_id = job.id
+    return _out(state, job_id, admin)
+
+
+@router.get("")
+def list_jobs(user: CurrentUser, state: StateDep) -> list[JobOut]:
+    """Admins see every job; a site user sees the jobs its site is in."""
+    with state.database.session() as session:
+        return [
+            JobOut.of(j, results=state.runs.get(j.id).result is not None)
+            for j in service.list_jobs(session=session, user=user)
+        ]
+
+
+@router.get("/{job_id}")
+def get(job_id: int, user: CurrentUser, state: StateDep) -> JobOut:
+    return _out(state, job_id, user)
+
+
+@router.post("/{job_id}/data")
+async def upload_data(
+    job_id: int, admin: AdminUser, state: StateDep, file: Annotated[UploadFile, File()]
+) -> JobOut:
+    """Central's own CSV (multipart), held in memory; the header must equal the job's columns."""
+    try:
+        table = read_csv(await file.read(), label=file.filename or "uploaded file")
+    except InputError as error:
+        raise FieldInvalid(str(error), field="file") from None
+    with state.database.session() as session:
+        job = service.get_job(session=session, job_id=job_id, user=admin)
+    await state.runs.upload_central_data(job, table)
+    return _out(state, job_id, admin)
+
+
+@router.post("/{job_id}/cancel")
+async def cancel(job_id: int, admin: AdminUser, state: StateDep) -> JobOut:
+    with state.database.session() as session:
+        service.get_job(session=session, job_id=job_id, user=admin)
+    await state.runs.cancel(job_id)
+    return _out(state, job_id, admin)
+
+
+@router.get("/{job_id}/result", response_class=Response)
+def result(
+    job_id: int, admin: AdminUser, state: StateDep, format: Literal["zip", "long"] = "zip"
+) -> Response:
+    """The imputed datasets: a zip of CSVs, or one long CSV (R mice's layout)."""
+    with state.database.session() as session:
+        job = service.get_job(session=session, job_id=job_id, user=admin)
+    return result_response(runs=state.runs, job=job, format=format)
+
+
+@router.get("/{job_id}/report", response_class=Response)
+def report(job_id: int, admin: AdminUser, state: StateDep) -> Response:
+    """The job's report.json (fits, sites' rows, traffic)."""
+    with state.database.session() as session:
+        job = service.get_job(session=session, job_id=job_id, user=admin)
+    return result_response(runs=state.runs, job=job, format="report")
+
+
+def _out(state: CentralState, job_id: int, user: User) -> JobOut:
+    with state.database.session() as session:
+        job = service.get_job(session=session, job_id=job_id, user=user)
+        return JobOut.of(job, results=state.runs.get(job_id).result is not None)

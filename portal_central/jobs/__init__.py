@@ -1,0 +1,1 @@
+"""Jobs: their states, their creation from the wizard or the API, and their runs."""

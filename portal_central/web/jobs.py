@@ -1,0 +1,381 @@
+"""Job pages: the list, the wizard (steps swapped in by HTMX) and a job's page."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import asdict
+from typing import Any
+
+from fastapi import APIRouter, Request, UploadFile
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlalchemy import select
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.datastructures import FormData
+
+from federation.data import read_csv
+from federation.errors import InputError
+from federation.job import JobEvent
+from federation.registry import Algorithm
+from portal_central import algorithms_store as store
+from portal_central.deps import AdminUser, CurrentUser, StateDep
+from portal_central.errors import FieldInvalid, PortalError
+from portal_central.jobs import service
+from portal_central.jobs.header import ColumnSummary, summarize
+from portal_central.jobs.results import Format, result_response
+from portal_central.models import User
+from portal_central.state import CentralState
+from portal_central.web.render import ENVIRONMENT, PAGE_DEFAULTS, is_htmx, render
+
+router = APIRouter(prefix="/jobs")
+
+
+@router.get("", response_class=HTMLResponse)
+def jobs_page(request: Request, user: CurrentUser, state: StateDep) -> Response:
+    with state.database.session() as session:
+        jobs = service.list_jobs(session=session, user=user)
+    return render(request, "central/jobs/list.html", {"jobs": jobs, "nav": "jobs"})
+
+
+@router.get("/new", response_class=HTMLResponse)
+def new_job_page(request: Request, admin: AdminUser, state: StateDep) -> Response:
+    return _wizard(request, state, _empty_form())
+
+
+@router.get("/new/parameters", response_class=HTMLResponse)
+def parameters_step(
+    request: Request, admin: AdminUser, state: StateDep, algorithm: str
+) -> Response:
+    """The parameter fields of one algorithm, generated from its schema (an HTMX fragment)."""
+    chosen = _algorithm(state, algorithm)
+    return render(
+        request,
+        "central/jobs/new.html",
+        {"fields": _param_fields(chosen, {}), "errors": {}, "chosen": chosen},
+        block="parameters",
+    )
+
+
+@router.post("/new/columns", response_class=HTMLResponse)
+async def columns_step(request: Request, admin: AdminUser, state: StateDep) -> Response:
+    """Read an uploaded CSV's header and counts (the file is dropped), list its columns."""
+    form = await request.form()
+    upload = form.get("header_file")
+    chosen = _algorithm(state, str(form.get("algorithm") or "")) if form.get("algorithm") else None
+    context: dict[str, Any] = {"chosen": chosen, "targets": set(), "types": {}, "errors": {}}
+    if not isinstance(upload, UploadFile) or not upload.filename:
+        context.update(columns=[], errors={"columns": "choose a CSV file to read its header"})
+        return render(request, "central/jobs/new.html", context, block="columns", status_code=422)
+    try:
+        columns = summarize(await upload.read(), label=upload.filename)
+    except InputError as error:
+        context.update(columns=[], errors={"columns": str(error)})
+        return render(request, "central/jobs/new.html", context, block="columns", status_code=422)
+    context.update(columns=columns, columns_json=json.dumps([asdict(c) for c in columns]))
+    return render(request, "central/jobs/new.html", context, block="columns")
+
+
+@router.post("", response_class=HTMLResponse)
+async def create_job(request: Request, admin: AdminUser, state: StateDep) -> Response:
+    form = await request.form()
+    values = _read_form(form)
+    try:
+        chosen = _algorithm(state, values["algorithm"]) if values["algorithm"] else None
+        if chosen is None:
+            raise FieldInvalid("choose an algorithm", field="algorithm")
+        params = _parse_params(chosen, values["params"])
+        seed = _parse_seed(values["seed"])
+        with state.database.session() as session:
+            job = service.create_job(
+                session=session,
+                registry=state.registry,
+                creator=admin,
+                name=values["name"],
+                description=values["description"],
+                algorithm=chosen.name,
+                version=None,
+                columns=[c.name for c in values["columns"]],
+                targets=[
+                    service.TargetChoice(column=c, type=values["types"].get(c, "gaussian"))
+                    for c in (c.name for c in values["columns"])
+                    if c in values["targets"]
+                ],
+                params=params,
+                participants=values["participants"],
+                seed=seed,
+            )
+            job_id = job.id
+    except PortalError as error:
+        return _wizard(
+            request,
+            state,
+            values,
+            errors={error.field or "form": error.message},
+            status=error.status_code,
+        )
+    return RedirectResponse(f"/jobs/{job_id}", status_code=303)
+
+
+@router.get("/{job_id}", response_class=HTMLResponse)
+def job_page(request: Request, job_id: int, user: CurrentUser, state: StateDep) -> Response:
+    return render(
+        request, "central/jobs/detail.html", {**_job_context(state, job_id, user), "nav": "jobs"}
+    )
+
+
+def _job_context(state: CentralState, job_id: int, user: User, **extra: Any) -> dict[str, Any]:
+    with state.database.session() as session:
+        job = service.get_job(session=session, job_id=job_id, user=user)
+        missing = state.runs.missing_sites(job) if job.state == "waiting" else []
+    run = state.runs.get(job_id)
+    return {
+        "job": job,
+        "run": run,
+        "missing": missing,
+        "has_data": run.data is not None,
+        "error": "",
+        **extra,
+    }
+
+
+@router.post("/{job_id}/data", response_class=HTMLResponse)
+async def upload_data(request: Request, job_id: int, admin: AdminUser, state: StateDep) -> Response:
+    """Central's own CSV for the job, held in memory; the job starts when every site is ready."""
+    form = await request.form()
+    upload = form.get("file")
+    try:
+        if not isinstance(upload, UploadFile) or not upload.filename:
+            raise FieldInvalid("choose central's CSV file", field="file")
+        content = await upload.read()
+        try:
+            table = read_csv(content, label=upload.filename)
+        except InputError as error:
+            raise FieldInvalid(str(error), field="file") from None
+        with state.database.session() as session:
+            job = service.get_job(session=session, job_id=job_id, user=admin)
+        await state.runs.upload_central_data(job, table)
+    except PortalError as error:
+        context = _job_context(state, job_id, admin, error=error.message)
+        if is_htmx(request):
+            return render(
+                request,
+                "central/jobs/detail.html",
+                context,
+                block="job_status",
+                status_code=error.status_code,
+            )
+        return render(
+            request,
+            "central/jobs/detail.html",
+            {**context, "nav": "jobs"},
+            status_code=error.status_code,
+        )
+    return _status_or_redirect(request, state, job_id, admin)
+
+
+@router.post("/{job_id}/cancel", response_class=HTMLResponse)
+async def cancel(request: Request, job_id: int, admin: AdminUser, state: StateDep) -> Response:
+    with state.database.session() as session:
+        service.get_job(session=session, job_id=job_id, user=admin)
+    await state.runs.cancel(job_id)
+    return _status_or_redirect(request, state, job_id, admin)
+
+
+def _status_or_redirect(request: Request, state: CentralState, job_id: int, user: User) -> Response:
+    if is_htmx(request):
+        return render(
+            request,
+            "central/jobs/detail.html",
+            _job_context(state, job_id, user),
+            block="job_status",
+        )
+    return RedirectResponse(f"/jobs/{job_id}", status_code=303)
+
+
+@router.get("/{job_id}/result")
+def download(job_id: int, admin: AdminUser, state: StateDep, format: Format = "zip") -> Response:
+    with state.database.session() as session:
+        job = service.get_job(session=session, job_id=job_id, user=admin)
+    return result_response(runs=state.runs, job=job, format=format)
+
+
+@router.get("/{job_id}/events")
+async def events(
+    request: Request, job_id: int, user: CurrentUser, state: StateDep
+) -> EventSourceResponse:
+    """Live fragments for the job page: progress, the event log, and the state block."""
+    with state.database.session() as session:
+        service.get_job(session=session, job_id=job_id, user=user)
+    template = ENVIRONMENT.get_template("central/jobs/detail.html")
+
+    def fragment(block: str, **values: Any) -> str:
+        context = {**PAGE_DEFAULTS, **request.state.page_context, "request": request, **values}
+        return "".join(template.blocks[block](template.new_context(context)))
+
+    async def stream() -> AsyncIterator[ServerSentEvent]:
+        async with state.runs.subscribe(job_id) as queue:
+            while True:
+                event = await queue.get()
+                if isinstance(event, JobEvent):
+                    if event.kind == "progress":
+                        yield ServerSentEvent(
+                            event="progress",
+                            data=fragment("job_progress", run=state.runs.get(job_id)),
+                        )
+                    else:
+                        yield ServerSentEvent(event="log", data=fragment("log_line", event=event))
+                else:
+                    yield ServerSentEvent(
+                        event="status",
+                        data=fragment("job_status", **_job_context(state, job_id, user)),
+                    )
+
+    return EventSourceResponse(stream(), ping=15)
+
+
+def _empty_form() -> dict[str, Any]:
+    return {
+        "algorithm": "",
+        "name": "",
+        "description": "",
+        "seed": "",
+        "columns": [],
+        "targets": set(),
+        "types": {},
+        "params": {},
+        "participants": [],
+    }
+
+
+def _read_form(form: FormData) -> dict[str, Any]:
+    def text(key: str) -> str:
+        value = form.get(key)
+        return value if isinstance(value, str) else ""
+
+    try:
+        raw_columns = json.loads(text("columns_json") or "[]")
+        columns = [ColumnSummary(**c) for c in raw_columns]
+    except (json.JSONDecodeError, TypeError):
+        columns = []
+    return {
+        "algorithm": text("algorithm"),
+        "name": text("name"),
+        "description": text("description"),
+        "seed": text("seed").strip(),
+        "columns": columns,
+        "targets": {v for v in form.getlist("target") if isinstance(v, str)},
+        "types": {
+            k[5:]: v for k, v in form.items() if k.startswith("type:") and isinstance(v, str)
+        },
+        "params": {
+            k[6:]: v for k, v in form.items() if k.startswith("param:") and isinstance(v, str)
+        },
+        "participants": [v for v in form.getlist("participants") if isinstance(v, str)],
+    }
+
+
+def _wizard(
+    request: Request,
+    state: CentralState,
+    values: dict[str, Any],
+    *,
+    errors: dict[str, str] | None = None,
+    status: int = 200,
+) -> Response:
+    with state.database.session() as session:
+        infos = store.versions(session=session, registry=state.registry)
+        sites = list(
+            session.scalars(
+                select(User)
+                .where(User.role == "site", User.status == "approved")
+                .order_by(User.username)
+            )
+        )
+    newest: dict[str, store.VersionInfo] = {}
+    for info in infos:
+        if not info.retired:
+            newest[info.name] = info
+    chosen = newest[values["algorithm"]].algorithm if values["algorithm"] in newest else None
+    return render(
+        request,
+        "central/jobs/new.html",
+        {
+            "algorithms": list(newest.values()),
+            "chosen": chosen,
+            "fields": _param_fields(chosen, values["params"]) if chosen else [],
+            "sites": sites,
+            "values": values,
+            "columns": values["columns"],
+            "columns_json": json.dumps([asdict(c) for c in values["columns"]]),
+            "targets": values["targets"],
+            "types": values["types"],
+            "errors": errors or {},
+            "nav": "jobs",
+        },
+        status_code=status,
+    )
+
+
+def _algorithm(state: CentralState, name: str) -> Algorithm:
+    with state.database.session() as session:
+        return store.current(session=session, registry=state.registry, name=name).algorithm
+
+
+def _param_fields(algorithm: Algorithm | None, given: dict[str, str]) -> list[dict[str, Any]]:
+    """Form fields from the algorithm's JSON Schema: label, input type, bounds, default, hint."""
+    if algorithm is None:
+        return []
+    fields = []
+    for name, prop in algorithm.schema.get("properties", {}).items():
+        kinds = prop.get("type", "string")
+        kinds = kinds if isinstance(kinds, list) else [kinds]
+        number = "integer" in kinds or "number" in kinds
+        default = prop.get("default")
+        fields.append(
+            {
+                "name": name,
+                "label": prop.get("title", name),
+                "hint": prop.get("description", ""),
+                "input": "number" if number else "text",
+                "step": "1" if "integer" in kinds else "any",
+                "min": prop.get("minimum"),
+                "max": prop.get("maximum"),
+                "value": given.get(name, "" if default is None else str(default)),
+                "optional": "null" in kinds,
+            }
+        )
+    return fields
+
+
+def _parse_params(algorithm: Algorithm, raw: dict[str, str]) -> dict[str, Any]:
+    """Typed values from the form; empty fields take the default."""
+    params: dict[str, Any] = {}
+    for name, prop in algorithm.schema.get("properties", {}).items():
+        text = raw.get(name, "").strip()
+        if not text:
+            continue
+        kinds = prop.get("type", "string")
+        kinds = kinds if isinstance(kinds, list) else [kinds]
+        try:
+            if "integer" in kinds:
+                params[name] = int(text)
+            elif "number" in kinds:
+                params[name] = float(text)
+            else:
+                params[name] = text
+        except ValueError:
+            kind = "a whole number" if "integer" in kinds else "a number"
+            raise FieldInvalid(
+                f"{prop.get('title', name)} must be {kind}", field=f"param_{name}"
+            ) from None
+    return params
+
+
+def _parse_seed(text: str) -> int | None:
+    if not text:
+        return None
+    if not text.isdigit() or int(text) >= 2**32:
+        raise FieldInvalid(
+            "the seed is a whole number from 0 to 4294967295, or empty", field="seed"
+        )
+    return int(text)
