@@ -165,3 +165,72 @@ def _insert(value: Any, arrays: list[np.ndarray]) -> Any:
     if isinstance(value, list):
         return [_insert(v, arrays) for v in value]
     return value
+
+
+# ---------------------------------------------------------------- control messages
+# Text frames on the site's WebSocket, beside the binary request/reply frames above.
+
+
+class Ready(BaseModel):
+    """Site -> central: this site's data is loaded and its user clicked Start."""
+
+    type: Literal["ready"] = "ready"
+    job_id: str
+
+
+class Unready(BaseModel):
+    """Site -> central: the site withdrew (its data was dropped before the job started)."""
+
+    type: Literal["unready"] = "unready"
+    job_id: str
+
+
+class Cancel(BaseModel):
+    """Either way: cancel a job (a site's user clicked Cancel, or central cancelled it)."""
+
+    type: Literal["cancel"] = "cancel"
+    job_id: str
+    reason: str = ""
+
+
+class JobUpdate(BaseModel):
+    """Central -> site: a job's state or progress changed."""
+
+    type: Literal["job"] = "job"
+    job_id: str
+    state: str
+    message: str = ""
+    progress: float | None = None
+    step: str = ""
+
+
+class Heartbeat(BaseModel):
+    """Site -> central, every few seconds: the site is alive (central shows 'last seen')."""
+
+    type: Literal["heartbeat"] = "heartbeat"
+
+
+class Welcome(BaseModel):
+    """Central -> site, first message on a connection: who central thinks this is."""
+
+    type: Literal["welcome"] = "welcome"
+    site_id: str
+    protocol_version: int = PROTOCOL_VERSION
+    ready: list[str] = Field(default_factory=list)
+    """Jobs central holds this site ready for (after a reconnect)."""
+
+
+ControlMessage = Ready | Unready | Cancel | JobUpdate | Heartbeat | Welcome
+Control = Annotated[ControlMessage, Field(discriminator="type")]
+_CONTROL = TypeAdapter(Control)
+
+
+def encode_control(message: ControlMessage) -> str:
+    return message.model_dump_json()
+
+
+def decode_control(text: str) -> ControlMessage:
+    try:
+        return _CONTROL.validate_json(text)
+    except ValidationError as error:
+        raise ProtocolError(f"malformed control message: {error.errors()[0]['msg']}") from None

@@ -13,6 +13,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
 
+from federation.web import STATIC, is_htmx, render
 from portal_central.api import accounts as accounts_api
 from portal_central.api import algorithms as algorithms_api
 from portal_central.api import jobs as jobs_api
@@ -20,9 +21,9 @@ from portal_central.db import upgrade
 from portal_central.deps import OptionalUser, StateDep
 from portal_central.errors import FieldInvalid, PortalError, Unauthorized
 from portal_central.settings import CentralSettings
+from portal_central.sites import ws
 from portal_central.state import CentralState
 from portal_central.web import admin, algorithms, auth, jobs
-from portal_central.web.render import STATIC, is_htmx, render
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ def create_app(settings: CentralSettings) -> FastAPI:
         upgrade(settings.prepare().database)
         state = CentralState.create(settings)
         app.state.fip = state
+        state.runs.bind(asyncio.get_running_loop())
         interrupted = state.runs.interrupt_unfinished()
         if interrupted:
             log.warning(
@@ -59,6 +61,7 @@ def create_app(settings: CentralSettings) -> FastAPI:
     app.include_router(admin.router)
     app.include_router(algorithms.router)
     app.include_router(jobs.router)
+    app.include_router(ws.router)
     app.include_router(accounts_api.router)
     app.include_router(algorithms_api.router)
     app.include_router(jobs_api.router)

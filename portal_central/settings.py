@@ -44,6 +44,10 @@ class CentralSettings(BaseSettings):
     session_hours: int = 12
     lockout_attempts: int = 5
     lockout_minutes: int = 15
+    site_grace_seconds: float = Field(default=60, ge=0)
+    """A site whose connection drops mid-job has this long to reconnect before the job fails."""
+    allow_insecure_websocket: bool = False
+    """Accept sites over plain ws:// (without TLS) from this machine only: for development."""
     result_expiry_minutes: float = Field(default=60, gt=0)
     """Imputed results stay in memory this long after a job completes, unless downloaded."""
     download_grace_seconds: float = Field(default=300, ge=0)

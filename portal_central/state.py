@@ -11,6 +11,7 @@ from portal_central.db import Database
 from portal_central.jobs.runner import Runs
 from portal_central.security import Passwords, Tokens
 from portal_central.settings import CentralSettings
+from portal_central.sites.connections import Connections
 
 
 @dataclass
@@ -21,11 +22,13 @@ class CentralState:
     tokens: Tokens
     mailer: Mailer
     registry: Registry
+    connections: Connections
     runs: Runs
 
     @classmethod
     def create(cls, settings: CentralSettings) -> CentralState:
         database = Database(settings.database)
+        connections = Connections(grace_seconds=settings.site_grace_seconds)
         with database.session() as session:
             sync_builtins(session=session)
         with database.session() as session:
@@ -39,9 +42,11 @@ class CentralState:
             tokens=Tokens(settings.secret_key()),
             mailer=Mailer(settings, database),
             registry=registry,
+            connections=connections,
             runs=Runs(
                 database=database,
                 registry=registry,
+                connections=connections,
                 result_expiry_seconds=settings.result_expiry_minutes * 60,
                 download_grace_seconds=settings.download_grace_seconds,
             ),

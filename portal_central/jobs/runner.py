@@ -11,15 +11,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import select
 
 from federation.data import Table, check_columns
 from federation.errors import FipError, InputError
 from federation.job import CENTRAL, JobEvent, JobSpec, Target
+from federation.protocol import Cancel, ControlMessage, JobUpdate, Ready, Unready
 from federation.registry import Registry
 from federation.runtime import JobResult, run_job
 from federation.site import SiteRunner
@@ -28,6 +31,7 @@ from portal_central.db import Database
 from portal_central.errors import Conflict, FieldInvalid
 from portal_central.jobs import status
 from portal_central.models import Job
+from portal_central.sites.connections import Connections, WebSocketTransport
 
 log = logging.getLogger(__name__)
 _HISTORY = 200
@@ -45,6 +49,9 @@ class Run:
     step: str = ""
     events: list[JobEvent] = field(default_factory=list)
     subscribers: set[asyncio.Queue[JobEvent | str]] = field(default_factory=set)
+    ready: set[str] = field(default_factory=set)
+    """Sites whose user clicked Start (their data is loaded at the site)."""
+    cancel_reason: str = ""
     purge_at: float | None = None
     downloaded: bool = False
     purged: str = ""
@@ -74,14 +81,20 @@ class Runs:
         *,
         database: Database,
         registry: Registry,
+        connections: Connections,
         result_expiry_seconds: float,
         download_grace_seconds: float,
     ) -> None:
         self._database = database
         self._registry = registry
+        self._connections = connections
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        connections.on_change = self._site_changed
         self._expiry = result_expiry_seconds
         self._grace = download_grace_seconds
         self._runs: dict[int, Run] = {}
+        self._loop_thread = threading.get_ident()
 
     def get(self, job_id: int) -> Run:
         return self._runs.setdefault(job_id, Run(job_id=job_id))
@@ -121,11 +134,73 @@ class Runs:
         return True
 
     def missing_sites(self, job: Job) -> list[str]:
-        """Sites not yet online and ready. Remote sites join through the WebSocket transport."""
-        return [p.user.site_id or "" for p in job.participants]
+        """Participants that are not yet online with their user's Start clicked."""
+        ready = self.get(job.id).ready
+        return [
+            site
+            for site in (p.user.site_id or "" for p in job.participants)
+            if not (self._connections.online(site) and site in ready)
+        ]
+
+    def site_status(self, job: Job) -> dict[str, str]:
+        """For each participant: offline, online (not ready) or ready."""
+        ready = self.get(job.id).ready
+        status_of = {}
+        for participant in job.participants:
+            site = participant.user.site_id or ""
+            if not self._connections.online(site):
+                status_of[site] = "offline"
+            else:
+                status_of[site] = "ready" if site in ready else "online"
+        return status_of
 
     def transport_for(self, spec: JobSpec) -> Transport:
+        if spec.sites:
+            return WebSocketTransport(self._connections)
         return InMemoryTransport({})
+
+    # ------------------------------------------------------------- what sites say
+
+    async def on_control(self, site_id: str, message: ControlMessage) -> None:
+        """Ready, Unready and Cancel from a site's worker."""
+        if not isinstance(message, Ready | Unready | Cancel):
+            return
+        try:
+            job_id = int(message.job_id)
+        except ValueError:
+            return
+        with self._database.session() as session:
+            job = session.get(Job, job_id)
+            if job is None or all(p.user.site_id != site_id for p in job.participants):
+                log.warning("site %s spoke of job %s it is not part of", site_id, message.job_id)
+                return
+            state = job.state
+        run = self.get(job_id)
+        if isinstance(message, Ready) and state in ("created", "waiting"):
+            run.ready.add(site_id)
+            self.publish(job_id, JobEvent(kind="log", message="ready", site=site_id))
+            self.publish(job_id, "state")
+            await self.start_if_ready(job_id)
+        elif isinstance(message, Unready) and state in ("created", "waiting"):
+            run.ready.discard(site_id)
+            self.publish(job_id, "state")
+        elif isinstance(message, Cancel) and state not in status.FINAL:
+            await self.cancel(job_id, reason=f"cancelled at site {site_id}")
+
+    def ready_jobs(self, site_id: str) -> list[str]:
+        return [str(job_id) for job_id, run in self._runs.items() if site_id in run.ready]
+
+    def _site_changed(self, site_id: str) -> None:
+        """A site came or went: waiting jobs that include it may start; pages refresh."""
+        for job_id, run in list(self._runs.items()):
+            if site_id in run.ready:
+                self.publish(job_id, "state")
+                self._spawn(self.start_if_ready(job_id))
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _execute(self, run: Run, spec: JobSpec, transport: Transport) -> None:
         algorithm = self._registry.get(spec.algorithm, spec.version)
@@ -146,7 +221,7 @@ class Runs:
                 on_event=lambda event: self.publish(run.job_id, event),
             )
         except asyncio.CancelledError:
-            self._finish(run, to="cancelled", message="cancelled")
+            self._finish(run, to="cancelled", message=run.cancel_reason or "cancelled at central")
             return
         except FipError as error:
             self._finish(run, to="failed", message=str(error))
@@ -170,15 +245,19 @@ class Runs:
 
     # ------------------------------------------------------------- cancel and results
 
-    async def cancel(self, job_id: int) -> None:
+    async def cancel(self, job_id: int, *, reason: str = "") -> None:
+        """Stop a job everywhere: a running one at its next message, a waiting one at once."""
         run = self.get(job_id)
-        if run.task is not None:
-            run.task.cancel()
+        run.cancel_reason = reason or "cancelled at central"
+        task = run.task
+        if task is not None:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await run.task
+                await task
             return
-        self._move(job_id, to="cancelled", message="cancelled before it started")
+        self._move(job_id, to="cancelled", message=f"{run.cancel_reason} before it started")
         run.data = None
+        run.ready.clear()
         self.publish(job_id, "state")
 
     def downloaded(self, job_id: int) -> None:
@@ -217,7 +296,22 @@ class Runs:
     # ------------------------------------------------------------- events
 
     def publish(self, job_id: int, event: JobEvent | str) -> None:
-        """Record and fan out an event ("state" means: the job's state changed)."""
+        """Record and fan out an event ("state" means: the job's state changed).
+
+        Safe from worker threads (central's own handlers run there): it hops to the loop.
+        """
+        loop = self._loop
+        if loop is not None and threading.get_ident() != self._loop_thread:
+            loop.call_soon_threadsafe(self._publish, job_id, event)
+        else:
+            self._publish(job_id, event)
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Remember the portal's event loop (called once at start-up)."""
+        self._loop = loop
+        self._loop_thread = threading.get_ident()
+
+    def _publish(self, job_id: int, event: JobEvent | str) -> None:
         run = self.get(job_id)
         if isinstance(event, JobEvent):
             if event.kind == "progress" and event.fraction is not None:
@@ -228,6 +322,28 @@ class Runs:
                 del run.events[:-_HISTORY]
         for queue in list(run.subscribers):
             queue.put_nowait(event)
+        if event == "state" or (isinstance(event, JobEvent) and event.kind == "progress"):
+            self._spawn(self._tell_sites(job_id))
+
+    async def _tell_sites(self, job_id: int) -> None:
+        """Push the job's state and progress to every participant that is online."""
+        with self._database.session() as session:
+            job = session.get(Job, job_id)
+            if job is None:
+                return
+            sites = [p.user.site_id or "" for p in job.participants]
+            update = JobUpdate(
+                job_id=str(job_id),
+                state=job.state,
+                message=job.message,
+                progress=self.get(job_id).progress,
+                step=self.get(job_id).step,
+            )
+        for site in sites:
+            link = self._connections.link(site)
+            if link is not None:
+                with contextlib.suppress(Exception):
+                    await link.send_control(update)
 
     @contextlib.asynccontextmanager
     async def subscribe(self, job_id: int) -> AsyncIterator[asyncio.Queue[JobEvent | str]]:

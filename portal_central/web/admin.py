@@ -8,12 +8,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import func, select
 
+from federation.web import is_htmx, render
 from portal_central.accounts import service
 from portal_central.accounts.mail import MailError
 from portal_central.deps import AdminUser, StateDep
 from portal_central.models import OutboxMail, User
+from portal_central.sites.connections import DISABLED
 from portal_central.state import CentralState
-from portal_central.web.render import is_htmx, render
 
 router = APIRouter(prefix="/admin")
 log = logging.getLogger(__name__)
@@ -71,6 +72,8 @@ async def apply_decision(
     """Decide, commit, then mail the user; a mail failure does not undo the decision."""
     with state.database.session() as session:
         user = service.decide(session=session, user_id=user_id, action=action)
+    if action == "disable" and user.site_id:
+        await state.connections.close(user.site_id, code=DISABLED, reason="this site was disabled")
     template = {"approve": "site_approved", "reject": "site_rejected"}.get(action)
     notice = {
         "approve": f"Approved: site_id {user.site_id}, mailed to {user.email}.",

@@ -9,10 +9,10 @@ from fastapi.params import File
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from federation.registry import file_names
+from federation.web import render
 from portal_central import algorithms_store as store
 from portal_central.deps import AdminUser, CurrentUser, StateDep
 from portal_central.errors import NotFound, PortalError
-from portal_central.web.render import render
 
 router = APIRouter(prefix="/algorithms")
 

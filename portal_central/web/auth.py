@@ -7,10 +7,10 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from federation.web import render
 from portal_central.accounts import service
 from portal_central.deps import SESSION_COOKIE, CurrentUser, OptionalUser, StateDep
 from portal_central.errors import PortalError
-from portal_central.web.render import render
 
 router = APIRouter()
 

@@ -17,6 +17,7 @@ from federation.data import read_csv
 from federation.errors import InputError
 from federation.job import JobEvent
 from federation.registry import Algorithm
+from federation.web import ENVIRONMENT, PAGE_DEFAULTS, is_htmx, render
 from portal_central import algorithms_store as store
 from portal_central.deps import AdminUser, CurrentUser, StateDep
 from portal_central.errors import FieldInvalid, PortalError
@@ -25,7 +26,6 @@ from portal_central.jobs.header import ColumnSummary, summarize
 from portal_central.jobs.results import Format, result_response
 from portal_central.models import User
 from portal_central.state import CentralState
-from portal_central.web.render import ENVIRONMENT, PAGE_DEFAULTS, is_htmx, render
 
 router = APIRouter(prefix="/jobs")
 

@@ -1,4 +1,4 @@
-"""Rendering pages and fragments from ``templates/``, shared by central and site portals."""
+"""Rendering pages and fragments from ``templates/``, for the central and the site portals."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
-TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
-STATIC = Path(__file__).resolve().parents[2] / "static"
+TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
+STATIC = Path(__file__).resolve().parents[1] / "static"
 
 
 def ago(moment: datetime | None, now: datetime | None = None) -> str:

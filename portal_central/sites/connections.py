@@ -1,0 +1,187 @@
+"""Every site's one live WebSocket, and request/reply exchange over it that survives reconnects.
+
+A request frame is sent on the site's current socket and its reply awaited. If the socket
+drops, the exchange waits for the site to come back (up to the grace period, counted from the
+drop) and sends the same frame again: the site answers a repeated sequence number with the
+reply it already computed, so no message is lost or applied twice. Several jobs share a
+site's socket; replies find their request by (job id, sequence number).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.websockets import WebSocket
+
+from federation.errors import ProtocolError
+from federation.protocol import ControlMessage, Request, decode, encode_control
+
+log = logging.getLogger(__name__)
+REPLACED = 4000
+DISABLED = 4003
+
+
+class SiteGone(ConnectionError):
+    """A site did not come back within the grace period."""
+
+
+@dataclass
+class SiteLink:
+    """One open WebSocket of a site."""
+
+    site_id: str
+    websocket: WebSocket
+    connected_at: float = field(default_factory=time.time)
+    last_seen: float = field(default_factory=time.time)
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+    _send: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def send_bytes(self, frame: bytes) -> None:
+        async with self._send:
+            await self.websocket.send_bytes(frame)
+
+    async def send_control(self, message: ControlMessage) -> None:
+        async with self._send:
+            await self.websocket.send_text(encode_control(message))
+
+
+class Connections:
+    """The live sites, by site_id; and the exchanges in flight over them."""
+
+    def __init__(self, *, grace_seconds: float) -> None:
+        self.grace_seconds = grace_seconds
+        self._links: dict[str, SiteLink] = {}
+        self._last_seen: dict[str, float] = {}
+        self._dropped_at: dict[str, float] = {}
+        self._arrived: dict[str, asyncio.Event] = {}
+        self._pending: dict[tuple[str, str, int], asyncio.Future[bytes]] = {}
+        self.on_change: Callable[[str], None] | None = None
+
+    # -------------------------------------------------------------- presence
+
+    def online(self, site_id: str) -> bool:
+        return site_id in self._links
+
+    def last_seen(self, site_id: str) -> float | None:
+        link = self._links.get(site_id)
+        return link.last_seen if link else self._last_seen.get(site_id)
+
+    def link(self, site_id: str) -> SiteLink | None:
+        return self._links.get(site_id)
+
+    async def attach(self, site_id: str, websocket: WebSocket) -> SiteLink:
+        """A site connected; a connection it already had is closed (the newest one wins)."""
+        old = self._links.get(site_id)
+        link = SiteLink(site_id=site_id, websocket=websocket)
+        self._links[site_id] = link
+        self._dropped_at.pop(site_id, None)
+        self._arrival(site_id).set()
+        if old is not None:
+            old.closed.set()
+            with contextlib.suppress(Exception):
+                await old.websocket.close(code=REPLACED, reason="replaced by a newer connection")
+        log.info("site %s connected", site_id)
+        self._changed(site_id)
+        return link
+
+    def detach(self, link: SiteLink) -> None:
+        link.closed.set()
+        self._last_seen[link.site_id] = link.last_seen
+        if self._links.get(link.site_id) is link:
+            del self._links[link.site_id]
+            self._dropped_at[link.site_id] = time.monotonic()
+            self._arrival(link.site_id).clear()
+            log.info("site %s disconnected", link.site_id)
+            self._changed(link.site_id)
+
+    async def close(self, site_id: str, *, code: int, reason: str) -> None:
+        """Close a site's connection from central's side (e.g. the site was disabled)."""
+        link = self._links.get(site_id)
+        if link is not None:
+            with contextlib.suppress(Exception):
+                await link.websocket.close(code=code, reason=reason)
+            self.detach(link)
+
+    def seen(self, link: SiteLink) -> None:
+        link.last_seen = time.time()
+
+    # -------------------------------------------------------------- exchange
+
+    async def exchange(self, site_id: str, frame: bytes) -> bytes:
+        """Send a request frame to a site and return its reply frame, across reconnects."""
+        request = decode(frame)
+        if not isinstance(request, Request):
+            raise ProtocolError("only requests are sent to sites")
+        key = (site_id, request.job_id, request.seq)
+        while True:
+            link = await self._wait_for(site_id)
+            future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+            self._pending[key] = future
+            try:
+                await link.send_bytes(frame)
+                closed: asyncio.Future[Any] = asyncio.ensure_future(link.closed.wait())
+                waiting: set[asyncio.Future[Any]] = {future, closed}
+                try:
+                    done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    closed.cancel()
+                if future in done:
+                    return future.result()
+            except (RuntimeError, OSError) as error:  # the socket went away while sending
+                log.info("site %s: send failed (%s); waiting for it to reconnect", site_id, error)
+            finally:
+                self._pending.pop(key, None)
+                future.cancel()
+
+    def deliver(self, site_id: str, frame: bytes) -> None:
+        """A reply frame arrived from a site: hand it to the exchange waiting for it."""
+        reply = decode(frame)
+        future = self._pending.get((site_id, reply.job_id, reply.seq))
+        if future is None or future.done():
+            log.info(
+                "site %s: reply to job %s seq %s that nobody awaits",
+                site_id,
+                reply.job_id,
+                reply.seq,
+            )
+            return
+        future.set_result(frame)
+
+    async def _wait_for(self, site_id: str) -> SiteLink:
+        link = self._links.get(site_id)
+        if link is not None:
+            return link
+        dropped = self._dropped_at.setdefault(site_id, time.monotonic())
+        remaining = self.grace_seconds - (time.monotonic() - dropped)
+        if remaining > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrival(site_id).wait(), remaining)
+        link = self._links.get(site_id)
+        if link is None:
+            raise SiteGone(
+                f"the site is offline and did not reconnect within {self.grace_seconds:g} s"
+            )
+        return link
+
+    def _arrival(self, site_id: str) -> asyncio.Event:
+        return self._arrived.setdefault(site_id, asyncio.Event())
+
+    def _changed(self, site_id: str) -> None:
+        if self.on_change is not None:
+            self.on_change(site_id)
+
+
+class WebSocketTransport:
+    """The runtime's transport over the sites' WebSockets."""
+
+    def __init__(self, connections: Connections) -> None:
+        self._connections = connections
+
+    async def exchange(self, site: str, frame: bytes) -> bytes:
+        return await self._connections.exchange(site, frame)

@@ -1,0 +1,104 @@
+"""The sites' WebSocket at central: ``/ws/site``, on the same port as the pages and the API.
+
+A site authenticates with its access token in the Authorization header (never in the URL);
+the token must belong to an approved, enabled site user, and binds the connection to that
+site_id. Binary frames carry requests and replies (``federation.protocol``); text frames carry
+control messages (ready, cancel, heartbeat, job updates). A malformed frame closes the socket
+with 1003, our own fault with 1011; central keeps serving the others.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+
+from fastapi import APIRouter, WebSocket
+from fastapi.responses import JSONResponse
+from starlette.websockets import WebSocketDisconnect
+
+from federation.errors import ProtocolError
+from federation.protocol import Heartbeat, Welcome, decode_control
+from portal_central.models import User
+from portal_central.security import InvalidToken
+from portal_central.state import CentralState
+
+router = APIRouter()
+log = logging.getLogger(__name__)
+PROTOCOL_FAULT = 1003
+INTERNAL_FAULT = 1011
+
+
+@router.websocket("/ws/site")
+async def site_socket(websocket: WebSocket) -> None:
+    state: CentralState = websocket.app.state.fip
+    refusal, site_id = _authenticate(websocket, state)
+    if refusal is not None or site_id is None:
+        log.warning("site connection refused: %s", refusal)
+        await websocket.send_denial_response(
+            JSONResponse(
+                {"detail": refusal}, status_code=403 if "token" not in (refusal or "") else 401
+            )
+        )
+        return
+    await websocket.accept()
+    connections = state.connections
+    link = await connections.attach(site_id, websocket)
+    try:
+        await link.send_control(Welcome(site_id=site_id, ready=state.runs.ready_jobs(site_id)))
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                break
+            connections.seen(link)
+            if message.get("bytes") is not None:
+                connections.deliver(site_id, message["bytes"])
+            elif message.get("text") is not None:
+                control = decode_control(message["text"])
+                if not isinstance(control, Heartbeat):
+                    await state.runs.on_control(site_id, control)
+    except ProtocolError as error:
+        log.warning("site %s sent a malformed frame: %s", site_id, error)
+        await _close(websocket, PROTOCOL_FAULT, str(error)[:120])
+    except WebSocketDisconnect:
+        pass
+    except Exception:
+        log.exception("site %s: connection handler failed", site_id)
+        await _close(websocket, INTERNAL_FAULT, "central failed; reconnect")
+    finally:
+        connections.detach(link)
+
+
+def _authenticate(websocket: WebSocket, state: CentralState) -> tuple[str | None, str | None]:
+    """A refusal message, or None and the connection's site_id."""
+    secure = websocket.url.scheme == "wss"
+    if not secure and not (state.settings.allow_insecure_websocket and _loopback(websocket)):
+        return "plain ws:// is refused: connect with wss:// (TLS)", None
+    header = websocket.headers.get("authorization", "")
+    if not header.lower().startswith("bearer "):
+        return "no access token: send 'Authorization: Bearer <token>'", None
+    try:
+        claims = state.tokens.read(header[7:].strip(), kind="access")
+    except InvalidToken:
+        return "the access token is not valid or has expired", None
+    with state.database.session() as session:
+        user = session.get(User, claims.user_id)
+    if user is None or user.role != "site" or user.site_id is None:
+        return "this account is not a site", None
+    if user.status != "approved" or user.token_version != claims.token_version:
+        return f"the site '{user.site_id}' is {user.status}; its tokens are revoked", None
+    return None, user.site_id
+
+
+def _loopback(websocket: WebSocket) -> bool:
+    host = websocket.client.host if websocket.client else ""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host in ("localhost", "testclient")
+
+
+async def _close(websocket: WebSocket, code: int, reason: str) -> None:
+    try:
+        await websocket.close(code=code, reason=reason)
+    except RuntimeError:
+        pass  # already closed

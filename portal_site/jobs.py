@@ -1,0 +1,326 @@
+"""The site's jobs: what central says of them, and what the site holds in memory for them.
+
+For each job the site keeps, in memory only: the uploaded CSV (checked against the job), the
+verified remote half of the algorithm, and the runner that answers central. All of it is
+dropped when the job ends, is cancelled, or the site portal stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from federation.data import Table, check_binary, check_columns, read_csv
+from federation.errors import AlgorithmInvalid, InputError
+from federation.job import JobEvent
+from federation.protocol import (
+    Cancel,
+    ControlMessage,
+    JobUpdate,
+    Ready,
+    Welcome,
+)
+from federation.registry import Algorithm, Registry, file_names, load_algorithm, package_digest
+from federation.site import SiteRunner
+from portal_site.central import CentralError
+
+log = logging.getLogger(__name__)
+FINAL = frozenset({"completed", "failed", "cancelled", "interrupted"})
+_HISTORY = 200
+
+
+class SiteError(Exception):
+    """Something the site's user must fix; the message says what."""
+
+    def __init__(self, message: str, *, status: int = 400, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.field = field
+
+
+@dataclass
+class LocalJob:
+    job_id: str
+    info: dict[str, Any]
+    table: Table | None = None
+    algorithm: Algorithm | None = None
+    runner: SiteRunner | None = None
+    started: bool = False
+    progress: float = 0.0
+    step: str = ""
+    rows_used: int = 0
+    events: list[JobEvent] = field(default_factory=list)
+    subscribers: set[asyncio.Queue[JobEvent | str]] = field(default_factory=set)
+
+    @property
+    def state(self) -> str:
+        return str(self.info.get("state", ""))
+
+    @property
+    def digest(self) -> str:
+        return str(self.info.get("digest", ""))
+
+
+@dataclass(frozen=True)
+class RemoteCode:
+    """The remote half of an algorithm version, as downloaded and checked against its digest."""
+
+    name: str
+    version: str
+    digest: str
+    source: str
+    builtin: bool
+    approved: bool
+
+
+Send = Callable[[ControlMessage], Coroutine[Any, Any, None]]
+Fetch = Callable[[str], Coroutine[Any, Any, Any]]
+
+
+class LocalJobs:
+    """Every job this site knows of. Talks to central through the worker's callables."""
+
+    def __init__(self, *, approved: Callable[[str], bool]) -> None:
+        self._jobs: dict[str, LocalJob] = {}
+        self._approved = approved
+        self._builtins = {a.digest: a for a in Registry.with_builtins().all()}
+        self.site_id = ""
+        self.send: Send | None = None
+        self.fetch_json: Fetch | None = None
+        self.fetch_text: Fetch | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = threading.get_ident()
+
+    # ------------------------------------------------------------ what central says
+
+    async def refresh(self) -> list[LocalJob]:
+        """The jobs this site is in, fresh from central."""
+        listing = await self._fetch_json("/api/jobs")
+        seen = set()
+        for info in listing:
+            seen.add(str(info["id"]))
+            self._merge(info)
+        return [self._jobs[j] for j in sorted(seen, key=int, reverse=True)]
+
+    async def load(self, job_id: str) -> LocalJob:
+        info = await self._fetch_json(f"/api/jobs/{job_id}")
+        return self._merge(info)
+
+    def known(self) -> list[LocalJob]:
+        return sorted(self._jobs.values(), key=lambda j: int(j.job_id), reverse=True)
+
+    def get(self, job_id: str) -> LocalJob | None:
+        return self._jobs.get(job_id)
+
+    def _merge(self, info: dict[str, Any]) -> LocalJob:
+        job_id = str(info["id"])
+        job = self._jobs.get(job_id)
+        if job is None:
+            job = self._jobs[job_id] = LocalJob(job_id=job_id, info=info)
+        else:
+            job.info = info
+        if job.state in FINAL:
+            self._drop(job, f"the job is {job.state}")
+        return job
+
+    async def on_control(self, message: ControlMessage) -> None:
+        if isinstance(message, Welcome):
+            self.site_id = message.site_id
+            for local in self._jobs.values():
+                if local.started and local.job_id not in message.ready and local.state not in FINAL:
+                    await self._send(Ready(job_id=local.job_id))
+        elif isinstance(message, JobUpdate):
+            job = self._jobs.get(message.job_id)
+            if job is None:
+                return
+            job.info = {**job.info, "state": message.state, "message": message.message}
+            if message.progress is not None:
+                job.progress = message.progress
+                job.step = message.step
+            if message.state in FINAL:
+                self._drop(job, f"the job is {message.state}")
+            self.publish(job, "state")
+
+    # ------------------------------------------------------------ the user's actions
+
+    def upload(self, job: LocalJob, content: bytes, filename: str) -> Table:
+        """Check the CSV against the job (columns, 0/1 targets, rows) and hold it in memory."""
+        if job.started:
+            raise SiteError("the job is started; cancel it to change the data", status=409)
+        if job.state in FINAL:
+            raise SiteError(f"the job is {job.state}", status=409)
+        try:
+            table = read_csv(content, label=filename or "uploaded file")
+            check_columns(table, job.info["columns"])
+            for target in job.info["targets"]:
+                if target["type"] == "logistic":
+                    check_binary(table, int(target["index"]) - 1)
+        except InputError as error:
+            raise SiteError(str(error), status=422, field="file") from None
+        minimum = int(job.info["parameters"].get("min_rows", 0))
+        if table.rows < minimum:
+            raise SiteError(
+                f"{table.label}: {table.rows} rows, fewer than this job's minimum of {minimum} "
+                "(min_rows)",
+                status=422,
+                field="file",
+            )
+        job.table = table
+        self.publish(
+            job, JobEvent(kind="log", message=f"data loaded: {table.label}, {table.rows} rows")
+        )
+        self.publish(job, "state")
+        return table
+
+    async def remote_code(self, job: LocalJob) -> RemoteCode:
+        """The job's remote half: built in, or downloaded from central and checked by digest."""
+        algorithm = await self._verified(job)
+        _, remote, _ = file_names(algorithm.name)
+        return RemoteCode(
+            name=algorithm.name,
+            version=algorithm.version,
+            digest=algorithm.digest,
+            source=algorithm.files[remote].decode(),
+            builtin=algorithm.digest in self._builtins,
+            approved=algorithm.digest in self._builtins or self._approved(algorithm.digest),
+        )
+
+    async def start(self, job: LocalJob) -> None:
+        """Mark the site ready: data loaded, remote half trusted; central starts when all are."""
+        if job.state in FINAL:
+            raise SiteError(f"the job is {job.state}", status=409)
+        if job.table is None:
+            raise SiteError("upload this site's CSV first", status=409, field="file")
+        algorithm = await self._verified(job)
+        if algorithm.digest not in self._builtins and not self._approved(algorithm.digest):
+            raise SiteError(
+                f"approve the remote half of {algorithm.name} {algorithm.version} "
+                f"(digest {algorithm.digest[:12]}…) before starting",
+                status=409,
+            )
+        if job.runner is None:
+            job.runner = SiteRunner(
+                site=self.site_id,
+                data=job.table,
+                remote=algorithm.remote,
+                on_event=lambda event: self.publish(job, event),
+            )
+        job.started = True
+        await self._send(Ready(job_id=job.job_id))
+        self.publish(job, JobEvent(kind="log", message="started: this site is ready"))
+        self.publish(job, "state")
+
+    async def cancel(self, job: LocalJob) -> None:
+        """Cancel the job everywhere (central stops it at every site) and drop the data here."""
+        if job.state in FINAL:
+            raise SiteError(f"the job is already {job.state}", status=409)
+        await self._send(Cancel(job_id=job.job_id, reason="cancelled at the site"))
+        self._drop(job, "cancelled here")
+        self.publish(job, "state")
+
+    async def _verified(self, job: LocalJob) -> Algorithm:
+        if job.algorithm is not None:
+            return job.algorithm
+        digest = job.digest
+        if digest in self._builtins:
+            job.algorithm = self._builtins[digest]
+            return job.algorithm
+        name, version = str(job.info["algorithm"]), str(job.info["version"])
+        files = {
+            file: (
+                await self._fetch_text(f"/api/algorithms/{name}/{version}/files/{file}")
+            ).encode()
+            for file in file_names(name)
+        }
+        found = package_digest(files)
+        if found != digest:
+            raise SiteError(
+                f"the files central sent for {name} {version} have digest {found[:16]}…, not the "
+                f"job's pinned {digest[:16]}…: refused (they may have been tampered with)",
+                status=409,
+            )
+        try:
+            job.algorithm = load_algorithm(name, files)
+        except AlgorithmInvalid as error:
+            raise SiteError(f"the algorithm cannot be loaded here: {error}", status=409) from None
+        return job.algorithm
+
+    # ------------------------------------------------------------ answering central
+
+    def runner(self, job_id: str) -> SiteRunner | None:
+        job = self._jobs.get(job_id)
+        return job.runner if job is not None else None
+
+    def _drop(self, job: LocalJob, why: str) -> None:
+        had = job.table is not None
+        job.table = None
+        job.runner = None
+        job.started = False
+        if had:
+            self.publish(
+                job, JobEvent(kind="log", message=f"{why}: the data was dropped from memory")
+            )
+
+    def drop_all(self) -> None:
+        for job in self._jobs.values():
+            job.table = None
+            job.runner = None
+            job.started = False
+
+    # ------------------------------------------------------------ events
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._loop_thread = threading.get_ident()
+
+    def publish(self, job: LocalJob, event: JobEvent | str) -> None:
+        """Record and fan out an event; safe from the runner's worker threads."""
+        if self._loop is not None and threading.get_ident() != self._loop_thread:
+            self._loop.call_soon_threadsafe(self._publish, job, event)
+        else:
+            self._publish(job, event)
+
+    def _publish(self, job: LocalJob, event: JobEvent | str) -> None:
+        if isinstance(event, JobEvent):
+            job.events.append(event)
+            del job.events[:-_HISTORY]
+        for queue in list(job.subscribers):
+            queue.put_nowait(event)
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, job: LocalJob) -> AsyncIterator[asyncio.Queue[JobEvent | str]]:
+        queue: asyncio.Queue[JobEvent | str] = asyncio.Queue()
+        job.subscribers.add(queue)
+        try:
+            yield queue
+        finally:
+            job.subscribers.discard(queue)
+
+    # ------------------------------------------------------------ plumbing
+
+    async def _send(self, message: ControlMessage) -> None:
+        if self.send is None:
+            raise SiteError("not connected to central: check Settings", status=409)
+        await self.send(message)
+
+    async def _fetch_json(self, path: str) -> Any:
+        return await self._fetch(self.fetch_json, path)
+
+    async def _fetch_text(self, path: str) -> str:
+        text: str = await self._fetch(self.fetch_text, path)
+        return text
+
+    async def _fetch(self, fetch: Fetch | None, path: str) -> Any:
+        if fetch is None:
+            raise SiteError("not signed in to central: check Settings", status=409)
+        try:
+            return await fetch(path)
+        except CentralError as error:
+            status = 404 if error.status == 404 else 502
+            raise SiteError(str(error), status=status) from None

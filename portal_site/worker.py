@@ -1,0 +1,334 @@
+"""The site's worker: one WebSocket to central, kept open, answering requests on local data.
+
+It signs in with the stored refresh token (rotating it), connects with the access token in
+the Authorization header, reconnects with growing pauses, and answers each request frame with
+the job's runner in a worker thread. Every reply that leaves is written to the ledger: its
+kind, array shapes, rows behind it and bytes, never a value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from typing import Any
+
+import numpy as np
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+
+from federation.errors import ProtocolError
+from federation.protocol import (
+    ControlMessage,
+    ErrorReply,
+    Heartbeat,
+    Reply,
+    Request,
+    decode,
+    decode_control,
+    encode,
+    encode_control,
+)
+from portal_site.central import CentralClient, CentralError, ssl_context, websocket_url
+from portal_site.jobs import LocalJobs
+from portal_site.settings import SiteSettings
+from portal_site.store import Store
+
+log = logging.getLogger(__name__)
+REPLACED = 4000
+DISABLED = 4003
+
+
+class Worker:
+    """Connection state: ``signed out``, ``connecting``, ``connected`` or ``reconnecting``."""
+
+    def __init__(self, *, settings: SiteSettings, store: Store, jobs: LocalJobs) -> None:
+        self._settings = settings
+        self._store = store
+        self.jobs = jobs
+        self.status = "signed out"
+        self.detail = "enter central's URL and your site_id, then sign in"
+        self.since = time.time()
+        self._socket: ClientConnection | None = None
+        self._access = ""
+        self._access_until = 0.0
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.listeners: set[asyncio.Queue[str]] = set()
+        jobs.send = self.send_control
+        jobs.fetch_json = self._get_json
+        jobs.fetch_text = self._get_text
+
+    # ------------------------------------------------------------ sign-in
+
+    def client(self) -> CentralClient:
+        config = self._store.config()
+        if not config.central_url:
+            raise CentralError("set central's URL in Settings first")
+        return CentralClient(url=config.central_url, ca_file=config.ca_file)
+
+    async def sign_in(self, username: str, password: str) -> None:
+        """Exchange the password for tokens (the password is not kept), then connect."""
+        config = self._store.config()
+        if not config.site_id:
+            raise CentralError("set this site's site_id in Settings first")
+        client = self.client()
+        try:
+            pair = await client.sign_in(username, password)
+            me = await client.get_json("/api/me", pair.access_token)
+        finally:
+            await client.close()
+        if me.get("site_id") != config.site_id:
+            raise CentralError(
+                f"the account '{username}' belongs to site '{me.get('site_id')}', "
+                f"not to '{config.site_id}': check the site_id in Settings"
+            )
+        self._store.update_config(username=username, refresh_token=pair.refresh_token)
+        self._access, self._access_until = pair.access_token, time.time() + pair.expires_in - 30
+        self.wake()
+
+    async def sign_out(self) -> None:
+        config = self._store.config()
+        if config.refresh_token:
+            with contextlib.suppress(CentralError):
+                client = self.client()
+                try:
+                    await client.revoke(config.refresh_token)
+                finally:
+                    await client.close()
+        self._store.update_config(refresh_token="")
+        self._access = ""
+        self.jobs.drop_all()
+        if self._socket is not None:
+            await self._socket.close()
+        self._set("signed out", "signed out")
+        self.wake()
+
+    def settings_changed(self) -> None:
+        """Central URL, site_id or CA file changed: the old tokens are void."""
+        self._store.update_config(refresh_token="")
+        self._access = ""
+        self.wake()
+        if self._socket is not None:
+            self._spawn(self._socket.close())
+
+    async def access_token(self) -> str:
+        if self._access and time.time() < self._access_until:
+            return self._access
+        config = self._store.config()
+        if not config.refresh_token:
+            raise CentralError("not signed in", status=401)
+        client = self.client()
+        try:
+            pair = await client.refresh(config.refresh_token)
+        finally:
+            await client.close()
+        self._store.update_config(refresh_token=pair.refresh_token)
+        self._access, self._access_until = pair.access_token, time.time() + pair.expires_in - 30
+        return self._access
+
+    async def _get_json(self, path: str) -> Any:
+        client = self.client()
+        try:
+            return await client.get_json(path, await self.access_token())
+        finally:
+            await client.close()
+
+    async def _get_text(self, path: str) -> str:
+        client = self.client()
+        try:
+            return await client.get_text(path, await self.access_token())
+        finally:
+            await client.close()
+
+    # ------------------------------------------------------------ the connection
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Keep one connection to central open for as long as the portal runs."""
+        pause = 1.0
+        while True:
+            config = self._store.config()
+            if not (config.central_url and config.site_id and config.refresh_token):
+                if self.status != "signed out":
+                    self._set("signed out", "sign in on the Settings page")
+                await self._sleep(None)
+                continue
+            try:
+                self._set(
+                    "connecting" if self.status != "reconnecting" else "reconnecting",
+                    config.central_url,
+                )
+                await self._connect_once(config.central_url, config.ca_file)
+                pause = 1.0
+                self._set("reconnecting", "the connection closed")
+            except CentralError as error:
+                if error.status in (401, 403):
+                    self._store.update_config(refresh_token="")
+                    self._access = ""
+                    self._set("signed out", str(error))
+                    continue
+                self._set("reconnecting", str(error))
+            except InvalidStatus as error:
+                status = error.response.status_code
+                reason = _body(error)
+                if status in (401, 403):
+                    self._access = ""
+                    self._set("reconnecting", f"central refused the connection: {reason}")
+                    if "revoked" in reason or "not a site" in reason or "disabled" in reason:
+                        self._store.update_config(refresh_token="")
+                        self._set("signed out", f"central refused the connection: {reason}")
+                        continue
+                else:
+                    self._set("reconnecting", f"central answered {status}: {reason}")
+            except ConnectionClosed as error:
+                code = error.rcvd.code if error.rcvd else None
+                if code == DISABLED:
+                    self._store.update_config(refresh_token="")
+                    self._set("signed out", "central disabled this site")
+                    self.jobs.drop_all()
+                    continue
+                reason = "another connection of this site took over" if code == REPLACED else "lost"
+                self._set("reconnecting", f"connection {reason}")
+            except (OSError, TimeoutError, WebSocketException) as error:
+                self._set("reconnecting", f"central cannot be reached: {error}")
+            await self._sleep(pause)
+            pause = min(pause * 2, self._settings.reconnect_max_seconds)
+
+    async def _connect_once(self, central_url: str, ca_file: str) -> None:
+        url = websocket_url(central_url)
+        access = await self.access_token()
+        async with connect(
+            url,
+            additional_headers={"Authorization": f"Bearer {access}"},
+            ssl=ssl_context(ca_file) if url.startswith("wss://") else None,
+            compression=None,  # per-message deflate costs ~15x on float64 frames
+            max_size=64 * 2**20,
+            open_timeout=10,
+        ) as socket:
+            self._socket = socket
+            self._set("connected", central_url)
+            beat = asyncio.create_task(self._heartbeat(socket))
+            try:
+                async for message in socket:
+                    if isinstance(message, bytes):
+                        self._spawn(self._answer(socket, message))
+                    else:
+                        await self.jobs.on_control(decode_control(message))
+            finally:
+                beat.cancel()
+                self._socket = None
+
+    async def send_control(self, message: ControlMessage) -> None:
+        socket = self._socket
+        if socket is None:
+            raise CentralError(f"not connected to central ({self.status}: {self.detail})")
+        await socket.send(encode_control(message))
+
+    async def _heartbeat(self, socket: ClientConnection) -> None:
+        while True:
+            await asyncio.sleep(self._settings.heartbeat_seconds)
+            await socket.send(encode_control(Heartbeat()))
+
+    async def _answer(self, socket: ClientConnection, frame: bytes) -> None:
+        """Run one request on the job's runner and send the reply; note it in the ledger."""
+        try:
+            request = decode(frame)
+        except ProtocolError as error:
+            log.warning("central sent a malformed frame: %s", error)
+            return
+        if not isinstance(request, Request):
+            return
+        runner = self.jobs.runner(request.job_id)
+        if runner is None:
+            reply = encode(
+                ErrorReply(
+                    job_id=request.job_id,
+                    seq=request.seq,
+                    kind="refused",
+                    message="this site holds no data for the job: it was not started here, or "
+                    "the site portal restarted and its data went with it",
+                )
+            )
+        else:
+            try:
+                reply = await asyncio.to_thread(runner.handle, frame)
+            except ProtocolError as error:
+                reply = encode(
+                    ErrorReply(
+                        job_id=request.job_id, seq=request.seq, kind="failed", message=str(error)
+                    )
+                )
+        self._note(request, reply)
+        with contextlib.suppress(ConnectionClosed):
+            await socket.send(reply)
+
+    def _note(self, request: Request, reply: bytes) -> None:
+        answer = decode(reply)
+        job = self.jobs.get(request.job_id)
+        kind = "+".join(op.name for op in request.ops)
+        if isinstance(answer, Reply):
+            shapes = [_shapes(result) for result in answer.results]
+            if job is not None and request.ops[-1].name == "fip.open":
+                job.rows_used = int(answer.results[-1].get("rows_used", 0))
+            note = ""
+        else:
+            shapes, note = (
+                [],
+                f"{answer.kind}: {answer.message}"[:500] if isinstance(answer, ErrorReply) else "",
+            )
+        self._store.record(
+            job_id=request.job_id,
+            kind=kind,
+            shapes=shapes,
+            rows=job.rows_used if job else 0,
+            size=len(reply),
+            note=note,
+        )
+
+    # ------------------------------------------------------------ plumbing
+
+    def _set(self, status: str, detail: str) -> None:
+        if (status, detail) != (self.status, self.detail):
+            log.info("connection: %s (%s)", status, detail)
+            self.status, self.detail, self.since = status, detail, time.time()
+            for queue in list(self.listeners):
+                queue.put_nowait(status)
+
+    async def _sleep(self, seconds: float | None) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        self._wake.clear()
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._socket is not None:
+            await self._socket.close()
+        self.jobs.drop_all()
+
+
+def _shapes(result: dict[str, Any]) -> dict[str, list[int]]:
+    """The shape of every value in a result: [] for a number, the array's shape otherwise."""
+    return {
+        key: list(value.shape) if isinstance(value, np.ndarray) else []
+        for key, value in result.items()
+        if not isinstance(value, str | dict)
+    }
+
+
+def _body(error: InvalidStatus) -> str:
+    try:
+        detail = json.loads(error.response.body or b"{}").get("detail")
+        return str(detail) if detail else f"HTTP {error.response.status_code}"
+    except ValueError:
+        return f"HTTP {error.response.status_code}"
