@@ -132,8 +132,10 @@ def _parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=_demo_data)
 
     from portal_central.cli import add_commands as add_central_commands
+    from portal_site.cli import add_commands as add_site_commands
 
     add_central_commands(commands)
+    add_site_commands(commands)
     return parser
 
 

@@ -31,6 +31,12 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     central.add_argument("--port", type=int, help="port to listen on (default 8443)")
     central.add_argument("--certfile", type=Path, help="TLS certificate (PEM)")
     central.add_argument("--keyfile", type=Path, help="TLS private key (PEM)")
+    central.add_argument(
+        "--allow-insecure-websocket",
+        action="store_true",
+        default=None,
+        help="accept sites over plain ws:// from this machine (development only)",
+    )
     central.set_defaults(handler=_serve)
     actions = central.add_subparsers(title="actions", metavar="ACTION")
 
@@ -43,6 +49,21 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     admin.add_argument("--password", help="the password; prompted for when omitted")
     admin.set_defaults(handler=_create_admin)
 
+    cert = actions.add_parser(
+        "dev-cert",
+        help="make a local CA and a server certificate for trying central with TLS",
+        description="Write ca.pem, server.pem and server-key.pem into DATA_DIR/tls (or --out). "
+        "Start central with --certfile and --keyfile; give sites the CA file.",
+    )
+    cert.add_argument("--out", type=Path, help="folder for the files (default DATA_DIR/tls)")
+    cert.add_argument(
+        "--name",
+        action="append",
+        help="a host name or IP address the certificate is for (repeatable; "
+        "default localhost, 127.0.0.1 and ::1)",
+    )
+    cert.set_defaults(handler=_dev_cert)
+
     db = actions.add_parser("db", help="database maintenance")
     db_actions = db.add_subparsers(title="db actions", metavar="ACTION", required=True)
     db_upgrade = db_actions.add_parser("upgrade", help="apply the migrations up to the newest")
@@ -53,7 +74,15 @@ def settings_from(args: argparse.Namespace) -> CentralSettings:
     """Environment variables, overridden by the flags that were given."""
     given = {
         key: getattr(args, key)
-        for key in ("data_dir", "database_url", "host", "port", "certfile", "keyfile")
+        for key in (
+            "data_dir",
+            "database_url",
+            "host",
+            "port",
+            "certfile",
+            "keyfile",
+            "allow_insecure_websocket",
+        )
         if getattr(args, key, None) is not None
     }
     return CentralSettings(**given).prepare()
@@ -110,6 +139,19 @@ def _create_admin(args: argparse.Namespace) -> int:
     finally:
         database.dispose()
     print(f"admin '{user.username}' created in {settings.database}", file=sys.stdout)
+    return 0
+
+
+def _dev_cert(args: argparse.Namespace) -> int:
+    from portal_central.devcert import make_dev_cert
+
+    settings = settings_from(args)
+    folder = args.out or settings.data_dir / "tls"
+    made = make_dev_cert(folder, names=args.name or ("localhost", "127.0.0.1", "::1"))
+    print(f"CA certificate (give it to the sites): {made.ca_file}")
+    print(f"server certificate:                    {made.certfile}")
+    print(f"server key:                            {made.keyfile}")
+    print(f"start central with: fip central --certfile {made.certfile} --keyfile {made.keyfile}")
     return 0
 
 

@@ -1,0 +1,179 @@
+"""The site portal's JSON API (under /api, documented at /docs)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, UploadFile
+from pydantic import BaseModel
+
+from portal_site.jobs import LocalJob, SiteError
+from portal_site.pages import Site, connection, save_settings
+
+router = APIRouter(prefix="/api", tags=["site"])
+
+
+class SettingsIn(BaseModel):
+    central_url: str
+    site_id: str
+    ca_file: str = ""
+
+
+class SignIn(BaseModel):
+    username: str
+    password: str
+
+
+class StatusOut(BaseModel):
+    status: str
+    detail: str
+    site_id: str
+    central_url: str
+    username: str
+    signed_in: bool
+
+
+class JobOut(BaseModel):
+    id: str
+    name: str
+    state: str
+    message: str
+    algorithm: str
+    version: str
+    digest: str
+    columns: list[str]
+    targets: list[dict[str, Any]]
+    parameters: dict[str, Any]
+    data_loaded: bool
+    rows: int | None
+    code_trusted: bool | None
+    started: bool
+    progress: float
+
+    @classmethod
+    def of(cls, job: LocalJob, *, trusted: bool | None = None) -> JobOut:
+        info = job.info
+        return cls(
+            id=job.job_id,
+            name=str(info.get("name", "")),
+            state=job.state,
+            message=str(info.get("message", "")),
+            algorithm=str(info.get("algorithm", "")),
+            version=str(info.get("version", "")),
+            digest=job.digest,
+            columns=list(info.get("columns", [])),
+            targets=list(info.get("targets", [])),
+            parameters=dict(info.get("parameters", {})),
+            data_loaded=job.table is not None,
+            rows=job.table.rows if job.table is not None else None,
+            code_trusted=trusted,
+            started=job.started,
+            progress=job.progress,
+        )
+
+
+class LedgerOut(BaseModel):
+    at: datetime
+    job_id: str
+    kind: str
+    shapes: list[Any]
+    rows: int
+    bytes: int
+    note: str
+
+
+def _status(site: Site) -> StatusOut:
+    config = site.store.config()
+    live = connection(site)
+    return StatusOut(
+        status=live["status"],
+        detail=live["detail"],
+        site_id=config.site_id,
+        central_url=config.central_url,
+        username=config.username,
+        signed_in=bool(config.refresh_token),
+    )
+
+
+@router.post("/settings")
+def settings(body: SettingsIn, site: Site) -> StatusOut:
+    """Where central is: its URL, this site's site_id, and optionally central's CA file."""
+    save_settings(site, central_url=body.central_url, site_id=body.site_id, ca_file=body.ca_file)
+    return _status(site)
+
+
+@router.post("/sign-in")
+async def sign_in(body: SignIn, site: Site) -> StatusOut:
+    """Exchange the password for tokens at central (the password is not stored)."""
+    await site.worker.sign_in(body.username.strip(), body.password)
+    return _status(site)
+
+
+@router.get("/status")
+def status(site: Site) -> StatusOut:
+    return _status(site)
+
+
+@router.get("/jobs")
+async def jobs(site: Site) -> list[JobOut]:
+    return [JobOut.of(j) for j in await site.jobs.refresh()]
+
+
+@router.get("/jobs/{job_id}")
+async def job(job_id: str, site: Site) -> JobOut:
+    local = await site.jobs.load(job_id)
+    return JobOut.of(local, trusted=(await site.jobs.remote_code(local)).approved)
+
+
+@router.post("/jobs/{job_id}/data")
+async def data(job_id: str, site: Site, file: Annotated[UploadFile, File()]) -> JobOut:
+    """This site's CSV for the job (multipart), checked and held in memory only."""
+    local = await site.jobs.load(job_id)
+    site.jobs.upload(local, await file.read(), file.filename or "uploaded file")
+    return JobOut.of(local)
+
+
+@router.post("/jobs/{job_id}/start")
+async def start(job_id: str, site: Site) -> JobOut:
+    """Mark this site ready; central starts the job when every participant is."""
+    local = await site.jobs.load(job_id)
+    await site.jobs.start(local)
+    return JobOut.of(local, trusted=True)
+
+
+@router.post("/jobs/{job_id}/cancel")
+async def cancel(job_id: str, site: Site) -> JobOut:
+    """Cancel the job everywhere; this site's data is dropped."""
+    local = await site.jobs.load(job_id)
+    await site.jobs.cancel(local)
+    return JobOut.of(local)
+
+
+@router.post("/algorithms/{digest}/approve")
+async def approve(digest: str, site: Site) -> dict[str, str]:
+    """Approve the remote half with this digest (it must be the code of one of this site's jobs,
+    downloaded from central and checked against the digest)."""
+    for local in await site.jobs.refresh():
+        if local.digest == digest:
+            code = await site.jobs.remote_code(local)
+            site.store.approve(digest=code.digest, name=code.name, version=code.version)
+            return {"digest": code.digest, "name": code.name, "version": code.version}
+    raise SiteError(f"no job of this site uses an algorithm with digest {digest}", status=404)
+
+
+@router.get("/ledger")
+def ledger(site: Site) -> list[LedgerOut]:
+    """Every message this site sent: kind, shapes, rows behind it, bytes. No values."""
+    return [
+        LedgerOut(
+            at=e.at,
+            job_id=e.job_id,
+            kind=e.kind,
+            shapes=e.shapes,
+            rows=e.rows,
+            bytes=e.bytes,
+            note=e.note,
+        )
+        for e in site.store.ledger()
+    ]

@@ -1,0 +1,93 @@
+"""The site portal's application: ``create_app(settings)``, a local UI and its JSON API."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from urllib.parse import urlsplit
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+from federation.web import STATIC, is_htmx, render
+from portal_site import api, pages
+from portal_site.central import CentralError
+from portal_site.jobs import SiteError
+from portal_site.settings import SiteSettings
+from portal_site.state import SiteState
+
+log = logging.getLogger(__name__)
+_UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+def create_app(settings: SiteSettings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = SiteState.create(settings)
+        app.state.site = state
+        state.jobs.bind(asyncio.get_running_loop())
+        worker = asyncio.create_task(state.worker.run(), name="site-worker")
+        log.info("site portal on http://%s:%s", settings.host, settings.port)
+        try:
+            yield
+        finally:
+            worker.cancel()
+            await state.worker.stop()
+            state.store.dispose()
+
+    app = FastAPI(
+        title="Federated Imputation Portal: site",
+        description="JSON API of a site portal. It runs next to the site's data, on this machine.",
+        lifespan=lifespan,
+    )
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.include_router(pages.router)
+    app.include_router(api.router)
+
+    @app.middleware("http")
+    async def same_origin(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        """Refuse form posts from other web pages: the local UI has no password of its own."""
+        origin = request.headers.get("origin")
+        if (
+            request.method in _UNSAFE
+            and origin
+            and urlsplit(origin).netloc != request.headers.get("host")
+        ):
+            return JSONResponse({"detail": "cross-site request refused"}, status_code=403)
+        response = await call_next(request)
+        return response
+
+    app.add_exception_handler(SiteError, _site_error)  # type: ignore[arg-type]
+    app.add_exception_handler(CentralError, _central_error)  # type: ignore[arg-type]
+    return app
+
+
+async def _site_error(request: Request, error: SiteError) -> Response:
+    return _error(request, error.message, error.status)
+
+
+async def _central_error(request: Request, error: CentralError) -> Response:
+    return _error(request, str(error), 502 if error.status is None else error.status)
+
+
+def _error(request: Request, message: str, status: int) -> Response:
+    if request.url.path.startswith("/api/"):
+        return JSONResponse({"detail": message}, status_code=status)
+    if is_htmx(request):
+        response = render(
+            request, "_error.html", {"message": message, "portal": "site"}, status_code=status
+        )
+        response.headers["HX-Retarget"] = "#main"
+        response.headers["HX-Reswap"] = "afterbegin"
+        return response
+    return render(
+        request,
+        "error.html",
+        {"title": "Something is wrong", "message": message, "portal": "site"},
+        status_code=status,
+    )

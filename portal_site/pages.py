@@ -1,0 +1,269 @@
+"""The site portal's pages: settings and sign-in, jobs, a job, approvals, the ledger."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Form, Request, UploadFile
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from federation.job import JobEvent
+from federation.web import ENVIRONMENT, PAGE_DEFAULTS, is_htmx, render
+from portal_site.central import CentralError
+from portal_site.jobs import LocalJob, RemoteCode, SiteError
+from portal_site.state import SiteState
+
+router = APIRouter()
+SITE_ID = re.compile(r"^[a-z0-9]{4,16}$")
+
+
+def get_site(request: Request) -> SiteState:
+    state: SiteState = request.app.state.site
+    request.state.page_context = {"portal": "site", "connection": connection(state)}
+    return state
+
+
+Site = Annotated[SiteState, Depends(get_site)]
+
+
+def connection(state: SiteState) -> dict[str, str]:
+    config = state.store.config()
+    return {"status": state.worker.status, "detail": state.worker.detail, "site_id": config.site_id}
+
+
+@router.get("/", include_in_schema=False)
+def home(site: Site) -> Response:
+    signed_in = bool(site.store.config().refresh_token)
+    return RedirectResponse("/jobs" if signed_in else "/settings", status_code=303)
+
+
+# ------------------------------------------------------------------ settings and sign-in
+
+
+def _settings_page(request: Request, site: SiteState, **context: Any) -> Response:
+    values = {"errors": {}, "notice": "", "username": "", "nav": "settings", **context}
+    status = values.pop("status", 200)
+    return render(
+        request, "site/settings.html", {"config": site.store.config(), **values}, status_code=status
+    )
+
+
+@router.get("/settings", response_class=HTMLResponse)
+def settings_page(request: Request, site: Site) -> Response:
+    return _settings_page(request, site)
+
+
+def save_settings(site: SiteState, *, central_url: str, site_id: str, ca_file: str) -> None:
+    """Check and store where central is; the old sign-in is dropped when anything changes."""
+    central_url, site_id, ca_file = (
+        central_url.strip().rstrip("/"),
+        site_id.strip().lower(),
+        ca_file.strip(),
+    )
+    if not central_url.startswith(("https://", "http://")):
+        raise SiteError("the central URL starts with https://", status=422, field="central_url")
+    if not SITE_ID.match(site_id):
+        raise SiteError(
+            "a site_id is 4 to 16 lower-case letters and digits", status=422, field="site_id"
+        )
+    if ca_file:
+        if not Path(ca_file).is_file():
+            raise SiteError(f"no file at {ca_file}", status=422, field="ca_file")
+    old = site.store.config()
+    changed = (old.central_url, old.site_id, old.ca_file) != (central_url, site_id, ca_file)
+    site.store.update_config(central_url=central_url, site_id=site_id, ca_file=ca_file)
+    if changed:
+        site.worker.settings_changed()
+
+
+@router.post("/settings", response_class=HTMLResponse)
+def post_settings(
+    request: Request,
+    site: Site,
+    central_url: Annotated[str, Form()] = "",
+    site_id: Annotated[str, Form()] = "",
+    ca_file: Annotated[str, Form()] = "",
+) -> Response:
+    try:
+        save_settings(site, central_url=central_url, site_id=site_id, ca_file=ca_file)
+    except SiteError as error:
+        return _settings_page(
+            request, site, errors={error.field or "settings": error.message}, status=error.status
+        )
+    return _settings_page(
+        request, site, notice="Saved. Now sign in with your username and password."
+    )
+
+
+@router.post("/sign-in", response_class=HTMLResponse)
+async def sign_in(
+    request: Request,
+    site: Site,
+    username: Annotated[str, Form()] = "",
+    password: Annotated[str, Form()] = "",
+) -> Response:
+    try:
+        await site.worker.sign_in(username.strip(), password)
+    except CentralError as error:
+        return _settings_page(
+            request,
+            site,
+            errors={"sign_in": str(error)},
+            username=username,
+            status=error.status or 400,
+        )
+    return RedirectResponse("/jobs", status_code=303)
+
+
+@router.post("/sign-out")
+async def sign_out(site: Site) -> Response:
+    await site.worker.sign_out()
+    return RedirectResponse("/settings", status_code=303)
+
+
+# ------------------------------------------------------------------ jobs
+
+
+@router.get("/jobs", response_class=HTMLResponse)
+async def jobs_page(request: Request, site: Site) -> Response:
+    error = ""
+    try:
+        jobs = await site.jobs.refresh()
+    except SiteError as problem:
+        jobs, error = site.jobs.known(), problem.message
+    return render(request, "site/jobs.html", {"jobs": jobs, "error": error, "nav": "jobs"})
+
+
+async def job_context(site: SiteState, job_id: str, **extra: Any) -> dict[str, Any]:
+    job = await site.jobs.load(job_id)
+    code: RemoteCode | None = None
+    code_error = ""
+    try:
+        code = await site.jobs.remote_code(job)
+    except SiteError as error:
+        code_error = error.message
+    return {"job": job, "code": code, "code_error": code_error, "error": "", "nav": "jobs", **extra}
+
+
+@router.get("/jobs/{job_id}", response_class=HTMLResponse)
+async def job_page(request: Request, job_id: str, site: Site) -> Response:
+    return render(request, "site/job.html", await job_context(site, job_id))
+
+
+async def _job_action(request: Request, site: SiteState, job_id: str, action: Any) -> Response:
+    try:
+        job = await site.jobs.load(job_id)
+        await action(job)
+        context = await job_context(site, job_id)
+        status = 200
+    except SiteError as error:
+        context = await job_context(site, job_id, error=error.message)
+        status = error.status
+    if is_htmx(request):
+        return render(request, "site/job.html", context, block="job_status", status_code=status)
+    if status >= 400:
+        return render(request, "site/job.html", context, status_code=status)
+    return RedirectResponse(f"/jobs/{job_id}", status_code=303)
+
+
+@router.post("/jobs/{job_id}/data", response_class=HTMLResponse)
+async def upload(request: Request, job_id: str, site: Site) -> Response:
+    form = await request.form()
+    file = form.get("file")
+
+    async def act(job: LocalJob) -> None:
+        if not isinstance(file, UploadFile) or not file.filename:
+            raise SiteError("choose this site's CSV file", status=422, field="file")
+        site.jobs.upload(job, await file.read(), file.filename)
+
+    return await _job_action(request, site, job_id, act)
+
+
+@router.post("/jobs/{job_id}/approve", response_class=HTMLResponse)
+async def approve(request: Request, job_id: str, site: Site) -> Response:
+    async def act(job: LocalJob) -> None:
+        code = await site.jobs.remote_code(job)
+        site.store.approve(digest=code.digest, name=code.name, version=code.version)
+
+    return await _job_action(request, site, job_id, act)
+
+
+@router.post("/jobs/{job_id}/start", response_class=HTMLResponse)
+async def start(request: Request, job_id: str, site: Site) -> Response:
+    return await _job_action(request, site, job_id, site.jobs.start)
+
+
+@router.post("/jobs/{job_id}/cancel", response_class=HTMLResponse)
+async def cancel(request: Request, job_id: str, site: Site) -> Response:
+    return await _job_action(request, site, job_id, site.jobs.cancel)
+
+
+@router.get("/jobs/{job_id}/events")
+async def job_events(request: Request, job_id: str, site: Site) -> EventSourceResponse:
+    job = site.jobs.get(job_id) or await site.jobs.load(job_id)
+    template = ENVIRONMENT.get_template("site/job.html")
+
+    def fragment(block: str, **values: Any) -> str:
+        context = {**PAGE_DEFAULTS, **request.state.page_context, "request": request, **values}
+        return "".join(template.blocks[block](template.new_context(context)))
+
+    async def stream() -> AsyncIterator[ServerSentEvent]:
+        async with site.jobs.subscribe(job) as queue:
+            while True:
+                event = await queue.get()
+                if isinstance(event, JobEvent) and event.kind != "progress":
+                    yield ServerSentEvent(event="log", data=fragment("log_line", event=event))
+                else:
+                    code = None
+                    if job.algorithm is not None:
+                        code = await site.jobs.remote_code(job)
+                    values = {"job": job, "code": code, "code_error": "", "error": ""}
+                    yield ServerSentEvent(event="status", data=fragment("job_status", **values))
+
+    return EventSourceResponse(stream(), ping=15)
+
+
+@router.get("/events/status")
+async def status_events(request: Request, site: Site) -> EventSourceResponse:
+    """The connection badge, live."""
+    template = ENVIRONMENT.get_template("site/_status.html")
+
+    async def stream() -> AsyncIterator[ServerSentEvent]:
+        queue: asyncio.Queue[str] = asyncio.Queue()
+        site.worker.listeners.add(queue)
+        try:
+            while True:
+                await queue.get()
+                yield ServerSentEvent(
+                    event="status", data=template.render(connection=connection(site))
+                )
+        finally:
+            site.worker.listeners.discard(queue)
+
+    return EventSourceResponse(stream(), ping=15)
+
+
+# ------------------------------------------------------------------ approvals and ledger
+
+
+@router.get("/approvals", response_class=HTMLResponse)
+def approvals_page(request: Request, site: Site) -> Response:
+    return render(
+        request, "site/approvals.html", {"approvals": site.store.approvals(), "nav": "approvals"}
+    )
+
+
+@router.post("/approvals/{digest}/withdraw")
+def withdraw(digest: str, site: Site) -> Response:
+    site.store.withdraw(digest)
+    return RedirectResponse("/approvals", status_code=303)
+
+
+@router.get("/ledger", response_class=HTMLResponse)
+def ledger_page(request: Request, site: Site) -> Response:
+    return render(request, "site/ledger.html", {"entries": site.store.ledger(), "nav": "ledger"})

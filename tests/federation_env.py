@@ -1,0 +1,220 @@
+"""A whole federation on loopback for end-to-end tests: central and two sites as processes.
+
+Central runs with TLS from a CA made by trustme, mail goes to a real aiosmtpd server, and
+each site portal is its own `fip site` process configured and signed in through its API.
+"""
+
+from __future__ import annotations
+
+import email
+import os
+import re
+import ssl
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from email.message import Message
+from pathlib import Path
+from typing import Any
+
+import httpx2 as httpx
+import pytest
+import trustme
+from aiosmtpd.controller import Controller
+
+from tests.processes import FIP, Process, free_port, wait_for
+
+ADMIN_PASSWORD = "Central-key-2026"
+SITE_PASSWORD = "Site-pass-2026!"
+
+
+class Mailbox:
+    """An aiosmtpd handler keeping every message."""
+
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        self.messages.append(email.message_from_bytes(envelope.content))
+        return "250 OK"
+
+
+@dataclass
+class SitePortal:
+    name: str
+    url: str
+    data_dir: Path
+    process: Process
+    site_id: str = ""
+
+    def api(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30)
+
+
+@dataclass
+class Federation:
+    root: Path
+    central_url: str
+    ca_file: Path
+    central_dir: Path
+    central: Process
+    mailbox: Mailbox
+    sites: list[SitePortal] = field(default_factory=list)
+
+    def tls(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca_file))
+
+    @contextmanager
+    def admin(self) -> Iterator[httpx.Client]:
+        """An HTTPS client signed in as central's admin."""
+        with httpx.Client(base_url=self.central_url, verify=self.tls(), timeout=30) as client:
+            response = client.post(
+                "/api/auth/token", data={"username": "admin", "password": ADMIN_PASSWORD}
+            )
+            response.raise_for_status()
+            client.headers["Authorization"] = f"Bearer {response.json()['access_token']}"
+            yield client
+
+
+def start_federation(
+    root: Path, *, site_names: tuple[str, ...] = ("north", "south")
+) -> Iterator[Federation]:
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    tls = root / "tls"
+    tls.mkdir(parents=True)
+    ca_file, certfile, keyfile = tls / "ca.pem", tls / "server.pem", tls / "server-key.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    cert.cert_chain_pems[0].write_to_path(str(certfile))
+    cert.private_key_pem.write_to_path(str(keyfile))
+
+    mailbox = Mailbox()
+    smtp = Controller(mailbox, hostname="127.0.0.1", port=free_port())
+    smtp.start()
+    port = free_port()
+    central_dir = root / "central"
+    env = {
+        "FIP_CENTRAL_DATA_DIR": str(central_dir),
+        "FIP_CENTRAL_ARGON2_TIME_COST": "1",
+        "FIP_CENTRAL_ARGON2_MEMORY_KIB": "64",
+        "FIP_CENTRAL_SMTP_HOST": "127.0.0.1",
+        "FIP_CENTRAL_SMTP_PORT": str(smtp.port),
+        "FIP_CENTRAL_SMTP_SECURITY": "none",
+        "FIP_CENTRAL_SITE_GRACE_SECONDS": "6",
+        "FIP_CENTRAL_PUBLIC_URL": f"https://127.0.0.1:{port}",
+    }
+    subprocess.run(
+        [
+            FIP,
+            "central",
+            "create-admin",
+            "--username",
+            "admin",
+            "--email",
+            "admin@central.example",
+            "--password",
+            ADMIN_PASSWORD,
+        ],
+        env={**os.environ, **env},
+        check=True,
+        capture_output=True,
+    )
+    central = Process(
+        ["central", "--port", str(port), "--certfile", str(certfile), "--keyfile", str(keyfile)],
+        log=root / "central.log",
+        env=env,
+    )
+    federation = Federation(
+        root=root,
+        central_url=f"https://127.0.0.1:{port}",
+        ca_file=ca_file,
+        central_dir=central_dir,
+        central=central,
+        mailbox=mailbox,
+    )
+    try:
+        central.wait_until_up(f"{federation.central_url}/health", verify=federation.tls())
+        for name in site_names:
+            federation.sites.append(add_site(federation, name))
+        yield federation
+    finally:
+        for site in federation.sites:
+            site.process.stop()
+        central.stop()
+        smtp.stop()
+
+
+def add_site(federation: Federation, name: str) -> SitePortal:
+    """Register a site at central, approve it, read its site_id from the mail, start its portal."""
+    with httpx.Client(base_url=federation.central_url, verify=federation.tls()) as anonymous:
+        response = anonymous.post(
+            "/api/register",
+            json={
+                "username": name,
+                "email": f"{name}@hospital.example",
+                "institution": f"{name.capitalize()} Hospital",
+                "password": SITE_PASSWORD,
+            },
+        )
+        assert response.status_code == 201, response.text
+        user_id = response.json()["id"]
+    before = len(federation.mailbox.messages)
+    with federation.admin() as admin:
+        approved = admin.post(f"/api/users/{user_id}/approve")
+        assert approved.status_code == 200, approved.text
+        assert approved.json()["mail_sent"], approved.json()
+    wait_for(
+        lambda: len(federation.mailbox.messages) > before, seconds=10, what="the approval mail"
+    )
+    mail = federation.mailbox.messages[-1]
+    body = mail.get_payload(decode=True).decode()  # type: ignore[union-attr]
+    found = re.search(r"Your site_id:\s+(\w+)", body)
+    assert found, body
+    site_id = found.group(1)
+    assert mail["To"] == f"{name}@hospital.example"
+
+    port = free_port()
+    data_dir = federation.root / f"site-{name}"
+    process = Process(
+        ["site", "--port", str(port), "--data-dir", str(data_dir)],
+        log=federation.root / f"site-{name}.log",
+        env={"FIP_SITE_HEARTBEAT_SECONDS": "1", "FIP_SITE_RECONNECT_MAX_SECONDS": "1"},
+    )
+    portal = SitePortal(
+        name=name,
+        url=f"http://127.0.0.1:{port}",
+        data_dir=data_dir,
+        process=process,
+        site_id=site_id,
+    )
+    process.wait_until_up(f"{portal.url}/api/status")
+    connect_site(federation, portal)
+    return portal
+
+
+def connect_site(federation: Federation, portal: SitePortal) -> None:
+    with portal.api() as api:
+        response = api.post(
+            "/api/settings",
+            json={
+                "central_url": federation.central_url,
+                "site_id": portal.site_id,
+                "ca_file": str(federation.ca_file),
+            },
+        )
+        assert response.status_code == 200, response.text
+        response = api.post(
+            "/api/sign-in", json={"username": portal.name, "password": SITE_PASSWORD}
+        )
+        assert response.status_code == 200, response.text
+        wait_for(
+            lambda: api.get("/api/status").json()["status"] == "connected",
+            seconds=15,
+            what=f"site {portal.name} to connect",
+        )
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
+    yield from start_federation(tmp_path_factory.mktemp("federation"))

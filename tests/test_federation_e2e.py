@@ -1,0 +1,109 @@
+"""End to end: central and two sites as separate processes, over TLS, through the JSON APIs."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from federation.data import read_csv
+from federation.outputs import long_csv
+from federation.registry import Registry
+from federation.simulation import simulate
+from tests.federation_env import Federation, federation  # noqa: F401 - the fixture
+from tests.processes import wait_for
+
+
+def _job(fed: Federation, *, name: str, seed: int, columns: list[str]) -> int:
+    with fed.admin() as admin:
+        response = admin.post(
+            "/api/jobs",
+            json={
+                "name": name,
+                "algorithm": "SIMICE",
+                "columns": columns,
+                "participants": [s.site_id for s in fed.sites],
+                "targets": [
+                    {"column": "bmi", "type": "gaussian"},
+                    {"column": "smoker", "type": "logistic"},
+                ],
+                "imputations": 3,
+                "parameters": {
+                    "iteration_before_first_imputation": 2,
+                    "iteration_between_imputations": 1,
+                },
+                "seed": seed,
+            },
+        )
+        assert response.status_code == 201, response.text
+        job_id: int = response.json()["id"]
+        return job_id
+
+
+def _state(fed: Federation, job_id: int) -> str:
+    with fed.admin() as admin:
+        state: str = admin.get(f"/api/jobs/{job_id}").json()["state"]
+        return state
+
+
+def test_a_job_runs_across_processes_and_equals_the_simulation(
+    federation: Federation, demo_files: dict[str, Path]
+) -> None:
+    fed = federation
+    columns = demo_files["central"].read_text().splitlines()[0].split(",")
+    job_id = _job(fed, name="e2e", seed=7, columns=columns)
+
+    for site, data in zip(fed.sites, ("north", "south"), strict=True):
+        with site.api() as api:
+            jobs = api.get("/api/jobs").json()
+            assert [j["id"] for j in jobs] == [str(job_id)]
+            uploaded = api.post(
+                f"/api/jobs/{job_id}/data",
+                files={"file": (f"{data}.csv", demo_files[data].read_bytes())},
+            )
+            assert uploaded.status_code == 200, uploaded.text
+            started = api.post(f"/api/jobs/{job_id}/start")
+            assert started.status_code == 200, started.text
+    with fed.admin() as admin:
+        response = admin.post(
+            f"/api/jobs/{job_id}/data",
+            files={"file": ("central.csv", demo_files["central"].read_bytes())},
+        )
+        assert response.status_code == 200, response.text
+    wait_for(
+        lambda: _state(fed, job_id) not in ("waiting", "running"), seconds=60, what="the job to end"
+    )
+    with fed.admin() as admin:
+        job = admin.get(f"/api/jobs/{job_id}").json()
+        assert job["state"] == "completed", job
+        downloaded = admin.get(f"/api/jobs/{job_id}/result", params={"format": "long"})
+        report = admin.get(f"/api/jobs/{job_id}/report").json()
+        assert downloaded.status_code == 200
+
+    expected = asyncio.run(
+        simulate(
+            algorithm=Registry.with_builtins().get("SIMICE"),
+            central=read_csv(demo_files["central"], label="central.csv"),
+            sites={
+                s.site_id: read_csv(demo_files[d], label=f"{d}.csv")
+                for s, d in zip(fed.sites, ("north", "south"), strict=True)
+            },
+            targets=[("bmi", "gaussian"), ("smoker", "logistic")],
+            params={
+                "imputations": 3,
+                "iteration_before_first_imputation": 2,
+                "iteration_between_imputations": 1,
+            },
+            seed=7,
+        )
+    )
+    assert downloaded.content == long_csv(expected)
+    assert [f["coefficients"] for f in report["fits"]] == [
+        f["coefficients"] for f in expected.report["fits"]
+    ]
+    assert [s["name"] for s in report["sites"]] == ["central", *(s.site_id for s in fed.sites)]
+
+    with fed.sites[0].api() as api:
+        ledger = api.get("/api/ledger").json()
+    kinds = {entry["kind"] for entry in ledger if entry["job_id"] == str(job_id)}
+    assert "fip.open" in kinds and any("gaussian_stats" in k for k in kinds)
+    assert all(entry["bytes"] > 0 for entry in ledger)
