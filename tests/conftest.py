@@ -8,7 +8,7 @@ import pytest
 
 from federation.demo import write_demo_data
 
-pytest_plugins = ["tests.central_fixtures"]
+pytest_plugins = ["tests.central_fixtures", "tests.federation_env"]
 
 
 @pytest.fixture(scope="session")

@@ -216,5 +216,6 @@ def connect_site(federation: Federation, portal: SitePortal) -> None:
 
 
 @pytest.fixture(scope="module")
-def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
+def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
+    """Central and two site portals as processes, shared by a test module's tests."""
     yield from start_federation(tmp_path_factory.mktemp("federation"))

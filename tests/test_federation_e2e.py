@@ -9,7 +9,7 @@ from federation.data import read_csv
 from federation.outputs import long_csv
 from federation.registry import Registry
 from federation.simulation import simulate
-from tests.federation_env import Federation, federation  # noqa: F401 - the fixture
+from tests.federation_env import Federation
 from tests.processes import wait_for
 
 
@@ -46,9 +46,9 @@ def _state(fed: Federation, job_id: int) -> str:
 
 
 def test_a_job_runs_across_processes_and_equals_the_simulation(
-    federation: Federation, demo_files: dict[str, Path]
+    network: Federation, demo_files: dict[str, Path]
 ) -> None:
-    fed = federation
+    fed = network
     columns = demo_files["central"].read_text().splitlines()[0].split(",")
     job_id = _job(fed, name="e2e", seed=7, columns=columns)
 
