@@ -66,14 +66,14 @@ class Worker:
     def client(self) -> CentralClient:
         config = self._store.config()
         if not config.central_url:
-            raise CentralError("set central's URL in Settings first")
+            raise CentralError("set central's URL in Settings first", status=400)
         return CentralClient(url=config.central_url, ca_file=config.ca_file)
 
     async def sign_in(self, username: str, password: str) -> None:
         """Exchange the password for tokens (the password is not kept), then connect."""
         config = self._store.config()
         if not config.site_id:
-            raise CentralError("set this site's site_id in Settings first")
+            raise CentralError("set this site's site_id in Settings first", status=400)
         client = self.client()
         try:
             pair = await client.sign_in(username, password)
@@ -83,7 +83,8 @@ class Worker:
         if me.get("site_id") != config.site_id:
             raise CentralError(
                 f"the account '{username}' belongs to site '{me.get('site_id')}', "
-                f"not to '{config.site_id}': check the site_id in Settings"
+                f"not to '{config.site_id}': check the site_id in Settings",
+                status=400,
             )
         self._store.update_config(username=username, refresh_token=pair.refresh_token)
         self._access, self._access_until = pair.access_token, time.time() + pair.expires_in - 30

@@ -185,7 +185,9 @@ class Runs:
             run.ready.discard(site_id)
             self.publish(job_id, "state")
         elif isinstance(message, Cancel) and state not in status.FINAL:
-            await self.cancel(job_id, reason=f"cancelled at site {site_id}")
+            # Not awaited: closing the job waits for this very site's replies, which arrive
+            # on the connection whose messages are being handled here.
+            self._spawn(self.cancel(job_id, reason=f"cancelled at site {site_id}"))
 
     def ready_jobs(self, site_id: str) -> list[str]:
         return [str(job_id) for job_id, run in self._runs.items() if site_id in run.ready]
