@@ -97,7 +97,7 @@ def _status(site: Site) -> StatusOut:
 
 
 @router.post("/settings")
-def settings(body: SettingsIn, site: Site) -> StatusOut:
+async def settings(body: SettingsIn, site: Site) -> StatusOut:
     """Where central is: its URL, this site's site_id, and optionally central's CA file."""
     save_settings(site, central_url=body.central_url, site_id=body.site_id, ca_file=body.ca_file)
     return _status(site)

@@ -82,7 +82,7 @@ def save_settings(site: SiteState, *, central_url: str, site_id: str, ca_file: s
 
 
 @router.post("/settings", response_class=HTMLResponse)
-def post_settings(
+async def post_settings(
     request: Request,
     site: Site,
     central_url: Annotated[str, Form()] = "",

@@ -264,9 +264,9 @@ class Worker:
                         job_id=request.job_id, seq=request.seq, kind="failed", message=str(error)
                     )
                 )
-        self._note(request, reply)
         with contextlib.suppress(ConnectionClosed):
             await socket.send(reply)
+        self._note(request, reply)
 
     def _note(self, request: Request, reply: bytes) -> None:
         answer = decode(reply)

@@ -193,12 +193,13 @@ def add_site(federation: Federation, name: str) -> SitePortal:
     return portal
 
 
-def connect_site(federation: Federation, portal: SitePortal) -> None:
+def connect_site(federation: Federation, portal: SitePortal, *, central_url: str = "") -> None:
+    """Point a site portal at central (or at ``central_url``, e.g. a relay) and sign it in."""
     with portal.api() as api:
         response = api.post(
             "/api/settings",
             json={
-                "central_url": federation.central_url,
+                "central_url": central_url or federation.central_url,
                 "site_id": portal.site_id,
                 "ca_file": str(federation.ca_file),
             },

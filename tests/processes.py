@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -85,3 +87,53 @@ def wait_for(condition: object, *, seconds: float = 20, every: float = 0.1, what
             return
         time.sleep(every)
     raise AssertionError(f"timed out after {seconds} s waiting for {what or condition}")
+
+
+class TcpProxy:
+    """A TCP relay on loopback whose connections a test can cut, as a network failure would."""
+
+    def __init__(self, target_port: int) -> None:
+        self.port = free_port()
+        self._target = target_port
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self._server = asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(self._accept, "127.0.0.1", self.port), self._loop
+        ).result(timeout=5)
+        self.connections = 0
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self._target)
+        self._writers |= {writer, upstream_writer}
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            try:
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                sink.close()
+
+        await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
+
+    def cut(self) -> None:
+        """Drop every open connection (both ends see the TCP connection reset)."""
+
+        async def drop() -> None:
+            for writer in list(self._writers):
+                transport = writer.transport
+                transport.abort()
+            self._writers.clear()
+
+        asyncio.run_coroutine_threadsafe(drop(), self._loop).result(timeout=5)
+
+    def close(self) -> None:
+        self.cut()
+        self._server.close()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
