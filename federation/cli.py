@@ -132,10 +132,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=_demo_data)
 
     from portal_central.cli import add_commands as add_central_commands
+    from portal_central.demo import add_command as add_demo_command
     from portal_site.cli import add_commands as add_site_commands
 
     add_central_commands(commands)
     add_site_commands(commands)
+    add_demo_command(commands)
     return parser
 
 

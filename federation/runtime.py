@@ -49,7 +49,7 @@ class Traffic:
     bytes_received: int = 0
 
 
-@dataclass
+@dataclass(repr=False)  # its arrays are large: never format them into a message
 class JobResult:
     """A finished job: central's data, the imputed cells of each dataset, and the report.
 

@@ -33,10 +33,11 @@ def _environment() -> Environment:
         loader=FileSystemLoader(TEMPLATES),
         autoescape=select_autoescape(["html"]),
         undefined=StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
     )
     environment.filters["ago"] = ago
+    environment.filters["ago_epoch"] = lambda epoch: ago(
+        None if epoch is None else datetime.fromtimestamp(epoch, UTC)
+    )
     environment.filters["clock"] = lambda epoch: datetime.fromtimestamp(epoch, UTC).strftime(
         "%H:%M:%S"
     )
@@ -45,6 +46,12 @@ def _environment() -> Environment:
 
 
 ENVIRONMENT = _environment()
+# Macros are globals too, so that a block rendered alone (an HTMX fragment) has them: the
+# `{% from "_macros.html" import ... %}` at the top of a page runs only for the whole page.
+_MACROS = ENVIRONMENT.get_template("_macros.html").module
+ENVIRONMENT.globals.update(
+    {name: getattr(_MACROS, name) for name in ("field", "when", "badge", "alert")}
+)
 PAGE_DEFAULTS: dict[str, Any] = {"user": None, "csrf_token": "", "nav": "", "portal": "central"}
 """What every page may use; a portal's dependencies put the caller's values in
 ``request.state.page_context``."""

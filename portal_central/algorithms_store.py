@@ -119,11 +119,11 @@ def current(
     """The newest version in service of an algorithm, or the version asked for."""
     found = versions(session=session, registry=registry, name=name)
     if not found:
-        raise NotFound(f"no algorithm named '{name}'")
+        raise NotFound(f"no algorithm named '{name}'", field="algorithm")
     if version is not None:
         chosen = [v for v in found if v.version == version]
         if not chosen:
-            raise NotFound(f"{name} has no version '{version}'")
+            raise NotFound(f"{name} has no version '{version}'", field="version")
         if chosen[0].retired:
             raise Conflict(
                 f"{name} {version} is retired; pick a version in service", field="version"
@@ -178,10 +178,13 @@ def store(
     return row
 
 
-def retire(*, session: Session, version_id: int, retired: bool = True) -> AlgorithmVersion:
+def retire(
+    *, session: Session, name: str, version_id: int, retired: bool = True
+) -> AlgorithmVersion:
+    """Take a version out of service for new jobs (old jobs keep it), or put it back."""
     row = session.get(AlgorithmVersion, version_id)
-    if row is None:
-        raise NotFound(f"no algorithm version {version_id}")
+    if row is None or row.name != name:
+        raise NotFound(f"{name} has no version with id {version_id}")
     row.retired_at = utcnow() if retired else None
     return row
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -19,7 +20,7 @@ from portal_central.api import algorithms as algorithms_api
 from portal_central.api import jobs as jobs_api
 from portal_central.db import upgrade
 from portal_central.deps import OptionalUser, StateDep
-from portal_central.errors import FieldInvalid, PortalError, Unauthorized
+from portal_central.errors import FieldInvalid, Forbidden, PortalError, Unauthorized
 from portal_central.settings import CentralSettings
 from portal_central.sites import ws
 from portal_central.state import CentralState
@@ -65,6 +66,24 @@ def create_app(settings: CentralSettings) -> FastAPI:
     app.include_router(accounts_api.router)
     app.include_router(algorithms_api.router)
     app.include_router(jobs_api.router)
+
+    @app.middleware("http")
+    async def same_origin(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        """Refuse posts that a page of another site made the browser send (sign-in and
+        registration included, which carry no session yet); scripts send no Origin."""
+        origin = request.headers.get("origin")
+        if (
+            request.method in ("POST", "PUT", "PATCH", "DELETE")
+            and origin
+            and urlsplit(origin).netloc != request.headers.get("host")
+        ):
+            return await _portal_error(
+                request, Forbidden("this form was sent from another web site; refused")
+            )
+        return await call_next(request)
+
     app.add_exception_handler(PortalError, _portal_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
 

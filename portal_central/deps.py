@@ -72,6 +72,9 @@ async def _check_csrf(request: Request, state: CentralState, session_id: str) ->
         value = form.get(CSRF_FIELD)
         token = value if isinstance(value, str) else None
     if not state.tokens.check_csrf(session_id, token):
+        parsed = getattr(request, "_form", None)
+        if parsed is not None:  # the route will not run: release uploaded files now
+            await parsed.close()
         raise Forbidden("the form has expired or did not come from this portal; reload the page")
 
 

@@ -8,9 +8,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Form, Request, UploadFile
+from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.datastructures import UploadFile
 
 from federation.job import JobEvent
 from federation.web import ENVIRONMENT, PAGE_DEFAULTS, is_htmx, render
@@ -173,15 +174,15 @@ async def _job_action(request: Request, site: SiteState, job_id: str, action: An
 
 @router.post("/jobs/{job_id}/data", response_class=HTMLResponse)
 async def upload(request: Request, job_id: str, site: Site) -> Response:
-    form = await request.form()
-    file = form.get("file")
+    async with request.form() as form:
+        file = form.get("file")
 
-    async def act(job: LocalJob) -> None:
-        if not isinstance(file, UploadFile) or not file.filename:
-            raise SiteError("choose this site's CSV file", status=422, field="file")
-        site.jobs.upload(job, await file.read(), file.filename)
+        async def act(job: LocalJob) -> None:
+            if not isinstance(file, UploadFile) or not file.filename:
+                raise SiteError("choose this site's CSV file", status=422, field="file")
+            site.jobs.upload(job, await file.read(), file.filename)
 
-    return await _job_action(request, site, job_id, act)
+        return await _job_action(request, site, job_id, act)
 
 
 @router.post("/jobs/{job_id}/approve", response_class=HTMLResponse)

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import time
 import uuid
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
 from portal_central.app import create_app
+from portal_central.jobs.status import FINAL
 from portal_central.settings import CentralSettings
+from portal_central.state import CentralState
 
 POSTGRES = os.environ.get("FIP_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 """A PostgreSQL server where the tests may create and drop databases (scripts/test starts one)."""
@@ -119,3 +125,68 @@ def browser_sign_in(client: TestClient, username: str, password: str) -> str:
     found = re.search(r'name="csrf_token" value="([0-9a-f]+)"', response.text)
     assert found, "a signed-in page carries the CSRF token"
     return found.group(1)
+
+
+# ---------------------------------------------------------------- algorithms, jobs and pages
+
+MEANDRAW_DIR = Path(__file__).resolve().parents[1] / "docs" / "examples" / "MEANDRAW"
+"""The third-party example package (a valid upload)."""
+
+
+def portal_state(client: TestClient) -> CentralState:
+    """The running portal's state (registry, runs, database) behind a TestClient."""
+    state: CentralState = client.app.state.fip  # type: ignore[attr-defined]
+    return state
+
+
+def meandraw_files(version: str | None = None) -> dict[str, bytes]:
+    """MEANDRAW's three files by name; ``version`` rewrites the version in params.json."""
+    files = {
+        name: (MEANDRAW_DIR / name).read_bytes()
+        for name in ("MEANDRAWCentral.py", "MEANDRAWRemote.py", "params.json")
+    }
+    if version is not None:
+        meta = json.loads(files["params.json"])
+        meta["version"] = version
+        files["params.json"] = json.dumps(meta, indent=2).encode()
+    return files
+
+
+def upload_parts(files: dict[str, bytes]) -> dict[str, tuple[str, bytes]]:
+    """The multipart fields of an upload: ``files`` in the order central, remote, params."""
+    return dict(zip(("central", "remote", "params"), files.items(), strict=True))
+
+
+def upload_algorithm(client: TestClient, files: dict[str, bytes]) -> dict[str, Any]:
+    """Upload an algorithm through the JSON API as the admin; it must be accepted."""
+    response = client.post("/api/algorithms", files=upload_parts(files), headers=admin_auth(client))
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def wait_for_state(
+    client: TestClient, job_id: int, headers: dict[str, str], *, timeout: float = 10.0
+) -> dict[str, Any]:
+    """Poll GET /api/jobs/{id} until the job is in a final state (at most ``timeout`` s)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job: dict[str, Any] = client.get(f"/api/jobs/{job_id}", headers=headers).json()
+        if job["state"] in FINAL or time.monotonic() > deadline:
+            return job
+        time.sleep(0.02)
+
+
+def htmx_headers(csrf: str) -> dict[str, str]:
+    """What htmx sends with a request from a signed-in page."""
+    return {"HX-Request": "true", "X-CSRF-Token": csrf}
+
+
+_ADMIN_AUTH: weakref.WeakKeyDictionary[TestClient, dict[str, str]] = weakref.WeakKeyDictionary()
+
+
+def admin_auth(client: TestClient) -> dict[str, str]:
+    """``admin_headers``, signed in once per client (tokens last 15 minutes)."""
+    if client not in _ADMIN_AUTH:
+        _ADMIN_AUTH[client] = admin_headers(client)
+    return _ADMIN_AUTH[client]

@@ -135,5 +135,7 @@ class TcpProxy:
     def close(self) -> None:
         self.cut()
         self._server.close()
+        asyncio.run_coroutine_threadsafe(self._server.wait_closed(), self._loop).result(timeout=5)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
+        self._loop.close()

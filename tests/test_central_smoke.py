@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
-from tests.central_fixtures import approved_site, bearer, token, SITE_PASSWORD
+from tests.central_fixtures import SITE_PASSWORD, approved_site, bearer, token
 
 
 def test_health_and_approval_flow(central: TestClient) -> None:

@@ -95,7 +95,7 @@ def upgrade() -> None:
         sa.Column("columns", sa.JSON(), nullable=False),
         sa.Column("targets", sa.JSON(), nullable=False),
         sa.Column("params", sa.JSON(), nullable=False),
-        sa.Column("seed", sa.Integer(), nullable=False),
+        sa.Column("seed", sa.BigInteger(), nullable=False),
         sa.Column("state", sa.String(length=16), nullable=False),
         sa.Column("message", sa.Text(), nullable=False),
         sa.Column("created_by_id", sa.Integer(), nullable=False),

@@ -12,7 +12,7 @@ from federation.registry import file_names
 from federation.web import render
 from portal_central import algorithms_store as store
 from portal_central.deps import AdminUser, CurrentUser, StateDep
-from portal_central.errors import NotFound, PortalError
+from portal_central.errors import FieldInvalid, NotFound, PortalError
 
 router = APIRouter(prefix="/algorithms")
 
@@ -75,14 +75,14 @@ async def read_upload(
     for field, upload_file in (("central", central), ("remote", remote), ("params", params)):
         name = (upload_file.filename or "").rsplit("/", 1)[-1]
         if not name:
-            raise PortalError(f"choose the {field} file", field=field)
+            raise FieldInvalid(f"choose the {field} file", field=field)
         files[name] = await upload_file.read()
     central_name = next((n for n in files if n.endswith("Central.py")), None)
     if central_name is None:
-        raise PortalError("the central file must be named <Name>Central.py", field="central")
+        raise FieldInvalid("the central file must be named <Name>Central.py", field="central")
     expected = file_names(central_name.removesuffix("Central.py"))
     if set(files) != set(expected):
-        raise PortalError(
+        raise FieldInvalid(
             f"the files must be named {', '.join(expected)}; got {', '.join(sorted(files))}",
             field="remote" if expected[1] not in files else "params",
         )
@@ -120,6 +120,8 @@ def retire(
     if action not in ("retire", "restore"):
         raise NotFound(f"no action '{action}'")
     with state.database.session() as session:
-        row = store.retire(session=session, version_id=version_id, retired=action == "retire")
+        row = store.retire(
+            session=session, name=name, version_id=version_id, retired=action == "retire"
+        )
         version = row.version
     return RedirectResponse(f"/algorithms/{name}?version={version}", status_code=303)

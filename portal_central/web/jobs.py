@@ -7,11 +7,11 @@ from collections.abc import AsyncIterator
 from dataclasses import asdict
 from typing import Any
 
-from fastapi import APIRouter, Request, UploadFile
+from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import select
 from sse_starlette import EventSourceResponse, ServerSentEvent
-from starlette.datastructures import FormData
+from starlette.datastructures import FormData, UploadFile
 
 from federation.data import read_csv
 from federation.errors import InputError
@@ -59,7 +59,11 @@ def parameters_step(
 @router.post("/new/columns", response_class=HTMLResponse)
 async def columns_step(request: Request, admin: AdminUser, state: StateDep) -> Response:
     """Read an uploaded CSV's header and counts (the file is dropped), list its columns."""
-    form = await request.form()
+    async with request.form() as form:
+        return await _columns(request, state, form)
+
+
+async def _columns(request: Request, state: CentralState, form: FormData) -> Response:
     upload = form.get("header_file")
     chosen = _algorithm(state, str(form.get("algorithm") or "")) if form.get("algorithm") else None
     context: dict[str, Any] = {"chosen": chosen, "targets": set(), "types": {}, "errors": {}}
@@ -77,8 +81,8 @@ async def columns_step(request: Request, admin: AdminUser, state: StateDep) -> R
 
 @router.post("", response_class=HTMLResponse)
 async def create_job(request: Request, admin: AdminUser, state: StateDep) -> Response:
-    form = await request.form()
-    values = _read_form(form)
+    async with request.form() as form:
+        values = _read_form(form)
     try:
         chosen = _algorithm(state, values["algorithm"]) if values["algorithm"] else None
         if chosen is None:
@@ -127,11 +131,14 @@ def _job_context(state: CentralState, job_id: int, user: User, **extra: Any) -> 
     with state.database.session() as session:
         job = service.get_job(session=session, job_id=job_id, user=user)
         missing = state.runs.missing_sites(job) if job.state == "waiting" else []
+        site_status = state.runs.site_status(job)
     run = state.runs.get(job_id)
     return {
         "job": job,
         "run": run,
         "missing": missing,
+        "site_status": site_status,
+        "last_seen": {site: state.connections.last_seen(site) for site in site_status},
         "has_data": run.data is not None,
         "error": "",
         **extra,
@@ -141,20 +148,9 @@ def _job_context(state: CentralState, job_id: int, user: User, **extra: Any) -> 
 @router.post("/{job_id}/data", response_class=HTMLResponse)
 async def upload_data(request: Request, job_id: int, admin: AdminUser, state: StateDep) -> Response:
     """Central's own CSV for the job, held in memory; the job starts when every site is ready."""
-    form = await request.form()
-    upload = form.get("file")
-    try:
-        if not isinstance(upload, UploadFile) or not upload.filename:
-            raise FieldInvalid("choose central's CSV file", field="file")
-        content = await upload.read()
-        try:
-            table = read_csv(content, label=upload.filename)
-        except InputError as error:
-            raise FieldInvalid(str(error), field="file") from None
-        with state.database.session() as session:
-            job = service.get_job(session=session, job_id=job_id, user=admin)
-        await state.runs.upload_central_data(job, table)
-    except PortalError as error:
+    async with request.form() as form:
+        error = await _take_central_data(state, job_id, admin, form.get("file"))
+    if error is not None:
         context = _job_context(state, job_id, admin, error=error.message)
         if is_htmx(request):
             return render(
@@ -179,6 +175,25 @@ async def cancel(request: Request, job_id: int, admin: AdminUser, state: StateDe
         service.get_job(session=session, job_id=job_id, user=admin)
     await state.runs.cancel(job_id)
     return _status_or_redirect(request, state, job_id, admin)
+
+
+async def _take_central_data(
+    state: CentralState, job_id: int, admin: User, upload: object
+) -> PortalError | None:
+    """Read central's CSV for a job and hand it to the runner; the error to show, if any."""
+    try:
+        if not isinstance(upload, UploadFile) or not upload.filename:
+            raise FieldInvalid("choose central's CSV file", field="file")
+        try:
+            table = read_csv(await upload.read(), label=upload.filename)
+        except InputError as error:
+            raise FieldInvalid(str(error), field="file") from None
+        with state.database.session() as session:
+            job = service.get_job(session=session, job_id=job_id, user=admin)
+        await state.runs.upload_central_data(job, table)
+    except PortalError as error:
+        return error
+    return None
 
 
 def _status_or_redirect(request: Request, state: CentralState, job_id: int, user: User) -> Response:

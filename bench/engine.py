@@ -1,0 +1,467 @@
+"""Benchmark: federated SIMI and SIMICE against the same fits computed on the pooled rows.
+
+Run::
+
+    .venv/bin/python bench/engine.py                 # 4 sites x 250,000 rows x 20 columns, M = 5
+    .venv/bin/python bench/engine.py --quick         # 20,000 rows per site: a smoke run
+    .venv/bin/python bench/engine.py --rows 100000 --sites 3 --columns 12 --imputations 10 \\
+        --repeat 3 --only SIMICE
+
+What it measures:
+
+- Data: ``--sites`` participants in all, central plus ``--sites - 1`` remote sites (the default
+  4 means central and 3 remotes), each with ``--rows`` rows of ``--columns`` columns:
+  covariates x1.., then g1, g2 (continuous) and b (binary), generated in memory from a known
+  model, with cells missing at random given x1 (about 25% per target). Generating the data is
+  not timed. SIMI imputes g1 (only g1 has missing cells in its data); SIMICE imputes g1, g2
+  (Gaussian) and b (logistic) with its default cycles (5 before the first imputation, 2
+  between), M = ``--imputations``.
+- Federated: ``federation.simulation.simulate`` run with ``asyncio.run``, exactly as
+  ``fip simulate`` does minus reading and writing files: opening and validating every site,
+  preparing the data, every round trip through the real binary codec and the in-memory
+  transport (sites answer in worker threads), the draws and the imputations.
+- Pooled: the plain numpy computation of the same fits on the row-wise concatenation of all
+  sites' data (concatenating is not timed; selecting the rows and building the design is).
+  SIMI: one Gaussian fit. SIMICE: every fit of every cycle, in the same order: a Gaussian fit is
+  X'X, X'y, y'y over the pooled rows where the target is observed, then a Cholesky solve; a
+  logistic fit is Newton with full steps from the previous fit of the same target, run for the
+  number of iterations the federated report gives for that fit, each iteration one pass over
+  the rows (X'WX, X'(y - p), log-likelihood), plus the pass at the final coefficients. It does
+  no draws and no imputation, so the ratio federated / pooled is an upper bound on the price
+  of federation.
+- Times are the best of ``--repeat`` runs. Round trips and bytes come from the job's report
+  (bytes sent counts each request once per remote site). Memory: ``tracemalloc`` peak of the
+  memory allocated during one extra run (the data generated beforehand is not counted; numpy
+  reports its buffers to tracemalloc) and the process's ``ru_maxrss`` at the end of that run;
+  on Linux the high-water mark is reset before each run (``/proc/self/clear_refs``), so
+  ``ru_maxrss`` is the peak resident size of the process during that run, data included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import resource
+import sys
+import time
+import tracemalloc
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy.linalg import cho_factor, cho_solve
+from scipy.special import expit
+
+from federation.data import Table
+from federation.job import CENTRAL
+from federation.registry import Registry
+from federation.runtime import JobResult
+from federation.simulation import simulate
+
+QUICK_ROWS = 20_000
+MISSING_LOGIT = (-1.2, 0.6)
+"""Missingness of each target: P(missing) = sigmoid(a + b * x1), about 25% on average."""
+
+MiB = 1024 * 1024
+
+
+# ---------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Column names and target positions of the benchmark data."""
+
+    columns: tuple[str, ...]
+
+    @classmethod
+    def of(cls, width: int) -> Layout:
+        if width < 4:
+            raise SystemExit("--columns must be at least 4 (one covariate, g1, g2, b)")
+        covariates = tuple(f"x{i}" for i in range(1, width - 2))
+        return cls(columns=(*covariates, "g1", "g2", "b"))
+
+    @property
+    def covariates(self) -> int:
+        return len(self.columns) - 3
+
+    def index(self, name: str) -> int:
+        return self.columns.index(name)
+
+
+def site_names(sites: int) -> list[str]:
+    """Central first, then the remote sites."""
+    return [CENTRAL, *(f"site{k}" for k in range(1, sites))]
+
+
+def full_data(layout: Layout, rows: int, seed: int, site: int) -> np.ndarray:
+    """Complete data of one site: g1 and b depend on the covariates, g2 on all of them."""
+    rng = np.random.default_rng((seed, site))
+    p = layout.covariates
+    x = rng.standard_normal((rows, p))
+    x[:, 1:] += 0.3 * x[:, :1]  # some correlation between covariates
+    weights = np.linspace(0.5, -0.5, p) / np.sqrt(p)
+    g1 = 1.0 + x @ weights + rng.standard_normal(rows)
+    b = (rng.random(rows) < expit(-0.5 + x @ weights[::-1] + 0.5 * g1)).astype(np.float64)
+    g2 = 2.0 - x @ weights + 0.5 * g1 - 0.7 * b + rng.standard_normal(rows)
+    values = np.empty((rows, p + 3))
+    values[:, :p] = x
+    values[:, p] = g1
+    values[:, p + 1] = g2
+    values[:, p + 2] = b
+    return values
+
+
+def with_missing(
+    values: np.ndarray, layout: Layout, targets: Sequence[str], seed: int, site: int
+) -> np.ndarray:
+    """A copy with each target's cells missing at random given x1."""
+    rng = np.random.default_rng((seed, site, 1))
+    out = values.copy()
+    chance = expit(MISSING_LOGIT[0] + MISSING_LOGIT[1] * values[:, 0])
+    for name in targets:
+        out[rng.random(values.shape[0]) < chance, layout.index(name)] = np.nan
+    return out
+
+
+def make_tables(
+    layout: Layout, rows: int, sites: int, seed: int, targets: Sequence[str]
+) -> dict[str, Table]:
+    tables = {}
+    for k, name in enumerate(site_names(sites)):
+        values = with_missing(full_data(layout, rows, seed, k), layout, targets, seed, k)
+        tables[name] = Table(label=f"{name} (benchmark)", columns=layout.columns, values=values)
+    return tables
+
+
+# ---------------------------------------------------------------- measuring
+
+
+@dataclass
+class Memory:
+    tracemalloc_peak: int = 0
+    maxrss: int = 0
+    maxrss_reset: bool = False
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's high-water mark of resident memory (Linux); False if not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        return False
+    return True
+
+
+@contextmanager
+def measure_memory(memory: Memory) -> Iterator[None]:
+    gc.collect()
+    memory.maxrss_reset = _reset_peak_rss()
+    tracemalloc.start()
+    try:
+        yield
+    finally:
+        memory.tracemalloc_peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        # ru_maxrss is in KiB on Linux, in bytes on macOS.
+        scale = 1 if sys.platform == "darwin" else 1024
+        memory.maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def best_time(task: Callable[[], Any], repeat: int) -> tuple[float, Any]:
+    """Best wall time of ``repeat`` runs, and the last run's value."""
+    best = float("inf")
+    value: Any = None
+    for _ in range(repeat):
+        gc.collect()
+        started = time.perf_counter()
+        value = task()
+        best = min(best, time.perf_counter() - started)
+    return best, value
+
+
+# ---------------------------------------------------------------- federated
+
+
+def run_federated(
+    algorithm: str,
+    tables: dict[str, Table],
+    targets: Sequence[tuple[str, str]],
+    params: dict[str, Any],
+    seed: int,
+) -> JobResult:
+    chosen = Registry.with_builtins().get(algorithm)
+    central, *remote = tables
+    return asyncio.run(
+        simulate(
+            algorithm=chosen,
+            central=tables[central],
+            sites={name: tables[name] for name in remote},
+            targets=targets,
+            params=params,
+            seed=seed,
+        )
+    )
+
+
+# ---------------------------------------------------------------- pooled
+
+
+def _design(width: int, column: int) -> np.ndarray:
+    return np.array([c for c in range(width) if c != column], dtype=np.intp)
+
+
+def pooled_gaussian(z: np.ndarray, column: int, ridge: float) -> np.ndarray:
+    """beta of a Gaussian fit on the rows of ``z`` (columns, then ones): X'X, X'y, y'y, solve."""
+    cols = _design(z.shape[1], column)
+    x = z[:, cols]
+    y = z[:, column]
+    n = y.size
+    xtx = x.T @ x
+    xty = x.T @ y
+    yty = float(y @ y)
+    gram = xtx + ridge * n * np.eye(cols.size)
+    beta: np.ndarray = cho_solve(cho_factor(gram, lower=True), xty)
+    _sse = yty - 2.0 * beta @ xty + beta @ xtx @ beta
+    return beta
+
+
+def pooled_logistic(
+    z: np.ndarray, column: int, ridge: float, start: np.ndarray, iterations: int
+) -> tuple[np.ndarray, int]:
+    """Newton with full steps for ``iterations`` steps; returns beta and the passes made."""
+    cols = _design(z.shape[1], column)
+    x = z[:, cols]
+    y = z[:, column]
+    penalty = ridge * y.size
+    beta = start.copy()
+    passes = 0
+    for step in range(iterations + 1):
+        eta = x @ beta
+        mu = expit(eta)
+        h = (x * (mu * (1.0 - mu))[:, None]).T @ x + penalty * np.eye(cols.size)
+        g = x.T @ (y - mu) - penalty * beta
+        _q = float(y @ eta - np.logaddexp(0.0, eta).sum()) - penalty * float(beta @ beta) / 2
+        passes += 1
+        if step < iterations:
+            beta = beta + cho_solve(cho_factor(h, lower=True), g)
+    return beta, passes
+
+
+def augment(values: np.ndarray) -> np.ndarray:
+    z = np.empty((values.shape[0], values.shape[1] + 1))
+    z[:, :-1] = values
+    z[:, -1] = 1.0
+    return z
+
+
+def pooled_simi(pooled: np.ndarray, column: int, ridge: float) -> int:
+    """The SIMI fit on the pooled complete rows; returns the passes over the data (1)."""
+    complete = ~np.isnan(pooled).any(axis=1)
+    pooled_gaussian(augment(pooled[complete]), column, ridge)
+    return 1
+
+
+def pooled_simice(
+    pooled: np.ndarray,
+    columns: Sequence[int],
+    kinds: Sequence[str],
+    fits: Sequence[dict[str, Any]],
+    ridge: float,
+) -> int:
+    """Every fit of the federated job, in order, on the pooled rows; returns the passes."""
+    z = augment(pooled)
+    observed = {c: ~np.isnan(z[:, c]) for c in columns}
+    for c in columns:  # start values: the observed mean, as each site does
+        z[~observed[c], c] = z[observed[c], c].mean()
+    rows = {c: z[observed[c]] for c in columns}
+    starts = {c: np.zeros(z.shape[1] - 1) for c in columns}
+    passes = 0
+    for k, fit in enumerate(fits):
+        position = k % len(columns)
+        column = columns[position]
+        if kinds[position] == "gaussian":
+            pooled_gaussian(rows[column], column, ridge)
+            passes += 1
+        else:
+            starts[column], used = pooled_logistic(
+                rows[column], column, ridge, starts[column], int(fit["iterations"])
+            )
+            passes += used
+    return passes
+
+
+# ---------------------------------------------------------------- the benchmark
+
+
+@dataclass
+class Row:
+    algorithm: str
+    federated: float
+    pooled: float
+    round_trips: int
+    bytes_sent: int
+    bytes_received: int
+    memory: Memory
+    pooled_memory: Memory
+    fits: int
+    newton_iterations: int
+    pooled_passes: int
+
+
+def bench(
+    algorithm: str,
+    layout: Layout,
+    args: argparse.Namespace,
+) -> Row:
+    if algorithm == "SIMI":
+        names = ["g1"]
+        targets = [("g1", "gaussian")]
+    else:
+        names = ["g1", "g2", "b"]
+        targets = [("g1", "gaussian"), ("g2", "gaussian"), ("b", "logistic")]
+    tables = make_tables(layout, args.rows, args.sites, args.seed, names)
+    params: dict[str, Any] = {"imputations": args.imputations}
+
+    def federated() -> JobResult:
+        return run_federated(algorithm, tables, targets, params, args.seed)
+
+    fed_seconds, result = best_time(federated, args.repeat)
+    memory = Memory()
+    with measure_memory(memory):
+        federated()
+    report = result.report
+    ridge = float(report["params"]["ridge"])
+    fits: list[dict[str, Any]] = report["fits"]
+
+    pooled_rows = np.concatenate([t.values for t in tables.values()])
+    columns = [layout.index(n) for n in names]
+    kinds = [kind for _, kind in targets]
+
+    def pooled() -> int:
+        if algorithm == "SIMI":
+            return pooled_simi(pooled_rows, columns[0], ridge)
+        return pooled_simice(pooled_rows, columns, kinds, fits, ridge)
+
+    pooled_seconds, passes = best_time(pooled, args.repeat)
+    pooled_memory = Memory()
+    with measure_memory(pooled_memory):
+        pooled()
+    return Row(
+        algorithm=algorithm,
+        federated=fed_seconds,
+        pooled=pooled_seconds,
+        round_trips=int(report["round_trips"]),
+        bytes_sent=int(report["bytes_sent"]),
+        bytes_received=int(report["bytes_received"]),
+        memory=memory,
+        pooled_memory=pooled_memory,
+        fits=len(fits),
+        newton_iterations=sum(int(f.get("iterations") or 0) for f in fits),
+        pooled_passes=passes,
+    )
+
+
+def _mib(value: int) -> str:
+    return f"{value / MiB:,.1f}"
+
+
+def print_table(rows: Sequence[Row]) -> None:
+    header = (
+        "algorithm",
+        "federated s",
+        "pooled s",
+        "ratio",
+        "round trips",
+        "bytes sent",
+        "bytes received",
+        "peak MiB (tracemalloc)",
+        "ru_maxrss MiB",
+        "fits",
+    )
+    body = [
+        (
+            r.algorithm,
+            f"{r.federated:.3f}",
+            f"{r.pooled:.3f}",
+            f"{r.federated / r.pooled:.1f}x",
+            f"{r.round_trips:,}",
+            f"{r.bytes_sent:,}",
+            f"{r.bytes_received:,}",
+            _mib(r.memory.tracemalloc_peak),
+            _mib(r.memory.maxrss),
+            f"{r.fits}",
+        )
+        for r in rows
+    ]
+    widths = [max(len(line[i]) for line in (header, *body)) for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            cell.ljust(w) if i == 0 else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(cells, widths, strict=True))
+        )
+
+    print(line(header))
+    print(line(["-" * w for w in widths]))
+    for cells in body:
+        print(line(cells))
+    print()
+    for r in rows:
+        print(
+            f"{r.algorithm}: Newton iterations {r.newton_iterations}; passes over the data: "
+            f"federated {r.round_trips} round trips (open and close included) vs pooled "
+            f"{r.pooled_passes}; pooled peak MiB: tracemalloc "
+            f"{_mib(r.pooled_memory.tracemalloc_peak)}, ru_maxrss {_mib(r.pooled_memory.maxrss)}"
+        )
+    if rows and not rows[0].memory.maxrss_reset:
+        print("ru_maxrss could not be reset between runs: it is the process's peak so far")
+
+
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--rows", type=int, default=250_000, help="rows per site (250,000)")
+    parser.add_argument(
+        "--sites", type=int, default=4, help="participants, central included (4: central + 3)"
+    )
+    parser.add_argument("--columns", type=int, default=20, help="columns per site (20)")
+    parser.add_argument("--imputations", type=int, default=5, help="M (5)")
+    parser.add_argument("--repeat", type=int, default=1, help="timed runs; best is shown (1)")
+    parser.add_argument("--seed", type=int, default=2024, help="data and job seed")
+    parser.add_argument(
+        "--only", choices=("SIMI", "SIMICE"), action="append", help="run only this algorithm"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help=f"smoke run: {QUICK_ROWS:,} rows per site"
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rows = QUICK_ROWS
+    if args.sites < 1 or args.rows < 100 or args.imputations < 1 or args.repeat < 1:
+        parser.error("need --sites >= 1, --rows >= 100, --imputations >= 1, --repeat >= 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse(argv)
+    layout = Layout.of(args.columns)
+    print(
+        f"{args.sites} sites (central + {args.sites - 1} remote) x {args.rows:,} rows x "
+        f"{len(layout.columns)} columns, M = {args.imputations}, best of {args.repeat}; "
+        "SIMI: g1 (gaussian); SIMICE: g1, g2 (gaussian), b (logistic)",
+        flush=True,
+    )
+    rows = []
+    for algorithm in args.only or ["SIMI", "SIMICE"]:
+        rows.append(bench(algorithm, layout, args))
+        print(f"  {algorithm} done", flush=True)
+    print()
+    print_table(rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,542 @@
+"""Jobs at central through the JSON API: creation checks, permissions, runs, results, states."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import time
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from bs4 import BeautifulSoup
+from fastapi.testclient import TestClient
+
+from federation.data import read_csv
+from federation.demo import COLUMNS
+from federation.outputs import long_csv, zip_bytes
+from federation.registry import Registry
+from federation.runtime import JobResult
+from federation.simulation import simulate
+from portal_central.app import create_app
+from portal_central.errors import InvalidTransition
+from portal_central.jobs.status import ACTIVE, FINAL, TRANSITIONS, advance
+from portal_central.models import Job
+from tests.central_fixtures import (
+    ADMIN,
+    SITE_PASSWORD,
+    admin_auth,
+    approved_site,
+    bearer,
+    browser_sign_in,
+    create_admin,
+    make_settings,
+    meandraw_files,
+    portal_state,
+    token,
+    upload_algorithm,
+    wait_for_state,
+)
+
+TARGETS = [{"column": "bmi", "type": "gaussian"}, {"column": "smoker", "type": "logistic"}]
+QUICK = {"iteration_before_first_imputation": 2, "iteration_between_imputations": 1}
+"""Few chained-equation cycles: a run of central's 800 rows takes a fraction of a second."""
+
+
+def _job(**overrides: Any) -> dict[str, Any]:
+    """A SIMICE job over the demo columns, central only, with a fixed seed."""
+    return {
+        "name": "demo imputation",
+        "description": "bmi and smoker",
+        "algorithm": "SIMICE",
+        "columns": list(COLUMNS),
+        "targets": TARGETS,
+        "imputations": 2,
+        "parameters": dict(QUICK),
+        "seed": 11,
+        **overrides,
+    }
+
+
+def _create(client: TestClient, **overrides: Any) -> dict[str, Any]:
+    response = client.post("/api/jobs", json=_job(**overrides), headers=admin_auth(client))
+    assert response.status_code == 201, response.text
+    job: dict[str, Any] = response.json()
+    return job
+
+
+def _upload(
+    client: TestClient, job_id: int, content: bytes, name: str = "central.csv"
+) -> tuple[int, dict[str, Any]]:
+    response = client.post(
+        f"/api/jobs/{job_id}/data",
+        files={"file": (name, content, "text/csv")},
+        headers=admin_auth(client),
+    )
+    body: dict[str, Any] = response.json()
+    return response.status_code, body
+
+
+def _state(client: TestClient, job_id: int) -> str:
+    state: str = client.get(f"/api/jobs/{job_id}", headers=admin_auth(client)).json()["state"]
+    return state
+
+
+def _simulated(path: Path, **job: Any) -> JobResult:
+    """The same job run by the engine's simulation, central alone."""
+    params = {**job["parameters"], "imputations": job["imputations"]}
+    return asyncio.run(
+        simulate(
+            algorithm=Registry.with_builtins().get(job["algorithm"]),
+            central=read_csv(path),
+            sites={},
+            targets=[(t["column"], t["type"]) for t in job["targets"]],
+            params=params,
+            seed=job["seed"],
+        )
+    )
+
+
+def _run_to_completion(client: TestClient, path: Path, **overrides: Any) -> dict[str, Any]:
+    job = _create(client, **overrides)
+    status, body = _upload(client, job["id"], path.read_bytes())
+    assert status == 200, body
+    assert body["state"] in ("waiting", "running", "completed")
+    done = wait_for_state(client, job["id"], admin_auth(client))
+    assert done["state"] == "completed", done
+    return done
+
+
+def _page_text(client: TestClient, job_id: int) -> str:
+    browser_sign_in(client, ADMIN["username"], ADMIN["password"])
+    page = client.get(f"/jobs/{job_id}")
+    assert page.status_code == 200
+    return BeautifulSoup(page.text, "html.parser").get_text(" ", strip=True)
+
+
+# ------------------------------------------------------------------ creation
+
+
+def test_create_job_by_column_name(central: TestClient) -> None:
+    job = _create(central)
+    assert job["state"] == "created"
+    assert job["algorithm"] == "SIMICE" and job["version"] == "1.0.0"
+    assert job["digest"] == Registry.with_builtins().get("SIMICE").digest
+    assert job["columns"] == list(COLUMNS)
+    # The algorithm receives 1-based indices.
+    assert job["targets"] == [
+        {"index": 3, "name": "bmi", "type": "gaussian"},
+        {"index": 6, "name": "smoker", "type": "logistic"},
+    ]
+    assert job["parameters"] == {
+        "imputations": 2,
+        "iteration_before_first_imputation": 2,
+        "iteration_between_imputations": 1,
+        "ridge": 0.001,
+        "max_iter": 100,
+        "min_rows": 18,  # max(10, 3p) with p = 6 columns
+    }
+    assert job["seed"] == 11
+    assert job["participants"] == []
+    assert job["results_available"] is False
+
+    fetched = central.get(f"/api/jobs/{job['id']}", headers=admin_auth(central))
+    assert fetched.status_code == 200 and fetched.json() == job
+    listed = central.get("/api/jobs", headers=admin_auth(central)).json()
+    assert [j["id"] for j in listed] == [job["id"]]
+
+    # Given values win over the defaults; SIMI with one target.
+    simi = _create(
+        central,
+        algorithm="SIMI",
+        targets=[{"column": "smoker", "type": "logistic"}],
+        imputations=None,
+        parameters={"ridge": 0.5, "min_rows": 40},
+    )
+    assert simi["targets"] == [{"index": 6, "name": "smoker", "type": "logistic"}]
+    assert simi["parameters"] == {"imputations": 5, "ridge": 0.5, "max_iter": 100, "min_rows": 40}
+
+
+def test_the_seed_takes_its_whole_range(central: TestClient) -> None:
+    """Seeds are 0..2**32-1 (the API says so); every database must store the largest."""
+    for seed in (0, 2**31 - 1, 2**31, 2**32 - 1):
+        response = central.post("/api/jobs", json=_job(seed=seed), headers=admin_auth(central))
+        assert response.status_code == 201, (seed, response.status_code, response.text[:300])
+        assert response.json()["seed"] == seed
+
+
+def test_every_creation_error_names_its_field(central: TestClient) -> None:
+    upload_algorithm(central, meandraw_files())  # continuous targets only
+    north_id, north = approved_site(central, "north")
+    _, south = approved_site(central, "south")
+    disabled = central.post(f"/api/users/{north_id}/disable", headers=admin_auth(central))
+    assert disabled.status_code == 200, disabled.text
+
+    cases: list[tuple[str, dict[str, Any], set[int], set[str], list[str]]] = [
+        # (case, overrides, statuses, fields, words in the message)
+        ("unknown algorithm", {"algorithm": "NOPE"}, {404, 422}, {"algorithm"}, ["NOPE"]),
+        ("unknown version", {"version": "9.9.9"}, {404, 422}, {"version"}, ["9.9.9"]),
+        (
+            "target not a column",
+            {"targets": [{"column": "weight", "type": "gaussian"}]},
+            {422},
+            {"targets"},
+            ["'weight'", "'bmi'"],
+        ),
+        ("no target", {"targets": []}, {422}, {"targets"}, ["no target"]),
+        (
+            "a target twice",
+            {"targets": [TARGETS[0], TARGETS[0]]},
+            {422},
+            {"targets"},
+            ["'bmi'", "twice"],
+        ),
+        (
+            "a type the algorithm does not support",
+            {
+                "algorithm": "MEANDRAW",
+                "targets": [{"column": "smoker", "type": "logistic"}],
+                "parameters": {},
+            },
+            {422},
+            {"targets"},
+            ["MEANDRAW", "logistic"],
+        ),
+        (
+            "a type that does not exist",
+            {"targets": [{"column": "bmi", "type": "poisson"}]},
+            {422},
+            {"targets.0.type"},
+            ["gaussian"],
+        ),
+        (
+            "SIMI with two targets",
+            {"algorithm": "SIMI", "parameters": {}},
+            {422},
+            {"targets"},
+            ["SIMI", "one target", "2"],
+        ),
+        (
+            "an unknown parameter",
+            {"parameters": {**QUICK, "tolerance": 0.1}},
+            {422},
+            {"params", "parameters", "param_tolerance", "parameters.tolerance"},
+            ["'tolerance'"],
+        ),
+        (
+            "no burn-in cycle",
+            {"parameters": {**QUICK, "iteration_before_first_imputation": 0}},
+            {422},
+            {
+                "param_iteration_before_first_imputation",
+                "parameters.iteration_before_first_imputation",
+            },
+            ["iteration_before_first_imputation", "minimum"],
+        ),
+        (
+            "no cycle between imputations",
+            {"parameters": {**QUICK, "iteration_between_imputations": 0}},
+            {422},
+            {"param_iteration_between_imputations", "parameters.iteration_between_imputations"},
+            ["iteration_between_imputations", "minimum"],
+        ),
+        (
+            "no imputation",
+            {"imputations": 0},
+            {422},
+            {"param_imputations", "parameters.imputations", "imputations"},
+            ["imputations", "minimum"],
+        ),
+        (
+            "a parameter of the wrong type",
+            {"parameters": {**QUICK, "ridge": "small"}},
+            {422},
+            {"param_ridge", "parameters.ridge"},
+            ["ridge", "small"],
+        ),
+        ("unknown site", {"participants": ["nosuch"]}, {422}, {"participants"}, ["nosuch"]),
+        (
+            "disabled site",
+            {"participants": [south, north]},
+            {422},
+            {"participants"},
+            [north, "disabled"],
+        ),
+        ("a site twice", {"participants": [south, south]}, {422}, {"participants"}, ["twice"]),
+        ("empty name", {"name": "   "}, {422}, {"name"}, ["name"]),
+        ("overlong name", {"name": "x" * 201}, {422}, {"name"}, ["200"]),
+        ("no columns", {"columns": []}, {422}, {"columns"}, ["columns"]),
+        ("columns twice", {"columns": ["a", "a"]}, {422}, {"columns"}, ["unique"]),
+        ("negative seed", {"seed": -1}, {422}, {"seed"}, ["seed"]),
+        ("seed too large", {"seed": 2**32}, {422}, {"seed"}, ["seed"]),
+    ]
+    headers = admin_auth(central)
+    problems = []
+    for case, overrides, statuses, fields, words in cases:
+        response = central.post("/api/jobs", json=_job(**overrides), headers=headers)
+        body = response.json()
+        if (
+            response.status_code not in statuses
+            or body.get("field") not in fields
+            or not all(word in body.get("detail", "") for word in words)
+        ):
+            problems.append(f"{case}: {response.status_code} {body}")
+    assert not problems, "\n".join(problems)
+    assert central.get("/api/jobs", headers=headers).json() == []  # nothing was created
+
+
+# ------------------------------------------------------------------ permissions
+
+
+def test_site_users_see_only_their_jobs(central: TestClient) -> None:
+    _, north = approved_site(central, "north")
+    _, south = approved_site(central, "south")
+    with_north = _create(central, participants=[north])
+    with_south = _create(central, participants=[south])
+    assert [p["site_id"] for p in with_north["participants"]] == [north]
+
+    site = bearer(token(central, "north", SITE_PASSWORD))
+    assert central.post("/api/jobs", json=_job(), headers=site).status_code == 403
+    listed = central.get("/api/jobs", headers=site)
+    assert listed.status_code == 200
+    assert [j["id"] for j in listed.json()] == [with_north["id"]]
+    assert central.get(f"/api/jobs/{with_north['id']}", headers=site).status_code == 200
+    hidden = central.get(f"/api/jobs/{with_south['id']}", headers=site)
+    assert hidden.status_code == 404
+    assert central.get("/api/jobs/999", headers=site).status_code == 404
+    # Only central's admin uploads central's data, cancels and downloads.
+    for method, path in (
+        ("POST", f"/api/jobs/{with_north['id']}/cancel"),
+        ("GET", f"/api/jobs/{with_north['id']}/result?format=long"),
+        ("GET", f"/api/jobs/{with_north['id']}/report"),
+    ):
+        assert central.request(method, path, headers=site).status_code == 403, path
+    refused = central.post(
+        f"/api/jobs/{with_north['id']}/data",
+        files={"file": ("central.csv", b"a\n1\n", "text/csv")},
+        headers=site,
+    )
+    assert refused.status_code == 403
+    assert _state(central, with_north["id"]) == "created"
+
+    for method, path in (
+        ("GET", "/api/jobs"),
+        ("GET", f"/api/jobs/{with_north['id']}"),
+        ("POST", f"/api/jobs/{with_north['id']}/cancel"),
+        ("GET", f"/api/jobs/{with_north['id']}/result"),
+    ):
+        assert central.request(method, path).status_code == 401, path
+    assert central.post("/api/jobs", json=_job()).status_code == 401
+
+
+# ------------------------------------------------------------------ runs and results
+
+
+def test_a_central_only_job_runs_like_the_simulation(
+    central: TestClient, demo_files: dict[str, Path]
+) -> None:
+    path = demo_files["central"]
+    done = _run_to_completion(central, path)
+    job_id = done["id"]
+    assert done["results_available"] is True
+    assert done["started_at"] is not None and done["finished_at"] is not None
+    assert "2 imputed datasets" in done["message"]
+    expected = _simulated(path, **_job())
+    headers = admin_auth(central)
+
+    long = central.get(f"/api/jobs/{job_id}/result?format=long", headers=headers)
+    assert long.status_code == 200
+    assert long.headers["content-type"].startswith("text/csv")
+    assert f'filename="job-{job_id}-imputations_long.csv"' in long.headers["content-disposition"]
+    assert long.content == long_csv(expected)
+
+    archive = central.get(f"/api/jobs/{job_id}/result?format=zip", headers=headers)
+    assert archive.status_code == 200
+    assert archive.headers["content-type"] == "application/zip"
+    assert archive.content == zip_bytes(expected)
+    with zipfile.ZipFile(io.BytesIO(archive.content)) as unpacked:
+        assert unpacked.namelist() == ["imputation_1.csv", "imputation_2.csv"]
+
+    report = central.get(f"/api/jobs/{job_id}/report", headers=headers)
+    assert report.status_code == 200
+    assert report.headers["content-type"] == "application/json"
+    content = json.loads(report.content)
+    assert content["algorithm"] == "SIMICE" and content["seed"] == 11
+    assert content["params"] == done["parameters"]
+    assert content["digest"] == done["digest"]
+
+    # The page offers the three downloads; the finished job takes no more data or cancels.
+    text = _page_text(central, job_id)
+    assert "completed" in text and "Long CSV" in text and "Report" in text
+    status, body = _upload(central, job_id, path.read_bytes())
+    assert status == 409 and "completed" in body["detail"]
+    assert central.post(f"/api/jobs/{job_id}/cancel", headers=headers).status_code == 409
+    assert portal_state(central).runs.get(job_id).data is None  # central's rows are dropped
+
+
+def test_a_failing_run_is_reported(central: TestClient, demo_files: dict[str, Path]) -> None:
+    """SIMI on the demo data: rows missing bmi often miss smoker, a predictor, too."""
+    job = _create(central, algorithm="SIMI", targets=[TARGETS[0]], parameters={}, imputations=2)
+    status, body = _upload(central, job["id"], demo_files["central"].read_bytes())
+    assert status == 200, body
+    done = wait_for_state(central, job["id"], admin_auth(central))
+    assert done["state"] == "failed"
+    assert "smoker" in done["message"] and "SIMICE" in done["message"]
+    assert done["results_available"] is False
+    missing = central.get(f"/api/jobs/{job['id']}/result", headers=admin_auth(central))
+    assert missing.status_code == 409 and "failed" in missing.json()["detail"]
+    assert done["message"] in _page_text(central, job["id"])
+
+
+def test_central_data_must_match_the_header(
+    central: TestClient, demo_files: dict[str, Path]
+) -> None:
+    job_id = _create(central)["id"]
+    other_header = b"age,sex,bmi,sbp,cholesterol,weight\n60,1,25.1,130,5.2,80\n"
+    status, body = _upload(central, job_id, other_header, "other.csv")
+    assert status == 422
+    assert body["field"] == "file"
+    assert "other.csv" in body["detail"]
+    assert "missing 'smoker'" in body["detail"] and "unexpected 'weight'" in body["detail"]
+    assert _state(central, job_id) == "created"
+
+    reordered = b"sex,age,bmi,sbp,cholesterol,smoker\n1,60,25.1,130,5.2,0\n"
+    status, body = _upload(central, job_id, reordered, "reordered.csv")
+    assert status == 422 and "another order" in body["detail"]
+    assert _state(central, job_id) == "created"
+
+    for name, content in (
+        ("broken.csv", b"age,sex,bmi,sbp,cholesterol,smoker\n60,1,tall,130,5.2,0\n"),
+        ("ragged.csv", b"age,sex,bmi,sbp,cholesterol,smoker\n60,1,25.1\n"),
+        ("empty.csv", b""),
+        ("header-only.csv", b"age,sex,bmi,sbp,cholesterol,smoker\n"),
+    ):
+        status, body = _upload(central, job_id, content, name)
+        assert status == 422, (name, body)
+        assert body["field"] == "file" and name in body["detail"], (name, body)
+        assert _state(central, job_id) == "created"
+    assert portal_state(central).runs.get(job_id).data is None
+
+    # Cancel a created job: it is over, and takes no data.
+    cancelled = central.post(f"/api/jobs/{job_id}/cancel", headers=admin_auth(central))
+    assert cancelled.status_code == 200
+    assert cancelled.json()["state"] == "cancelled"
+    assert cancelled.json()["finished_at"] is not None
+    status, body = _upload(central, job_id, demo_files["central"].read_bytes())
+    assert status == 409 and "cancelled" in body["detail"]
+    again = central.post(f"/api/jobs/{job_id}/cancel", headers=admin_auth(central))
+    assert again.status_code == 409
+    assert _state(central, job_id) == "cancelled"
+
+
+def test_a_job_with_a_site_waits_for_it(central: TestClient, demo_files: dict[str, Path]) -> None:
+    _, north = approved_site(central, "north")
+    job_id = _create(central, participants=[north])["id"]
+    status, body = _upload(central, job_id, demo_files["central"].read_bytes())
+    assert status == 200, body
+    assert body["state"] == "waiting"
+    time.sleep(0.05)  # nothing may start without the site
+    assert _state(central, job_id) == "waiting"
+    assert portal_state(central).runs.get(job_id).data is not None
+
+    browser_sign_in(central, ADMIN["username"], ADMIN["password"])
+    page = BeautifulSoup(central.get(f"/jobs/{job_id}").text, "html.parser")
+    status_block = page.select_one(f"#job-{job_id}-status")
+    assert status_block is not None
+    waiting = status_block.get_text(" ", strip=True)
+    assert "waiting" in waiting and "Waiting for:" in waiting and north in waiting
+    assert "in memory" in waiting
+
+    site = bearer(token(central, "north", SITE_PASSWORD))
+    seen = central.get("/api/jobs", headers=site).json()
+    assert [(j["id"], j["state"]) for j in seen] == [(job_id, "waiting")]
+
+    cancelled = central.post(f"/api/jobs/{job_id}/cancel", headers=admin_auth(central))
+    assert cancelled.json()["state"] == "cancelled"
+    assert portal_state(central).runs.get(job_id).data is None
+
+
+@contextmanager
+def _portal(tmp_path: Path, database_url: str, **overrides: object) -> Iterator[TestClient]:
+    settings = make_settings(tmp_path / "central", database_url, **overrides)
+    with TestClient(create_app(settings)) as client:
+        create_admin(client)
+        yield client
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # memory only
+def test_results_are_discarded_after_a_download(
+    tmp_path: Path, database_url: str, demo_files: dict[str, Path]
+) -> None:
+    with _portal(tmp_path, database_url, download_grace_seconds=0) as client:
+        job_id = _run_to_completion(client, demo_files["central"])["id"]
+        headers = admin_auth(client)
+        portal_state(client).runs.sweep()  # not downloaded yet, not expired: kept
+        first = client.get(f"/api/jobs/{job_id}/result?format=long", headers=headers)
+        assert first.status_code == 200
+
+        portal_state(client).runs.sweep()
+        for path in ("result?format=long", "result?format=zip", "report"):
+            gone = client.get(f"/api/jobs/{job_id}/{path}", headers=headers)
+            assert gone.status_code == 404, path
+            assert "downloaded, then discarded" in gone.json()["detail"]
+        job = client.get(f"/api/jobs/{job_id}", headers=headers).json()
+        assert job["state"] == "completed" and job["results_available"] is False
+        text = _page_text(client, job_id)
+        assert "The results were downloaded, then discarded from memory" in text
+        assert "Long CSV" not in text
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # memory only
+def test_results_expire_without_a_download(
+    tmp_path: Path, database_url: str, demo_files: dict[str, Path]
+) -> None:
+    with _portal(tmp_path, database_url, result_expiry_minutes=0.0001) as client:
+        job_id = _run_to_completion(client, demo_files["central"])["id"]
+        time.sleep(0.05)  # 0.0001 min = 6 ms
+        portal_state(client).runs.sweep()
+        gone = client.get(f"/api/jobs/{job_id}/result?format=zip", headers=admin_auth(client))
+        assert gone.status_code == 404
+        assert "not downloaded in time" in gone.json()["detail"]
+        text = _page_text(client, job_id)
+        assert "The results were not downloaded in time, and discarded from memory" in text
+
+
+# ------------------------------------------------------------------ states
+
+
+def test_the_transition_table() -> None:
+    assert FINAL == {"completed", "failed", "cancelled", "interrupted"}
+    assert ACTIVE == {"waiting", "running"}
+    for state, moves in TRANSITIONS.items():
+        assert moves <= set(TRANSITIONS), state
+        if state in FINAL:
+            assert not moves
+            for target in TRANSITIONS:
+                with pytest.raises(InvalidTransition, match=f"is {state}; it cannot become"):
+                    advance(Job(id=1, state=state, message=""), to=target)
+
+    job = Job(id=7, state="completed", message="done")
+    with pytest.raises(InvalidTransition, match="job 7 is completed; it cannot become running"):
+        advance(job, to="running")
+    assert job.state == "completed" and job.message == "done"
+
+    for state, target in (("created", "running"), ("created", "completed"), ("waiting", "failed")):
+        with pytest.raises(InvalidTransition):
+            advance(Job(id=1, state=state, message=""), to=target)
+
+    job = Job(id=2, state="created", message="")
+    advance(job, to="waiting", message="central's data is in")
+    assert (job.state, job.message) == ("waiting", "central's data is in")
+    advance(job, to="running")
+    assert job.state == "running" and job.started_at is not None and job.finished_at is None
+    advance(job, to="completed", message="2 imputed datasets")
+    assert job.finished_at is not None and job.message == "2 imputed datasets"
+
+    interrupted = Job(id=3, state="running", message="")
+    advance(interrupted, to="interrupted", message="central restarted")
+    assert interrupted.state == "interrupted" and interrupted.finished_at is not None
