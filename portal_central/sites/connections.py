@@ -133,11 +133,15 @@ class Connections:
                     closed.cancel()
                 if future in done:
                     return future.result()
-            except (RuntimeError, OSError) as error:  # the socket went away while sending
+            except Exception as error:  # noqa: BLE001 - any send failure means this socket is gone
                 log.info("site %s: send failed (%s); waiting for it to reconnect", site_id, error)
+                # Forget the socket now (its handler may not have noticed yet), so that the
+                # next attempt waits for a new one instead of failing on this one again.
+                self.detach(link)
             finally:
                 self._pending.pop(key, None)
                 future.cancel()
+            await asyncio.sleep(0)  # never spin: let the sockets' handlers run between attempts
 
     def deliver(self, site_id: str, frame: bytes) -> None:
         """A reply frame arrived from a site: hand it to the exchange waiting for it."""
@@ -155,8 +159,10 @@ class Connections:
 
     async def _wait_for(self, site_id: str) -> SiteLink:
         link = self._links.get(site_id)
-        if link is not None:
+        if link is not None and not link.closed.is_set():
             return link
+        if link is not None:
+            self.detach(link)
         dropped = self._dropped_at.setdefault(site_id, time.monotonic())
         remaining = self.grace_seconds - (time.monotonic() - dropped)
         if remaining > 0:

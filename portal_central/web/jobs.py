@@ -319,6 +319,7 @@ def _wizard(
             "chosen": chosen,
             "fields": _param_fields(chosen, values["params"]) if chosen else [],
             "sites": sites,
+            "online": {s.site_id: state.connections.online(s.site_id or "") for s in sites},
             "values": values,
             "columns": values["columns"],
             "columns_json": json.dumps([asdict(c) for c in values["columns"]]),
