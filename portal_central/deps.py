@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from portal_central.errors import Forbidden, Unauthorized
-from portal_central.models import User
+from portal_central.models import SignedOutSession, User
 from portal_central.security import Claims, InvalidToken
 from portal_central.state import CentralState
 
@@ -50,12 +50,16 @@ async def optional_user(request: Request, state: StateDep) -> User | None:
     claims, from_cookie = found
     with state.database.session() as session:
         user = session.get(User, claims.user_id)
+        signed_out = from_cookie and session.get(SignedOutSession, claims.session_id) is not None
+    if signed_out:
+        return None
     if user is None or user.status != "approved" or user.token_version != claims.token_version:
         if from_cookie:
             return None
         raise Unauthorized("the access token was revoked; sign in again")
     if from_cookie and request.method in _UNSAFE:
         await _check_csrf(request, state, claims.session_id)
+    request.state.claims = claims
     request.state.page_context = {
         "user": user,
         "csrf_token": state.tokens.csrf(claims.session_id) if from_cookie else "",

@@ -70,6 +70,15 @@ class RefreshToken(Base):
     user: Mapped[User] = relationship(back_populates="refresh_tokens")
 
 
+class SignedOutSession(Base):
+    """A browser session ended by signing out: its cookie stops working before it expires."""
+
+    __tablename__ = "signed_out_sessions"
+
+    session_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
 class OutboxMail(Base):
     """A mail that was not sent because no SMTP server is configured; admins read it."""
 

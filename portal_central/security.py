@@ -72,6 +72,7 @@ class Claims:
     site_id: str | None
     kind: TokenKind
     session_id: str
+    expires: int
 
 
 class Tokens:
@@ -123,6 +124,7 @@ class Tokens:
             site_id=claims.get("site_id"),
             kind=kind,
             session_id=str(claims["sid"]),
+            expires=int(claims["exp"]),
         )
 
     def csrf(self, session_id: str) -> str:

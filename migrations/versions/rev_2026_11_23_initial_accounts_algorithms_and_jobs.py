@@ -20,6 +20,17 @@ depends_on = None
 
 def upgrade() -> None:
     op.create_table(
+        "signed_out_sessions",
+        sa.Column("session_id", sa.String(length=40), nullable=False),
+        sa.Column("expires_at", federation.sqltypes.UTCDateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("session_id"),
+    )
+    with op.batch_alter_table("signed_out_sessions", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_signed_out_sessions_expires_at"), ["expires_at"], unique=False
+        )
+
+    op.create_table(
         "outbox",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("to_address", sa.String(length=254), nullable=False),
@@ -134,6 +145,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_table("signed_out_sessions")
     with op.batch_alter_table("job_participants", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_job_participants_job_id"))
 

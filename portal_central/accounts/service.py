@@ -7,7 +7,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from portal_central.errors import (
@@ -18,7 +18,7 @@ from portal_central.errors import (
     NotFound,
     Unauthorized,
 )
-from portal_central.models import RefreshToken, User, utcnow
+from portal_central.models import RefreshToken, SignedOutSession, User, utcnow
 from portal_central.security import (
     Passwords,
     Tokens,
@@ -179,6 +179,13 @@ def revoke_all(*, session: Session, user: User) -> None:
     for token in user.refresh_tokens:
         if token.revoked_at is None:
             token.revoked_at = now
+
+
+def sign_out_session(*, session: Session, session_id: str, expires_at: datetime) -> None:
+    """Remember an ended browser session until its cookie would have expired anyway."""
+    session.execute(delete(SignedOutSession).where(SignedOutSession.expires_at < utcnow()))
+    if session.get(SignedOutSession, session_id) is None:
+        session.add(SignedOutSession(session_id=session_id, expires_at=expires_at))
 
 
 def get_user(*, session: Session, user_id: int) -> User:

@@ -45,6 +45,7 @@ def users_page(
             "counts": {s: counts.get(s, 0) for s in service.STATUSES},
             "actions": ACTIONS,
             "central_url": state.settings.url,
+            "presence": _presence(state, users),
             "nav": "users",
         },
     )
@@ -61,9 +62,24 @@ async def decide(
     return render(
         request,
         "central/admin/users.html",
-        {"row": user, "actions": ACTIONS, "notice": notice, "notice_error": failed},
+        {
+            "row": user,
+            "actions": ACTIONS,
+            "notice": notice,
+            "notice_error": failed,
+            "presence": _presence(state, [user]),
+        },
         block="user_row",
     )
+
+
+def _presence(state: CentralState, users: list[User]) -> dict[int, tuple[bool, float | None]]:
+    """Each site's connection: online now, and when central last heard from it."""
+    return {
+        u.id: (state.connections.online(u.site_id), state.connections.last_seen(u.site_id))
+        for u in users
+        if u.site_id
+    }
 
 
 async def apply_decision(

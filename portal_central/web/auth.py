@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Request
@@ -77,7 +78,16 @@ def sign_in(
 
 
 @router.post("/sign-out")
-def sign_out(user: CurrentUser) -> Response:
+def sign_out(request: Request, user: CurrentUser, state: StateDep) -> Response:
+    """End this browser session here and now: its cookie stops working even if copied."""
+    claims = getattr(request.state, "claims", None)
+    if claims is not None and claims.kind == "session":
+        with state.database.session() as session:
+            service.sign_out_session(
+                session=session,
+                session_id=claims.session_id,
+                expires_at=datetime.fromtimestamp(claims.expires, UTC),
+            )
     response = RedirectResponse("/sign-in", status_code=303)
     response.delete_cookie(SESSION_COOKIE)
     return response
