@@ -105,13 +105,15 @@ def create_app(settings: CentralSettings) -> FastAPI:
 
     @app.get("/health", tags=["operations"])
     def health(state: StateDep) -> JSONResponse:
-        """Whether the database answers."""
+        """Whether the database answers, and how many sites are connected."""
         try:
             with state.database.session() as session:
                 session.execute(text("SELECT 1"))
         except Exception as error:  # noqa: BLE001 - any database failure is "unhealthy"
             return JSONResponse({"status": "unhealthy", "database": str(error)}, status_code=503)
-        return JSONResponse({"status": "ok", "database": "ok"})
+        return JSONResponse(
+            {"status": "ok", "database": "ok", "sites_online": state.connections.count()}
+        )
 
     return app
 

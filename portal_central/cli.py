@@ -62,6 +62,12 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="a host name or IP address the certificate is for (repeatable; "
         "default localhost, 127.0.0.1 and ::1)",
     )
+    cert.add_argument(
+        "--ca-copy",
+        type=Path,
+        metavar="DIR",
+        help="also copy ca.pem (only the CA certificate) into DIR, to hand to the sites",
+    )
     cert.set_defaults(handler=_dev_cert)
 
     db = actions.add_parser("db", help="database maintenance")
@@ -151,6 +157,11 @@ def _dev_cert(args: argparse.Namespace) -> int:
     print(f"CA certificate (give it to the sites): {made.ca_file}")
     print(f"server certificate:                    {made.certfile}")
     print(f"server key:                            {made.keyfile}")
+    if args.ca_copy is not None:
+        args.ca_copy.mkdir(parents=True, exist_ok=True)
+        copy = args.ca_copy / "ca.pem"
+        copy.write_bytes(made.ca_file.read_bytes())
+        print(f"CA certificate copied to:              {copy}")
     print(f"start central with: fip central --certfile {made.certfile} --keyfile {made.keyfile}")
     return 0
 

@@ -62,6 +62,16 @@ def create_app(settings: SiteSettings) -> FastAPI:
         response = await call_next(request)
         return response
 
+    @app.get("/health", tags=["operations"])
+    def health(request: Request) -> JSONResponse:
+        """The local database answers; and how the connection to central stands."""
+        state: SiteState = request.app.state.site
+        try:
+            state.store.config()
+        except Exception as error:  # noqa: BLE001 - any database failure is "unhealthy"
+            return JSONResponse({"status": "unhealthy", "database": str(error)}, status_code=503)
+        return JSONResponse({"status": "ok", "database": "ok", "central": state.worker.status})
+
     app.add_exception_handler(SiteError, _site_error)  # type: ignore[arg-type]
     app.add_exception_handler(CentralError, _central_error)  # type: ignore[arg-type]
     return app

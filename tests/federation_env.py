@@ -78,8 +78,9 @@ class Federation:
 
 
 def start_federation(
-    root: Path, *, site_names: tuple[str, ...] = ("north", "south")
+    root: Path, *, site_names: tuple[str, ...] = ("north", "south"), smtp_server: bool = True
 ) -> Iterator[Federation]:
+    """Central over TLS (mail to a real SMTP server, or to the outbox), then the site portals."""
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1", "localhost")
     tls = root / "tls"
@@ -90,17 +91,24 @@ def start_federation(
     cert.private_key_pem.write_to_path(str(keyfile))
 
     mailbox = Mailbox()
-    smtp = Controller(mailbox, hostname="127.0.0.1", port=free_port())
-    smtp.start()
+    smtp = Controller(mailbox, hostname="127.0.0.1", port=free_port()) if smtp_server else None
+    if smtp is not None:
+        smtp.start()
     port = free_port()
     central_dir = root / "central"
     env = {
         "FIP_CENTRAL_DATA_DIR": str(central_dir),
         "FIP_CENTRAL_ARGON2_TIME_COST": "1",
         "FIP_CENTRAL_ARGON2_MEMORY_KIB": "64",
-        "FIP_CENTRAL_SMTP_HOST": "127.0.0.1",
-        "FIP_CENTRAL_SMTP_PORT": str(smtp.port),
-        "FIP_CENTRAL_SMTP_SECURITY": "none",
+        **(
+            {
+                "FIP_CENTRAL_SMTP_HOST": "127.0.0.1",
+                "FIP_CENTRAL_SMTP_PORT": str(smtp.port if smtp else 0),
+                "FIP_CENTRAL_SMTP_SECURITY": "none",
+            }
+            if smtp_server
+            else {}
+        ),
         "FIP_CENTRAL_SITE_GRACE_SECONDS": "6",
         "FIP_CENTRAL_PUBLIC_URL": f"https://127.0.0.1:{port}",
     }
@@ -142,7 +150,8 @@ def start_federation(
         for site in federation.sites:
             site.process.stop()
         central.stop()
-        smtp.stop()
+        if smtp is not None:
+            smtp.stop()
 
 
 def add_site(federation: Federation, name: str) -> SitePortal:
@@ -174,6 +183,13 @@ def add_site(federation: Federation, name: str) -> SitePortal:
     site_id = found.group(1)
     assert mail["To"] == f"{name}@hospital.example"
 
+    portal = start_site_portal(federation, name, site_id)
+    connect_site(federation, portal)
+    return portal
+
+
+def start_site_portal(federation: Federation, name: str, site_id: str = "") -> SitePortal:
+    """A `fip site` process of its own, not yet configured."""
     port = free_port()
     data_dir = federation.root / f"site-{name}"
     process = Process(
@@ -189,7 +205,6 @@ def add_site(federation: Federation, name: str) -> SitePortal:
         site_id=site_id,
     )
     process.wait_until_up(f"{portal.url}/api/status")
-    connect_site(federation, portal)
     return portal
 
 

@@ -271,7 +271,7 @@ def test_approval_with_the_smtp_server_down_still_approves_and_says_so(live: Liv
     assert decision["site_id"] in decision["notice"], "the admin can pass the site_id on"
     assert len(live.smtp.mailbox.messages) == before
     with live.client() as client:
-        assert client.get("/health").json() == {"status": "ok", "database": "ok"}
+        assert client.get("/health").json() == {"status": "ok", "database": "ok", "sites_online": 0}
     assert _site_me(live, "south")["site_id"] == decision["site_id"]
     log = _log(live)
     assert "mail to south@hospital.example failed" in log

@@ -8,7 +8,7 @@ from tests.central_fixtures import SITE_PASSWORD, approved_site, bearer, token
 
 
 def test_health_and_approval_flow(central: TestClient) -> None:
-    assert central.get("/health").json() == {"status": "ok", "database": "ok"}
+    assert central.get("/health").json() == {"status": "ok", "database": "ok", "sites_online": 0}
     _, site_id = approved_site(central)
     access = token(central, "north", SITE_PASSWORD)
     me = central.get("/api/me", headers=bearer(access)).json()

@@ -65,6 +65,10 @@ class Connections:
 
     # -------------------------------------------------------------- presence
 
+    def count(self) -> int:
+        """How many sites are connected now."""
+        return len(self._links)
+
     def online(self, site_id: str) -> bool:
         return site_id in self._links
 

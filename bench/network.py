@@ -1,7 +1,7 @@
 """Benchmark: SIMI and SIMICE over real processes and TLS on loopback, beside in-process runs.
 
-    .venv/bin/python bench/federation.py            # 4 sites x 250,000 rows x 20 columns
-    .venv/bin/python bench/federation.py --quick    # 20,000 rows per site
+    .venv/bin/python bench/network.py            # 4 sites x 250,000 rows x 20 columns
+    .venv/bin/python bench/network.py --quick    # 20,000 rows per site
 
 Central and each remote site run as their own `fip` processes (central over TLS, each site
 portal with its WebSocket worker), set up as in the end-to-end tests. The data are those of

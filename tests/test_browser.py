@@ -1,0 +1,224 @@
+"""A person's journeys through the pages, in a real browser (Debian's chromium via Playwright).
+
+Central and a site portal run as processes over TLS; the browser registers a site, the admin
+approves it and reads the mail in the outbox, the site user configures the site portal, the
+admin uploads a new algorithm version and builds a job in the wizard by ticking two columns by
+name, the site uploads its data, approves the code and starts, and both pages follow the job
+to completion before the admin downloads the results. Screenshots of each page go to a folder;
+with FIP_UPDATE_SCREENSHOTS=1 they replace the ones the README shows (docs/screenshots).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+
+from federation.registry import BUILTIN_DIR, file_names
+from tests.federation_env import Federation, SitePortal, start_federation, start_site_portal
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+PASSWORD = "Browser-pass-2026"
+SCREENSHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
+
+
+@pytest.fixture(scope="module")
+def outbox_network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
+    """Central with no SMTP server (mail goes to the outbox) and no site yet."""
+    yield from start_federation(
+        tmp_path_factory.mktemp("browser"), site_names=(), smtp_server=False
+    )
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def context(browser: Browser) -> Iterator[BrowserContext]:
+    made = browser.new_context(ignore_https_errors=True, viewport={"width": 1280, "height": 860})
+    made.set_default_timeout(20_000)
+    requested: list[str] = []
+    made.on("request", lambda request: requested.append(request.url))
+    yield made
+    made.close()
+    outside = {urlsplit(url).hostname for url in requested} - {"127.0.0.1", None}
+    assert not outside, f"pages asked other hosts: {outside}"
+
+
+def shot(page: Page, name: str, folder: Path) -> None:
+    page.screenshot(path=str(folder / f"{name}.png"), full_page=True)
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    if os.environ.get("FIP_UPDATE_SCREENSHOTS") == "1":
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        return SCREENSHOTS
+    return tmp_path
+
+
+def _sign_in(page: Page, fed: Federation, username: str, password: str) -> None:
+    page.goto(f"{fed.central_url}/sign-in")
+    page.fill("#f-username", username)
+    page.fill("#f-password", password)
+    page.click("button.primary")
+
+
+def _new_simice_version(tmp: Path) -> Path:
+    """SIMICE's files as version 1.0.1: a new, not built-in, version to upload."""
+    folder = tmp / "SIMICE"
+    shutil.copytree(BUILTIN_DIR / "SIMICE", folder)
+    params = json.loads((folder / "params.json").read_text())
+    params["version"] = "1.0.1"
+    (folder / "params.json").write_text(json.dumps(params, indent=2))
+    return folder
+
+
+def test_the_whole_journey_in_a_browser(
+    outbox_network: Federation,
+    context: BrowserContext,
+    demo_files: dict[str, Path],
+    folder: Path,
+    tmp_path: Path,
+) -> None:
+    fed = outbox_network
+    page = context.new_page()
+    page.on("dialog", lambda dialog: dialog.accept())
+
+    # A new user registers; a weak password is refused and what was typed stays.
+    page.goto(f"{fed.central_url}/register")
+    page.fill("#f-username", "east")
+    page.fill("#f-email", "east@hospital.example")
+    page.fill("#f-institution", "East Hospital")
+    page.fill("#f-password", "short")
+    page.click("main button:has-text('Register')")
+    expect(page.locator("#e-password")).to_contain_text("at least 10 characters")
+    expect(page.locator("#f-institution")).to_have_value("East Hospital")
+    page.fill("#f-password", PASSWORD)
+    page.click("main button:has-text('Register')")
+    expect(page.locator("main")).to_contain_text("waiting for approval")
+    shot(page, "01-registered", folder)
+
+    # The admin: a wrong password first, then in; approves the pending site.
+    _sign_in(page, fed, "admin", "not-the-password")
+    expect(page.locator(".alert-error")).to_contain_text("wrong username or password")
+    expect(page.locator("#f-username")).to_have_value("admin")
+    _sign_in(page, fed, "admin", "Central-key-2026")
+    page.goto(f"{fed.central_url}/admin/users")
+    row = page.locator("tr", has_text="east")
+    shot(page, "02-pending-sites", folder)
+    row.get_by_role("button", name="Approve").click()
+    expect(page.locator("tr", has_text="east")).to_contain_text("approved")
+    site_id = page.locator("tr", has_text="east").locator("code").inner_text()
+    assert re.fullmatch(r"[a-z0-9]{6}", site_id)
+
+    # The mail waits in the outbox, with the site_id and the central URL.
+    page.click("text=Outbox")
+    mail = page.locator("article.mail").first
+    expect(mail).to_contain_text(site_id)
+    expect(mail).to_contain_text(fed.central_url)
+    shot(page, "03-outbox", folder)
+
+    # The site user configures the site portal and signs in.
+    portal: SitePortal = start_site_portal(fed, "east", site_id)
+    try:
+        site = context.new_page()
+        site.on("dialog", lambda dialog: dialog.accept())
+        site.goto(f"{portal.url}/settings")
+        site.fill("#f-central_url", fed.central_url)
+        site.fill("#f-site_id", site_id)
+        site.fill("#f-ca_file", str(fed.ca_file))
+        site.click("text=Save")
+        expect(site.locator(".alert-ok")).to_contain_text("Saved")
+        site.fill("#f-username", "east")
+        site.fill("#f-password", PASSWORD)
+        site.click("button:has-text('Sign in')")
+        site.goto(f"{portal.url}/settings")
+        expect(site.locator("#connection").first).to_contain_text("connected", timeout=15_000)
+        shot(site, "04-site-settings", folder)
+
+        # The admin uploads a new version of SIMICE.
+        package = _new_simice_version(tmp_path)
+        central_file, remote_file, params_file = file_names("SIMICE")
+        page.goto(f"{fed.central_url}/algorithms")
+        page.set_input_files("#f-central", str(package / central_file))
+        page.set_input_files("#f-remote", str(package / remote_file))
+        page.set_input_files("#f-params", str(package / params_file))
+        page.click("text=Upload and check")
+        expect(page.locator("h1")).to_contain_text("1.0.1")
+        shot(page, "05-algorithm", folder)
+
+        # The wizard: algorithm, header read from a CSV, two columns ticked by name, the site.
+        page.goto(f"{fed.central_url}/jobs/new")
+        page.check("input[name=algorithm][value=SIMICE]")
+        expect(page.locator("#p-iteration_before_first_imputation")).to_be_visible()
+        page.set_input_files("#f-header_file", str(demo_files["central"]))
+        page.check("input[name=target][value=bmi]")
+        page.check("input[name=target][value=smoker]")
+        expect(page.locator("select[name='type:smoker']")).to_have_value("logistic")
+        page.fill("#p-imputations", "3")
+        page.check(f"input[name=participants][value='{site_id}']")
+        page.fill("#f-name", "Browser journey")
+        shot(page, "06-wizard", folder)
+        page.click("text=Create job")
+        expect(page.locator("h1")).to_contain_text("Browser journey")
+        job_url = page.url
+
+        # The site: a broken CSV is refused in the page, then the right one; approve; start.
+        job_id = job_url.rsplit("/", 1)[1]
+        site.goto(f"{portal.url}/jobs/{job_id}")
+        broken = tmp_path / "broken.csv"
+        broken.write_text("age,sex\n1,2\n")
+        site.set_input_files("#site-file", str(broken))
+        site.click("button:has-text('Upload')")
+        expect(site.locator(".alert-error")).to_contain_text("columns differ")
+        site.set_input_files("#site-file", str(demo_files["north"]))
+        site.click("button:has-text('Upload')")
+        expect(site.locator("ol.checklist")).to_contain_text("held in memory only")
+        expect(site.locator("pre.code")).to_contain_text("def prepare")
+        site.click("text=Approve this code")
+        site.click("button:has-text('Start')")
+        expect(site.locator("ol.checklist")).to_contain_text("This site is ready")
+        shot(site, "07-site-job", folder)
+
+        # Central's data starts the job; both pages follow it live to completion.
+        page.goto(job_url)
+        page.set_input_files("#central-file", str(demo_files["central"]))
+        page.click("text=Upload and start")
+        expect(page.get_by_text("Imputations (zip of CSVs)")).to_be_visible(timeout=60_000)
+        expect(page.locator("ol.log")).to_contain_text("fitted 'smoker'")
+        shot(page, "08-job-completed", folder)
+        expect(site.locator("h2").first).to_contain_text("completed", timeout=15_000)
+        shot(site, "09-site-completed", folder)
+
+        with page.expect_download() as download:
+            page.click("text=Imputations (zip of CSVs)")
+        saved = tmp_path / "imputations.zip"
+        download.value.save_as(saved)
+        assert saved.read_bytes()[:2] == b"PK"
+
+        site.goto(f"{portal.url}/ledger")
+        expect(site.locator("table.list")).to_contain_text("gaussian_stats")
+        shot(site, "10-site-ledger", folder)
+    finally:
+        portal.process.stop()
