@@ -201,12 +201,12 @@ class CentralJob:
         self._send(JobEvent(kind="progress", message=message, fraction=min(max(fraction, 0), 1)))
 
     def log(self, message: str) -> None:
-        log.info("job %s: %s", self.spec.job_id, message)
+        log.info("job %s: %s", self.spec.job_id, message, extra={"job_id": self.spec.job_id})
         self._send(JobEvent(kind="log", message=message))
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)
-        log.warning("job %s: %s", self.spec.job_id, message)
+        log.warning("job %s: %s", self.spec.job_id, message, extra={"job_id": self.spec.job_id})
         self._send(JobEvent(kind="warning", message=message))
 
     def _send(self, event: JobEvent) -> None:

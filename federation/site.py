@@ -54,7 +54,13 @@ class SiteJob:
 
     def log(self, message: str) -> None:
         """A line for this site's event log (it stays at the site)."""
-        log.info("site %s job %s: %s", self.site, self.spec.job_id, message)
+        log.info(
+            "site %s job %s: %s",
+            self.site,
+            self.spec.job_id,
+            message,
+            extra={"site_id": self.site, "job_id": self.spec.job_id},
+        )
         if self.on_event is not None:
             self.on_event(JobEvent(kind="log", message=message, site=self.site))
 

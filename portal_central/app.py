@@ -10,9 +10,15 @@ from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+)
 from fastapi.staticfiles import StaticFiles
-from sqlalchemy import text
+from sqlalchemy import func, select, text
 
 from federation.web import STATIC, is_htmx, render
 from portal_central.api import accounts as accounts_api
@@ -21,6 +27,8 @@ from portal_central.api import jobs as jobs_api
 from portal_central.db import upgrade
 from portal_central.deps import OptionalUser, StateDep
 from portal_central.errors import FieldInvalid, Forbidden, PortalError, Unauthorized
+from portal_central.jobs.status import TRANSITIONS
+from portal_central.models import Job
 from portal_central.settings import CentralSettings
 from portal_central.sites import ws
 from portal_central.state import CentralState
@@ -102,6 +110,33 @@ def create_app(settings: CentralSettings) -> FastAPI:
         return render(
             request, "central/account.html", {"central_url": state.settings.url, "nav": "account"}
         )
+
+    @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
+    def metrics(state: StateDep) -> str:
+        """Prometheus metrics: jobs by state, sites online, messages and bytes with the sites."""
+        with state.database.session() as session:
+            counts = dict(
+                session.execute(select(Job.state, func.count()).group_by(Job.state)).all()
+            )
+        lines = [
+            "# HELP fip_jobs Jobs by state.",
+            "# TYPE fip_jobs gauge",
+            *(f'fip_jobs{{state="{s}"}} {counts.get(s, 0)}' for s in TRANSITIONS),
+            "# HELP fip_sites_online Sites connected now.",
+            "# TYPE fip_sites_online gauge",
+            f"fip_sites_online {state.connections.count()}",
+        ]
+        traffic = state.connections.traffic
+        for direction in ("sent", "received"):
+            lines += [
+                f"# HELP fip_messages_{direction}_total Request/reply frames {direction}.",
+                f"# TYPE fip_messages_{direction}_total counter",
+                f"fip_messages_{direction}_total {traffic['messages_' + direction]}",
+                f"# HELP fip_bytes_{direction}_total Bytes of request/reply frames {direction}.",
+                f"# TYPE fip_bytes_{direction}_total counter",
+                f"fip_bytes_{direction}_total {traffic['bytes_' + direction]}",
+            ]
+        return "\n".join(lines) + "\n"
 
     @app.get("/health", tags=["operations"])
     def health(state: StateDep) -> JSONResponse:

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from federation.web import STATIC, is_htmx, render
@@ -61,6 +61,23 @@ def create_app(settings: SiteSettings) -> FastAPI:
             return JSONResponse({"detail": "cross-site request refused"}, status_code=403)
         response = await call_next(request)
         return response
+
+    @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
+    def metrics(request: Request) -> str:
+        """Prometheus metrics: the connection to central, and what this site sent."""
+        state: SiteState = request.app.state.site
+        connected = 1 if state.worker.status == "connected" else 0
+        return (
+            "# HELP fip_site_connected 1 while the WebSocket to central is open.\n"
+            "# TYPE fip_site_connected gauge\n"
+            f"fip_site_connected {connected}\n"
+            "# HELP fip_site_messages_sent_total Replies sent to central.\n"
+            "# TYPE fip_site_messages_sent_total counter\n"
+            f"fip_site_messages_sent_total {state.worker.sent['messages']}\n"
+            "# HELP fip_site_bytes_sent_total Bytes of replies sent to central.\n"
+            "# TYPE fip_site_bytes_sent_total counter\n"
+            f"fip_site_bytes_sent_total {state.worker.sent['bytes']}\n"
+        )
 
     @app.get("/health", tags=["operations"])
     def health(request: Request) -> JSONResponse:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 
+from federation.logs import log_config
 from portal_site.settings import SiteSettings
 
 
@@ -36,8 +36,7 @@ def _serve(args: argparse.Namespace) -> int:
         k: getattr(args, k) for k in ("host", "port", "data_dir") if getattr(args, k) is not None
     }
     settings = SiteSettings(**given).prepare()
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    uvicorn.run(
+        create_app(settings), host=settings.host, port=settings.port, log_config=log_config()
     )
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
     return 0

@@ -57,6 +57,7 @@ class Worker:
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self.listeners: set[asyncio.Queue[str]] = set()
+        self.sent = {"messages": 0, "bytes": 0}
         jobs.send = self.send_control
         jobs.fetch_json = self._get_json
         jobs.fetch_text = self._get_text
@@ -266,6 +267,8 @@ class Worker:
                 )
         with contextlib.suppress(ConnectionClosed):
             await socket.send(reply)
+            self.sent["messages"] += 1
+            self.sent["bytes"] += len(reply)
         self._note(request, reply)
 
     def _note(self, request: Request, reply: bytes) -> None:

@@ -208,7 +208,13 @@ def start_site_portal(federation: Federation, name: str, site_id: str = "") -> S
     return portal
 
 
-def connect_site(federation: Federation, portal: SitePortal, *, central_url: str = "") -> None:
+def connect_site(
+    federation: Federation,
+    portal: SitePortal,
+    *,
+    central_url: str = "",
+    password: str = SITE_PASSWORD,
+) -> None:
     """Point a site portal at central (or at ``central_url``, e.g. a relay) and sign it in."""
     with portal.api() as api:
         response = api.post(
@@ -220,9 +226,7 @@ def connect_site(federation: Federation, portal: SitePortal, *, central_url: str
             },
         )
         assert response.status_code == 200, response.text
-        response = api.post(
-            "/api/sign-in", json={"username": portal.name, "password": SITE_PASSWORD}
-        )
+        response = api.post("/api/sign-in", json={"username": portal.name, "password": password})
         assert response.status_code == 200, response.text
         wait_for(
             lambda: api.get("/api/status").json()["status"] == "connected",

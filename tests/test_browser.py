@@ -18,11 +18,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import httpx2 as httpx
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
 from federation.registry import BUILTIN_DIR, file_names
-from tests.federation_env import Federation, SitePortal, start_federation, start_site_portal
+from tests.federation_env import (
+    Federation,
+    SitePortal,
+    connect_site,
+    start_federation,
+    start_site_portal,
+)
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
@@ -220,5 +227,69 @@ def test_the_whole_journey_in_a_browser(
         site.goto(f"{portal.url}/ledger")
         expect(site.locator("table.list")).to_contain_text("gaussian_stats")
         shot(site, "10-site-ledger", folder)
+    finally:
+        portal.process.stop()
+
+
+def test_cancel_on_the_site_page_shows_cancelled_on_both(
+    outbox_network: Federation, context: BrowserContext, demo_files: dict[str, Path]
+) -> None:
+    fed = outbox_network
+    with fed.admin() as admin:
+        registered = httpx.post(
+            f"{fed.central_url}/api/register",
+            verify=fed.tls(),
+            json={
+                "username": "west",
+                "email": "west@hospital.example",
+                "institution": "West Hospital",
+                "password": PASSWORD,
+            },
+        ).json()
+        site_id = admin.post(f"/api/users/{registered['id']}/approve").json()["site_id"]
+    portal = start_site_portal(fed, "west", site_id)
+    try:
+        portal.name = "west"
+        connect_site(fed, portal, password=PASSWORD)
+        with fed.admin() as admin:
+            job_id = admin.post(
+                "/api/jobs",
+                json={
+                    "name": "to be cancelled",
+                    "algorithm": "SIMICE",
+                    "version": "1.0.0",  # the built-in: no approval needed
+                    "columns": demo_files["central"].read_text().splitlines()[0].split(","),
+                    "participants": [site_id],
+                    "targets": [
+                        {"column": "bmi", "type": "gaussian"},
+                        {"column": "smoker", "type": "logistic"},
+                    ],
+                    "parameters": {"iteration_before_first_imputation": 1000},
+                    "imputations": 1,
+                },
+            ).json()["id"]
+        site = context.new_page()
+        site.on("dialog", lambda dialog: dialog.accept())
+        site.goto(f"{portal.url}/jobs/{job_id}")
+        site.set_input_files("#site-file", str(demo_files["north"]))
+        site.click("button:has-text('Upload')")
+        expect(site.locator("ol.checklist")).to_contain_text("held in memory only")
+        site.click("button:has-text('Start')")
+        expect(site.locator("ol.checklist")).to_contain_text("This site is ready")
+        with fed.admin() as admin:
+            admin.post(
+                f"/api/jobs/{job_id}/data",
+                files={"file": ("central.csv", demo_files["central"].read_bytes())},
+            ).raise_for_status()
+        expect(site.locator("h2").first).to_contain_text("running", timeout=15_000)
+
+        site.click("button:has-text('Cancel job')")
+
+        expect(site.locator("h2").first).to_contain_text("cancelled", timeout=5_000)
+        page = context.new_page()
+        _sign_in(page, fed, "admin", "Central-key-2026")
+        page.goto(f"{fed.central_url}/jobs/{job_id}")
+        expect(page.locator("h2").first).to_contain_text("cancelled")
+        expect(page.locator("main")).to_contain_text(f"cancelled at site {site_id}")
     finally:
         portal.process.stop()

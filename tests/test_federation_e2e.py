@@ -102,6 +102,13 @@ def test_a_job_runs_across_processes_and_equals_the_simulation(
     ]
     assert [s["name"] for s in report["sites"]] == ["central", *(s.site_id for s in fed.sites)]
 
+    with fed.admin() as admin:
+        metrics = admin.get("/metrics").text
+    assert "fip_sites_online 2" in metrics
+    assert 'fip_jobs{state="completed"} 1' in metrics
+    sent = next(line for line in metrics.splitlines() if line.startswith("fip_messages_sent_total"))
+    assert int(sent.split()[1]) == 2 * report["round_trips"]  # one frame per site per round trip
+
     with fed.sites[0].api() as api:
         ledger = api.get("/api/ledger").json()
     kinds = {entry["kind"] for entry in ledger if entry["job_id"] == str(job_id)}

@@ -62,6 +62,13 @@ class Connections:
         self._arrived: dict[str, asyncio.Event] = {}
         self._pending: dict[tuple[str, str, int], asyncio.Future[bytes]] = {}
         self.on_change: Callable[[str], None] | None = None
+        self.traffic = {
+            "messages_sent": 0,
+            "bytes_sent": 0,
+            "messages_received": 0,
+            "bytes_received": 0,
+        }
+        """Request and reply frames over every site's socket since central started."""
 
     # -------------------------------------------------------------- presence
 
@@ -90,7 +97,7 @@ class Connections:
             old.closed.set()
             with contextlib.suppress(Exception):
                 await old.websocket.close(code=REPLACED, reason="replaced by a newer connection")
-        log.info("site %s connected", site_id)
+        log.info("site %s connected", site_id, extra={"site_id": site_id})
         self._changed(site_id)
         return link
 
@@ -101,7 +108,7 @@ class Connections:
             del self._links[link.site_id]
             self._dropped_at[link.site_id] = time.monotonic()
             self._arrival(link.site_id).clear()
-            log.info("site %s disconnected", link.site_id)
+            log.info("site %s disconnected", link.site_id, extra={"site_id": link.site_id})
             self._changed(link.site_id)
 
     async def close(self, site_id: str, *, code: int, reason: str) -> None:
@@ -129,6 +136,8 @@ class Connections:
             self._pending[key] = future
             try:
                 await link.send_bytes(frame)
+                self.traffic["messages_sent"] += 1
+                self.traffic["bytes_sent"] += len(frame)
                 closed: asyncio.Future[Any] = asyncio.ensure_future(link.closed.wait())
                 waiting: set[asyncio.Future[Any]] = {future, closed}
                 try:
@@ -150,6 +159,8 @@ class Connections:
     def deliver(self, site_id: str, frame: bytes) -> None:
         """A reply frame arrived from a site: hand it to the exchange waiting for it."""
         reply = decode(frame)
+        self.traffic["messages_received"] += 1
+        self.traffic["bytes_received"] += len(frame)
         future = self._pending.get((site_id, reply.job_id, reply.seq))
         if future is None or future.done():
             log.info(
