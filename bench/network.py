@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from engine import QUICK_ROWS, Layout, make_tables  # noqa: E402
 
+from federation.data import Table  # noqa: E402
 from federation.outputs import dataset_csv  # noqa: E402
 from federation.registry import Registry  # noqa: E402
 from federation.simulation import simulate  # noqa: E402
@@ -116,12 +117,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     rows = QUICK_ROWS if args.quick else args.rows
     layout = Layout.of(args.columns)
     remote = [f"site{k}" for k in range(1, args.sites)]
-    tables = make_tables(layout, rows, args.sites, args.seed, ["g1", "g2", "b"])
     root = Path(tempfile.mkdtemp(prefix="fip-bench-"))
-    files = {}
-    for name, table in tables.items():
-        files[name] = root / f"{name}.csv"
-        files[name].write_bytes(dataset_csv(table.columns, table.values))
+    tables: dict[str, dict[str, Table]] = {}
+    files: dict[str, dict[str, Path]] = {}
+    for name, targets in JOBS.items():  # each job's data miss only its own targets
+        tables[name] = make_tables(layout, rows, args.sites, args.seed, [c for c, _ in targets])
+        files[name] = {}
+        for site, table in tables[name].items():
+            files[name][site] = root / f"{name}-{site}.csv"
+            files[name][site].write_bytes(dataset_csv(table.columns, table.values))
     print(
         f"{args.sites} sites (central + {args.sites - 1} remote processes) x {rows:,} rows x "
         f"{args.columns} columns, M = {args.imputations}, over TLS on loopback"
@@ -132,14 +136,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         for name, targets in JOBS.items():
             job, report, uploads = run_job(
-                fed, name, list(layout.columns), targets, files, args.imputations
+                fed, name, list(layout.columns), targets, files[name], args.imputations
             )
             started = time.perf_counter()
             local = asyncio.run(
                 simulate(
                     algorithm=Registry.with_builtins().get(name),
-                    central=tables["central"],
-                    sites={s.site_id: tables[s.name] for s in fed.sites},
+                    central=tables[name]["central"],
+                    sites={s.site_id: tables[name][s.name] for s in fed.sites},
                     targets=targets,
                     params={"imputations": args.imputations},
                     seed=1,
