@@ -218,6 +218,14 @@ def test_the_whole_journey_in_a_browser(
         expect(site.locator("h2").first).to_contain_text("completed", timeout=15_000)
         shot(site, "09-site-completed", folder)
 
+        narrow = context.new_page()  # a narrow window: everything fits, no sideways scroll
+        narrow.set_viewport_size({"width": 400, "height": 800})
+        narrow.goto(job_url)
+        overflow = narrow.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 1, f"the job page is {overflow}px wider than a narrow window"
+        shot(narrow, "11-narrow-window", folder)
+        narrow.close()
+
         with page.expect_download() as download:
             page.click("text=Imputations (zip of CSVs)")
         saved = tmp_path / "imputations.zip"
