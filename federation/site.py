@@ -80,9 +80,11 @@ class SiteRunner:
         remote: ModuleType,
         is_central: bool = False,
         on_event: Callable[[JobEvent], None] | None = None,
+        min_rows_floor: int = 0,
     ) -> None:
         self.site = site
         self.data = data
+        self._floor = min_rows_floor
         self._remote = remote
         self._is_central = is_central
         self._on_event = on_event
@@ -168,11 +170,17 @@ class SiteRunner:
         try:
             summary: Result = dict(self._remote.prepare(job))
             used = int(summary["rows_used"])
-            minimum = int(spec.params["min_rows"])
+            # The site's own floor wins over a job that asks for less.
+            minimum = max(int(spec.params["min_rows"]), self._floor)
             if not self._is_central and used < minimum:
+                source = (
+                    "this site's own floor"
+                    if minimum > int(spec.params["min_rows"])
+                    else "min_rows"
+                )
                 job.refuse(
-                    f"only {used} usable row(s) of {self.data.rows}, fewer than this job's "
-                    f"minimum of {minimum} (min_rows); this site does not take part"
+                    f"only {used} usable row(s) of {self.data.rows}, fewer than the minimum of "
+                    f"{minimum} ({source}); this site does not take part"
                 )
         except SiteRefused as refusal:
             if self._is_central:

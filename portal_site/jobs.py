@@ -86,9 +86,11 @@ Fetch = Callable[[str], Coroutine[Any, Any, Any]]
 class LocalJobs:
     """Every job this site knows of. Talks to central through the worker's callables."""
 
-    def __init__(self, *, approved: Callable[[str], bool]) -> None:
+    def __init__(self, *, approved: Callable[[str], bool], min_rows_floor: int = 0) -> None:
         self._jobs: dict[str, LocalJob] = {}
         self._approved = approved
+        self.min_rows_floor = min_rows_floor
+        """The site's own minimum of usable rows; a job asking for fewer gets this."""
         self._builtins = {a.digest: a for a in Registry.with_builtins().all()}
         self.site_id = ""
         self.send: Send | None = None
@@ -163,7 +165,7 @@ class LocalJobs:
                     check_binary(table, int(target["index"]) - 1)
         except InputError as error:
             raise SiteError(str(error), status=422, field="file") from None
-        minimum = int(job.info["parameters"].get("min_rows", 0))
+        minimum = max(int(job.info["parameters"].get("min_rows", 0)), self.min_rows_floor)
         if table.rows < minimum:
             raise SiteError(
                 f"{table.label}: {table.rows} rows, fewer than this job's minimum of {minimum} "
@@ -210,6 +212,7 @@ class LocalJobs:
                 data=job.table,
                 remote=algorithm.remote,
                 on_event=lambda event: self.publish(job, event),
+                min_rows_floor=self.min_rows_floor,
             )
         job.started = True
         await self._send(Ready(job_id=job.job_id))

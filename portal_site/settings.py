@@ -19,6 +19,8 @@ class SiteSettings(BaseSettings):
     host: str = "127.0.0.1"
     """The local UI listens here; keep it on this machine."""
     port: int = 8001
+    min_rows: int = Field(default=10, ge=1)
+    """This site answers no job on fewer usable rows than this, whatever the job's min_rows."""
     heartbeat_seconds: float = Field(default=10, gt=0)
     reconnect_max_seconds: float = Field(default=30, gt=0)
     """Reconnection waits grow 1, 2, 4, ... seconds up to this."""

@@ -20,7 +20,7 @@ class SiteState:
     @classmethod
     def create(cls, settings: SiteSettings) -> SiteState:
         store = Store(settings.prepare().database)
-        jobs = LocalJobs(approved=store.approved)
+        jobs = LocalJobs(approved=store.approved, min_rows_floor=settings.min_rows)
         return cls(
             settings=settings,
             store=store,

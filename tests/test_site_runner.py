@@ -209,3 +209,17 @@ def test_open_checks_the_header_against_the_job() -> None:
     assert isinstance(answer, ErrorReply)
     assert "s.csv: columns differ" in answer.message
     assert "missing 'b'" in answer.message and "unexpected 'c'" in answer.message
+
+
+def test_the_sites_own_floor_wins_over_a_job_asking_for_fewer_rows() -> None:
+    """A central that sets min_rows=2 cannot make a site answer for fewer rows than its floor."""
+    runner = SiteRunner(
+        site="s",
+        data=table("s.csv", ["a", "b"], np.arange(16, dtype=np.float64).reshape(8, 2)),
+        remote=_algorithm().remote,
+        min_rows_floor=10,
+    )
+
+    (summary,) = _results(_ask(runner, 0, _open(min_rows=2)))
+
+    assert "fewer than the minimum of 10 (this site's own floor)" in summary["refused"]
