@@ -6,7 +6,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from fastapi import Request
+from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
@@ -84,3 +85,17 @@ def render(
     response = HTMLResponse(html, status_code=status_code)
     response.headers["Vary"] = "HX-Request"
     return response
+
+
+def api_docs(app: FastAPI) -> None:
+    """Serve the API documentation at /docs from the vendored Swagger UI (no CDN)."""
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title}: API",
+            swagger_js_url="/static/vendor/swagger-ui-5.35.0-bundle.js",
+            swagger_css_url="/static/vendor/swagger-ui-5.35.0.css",
+            swagger_favicon_url="/static/favicon.svg",
+        )

@@ -20,7 +20,7 @@ from fastapi.responses import (
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import func, select, text
 
-from federation.web import STATIC, is_htmx, render
+from federation.web import STATIC, api_docs, is_htmx, render
 from portal_central.api import accounts as accounts_api
 from portal_central.api import algorithms as algorithms_api
 from portal_central.api import jobs as jobs_api
@@ -64,7 +64,10 @@ def create_app(settings: CentralSettings) -> FastAPI:
         title="Federated Imputation Portal: central",
         description="JSON API of the central portal. Browser pages are served beside it.",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
+    api_docs(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.include_router(auth.router)
     app.include_router(admin.router)

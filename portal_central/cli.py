@@ -91,7 +91,7 @@ def settings_from(args: argparse.Namespace) -> CentralSettings:
         )
         if getattr(args, key, None) is not None
     }
-    return CentralSettings(**given).prepare()
+    return CentralSettings(**given)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -115,7 +115,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _create_admin(args: argparse.Namespace) -> int:
-    settings = settings_from(args)
+    settings = settings_from(args).prepare()
     password = args.password
     if password is None:
         password = getpass.getpass(f"Password for {args.username}: ")
@@ -164,7 +164,7 @@ def _dev_cert(args: argparse.Namespace) -> int:
 
 
 def _db_upgrade(args: argparse.Namespace) -> int:
-    settings = settings_from(args)
+    settings = settings_from(args).prepare()
     upgrade(settings.database)
     print(f"database at the newest migration: {settings.database}")
     return 0

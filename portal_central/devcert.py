@@ -81,6 +81,7 @@ def make_dev_cert(
     result.ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     result.certfile.write_bytes(server.public_bytes(serialization.Encoding.PEM))
     descriptor = os.open(result.keyfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(descriptor, 0o600)  # an older key file may have had looser permissions
     with os.fdopen(descriptor, "wb") as handle:
         handle.write(
             key.private_bytes(

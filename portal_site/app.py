@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from federation.web import STATIC, is_htmx, render
+from federation.web import STATIC, api_docs, is_htmx, render
 from portal_site import api, pages
 from portal_site.central import CentralError
 from portal_site.jobs import SiteError
@@ -42,7 +42,10 @@ def create_app(settings: SiteSettings) -> FastAPI:
         title="Federated Imputation Portal: site",
         description="JSON API of a site portal. It runs next to the site's data, on this machine.",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
+    api_docs(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.include_router(pages.router)
     app.include_router(api.router)

@@ -214,8 +214,13 @@ class LocalJobs:
                 on_event=lambda event: self.publish(job, event),
                 min_rows_floor=self.min_rows_floor,
             )
-        job.started = True
-        await self._send(Ready(job_id=job.job_id))
+        job.started = True  # before Ready leaves: central may ask at once
+        try:
+            await self._send(Ready(job_id=job.job_id))
+        except Exception:
+            job.started = False  # central never heard it: not ready, data still replaceable
+            job.runner = None
+            raise
         self.publish(job, JobEvent(kind="log", message="started: this site is ready"))
         self.publish(job, "state")
 
@@ -325,5 +330,5 @@ class LocalJobs:
         try:
             return await fetch(path)
         except CentralError as error:
-            status = 404 if error.status == 404 else 502
+            status = error.status if error.status in (401, 403, 404) else 502
             raise SiteError(str(error), status=status) from None

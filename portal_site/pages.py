@@ -6,6 +6,7 @@ import asyncio
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, Request
@@ -46,12 +47,18 @@ def home(site: Site) -> Response:
 # ------------------------------------------------------------------ settings and sign-in
 
 
-def _settings_page(request: Request, site: SiteState, **context: Any) -> Response:
+def _settings_page(
+    request: Request, site: SiteState, *, typed: dict[str, str] | None = None, **context: Any
+) -> Response:
+    """The settings page; ``typed`` shows what the user entered instead of what is stored."""
     values = {"errors": {}, "notice": "", "username": "", "nav": "settings", **context}
     status = values.pop("status", 200)
-    return render(
-        request, "site/settings.html", {"config": site.store.config(), **values}, status_code=status
-    )
+    stored = site.store.config()
+    fields = ("central_url", "site_id", "ca_file", "username", "refresh_token")
+    config = SimpleNamespace(**{name: getattr(stored, name) for name in fields})
+    for name, value in (typed or {}).items():
+        setattr(config, name, value)
+    return render(request, "site/settings.html", {"config": config, **values}, status_code=status)
 
 
 @router.get("/settings", response_class=HTMLResponse)
@@ -94,7 +101,11 @@ async def post_settings(
         save_settings(site, central_url=central_url, site_id=site_id, ca_file=ca_file)
     except SiteError as error:
         return _settings_page(
-            request, site, errors={error.field or "settings": error.message}, status=error.status
+            request,
+            site,
+            typed={"central_url": central_url, "site_id": site_id, "ca_file": ca_file},
+            errors={error.field or "settings": error.message},
+            status=error.status,
         )
     return _settings_page(
         request, site, notice="Saved. Now sign in with your username and password."

@@ -232,6 +232,10 @@ def test_the_whole_journey_in_a_browser(
         download.value.save_as(saved)
         assert saved.read_bytes()[:2] == b"PK"
 
+        page.goto(f"{fed.central_url}/docs")  # the API documentation, offline too
+        expect(page.locator(".swagger-ui").first).to_be_visible()
+        expect(page.get_by_text("/api/jobs").first).to_be_visible()
+
         site.goto(f"{portal.url}/ledger")
         expect(site.locator("table.list")).to_contain_text("gaussian_stats")
         shot(site, "10-site-ledger", folder)

@@ -34,11 +34,8 @@ async def site_socket(websocket: WebSocket) -> None:
     refusal, site_id = _authenticate(websocket, state)
     if refusal is not None or site_id is None:
         log.warning("site connection refused: %s", refusal)
-        await websocket.send_denial_response(
-            JSONResponse(
-                {"detail": refusal}, status_code=403 if "token" not in (refusal or "") else 401
-            )
-        )
+        status = 401 if refusal in _UNAUTHENTICATED else 403
+        await websocket.send_denial_response(JSONResponse({"detail": refusal}, status_code=status))
         return
     await websocket.accept()
     connections = state.connections
@@ -68,6 +65,11 @@ async def site_socket(websocket: WebSocket) -> None:
         connections.detach(link)
 
 
+_NO_TOKEN = "no access token: send 'Authorization: Bearer <token>'"
+_BAD_TOKEN = "the access token is not valid or has expired"
+_UNAUTHENTICATED = (_NO_TOKEN, _BAD_TOKEN)
+
+
 def _authenticate(websocket: WebSocket, state: CentralState) -> tuple[str | None, str | None]:
     """A refusal message, or None and the connection's site_id."""
     secure = websocket.url.scheme == "wss"
@@ -75,11 +77,11 @@ def _authenticate(websocket: WebSocket, state: CentralState) -> tuple[str | None
         return "plain ws:// is refused: connect with wss:// (TLS)", None
     header = websocket.headers.get("authorization", "")
     if not header.lower().startswith("bearer "):
-        return "no access token: send 'Authorization: Bearer <token>'", None
+        return _NO_TOKEN, None
     try:
         claims = state.tokens.read(header[7:].strip(), kind="access")
     except InvalidToken:
-        return "the access token is not valid or has expired", None
+        return _BAD_TOKEN, None
     with state.database.session() as session:
         user = session.get(User, claims.user_id)
     if user is None or user.role != "site" or user.site_id is None:

@@ -1,0 +1,33 @@
+"""The API documentation at /docs works offline: Swagger UI is served from this portal."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+
+from portal_site.app import create_app as create_site_app
+from portal_site.settings import SiteSettings
+
+
+def _check(client: TestClient) -> None:
+    page = client.get("/docs")
+    assert page.status_code == 200
+    sources = re.findall(r'(?:src|href)="([^"]+)"', page.text) + re.findall(
+        r"url: '([^']+)'", page.text
+    )
+    assert sources, "the page loads its scripts and styles"
+    for source in sources:
+        assert source.startswith("/"), f"/docs loads {source} from another host"
+        assert client.get(source).status_code == 200, source
+    assert client.get("/openapi.json").json()["paths"]
+
+
+def test_central_docs_are_served_locally(central: TestClient) -> None:
+    _check(central)
+
+
+def test_site_docs_are_served_locally(tmp_path: Path) -> None:
+    with TestClient(create_site_app(SiteSettings(data_dir=tmp_path))) as site:
+        _check(site)

@@ -1,0 +1,384 @@
+"""The site's jobs without a network: remote-module trust, upload checks, start and cancel.
+
+``LocalJobs`` talks to central only through the worker's callables (send, fetch_json,
+fetch_text); here they are fakes that record what the site asked for and what it sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from federation.protocol import Cancel, ControlMessage, JobUpdate, Ready, Welcome
+from federation.registry import Registry, file_names, package_digest
+from portal_site.central import CentralError
+from portal_site.jobs import LocalJob, LocalJobs, SiteError
+
+MEANDRAW_DIR = Path(__file__).resolve().parents[1] / "docs" / "examples" / "MEANDRAW"
+MEANDRAW_FILES = {name: (MEANDRAW_DIR / name).read_bytes() for name in file_names("MEANDRAW")}
+MEANDRAW_DIGEST = package_digest(MEANDRAW_FILES)
+SIMI_DIGEST = Registry.with_builtins().get("SIMI").digest
+FILES_PATH = "/api/algorithms/MEANDRAW/1.0.0/files/"
+
+GOOD_CSV = b"a,b,y\n" + b"".join(f"{i},{i % 3},{i % 2}\n".encode() for i in range(12))
+"""Twelve rows; y is 0/1, so it suits both a continuous and a binary target."""
+
+
+T = TypeVar("T")
+
+
+def run(coroutine: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coroutine)
+
+
+def job_info(
+    *,
+    job_id: int = 1,
+    algorithm: str = "MEANDRAW",
+    version: str = "1.0.0",
+    digest: str = MEANDRAW_DIGEST,
+    target_type: str = "gaussian",
+    min_rows: int = 10,
+    state: str = "created",
+) -> dict[str, Any]:
+    """A job as central's API lists it (JobOut)."""
+    return {
+        "id": job_id,
+        "name": f"job {job_id}",
+        "description": "",
+        "state": state,
+        "message": "",
+        "algorithm": algorithm,
+        "version": version,
+        "digest": digest,
+        "columns": ["a", "b", "y"],
+        "targets": [{"index": 3, "name": "y", "type": target_type}],
+        "parameters": {"imputations": 2, "min_rows": min_rows},
+        "seed": 1,
+        "participants": [{"site_id": "north1", "institution": "North Hospital"}],
+    }
+
+
+class Central:
+    """A fake central: serves algorithm files and job listings, records what the site sends."""
+
+    def __init__(self, files: dict[str, bytes] | None = None) -> None:
+        self.files = dict(MEANDRAW_FILES if files is None else files)
+        self.fetched: list[str] = []
+        self.sent: list[ControlMessage] = []
+        self.jobs: list[dict[str, Any]] = []
+
+    async def fetch_text(self, path: str) -> str:
+        self.fetched.append(path)
+        assert path.startswith(FILES_PATH), path
+        name = path.removeprefix(FILES_PATH)
+        if name not in self.files:
+            raise CentralError("central says: not found", status=404)
+        return self.files[name].decode()
+
+    async def fetch_json(self, path: str) -> Any:
+        self.fetched.append(path)
+        if path == "/api/jobs":
+            return self.jobs
+        for info in self.jobs:
+            if path == f"/api/jobs/{info['id']}":
+                return info
+        raise CentralError("central says: not found", status=404)
+
+    async def send(self, message: ControlMessage) -> None:
+        self.sent.append(message)
+
+
+class Site:
+    """LocalJobs wired to a fake central, with approvals kept in a set."""
+
+    def __init__(self, central: Central | None = None, *, min_rows_floor: int = 0) -> None:
+        self.central = central or Central()
+        self.approvals: set[str] = set()
+        self.jobs = LocalJobs(approved=self.approvals.__contains__, min_rows_floor=min_rows_floor)
+        self.jobs.site_id = "north1"
+        self.jobs.send = self.central.send
+        self.jobs.fetch_json = self.central.fetch_json
+        self.jobs.fetch_text = self.central.fetch_text
+
+    def add(self, **info: Any) -> LocalJob:
+        return self.jobs._merge(job_info(**info))
+
+
+def _refusal(error: pytest.ExceptionInfo[SiteError]) -> str:
+    return error.value.message
+
+
+# ---------------------------------------------------------------- which code runs here
+
+
+def test_a_builtin_digest_is_trusted_without_a_download() -> None:
+    site = Site()
+    job = site.add(algorithm="SIMI", version="anything", digest=SIMI_DIGEST)
+    code = run(site.jobs.remote_code(job))
+    assert code.builtin and code.approved
+    assert code.name == "SIMI" and code.digest == SIMI_DIGEST
+    assert "def " in code.source
+    assert site.central.fetched == []
+    # It starts with no approval at all.
+    site.jobs.upload(job, GOOD_CSV, "north.csv")
+    run(site.jobs.start(job))
+    assert site.central.sent == [Ready(job_id="1")]
+    assert site.central.fetched == []
+
+
+def test_a_remote_module_is_downloaded_checked_shown_and_waits_for_approval() -> None:
+    site = Site()
+    central = site.central
+    job = site.add()
+    code = run(site.jobs.remote_code(job))
+    assert sorted(central.fetched) == sorted(FILES_PATH + name for name in MEANDRAW_FILES)
+    assert code.name == "MEANDRAW" and code.version == "1.0.0"
+    assert code.digest == MEANDRAW_DIGEST
+    assert code.source == MEANDRAW_FILES["MEANDRAWRemote.py"].decode()
+    assert not code.builtin
+    assert not code.approved
+
+    site.approvals.add(MEANDRAW_DIGEST)
+    again = run(site.jobs.remote_code(job))
+    assert again.approved and not again.builtin
+    assert len(central.fetched) == 3, "the verified code is kept for the job, not fetched again"
+
+    # Withdrawing the approval takes effect at once.
+    site.approvals.discard(MEANDRAW_DIGEST)
+    assert not run(site.jobs.remote_code(job)).approved
+
+
+def test_approval_is_by_digest_not_by_name() -> None:
+    site = Site()
+    site.approvals.add("0" * 64)  # some other version's digest
+    job = site.add()
+    assert not run(site.jobs.remote_code(job)).approved
+
+
+@pytest.mark.parametrize("file", sorted(MEANDRAW_FILES))
+def test_a_tampered_file_is_refused_by_digest(file: str) -> None:
+    tampered = bytearray(MEANDRAW_FILES[file])
+    at = tampered.index(b"e")
+    tampered[at : at + 1] = b"E"  # one changed byte
+    central = Central({**MEANDRAW_FILES, file: bytes(tampered)})
+    site = Site(central)
+    site.approvals.add(MEANDRAW_DIGEST)  # the genuine version was approved
+    job = site.add()
+
+    with pytest.raises(SiteError) as refused:
+        run(site.jobs.remote_code(job))
+    message = _refusal(refused)
+    assert "tampered" in message
+    assert MEANDRAW_DIGEST[:16] in message
+    assert package_digest({**MEANDRAW_FILES, file: bytes(tampered)})[:16] in message
+    assert refused.value.status == 409
+    assert job.algorithm is None
+
+    # Approval of the genuine digest does not let the tampered code run.
+    site.jobs.upload(job, GOOD_CSV, "north.csv")
+    with pytest.raises(SiteError) as not_started:
+        run(site.jobs.start(job))
+    assert "tampered" in _refusal(not_started)
+    assert central.sent == []
+    assert not job.started and job.runner is None
+
+
+def test_a_missing_file_at_central_is_a_clear_error() -> None:
+    files = {k: v for k, v in MEANDRAW_FILES.items() if k != "MEANDRAWRemote.py"}
+    site = Site(Central(files))
+    with pytest.raises(SiteError) as refused:
+        run(site.jobs.remote_code(site.add()))
+    assert refused.value.status == 404
+    assert "not found" in _refusal(refused)
+
+
+def test_without_central_the_code_cannot_be_fetched() -> None:
+    jobs = LocalJobs(approved=lambda digest: True)
+    job = jobs._merge(job_info())
+    with pytest.raises(SiteError) as refused:
+        run(jobs.remote_code(job))
+    assert "not signed in" in _refusal(refused)
+
+
+# ---------------------------------------------------------------- the site's data
+
+
+def test_refresh_lists_central_jobs() -> None:
+    site = Site()
+    site.central.jobs = [job_info(job_id=1), job_info(job_id=2, state="waiting")]
+    listed = run(site.jobs.refresh())
+    assert [j.job_id for j in listed] == ["2", "1"]
+    second = site.jobs.get("2")
+    assert second is not None and second.state == "waiting"
+    assert site.central.fetched == ["/api/jobs"]
+
+
+def test_a_good_upload_is_held_in_memory() -> None:
+    site = Site()
+    job = site.add()
+    table = site.jobs.upload(job, GOOD_CSV, "north.csv")
+    assert job.table is table
+    assert table.rows == 12 and table.columns == ("a", "b", "y")
+    assert table.label == "north.csv"
+    assert any("north.csv" in e.message for e in job.events)
+
+
+@pytest.mark.parametrize(
+    ("case", "content", "info", "words"),
+    [
+        (
+            "columns",
+            b"a,c,y\n" + b"1,2,3\n" * 12,
+            {},
+            ["columns differ", "missing 'b'", "unexpected 'c'"],
+        ),
+        ("column order", b"y,b,a\n" + b"1,2,3\n" * 12, {}, ["another order"]),
+        (
+            "binary target",
+            b"a,b,y\n" + b"1,2,0\n" * 10 + b"1,2,2\n1,2,1\n",
+            {"algorithm": "SIMI", "digest": SIMI_DIGEST, "target_type": "logistic"},
+            ["'y'", "binary", "not 0 or 1", "2"],
+        ),
+        ("min_rows", b"a,b,y\n" + b"1,2,3\n" * 5, {"min_rows": 10}, ["5 rows", "10", "min_rows"]),
+        ("non-numeric", b"a,b,y\n" + b"1,2,x\n" * 12, {}, ["x"]),
+    ],
+)
+def test_an_upload_that_does_not_fit_the_job_is_refused(
+    case: str, content: bytes, info: dict[str, Any], words: list[str]
+) -> None:
+    site = Site()
+    job = site.add(**info)
+    with pytest.raises(SiteError) as refused:
+        site.jobs.upload(job, content, "north.csv")
+    message = _refusal(refused)
+    assert refused.value.status == 422, case
+    assert refused.value.field == "file", case
+    assert "north.csv" in message, (case, message)
+    for word in words:
+        assert word in message, (case, word, message)
+    assert job.table is None
+
+
+def test_the_sites_own_minimum_wins_over_a_smaller_job_minimum() -> None:
+    site = Site(min_rows_floor=20)
+    job = site.add(min_rows=10)
+    with pytest.raises(SiteError) as refused:
+        site.jobs.upload(job, GOOD_CSV, "north.csv")
+    assert refused.value.status == 422
+    assert "12 rows" in _refusal(refused) and "20" in _refusal(refused)
+
+
+# ---------------------------------------------------------------- start and cancel
+
+
+def test_start_needs_data_first() -> None:
+    site = Site()
+    site.approvals.add(MEANDRAW_DIGEST)
+    job = site.add()
+    with pytest.raises(SiteError) as refused:
+        run(site.jobs.start(job))
+    assert refused.value.status == 409
+    assert "upload" in _refusal(refused)
+    assert site.central.sent == []
+    assert not job.started
+
+
+def test_start_refuses_unapproved_remote_code_then_sends_ready_once_approved() -> None:
+    site = Site()
+    job = site.add()
+    site.jobs.upload(job, GOOD_CSV, "north.csv")
+    with pytest.raises(SiteError) as refused:
+        run(site.jobs.start(job))
+    assert refused.value.status == 409
+    assert "approve" in _refusal(refused) and MEANDRAW_DIGEST[:12] in _refusal(refused)
+    assert site.central.sent == []
+    assert not job.started and job.runner is None
+
+    site.approvals.add(MEANDRAW_DIGEST)
+    run(site.jobs.start(job))
+    assert site.central.sent == [Ready(job_id="1")]
+    assert job.started and job.runner is not None
+    assert site.jobs.runner("1") is job.runner
+    # Once started, the data cannot be swapped under the runner.
+    with pytest.raises(SiteError) as locked:
+        site.jobs.upload(job, GOOD_CSV, "other.csv")
+    assert locked.value.status == 409
+
+
+async def _offline(message: ControlMessage) -> None:
+    """The worker's send while its socket is down."""
+    raise CentralError("not connected to central (reconnecting: lost)")
+
+
+@pytest.mark.parametrize("how", ["no sender", "socket down"])
+def test_a_start_that_cannot_reach_central_leaves_the_job_not_started(how: str) -> None:
+    """Central never heard Ready, so the site must not show itself as ready (nor lock the data).
+
+    The user sees an error and can press Start again once connected.
+    """
+    site = Site()
+    site.jobs.send = None if how == "no sender" else _offline
+    job = site.add(algorithm="SIMI", digest=SIMI_DIGEST)
+    site.jobs.upload(job, GOOD_CSV, "north.csv")
+    with pytest.raises((SiteError, CentralError)) as refused:
+        run(site.jobs.start(job))
+    assert "not connected" in str(refused.value)
+    assert not job.started, "start failed, yet the job is marked started (ready) at the site"
+    # The data can still be replaced, and Start works once the connection is back.
+    site.jobs.upload(job, GOOD_CSV, "north-fixed.csv")
+    site.jobs.send = site.central.send
+    run(site.jobs.start(job))
+    assert site.central.sent == [Ready(job_id="1")]
+
+
+def test_cancel_sends_cancel_and_drops_the_data() -> None:
+    site = Site()
+    site.approvals.add(MEANDRAW_DIGEST)
+    job = site.add()
+    site.jobs.upload(job, GOOD_CSV, "north.csv")
+    run(site.jobs.start(job))
+    run(site.jobs.cancel(job))
+    assert site.central.sent[-1] == Cancel(job_id="1", reason="cancelled at the site")
+    assert isinstance(site.central.sent[-1], Cancel)
+    assert job.table is None and job.runner is None and not job.started
+    assert site.jobs.runner("1") is None
+    assert any("dropped" in e.message for e in job.events)
+
+
+def test_a_finished_job_cannot_be_cancelled_started_or_given_data() -> None:
+    site = Site()
+    job = site.add(state="completed")
+    for action in (site.jobs.cancel(job), site.jobs.start(job)):
+        with pytest.raises(SiteError) as refused:
+            run(action)
+        assert refused.value.status == 409
+    with pytest.raises(SiteError):
+        site.jobs.upload(job, GOOD_CSV, "north.csv")
+    assert site.central.sent == []
+
+
+def test_central_ending_the_job_drops_the_data() -> None:
+    site = Site()
+    job = site.add(algorithm="SIMI", digest=SIMI_DIGEST)
+    site.jobs.upload(job, GOOD_CSV, "north.csv")
+    run(site.jobs.start(job))
+    run(site.jobs.on_control(JobUpdate(job_id="1", state="cancelled", message="at central")))
+    assert job.state == "cancelled"
+    assert job.table is None and job.runner is None and not job.started
+
+
+def test_after_a_reconnect_the_site_says_ready_again_when_central_forgot() -> None:
+    site = Site()
+    job = site.add(algorithm="SIMI", digest=SIMI_DIGEST)
+    site.jobs.upload(job, GOOD_CSV, "north.csv")
+    run(site.jobs.start(job))
+    site.central.sent.clear()
+    run(site.jobs.on_control(Welcome(site_id="north1", ready=["1"])))
+    assert site.central.sent == []
+    run(site.jobs.on_control(Welcome(site_id="north1", ready=[])))
+    assert site.central.sent == [Ready(job_id="1")]
