@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -99,3 +100,16 @@ def api_docs(app: FastAPI) -> None:
             swagger_css_url="/static/vendor/swagger-ui-5.35.0.css",
             swagger_favicon_url="/static/favicon.svg",
         )
+
+
+def cross_site(request: Request) -> bool:
+    """A state-changing request that a page of another web site made the browser send.
+
+    Browsers send Origin with every POST; scripts and sites send none, and pass.
+    """
+    origin = request.headers.get("origin")
+    return (
+        request.method in ("POST", "PUT", "PATCH", "DELETE")
+        and bool(origin)
+        and urlsplit(origin or "").netloc != request.headers.get("host")
+    )

@@ -6,7 +6,6 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -20,7 +19,7 @@ from fastapi.responses import (
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import func, select, text
 
-from federation.web import STATIC, api_docs, is_htmx, render
+from federation.web import STATIC, api_docs, cross_site, is_htmx, render
 from portal_central.api import accounts as accounts_api
 from portal_central.api import algorithms as algorithms_api
 from portal_central.api import jobs as jobs_api
@@ -84,12 +83,7 @@ def create_app(settings: CentralSettings) -> FastAPI:
     ) -> Response:
         """Refuse posts that a page of another site made the browser send (sign-in and
         registration included, which carry no session yet); scripts send no Origin."""
-        origin = request.headers.get("origin")
-        if (
-            request.method in ("POST", "PUT", "PATCH", "DELETE")
-            and origin
-            and urlsplit(origin).netloc != request.headers.get("host")
-        ):
+        if cross_site(request):
             return await _portal_error(
                 request, Forbidden("this form was sent from another web site; refused")
             )

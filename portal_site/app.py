@@ -6,13 +6,12 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from federation.web import STATIC, api_docs, is_htmx, render
+from federation.web import STATIC, api_docs, cross_site, is_htmx, render
 from portal_site import api, pages
 from portal_site.central import CentralError
 from portal_site.jobs import SiteError
@@ -20,7 +19,6 @@ from portal_site.settings import SiteSettings
 from portal_site.state import SiteState
 
 log = logging.getLogger(__name__)
-_UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
 
 
 def create_app(settings: SiteSettings) -> FastAPI:
@@ -55,12 +53,7 @@ def create_app(settings: SiteSettings) -> FastAPI:
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
         """Refuse form posts from other web pages: the local UI has no password of its own."""
-        origin = request.headers.get("origin")
-        if (
-            request.method in _UNSAFE
-            and origin
-            and urlsplit(origin).netloc != request.headers.get("host")
-        ):
+        if cross_site(request):
             return JSONResponse({"detail": "cross-site request refused"}, status_code=403)
         response = await call_next(request)
         return response
