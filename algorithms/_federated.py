@@ -1,21 +1,32 @@
-"""Steps that central halves take with their sites, shared by SIMI and SIMICE.
+"""How central fits a target: the strategies of the built-in methods, and the report entry.
 
-They rely on a naming convention of the remote halves: ``gaussian_stats(target)`` and
-``logistic_stats(target, beta)`` answer with the aggregates of ``_stats``.
+- ``fit_pooled`` (SIMI, SIMICE; IMI, IMICE when central is the only participant): the exact fit
+  on every participant's rows, from their sums (Gaussian: one ask; logistic: Newton).
+- ``fit_averaged`` (AVGMMI, AVGMMICE): every participant fits alone; central averages the fits
+  weighted by rows (one ask).
+- ``fit_surrogate`` (CSLMI, CSLMICE): central fits alone, every participant sends its average
+  gradient there, central re-solves its own problem with the gradient correction (one ask).
+
+Each takes (job, target, warm start or None) and returns a ``Fit`` that ``draw_parameters``
+draws from. The remote halves name their handlers as ``_site`` does.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
 
-from algorithms._stats import Fit, fit_gaussian, fit_logistic
+from algorithms._stats import Fit, fit_from, fit_gaussian, fit_logistic, inverse, total
+from federation.errors import FitError
 from federation.job import Target
 from federation.runtime import CentralJob
 
+FitTarget = Callable[[CentralJob, Target, np.ndarray | None], Awaitable[Fit]]
 
-async def fit_target(job: CentralJob, target: Target, *, start: np.ndarray | None = None) -> Fit:
+
+async def fit_pooled(job: CentralJob, target: Target, start: np.ndarray | None = None) -> Fit:
     """Fit one target over every participant (Gaussian: one ask; logistic: Newton)."""
     names = job.spec.predictors(target)
     ridge = float(job.params["ridge"])
@@ -39,6 +50,71 @@ async def fit_target(job: CentralJob, target: Target, *, start: np.ndarray | Non
             f"target '{target.name}': Newton did not converge in {fit.iterations} iterations "
             "(max_iter); the last coefficients are used"
         )
+    return fit
+
+
+async def fit_averaged(job: CentralJob, target: Target, start: np.ndarray | None = None) -> Fit:
+    """beta = sum(n_k beta_k) / N and V = sum(n_k^2 V_k) / N^2 over every participant's own fit.
+
+    A Gaussian target's sigma^2 is drawn from N and the summed SSE of the sites' own fits, and
+    alpha from Normal(beta, sigma^2 V). Sites keep their own warm starts: ``start`` is unused.
+    """
+    names = job.spec.predictors(target)
+    replies = await job.ask("local_fit", target=target.index)
+    n = int(total(replies, "n"))
+    if n == 0:
+        raise FitError(f"target '{target.name}': no row has it and every predictor observed")
+    for site, reply in replies.items():
+        if not int(reply["converged"]):
+            job.warn(
+                f"target '{target.name}': {site}'s own Newton fit did not converge (max_iter); "
+                "its last coefficients are averaged"
+            )
+    beta = np.asarray(total(replies, "beta_n")) / n
+    covariance = np.asarray(total(replies, "cov_n2")) / float(n) ** 2
+    return fit_from(
+        target.type,
+        n=n,
+        beta=beta,
+        precision=inverse(covariance, names=names, target=target.name),
+        sse=float(total(replies, "sse")) if target.type == "gaussian" else None,
+        names=names,
+        target=target.name,
+    )
+
+
+async def fit_surrogate(job: CentralJob, target: Target, start: np.ndarray | None = None) -> Fit:
+    """Communication-efficient surrogate likelihood: central's own fit beta_1, every
+    participant's average gradient at it (one ask), central's fit corrected by the gradients,
+    its Gram or Hessian (and SSE) scaled by N / n_central. Central keeps its own warm starts."""
+    names = job.spec.predictors(target)
+    own = await job.local("local_fit", target=target.index)
+    if int(own["n"]) == 0:
+        raise FitError(
+            f"target '{target.name}': {job.spec.algorithm} starts from central's own fit, but "
+            "central has no row with it and every predictor observed (use SIMI or AVGMMI)"
+        )
+    beta = np.asarray(own["beta_n"]) / int(own["n"])
+    replies = await job.ask("gradient", target=target.index, beta=beta)
+    n = int(total(replies, "n"))
+    gradient = sum(int(r["n"]) * np.asarray(r["gradient"]) for r in replies.values()) / n
+    surrogate = await job.local(
+        "surrogate_fit", target=target.index, beta=beta, gradient=gradient, n=n
+    )
+    if not int(surrogate.get("converged", 1)):
+        job.warn(
+            f"target '{target.name}': Newton on the surrogate likelihood did not converge "
+            f"in {surrogate['iterations']} iterations (max_iter); the last coefficients are used"
+        )
+    fit = fit_from(
+        target.type,
+        n=n,
+        beta=np.asarray(surrogate["beta"]),
+        precision=np.asarray(surrogate["precision"]),
+        sse=float(surrogate["sse"]) if "sse" in surrogate else None,
+        names=names,
+        target=target.name,
+    )
     return fit
 
 

@@ -10,7 +10,7 @@ column of ones. The design of target column j is every other column, then the in
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -140,9 +140,18 @@ def total(replies: Mapping[str, Mapping[str, Any]], key: str) -> Any:
 
 
 def fit_gaussian(
-    replies: Mapping[str, Mapping[str, Any]], *, ridge: float, names: Sequence[str], target: str
+    replies: Mapping[str, Mapping[str, Any]],
+    *,
+    ridge: float,
+    names: Sequence[str],
+    target: str,
+    offset: np.ndarray | None = None,
 ) -> Fit:
-    """beta = G^-1 X'y with G = X'X + ridge*N*I, and the SSE, from the participants' sums."""
+    """beta = G^-1 X'y with G = X'X + ridge*N*I, and the SSE, from the participants' sums.
+
+    ``offset`` is a linear term added to the objective (CSL's gradient correction): then
+    beta = G^-1 (X'y + offset), and the SSE is still the residual sum of squares at beta.
+    """
     n = int(total(replies, "n"))
     if n == 0:
         raise FitError(f"target '{target}': no row has it and every predictor observed")
@@ -151,7 +160,7 @@ def fit_gaussian(
     yty = float(total(replies, "yty"))
     gram = xtx + ridge * n * np.eye(xtx.shape[0])
     chol = _cholesky(gram, names=names, target=target)
-    beta = cho_solve((chol, True), xty)
+    beta = cho_solve((chol, True), xty if offset is None else xty + offset)
     sse = yty - 2.0 * beta @ xty + beta @ xtx @ beta
     return Fit(kind="gaussian", n=n, beta=beta, matrix=gram, chol=chol, sse=float(sse))
 
@@ -165,6 +174,73 @@ class _Point:
     q: float
 
 
+Sums = Mapping[str, Any]
+"""n, h (X'WX), g (X'(y - p)) and q (log-likelihood) at one beta, summed over whoever fits."""
+
+
+def newton(
+    *, start: np.ndarray, ridge: float, max_iter: int, names: Sequence[str], target: str
+) -> Generator[np.ndarray, Sums, Fit]:
+    """Penalised Newton with backtracking, without any I/O: it yields each beta to evaluate and
+    is sent back the sums at it; it returns the fit. The same steps serve a pooled fit (each
+    evaluation one ask of every participant) and a site's own fit (a local computation).
+
+    Stops when the Newton step moves no coefficient by ``TOLERANCE``, or after ``max_iter``.
+    """
+
+    def point(beta: np.ndarray, sums: Sums) -> _Point:
+        n = int(sums["n"])
+        if n == 0:
+            raise FitError(f"target '{target}': no row has it and every predictor observed")
+        penalty = ridge * n
+        h = np.asarray(sums["h"]) + penalty * np.eye(beta.size)
+        g = np.asarray(sums["g"]) - penalty * beta
+        q = float(sums["q"]) - penalty * float(beta @ beta) / 2.0
+        return _Point(n=n, beta=beta, h=h, g=g, q=q)
+
+    beta = np.array(start, dtype=np.float64)
+    current = point(beta, (yield beta))
+    iterations = 0
+    converged = False
+    while iterations < max_iter:
+        chol = _cholesky(current.h, names=names, target=target)
+        direction = cho_solve((chol, True), current.g)
+        # The Newton step is the estimated distance to the optimum: stop when it is small.
+        # (H and g at the accepted point came with it, so this costs no evaluation.)
+        if np.max(np.abs(direction)) < TOLERANCE:
+            converged = True
+            break
+        slope = float(direction @ current.g)
+        # Q sums thousands of terms: gains below its rounding error cannot be seen, so they
+        # count as met (else a step that is right would be halved for no reason).
+        rounding = 1e-12 * (1.0 + abs(current.q))
+        step = 1.0
+        while True:
+            beta = current.beta + step * direction
+            candidate = point(beta, (yield beta))
+            if candidate.q - current.q > slope * step / 2.0 - rounding:
+                break
+            step /= 2.0
+            if step < _MIN_STEP or np.max(np.abs(step * direction)) < TOLERANCE:
+                candidate = current  # no ascent left at this precision: beta is the optimum
+                break
+        if candidate is current:
+            converged = True
+            break
+        iterations += 1
+        current = candidate
+    chol = _cholesky(current.h, names=names, target=target)
+    return Fit(
+        kind="logistic",
+        n=current.n,
+        beta=current.beta,
+        matrix=current.h,
+        chol=chol,
+        iterations=iterations,
+        converged=converged,
+    )
+
+
 async def fit_logistic(
     evaluate: Callable[[np.ndarray], Awaitable[Mapping[str, Mapping[str, Any]]]],
     *,
@@ -174,62 +250,97 @@ async def fit_logistic(
     names: Sequence[str],
     target: str,
 ) -> Fit:
-    """Penalised Newton with backtracking; each evaluation is one ask of every participant.
+    """The pooled logistic fit: each evaluation is one ask of every participant.
 
     A site evaluates a candidate and returns H, g and Q together, so an accepted step costs one
-    round trip. Stops when no coefficient moves by ``TOLERANCE`` or after ``max_iter`` steps.
+    round trip.
     """
-
-    async def at(beta: np.ndarray) -> _Point:
+    steps = newton(start=start, ridge=ridge, max_iter=max_iter, names=names, target=target)
+    beta = next(steps)
+    while True:
         replies = await evaluate(beta)
-        n = int(total(replies, "n"))
-        if n == 0:
-            raise FitError(f"target '{target}': no row has it and every predictor observed")
-        penalty = ridge * n
-        h = np.asarray(total(replies, "h")) + penalty * np.eye(beta.size)
-        g = np.asarray(total(replies, "g")) - penalty * beta
-        q = float(total(replies, "q")) - penalty * float(beta @ beta) / 2.0
-        return _Point(n=n, beta=beta, h=h, g=g, q=q)
+        sums = {key: total(replies, key) for key in ("n", "h", "g", "q")}
+        try:
+            beta = steps.send(sums)
+        except StopIteration as done:
+            fit: Fit = done.value
+            return fit
 
-    point = await at(np.array(start, dtype=np.float64))
-    iterations = 0
-    converged = False
-    while iterations < max_iter:
-        chol = _cholesky(point.h, names=names, target=target)
-        direction = cho_solve((chol, True), point.g)
-        # The Newton step is the estimated distance to the optimum: stop when it is small.
-        # (H and g at the accepted point came with it, so this costs no round trip.)
-        if np.max(np.abs(direction)) < TOLERANCE:
-            converged = True
-            break
-        slope = float(direction @ point.g)
-        # Q sums thousands of terms: gains below its rounding error cannot be seen, so they
-        # count as met (else a step that is right would be halved for no reason).
-        rounding = 1e-12 * (1.0 + abs(point.q))
-        step = 1.0
-        while True:
-            candidate = await at(point.beta + step * direction)
-            if candidate.q - point.q > slope * step / 2.0 - rounding:
-                break
-            step /= 2.0
-            if step < _MIN_STEP or np.max(np.abs(step * direction)) < TOLERANCE:
-                candidate = point  # no ascent left at this precision: beta is the optimum
-                break
-        if candidate is point:
-            converged = True
-            break
-        iterations += 1
-        point = candidate
-    chol = _cholesky(point.h, names=names, target=target)
-    return Fit(
-        kind="logistic",
-        n=point.n,
-        beta=point.beta,
-        matrix=point.h,
-        chol=chol,
-        iterations=iterations,
-        converged=converged,
+
+def fit_own(
+    z: np.ndarray,
+    rows: np.ndarray | None,
+    column: int,
+    kind: str,
+    *,
+    ridge: float,
+    max_iter: int,
+    names: Sequence[str],
+    target: str,
+    start: np.ndarray | None = None,
+    offset: np.ndarray | None = None,
+) -> Fit:
+    """A fit on one participant's rows alone (ridge scaled by its own row count).
+
+    ``offset`` adds a linear term offset'beta to the log-likelihood (Gaussian: to X'y), the
+    gradient correction of a surrogate likelihood; ``start`` warm-starts Newton.
+    """
+    if kind == "gaussian":
+        stats = gaussian_stats(z, rows, column)
+        return fit_gaussian({"": stats}, ridge=ridge, names=names, target=target, offset=offset)
+    p = z.shape[1] - 1
+    steps = newton(
+        start=np.zeros(p) if start is None else start,
+        ridge=ridge,
+        max_iter=max_iter,
+        names=names,
+        target=target,
     )
+    beta = next(steps)
+    while True:
+        sums = logistic_stats(z, rows, column, beta)
+        if offset is not None:
+            sums = {**sums, "g": sums["g"] + offset, "q": sums["q"] + float(offset @ beta)}
+        try:
+            beta = steps.send(sums)
+        except StopIteration as done:
+            fit: Fit = done.value
+            return fit
+
+
+def score(z: np.ndarray, rows: np.ndarray | None, column: int, kind: str, beta: np.ndarray) -> Any:
+    """n and the gradient of the log-likelihood at ``beta`` (unpenalised, summed over rows).
+
+    Gaussian: X'(y - X beta), the score up to 1/sigma^2; logistic: X'(y - p).
+    """
+    if kind == "gaussian":
+        stats = gaussian_stats(z, rows, column)
+        return stats["n"], stats["xty"] - stats["xtx"] @ beta
+    stats = logistic_stats(z, rows, column, beta)
+    return stats["n"], stats["g"]
+
+
+def fit_from(
+    kind: str,
+    *,
+    n: int,
+    beta: np.ndarray,
+    precision: np.ndarray,
+    sse: float | None,
+    names: Sequence[str],
+    target: str,
+) -> Fit:
+    """A fit put together at central from parts (an average, a rescaled surrogate)."""
+    chol = _cholesky(precision, names=names, target=target)
+    return Fit(kind=kind, n=n, beta=beta, matrix=precision, chol=chol, sse=sse)
+
+
+def inverse(matrix: np.ndarray, *, names: Sequence[str], target: str) -> np.ndarray:
+    """The inverse of a symmetric positive definite matrix, by its Cholesky factor."""
+    chol = _cholesky(matrix, names=names, target=target)
+    result: np.ndarray = cho_solve((chol, True), np.eye(matrix.shape[0]))
+    symmetric: np.ndarray = (result + result.T) / 2.0
+    return symmetric
 
 
 def draw_parameters(fit: Fit, rng: np.random.Generator) -> dict[str, Any]:

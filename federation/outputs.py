@@ -24,6 +24,8 @@ from federation.runtime import JobResult
 ZIP_NAME = "imputations.zip"
 LONG_NAME = "imputations_long.csv"
 REPORT_NAME = "report.json"
+COMPARISON_NAME = "comparison.json"
+COMPARISON_TABLE_NAME = "comparison.txt"
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
 
@@ -62,12 +64,26 @@ def report_json(report: dict[str, Any]) -> bytes:
 
 def write_outputs(result: JobResult, out_dir: Path) -> list[Path]:
     """Write the three files into ``out_dir``: all of them, or (on any error) none."""
+    return _write_all(
+        out_dir,
+        {
+            ZIP_NAME: zip_bytes(result),
+            LONG_NAME: long_csv(result),
+            REPORT_NAME: report_json(result.report),
+        },
+    )
+
+
+def write_comparison(comparison: dict[str, Any], table: str, out_dir: Path) -> list[Path]:
+    """Write ``comparison.json`` and the same as a text table, ``comparison.txt``."""
+    return _write_all(
+        out_dir,
+        {COMPARISON_NAME: report_json(comparison), COMPARISON_TABLE_NAME: (table + "\n").encode()},
+    )
+
+
+def _write_all(out_dir: Path, contents: dict[str, bytes]) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    contents = {
-        ZIP_NAME: zip_bytes(result),
-        LONG_NAME: long_csv(result),
-        REPORT_NAME: report_json(result.report),
-    }
     staged: list[tuple[Path, Path]] = []
     try:
         for name, content in contents.items():

@@ -34,6 +34,8 @@ _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,39}$")
 class Capabilities:
     multiple_targets: bool
     target_types: tuple[str, ...]
+    uses_sites: bool = True
+    """False for methods on central's data alone (IMI, IMICE): a job of one lists no site."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,7 @@ def load_algorithm(name: str, files: Mapping[str, bytes]) -> Algorithm:
         capabilities=Capabilities(
             multiple_targets=caps["targets"] == "multiple",
             target_types=tuple(caps["target_types"]),
+            uses_sites=caps.get("sites", "all") == "all",
         ),
         schema=meta["parameters"],
         files=dict(files),
@@ -195,6 +198,10 @@ def _read_params(name: str, content: bytes) -> dict[str, Any]:
         raise AlgorithmInvalid(
             "params.json: capabilities.target_types must be a non-empty list of "
             + " and ".join(f'"{t}"' for t in TARGET_TYPES)
+        )
+    if caps.get("sites", "all") not in ("all", "none"):
+        raise AlgorithmInvalid(
+            'params.json: capabilities.sites must be "all" (the default) or "none" (central alone)'
         )
     schema = meta["parameters"]
     try:

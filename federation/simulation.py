@@ -32,7 +32,10 @@ def make_spec(
     seed: int | None = None,
     job_id: str = "simulation",
 ) -> JobSpec:
-    """Check targets and parameters against the algorithm and central's header; fix the seed."""
+    """Check targets and parameters against the algorithm and central's header; fix the seed.
+
+    An algorithm on central's data alone (IMI, IMICE) gets no sites, whatever is given.
+    """
     chosen = make_targets(central.columns, targets, label=central.label)
     algorithm.check_targets(t.type for t in chosen)
     return JobSpec(
@@ -44,7 +47,7 @@ def make_spec(
         targets=chosen,
         params=resolve_params(algorithm.schema, params, columns=len(central.columns)),
         seed=secrets.randbelow(2**32) if seed is None else seed,
-        sites=tuple(sites),
+        sites=tuple(sites) if algorithm.capabilities.uses_sites else (),
     )
 
 
@@ -68,8 +71,8 @@ async def simulate(
         seed=seed,
     )
     runners = {
-        name: SiteRunner(site=name, data=table, remote=algorithm.remote, on_event=on_event)
-        for name, table in sites.items()
+        name: SiteRunner(site=name, data=sites[name], remote=algorithm.remote, on_event=on_event)
+        for name in spec.sites
     }
     local = SiteRunner(
         site=CENTRAL, data=central, remote=algorithm.remote, is_central=True, on_event=on_event

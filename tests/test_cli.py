@@ -634,7 +634,7 @@ def test_algorithms_lists_the_builtins(capsys: pytest.CaptureFixture[str]) -> No
 
     assert code == 0
     names = [line.split()[0] for line in stdout.splitlines() if not line.startswith(" ")]
-    assert names == ["SIMI", "SIMICE"]
+    assert names == ["AVGMMI", "AVGMMICE", "CSLMI", "CSLMICE", "IMI", "IMICE", "SIMI", "SIMICE"]
     assert "targets: one" in stdout
     assert "targets: several" in stdout
     assert '"iteration_before_first_imputation": 5' in stdout

@@ -405,7 +405,7 @@ def snapshot_on_fit(harness: Harness, snapshots: list[Snapshot]) -> Callable[[Jo
             Snapshot(
                 z=[job.state["z"].copy() for job in jobs if job is not None],
                 observed=[
-                    {k: v.copy() for k, v in job.state["observed"].items()}
+                    {k: v.copy() for k, v in job.state["rows"].items()}
                     for job in jobs
                     if job is not None
                 ],

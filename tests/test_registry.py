@@ -156,7 +156,9 @@ def test_same_version_with_other_files_is_refused() -> None:
 def test_unknown_algorithm_and_version_name_what_exists() -> None:
     registry = Registry.with_builtins()
 
-    with pytest.raises(InputError, match="known: SIMI"):
+    with pytest.raises(
+        InputError, match="known: AVGMMI, AVGMMICE, CSLMI, CSLMICE, IMI, IMICE, SIMI, SIMICE"
+    ):
         registry.get("NOPE")
     with pytest.raises(InputError, match="no version '9'"):
         registry.get("SIMI", "9")

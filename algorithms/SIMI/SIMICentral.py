@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-from algorithms._federated import fit_target, record
-from algorithms._stats import draw_parameters
+from algorithms import _single
+from algorithms._federated import fit_pooled
 from federation.runtime import CentralJob
 
 
 async def run(job: CentralJob) -> None:
-    (target,) = job.targets
-    imputations = int(job.params["imputations"])
-    job.progress(0.0, f"fitting '{target.name}' ({target.type})")
-    fit = await fit_target(job, target)
-    record(job, target, fit, cycle=1)
-    for m in range(1, imputations + 1):
-        drawn = draw_parameters(fit, job.rng)
-        completed = (await job.local("impute", target=target.index, **drawn))["values"]
-        job.emit_imputation(completed)
-        job.progress(m / imputations, f"imputation {m} of {imputations}")
+    await _single.run(job, fit_pooled)

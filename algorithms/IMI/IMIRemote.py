@@ -1,0 +1,17 @@
+"""IMI, central's own half (no site takes part): the sums of central's complete rows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from algorithms import _single
+from algorithms._site import gaussian_stats_handler, logistic_stats_handler
+from federation.site import SiteJob
+
+
+def prepare(site: SiteJob) -> dict[str, Any]:
+    return _single.prepare(site, chained="IMICE")
+
+
+HANDLERS = {"gaussian_stats": gaussian_stats_handler, "logistic_stats": logistic_stats_handler}
+LOCAL = {"impute": _single.impute}

@@ -1,0 +1,113 @@
+"""The chained-equations family (SIMICE, IMICE, AVGMMICE, CSLMICE).
+
+Site side: ``prepare`` keeps the rows whose non-target columns are complete and fills each
+target's missing cells with the site's observed mean; ``impute`` redraws a target's missing
+cells from drawn parameters with the site's own noise. Central side: ``run`` cycles through
+the targets, fitting each with the method's strategy, and emits central's data every few cycles.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from algorithms._federated import FitTarget, record
+from algorithms._stats import augment, draw_parameters, draw_values, linear_predictor, total
+from federation.runtime import CentralJob
+from federation.site import SiteJob
+
+
+def prepare(site: SiteJob) -> dict[str, Any]:
+    """Keep rows whose non-target columns are complete; fill targets with the site's means."""
+    values = site.data.values
+    targets = site.targets
+    target_columns = [t.column for t in targets]
+    others = [c for c in range(values.shape[1]) if c not in target_columns]
+    missing_other = np.isnan(values[:, others])
+    incomplete = missing_other.any(axis=1)
+    if site.is_central and incomplete.any():
+        counts = missing_other.sum(axis=0)
+        detail = ", ".join(
+            f"'{site.data.columns[c]}' in {n} row(s)"
+            for c, n in zip(others, counts, strict=True)
+            if n
+        )
+        site.refuse(
+            f"{site.spec.algorithm} needs central's non-target columns complete, but {detail} "
+            "are missing; make such a column a target too"
+        )
+    z = augment(values[~incomplete])
+    observed = {t.index: ~np.isnan(z[:, t.column]) for t in targets}
+    minimum = int(site.params["min_rows"])
+    for t in targets:
+        count = int(observed[t.index].sum())
+        if not site.is_central and count < minimum:
+            site.refuse(
+                f"only {count} usable row(s) observe '{t.name}', fewer than this job's minimum of "
+                f"{minimum} (min_rows); this site does not take part"
+            )
+        if count:
+            z[~observed[t.index], t.column] = z[observed[t.index], t.column].mean()
+    site.state.update(z=z, rows=observed)
+    return {
+        "rows_used": int((~incomplete).sum()),
+        "left_out": {"a non-target column missing": int(incomplete.sum())},
+        "target_n": np.array([observed[t.index].sum() for t in targets], dtype=np.int64),
+        "target_sum": np.array(
+            [np.nansum(values[~incomplete, t.column]) for t in targets], dtype=np.float64
+        ),
+    }
+
+
+def fill_unobserved(site: SiteJob, *, means: np.ndarray) -> None:
+    """Targets this site never observes start at the pooled mean of all sites."""
+    z = site.state["z"]
+    for t, mean in zip(site.targets, means, strict=True):
+        if not site.state["rows"][t.index].any():
+            z[:, t.column] = mean
+
+
+def impute(site: SiteJob, *, target: int, alpha: np.ndarray, sigma: float | None = None) -> None:
+    """Draw this site's missing cells of a target from the drawn parameters, own noise."""
+    kind = next(t.type for t in site.targets if t.index == target)
+    z = site.state["z"]
+    rows = ~site.state["rows"][target]
+    eta = linear_predictor(z, rows, target - 1, alpha)
+    z[rows, target - 1] = draw_values(eta, kind, sigma, site.rng)
+
+
+def completed(site: SiteJob) -> dict[str, Any]:
+    """Central only: its current data, every target imputed."""
+    return {"values": site.state["z"][:, :-1].copy()}
+
+
+async def run(job: CentralJob, fit_target: FitTarget) -> None:
+    """Cycles of: fit each target in order, draw its parameters once, and have every
+    participant impute its own cells of it (the instruction rides on the next request)."""
+    targets = job.targets
+    imputations = int(job.params["imputations"])
+    before = int(job.params["iteration_before_first_imputation"])
+    between = int(job.params["iteration_between_imputations"])
+    cycles = before + between * (imputations - 1)
+    counts = total(job.site_summaries, "target_n")
+    sums = total(job.site_summaries, "target_sum")
+    await job.tell("fill_unobserved", means=sums / np.maximum(counts, 1))
+    starts: dict[int, np.ndarray] = {}
+    cycle = 0
+    for m in range(1, imputations + 1):
+        for _ in range(before if m == 1 else between):
+            cycle += 1
+            for k, target in enumerate(targets):
+                job.progress(
+                    (cycle - 1 + k / len(targets)) / cycles,
+                    f"cycle {cycle} of {cycles}: fitting '{target.name}'",
+                )
+                fit = await fit_target(job, target, starts.get(target.index))
+                if fit.kind == "logistic":
+                    starts[target.index] = fit.beta
+                record(job, target, fit, cycle=cycle)
+                await job.tell("impute", target=target.index, **draw_parameters(fit, job.rng))
+        job.emit_imputation((await job.local("completed"))["values"])
+        job.log(f"imputed dataset {m} of {imputations} after cycle {cycle}")
+    job.progress(1.0, f"{imputations} imputed datasets")

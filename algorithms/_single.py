@@ -1,0 +1,76 @@
+"""The one-target family (SIMI, IMI, AVGMMI, CSLMI): the site's rows, central's imputations.
+
+Site side: ``prepare`` keeps the rows where every column is observed; at central it also finds
+the rows to impute, refusing rows whose predictors are incomplete. Central side: ``run`` fits
+the target once with the method's fitting strategy, then draws and imputes M times.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from algorithms._federated import FitTarget, record
+from algorithms._stats import augment, draw_parameters, draw_values, linear_predictor
+from federation.runtime import CentralJob
+from federation.site import SiteJob
+
+
+def prepare(site: SiteJob, *, chained: str) -> dict[str, Any]:
+    """Keep the complete rows; at central, find the rows to impute (``chained`` names the
+    algorithm to suggest when central's rows miss predictors too)."""
+    (target,) = site.targets
+    values = site.data.values
+    missing = np.isnan(values)
+    target_missing = missing[:, target.column]
+    predictor_missing = np.delete(missing, target.column, axis=1).any(axis=1)
+    if site.is_central:
+        stuck = target_missing & predictor_missing
+        if stuck.any():
+            counts = np.delete(missing[stuck], target.column, axis=1).sum(axis=0)
+            others = [c for i, c in enumerate(site.data.columns) if i != target.column]
+            detail = ", ".join(f"'{c}' in {n}" for c, n in zip(others, counts, strict=True) if n)
+            site.refuse(
+                f"{int(stuck.sum())} row(s) miss '{target.name}' and a predictor too ({detail}); "
+                f"{site.spec.algorithm} imputes only rows whose predictors are complete: use "
+                f"{chained} for several incomplete columns"
+            )
+        site.state["impute_rows"] = target_missing
+    complete = ~(target_missing | predictor_missing)
+    site.state["z"] = augment(values[complete])
+    site.state["rows"] = {target.index: None}
+    return {
+        "rows_used": int(complete.sum()),
+        "left_out": {
+            f"'{target.name}' missing": int(target_missing.sum()),
+            "a predictor missing": int((predictor_missing & ~target_missing).sum()),
+        },
+    }
+
+
+def impute(
+    site: SiteJob, *, target: int, alpha: np.ndarray, sigma: float | None = None
+) -> dict[str, Any]:
+    """Central only: a copy of central's data with the target's missing cells drawn."""
+    (spec_target,) = site.targets
+    values = site.data.values.copy()
+    rows = site.state["impute_rows"]
+    z = augment(values[rows])
+    eta = linear_predictor(z, np.ones(z.shape[0], dtype=bool), target - 1, alpha)
+    values[rows, target - 1] = draw_values(eta, spec_target.type, sigma, site.rng)
+    return {"values": values}
+
+
+async def run(job: CentralJob, fit_target: FitTarget) -> None:
+    """Fit once, then M times: draw the parameters, impute central's rows, emit the dataset."""
+    (target,) = job.targets
+    imputations = int(job.params["imputations"])
+    job.progress(0.0, f"fitting '{target.name}' ({target.type})")
+    fit = await fit_target(job, target, None)
+    record(job, target, fit, cycle=1)
+    for m in range(1, imputations + 1):
+        drawn = draw_parameters(fit, job.rng)
+        completed = (await job.local("impute", target=target.index, **drawn))["values"]
+        job.emit_imputation(completed)
+        job.progress(m / imputations, f"imputation {m} of {imputations}")
