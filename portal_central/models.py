@@ -132,12 +132,35 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    parent_id: Mapped[int | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), index=True
+    )
+    """Set on the child jobs of a comparison: one per method, run by their parent."""
 
     algorithm: Mapped[AlgorithmVersion] = relationship()
     created_by: Mapped[User] = relationship()
     participants: Mapped[list[JobParticipant]] = relationship(
         back_populates="job", cascade="all, delete-orphan", order_by="JobParticipant.position"
     )
+    children: Mapped[list[Job]] = relationship(
+        back_populates="parent", cascade="all, delete-orphan", order_by="Job.id"
+    )
+    parent: Mapped[Job | None] = relationship(back_populates="children", remote_side="Job.id")
+
+    @property
+    def is_comparison(self) -> bool:
+        return bool(self.children)
+
+    @property
+    def methods(self) -> list[Job]:
+        """A comparison's current child per method: the newest attempt, in the first order."""
+        newest: dict[str, Job] = {}
+        for child in self.children:
+            newest[child.algorithm.name] = child
+        return sorted(newest.values(), key=lambda c: self._first_position(c.algorithm.name))
+
+    def _first_position(self, name: str) -> int:
+        return next(i for i, c in enumerate(self.children) if c.algorithm.name == name)
 
 
 class JobParticipant(Base):

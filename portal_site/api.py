@@ -123,7 +123,8 @@ async def jobs(site: Site) -> list[JobOut]:
 @router.get("/jobs/{job_id}")
 async def job(job_id: str, site: Site) -> JobOut:
     local = await site.jobs.load(job_id)
-    return JobOut.of(local, trusted=(await site.jobs.remote_code(local)).approved)
+    codes = await site.jobs.remote_codes(local)
+    return JobOut.of(local, trusted=all(code.approved for code in codes))
 
 
 @router.post("/jobs/{job_id}/data")

@@ -51,6 +51,8 @@ class LocalJob:
     table: Table | None = None
     algorithm: Algorithm | None = None
     runner: SiteRunner | None = None
+    runners: dict[str, SiteRunner] = field(default_factory=dict)
+    """A comparison's methods at this site, by their child job's id: all on this job's data."""
     started: bool = False
     progress: float = 0.0
     step: str = ""
@@ -65,6 +67,12 @@ class LocalJob:
     @property
     def digest(self) -> str:
         return str(self.info.get("digest", ""))
+
+    @property
+    def methods(self) -> list[dict[str, Any]]:
+        """A comparison's methods (child jobs), as central lists them; empty for other jobs."""
+        methods: list[dict[str, Any]] = self.info.get("methods") or []
+        return methods
 
 
 @dataclass(frozen=True)
@@ -92,6 +100,8 @@ class LocalJobs:
         self.min_rows_floor = min_rows_floor
         """The site's own minimum of usable rows; a job asking for fewer gets this."""
         self._builtins = {a.digest: a for a in Registry.with_builtins().all()}
+        self._checked: dict[str, Algorithm] = {}
+        """Algorithms downloaded from central and checked against their digest, by digest."""
         self.site_id = ""
         self.send: Send | None = None
         self.fetch_json: Fetch | None = None
@@ -119,6 +129,13 @@ class LocalJobs:
 
     def get(self, job_id: str) -> LocalJob | None:
         return self._jobs.get(job_id)
+
+    def owner(self, job_id: str) -> LocalJob | None:
+        """The job whose data answers for ``job_id``: itself, or the comparison it is part of."""
+        job = self._jobs.get(job_id)
+        if job is None:
+            job = next((j for j in self._jobs.values() if job_id in j.runners), None)
+        return job
 
     def _merge(self, info: dict[str, Any]) -> LocalJob:
         job_id = str(info["id"])
@@ -182,7 +199,17 @@ class LocalJobs:
 
     async def remote_code(self, job: LocalJob) -> RemoteCode:
         """The job's remote half: built in, or downloaded from central and checked by digest."""
-        algorithm = await self._verified(job)
+        job.algorithm = await self._verified(job.info)
+        return self._code(job.algorithm)
+
+    async def remote_codes(self, job: LocalJob) -> list[RemoteCode]:
+        """Every remote half that runs here for the job: its own, or a comparison's methods
+        that this site takes part in."""
+        if not job.methods:
+            return [await self.remote_code(job)]
+        return [self._code(await self._verified(m)) for m in self._my_methods(job)]
+
+    def _code(self, algorithm: Algorithm) -> RemoteCode:
         _, remote, _ = file_names(algorithm.name)
         return RemoteCode(
             name=algorithm.name,
@@ -190,8 +217,14 @@ class LocalJobs:
             digest=algorithm.digest,
             source=algorithm.files[remote].decode(),
             builtin=algorithm.digest in self._builtins,
-            approved=algorithm.digest in self._builtins or self._approved(algorithm.digest),
+            approved=self._trusted(algorithm),
         )
+
+    def _trusted(self, algorithm: Algorithm) -> bool:
+        return algorithm.digest in self._builtins or self._approved(algorithm.digest)
+
+    def _my_methods(self, job: LocalJob) -> list[dict[str, Any]]:
+        return [m for m in job.methods if self.site_id in m.get("participants", [])]
 
     async def start(self, job: LocalJob) -> None:
         """Mark the site ready: data loaded, remote half trusted; central starts when all are."""
@@ -199,30 +232,41 @@ class LocalJobs:
             raise SiteError(f"the job is {job.state}", status=409)
         if job.table is None:
             raise SiteError("upload this site's CSV first", status=409, field="file")
-        algorithm = await self._verified(job)
-        if algorithm.digest not in self._builtins and not self._approved(algorithm.digest):
-            raise SiteError(
-                f"approve the remote half of {algorithm.name} {algorithm.version} "
-                f"(digest {algorithm.digest[:12]}…) before starting",
-                status=409,
-            )
-        if job.runner is None:
-            job.runner = SiteRunner(
-                site=self.site_id,
-                data=job.table,
-                remote=algorithm.remote,
-                on_event=lambda event: self.publish(job, event),
-                min_rows_floor=self.min_rows_floor,
-            )
+        runners: dict[str, SiteRunner] = {}
+        for method in job.methods and self._my_methods(job) or [job.info]:
+            algorithm = await self._verified(method)
+            if not self._trusted(algorithm):
+                raise SiteError(
+                    f"approve the remote half of {algorithm.name} {algorithm.version} "
+                    f"(digest {algorithm.digest[:12]}…) before starting",
+                    status=409,
+                )
+            runners[str(method["id"])] = self._runner(job, algorithm)
+        if not job.methods:
+            job.algorithm = await self._verified(job.info)
+            job.runner = job.runner or runners[job.job_id]
+        else:
+            job.runners = runners
         job.started = True  # before Ready leaves: central may ask at once
         try:
             await self._send(Ready(job_id=job.job_id))
         except Exception:
             job.started = False  # central never heard it: not ready, data still replaceable
             job.runner = None
+            job.runners = {}
             raise
         self.publish(job, JobEvent(kind="log", message="started: this site is ready"))
         self.publish(job, "state")
+
+    def _runner(self, job: LocalJob, algorithm: Algorithm) -> SiteRunner:
+        assert job.table is not None
+        return SiteRunner(
+            site=self.site_id,
+            data=job.table,
+            remote=algorithm.remote,
+            on_event=lambda event: self.publish(job, event),
+            min_rows_floor=self.min_rows_floor,
+        )
 
     async def cancel(self, job: LocalJob) -> None:
         """Cancel the job everywhere (central stops it at every site) and drop the data here."""
@@ -232,14 +276,15 @@ class LocalJobs:
         self._drop(job, "cancelled here")
         self.publish(job, "state")
 
-    async def _verified(self, job: LocalJob) -> Algorithm:
-        if job.algorithm is not None:
-            return job.algorithm
-        digest = job.digest
+    async def _verified(self, info: dict[str, Any]) -> Algorithm:
+        """The algorithm a job (or a comparison's method) names: built in, or its files from
+        central checked against the pinned digest."""
+        digest = str(info.get("digest", ""))
         if digest in self._builtins:
-            job.algorithm = self._builtins[digest]
-            return job.algorithm
-        name, version = str(job.info["algorithm"]), str(job.info["version"])
+            return self._builtins[digest]
+        if digest in self._checked:
+            return self._checked[digest]
+        name, version = str(info["algorithm"]), str(info["version"])
         files = {
             file: (
                 await self._fetch_text(f"/api/algorithms/{name}/{version}/files/{file}")
@@ -254,21 +299,44 @@ class LocalJobs:
                 status=409,
             )
         try:
-            job.algorithm = load_algorithm(name, files)
+            algorithm = load_algorithm(name, files)
         except AlgorithmInvalid as error:
             raise SiteError(f"the algorithm cannot be loaded here: {error}", status=409) from None
-        return job.algorithm
+        self._checked[digest] = algorithm
+        return algorithm
 
     # ------------------------------------------------------------ answering central
 
-    def runner(self, job_id: str) -> SiteRunner | None:
+    async def runner(self, job_id: str) -> SiteRunner | None:
+        """The runner that answers central for a job, or for a method of a started comparison
+        (one retried since Start is looked up at central and runs on the comparison's data)."""
         job = self._jobs.get(job_id)
-        return job.runner if job is not None else None
+        if job is not None:
+            return job.runner
+        for parent in self._jobs.values():
+            if job_id in parent.runners:
+                return parent.runners[job_id]
+        try:
+            info = await self._fetch_json(f"/api/jobs/{job_id}")
+        except SiteError:
+            return None
+        comparison = self._jobs.get(str(info.get("parent")))
+        if comparison is None or not comparison.started or comparison.table is None:
+            return None
+        try:
+            algorithm = await self._verified(info)
+        except SiteError:
+            return None
+        if not self._trusted(algorithm):
+            return None
+        comparison.runners[job_id] = self._runner(comparison, algorithm)
+        return comparison.runners[job_id]
 
     def _drop(self, job: LocalJob, why: str) -> None:
         had = job.table is not None
         job.table = None
         job.runner = None
+        job.runners = {}
         job.started = False
         if had:
             self.publish(
@@ -279,6 +347,7 @@ class LocalJobs:
         for job in self._jobs.values():
             job.table = None
             job.runner = None
+            job.runners = {}
             job.started = False
 
     # ------------------------------------------------------------ events

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -153,13 +154,21 @@ async def jobs_page(request: Request, site: Site) -> Response:
 
 async def job_context(site: SiteState, job_id: str, **extra: Any) -> dict[str, Any]:
     job = await site.jobs.load(job_id)
-    code: RemoteCode | None = None
+    codes: list[RemoteCode] = []
     code_error = ""
     try:
-        code = await site.jobs.remote_code(job)
+        codes = await site.jobs.remote_codes(job)
     except SiteError as error:
         code_error = error.message
-    return {"job": job, "code": code, "code_error": code_error, "error": "", "nav": "jobs", **extra}
+    return {
+        "job": job,
+        "codes": codes,
+        "trusted": bool(codes) and all(c.approved for c in codes),
+        "code_error": code_error,
+        "error": "",
+        "nav": "jobs",
+        **extra,
+    }
 
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
@@ -199,8 +208,9 @@ async def upload(request: Request, job_id: str, site: Site) -> Response:
 @router.post("/jobs/{job_id}/approve", response_class=HTMLResponse)
 async def approve(request: Request, job_id: str, site: Site) -> Response:
     async def act(job: LocalJob) -> None:
-        code = await site.jobs.remote_code(job)
-        site.store.approve(digest=code.digest, name=code.name, version=code.version)
+        for code in await site.jobs.remote_codes(job):
+            if not code.approved:
+                site.store.approve(digest=code.digest, name=code.name, version=code.version)
 
     return await _job_action(request, site, job_id, act)
 
@@ -231,10 +241,16 @@ async def job_events(request: Request, job_id: str, site: Site) -> EventSourceRe
                 if isinstance(event, JobEvent) and event.kind != "progress":
                     yield ServerSentEvent(event="log", data=fragment("log_line", event=event))
                 else:
-                    code = None
-                    if job.algorithm is not None:
-                        code = await site.jobs.remote_code(job)
-                    values = {"job": job, "code": code, "code_error": "", "error": ""}
+                    codes: list[RemoteCode] = []
+                    with contextlib.suppress(SiteError):
+                        codes = await site.jobs.remote_codes(job)
+                    values = {
+                        "job": job,
+                        "codes": codes,
+                        "trusted": bool(codes) and all(c.approved for c in codes),
+                        "code_error": "",
+                        "error": "",
+                    }
                     yield ServerSentEvent(event="status", data=fragment("job_status", **values))
 
     return EventSourceResponse(stream(), ping=15)

@@ -245,7 +245,7 @@ class Worker:
             return
         if not isinstance(request, Request):
             return
-        runner = self.jobs.runner(request.job_id)
+        runner = await self.jobs.runner(request.job_id)
         if runner is None:
             reply = encode(
                 ErrorReply(
@@ -273,7 +273,7 @@ class Worker:
 
     def _note(self, request: Request, reply: bytes) -> None:
         answer = decode(reply)
-        job = self.jobs.get(request.job_id)
+        job = self.jobs.owner(request.job_id)
         kind = "+".join(op.name for op in request.ops)
         if isinstance(answer, Reply):
             shapes = [_shapes(result) for result in answer.results]

@@ -511,7 +511,7 @@ def test_results_expire_without_a_download(
 
 def test_the_transition_table() -> None:
     assert FINAL == {"completed", "failed", "cancelled", "interrupted"}
-    assert ACTIVE == {"waiting", "running"}
+    assert ACTIVE == {"waiting", "running", "partial"}
     for state, moves in TRANSITIONS.items():
         assert moves <= set(TRANSITIONS), state
         if state in FINAL:

@@ -113,7 +113,16 @@ def test_new_job_page_lists_algorithms_and_sites(central: TestClient) -> None:
     _admin(central)
     page = _soup(central.get("/jobs/new").text)
     radios = page.select("#step-algorithm input[type=radio][name=algorithm]")
-    assert [r["value"] for r in radios] == ["SIMI", "SIMICE"]
+    assert [r["value"] for r in radios] == [
+        "SIMI",
+        "SIMICE",
+        "AVGMMI",
+        "AVGMMICE",
+        "CSLMI",
+        "CSLMICE",
+        "IMI",
+        "IMICE",
+    ]
     assert not any(r.has_attr("checked") for r in radios)
     labels = {str(r["value"]): r.find_parent("label") for r in radios}
     builtins = Registry.with_builtins()

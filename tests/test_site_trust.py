@@ -303,7 +303,7 @@ def test_start_refuses_unapproved_remote_code_then_sends_ready_once_approved() -
     run(site.jobs.start(job))
     assert site.central.sent == [Ready(job_id="1")]
     assert job.started and job.runner is not None
-    assert site.jobs.runner("1") is job.runner
+    assert run(site.jobs.runner("1")) is job.runner
     # Once started, the data cannot be swapped under the runner.
     with pytest.raises(SiteError) as locked:
         site.jobs.upload(job, GOOD_CSV, "other.csv")
@@ -346,7 +346,7 @@ def test_cancel_sends_cancel_and_drops_the_data() -> None:
     assert site.central.sent[-1] == Cancel(job_id="1", reason="cancelled at the site")
     assert isinstance(site.central.sent[-1], Cancel)
     assert job.table is None and job.runner is None and not job.started
-    assert site.jobs.runner("1") is None
+    assert run(site.jobs.runner("1")) is None
     assert any("dropped" in e.message for e in job.events)
 
 

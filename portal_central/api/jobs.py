@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 from federation.data import read_csv
 from federation.errors import InputError
 from portal_central.deps import AdminUser, CurrentUser, StateDep
-from portal_central.errors import FieldInvalid
+from portal_central.errors import FieldInvalid, NotFound
 from portal_central.jobs import service
 from portal_central.jobs.results import result_response
 from portal_central.models import Job, User
@@ -37,11 +37,28 @@ class JobIn(BaseModel):
     imputations: int | None = None
     parameters: dict[str, Any] = Field(default_factory=dict)
     seed: int | None = Field(default=None, ge=0, lt=2**32)
+    compare: list[str] = Field(
+        default_factory=list,
+        description="other methods to run beside the algorithm (a comparison job: one child job "
+        "per method, the pooled exact SIMI or SIMICE added as the reference)",
+    )
 
 
 class ParticipantOut(BaseModel):
     site_id: str
     institution: str
+
+
+class MethodOut(BaseModel):
+    """One method of a comparison: its child job (the newest attempt)."""
+
+    id: int
+    algorithm: str
+    version: str
+    digest: str
+    state: str
+    message: str
+    participants: list[str]
 
 
 class JobOut(BaseModel):
@@ -62,6 +79,8 @@ class JobOut(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     results_available: bool
+    parent: int | None = Field(description="the comparison this job is a method of")
+    methods: list[MethodOut] = Field(description="a comparison's methods (empty for other jobs)")
 
     @classmethod
     def of(cls, job: Job, *, results: bool) -> JobOut:
@@ -86,6 +105,19 @@ class JobOut(BaseModel):
             started_at=job.started_at,
             finished_at=job.finished_at,
             results_available=results,
+            parent=job.parent_id,
+            methods=[
+                MethodOut(
+                    id=child.id,
+                    algorithm=child.algorithm.name,
+                    version=child.algorithm.version,
+                    digest=child.algorithm.digest,
+                    state=child.state,
+                    message=child.message,
+                    participants=[p.user.site_id or "" for p in child.participants],
+                )
+                for child in job.methods
+            ],
         )
 
 
@@ -109,6 +141,7 @@ def create(body: JobIn, admin: AdminUser, state: StateDep) -> JobOut:
             params=params,
             participants=body.participants,
             seed=body.seed,
+            compare=body.compare,
         )
         job_id = job.id
     return _out(state, job_id, admin)
@@ -150,6 +183,26 @@ async def cancel(job_id: int, admin: AdminUser, state: StateDep) -> JobOut:
         service.get_job(session=session, job_id=job_id, user=admin)
     await state.runs.cancel(job_id)
     return _out(state, job_id, admin)
+
+
+@router.post("/{job_id}/retry")
+async def retry(job_id: int, admin: AdminUser, state: StateDep) -> JobOut:
+    """Run a comparison's failed or cancelled method again (a new child job); the comparison."""
+    with state.database.session() as session:
+        service.get_job(session=session, job_id=job_id, user=admin)
+    parent_id = await state.runs.retry(job_id)
+    return _out(state, parent_id, admin)
+
+
+@router.get("/{job_id}/comparison")
+def comparison(job_id: int, admin: AdminUser, state: StateDep) -> dict[str, Any]:
+    """A comparison's side-by-side report: per target each method's coefficients and distance
+    from the reference, and per method its round trips, bytes and seconds."""
+    with state.database.session() as session:
+        job = service.get_job(session=session, job_id=job_id, user=admin)
+        if not job.is_comparison:
+            raise NotFound(f"job {job_id} is not a comparison")
+        return state.runs.comparison(job)
 
 
 @router.get("/{job_id}/result", response_class=Response)

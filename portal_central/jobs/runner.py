@@ -14,11 +14,12 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import select
 
+from federation.compare import comparison_report
 from federation.data import Table, check_columns
 from federation.errors import FipError, InputError
 from federation.job import CENTRAL, JobEvent, JobSpec, Target
@@ -29,7 +30,7 @@ from federation.site import SiteRunner
 from federation.transport import InMemoryTransport, Transport
 from portal_central.db import Database
 from portal_central.errors import Conflict, FieldInvalid
-from portal_central.jobs import status
+from portal_central.jobs import service, status
 from portal_central.models import Job
 from portal_central.sites.connections import Connections, WebSocketTransport
 
@@ -56,6 +57,8 @@ class Run:
     downloaded: bool = False
     purged: str = ""
     """Why the results are gone, for the page ("downloaded and discarded", "expired")."""
+    report: dict[str, Any] | None = None
+    """The finished job's report (no rows in it): kept after the results go, for comparisons."""
 
 
 def spec_of(job: Job) -> JobSpec:
@@ -103,6 +106,11 @@ class Runs:
 
     async def upload_central_data(self, job: Job, table: Table) -> None:
         """Hold central's table for the job (header checked) and start when everyone is ready."""
+        if job.parent_id is not None:
+            raise Conflict(
+                f"job {job.id} is a method of comparison {job.parent_id}: give central's data to "
+                "the comparison"
+            )
         if job.state not in ("created", "waiting"):
             raise Conflict(f"job {job.id} is {job.state}; its data cannot change now")
         try:
@@ -126,11 +134,12 @@ class Runs:
                 return False
             spec = spec_of(job)
             missing = self.missing_sites(job)
+            comparison = job.is_comparison
         if missing:
             return False
-        transport = self.transport_for(spec)
         self._move(job_id, to="running", message="running")
-        run.task = asyncio.create_task(self._execute(run, spec, transport), name=f"job-{job_id}")
+        work = self._compare(run) if comparison else self._execute(run, spec)
+        run.task = asyncio.create_task(work, name=f"job-{job_id}")
         return True
 
     def missing_sites(self, job: Job) -> list[str]:
@@ -204,39 +213,124 @@ class Runs:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _execute(self, run: Run, spec: JobSpec, transport: Transport) -> None:
-        algorithm = self._registry.get(spec.algorithm, spec.version)
+    async def _execute(self, run: Run, spec: JobSpec) -> None:
         assert run.data is not None
+        to, message = await self._engine(run, spec, run.data)
+        self._finish(run, to=to, message=message)
+
+    async def _engine(
+        self, run: Run, spec: JobSpec, data: Table, *, relay: _Relay | None = None
+    ) -> tuple[str, str]:
+        """Run one job's algorithm on central's ``data``: its final state and message. The
+        results stay in ``run``; ``relay`` also shows the events on a comparison's page."""
+        algorithm = self._registry.get(spec.algorithm, spec.version)
+
+        def on_event(event: JobEvent) -> None:
+            self.publish(run.job_id, event)
+            if relay is not None:
+                self.publish(relay.parent_id, relay.event(event))
+
         local = SiteRunner(
-            site=CENTRAL,
-            data=run.data,
-            remote=algorithm.remote,
-            is_central=True,
-            on_event=lambda event: self.publish(run.job_id, event),
+            site=CENTRAL, data=data, remote=algorithm.remote, is_central=True, on_event=on_event
         )
         try:
             result = await run_job(
                 spec=spec,
                 central_module=algorithm.central,
                 local=local,
-                transport=transport,
-                on_event=lambda event: self.publish(run.job_id, event),
+                transport=self.transport_for(spec),
+                on_event=on_event,
             )
         except asyncio.CancelledError:
-            self._finish(run, to="cancelled", message=run.cancel_reason or "cancelled at central")
-            return
+            return "cancelled", run.cancel_reason or "cancelled at central"
         except FipError as error:
-            self._finish(run, to="failed", message=str(error))
-            return
+            return "failed", str(error)
         except Exception as error:  # noqa: BLE001 - a bug must fail the job, not the portal
             log.exception("job %s crashed", run.job_id)
-            self._finish(
-                run, to="failed", message=f"internal error: {type(error).__name__}: {error}"
-            )
-            return
+            return "failed", f"internal error: {type(error).__name__}: {error}"
         run.result = result
+        run.report = result.report
         run.purge_at = time.monotonic() + self._expiry
-        self._finish(run, to="completed", message=_summary(result))
+        return "completed", _summary(result)
+
+    async def _compare(self, run: Run) -> None:
+        """Run a comparison's methods that have not run yet, one after the other, on central's
+        data; then the comparison is completed, or partial when some method failed."""
+        parent_id = run.job_id
+        with self._database.session() as session:
+            parent = session.get(Job, parent_id)
+            assert parent is not None
+            todo = [(c.id, spec_of(c)) for c in parent.methods if c.state == "created"]
+        assert run.data is not None
+        for k, (child_id, spec) in enumerate(todo):
+            child = self.get(child_id)
+            self._move(child_id, to="waiting", message="")
+            self._move(child_id, to="running", message="running")
+            self.publish(child_id, "state")
+            relay = _Relay(parent_id=parent_id, method=spec.algorithm, done=k, of=len(todo))
+            self.publish(parent_id, JobEvent(kind="log", message=f"{spec.algorithm}: started"))
+            to, message = await self._engine(child, spec, run.data, relay=relay)
+            self._move(child_id, to=to, message=message)
+            self.publish(child_id, "state")
+            self.publish(
+                parent_id, JobEvent(kind="log", message=f"{spec.algorithm}: {to}: {message}")
+            )
+            if to == "cancelled":
+                self._cancel_children(parent_id, reason=message)
+                self._finish(run, to="cancelled", message=message)
+                return
+        with self._database.session() as session:
+            parent = session.get(Job, parent_id)
+            assert parent is not None
+            methods = [(c.algorithm.name, c.state) for c in parent.methods]
+        failed = [name for name, state in methods if state != "completed"]
+        if not failed:
+            self._finish(run, to="completed", message=f"{len(methods)} methods compared")
+            return
+        run.task = None  # central keeps the data (and the sites theirs) for a retry
+        self._move(
+            parent_id,
+            to="partial",
+            message=f"{', '.join(failed)} did not complete; retry, or cancel to release the data",
+        )
+        self.publish(parent_id, "state")
+
+    def _cancel_children(self, parent_id: int, *, reason: str) -> None:
+        """Children that have not run are cancelled with their comparison."""
+        with self._database.session() as session:
+            parent = session.get(Job, parent_id)
+            assert parent is not None
+            for child in parent.children:
+                if child.state in ("created", "waiting"):
+                    status.advance(child, to="cancelled", message=f"{reason} before it ran")
+
+    async def retry(self, child_id: int) -> int:
+        """Run a comparison's failed method again (a new child job); the parent's id."""
+        with self._database.session() as session:
+            child = session.get(Job, child_id)
+            assert child is not None
+            attempt = service.new_attempt(session=session, child=child)
+            parent = child.parent
+            assert parent is not None
+            status.advance(parent, to="waiting", message=f"retrying {attempt.algorithm.name}")
+            parent_id = parent.id
+        self.publish(parent_id, JobEvent(kind="log", message=f"retrying job {child_id}"))
+        self.publish(parent_id, "state")
+        await self.start_if_ready(parent_id)
+        return parent_id
+
+    def comparison(self, parent: Job) -> dict[str, Any]:
+        """The side-by-side report of a comparison's methods, from their reports in memory."""
+        entries = [
+            {
+                "algorithm": child.algorithm.name,
+                "status": child.state,
+                "message": child.message,
+                "report": self.get(child.id).report,
+            }
+            for child in parent.methods
+        ]
+        return comparison_report(entries, reference=parent.algorithm.name)
 
     def _finish(self, run: Run, *, to: str, message: str) -> None:
         run.data = None  # central's rows are dropped as soon as the job ends
@@ -249,6 +343,12 @@ class Runs:
 
     async def cancel(self, job_id: int, *, reason: str = "") -> None:
         """Stop a job everywhere: a running one at its next message, a waiting one at once."""
+        with self._database.session() as session:
+            job = session.get(Job, job_id)
+            assert job is not None
+            if job.parent_id is not None:  # a method of a comparison: the comparison stops
+                job_id = job.parent_id
+            state = job.state if job.parent_id is None else ""
         run = self.get(job_id)
         run.cancel_reason = reason or "cancelled at central"
         task = run.task
@@ -257,7 +357,9 @@ class Runs:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             return
-        self._move(job_id, to="cancelled", message=f"{run.cancel_reason} before it started")
+        when = "" if state == "partial" else " before it started"
+        self._move(job_id, to="cancelled", message=f"{run.cancel_reason}{when}")
+        self._cancel_children(job_id, reason=run.cancel_reason)
         run.data = None
         run.ready.clear()
         self.publish(job_id, "state")
@@ -331,7 +433,7 @@ class Runs:
         """Push the job's state and progress to every participant that is online."""
         with self._database.session() as session:
             job = session.get(Job, job_id)
-            if job is None:
+            if job is None or job.parent_id is not None:  # sites follow the comparison itself
                 return
             sites = [p.user.site_id or "" for p in job.participants]
             update = JobUpdate(
@@ -377,7 +479,26 @@ class Runs:
                     "Create the job again and upload the data.",
                 )
                 count += 1
+                for child in job.children:
+                    if child.state == "created":
+                        status.advance(child, to="cancelled", message="central restarted")
         return count
+
+
+@dataclass(frozen=True)
+class _Relay:
+    """Shows a comparison's running method on the comparison's own page."""
+
+    parent_id: int
+    method: str
+    done: int
+    of: int
+
+    def event(self, event: JobEvent) -> JobEvent:
+        if event.kind == "progress" and event.fraction is not None:
+            fraction = (self.done + event.fraction) / self.of
+            return replace(event, fraction=fraction, message=f"{self.method}: {event.message}")
+        return replace(event, message=f"{self.method}: {event.message}")
 
 
 def _summary(result: JobResult) -> str:

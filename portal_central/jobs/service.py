@@ -10,12 +10,14 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
+from federation.compare import reference_for
 from federation.errors import InputError
 from federation.job import make_targets
 from federation.params import resolve_params
 from federation.registry import Registry
 from portal_central import algorithms_store
-from portal_central.errors import FieldInvalid, Forbidden, NotFound
+from portal_central.errors import Conflict, FieldInvalid, Forbidden, NotFound, PortalError
+from portal_central.jobs import status
 from portal_central.models import AlgorithmVersion, Job, JobParticipant, User
 
 
@@ -39,8 +41,14 @@ def create_job(
     params: dict[str, Any],
     participants: Sequence[str],
     seed: int | None,
+    compare: Sequence[str] = (),
 ) -> Job:
-    """Check everything against the algorithm and the header, then record the job."""
+    """Check everything against the algorithm and the header, then record the job.
+
+    With ``compare`` (other methods' names), the job is a comparison: a parent job of the
+    pooled-exact reference (SIMI or SIMICE) with one child job per method, the reference and
+    ``algorithm`` included, all on the same targets, parameters, seed and sites.
+    """
     name = name.strip()
     if not name:
         raise FieldInvalid("give the job a name", field="name")
@@ -53,40 +61,128 @@ def create_job(
     info = algorithms_store.current(
         session=session, registry=registry, name=algorithm, version=version
     )
-    chosen = info.algorithm
+    methods = [info]
+    if compare:
+        methods = _methods(session, registry, info, compare)
     try:
         resolved_targets = make_targets(
             list(columns), [(t.column, t.type) for t in targets], label="the job's columns"
         )
-        chosen.check_targets(t.type for t in resolved_targets)
+        for method in methods:
+            method.algorithm.check_targets(t.type for t in resolved_targets)
     except InputError as error:
         raise FieldInvalid(str(error), field="targets") from None
-    try:
-        resolved = resolve_params(chosen.schema, params, columns=len(columns))
-    except InputError as error:
-        raise FieldInvalid(str(error), field=_param_field(str(error))) from None
+    resolved = {m.name: _resolve(m, params, len(columns), compare=bool(compare)) for m in methods}
     sites = _participants(session, participants)
-    row = session.scalar(select(AlgorithmVersion).where(AlgorithmVersion.digest == info.digest))
-    assert row is not None
-    job = Job(
-        name=name,
-        description=description.strip(),
-        algorithm_version_id=row.id,
-        columns=list(columns),
-        targets=[{"index": t.index, "name": t.name, "type": t.type} for t in resolved_targets],
-        params=resolved,
-        seed=secrets.randbelow(2**32) if seed is None else seed,
-        state="created",
-        message="",
-        created_by_id=creator.id,
-        participants=[
-            JobParticipant(user_id=user.id, position=position)
-            for position, user in enumerate(sites)
-        ],
-    )
+    drawn_seed = secrets.randbelow(2**32) if seed is None else seed
+
+    def make(method: algorithms_store.VersionInfo, title: str) -> Job:
+        row = session.scalar(
+            select(AlgorithmVersion).where(AlgorithmVersion.digest == method.digest)
+        )
+        assert row is not None
+        taking_part = sites if method.algorithm.capabilities.uses_sites else []
+        return Job(
+            name=title,
+            description=description.strip(),
+            algorithm_version_id=row.id,
+            columns=list(columns),
+            targets=[{"index": t.index, "name": t.name, "type": t.type} for t in resolved_targets],
+            params=resolved[method.name],
+            seed=drawn_seed,
+            state="created",
+            message="",
+            created_by_id=creator.id,
+            participants=[
+                JobParticipant(user_id=user.id, position=position)
+                for position, user in enumerate(taking_part)
+            ],
+        )
+
+    job = make(methods[0], name)
+    if compare:
+        job.children = [make(method, f"{name[:180]} · {method.name}") for method in methods]
     session.add(job)
     session.flush()
     return job
+
+
+def new_attempt(*, session: Session, child: Job) -> Job:
+    """A comparison's failed (or cancelled) method as a new child job, to run again."""
+    parent = child.parent
+    if parent is None:
+        raise Conflict(f"job {child.id} is not part of a comparison; create the job again")
+    if child.state not in status.RETRYABLE:
+        raise Conflict(
+            f"job {child.id} is {child.state}; only a failed or cancelled method is retried"
+        )
+    if parent.state != "partial":
+        raise Conflict(
+            f"comparison {parent.id} is {parent.state}; methods are retried once the others "
+            "are done and central still holds its data"
+        )
+    if child not in parent.methods:
+        raise Conflict(f"job {child.id} has been retried already")
+    attempt = Job(
+        name=child.name,
+        description=child.description,
+        algorithm_version_id=child.algorithm_version_id,
+        columns=list(child.columns),
+        targets=list(child.targets),
+        params=dict(child.params),
+        seed=child.seed,
+        state="created",
+        message=f"retry of job {child.id}",
+        created_by_id=child.created_by_id,
+        participants=[
+            JobParticipant(user_id=p.user_id, position=p.position) for p in child.participants
+        ],
+    )
+    parent.children.append(attempt)
+    session.flush()
+    return attempt
+
+
+def _methods(
+    session: Session,
+    registry: Registry,
+    chosen: algorithms_store.VersionInfo,
+    compare: Sequence[str],
+) -> list[algorithms_store.VersionInfo]:
+    """The comparison's methods: the reference first, then the chosen one, then the others."""
+    infos = {chosen.name: chosen}
+    for other in compare:
+        if other not in infos:
+            try:
+                infos[other] = algorithms_store.current(
+                    session=session, registry=registry, name=other, version=None
+                )
+            except PortalError as error:
+                raise FieldInvalid(error.message, field="compare") from None
+    try:
+        reference = reference_for([i.algorithm for i in infos.values()])
+    except InputError as error:
+        raise FieldInvalid(str(error), field="compare") from None
+    if reference not in infos:
+        infos[reference] = algorithms_store.current(
+            session=session, registry=registry, name=reference, version=None
+        )
+    ordered = [infos.pop(reference), *infos.values()]
+    if len(ordered) < 2:
+        raise FieldInvalid(
+            f"choose at least one method to compare with {reference}", field="compare"
+        )
+    return ordered
+
+
+def _resolve(
+    method: algorithms_store.VersionInfo, params: dict[str, Any], columns: int, *, compare: bool
+) -> dict[str, Any]:
+    try:
+        return resolve_params(method.algorithm.schema, params, columns=columns)
+    except InputError as error:
+        message = f"{method.name}: {error}" if compare else str(error)
+        raise FieldInvalid(message, field=_param_field(str(error))) from None
 
 
 def _participants(session: Session, site_ids: Sequence[str]) -> list[User]:
@@ -114,12 +210,15 @@ def _query() -> Any:
         selectinload(Job.participants).selectinload(JobParticipant.user),
         selectinload(Job.algorithm),
         selectinload(Job.created_by),
+        selectinload(Job.children).selectinload(Job.algorithm),
+        selectinload(Job.children).selectinload(Job.participants).selectinload(JobParticipant.user),
+        selectinload(Job.parent),
     )
 
 
 def list_jobs(*, session: Session, user: User) -> list[Job]:
     """Admins see every job; a site user sees the jobs its site takes part in."""
-    query = _query().order_by(Job.id.desc())
+    query = _query().where(Job.parent_id.is_(None)).order_by(Job.id.desc())
     if user.role != "admin":
         query = query.join(JobParticipant).where(JobParticipant.user_id == user.id)
     return list(session.scalars(query))

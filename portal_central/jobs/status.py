@@ -2,6 +2,11 @@
 
 created -> waiting (central's data is in; waiting for every site to be online and ready)
         -> running -> completed | failed | cancelled | interrupted (central restarted mid-job)
+
+A comparison (a parent job whose children are one job per method) aggregates its children:
+running -> completed when every method completed, else partial (some failed: central and the
+sites keep their data so that a failed method can be retried: partial -> waiting -> running).
+A child that failed is retried as a new child job; the failed one stays as a record.
 """
 
 from __future__ import annotations
@@ -14,14 +19,17 @@ from portal_central.models import Job, utcnow
 TRANSITIONS: dict[str, frozenset[str]] = {
     "created": frozenset({"waiting", "cancelled"}),
     "waiting": frozenset({"created", "running", "cancelled", "interrupted"}),
-    "running": frozenset({"completed", "failed", "cancelled", "interrupted"}),
+    "running": frozenset({"completed", "failed", "partial", "cancelled", "interrupted"}),
+    "partial": frozenset({"waiting", "cancelled", "interrupted"}),
     "completed": frozenset(),
     "failed": frozenset(),
     "cancelled": frozenset(),
     "interrupted": frozenset(),
 }
 FINAL = frozenset(state for state, moves in TRANSITIONS.items() if not moves)
-ACTIVE = frozenset({"waiting", "running"})
+ACTIVE = frozenset({"waiting", "running", "partial"})
+RETRYABLE = frozenset({"failed", "cancelled", "interrupted"})
+"""States of a comparison's child that a retry replaces."""
 
 
 def advance(job: Job, *, to: str, message: str = "", now: datetime | None = None) -> None:

@@ -13,14 +13,16 @@ from sqlalchemy import select
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.datastructures import FormData, UploadFile
 
+from federation.compare import REFERENCE_CHAINED, REFERENCE_SINGLE
 from federation.data import read_csv
 from federation.errors import InputError
 from federation.job import JobEvent
+from federation.outputs import report_json
 from federation.registry import Algorithm
 from federation.web import ENVIRONMENT, PAGE_DEFAULTS, is_htmx, render
 from portal_central import algorithms_store as store
 from portal_central.deps import AdminUser, CurrentUser, StateDep
-from portal_central.errors import FieldInvalid, PortalError
+from portal_central.errors import FieldInvalid, NotFound, PortalError
 from portal_central.jobs import service
 from portal_central.jobs.header import ColumnSummary, summarize
 from portal_central.jobs.results import Format, result_response
@@ -28,6 +30,7 @@ from portal_central.models import User
 from portal_central.state import CentralState
 
 router = APIRouter(prefix="/jobs")
+EXACT = (REFERENCE_SINGLE, REFERENCE_CHAINED)
 
 
 @router.get("", response_class=HTMLResponse)
@@ -51,7 +54,13 @@ def parameters_step(
     return render(
         request,
         "central/jobs/new.html",
-        {"fields": _param_fields(chosen, {}), "errors": {}, "chosen": chosen},
+        {
+            "fields": _param_fields(chosen, {}),
+            "errors": {},
+            "chosen": chosen,
+            "compare_options": _compare_options(state, chosen),
+            "values": {"compare": []},
+        },
         block="parameters",
     )
 
@@ -107,6 +116,7 @@ async def create_job(request: Request, admin: AdminUser, state: StateDep) -> Res
                 params=params,
                 participants=values["participants"],
                 seed=seed,
+                compare=values["compare"],
             )
             job_id = job.id
     except PortalError as error:
@@ -132,9 +142,11 @@ def _job_context(state: CentralState, job_id: int, user: User, **extra: Any) -> 
         job = service.get_job(session=session, job_id=job_id, user=user)
         missing = state.runs.missing_sites(job) if job.state == "waiting" else []
         site_status = state.runs.site_status(job)
+        comparison = state.runs.comparison(job) if job.is_comparison else None
     run = state.runs.get(job_id)
     return {
         "job": job,
+        "comparison": comparison,
         "run": run,
         "missing": missing,
         "site_status": site_status,
@@ -167,6 +179,48 @@ async def upload_data(request: Request, job_id: int, admin: AdminUser, state: St
             status_code=error.status_code,
         )
     return _status_or_redirect(request, state, job_id, admin)
+
+
+@router.post("/{job_id}/retry", response_class=HTMLResponse)
+async def retry(request: Request, job_id: int, admin: AdminUser, state: StateDep) -> Response:
+    """Run a comparison's failed method again; the comparison's page shows it."""
+    with state.database.session() as session:
+        job = service.get_job(session=session, job_id=job_id, user=admin)
+        parent_id = job.parent_id or job.id
+    try:
+        await state.runs.retry(job_id)
+    except PortalError as error:
+        context = _job_context(state, parent_id, admin, error=error.message)
+        if is_htmx(request):
+            return render(
+                request,
+                "central/jobs/detail.html",
+                context,
+                block="job_status",
+                status_code=error.status_code,
+            )
+        return render(
+            request,
+            "central/jobs/detail.html",
+            {**context, "nav": "jobs"},
+            status_code=error.status_code,
+        )
+    return _status_or_redirect(request, state, parent_id, admin)
+
+
+@router.get("/{job_id}/comparison")
+def comparison_download(job_id: int, admin: AdminUser, state: StateDep) -> Response:
+    """The comparison's side-by-side report as JSON (fits and costs; no data)."""
+    with state.database.session() as session:
+        job = service.get_job(session=session, job_id=job_id, user=admin)
+        if not job.is_comparison:
+            raise NotFound(f"job {job_id} is not a comparison")
+        report = state.runs.comparison(job)
+    return Response(
+        report_json(report),
+        media_type="application/json",
+        headers={"Content-Disposition": f'attachment; filename="job-{job_id}-comparison.json"'},
+    )
 
 
 @router.post("/{job_id}/cancel", response_class=HTMLResponse)
@@ -259,6 +313,7 @@ def _empty_form() -> dict[str, Any]:
         "types": {},
         "params": {},
         "participants": [],
+        "compare": [],
     }
 
 
@@ -286,6 +341,7 @@ def _read_form(form: FormData) -> dict[str, Any]:
             k[6:]: v for k, v in form.items() if k.startswith("param:") and isinstance(v, str)
         },
         "participants": [v for v in form.getlist("participants") if isinstance(v, str)],
+        "compare": [v for v in form.getlist("compare") if isinstance(v, str)],
     }
 
 
@@ -311,13 +367,16 @@ def _wizard(
         if not info.retired:
             newest[info.name] = info
     chosen = newest[values["algorithm"]].algorithm if values["algorithm"] in newest else None
+    # The pooled exact methods first: the ones to use unless there is a reason not to.
+    listed = sorted(newest.values(), key=lambda i: (i.name not in EXACT, i.name))
     return render(
         request,
         "central/jobs/new.html",
         {
-            "algorithms": list(newest.values()),
+            "algorithms": listed,
             "chosen": chosen,
             "fields": _param_fields(chosen, values["params"]) if chosen else [],
+            "compare_options": _compare_options(state, chosen) if chosen else [],
             "sites": sites,
             "online": {s.site_id: state.connections.online(s.site_id or "") for s in sites},
             "values": values,
@@ -330,6 +389,19 @@ def _wizard(
         },
         status_code=status,
     )
+
+
+def _compare_options(state: CentralState, chosen: Algorithm) -> list[store.VersionInfo]:
+    """Methods a job of ``chosen`` can be compared with: the others of its kind."""
+    with state.database.session() as session:
+        infos = store.versions(session=session, registry=state.registry)
+    newest = {i.name: i for i in infos if not i.retired}
+    kind = chosen.capabilities.multiple_targets
+    return [
+        info
+        for name, info in sorted(newest.items())
+        if name != chosen.name and info.algorithm.capabilities.multiple_targets == kind
+    ]
 
 
 def _algorithm(state: CentralState, name: str) -> Algorithm:
