@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from algorithms._stats import Fit, fit_own, gaussian_stats, logistic_stats, score
+from federation.errors import FitError
 from federation.site import SiteJob
 
 
@@ -25,18 +26,22 @@ def _kind(site: SiteJob, target: int) -> str:
 
 
 def _own_fit(site: SiteJob, target: int, **options: Any) -> Fit:
+    """A fit on this participant's rows alone; a failure says whose rows they are."""
     spec_target = next(t for t in site.targets if t.index == target)
-    return fit_own(
-        site.state["z"],
-        _rows(site, target),
-        target - 1,
-        spec_target.type,
-        ridge=float(site.params["ridge"]),
-        max_iter=int(site.params["max_iter"]),
-        names=site.spec.predictors(spec_target),
-        target=spec_target.name,
-        **options,
-    )
+    try:
+        return fit_own(
+            site.state["z"],
+            _rows(site, target),
+            target - 1,
+            spec_target.type,
+            ridge=float(site.params["ridge"]),
+            max_iter=int(site.params["max_iter"]),
+            names=site.spec.predictors(spec_target),
+            target=spec_target.name,
+            **options,
+        )
+    except FitError as error:
+        raise FitError(f"{site.data.label}, fitting its own rows: {error}") from None
 
 
 def gaussian_stats_handler(site: SiteJob, *, target: int) -> dict[str, Any]:

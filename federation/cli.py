@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,6 +38,10 @@ Cells that are empty, NA, NaN, nan, N/A or NULL are missing.
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # The engine's log lines are for the portals' logs; here warnings are printed once, below.
+    engine = logging.getLogger("federation")
+    if not engine.handlers:
+        engine.addHandler(logging.NullHandler())
     parser = _parser()
     args = parser.parse_args(argv)
     try:
@@ -232,6 +237,9 @@ def _compare(args: argparse.Namespace) -> int:
     ]
     table = format_table(comparison)
     written += write_comparison(comparison, table, args.out)
+    for name, result in results.items():
+        for warning in result.report["warnings"]:
+            print(f"fip: warning: {name}: {warning}", file=sys.stderr)
     names = ", ".join(m.name for m in methods)
     print(f"compared {names} on {central.label} (seed {comparison['seed']})")
     print(table)

@@ -153,9 +153,15 @@ def comparison_report(methods: Sequence[Mapping[str, Any]], *, reference: str) -
             if summary is None:
                 continue
             result = dict(summary)
-            if reference_beta is not None:
-                result["distance"] = distance(summary["coefficients"], reference_beta)
+            gap = (
+                None
+                if reference_beta is None
+                else distance(summary["coefficients"], reference_beta)
+            )
+            if gap is not None:
+                result["distance"] = gap
             entry["methods"][method["algorithm"]] = result
+        entry["coefficients"] = coefficient_names(entry)
         rows.append(entry)
     return {
         "reference": reference,
@@ -170,16 +176,27 @@ def comparison_report(methods: Sequence[Mapping[str, Any]], *, reference: str) -
     }
 
 
-def distance(coefficients: Mapping[str, float], reference: Mapping[str, float]) -> dict[str, float]:
-    """How far coefficients are from the reference's: relative L2 and largest absolute gap."""
-    names = list(reference)
+def distance(
+    coefficients: Mapping[str, float], reference: Mapping[str, float]
+) -> dict[str, Any] | None:
+    """How far coefficients are from the reference's: relative L2 and largest absolute gap.
+
+    Over the coefficients both have (a method with a smaller model, such as an intercept-only
+    one, is measured on those it fits, and ``over`` lists them); None when they share none.
+    """
+    names = [n for n in reference if n in coefficients]
+    if not names:
+        return None
     a = np.array([coefficients[n] for n in names])
     b = np.array([reference[n] for n in names])
     norm = float(np.linalg.norm(b))
-    return {
+    result: dict[str, Any] = {
         "relative": float(np.linalg.norm(a - b) / norm) if norm else float(np.linalg.norm(a - b)),
         "max_abs": float(np.max(np.abs(a - b))),
     }
+    if len(names) < len(reference):
+        result["over"] = names
+    return result
 
 
 def _cost(method: Mapping[str, Any]) -> dict[str, Any]:
@@ -202,6 +219,14 @@ def _cost(method: Mapping[str, Any]) -> dict[str, Any]:
     return entry
 
 
+def coefficient_names(target: Mapping[str, Any]) -> list[str]:
+    """Every coefficient any method fitted for a target, in the order they first appear."""
+    names: dict[str, None] = {}
+    for method in target["methods"].values():
+        names.update(dict.fromkeys(method["coefficients"]))
+    return list(names)
+
+
 def format_table(comparison: Mapping[str, Any]) -> str:
     """The report as plain text: a table of coefficients per target, then the costs."""
     lines: list[str] = []
@@ -211,12 +236,13 @@ def format_table(comparison: Mapping[str, Any]) -> str:
         if not methods:
             continue
         lines.append(f"target '{target['name']}' ({target['type']})")
-        names = list(target["methods"][methods[0]]["coefficients"])
+        names = coefficient_names(target)
         width = max(len(n) for n in [*names, "distance from " + reference, "rows"]) + 2
         lines.append(" " * width + "".join(f"{m:>12}" for m in methods))
         for name in names:
             values = "".join(
-                f"{target['methods'][m]['coefficients'][name]:>12.5g}" for m in methods
+                f"{target['methods'][m]['coefficients'].get(name, float('nan')):>12.5g}"
+                for m in methods
             )
             lines.append(f"{name:<{width}}{values}")
         lines.append(

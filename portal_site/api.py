@@ -154,12 +154,14 @@ async def cancel(job_id: str, site: Site) -> JobOut:
 @router.post("/algorithms/{digest}/approve")
 async def approve(digest: str, site: Site) -> dict[str, str]:
     """Approve the remote half with this digest (it must be the code of one of this site's jobs,
-    downloaded from central and checked against the digest)."""
+    or of a method of one of its comparisons, downloaded from central and checked against the
+    digest)."""
     for local in await site.jobs.refresh():
-        if local.digest == digest:
-            code = await site.jobs.remote_code(local)
-            site.store.approve(digest=code.digest, name=code.name, version=code.version)
-            return {"digest": code.digest, "name": code.name, "version": code.version}
+        if digest == local.digest or any(m.get("digest") == digest for m in local.methods):
+            for code in await site.jobs.remote_codes(local):
+                if code.digest == digest:
+                    site.store.approve(digest=code.digest, name=code.name, version=code.version)
+                    return {"digest": code.digest, "name": code.name, "version": code.version}
     raise SiteError(f"no job of this site uses an algorithm with digest {digest}", status=404)
 
 

@@ -123,6 +123,19 @@ def design_of(values: np.ndarray, target: int) -> tuple[np.ndarray, np.ndarray]:
     return x, values[:, target - 1]
 
 
+def mean_filled_design(values: np.ndarray, target: int) -> tuple[np.ndarray, np.ndarray]:
+    """One participant's (X, y) for the first chained fit of ``target``: the rows whose
+    non-target columns (x1..x3) are complete; g's and b's missing cells filled with the
+    participant's observed mean over those rows; then the rows where ``target`` was observed."""
+    kept = values[~np.isnan(values[:, :3]).any(axis=1)]
+    observed = ~np.isnan(kept[:, target - 1])
+    filled = kept.copy()
+    for column in (G - 1, B - 1):
+        missing = np.isnan(kept[:, column])
+        filled[missing, column] = kept[~missing, column].mean()
+    return design_of(filled[observed], target)
+
+
 @dataclass(frozen=True)
 class Ridge:
     """A Gaussian ridge fit on one set of rows: beta, SSE at beta, the penalised Gram, n."""
@@ -354,7 +367,7 @@ def test_imice_imputes_exactly_as_simice_without_sites() -> None:
     imputed dataset byte-identical to SIMICE's with no site, same seed."""
     central, sites = chained_data(33)
     targets = [("g", "gaussian"), ("b", "logistic")]
-    params = {
+    params: dict[str, Any] = {
         "imputations": 2,
         "iteration_before_first_imputation": 2,
         "iteration_between_imputations": 1,
@@ -378,7 +391,7 @@ def test_imice_first_fit_uses_central_rows_only() -> None:
 
     result = run("IMICE", central, sites, [("g", "gaussian"), ("b", "logistic")], imputations=1)
 
-    (x, y), _ = mean_filled_designs(central.values, G)
+    x, y = mean_filled_design(central.values, G)
     reference = ridge_gaussian(x, y, RIDGE)
     first = result.report["fits"][0]
     assert (first["target"], first["cycle"], first["n"]) == ("g", 1, y.size)
@@ -594,20 +607,6 @@ def test_chained_one_shot_methods_cost_one_request_per_target_per_cycle(algorith
 # ---------------------------------------------------------------- chained: the first fit
 
 
-def mean_filled_designs(
-    values: np.ndarray, target: int
-) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
-    """One participant's (X, y) for the first fit of ``target``: rows whose non-target columns
-    (x1..x3) are complete, g and b's missing cells filled with the participant's observed mean
-    (over those rows), the rows where ``target`` was observed. Also the filled data."""
-    kept = values[~np.isnan(values[:, :3]).any(axis=1)].copy()
-    for column in (G - 1, B - 1):
-        missing = np.isnan(kept[:, column])
-        kept[missing, column] = kept[~missing, column].mean()
-    observed = ~np.isnan(values[~np.isnan(values[:, :3]).any(axis=1), target - 1])
-    return design_of(kept[observed], target), kept
-
-
 @pytest.mark.parametrize("algorithm", ["AVGMMICE", "CSLMICE"])
 def test_chained_first_fit_on_mean_filled_data(algorithm: str, drawn_fits: list[Fit]) -> None:
     """The first fit (cycle 1, Gaussian g) is the method's fit on the mean-filled data: each
@@ -615,7 +614,7 @@ def test_chained_first_fit_on_mean_filled_data(algorithm: str, drawn_fits: list[
     and fits g on the rows where g was observed. AVGMMICE: the n-weighted average of the own
     fits; CSLMICE: the closed form of the surrogate around central's own fit."""
     central, sites = chained_data(71)
-    designs = [mean_filled_designs(v, G)[0] for v in participants(central, sites)]
+    designs = [mean_filled_design(v, G) for v in participants(central, sites)]
     n = sum(y.size for _, y in designs)
 
     result = run(
@@ -765,6 +764,21 @@ def test_avgmmi_without_ridge_names_the_site_with_a_constant_column() -> None:
     assert list(raised.value.failures) == ["site2"]
     message = str(raised.value)
     assert "site 'site2'" in message
+    assert "'x2'" in message and "constant" in message
+
+
+def test_avgmmi_without_ridge_says_when_centrals_own_rows_are_singular() -> None:
+    """The same at central: the error says the rows are central's own, not the pooled ones."""
+    central, sites = single_data(83, G)
+    values = central.values.copy()
+    values[:, 1] = 0.5
+    spoiled = table("central", COLUMNS, values)
+
+    with pytest.raises(FitError) as raised:
+        run("AVGMMI", spoiled, sites, [("g", "gaussian")], ridge=0.0, imputations=1)
+
+    message = str(raised.value)
+    assert message.startswith(f"{spoiled.label}, fitting its own rows: target 'g'")
     assert "'x2'" in message and "constant" in message
 
 

@@ -18,6 +18,12 @@ _TYPES = {"zip": "application/zip", "long": "text/csv; charset=utf-8", "report":
 def result_response(*, runs: Runs, job: Job, format: Format) -> Response:
     """The file, built in memory; a data download starts the short grace before discarding."""
     run = runs.get(job.id)
+    if job.is_comparison:
+        ids = ", ".join(f"{c.algorithm.name}: job {c.id}" for c in job.methods)
+        raise Conflict(
+            f"job {job.id} is a comparison: each method's imputed data is its own job's ({ids}); "
+            "the comparison's report is at /comparison"
+        )
     if run.result is None:
         if run.purged:
             raise NotFound(f"the results of job {job.id} were {run.purged}; run the job again")

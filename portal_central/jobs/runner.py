@@ -270,6 +270,8 @@ class Runs:
             relay = _Relay(parent_id=parent_id, method=spec.algorithm, done=k, of=len(todo))
             self.publish(parent_id, JobEvent(kind="log", message=f"{spec.algorithm}: started"))
             to, message = await self._engine(child, spec, run.data, relay=relay)
+            if to == "cancelled":  # the reason was given to the comparison, not to its method
+                message = run.cancel_reason or message
             self._move(child_id, to=to, message=message)
             self.publish(child_id, "state")
             self.publish(
@@ -346,9 +348,9 @@ class Runs:
         with self._database.session() as session:
             job = session.get(Job, job_id)
             assert job is not None
-            if job.parent_id is not None:  # a method of a comparison: the comparison stops
-                job_id = job.parent_id
-            state = job.state if job.parent_id is None else ""
+            if job.parent is not None:  # a method of a comparison: the comparison stops
+                job = job.parent
+            job_id, state = job.id, job.state
         run = self.get(job_id)
         run.cancel_reason = reason or "cancelled at central"
         task = run.task

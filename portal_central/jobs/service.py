@@ -72,7 +72,14 @@ def create_job(
             method.algorithm.check_targets(t.type for t in resolved_targets)
     except InputError as error:
         raise FieldInvalid(str(error), field="targets") from None
-    resolved = {m.name: _resolve(m, params, len(columns), compare=bool(compare)) for m in methods}
+    if compare:
+        _check_shared_params(methods, params)
+    resolved = {
+        m.name: _resolve(
+            m, _taken_by(m, params) if compare else params, len(columns), named=bool(compare)
+        )
+        for m in methods
+    }
     sites = _participants(session, participants)
     drawn_seed = secrets.randbelow(2**32) if seed is None else seed
 
@@ -175,13 +182,34 @@ def _methods(
     return ordered
 
 
+def _taken_by(method: algorithms_store.VersionInfo, params: dict[str, Any]) -> dict[str, Any]:
+    """A comparison's parameters that this method takes (each method has its own schema)."""
+    known = method.algorithm.schema.get("properties", {})
+    return {name: value for name, value in params.items() if name in known}
+
+
+def _check_shared_params(
+    methods: Sequence[algorithms_store.VersionInfo], params: dict[str, Any]
+) -> None:
+    known: set[str] = set()
+    for method in methods:
+        known.update(method.algorithm.schema.get("properties", {}))
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise FieldInvalid(
+            f"no method of this comparison takes parameter {', '.join(map(repr, unknown))}",
+            field="params",
+        )
+
+
 def _resolve(
-    method: algorithms_store.VersionInfo, params: dict[str, Any], columns: int, *, compare: bool
+    method: algorithms_store.VersionInfo, params: dict[str, Any], columns: int, *, named: bool
 ) -> dict[str, Any]:
+    """The method's parameters, checked; in a comparison, a message names the method."""
     try:
         return resolve_params(method.algorithm.schema, params, columns=columns)
     except InputError as error:
-        message = f"{method.name}: {error}" if compare else str(error)
+        message = f"{method.name}: {error}" if named else str(error)
         raise FieldInvalid(message, field=_param_field(str(error))) from None
 
 
