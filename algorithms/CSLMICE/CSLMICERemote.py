@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from algorithms import _chained
 from algorithms._site import gradient_handler, local_fit_handler, surrogate_fit_handler
+from federation.site import SiteJob
 
-prepare = _chained.prepare
+
+def prepare(site: SiteJob) -> dict[str, Any]:
+    """Keep rows whose non-target columns are complete; fill each target with the site's mean."""
+    return _chained.prepare(site)
 
 
 HANDLERS = {
