@@ -9,7 +9,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from federation import __version__
 from federation.data import Table, read_csv
@@ -163,12 +163,7 @@ def _simulate(args: argparse.Namespace) -> int:
     if args.compare is not None:
         return _compare(args)
     algorithm = _algorithm(args.algorithm)
-    central = read_csv(args.central)
-    sites = _read_sites(args.site)
-    params = dict(parse_param(p) for p in args.param)
-    if args.imputations is not None:
-        params["imputations"] = args.imputations
-    targets = [_parse_target(text) for text in args.target]
+    central, sites, targets, params = _inputs(args)
     if sites and not algorithm.capabilities.uses_sites:
         print(
             f"fip: note: {algorithm.name} uses central's data only; "
@@ -209,12 +204,7 @@ def _compare(args: argparse.Namespace) -> int:
 
     chosen = [_algorithm(name.strip()) for name in args.compare.split(",") if name.strip()]
     methods = methods_to_compare(chosen, Registry.with_builtins())
-    central = read_csv(args.central)
-    sites = _read_sites(args.site)
-    params = dict(parse_param(p) for p in args.param)
-    if args.imputations is not None:
-        params["imputations"] = args.imputations
-    targets = [_parse_target(text) for text in args.target]
+    central, sites, targets, params = _inputs(args)
     progress = _Progress(sys.stderr)
     comparison, results = asyncio.run(
         simulate_comparison(
@@ -247,6 +237,19 @@ def _compare(args: argparse.Namespace) -> int:
         print(f"  {path}")
     failed = [m for m in comparison["methods"] if m["status"] != "completed"]
     return 1 if failed else 0
+
+
+def _inputs(
+    args: argparse.Namespace,
+) -> tuple[Table, dict[str, Table], list[tuple[str | int, str]], dict[str, Any]]:
+    """Central's and the sites' tables, the targets and the parameters ``simulate`` was given."""
+    central = read_csv(args.central)
+    sites = _read_sites(args.site)
+    params = dict(parse_param(p) for p in args.param)
+    if args.imputations is not None:
+        params["imputations"] = args.imputations
+    targets = [_parse_target(text) for text in args.target]
+    return central, sites, targets, params
 
 
 def _algorithms(args: argparse.Namespace) -> int:

@@ -163,21 +163,7 @@ async def upload_data(request: Request, job_id: int, admin: AdminUser, state: St
     async with request.form() as form:
         error = await _take_central_data(state, job_id, admin, form.get("file"))
     if error is not None:
-        context = _job_context(state, job_id, admin, error=error.message)
-        if is_htmx(request):
-            return render(
-                request,
-                "central/jobs/detail.html",
-                context,
-                block="job_status",
-                status_code=error.status_code,
-            )
-        return render(
-            request,
-            "central/jobs/detail.html",
-            {**context, "nav": "jobs"},
-            status_code=error.status_code,
-        )
+        return _error_page(request, state, job_id, admin, error)
     return _status_or_redirect(request, state, job_id, admin)
 
 
@@ -190,21 +176,7 @@ async def retry(request: Request, job_id: int, admin: AdminUser, state: StateDep
     try:
         await state.runs.retry(job_id)
     except PortalError as error:
-        context = _job_context(state, parent_id, admin, error=error.message)
-        if is_htmx(request):
-            return render(
-                request,
-                "central/jobs/detail.html",
-                context,
-                block="job_status",
-                status_code=error.status_code,
-            )
-        return render(
-            request,
-            "central/jobs/detail.html",
-            {**context, "nav": "jobs"},
-            status_code=error.status_code,
-        )
+        return _error_page(request, state, parent_id, admin, error)
     return _status_or_redirect(request, state, parent_id, admin)
 
 
@@ -248,6 +220,27 @@ async def _take_central_data(
     except PortalError as error:
         return error
     return None
+
+
+def _error_page(
+    request: Request, state: CentralState, job_id: int, user: User, error: PortalError
+) -> Response:
+    """The job's page (or, for HTMX, its status block) with the error shown where it happened."""
+    context = _job_context(state, job_id, user, error=error.message)
+    if is_htmx(request):
+        return render(
+            request,
+            "central/jobs/detail.html",
+            context,
+            block="job_status",
+            status_code=error.status_code,
+        )
+    return render(
+        request,
+        "central/jobs/detail.html",
+        {**context, "nav": "jobs"},
+        status_code=error.status_code,
+    )
 
 
 def _status_or_redirect(request: Request, state: CentralState, job_id: int, user: User) -> Response:
