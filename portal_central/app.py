@@ -159,7 +159,9 @@ def _wants_json(request: Request) -> bool:
 async def _portal_error(request: Request, error: PortalError) -> Response:
     if _wants_json(request):
         return JSONResponse(
-            {"detail": error.message, "field": error.field}, status_code=error.status_code
+            {"detail": error.message, "field": error.field},
+            status_code=error.status_code,
+            headers=getattr(error, "headers", None),  # Retry-After of a 429
         )
     if isinstance(error, Unauthorized) and request.method == "GET" and not is_htmx(request):
         return RedirectResponse(f"/sign-in?next={request.url.path}", status_code=303)

@@ -19,7 +19,7 @@ from portal_central.settings import CentralSettings
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     central = commands.add_parser(
         "central",
-        help="run the central portal, or manage it (create-admin, db upgrade)",
+        help="run the central portal, or manage it (create-admin, unlock, db upgrade)",
         description="Run the central portal (HTTPS pages, JSON API and the sites' WebSocket on "
         "one port). Every setting is also an environment variable FIP_CENTRAL_<NAME>; flags win.",
     )
@@ -48,6 +48,15 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     admin.add_argument("--email", required=True)
     admin.add_argument("--password", help="the password; prompted for when omitted")
     admin.set_defaults(handler=_create_admin)
+
+    unlock = actions.add_parser(
+        "unlock",
+        help="let an account sign in again at once: clear its failed sign-ins and its wait",
+        description="Clear the failed sign-ins counted against USERNAME and the wait they "
+        "impose (the waits of client addresses are kept). Works while central is running.",
+    )
+    unlock.add_argument("username", metavar="USERNAME", help="the account, e.g. admin")
+    unlock.set_defaults(handler=_unlock)
 
     cert = actions.add_parser(
         "dev-cert",
@@ -142,6 +151,21 @@ def _create_admin(args: argparse.Namespace) -> int:
     finally:
         database.dispose()
     print(f"admin '{user.username}' created in {settings.database}", file=sys.stdout)
+    return 0
+
+
+def _unlock(args: argparse.Namespace) -> int:
+    settings = settings_from(args).prepare()
+    upgrade(settings.database)
+    database = Database(settings.database)
+    try:
+        with database.session() as session:
+            user = service.unlock(session=session, username=args.username)
+    except PortalError as error:
+        raise InputError(error.message) from None
+    finally:
+        database.dispose()
+    print(f"'{user.username}' may sign in again now: its failed sign-ins are cleared")
     return 0
 
 

@@ -47,8 +47,6 @@ class User(Base):
     site_id: Mapped[str | None] = mapped_column(String(16), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     decided_at: Mapped[datetime | None]
-    failed_sign_ins: Mapped[int] = mapped_column(Integer, default=0)
-    locked_until: Mapped[datetime | None]
     token_version: Mapped[int] = mapped_column(Integer, default=0)
     """Raised when the account is disabled: every access token and session issued before dies."""
 
@@ -63,11 +61,26 @@ class RefreshToken(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    family_id: Mapped[str] = mapped_column(String(32), index=True)
+    """Shared by a sign-in's token and every token rotated from it: presenting a rotated token
+    again (a stolen copy, or the original after the thief used it) revokes the family."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime]
     revoked_at: Mapped[datetime | None]
 
     user: Mapped[User] = relationship(back_populates="refresh_tokens")
+
+
+class SignInThrottle(Base):
+    """Recent failed sign-ins of one username (``account:NAME``, existing or not) or one client
+    address (``client:ADDRESS``), and until when its next attempt is refused unchecked."""
+
+    __tablename__ = "sign_in_throttles"
+
+    key: Mapped[str] = mapped_column(String(160), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer)
+    last_failure_at: Mapped[datetime] = mapped_column(index=True)
+    wait_until: Mapped[datetime | None]
 
 
 class SignedOutSession(Base):

@@ -42,8 +42,24 @@ class CentralSettings(BaseSettings):
     access_token_minutes: int = 15
     refresh_token_days: int = 30
     session_hours: int = 12
-    lockout_attempts: int = 5
-    lockout_minutes: int = 15
+    account_free_failures: int = Field(default=5, ge=1)
+    """Failed sign-ins for one username before each further attempt must wait."""
+    account_max_delay_seconds: float = Field(default=60, ge=0)
+    """The longest wait one username's failures impose, whoever made them: kept short, because
+    a stranger can make them (the attacker's own address waits far longer)."""
+    client_free_failures: int = Field(default=10, ge=1)
+    """Failed sign-ins from one client address, for any username, before it must wait."""
+    client_max_delay_seconds: float = Field(default=900, ge=0)
+    """The longest wait of one client address."""
+    sign_in_first_delay_seconds: float = Field(default=1, ge=0)
+    """The first wait; it doubles with each further failure, up to the maxima above."""
+    sign_in_forget_minutes: float = Field(default=60, gt=0)
+    """Failures are forgotten after this long without another one (a success forgets the
+    username's at once, never the address's)."""
+    token_requests_per_minute: int = Field(default=30, ge=1)
+    """Requests to /api/auth/token (and the sign-in form) per client address, then 429."""
+    register_requests_per_hour: int = Field(default=10, ge=1)
+    """Registrations (API and form) per client address, then 429."""
     site_grace_seconds: float = Field(default=60, ge=0)
     """A site whose connection drops mid-job has this long to reconnect before the job fails."""
     allow_insecure_websocket: bool = False

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from federation.registry import Registry
+from portal_central.accounts.limits import RateLimit
 from portal_central.accounts.mail import Mailer
+from portal_central.accounts.throttle import Throttle
 from portal_central.algorithms_store import load_registry, sync_builtins
 from portal_central.db import Database
 from portal_central.jobs.runner import Runs
@@ -24,6 +26,10 @@ class CentralState:
     registry: Registry
     connections: Connections
     runs: Runs
+    throttle: Throttle
+    """Waits after failed sign-ins (per username and per client address), in the database."""
+    sign_in_limit: RateLimit
+    register_limit: RateLimit
 
     @classmethod
     def create(cls, settings: CentralSettings) -> CentralState:
@@ -49,5 +55,12 @@ class CentralState:
                 connections=connections,
                 result_expiry_seconds=settings.result_expiry_minutes * 60,
                 download_grace_seconds=settings.download_grace_seconds,
+            ),
+            throttle=Throttle(settings),
+            sign_in_limit=RateLimit(
+                "sign-in requests", capacity=settings.token_requests_per_minute, window=60
+            ),
+            register_limit=RateLimit(
+                "registrations", capacity=settings.register_requests_per_hour, window=3600
             ),
         )

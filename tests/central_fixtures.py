@@ -46,12 +46,16 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 
 def make_settings(data_dir: Path, database_url: str, **overrides: object) -> CentralSettings:
-    """Settings for a test: cheap password hashing, no SMTP unless given."""
+    """Settings for a test: cheap password hashing, no SMTP unless given, and request rate
+    limits far above what one test sends from its one address (tests of the limits and of the
+    sign-in waits set their own)."""
     values: dict[str, object] = {
         "data_dir": data_dir,
         "database_url": database_url,
         "argon2_time_cost": 1,
         "argon2_memory_kib": 64,
+        "token_requests_per_minute": 10_000,
+        "register_requests_per_hour": 10_000,
         **overrides,
     }
     return CentralSettings(**values)  # type: ignore[arg-type]

@@ -1,4 +1,4 @@
-"""Accounts through the JSON API: registration, the admin's decisions, tokens, lock-out, roles.
+"""Accounts through the JSON API: registration, the admin's decisions, tokens, roles.
 
 Every test runs on SQLite and on PostgreSQL (the ``central`` fixture), with one admin.
 """
@@ -8,20 +8,13 @@ from __future__ import annotations
 import base64
 import json
 import os
-from collections.abc import Iterator
-from datetime import timedelta
-from pathlib import Path
 from typing import Any
 from weakref import WeakKeyDictionary
 
 import httpx2
-import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select
 
 from portal_central.accounts.service import SITE_ID_ALPHABET, SITE_ID_LENGTH
-from portal_central.app import create_app
-from portal_central.models import User, utcnow
 from portal_central.security import Tokens
 from tests.central_fixtures import (
     ADMIN,
@@ -29,8 +22,6 @@ from tests.central_fixtures import (
     admin_headers,
     approved_site,
     bearer,
-    create_admin,
-    make_settings,
     portal_state,
     register_site,
     token,
@@ -369,62 +360,8 @@ def test_expired_forged_and_misused_tokens_are_refused(central: TestClient) -> N
     assert "expired" in expired.json()["detail"]
 
 
-# ---------------------------------------------------------------- lock-out
-
-
-@pytest.fixture
-def strict_central(tmp_path: Path, database_url: str) -> Iterator[TestClient]:
-    """Central that locks an account for 7 minutes after 3 failed sign-ins."""
-    settings = make_settings(
-        tmp_path / "strict", database_url, lockout_attempts=3, lockout_minutes=7
-    )
-    with TestClient(create_app(settings)) as client:
-        create_admin(client)
-        yield client
-
-
-def test_repeated_failures_lock_the_account_for_a_while(strict_central: TestClient) -> None:
-    approved_site(strict_central, "north")
-    wrong = "Not-the-password-1"
-    for _ in range(2):
-        assert _sign_in(strict_central, "north", wrong).status_code == 401
-    assert _sign_in(strict_central, "north", SITE_PASSWORD).status_code == 200, (
-        "two failures are allowed, and a success starts the count again"
-    )
-    for _ in range(2):
-        response = _sign_in(strict_central, "north", wrong)
-        assert response.status_code == 401
-        assert response.json()["detail"] == "wrong username or password"
-
-    third = _sign_in(strict_central, "north", wrong)
-
-    assert third.status_code == 403
-    assert "locked for 7 more minute(s)" in third.json()["detail"]
-    right = _sign_in(strict_central, "north", SITE_PASSWORD)
-    assert right.status_code == 403, "even the right password is refused while locked"
-    assert "locked for 7 more minute(s)" in right.json()["detail"]
-    with portal_state(strict_central).database.session() as session:
-        user = session.scalars(select(User).where(User.username == "north")).one()
-        user.locked_until = utcnow() - timedelta(seconds=1)
-    assert _sign_in(strict_central, "north", SITE_PASSWORD).status_code == 200, "the lock ends"
-
-
-def test_lockout_after_five_failures_by_default_and_no_account_enumeration(
-    central: TestClient,
-) -> None:
-    approved_site(central, "north")
-    wrong_username = _sign_in(central, "nobody", SITE_PASSWORD)
-    wrong_password = _sign_in(central, "north", "Not-the-password-1")
-    assert wrong_password.status_code == wrong_username.status_code == 401
-    assert wrong_password.json() == wrong_username.json(), "the same answer either way"
-    for _ in range(3):
-        assert _sign_in(central, "north", "Not-the-password-1").status_code == 401
-
-    fifth = _sign_in(central, "north", "Not-the-password-1")
-
-    assert fifth.status_code == 403
-    assert "locked for 15 more minute(s)" in fifth.json()["detail"]
-    assert _sign_in(central, "north", SITE_PASSWORD).status_code == 403
+# ---------------------------------------------------------------- sign-in waits
+# tests/test_central_sign_in.py: growing waits instead of a lock, unlock, rate limits, families.
 
 
 # ---------------------------------------------------------------- permissions

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
+from portal_central.accounts import throttle
+from portal_central.accounts.throttle import Throttle
 from portal_central.errors import (
     Conflict,
     FieldInvalid,
@@ -28,6 +31,7 @@ from portal_central.security import (
 )
 from portal_central.settings import CentralSettings
 
+log = logging.getLogger(__name__)
 USERNAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{2,31}$")
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 SITE_ID_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"  # no 0/o, 1/l/i
@@ -73,7 +77,6 @@ def register(
         password_hash=passwords.hash(password),
         role="site",
         status="pending",
-        failed_sign_ins=0,
         token_version=0,
     )
     session.add(user)
@@ -95,12 +98,15 @@ def create_admin(
         role="admin",
         status="approved",
         decided_at=utcnow(),
-        failed_sign_ins=0,
         token_version=0,
     )
     session.add(user)
     session.flush()
     return user
+
+
+WRONG = "wrong username or password"
+"""The one answer to an unknown name, a wrong password and an attempt made during a wait."""
 
 
 @dataclass(frozen=True)
@@ -115,31 +121,30 @@ def authenticate(
     *,
     session: Session,
     passwords: Passwords,
-    settings: CentralSettings,
+    throttle: Throttle,
     username: str,
     password: str,
+    client: str,
     now: datetime | None = None,
 ) -> SignIn:
-    """Check a username and password, counting failures towards a lock-out.
+    """Check a username and password from a client address, with growing waits after failures
+    (see :mod:`portal_central.accounts.throttle`).
 
-    Failures are returned, not raised, so that the caller commits the failure count first.
+    An unknown name, a wrong password and an attempt during a wait get the same answer after
+    the same work (one argon2 verification). Failures are returned, not raised, so that the
+    caller commits the failure count first.
     """
     now = now or utcnow()
-    user = session.scalar(select(User).where(User.username == username.strip().lower()))
-    if user is not None and user.locked_until is not None and user.locked_until > now:
-        return SignIn(None, Forbidden(_locked_message(user.locked_until, now)))
-    if user is None or not passwords.verify(user.password_hash, password):
-        if user is not None:
-            user.failed_sign_ins += 1
-            if user.failed_sign_ins >= settings.lockout_attempts:
-                user.failed_sign_ins = 0
-                user.locked_until = now + timedelta(minutes=settings.lockout_minutes)
-                return SignIn(None, Forbidden(_locked_message(user.locked_until, now)))
-        else:
-            passwords.verify(None, password)  # same work as for a real account
-        return SignIn(None, Unauthorized("wrong username or password"))
-    user.failed_sign_ins = 0
-    user.locked_until = None
+    name = username.strip().lower()
+    user = session.scalar(select(User).where(User.username == name))
+    if throttle.waiting(session, username=name, client=client, now=now):
+        passwords.verify(None, password)  # the same work as a checked attempt; not counted
+        return SignIn(None, Unauthorized(WRONG))
+    if not passwords.verify(user.password_hash if user is not None else None, password):
+        throttle.failed(session, username=name, client=client, now=now)
+        return SignIn(None, Unauthorized(WRONG))
+    assert user is not None
+    throttle.succeeded(session, username=name)
     refusal = {
         "pending": "your registration is waiting for an admin's approval",
         "rejected": "your registration was not approved; contact central's admin",
@@ -148,6 +153,16 @@ def authenticate(
     if refusal:
         return SignIn(None, Forbidden(refusal))
     return SignIn(user)
+
+
+def unlock(*, session: Session, username: str) -> User:
+    """Clear an account's sign-in waits and failures (`fip central unlock`, the admin's page)."""
+    name = username.strip().lower()
+    user = session.scalar(select(User).where(User.username == name))
+    if user is None:
+        raise NotFound(f"no account '{name}'", field="username")
+    throttle.clear(session, name)
+    return user
 
 
 def decide(*, session: Session, user_id: int, action: str, now: datetime | None = None) -> User:
@@ -205,9 +220,19 @@ def list_users(*, session: Session, status: str | None = None) -> list[User]:
 
 
 def issue_tokens(
-    *, session: Session, tokens: Tokens, settings: CentralSettings, user: User
+    *,
+    session: Session,
+    tokens: Tokens,
+    settings: CentralSettings,
+    user: User,
+    family: str | None = None,
 ) -> TokenPair:
-    """A short access token and a revocable refresh token (stored hashed)."""
+    """A short access token and a revocable refresh token (stored hashed).
+
+    Without ``family`` this is a password sign-in: the refresh token starts a new family, and
+    for a site's account every earlier refresh token of the account is revoked (a site holds
+    one sign-in at a time: signing in again shuts out any copy of the old token).
+    """
     lifetime = settings.access_token_minutes * 60
     access = tokens.issue(
         user_id=user.id,
@@ -217,31 +242,73 @@ def issue_tokens(
         kind="access",
         lifetime_seconds=lifetime,
     )
+    now = utcnow()
+    if family is None:
+        family = secrets.token_hex(16)
+        if user.role == "site":
+            session.execute(
+                update(RefreshToken)
+                .where(RefreshToken.user_id == user.id, RefreshToken.revoked_at.is_(None))
+                .values(revoked_at=now)
+            )
     refresh, digest = new_refresh_token()
     session.add(
         RefreshToken(
             user_id=user.id,
             token_hash=digest,
-            expires_at=utcnow() + timedelta(days=settings.refresh_token_days),
+            family_id=family,
+            expires_at=now + timedelta(days=settings.refresh_token_days),
         )
     )
     return TokenPair(access_token=access, refresh_token=refresh, expires_in=lifetime)
 
 
+@dataclass(frozen=True)
+class Refreshed:
+    """The new pair, or the error to raise once the session is committed (a reuse revokes)."""
+
+    pair: TokenPair | None
+    error: Unauthorized | Forbidden | None = None
+
+
 def refresh_tokens(
     *, session: Session, tokens: Tokens, settings: CentralSettings, refresh_token: str
-) -> TokenPair:
-    """Trade a refresh token for a new pair; the old refresh token stops working."""
+) -> Refreshed:
+    """Trade a refresh token for a new pair of the same family; the old one stops working.
+
+    A token that was already rotated or revoked is a copy in someone else's hands, or the
+    original after a thief rotated it: every token of its family is revoked, so that whichever
+    of the two holds the newest token must sign in again with the password.
+    """
     stored = session.scalar(
         select(RefreshToken).where(RefreshToken.token_hash == hash_refresh_token(refresh_token))
     )
     now = utcnow()
-    if stored is None or stored.revoked_at is not None or stored.expires_at <= now:
-        raise Unauthorized("the refresh token is not valid; sign in again")
+    invalid = Unauthorized("the refresh token is not valid; sign in again")
+    if stored is None or stored.expires_at <= now:
+        return Refreshed(None, invalid)
+    if stored.revoked_at is not None:
+        revoked = session.execute(
+            update(RefreshToken)
+            .where(RefreshToken.family_id == stored.family_id, RefreshToken.revoked_at.is_(None))
+            .values(revoked_at=now)
+        )
+        if getattr(revoked, "rowcount", 0):
+            log.warning(
+                "a used refresh token of user %s came back: its family is revoked", stored.user_id
+            )
+        return Refreshed(None, invalid)
     if stored.user.status != "approved":
-        raise Forbidden(f"the account is {stored.user.status}")
+        return Refreshed(None, Forbidden(f"the account is {stored.user.status}"))
     stored.revoked_at = now
-    return issue_tokens(session=session, tokens=tokens, settings=settings, user=stored.user)
+    pair = issue_tokens(
+        session=session,
+        tokens=tokens,
+        settings=settings,
+        user=stored.user,
+        family=stored.family_id,
+    )
+    return Refreshed(pair)
 
 
 def revoke_refresh_token(*, session: Session, refresh_token: str) -> None:
@@ -273,8 +340,3 @@ def _new_site_id(session: Session) -> str:
         candidate = "".join(secrets.choice(SITE_ID_ALPHABET) for _ in range(SITE_ID_LENGTH))
         if session.scalar(select(User.id).where(User.site_id == candidate)) is None:
             return candidate
-
-
-def _locked_message(until: datetime, now: datetime) -> str:
-    minutes = max(1, round((until - now).total_seconds() / 60))
-    return f"too many failed sign-ins: the account is locked for {minutes} more minute(s)"

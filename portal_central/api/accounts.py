@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Form
+from fastapi import APIRouter, Form, Request
 from pydantic import BaseModel
 
 from portal_central.accounts import service
+from portal_central.accounts.limits import client_address
 from portal_central.deps import AdminUser, CurrentUser, StateDep
 from portal_central.errors import PortalError
 from portal_central.models import OutboxMail, User
@@ -72,9 +73,12 @@ class MailOut(BaseModel):
     created_at: datetime
 
 
-@router.post("/register", status_code=201)
-def register(body: Registration, state: StateDep) -> UserOut:
-    """Register a site user; the account is pending until an admin approves it."""
+@router.post("/register", status_code=201, responses={429: {"description": "too many"}})
+def register(body: Registration, request: Request, state: StateDep) -> UserOut:
+    """Register a site user; the account is pending until an admin approves it.
+
+    Each client address may register a few times an hour (429 with Retry-After beyond)."""
+    state.register_limit.hit(client_address(request))
     with state.database.session() as session:
         user = service.register(
             session=session,
@@ -87,18 +91,28 @@ def register(body: Registration, state: StateDep) -> UserOut:
         return UserOut.of(user)
 
 
-@router.post("/auth/token")
+@router.post("/auth/token", responses={429: {"description": "too many"}})
 def token(
-    state: StateDep, username: Annotated[str, Form()], password: Annotated[str, Form()]
+    request: Request,
+    state: StateDep,
+    username: Annotated[str, Form()],
+    password: Annotated[str, Form()],
 ) -> TokenOut:
-    """Exchange a username and password (form fields) for an access and a refresh token."""
+    """Exchange a username and password (form fields) for an access and a refresh token.
+
+    A site's account holds one sign-in at a time: its earlier refresh tokens are revoked.
+    After repeated failures, attempts wait (and are answered as a wrong password); each client
+    address may call this a limited number of times a minute (429 with Retry-After beyond)."""
+    client = client_address(request)
+    state.sign_in_limit.hit(client)
     with state.database.session() as session:
         outcome = service.authenticate(
             session=session,
             passwords=state.passwords,
-            settings=state.settings,
+            throttle=state.throttle,
             username=username,
             password=password,
+            client=client,
         )
         if outcome.user is not None:
             pair = service.issue_tokens(
@@ -111,15 +125,19 @@ def token(
 
 @router.post("/auth/refresh")
 def refresh(body: RefreshIn, state: StateDep) -> TokenOut:
-    """A new token pair for a refresh token; the old refresh token stops working."""
+    """A new token pair for a refresh token; the old refresh token stops working. Presenting
+    a refresh token that was already used revokes every token descended from its sign-in."""
     with state.database.session() as session:
-        pair = service.refresh_tokens(
+        outcome = service.refresh_tokens(
             session=session,
             tokens=state.tokens,
             settings=state.settings,
             refresh_token=body.refresh_token,
         )
-    return TokenOut(**pair.__dict__)
+    if outcome.error is not None:
+        raise outcome.error
+    assert outcome.pair is not None
+    return TokenOut(**outcome.pair.__dict__)
 
 
 @router.post("/auth/revoke", status_code=204)

@@ -9,10 +9,11 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import func, select
 
 from federation.web import is_htmx, render
-from portal_central.accounts import service
+from portal_central.accounts import service, throttle
 from portal_central.accounts.mail import MailError
 from portal_central.deps import AdminUser, StateDep
 from portal_central.models import OutboxMail, User
+from portal_central.paths import RowId
 from portal_central.sites.connections import DISABLED
 from portal_central.state import CentralState
 
@@ -30,6 +31,7 @@ def users_page(
 ) -> Response:
     with state.database.session() as session:
         users = service.list_users(session=session, status=status)
+        failures = throttle.failures(session, [u.username for u in users])
         counts = dict(
             session.execute(
                 select(User.status, func.count()).where(User.role == "site").group_by(User.status)
@@ -46,17 +48,43 @@ def users_page(
             "actions": ACTIONS,
             "central_url": state.settings.url,
             "presence": _presence(state, users),
+            "failures": failures,
             "nav": "users",
         },
     )
 
 
+@router.post("/users/{user_id}/unlock", response_class=HTMLResponse)
+def unlock(request: Request, user_id: RowId, admin: AdminUser, state: StateDep) -> Response:
+    """Clear an account's failed sign-ins and wait; answers with the updated row for HTMX."""
+    with state.database.session() as session:
+        user = service.get_user(session=session, user_id=user_id)
+        service.unlock(session=session, username=user.username)
+    if not is_htmx(request):
+        return RedirectResponse(f"/admin/users?status={user.status}", status_code=303)
+    return render(
+        request,
+        "central/admin/users.html",
+        {
+            "row": user,
+            "actions": ACTIONS,
+            "notice": f"{user.username} may sign in again now.",
+            "notice_error": False,
+            "presence": _presence(state, [user]),
+            "failures": {},
+        },
+        block="user_row",
+    )
+
+
 @router.post("/users/{user_id}/{action}", response_class=HTMLResponse)
 async def decide(
-    request: Request, user_id: int, action: str, admin: AdminUser, state: StateDep
+    request: Request, user_id: RowId, action: str, admin: AdminUser, state: StateDep
 ) -> Response:
     """Approve, reject, disable or enable; answers with the updated table row for HTMX."""
     user, notice, failed = await apply_decision(state, user_id=user_id, action=action)
+    with state.database.session() as session:
+        failures = throttle.failures(session, [user.username])
     if not is_htmx(request):
         return RedirectResponse(f"/admin/users?status={user.status}", status_code=303)
     return render(
@@ -68,6 +96,7 @@ async def decide(
             "notice": notice,
             "notice_error": failed,
             "presence": _presence(state, [user]),
+            "failures": failures,
         },
         block="user_row",
     )

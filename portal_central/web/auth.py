@@ -10,6 +10,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from federation.web import render
 from portal_central.accounts import service
+from portal_central.accounts.limits import RateLimited, client_address
 from portal_central.deps import SESSION_COOKIE, CurrentUser, OptionalUser, StateDep
 from portal_central.errors import PortalError
 
@@ -40,13 +41,26 @@ def sign_in(
     password: Annotated[str, Form()] = "",
     next: Annotated[str, Form()] = "/",
 ) -> Response:
+    client = client_address(request)
+    try:
+        state.sign_in_limit.hit(client)
+    except RateLimited as error:
+        page = render(
+            request,
+            "central/auth/sign_in.html",
+            {"error": error.message, "username": username, "next": _safe_next(next)},
+            status_code=error.status_code,
+        )
+        page.headers.update(error.headers)
+        return page
     with state.database.session() as session:
         outcome = service.authenticate(
             session=session,
             passwords=state.passwords,
-            settings=state.settings,
+            throttle=state.throttle,
             username=username,
             password=password,
+            client=client,
         )
         user = outcome.user
     if user is None:
@@ -117,6 +131,7 @@ def register(
 ) -> Response:
     values = {"username": username, "email": email, "institution": institution}
     try:
+        state.register_limit.hit(client_address(request))
         with state.database.session() as session:
             user = service.register(
                 session=session,
@@ -127,12 +142,15 @@ def register(
                 password=password,
             )
     except PortalError as error:
-        return render(
+        page = render(
             request,
             "central/auth/register.html",
             {"values": values, "errors": {error.field or "form": error.message}, "nav": "register"},
             status_code=error.status_code,
         )
+        if isinstance(error, RateLimited):
+            page.headers.update(error.headers)
+        return page
     return render(
         request,
         "central/auth/registered.html",
