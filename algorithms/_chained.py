@@ -53,7 +53,7 @@ def prepare(site: SiteJob) -> dict[str, Any]:
     return {
         "rows_used": int((~incomplete).sum()),
         "left_out": {"a non-target column missing": int(incomplete.sum())},
-        "target_n": np.array([observed[t.index].sum() for t in targets], dtype=np.int64),
+        "target_rows": np.array([observed[t.index].sum() for t in targets], dtype=np.int64),
         "target_sum": np.array(
             [np.nansum(values[~incomplete, t.column]) for t in targets], dtype=np.float64
         ),
@@ -90,7 +90,7 @@ async def run(job: CentralJob, fit_target: FitTarget) -> None:
     before = int(job.params["iteration_before_first_imputation"])
     between = int(job.params["iteration_between_imputations"])
     cycles = before + between * (imputations - 1)
-    counts = total(job.site_summaries, "target_n")
+    counts = total(job.site_summaries, "target_rows")
     sums = total(job.site_summaries, "target_sum")
     await job.tell("fill_unobserved", means=sums / np.maximum(counts, 1))
     starts: dict[int, np.ndarray] = {}

@@ -43,7 +43,7 @@ def prepare(site: SiteJob, *, chained: str) -> dict[str, Any]:
     return {
         "rows_used": int(complete.sum()),
         "left_out": {
-            f"'{target.name}' missing": int(target_missing.sum()),
+            "{target} missing": int(target_missing.sum()),
             "a predictor missing": int((predictor_missing & ~target_missing).sum()),
         },
     }

@@ -2,8 +2,14 @@
 
 A package is three files: ``<Name>Central.py`` (``async def run(job)``), ``<Name>Remote.py``
 (``prepare(site)`` and ``HANDLERS``, optionally ``LOCAL``) and ``params.json`` (name, version,
-description, capabilities and the JSON Schema of the parameters). Built-ins in ``algorithms/``
-go through exactly the same path as an uploaded package.
+description, capabilities, the JSON Schema of the parameters and the declared shape of every
+reply: see ``federation.replies``). Built-ins in ``algorithms/`` go through exactly the same path
+as an uploaded package.
+
+Reading a package (:func:`read_algorithm`) checks it from its bytes and runs none of it; its
+halves execute only when they are used. A site never executes a central half, and executes an
+uploaded remote half only in a sandbox process (``federation.sandbox``) after its user approved
+the digest.
 """
 
 from __future__ import annotations
@@ -14,10 +20,12 @@ import json
 import linecache
 import re
 import sys
+import threading
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from types import ModuleType
+from types import CodeType, ModuleType
 from typing import Any
 
 from jsonschema import Draft202012Validator
@@ -25,6 +33,7 @@ from jsonschema.exceptions import SchemaError
 
 from federation.errors import AlgorithmInvalid, InputError
 from federation.job import TARGET_TYPES
+from federation.replies import ReplySchema
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "algorithms"
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,39}$")
@@ -40,7 +49,9 @@ class Capabilities:
 
 @dataclass(frozen=True)
 class Algorithm:
-    """A validated algorithm version, its modules loaded."""
+    """A validated algorithm version. Reading it runs none of its code: its modules are loaded
+    (executed) on first use of :attr:`central` or :attr:`remote`, and a site never uses
+    :attr:`central`."""
 
     name: str
     version: str
@@ -49,8 +60,33 @@ class Algorithm:
     schema: Mapping[str, Any]
     files: Mapping[str, bytes]
     digest: str
-    central: ModuleType
-    remote: ModuleType
+    replies: ReplySchema
+    builtin: bool = False
+    """Shipped with the portal in ``algorithms/``: its remote half runs in the portal's process."""
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    @cached_property
+    def central(self) -> ModuleType:
+        """The central half, executed now if it was not yet (central only)."""
+        with self._lock:
+            file_name = file_names(self.name)[0]
+            module = _load_module(self.name, file_name, self.files[file_name], self.digest)
+            _check_central(file_name, module)
+            return module
+
+    @cached_property
+    def remote(self) -> ModuleType:
+        """The remote half, executed now in this process (built-ins, central, simulation)."""
+        with self._lock:
+            file_name = file_names(self.name)[1]
+            module = _load_module(self.name, file_name, self.files[file_name], self.digest)
+            _check_remote(file_name, module)
+            self.replies.check_handlers(file_name, list(module.HANDLERS))
+            return module
+
+    @property
+    def remote_source(self) -> str:
+        return self.files[file_names(self.name)[1]].decode()
 
     def check_targets(self, types: Iterable[str]) -> None:
         """Raise ``InputError`` when the targets do not fit this algorithm's capabilities."""
@@ -79,8 +115,10 @@ def package_digest(files: Mapping[str, bytes]) -> str:
     return digest.hexdigest()
 
 
-def load_algorithm(name: str, files: Mapping[str, bytes]) -> Algorithm:
-    """Validate a package and load its modules; ``AlgorithmInvalid`` names the file at fault."""
+def read_algorithm(name: str, files: Mapping[str, bytes], *, builtin: bool = False) -> Algorithm:
+    """Validate a package from its bytes alone: names, params.json (parameters and declared
+    replies) and the syntax of both halves. Nothing of it runs; ``AlgorithmInvalid`` names the
+    file at fault."""
     if not _NAME.match(name):
         raise AlgorithmInvalid(
             f"algorithm name {name!r} must start with a letter and hold only letters, digits "
@@ -101,11 +139,10 @@ def load_algorithm(name: str, files: Mapping[str, bytes]) -> Algorithm:
         )
         raise AlgorithmInvalid(f"algorithm {name} needs exactly {sorted(expected)}: {detail}")
     meta = _read_params(name, files[params_file])
+    replies = ReplySchema.parse(meta)
     digest = package_digest(files)
-    central = _load_module(name, central_file, files[central_file], digest)
-    remote = _load_module(name, remote_file, files[remote_file], digest)
-    _check_central(central_file, central)
-    _check_remote(remote_file, remote)
+    for file_name in (central_file, remote_file):
+        _compile(name, file_name, files[file_name], digest)
     caps = meta["capabilities"]
     return Algorithm(
         name=name,
@@ -119,16 +156,33 @@ def load_algorithm(name: str, files: Mapping[str, bytes]) -> Algorithm:
         schema=meta["parameters"],
         files=dict(files),
         digest=digest,
-        central=central,
-        remote=remote,
+        replies=replies,
+        builtin=builtin,
     )
 
 
+def load_algorithm(name: str, files: Mapping[str, bytes]) -> Algorithm:
+    """Read a package and load both halves now (an upload's check): its code runs in this
+    process, where a site would run its remote half in a sandbox."""
+    algorithm = read_algorithm(name, files)
+    algorithm.central  # noqa: B018 - loading is the point
+    algorithm.remote  # noqa: B018
+    return algorithm
+
+
 def load_folder(folder: Path) -> Algorithm:
-    """Load the package in ``folder`` (its name is the folder's name)."""
-    name = folder.name
-    files = {f: (folder / f).read_bytes() for f in file_names(name) if (folder / f).is_file()}
-    return load_algorithm(name, files)
+    """Load the package in ``folder`` (its name is the folder's name); one of ``algorithms/``
+    is a built-in."""
+    algorithm = read_algorithm(
+        folder.name, read_folder(folder), builtin=folder.resolve().parent == BUILTIN_DIR
+    )
+    algorithm.central  # noqa: B018 - loading is the point
+    algorithm.remote  # noqa: B018
+    return algorithm
+
+
+def read_folder(folder: Path) -> dict[str, bytes]:
+    return {f: (folder / f).read_bytes() for f in file_names(folder.name) if (folder / f).is_file()}
 
 
 class Registry:
@@ -142,7 +196,7 @@ class Registry:
         registry = cls()
         for folder in sorted(BUILTIN_DIR.iterdir()):
             if folder.is_dir() and (folder / "params.json").is_file():
-                registry.add(load_folder(folder))
+                registry.add(read_algorithm(folder.name, read_folder(folder), builtin=True))
         return registry
 
     def add(self, algorithm: Algorithm) -> None:
@@ -228,19 +282,25 @@ def _read_params(name: str, content: bytes) -> dict[str, Any]:
     return meta
 
 
-def _load_module(name: str, file_name: str, source: bytes, digest: str) -> ModuleType:
+def _compile(name: str, file_name: str, source: bytes, digest: str) -> CodeType:
     filename = f"<{name}/{file_name} {digest[:12]}>"
     try:
         text = source.decode()
-        code = compile(text, filename, "exec")
+        code = compile(text, filename, "exec", dont_inherit=True)
     except UnicodeDecodeError:
         raise AlgorithmInvalid(f"{file_name} is not UTF-8 text") from None
     except SyntaxError as error:
         raise AlgorithmInvalid(f"{file_name} line {error.lineno}: {error.msg}") from None
     linecache.cache[filename] = (len(text), None, text.splitlines(True), filename)
+    return code
+
+
+def _load_module(name: str, file_name: str, source: bytes, digest: str) -> ModuleType:
+    """Execute one half in this process, as a module of its own."""
+    code = _compile(name, file_name, source, digest)
     module_name = f"fip_algorithm_{digest[:16]}_{file_name.removesuffix('.py')}"
     module = ModuleType(module_name)
-    module.__file__ = filename
+    module.__file__ = code.co_filename
     sys.modules[module_name] = module
     try:
         exec(code, module.__dict__)

@@ -31,13 +31,16 @@ from federation.data import Table
 from federation.errors import FipError, InputError, ProtocolError, SiteFailed
 from federation.job import CENTRAL, JobEvent, JobSpec, Target, random_stream
 from federation.protocol import ErrorReply, Op, Reply, Request, decode, encode
-from federation.site import CLOSE, OPEN, Result, SiteRunner
+from federation.replies import Bounds, Dims, check_values
+from federation.site import CLOSE, OPEN, Result, SiteRunner, open_values, public_text
 from federation.transport import Transport
 
 log = logging.getLogger(__name__)
 
 EventSink = Callable[[JobEvent], None]
 _CLOSE_TIMEOUT = 5.0
+REQUEST_SECONDS = 600.0
+"""How long central waits for a site's answer to one request, by default (reconnects included)."""
 
 
 @dataclass
@@ -89,8 +92,11 @@ class CentralJob:
     fits: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     imputed_cells: list[np.ndarray] = field(default_factory=list)
+    deadline: float = REQUEST_SECONDS
+    """Seconds a site has to answer one request; past it the job fails naming the site."""
     _pending: list[Op] = field(default_factory=list)
     _seq: itertools.count[int] = field(default_factory=itertools.count)
+    _bounds: dict[str, Bounds] = field(default_factory=dict)
 
     @property
     def params(self) -> Mapping[str, Any]:
@@ -223,7 +229,7 @@ class CentralJob:
         self.traffic.round_trips += 1
         self.traffic.bytes_sent += len(frame) * len(sites)
         remote = asyncio.gather(
-            *(self._transport.exchange(site, frame) for site in sites), return_exceptions=True
+            *(self._exchange(site, frame, ops) for site in sites), return_exceptions=True
         )
         results: dict[str, list[Result]] = {}
         if local is None:
@@ -236,19 +242,84 @@ class CentralJob:
             if isinstance(answer, BaseException):
                 if not isinstance(answer, Exception):
                     raise answer
-                failures[site] = f"no answer ({type(answer).__name__}: {answer})"
+                failures[site] = public_text(str(answer) or type(answer).__name__)
                 continue
             self.traffic.bytes_received += len(answer)
-            reply = decode(answer)
-            if isinstance(reply, ErrorReply):
-                failures[site] = reply.message
-            elif not isinstance(reply, Reply) or reply.seq != request.seq:
-                failures[site] = "answered with an unexpected message"
-            else:
-                results[site] = reply.results
+            try:
+                reply = decode(answer)
+                if isinstance(reply, ErrorReply):
+                    failures[site] = public_text(reply.message)
+                elif not isinstance(reply, Reply) or reply.seq != request.seq:
+                    failures[site] = "answered with an unexpected message"
+                else:
+                    results[site] = self._checked(site, ops, reply.results)
+            except ProtocolError as error:
+                failures[site] = public_text(f"sent a reply that is not what was declared: {error}")
         if failures:
             raise SiteFailed(failures)
         return results
+
+    async def _exchange(self, site: str, frame: bytes, ops: list[Op]) -> bytes:
+        """One site's answer to a request, within the deadline."""
+        try:
+            return await asyncio.wait_for(self._transport.exchange(site, frame), self.deadline)
+        except TimeoutError:
+            names = "+".join(op.name for op in ops)
+            raise FipError(
+                f"did not answer '{names}' within {self.deadline:g} s (the request deadline)"
+            ) from None
+        except FipError as error:
+            raise FipError(f"no answer ({error})") from None
+        except OSError as error:
+            raise FipError(f"no answer ({type(error).__name__}: {error})") from None
+
+    def _checked(self, site: str, ops: list[Op], results: list[Result]) -> list[Result]:
+        """A site's results as its algorithm declared them; ``ProtocolError`` says what is off."""
+        if len(results) != len(ops):
+            raise ProtocolError(f"{len(results)} result(s) for {len(ops)} operation(s)")
+        dims = Dims.of(len(self.spec.columns), len(self.targets))
+        checked: list[Result] = []
+        for op, result in zip(ops, results, strict=True):
+            if op.name == CLOSE:
+                checked.append({})
+            elif op.name == OPEN:
+                checked.append(self._declared_rows(site, result, dims))
+            else:
+                target = op.args.get("target")
+                checked.append(
+                    self._local.replies.check(
+                        op.name,
+                        result,
+                        dims=dims,
+                        bounds=self._bounds.get(site),
+                        target=target if isinstance(target, int) else None,
+                    )
+                )
+        return checked
+
+    def _declared_rows(self, site: str, result: Result, dims: Dims) -> Result:
+        """A site's summary at open, and the rows it declares: what its later counts must fit."""
+        summary = check_values(
+            OPEN,
+            result,
+            open_values(self._local.replies),
+            dims=dims,
+            bounds=Bounds(rows_used=np.iinfo(np.int64).max, target_rows={}),
+        )
+        rows, used = int(summary["rows"]), int(summary["rows_used"])
+        target_rows = [int(n) for n in summary["target_rows"]]
+        if not 0 <= used <= rows or any(n > used for n in target_rows):
+            raise ProtocolError(
+                f"declared {used} usable row(s) of {rows} and {target_rows} per target: "
+                "the counts contradict each other"
+            )
+        if (np.asarray(summary["observed"]) > rows).any():
+            raise ProtocolError(f"declared more observed cells in a column than its {rows} rows")
+        self._bounds[site] = Bounds(
+            rows_used=used,
+            target_rows={t.index: n for t, n in zip(self.targets, target_rows, strict=True)},
+        )
+        return summary
 
     async def _open(self) -> None:
         spec_args = {"spec": self.spec.to_wire()}
@@ -263,9 +334,6 @@ class CentralJob:
             opened = await self._round_trip([Op(name=OPEN, args=spec_args)])
             self.site_summaries.update({site: result[0] for site, result in opened.items()})
         self._check_targets()
-        refused = {s: str(r["refused"]) for s, r in self.site_summaries.items() if "refused" in r}
-        if refused:
-            raise SiteFailed(refused)
 
     def _check_targets(self) -> None:
         for target in self.targets:
@@ -297,6 +365,7 @@ async def run_job(
     local: SiteRunner,
     transport: Transport,
     on_event: EventSink | None = None,
+    deadline: float = REQUEST_SECONDS,
 ) -> JobResult:
     """Run a whole job: open every site, run the central half, close, and build the report.
 
@@ -313,6 +382,7 @@ async def run_job(
         _local=local,
         _transport=transport,
         _sink=on_event,
+        deadline=deadline,
     )
     try:
         await job._open()
@@ -336,14 +406,21 @@ async def run_job(
 def _report(job: CentralJob, *, seconds: float) -> dict[str, Any]:
     spec = job.spec
     sites = []
+    replies = job._local.replies
+    names = [t.name for t in spec.targets]
     for name in job.participants:
         summary = job.site_summaries[name]
+        left_out = {
+            replies.left_out_label(label, names): int(count)
+            for label, count in zip(replies.left_out, summary["left_out"], strict=True)
+            if count
+        }
         sites.append(
             {
                 "name": name,
                 "rows": int(summary["rows"]),
                 "rows_used": int(summary["rows_used"]),
-                "left_out": summary["left_out"],
+                "left_out": left_out,
             }
         )
     return {

@@ -71,19 +71,23 @@ async def simulate(
         seed=seed,
     )
     runners = {
-        name: SiteRunner(site=name, data=sites[name], remote=algorithm.remote, on_event=on_event)
+        name: SiteRunner(site=name, data=sites[name], algorithm=algorithm, on_event=on_event)
         for name in spec.sites
     }
     local = SiteRunner(
-        site=CENTRAL, data=central, remote=algorithm.remote, is_central=True, on_event=on_event
+        site=CENTRAL, data=central, algorithm=algorithm, is_central=True, on_event=on_event
     )
-    return await run_job(
-        spec=spec,
-        central_module=algorithm.central,
-        local=local,
-        transport=InMemoryTransport(runners),
-        on_event=on_event,
-    )
+    try:
+        return await run_job(
+            spec=spec,
+            central_module=algorithm.central,
+            local=local,
+            transport=InMemoryTransport(runners),
+            on_event=on_event,
+        )
+    finally:
+        for runner in (local, *runners.values()):
+            runner.close()
 
 
 def smoke_test(algorithm: Algorithm) -> JobResult:

@@ -1,10 +1,15 @@
 """A site's half of a job: the context its handlers see, and the runner that answers requests.
 
 The runner decodes a request frame, runs its operations in order on the site's data with the
-algorithm's remote module, and encodes the reply. Whatever goes wrong becomes an error reply
-naming the reason, never silence. Two rules protect the site's rows, whatever the module does:
-a reply array may hold at most (p + 1)^2 numbers, and a site answering fewer complete rows than
-the job's ``min_rows`` refuses.
+algorithm's remote half, checks every result against the reply the algorithm declared
+(``federation.replies``), and encodes the reply. Whatever goes wrong becomes an error reply of at
+most 300 characters written by this runtime, never an algorithm's own text, never silence.
+
+What the site answers is its own decision: its :class:`~federation.policy.Policy` is checked
+when the job opens, and the requests of a job are counted against the fits it declared.
+
+A built-in remote half runs in this process; any other runs in a sandbox process
+(``federation.sandbox``) that holds only the job's data, and whose answers are checked here.
 """
 
 from __future__ import annotations
@@ -14,22 +19,38 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 import numpy as np
 
 from federation.data import Table, check_binary, check_columns
 from federation.errors import FipError, ProtocolError, SiteRefused
 from federation.job import JobEvent, JobSpec, Target, random_stream
+from federation.policy import OPEN as OPEN_POLICY
+from federation.policy import Policy, binary_levels
 from federation.protocol import ErrorKind, ErrorReply, Reply, Request, decode, encode
+from federation.replies import PREPARE, Bounds, Dims, ReplySchema, Value, check_values
+from federation.sandbox import Sandbox, SandboxFailed
+
+if TYPE_CHECKING:
+    from federation.registry import Algorithm
 
 log = logging.getLogger(__name__)
 
 Result = dict[str, Any]
 Handler = Callable[..., Result]
-_MESSAGE_CHARS = 2000
+MESSAGE_CHARS = 300
+"""The longest text a site sends: an error reply's message, written by the runtime."""
 OPEN = "fip.open"
 CLOSE = "fip.close"
+SUMMARY: Mapping[str, Value] = {
+    "rows": Value("int"),
+    "rows_used": Value("count"),
+    "observed": Value("int", ("c",)),
+    "target_rows": Value("count", ("k",)),
+}
+"""The runtime's own part of the summary a site sends when a job opens (``left_out`` follows
+the algorithm's declared reasons)."""
 
 
 @dataclass
@@ -69,6 +90,96 @@ class SiteJob:
         raise SiteRefused(f"{self.data.label}: {message}")
 
 
+class RemoteHalf(Protocol):
+    """Where an algorithm's remote half runs: in this process, or in a sandbox process."""
+
+    def prepare(self, job: SiteJob) -> Result: ...
+
+    def call(self, job: SiteJob, name: str, args: Mapping[str, Any], *, local: bool) -> Result: ...
+
+    def close(self) -> None: ...
+
+
+class InProcess:
+    """A built-in remote half: shipped with the portal, run in its process."""
+
+    def __init__(self, module: ModuleType) -> None:
+        self._module = module
+
+    def prepare(self, job: SiteJob) -> Result:
+        return dict(self._module.prepare(job))
+
+    def call(self, job: SiteJob, name: str, args: Mapping[str, Any], *, local: bool) -> Result:
+        handlers: Mapping[str, Handler] = self._module.HANDLERS
+        if local:
+            handlers = {**handlers, **getattr(self._module, "LOCAL", {})}
+        if name not in handlers:
+            raise ProtocolError(f"the algorithm's remote half has no operation '{name}'")
+        result = handlers[name](job, **args)
+        return {} if result is None else dict(result)
+
+    def close(self) -> None:
+        return None
+
+
+class Sandboxed:
+    """An uploaded remote half, run in a process of its own started when the job opens."""
+
+    def __init__(self, algorithm: Algorithm) -> None:
+        self._algorithm = algorithm
+        self._sandbox: Sandbox | None = None
+        self._events: Callable[[str], None] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._sandbox is None else self._sandbox.pid
+
+    def prepare(self, job: SiteJob) -> Result:
+        from federation.registry import file_names
+
+        self.close()
+        algorithm = self._algorithm
+        self._sandbox = Sandbox(
+            name=algorithm.name,
+            file_name=file_names(algorithm.name)[1],
+            source=algorithm.remote_source,
+        )
+        self._algorithm.replies.check_handlers(
+            file_names(algorithm.name)[1], list(self._sandbox.handlers)
+        )
+        summary = self._sandbox.open(
+            site=job.site,
+            spec=job.spec.to_wire(),
+            label=job.data.label,
+            columns=list(job.data.columns),
+            values=job.data.values,
+            is_central=job.is_central,
+            rng=job.rng,
+        )
+        self._relay(job)
+        return summary
+
+    def call(self, job: SiteJob, name: str, args: Mapping[str, Any], *, local: bool) -> Result:
+        if self._sandbox is None:
+            raise ProtocolError(f"operation '{name}' before the job was opened")
+        try:
+            return self._sandbox.call(name, dict(args), local=local)
+        finally:
+            self._relay(job)
+
+    def _relay(self, job: SiteJob) -> None:
+        """The sandbox's log lines go to the site's own event log, never to central."""
+        if self._sandbox is not None:
+            lines, self._sandbox.logs = self._sandbox.logs, []
+            for line in lines:
+                job.log(f"(sandbox) {line}")
+
+    def close(self) -> None:
+        if self._sandbox is not None:
+            self._sandbox.close()
+            self._sandbox = None
+
+
 class SiteRunner:
     """Answers one job's requests at one site (central's own data included)."""
 
@@ -77,18 +188,29 @@ class SiteRunner:
         *,
         site: str,
         data: Table,
-        remote: ModuleType,
+        algorithm: Algorithm,
         is_central: bool = False,
         on_event: Callable[[JobEvent], None] | None = None,
-        min_rows_floor: int = 0,
+        policy: Policy | None = None,
+        sandbox: bool | None = None,
     ) -> None:
+        """``sandbox`` runs the remote half in a process of its own; by default every
+        algorithm but a built-in one is sandboxed."""
         self.site = site
         self.data = data
-        self._floor = min_rows_floor
-        self._remote = remote
+        self.algorithm = algorithm
+        self.replies = algorithm.replies
+        self.policy = policy or OPEN_POLICY
+        isolate = (not algorithm.builtin) if sandbox is None else sandbox
+        self.remote: RemoteHalf = Sandboxed(algorithm) if isolate else InProcess(algorithm.remote)
         self._is_central = is_central
         self._on_event = on_event
         self._job: SiteJob | None = None
+        self._bounds: Bounds | None = None
+        self._dims: Dims | None = None
+        self._budget = 0
+        self.requests = 0
+        self.numbers_sent = 0
         self._lock = threading.Lock()
         self._last_seq = -1
         self._last_reply = b""
@@ -96,6 +218,11 @@ class SiteRunner:
     @property
     def job(self) -> SiteJob | None:
         return self._job
+
+    @property
+    def budget(self) -> int:
+        """The most requests this job may make of this site (0 before it opened)."""
+        return self._budget
 
     def handle(self, frame: bytes) -> bytes:
         """Answer one request frame. A repeated ``seq`` gets the same reply, not a second run."""
@@ -113,13 +240,28 @@ class SiteRunner:
 
     def _answer(self, request: Request) -> bytes:
         try:
-            results = [self.call(op.name, op.args) for op in request.ops]
-            for op, result in zip(request.ops, results, strict=True):
-                self._guard(op.name, result)
+            self.requests += 1
+            if self._budget and self.requests > self._budget:
+                raise SiteRefused(
+                    f"the job made more requests than it declared ({self._budget - 2} fit(s) at "
+                    f"{self.policy.max_newton_rounds} request(s) each, this site's "
+                    "max_newton_rounds); nothing more is answered"
+                )
+            results = []
+            for op in request.ops:
+                result = self.call(op.name, op.args)
+                results.append(self._guard(op.name, op.args, result))
+            self.numbers_sent += sum(_numbers(r) for r in results)
             return encode(Reply(job_id=request.job_id, seq=request.seq, results=results))
         except SiteRefused as refusal:
             self._emit("warning", str(refusal))
             return self._error(request, "refused", str(refusal))
+        except SandboxFailed as error:
+            # The sandboxed code's own text may hold data: it stays in this site's log.
+            self._emit("warning", f"{error} {error.detail}".strip())
+            return self._error(
+                request, "refused" if error.kind == "refused" else "failed", str(error)
+            )
         except FipError as error:
             message = str(error)
             if not message.startswith(self.data.label):
@@ -127,34 +269,36 @@ class SiteRunner:
             return self._error(request, "refused", message)
         except Exception as error:
             log.exception("site %s job %s: handler failed", self.site, request.job_id)
-            return self._error(request, "failed", f"{type(error).__name__}: {error}")
+            self._emit("warning", f"{type(error).__name__}: {error}")
+            return self._error(
+                request, "failed", f"an operation failed at this site ({type(error).__name__})"
+            )
 
     def call(self, name: str, args: Mapping[str, Any], *, local: bool = False) -> Result:
         """Run one operation. ``local`` allows the handlers reserved to central's own data."""
         if name == OPEN:
             return self._open(JobSpec.from_wire(args["spec"]))
         if name == CLOSE:
-            self._job = None
+            self.close()
             return {}
         if self._job is None:
             raise ProtocolError(f"operation '{name}' before the job was opened")
-        handler = self._handler(name, local=local)
-        result = handler(self._job, **args)
-        return {} if result is None else result
+        return self.remote.call(self._job, name, args, local=local)
 
-    def _handler(self, name: str, *, local: bool) -> Handler:
-        handlers: Mapping[str, Handler] = self._remote.HANDLERS
-        if local:
-            handlers = {**handlers, **getattr(self._remote, "LOCAL", {})}
-        if name not in handlers:
-            raise ProtocolError(f"the algorithm's remote half has no operation '{name}'")
-        return handlers[name]
+    def close(self) -> None:
+        """The job is over here: its state and any sandbox process go."""
+        self._job = None
+        self.remote.close()
 
     def _open(self, spec: JobSpec) -> Result:
         check_columns(self.data, spec.columns)
         for target in spec.targets:
             if target.type == "logistic":
-                check_binary(self.data, target.column)
+                check_binary(self.data, target.column, show_values=self._is_central)
+        if not self._is_central:
+            reasons = self.policy.check_job(columns=spec.columns, participants=1 + len(spec.sites))
+            if reasons:
+                self._refuse_by_policy(reasons)
         job = SiteJob(
             site=self.site,
             spec=spec,
@@ -163,60 +307,100 @@ class SiteRunner:
             is_central=self._is_central,
             on_event=self._on_event,
         )
-        counts = {
-            "rows": self.data.rows,
-            "observed": (~np.isnan(self.data.values)).sum(axis=0).astype(np.int64),
-        }
-        try:
-            summary: Result = dict(self._remote.prepare(job))
-            used = int(summary["rows_used"])
-            # The site's own floor wins over a job that asks for less.
-            minimum = max(int(spec.params["min_rows"]), self._floor)
-            if not self._is_central and used < minimum:
-                source = (
-                    "this site's own floor"
-                    if minimum > int(spec.params["min_rows"])
-                    else "min_rows"
-                )
-                job.refuse(
-                    f"only {used} usable row(s) of {self.data.rows}, fewer than the minimum of "
-                    f"{minimum} ({source}); this site does not take part"
-                )
-        except SiteRefused as refusal:
-            if self._is_central:
-                raise
-            # Counts still go back, so that central can tell a target nobody observes.
-            self._emit("warning", str(refusal))
-            return {**counts, "rows_used": 0, "left_out": {}, "refused": str(refusal)}
-        left_out = {str(k): int(v) for k, v in summary.get("left_out", {}).items() if v}
-        for reason, count in left_out.items():
-            job.log(f"{count} row(s) left out: {reason}")
-        self._job = job
-        return {**summary, **counts, "rows_used": used, "left_out": left_out}
-
-    def _guard(self, name: str, result: Result) -> None:
-        """No reply may carry more than aggregates: at most (p + 1)^2 numbers in one value and
-        twice that in a whole result, counting nested lists, and text longer than a message
-        (8 characters a number)."""
-        limit = (len(self.data.columns) + 1) ** 2
-        total = 0
-        for key, value in result.items():
-            size = _size(value)
-            if size > limit:
-                raise SiteRefused(
-                    f"operation '{name}' tried to send '{key}' with {size} numbers, more "
-                    f"than an aggregate may hold ({limit}); nothing was sent"
-                )
-            total += size
-        if total > 2 * limit:
-            raise SiteRefused(
-                f"operation '{name}' tried to send {total} numbers, more than aggregates may "
-                f"hold ({2 * limit}); nothing was sent"
+        result = self._summary(spec, self.remote.prepare(job))
+        self._bounds = Bounds(
+            rows_used=int(result["rows_used"]),
+            target_rows={
+                t.index: int(n) for t, n in zip(spec.targets, result["target_rows"], strict=True)
+            },
+        )
+        if not self._is_central:
+            reasons = self.policy.check_data(
+                rows=self.data.rows,
+                rows_used=self._bounds.rows_used,
+                job_min_rows=int(spec.params.get("min_rows") or 0),
+                target_rows={t.name: self._bounds.target_rows[t.index] for t in spec.targets},
+                design_width=len(spec.columns),
+                levels=binary_levels(self.data.values, spec.columns),
             )
+            if reasons:
+                self.remote.close()
+                self._refuse_by_policy(reasons)
+            self._budget = self.replies.request_budget(
+                spec.params, targets=len(spec.targets), rounds=self.policy.max_newton_rounds
+            )
+            self.requests = 1
+        names = [t.name for t in spec.targets]
+        for reason, count in zip(self.replies.left_out, result["left_out"], strict=True):
+            if count:
+                label = self.replies.left_out_label(reason, names)
+                job.log(f"{int(count)} row(s) left out: {label}")
+        self._job = job
+        return result
+
+    def _summary(self, spec: JobSpec, prepared: Result) -> Result:
+        """What the site says of its data when a job opens: the runtime's counts and the
+        algorithm's declared values, checked like any reply."""
+        used = _whole(prepared.get("rows_used"), "rows_used")
+        target_rows = prepared.get("target_rows")
+        if target_rows is None:
+            target_rows = np.full(len(spec.targets), used, dtype=np.int64)
+        left_out = prepared.get("left_out", {})
+        if not isinstance(left_out, Mapping) or not set(left_out) <= set(self.replies.left_out):
+            raise ProtocolError(
+                "prepare gave left-out reasons that its params.json does not declare"
+            )
+        extras = {
+            k: v for k, v in prepared.items() if k not in ("rows_used", "target_rows", "left_out")
+        }
+        summary: Result = {
+            "rows": self.data.rows,
+            "rows_used": used,
+            "observed": (~np.isnan(self.data.values)).sum(axis=0).astype(np.int64),
+            "target_rows": np.asarray(target_rows),
+            "left_out": np.array(
+                [_whole(left_out.get(label, 0), label) for label in self.replies.left_out],
+                dtype=np.int64,
+            ),
+            **extras,
+        }
+        self._dims = Dims.of(len(spec.columns), len(spec.targets))
+        return check_values(
+            OPEN,
+            summary,
+            open_values(self.replies),
+            dims=self._dims,
+            bounds=Bounds(rows_used=self.data.rows, target_rows={}),
+        )
+
+    def _refuse_by_policy(self, reasons: list[str]) -> NoReturn:
+        raise SiteRefused(f"{self.data.label}: " + "; ".join(reasons))
+
+    def _guard(self, name: str, args: Mapping[str, Any], result: Result) -> Result:
+        """The result as declared, or a refusal: nothing undeclared leaves the site."""
+        if name in (OPEN, CLOSE):
+            return result
+        assert self._dims is not None
+        target = args.get("target")
+        try:
+            return self.replies.check(
+                name,
+                result,
+                dims=self._dims,
+                bounds=self._bounds,
+                target=target if isinstance(target, int) else None,
+            )
+        except ProtocolError as error:
+            self._emit("warning", f"{error}; nothing was sent")
+            raise SiteRefused(
+                f"the reply of '{name}' is not what the algorithm declared; nothing was sent"
+            ) from None
 
     def _error(self, request: Request, kind: ErrorKind, message: str) -> bytes:
         return encode(
-            ErrorReply(job_id=request.job_id, seq=request.seq, kind=kind, message=message)
+            ErrorReply(
+                job_id=request.job_id, seq=request.seq, kind=kind, message=public_text(message)
+            )
         )
 
     def _emit(self, kind: str, message: str) -> None:
@@ -224,14 +408,27 @@ class SiteRunner:
             self._on_event(JobEvent(kind=kind, message=message, site=self.site))  # type: ignore[arg-type]
 
 
-def _size(value: Any) -> int:
-    """How many numbers a reply value holds, wherever they are nested."""
-    if isinstance(value, np.ndarray):
-        return int(value.size)
-    if isinstance(value, str | bytes):  # a status message is fine; a long text counts as data
-        return 1 if len(value) <= _MESSAGE_CHARS else len(value) // 8
-    if isinstance(value, dict):
-        return sum(_size(v) for v in value.values()) + len(value)
-    if isinstance(value, list | tuple):
-        return sum(_size(v) for v in value)
-    return 1
+def open_values(replies: ReplySchema) -> dict[str, Value]:
+    """The declared summary at open: the runtime's values, then the algorithm's."""
+    reasons = len(replies.left_out)
+    return {
+        **SUMMARY,
+        "left_out": Value("count", (reasons,)),
+        **replies.operations.get(PREPARE, {}),
+    }
+
+
+def public_text(message: str) -> str:
+    """A text fit to leave a site or to be stored: one line, at most 300 characters."""
+    line = " ".join(str(message).split())
+    return line if len(line) <= MESSAGE_CHARS else line[: MESSAGE_CHARS - 1] + "…"
+
+
+def _whole(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise ProtocolError(f"prepare's '{name}' must be a whole number")
+    return int(value)
+
+
+def _numbers(result: Result) -> int:
+    return sum(int(np.size(v)) for v in result.values())

@@ -15,9 +15,10 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from federation.data import Table, check_binary, check_columns, read_csv
+from federation.data import Table, check_for_job, read_csv
 from federation.errors import AlgorithmInvalid, InputError
 from federation.job import JobEvent
+from federation.policy import Policy
 from federation.protocol import (
     Cancel,
     ControlMessage,
@@ -25,7 +26,7 @@ from federation.protocol import (
     Ready,
     Welcome,
 )
-from federation.registry import Algorithm, Registry, file_names, load_algorithm, package_digest
+from federation.registry import Algorithm, Registry, file_names, package_digest, read_algorithm
 from federation.site import SiteRunner
 from portal_site.central import CentralError
 
@@ -77,12 +78,15 @@ class LocalJob:
 
 @dataclass(frozen=True)
 class RemoteCode:
-    """The remote half of an algorithm version, as downloaded and checked against its digest."""
+    """What a site's approval covers, as downloaded and checked against the digest: the remote
+    half (the only code that runs here) and params.json (its parameters and declared replies).
+    Nothing of it has run."""
 
     name: str
     version: str
     digest: str
     source: str
+    params: str
     builtin: bool
     approved: bool
 
@@ -94,11 +98,13 @@ Fetch = Callable[[str], Coroutine[Any, Any, Any]]
 class LocalJobs:
     """Every job this site knows of. Talks to central through the worker's callables."""
 
-    def __init__(self, *, approved: Callable[[str], bool], min_rows_floor: int = 0) -> None:
+    def __init__(
+        self, *, approved: Callable[[str], bool], policy: Callable[[], Policy] = Policy
+    ) -> None:
         self._jobs: dict[str, LocalJob] = {}
         self._approved = approved
-        self.min_rows_floor = min_rows_floor
-        """The site's own minimum of usable rows; a job asking for fewer gets this."""
+        self._policy = policy
+        """The site's disclosure policy, as its user set it (read afresh for every job)."""
         self._builtins = {a.digest: a for a in Registry.with_builtins().all()}
         self._checked: dict[str, Algorithm] = {}
         """Algorithms downloaded from central and checked against their digest, by digest."""
@@ -168,21 +174,19 @@ class LocalJobs:
 
     # ------------------------------------------------------------ the user's actions
 
-    def upload(self, job: LocalJob, content: bytes, filename: str) -> Table:
-        """Check the CSV against the job (columns, 0/1 targets, rows) and hold it in memory."""
+    def upload(self, job: LocalJob, content: bytes | bytearray, filename: str) -> Table:
+        """Check the CSV against the job (columns, targets, rows) and hold it in memory."""
         if job.started:
             raise SiteError("the job is started; cancel it to change the data", status=409)
         if job.state in FINAL:
             raise SiteError(f"the job is {job.state}", status=409)
         try:
             table = read_csv(content, label=filename or "uploaded file")
-            check_columns(table, job.info["columns"])
-            for target in job.info["targets"]:
-                if target["type"] == "logistic":
-                    check_binary(table, int(target["index"]) - 1)
+            targets = [(t["name"], t["type"]) for t in job.info["targets"]]
+            check_for_job(table, job.info["columns"], targets)
         except InputError as error:
             raise SiteError(str(error), status=422, field="file") from None
-        minimum = max(int(job.info["parameters"].get("min_rows", 0)), self.min_rows_floor)
+        minimum = max(int(job.info["parameters"].get("min_rows") or 0), self.policy.min_rows)
         if table.rows < minimum:
             raise SiteError(
                 f"{table.label}: {table.rows} rows, fewer than this job's minimum of {minimum} "
@@ -209,13 +213,18 @@ class LocalJobs:
             return [await self.remote_code(job)]
         return [self._code(await self._verified(m)) for m in self._my_methods(job)]
 
+    @property
+    def policy(self) -> Policy:
+        return self._policy()
+
     def _code(self, algorithm: Algorithm) -> RemoteCode:
-        _, remote, _ = file_names(algorithm.name)
+        _, remote, params = file_names(algorithm.name)
         return RemoteCode(
             name=algorithm.name,
             version=algorithm.version,
             digest=algorithm.digest,
             source=algorithm.files[remote].decode(),
+            params=algorithm.files[params].decode(),
             builtin=algorithm.digest in self._builtins,
             approved=self._trusted(algorithm),
         )
@@ -252,20 +261,21 @@ class LocalJobs:
             await self._send(Ready(job_id=job.job_id))
         except Exception:
             job.started = False  # central never heard it: not ready, data still replaceable
-            job.runner = None
-            job.runners = {}
+            _close(job)
             raise
         self.publish(job, JobEvent(kind="log", message="started: this site is ready"))
         self.publish(job, "state")
 
     def _runner(self, job: LocalJob, algorithm: Algorithm) -> SiteRunner:
-        assert job.table is not None
+        """Only for an approved (or built-in) digest: a built-in runs in this process, any other
+        remote half in a sandbox process started when the job opens."""
+        assert job.table is not None and self._trusted(algorithm)
         return SiteRunner(
             site=self.site_id,
             data=job.table,
-            remote=algorithm.remote,
+            algorithm=algorithm,
             on_event=lambda event: self.publish(job, event),
-            min_rows_floor=self.min_rows_floor,
+            policy=self.policy,
         )
 
     async def cancel(self, job: LocalJob) -> None:
@@ -299,9 +309,9 @@ class LocalJobs:
                 status=409,
             )
         try:
-            algorithm = load_algorithm(name, files)
+            algorithm = read_algorithm(name, files)  # from the bytes: none of it runs here
         except AlgorithmInvalid as error:
-            raise SiteError(f"the algorithm cannot be loaded here: {error}", status=409) from None
+            raise SiteError(f"the algorithm cannot be used here: {error}", status=409) from None
         self._checked[digest] = algorithm
         return algorithm
 
@@ -334,9 +344,8 @@ class LocalJobs:
 
     def _drop(self, job: LocalJob, why: str) -> None:
         had = job.table is not None
+        _close(job)
         job.table = None
-        job.runner = None
-        job.runners = {}
         job.started = False
         if had:
             self.publish(
@@ -345,9 +354,8 @@ class LocalJobs:
 
     def drop_all(self) -> None:
         for job in self._jobs.values():
+            _close(job)
             job.table = None
-            job.runner = None
-            job.runners = {}
             job.started = False
 
     # ------------------------------------------------------------ events
@@ -401,3 +409,12 @@ class LocalJobs:
         except CentralError as error:
             status = error.status if error.status in (401, 403, 404) else 502
             raise SiteError(str(error), status=status) from None
+
+
+def _close(job: LocalJob) -> None:
+    """Stop whatever answers for the job here (a sandbox process dies with its data)."""
+    for runner in (job.runner, *job.runners.values()):
+        if runner is not None:
+            runner.close()
+    job.runner = None
+    job.runners = {}

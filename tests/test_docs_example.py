@@ -236,7 +236,7 @@ def test_a_site_sends_three_numbers_and_nothing_else() -> None:
         seed=3,
     )
     runners = {
-        name: SiteRunner(site=name, data=table, remote=algorithm.remote)
+        name: SiteRunner(site=name, data=table, algorithm=algorithm)
         for name, table in sites.items()
     }
     transport = RecordingTransport(runners)
@@ -245,7 +245,7 @@ def test_a_site_sends_three_numbers_and_nothing_else() -> None:
         run_job(
             spec=spec,
             central_module=algorithm.central,
-            local=SiteRunner(site=CENTRAL, data=central, remote=algorithm.remote, is_central=True),
+            local=SiteRunner(site=CENTRAL, data=central, algorithm=algorithm, is_central=True),
             transport=transport,
         )
     )

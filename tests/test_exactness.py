@@ -221,10 +221,12 @@ class Harness:
     transport: RecordingTransport = field(init=False)
 
     def __post_init__(self) -> None:
-        remote = builtin(self.algorithm).remote
-        self.local = SiteRunner(site=CENTRAL, data=self.central, remote=remote, is_central=True)
+        algorithm = builtin(self.algorithm)
+        self.local = SiteRunner(
+            site=CENTRAL, data=self.central, algorithm=algorithm, is_central=True
+        )
         self.runners = {
-            name: SiteRunner(site=name, data=data, remote=remote)
+            name: SiteRunner(site=name, data=data, algorithm=algorithm)
             for name, data in self.sites.items()
         }
         self.transport = RecordingTransport(self.runners)

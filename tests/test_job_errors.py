@@ -149,7 +149,8 @@ def test_binary_target_with_other_values_at_central() -> None:
 def test_binary_target_with_other_values_at_a_site(
     algorithm: str, targets: list[tuple[str | int, str]]
 ) -> None:
-    """A remote's bad cells fail the job naming that site and its file, and the values."""
+    """A remote's bad cells fail the job naming that site, its file and the lines, never the
+    values: the message travels to central."""
     bad = edited(site_a(), lambda v: v.__setitem__((slice(3, 5), B), [0.5, 7.0]))
 
     with pytest.raises(SiteFailed) as raised:
@@ -160,8 +161,8 @@ def test_binary_target_with_other_values_at_a_site(
     assert "site 'a'" in message
     assert "'b'" in message
     assert "0 or 1" in message
-    assert "0.5 (line 5)" in message
-    assert "7 (line 6)" in message
+    assert "on line(s) 5, 6" in message
+    assert "0.5" not in message and "7.0" not in message and "7 (" not in message
 
 
 def test_site_error_names_the_file_once() -> None:
@@ -185,22 +186,22 @@ def test_target_with_no_observed_value_central_only() -> None:
 
 @pytest.mark.parametrize("algorithm", ["SIMI", "SIMICE"])
 def test_target_with_no_observed_value_anywhere(algorithm: str) -> None:
-    """Empty at every site: the error says the target has no observed value at any site,
-    rather than blaming one site's row count."""
+    """Empty at every site: every site refuses with its count of usable rows (a refusal is
+    all a site sends), and the job fails naming each."""
 
     def clear(values: np.ndarray) -> None:
         values[:, Y] = np.nan
 
     message = fails(
-        InputError,
+        SiteFailed,
         algorithm,
         edited(central(), clear),
         {"a": edited(site_a(), clear), "b": edited(site_b(), clear)},
         [("y", "gaussian")],
     )
 
-    assert "'y'" in message
-    assert "no observed value" in message
+    assert "site 'a'" in message and "site 'b'" in message
+    assert "only 0 usable row(s)" in message
 
 
 @pytest.mark.parametrize("algorithm", ["SIMI", "SIMICE"])

@@ -300,9 +300,9 @@ def run_recorded(
     spec = make_spec(
         algorithm=chosen, central=central, sites=sites, targets=targets, params=params, seed=1
     )
-    local = SiteRunner(site=CENTRAL, data=central, remote=chosen.remote, is_central=True)
+    local = SiteRunner(site=CENTRAL, data=central, algorithm=chosen, is_central=True)
     runners = {
-        name: SiteRunner(site=name, data=sites[name], remote=chosen.remote) for name in spec.sites
+        name: SiteRunner(site=name, data=sites[name], algorithm=chosen) for name in spec.sites
     }
     transport = RecordingTransport(runners)
     result = asyncio.run(

@@ -139,9 +139,9 @@ def test_versions_are_kept_and_the_latest_is_the_default() -> None:
     registry.add(first)
     registry.add(second)
 
-    assert [a.version for a in registry.versions("X")] == ["1.0.0", "2.0.0"]
+    assert [a.version for a in registry.versions("X")] == [first.version, "2.0.0"]
     assert registry.get("X") is second
-    assert registry.get("X", "1.0.0") is first
+    assert registry.get("X", first.version) is first
 
 
 def test_same_version_with_other_files_is_refused() -> None:

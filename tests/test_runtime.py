@@ -79,6 +79,7 @@ PARAMS = {
     "name": "T",
     "version": "1",
     "capabilities": {"targets": "single", "target_types": ["gaussian"]},
+    "replies": {"total": {"sum": "float[1]"}, "slow": {}, "fail": {}},
     "parameters": {
         "type": "object",
         "properties": {
@@ -127,13 +128,13 @@ def _setup(
         return values
 
     runners = {
-        s: SiteRunner(site=s, data=table(f"{s}.csv", ["x", "y"], data(s)), remote=algorithm.remote)
+        s: SiteRunner(site=s, data=table(f"{s}.csv", ["x", "y"], data(s)), algorithm=algorithm)
         for s in sites
     }
     local = SiteRunner(
         site=CENTRAL,
         data=table("central.csv", ["x", "y"], data("c")),
-        remote=algorithm.remote,
+        algorithm=algorithm,
         is_central=True,
     )
     return algorithm, runners, local, RecordingTransport(runners)
@@ -201,11 +202,10 @@ def test_failures_at_several_sites_name_each_site() -> None:
     with pytest.raises(SiteFailed) as caught:
         asyncio.run(_run(algorithm, local, transport))
 
-    assert caught.value.failures == {
-        "a": "RuntimeError: broken at a",
-        "b": "RuntimeError: broken at b",
-    }
-    assert "site 'a': RuntimeError: broken at a; site 'b'" in str(caught.value)
+    failed = "the algorithm's remote half failed (RuntimeError)"
+    assert caught.value.failures == {"a": failed, "b": failed}
+    assert f"site 'a': {failed}; site 'b'" in str(caught.value)
+    assert "broken at" not in str(caught.value), "an uploaded half's own text stays at the site"
 
 
 def test_an_unreachable_site_fails_the_job_naming_it() -> None:

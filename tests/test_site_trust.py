@@ -7,14 +7,31 @@ fetch_text); here they are fakes that record what the site asked for and what it
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
-from federation.protocol import Cancel, ControlMessage, JobUpdate, Ready, Welcome
+from federation.job import JobSpec, Target
+from federation.policy import Policy
+from federation.protocol import (
+    Cancel,
+    ControlMessage,
+    JobUpdate,
+    Op,
+    Ready,
+    Reply,
+    Request,
+    Welcome,
+    decode,
+    encode,
+)
 from federation.registry import Registry, file_names, package_digest
+from federation.site import OPEN
 from portal_site.central import CentralError
 from portal_site.jobs import LocalJob, LocalJobs, SiteError
 
@@ -99,7 +116,8 @@ class Site:
     def __init__(self, central: Central | None = None, *, min_rows_floor: int = 0) -> None:
         self.central = central or Central()
         self.approvals: set[str] = set()
-        self.jobs = LocalJobs(approved=self.approvals.__contains__, min_rows_floor=min_rows_floor)
+        self.policy = Policy(min_rows=min_rows_floor)
+        self.jobs = LocalJobs(approved=self.approvals.__contains__, policy=lambda: self.policy)
         self.jobs.site_id = "north1"
         self.jobs.send = self.central.send
         self.jobs.fetch_json = self.central.fetch_json
@@ -382,3 +400,115 @@ def test_after_a_reconnect_the_site_says_ready_again_when_central_forgot() -> No
     assert site.central.sent == []
     run(site.jobs.on_control(Welcome(site_id="north1", ready=[])))
     assert site.central.sent == [Ready(job_id="1")]
+
+
+# ---------------------------------------------------------------- code that runs here, and where
+
+
+def _spy_package(markers: Path) -> dict[str, bytes]:
+    """A package whose halves each write a marker, with their PID, as soon as they load."""
+    central = f"""
+import os
+with open({str(markers / "central")!r}, "a") as marker:
+    marker.write(str(os.getpid()))
+
+async def run(job):
+    pass
+"""
+    remote = f"""
+import os
+try:
+    with open({str(markers / "remote")!r}, "a") as marker:
+        marker.write(str(os.getpid()))
+except OSError:
+    pass  # in the sandbox no file can be written
+
+def prepare(site):
+    return {{"rows_used": site.data.rows}}
+
+def who(site):
+    return {{"pid": os.getpid()}}
+
+HANDLERS = {{"who": who}}
+"""
+    params = {
+        "name": "SPY",
+        "version": "1.0.0",
+        "capabilities": {"targets": "single", "target_types": ["gaussian"]},
+        "replies": {"who": {"pid": "int"}},
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "imputations": {"type": "integer", "default": 2},
+                "min_rows": {"type": ["integer", "null"], "default": None},
+            },
+        },
+    }
+    return {
+        "SPYCentral.py": central.encode(),
+        "SPYRemote.py": remote.encode(),
+        "params.json": json.dumps(params).encode(),
+    }
+
+
+class SpyCentral(Central):
+    async def fetch_text(self, path: str) -> str:
+        self.fetched.append(path)
+        return self.files[path.rsplit("/", 1)[1]].decode()
+
+
+def test_no_code_runs_at_a_site_before_approval_and_the_central_half_never(
+    tmp_path: Path,
+) -> None:
+    files = _spy_package(tmp_path)
+    digest = package_digest(files)
+    site = Site(SpyCentral(files))
+    job = site.add(algorithm="SPY", digest=digest, target_type="gaussian")
+
+    code = run(site.jobs.remote_code(job))  # what the job's page shows
+    site.jobs.upload(job, GOOD_CSV, "north.csv")
+    with pytest.raises(SiteError):
+        run(site.jobs.start(job))
+
+    assert "def who(site)" in code.source and '"replies"' in code.params and not code.approved
+    assert not (tmp_path / "central").exists() and not (tmp_path / "remote").exists()
+
+    site.approvals.add(digest)
+    run(site.jobs.start(job))
+    runner = run(site.jobs.runner("1"))
+    assert runner is not None
+    spec = JobSpec(
+        job_id="1",
+        algorithm="SPY",
+        version="1.0.0",
+        digest=digest,
+        columns=("a", "b", "y"),
+        targets=(Target(index=3, name="y", type="gaussian"),),
+        params={"imputations": 2, "min_rows": 10},
+        seed=1,
+        sites=("north1",),
+    )
+    opened = decode(
+        runner.handle(
+            encode(Request(job_id="1", seq=0, ops=[Op(name=OPEN, args={"spec": spec.to_wire()})]))
+        )
+    )
+    answer = decode(runner.handle(encode(Request(job_id="1", seq=1, ops=[Op(name="who")]))))
+
+    assert isinstance(opened, Reply), opened
+    assert isinstance(answer, Reply), answer
+    pid = int(answer.results[0]["pid"])
+    assert pid != os.getpid(), "the approved remote half runs in a process of its own"
+    assert not (tmp_path / "central").exists(), "the central half never runs at a site"
+    remote_marker = tmp_path / "remote"
+    assert not remote_marker.exists() or remote_marker.read_text() == ""
+
+    run(site.jobs.cancel(job))
+    for _ in range(100):  # the sandbox is killed with the job
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("the sandbox process outlived its job")
