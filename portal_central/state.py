@@ -55,6 +55,7 @@ class CentralState:
                 connections=connections,
                 result_expiry_seconds=settings.result_expiry_minutes * 60,
                 download_grace_seconds=settings.download_grace_seconds,
+                request_deadline_seconds=settings.request_deadline_seconds,
             ),
             throttle=Throttle(settings),
             sign_in_limit=RateLimit(

@@ -25,7 +25,7 @@ from federation.errors import FipError, InputError
 from federation.job import CENTRAL, JobEvent, JobSpec, Target
 from federation.protocol import Cancel, ControlMessage, JobUpdate, Ready, Unready
 from federation.registry import Registry
-from federation.runtime import JobResult, run_job
+from federation.runtime import REQUEST_SECONDS, JobResult, run_job
 from federation.site import SiteRunner
 from federation.transport import InMemoryTransport, Transport
 from portal_central.db import Database
@@ -87,6 +87,7 @@ class Runs:
         connections: Connections,
         result_expiry_seconds: float,
         download_grace_seconds: float,
+        request_deadline_seconds: float = REQUEST_SECONDS,
     ) -> None:
         self._database = database
         self._registry = registry
@@ -96,6 +97,7 @@ class Runs:
         connections.on_change = self._site_changed
         self._expiry = result_expiry_seconds
         self._grace = download_grace_seconds
+        self._deadline = request_deadline_seconds
         self._runs: dict[int, Run] = {}
         self._loop_thread = threading.get_ident()
 
@@ -231,7 +233,7 @@ class Runs:
                 self.publish(relay.parent_id, relay.event(event))
 
         local = SiteRunner(
-            site=CENTRAL, data=data, remote=algorithm.remote, is_central=True, on_event=on_event
+            site=CENTRAL, data=data, algorithm=algorithm, is_central=True, on_event=on_event
         )
         try:
             result = await run_job(
@@ -240,6 +242,7 @@ class Runs:
                 local=local,
                 transport=self.transport_for(spec),
                 on_event=on_event,
+                deadline=self._deadline,
             )
         except asyncio.CancelledError:
             return "cancelled", run.cancel_reason or "cancelled at central"
@@ -247,7 +250,9 @@ class Runs:
             return "failed", str(error)
         except Exception as error:  # noqa: BLE001 - a bug must fail the job, not the portal
             log.exception("job %s crashed", run.job_id)
-            return "failed", f"internal error: {type(error).__name__}: {error}"
+            return "failed", f"internal error at central ({type(error).__name__}); see its log"
+        finally:
+            local.close()
         run.result = result
         run.report = result.report
         run.purge_at = time.monotonic() + self._expiry
