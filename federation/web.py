@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import ipaddress
+import re
+from collections.abc import Collection, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -11,6 +16,8 @@ from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
 STATIC = Path(__file__).resolve().parents[1] / "static"
@@ -89,27 +96,193 @@ def render(
 
 
 def api_docs(app: FastAPI) -> None:
-    """Serve the API documentation at /docs from the vendored Swagger UI (no CDN)."""
+    """Serve the API documentation at /docs from the vendored Swagger UI (no CDN).
+
+    Swagger UI starts from one inline script: the page's own CSP allows exactly that script
+    (by its hash) and the inline styles Swagger UI sets, and nothing else inline.
+    """
 
     @app.get("/docs", include_in_schema=False)
     def docs() -> HTMLResponse:
-        return get_swagger_ui_html(
+        page = get_swagger_ui_html(
             openapi_url=app.openapi_url or "/openapi.json",
             title=f"{app.title}: API",
             swagger_js_url="/static/vendor/swagger-ui-5.35.0-bundle.js",
             swagger_css_url="/static/vendor/swagger-ui-5.35.0.css",
             swagger_favicon_url="/static/favicon.svg",
+            swagger_ui_parameters={"validatorUrl": None},
         )
+        html = bytes(page.body).decode()
+        hashes = " ".join(
+            "'sha256-" + base64.b64encode(hashlib.sha256(script.encode()).digest()).decode() + "'"
+            for script in re.findall(r"<script>(.*?)</script>", html, flags=re.DOTALL)
+        )
+        page.headers["Content-Security-Policy"] = CSP.replace(
+            "script-src 'self'", f"script-src 'self' {hashes}"
+        ).replace("style-src 'self'", "style-src 'self' 'unsafe-inline'")
+        return page
 
 
-def cross_site(request: Request) -> bool:
+# ------------------------------------------------------------------ what a browser may do
+
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; font-src 'self'; form-action 'self'; frame-ancestors 'none'; "
+    "base-uri 'none'; object-src 'none'"
+)
+"""The pages load their scripts (htmx and its SSE extension), styles and icon from /static,
+talk only to their own portal (htmx requests, server-sent events) and are never framed."""
+SECURITY_HEADERS = {
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    # Not no-referrer: with it, browsers send "Origin: null" on form posts, which the
+    # cross-site check must refuse. same-origin sends nothing to other sites either.
+    "Referrer-Policy": "same-origin",
+    "Cross-Origin-Opener-Policy": "same-origin",
+}
+HSTS = "max-age=31536000"
+"""Sent by central on responses it serves over TLS (a year; no includeSubDomains: central's
+host name may share a domain with other services)."""
+
+
+class SecurityHeaders:
+    """ASGI middleware: every HTTP response gets ``SECURITY_HEADERS`` (a response that set its
+    own Content-Security-Policy keeps it), and with ``hsts`` the ones sent over TLS get HSTS."""
+
+    def __init__(self, app: ASGIApp, *, hsts: bool = False) -> None:
+        self.app = app
+        self.hsts = hsts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        over_tls = scope.get("scheme") == "https"
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in SECURITY_HEADERS.items():
+                    if name not in headers:
+                        headers[name] = value
+                if self.hsts and over_tls:
+                    headers["Strict-Transport-Security"] = HSTS
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def security_headers(app: FastAPI, *, hsts: bool = False) -> None:
+    """Install the security headers on a portal (both portals call this)."""
+    app.add_middleware(SecurityHeaders, hsts=hsts)
+
+
+# ------------------------------------------------------------------ which host a request is for
+
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+_WILDCARDS = {"", "0.0.0.0", "::", "[::]"}
+
+
+def _bracketed(name: str) -> str:
+    """An IPv6 literal as it appears in a Host header: ``[::1]``."""
+    try:
+        if ipaddress.ip_address(name).version == 6:
+            return f"[{name}]"
+    except ValueError:
+        pass
+    return name
+
+
+def host_entry(entry: str, port: int) -> str:
+    """One allowed host as ``name:port`` (lower case); an entry without a port gets ``port``."""
+    entry = entry.strip().lower()
+    if not entry:
+        raise ValueError("an empty host name")
+    if "/" in entry or "@" in entry or " " in entry:
+        raise ValueError(f"{entry!r} is not a host name or host:port (no scheme, no path)")
+    if entry.count(":") > 1 and not entry.startswith("["):
+        entry = _bracketed(entry)  # a bare IPv6 address, without a port
+    split = urlsplit(f"//{entry}")
+    try:
+        given_port = split.port
+    except ValueError:
+        raise ValueError(f"{entry!r} has a port that is not a number") from None
+    name = split.hostname or ""
+    if not name:
+        raise ValueError(f"{entry!r} has no host name")
+    return f"{_bracketed(name)}:{given_port or port}"
+
+
+def allowed_hosts(port: int, *, bound: str = "", extra: Iterable[str] = ()) -> frozenset[str]:
+    """The Host values a local portal answers: loopback names at ``port``, the address it was
+    bound to when that is one address (not a wildcard such as 0.0.0.0), and ``extra``."""
+    names = {f"{name}:{port}" for name in LOOPBACK_NAMES}
+    if bound.strip().lower() not in _WILDCARDS:
+        names.add(host_entry(_bracketed(bound.strip().strip("[]")), port))
+    names |= {host_entry(entry, port) for entry in extra}
+    if port == 80:  # a browser leaves the default port out of Host
+        names |= {name.rsplit(":", 1)[0] for name in names if name.endswith(":80")}
+    return frozenset(names)
+
+
+class HostCheck:
+    """ASGI middleware: refuse, before any route runs, an HTTP request or WebSocket whose Host
+    header is not one of ``allowed``. This defeats DNS rebinding: a page of evil.example whose
+    name now points at 127.0.0.1 reaches the portal with ``Host: evil.example:<port>``."""
+
+    def __init__(self, app: ASGIApp, *, allowed: Collection[str]) -> None:
+        self.app = app
+        self.allowed = frozenset(allowed)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        host = Headers(scope=scope).get("host", "").lower()
+        if host in self.allowed:
+            await self.app(scope, receive, send)
+            return
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008, "reason": "unknown host"})
+            return
+        shown = host or "(none)"
+        body = (
+            f"421 Misdirected Request: this portal does not answer for Host {shown}. "
+            f"Open it at http://{sorted(self.allowed)[0]}/, or add the name to "
+            "FIP_SITE_ALLOWED_HOSTS.\n"
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 421,
+                "headers": [
+                    (b"content-type", b"text/plain; charset=utf-8"),
+                    (b"content-length", str(len(body)).encode()),
+                    *((k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+def cross_site(request: Request, allowed: Collection[str] | None = None) -> bool:
     """A state-changing request that a page of another web site made the browser send.
 
-    Browsers send Origin with every POST; scripts and sites send none, and pass.
+    Browsers send Origin with every POST; scripts and sites send none, and pass. The Origin's
+    host:port must be one of ``allowed`` (the site portal's allowed hosts); a portal that has
+    no allow-list of its own (central, which is reached under names its operator chooses)
+    passes None, and then the Origin must match the Host the request came to.
     """
     origin = request.headers.get("origin")
-    return (
-        request.method in ("POST", "PUT", "PATCH", "DELETE")
-        and bool(origin)
-        and urlsplit(origin or "").netloc != request.headers.get("host")
-    )
+    if request.method not in ("POST", "PUT", "PATCH", "DELETE") or not origin:
+        return False
+    if allowed is None:
+        return urlsplit(origin).netloc.lower() != request.headers.get("host", "").lower()
+    split = urlsplit(origin)
+    try:
+        port = split.port or (443 if split.scheme == "https" else 80)
+    except ValueError:
+        return True
+    netloc = f"{_bracketed(split.hostname or '')}:{port}"
+    return netloc not in allowed

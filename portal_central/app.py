@@ -19,7 +19,7 @@ from fastapi.responses import (
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import func, select, text
 
-from federation.web import STATIC, api_docs, cross_site, is_htmx, render
+from federation.web import STATIC, api_docs, cross_site, is_htmx, render, security_headers
 from portal_central.api import accounts as accounts_api
 from portal_central.api import algorithms as algorithms_api
 from portal_central.api import jobs as jobs_api
@@ -91,6 +91,7 @@ def create_app(settings: CentralSettings) -> FastAPI:
 
     app.add_exception_handler(PortalError, _portal_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    security_headers(app, hsts=True)  # HSTS on responses served over TLS only
 
     @app.get("/", include_in_schema=False)
     def home(user: OptionalUser) -> Response:

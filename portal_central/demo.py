@@ -2,8 +2,9 @@
 
 It writes demo data for three hospitals, makes a development CA and certificate, creates an
 admin and two approved site accounts (passwords generated once and kept in the demo folder),
-starts central over TLS and two site portals as child processes, configures and signs in the
-sites, and prints what to open. Ctrl-C stops everything.
+starts central over TLS and two site portals as child processes (each with a local password
+of its own, generated once and kept there too), configures and signs in the sites, and prints
+what to open. Ctrl-C stops everything.
 """
 
 from __future__ import annotations
@@ -80,11 +81,12 @@ def run_demo(args: argparse.Namespace) -> int:
         site_urls = {}
         for name, port in zip(SITES, args.site_ports, strict=True):
             child = subprocess.Popen(
-                [fip, "site", "--port", str(port), "--data-dir", str(folder / f"site-{name}")]
+                [fip, "site", "--port", str(port), "--data-dir", str(folder / f"site-{name}")],
+                env={**os.environ, "FIP_SITE_LOCAL_PASSWORD": credentials[name]["local_password"]},
             )
             children.append(child)
             site_urls[name] = f"http://127.0.0.1:{port}"
-            _wait(f"{site_urls[name]}/api/status", None, child)
+            _wait(f"{site_urls[name]}/health", None, child)
             _connect(site_urls[name], central_url, ca_file, credentials[name])
         _print(central_url, site_urls, credentials, data, ca_file, fresh=cert is not None)
         signal.signal(signal.SIGTERM, _interrupt)
@@ -115,6 +117,11 @@ def _accounts(folder: Path, settings: CentralSettings) -> dict[str, dict[str, st
     path = folder / "credentials.json"
     if path.exists():
         stored: dict[str, dict[str, str]] = json.loads(path.read_text())
+        missing = [name for name in SITES if "local_password" not in stored[name]]
+        for name in missing:  # a demo folder from before the sites had local passwords
+            stored[name]["local_password"] = _password()
+        if missing:
+            path.write_text(json.dumps(stored, indent=2))
         return stored
     upgrade(settings.database)
     database = Database(settings.database)
@@ -148,6 +155,7 @@ def _accounts(folder: Path, settings: CentralSettings) -> dict[str, dict[str, st
                     "username": name,
                     "password": password,
                     "site_id": user.site_id or "",
+                    "local_password": _password(),
                 }
     finally:
         database.dispose()
@@ -186,6 +194,13 @@ def _wait(
 
 def _connect(site_url: str, central_url: str, ca_file: Path, account: dict[str, str]) -> None:
     with httpx.Client(base_url=site_url, timeout=30) as client:
+        token = client.post("/api/local/token", json={"password": account["local_password"]})
+        if token.status_code != 200:
+            raise SystemExit(
+                f"fip demo: the site portal at {site_url} refused the local password kept in "
+                f"credentials.json: {token.text}"
+            )
+        client.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
         client.post(
             "/api/settings",
             json={
@@ -222,6 +237,9 @@ def _print(
         lines.append(
             f"  {name:<8} {url}       site_id {account['site_id']} "
             f"(signed in as {account['username']} / {account['password']})"
+        )
+        lines.append(
+            f"  {'':<8} {'':<22}  local password of this site portal: {account['local_password']}"
         )
     lines += [
         "",

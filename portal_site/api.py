@@ -5,13 +5,59 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, UploadFile
+from fastapi import APIRouter, Depends, File, Request, UploadFile
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPBearer
 from pydantic import BaseModel
 
 from portal_site.jobs import LocalJob, SiteError
-from portal_site.pages import Site, connection, save_settings
+from portal_site.local_auth import SESSION_SECONDS, TooSoon
+from portal_site.pages import OpenSite, Site, connection, save_settings
 
-router = APIRouter(prefix="/api", tags=["site"])
+bearer = HTTPBearer(
+    auto_error=False,
+    description="A local access token: POST the site portal's own password to /api/local/token.",
+)
+router = APIRouter(prefix="/api", tags=["site"], dependencies=[Depends(bearer)])
+local = APIRouter(prefix="/api/local", tags=["local sign-in"])
+
+
+class LocalPassword(BaseModel):
+    password: str
+
+
+class LocalToken(BaseModel):
+    access_token: str
+    token_type: str = "bearer"
+    expires_in: int
+
+
+@local.post("/token", response_model=LocalToken)
+async def local_token(body: LocalPassword, site: OpenSite) -> Response:
+    """Exchange the site portal's own (local) password for a bearer token for this API.
+    Wrong passwords make the next try wait longer (429 with Retry-After)."""
+    try:
+        await site.auth.verify(body.password)
+    except TooSoon as error:
+        return JSONResponse(
+            {"detail": error.message, "field": "password"},
+            status_code=429,
+            headers={"Retry-After": str(error.retry_after)},
+        )
+    except SiteError as error:
+        return JSONResponse(
+            {"detail": error.message, "field": "password"}, status_code=error.status
+        )
+    session = site.auth.open("api")
+    return JSONResponse(
+        LocalToken(access_token=session.token, expires_in=SESSION_SECONDS).model_dump()
+    )
+
+
+@local.post("/sign-out", status_code=204, dependencies=[Depends(bearer)])
+def local_sign_out(request: Request, site: Site) -> None:
+    """End this token's (or this browser's) local session."""
+    site.auth.close(request.state.local_session.token)
 
 
 class SettingsIn(BaseModel):

@@ -8,13 +8,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from federation.web import STATIC, api_docs, cross_site, is_htmx, render
+from federation.web import STATIC, HostCheck, api_docs, cross_site, is_htmx, render
+from federation.web import security_headers as install_security_headers
 from portal_site import api, pages
 from portal_site.central import CentralError
 from portal_site.jobs import SiteError
+from portal_site.local_auth import SignInRequired
 from portal_site.settings import SiteSettings
 from portal_site.state import SiteState
 
@@ -22,6 +24,11 @@ log = logging.getLogger(__name__)
 
 
 def create_app(settings: SiteSettings) -> FastAPI:
+    """The site portal: it answers only requests for its own host names (``settings.hosts``)
+    and, but for /health, /metrics, /static, /docs and the local sign-in, only its own user
+    signed in with the local password."""
+    hosts = settings.hosts
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = SiteState.create(settings)
@@ -46,14 +53,16 @@ def create_app(settings: SiteSettings) -> FastAPI:
     api_docs(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.include_router(pages.router)
+    app.include_router(api.local)
     app.include_router(api.router)
 
     @app.middleware("http")
     async def same_origin(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
-        """Refuse form posts from other web pages: the local UI has no password of its own."""
-        if cross_site(request):
+        """Refuse form posts from other web pages, whose Origin is not one of this portal's
+        names (the session cookie is SameSite=Strict too, and forms carry a CSRF token)."""
+        if cross_site(request, hosts):
             return JSONResponse({"detail": "cross-site request refused"}, status_code=403)
         response = await call_next(request)
         return response
@@ -87,7 +96,24 @@ def create_app(settings: SiteSettings) -> FastAPI:
 
     app.add_exception_handler(SiteError, _site_error)  # type: ignore[arg-type]
     app.add_exception_handler(CentralError, _central_error)  # type: ignore[arg-type]
+    app.add_exception_handler(SignInRequired, _sign_in_required)  # type: ignore[arg-type]
+    install_security_headers(app)
+    app.add_middleware(HostCheck, allowed=hosts)  # outermost: before any route or middleware
     return app
+
+
+async def _sign_in_required(request: Request, error: SignInRequired) -> Response:
+    """No local session: the API and event streams answer 401; a page goes to sign in."""
+    page = "/local/password" if error.first_run else "/local/sign-in"
+    path = request.url.path
+    if path.startswith("/api/") or path.endswith("/events") or path.startswith("/events/"):
+        return JSONResponse(
+            {"detail": error.message}, status_code=401, headers={"WWW-Authenticate": "Bearer"}
+        )
+    target = f"{page}?next={path}" if request.method == "GET" else page
+    if is_htmx(request):
+        return Response(status_code=401, headers={"HX-Redirect": target})
+    return RedirectResponse(target, status_code=303)
 
 
 async def _site_error(request: Request, error: SiteError) -> Response:

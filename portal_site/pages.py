@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,19 +20,82 @@ from federation.job import JobEvent
 from federation.web import ENVIRONMENT, PAGE_DEFAULTS, is_htmx, render
 from portal_site.central import CentralError
 from portal_site.jobs import LocalJob, RemoteCode, SiteError
+from portal_site.local_auth import CSRF_FIELD, CSRF_HEADER, SESSION_SECONDS, SignInRequired
 from portal_site.state import SiteState
 
 router = APIRouter()
 SITE_ID = re.compile(r"^[a-z0-9]{4,16}$")
 
 
-def get_site(request: Request) -> SiteState:
+_UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+async def get_site(request: Request) -> SiteState:
+    """The site's state, for a caller signed in locally (a browser session or a bearer token).
+
+    A browser's state-changing request also carries its session's CSRF token: htmx sends the
+    ``X-CSRF-Token`` header, plain forms a ``csrf_token`` field (a file upload without htmx:
+    in the query string, so that the body is not read before the upload route reads it).
+    """
     state: SiteState = request.app.state.site
-    request.state.page_context = {"portal": "site", "connection": connection(state)}
+    auth = state.auth
+    header = request.headers.get("authorization", "")
+    if header.lower().startswith("bearer "):
+        session = auth.find(header[7:].strip(), "api")
+        if session is None:
+            raise SignInRequired(
+                "the local access token is not valid or has expired: "
+                "POST the local password to /api/local/token for a new one",
+                first_run=not auth.has_password(),
+            )
+        csrf = ""
+    else:
+        cookie = request.cookies.get(auth.cookie)
+        found = auth.find(cookie, "browser") if cookie else None
+        if found is None:
+            first_run = not auth.has_password()
+            raise SignInRequired(
+                "choose a local password first" if first_run else "sign in with the local password",
+                first_run=first_run,
+            )
+        session, csrf = found, found.csrf
+        if request.method in _UNSAFE and not await _csrf_ok(request, found.csrf):
+            raise SiteError(
+                "the form has expired or did not come from this portal; reload the page",
+                status=403,
+            )
+    request.state.local_session = session
+    request.state.page_context = {
+        "portal": "site",
+        "connection": connection(state),
+        "csrf_token": csrf,
+        "local_user": True,
+    }
     return state
 
 
+async def _csrf_ok(request: Request, expected: str) -> bool:
+    token = request.headers.get(CSRF_HEADER)
+    kind = request.headers.get("content-type", "")
+    if token is None and kind.startswith("application/x-www-form-urlencoded"):
+        value = (await request.form()).get(CSRF_FIELD)
+        token = value if isinstance(value, str) else None
+    if token is None:
+        token = request.query_params.get(CSRF_FIELD)
+    return token is not None and secrets.compare_digest(token, expected)
+
+
 Site = Annotated[SiteState, Depends(get_site)]
+
+
+def open_site(request: Request) -> SiteState:
+    """The site's state for the pages that come before the local sign-in."""
+    state: SiteState = request.app.state.site
+    request.state.page_context = {"portal": "site", "local_user": False}
+    return state
+
+
+OpenSite = Annotated[SiteState, Depends(open_site)]
 
 
 def connection(state: SiteState) -> dict[str, str]:
@@ -43,6 +107,106 @@ def connection(state: SiteState) -> dict[str, str]:
 def home(site: Site) -> Response:
     signed_in = bool(site.store.config().refresh_token)
     return RedirectResponse("/jobs" if signed_in else "/settings", status_code=303)
+
+
+# ------------------------------------------------------------------ the local password
+
+
+def _next(value: str) -> str:
+    """Where to go after signing in: a path of this portal only."""
+    return value if value.startswith("/") and not value.startswith(("//", "/\\")) else "/"
+
+
+def _local_page(
+    request: Request, *, choosing: bool, next_path: str, error: str = "", status: int = 200
+) -> Response:
+    return render(
+        request,
+        "site/local.html",
+        {
+            "choosing": choosing,
+            "next": _next(next_path),
+            "errors": {"password": error} if error else {},
+            "title": "Choose a local password" if choosing else "Sign in to this site portal",
+        },
+        status_code=status,
+    )
+
+
+def _signed_in(site: SiteState, next_path: str) -> Response:
+    session = site.auth.open("browser")
+    response = RedirectResponse(_next(next_path), status_code=303)
+    response.set_cookie(
+        site.auth.cookie,
+        session.token,
+        max_age=SESSION_SECONDS,
+        path="/",
+        httponly=True,
+        samesite="strict",
+    )
+    return response
+
+
+@router.get("/local/sign-in", response_class=HTMLResponse, include_in_schema=False)
+def local_sign_in_page(request: Request, site: OpenSite, next: str = "/") -> Response:
+    if not site.auth.has_password():
+        return RedirectResponse(f"/local/password?next={_next(next)}", status_code=303)
+    return _local_page(request, choosing=False, next_path=next)
+
+
+@router.post("/local/sign-in", response_class=HTMLResponse, include_in_schema=False)
+async def local_sign_in(
+    request: Request,
+    site: OpenSite,
+    password: Annotated[str, Form()] = "",
+    next: Annotated[str, Form()] = "/",
+) -> Response:
+    try:
+        await site.auth.verify(password)
+    except SiteError as error:
+        response = _local_page(
+            request, choosing=False, next_path=next, error=error.message, status=error.status
+        )
+        if error.status == 429:
+            response.headers["Retry-After"] = str(getattr(error, "retry_after", 1))
+        return response
+    return _signed_in(site, next)
+
+
+@router.get("/local/password", response_class=HTMLResponse, include_in_schema=False)
+def local_password_page(request: Request, site: OpenSite, next: str = "/") -> Response:
+    if site.auth.has_password():
+        return RedirectResponse(f"/local/sign-in?next={_next(next)}", status_code=303)
+    return _local_page(request, choosing=True, next_path=next)
+
+
+@router.post("/local/password", response_class=HTMLResponse, include_in_schema=False)
+async def local_password(
+    request: Request,
+    site: OpenSite,
+    password: Annotated[str, Form()] = "",
+    repeat: Annotated[str, Form()] = "",
+    next: Annotated[str, Form()] = "/",
+) -> Response:
+    try:
+        if password != repeat:
+            raise SiteError("the two passwords differ", status=422, field="password")
+        await asyncio.to_thread(site.auth.choose, password)
+    except SiteError as error:
+        if error.status == 409:  # set meanwhile (another tab, the environment): sign in
+            return RedirectResponse(f"/local/sign-in?next={_next(next)}", status_code=303)
+        return _local_page(
+            request, choosing=True, next_path=next, error=error.message, status=error.status
+        )
+    return _signed_in(site, next)
+
+
+@router.post("/local/sign-out", include_in_schema=False)
+def local_sign_out(request: Request, site: Site) -> Response:
+    site.auth.close(request.state.local_session.token)
+    response = RedirectResponse("/local/sign-in", status_code=303)
+    response.delete_cookie(site.auth.cookie, path="/", httponly=True, samesite="strict")
+    return response
 
 
 # ------------------------------------------------------------------ settings and sign-in

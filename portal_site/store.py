@@ -6,12 +6,14 @@ bytes and time. It never holds a value.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import JSON, Integer, String, Text, create_engine, delete, event, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
+from federation.policy import Policy
 from federation.sqltypes import UTCDateTime
 
 
@@ -36,6 +38,16 @@ class Config(Base):
     refresh_token: Mapped[str] = mapped_column(String(200), default="")
 
 
+class LocalAccount(Base):
+    """The one row holding the argon2 hash of the site portal's own (local) password."""
+
+    __tablename__ = "local_account"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    password_hash: Mapped[str] = mapped_column(String(200), default="")
+    changed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Approval(Base):
     """An algorithm version whose remote half the site's user approved to run here."""
 
@@ -45,6 +57,16 @@ class Approval(Base):
     name: Mapped[str] = mapped_column(String(40))
     version: Mapped[str] = mapped_column(String(40))
     approved_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class PolicyRow(Base):
+    """The one row holding the site's disclosure policy (``federation.policy``) as JSON."""
+
+    __tablename__ = "policy"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    settings: Mapped[str] = mapped_column(Text, default="")
+    changed_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class LedgerEntry(Base):
@@ -95,6 +117,25 @@ class Store:
             session.add(config)
             return config
 
+    def local_password_hash(self) -> str:
+        """The argon2 hash of the local password; empty before the first one is chosen."""
+        with self._sessions() as session:
+            account = session.get(LocalAccount, 1)
+            return account.password_hash if account is not None else ""
+
+    def set_local_password_hash(self, password_hash: str, *, only_if_unset: bool) -> bool:
+        """Store the hash (empty: forget the password); with ``only_if_unset``, only when none
+        is stored yet. Whether it was stored."""
+        with self._sessions.begin() as session:
+            account = session.get(LocalAccount, 1, with_for_update=True)
+            if account is None:
+                session.add(LocalAccount(id=1, password_hash=password_hash, changed_at=utcnow()))
+                return True
+            if only_if_unset and account.password_hash:
+                return False
+            account.password_hash, account.changed_at = password_hash, utcnow()
+            return True
+
     def approvals(self) -> list[Approval]:
         with self._sessions() as session:
             return list(session.scalars(select(Approval).order_by(Approval.approved_at.desc())))
@@ -127,6 +168,21 @@ class Store:
             return list(
                 session.scalars(select(LedgerEntry).order_by(LedgerEntry.id.desc()).limit(limit))
             )
+
+    def policy(self, min_rows: int = Policy.min_rows) -> Policy:
+        """The site's disclosure policy; before its user set one, the default with the
+        configured ``min_rows``."""
+        with self._sessions() as session:
+            row = session.get(PolicyRow, 1)
+            if row is None or not row.settings:
+                return replace(Policy(), min_rows=min_rows)
+            return Policy.from_json(row.settings)
+
+    def set_policy(self, policy: Policy) -> None:
+        with self._sessions.begin() as session:
+            row = session.get(PolicyRow, 1) or PolicyRow(id=1)
+            row.settings, row.changed_at = policy.to_json(), utcnow()
+            session.add(row)
 
     def dispose(self) -> None:
         self.engine.dispose()

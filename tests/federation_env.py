@@ -24,6 +24,7 @@ import trustme
 from aiosmtpd.controller import Controller
 
 from tests.processes import FIP, Process, free_port, wait_for
+from tests.site_fixtures import CHEAP_ARGON2_ENV, LOCAL_PASSWORD
 
 ADMIN_PASSWORD = "Central-key-2026"
 SITE_PASSWORD = "Site-pass-2026!"
@@ -47,9 +48,17 @@ class SitePortal:
     data_dir: Path
     process: Process
     site_id: str = ""
+    local_password: str = LOCAL_PASSWORD
 
     def api(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=30)
+        """A client of the site's JSON API, signed in with its local password."""
+        with httpx.Client(base_url=self.url, timeout=30) as anonymous:
+            response = anonymous.post("/api/local/token", json={"password": self.local_password})
+        assert response.status_code == 200, response.text
+        token = response.json()["access_token"]
+        return httpx.Client(
+            base_url=self.url, timeout=30, headers={"Authorization": f"Bearer {token}"}
+        )
 
 
 @dataclass
@@ -188,14 +197,22 @@ def add_site(federation: Federation, name: str) -> SitePortal:
     return portal
 
 
-def start_site_portal(federation: Federation, name: str, site_id: str = "") -> SitePortal:
-    """A `fip site` process of its own, not yet configured."""
+def start_site_portal(
+    federation: Federation, name: str, site_id: str = "", *, first_run: bool = False
+) -> SitePortal:
+    """A `fip site` process of its own, not yet configured; its local password is set from
+    the environment, unless ``first_run`` leaves it for the first visit to choose."""
     port = free_port()
     data_dir = federation.root / f"site-{name}"
     process = Process(
         ["site", "--port", str(port), "--data-dir", str(data_dir)],
         log=federation.root / f"site-{name}.log",
-        env={"FIP_SITE_HEARTBEAT_SECONDS": "1", "FIP_SITE_RECONNECT_MAX_SECONDS": "1"},
+        env={
+            "FIP_SITE_HEARTBEAT_SECONDS": "1",
+            "FIP_SITE_RECONNECT_MAX_SECONDS": "1",
+            **CHEAP_ARGON2_ENV,
+            **({} if first_run else {"FIP_SITE_LOCAL_PASSWORD": LOCAL_PASSWORD}),
+        },
     )
     portal = SitePortal(
         name=name,
@@ -204,7 +221,7 @@ def start_site_portal(federation: Federation, name: str, site_id: str = "") -> S
         process=process,
         site_id=site_id,
     )
-    process.wait_until_up(f"{portal.url}/api/status")
+    process.wait_until_up(f"{portal.url}/health")
     return portal
 
 

@@ -7,8 +7,7 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from portal_site.app import create_app as create_site_app
-from portal_site.settings import SiteSettings
+from tests.site_fixtures import site_client, site_settings
 
 
 def _check(client: TestClient) -> None:
@@ -29,5 +28,5 @@ def test_central_docs_are_served_locally(central: TestClient) -> None:
 
 
 def test_site_docs_are_served_locally(tmp_path: Path) -> None:
-    with TestClient(create_site_app(SiteSettings(data_dir=tmp_path))) as site:
+    with site_client(site_settings(tmp_path), signed_in=False) as site:
         _check(site)

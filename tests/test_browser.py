@@ -30,6 +30,7 @@ from tests.federation_env import (
     start_federation,
     start_site_portal,
 )
+from tests.site_fixtures import LOCAL_PASSWORD
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
@@ -66,8 +67,19 @@ def context(browser: Browser) -> Iterator[BrowserContext]:
     made.set_default_timeout(20_000)
     requested: list[str] = []
     made.on("request", lambda request: requested.append(request.url))
+    refused: list[str] = []  # what the pages' Content-Security-Policy blocked
+    made.on(
+        "page",
+        lambda page: page.on(
+            "console",
+            lambda message: (
+                refused.append(message.text) if "Content Security Policy" in message.text else None
+            ),
+        ),
+    )
     yield made
     made.close()
+    assert not refused, f"the CSP blocked what a page loads: {refused}"
     outside = {urlsplit(url).hostname for url in requested} - {"127.0.0.1", None}
     assert not outside, f"pages asked other hosts: {outside}"
 
@@ -89,6 +101,15 @@ def _sign_in(page: Page, fed: Federation, username: str, password: str) -> None:
     page.fill("#f-username", username)
     page.fill("#f-password", password)
     page.click("button.primary")
+
+
+def sign_in_to_site_portal(page: Page, portal: SitePortal, path: str = "/jobs") -> None:
+    """Open a page of a site portal: it asks for its local password first."""
+    page.goto(f"{portal.url}{path}")
+    expect(page.locator("h1")).to_contain_text("Sign in to this site portal")
+    page.fill("#f-password", portal.local_password)
+    page.click("main button:has-text('Sign in')")
+    expect(page).to_have_url(f"{portal.url}{path}")
 
 
 def _new_simice_version(tmp: Path) -> Path:
@@ -146,12 +167,22 @@ def test_the_whole_journey_in_a_browser(
     expect(mail).to_contain_text(fed.central_url)
     shot(page, "03-outbox", folder)
 
-    # The site user configures the site portal and signs in.
-    portal: SitePortal = start_site_portal(fed, "east", site_id)
+    # The site user opens the new site portal: first a local password of its own (a short one
+    # is refused), then the settings, and signs in to central.
+    portal: SitePortal = start_site_portal(fed, "east", site_id, first_run=True)
     try:
         site = context.new_page()
         site.on("dialog", lambda dialog: dialog.accept())
         site.goto(f"{portal.url}/settings")
+        expect(site.locator("h1")).to_contain_text("Choose a local password")
+        site.fill("#f-password", "short")
+        site.fill("#f-repeat", "short")
+        site.click("text=Set password and sign in")
+        expect(site.locator("#e-password")).to_contain_text("at least 10 characters")
+        site.fill("#f-password", LOCAL_PASSWORD)
+        site.fill("#f-repeat", LOCAL_PASSWORD)
+        site.click("text=Set password and sign in")
+        expect(site).to_have_url(f"{portal.url}/settings")
         site.fill("#f-central_url", fed.central_url)
         site.fill("#f-site_id", site_id)
         site.fill("#f-ca_file", str(fed.ca_file))
@@ -282,7 +313,7 @@ def test_cancel_on_the_site_page_shows_cancelled_on_both(
             ).json()["id"]
         site = context.new_page()
         site.on("dialog", lambda dialog: dialog.accept())
-        site.goto(f"{portal.url}/jobs/{job_id}")
+        sign_in_to_site_portal(site, portal, f"/jobs/{job_id}")
         site.set_input_files("#site-file", str(demo_files["north"]))
         site.click("button:has-text('Upload')")
         expect(site.locator("ol.checklist")).to_contain_text("held in memory only")

@@ -17,7 +17,15 @@ import pytest
 from playwright.sync_api import BrowserContext, expect
 
 from tests.federation_env import Federation, connect_site, start_federation, start_site_portal
-from tests.test_browser import PASSWORD, _sign_in, browser, context, folder, shot
+from tests.test_browser import (
+    PASSWORD,
+    _sign_in,
+    browser,
+    context,
+    folder,
+    shot,
+    sign_in_to_site_portal,
+)
 
 __all__ = ["browser", "context", "folder"]  # fixtures, shared with test_browser.py
 
@@ -75,7 +83,7 @@ def test_compare_methods_from_the_wizard(
 
         # The site starts once, for every method that runs on its data (IMICE does not).
         site = context.new_page()
-        site.goto(f"{portal.url}/jobs/{job_id}")
+        sign_in_to_site_portal(site, portal, f"/jobs/{job_id}")
         expect(site.locator("ol.checklist")).to_contain_text("This job compares methods")
         for method in ("SIMICE", "AVGMMICE", "CSLMICE"):
             expect(site.locator("ol.checklist")).to_contain_text(f"{method} 1.0.0 is built into")

@@ -9,9 +9,8 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 
 from federation.logs import JsonFormatter, log_config
-from portal_site.app import create_app as create_site_app
-from portal_site.settings import SiteSettings
 from tests.central_fixtures import admin_headers
+from tests.site_fixtures import site_client, site_settings
 
 
 def _samples(text: str) -> dict[str, float]:
@@ -49,7 +48,7 @@ def test_central_metrics_count_jobs_by_state_and_sites(central: TestClient) -> N
 
 
 def test_site_metrics_and_health(tmp_path: Path) -> None:
-    with TestClient(create_site_app(SiteSettings(data_dir=tmp_path))) as site:
+    with site_client(site_settings(tmp_path), signed_in=False) as site:
         samples = _samples(site.get("/metrics").text)
         health = site.get("/health").json()
 

@@ -14,8 +14,7 @@ import pytest
 from bs4 import BeautifulSoup
 from fastapi.testclient import TestClient
 
-from portal_site.app import create_app
-from portal_site.settings import SiteSettings
+from tests.site_fixtures import site_client, site_settings
 
 UNREACHABLE = "https://127.0.0.1:1"
 PAGES = ["/settings", "/jobs", "/ledger", "/approvals"]
@@ -24,7 +23,7 @@ HTMX = "/static/vendor/htmx-2.0.11.min.js"
 
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(SiteSettings(data_dir=tmp_path / "site"))) as client:
+    with site_client(site_settings(tmp_path / "site")) as client:
         yield client
 
 
@@ -192,7 +191,7 @@ def test_a_same_origin_post_is_accepted(site: TestClient) -> None:
     response = site.post(
         "/settings",
         data={"central_url": UNREACHABLE, "site_id": "north1"},
-        headers={"Origin": "http://testserver"},
+        headers={"Origin": "http://127.0.0.1:8001"},
     )
     assert response.status_code == 200, response.text
     assert _status(site)["site_id"] == "north1"
