@@ -32,6 +32,7 @@ async def fit_pooled(job: CentralJob, target: Target, start: np.ndarray | None =
     ridge = float(job.params["ridge"])
     if target.type == "gaussian":
         replies = await job.ask("gaussian_stats", target=target.index)
+        _check_counts(replies, target)
         return fit_gaussian(replies, ridge=ridge, names=names, target=target.name)
 
     async def evaluate(beta: np.ndarray) -> dict[str, dict[str, Any]]:
@@ -116,6 +117,18 @@ async def fit_surrogate(job: CentralJob, target: Target, start: np.ndarray | Non
         target=target.name,
     )
     return fit
+
+
+def _check_counts(replies: dict[str, dict[str, Any]], target: Target) -> None:
+    """The intercept's own entry of X'X is the count of rows: a participant whose n disagrees
+    with its own sums sent numbers that cannot come from rows."""
+    for site, reply in replies.items():
+        n, diagonal = int(reply["n"]), float(np.asarray(reply["xtx"])[-1, -1])
+        if abs(diagonal - n) > 1e-9 * max(n, 1):
+            raise FitError(
+                f"target '{target.name}': {site} sent n = {n} with sums of {diagonal:.0f} rows; "
+                "its reply is refused"
+            )
 
 
 def record(job: CentralJob, target: Target, fit: Fit, *, cycle: int) -> None:

@@ -13,6 +13,7 @@ nfilter.glm 0.33, nfilter.tab 3), ``vantage6-glm`` (10 rows, 3 per level) and ``
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -103,6 +104,13 @@ class Policy:
                     "row(s) (min_level_count)"
                 )
         return reasons
+
+    def foresee(self, *, columns: Sequence[str], participants: int) -> list[str]:
+        """What central can tell before Start: the refusals the job's definition already
+        causes, then the rows each target's fit will need at this site."""
+        reasons = self.check_job(columns=columns, participants=participants)
+        needed = max(self.min_rows, math.ceil(len(columns) / self.max_params_per_row))
+        return [*reasons, f"needs at least {needed} usable rows per target"]
 
     # -------------------------------------------------------------- storage and display
 

@@ -22,6 +22,9 @@ from federation.errors import ProtocolError
 PROTOCOL_VERSION = 1
 MAGIC = b"FIP1"
 ALLOWED_DTYPES = frozenset({"<f8", "<i8", "|b1"})
+MAX_FRAME_BYTES = 64 * 2**20
+"""The largest WebSocket message either end accepts; a job whose replies would not fit is
+refused when it is created."""
 _LENGTH = struct.Struct("<I")
 
 
@@ -210,6 +213,15 @@ class Heartbeat(BaseModel):
     type: Literal["heartbeat"] = "heartbeat"
 
 
+class PolicySummary(BaseModel):
+    """Site -> central, after the welcome and when it changes: the site's disclosure policy
+    (``federation.policy``), so that central's job page can say who would refuse a job. The
+    site enforces it whatever central makes of it."""
+
+    type: Literal["policy"] = "policy"
+    policy: dict[str, Any]
+
+
 class Welcome(BaseModel):
     """Central -> site, first message on a connection: who central thinks this is."""
 
@@ -220,7 +232,7 @@ class Welcome(BaseModel):
     """Jobs central holds this site ready for (after a reconnect)."""
 
 
-ControlMessage = Ready | Unready | Cancel | JobUpdate | Heartbeat | Welcome
+ControlMessage = Ready | Unready | Cancel | JobUpdate | Heartbeat | Welcome | PolicySummary
 Control = Annotated[ControlMessage, Field(discriminator="type")]
 _CONTROL = TypeAdapter(Control)
 

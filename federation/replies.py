@@ -158,6 +158,14 @@ class ReplySchema:
         _expression(str(fits), [*names, "targets"])  # refuses anything but arithmetic
         return cls(operations=operations, left_out=tuple(left_out), fits=str(fits))
 
+    def largest_reply(self, dims: Dims) -> int:
+        """The most numbers one operation's declared reply holds for a job of these sizes."""
+        sizes = dims.as_map()
+        return max(
+            (sum(v.size(sizes) for v in values.values()) for values in self.operations.values()),
+            default=0,
+        )
+
     def check_handlers(self, file_name: str, handlers: Sequence[str]) -> None:
         """Every operation a remote half answers must have a declared reply, and back."""
         declared = set(self.operations) - {PREPARE}

@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, NoReturn, Protocol
+from typing import Any, NoReturn, Protocol
 
 import numpy as np
 
@@ -29,11 +29,9 @@ from federation.job import JobEvent, JobSpec, Target, random_stream
 from federation.policy import OPEN as OPEN_POLICY
 from federation.policy import Policy, binary_levels
 from federation.protocol import ErrorKind, ErrorReply, Reply, Request, decode, encode
+from federation.registry import Algorithm, file_names
 from federation.replies import PREPARE, Bounds, Dims, ReplySchema, Value, check_values
 from federation.sandbox import Sandbox, SandboxFailed
-
-if TYPE_CHECKING:
-    from federation.registry import Algorithm
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +133,6 @@ class Sandboxed:
         return None if self._sandbox is None else self._sandbox.pid
 
     def prepare(self, job: SiteJob) -> Result:
-        from federation.registry import file_names
-
         self.close()
         algorithm = self._algorithm
         self._sandbox = Sandbox(

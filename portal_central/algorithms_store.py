@@ -1,8 +1,9 @@
 """Algorithm versions in the database, and the in-memory registry built from them.
 
 Built-ins are written to the database at start-up through the same validation as an upload;
-every version a job may pin stays loadable. An upload is accepted only after it has run once
-in simulation on synthetic data.
+every version a job may pin stays readable. Reading runs none of a package's code: an uploaded
+version's halves execute at central only when a job runs them, and when the upload itself is
+checked (it is accepted only after it has run once in simulation on synthetic data).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from federation.errors import AlgorithmInvalid, FipError
-from federation.registry import Algorithm, Registry, file_names, load_algorithm
+from federation.registry import Algorithm, Registry, file_names, load_algorithm, read_algorithm
 from federation.simulation import smoke_test
 from portal_central.errors import Conflict, FieldInvalid, NotFound
 from portal_central.models import AlgorithmVersion, User, utcnow
@@ -84,11 +85,19 @@ def sync_builtins(*, session: Session) -> None:
 
 
 def load_registry(*, session: Session) -> Registry:
-    """Every stored version (retired ones too: old jobs pin them), loaded and validated."""
+    """Every stored version (retired ones too: old jobs pin them), read and validated from its
+    bytes; none of its code runs here. A version that no longer validates (stored before
+    replies were declared) is left out, with a line in the log."""
+    shipped = {a.digest for a in Registry.with_builtins().all()}
     registry = Registry()
     rows = session.scalars(select(AlgorithmVersion).order_by(AlgorithmVersion.id))
     for row in rows:
-        registry.add(load_algorithm(row.name, files_of(row)))
+        try:
+            algorithm = read_algorithm(row.name, files_of(row), builtin=row.digest in shipped)
+        except AlgorithmInvalid as error:
+            log.warning("algorithm %s %s cannot be used: %s", row.name, row.version, error)
+            continue
+        registry.add(algorithm)
     return registry
 
 
@@ -110,6 +119,7 @@ def versions(*, session: Session, registry: Registry, name: str | None = None) -
             algorithm=registry.get(row.name, row.version),
         )
         for row in session.scalars(query)
+        if any(a.version == row.version for a in registry.versions(row.name))
     ]
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from federation.errors import InputError
 from federation.logs import log_config
+from federation.protocol import MAX_FRAME_BYTES
 from portal_central.accounts import service
 from portal_central.db import Database, upgrade
 from portal_central.errors import PortalError
@@ -118,6 +119,7 @@ def _serve(args: argparse.Namespace) -> int:
         ssl_certfile=str(settings.certfile) if settings.certfile else None,
         ssl_keyfile=str(settings.keyfile) if settings.keyfile else None,
         ws_per_message_deflate=False,  # compression costs ~15x on float64 frames
+        ws_max_size=MAX_FRAME_BYTES,  # as the sites' own limit: the widest job's replies fit
         log_config=log_config(),
     )
     return 0

@@ -21,11 +21,14 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketExce
 
 from federation.errors import ProtocolError
 from federation.protocol import (
+    MAX_FRAME_BYTES,
     ControlMessage,
     ErrorReply,
     Heartbeat,
+    PolicySummary,
     Reply,
     Request,
+    Welcome,
     decode,
     decode_control,
     encode,
@@ -209,7 +212,7 @@ class Worker:
             additional_headers={"Authorization": f"Bearer {access}"},
             ssl=ssl_context(ca_file) if url.startswith("wss://") else None,
             compression=None,  # per-message deflate costs ~15x on float64 frames
-            max_size=64 * 2**20,
+            max_size=MAX_FRAME_BYTES,
             open_timeout=10,
         ) as socket:
             self._socket = socket
@@ -220,16 +223,33 @@ class Worker:
                     if isinstance(message, bytes):
                         self._spawn(self._answer(socket, message))
                     else:
-                        await self.jobs.on_control(decode_control(message))
+                        control = decode_control(message)
+                        await self.jobs.on_control(control)
+                        if isinstance(control, Welcome):
+                            await self.send_policy()
             finally:
                 beat.cancel()
                 self._socket = None
 
     async def send_control(self, message: ControlMessage) -> None:
+        """Send a control message (ready, unready, cancel); the ledger lists it too."""
         socket = self._socket
         if socket is None:
             raise CentralError(f"not connected to central ({self.status}: {self.detail})")
-        await socket.send(encode_control(message))
+        text = encode_control(message)
+        await socket.send(text)
+        self._store.record(
+            job_id=str(getattr(message, "job_id", "")),
+            kind=message.type,
+            shapes=[],
+            rows=0,
+            size=len(text.encode()),
+        )
+
+    async def send_policy(self) -> None:
+        """Tell central this site's disclosure policy (when connected; it changes nothing here)."""
+        if self._socket is not None:
+            await self.send_control(PolicySummary(policy=self.jobs.policy.summary()))
 
     async def _heartbeat(self, socket: ClientConnection) -> None:
         while True:
@@ -283,7 +303,7 @@ class Worker:
         else:
             shapes, note = (
                 [],
-                f"{answer.kind}: {answer.message}"[:500] if isinstance(answer, ErrorReply) else "",
+                f"{answer.kind}: {answer.message}" if isinstance(answer, ErrorReply) else "",
             )
         self._store.record(
             job_id=request.job_id,
@@ -322,12 +342,9 @@ class Worker:
 
 
 def _shapes(result: dict[str, Any]) -> dict[str, list[int]]:
-    """The shape of every value in a result: [] for a number, the array's shape otherwise."""
-    return {
-        key: list(value.shape) if isinstance(value, np.ndarray) else []
-        for key, value in result.items()
-        if not isinstance(value, str | dict)
-    }
+    """The shape of every value of a result ([] for one number). A reply holds numbers only:
+    the runner sent nothing else."""
+    return {key: list(np.shape(value)) for key, value in result.items()}
 
 
 def _body(error: InvalidStatus) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from bs4 import BeautifulSoup, Tag
@@ -10,6 +11,8 @@ from fastapi.testclient import TestClient
 
 from federation.demo import COLUMNS
 from federation.registry import Registry, package_digest
+from portal_central.app import create_app
+from portal_central.settings import CentralSettings
 from tests.central_fixtures import (
     ADMIN,
     SITE_PASSWORD,
@@ -17,6 +20,7 @@ from tests.central_fixtures import (
     approved_site,
     bearer,
     browser_sign_in,
+    create_admin,
     meandraw_files,
     token,
     upload_algorithm,
@@ -349,7 +353,8 @@ def test_a_site_user_cannot_upload(central: TestClient) -> None:
     assert anonymous.status_code == 401
     # A site may read the registry and the remote halves it runs.
     assert central.get("/api/algorithms", headers=site).status_code == 200
-    remote = central.get("/api/algorithms/SIMI/1.0.0/files/SIMIRemote.py", headers=site)
+    simi = Registry.with_builtins().get("SIMI").version
+    remote = central.get(f"/api/algorithms/SIMI/{simi}/files/SIMIRemote.py", headers=site)
     assert remote.status_code == 200 and "HANDLERS" in remote.text
     assert _versions(central, "MEANDRAW") == []
 
@@ -407,3 +412,43 @@ def test_page_upload_errors_rerender_the_list(central: TestClient) -> None:
     )
     assert no_csrf.status_code == 403
     assert [v["version"] for v in _versions(central, "MEANDRAW")] == ["1.0.0"]
+
+
+def test_uploaded_code_runs_when_it_is_checked_and_used_never_at_start_up(
+    central_settings: CentralSettings, tmp_path: Path
+) -> None:
+    """A central half that notes each time it is loaded: once for the upload's trial run, then
+    only when a job runs it; restarting central loads nothing."""
+    marker = tmp_path / "loaded"
+    files = meandraw_files()
+    files[CENTRAL_FILE] += (
+        f"\n\nwith open({str(marker)!r}, 'a') as _marker:\n    _marker.write('loaded\\n')\n"
+    ).encode()
+    with TestClient(create_app(central_settings)) as client:
+        create_admin(client)
+        upload_algorithm(client, files)
+    assert marker.read_text() == "loaded\n"
+
+    with TestClient(create_app(central_settings)) as client:  # central starts again
+        assert any(v["name"] == "MEANDRAW" for v in _versions(client, "MEANDRAW"))
+
+    assert marker.read_text() == "loaded\n"
+
+
+def test_a_job_too_wide_for_one_message_is_refused_when_it_is_created(
+    central: TestClient,
+) -> None:
+    columns = [f"c{i}" for i in range(3000)]
+    job = {
+        "name": "wide",
+        "algorithm": "SIMI",
+        "columns": columns,
+        "targets": [{"column": "c0", "type": "gaussian"}],
+        "seed": 1,
+    }
+
+    refused = central.post("/api/jobs", json=job, headers=admin_auth(central))
+
+    assert refused.status_code == 422, refused.text
+    assert "SIMI on 3000 columns makes replies of 69 MiB" in refused.text
+    assert "more than the 64 MiB a message between central and a site may carry" in refused.text

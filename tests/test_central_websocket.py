@@ -15,11 +15,20 @@ from typing import Any
 
 import anyio
 import pytest
+from bs4 import BeautifulSoup
 from fastapi.testclient import TestClient
 from starlette.testclient import WebSocketDenialResponse, WebSocketTestSession
 from starlette.websockets import WebSocketDisconnect
 
-from federation.protocol import Heartbeat, Ready, Welcome, decode_control, encode_control
+from federation.policy import Policy
+from federation.protocol import (
+    Heartbeat,
+    PolicySummary,
+    Ready,
+    Welcome,
+    decode_control,
+    encode_control,
+)
 from portal_central.app import create_app
 from portal_central.models import User
 from portal_central.security import Tokens
@@ -324,6 +333,42 @@ def test_heartbeats_update_last_seen(insecure: TestClient) -> None:
         _wait(lambda: site_id in runs.get(job_id).ready, "the Ready after the heartbeat")
         later = connections.last_seen(site_id)
         assert later is not None and later > first
+
+
+def test_a_sites_policy_shows_on_the_job_page_before_start(insecure: TestClient) -> None:
+    """The site says its policy; the admin sees who would refuse the job and why."""
+    _, site_id, access = _site(insecure)
+    job_id = _job(insecure, [site_id])
+    connections = _state(insecure).connections
+    policy = Policy(min_sites=3, denied_columns=("b",))
+    with _connect(insecure, bearer(access)) as socket:
+        _welcome(socket)
+        socket.send_text(encode_control(PolicySummary(policy=policy.summary())))
+        _wait(lambda: site_id in connections.policies, "the policy")
+        page = insecure.get(f"/jobs/{job_id}", cookies=None, headers=admin_headers(insecure))
+
+    assert connections.policies[site_id] == policy
+    assert page.status_code == 200, page.text
+    found = BeautifulSoup(page.text, "html.parser").select_one("td.site-policy")
+    assert found is not None
+    cell = " ".join(found.stripped_strings)
+    assert (
+        "would refuse: the job has 2 participant(s), fewer than this site's min_sites of 3" in cell
+    )
+    assert "would refuse: the job uses column(s) this site does not allow: 'b'" in cell
+    assert "needs at least 10 usable rows per target" in cell
+
+
+def test_a_policy_central_cannot_read_is_not_kept(insecure: TestClient) -> None:
+    _, site_id, access = _site(insecure)
+    connections = _state(insecure).connections
+    with _connect(insecure, bearer(access)) as socket:
+        _welcome(socket)
+        socket.send_text(encode_control(PolicySummary(policy={"min_rows": -4})))
+        socket.send_text(encode_control(Heartbeat()))
+        time.sleep(0.2)
+
+    assert site_id not in connections.policies
 
 
 # ---------------------------------------------------------------- central closes

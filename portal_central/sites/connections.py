@@ -20,6 +20,7 @@ from typing import Any
 from starlette.websockets import WebSocket
 
 from federation.errors import ProtocolError
+from federation.policy import Policy
 from federation.protocol import ControlMessage, Request, decode, encode_control
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,8 @@ class Connections:
         self._arrived: dict[str, asyncio.Event] = {}
         self._pending: dict[tuple[str, str, int], asyncio.Future[bytes]] = {}
         self.on_change: Callable[[str], None] | None = None
+        self.policies: dict[str, Policy] = {}
+        """What each site said of its disclosure policy when it last connected."""
         self.traffic = {
             "messages_sent": 0,
             "bytes_sent": 0,

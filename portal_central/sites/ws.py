@@ -16,8 +16,9 @@ from fastapi import APIRouter, WebSocket
 from fastapi.responses import JSONResponse
 from starlette.websockets import WebSocketDisconnect
 
-from federation.errors import ProtocolError
-from federation.protocol import Heartbeat, Welcome, decode_control
+from federation.errors import InputError, ProtocolError
+from federation.policy import Policy
+from federation.protocol import Heartbeat, PolicySummary, Welcome, decode_control
 from portal_central.models import User
 from portal_central.security import InvalidToken
 from portal_central.state import CentralState
@@ -51,7 +52,9 @@ async def site_socket(websocket: WebSocket) -> None:
                 connections.deliver(site_id, message["bytes"])
             elif message.get("text") is not None:
                 control = decode_control(message["text"])
-                if not isinstance(control, Heartbeat):
+                if isinstance(control, PolicySummary):
+                    _remember_policy(state, site_id, control)
+                elif not isinstance(control, Heartbeat):
                     await state.runs.on_control(site_id, control)
     except ProtocolError as error:
         log.warning("site %s sent a malformed frame: %s", site_id, error)
@@ -104,3 +107,12 @@ async def _close(websocket: WebSocket, code: int, reason: str) -> None:
         await websocket.close(code=code, reason=reason)
     except RuntimeError:
         pass  # already closed
+
+
+def _remember_policy(state: CentralState, site_id: str, summary: PolicySummary) -> None:
+    """Keep a site's policy to foresee its refusals; one central cannot read is not kept."""
+    try:
+        state.connections.policies[site_id] = Policy.from_mapping(summary.policy)
+    except InputError as error:
+        state.connections.policies.pop(site_id, None)
+        log.warning("site %s sent a policy central cannot read: %s", site_id, error)
