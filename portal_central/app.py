@@ -138,10 +138,12 @@ def create_app(settings: CentralSettings) -> FastAPI:
 
     @app.get("/health", tags=["operations"])
     def health(state: StateDep) -> JSONResponse:
-        """Whether the database answers, and how many sites are connected."""
+        """Whether the database answers and takes a write, and how many sites are connected."""
         try:
-            with state.database.session() as session:
-                session.execute(text("SELECT 1"))
+            with state.database.engine.connect() as connection, connection.begin() as write:
+                # A write that changes nothing, rolled back: a read-only database refuses it.
+                connection.execute(text("UPDATE alembic_version SET version_num = version_num"))
+                write.rollback()
         except Exception as error:  # noqa: BLE001 - any database failure is "unhealthy"
             return JSONResponse({"status": "unhealthy", "database": str(error)}, status_code=503)
         return JSONResponse(

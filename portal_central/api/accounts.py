@@ -13,6 +13,7 @@ from portal_central.accounts.limits import client_address
 from portal_central.deps import AdminUser, CurrentUser, StateDep
 from portal_central.errors import PortalError
 from portal_central.models import OutboxMail, User
+from portal_central.paths import RowId
 from portal_central.web.admin import apply_decision
 
 router = APIRouter(prefix="/api", tags=["accounts"])
@@ -160,7 +161,7 @@ def users(admin: AdminUser, state: StateDep, status: str | None = None) -> list[
 
 
 @router.post("/users/{user_id}/{action}")
-async def decide(user_id: int, action: str, admin: AdminUser, state: StateDep) -> Decision:
+async def decide(user_id: RowId, action: str, admin: AdminUser, state: StateDep) -> Decision:
     """approve (issues and mails the site_id), reject, disable (revokes tokens) or enable."""
     if action not in service.STATUS_TRANSITIONS:
         raise PortalError(

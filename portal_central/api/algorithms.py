@@ -9,6 +9,7 @@ from fastapi import APIRouter, File, UploadFile
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel
 
+from federation.errors import InputError
 from portal_central import algorithms_store as store
 from portal_central.deps import AdminUser, CurrentUser, StateDep
 from portal_central.errors import NotFound
@@ -76,7 +77,12 @@ async def upload(
 @router.get("/{name}/{version}/files/{file_name}", response_class=PlainTextResponse)
 def file(name: str, version: str, file_name: str, user: CurrentUser, state: StateDep) -> str:
     """One file of a version, as text (sites fetch the remote half this way)."""
-    algorithm = state.registry.get(name, version)
+    try:
+        algorithm = state.registry.get(name, version)
+    except InputError as error:  # an unknown algorithm or version
+        raise NotFound(str(error)) from None
     if file_name not in algorithm.files:
-        raise NotFound(f"{name} {version} has no file '{file_name}'")
+        raise NotFound(
+            f"{name} {version} has no file '{file_name}'; its files: {', '.join(algorithm.files)}"
+        )
     return algorithm.files[file_name].decode()

@@ -16,6 +16,7 @@ from portal_central.errors import FieldInvalid, NotFound
 from portal_central.jobs import service
 from portal_central.jobs.results import result_response
 from portal_central.models import Job, User
+from portal_central.paths import RowId
 from portal_central.state import CentralState
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
@@ -158,13 +159,13 @@ def list_jobs(user: CurrentUser, state: StateDep) -> list[JobOut]:
 
 
 @router.get("/{job_id}")
-def get(job_id: int, user: CurrentUser, state: StateDep) -> JobOut:
+def get(job_id: RowId, user: CurrentUser, state: StateDep) -> JobOut:
     return _out(state, job_id, user)
 
 
 @router.post("/{job_id}/data")
 async def upload_data(
-    job_id: int, admin: AdminUser, state: StateDep, file: Annotated[UploadFile, File()]
+    job_id: RowId, admin: AdminUser, state: StateDep, file: Annotated[UploadFile, File()]
 ) -> JobOut:
     """Central's own CSV (multipart), held in memory; the header must equal the job's columns."""
     try:
@@ -178,7 +179,7 @@ async def upload_data(
 
 
 @router.post("/{job_id}/cancel")
-async def cancel(job_id: int, admin: AdminUser, state: StateDep) -> JobOut:
+async def cancel(job_id: RowId, admin: AdminUser, state: StateDep) -> JobOut:
     with state.database.session() as session:
         service.get_job(session=session, job_id=job_id, user=admin)
     await state.runs.cancel(job_id)
@@ -186,7 +187,7 @@ async def cancel(job_id: int, admin: AdminUser, state: StateDep) -> JobOut:
 
 
 @router.post("/{job_id}/retry")
-async def retry(job_id: int, admin: AdminUser, state: StateDep) -> JobOut:
+async def retry(job_id: RowId, admin: AdminUser, state: StateDep) -> JobOut:
     """Run a comparison's failed or cancelled method again (a new child job); the comparison."""
     with state.database.session() as session:
         service.get_job(session=session, job_id=job_id, user=admin)
@@ -195,7 +196,7 @@ async def retry(job_id: int, admin: AdminUser, state: StateDep) -> JobOut:
 
 
 @router.get("/{job_id}/comparison")
-def comparison(job_id: int, admin: AdminUser, state: StateDep) -> dict[str, Any]:
+def comparison(job_id: RowId, admin: AdminUser, state: StateDep) -> dict[str, Any]:
     """A comparison's side-by-side report: per target each method's coefficients and distance
     from the reference, and per method its round trips, bytes and seconds."""
     with state.database.session() as session:
@@ -207,7 +208,7 @@ def comparison(job_id: int, admin: AdminUser, state: StateDep) -> dict[str, Any]
 
 @router.get("/{job_id}/result", response_class=Response)
 def result(
-    job_id: int, admin: AdminUser, state: StateDep, format: Literal["zip", "long"] = "zip"
+    job_id: RowId, admin: AdminUser, state: StateDep, format: Literal["zip", "long"] = "zip"
 ) -> Response:
     """The imputed datasets: a zip of CSVs, or one long CSV (R mice's layout)."""
     with state.database.session() as session:
@@ -216,7 +217,7 @@ def result(
 
 
 @router.get("/{job_id}/report", response_class=Response)
-def report(job_id: int, admin: AdminUser, state: StateDep) -> Response:
+def report(job_id: RowId, admin: AdminUser, state: StateDep) -> Response:
     """The job's report.json (fits, sites' rows, traffic)."""
     with state.database.session() as session:
         job = service.get_job(session=session, job_id=job_id, user=admin)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 
 from federation.compare import comparison_report
 from federation.data import Table, check_columns
@@ -31,7 +32,7 @@ from federation.transport import InMemoryTransport, Transport
 from portal_central.db import Database
 from portal_central.errors import Conflict, FieldInvalid
 from portal_central.jobs import service, status
-from portal_central.models import Job
+from portal_central.models import Job, utcnow
 from portal_central.sites.connections import Connections, WebSocketTransport
 
 log = logging.getLogger(__name__)
@@ -139,7 +140,8 @@ class Runs:
             comparison = job.is_comparison
         if missing:
             return False
-        self._move(job_id, to="running", message="running")
+        if not self._move(job_id, to="running", message="running"):
+            return False
         work = self._compare(run) if comparison else self._execute(run, spec)
         run.task = asyncio.create_task(work, name=f"job-{job_id}")
         return True
@@ -269,8 +271,11 @@ class Runs:
         assert run.data is not None
         for k, (child_id, spec) in enumerate(todo):
             child = self.get(child_id)
-            self._move(child_id, to="waiting", message="")
-            self._move(child_id, to="running", message="running")
+            if not (
+                self._move(child_id, to="waiting", message="")
+                and self._move(child_id, to="running", message="running")
+            ):
+                continue  # marked failed: the comparison goes on, and ends partial
             self.publish(child_id, "state")
             relay = _Relay(parent_id=parent_id, method=spec.algorithm, done=k, of=len(todo))
             self.publish(parent_id, JobEvent(kind="log", message=f"{spec.algorithm}: started"))
@@ -468,11 +473,36 @@ class Runs:
 
     # ------------------------------------------------------------- state
 
-    def _move(self, job_id: int, *, to: str, message: str) -> None:
-        with self._database.session() as session:
-            job = session.get(Job, job_id)
-            assert job is not None
-            status.advance(job, to=to, message=message)
+    def _move(self, job_id: int, *, to: str, message: str) -> bool:
+        """Record a job's new state. When the database refuses the write, the job is marked
+        failed instead (if that can still be written) and False is returned: a job must not
+        sit in a state that nothing will ever move it out of."""
+        try:
+            with self._database.session() as session:
+                job = session.get(Job, job_id)
+                assert job is not None
+                status.advance(job, to=to, message=message)
+            return True
+        except SQLAlchemyError as error:
+            cause = str(getattr(error, "orig", None) or error).splitlines()[0][:200]
+        log.error("job %s: could not record its state '%s': %s", job_id, to, cause)
+        self._fail_unrecorded(job_id, f"central could not record the state '{to}': {cause}")
+        return False
+
+    def _fail_unrecorded(self, job_id: int, reason: str) -> None:
+        """Mark a job failed after a refused state write: the one move outside the transition
+        table, from whatever state the database still holds; central drops its data."""
+        run = self._runs.get(job_id)
+        if run is not None:
+            run.data = run.result = None
+        try:
+            with self._database.session() as session:
+                job = session.get(Job, job_id)
+                if job is not None and job.state not in status.FINAL:
+                    job.state, job.message, job.finished_at = "failed", reason, utcnow()
+        except SQLAlchemyError:
+            log.exception("job %s: could not mark it failed either", job_id)
+        self.publish(job_id, "state")
 
     def interrupt_unfinished(self) -> int:
         """At start-up: jobs that were waiting or running lost central's data with the restart."""

@@ -13,6 +13,7 @@ from federation.web import render
 from portal_central import algorithms_store as store
 from portal_central.deps import AdminUser, CurrentUser, StateDep
 from portal_central.errors import FieldInvalid, NotFound, PortalError
+from portal_central.paths import RowId
 
 router = APIRouter(prefix="/algorithms")
 
@@ -115,7 +116,7 @@ def algorithm_page(
 
 @router.post("/{name}/versions/{version_id}/{action}", response_class=HTMLResponse)
 def retire(
-    request: Request, name: str, version_id: int, action: str, admin: AdminUser, state: StateDep
+    request: Request, name: str, version_id: RowId, action: str, admin: AdminUser, state: StateDep
 ) -> Response:
     if action not in ("retire", "restore"):
         raise NotFound(f"no action '{action}'")

@@ -27,6 +27,7 @@ from portal_central.jobs import service
 from portal_central.jobs.header import ColumnSummary, summarize
 from portal_central.jobs.results import Format, result_response
 from portal_central.models import User
+from portal_central.paths import RowId
 from portal_central.state import CentralState
 
 router = APIRouter(prefix="/jobs")
@@ -131,7 +132,7 @@ async def create_job(request: Request, admin: AdminUser, state: StateDep) -> Res
 
 
 @router.get("/{job_id}", response_class=HTMLResponse)
-def job_page(request: Request, job_id: int, user: CurrentUser, state: StateDep) -> Response:
+def job_page(request: Request, job_id: RowId, user: CurrentUser, state: StateDep) -> Response:
     return render(
         request, "central/jobs/detail.html", {**_job_context(state, job_id, user), "nav": "jobs"}
     )
@@ -158,7 +159,9 @@ def _job_context(state: CentralState, job_id: int, user: User, **extra: Any) -> 
 
 
 @router.post("/{job_id}/data", response_class=HTMLResponse)
-async def upload_data(request: Request, job_id: int, admin: AdminUser, state: StateDep) -> Response:
+async def upload_data(
+    request: Request, job_id: RowId, admin: AdminUser, state: StateDep
+) -> Response:
     """Central's own CSV for the job, held in memory; the job starts when every site is ready."""
     async with request.form() as form:
         error = await _take_central_data(state, job_id, admin, form.get("file"))
@@ -168,7 +171,7 @@ async def upload_data(request: Request, job_id: int, admin: AdminUser, state: St
 
 
 @router.post("/{job_id}/retry", response_class=HTMLResponse)
-async def retry(request: Request, job_id: int, admin: AdminUser, state: StateDep) -> Response:
+async def retry(request: Request, job_id: RowId, admin: AdminUser, state: StateDep) -> Response:
     """Run a comparison's failed method again; the comparison's page shows it."""
     with state.database.session() as session:
         job = service.get_job(session=session, job_id=job_id, user=admin)
@@ -181,7 +184,7 @@ async def retry(request: Request, job_id: int, admin: AdminUser, state: StateDep
 
 
 @router.get("/{job_id}/comparison")
-def comparison_download(job_id: int, admin: AdminUser, state: StateDep) -> Response:
+def comparison_download(job_id: RowId, admin: AdminUser, state: StateDep) -> Response:
     """The comparison's side-by-side report as JSON (fits and costs; no data)."""
     with state.database.session() as session:
         job = service.get_job(session=session, job_id=job_id, user=admin)
@@ -196,7 +199,7 @@ def comparison_download(job_id: int, admin: AdminUser, state: StateDep) -> Respo
 
 
 @router.post("/{job_id}/cancel", response_class=HTMLResponse)
-async def cancel(request: Request, job_id: int, admin: AdminUser, state: StateDep) -> Response:
+async def cancel(request: Request, job_id: RowId, admin: AdminUser, state: StateDep) -> Response:
     with state.database.session() as session:
         service.get_job(session=session, job_id=job_id, user=admin)
     await state.runs.cancel(job_id)
@@ -255,7 +258,7 @@ def _status_or_redirect(request: Request, state: CentralState, job_id: int, user
 
 
 @router.get("/{job_id}/result")
-def download(job_id: int, admin: AdminUser, state: StateDep, format: Format = "zip") -> Response:
+def download(job_id: RowId, admin: AdminUser, state: StateDep, format: Format = "zip") -> Response:
     with state.database.session() as session:
         job = service.get_job(session=session, job_id=job_id, user=admin)
     return result_response(runs=state.runs, job=job, format=format)
@@ -263,7 +266,7 @@ def download(job_id: int, admin: AdminUser, state: StateDep, format: Format = "z
 
 @router.get("/{job_id}/events")
 async def events(
-    request: Request, job_id: int, user: CurrentUser, state: StateDep
+    request: Request, job_id: RowId, user: CurrentUser, state: StateDep
 ) -> EventSourceResponse:
     """Live fragments for the job page: progress, the event log, and the state block."""
     with state.database.session() as session:
