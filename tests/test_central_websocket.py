@@ -23,10 +23,15 @@ from starlette.websockets import WebSocketDisconnect
 from federation.policy import Policy
 from federation.protocol import (
     Heartbeat,
+    Op,
     PolicySummary,
     Ready,
+    Reply,
+    Request,
     Welcome,
+    decode,
     decode_control,
+    encode,
     encode_control,
 )
 from portal_central.app import create_app
@@ -357,6 +362,32 @@ def test_a_sites_policy_shows_on_the_job_page_before_start(insecure: TestClient)
     )
     assert "would refuse: the job uses column(s) this site does not allow: 'b'" in cell
     assert "needs at least 10 usable rows per target" in cell
+
+
+def test_a_reply_from_a_site_that_was_not_asked_is_not_taken(insecure: TestClient) -> None:
+    """South answers the request central sent to north: central waits for north's own."""
+    _, north_id, north_access = _site(insecure, "north")
+    _, south_id, south_access = _site(insecure, "south")
+    job_id = str(_job(insecure, [north_id]))
+    connections = _state(insecure).connections
+    with (
+        _connect(insecure, bearer(north_access)) as north,
+        _connect(insecure, bearer(south_access)) as south,
+    ):
+        _welcome(north)
+        _welcome(south)
+        frame = encode(Request(job_id=job_id, seq=0, ops=[Op(name="gaussian_stats")]))
+        answer = north.portal.start_task_soon(connections.exchange, north_id, frame)
+        assert north.receive_bytes() == frame
+
+        south.send_bytes(encode(Reply(job_id=job_id, seq=0, results=[{"n": 10**6}])))
+        time.sleep(0.3)
+        assert not answer.done(), "central took a reply from a site it did not ask"
+
+        north.send_bytes(encode(Reply(job_id=job_id, seq=0, results=[{"n": 12}])))
+        reply = decode(answer.result(timeout=RECEIVE_SECONDS))
+
+    assert isinstance(reply, Reply) and reply.results == [{"n": 12}]
 
 
 def test_a_policy_central_cannot_read_is_not_kept(insecure: TestClient) -> None:
