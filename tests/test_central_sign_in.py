@@ -16,7 +16,7 @@ from typing import Any
 import httpx2
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import inspect, select, text
 
 from federation.cli import main
 from portal_central.accounts import throttle
@@ -199,6 +199,23 @@ def test_the_admins_button_clears_a_sites_wait(make_central: Any) -> None:
     assert _sign_in(_from(central, ELSEWHERE), "north", SITE_PASSWORD).status_code == 200
     site = bearer(_sign_in(_from(central, THIRD), "north", SITE_PASSWORD).json()["access_token"])
     assert central.post(f"/admin/users/{user_id}/unlock", headers=site).status_code == 403
+    assert central.post(f"/api/users/{user_id}/unlock", headers=site).status_code == 403
+
+
+def test_the_api_unlocks_an_account_for_the_admin(make_central: Any) -> None:
+    central = make_central(account_free_failures=2, sign_in_first_delay_seconds=60)
+    user_id, _ = approved_site(central, "north")
+    admin = bearer(_pair(central, ADMIN["username"], ADMIN["password"])["access_token"])
+    for _ in range(2):
+        _sign_in(_from(central, STRANGER), "north", "Guess-password-1")
+    assert _sign_in(_from(central, ELSEWHERE), "north", SITE_PASSWORD).status_code == 401
+
+    unlocked = central.post(f"/api/users/{user_id}/unlock", headers=admin)
+
+    assert unlocked.status_code == 200, unlocked.text
+    assert unlocked.json()["username"] == "north"
+    assert _sign_in(_from(central, ELSEWHERE), "north", SITE_PASSWORD).status_code == 200
+    assert central.post("/api/users/4242/unlock", headers=admin).status_code == 404
 
 
 # ---------------------------------------------------------------- request rate limits
@@ -314,3 +331,43 @@ def test_throttle_failures_are_listed_by_username(make_central: Any) -> None:
         counts = throttle.failures(session, ["north", "nobody", "south"])
 
     assert counts == {"north": 2, "nobody": 1}
+
+
+def test_the_migration_gives_old_refresh_tokens_a_family_each(database_url: str) -> None:
+    from alembic import command
+
+    from portal_central.db import alembic_config, make_engine, upgrade
+
+    command.upgrade(alembic_config(database_url), "rev_2026_11_23_compare")
+    engine = make_engine(database_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO users (id, username, email, institution, password_hash, role, "
+                    "status, created_at, failed_sign_ins, locked_until, token_version) VALUES "
+                    "(1, 'north', 'n@h.example', 'North', 'x', 'site', 'approved', "
+                    ":now, 3, :now, 0)"
+                ),
+                {"now": "2026-11-30 10:00:00"},
+            )
+            for token_id in (1, 2):
+                connection.execute(
+                    text(
+                        "INSERT INTO refresh_tokens (id, user_id, token_hash, created_at, "
+                        "expires_at) VALUES (:id, 1, :hash, :now, :now)"
+                    ),
+                    {"id": token_id, "hash": f"h{token_id}", "now": "2026-11-30 10:00:00"},
+                )
+
+        upgrade(database_url)
+
+        with engine.connect() as connection:
+            families = connection.execute(
+                text("SELECT id, family_id FROM refresh_tokens ORDER BY id")
+            ).all()
+            columns = {c["name"] for c in inspect(connection).get_columns("users")}
+    finally:
+        engine.dispose()
+    assert [tuple(row) for row in families] == [(1, "old-1"), (2, "old-2")]
+    assert not {"failed_sign_ins", "locked_until"} & columns

@@ -160,6 +160,15 @@ def users(admin: AdminUser, state: StateDep, status: str | None = None) -> list[
         return [UserOut.of(u) for u in service.list_users(session=session, status=status)]
 
 
+@router.post("/users/{user_id}/unlock")
+def unlock(user_id: RowId, admin: AdminUser, state: StateDep) -> UserOut:
+    """Clear an account's failed sign-ins and its wait: it may sign in again at once."""
+    with state.database.session() as session:
+        user = service.get_user(session=session, user_id=user_id)
+        service.unlock(session=session, username=user.username)
+        return UserOut.of(user)
+
+
 @router.post("/users/{user_id}/{action}")
 async def decide(user_id: RowId, action: str, admin: AdminUser, state: StateDep) -> Decision:
     """approve (issues and mails the site_id), reject, disable (revokes tokens) or enable."""
