@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,6 +32,7 @@ def resolve_params(
             f"unknown parameter {', '.join(repr(u) for u in unknown)}; this algorithm takes "
             + ", ".join(repr(p) for p in properties)
         )
+    check_finite(given)
     resolved = {name: prop["default"] for name, prop in properties.items() if "default" in prop}
     resolved.update(given)
     errors = sorted(Draft202012Validator(schema).iter_errors(resolved), key=lambda e: list(e.path))
@@ -41,6 +43,36 @@ def resolve_params(
     if resolved.get("min_rows") is None:  # every job has one: the sites' privacy floor
         resolved["min_rows"] = default_min_rows(columns)
     return resolved
+
+
+PARAM_BOUND = 1e9
+"""The largest magnitude of a number in a job's parameters. JSON Schema lets NaN, Infinity and
+numbers such as 1e308 through ``minimum`` and ``exclusiveMinimum`` (and Python's JSON reader
+accepts NaN and Infinity); every built-in parameter is far below this (a ridge is a small
+fraction, counts are thousands at most), and ridge·N stays finite for any number of rows."""
+
+
+def check_finite(given: Mapping[str, Any]) -> None:
+    """Refuse NaN, infinities and magnitudes over :data:`PARAM_BOUND`, naming the parameter."""
+    for name, value in given.items():
+        problem = _number_problem(value)
+        if problem:
+            raise InputError(f"parameter '{name}': {problem}")
+
+
+def _number_problem(value: Any) -> str | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"must be a finite number, not {value}"
+    if isinstance(value, int | float) and abs(value) > PARAM_BOUND:
+        shown = str(value) if len(str(value)) <= 24 else f"{str(value)[:20]}…"
+        return f"must be between {-PARAM_BOUND:g} and {PARAM_BOUND:g}, not {shown}"
+    if isinstance(value, list | tuple):
+        return next((p for p in map(_number_problem, value) if p), None)
+    if isinstance(value, dict):
+        return next((p for p in map(_number_problem, value.values()) if p), None)
+    return None
 
 
 def parse_param(text: str) -> tuple[str, Any]:

@@ -16,6 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, event, text
 
+from federation.cli import main
 from federation.demo import COLUMNS
 from tests.central_fixtures import (
     ADMIN,
@@ -238,3 +239,25 @@ def test_a_job_whose_state_cannot_be_written_ends_failed(
     assert done["results_available"] is False
     run = portal_state(central).runs.get(job_id)
     assert run.data is None and run.result is None, "central holds nothing for a failed job"
+
+
+@pytest.mark.parametrize("ridge", ["NaN", "Infinity", "1e308"])
+def test_fip_simulate_refuses_a_non_finite_parameter_by_name(
+    ridge: str,
+    demo_files: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / "out"
+
+    code = main(
+        [
+            *("simulate", "--algorithm", "SIMI", "--central", str(demo_files["central"])),
+            *("--site", str(demo_files["north"]), "--target", "bmi:gaussian"),
+            *("--param", f"ridge={ridge}", "--out", str(out)),
+        ]
+    )
+
+    assert code == 1
+    assert "parameter 'ridge'" in capsys.readouterr().err
+    assert not out.exists() or not any(out.iterdir()), "nothing was written"

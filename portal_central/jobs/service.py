@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -73,7 +72,6 @@ def create_job(
             method.algorithm.check_targets(t.type for t in resolved_targets)
     except InputError as error:
         raise FieldInvalid(str(error), field="targets") from None
-    _check_finite(params)
     if compare:
         _check_shared_params(methods, params)
     resolved = {
@@ -202,36 +200,6 @@ def _check_shared_params(
             f"no method of this comparison takes parameter {', '.join(map(repr, unknown))}",
             field="params",
         )
-
-
-PARAM_BOUND = 1e9
-"""The largest magnitude of a number in a job's parameters. JSON Schema lets NaN, Infinity and
-numbers such as 1e308 through ``minimum`` and ``exclusiveMinimum``; every built-in parameter
-is far below this (a ridge is a small fraction, counts are thousands at most), and ridge·N
-stays finite for any number of rows."""
-
-
-def _check_finite(params: dict[str, Any]) -> None:
-    """Refuse NaN, infinities and absurd magnitudes, naming the parameter."""
-    for name, value in params.items():
-        problem = _number_problem(value)
-        if problem:
-            raise FieldInvalid(f"parameter '{name}': {problem}", field=f"param_{name}")
-
-
-def _number_problem(value: Any) -> str | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, float) and not math.isfinite(value):
-        return f"must be a finite number, not {value}"
-    if isinstance(value, int | float) and abs(value) > PARAM_BOUND:
-        shown = str(value) if len(str(value)) <= 24 else f"{str(value)[:20]}…"
-        return f"must be between {-PARAM_BOUND:g} and {PARAM_BOUND:g}, not {shown}"
-    if isinstance(value, list | tuple):
-        return next((p for p in map(_number_problem, value) if p), None)
-    if isinstance(value, dict):
-        return next((p for p in map(_number_problem, value.values()) if p), None)
-    return None
 
 
 def _resolve(
