@@ -371,3 +371,19 @@ def test_the_migration_gives_old_refresh_tokens_a_family_each(database_url: str)
         engine.dispose()
     assert [tuple(row) for row in families] == [(1, "old-1"), (2, "old-2")]
     assert not {"failed_sign_ins", "locked_until"} & columns
+
+
+def test_addresses_of_one_ipv6_network_share_one_wait(make_central: Any) -> None:
+    central = make_central(
+        client_free_failures=2, account_free_failures=100, sign_in_first_delay_seconds=30
+    )
+    approved_site(central, "north")
+    for k, name in enumerate(("alice", "bob")):
+        _sign_in(_from(central, (f"2001:db8:1:2::{k + 1}", 5000)), name, "Some-password-1")
+
+    same_network = _sign_in(_from(central, ("2001:db8:1:2:ffff::9", 5000)), "north", SITE_PASSWORD)
+    other_network = _sign_in(_from(central, ("2001:db8:1:3::1", 5000)), "north", SITE_PASSWORD)
+
+    assert same_network.json() == WRONG_BODY, "a fresh address in the same /64 still waits"
+    assert other_network.status_code == 200
+    assert "client:2001:db8:1:2::/64" in _throttle_rows(central)

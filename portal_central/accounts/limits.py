@@ -9,6 +9,7 @@ merely refills them.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import threading
 import time
@@ -84,5 +85,17 @@ class RateLimit:
 
 
 def client_address(request: Request) -> str:
-    """The address the request came from (no proxy header is trusted: it could be forged)."""
-    return request.client.host if request.client is not None else "unknown"
+    """The address the request came from (no proxy header is trusted: it could be forged).
+
+    An IPv6 address counts as its /64 network: one host usually holds a whole /64 and could
+    otherwise take a fresh address for every attempt."""
+    host = request.client.host if request.client is not None else "unknown"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv4Address):
+        return str(address)
+    if address.ipv4_mapped is not None:  # ::ffff:192.0.2.1 is 192.0.2.1
+        return str(address.ipv4_mapped)
+    return str(ipaddress.IPv6Network((address, 64), strict=False))
