@@ -32,6 +32,7 @@ from federation.transport import InMemoryTransport, Transport
 from portal_central.db import Database
 from portal_central.errors import Conflict, FieldInvalid
 from portal_central.jobs import service, status
+from portal_central.jobs.messages import for_viewer
 from portal_central.models import Job, utcnow
 from portal_central.sites.connections import Connections, WebSocketTransport
 
@@ -448,16 +449,18 @@ class Runs:
             if job is None or job.parent_id is not None:  # sites follow the comparison itself
                 return
             sites = [p.user.site_id or "" for p in job.participants]
-            update = JobUpdate(
-                job_id=str(job_id),
-                state=job.state,
-                message=job.message,
-                progress=self.get(job_id).progress,
-                step=self.get(job_id).step,
-            )
+            state, message = job.state, job.message
+        run = self.get(job_id)
         for site in sites:
             link = self._connections.link(site)
             if link is not None:
+                update = JobUpdate(
+                    job_id=str(job_id),
+                    state=state,
+                    message=for_viewer(message, state=state, site_id=site),
+                    progress=run.progress,
+                    step=run.step,
+                )
                 with contextlib.suppress(Exception):
                     await link.send_control(update)
 

@@ -14,7 +14,9 @@ from federation.compare import reference_for
 from federation.errors import InputError
 from federation.job import make_targets
 from federation.params import resolve_params
-from federation.registry import Registry
+from federation.protocol import MAX_FRAME_BYTES
+from federation.registry import Algorithm, Registry
+from federation.replies import Dims
 from portal_central import algorithms_store
 from portal_central.errors import Conflict, FieldInvalid, Forbidden, NotFound, PortalError
 from portal_central.jobs import status
@@ -72,6 +74,8 @@ def create_job(
             method.algorithm.check_targets(t.type for t in resolved_targets)
     except InputError as error:
         raise FieldInvalid(str(error), field="targets") from None
+    for method in methods:
+        _check_width(method.algorithm, columns=len(columns), targets=len(resolved_targets))
     if compare:
         _check_shared_params(methods, params)
     resolved = {
@@ -265,3 +269,17 @@ def get_job(*, session: Session, job_id: int, user: User) -> Job:
 def ensure_admin(user: User) -> None:
     if user.role != "admin":
         raise Forbidden("only admins may do this")
+
+
+def _check_width(algorithm: Algorithm, *, columns: int, targets: int) -> None:
+    """A job whose largest reply would not fit in one message is refused now, not as a site
+    gone offline halfway through."""
+    numbers = algorithm.replies.largest_reply(Dims.of(columns, targets))
+    size = 8 * numbers + 64 * 1024  # the values, and room for the header
+    if size > MAX_FRAME_BYTES:
+        raise FieldInvalid(
+            f"{algorithm.name} on {columns} columns makes replies of {size / 2**20:.0f} MiB, more "
+            f"than the {MAX_FRAME_BYTES // 2**20} MiB a message between central and a site may "
+            "carry: use fewer columns",
+            field="columns",
+        )
