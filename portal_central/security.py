@@ -138,6 +138,21 @@ class Tokens:
     def check_csrf(self, session_id: str, token: str | None) -> bool:
         return token is not None and hmac.compare_digest(self.csrf(session_id), token)
 
+    def device(self, username: str, *, lifetime_seconds: int) -> str:
+        """A browser's proof that ``username`` signed in from it before: ``expiry.HMAC``."""
+        expires = int(time.time()) + lifetime_seconds
+        return f"{expires}.{self._device_mac(username, expires)}"
+
+    def check_device(self, token: str | None, username: str) -> bool:
+        expires, _, mac = (token or "").partition(".")
+        if not expires.isdigit() or int(expires) < time.time():
+            return False
+        return hmac.compare_digest(self._device_mac(username, int(expires)), mac)
+
+    def _device_mac(self, username: str, expires: int) -> str:
+        message = f"device:{username.strip().lower()}:{expires}".encode()
+        return hmac.new(self._secret, message, hashlib.sha256).hexdigest()
+
 
 def new_refresh_token() -> tuple[str, str]:
     """An opaque refresh token and the hash that is stored (never the token itself)."""

@@ -387,3 +387,34 @@ def test_addresses_of_one_ipv6_network_share_one_wait(make_central: Any) -> None
     assert same_network.json() == WRONG_BODY, "a fresh address in the same /64 still waits"
     assert other_network.status_code == 200
     assert "client:2001:db8:1:2::/64" in _throttle_rows(central)
+
+
+def test_a_browser_the_admin_signed_in_from_before_skips_the_accounts_wait(
+    make_central: Any,
+) -> None:
+    """Strangers at many addresses can keep the admin's username waiting; the admin's own
+    browser (a signed cookie from an earlier sign-in) is not kept out by it."""
+    central = make_central(account_free_failures=2, sign_in_first_delay_seconds=60)
+    browser = _from(central, ELSEWHERE)
+    browser_sign_in(browser, ADMIN["username"], ADMIN["password"])
+    assert browser.cookies.get("fip_device")
+    browser.cookies.delete("fip_session")  # the session ended; the device cookie stays
+    for k in range(3):
+        _sign_in(_from(central, (f"203.0.113.{k + 1}", 4000)), "admin", "Guess-password-1")
+    form = {"username": ADMIN["username"], "password": ADMIN["password"]}
+    fresh = _from(central, THIRD).post("/sign-in", data=form)
+    assert fresh.status_code == 401, "a browser without the cookie waits"
+    assert WRONG in fresh.text
+
+    again = browser.post("/sign-in", data=form, follow_redirects=False)
+
+    assert again.status_code == 303, again.text
+    approved_site(central, "north")
+    for _ in range(2):
+        _sign_in(_from(central, STRANGER), "north", "Guess-password-1")
+    borrowed = _from(central, THIRD)
+    borrowed.cookies.set("fip_device", browser.cookies["fip_device"], path="/sign-in")
+    as_north = borrowed.post("/sign-in", data={"username": "north", "password": SITE_PASSWORD})
+    assert as_north.status_code == 401, "the admin's cookie does not let another username skip"
+    as_admin = borrowed.post("/sign-in", data=form, follow_redirects=False)
+    assert as_admin.status_code == 303, "the same cookie, for its own username, is sent and works"

@@ -125,19 +125,21 @@ def authenticate(
     username: str,
     password: str,
     client: str,
+    known_device: bool = False,
     now: datetime | None = None,
 ) -> SignIn:
     """Check a username and password from a client address, with growing waits after failures
     (see :mod:`portal_central.accounts.throttle`).
 
     An unknown name, a wrong password and an attempt during a wait get the same answer after
-    the same work (one argon2 verification). Failures are returned, not raised, so that the
-    caller commits the failure count first.
+    the same work (one argon2 verification). ``known_device``: the attempt comes from a
+    browser this username signed in from before, which skips the username's wait. Failures
+    are returned, not raised, so that the caller commits the failure count first.
     """
     now = now or utcnow()
     name = username.strip().lower()
     user = session.scalar(select(User).where(User.username == name))
-    if throttle.waiting(session, username=name, client=client, now=now):
+    if throttle.waiting(session, username=name, client=client, now=now, known=known_device):
         passwords.verify(None, password)  # the same work as a checked attempt; not counted
         return SignIn(None, Unauthorized(WRONG))
     if not passwords.verify(user.password_hash if user is not None else None, password):

@@ -11,6 +11,9 @@ Two keys are counted on each checked failure:
 - ``account:NAME``, for the name typed (whether or not an account has it, so that throttling
   says nothing about which names exist). Its maximum is short (a minute by default) because a
   stranger can drive it: the real owner gets in again soon after the stranger stops.
+  A browser the owner signed in from before carries a signed cookie that skips this wait,
+  so even strangers at many addresses, who can keep the account waiting, do not keep the owner
+  out of the browser they use.
 - ``client:ADDRESS``, for every name tried from one address. Its maximum is long (15 minutes),
   and its own failures are what a single guesser makes: the guesser waits, not the admin.
 
@@ -67,9 +70,12 @@ class Throttle:
         )
         self.forget = timedelta(minutes=settings.sign_in_forget_minutes)
 
-    def waiting(self, session: Session, *, username: str, client: str, now: datetime) -> bool:
-        """Whether either key must still wait: the attempt is then refused unchecked."""
-        keys = (account_key(username), client_key(client))
+    def waiting(
+        self, session: Session, *, username: str, client: str, now: datetime, known: bool = False
+    ) -> bool:
+        """Whether either key must still wait: the attempt is then refused unchecked. A browser
+        that this username signed in from before (``known``) waits only for its address."""
+        keys = (client_key(client),) if known else (account_key(username), client_key(client))
         found = session.scalars(
             select(SignInThrottle.wait_until).where(
                 SignInThrottle.key.in_(keys), SignInThrottle.wait_until > now

@@ -15,6 +15,10 @@ from portal_central.deps import SESSION_COOKIE, CurrentUser, OptionalUser, State
 from portal_central.errors import PortalError
 
 router = APIRouter()
+DEVICE_COOKIE = "fip_device"
+"""Set at a successful sign-in (sent only to /sign-in): this browser signed in as that user,
+so a wait that strangers put on the username does not apply to it."""
+DEVICE_SECONDS = 90 * 24 * 3600
 
 
 def _safe_next(target: str) -> str:
@@ -53,6 +57,7 @@ def sign_in(
         )
         page.headers.update(error.headers)
         return page
+    known = state.tokens.check_device(request.cookies.get(DEVICE_COOKIE), username)
     with state.database.session() as session:
         outcome = service.authenticate(
             session=session,
@@ -61,6 +66,7 @@ def sign_in(
             username=username,
             password=password,
             client=client,
+            known_device=known,
         )
         user = outcome.user
     if user is None:
@@ -87,6 +93,15 @@ def sign_in(
         httponly=True,
         secure=state.settings.tls,
         samesite="lax",
+    )
+    response.set_cookie(
+        DEVICE_COOKIE,
+        state.tokens.device(user.username, lifetime_seconds=DEVICE_SECONDS),
+        max_age=DEVICE_SECONDS,
+        path="/sign-in",
+        httponly=True,
+        secure=state.settings.tls,
+        samesite="strict",
     )
     return response
 
