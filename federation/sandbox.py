@@ -29,6 +29,8 @@ CHILD = Path(sandbox_child.__file__).resolve()
 CALL_SECONDS = 600.0
 """How long one operation of a sandboxed remote half may take before the process is killed."""
 START_SECONDS = 60.0
+ANSWER_BYTES = 2**31
+"""The longest answer read from the process (a LOCAL operation at central returns its rows)."""
 """How long the process may take to start and load the remote half."""
 
 
@@ -124,16 +126,15 @@ class Sandbox:
             stdin, stdout = self._process.stdin, self._process.stdout
             assert stdin is not None and stdout is not None
             try:
-                stdin.write(sandbox_child.pack(message))
-                stdin.flush()
+                sandbox_child.write_frame(stdin, message)
                 ready, _, _ = select.select([stdout], [], [], seconds)
                 if not ready:
                     self.close()
                     raise SandboxFailed(
                         f"the sandboxed remote half did not answer in {seconds:g} s; it was stopped"
                     )
-                body = sandbox_child.read_frame(stdout)  # type: ignore[arg-type]
-            except (BrokenPipeError, EOFError, OSError):
+                body = sandbox_child.read_frame(stdout, limit=ANSWER_BYTES)
+            except (BrokenPipeError, EOFError, OSError, ValueError):
                 body = None
             if body is None:
                 self.close()

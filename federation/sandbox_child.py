@@ -24,7 +24,7 @@ import struct
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 import numpy as np
 
@@ -39,8 +39,9 @@ MAX_LOG_CHARS = 300
 # ------------------------------------------------------------------ the codec
 
 
-def pack(message: Any) -> bytes:
-    """A message (dicts, lists, text, numbers, None, numpy arrays) as one frame."""
+def pack(message: Any) -> list[bytes | memoryview]:
+    """A message (dicts, lists, text, numbers, None, numpy arrays) as the buffers of one frame,
+    to be written in order; an array's buffer is the array's own memory, not a copy."""
     arrays: list[np.ndarray] = []
     header = json.dumps(
         {
@@ -49,13 +50,20 @@ def pack(message: Any) -> bytes:
         },
         allow_nan=True,
     ).encode()
-    parts = [_HEADER.pack(len(header)), header, *(a.tobytes() for a in arrays)]
-    body = b"".join(parts)
-    return _FRAME.pack(len(body)) + body
+    views = [a.data.cast("B") for a in arrays]
+    size = _HEADER.size + len(header) + sum(v.nbytes for v in views)
+    return [_FRAME.pack(size) + _HEADER.pack(len(header)) + header, *views]
 
 
-def unpack(body: bytes) -> Any:
-    """The message in a frame's body (the bytes after its length)."""
+def write_frame(stream: IO[bytes], message: Any) -> None:
+    for buffer in pack(message):
+        stream.write(buffer)
+    stream.flush()
+
+
+def unpack(body: bytes | bytearray) -> Any:
+    """The message in a frame's body (the bytes after its length). Arrays are views of
+    ``body``: writable when it is a bytearray, as :func:`read_frame` gives."""
     (length,) = _HEADER.unpack_from(body, 0)
     header = json.loads(body[4 : 4 + length])
     offset = 4 + length
@@ -66,36 +74,38 @@ def unpack(body: bytes) -> Any:
         dtype = np.dtype(dtype_name)
         count = int(np.prod(shape, dtype=np.int64))
         array = np.frombuffer(body, dtype=dtype, count=count, offset=offset).reshape(shape)
-        arrays.append(array.copy())
+        arrays.append(array)
         offset += count * dtype.itemsize
     if offset != len(body):
         raise ValueError("frame has trailing bytes")
     return _insert(header["body"], arrays)
 
 
-def read_frame(stream: BinaryIO) -> bytes | None:
-    """One frame's body from a stream, or None at its end."""
-    head = _read_exactly(stream, _FRAME.size)
+def read_frame(stream: IO[bytes], *, limit: int | None = None) -> bytearray | None:
+    """One frame's body from a stream (read into one buffer, no copies), or None at its end.
+    A frame longer than ``limit`` bytes is refused before it is read."""
+    head = _read_into(stream, bytearray(_FRAME.size))
     if head is None:
         return None
     (length,) = _FRAME.unpack(head)
-    body = _read_exactly(stream, length)
-    if body is None:
+    if limit is not None and length > limit:
+        raise ValueError(f"a frame of {length} bytes is over the limit of {limit}")
+    body = _read_into(stream, bytearray(length))
+    if body is None and length:
         raise EOFError("the pipe closed inside a frame")
-    return body
+    return body if body is not None else bytearray()
 
 
-def _read_exactly(stream: BinaryIO, size: int) -> bytes | None:
-    chunks, left = [], size
-    while left:
-        chunk = stream.read(left)
-        if not chunk:
-            if left == size:
+def _read_into(stream: IO[bytes], buffer: bytearray) -> bytearray | None:
+    view, done = memoryview(buffer), 0
+    while done < len(buffer):
+        count = stream.readinto(view[done:])  # type: ignore[attr-defined]
+        if not count:
+            if done == 0:
                 return None
             raise EOFError("the pipe closed inside a frame")
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)
+        done += count
+    return buffer
 
 
 def _extract(value: Any, arrays: list[np.ndarray]) -> Any:
@@ -255,15 +265,14 @@ def _die_with_parent() -> None:
         pass
 
 
-def _serve(channel_in: BinaryIO, channel_out: BinaryIO) -> None:
+def _serve(channel_in: IO[bytes], channel_out: IO[bytes]) -> None:
     handlers: Mapping[str, Callable[..., Any]] = {}
     local: Mapping[str, Callable[..., Any]] = {}
     prepare: Callable[[SiteJob], Any] | None = None
     job: SiteJob | None = None
 
     def answer(message: Any) -> None:
-        channel_out.write(pack(message))
-        channel_out.flush()
+        write_frame(channel_out, message)
 
     while True:
         body = read_frame(channel_in)
