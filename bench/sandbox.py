@@ -138,7 +138,8 @@ def main() -> None:
     sandboxed = _job_seconds(args.rows, args.columns, sandbox=True)
     megabytes = values.nbytes / 2**20
     print(
-        f"sandbox start (process, numpy, lock-down): median {statistics.median(starts) * 1000:.0f} ms"
+        "sandbox start (process, numpy, lock-down): "
+        f"median {statistics.median(starts) * 1000:.0f} ms"
     )
     print(
         f"data handed over ({args.rows:,} x {args.columns} float64, {megabytes:.0f} MiB): "
