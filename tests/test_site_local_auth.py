@@ -292,6 +292,20 @@ def test_a_browser_session_is_an_httponly_strict_cookie_and_forms_need_its_csrf_
     assert sign_in_form and sign_in_form[0].select("input[name=csrf_token]")
 
 
+def test_an_upload_from_a_browser_session_needs_the_csrf_token_too(site: TestClient) -> None:
+    """Without htmx the upload form carries the token in its action's query string, so that the
+    body is read only by the upload route."""
+    csrf = browser_sign_in(site)
+    files = {"file": ("north.csv", b"age,bmi\n1,2\n")}
+    refused = site.post("/jobs/abc123/data", files=files)
+    assert refused.status_code == 403 and "reload the page" in refused.text
+    in_query = site.post("/jobs/abc123/data", files=files, params={"csrf_token": csrf})
+    in_header = site.post("/jobs/abc123/data", files=files, headers={"X-CSRF-Token": csrf})
+    for passed in (in_query, in_header):
+        assert passed.status_code != 403, "past the CSRF check: the job is unknown here"
+        assert "reload the page" not in passed.text
+
+
 def test_signing_out_ends_the_session(site: TestClient) -> None:
     csrf = browser_sign_in(site)
     assert site.get("/jobs").status_code == 200
