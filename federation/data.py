@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -22,6 +23,8 @@ MISSING_TOKENS = ("", "NA", "NaN", "nan", "N/A", "NULL")
 """Cell texts read as missing. R writes NA, pandas writes an empty cell."""
 
 _EXAMPLES = 3
+_BLOCK = 8 << 20
+"""Bytes of whole lines parsed at a time: the per-byte work never spans the whole file."""
 
 
 @dataclass(frozen=True)
@@ -52,37 +55,95 @@ class Table:
             raise InputError(f"{self.label}: no column named '{name}'") from None
 
 
-def read_csv(source: Path | bytes, *, label: str | None = None) -> Table:
-    """Read a CSV file (a path, or its bytes for uploads) into a :class:`Table`."""
+def read_csv(source: Path | bytes | bytearray, *, label: str | None = None) -> Table:
+    """Read a CSV file (a path, or its bytes for uploads) into a :class:`Table`.
+
+    The file is read in blocks of whole lines: a first pass finds the data rows and checks their
+    width, a second parses each block straight into the preallocated matrix, so the peak memory
+    is about the file plus its matrix.
+    """
     if label is None:
         label = str(source) if isinstance(source, Path) else "uploaded file"
     content = _read_bytes(source, label)
-    columns = _read_header(content, label)
-    lines = _data_lines(content, len(columns), label)
-    try:
-        frame = pd.read_csv(
-            io.BytesIO(content),
-            dtype=np.float64,
-            na_values=list(MISSING_TOKENS),
-            keep_default_na=False,
-            skipinitialspace=True,
-            encoding="utf-8-sig",
-            header=0,
-            names=list(columns),
-            index_col=False,
-        )
-    except UnicodeDecodeError:
-        raise InputError(f"{label}: not a UTF-8 text file") from None
-    except ValueError as error:
-        if isinstance(error, pd.errors.ParserError):
-            raise InputError(f"{label}: the file is not a well-formed CSV ({error})") from None
-        raise InputError(_explain_non_numeric(content, columns, lines, label)) from None
-    if len(frame) == 0:
+    layout = _layout(content, label)
+    blocks = list(_blocks(content, layout))
+    lines: list[np.ndarray] = []
+    first = 2
+    for start, stop in blocks:
+        lines.append(_data_lines(content[start:stop], first, layout, label))
+        first += content.count(layout.newline, start, stop)
+    numbers = np.concatenate(lines) if lines else np.zeros(0, dtype=np.int64)
+    if numbers.size == 0:
         raise InputError(f"{label}: the file has a header but no data rows")
-    values = np.ascontiguousarray(frame.to_numpy(dtype=np.float64))
-    table = Table(label=label, columns=columns, values=values, lines=lines)
-    _reject_infinite(table)
-    return table
+    values = np.empty((numbers.size, len(layout.columns)), dtype=np.float64)
+    row = 0
+    for (start, stop), block_lines in zip(blocks, lines, strict=True):
+        if block_lines.size:
+            part = values[row : row + block_lines.size]
+            part[...] = _parse_block(content[start:stop], block_lines, layout, label)
+            _reject_infinite(label, layout.columns, part, block_lines)
+            row += block_lines.size
+    return Table(label=label, columns=layout.columns, values=values, lines=numbers)
+
+
+class CsvStream:
+    """A CSV read as it arrives, a block of whole lines at a time, never held whole.
+
+    ``feed`` takes the next bytes and returns the rows of the blocks it completed, as pairs of
+    values and line numbers; ``finish`` returns the rest. Its errors are those of
+    :func:`read_csv`, with the same line numbers.
+    """
+
+    def __init__(self, *, label: str) -> None:
+        self.label = label
+        self.rows = 0
+        self._pending = bytearray()
+        self._layout: _Layout | None = None
+        self._line = 2
+        self._next_cut = _BLOCK
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return self._layout.columns if self._layout is not None else ()
+
+    def feed(self, data: bytes) -> list[tuple[np.ndarray, np.ndarray]]:
+        self._pending += data
+        if self._layout is None:
+            if not _header_complete(self._pending):
+                return []
+            self._layout = _layout(bytes(self._pending), self.label)
+            del self._pending[: self._layout.body_start]
+        if len(self._pending) < self._next_cut:
+            return []
+        content = bytes(self._pending)
+        cut = _last_cut(content, self._layout.newline, len(content))
+        if cut <= 0:  # one long line, or quotes open: try again when twice as much is in
+            self._next_cut = 2 * len(content)
+            return []
+        self._next_cut = _BLOCK
+        del self._pending[:cut]
+        return self._parse(content[:cut])
+
+    def finish(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        if self._layout is None:
+            self._layout = _layout(bytes(self._pending), self.label)
+            del self._pending[: self._layout.body_start]
+        parsed = self._parse(bytes(self._pending))
+        self._pending.clear()
+        if self.rows == 0:
+            raise InputError(f"{self.label}: the file has a header but no data rows")
+        return parsed
+
+    def _parse(self, block: bytes) -> list[tuple[np.ndarray, np.ndarray]]:
+        assert self._layout is not None
+        lines = _data_lines(block, self._line, self._layout, self.label)
+        self._line += block.count(self._layout.newline)
+        if not lines.size:
+            return []
+        values = _parse_block(block, lines, self._layout, self.label)
+        _reject_infinite(self.label, self._layout.columns, values, lines)
+        self.rows += lines.size
+        return [(values, lines)]
 
 
 def check_columns(table: Table, expected: Sequence[str]) -> None:
@@ -101,21 +162,53 @@ def check_columns(table: Table, expected: Sequence[str]) -> None:
     raise InputError(f"{table.label}: columns differ from the job's: " + "; ".join(parts))
 
 
-def check_binary(table: Table, column: int) -> None:
-    """A binary (logistic) target may hold only 0, 1 and missing cells."""
+def check_binary(table: Table, column: int, *, show_values: bool = True) -> None:
+    """A binary (logistic) target may hold only 0, 1 and missing cells.
+
+    The message gives the first few offending cells with their lines, or with
+    ``show_values=False`` their lines only.
+    """
     cells = table.values[:, column]
     bad = np.flatnonzero(~np.isnan(cells) & (cells != 0) & (cells != 1))
     if bad.size:
-        examples = ", ".join(
-            f"{_number(cells[i])} (line {table.line(int(i))})" for i in bad[:_EXAMPLES]
-        )
+        if show_values:
+            examples = ", ".join(
+                f"{_number(cells[i])} (line {table.line(int(i))})" for i in bad[:_EXAMPLES]
+            )
+        else:
+            examples = "on line(s) " + ", ".join(str(table.line(int(i))) for i in bad[:_EXAMPLES])
         raise InputError(
             f"{table.label}: column '{table.columns[column]}' is a binary target but "
             f"{bad.size} cell(s) are not 0 or 1, e.g. {examples}"
         )
 
 
-def _read_bytes(source: Path | bytes, label: str) -> bytes:
+def check_for_job(
+    table: Table,
+    columns: Sequence[str],
+    targets: Iterable[tuple[str, str]],
+    *,
+    show_values: bool = True,
+) -> None:
+    """Everything a job needs of a table, checked when it is uploaded, at central and at sites:
+    the job's columns in order, and for every target (name, "gaussian" or "logistic") at least
+    one observed cell, and only 0 and 1 in a binary one.
+
+    ``show_values=False`` keeps cell values out of the messages (lines and counts only).
+    """
+    check_columns(table, columns)
+    for name, kind in targets:
+        column = table.column(name)
+        if np.isnan(table.values[:, column]).all():
+            raise InputError(
+                f"{table.label}: column '{name}' is a target but every cell is missing: "
+                "there is nothing to fit it on"
+            )
+        if kind == "logistic":
+            check_binary(table, column, show_values=show_values)
+
+
+def _read_bytes(source: Path | bytes | bytearray, label: str) -> bytes | bytearray:
     if not isinstance(source, Path):
         return source
     try:
@@ -128,9 +221,31 @@ def _read_bytes(source: Path | bytes, label: str) -> bytes:
         raise InputError(f"{label}: cannot be read ({error.strerror})") from None
 
 
-def _read_header(content: bytes, label: str) -> tuple[str, ...]:
+@dataclass(frozen=True)
+class _Layout:
+    columns: tuple[str, ...]
+    newline: bytes
+    """b"\\n" (with or without a carriage return before it), or b"\\r" for CR-only files."""
+    body_start: int
+    """Offset of the first byte after the header line."""
+
+
+def _header_complete(content: bytes | bytearray) -> bool:
+    """The header line's end is known: a LF, or a CR with the byte after it (CRLF or not)."""
+    cr, lf = content.find(b"\r"), content.find(b"\n")
+    return (lf >= 0 and (cr < 0 or cr > lf)) or 0 <= cr < len(content) - 1
+
+
+def _layout(content: bytes | bytearray, label: str) -> _Layout:
+    """The header's names, the line ending (from the header line's) and where the rows start."""
+    lf = content.find(b"\n")
+    cr = content.find(b"\r", 0, lf if lf >= 0 else len(content))
+    if cr >= 0 and content[cr + 1 : cr + 2] != b"\n":
+        end, newline = cr, b"\r"
+    else:
+        end, newline = (lf if lf >= 0 else len(content)), b"\n"
     try:
-        first = content.split(b"\n", 1)[0].decode("utf-8-sig")
+        first = content[:end].decode("utf-8-sig")
     except UnicodeDecodeError:
         raise InputError(f"{label}: not a UTF-8 text file") from None
     if not first.strip():
@@ -146,33 +261,58 @@ def _read_header(content: bytes, label: str) -> tuple[str, ...]:
                 f"{label}: duplicate column name '{name}' (columns {seen[name]} and {position})"
             )
         seen[name] = position
-    return tuple(names)
+    return _Layout(columns=tuple(names), newline=newline, body_start=min(end + 1, len(content)))
 
 
-def _data_lines(content: bytes, width: int, label: str) -> np.ndarray:
-    """Line numbers of the data rows (blank lines skipped), refusing rows of the wrong width.
+def _last_cut(content: bytes | bytearray, newline: bytes, stop: int, start: int = 0) -> int:
+    """The offset just after the last line ending before ``stop`` that is outside quotes."""
+    cut = content.rfind(newline, start, stop) + 1
+    while cut > start and content.count(b'"', start, cut) % 2:
+        cut = content.rfind(newline, start, cut - 1) + 1
+    return cut
 
-    Vectorised over the bytes: fields per line = commas + 1. Files with quoted cells take a
+
+def _blocks(content: bytes | bytearray, layout: _Layout) -> Iterator[tuple[int, int]]:
+    """(start, stop) offsets of blocks of whole lines (about ``_BLOCK`` bytes) after the header.
+
+    A line longer than a block, or quotes left open across one, makes the rest one block.
+    """
+    start, size = layout.body_start, len(content)
+    while start < size:
+        cut = _last_cut(content, layout.newline, start + _BLOCK, start)
+        if start + _BLOCK >= size or cut <= start:
+            yield start, size
+            return
+        yield start, cut
+        start = cut
+
+
+def _data_lines(block: bytes | bytearray, first: int, layout: _Layout, label: str) -> np.ndarray:
+    """Line numbers of a block's data rows (blank lines skipped), refusing rows of the wrong
+    width; ``first`` is the file's line number of the block's first line.
+
+    Vectorised over the bytes: fields per line = commas + 1. Blocks with quoted cells take a
     slower exact path through the csv module.
     """
-    header_end = content.find(b"\n")
-    if header_end < 0:
-        return np.zeros(0, dtype=np.int64)
-    body = content[header_end + 1 :]
-    if b'"' in body:
-        text = body.decode("utf-8", errors="replace")
-        counts = np.array([len(row) for row in csv.reader(io.StringIO(text))], dtype=np.int64)
+    width = len(layout.columns)
+    if b'"' in block:
+        text = block.decode("utf-8", errors="replace")
+        counts = np.array(
+            [len(row) for row in csv.reader(io.StringIO(text, newline=""))], dtype=np.int64
+        )
         blank = counts == 0
         fields = counts
     else:
-        buffer = np.frombuffer(body, dtype=np.uint8)
-        ends = np.flatnonzero(buffer == ord("\n"))
+        buffer = np.frombuffer(block, dtype=np.uint8)
+        ends = np.flatnonzero(buffer == layout.newline[0])
         starts = np.concatenate(([0], ends + 1))
         stops = np.concatenate((ends, [buffer.size]))
         if starts[-1] == buffer.size:
             starts, stops = starts[:-1], stops[:-1]
         lengths = stops - starts
-        carriage = (lengths > 0) & (buffer[np.maximum(stops - 1, 0)] == ord("\r"))
+        carriage = np.zeros(starts.size, dtype=bool)
+        if layout.newline == b"\n":
+            carriage = (lengths > 0) & (buffer[np.maximum(stops - 1, 0)] == ord("\r"))
         blank = (lengths - carriage) == 0
         commas = np.zeros(starts.size, dtype=np.int64)
         if buffer.size and starts.size:
@@ -181,35 +321,60 @@ def _data_lines(content: bytes, width: int, label: str) -> np.ndarray:
             )
             commas = np.where(lengths > 0, sums, 0)
         fields = commas + 1
-    numbers = np.arange(2, blank.size + 2, dtype=np.int64)
+    numbers = np.arange(first, blank.size + first, dtype=np.int64)
     wrong = np.flatnonzero(~blank & (fields != width))
     if wrong.size:
-        first = int(wrong[0])
+        at = int(wrong[0])
         more = f" ({wrong.size} such lines)" if wrong.size > 1 else ""
         raise InputError(
-            f"{label}: line {numbers[first]} has {fields[first]} fields but the header has "
+            f"{label}: line {numbers[at]} has {fields[at]} fields but the header has "
             f"{width} columns{more}"
         )
     kept: np.ndarray = numbers[~blank]
     return kept
 
 
+def _parse_block(
+    block: bytes | bytearray, lines: np.ndarray, layout: _Layout, label: str
+) -> np.ndarray:
+    """The numbers of a block of whole lines, one row per entry of ``lines``."""
+    try:
+        frame = pd.read_csv(io.BytesIO(block), dtype=np.float64, **_pandas_options(layout))
+    except UnicodeDecodeError:
+        raise InputError(f"{label}: not a UTF-8 text file") from None
+    except ValueError as error:
+        if isinstance(error, pd.errors.ParserError):
+            raise InputError(f"{label}: the file is not a well-formed CSV ({error})") from None
+        raise InputError(_explain_non_numeric(block, layout, lines, label)) from None
+    if len(frame) != lines.size:
+        raise InputError(
+            f"{label}: the file is not a well-formed CSV (lines {lines[0]} to {lines[-1]} give "
+            f"{len(frame)} rows instead of {lines.size})"
+        )
+    values: np.ndarray = frame.to_numpy(dtype=np.float64)
+    return values
+
+
+def _pandas_options(layout: _Layout) -> dict[str, Any]:
+    return {
+        "na_values": list(MISSING_TOKENS),
+        "keep_default_na": False,
+        "skipinitialspace": True,
+        "encoding": "utf-8",
+        "header": None,
+        "names": list(layout.columns),
+        "index_col": False,
+    }
+
+
 def _explain_non_numeric(
-    content: bytes, columns: tuple[str, ...], lines: np.ndarray, label: str
+    block: bytes | bytearray, layout: _Layout, lines: np.ndarray, label: str
 ) -> str:
     """Find the first non-numeric cell of each offending column; slow path, errors only."""
-    text = pd.read_csv(
-        io.BytesIO(content),
-        dtype=str,
-        keep_default_na=False,
-        skipinitialspace=True,
-        encoding="utf-8-sig",
-        header=0,
-        names=list(columns),
-        index_col=False,
-    )
+    options = {**_pandas_options(layout), "na_values": None}
+    text = pd.read_csv(io.BytesIO(block), dtype=str, **options)
     problems = []
-    for name in columns:
+    for name in layout.columns:
         cells = text[name]
         is_missing = cells.isin(MISSING_TOKENS).to_numpy()
         numeric = pd.to_numeric(cells.where(~is_missing), errors="coerce")
@@ -225,12 +390,14 @@ def _explain_non_numeric(
     return f"{label}: " + "; ".join(problems)
 
 
-def _reject_infinite(table: Table) -> None:
-    rows, cols = np.nonzero(np.isinf(table.values))
+def _reject_infinite(
+    label: str, columns: tuple[str, ...], values: np.ndarray, lines: np.ndarray
+) -> None:
+    rows, cols = np.nonzero(np.isinf(values))
     if rows.size:
         raise InputError(
-            f"{table.label}: column '{table.columns[cols[0]]}' has an infinite value on line "
-            f"{table.line(int(rows[0]))}"
+            f"{label}: column '{columns[cols[0]]}' has an infinite value on line "
+            f"{lines[int(rows[0])]}"
         )
 
 

@@ -19,6 +19,7 @@ from fastapi.responses import (
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import func, select, text
 
+from federation.uploads import BodyLimit
 from federation.web import STATIC, api_docs, cross_site, is_htmx, render, security_headers
 from portal_central.api import accounts as accounts_api
 from portal_central.api import algorithms as algorithms_api
@@ -76,6 +77,10 @@ def create_app(settings: CentralSettings) -> FastAPI:
     app.include_router(accounts_api.router)
     app.include_router(algorithms_api.router)
     app.include_router(jobs_api.router)
+    # Every body counted as it arrives; data upload routes raise the limit for themselves.
+    app.add_middleware(
+        BodyLimit, limit=settings.max_form_bytes, setting="FIP_CENTRAL_MAX_FORM_BYTES"
+    )
 
     @app.middleware("http")
     async def same_origin(

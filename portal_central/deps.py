@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from federation.uploads import MultipartStream, allow_body
 from portal_central.errors import Forbidden, Unauthorized
 from portal_central.models import SignedOutSession, User
 from portal_central.security import Claims, InvalidToken
@@ -68,18 +69,29 @@ async def optional_user(request: Request, state: StateDep) -> User | None:
 
 
 async def _check_csrf(request: Request, state: CentralState, session_id: str) -> None:
+    """The token from the X-CSRF-Token header (HTMX) or the form's hidden field. A multipart
+    form is read only up to that field, which must come before its files: no file is read,
+    let alone buffered, before the token is checked."""
     token = request.headers.get(CSRF_HEADER)
-    if token is None and request.headers.get("content-type", "").startswith(
-        ("application/x-www-form-urlencoded", "multipart/form-data")
-    ):
-        form = await request.form()
+    content_type = request.headers.get("content-type", "")
+    parsed = getattr(request, "_form", None)  # a route with Form() parameters read it already
+    if token is None and parsed is not None:
+        value = parsed.get(CSRF_FIELD)
+        token = value if isinstance(value, str) else None
+    elif token is None and content_type.startswith("multipart/form-data"):
+        token = await MultipartStream.of(request).field_before_files(CSRF_FIELD)
+    elif token is None and content_type.startswith("application/x-www-form-urlencoded"):
+        form = await request.form()  # parsed in memory; the body limit keeps it small
         value = form.get(CSRF_FIELD)
         token = value if isinstance(value, str) else None
     if not state.tokens.check_csrf(session_id, token):
-        parsed = getattr(request, "_form", None)
-        if parsed is not None:  # the route will not run: release uploaded files now
-            await parsed.close()
         raise Forbidden("the form has expired or did not come from this portal; reload the page")
+
+
+def data_upload(request: Request, state: StateDep) -> None:
+    """A route's dependency that lets its body be a data upload (central's CSV, the wizard's
+    header): up to FIP_CENTRAL_MAX_UPLOAD_BYTES instead of the form limit. Nothing is read."""
+    allow_body(request, state.settings.max_upload_bytes, "FIP_CENTRAL_MAX_UPLOAD_BYTES")
 
 
 OptionalUser = Annotated[User | None, Depends(optional_user)]

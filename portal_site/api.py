@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, File, Request, UploadFile
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPBearer
 from pydantic import BaseModel
 
+from federation.uploads import multipart_schema, read_form
 from portal_site.jobs import LocalJob, SiteError
 from portal_site.local_auth import SESSION_SECONDS, TooSoon
-from portal_site.pages import OpenSite, Site, connection, save_settings
+from portal_site.pages import OpenSite, Site, connection, csv_upload, save_settings
 
 bearer = HTTPBearer(
     auto_error=False,
@@ -173,11 +174,20 @@ async def job(job_id: str, site: Site) -> JobOut:
     return JobOut.of(local, trusted=all(code.approved for code in codes))
 
 
-@router.post("/jobs/{job_id}/data")
-async def data(job_id: str, site: Site, file: Annotated[UploadFile, File()]) -> JobOut:
-    """This site's CSV for the job (multipart), checked and held in memory only."""
+@router.post(
+    "/jobs/{job_id}/data",
+    dependencies=[Depends(csv_upload)],
+    openapi_extra=multipart_schema(file="this site's CSV for the job"),
+)
+async def data(request: Request, job_id: str, site: Site) -> JobOut:
+    """This site's CSV for the job (multipart field ``file``), checked and held in memory only,
+    never on disk; read after the token is checked and the job found. Up to
+    FIP_SITE_MAX_UPLOAD_BYTES (413 when over)."""
     local = await site.jobs.load(job_id)
-    site.jobs.upload(local, await file.read(), file.filename or "uploaded file")
+    file = (await read_form(request)).file("file")
+    if file is None:
+        raise SiteError("choose this site's CSV file", status=422, field="file")
+    site.jobs.upload(local, file.content, file.filename)
     return JobOut.of(local)
 
 

@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
+from federation.uploads import BodyLimit
 from federation.web import STATIC, HostCheck, api_docs, cross_site, is_htmx, render
 from federation.web import security_headers as install_security_headers
 from portal_site import api, pages
@@ -55,6 +56,8 @@ def create_app(settings: SiteSettings) -> FastAPI:
     app.include_router(pages.router)
     app.include_router(api.local)
     app.include_router(api.router)
+    # Every body counted as it arrives; the CSV upload routes raise the limit for themselves.
+    app.add_middleware(BodyLimit, limit=settings.max_form_bytes, setting="FIP_SITE_MAX_FORM_BYTES")
 
     @app.middleware("http")
     async def same_origin(

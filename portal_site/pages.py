@@ -14,9 +14,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sse_starlette import EventSourceResponse, ServerSentEvent
-from starlette.datastructures import UploadFile
 
 from federation.job import JobEvent
+from federation.uploads import allow_body, read_form
 from federation.web import ENVIRONMENT, PAGE_DEFAULTS, is_htmx, render
 from portal_site.central import CentralError
 from portal_site.jobs import LocalJob, RemoteCode, SiteError
@@ -356,17 +356,25 @@ async def _job_action(request: Request, site: SiteState, job_id: str, action: An
     return RedirectResponse(f"/jobs/{job_id}", status_code=303)
 
 
-@router.post("/jobs/{job_id}/data", response_class=HTMLResponse)
+def csv_upload(request: Request) -> None:
+    """A route's dependency that lets its body be this site's CSV (up to
+    FIP_SITE_MAX_UPLOAD_BYTES instead of the form limit). Nothing is read here."""
+    settings = request.app.state.site.settings
+    allow_body(request, settings.max_upload_bytes, "FIP_SITE_MAX_UPLOAD_BYTES")
+
+
+@router.post("/jobs/{job_id}/data", response_class=HTMLResponse, dependencies=[Depends(csv_upload)])
 async def upload(request: Request, job_id: str, site: Site) -> Response:
-    async with request.form() as form:
-        file = form.get("file")
+    """The CSV is read (in memory, never spooled to disk) only once the caller is signed in
+    and the job is found."""
 
-        async def act(job: LocalJob) -> None:
-            if not isinstance(file, UploadFile) or not file.filename:
-                raise SiteError("choose this site's CSV file", status=422, field="file")
-            site.jobs.upload(job, await file.read(), file.filename)
+    async def act(job: LocalJob) -> None:
+        file = (await read_form(request)).file("file")
+        if file is None:
+            raise SiteError("choose this site's CSV file", status=422, field="file")
+        site.jobs.upload(job, file.content, file.filename)
 
-        return await _job_action(request, site, job_id, act)
+    return await _job_action(request, site, job_id, act)
 
 
 @router.post("/jobs/{job_id}/approve", response_class=HTMLResponse)

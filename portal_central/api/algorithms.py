@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, File, UploadFile
+from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel
 
 from federation.errors import InputError
+from federation.uploads import multipart_schema
 from portal_central import algorithms_store as store
 from portal_central.deps import AdminUser, CurrentUser, StateDep
 from portal_central.errors import NotFound
@@ -56,16 +57,18 @@ def list_algorithms(user: CurrentUser, state: StateDep) -> list[VersionOut]:
         return [VersionOut.of(i) for i in store.versions(session=session, registry=state.registry)]
 
 
-@router.post("", status_code=201)
-async def upload(
-    admin: AdminUser,
-    state: StateDep,
-    central: Annotated[UploadFile, File(description="<Name>Central.py")],
-    remote: Annotated[UploadFile, File(description="<Name>Remote.py")],
-    params: Annotated[UploadFile, File(description="params.json")],
-) -> VersionOut:
-    """Upload an algorithm or a new version; it is validated and run once before it is stored."""
-    algorithm = await store.validate_upload_async(await read_upload(central, remote, params))
+@router.post(
+    "",
+    status_code=201,
+    openapi_extra=multipart_schema(
+        central="<Name>Central.py", remote="<Name>Remote.py", params="params.json"
+    ),
+)
+async def upload(request: Request, admin: AdminUser, state: StateDep) -> VersionOut:
+    """Upload an algorithm or a new version (multipart fields central, remote, params: the files
+    <Name>Central.py, <Name>Remote.py, params.json); it is validated and run once before it is
+    stored. Read after the token is checked, in memory, within FIP_CENTRAL_MAX_FORM_BYTES."""
+    algorithm = await store.validate_upload_async(await read_upload(request))
     with state.database.session() as session:
         store.store(session=session, registry=state.registry, algorithm=algorithm, uploader=admin)
         info = store.current(

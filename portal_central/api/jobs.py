@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from fastapi import APIRouter, File, UploadFile
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
-from federation.data import read_csv
-from federation.errors import InputError
-from portal_central.deps import AdminUser, CurrentUser, StateDep
-from portal_central.errors import FieldInvalid, NotFound
+from federation.uploads import multipart_schema
+from portal_central.deps import AdminUser, CurrentUser, StateDep, data_upload
+from portal_central.errors import NotFound
 from portal_central.jobs import service
+from portal_central.jobs.messages import for_viewer
 from portal_central.jobs.results import result_response
 from portal_central.models import Job, User
 from portal_central.paths import RowId
 from portal_central.state import CentralState
+from portal_central.web.jobs import take_central_data
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 
@@ -84,13 +85,15 @@ class JobOut(BaseModel):
     methods: list[MethodOut] = Field(description="a comparison's methods (empty for other jobs)")
 
     @classmethod
-    def of(cls, job: Job, *, results: bool) -> JobOut:
+    def of(cls, job: Job, *, results: bool, viewer: User | None = None) -> JobOut:
+        """The job as ``viewer`` may see it (a site reads only its own part of a failure)."""
+        site_id = viewer.site_id if viewer is not None and viewer.role == "site" else None
         return cls(
             id=job.id,
             name=job.name,
             description=job.description,
             state=job.state,
-            message=job.message,
+            message=for_viewer(job.message, state=job.state, site_id=site_id),
             algorithm=job.algorithm.name,
             version=job.algorithm.version,
             digest=job.algorithm.digest,
@@ -114,7 +117,7 @@ class JobOut(BaseModel):
                     version=child.algorithm.version,
                     digest=child.algorithm.digest,
                     state=child.state,
-                    message=child.message,
+                    message=for_viewer(child.message, state=child.state, site_id=site_id),
                     participants=[p.user.site_id or "" for p in child.participants],
                 )
                 for child in job.methods
@@ -153,7 +156,7 @@ def list_jobs(user: CurrentUser, state: StateDep) -> list[JobOut]:
     """Admins see every job; a site user sees the jobs its site is in."""
     with state.database.session() as session:
         return [
-            JobOut.of(j, results=state.runs.get(j.id).result is not None)
+            JobOut.of(j, results=state.runs.get(j.id).result is not None, viewer=user)
             for j in service.list_jobs(session=session, user=user)
         ]
 
@@ -163,18 +166,18 @@ def get(job_id: RowId, user: CurrentUser, state: StateDep) -> JobOut:
     return _out(state, job_id, user)
 
 
-@router.post("/{job_id}/data")
-async def upload_data(
-    job_id: RowId, admin: AdminUser, state: StateDep, file: Annotated[UploadFile, File()]
-) -> JobOut:
-    """Central's own CSV (multipart), held in memory; the header must equal the job's columns."""
-    try:
-        table = read_csv(await file.read(), label=file.filename or "uploaded file")
-    except InputError as error:
-        raise FieldInvalid(str(error), field="file") from None
-    with state.database.session() as session:
-        job = service.get_job(session=session, job_id=job_id, user=admin)
-    await state.runs.upload_central_data(job, table)
+@router.post(
+    "/{job_id}/data",
+    dependencies=[Depends(data_upload)],
+    openapi_extra=multipart_schema(file="central's CSV for the job"),
+)
+async def upload_data(request: Request, job_id: RowId, admin: AdminUser, state: StateDep) -> JobOut:
+    """Central's own CSV (multipart field ``file``), held in memory, never on disk; its header
+    must equal the job's columns, and its targets are checked as a site's are (0/1 for binary
+    ones, not all missing). Up to FIP_CENTRAL_MAX_UPLOAD_BYTES (413 when over)."""
+    error = await take_central_data(request, state, job_id, admin)
+    if error is not None:
+        raise error
     return _out(state, job_id, admin)
 
 
@@ -227,4 +230,4 @@ def report(job_id: RowId, admin: AdminUser, state: StateDep) -> Response:
 def _out(state: CentralState, job_id: int, user: User) -> JobOut:
     with state.database.session() as session:
         job = service.get_job(session=session, job_id=job_id, user=user)
-        return JobOut.of(job, results=state.runs.get(job_id).result is not None)
+        return JobOut.of(job, results=state.runs.get(job_id).result is not None, viewer=user)

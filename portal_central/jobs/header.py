@@ -1,4 +1,4 @@
-"""What the job wizard reads from an uploaded CSV: column names and counts, nothing else."""
+"""What the job wizard reads from an uploaded CSV, as it streams in: column names and counts."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from federation.data import read_csv
+from federation.data import CsvStream
 
 
 @dataclass(frozen=True)
@@ -26,20 +26,48 @@ class ColumnSummary:
         return "logistic" if self.binary else "gaussian"
 
 
-def summarize(content: bytes, *, label: str) -> list[ColumnSummary]:
-    """Per column: rows, missing cells and whether it looks binary. The data is then dropped."""
-    table = read_csv(content, label=label)
-    values = table.values
-    missing = np.isnan(values)
-    summaries = []
-    for index, name in enumerate(table.columns):
-        observed = values[~missing[:, index], index]
-        summaries.append(
+class HeaderReader:
+    """The wizard's reading of a CSV as it is uploaded: per column the rows, the missing cells
+    and whether every observed value is 0 or 1. A block of lines is read at a time and
+    dropped; the file is never held whole, and nothing of it is kept but these counts."""
+
+    def __init__(self, *, label: str) -> None:
+        self._csv = CsvStream(label=label)
+        self._missing = np.zeros(0, dtype=np.int64)
+        self._observed = np.zeros(0, dtype=np.int64)
+        self._binary = np.zeros(0, dtype=bool)
+
+    def feed(self, data: bytes) -> None:
+        self._count(self._csv.feed(data))
+
+    def finish(self) -> list[ColumnSummary]:
+        self._count(self._csv.finish())
+        return [
             ColumnSummary(
                 name=name,
-                rows=table.rows,
-                missing=int(missing[:, index].sum()),
-                binary=bool(observed.size) and bool(np.all((observed == 0) | (observed == 1))),
+                rows=self._csv.rows,
+                missing=int(self._missing[index]),
+                binary=bool(self._observed[index]) and bool(self._binary[index]),
             )
-        )
-    return summaries
+            for index, name in enumerate(self._csv.columns)
+        ]
+
+    def _count(self, blocks: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        for values, _ in blocks:
+            if not self._missing.size:
+                width = values.shape[1]
+                self._missing = np.zeros(width, dtype=np.int64)
+                self._observed = np.zeros(width, dtype=np.int64)
+                self._binary = np.ones(width, dtype=bool)
+            missing = np.isnan(values)
+            self._missing += missing.sum(axis=0)
+            self._observed += (~missing).sum(axis=0)
+            self._binary &= np.all(missing | (values == 0) | (values == 1), axis=0)
+
+
+def summarize(content: bytes, *, label: str) -> list[ColumnSummary]:
+    """Per column: rows, missing cells and whether it looks binary, from a whole file."""
+    reader = HeaderReader(label=label)
+    for start in range(0, len(content), 1 << 20):
+        reader.feed(content[start : start + (1 << 20)])
+    return reader.finish()

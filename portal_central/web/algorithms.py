@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Request, UploadFile
-from fastapi.params import File
+from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from federation.registry import file_names
+from federation.uploads import read_form
 from federation.web import render
 from portal_central import algorithms_store as store
 from portal_central.deps import AdminUser, CurrentUser, StateDep
@@ -44,17 +42,11 @@ def algorithms_page(request: Request, user: CurrentUser, state: StateDep) -> Res
 
 
 @router.post("", response_class=HTMLResponse)
-async def upload(
-    request: Request,
-    admin: AdminUser,
-    state: StateDep,
-    central: Annotated[UploadFile, File()],
-    remote: Annotated[UploadFile, File()],
-    params: Annotated[UploadFile, File()],
-) -> Response:
-    """Upload a new algorithm or a new version: validated, run once, then stored."""
+async def upload(request: Request, admin: AdminUser, state: StateDep) -> Response:
+    """Upload a new algorithm or a new version: validated, run once, then stored. The form
+    (three small files) is read in memory after the admin and the CSRF token are checked."""
     try:
-        algorithm = await store.validate_upload_async(await read_upload(central, remote, params))
+        algorithm = await store.validate_upload_async(await read_upload(request))
         with state.database.session() as session:
             store.store(
                 session=session, registry=state.registry, algorithm=algorithm, uploader=admin
@@ -68,16 +60,17 @@ async def upload(
     )
 
 
-async def read_upload(
-    central: UploadFile, remote: UploadFile, params: UploadFile
-) -> dict[str, bytes]:
-    """The three uploaded files by their names; the names must follow the contract."""
+async def read_upload(request: Request) -> dict[str, bytes]:
+    """The three uploaded files (fields central, remote, params) by their names; the names must
+    follow the contract. Read in memory, within FIP_CENTRAL_MAX_FORM_BYTES."""
+    form = await read_form(request)
     files: dict[str, bytes] = {}
-    for field, upload_file in (("central", central), ("remote", remote), ("params", params)):
-        name = (upload_file.filename or "").rsplit("/", 1)[-1]
-        if not name:
+    for field in ("central", "remote", "params"):
+        upload_file = form.file(field)
+        name = (upload_file.filename if upload_file else "").rsplit("/", 1)[-1]
+        if upload_file is None or not name:
             raise FieldInvalid(f"choose the {field} file", field=field)
-        files[name] = await upload_file.read()
+        files[name] = bytes(upload_file.content)
     central_name = next((n for n in files if n.endswith("Central.py")), None)
     if central_name is None:
         raise FieldInvalid("the central file must be named <Name>Central.py", field="central")

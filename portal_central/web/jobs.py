@@ -7,24 +7,33 @@ from collections.abc import AsyncIterator
 from dataclasses import asdict
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import select
 from sse_starlette import EventSourceResponse, ServerSentEvent
-from starlette.datastructures import FormData, UploadFile
 
 from federation.compare import REFERENCE_CHAINED, REFERENCE_SINGLE
-from federation.data import read_csv
+from federation.data import check_for_job, read_csv
 from federation.errors import InputError
 from federation.job import JobEvent
 from federation.outputs import report_json
 from federation.registry import Algorithm
+from federation.uploads import (
+    Event,
+    Field,
+    FileData,
+    FileStart,
+    Form,
+    MultipartStream,
+    form_of,
+    read_form,
+)
 from federation.web import ENVIRONMENT, PAGE_DEFAULTS, is_htmx, render
 from portal_central import algorithms_store as store
-from portal_central.deps import AdminUser, CurrentUser, StateDep
+from portal_central.deps import AdminUser, CurrentUser, StateDep, data_upload
 from portal_central.errors import FieldInvalid, NotFound, PortalError
 from portal_central.jobs import service
-from portal_central.jobs.header import ColumnSummary, summarize
+from portal_central.jobs.header import ColumnSummary, HeaderReader
 from portal_central.jobs.results import Format, result_response
 from portal_central.models import User
 from portal_central.paths import RowId
@@ -66,33 +75,53 @@ def parameters_step(
     )
 
 
-@router.post("/new/columns", response_class=HTMLResponse)
+@router.post("/new/columns", response_class=HTMLResponse, dependencies=[Depends(data_upload)])
 async def columns_step(request: Request, admin: AdminUser, state: StateDep) -> Response:
-    """Read an uploaded CSV's header and counts (the file is dropped), list its columns."""
-    async with request.form() as form:
-        return await _columns(request, state, form)
-
-
-async def _columns(request: Request, state: CentralState, form: FormData) -> Response:
-    upload = form.get("header_file")
-    chosen = _algorithm(state, str(form.get("algorithm") or "")) if form.get("algorithm") else None
+    """Read an uploaded CSV's header and counts as it streams in (a block of lines at a time,
+    then dropped), list its columns."""
+    fields: dict[str, str] = {}
+    reader: HeaderReader | None = None
+    columns: list[ColumnSummary] = []
+    error = ""
+    current = ""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        fields = dict((await form_of(request)).items())  # a form without a file
+    async for event in _events(request):
+        if isinstance(event, Field):
+            fields[event.name] = event.value
+        elif isinstance(event, FileStart):
+            current = event.name
+            if event.name == "header_file" and event.filename and reader is None:
+                reader = HeaderReader(label=event.filename)
+        elif current == "header_file" and reader is not None and not error and not columns:
+            try:
+                if isinstance(event, FileData):
+                    reader.feed(event.data)
+                else:
+                    columns = reader.finish()
+            except InputError as refused:
+                error = str(refused)  # the rest of the body is read and dropped
+    chosen = _algorithm(state, fields["algorithm"]) if fields.get("algorithm") else None
     context: dict[str, Any] = {"chosen": chosen, "targets": set(), "types": {}, "errors": {}}
-    if not isinstance(upload, UploadFile) or not upload.filename:
-        context.update(columns=[], errors={"columns": "choose a CSV file to read its header"})
-        return render(request, "central/jobs/new.html", context, block="columns", status_code=422)
-    try:
-        columns = summarize(await upload.read(), label=upload.filename)
-    except InputError as error:
-        context.update(columns=[], errors={"columns": str(error)})
+    if reader is None:
+        error = "choose a CSV file to read its header"
+    if error:
+        context.update(columns=[], errors={"columns": error})
         return render(request, "central/jobs/new.html", context, block="columns", status_code=422)
     context.update(columns=columns, columns_json=json.dumps([asdict(c) for c in columns]))
     return render(request, "central/jobs/new.html", context, block="columns")
 
 
+async def _events(request: Request) -> AsyncIterator[Event]:
+    """The multipart body's parts as they arrive; nothing for a form of another kind."""
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        async for event in MultipartStream.of(request).events():
+            yield event
+
+
 @router.post("", response_class=HTMLResponse)
 async def create_job(request: Request, admin: AdminUser, state: StateDep) -> Response:
-    async with request.form() as form:
-        values = _read_form(form)
+    values = _read_form(await form_of(request))
     try:
         chosen = _algorithm(state, values["algorithm"]) if values["algorithm"] else None
         if chosen is None:
@@ -144,6 +173,11 @@ def _job_context(state: CentralState, job_id: int, user: User, **extra: Any) -> 
         missing = state.runs.missing_sites(job) if job.state == "waiting" else []
         site_status = state.runs.site_status(job)
         comparison = state.runs.comparison(job) if job.is_comparison else None
+        policies = {
+            site: policy.foresee(columns=job.columns, participants=1 + len(job.participants))
+            for site in site_status
+            if (policy := state.connections.policies.get(site)) is not None
+        }
     run = state.runs.get(job_id)
     return {
         "job": job,
@@ -152,19 +186,19 @@ def _job_context(state: CentralState, job_id: int, user: User, **extra: Any) -> 
         "missing": missing,
         "site_status": site_status,
         "last_seen": {site: state.connections.last_seen(site) for site in site_status},
+        "policies": policies,
         "has_data": run.data is not None,
         "error": "",
         **extra,
     }
 
 
-@router.post("/{job_id}/data", response_class=HTMLResponse)
+@router.post("/{job_id}/data", response_class=HTMLResponse, dependencies=[Depends(data_upload)])
 async def upload_data(
     request: Request, job_id: RowId, admin: AdminUser, state: StateDep
 ) -> Response:
     """Central's own CSV for the job, held in memory; the job starts when every site is ready."""
-    async with request.form() as form:
-        error = await _take_central_data(state, job_id, admin, form.get("file"))
+    error = await take_central_data(request, state, job_id, admin)
     if error is not None:
         return _error_page(request, state, job_id, admin, error)
     return _status_or_redirect(request, state, job_id, admin)
@@ -206,19 +240,29 @@ async def cancel(request: Request, job_id: RowId, admin: AdminUser, state: State
     return _status_or_redirect(request, state, job_id, admin)
 
 
-async def _take_central_data(
-    state: CentralState, job_id: int, admin: User, upload: object
+async def take_central_data(
+    request: Request, state: CentralState, job_id: int, admin: User
 ) -> PortalError | None:
-    """Read central's CSV for a job and hand it to the runner; the error to show, if any."""
+    """Read central's CSV for a job (multipart field ``file``) after the job is found, check it
+    as a site's is checked, and hand it to the runner; the error to show, if any. Messages
+    name the file and column, never a cell's value."""
     try:
-        if not isinstance(upload, UploadFile) or not upload.filename:
-            raise FieldInvalid("choose central's CSV file", field="file")
-        try:
-            table = read_csv(await upload.read(), label=upload.filename)
-        except InputError as error:
-            raise FieldInvalid(str(error), field="file") from None
         with state.database.session() as session:
             job = service.get_job(session=session, job_id=job_id, user=admin)
+        upload = (await read_form(request)).file("file")
+        if upload is None:
+            raise FieldInvalid("choose central's CSV file", field="file")
+        try:
+            table = read_csv(upload.content, label=upload.filename)
+            del upload
+            check_for_job(
+                table,
+                job.columns,
+                [(t["name"], t["type"]) for t in job.targets],
+                show_values=False,
+            )
+        except InputError as error:
+            raise FieldInvalid(str(error), field="file") from None
         await state.runs.upload_central_data(job, table)
     except PortalError as error:
         return error
@@ -313,10 +357,8 @@ def _empty_form() -> dict[str, Any]:
     }
 
 
-def _read_form(form: FormData) -> dict[str, Any]:
-    def text(key: str) -> str:
-        value = form.get(key)
-        return value if isinstance(value, str) else ""
+def _read_form(form: Form) -> dict[str, Any]:
+    text = form.text
 
     try:
         raw_columns = json.loads(text("columns_json") or "[]")
@@ -329,15 +371,11 @@ def _read_form(form: FormData) -> dict[str, Any]:
         "description": text("description"),
         "seed": text("seed").strip(),
         "columns": columns,
-        "targets": {v for v in form.getlist("target") if isinstance(v, str)},
-        "types": {
-            k[5:]: v for k, v in form.items() if k.startswith("type:") and isinstance(v, str)
-        },
-        "params": {
-            k[6:]: v for k, v in form.items() if k.startswith("param:") and isinstance(v, str)
-        },
-        "participants": [v for v in form.getlist("participants") if isinstance(v, str)],
-        "compare": [v for v in form.getlist("compare") if isinstance(v, str)],
+        "targets": set(form.values("target")),
+        "types": {k[5:]: v for k, v in form.items() if k.startswith("type:")},
+        "params": {k[6:]: v for k, v in form.items() if k.startswith("param:")},
+        "participants": form.values("participants"),
+        "compare": form.values("compare"),
     }
 
 
