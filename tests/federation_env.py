@@ -71,6 +71,11 @@ class Federation:
     mailbox: Mailbox
     sites: list[SitePortal] = field(default_factory=list)
 
+    @property
+    def tmp_dir(self) -> Path:
+        """The temporary folder (TMPDIR) of central and of every site process."""
+        return self.root / "tmp"
+
     def tls(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.ca_file))
 
@@ -105,7 +110,9 @@ def start_federation(
         smtp.start()
     port = free_port()
     central_dir = root / "central"
+    (root / "tmp").mkdir(exist_ok=True)
     env = {
+        "TMPDIR": str(root / "tmp"),
         "FIP_CENTRAL_DATA_DIR": str(central_dir),
         "FIP_CENTRAL_ARGON2_TIME_COST": "1",
         "FIP_CENTRAL_ARGON2_MEMORY_KIB": "64",
@@ -212,6 +219,7 @@ def start_site_portal(
         ["site", "--port", str(port), "--data-dir", str(data_dir)],
         log=federation.root / f"site-{name}.log",
         env={
+            "TMPDIR": str(federation.tmp_dir),
             "FIP_SITE_HEARTBEAT_SECONDS": "1",
             "FIP_SITE_RECONNECT_MAX_SECONDS": "1",
             **CHEAP_ARGON2_ENV,

@@ -8,7 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from federation.data import MISSING_TOKENS, Table, check_binary, check_columns, read_csv
+from federation import data
+from federation.data import (
+    MISSING_TOKENS,
+    Table,
+    check_binary,
+    check_columns,
+    check_for_job,
+    read_csv,
+)
 from federation.errors import InputError
 
 LABEL = "north.csv"
@@ -361,3 +369,85 @@ def test_check_binary_shows_examples_with_lines() -> None:
     assert "2 (line 5)" in message
     assert "-1 (line 6)" in message
     assert "line 7" not in message  # at most three examples
+
+
+# ---------------------------------------------------------------- line endings and large files
+
+
+@pytest.mark.parametrize("ending", [b"\r", b"\r\n", b"\n"], ids=["CR", "CRLF", "LF"])
+def test_every_line_ending_reads_alike(ending: bytes) -> None:
+    """Old Mac files end their lines with CR alone: they read like any other, line numbers
+    and blank lines included."""
+    content = ending.join([b"a,b", b"1,2", b"", b"3,NA", b"5,6"]) + ending
+    table = read_csv(content, label=LABEL)
+
+    assert table.columns == ("a", "b")
+    assert table.values[[0, 2]].tolist() == [[1.0, 2.0], [5.0, 6.0]]
+    assert np.isnan(table.values[1, 1])
+    assert table.lines is not None and table.lines.tolist() == [2, 4, 5]
+    message = read_error(ending.join([b"a,b", b"1,2", b"", b"3,x"]) + ending)
+    assert "'x'" in message and "line 4" in message, message
+
+
+def test_cr_only_header_without_rows() -> None:
+    assert "header but no data rows" in read_error(b"a,b\r")
+
+
+def test_a_file_of_many_blocks_reads_whole_and_names_far_lines(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A file larger than the blocks it is read in (small blocks here, 8 MiB in use): every
+    row, in order, and an error far in names its own line (and a ragged line too)."""
+    monkeypatch.setattr(data, "_BLOCK", 1000)
+    rows = 20_000
+    values = np.arange(rows * 2, dtype=np.float64).reshape(rows, 2)
+    body = "\n".join(f"{int(a)},{int(b)}" for a, b in values).encode()
+    content = b"a,b\n" + body + b"\n"
+
+    table = read_csv(content, label=LABEL)
+    assert table.rows == rows and np.array_equal(table.values, values)
+    assert table.line(rows - 1) == rows + 1
+
+    far = content.replace(b"\n30000,", b"\nfar,", 1)
+    message = read_error(far)
+    assert "'a'" in message and "'far'" in message and "line 15002" in message, message
+    ragged = content.replace(b"\n36000,36001\n", b"\n36000,36001,9\n", 1)
+    assert "line 18002 has 3 fields" in read_error(ragged)
+    blank = content.replace(b"\n30000,", b"\n\n\n30000,", 1).replace(b"\n36000,", b"\n36000x,")
+    assert "line 18004 has '36000x'" in read_error(blank)
+
+
+def test_a_quoted_cell_across_a_block_boundary_is_one_cell(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocks are cut only where quotes are closed: a quoted cell holding a line break stays
+    whole (and is refused as not numeric, on its line), quoted numbers read as numbers."""
+    monkeypatch.setattr(data, "_BLOCK", 64)
+    content = b"a,b\n" + b'"1.5","2"\n' * 30 + b'3,"4\n5"\n' + b'"1.5","2"\n' * 30
+    message = read_error(content)
+    assert "'b'" in message and "line 32" in message, message
+    table = read_csv(content.replace(b'"4\n5"', b'"45"'), label=LABEL)
+    assert table.rows == 61
+    assert table.values[30].tolist() == [3.0, 45.0] and table.values[-1].tolist() == [1.5, 2.0]
+
+
+# ---------------------------------------------------------------- one check for every upload
+
+
+def test_check_for_job_names_file_and_column_and_can_hide_values() -> None:
+    """The checks a site and central run on an upload: columns, every target observed at
+    least once, 0/1 in binary targets; ``show_values=False`` gives lines but no value."""
+    table = make_table(("x", "y", "b"), [[1, np.nan, 0], [2, np.nan, 0.25], [3, np.nan, 1]])
+    targets = [("b", "logistic")]
+
+    with pytest.raises(InputError, match=r"north\.csv: columns differ.*missing 'z'"):
+        check_for_job(table, ["x", "y", "b", "z"], targets)
+    with pytest.raises(InputError) as raised:
+        check_for_job(table, ["x", "y", "b"], targets)
+    assert "'b'" in str(raised.value) and "0.25 (line 3)" in str(raised.value)
+    with pytest.raises(InputError) as raised:
+        check_for_job(table, ["x", "y", "b"], targets, show_values=False)
+    message = str(raised.value)
+    assert LABEL in message and "'b'" in message and "line(s) 3" in message
+    assert "0.25" not in message
+    with pytest.raises(InputError, match=r"north\.csv: column 'y' is a target but every cell"):
+        check_for_job(table, ["x", "y", "b"], [("y", "gaussian")])
+    check_for_job(table, ["x", "y", "b"], [("x", "gaussian")])

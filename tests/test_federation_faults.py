@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import struct
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -184,17 +188,49 @@ def _distinct_values(rng: np.random.Generator, rows: int) -> np.ndarray:
     return values
 
 
+class _OpenFiles:
+    """Polls the open files (/proc/<pid>/fd) of processes for any under ``folder``."""
+
+    def __init__(self, pids: list[int], folder: Path) -> None:
+        self.pids, self.folder, self.seen = pids, str(folder), set[str]()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for pid in self.pids:
+                for fd in Path(f"/proc/{pid}/fd").iterdir():
+                    with contextlib.suppress(OSError):
+                        if os.readlink(fd).startswith(self.folder):
+                            self.seen.add(f"{pid}: {os.readlink(fd)}")
+            time.sleep(0.002)
+
+    def __enter__(self) -> _OpenFiles:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def test_nothing_of_the_data_is_retained_anywhere(network: Federation, tmp_path: Path) -> None:
-    """After a job, no file under central's or the sites' data directories holds a value."""
+    """After a job, no file under central's or the sites' data directories holds a value, and
+    while the CSVs (over 1 MiB each, where Starlette's form parser would spool to a file) are
+    uploaded no process opens a file in its temporary folder, which stays empty."""
     fed = network
     rng = np.random.default_rng(99)
-    tables = {name: _distinct_values(rng, 300) for name in ("central", "north", "south")}
+    tables = {name: _distinct_values(rng, 30_000) for name in ("central", "north", "south")}
     files = {}
     for name, values in tables.items():
         files[name] = tmp_path / f"{name}.csv"
         files[name].write_bytes(dataset_csv(tuple(COLUMNS), values))
+        assert files[name].stat().st_size > 1 << 20
     job_id = _job(fed, cycles=2, name="retention")
-    _start_everywhere(fed, job_id, files)
+    pids = [fed.central.popen.pid, *(s.process.popen.pid for s in fed.sites)]
+    with _OpenFiles(pids, fed.tmp_dir) as open_files:
+        _start_everywhere(fed, job_id, files)
+    assert not open_files.seen, f"temporary files were open during the uploads: {open_files.seen}"
     wait_for(lambda: _job_state(fed, job_id)["state"] == "completed", seconds=30, what="the job")
     with fed.admin() as admin:
         assert admin.get(f"/api/jobs/{job_id}/result", params={"format": "zip"}).status_code == 200
@@ -205,7 +241,8 @@ def test_nothing_of_the_data_is_retained_anywhere(network: Federation, tmp_path:
             if not np.isnan(value):
                 needles.append(repr(float(value)).encode())
                 needles.append(struct.pack("<d", float(value)))
-    folders = [fed.central_dir, *(s.data_dir for s in fed.sites)]
+    assert list(fed.tmp_dir.rglob("*")) == [], "the temporary folder is not empty"
+    folders = [fed.central_dir, *(s.data_dir for s in fed.sites), fed.tmp_dir]
     scanned = 0
     for folder in folders:
         for path in folder.rglob("*"):
