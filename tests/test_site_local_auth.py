@@ -15,11 +15,13 @@ import pytest
 from bs4 import BeautifulSoup
 from fastapi.testclient import TestClient
 
-from federation.web import cross_site
+from federation.web import HostCheck, allowed_hosts, cross_site
 from portal_site.state import SiteState
 from tests.central_fixtures import make_settings
 from tests.federation_env import Federation, start_federation, start_site_portal
+from tests.processes import Process
 from tests.site_fixtures import (
+    CHEAP_ARGON2_ENV,
     LOCAL_PASSWORD,
     browser_sign_in,
     csrf_of,
@@ -96,6 +98,31 @@ def test_a_post_for_a_foreign_host_changes_nothing(site: TestClient, with_origin
     assert token.status_code == 421, "not even a token for a foreign host"
     status = site.get("/api/status", headers=_bearer(site)).json()
     assert (status["central_url"], status["site_id"]) == (UNREACHABLE, "north1")
+
+
+def test_a_websocket_for_a_foreign_host_is_closed_before_it_opens() -> None:
+    """The site portal has no WebSocket route of its own; the check covers them all the same."""
+    from starlette.applications import Starlette
+    from starlette.routing import WebSocketRoute
+    from starlette.websockets import WebSocket, WebSocketDisconnect
+
+    async def echo(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.send_text(await websocket.receive_text())
+        await websocket.close()
+
+    app = HostCheck(Starlette(routes=[WebSocketRoute("/ws", echo)]), allowed=allowed_hosts(8001))
+    with TestClient(app, base_url="http://127.0.0.1:8001") as client:
+        # (TestClient's WebSockets ignore base_url: the Host header is given here)
+        with client.websocket_connect("/ws", headers={"Host": "127.0.0.1:8001"}) as websocket:
+            websocket.send_text("hello")
+            assert websocket.receive_text() == "hello"
+        with (
+            pytest.raises(WebSocketDisconnect) as closed,
+            client.websocket_connect("/ws", headers={"Host": EVIL}),
+        ):
+            pass
+        assert closed.value.code == 1008
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1:8001", "localhost:8001", "[::1]:8001"])
@@ -459,3 +486,26 @@ def test_a_site_process_refuses_foreign_hosts_and_needs_its_password(
                 assert events.headers["content-type"].startswith("text/event-stream")
     finally:
         portal.process.stop()
+
+
+@pytest.mark.slow
+def test_forget_local_password_lets_the_next_visit_choose_a_new_one(
+    central_only: Federation,
+) -> None:
+    portal = start_site_portal(central_only, "forgetful")
+    portal.process.stop()
+    port = portal.url.rsplit(":", 1)[1]
+    again = Process(
+        ["site", "--port", port, "--data-dir", str(portal.data_dir), "--forget-local-password"],
+        log=central_only.root / "site-forgetful-again.log",
+        env=CHEAP_ARGON2_ENV,
+    )
+    try:
+        again.wait_until_up(f"{portal.url}/health")
+        token = httpx.post(f"{portal.url}/api/local/token", json={"password": LOCAL_PASSWORD})
+        assert token.status_code == 409 and "choose one first" in token.json()["detail"]
+        page = httpx.get(f"{portal.url}/jobs")
+        assert page.status_code == 303 and page.headers["location"] == "/local/password?next=/jobs"
+        assert "the local password is forgotten" in again.output()
+    finally:
+        again.stop()
