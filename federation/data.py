@@ -23,7 +23,7 @@ MISSING_TOKENS = ("", "NA", "NaN", "nan", "N/A", "NULL")
 """Cell texts read as missing. R writes NA, pandas writes an empty cell."""
 
 _EXAMPLES = 3
-_BLOCK = 8 << 20
+_BLOCK = 2 << 20
 """Bytes of whole lines parsed at a time: the per-byte work never spans the whole file."""
 
 

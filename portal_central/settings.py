@@ -72,7 +72,7 @@ class CentralSettings(BaseSettings):
     argon2_memory_kib: int = Field(default=65536, ge=64)
     max_upload_bytes: int = Field(default=1_000_000_000, ge=1)
     """The largest data upload (central's CSV for a job, the wizard's CSV): held in memory, so
-    this bounds the memory one upload takes (about twice its size while it is read)."""
+    this bounds the memory one upload takes (at most about 2.5 times its size while it is read)."""
     max_form_bytes: int = Field(default=1 << 20, ge=1)
     """The largest body of every other request: forms, JSON, algorithm files."""
 

@@ -36,7 +36,7 @@ class SiteSettings(BaseSettings):
     reconnect_max_seconds: float = Field(default=30, gt=0)
     """Reconnection waits grow 1, 2, 4, ... seconds up to this."""
     max_upload_bytes: int = Field(default=1_000_000_000, ge=1)
-    """The largest CSV upload: held in memory (about twice its size while it is read)."""
+    """The largest CSV upload: held in memory (at most about 2.5 times its size while read)."""
     max_form_bytes: int = Field(default=1 << 20, ge=1)
     """The largest body of every other request (forms, JSON)."""
 

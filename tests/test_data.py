@@ -396,7 +396,7 @@ def test_cr_only_header_without_rows() -> None:
 def test_a_file_of_many_blocks_reads_whole_and_names_far_lines(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A file larger than the blocks it is read in (small blocks here, 8 MiB in use): every
+    """A file larger than the blocks it is read in (small blocks here, 2 MiB in use): every
     row, in order, and an error far in names its own line (and a ragged line too)."""
     monkeypatch.setattr(data, "_BLOCK", 1000)
     rows = 20_000
