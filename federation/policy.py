@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -64,9 +65,11 @@ class Policy:
                 f"the job has {participants} participant(s), fewer than this site's "
                 f"min_sites of {self.min_sites}"
             )
-        denied = [c for c in columns if c in self.denied_columns]
-        if self.allowed_columns:
-            denied += [c for c in columns if c not in self.allowed_columns and c not in denied]
+        deny = {_key(c) for c in self.denied_columns}
+        allow = {_key(c) for c in self.allowed_columns}
+        denied = [c for c in columns if _key(c) in deny]
+        if allow:
+            denied += [c for c in columns if _key(c) not in allow and c not in denied]
         if denied:
             shown = ", ".join(f"'{c}'" for c in denied[:5])
             reasons.append(f"the job uses column(s) this site does not allow: {shown}")
@@ -157,6 +160,12 @@ class Policy:
 
     def with_columns(self, *, allowed: Iterable[str], denied: Iterable[str]) -> Policy:
         return replace(self, allowed_columns=tuple(allowed), denied_columns=tuple(denied))
+
+
+def _key(column: str) -> str:
+    """How column names are compared: Unicode-normalised (NFC) and case-folded, so that 'Café'
+    typed here and 'cafe\u0301' in a header are one column."""
+    return unicodedata.normalize("NFC", column).casefold().strip()
 
 
 def _columns(name: str, raw: Any) -> tuple[str, ...]:

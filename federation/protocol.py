@@ -11,6 +11,7 @@ accepted.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from typing import Annotated, Any, Literal
 
@@ -119,7 +120,10 @@ def decode(frame: bytes) -> Request | Reply | ErrorReply:
         if spec.dtype not in ALLOWED_DTYPES:
             raise ProtocolError(f"array dtype {spec.dtype!r} is not allowed on the wire")
         dtype = np.dtype(spec.dtype)
-        if spec.nbytes != dtype.itemsize * int(np.prod(spec.shape, dtype=np.int64)):
+        if len(spec.shape) > 32 or any(not 0 <= d < 2**40 for d in spec.shape):
+            raise ProtocolError("array shape is not a list of sizes")
+        count = math.prod(spec.shape)  # Python integers: no overflow
+        if spec.nbytes != dtype.itemsize * count or spec.nbytes > len(frame):
             raise ProtocolError("array byte length does not match its shape")
         if offset + spec.nbytes > len(frame):
             raise ProtocolError("truncated frame: array bytes missing")

@@ -33,6 +33,7 @@ from jsonschema.exceptions import SchemaError
 
 from federation.errors import AlgorithmInvalid, InputError
 from federation.job import TARGET_TYPES
+from federation.params import resolve_params
 from federation.replies import ReplySchema
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "algorithms"
@@ -83,6 +84,15 @@ class Algorithm:
             _check_remote(file_name, module)
             self.replies.check_handlers(file_name, list(module.HANDLERS))
             return module
+
+    def parameter_problem(self, params: Mapping[str, Any]) -> str | None:
+        """Why ``params`` do not fit this version's schema (None: they do). A site checks the
+        parameters central sent, since they bound what the job may ask of it."""
+        try:
+            resolve_params(self.schema, params, columns=0)
+        except InputError as error:
+            return str(error)
+        return None
 
     @property
     def remote_source(self) -> str:

@@ -14,9 +14,12 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import signal
+import struct
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +32,10 @@ CHILD = Path(sandbox_child.__file__).resolve()
 CALL_SECONDS = 600.0
 """How long one operation of a sandboxed remote half may take before the process is killed."""
 START_SECONDS = 60.0
-ANSWER_BYTES = 2**31
-"""The longest answer read from the process (a LOCAL operation at central returns its rows)."""
+ANSWER_BYTES = 16 * 2**20
+"""The longest answer read from the process before it holds data; after that, twice the data
+(a LOCAL operation at central returns its rows)."""
+HEADER_BYTES = 16 * 2**20
 """How long the process may take to start and load the remote half."""
 
 
@@ -49,6 +54,7 @@ class Sandbox:
     def __init__(self, *, name: str, file_name: str, source: str, seconds: float = CALL_SECONDS):
         self._seconds = seconds
         self._lock = threading.Lock()
+        self._limit = ANSWER_BYTES
         self.logs: list[str] = []
         self._process = subprocess.Popen(
             [sys.executable, "-I", str(CHILD)],
@@ -58,6 +64,7 @@ class Sandbox:
             cwd="/",
             env={"PATH": os.defpath, **_blas_env()},
             close_fds=True,
+            start_new_session=True,  # its own process group: close() kills all of it
         )
         try:
             loaded = self._ask(
@@ -67,8 +74,8 @@ class Sandbox:
         except BaseException:
             self.close()
             raise
-        self.handlers = frozenset(loaded["handlers"])
-        self.local = frozenset(loaded["local"])
+        self.handlers = frozenset(str(h) for h in loaded.get("handlers", []))
+        self.local = frozenset(str(h) for h in loaded.get("local", []))
 
     @property
     def pid(self) -> int:
@@ -84,8 +91,12 @@ class Sandbox:
         values: np.ndarray,
         is_central: bool,
         rng: np.random.Generator,
+        answer_bytes: int | None = None,
     ) -> dict[str, Any]:
-        """Hand the job's data to the process and run ``prepare``: its summary."""
+        """Hand the job's data to the process and run ``prepare``: its summary. From now on an
+        answer longer than ``answer_bytes`` is refused unread (default: twice the data)."""
+        data = np.ascontiguousarray(values, dtype=np.float64)
+        self._limit = answer_bytes or 2 * data.nbytes + HEADER_BYTES
         result: dict[str, Any] = self._ask(
             {
                 "cmd": "open",
@@ -93,7 +104,7 @@ class Sandbox:
                 "spec": spec,
                 "label": label,
                 "columns": columns,
-                "values": np.ascontiguousarray(values, dtype=np.float64),
+                "values": data,
                 "is_central": is_central,
                 "rng": rng.bit_generator.state,
             }
@@ -107,9 +118,12 @@ class Sandbox:
         return result
 
     def close(self) -> None:
-        """Kill the process (its data goes with it)."""
+        """Kill the process and anything it started (its data goes with it)."""
         if self._process.poll() is None:
-            self._process.kill()
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._process.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                self._process.kill()
         self._process.wait(timeout=10)
         for stream in (self._process.stdin, self._process.stdout):
             if stream is not None and not stream.closed:
@@ -121,44 +135,68 @@ class Sandbox:
         return self._process.poll() is None
 
     def _ask(self, message: dict[str, Any], *, seconds: float | None = None) -> Any:
+        """Send one command and read its answer, all within ``seconds``; any fault of the
+        process (silence, a malformed or oversized answer) kills it."""
         seconds = self._seconds if seconds is None else seconds
         with self._lock:
             stdin, stdout = self._process.stdin, self._process.stdout
             assert stdin is not None and stdout is not None
             try:
                 sandbox_child.write_frame(stdin, message)
-                ready, _, _ = select.select([stdout], [], [], seconds)
-                if not ready:
-                    self.close()
-                    raise SandboxFailed(
-                        f"the sandboxed remote half did not answer in {seconds:g} s; it was stopped"
-                    )
-                body = sandbox_child.read_frame(stdout, limit=ANSWER_BYTES)
-            except (BrokenPipeError, EOFError, OSError, ValueError):
-                body = None
-            if body is None:
-                self.close()
-                raise SandboxFailed("the sandboxed remote half stopped unexpectedly")
-            try:
+                body = _read_answer(stdout.fileno(), time.monotonic() + seconds, self._limit)
                 answer = sandbox_child.unpack(body)
-            except (ValueError, KeyError, TypeError, IndexError):
+            except TimeoutError:
                 self.close()
-                raise SandboxFailed("the sandboxed remote half sent a malformed answer") from None
+                raise SandboxFailed(
+                    f"the sandboxed remote half did not answer in {seconds:g} s; it was stopped"
+                ) from None
+            except Exception:  # noqa: BLE001 - whatever the process sent, it is not an answer
+                self.close()
+                raise SandboxFailed(
+                    "the sandboxed remote half stopped or sent a malformed answer; it was stopped"
+                ) from None
         if not isinstance(answer, dict):
-            raise SandboxFailed("the sandboxed remote half sent a malformed answer")
+            self.close()
+            raise SandboxFailed("the sandboxed remote half sent a malformed answer; it was stopped")
         logs = answer.get("logs", [])
         if isinstance(logs, list):
             self.logs.extend(str(line)[: sandbox_child.MAX_LOG_CHARS] for line in logs[:20])
         if "error" in answer:
             kind = "refused" if answer.get("error") == "refused" else "failed"
+            # Only this fixed text may leave the site: the half chooses its exception's name
+            # and message, so both stay in the site's own log.
             raise SandboxFailed(
-                f"the algorithm's remote half {kind} ({str(answer.get('type', ''))[:40]})",
+                f"the algorithm's remote half {kind}",
                 kind=kind,
-                detail=str(answer.get("message", ""))[:2000],
+                detail=f"{answer.get('type', '')!s:.80}: {answer.get('message', '')!s:.2000}",
             )
         return answer.get("ok", {})
 
 
+def _read_answer(fd: int, deadline: float, limit: int) -> bytearray:
+    """One frame's body from the pipe, read in pieces, the whole of it before ``deadline``."""
+
+    def read(size: int) -> bytearray:
+        chunks = bytearray()
+        while size:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                raise TimeoutError
+            chunk = os.read(fd, min(size, 1 << 20))
+            if not chunk:
+                raise EOFError("the pipe closed")
+            chunks += chunk
+            size -= len(chunk)
+        return chunks
+
+    (length,) = struct.unpack("<Q", read(8))
+    if length > limit:
+        raise ValueError(f"an answer of {length} bytes, over the limit of {limit}")
+    return read(length)
+
+
 def _blas_env() -> dict[str, str]:
-    """BLAS settings the portal runs with (some processors need them), passed on as they are."""
-    return {k: v for k, v in os.environ.items() if k.startswith(("OPENBLAS_", "OMP_"))}
+    """One thread for numpy's BLAS (the sandbox starts none), and the BLAS settings the portal
+    runs with (some processors need them)."""
+    passed = {k: v for k, v in os.environ.items() if k.startswith(("OPENBLAS_", "OMP_"))}
+    return {**passed, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}

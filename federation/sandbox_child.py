@@ -5,11 +5,12 @@ the standard library and numpy, so that the code it loads finds nothing of the p
 packages ``federation``, ``portal_site``, ``portal_central`` and ``algorithms`` cannot be
 imported here, and patching anything in this process changes nothing in the portal's.
 
-Before the uploaded code runs, the process holds no data and can write no file. After loading
-it, the process refuses to go on if the code left a file or socket open, then locks itself
-down: no new file descriptor can be opened (no file, no socket, no pipe). Only then does the
-job's data arrive, over the pipe. Everything it answers goes back over the pipe to
-the portal, which checks it against the declared replies before anything leaves the site.
+The uploaded code runs only after the process locked itself down for good (``lock_down``): it
+can open no file, socket or pipe, start no process or thread, signal or trace no other process,
+write no file and change none of these limits; as root it is nobody. Only then does the job's
+data arrive, over the pipe. A machine on which this cannot be done runs no uploaded code.
+Everything it answers goes back over the pipe to the portal, which checks it against the
+declared replies before anything leaves the site.
 
 The codec is shared with the portal side (it imports this module): a frame is an 8-byte length,
 a 4-byte header length, a JSON header whose arrays are ``{"$a": i}`` references, then the raw
@@ -223,35 +224,193 @@ class _Blocker:
             raise ImportError(f"'{name}' cannot be imported in the sandbox")
 
 
-def open_descriptors() -> set[int]:
-    """The file descriptors open in this process (found without opening one)."""
+# ------------------------------------------------------------------ the lock-down
+#
+# Applied before the uploaded code runs, in this order: no new process or thread and no file
+# written (resource limits), no new file descriptor (every number up to the limit is taken),
+# root's identity dropped when the portal runs as root, then a seccomp filter that no code can
+# lift: the system calls that open, create or link files, make sockets, start processes or
+# programs, signal or trace other processes, change limits or namespaces fail with EPERM.
+
+DENIED = {
+    "x86_64": (
+        2,
+        41,
+        42,
+        43,
+        49,
+        50,
+        53,
+        56,
+        57,
+        58,
+        59,
+        62,
+        76,
+        82,
+        85,
+        86,
+        87,
+        88,
+        101,
+        133,
+        155,
+        160,
+        161,
+        165,
+        166,
+        200,
+        234,
+        257,
+        259,
+        263,
+        264,
+        265,
+        266,
+        272,
+        288,
+        298,
+        302,
+        308,
+        310,
+        311,
+        316,
+        319,
+        321,
+        322,
+        323,
+        424,
+        425,
+        434,
+        435,
+        437,
+        438,
+    ),
+    "aarch64": (
+        33,
+        35,
+        36,
+        37,
+        38,
+        39,
+        40,
+        41,
+        45,
+        51,
+        56,
+        97,
+        117,
+        129,
+        130,
+        131,
+        164,
+        198,
+        199,
+        200,
+        201,
+        202,
+        203,
+        220,
+        221,
+        241,
+        242,
+        261,
+        268,
+        270,
+        271,
+        276,
+        279,
+        280,
+        281,
+        282,
+        424,
+        425,
+        434,
+        435,
+        437,
+        438,
+    ),
+}
+"""By number: open, socket, connect, accept, bind, listen, socketpair, clone, fork, vfork,
+execve, kill, truncate, rename, creat, link, unlink, symlink, ptrace, mknod, pivot_root,
+setrlimit, chroot, mount, umount2, tkill, tgkill, openat, mknodat, unlinkat, renameat, linkat,
+symlinkat, unshare, accept4, perf_event_open, prlimit64, setns, process_vm_readv/writev,
+renameat2, memfd_create, bpf, execveat, userfaultfd, pidfd_send_signal, io_uring_setup,
+pidfd_open, clone3, openat2, pidfd_getfd (aarch64 has no open, creat, fork or vfork)."""
+_AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
+NOBODY = 65534
+
+
+class LockDownFailed(Exception):
+    """This machine cannot confine the uploaded code: it is not run."""
+
+
+def _seccomp() -> None:
+    import ctypes
+    import platform
+
+    machine = platform.machine()
+    if machine not in DENIED:
+        raise LockDownFailed(f"no system-call filter for {machine}")
+    denied = DENIED[machine]
+
+    class Instruction(ctypes.Structure):
+        _fields_ = [
+            ("code", ctypes.c_ushort),
+            ("jt", ctypes.c_ubyte),
+            ("jf", ctypes.c_ubyte),
+            ("k", ctypes.c_uint),
+        ]
+
+    class Program(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(Instruction))]
+
+    load, equal, at_least, ret = 0x20, 0x15, 0x35, 0x06
+    allow, refuse, kill = 0x7FFF0000, 0x00050000 | 1, 0x80000000  # EPERM; kill the process
+    n = len(denied)
+    code = [
+        (load, 0, 0, 4),  # the architecture
+        (equal, 1, 0, _AUDIT_ARCH[machine]),
+        (ret, 0, 0, kill),
+        (load, 0, 0, 0),  # the system call's number
+        (at_least, n + 1, 0, 0x40000000),  # x32 calls on x86_64
+        *((equal, n - i, 0, number) for i, number in enumerate(denied)),
+        (ret, 0, 0, allow),
+        (ret, 0, 0, refuse),
+    ]
+    instructions = (Instruction * len(code))(*(Instruction(*step) for step in code))
+    program = Program(len(code), instructions)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS
+        raise LockDownFailed(f"no_new_privs: errno {ctypes.get_errno()}")
+    if libc.prctl(22, 2, ctypes.byref(program), 0, 0) != 0:  # PR_SET_SECCOMP, FILTER
+        raise LockDownFailed(f"seccomp: errno {ctypes.get_errno()}")
+
+
+def lock_down() -> None:
+    """Confine this process for good (see above); ``LockDownFailed`` if it cannot be done."""
     import resource
 
-    found = set()
-    for fd in range(min(resource.getrlimit(resource.RLIMIT_NOFILE)[0], 65536)):
+    resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))  # no fork, no thread
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+    opened = []
+    for fd in range(1024):
         try:
             os.fstat(fd)
         except OSError:
             continue
-        found.add(fd)
-    return found
-
-
-def _lock_down() -> None:
-    """No new file descriptor and no file written, from now on: every number below the limit
-    is taken (holes are filled with /dev/null), and the limit is the highest one open."""
-    import resource
-
-    highest = max(open_descriptors())
-    null = os.open(os.devnull, os.O_RDONLY)  # fills the lowest hole, if any
-    highest = max(highest, null)
+        opened.append(fd)
+    null = os.open(os.devnull, os.O_RDONLY)
+    highest = max(*opened, null)
     for fd in range(highest):
-        try:
-            os.fstat(fd)
-        except OSError:
+        if fd not in opened and fd != null:
             os.dup2(null, fd)
     resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1, highest + 1))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+    if os.geteuid() == 0:
+        os.setgroups([])
+        os.setgid(NOBODY)
+        os.setuid(NOBODY)
+    _seccomp()
 
 
 def _die_with_parent() -> None:
@@ -282,16 +441,12 @@ def _serve(channel_in: IO[bytes], channel_out: IO[bytes]) -> None:
         command = request.get("cmd")
         try:
             if command == "load":
-                before = open_descriptors()
                 module = _load(request["name"], request["file_name"], request["source"])
                 prepare = getattr(module, "prepare", None)
                 handlers = getattr(module, "HANDLERS", {})
                 local = getattr(module, "LOCAL", {})
                 if not callable(prepare) or not isinstance(handlers, dict):
                     raise TypeError("the remote half must define prepare(site) and HANDLERS")
-                if open_descriptors() - before:
-                    raise PermissionError("the remote half opened a file or socket while loading")
-                _lock_down()
                 answer({"ok": {"handlers": sorted(handlers), "local": sorted(local)}})
             elif command == "open":
                 spec = request["spec"]
@@ -360,11 +515,13 @@ def _logs(job: SiteJob | None) -> list[str]:
 
 
 def _load(name: str, file_name: str, source: str) -> Any:
+    """Compile the uploaded half, lock this process down, and only then run the half's code."""
     import types
 
     code = compile(source, f"<{name}/{file_name}>", "exec", dont_inherit=True)
     module = types.ModuleType(f"fip_sandboxed_{name}_remote")
     sys.modules[module.__name__] = module
+    lock_down()
     exec(code, module.__dict__)
     return module
 
@@ -397,9 +554,7 @@ def main() -> None:
     for name in PRELOADED:
         importlib.import_module(name)
     _die_with_parent()
-    # No file is written from here on, not even while the uploaded code loads: a write fails
-    # (EFBIG) instead of killing the process.
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write fails (EFBIG) instead of killing
     resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
     sys.meta_path.insert(0, _Blocker())
     # The protocol moves to fresh descriptors; 0, 1 and 2 go to /dev/null, so that a print()

@@ -24,7 +24,7 @@ from typing import Any, NoReturn, Protocol
 import numpy as np
 
 from federation.data import Table, check_binary, check_columns
-from federation.errors import FipError, ProtocolError, SiteRefused
+from federation.errors import AlgorithmInvalid, FipError, ProtocolError, SiteRefused
 from federation.job import JobEvent, JobSpec, Target, random_stream
 from federation.policy import OPEN as OPEN_POLICY
 from federation.policy import Policy, binary_levels
@@ -140,9 +140,14 @@ class Sandboxed:
             file_name=file_names(algorithm.name)[1],
             source=algorithm.remote_source,
         )
-        self._algorithm.replies.check_handlers(
-            file_names(algorithm.name)[1], list(self._sandbox.handlers)
-        )
+        try:
+            self._algorithm.replies.check_handlers(
+                file_names(algorithm.name)[1], list(self._sandbox.handlers)
+            )
+        except AlgorithmInvalid as error:  # its handler names are the upload's own words
+            raise SandboxFailed(
+                "the algorithm's remote half does not answer what it declared", detail=str(error)
+            ) from None
         summary = self._sandbox.open(
             site=job.site,
             spec=job.spec.to_wire(),
@@ -201,6 +206,10 @@ class SiteRunner:
         self.remote: RemoteHalf = Sandboxed(algorithm) if isolate else InProcess(algorithm.remote)
         self._is_central = is_central
         self._on_event = on_event
+        self._opened = False
+        self.expected: dict[str, Any] = {}
+        """What this site's user saw of the job when starting it (JobSpec field -> value), when
+        the portal knows it: central must open that job, not another."""
         self._job: SiteJob | None = None
         self._bounds: Bounds | None = None
         self._dims: Dims | None = None
@@ -236,11 +245,11 @@ class SiteRunner:
 
     def _answer(self, request: Request) -> bytes:
         try:
-            self.requests += 1
+            self.requests += len(request.ops)  # every operation counts, however they are sent
             if self._budget and self.requests > self._budget:
                 raise SiteRefused(
-                    f"the job made more requests than it declared ({self._budget - 2} fit(s) at "
-                    f"{self.policy.max_newton_rounds} request(s) each, this site's "
+                    f"the job asked for more operations than it declared ({self._budget - 2} "
+                    f"fit(s) at {self.policy.max_newton_rounds} each, this site's "
                     "max_newton_rounds); nothing more is answered"
                 )
             results = []
@@ -273,7 +282,14 @@ class SiteRunner:
     def call(self, name: str, args: Mapping[str, Any], *, local: bool = False) -> Result:
         """Run one operation. ``local`` allows the handlers reserved to central's own data."""
         if name == OPEN:
-            return self._open(JobSpec.from_wire(args["spec"]))
+            if self._opened:
+                raise ProtocolError("the job is open already: it opens once")
+            self._opened = True
+            try:
+                return self._open(JobSpec.from_wire(args["spec"]))
+            except BaseException:
+                self.close()
+                raise
         if name == CLOSE:
             self.close()
             return {}
@@ -288,11 +304,20 @@ class SiteRunner:
 
     def _open(self, spec: JobSpec) -> Result:
         check_columns(self.data, spec.columns)
+        self._check_spec(spec)
         for target in spec.targets:
             if target.type == "logistic":
                 check_binary(self.data, target.column, show_values=self._is_central)
         if not self._is_central:
-            reasons = self.policy.check_job(columns=spec.columns, participants=1 + len(spec.sites))
+            reasons = self.policy.check_job(
+                columns=spec.columns, participants=1 + len(set(spec.sites))
+            )
+            if self.data.rows < self.policy.min_rows:  # before the half sees any row
+                reasons.append(
+                    f"only {self.data.rows} usable row(s) of {self.data.rows}, fewer than the "
+                    f"minimum of {self.policy.min_rows} (this site's own min_rows); this site "
+                    "does not take part"
+                )
             if reasons:
                 self._refuse_by_policy(reasons)
         job = SiteJob(
@@ -343,8 +368,9 @@ class SiteRunner:
             target_rows = np.full(len(spec.targets), used, dtype=np.int64)
         left_out = prepared.get("left_out", {})
         if not isinstance(left_out, Mapping) or not set(left_out) <= set(self.replies.left_out):
-            raise ProtocolError(
-                "prepare gave left-out reasons that its params.json does not declare"
+            raise SiteRefused(
+                f"{self.data.label}: prepare gave left-out reasons that its params.json does not "
+                "declare; nothing was sent"
             )
         extras = {
             k: v for k, v in prepared.items() if k not in ("rows_used", "target_rows", "left_out")
@@ -361,13 +387,52 @@ class SiteRunner:
             **extras,
         }
         self._dims = Dims.of(len(spec.columns), len(spec.targets))
-        return check_values(
-            OPEN,
-            summary,
-            open_values(self.replies),
-            dims=self._dims,
-            bounds=Bounds(rows_used=self.data.rows, target_rows={}),
-        )
+        try:
+            return check_values(
+                OPEN,
+                summary,
+                open_values(self.replies),
+                dims=self._dims,
+                bounds=Bounds(rows_used=self.data.rows, target_rows={}),
+            )
+        except ProtocolError as error:  # its key names are the algorithm's own words
+            self._emit("warning", f"{error}; nothing was sent")
+            raise SiteRefused(
+                f"{self.data.label}: the summary of 'prepare' is not what the algorithm "
+                "declared; nothing was sent"
+            ) from None
+
+    def _check_spec(self, spec: JobSpec) -> None:
+        """The job as central sent it must be one this site can hold central to: the job this
+        site's user started (when the portal says which), parameters that fit the algorithm's
+        schema, each target once, and this site among the participants exactly once."""
+        if self.expected:
+            seen = spec.to_wire()
+            differs = [
+                name
+                for name, value in self.expected.items()
+                if (sorted(seen[name]) if name == "sites" else seen[name])
+                != (sorted(value) if name == "sites" else value)
+            ]
+            if differs:
+                raise SiteRefused(
+                    f"{self.data.label}: the job central opened differs from the one started "
+                    f"here in its {', '.join(differs)}; this site does not take part"
+                )
+        problem = self.algorithm.parameter_problem(spec.params)
+        if problem is not None:
+            raise SiteRefused(f"{self.data.label}: the job's parameters do not fit: {problem}")
+        indices = [t.index for t in spec.targets]
+        if len(set(indices)) != len(indices) or not all(
+            1 <= i <= len(spec.columns) for i in indices
+        ):
+            raise SiteRefused(f"{self.data.label}: the job names a target twice or out of range")
+        if not self._is_central and list(spec.sites).count(self.site) != 1:
+            raise SiteRefused(
+                f"{self.data.label}: the job does not list this site exactly once among its sites"
+            )
+        if len(set(spec.sites)) != len(spec.sites):
+            raise SiteRefused(f"{self.data.label}: the job lists a site twice")
 
     def _refuse_by_policy(self, reasons: list[str]) -> NoReturn:
         raise SiteRefused(f"{self.data.label}: " + "; ".join(reasons))
@@ -389,7 +454,8 @@ class SiteRunner:
         except ProtocolError as error:
             self._emit("warning", f"{error}; nothing was sent")
             raise SiteRefused(
-                f"the reply of '{name}' is not what the algorithm declared; nothing was sent"
+                f"{self.data.label}: the reply of '{name}' is not what the algorithm declared; "
+                "nothing was sent"
             ) from None
 
     def _error(self, request: Request, kind: ErrorKind, message: str) -> bytes:

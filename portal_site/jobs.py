@@ -250,7 +250,7 @@ class LocalJobs:
                     f"(digest {algorithm.digest[:12]}…) before starting",
                     status=409,
                 )
-            runners[str(method["id"])] = self._runner(job, algorithm)
+            runners[str(method["id"])] = self._runner(job, algorithm, method)
         if not job.methods:
             job.algorithm = await self._verified(job.info)
             job.runner = job.runner or runners[job.job_id]
@@ -266,17 +266,35 @@ class LocalJobs:
         self.publish(job, JobEvent(kind="log", message="started: this site is ready"))
         self.publish(job, "state")
 
-    def _runner(self, job: LocalJob, algorithm: Algorithm) -> SiteRunner:
+    def _runner(self, job: LocalJob, algorithm: Algorithm, method: dict[str, Any]) -> SiteRunner:
         """Only for an approved (or built-in) digest: a built-in runs in this process, any other
-        remote half in a sandbox process started when the job opens."""
+        remote half in a sandbox process started when the job opens. Central must then open
+        the job the user saw: ``method`` (the job, or a comparison's method) as listed now."""
         assert job.table is not None and self._trusted(algorithm)
-        return SiteRunner(
+        runner = SiteRunner(
             site=self.site_id,
             data=job.table,
             algorithm=algorithm,
             on_event=lambda event: self.publish(job, event),
             policy=self.policy,
         )
+        runner.expected = {
+            "algorithm": algorithm.name,
+            "version": algorithm.version,
+            "digest": algorithm.digest,
+            "columns": list(job.info["columns"]),
+            "targets": [
+                {"index": int(t["index"]), "name": t["name"], "type": t["type"]}
+                for t in job.info["targets"]
+            ],
+            "sites": [
+                str(p["site_id"]) if isinstance(p, dict) else str(p)
+                for p in method.get("participants", job.info.get("participants", []))
+            ],
+        }
+        if not job.methods:  # a comparison's methods take the parameters that fit each
+            runner.expected["params"] = dict(job.info["parameters"])
+        return runner
 
     async def cancel(self, job: LocalJob) -> None:
         """Cancel the job everywhere (central stops it at every site) and drop the data here."""
@@ -337,9 +355,10 @@ class LocalJobs:
             algorithm = await self._verified(info)
         except SiteError:
             return None
-        if not self._trusted(algorithm):
-            return None
-        comparison.runners[job_id] = self._runner(comparison, algorithm)
+        started = {r.algorithm.digest for r in comparison.runners.values()}
+        if not self._trusted(algorithm) or algorithm.digest not in started:
+            return None  # a retry runs a method this site started, never another
+        comparison.runners[job_id] = self._runner(comparison, algorithm, info)
         return comparison.runners[job_id]
 
     def _drop(self, job: LocalJob, why: str) -> None:

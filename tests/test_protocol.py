@@ -87,6 +87,25 @@ def _frame(header: dict[str, object], payload: bytes = b"") -> bytes:
         (_frame({"message": {"protocol_version": 1, "type": "other"}, "arrays": []}), "malformed"),
         (_frame({"message": {"$array": 3}, "arrays": []}), "out of range"),
         (MAGIC + struct.pack("<I", 5) + b"{not}", "header"),
+        (
+            _frame(
+                {"message": {}, "arrays": [{"dtype": "<f8", "shape": [2**32, 2**32], "nbytes": 0}]}
+            ),
+            "does not match its shape",
+        ),
+        (
+            _frame({"message": {}, "arrays": [{"dtype": "<f8", "shape": [0, 2**70], "nbytes": 0}]}),
+            "not a list of sizes",
+        ),
+        (
+            _frame(
+                {
+                    "message": {},
+                    "arrays": [{"dtype": "<f8", "shape": [2**40, -(2**40)], "nbytes": 8}],
+                }
+            ),
+            "not a list of sizes",
+        ),
     ],
 )
 def test_malformed_frames_are_refused(frame: bytes, message: str) -> None:

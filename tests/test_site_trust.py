@@ -512,3 +512,35 @@ def test_no_code_runs_at_a_site_before_approval_and_the_central_half_never(
         time.sleep(0.05)
     else:
         raise AssertionError("the sandbox process outlived its job")
+
+
+def test_a_comparison_answers_only_the_methods_started_here() -> None:
+    """Central lists a new 'method' of a started comparison with another algorithm: the
+    site's data does not answer it; a retry of a started method is answered."""
+    registry = Registry.with_builtins()
+    simi, avgmmi = registry.get("SIMI"), registry.get("AVGMMI")
+    site = Site()
+
+    def method(job_id: int, algorithm: Any) -> dict[str, Any]:
+        return {
+            "id": job_id,
+            "algorithm": algorithm.name,
+            "version": algorithm.version,
+            "digest": algorithm.digest,
+            "state": "created",
+            "message": "",
+            "participants": ["north1"],
+        }
+
+    job = site.add(algorithm="SIMI", version=simi.version, digest=simi.digest)
+    job.info["methods"] = [method(2, simi)]
+    site.jobs.upload(job, GOOD_CSV, "north.csv")
+    run(site.jobs.start(job))
+    swapped = {**job_info(job_id=99, algorithm="AVGMMI", version=avgmmi.version), "parent": 1}
+    swapped["digest"] = avgmmi.digest
+    retried = {**job_info(job_id=100, algorithm="SIMI", version=simi.version), "parent": 1}
+    retried["digest"] = simi.digest
+    site.central.jobs = [swapped, retried]
+
+    assert run(site.jobs.runner("99")) is None
+    assert run(site.jobs.runner("100")) is not None
