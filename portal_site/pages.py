@@ -133,7 +133,12 @@ def _local_page(
     )
 
 
-def _signed_in(site: SiteState, next_path: str) -> Response:
+def _signed_in(request: Request, site: SiteState, next_path: str) -> Response:
+    """A new session (a new token: none chosen before signing in is ever kept); the
+    browser's earlier one, if any, ends."""
+    earlier = request.cookies.get(site.auth.cookie)
+    if earlier:
+        site.auth.close(earlier)
     session = site.auth.open("browser")
     response = RedirectResponse(_next(next_path), status_code=303)
     response.set_cookie(
@@ -170,7 +175,7 @@ async def local_sign_in(
         if error.status == 429:
             response.headers["Retry-After"] = str(getattr(error, "retry_after", 1))
         return response
-    return _signed_in(site, next)
+    return _signed_in(request, site, next)
 
 
 @router.get("/local/password", response_class=HTMLResponse, include_in_schema=False)
@@ -198,7 +203,7 @@ async def local_password(
         return _local_page(
             request, choosing=True, next_path=next, error=error.message, status=error.status
         )
-    return _signed_in(site, next)
+    return _signed_in(request, site, next)
 
 
 @router.post("/local/sign-out", include_in_schema=False)
