@@ -333,6 +333,18 @@ def test_an_upload_from_a_browser_session_needs_the_csrf_token_too(site: TestCli
         assert "reload the page" not in passed.text
 
 
+def test_signing_in_again_ends_the_earlier_session(site: TestClient) -> None:
+    browser_sign_in(site)
+    earlier = site.cookies["fip_site_8001"]
+    browser_sign_in(site)
+    current = site.cookies["fip_site_8001"]
+    assert current != earlier
+    for token, status in ((earlier, 303), (current, 200)):
+        site.cookies.clear()
+        site.cookies.set("fip_site_8001", token)
+        assert site.get("/jobs", follow_redirects=False).status_code == status
+
+
 def test_signing_out_ends_the_session(site: TestClient) -> None:
     csrf = browser_sign_in(site)
     assert site.get("/jobs").status_code == 200
