@@ -62,6 +62,9 @@ class CentralSettings(BaseSettings):
     """Registrations (API and form) per client address, then 429."""
     site_grace_seconds: float = Field(default=60, ge=0)
     """A site whose connection drops mid-job has this long to reconnect before the job fails."""
+    request_deadline_seconds: float = Field(default=300, gt=0, allow_inf_nan=False)
+    """A site has this long to answer one request of a job (a reconnect included); past it the
+    job fails naming the site and the request."""
     allow_insecure_websocket: bool = False
     """Accept sites over plain ws:// (without TLS) from this machine only: for development."""
     result_expiry_minutes: float = Field(default=60, gt=0)

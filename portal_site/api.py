@@ -10,10 +10,12 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPBearer
 from pydantic import BaseModel
 
+from federation.errors import InputError
+from federation.policy import Policy
 from federation.uploads import multipart_schema, read_form
 from portal_site.jobs import LocalJob, SiteError
 from portal_site.local_auth import SESSION_SECONDS, TooSoon
-from portal_site.pages import OpenSite, Site, connection, csv_upload, save_settings
+from portal_site.pages import OpenSite, Site, connection, csv_upload, save_settings, set_policy
 
 bearer = HTTPBearer(
     auto_error=False,
@@ -160,6 +162,34 @@ async def sign_in(body: SignIn, site: Site) -> StatusOut:
 @router.get("/status")
 def status(site: Site) -> StatusOut:
     return _status(site)
+
+
+class PolicyIn(BaseModel):
+    """A preset by name, or the rules themselves (``federation.policy.Policy``)."""
+
+    preset: str | None = None
+    rules: dict[str, Any] | None = None
+
+
+@router.get("/policy")
+def get_policy(site: Site) -> dict[str, Any]:
+    """This site's disclosure policy: what it answers, checked before anything is sent."""
+    return site.jobs.policy.summary()
+
+
+@router.put("/policy")
+async def put_policy(body: PolicyIn, site: Site) -> dict[str, Any]:
+    """Set the policy from a preset (``datashield``, ``vantage6-glm``, ``nvflare``,
+    ``default``) or from rules; a bad rule is a 422 naming it."""
+    try:
+        if body.preset is not None:
+            policy = Policy.preset_named(body.preset)
+        else:
+            policy = Policy.from_mapping({**(body.rules or {}), "preset": "custom"})
+    except InputError as error:
+        raise SiteError(str(error), status=422, field="policy") from None
+    await set_policy(site, policy)
+    return policy.summary()
 
 
 @router.get("/jobs")

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import re
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Annotated, Any
@@ -15,8 +15,10 @@ from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from federation.errors import InputError
 from federation.job import JobEvent
-from federation.uploads import allow_body, read_form
+from federation.policy import PRESETS, Policy
+from federation.uploads import allow_body, form_of, read_form
 from federation.web import ENVIRONMENT, PAGE_DEFAULTS, is_htmx, render
 from portal_site.central import CentralError
 from portal_site.jobs import LocalJob, RemoteCode, SiteError
@@ -228,7 +230,92 @@ def _settings_page(
     config = SimpleNamespace(**{name: getattr(stored, name) for name in fields})
     for name, value in (typed or {}).items():
         setattr(config, name, value)
-    return render(request, "site/settings.html", {"config": config, **values}, status_code=status)
+    policy = values.pop("policy_typed", None) or policy_form(site.jobs.policy)
+    return render(
+        request,
+        "site/settings.html",
+        {"config": config, "policy": policy, "presets": list(PRESETS), **values},
+        status_code=status,
+    )
+
+
+POLICY_FIELDS = (
+    "min_rows",
+    "max_params_per_row",
+    "min_level_count",
+    "min_sites",
+    "max_newton_rounds",
+    "allowed_columns",
+    "denied_columns",
+)
+
+
+def policy_form(policy: Policy) -> dict[str, str]:
+    """The policy as the form shows it: every rule as text."""
+    summary = policy.summary()
+    shown = {name: str(summary[name]) for name in POLICY_FIELDS}
+    for name in ("allowed_columns", "denied_columns"):
+        shown[name] = ", ".join(summary[name])
+    shown["preset"] = policy.preset
+    return shown
+
+
+def parse_policy(form: Mapping[str, str]) -> Policy:
+    """A policy from the form's text; a ``SiteError`` names the field at fault."""
+    values: dict[str, Any] = {}
+    for name in ("min_rows", "min_level_count", "min_sites", "max_newton_rounds"):
+        text = str(form.get(name, "")).strip()
+        if not text.isdigit():
+            raise SiteError(f"{name} must be a whole number of 0 or more", status=422, field=name)
+        values[name] = int(text)
+    try:
+        values["max_params_per_row"] = float(str(form.get("max_params_per_row", "")))
+    except ValueError:
+        raise SiteError(
+            "max_params_per_row must be a number in (0, 1], e.g. 0.33",
+            status=422,
+            field="max_params_per_row",
+        ) from None
+    for name in ("allowed_columns", "denied_columns"):
+        values[name] = str(form.get(name, ""))
+    try:
+        return Policy.from_mapping({**values, "preset": "custom"})
+    except InputError as error:
+        message = str(error).removeprefix("policy: ")
+        field = next((f for f in POLICY_FIELDS if message.startswith(f)), "policy")
+        raise SiteError(message, status=422, field=field) from None
+
+
+async def set_policy(site: SiteState, policy: Policy) -> None:
+    """Store the site's policy; central hears of it at once when connected."""
+    site.store.set_policy(policy)
+    await site.worker.send_policy()
+
+
+@router.post("/settings/policy", response_class=HTMLResponse)
+async def post_policy(request: Request, site: Site) -> Response:
+    """The site's disclosure policy: a preset, or every rule set by hand."""
+    form = await form_of(request)
+    typed = {name: form.text(name) for name in (*POLICY_FIELDS, "preset")}
+    try:
+        if typed["preset"] and typed["preset"] != "custom":
+            policy = Policy.preset_named(typed["preset"])
+        else:
+            policy = parse_policy(typed)
+    except InputError as error:
+        return _settings_page(request, site, errors={"preset": str(error)}, status=422)
+    except SiteError as error:
+        return _settings_page(
+            request,
+            site,
+            policy_typed={**typed, "preset": "custom"},
+            errors={error.field or "policy": error.message},
+            status=error.status,
+        )
+    await set_policy(site, policy)
+    return _settings_page(
+        request, site, notice="Policy saved; it applies to the next job that opens."
+    )
 
 
 @router.get("/settings", response_class=HTMLResponse)

@@ -249,7 +249,8 @@ class Worker:
     async def send_policy(self) -> None:
         """Tell central this site's disclosure policy (when connected; it changes nothing here)."""
         if self._socket is not None:
-            await self.send_control(PolicySummary(policy=self.jobs.policy.summary()))
+            with contextlib.suppress(ConnectionClosed, CentralError):
+                await self.send_control(PolicySummary(policy=self.jobs.policy.summary()))
 
     async def _heartbeat(self, socket: ClientConnection) -> None:
         while True:

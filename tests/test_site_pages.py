@@ -120,6 +120,79 @@ def test_good_settings_are_saved_and_say_to_sign_in(site: TestClient, tmp_path: 
     assert status["signed_in"] is False and status["status"] == "signed out"
 
 
+_RULES = {
+    "preset": "custom",
+    "min_rows": "25",
+    "max_params_per_row": "0.2",
+    "min_level_count": "5",
+    "min_sites": "3",
+    "max_newton_rounds": "30",
+    "allowed_columns": "",
+    "denied_columns": "postcode, name",
+}
+
+
+def test_the_policy_is_shown_set_by_hand_and_kept(site: TestClient, tmp_path: Path) -> None:
+    shown = _soup(site.get("/settings").text)
+    assert shown.select_one("#f-min_rows") is not None
+    assert shown.select_one("#f-min_rows").get("value") == "10"  # type: ignore[union-attr]
+
+    saved = site.post("/settings/policy", data=_RULES)
+
+    assert saved.status_code == 200, saved.text
+    assert "Policy saved" in saved.text
+    policy = site.get("/api/policy").json()
+    assert policy["min_rows"] == 25 and policy["max_params_per_row"] == 0.2
+    assert policy["denied_columns"] == ["postcode", "name"] and policy["preset"] == "custom"
+    # The site's jobs use it from now on.
+    state = site.app.state.site  # type: ignore[attr-defined]
+    assert state.jobs.policy.min_sites == 3
+
+
+def test_a_preset_replaces_every_rule(site: TestClient) -> None:
+    saved = site.post("/settings/policy", data={**_RULES, "preset": "datashield"})
+
+    assert saved.status_code == 200, saved.text
+    policy = site.get("/api/policy").json()
+    assert (policy["preset"], policy["min_rows"], policy["min_level_count"]) == ("datashield", 3, 3)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "words"),
+    [
+        ("min_rows", "ten", "min_rows must be a whole number"),
+        ("max_params_per_row", "2", "max_params_per_row must be a number in (0, 1]"),
+        ("max_params_per_row", "a third", "max_params_per_row must be a number in (0, 1]"),
+        ("max_newton_rounds", "0", "max_newton_rounds must be 1 or more"),
+    ],
+)
+def test_a_bad_rule_is_named_and_nothing_is_lost(
+    site: TestClient, field: str, value: str, words: str
+) -> None:
+    refused = site.post("/settings/policy", data={**_RULES, field: value})
+
+    assert refused.status_code == 422
+    assert words in _field_error(refused.text, field), refused.text
+    kept = _soup(refused.text).select_one("#f-denied_columns")
+    assert kept is not None and kept.get("value") == "postcode, name"  # what was typed stays
+    assert site.get("/api/policy").json()["min_rows"] == 10  # nothing was saved
+
+
+def test_the_policy_through_the_json_api(site: TestClient) -> None:
+    preset = site.put("/api/policy", json={"preset": "nvflare"})
+    rules = site.put("/api/policy", json={"rules": {"min_rows": 50, "denied_columns": ["id"]}})
+    bad = site.put("/api/policy", json={"rules": {"min_rows": -1}})
+    unknown = site.put("/api/policy", json={"preset": "lenient"})
+
+    assert preset.status_code == 200 and preset.json()["min_level_count"] == 10
+    assert rules.status_code == 200 and rules.json()["denied_columns"] == ["id"]
+    assert bad.status_code == 422 and "min_rows" in bad.json()["detail"]
+    assert (
+        unknown.status_code == 422 and "not one of default, datashield" in unknown.json()["detail"]
+    )
+    assert site.get("/api/policy").json()["min_rows"] == 50
+
+
 def test_settings_through_the_json_api(site: TestClient) -> None:
     response = site.post(
         "/api/settings", json={"central_url": "https://central.example.org", "site_id": "south2"}
