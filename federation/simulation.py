@@ -90,9 +90,10 @@ async def simulate(
             runner.close()
 
 
-def smoke_test(algorithm: Algorithm) -> JobResult:
+def smoke_test(algorithm: Algorithm, on_event: EventSink | None = None) -> JobResult:
     """Run ``algorithm`` once on small synthetic data: central and two sites, one target of
-    each type it supports (only the first when it takes one), M = 2. Raises what the run raises.
+    each type it supports (only the first when it takes one), M = 2. Raises what the run raises;
+    the sites' own words (a sandboxed half's exception, say) reach ``on_event`` as warnings.
     """
     options = {"gaussian": ("g", "gaussian"), "logistic": ("b", "logistic")}
     targets = [options[kind] for kind in algorithm.capabilities.target_types]
@@ -118,5 +119,6 @@ def smoke_test(algorithm: Algorithm) -> JobResult:
             targets=targets,
             params={"imputations": 2},
             seed=1,
+            on_event=on_event,
         )
     )

@@ -17,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from federation.errors import AlgorithmInvalid, FipError
+from federation.job import JobEvent
 from federation.registry import Algorithm, Registry, file_names, load_algorithm, read_algorithm
 from federation.simulation import smoke_test
 from portal_central.errors import Conflict, FieldInvalid, NotFound
@@ -155,10 +156,19 @@ def validate_upload(files: dict[str, bytes]) -> Algorithm:
         algorithm = load_algorithm(name, files)
     except AlgorithmInvalid as error:
         raise FieldInvalid(str(error), field=_field_of(str(error), name)) from None
+    said: list[str] = []  # what the remote half said at the synthetic sites: for its uploader
+
+    def note(event: JobEvent) -> None:
+        if event.kind == "warning" and event.site is not None and len(said) < 3:
+            said.append(event.message)
+
     try:
-        smoke_test(algorithm)
+        smoke_test(algorithm, on_event=note)
     except FipError as error:
-        raise FieldInvalid(f"the pair failed its trial run on synthetic data: {error}") from None
+        detail = f" (at the sites: {'; '.join(dict.fromkeys(said))})" if said else ""
+        raise FieldInvalid(
+            f"the pair failed its trial run on synthetic data: {error}{detail}"
+        ) from None
     except Exception as error:  # noqa: BLE001 - any crash of uploaded code is the upload's fault
         raise FieldInvalid(
             f"the pair crashed in its trial run on synthetic data: {type(error).__name__}: {error}"
