@@ -11,6 +11,7 @@ real server (uvicorn, in this process) over a real socket.
 
 from __future__ import annotations
 
+import html
 import os
 import select
 import socket
@@ -619,3 +620,47 @@ def test_anonymous_uploads_to_a_site_are_refused_before_the_body_is_read(
             )
             assert status in (401, 303), (path, status, body)
             assert sent <= 64 << 10, (path, sent)
+
+
+# ---------------------------------------------------------------- the wizard reads as it streams
+
+
+def test_the_wizards_reader_holds_a_block_at_most_and_counts_like_read_csv() -> None:
+    """Fed 64 KiB at a time, the reader keeps less than two blocks of the file, and its counts
+    are those of the whole table."""
+    from federation import data
+    from federation.data import read_csv
+    from portal_central.jobs.header import HeaderReader
+
+    content = demo_csv(12)
+    reader = HeaderReader(label="big.csv")
+    held = 0
+    for start in range(0, len(content), 64 << 10):
+        reader.feed(content[start : start + (64 << 10)])
+        held = max(held, len(reader._csv._pending))
+    columns = reader.finish()
+    assert held < 2 * data._BLOCK < len(content) / 2
+
+    table = read_csv(content, label="big.csv")
+    missing = np.isnan(table.values)
+    assert [c.name for c in columns] == list(COLUMNS)
+    assert [c.rows for c in columns] == [table.rows] * len(COLUMNS)
+    assert [c.missing for c in columns] == missing.sum(axis=0).tolist()
+    assert [c.binary for c in columns] == [False, True, False, False, False, True]
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_the_wizard_names_a_bad_line_far_into_a_large_file(central: TestClient) -> None:
+    csrf = browser_sign_in(central, ADMIN["username"], ADMIN["password"])
+    lines = BIG.split(b"\n")
+    far = len(lines) - 10
+    lines[far] = b"61,1,tall," + lines[far].split(b",", 3)[3]
+    response = central.post(
+        "/jobs/new/columns",
+        data={"algorithm": "SIMICE"},
+        files={"header_file": ("far.csv", b"\n".join(lines), "text/csv")},
+        headers=htmx_headers(csrf),
+    )
+    assert response.status_code == 422
+    text = html.unescape(response.text)
+    assert "far.csv" in text and "'bmi'" in text and f"line {far + 1} has 'tall'" in text, text
