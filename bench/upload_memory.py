@@ -32,6 +32,7 @@ import argparse
 import os
 import re
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -260,6 +261,7 @@ def measure_server(repo: Path, content: bytes) -> list[tuple[str, dict[str, int]
         server.terminate()
         server.wait(10)
         log.close()
+        shutil.rmtree(work, ignore_errors=True)
     return results
 
 
