@@ -233,7 +233,11 @@ def start_site_portal(
         process=process,
         site_id=site_id,
     )
-    process.wait_until_up(f"{portal.url}/health")
+    try:
+        process.wait_until_up(f"{portal.url}/health")
+    except AssertionError:
+        process.stop()  # its log file too, or the failure turns up later as a ResourceWarning
+        raise
     return portal
 
 
