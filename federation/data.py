@@ -189,20 +189,23 @@ def check_for_job(
     targets: Iterable[tuple[str, str]],
     *,
     show_values: bool = True,
+    alone: bool = False,
 ) -> None:
     """Everything a job needs of a table, checked when it is uploaded, at central and at sites:
-    the job's columns in order, and for every target (name, "gaussian" or "logistic") at least
-    one observed cell, and only 0 and 1 in a binary one.
+    the job's columns in order, and only 0 and 1 in a binary target (name, "gaussian" or
+    "logistic"). A target that this table never observes is fine where others take part (the
+    pooled fit imputes it: that is what federation is for); ``alone`` (central's table in a job
+    of no site) refuses it, since nothing could fit it.
 
     ``show_values=False`` keeps cell values out of the messages (lines and counts only).
     """
     check_columns(table, columns)
     for name, kind in targets:
         column = table.column(name)
-        if np.isnan(table.values[:, column]).all():
+        if alone and np.isnan(table.values[:, column]).all():
             raise InputError(
-                f"{table.label}: column '{name}' is a target but every cell is missing: "
-                "there is nothing to fit it on"
+                f"{table.label}: column '{name}' is a target but every cell is missing, and no "
+                "site takes part: there is nothing to fit it on"
             )
         if kind == "logistic":
             check_binary(table, column, show_values=show_values)

@@ -287,23 +287,25 @@ def _bad(column: str, value: float) -> bytes:
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 @pytest.mark.parametrize(
-    ("content", "column", "words"),
+    ("content", "column", "words", "alone"),
     [
         (
             _bad("smoker", 0.123456),
             "smoker",
             ["binary target", "0 or 1", "2 cell(s)", "line(s) 6, 11"],
+            False,
         ),
-        (_bad("bmi", np.nan), "bmi", ["every cell is missing"]),
-        (_bad("smoker", np.nan), "smoker", ["every cell is missing"]),
+        (_bad("bmi", np.nan), "bmi", ["every cell is missing", "no site takes part"], True),
+        (_bad("smoker", np.nan), "smoker", ["every cell is missing"], True),
     ],
-    ids=["non-binary", "all-missing-gaussian", "all-missing-logistic"],
+    ids=["non-binary", "all-missing-gaussian-alone", "all-missing-logistic-alone"],
 )
 def test_central_upload_is_checked_like_a_sites(
-    central: TestClient, waiting_job: int, content: bytes, column: str, words: list[str]
+    central: TestClient, content: bytes, column: str, words: list[str], alone: bool
 ) -> None:
     """Refused at upload, through the API and the page, naming file and column and no value;
     the job stays as it was, and a good file is then taken."""
+    waiting_job = _central_job(central, [] if alone else [approved_site(central, "north")[1]])
     response = central.post(
         f"/api/jobs/{waiting_job}/data",
         files={"file": ("ours.csv", content, "text/csv")},
@@ -334,7 +336,7 @@ def test_central_upload_is_checked_like_a_sites(
         headers=admin_auth(central),
     )
     assert good.status_code == 200, good.text
-    assert good.json()["state"] == "waiting"
+    assert good.json()["state"] in (("running", "completed") if alone else ("waiting",))
 
 
 # ---------------------------------------------------------------- limits
@@ -664,3 +666,18 @@ def test_the_wizard_names_a_bad_line_far_into_a_large_file(central: TestClient) 
     assert response.status_code == 422
     text = html.unescape(response.text)
     assert "far.csv" in text and "'bmi'" in text and f"line {far + 1} has 'tall'" in text, text
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_target_central_never_observes_is_taken_when_sites_take_part(
+    central: TestClient, waiting_job: int
+) -> None:
+    """Central has no bmi at all: the sites' rows fit it, and central's cells are imputed."""
+    response = central.post(
+        f"/api/jobs/{waiting_job}/data",
+        files={"file": ("ours.csv", _bad("bmi", np.nan), "text/csv")},
+        headers=admin_auth(central),
+    )
+
+    assert response.status_code == 200, response.text
+    assert _job(central, waiting_job)["state"] == "waiting"

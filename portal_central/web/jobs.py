@@ -260,6 +260,7 @@ async def take_central_data(
                 job.columns,
                 [(t["name"], t["type"]) for t in job.targets],
                 show_values=False,
+                alone=not job.participants,
             )
         except InputError as error:
             raise FieldInvalid(str(error), field="file") from None
