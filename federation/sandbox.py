@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,8 @@ class Sandbox:
             close_fds=True,
             start_new_session=True,  # its own process group: close() kills all of it
         )
+        self._reap = weakref.finalize(self, _reap, self._process)
+        """Kills the process when this object goes, should close() never be called."""
         try:
             loaded = self._ask(
                 {"cmd": "load", "name": name, "file_name": file_name, "source": source},
@@ -119,16 +122,7 @@ class Sandbox:
 
     def close(self) -> None:
         """Kill the process and anything it started (its data goes with it)."""
-        if self._process.poll() is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self._process.pid, signal.SIGKILL)
-            with contextlib.suppress(ProcessLookupError):
-                self._process.kill()
-        self._process.wait(timeout=10)
-        for stream in (self._process.stdin, self._process.stdout):
-            if stream is not None and not stream.closed:
-                with contextlib.suppress(OSError):
-                    stream.close()
+        self._reap()
 
     @property
     def alive(self) -> bool:
@@ -171,6 +165,19 @@ class Sandbox:
                 detail=f"{answer.get('type', '')!s:.80}: {answer.get('message', '')!s:.2000}",
             )
         return answer.get("ok", {})
+
+
+def _reap(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+    process.wait(timeout=10)
+    for stream in (process.stdin, process.stdout):
+        if stream is not None and not stream.closed:
+            with contextlib.suppress(OSError):
+                stream.close()
 
 
 def _read_answer(fd: int, deadline: float, limit: int) -> bytearray:

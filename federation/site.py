@@ -126,7 +126,6 @@ class Sandboxed:
     def __init__(self, algorithm: Algorithm) -> None:
         self._algorithm = algorithm
         self._sandbox: Sandbox | None = None
-        self._events: Callable[[str], None] | None = None
 
     @property
     def pid(self) -> int | None:
@@ -215,7 +214,9 @@ class SiteRunner:
         self._dims: Dims | None = None
         self._budget = 0
         self.requests = 0
+        """Operations answered in this job (open included), against :attr:`budget`."""
         self.numbers_sent = 0
+        """Numbers in every reply sent: what the site's job page shows while it runs."""
         self._lock = threading.Lock()
         self._last_seq = -1
         self._last_reply = b""

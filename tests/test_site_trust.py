@@ -488,22 +488,28 @@ def test_no_code_runs_at_a_site_before_approval_and_the_central_half_never(
         seed=1,
         sites=("north1",),
     )
-    opened = decode(
-        runner.handle(
-            encode(Request(job_id="1", seq=0, ops=[Op(name=OPEN, args={"spec": spec.to_wire()})]))
+    try:
+        opened = decode(
+            runner.handle(
+                encode(
+                    Request(job_id="1", seq=0, ops=[Op(name=OPEN, args={"spec": spec.to_wire()})])
+                )
+            )
         )
-    )
-    answer = decode(runner.handle(encode(Request(job_id="1", seq=1, ops=[Op(name="who")]))))
+        answer = decode(runner.handle(encode(Request(job_id="1", seq=1, ops=[Op(name="who")]))))
+    finally:
+        numbers = (runner.requests, runner.budget, runner.numbers_sent)
+        run(site.jobs.cancel(job))  # the sandbox goes with the job, whatever happened
 
     assert isinstance(opened, Reply), opened
     assert isinstance(answer, Reply), answer
     pid = int(answer.results[0]["pid"])
     assert pid != os.getpid(), "the approved remote half runs in a process of its own"
+    # open: rows, rows_used, 3 observed, 1 target_rows; then one pid
+    assert numbers == (2, 2 + 1 * 25, 7)
     assert not (tmp_path / "central").exists(), "the central half never runs at a site"
     remote_marker = tmp_path / "remote"
     assert not remote_marker.exists() or remote_marker.read_text() == ""
-
-    run(site.jobs.cancel(job))
     for _ in range(100):  # the sandbox is killed with the job
         try:
             os.kill(pid, 0)
