@@ -60,20 +60,8 @@ def unlock(request: Request, user_id: RowId, admin: AdminUser, state: StateDep) 
     with state.database.session() as session:
         user = service.get_user(session=session, user_id=user_id)
         service.unlock(session=session, username=user.username)
-    if not is_htmx(request):
-        return RedirectResponse(f"/admin/users?status={user.status}", status_code=303)
-    return render(
-        request,
-        "central/admin/users.html",
-        {
-            "row": user,
-            "actions": ACTIONS,
-            "notice": f"{user.username} may sign in again now.",
-            "notice_error": False,
-            "presence": _presence(state, [user]),
-            "failures": {},
-        },
-        block="user_row",
+    return _user_row(
+        request, state, user, notice=f"{user.username} may sign in again now.", failures={}
     )
 
 
@@ -85,21 +73,7 @@ async def decide(
     user, notice, failed = await apply_decision(state, user_id=user_id, action=action)
     with state.database.session() as session:
         failures = throttle.failures(session, [user.username])
-    if not is_htmx(request):
-        return RedirectResponse(f"/admin/users?status={user.status}", status_code=303)
-    return render(
-        request,
-        "central/admin/users.html",
-        {
-            "row": user,
-            "actions": ACTIONS,
-            "notice": notice,
-            "notice_error": failed,
-            "presence": _presence(state, [user]),
-            "failures": failures,
-        },
-        block="user_row",
-    )
+    return _user_row(request, state, user, notice=notice, failed=failed, failures=failures)
 
 
 def _presence(state: CentralState, users: list[User]) -> dict[int, tuple[bool, float | None]]:
@@ -154,4 +128,31 @@ def outbox_page(request: Request, admin: AdminUser, state: StateDep) -> Response
             "smtp": f"{smtp}:{state.settings.smtp_port}" if smtp else "",
             "nav": "outbox",
         },
+    )
+
+
+def _user_row(
+    request: Request,
+    state: CentralState,
+    user: User,
+    *,
+    notice: str,
+    failures: dict[str, int],
+    failed: bool = False,
+) -> Response:
+    """After an admin's action on an account: its table row for HTMX, else back to the list."""
+    if not is_htmx(request):
+        return RedirectResponse(f"/admin/users?status={user.status}", status_code=303)
+    return render(
+        request,
+        "central/admin/users.html",
+        {
+            "row": user,
+            "actions": ACTIONS,
+            "notice": notice,
+            "notice_error": failed,
+            "presence": _presence(state, [user]),
+            "failures": failures,
+        },
+        block="user_row",
     )
