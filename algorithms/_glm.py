@@ -273,7 +273,7 @@ def ordinal_stats(
         upper = edges[codes + 1] - eta
         lower = edges[codes] - eta
         q += float(_log_interval(upper, lower).sum())
-        with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             u = np.where(
                 np.isfinite(upper) & np.isfinite(lower), 1.0 / np.expm1(upper - lower), 0.0
             )

@@ -235,12 +235,12 @@ def _factor(h: np.ndarray, labels: Sequence[str], target: str, saturated: int) -
     """U of the penalised H; with saturated rows a singular H is separation, said so."""
     try:
         return _upper(h, names=labels, target=target)
-    except FitError as error:
+    except FitError:
         if saturated:
             raise Separated(
                 f"target '{target}': the fit separates ({saturated} row(s) fitted with "
-                f"probability 1 for their observed level) and its information is singular: "
-                f"{error}"
+                f"probability 1 for their observed level): {_collinear(h, labels)} "
+                "and the information is singular"
             ) from None
         raise
 
