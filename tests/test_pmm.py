@@ -8,6 +8,8 @@ The references are brute force: every distance between a missing and an observed
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from scipy import stats
@@ -15,6 +17,7 @@ from scipy import stats
 from algorithms import _pmm
 from algorithms._stats import augment
 from federation.errors import SiteRefused
+from tests.r_reference import run_r
 
 
 def brute_force_nearest(observed: np.ndarray, target: float, donors: int) -> set[int]:
@@ -145,3 +148,37 @@ def test_same_seed_same_matches() -> None:
     again = _pmm.match(observed, missing, donors=5, rng=np.random.default_rng(11))
     other = _pmm.match(observed, missing, donors=5, rng=np.random.default_rng(12))
     assert np.array_equal(first, again) and not np.array_equal(first, other)
+
+
+@pytest.mark.slow
+def test_donor_pools_equal_mice_matchindex_on_boys(tmp_path: Path) -> None:
+    """On boys' heights predicted from age (ties included: boys of the same age), mice's
+    ``matchindex`` and ours reach the same donor values for each target: the nearest with one
+    donor, and the same pool of five over repeated draws."""
+    run_r(
+        r"""
+suppressMessages(library(mice))
+set.seed(1)
+ob <- boys[!is.na(boys$hgt), ]
+d <- fitted(lm(hgt ~ age, data = ob))
+t <- c(runif(60, min(d) - 5, max(d) + 5), d[1:10] + 1e-9)
+write.csv(data.frame(d = d), "d.csv", row.names = FALSE)
+write.csv(data.frame(t = t), "t.csv", row.names = FALSE)
+write.csv(data.frame(one = d[matchindex(d, t, 1)]), "one.csv", row.names = FALSE)
+draws <- sapply(1:300, function(i) d[matchindex(d, t, 5)])
+write.csv(draws, "five.csv", row.names = FALSE)
+""",
+        cwd=tmp_path,
+    )
+
+    def column(name: str) -> np.ndarray:
+        return np.loadtxt(tmp_path / name, delimiter=",", skiprows=1, ndmin=2)
+
+    d, t = column("d.csv")[:, 0], column("t.csv")[:, 0]
+    rng = np.random.default_rng(13)
+    ours = d[_pmm.match(d, t, donors=1, rng=rng)]
+    np.testing.assert_array_equal(ours, column("one.csv")[:, 0])
+    theirs = column("five.csv")  # targets x draws
+    ours_five = np.array([d[_pmm.match(d, t, donors=5, rng=rng)] for _ in range(300)]).T
+    for row in range(t.size):
+        assert set(ours_five[row]) == set(theirs[row]), row
