@@ -20,13 +20,14 @@ the new H, so the same seed gives the same fitted probabilities and the same imp
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 from scipy.linalg import solve_triangular
 from scipy.special import expit
 
+from algorithms._augmentation import pseudo_rows, pseudo_stats
 from algorithms._glm import FAMILIES, parameter_count, softmax_with_reference
 from federation.errors import FitError
 
@@ -64,6 +65,7 @@ class GlmFit:
     converged: bool
     separation: str | None
     q: float
+    augmented: bool = False
 
     def coefficients(self) -> tuple[np.ndarray, np.ndarray | None]:
         """Poisson: (beta, None); categorical: (B p x (K-1), None); ordinal: (beta, zeta)."""
@@ -134,9 +136,13 @@ def newton(
     names: Sequence[str],
     target: str,
     initial: np.ndarray | None = None,
+    augmented: bool = False,
+    moments: Sums | None = None,
 ) -> Generator[np.ndarray, Sums, GlmFit]:
     """Penalised Newton without I/O: yields each theta to evaluate and is sent back the summed
-    statistics at it (the first sums also carry the moments); returns the fit."""
+    statistics at it (the first sums also carry the moments, unless ``moments`` gives them);
+    returns the fit. ``augmented`` adds the pseudo-rows of ``_augmentation`` to every
+    evaluation (computed here: no site is asked for them)."""
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}")
     k = len(levels)
@@ -151,20 +157,26 @@ def newton(
     n = int(first["n"])
     if n == 0:
         raise FitError(f"target '{target}': no row has it and every predictor observed")
+    if moments is None:
+        moments = first
     if family != "poisson":
-        counts = np.asarray(first["counts"])
+        counts = np.asarray(moments["counts"])
         empty = [levels[int(i)] for i in np.flatnonzero(counts == 0)]
         if empty:
             raise FitError(
                 f"target '{target}': level(s) {', '.join(map(repr, empty))} never observed "
                 "among the rows used; the model cannot estimate them: drop the level or merge it"
             )
-    penalty, sd = penalty_diagonal(family, first, ridge=ridge, p=p, levels=k)
+    penalty, sd = penalty_diagonal(family, moments, ridge=ridge, p=p, levels=k)
+    pseudo = pseudo_rows(moments, levels=k) if augmented else None
 
     def penalised(theta: np.ndarray, sums: Sums) -> tuple[np.ndarray, np.ndarray, float]:
         h = np.asarray(sums["h"], dtype=np.float64) + np.diag(penalty)
         g = np.asarray(sums["g"], dtype=np.float64) - penalty * theta
         q = float(sums["q"]) - float(penalty @ theta**2) / 2.0
+        if pseudo is not None:
+            extra = pseudo_stats(family, pseudo, theta, levels=k)
+            h, g, q = h + extra["h"], g + extra["g"], q + float(extra["q"])
         return h, g, q
 
     def usable(sums: Sums) -> bool:
@@ -223,6 +235,7 @@ def newton(
         converged=converged,
         separation=_separation(family, theta, sd, saturated, labels),
         q=q,
+        augmented=augmented,
     )
 
 
@@ -281,24 +294,54 @@ async def fit_glm(
     names: Sequence[str],
     target: str,
     initial: np.ndarray | None = None,
+    augment: bool = True,
 ) -> GlmFit:
     """The pooled fit: each evaluation is one ask of every participant, whose replies (n, h, g,
-    q, and saturated / overflow; the first also n, sums, squares and counts) are summed."""
-    steps = newton(
-        family,
-        p=p,
-        levels=levels,
-        ridge=ridge,
-        max_iter=max_iter,
-        names=names,
-        target=target,
-        initial=initial,
-    )
+    q, and saturated / overflow; the first also n, sums, squares and counts) are summed.
+
+    A categorical or ordinal fit that separates is redone from a cold start with the
+    pseudo-rows of ``_augmentation`` (unless ``augment`` is False); the result then says
+    ``augmented`` and keeps, in ``separation``, why the first fit was redone. The redo asks
+    the sites for H, g and Q again, not for the moments.
+    """
+    options: dict[str, Any] = {
+        "p": p,
+        "levels": levels,
+        "ridge": ridge,
+        "max_iter": max_iter,
+        "names": names,
+        "target": target,
+    }
+    moments: dict[str, Any] = {}
+    try:
+        fit = await _drive(evaluate, newton(family, initial=initial, **options), moments)
+    except Separated as error:
+        if not augment:
+            raise
+        reason = str(error)
+    else:
+        if fit.separation is None or not augment or family == "poisson":
+            return fit
+        reason = fit.separation
+    redo = newton(family, augmented=True, moments=moments, **options)
+    augmented = await _drive(evaluate, redo, {})
+    return replace(augmented, separation=reason)
+
+
+async def _drive(
+    evaluate: Callable[[np.ndarray], Awaitable[Mapping[str, Mapping[str, Any]]]],
+    steps: Generator[np.ndarray, Sums, GlmFit],
+    first: dict[str, Any],
+) -> GlmFit:
+    """Run ``steps``, one ask of every participant per theta; ``first`` is filled with the sums
+    of the first evaluation."""
     theta = next(steps)
     while True:
         replies = await evaluate(theta)
         keys = {key for reply in replies.values() for key in reply}
         sums = {key: total(replies, key) for key in keys}
+        if not first:
+            first.update(sums)
         try:
             theta = steps.send(sums)
         except StopIteration as done:

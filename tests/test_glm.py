@@ -53,6 +53,7 @@ def fit(
     *,
     ridge: float = 1e-5,
     max_iter: int = 100,
+    pseudo_rows: bool = True,
 ) -> _glm_fit.GlmFit:
     """The pooled fit over participants holding ``sites`` (values, target last)."""
     levels = FAMILIES[family]
@@ -82,6 +83,7 @@ def fit(
             max_iter=max_iter,
             names=["x1", "x2", "(intercept)"][: cols.size],
             target="y",
+            augment=pseudo_rows,
         )
     )
 
@@ -226,8 +228,16 @@ def _independent_objective(family: str, values: np.ndarray, ridge: float) -> Any
                 return float("inf")
             cut = np.concatenate([[-np.inf], zeta, [np.inf]])
             eta = x @ beta
-            prob = special.expit(cut[y + 1] - eta) - special.expit(cut[y] - eta)
-            loglik = np.log(prob).sum()
+            upper, lower = cut[y + 1] - eta, cut[y] - eta
+            # F(b) - F(a), as 1 - F(a) - (1 - F(b)) when both are near 1 (no cancellation)
+            with np.errstate(invalid="ignore"):
+                prob = np.where(
+                    lower > 0,
+                    special.expit(-lower) - special.expit(-upper),
+                    special.expit(upper) - special.expit(lower),
+                )
+            with np.errstate(divide="ignore"):  # a far step: log 0 = -inf, rejected by BFGS
+                loglik = np.log(prob).sum()
             slopes = beta[None, :]
         else:
             eta = x @ theta[:2] + theta[2]
@@ -325,32 +335,83 @@ def test_newton_never_claims_convergence_it_did_not_reach() -> None:
     assert done.converged and 1 < done.iterations < 20
 
 
-def test_separated_categorical_fit_is_reported() -> None:
-    values = simulate("categorical", 300, seed=17)
-    values[:, 2] = np.where(values[:, 0] > 0.5, 3.0, values[:, 2] % 3)  # level 3 iff x1 > 0.5
-    penalised = fit("categorical", [values[:150], values[150:]])
-    assert penalised.separation is not None
-    assert "probability 1" in penalised.separation or "diverge" in penalised.separation
-    try:
-        bare = fit("categorical", [values], ridge=0.0)
-    except _glm_fit.Separated as error:
-        assert "separates" in str(error)
+def separated(family: str, seed: int) -> np.ndarray:
+    """Data where x1 predicts the target perfectly (categorical: level 3 iff x1 > 0.5;
+    ordinal: the level is x1's interval)."""
+    values = simulate(family, 300, seed=seed)
+    if family == "categorical":
+        values[:, 2] = np.where(values[:, 0] > 0.5, 3.0, values[:, 2] % 3)
     else:
-        assert bare.separation is not None and "x1[L3]" in bare.separation
+        values[:, 2] = np.digitize(values[:, 0], [-1.0, 0.0, 1.0])
+    return values
 
 
-def test_separated_ordinal_fit_is_reported() -> None:
-    values = simulate("ordinal", 300, seed=18)
-    values[:, 2] = np.digitize(values[:, 0], [-1.0, 0.0, 1.0])  # x1 orders the levels exactly
-    result = fit("ordinal", [values])
+@pytest.mark.parametrize("family", ["categorical", "ordinal"])
+@pytest.mark.parametrize("ridge", [1e-5, 0.0])
+def test_a_separated_fit_is_reported_and_redone_with_pseudo_rows(family: str, ridge: float) -> None:
+    values = separated(family, seed=17)
+    result = fit(family, [values[:150], values[150:]], ridge=ridge)
     assert result.separation is not None and "x1" in result.separation
-    bare = fit("ordinal", [values], ridge=0.0)  # runs off without the penalty
-    assert not bare.converged and bare.separation is not None
+    assert result.augmented and result.converged
+    assert np.max(np.abs(result.theta)) < 100.0
+
+
+@pytest.mark.parametrize("family", ["categorical", "ordinal"])
+def test_without_augmentation_a_separated_fit_says_so(family: str) -> None:
+    values = separated(family, seed=18)
+    penalised = fit(family, [values], pseudo_rows=False)
+    assert not penalised.augmented and penalised.separation is not None
+    try:
+        bare = fit(family, [values], ridge=0.0, pseudo_rows=False)
+    except _glm_fit.Separated as error:  # H became singular on the way
+        assert "separates" in str(error) and "x1" in str(error)
+    else:  # or it ran out of iterations with the coefficients running off
+        assert not bare.converged and bare.separation is not None
 
 
 def test_a_well_posed_fit_reports_no_separation() -> None:
     for family in FAMILIES:
-        assert fit(family, [simulate(family, 400, seed=19)]).separation is None
+        result = fit(family, [simulate(family, 400, seed=19)])
+        assert result.separation is None and not result.augmented
+
+
+@pytest.mark.parametrize("family", ["categorical", "ordinal"])
+def test_augmented_fit_equals_an_independent_fit_with_the_pseudo_rows(family: str) -> None:
+    """White, Daniel and Royston's pseudo-rows written here from the paper / mice's description:
+    per predictor and level two rows at the means, that predictor +-0.5 SD (divisor n - 1),
+    each weighing (q + 1) / (2 q K)."""
+    values = separated(family, seed=20)
+    ridge = 1e-5
+    k = FAMILIES[family]
+    x = values[:, :2]
+    mean, sd = x.mean(axis=0), x.std(axis=0, ddof=1)
+    pseudo = []
+    for j in range(2):
+        for level in range(k):
+            for sign in (0.5, -0.5):
+                row = mean.copy()
+                row[j] += sign * sd[j]
+                pseudo.append([*row, level])
+    pseudo_values = np.array(pseudo)
+    weight = 3.0 / (4.0 * k)
+    real = _independent_objective(family, values, ridge)
+    # the penalty belongs to the real rows only: the pseudo-rows' objective has ridge 0
+    extra = _independent_objective(family, pseudo_values, 0.0)
+
+    def objective(theta: np.ndarray) -> float:
+        return float(real(theta) + weight * extra(theta))
+
+    def gradient(theta: np.ndarray) -> np.ndarray:
+        unit = np.eye(theta.size) * 1e-5
+        return np.array([(objective(theta + e) - objective(theta - e)) / 2e-5 for e in unit])
+
+    ours = fit(family, [values[:120], values[120:]], ridge=ridge)
+    assert ours.augmented
+    start = _glm_fit.start(family, p=2 if family == "ordinal" else 3, levels=k)
+    theirs = optimize.minimize(
+        objective, start, jac=gradient, method="BFGS", options={"gtol": 1e-8}
+    )
+    np.testing.assert_allclose(ours.theta, theirs.x, atol=NEWTON_ATOL)
 
 
 def test_a_level_never_observed_is_refused_by_name() -> None:
