@@ -1,5 +1,5 @@
 """Central side of the categorical, ordinal and Poisson fits: the pooled penalised Newton fit
-over summed site statistics (``_glm``), the posterior draw and the imputation of rows.
+over summed site statistics (``_glm``); the draw and the imputation are in ``_glm_draw``.
 
 Penalty (ALGORITHMS.md revision 2): P = lambda * diag(C), C = X'X - n xbar xbar' per design
 column, from the n, column sums and sums of squares every site sends with its first
@@ -10,11 +10,8 @@ deviations, so units and offsets do not change the fit.
 Newton: d = H^-1 g, m = d'g; backtracking from step 1, halving, accepting when
 Q(theta + t d) - Q(theta) >= 1e-4 t m; stop when max|delta theta| < 1e-5 or after max_iter.
 
-Draw: theta~ = theta_hat + U^-T z with U U' = H, U upper triangular (the Cholesky factor of H
-taken from the last row up). Its covariance is H^-1, and it makes the draw equivariant:
-shifting or (positively) rescaling a predictor maps the design by a triangular matrix whose
-rows for the intercepts lie below the slopes', which maps U to an upper triangular factor of
-the new H, so the same seed gives the same fitted probabilities and the same imputations.
+The fit carries U, upper triangular with U U' = H (the Cholesky factor of H taken from the last
+row up), which the draw uses (see ``_glm_draw``).
 """
 
 from __future__ import annotations
@@ -25,10 +22,9 @@ from typing import Any
 
 import numpy as np
 from scipy.linalg import solve_triangular
-from scipy.special import expit
 
 from algorithms._augmentation import pseudo_rows, pseudo_stats
-from algorithms._glm import FAMILIES, parameter_count, softmax_with_reference
+from algorithms._glm import FAMILIES, parameter_count
 from federation.errors import FitError
 
 TOLERANCE = 1e-5
@@ -44,7 +40,6 @@ DIVERGED = 15.0
 or log scale: odds multiplied by 3e6) is taken as diverging: the fit separates."""
 
 _MIN_STEP = 2.0**-40
-_REDRAWS = 1000
 
 Sums = Mapping[str, Any]
 
@@ -121,7 +116,7 @@ def penalty_diagonal(
     return per_column, sd
 
 
-def _in_model(family: str, theta: np.ndarray, p: int) -> bool:
+def in_model(family: str, theta: np.ndarray, p: int) -> bool:
     """Ordinal thresholds must increase; every other theta is inside the model."""
     return family != "ordinal" or bool(np.all(np.diff(theta[p:]) > 0.0))
 
@@ -150,7 +145,7 @@ def newton(
         raise FitError(f"target '{target}': a {family} target needs at least 3 levels, got {k}")
     labels = parameter_names(family, names, levels)
     theta = start(family, p=p, levels=k) if initial is None else np.array(initial, dtype=float)
-    if not _in_model(family, theta, p):
+    if not in_model(family, theta, p):
         raise FitError(f"target '{target}': the start's thresholds do not increase")
 
     first = yield theta
@@ -202,7 +197,7 @@ def newton(
         accepted: tuple[np.ndarray, Sums] | None = None
         while step >= _MIN_STEP:
             candidate = theta + step * direction
-            if _in_model(family, candidate, p):
+            if in_model(family, candidate, p):
                 sums = yield candidate
                 if usable(sums):
                     q_new = penalised(candidate, sums)[2]
@@ -347,63 +342,6 @@ async def _drive(
         except StopIteration as done:
             fit: GlmFit = done.value
             return fit
-
-
-# ---------------------------------------------------------------- draws and imputation
-
-
-def draw_parameters(fit: GlmFit, rng: np.random.Generator, *, target: str) -> np.ndarray:
-    """theta~ ~ Normal(theta_hat, H^-1); ordinal draws whose thresholds do not increase are
-    redrawn (a refusal naming the target if that keeps happening)."""
-    for _ in range(_REDRAWS):
-        z = rng.standard_normal(fit.theta.size)
-        drawn: np.ndarray = fit.theta + solve_triangular(fit.upper.T, z, lower=True)
-        if _in_model(fit.family, drawn, fit.p):
-            return drawn
-    raise FitError(
-        f"target '{target}': {_REDRAWS} draws of the thresholds were not increasing; "
-        "a level is too rare to impute it"
-    )
-
-
-def linear_predictors(fit: GlmFit, theta: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """x'beta (poisson, ordinal) or X B, (m, K-1) (categorical), for design rows ``x``."""
-    coef, _ = split(theta, family=fit.family, p=fit.p, levels=fit.levels)
-    result: np.ndarray = x @ coef
-    return result
-
-
-def probabilities(fit: GlmFit, theta: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """(m, K) level probabilities of categorical or ordinal design rows ``x`` at ``theta``."""
-    eta = linear_predictors(fit, theta, x)
-    if fit.family == "categorical":
-        return softmax_with_reference(eta)
-    _, zeta = split(theta, family=fit.family, p=fit.p, levels=fit.levels)
-    assert zeta is not None
-    below = expit(zeta[None, :] - eta[:, None])  # P(y <= k), k = 0..K-2
-    cumulative = np.concatenate([np.zeros((eta.size, 1)), below, np.ones((eta.size, 1))], 1)
-    result: np.ndarray = np.diff(cumulative, axis=1)
-    return result
-
-
-def impute(
-    fit: GlmFit, theta: np.ndarray, x: np.ndarray, rng: np.random.Generator, *, target: str
-) -> np.ndarray:
-    """One imputed value per design row of ``x``: a level index (categorical, ordinal: one
-    uniform per row, inverted through the cumulative probabilities) or a count (poisson)."""
-    if fit.family == "poisson":
-        eta = linear_predictors(fit, theta, x)
-        if eta.size and float(eta.max()) > 40.0:
-            raise FitError(
-                f"target '{target}': a drawn Poisson mean passes exp(40); the fit is unstable"
-            )
-        counts: np.ndarray = rng.poisson(np.exp(eta)).astype(np.float64)
-        return counts
-    prob = probabilities(fit, theta, x)
-    cumulative = np.cumsum(prob, axis=1)
-    uniform = np.asarray(rng.random(x.shape[0]))
-    drawn: np.ndarray = (cumulative[:, :-1] < uniform[:, None]).sum(axis=1).astype(np.float64)
-    return drawn
 
 
 def _upper(matrix: np.ndarray, *, names: Sequence[str], target: str) -> np.ndarray:

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from scipy import optimize, special, stats
 
-from algorithms import _glm, _glm_fit
+from algorithms import _glm, _glm_draw, _glm_fit
 from algorithms._stats import augment
 from federation.errors import FitError, SiteRefused
 
@@ -291,23 +291,23 @@ def test_fit_is_invariant_to_units_and_offsets_of_predictors(family: str) -> Non
         )
     else:
         np.testing.assert_allclose(
-            _glm_fit.probabilities(changed, changed.theta, x_moved),
-            _glm_fit.probabilities(original, original.theta, x),
+            _glm_draw.probabilities(changed, changed.theta, x_moved),
+            _glm_draw.probabilities(original, original.theta, x),
             atol=1e-6,
         )
     for seed in range(5):
         rng_a, rng_b = np.random.default_rng(seed), np.random.default_rng(seed)
-        drawn_a = _glm_fit.draw_parameters(original, rng_a, target="y")
-        drawn_b = _glm_fit.draw_parameters(changed, rng_b, target="y")
+        drawn_a = _glm_draw.draw_parameters(original, rng_a, target="y")
+        drawn_b = _glm_draw.draw_parameters(changed, rng_b, target="y")
         if family == "poisson":  # the drawn log-means
-            a = _glm_fit.linear_predictors(original, drawn_a, x)
-            b = _glm_fit.linear_predictors(changed, drawn_b, x_moved)
+            a = _glm_draw.linear_predictors(original, drawn_a, x)
+            b = _glm_draw.linear_predictors(changed, drawn_b, x_moved)
         else:  # the drawn level probabilities (ordinal: x'beta moves into the thresholds)
-            a = _glm_fit.probabilities(original, drawn_a, x)
-            b = _glm_fit.probabilities(changed, drawn_b, x_moved)
+            a = _glm_draw.probabilities(original, drawn_a, x)
+            b = _glm_draw.probabilities(changed, drawn_b, x_moved)
         np.testing.assert_allclose(b, a, atol=1e-6)
-        imputed_a = _glm_fit.impute(original, drawn_a, x, rng_a, target="y")
-        imputed_b = _glm_fit.impute(changed, drawn_b, x_moved, rng_b, target="y")
+        imputed_a = _glm_draw.impute(original, drawn_a, x, rng_a, target="y")
+        imputed_b = _glm_draw.impute(changed, drawn_b, x_moved, rng_b, target="y")
         np.testing.assert_array_equal(imputed_a, imputed_b)
 
 
@@ -433,7 +433,7 @@ def test_fewer_than_three_levels_is_refused() -> None:
 def test_parameter_draws_have_covariance_h_inverse(family: str) -> None:
     result = fit(family, [simulate(family, 400, seed=21)])
     rng = np.random.default_rng(22)
-    draws = np.array([_glm_fit.draw_parameters(result, rng, target="y") for _ in range(4000)])
+    draws = np.array([_glm_draw.draw_parameters(result, rng, target="y") for _ in range(4000)])
     covariance = np.linalg.inv(result.matrix)
     sd = np.sqrt(np.diag(covariance))
     np.testing.assert_allclose(draws.mean(axis=0), result.theta, atol=0.1 * sd.max())
@@ -447,9 +447,9 @@ def test_imputed_levels_are_levels_drawn_with_the_model_probabilities(family: st
     values = simulate(family, 500, seed=23)
     result = fit(family, [values])
     x = np.repeat(design_rows(family, values)[:3], 20_000, axis=0)
-    imputed = _glm_fit.impute(result, result.theta, x, np.random.default_rng(24), target="y")
+    imputed = _glm_draw.impute(result, result.theta, x, np.random.default_rng(24), target="y")
     assert set(np.unique(imputed)) <= {0.0, 1.0, 2.0, 3.0}
-    prob = _glm_fit.probabilities(result, result.theta, x[::20_000])
+    prob = _glm_draw.probabilities(result, result.theta, x[::20_000])
     for row in range(3):
         counts = np.bincount(imputed[row * 20_000 : (row + 1) * 20_000].astype(int), minlength=4)
         share = counts / 20_000
@@ -460,7 +460,7 @@ def test_imputed_counts_are_counts_with_the_drawn_mean() -> None:
     values = simulate("poisson", 500, seed=25)
     result = fit("poisson", [values])
     x = np.repeat(design_rows("poisson", values)[:1], 50_000, axis=0)
-    imputed = _glm_fit.impute(result, result.theta, x, np.random.default_rng(26), target="y")
+    imputed = _glm_draw.impute(result, result.theta, x, np.random.default_rng(26), target="y")
     assert np.all(imputed >= 0) and np.all(imputed == np.round(imputed))
     mean = float(np.exp(x[0] @ result.theta))
     assert imputed.mean() == pytest.approx(mean, abs=4.0 * np.sqrt(mean / 50_000))
@@ -476,6 +476,6 @@ def test_ordinal_draws_with_crossing_thresholds_are_redrawn() -> None:
         z = np.random.default_rng(rng.integers(1 << 30)).standard_normal(result.theta.size)
         raw = loose.theta + np.linalg.solve(loose.upper.T, z)
         crossing += bool(np.any(np.diff(raw[2:]) <= 0))
-        drawn = _glm_fit.draw_parameters(loose, rng, target="y")
+        drawn = _glm_draw.draw_parameters(loose, rng, target="y")
         assert np.all(np.diff(drawn[2:]) > 0)
     assert crossing > 10  # the redraw was needed
