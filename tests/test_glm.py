@@ -295,6 +295,7 @@ def test_fit_is_invariant_to_units_and_offsets_of_predictors(family: str) -> Non
             _glm_draw.probabilities(original, original.theta, x),
             atol=1e-6,
         )
+    largest = 0.0
     for seed in range(5):
         rng_a, rng_b = np.random.default_rng(seed), np.random.default_rng(seed)
         drawn_a = _glm_draw.draw_parameters(original, rng_a, target="y")
@@ -306,9 +307,11 @@ def test_fit_is_invariant_to_units_and_offsets_of_predictors(family: str) -> Non
             a = _glm_draw.probabilities(original, drawn_a, x)
             b = _glm_draw.probabilities(changed, drawn_b, x_moved)
         np.testing.assert_allclose(b, a, atol=1e-6)
+        largest = max(largest, float(np.max(np.abs(b - a))))
         imputed_a = _glm_draw.impute(original, drawn_a, x, rng_a, target="y")
         imputed_b = _glm_draw.impute(changed, drawn_b, x_moved, rng_b, target="y")
         np.testing.assert_array_equal(imputed_a, imputed_b)
+    print(f"{family}: largest deviation of a drawn probability / log-mean {largest:.2e}")
 
 
 def test_a_lower_factor_would_not_give_the_same_draws_after_a_shift() -> None:

@@ -182,3 +182,37 @@ write.csv(draws, "five.csv", row.names = FALSE)
     ours_five = np.array([d[_pmm.match(d, t, donors=5, rng=rng)] for _ in range(300)]).T
     for row in range(t.size):
         assert set(ours_five[row]) == set(theirs[row]), row
+
+
+def test_shifting_or_scaling_the_target_shifts_or_scales_its_imputations_exactly() -> None:
+    """With the Gaussian fit equivariant (beta and alpha shift and scale with y), PMM's yhat
+    move together for donors and recipients, so the same seed picks the same donors."""
+    rng = np.random.default_rng(14)
+    x = rng.normal(size=(500, 2))
+    y = np.round(3.0 + x @ [1.0, 0.5] + rng.normal(size=500), 2)
+    observed = rng.random(500) < 0.7
+    beta = np.array([1.0, 0.5, 3.0])
+    alpha = beta + rng.normal(scale=0.05, size=3)
+    z = augment(np.column_stack([x, y]))
+    cols = np.array([0, 1, 3])
+
+    def impute(shift: float, scale: float) -> np.ndarray:
+        moved = z.copy()
+        moved[:, 2] = moved[:, 2] * scale + shift
+        offset = np.array([0.0, 0.0, shift])
+        return _pmm.impute_rows(
+            moved,
+            observed,
+            ~observed,
+            2,
+            cols,
+            beta=beta * scale + offset,
+            alpha=alpha * scale + offset,
+            rng=np.random.default_rng(15),
+            target="y",
+        )
+
+    base = impute(0.0, 1.0)
+    np.testing.assert_allclose(impute(1000.0, 1.0), base + 1000.0, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(impute(0.0, 1000.0), base * 1000.0, rtol=1e-15)
+    np.testing.assert_allclose(impute(0.0, 0.001), base * 0.001, rtol=1e-15)
