@@ -1,7 +1,7 @@
 """R as the outside reference: run a short R script and read what it wrote.
 
-R and the packages the statistical tests compare against (mice, mitml; nnet and MASS come with
-R) install from Debian's packages in ``scripts/test``. Tests that need R are marked ``slow``,
+R and the packages the statistical tests compare against (mice, mitml, nnet; MASS comes
+with R) install from Debian's packages in ``scripts/test``. Tests that need R are marked ``slow``,
 which a bare ``pytest`` deselects.
 """
 

@@ -1,0 +1,323 @@
+"""Site statistics of the Newton families beyond logistic: categorical, ordinal and Poisson.
+
+Each function computes, over a site's selected rows in fixed-size row blocks (as
+``_stats.logistic_stats`` does), the count n, the information matrix H (minus the Hessian of the
+log-likelihood, positive semidefinite), the gradient g and the log-likelihood Q at a proposed
+theta. Every one is a plain sum over rows, so the sums over any split of the rows equal the
+pooled values. ``moments`` gives, once per fit, what the invariant penalty needs (n, the
+design's column sums and sums of squares) and, for a target with levels, the rows at each level.
+
+Layout: ``z`` is a site's (n, c + 1) matrix of its c columns and a trailing column of ones, as in
+``_stats``; ``cols`` are the design's column indices (default: every other column, then the ones;
+the ordinal design has no ones). A categorical or ordinal target holds level indices
+0..K-1 (the job's level order); a Poisson target holds counts 0, 1, 2, ...
+
+Parameters, as one vector theta:
+- poisson: beta, one per design column (log link: mean = exp(x'beta)).
+- categorical: B, p x (K-1), one column per level but the first (the reference), stored class
+  by class: theta[k*p:(k+1)*p] = B[:, k]. P(y = 0) is proportional to 1, P(y = k) to
+  exp(x'B[:, k-1]).
+- ordinal: (beta, zeta), beta one per design column (no intercept), zeta the K-1 thresholds,
+  increasing: P(y <= k) = sigmoid(zeta_k - x'beta), as MASS::polr. The thresholds are used as
+  they are (not as log-increments): the log-likelihood is concave in (beta, zeta) jointly
+  (Pratt 1981), so H is positive semidefinite everywhere and Newton is well behaved; a
+  candidate whose thresholds are not increasing lies outside the model and is never asked of
+  a site (central halves the step first).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+from scipy.special import expit, gammaln
+
+from federation.errors import SiteRefused
+
+BLOCK_ROWS = 65_536
+"""Rows per block: bounds the temporary memory of one message."""
+
+SATURATED = 1e-10
+"""A row whose fitted probability of its own observed level is within this of 1 is saturated:
+the fit is (near) separating it. Central reports separation when any row is."""
+
+LOG_MEAN_LIMIT = 300.0
+"""A Poisson candidate with a fitted log-mean above this (a mean above 1e130) has a
+log-likelihood below -1e130: the site reports the overflow and central rejects the step."""
+
+FAMILIES = ("categorical", "ordinal", "poisson")
+
+
+def design(z: np.ndarray, column: int, family: str) -> np.ndarray:
+    """Default design columns of target ``column``: every other column, then the ones (last);
+    without the ones for ``ordinal``, whose thresholds are its intercepts."""
+    cols = np.array([c for c in range(z.shape[1]) if c != column], dtype=np.intp)
+    return cols[:-1] if family == "ordinal" else cols
+
+
+def parameter_count(family: str, p: int, levels: int) -> int:
+    """Length of theta for a design of p columns and a target of ``levels`` levels."""
+    if family == "poisson":
+        return p
+    if family == "categorical":
+        return p * (levels - 1)
+    if family == "ordinal":
+        return p + levels - 1
+    raise ValueError(f"unknown family {family!r}")
+
+
+def _blocks(
+    z: np.ndarray, rows: np.ndarray | None, cols: np.ndarray, column: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield (X, y) for each block of the selected rows."""
+    for start in range(0, z.shape[0], BLOCK_ROWS):
+        block = z[start : start + BLOCK_ROWS]
+        if rows is not None:
+            block = block[rows[start : start + BLOCK_ROWS]]
+        if block.shape[0]:
+            yield block[:, cols], block[:, column]
+
+
+def _codes(y: np.ndarray, family: str, levels: int, column: int) -> np.ndarray:
+    """The target's values as integers, or a refusal when one is not a level / a count."""
+    codes = y.astype(np.int64)
+    if family == "poisson":
+        bad = ~np.isfinite(y) | (y < 0) | (codes != y)
+        what = "a count (an integer >= 0)"
+    else:
+        bad = ~np.isfinite(y) | (codes != y) | (codes < 0) | (codes >= levels)
+        what = f"a level index 0..{levels - 1}"
+    if bad.any():
+        raise SiteRefused(
+            f"column {column + 1}: {int(bad.sum())} observed value(s) are not {what} "
+            f"({family} target)"
+        )
+    return codes
+
+
+def moments(
+    z: np.ndarray,
+    rows: np.ndarray | None,
+    column: int,
+    cols: np.ndarray,
+    *,
+    family: str,
+    levels: int = 0,
+) -> dict[str, Any]:
+    """n, the design's column sums and sums of squares (the penalty's diagonal), and for a
+    categorical or ordinal target the number of rows at each level."""
+    p = cols.size
+    sums = np.zeros(p)
+    squares = np.zeros(p)
+    counts = np.zeros(levels, dtype=np.int64)
+    n = 0
+    for x, y in _blocks(z, rows, cols, column):
+        sums += x.sum(axis=0)
+        squares += np.einsum("ij,ij->j", x, x)
+        n += y.size
+        if family != "poisson":
+            counts += np.bincount(_codes(y, family, levels, column), minlength=levels)
+    result: dict[str, Any] = {"n": n, "sums": sums, "squares": squares}
+    if family != "poisson":
+        result["counts"] = counts
+    return result
+
+
+# ---------------------------------------------------------------- poisson
+
+
+def poisson_stats(
+    z: np.ndarray, rows: np.ndarray | None, column: int, theta: np.ndarray, cols: np.ndarray
+) -> dict[str, Any]:
+    """n, X'diag(mu)X, X'(y - mu) and sum(y eta - mu - log y!) at beta = ``theta``.
+
+    ``overflow`` counts rows whose log-mean passes LOG_MEAN_LIMIT; then H, g and Q are zero and
+    meaningless (the candidate's likelihood is below -1e130, which central treats as a rejected
+    step), so that nothing infinite travels.
+    """
+    p = cols.size
+    h = np.zeros((p, p))
+    g = np.zeros(p)
+    q = 0.0
+    n = 0
+    overflow = 0
+    for x, y in _blocks(z, rows, cols, column):
+        counts = _codes(y, "poisson", 0, column)
+        eta = x @ theta
+        n += y.size
+        high = int(np.count_nonzero(eta > LOG_MEAN_LIMIT))
+        if high or overflow:
+            overflow += high
+            continue
+        mu = np.exp(eta)
+        h += (x * mu[:, None]).T @ x
+        g += x.T @ (y - mu)
+        q += float(y @ eta - mu.sum() - gammaln(counts + 1.0).sum())
+    if overflow:
+        return {"n": n, "h": np.zeros((p, p)), "g": np.zeros(p), "q": 0.0, "overflow": overflow}
+    return {"n": n, "h": h, "g": g, "q": q, "overflow": 0}
+
+
+# ---------------------------------------------------------------- categorical
+
+
+def softmax_with_reference(eta: np.ndarray) -> np.ndarray:
+    """Row-wise probabilities of K levels from the (m, K-1) linear predictors of levels 1..K-1,
+    level 0 having predictor 0; computed by log-sum-exp, so no eta overflows."""
+    full = np.concatenate([np.zeros((eta.shape[0], 1)), eta], axis=1)
+    full -= full.max(axis=1, keepdims=True)
+    np.exp(full, out=full)
+    full /= full.sum(axis=1, keepdims=True)
+    return full
+
+
+def categorical_stats(
+    z: np.ndarray,
+    rows: np.ndarray | None,
+    column: int,
+    theta: np.ndarray,
+    cols: np.ndarray,
+    *,
+    levels: int,
+) -> dict[str, Any]:
+    """n, H, g and Q of the multinomial logit at B = ``theta`` (class by class), and the
+    number of saturated rows (fitted probability of the observed level within SATURATED of 1).
+
+    With P the (m, K-1) probabilities of levels 1..K-1 and Y their 0/1 indicators:
+    g = vec(X'(Y - P)), H block (k, l) = X' diag(P_k (delta_kl - P_l)) X,
+    Q = sum_i (eta_i[y_i] - log(1 + sum_k exp(eta_ik))).
+    """
+    p = cols.size
+    classes = levels - 1
+    beta = theta.reshape(classes, p).T
+    h = np.zeros((classes * p, classes * p))
+    g = np.zeros((classes, p))
+    q = 0.0
+    n = 0
+    saturated = 0
+    for x, y in _blocks(z, rows, cols, column):
+        codes = _codes(y, "categorical", levels, column)
+        m = codes.size
+        eta = x @ beta
+        full = np.concatenate([np.zeros((m, 1)), eta], axis=1)
+        top = full.max(axis=1)
+        lse = top + np.log(np.exp(full - top[:, None]).sum(axis=1))
+        prob = np.exp(full - lse[:, None])  # (m, K), every entry computed without overflow
+        q += float(full[np.arange(m), codes].sum() - lse.sum())
+        indicator = np.zeros((m, levels))
+        indicator[np.arange(m), codes] = 1.0
+        g += (indicator[:, 1:] - prob[:, 1:]).T @ x
+        weighted = (prob[:, 1:, None] * x[:, None, :]).reshape(m, classes * p)
+        h -= weighted.T @ weighted
+        for k in range(classes):
+            block = slice(k * p, (k + 1) * p)
+            h[block, block] += (x * prob[:, k + 1, None]).T @ x
+        others = prob.sum(axis=1) - prob[np.arange(m), codes]
+        saturated += int(np.count_nonzero(others < SATURATED))
+        n += m
+    return {"n": n, "h": h, "g": g.ravel(), "q": q, "saturated": saturated}
+
+
+# ---------------------------------------------------------------- ordinal
+
+
+def _log_interval(upper: np.ndarray, lower: np.ndarray) -> np.ndarray:
+    """log(F(upper) - F(lower)) for the logistic F, lower < upper (either may be infinite):
+    F(b) - F(a) = F(b) (1 - F(a)) (1 - exp(a - b)), each factor's log computed stably."""
+    with np.errstate(invalid="ignore"):
+        gap = upper - lower  # inf when a bound is infinite; never nan (lower < upper)
+    result: np.ndarray = (
+        -np.logaddexp(0.0, -upper) - np.logaddexp(0.0, lower) + np.log(-np.expm1(-gap))
+    )
+    return result
+
+
+def ordinal_stats(
+    z: np.ndarray,
+    rows: np.ndarray | None,
+    column: int,
+    theta: np.ndarray,
+    cols: np.ndarray,
+    *,
+    levels: int,
+) -> dict[str, Any]:
+    """n, H, g and Q of the proportional-odds model at theta = (beta, zeta), and the number of
+    saturated rows. ``zeta`` must be strictly increasing (central never asks otherwise).
+
+    For a row at level k, b = zeta_k - x'beta (+inf for the last level) and
+    a = zeta_{k-1} - x'beta (-inf for the first); l = log(F(b) - F(a)). With f = F(1 - F),
+    u = 1 / (exp(b - a) - 1) and v = u (1 + u):
+    dl/db = 1 - F(b) + u, dl/da = -F(a) - u,
+    d2l/db2 = -f(b) - v, d2l/da2 = -f(a) - v, d2l/da db = v,
+    and b, a depend on beta through -x, so the beta-beta block is -x x' (f(a) + f(b)).
+    """
+    p = cols.size
+    beta, zeta = theta[:p], theta[p:]
+    if zeta.size != levels - 1 or np.any(np.diff(zeta) <= 0.0):
+        raise ValueError("ordinal thresholds must be strictly increasing")
+    edges = np.concatenate([[-np.inf], zeta, [np.inf]])
+    t = levels - 1
+    h_bb = np.zeros((p, p))
+    h_bz = np.zeros((p, t))
+    h_zz = np.zeros((t, t))
+    g_b = np.zeros(p)
+    g_z = np.zeros(t)
+    q = 0.0
+    n = 0
+    saturated = 0
+    for x, y in _blocks(z, rows, cols, column):
+        codes = _codes(y, "ordinal", levels, column)
+        m = codes.size
+        eta = x @ beta
+        upper = edges[codes + 1] - eta
+        lower = edges[codes] - eta
+        q += float(_log_interval(upper, lower).sum())
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            u = np.where(
+                np.isfinite(upper) & np.isfinite(lower), 1.0 / np.expm1(upper - lower), 0.0
+            )
+        v = u * (1.0 + u)
+        f_up = expit(upper) * expit(-upper)  # 0 at +-inf
+        f_lo = expit(lower) * expit(-lower)
+        d_up = expit(-upper) + u
+        d_lo = -expit(lower) - u
+        g_b -= x.T @ (d_up + d_lo)
+        g_z += np.bincount(codes, d_up, minlength=levels)[:t]
+        g_z += np.bincount(codes, d_lo, minlength=levels)[1:]
+        h_bb += (x * (f_up + f_lo)[:, None]).T @ x
+        touch = np.zeros((m, levels + 1))  # column k + 1 gathers the weight on zeta_k
+        touch[np.arange(m), codes + 1] += f_up
+        touch[np.arange(m), codes] += f_lo
+        h_bz -= x.T @ touch[:, 1:levels]
+        diagonal = np.bincount(codes, f_up + v, minlength=levels)[:t]
+        diagonal += np.bincount(codes, f_lo + v, minlength=levels)[1:]
+        h_zz[np.diag_indices(t)] += diagonal
+        between = np.bincount(codes, v, minlength=levels)[1:t]  # rows at levels 1..K-2
+        h_zz[np.arange(t - 1), np.arange(1, t)] -= between
+        h_zz[np.arange(1, t), np.arange(t - 1)] -= between
+        others = expit(lower) + expit(-upper)  # F(a) + 1 - F(b)
+        saturated += int(np.count_nonzero(others < SATURATED))
+        n += m
+    h = np.block([[h_bb, h_bz], [h_bz.T, h_zz]])
+    return {"n": n, "h": h, "g": np.concatenate([g_b, g_z]), "q": q, "saturated": saturated}
+
+
+def family_stats(
+    family: str,
+    z: np.ndarray,
+    rows: np.ndarray | None,
+    column: int,
+    theta: np.ndarray,
+    cols: np.ndarray,
+    *,
+    levels: int = 0,
+) -> dict[str, Any]:
+    """The site statistics of ``family`` at ``theta`` (one function for a site's handler)."""
+    if family == "poisson":
+        return poisson_stats(z, rows, column, theta, cols)
+    if family == "categorical":
+        return categorical_stats(z, rows, column, theta, cols, levels=levels)
+    if family == "ordinal":
+        return ordinal_stats(z, rows, column, theta, cols, levels=levels)
+    raise ValueError(f"unknown family {family!r}")
