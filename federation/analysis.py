@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -128,19 +129,18 @@ class Analysis:
             )
             for line in [header, *body]
         ]
-        lines.append("")
-        lines.append(
+        notes = [
             f"{self.family} model {self.model}, {self.rows} rows, pooled over m = {self.m} "
-            "imputed datasets by Rubin's rules (Barnard-Rubin df)."
-        )
-        lines.append(
+            "imputed datasets by Rubin's rules (Barnard-Rubin df).",
             f"Imputations the fractions of missing information call for (von Hippel 2020, "
             f"SEs within {TARGET_CV:.0%}): {self.imputations_needed}"
-            + (" - more than were made." if self.imputations_needed > self.m else ".")
+            + (" - more than were made." if self.imputations_needed > self.m else "."),
+            CONSERVATIVE_NOTE,
+            *(f"warning: {w}" for w in self.warnings),
+        ]
+        return "\n".join(
+            [*lines, "", *(textwrap.fill(note, 100, break_on_hyphens=False) for note in notes)]
         )
-        lines.append(CONSERVATIVE_NOTE)
-        lines.extend(f"warning: {w}" for w in self.warnings)
-        return "\n".join(lines)
 
 
 def analyse(
@@ -226,22 +226,28 @@ def fit_linear(x: np.ndarray, y: np.ndarray) -> Fit:
 def fit_logistic(x: np.ndarray, y: np.ndarray, *, where: str = "") -> tuple[Fit, str | None]:
     """Maximum likelihood by Newton's method; variances from the inverse Fisher information at
     the estimate. A fit whose probabilities reach 0 or 1 (separation) comes with a warning."""
+    failure = FitError(
+        f"{where}: the logistic fit did not converge (a predictor, or a level of a factor, "
+        "may separate the outcome's 0s from its 1s perfectly)"
+    )
     beta = np.zeros(x.shape[1])
-    for _ in range(_MAX_NEWTON):
+    try:
+        for _ in range(_MAX_NEWTON):
+            p = special.expit(x @ beta)
+            information = x.T @ (x * (p * (1.0 - p))[:, None])
+            step = np.linalg.solve(information, x.T @ (y - p))
+            beta = beta + step
+            if np.max(np.abs(step)) <= _TOLERANCE * (1.0 + np.max(np.abs(beta))):
+                break
+        else:
+            raise failure
         p = special.expit(x @ beta)
         information = x.T @ (x * (p * (1.0 - p))[:, None])
-        step = np.linalg.solve(information, x.T @ (y - p))
-        beta = beta + step
-        if np.max(np.abs(step)) <= _TOLERANCE * (1.0 + np.max(np.abs(beta))):
-            break
-    else:
-        raise FitError(
-            f"{where}: the logistic fit did not converge in {_MAX_NEWTON} Newton steps (a "
-            "predictor may separate the outcome's 0s from its 1s perfectly)"
-        )
-    p = special.expit(x @ beta)
-    information = x.T @ (x * (p * (1.0 - p))[:, None])
-    variances = np.diag(np.linalg.inv(information))
+        variances = np.diag(np.linalg.inv(information))
+    except np.linalg.LinAlgError:
+        raise failure from None
+    if not np.all(np.isfinite(variances)) or np.any(variances <= 0):
+        raise failure
     warning = None
     if np.any(np.minimum(p, 1.0 - p) < 1e-8):
         warning = f"{where}: fitted probabilities numerically 0 or 1 (separation)"
