@@ -101,6 +101,16 @@ def check_analysis(model: str, family: str, columns: Iterable[str], *, label: st
     check_columns(parse_formula(model), tuple(columns), label=label)
 
 
+def central_datasets(result: JobResult) -> list[dict[str, np.ndarray]]:
+    """Central's M imputed datasets, each as column name -> cells, for an analysis."""
+    columns = result.table.columns
+    datasets = []
+    for m in range(1, len(result.imputed_cells) + 1):
+        values = result.dataset(m)
+        datasets.append({name: values[:, j] for j, name in enumerate(columns)})
+    return datasets
+
+
 def add_analysis(result: JobResult, model: str, family: str = "linear") -> str | None:
     """Fit ``model`` on each of central's M imputed datasets, pool by Rubin's rules, and put the
     pooled table in the report under ``analysis``. A model that cannot be fitted (a singular
@@ -109,13 +119,8 @@ def add_analysis(result: JobResult, model: str, family: str = "linear") -> str |
     from federation.analysis import analyse
     from federation.errors import FipError
 
-    columns = result.table.columns
-    datasets = []
-    for m in range(1, len(result.imputed_cells) + 1):
-        values = result.dataset(m)
-        datasets.append({name: values[:, j] for j, name in enumerate(columns)})
     try:
-        analysis = analyse(datasets, model, family, label=result.table.label)
+        analysis = analyse(central_datasets(result), model, family, label=result.table.label)
     except FipError as error:
         result.report["analysis"] = {"model": model, "family": family, "error": str(error)}
         return str(error)
