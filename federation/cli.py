@@ -19,7 +19,7 @@ from federation.job import CENTRAL, JobEvent
 from federation.outputs import write_comparison, write_outputs
 from federation.params import parse_param
 from federation.registry import Algorithm, Registry, load_folder
-from federation.simulation import simulate
+from federation.simulation import add_analysis, check_analysis, simulate
 
 SIMULATE_EXAMPLE = """\
 examples:
@@ -34,6 +34,18 @@ With --compare: comparison/comparison.json and comparison.txt (the table also pr
 comparison/<METHOD>/ with each method's three files. A method that fails is reported with
 its reason, the others still run, and the exit status is 1.
 Cells that are empty, NA, NaN, nan, N/A or NULL are missing.
+"""
+
+POOL_EXAMPLE = """\
+example:
+  fip pool --long results/imputations_long.csv --model "y ~ x1 + x2" --out pooled.csv
+  fip pool --long results/imputations_long.csv --model "smoker ~ bmi + factor(site)" \\
+      --family logistic
+
+Prints the pooled table (estimate, std.error, statistic, df, p.value, conf.low, conf.high,
+fmi) and, with --out, writes every column of mice's pool() and summary(pool(fit),
+conf.int = TRUE) as CSV: term, estimate, std.error, statistic, df, p.value, conf.low,
+conf.high, ubar, b, t, dfcom, riv, lambda, fmi, m.
 """
 
 
@@ -122,6 +134,18 @@ def _parser() -> argparse.ArgumentParser:
         help="an algorithm parameter, e.g. ridge=0.01 (repeatable)",
     )
     sim.add_argument(
+        "--analysis",
+        metavar="FORMULA",
+        help='an analysis model, e.g. "y ~ x1 + x2", fitted on each imputed dataset and '
+        "pooled by Rubin's rules into report.json under 'analysis' (as fip pool)",
+    )
+    sim.add_argument(
+        "--analysis-family",
+        choices=("linear", "logistic"),
+        default="linear",
+        help="the analysis model's family (default: linear)",
+    )
+    sim.add_argument(
         "--out",
         required=True,
         type=Path,
@@ -139,6 +163,43 @@ def _parser() -> argparse.ArgumentParser:
     )
     algos.add_argument("--check", type=Path, metavar="FOLDER", help="an algorithm folder to check")
     algos.set_defaults(handler=_algorithms)
+
+    pool = commands.add_parser(
+        "pool",
+        help="fit a model on each imputed dataset of a long CSV and pool by Rubin's rules",
+        description="Fit a linear or logistic model on each imputed dataset of a long CSV "
+        "(mice's layout, as fip writes imputations_long.csv) and pool the fits by Rubin's rules "
+        "with Barnard-Rubin degrees of freedom, as R mice's pool() and summary(pool(fit), "
+        "conf.int = TRUE).",
+        epilog=POOL_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    pool.add_argument(
+        "--long",
+        required=True,
+        type=Path,
+        metavar="CSV",
+        help="the long CSV: .imp (0 = the original, 1..M the imputed datasets), .id, columns",
+    )
+    pool.add_argument(
+        "--model",
+        required=True,
+        metavar="FORMULA",
+        help='the analysis model as in R, e.g. "y ~ x1 + x2"; `backquote` names that are '
+        "not plain (`age (y)`); text columns and factor(column) become treatment dummies",
+    )
+    pool.add_argument(
+        "--family", choices=("linear", "logistic"), default="linear", help="default: linear"
+    )
+    pool.add_argument(
+        "--factor",
+        action="append",
+        default=[],
+        metavar="COLUMN",
+        help="treat a numeric column as categorical (repeatable), like factor(COLUMN)",
+    )
+    pool.add_argument("--out", type=Path, metavar="CSV", help="write the pooled table here as CSV")
+    pool.set_defaults(handler=_pool)
 
     demo = commands.add_parser(
         "demo-data",
@@ -164,6 +225,7 @@ def _simulate(args: argparse.Namespace) -> int:
         return _compare(args)
     algorithm = _algorithm(args.algorithm)
     central, sites, targets, params = _inputs(args)
+    _check_analysis(args, central)
     if sites and not algorithm.capabilities.uses_sites:
         print(
             f"fip: note: {algorithm.name} uses central's data only; "
@@ -183,6 +245,9 @@ def _simulate(args: argparse.Namespace) -> int:
         )
     )
     progress.done()
+    failed = None
+    if args.analysis is not None:
+        failed = add_analysis(result, args.analysis, args.analysis_family)
     written = write_outputs(result, args.out)
     report = result.report
     for warning in report["warnings"]:
@@ -196,6 +261,8 @@ def _simulate(args: argparse.Namespace) -> int:
     )
     for path in written:
         print(f"  {path}")
+    if failed is not None:
+        print(f"fip: warning: analysis not pooled: {failed}", file=sys.stderr)
     return 0
 
 
@@ -205,6 +272,7 @@ def _compare(args: argparse.Namespace) -> int:
     chosen = [_algorithm(name.strip()) for name in args.compare.split(",") if name.strip()]
     methods = methods_to_compare(chosen, Registry.with_builtins())
     central, sites, targets, params = _inputs(args)
+    _check_analysis(args, central)
     progress = _Progress(sys.stderr)
     comparison, results = asyncio.run(
         simulate_comparison(
@@ -222,6 +290,11 @@ def _compare(args: argparse.Namespace) -> int:
         )
     )
     progress.done()
+    if args.analysis is not None:
+        for name, result in results.items():
+            reason = add_analysis(result, args.analysis, args.analysis_family)
+            if reason is not None:
+                print(f"fip: warning: {name}: analysis not pooled: {reason}", file=sys.stderr)
     written = [
         path for name, result in results.items() for path in write_outputs(result, args.out / name)
     ]
@@ -237,6 +310,31 @@ def _compare(args: argparse.Namespace) -> int:
         print(f"  {path}")
     failed = [m for m in comparison["methods"] if m["status"] != "completed"]
     return 1 if failed else 0
+
+
+def _check_analysis(args: argparse.Namespace, central: Table) -> None:
+    if args.analysis is not None:
+        check_analysis(args.analysis, args.analysis_family, central.columns, label=central.label)
+
+
+def _pool(args: argparse.Namespace) -> int:
+    from federation.analysis import analyse
+    from federation.long_format import read_long
+
+    analysis = analyse(
+        read_long(args.long),
+        args.model,
+        args.family,
+        label=str(args.long),
+        factors=args.factor,
+    )
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(analysis.csv(), encoding="utf-8")
+    print(analysis.text())
+    if args.out is not None:
+        print(f"  {args.out}")
+    return 0
 
 
 def _inputs(

@@ -90,6 +90,44 @@ async def simulate(
             runner.close()
 
 
+def check_analysis(model: str, family: str, columns: Iterable[str], *, label: str) -> None:
+    """Refuse an analysis model that ``columns`` cannot answer, before any job runs."""
+    from federation.analysis import FAMILIES
+    from federation.errors import InputError
+    from federation.formula import check_columns, parse_formula
+
+    if family not in FAMILIES:
+        raise InputError(f"analysis family must be linear or logistic, got {family!r}")
+    check_columns(parse_formula(model), tuple(columns), label=label)
+
+
+def central_datasets(result: JobResult) -> list[dict[str, np.ndarray]]:
+    """Central's M imputed datasets, each as column name -> cells, for an analysis."""
+    columns = result.table.columns
+    datasets = []
+    for m in range(1, len(result.imputed_cells) + 1):
+        values = result.dataset(m)
+        datasets.append({name: values[:, j] for j, name in enumerate(columns)})
+    return datasets
+
+
+def add_analysis(result: JobResult, model: str, family: str = "linear") -> str | None:
+    """Fit ``model`` on each of central's M imputed datasets, pool by Rubin's rules, and put the
+    pooled table in the report under ``analysis``. A model that cannot be fitted (a singular
+    design, separation) leaves the imputations as they are: the report's ``analysis`` holds the
+    reason, which is also returned."""
+    from federation.analysis import analyse
+    from federation.errors import FipError
+
+    try:
+        analysis = analyse(central_datasets(result), model, family, label=result.table.label)
+    except FipError as error:
+        result.report["analysis"] = {"model": model, "family": family, "error": str(error)}
+        return str(error)
+    result.report["analysis"] = analysis.to_dict()
+    return None
+
+
 def smoke_test(algorithm: Algorithm, on_event: EventSink | None = None) -> JobResult:
     """Run ``algorithm`` once on small synthetic data: central and two sites, one target of
     each type it supports (only the first when it takes one), M = 2. Raises what the run raises;

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 from federation.uploads import multipart_schema
 from portal_central.deps import AdminUser, CurrentUser, StateDep, data_upload
 from portal_central.errors import NotFound
-from portal_central.jobs import service
+from portal_central.jobs import analysis, service
 from portal_central.jobs.messages import for_viewer
 from portal_central.jobs.results import result_response
 from portal_central.models import Job, User
@@ -26,6 +26,14 @@ router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 class TargetIn(BaseModel):
     column: str = Field(description="the column's name in the header")
     type: Literal["gaussian", "logistic"]
+
+
+class AnalysisIn(BaseModel):
+    model: str = Field(
+        description="the analysis model as in R, e.g. 'y ~ x1 + x2'; `backquote` names that are "
+        "not plain; text columns and factor(column) become treatment dummies"
+    )
+    family: Literal["linear", "logistic"] = "linear"
 
 
 class JobIn(BaseModel):
@@ -43,6 +51,11 @@ class JobIn(BaseModel):
         default_factory=list,
         description="other methods to run beside the algorithm (a comparison job: one child job "
         "per method, the pooled exact SIMI or SIMICE added as the reference)",
+    )
+    analysis: AnalysisIn | None = Field(
+        default=None,
+        description="a model to fit on each imputed dataset when the job completes, pooled by "
+        "Rubin's rules into the report's 'analysis' (GET /api/jobs/{id}/analysis)",
     )
 
 
@@ -131,6 +144,8 @@ def create(body: JobIn, admin: AdminUser, state: StateDep) -> JobOut:
     params = dict(body.parameters)
     if body.imputations is not None:
         params["imputations"] = body.imputations
+    if body.analysis is not None:
+        analysis.check_model(body.analysis.model, body.analysis.family, body.columns)
     with state.database.session() as session:
         job = service.create_job(
             session=session,
@@ -147,6 +162,8 @@ def create(body: JobIn, admin: AdminUser, state: StateDep) -> JobOut:
             seed=body.seed,
             compare=body.compare,
         )
+        if body.analysis is not None:
+            analysis.request_analysis(state.runs, job, body.analysis.model, body.analysis.family)
         job_id = job.id
     return _out(state, job_id, admin)
 
@@ -225,6 +242,26 @@ def report(job_id: RowId, admin: AdminUser, state: StateDep) -> Response:
     with state.database.session() as session:
         job = service.get_job(session=session, job_id=job_id, user=admin)
     return result_response(runs=state.runs, job=job, format="report")
+
+
+@router.post("/{job_id}/analysis")
+def analyse(job_id: RowId, body: AnalysisIn, admin: AdminUser, state: StateDep) -> dict[str, Any]:
+    """Fit a model on each of the completed job's imputed datasets (in memory at central) and
+    pool by Rubin's rules, as R mice's pool() and summary(pool(fit), conf.int = TRUE): one row
+    per term with estimate, std.error, statistic, df, p.value, conf.low, conf.high, ubar, b, t,
+    dfcom, riv, lambda, fmi and m; with von Hippel's count of imputations needed. It joins the
+    job's report. 422 names a column the model cannot find or a fit that fails."""
+    with state.database.session() as session:
+        job = service.get_job(session=session, job_id=job_id, user=admin)
+        return analysis.analyse_job(runs=state.runs, job=job, model=body.model, family=body.family)
+
+
+@router.get("/{job_id}/analysis")
+def get_analysis(job_id: RowId, admin: AdminUser, state: StateDep) -> dict[str, Any]:
+    """The job's pooled analysis (404 when none was named); it outlives the datasets."""
+    with state.database.session() as session:
+        job = service.get_job(session=session, job_id=job_id, user=admin)
+        return analysis.stored_analysis(state.runs, job)
 
 
 def _out(state: CentralState, job_id: int, user: User) -> JobOut:

@@ -27,6 +27,7 @@ from federation.job import CENTRAL, JobEvent, JobSpec, Target
 from federation.protocol import Cancel, ControlMessage, JobUpdate, Ready, Unready
 from federation.registry import Registry
 from federation.runtime import REQUEST_SECONDS, JobResult, run_job
+from federation.simulation import add_analysis
 from federation.site import SiteRunner
 from federation.transport import InMemoryTransport, Transport
 from portal_central.db import Database
@@ -61,6 +62,8 @@ class Run:
     """Why the results are gone, for the page ("downloaded and discarded", "expired")."""
     report: dict[str, Any] | None = None
     """The finished job's report (no rows in it): kept after the results go, for comparisons."""
+    analysis: tuple[str, str] | None = None
+    """An analysis model and family to fit on the datasets when the job completes."""
 
 
 def spec_of(job: Job) -> JobSpec:
@@ -256,6 +259,8 @@ class Runs:
             return "failed", f"internal error at central ({type(error).__name__}); see its log"
         finally:
             local.close()
+        if run.analysis is not None:
+            add_analysis(result, *run.analysis)
         run.result = result
         run.report = result.report
         run.purge_at = time.monotonic() + self._expiry

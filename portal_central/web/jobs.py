@@ -32,7 +32,7 @@ from federation.web import ENVIRONMENT, PAGE_DEFAULTS, is_htmx, render
 from portal_central import algorithms_store as store
 from portal_central.deps import AdminUser, CurrentUser, StateDep, data_upload
 from portal_central.errors import FieldInvalid, NotFound, PortalError
-from portal_central.jobs import service
+from portal_central.jobs import analysis, service
 from portal_central.jobs.header import ColumnSummary, HeaderReader
 from portal_central.jobs.results import Format, result_response
 from portal_central.models import User
@@ -215,6 +215,20 @@ async def retry(request: Request, job_id: RowId, admin: AdminUser, state: StateD
     except PortalError as error:
         return _error_page(request, state, parent_id, admin, error)
     return _status_or_redirect(request, state, parent_id, admin)
+
+
+@router.post("/{job_id}/analysis", response_class=HTMLResponse)
+async def analyse(request: Request, job_id: RowId, admin: AdminUser, state: StateDep) -> Response:
+    """The pooled analysis form: fit the model on the completed job's datasets, show the table."""
+    fields = dict((await form_of(request)).items())
+    model, family = str(fields.get("model", "")).strip(), str(fields.get("family", "linear"))
+    with state.database.session() as session:
+        job = service.get_job(session=session, job_id=job_id, user=admin)
+        try:
+            analysis.analyse_job(runs=state.runs, job=job, model=model, family=family)
+        except PortalError as error:
+            return _error_page(request, state, job_id, admin, error)
+    return _status_or_redirect(request, state, job_id, admin)
 
 
 @router.get("/{job_id}/comparison")

@@ -1,0 +1,140 @@
+"""Diagnostics of an imputation: convergence of chains (R-hat) and the missing-data pattern.
+
+R-hat is the rank-normalised split R-hat of Vehtari, Gelman, Simpson, Carpenter and Bürkner
+(2021), "Rank-normalization, folding, and localization: an improved R-hat", as ``rstan::Rhat``
+computes it and R mice's ``convergence()`` reports it (it calls ``rstan::Rhat`` on the chain
+means, iterations x imputations): each chain is split in half (an odd middle draw left out), the
+draws are replaced by the normal scores of their ranks over all chains, (r - 1/2) / S, and the
+classic R-hat of Gelman and Rubin is taken; the same on the draws folded about their median
+(|x - median|) catches chains that differ in spread. R-hat is the larger of the two. Values
+above 1.1 say the chains have not mixed. (The ``posterior`` package uses Blom's offset
+(r - 3/8) / (S + 1/4) instead: its values differ slightly.)
+
+The missing-data pattern is R mice's ``md.pattern``: columns ordered by their number of missing
+cells (fewest first, ties in table order), one row per distinct pattern in the order of its
+0/1 string (missing = 1), each with its count.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from federation.errors import InputError
+
+RHAT_LIMIT = 1.1
+"""R-hat above this flags a target whose chains have not mixed (Vehtari et al. 2021 suggest
+1.01 for MCMC; mice's users read 1.1, the classic threshold)."""
+
+
+def rhat(chains: np.ndarray) -> float:
+    """Rank-normalised split R-hat of one quantity: ``chains`` is (chains, iterations).
+
+    NaN when a draw is not finite or a split chain would hold fewer than two draws; 1 when every
+    draw is the same.
+    """
+    draws = np.asarray(chains, dtype=np.float64)
+    if draws.ndim != 2 or draws.size == 0:
+        raise InputError(f"R-hat takes an array of chains x iterations, got shape {draws.shape}")
+    if not np.all(np.isfinite(draws)):
+        return math.nan
+    bulk = _classic_rhat(_normal_scores(_split(draws)))
+    folded = np.abs(draws - np.median(draws))
+    tail = _classic_rhat(_normal_scores(_split(folded)))
+    return max(bulk, tail)
+
+
+def rhat_by_iteration(chains: np.ndarray) -> np.ndarray:
+    """R-hat of the first i iterations, for i = 1..T, as mice's ``convergence()`` reports it per
+    iteration. NaN while a split chain holds fewer than two draws (i < 4); there mice 3.15 shows
+    numbers, because R drops a one-row matrix to a vector and ``rstan::Rhat`` then reads the
+    chains as one chain's draws. From i = 4 on the values are mice's (checked to 1e-14)."""
+    draws = np.asarray(chains, dtype=np.float64)
+    return np.array([rhat(draws[:, :i]) for i in range(1, draws.shape[1] + 1)])
+
+
+def _split(draws: np.ndarray) -> np.ndarray:
+    """Each chain's first and second half as separate chains; an odd middle draw is left out."""
+    n = draws.shape[1]
+    if n == 1:
+        return draws
+    half = n / 2
+    return np.vstack([draws[:, : math.floor(half)], draws[:, math.ceil(half) :]])
+
+
+def _normal_scores(draws: np.ndarray) -> np.ndarray:
+    """Average ranks over all draws, mapped to normal quantiles (r - 1/2) / S."""
+    ranks = stats.rankdata(draws, method="average").reshape(draws.shape)
+    scores: np.ndarray = stats.norm.ppf((ranks - 0.5) / draws.size)
+    return scores
+
+
+def _classic_rhat(draws: np.ndarray) -> float:
+    """Gelman and Rubin's R-hat of chains (rows) of equal length."""
+    if np.ptp(draws) < np.finfo(np.float64).eps:
+        return 1.0
+    n = draws.shape[1]
+    if n < 2 or draws.shape[0] < 2:
+        return math.nan
+    between = n * float(np.var(draws.mean(axis=1), ddof=1))
+    within = float(np.mean(np.var(draws, axis=1, ddof=1)))
+    return math.sqrt((between / within + n - 1) / n)
+
+
+@dataclass(frozen=True)
+class MissingPattern:
+    """mice's ``md.pattern``: ``columns`` ordered by missing count, then per distinct pattern its
+    count and which columns are observed (True) in it."""
+
+    columns: tuple[str, ...]
+    counts: tuple[int, ...]
+    observed: np.ndarray
+    """(patterns, columns) booleans, True where the pattern's cells are observed."""
+    missing_per_column: tuple[int, ...]
+
+    @property
+    def missing_per_pattern(self) -> tuple[int, ...]:
+        return tuple(int(v) for v in (~self.observed).sum(axis=1))
+
+    @property
+    def total_missing(self) -> int:
+        return sum(self.missing_per_column)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "columns": list(self.columns),
+            "patterns": [
+                {"count": count, "observed": [bool(v) for v in row], "missing": missing}
+                for count, row, missing in zip(
+                    self.counts, self.observed, self.missing_per_pattern, strict=True
+                )
+            ],
+            "missing_per_column": list(self.missing_per_column),
+            "total_missing": self.total_missing,
+        }
+
+
+def md_pattern(columns: Sequence[str], missing: np.ndarray) -> MissingPattern:
+    """The missing-data pattern of a table: ``missing`` is (rows, columns), True where a cell is
+    missing (``np.isnan(table.values)`` for a numeric table)."""
+    mask = np.asarray(missing, dtype=bool)
+    if mask.ndim != 2 or mask.shape[1] != len(columns) or mask.shape[0] == 0:
+        raise InputError(
+            f"md_pattern takes a rows x {len(columns)} mask with at least one row, "
+            f"got shape {mask.shape}"
+        )
+    per_column = mask.sum(axis=0)
+    order = np.argsort(per_column, kind="stable")
+    ordered = mask[:, order].astype(np.int8)
+    patterns, counts = np.unique(ordered, axis=0, return_counts=True)
+    return MissingPattern(
+        columns=tuple(columns[i] for i in order),
+        counts=tuple(int(c) for c in counts),
+        observed=patterns == 0,
+        missing_per_column=tuple(int(per_column[i]) for i in order),
+    )
