@@ -118,12 +118,13 @@ async def fit_surrogate(job: CentralJob, target: Target, start: np.ndarray | Non
 def record(job: CentralJob, target: Target, fit: Fit, *, cycle: int) -> None:
     """Put a fit in the report: with the predictors it left out as constant (mice's
     loggedEvents) and whether separation made it augment its rows."""
-    if fit.augmented:
-        job.warn(
-            f"target '{target.name}' (cycle {cycle}): the fit separates the rows (its "
-            "coefficients diverge), so it was refitted with augmented pseudo-rows "
-            "(White, Daniel and Royston 2010), as mice's logreg does"
-        )
+    message = (
+        f"target '{target.name}': the fit separates the rows (its coefficients diverge), so it "
+        "was refitted with augmented pseudo-rows (White, Daniel and Royston 2010), as mice's "
+        "logreg does; the report's fits say which"
+    )
+    if fit.augmented and message not in job.warnings:  # once per target, not once per cycle
+        job.warn(message)
     job.record_fit(
         target=target,
         cycle=cycle,
