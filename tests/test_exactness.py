@@ -148,12 +148,13 @@ def logistic_step(x: np.ndarray, y: np.ndarray, beta: np.ndarray, ridge: float) 
 
 
 def logistic_reference(x: np.ndarray, y: np.ndarray, ridge: float) -> np.ndarray:
-    """The penalised maximum-likelihood beta by plain Newton, run to 1e-12."""
+    """The penalised maximum-likelihood beta by plain Newton, run to 1e-12 (relative to the
+    coefficient's size, for an intercept in the thousands)."""
     beta: np.ndarray = np.zeros(x.shape[1])
     for _ in range(100):
         step = logistic_step(x, y, beta, ridge)
         beta = beta + step
-        if np.max(np.abs(step)) < 1e-12:
+        if np.max(np.abs(step) / (1.0 + np.abs(beta))) < 1e-12:
             return beta
     raise AssertionError("the reference Newton did not converge")
 
@@ -343,6 +344,40 @@ def test_simi_without_ridge_equals_unpenalised_pooled_fit(logistic_fits: list[Fi
     np.testing.assert_allclose(
         logistic_fits[0].matrix, logistic_hessian(xb, beta, 0.0), rtol=GAUSSIAN_RTOL, atol=0
     )
+
+
+@pytest.mark.parametrize(("target", "kind"), [(G, "gaussian"), (B, "logistic")])
+def test_simi_fit_with_an_offset_predictor_and_a_constant_one(
+    target: int, kind: str, logistic_fits: list[Fit]
+) -> None:
+    """x1 moved to a calendar year (2008 + x1) and x3 constant: the penalty does not shrink the
+    year's slope (it is lambda * its sum of squared deviations), and x3 is left out of the fit
+    and named; the rest equals the pooled fit without x3 (Gaussian: 1e-7, since the sites'
+    X'X holds 2008^2 and C is the difference of such sums, rounding costs about six digits of
+    2008 / sd(x1) squared; logistic: the Newton tolerance)."""
+    central, remote = simi_data(16, target)
+    for values in (central, remote):
+        values[:, 0] = 2008.0 + values[:, 0]
+        values[:, 2] = 7.0
+    sites = split(remote, [250, 350])
+    x, y = pooled_design(np.vstack([central, remote]), target)
+    kept = [c for c in range(x.shape[1]) if c != 2]  # x3 is design column 2 for g and b
+    name = COLUMNS[target - 1]
+
+    result = run("SIMI", table("central", COLUMNS, central), sites, [(name, kind)])
+
+    (fit,) = result.report["fits"]
+    assert fit["dropped"] == ["x3"] and fit["coefficients"]["x3"] == 0.0
+    beta = np.delete(coefficients(fit), 2)
+    if kind == "gaussian":
+        reference = gaussian_reference(x[:, kept], y, RIDGE)
+        np.testing.assert_allclose(beta, reference.beta, rtol=1e-7, atol=1e-12)
+        assert fit["sse"] == pytest.approx(reference.sse, rel=1e-7)
+    else:
+        expected = logistic_reference(x[:, kept], y, RIDGE)
+        np.testing.assert_allclose(beta[:-1], expected[:-1], rtol=0, atol=LOGISTIC_ATOL)
+        # The intercept absorbs 2008 times the year's slope, and with it that slope's error.
+        assert beta[-1] == pytest.approx(expected[-1], abs=2008 * LOGISTIC_ATOL)
 
 
 @pytest.mark.parametrize(("target", "kind"), [(G, "gaussian"), (B, "logistic")])
