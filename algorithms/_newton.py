@@ -169,7 +169,15 @@ def newton(
     final: _Point | None = None
     try:
         initial = point(moments.to_centred(start), first, None)
-        final, iterations, converged = yield from climb(initial, None)
+        try:
+            final, iterations, converged = yield from climb(initial, None)
+        except FitError:
+            if not np.any(start):
+                raise  # singular at beta = 0: collinear predictors, a clear error
+            # Singular at a warm start (the last cycle's separated optimum): start again at 0.
+            zero = np.zeros(moments.kept.size)
+            initial = point(zero, (yield moments.to_original(zero)), None)
+            final, iterations, converged = yield from climb(initial, None)
         separated = _runs_off(final.beta_c, scale)
     except _Separation:
         separated = True

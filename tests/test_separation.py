@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from algorithms._newton import fit_own_logistic
+from algorithms._stats import augment
 from federation.data import Table
 from federation.runtime import JobResult
 from tests.helpers import run, table
@@ -123,3 +125,40 @@ def test_contradictions_match_mice(tmp_path: Path) -> None:
     error = 2.0 * np.sqrt(mice * (1 - mice) / (cells * 50) + ours * (1 - ours) / (cells * 20))
     print(f"contradictions: fip {ours:.4f}, mice logreg {mice:.4f} (+- {error:.4f})")
     assert ours <= mice + error, (ours, mice)
+
+
+def test_a_warm_start_at_a_separated_optimum_still_fits() -> None:
+    """SIMICE starts each fit from the last one: a start where the unaugmented Hessian
+    vanishes starts again from 0 and is augmented, rather than failing as singular."""
+    values = separated(8, 300, 0.0)
+    z = augment(values)
+    start = np.array([1e5, 0.0, 0.0])
+
+    fit = fit_own_logistic(
+        z,
+        None,
+        2,
+        ridge=0.0,
+        max_iter=100,
+        names=["x1", "x2", "(intercept)"],
+        target="b",
+        start=start,
+    )
+
+    assert fit.augmented and fit.converged
+    assert np.all(np.abs(fit.beta) < 100)
+
+
+def test_a_fit_never_claims_convergence_it_did_not_reach() -> None:
+    """max_iter = 1 on data that needs several Newton steps: the job warns, and the report's
+    iteration count is the limit."""
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(400, 2))
+    b = (rng.random(400) < 1 / (1 + np.exp(-(0.5 + 2 * x[:, 0])))).astype(np.float64)
+    values = np.column_stack([x, b])
+    values[:40, 2] = np.nan
+
+    result = run("SIMI", table("c", COLUMNS, values), {}, [("b", "logistic")], max_iter=1)
+
+    assert result.report["fits"][0]["iterations"] == 1
+    assert any("did not converge" in w for w in result.report["warnings"])
