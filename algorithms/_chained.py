@@ -12,8 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from algorithms import methods
 from algorithms._federated import FitTarget, record
-from algorithms._stats import augment, draw_parameters, draw_values, linear_predictor, total
+from algorithms._stats import augment, linear_predictor, total
 from federation.runtime import CentralJob
 from federation.site import SiteJob
 
@@ -68,13 +69,13 @@ def fill_unobserved(site: SiteJob, *, means: np.ndarray) -> None:
             z[:, t.column] = mean
 
 
-def impute(site: SiteJob, *, target: int, alpha: np.ndarray, sigma: float | None = None) -> None:
+def impute(site: SiteJob, *, target: int, alpha: np.ndarray, **drawn: Any) -> None:
     """Draw this site's missing cells of a target from the drawn parameters, own noise."""
-    kind = next(t.type for t in site.targets if t.index == target)
+    method = methods.get(next(t.type for t in site.targets if t.index == target))
     z = site.state["z"]
     rows = ~site.state["rows"][target]
     eta = linear_predictor(z, rows, target - 1, alpha)
-    z[rows, target - 1] = draw_values(eta, kind, sigma, site.rng)
+    z[rows, target - 1] = method.impute(eta, site.rng, alpha=alpha, **drawn)
 
 
 def completed(site: SiteJob) -> dict[str, Any]:
@@ -104,10 +105,11 @@ async def run(job: CentralJob, fit_target: FitTarget) -> None:
                     f"cycle {cycle} of {cycles}: fitting '{target.name}'",
                 )
                 fit = await fit_target(job, target, starts.get(target.index))
-                if fit.kind == "logistic":
+                if fit.iterations is not None:  # a Newton fit starts from its last optimum
                     starts[target.index] = fit.beta
                 record(job, target, fit, cycle=cycle)
-                await job.tell("impute", target=target.index, **draw_parameters(fit, job.rng))
+                drawn = methods.get(target.type).draw(fit, job.rng)
+                await job.tell("impute", target=target.index, **drawn)
         job.emit_imputation((await job.local("completed"))["values"])
         job.log(f"imputed dataset {m} of {imputations} after cycle {cycle}")
     job.progress(1.0, f"{imputations} imputed datasets")

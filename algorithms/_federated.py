@@ -1,24 +1,26 @@
-"""How central fits a target: the strategies of the built-in methods, and the report entry.
+"""How central fits a target: the strategies of the built-in families, and the report entry.
 
 - ``fit_pooled`` (SIMI, SIMICE; IMI, IMICE when central is the only participant): the exact fit
-  on every participant's rows, from their sums (Gaussian: one ask; logistic: Newton).
+  on every participant's rows, from their aggregates, as the target's method fits it
+  (``algorithms.methods``: one round trip of sums, or Newton).
 - ``fit_averaged`` (AVGMMI, AVGMMICE): every participant fits alone; central averages the fits
   weighted by rows (one ask).
 - ``fit_surrogate`` (CSLMI, CSLMICE): central fits alone, every participant sends its average
   gradient there, central re-solves its own problem with the gradient correction (one ask).
 
-Each takes (job, target, warm start or None) and returns a ``Fit`` that ``draw_parameters``
-draws from. The remote halves name their handlers as ``_site`` does.
+Each takes (job, target, warm start or None) and returns a ``Fit`` that the method draws from.
+The remote halves name their handlers as ``_site`` does.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import numpy as np
 
-from algorithms._stats import Fit, fit_from, fit_gaussian, fit_logistic, inverse, total
+from algorithms import methods
+from algorithms._stats import Fit, fit_from, total
 from federation.errors import FitError
 from federation.job import Target
 from federation.runtime import CentralJob
@@ -27,23 +29,17 @@ FitTarget = Callable[[CentralJob, Target, np.ndarray | None], Awaitable[Fit]]
 
 
 async def fit_pooled(job: CentralJob, target: Target, start: np.ndarray | None = None) -> Fit:
-    """Fit one target over every participant (Gaussian: one ask; logistic: Newton)."""
-    names = job.spec.predictors(target)
-    ridge = float(job.params["ridge"])
-    if target.type == "gaussian":
-        replies = await job.ask("gaussian_stats", target=target.index)
-        _check_counts(replies, target)
-        return fit_gaussian(replies, ridge=ridge, names=names, target=target.name)
+    """Fit one target over every participant, as its method does."""
 
-    async def evaluate(beta: np.ndarray) -> dict[str, dict[str, Any]]:
-        return await job.ask("logistic_stats", target=target.index, beta=beta)
+    async def ask(operation: str, **args: Any) -> Mapping[str, Mapping[str, Any]]:
+        return await job.ask(operation, target=target.index, **args)
 
-    fit = await fit_logistic(
-        evaluate,
-        start=np.zeros(len(names)) if start is None else start,
-        ridge=ridge,
+    fit = await methods.get(target.type).fit_pooled(
+        ask,
+        start=start,
+        ridge=float(job.params["ridge"]),
         max_iter=int(job.params["max_iter"]),
-        names=names,
+        names=job.spec.predictors(target),
         target=target.name,
     )
     if not fit.converged:
@@ -61,6 +57,7 @@ async def fit_averaged(job: CentralJob, target: Target, start: np.ndarray | None
     alpha from Normal(beta, sigma^2 V). Sites keep their own warm starts: ``start`` is unused.
     """
     names = job.spec.predictors(target)
+    method = methods.get(target.type)
     replies = await job.ask("local_fit", target=target.index)
     n = int(total(replies, "n"))
     if n == 0:
@@ -71,14 +68,13 @@ async def fit_averaged(job: CentralJob, target: Target, start: np.ndarray | None
                 f"target '{target.name}': {site}'s own Newton fit did not converge (max_iter); "
                 "its last coefficients are averaged"
             )
-    beta = np.asarray(total(replies, "beta_n")) / n
-    covariance = np.asarray(total(replies, "cov_n2")) / float(n) ** 2
     return fit_from(
         target.type,
         n=n,
-        beta=beta,
-        precision=inverse(covariance, names=names, target=target.name),
-        sse=float(total(replies, "sse")) if target.type == "gaussian" else None,
+        beta=np.asarray(total(replies, "beta_n")) / n,
+        covariance=np.asarray(total(replies, "cov_n2")) / float(n) ** 2,
+        mean=np.asarray(total(replies, "sums")) / n,
+        sse=float(total(replies, "sse")) if method.residual_variance else None,
         names=names,
         target=target.name,
     )
@@ -102,37 +98,33 @@ async def fit_surrogate(job: CentralJob, target: Target, start: np.ndarray | Non
     surrogate = await job.local(
         "surrogate_fit", target=target.index, beta=beta, gradient=gradient, n=n
     )
-    if not int(surrogate.get("converged", 1)):
+    if not int(surrogate["converged"]):
         job.warn(
             f"target '{target.name}': Newton on the surrogate likelihood did not converge "
             f"in {surrogate['iterations']} iterations (max_iter); the last coefficients are used"
         )
-    fit = fit_from(
+    return fit_from(
         target.type,
         n=n,
         beta=np.asarray(surrogate["beta"]),
-        precision=np.asarray(surrogate["precision"]),
-        sse=float(surrogate["sse"]) if "sse" in surrogate else None,
+        covariance=np.asarray(surrogate["covariance"]),
+        mean=np.asarray(surrogate["mean"]),
+        sse=float(surrogate["sse"]) if methods.get(target.type).residual_variance else None,
         names=names,
         target=target.name,
     )
-    return fit
-
-
-def _check_counts(replies: dict[str, dict[str, Any]], target: Target) -> None:
-    """The intercept's own entry of X'X is the count of rows: a participant whose n disagrees
-    with its own sums sent numbers that cannot come from rows."""
-    for site, reply in replies.items():
-        n, diagonal = int(reply["n"]), float(np.asarray(reply["xtx"])[-1, -1])
-        if abs(diagonal - n) > 1e-9 * max(n, 1):
-            raise FitError(
-                f"target '{target.name}': {site} sent n = {n} with sums of {diagonal:.0f} rows; "
-                "its reply is refused"
-            )
 
 
 def record(job: CentralJob, target: Target, fit: Fit, *, cycle: int) -> None:
-    """Put a fit in the report."""
+    """Put a fit in the report: with the predictors it left out as constant (mice's
+    loggedEvents) and whether separation made it augment its rows."""
+    message = (
+        f"target '{target.name}': the fit separates the rows (its coefficients diverge), so it "
+        "was refitted with augmented pseudo-rows (White, Daniel and Royston 2010), as mice's "
+        "logreg does; the report's fits say which"
+    )
+    if fit.augmented and message not in job.warnings:  # once per target, not once per cycle
+        job.warn(message)
     job.record_fit(
         target=target,
         cycle=cycle,
@@ -140,4 +132,6 @@ def record(job: CentralJob, target: Target, fit: Fit, *, cycle: int) -> None:
         coefficients=fit.beta,
         sse=fit.sse,
         iterations=fit.iterations,
+        dropped=fit.dropped,
+        augmented=fit.augmented,
     )

@@ -11,8 +11,9 @@ from typing import Any
 
 import numpy as np
 
+from algorithms import methods
 from algorithms._federated import FitTarget, record
-from algorithms._stats import augment, draw_parameters, draw_values, linear_predictor
+from algorithms._stats import augment, linear_predictor
 from federation.runtime import CentralJob
 from federation.site import SiteJob
 
@@ -49,16 +50,15 @@ def prepare(site: SiteJob, *, chained: str) -> dict[str, Any]:
     }
 
 
-def impute(
-    site: SiteJob, *, target: int, alpha: np.ndarray, sigma: float | None = None
-) -> dict[str, Any]:
+def impute(site: SiteJob, *, target: int, alpha: np.ndarray, **drawn: Any) -> dict[str, Any]:
     """Central only: a copy of central's data with the target's missing cells drawn."""
     (spec_target,) = site.targets
     values = site.data.values.copy()
     rows = site.state["impute_rows"]
     z = augment(values[rows])
     eta = linear_predictor(z, np.ones(z.shape[0], dtype=bool), target - 1, alpha)
-    values[rows, target - 1] = draw_values(eta, spec_target.type, sigma, site.rng)
+    method = methods.get(spec_target.type)
+    values[rows, target - 1] = method.impute(eta, site.rng, alpha=alpha, **drawn)
     return {"values": values}
 
 
@@ -66,11 +66,12 @@ async def run(job: CentralJob, fit_target: FitTarget) -> None:
     """Fit once, then M times: draw the parameters, impute central's rows, emit the dataset."""
     (target,) = job.targets
     imputations = int(job.params["imputations"])
+    method = methods.get(target.type)
     job.progress(0.0, f"fitting '{target.name}' ({target.type})")
     fit = await fit_target(job, target, None)
     record(job, target, fit, cycle=1)
     for m in range(1, imputations + 1):
-        drawn = draw_parameters(fit, job.rng)
+        drawn = method.draw(fit, job.rng)
         completed = (await job.local("impute", target=target.index, **drawn))["values"]
         job.emit_imputation(completed)
         job.progress(m / imputations, f"imputation {m} of {imputations}")

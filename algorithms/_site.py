@@ -7,13 +7,19 @@ The handlers answer with aggregates only; ``surrogate_fit`` runs at central alon
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from algorithms._stats import Fit, fit_own, gaussian_stats, logistic_stats, score
+from algorithms import methods
+from algorithms._stats import Fit, covariance
+from algorithms.methods import Method, SiteStatistics
 from federation.errors import FitError
+from federation.job import Target
 from federation.site import SiteJob
+
+Handler = Callable[..., dict[str, Any]]
 
 
 def _rows(site: SiteJob, target: int) -> np.ndarray | None:
@@ -21,19 +27,19 @@ def _rows(site: SiteJob, target: int) -> np.ndarray | None:
     return rows
 
 
-def _kind(site: SiteJob, target: int) -> str:
-    return next(t.type for t in site.targets if t.index == target)
+def _target(site: SiteJob, target: int) -> tuple[Target, Method]:
+    spec_target = next(t for t in site.targets if t.index == target)
+    return spec_target, methods.get(spec_target.type)
 
 
 def _own_fit(site: SiteJob, target: int, **options: Any) -> Fit:
     """A fit on this participant's rows alone; a failure says whose rows they are."""
-    spec_target = next(t for t in site.targets if t.index == target)
+    spec_target, method = _target(site, target)
     try:
-        return fit_own(
+        return method.fit_own(
             site.state["z"],
             _rows(site, target),
             target - 1,
-            spec_target.type,
             ridge=float(site.params["ridge"]),
             max_iter=int(site.params["max_iter"]),
             names=site.spec.predictors(spec_target),
@@ -44,22 +50,37 @@ def _own_fit(site: SiteJob, target: int, **options: Any) -> Fit:
         raise FitError(f"{site.data.label}, fitting its own rows: {error}") from None
 
 
-def gaussian_stats_handler(site: SiteJob, *, target: int) -> dict[str, Any]:
-    """n, X'X, X'y, y'y of the target's rows (SIMI, SIMICE)."""
-    return gaussian_stats(site.state["z"], _rows(site, target), target - 1)
+def _statistics_handler(statistics: SiteStatistics) -> Handler:
+    def handler(site: SiteJob, *, target: int, **args: Any) -> dict[str, Any]:
+        return statistics(site.state["z"], _rows(site, target), target - 1, **args)
+
+    handler.__doc__ = statistics.__doc__
+    return handler
 
 
-def logistic_stats_handler(site: SiteJob, *, target: int, beta: np.ndarray) -> dict[str, Any]:
-    """n, X'WX, X'(y - p) and the log-likelihood at ``beta`` (SIMI, SIMICE)."""
-    return logistic_stats(site.state["z"], _rows(site, target), target - 1, beta)
+STATISTICS: dict[str, Handler] = {
+    operation: _statistics_handler(statistics)
+    for operation, statistics in methods.site_statistics().items()
+}
+"""The site operations of every target method (SIMI, SIMICE, IMI, IMICE), by name."""
+
+
+def _design_sums(site: SiteJob, target: int) -> np.ndarray:
+    """Column sums of the target's design over its rows (the intercept's: the count)."""
+    z = site.state["z"]
+    rows = _rows(site, target)
+    selected = z if rows is None else z[rows]
+    sums: np.ndarray = np.delete(selected, target - 1, axis=1).sum(axis=0)
+    return sums
 
 
 def local_fit_handler(site: SiteJob, *, target: int) -> dict[str, Any]:
     """This site's own ridge fit, weighted for averaging (AVGMMI, AVGMMICE): n, n*beta,
-    n^2*V (V = G^-1 for a Gaussian target, sigma^2 left out; H^-1 for a logistic one), the SSE
-    and whether Newton converged. A site without usable rows answers n = 0 and zeros.
+    n^2*V (V = G^-1 for a Gaussian target, sigma^2 left out; H^-1 for a Newton one), the SSE,
+    whether Newton converged, and the design's column sums (the pooled means centre the draw).
+    A site without usable rows answers n = 0 and zeros.
 
-    A logistic fit starts from this site's previous fit of the target (chained equations).
+    A Newton fit starts from this site's previous fit of the target (chained equations).
     """
     starts: dict[int, np.ndarray] = site.state.setdefault("starts", {})
     p = site.state["z"].shape[1] - 1
@@ -72,30 +93,25 @@ def local_fit_handler(site: SiteJob, *, target: int) -> dict[str, Any]:
             "cov_n2": np.zeros((p, p)),
             "sse": 0.0,
             "converged": 1,
+            "sums": np.zeros(p),
         }
     fit = _own_fit(site, target, start=starts.get(target))
-    if fit.kind == "logistic":
+    if fit.iterations is not None:
         starts[target] = fit.beta
-    covariance = _covariance(fit)
     return {
         "n": fit.n,
         "beta_n": fit.n * fit.beta,
-        "cov_n2": float(fit.n) ** 2 * covariance,
+        "cov_n2": float(fit.n) ** 2 * covariance(fit),
         "sse": fit.sse if fit.sse is not None else 0.0,
         "converged": int(fit.converged),
+        "sums": _design_sums(site, target),
     }
-
-
-def _covariance(fit: Fit) -> np.ndarray:
-    """G^-1 (or H^-1) from the fit's Cholesky factor, exactly symmetric."""
-    inv_chol = np.linalg.inv(fit.chol)
-    covariance: np.ndarray = inv_chol.T @ inv_chol
-    return covariance
 
 
 def gradient_handler(site: SiteJob, *, target: int, beta: np.ndarray) -> dict[str, Any]:
     """n and the average gradient of this site's log-likelihood at central's beta (CSLMI)."""
-    n, gradient = score(site.state["z"], _rows(site, target), target - 1, _kind(site, target), beta)
+    _, method = _target(site, target)
+    n, gradient = method.score(site.state["z"], _rows(site, target), target - 1, beta)
     return {"n": n, "gradient": gradient / n if n else gradient}
 
 
@@ -107,16 +123,20 @@ def surrogate_fit_handler(
 
     Central's log-likelihood gets the linear term c'b with c = n_c (gradient - its own average
     gradient at beta), is maximised (with central's ridge) from beta, and its Gram or Hessian
-    and SSE are scaled by N / n_c, as if central's rows were all N.
+    and SSE are scaled by N / n_c, as if central's rows were all N: the covariance by n_c / N.
     """
+    _, method = _target(site, target)
     z = site.state["z"]
-    own_n, own = score(z, _rows(site, target), target - 1, _kind(site, target), beta)
+    own_n, own = method.score(z, _rows(site, target), target - 1, beta)
     offset = own_n * (gradient - own / own_n)
     fit = _own_fit(site, target, start=beta, offset=offset)
     scale = n / fit.n
-    result: dict[str, Any] = {"n": n, "beta": fit.beta, "precision": scale * fit.matrix}
-    if fit.sse is not None:
-        result["sse"] = scale * fit.sse
-    if fit.iterations is not None:
-        result.update(iterations=fit.iterations, converged=int(fit.converged))
-    return result
+    return {
+        "n": n,
+        "beta": fit.beta,
+        "covariance": covariance(fit) / scale,
+        "mean": _design_sums(site, target) / fit.n,
+        "sse": scale * fit.sse if fit.sse is not None else 0.0,
+        "iterations": fit.iterations or 0,
+        "converged": int(fit.converged),
+    }

@@ -2,7 +2,9 @@
 
 Site side: aggregates over a site's rows (X'X, X'y, y'y; or X'WX, X'(y - p), log-likelihood),
 computed in fixed-size row blocks so that no message copies the site's whole data. Central
-side: pooled fits with ridge, parameter draws, and imputation of rows. See ALGORITHMS.md.
+side: the Gaussian pooled fit (penalty and centring from ``_design``), fits put together from
+parts, and parameter draws; Newton fits are in ``_newton``, the methods in ``methods``. See
+ALGORITHMS.md.
 
 Layout: a site keeps its data as ``Z``, an (n, c + 1) matrix of its c columns followed by a
 column of ones. The design of target column j is every other column, then the intercept.
@@ -10,7 +12,7 @@ column of ones. The design of target column j is every other column, then the in
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,15 +20,11 @@ import numpy as np
 from scipy.linalg import cho_solve, solve_triangular
 from scipy.special import expit
 
+from algorithms._design import Moments
 from federation.errors import FitError
 
 BLOCK_ROWS = 65_536
 """Rows per block in site aggregates: bounds the temporary memory of one message."""
-
-TOLERANCE = 1e-5
-"""Newton stops when no coefficient moves by this much."""
-
-_MIN_STEP = 2.0**-40
 
 
 # ---------------------------------------------------------------- site side
@@ -75,13 +73,17 @@ def gaussian_stats(z: np.ndarray, rows: np.ndarray | None, column: int) -> dict[
 
 
 def logistic_stats(
-    z: np.ndarray, rows: np.ndarray | None, column: int, beta: np.ndarray
+    z: np.ndarray, rows: np.ndarray | None, column: int, beta: np.ndarray, *, moments: bool = False
 ) -> dict[str, Any]:
-    """n, X'WX, X'(y - p) and the log-likelihood at ``beta``, over the selected rows."""
+    """n, X'WX, X'(y - p) and the log-likelihood at ``beta``, over the selected rows; with
+    ``moments`` (a fit's first evaluation) also the design's column sums and sums of squares,
+    from which central sets the penalty (``_design``)."""
     cols = design(z, column)
     p = cols.size
     h = np.zeros((p, p))
     g = np.zeros(p)
+    sums = np.zeros(p)
+    squares = np.zeros(p)
     q = 0.0
     n = 0
     for x, y in _blocks(z, rows, cols, column):
@@ -91,7 +93,13 @@ def logistic_stats(
         g += x.T @ (y - mu)
         q += float(y @ eta - np.logaddexp(0.0, eta).sum())
         n += y.size
-    return {"n": n, "h": h, "g": g, "q": q}
+        if moments:
+            sums += x.sum(axis=0)
+            squares += np.einsum("ij,ij->j", x, x)
+    result: dict[str, Any] = {"n": n, "h": h, "g": g, "q": q}
+    if moments:
+        result.update(sums=sums, squares=squares)
+    return result
 
 
 def linear_predictor(z: np.ndarray, rows: np.ndarray, column: int, coef: np.ndarray) -> np.ndarray:
@@ -101,33 +109,35 @@ def linear_predictor(z: np.ndarray, rows: np.ndarray, column: int, coef: np.ndar
     return np.concatenate(parts) if parts else np.zeros(0)
 
 
-def draw_values(
-    eta: np.ndarray, kind: str, sigma: float | None, rng: np.random.Generator
-) -> np.ndarray:
-    """Imputed values: Normal(eta, sigma^2) or Bernoulli(sigmoid(eta)), one per row."""
-    if kind == "gaussian":
-        assert sigma is not None
-        drawn: np.ndarray = eta + sigma * rng.standard_normal(eta.size)
-    else:
-        drawn = (rng.random(eta.size) < expit(eta)).astype(np.float64)
-    return drawn
-
-
 # ---------------------------------------------------------------- central side
 
 
 @dataclass(frozen=True)
 class Fit:
-    """A pooled fit: coefficients, the penalised Gram/Hessian and its Cholesky factor."""
+    """A pooled fit: coefficients in design order (0 for a predictor left out), the penalised
+    Gram or Hessian in those coordinates, and what a draw needs: the Cholesky factor of that
+    matrix in centred coordinates over the kept columns (``_design``)."""
 
     kind: str
     n: int
     beta: np.ndarray
     matrix: np.ndarray
     chol: np.ndarray
+    moments: Moments
     sse: float | None = None
     iterations: int | None = None
     converged: bool = True
+    augmented: bool = False
+    """Refitted with pseudo-rows (White, Daniel and Royston 2010) after separation."""
+
+    @property
+    def df(self) -> int:
+        """Residual degrees of freedom of a Gaussian fit: max(N - p, 1), p the kept columns."""
+        return max(self.n - int(self.moments.kept.size), 1)
+
+    @property
+    def dropped(self) -> tuple[str, ...]:
+        return self.moments.dropped
 
 
 def total(replies: Mapping[str, Mapping[str, Any]], key: str) -> Any:
@@ -147,7 +157,8 @@ def fit_gaussian(
     target: str,
     offset: np.ndarray | None = None,
 ) -> Fit:
-    """beta = G^-1 X'y with G = X'X + ridge*N*I, and the SSE, from the participants' sums.
+    """beta = G^-1 X'y with G = X'X + P (P = ridge * diag(C), intercept 0), and the SSE, from
+    the participants' sums. Solved in centred coordinates over the non-constant predictors.
 
     ``offset`` is a linear term added to the objective (CSL's gradient correction): then
     beta = G^-1 (X'y + offset), and the SSE is still the residual sum of squares at beta.
@@ -158,166 +169,24 @@ def fit_gaussian(
     xtx = np.asarray(total(replies, "xtx"), dtype=np.float64)
     xty = np.asarray(total(replies, "xty"), dtype=np.float64)
     yty = float(total(replies, "yty"))
-    gram = xtx + ridge * n * np.eye(xtx.shape[0])
-    chol = _cholesky(gram, names=names, target=target)
-    beta = cho_solve((chol, True), xty if offset is None else xty + offset)
-    sse = yty - 2.0 * beta @ xty + beta @ xtx @ beta
-    return Fit(kind="gaussian", n=n, beta=beta, matrix=gram, chol=chol, sse=float(sse))
-
-
-@dataclass(frozen=True)
-class _Point:
-    n: int
-    beta: np.ndarray
-    h: np.ndarray
-    g: np.ndarray
-    q: float
-
-
-Sums = Mapping[str, Any]
-"""n, h (X'WX), g (X'(y - p)) and q (log-likelihood) at one beta, summed over whoever fits."""
-
-
-def newton(
-    *, start: np.ndarray, ridge: float, max_iter: int, names: Sequence[str], target: str
-) -> Generator[np.ndarray, Sums, Fit]:
-    """Penalised Newton with backtracking, without any I/O: it yields each beta to evaluate and
-    is sent back the sums at it; it returns the fit. The same steps serve a pooled fit (each
-    evaluation one ask of every participant) and a site's own fit (a local computation).
-
-    Stops when the Newton step moves no coefficient by ``TOLERANCE``, or after ``max_iter``.
-    """
-
-    def point(beta: np.ndarray, sums: Sums) -> _Point:
-        n = int(sums["n"])
-        if n == 0:
-            raise FitError(f"target '{target}': no row has it and every predictor observed")
-        penalty = ridge * n
-        h = np.asarray(sums["h"]) + penalty * np.eye(beta.size)
-        g = np.asarray(sums["g"]) - penalty * beta
-        q = float(sums["q"]) - penalty * float(beta @ beta) / 2.0
-        return _Point(n=n, beta=beta, h=h, g=g, q=q)
-
-    beta = np.array(start, dtype=np.float64)
-    current = point(beta, (yield beta))
-    iterations = 0
-    converged = False
-    while iterations < max_iter:
-        chol = _cholesky(current.h, names=names, target=target)
-        direction = cho_solve((chol, True), current.g)
-        # The Newton step is the estimated distance to the optimum: stop when it is small.
-        # (H and g at the accepted point came with it, so this costs no evaluation.)
-        if np.max(np.abs(direction)) < TOLERANCE:
-            converged = True
-            break
-        slope = float(direction @ current.g)
-        # Q sums thousands of terms: gains below its rounding error cannot be seen, so they
-        # count as met (else a step that is right would be halved for no reason).
-        rounding = 1e-12 * (1.0 + abs(current.q))
-        step = 1.0
-        while True:
-            beta = current.beta + step * direction
-            candidate = point(beta, (yield beta))
-            if candidate.q - current.q > slope * step / 2.0 - rounding:
-                break
-            step /= 2.0
-            if step < _MIN_STEP or np.max(np.abs(step * direction)) < TOLERANCE:
-                candidate = current  # no ascent left at this precision: beta is the optimum
-                break
-        if candidate is current:
-            converged = True
-            break
-        iterations += 1
-        current = candidate
-    chol = _cholesky(current.h, names=names, target=target)
+    moments = Moments.of_gram(n, xtx, names)
+    gram_c = moments.centre_matrix(xtx)
+    xty_c = moments.centre_vector(xty)
+    penalised = gram_c + np.diag(moments.penalty(ridge))
+    chol = _cholesky(penalised, names=[names[int(j)] for j in moments.kept], target=target)
+    right = xty_c if offset is None else xty_c + moments.centre_vector(offset)
+    beta_c = cho_solve((chol, True), right)
+    # |y - X beta|^2 in centred coordinates: y'y - 2 beta_c'(A'X'y) + beta_c'(A'X'XA) beta_c
+    sse = max(yty - 2.0 * float(beta_c @ xty_c) + float(beta_c @ gram_c @ beta_c), 0.0)
     return Fit(
-        kind="logistic",
-        n=current.n,
-        beta=current.beta,
-        matrix=current.h,
+        kind="gaussian",
+        n=n,
+        beta=moments.to_original(beta_c),
+        matrix=xtx + np.diag(moments.full_penalty(ridge)),
         chol=chol,
-        iterations=iterations,
-        converged=converged,
+        moments=moments,
+        sse=sse,
     )
-
-
-async def fit_logistic(
-    evaluate: Callable[[np.ndarray], Awaitable[Mapping[str, Mapping[str, Any]]]],
-    *,
-    start: np.ndarray,
-    ridge: float,
-    max_iter: int,
-    names: Sequence[str],
-    target: str,
-) -> Fit:
-    """The pooled logistic fit: each evaluation is one ask of every participant.
-
-    A site evaluates a candidate and returns H, g and Q together, so an accepted step costs one
-    round trip.
-    """
-    steps = newton(start=start, ridge=ridge, max_iter=max_iter, names=names, target=target)
-    beta = next(steps)
-    while True:
-        replies = await evaluate(beta)
-        sums = {key: total(replies, key) for key in ("n", "h", "g", "q")}
-        try:
-            beta = steps.send(sums)
-        except StopIteration as done:
-            fit: Fit = done.value
-            return fit
-
-
-def fit_own(
-    z: np.ndarray,
-    rows: np.ndarray | None,
-    column: int,
-    kind: str,
-    *,
-    ridge: float,
-    max_iter: int,
-    names: Sequence[str],
-    target: str,
-    start: np.ndarray | None = None,
-    offset: np.ndarray | None = None,
-) -> Fit:
-    """A fit on one participant's rows alone (ridge scaled by its own row count).
-
-    ``offset`` adds a linear term offset'beta to the log-likelihood (Gaussian: to X'y), the
-    gradient correction of a surrogate likelihood; ``start`` warm-starts Newton.
-    """
-    if kind == "gaussian":
-        stats = gaussian_stats(z, rows, column)
-        return fit_gaussian({"": stats}, ridge=ridge, names=names, target=target, offset=offset)
-    p = z.shape[1] - 1
-    steps = newton(
-        start=np.zeros(p) if start is None else start,
-        ridge=ridge,
-        max_iter=max_iter,
-        names=names,
-        target=target,
-    )
-    beta = next(steps)
-    while True:
-        sums = logistic_stats(z, rows, column, beta)
-        if offset is not None:
-            sums = {**sums, "g": sums["g"] + offset, "q": sums["q"] + float(offset @ beta)}
-        try:
-            beta = steps.send(sums)
-        except StopIteration as done:
-            fit: Fit = done.value
-            return fit
-
-
-def score(z: np.ndarray, rows: np.ndarray | None, column: int, kind: str, beta: np.ndarray) -> Any:
-    """n and the gradient of the log-likelihood at ``beta`` (unpenalised, summed over rows).
-
-    Gaussian: X'(y - X beta), the score up to 1/sigma^2; logistic: X'(y - p).
-    """
-    if kind == "gaussian":
-        stats = gaussian_stats(z, rows, column)
-        return stats["n"], stats["xty"] - stats["xtx"] @ beta
-    stats = logistic_stats(z, rows, column, beta)
-    return stats["n"], stats["g"]
 
 
 def fit_from(
@@ -325,14 +194,36 @@ def fit_from(
     *,
     n: int,
     beta: np.ndarray,
-    precision: np.ndarray,
+    covariance: np.ndarray,
+    mean: np.ndarray,
     sse: float | None,
     names: Sequence[str],
     target: str,
 ) -> Fit:
-    """A fit put together at central from parts (an average, a rescaled surrogate)."""
-    chol = _cholesky(precision, names=names, target=target)
-    return Fit(kind=kind, n=n, beta=beta, matrix=precision, chol=chol, sse=sse)
+    """A fit put together at central from parts (an average, a rescaled surrogate): its
+    coefficients, their covariance (a predictor every part left out has a zero row) and the
+    design's column means, in whose centred coordinates the draw is made."""
+    covariance = np.asarray(covariance, dtype=np.float64)
+    width = beta.size
+    kept = np.flatnonzero(np.diag(covariance) > 0)
+    if kept.size == 0 or kept[-1] != width - 1:
+        raise FitError(f"target '{target}': the combined fit has no variance for the intercept")
+    dropped = tuple(names[j] for j in range(width) if j not in set(kept.tolist()))
+    centre = np.array(mean, dtype=np.float64)
+    centre[-1] = 0.0
+    moments = Moments(n=n, mean=centre, ssd=np.zeros(width), kept=kept, dropped=dropped)
+    # beta = A beta_c, so Cov(beta_c) = A^-1 Cov(beta) A^-T, and A^-1 adds xbar'slopes instead.
+    a_inverse = np.eye(width)
+    a_inverse[-1, :-1] = centre[:-1]
+    centred = (a_inverse @ covariance @ a_inverse.T)[np.ix_(kept, kept)]
+    kept_names = [names[int(j)] for j in kept]
+    precision = inverse((centred + centred.T) / 2.0, names=kept_names, target=target)
+    chol = _cholesky(precision, names=kept_names, target=target)
+    full = np.zeros((width, width))
+    full[np.ix_(kept, kept)] = inverse(
+        covariance[np.ix_(kept, kept)], names=kept_names, target=target
+    )
+    return Fit(kind=kind, n=n, beta=beta, matrix=full, chol=chol, moments=moments, sse=sse)
 
 
 def inverse(matrix: np.ndarray, *, names: Sequence[str], target: str) -> np.ndarray:
@@ -343,22 +234,34 @@ def inverse(matrix: np.ndarray, *, names: Sequence[str], target: str) -> np.ndar
     return symmetric
 
 
+def covariance(fit: Fit) -> np.ndarray:
+    """G^-1 (or H^-1) in original coordinates, zero rows for predictors left out."""
+    inv_chol = np.linalg.inv(fit.chol)
+    centred = inv_chol.T @ inv_chol
+    a = fit.moments.centring()[:, fit.moments.kept]
+    result: np.ndarray = a @ centred @ a.T
+    symmetric: np.ndarray = (result + result.T) / 2.0
+    return symmetric
+
+
 def draw_parameters(fit: Fit, rng: np.random.Generator) -> dict[str, Any]:
     """One posterior draw for an imputation: alpha (and sigma for a Gaussian target).
 
-    Gaussian: sigma^2 = 1 / Gamma(shape=(N+1)/2, rate=(SSE+1)/2), then
-    alpha = beta + sigma * R^-1 z with R'R = G. Logistic: alpha = beta + R^-1 z with R'R = H.
+    Gaussian (mice's norm): sigma^2 = SSE / chi2(max(N - p, 1)), then alpha = beta + sigma * d;
+    Newton fits: alpha = beta + d; where d = A R_c^-1 z, R_c'R_c the penalised matrix in
+    centred coordinates (``_design``), z standard normal: d ~ Normal(0, G^-1) (or H^-1).
     """
+    z_scale, sigma = 1.0, None
     if fit.kind == "gaussian":
         assert fit.sse is not None
-        sigma = float(
-            np.sqrt(1.0 / rng.gamma(shape=(fit.n + 1) / 2.0, scale=2.0 / (fit.sse + 1.0)))
-        )
-        z = rng.standard_normal(fit.beta.size)
-        alpha = fit.beta + sigma * solve_triangular(fit.chol.T, z, lower=False)
-        return {"alpha": alpha, "sigma": sigma}
-    z = rng.standard_normal(fit.beta.size)
-    return {"alpha": fit.beta + solve_triangular(fit.chol.T, z, lower=False)}
+        sigma = float(np.sqrt(fit.sse / rng.chisquare(fit.df)))
+        z_scale = sigma
+    z = rng.standard_normal(fit.moments.kept.size)
+    step = fit.moments.to_original(solve_triangular(fit.chol.T, z, lower=False))
+    drawn: dict[str, Any] = {"alpha": fit.beta + z_scale * step}
+    if sigma is not None:
+        drawn["sigma"] = sigma
+    return drawn
 
 
 def _cholesky(matrix: np.ndarray, *, names: Sequence[str], target: str) -> np.ndarray:
@@ -367,7 +270,7 @@ def _cholesky(matrix: np.ndarray, *, names: Sequence[str], target: str) -> np.nd
         chol = np.linalg.cholesky(matrix)
     except np.linalg.LinAlgError:
         chol = None
-    if chol is None or not np.all(np.isfinite(chol)) or _nearly_singular(chol):
+    if chol is None or not np.all(np.isfinite(chol)) or _nearly_singular(chol, matrix):
         raise FitError(
             f"target '{target}': the system is singular: {_collinear(matrix, names)} "
             "among the rows used; set ridge > 0 or drop a column"
@@ -375,15 +278,19 @@ def _cholesky(matrix: np.ndarray, *, names: Sequence[str], target: str) -> np.nd
     return chol
 
 
-def _nearly_singular(chol: np.ndarray) -> bool:
-    """Rounding can let a singular matrix through Cholesky with a tiny pivot: catch that too."""
-    pivots = np.diag(chol) ** 2
-    return bool(pivots.min() <= 1e-13 * pivots.max())
+def _nearly_singular(chol: np.ndarray, matrix: np.ndarray) -> bool:
+    """Rounding can let a singular matrix through Cholesky with a tiny pivot: catch that too.
+    Each pivot is compared with its own diagonal entry (1 - R^2 of that column on the ones
+    before it), so the test does not depend on the columns' units."""
+    pivots = np.diag(chol) ** 2 / np.diag(matrix)
+    return bool(pivots.min() <= 1e-12)
 
 
 def _collinear(matrix: np.ndarray, names: Sequence[str]) -> str:
-    """Name the columns in the direction of the smallest eigenvalue."""
-    _, vectors = np.linalg.eigh(matrix)
+    """Name the columns in the direction of the smallest eigenvalue (of the matrix scaled to
+    unit diagonal, so that units do not decide)."""
+    diagonal = np.sqrt(np.maximum(np.diag(matrix), np.finfo(float).tiny))
+    _, vectors = np.linalg.eigh(matrix / np.outer(diagonal, diagonal))
     weights = np.abs(vectors[:, 0])
     involved = [names[int(i)] for i in np.flatnonzero(weights > 0.1 * weights.max())]
     columns = [n for n in involved if n != "(intercept)"]

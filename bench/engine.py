@@ -215,6 +215,14 @@ def _design(width: int, column: int) -> np.ndarray:
     return np.array([c for c in range(width) if c != column], dtype=np.intp)
 
 
+def _penalty(xtx: np.ndarray, n: int, ridge: float) -> np.ndarray:
+    """diag(P) = ridge * (sums of squared deviations), 0 for the intercept (the last column)."""
+    sums = xtx[-1]
+    diagonal: np.ndarray = ridge * (np.diag(xtx) - sums * sums / n)
+    diagonal[-1] = 0.0
+    return diagonal
+
+
 def pooled_gaussian(z: np.ndarray, column: int, ridge: float) -> np.ndarray:
     """beta of a Gaussian fit on the rows of ``z`` (columns, then ones): X'X, X'y, y'y, solve."""
     cols = _design(z.shape[1], column)
@@ -224,7 +232,7 @@ def pooled_gaussian(z: np.ndarray, column: int, ridge: float) -> np.ndarray:
     xtx = x.T @ x
     xty = x.T @ y
     yty = float(y @ y)
-    gram = xtx + ridge * n * np.eye(cols.size)
+    gram = xtx + np.diag(_penalty(xtx, n, ridge))
     beta: np.ndarray = cho_solve(cho_factor(gram, lower=True), xty)
     _sse = yty - 2.0 * beta @ xty + beta @ xtx @ beta
     return beta
@@ -237,15 +245,15 @@ def pooled_logistic(
     cols = _design(z.shape[1], column)
     x = z[:, cols]
     y = z[:, column]
-    penalty = ridge * y.size
+    penalty = _penalty(x.T @ x, y.size, ridge)  # the first evaluation's moments
     beta = start.copy()
     passes = 0
     for step in range(iterations + 1):
         eta = x @ beta
         mu = expit(eta)
-        h = (x * (mu * (1.0 - mu))[:, None]).T @ x + penalty * np.eye(cols.size)
+        h = (x * (mu * (1.0 - mu))[:, None]).T @ x + np.diag(penalty)
         g = x.T @ (y - mu) - penalty * beta
-        _q = float(y @ eta - np.logaddexp(0.0, eta).sum()) - penalty * float(beta @ beta) / 2
+        _q = float(y @ eta - np.logaddexp(0.0, eta).sum()) - float(penalty @ beta**2) / 2
         passes += 1
         if step < iterations:
             beta = beta + cho_solve(cho_factor(h, lower=True), g)

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from algorithms import methods
 from federation import __version__
 from federation.data import Table, read_csv
 from federation.demo import write_demo_data
@@ -120,9 +121,9 @@ def _parser() -> argparse.ArgumentParser:
         "--target",
         action="append",
         required=True,
-        metavar="COLUMN:TYPE",
-        help="a column to impute, by name or 1-based index, with its type "
-        "gaussian or logistic (repeatable)",
+        metavar="COLUMN:METHOD",
+        help="a column to impute, by name or 1-based index, with its method (repeatable): "
+        + "; ".join(f"{m.name} for {m.when}" for m in methods.METHODS.values()),
     )
     sim.add_argument("--imputations", type=int, metavar="M", help="number of imputed datasets")
     sim.add_argument("--seed", type=int, help="random seed (drawn and reported when omitted)")
@@ -405,8 +406,11 @@ def _read_sites(entries: Sequence[str]) -> dict[str, Table]:
 def _parse_target(text: str) -> tuple[str | int, str]:
     column, sep, kind = text.rpartition(":")
     if not sep or not column:
-        raise InputError(f"--target expects COLUMN:TYPE (gaussian or logistic), got {text!r}")
-    return (int(column) if column.isdigit() else column), kind
+        raise InputError(
+            f"--target expects COLUMN:METHOD ({', '.join(methods.names())}), got {text!r}"
+        )
+    method = methods.get(kind, field=f"--target {text}")
+    return (int(column) if column.isdigit() else column), method.name
 
 
 def _count(number: int, noun: str) -> str:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from algorithms import methods
 from federation.errors import InputError
 
 MISSING_TOKENS = ("", "NA", "NaN", "nan", "N/A", "NULL")
@@ -162,14 +163,18 @@ def check_columns(table: Table, expected: Sequence[str]) -> None:
     raise InputError(f"{table.label}: columns differ from the job's: " + "; ".join(parts))
 
 
-def check_binary(table: Table, column: int, *, show_values: bool = True) -> None:
-    """A binary (logistic) target may hold only 0, 1 and missing cells.
+def check_target_values(
+    table: Table, column: int, method: str, *, show_values: bool = True
+) -> None:
+    """A target's observed cells must be values its method takes (a binary target: 0 and 1;
+    ``algorithms.methods`` says which).
 
     The message gives the first few offending cells with their lines, or with
     ``show_values=False`` their lines only.
     """
+    chosen = methods.get(method, field=f"target '{table.columns[column]}'")
     cells = table.values[:, column]
-    bad = np.flatnonzero(~np.isnan(cells) & (cells != 0) & (cells != 1))
+    bad = np.flatnonzero(chosen.invalid(cells))
     if bad.size:
         if show_values:
             examples = ", ".join(
@@ -178,8 +183,8 @@ def check_binary(table: Table, column: int, *, show_values: bool = True) -> None
         else:
             examples = "on line(s) " + ", ".join(str(table.line(int(i))) for i in bad[:_EXAMPLES])
         raise InputError(
-            f"{table.label}: column '{table.columns[column]}' is a binary target but "
-            f"{bad.size} cell(s) are not 0 or 1, e.g. {examples}"
+            f"{table.label}: column '{table.columns[column]}' is a {chosen.label} target "
+            f"({chosen.name}) but {bad.size} cell(s) are not {chosen.expects}, e.g. {examples}"
         )
 
 
@@ -192,9 +197,9 @@ def check_for_job(
     alone: bool = False,
 ) -> None:
     """Everything a job needs of a table, checked when it is uploaded, at central and at sites:
-    the job's columns in order, and only 0 and 1 in a binary target (name, "gaussian" or
-    "logistic"). A target that this table never observes is fine where others take part (the
-    pooled fit imputes it: that is what federation is for); ``alone`` (central's table in a job
+    the job's columns in order, and in each target (name, method) only values its method
+    takes. A target that this table never observes is fine where others take part (the pooled
+    fit imputes it: that is what federation is for); ``alone`` (central's table in a job
     of no site) refuses it, since nothing could fit it.
 
     ``show_values=False`` keeps cell values out of the messages (lines and counts only).
@@ -207,8 +212,7 @@ def check_for_job(
                 f"{table.label}: column '{name}' is a target but every cell is missing, and no "
                 "site takes part: there is nothing to fit it on"
             )
-        if kind == "logistic":
-            check_binary(table, column, show_values=show_values)
+        check_target_values(table, column, kind, show_values=show_values)
 
 
 def _read_bytes(source: Path | bytes | bytearray, label: str) -> bytes | bytearray:

@@ -10,21 +10,21 @@ from typing import Any, Literal
 
 import numpy as np
 
+from algorithms import methods
 from federation.errors import InputError
 
-TargetType = Literal["gaussian", "logistic"]
-TARGET_TYPES: tuple[TargetType, ...] = ("gaussian", "logistic")
 CENTRAL = "central"
 """The name of central's own participant, in reports and in the random streams."""
 
 
 @dataclass(frozen=True)
 class Target:
-    """A column to impute. ``index`` is 1-based, as algorithms are called with it."""
+    """A column to impute. ``index`` is 1-based, as algorithms are called with it; ``type`` is
+    the name of its method in ``algorithms.methods``."""
 
     index: int
     name: str
-    type: TargetType
+    type: str
 
     @property
     def column(self) -> int:
@@ -71,7 +71,10 @@ class JobSpec:
             version=str(raw["version"]),
             digest=str(raw["digest"]),
             columns=tuple(raw["columns"]),
-            targets=tuple(Target(t["index"], t["name"], t["type"]) for t in raw["targets"]),
+            targets=tuple(
+                Target(t["index"], t["name"], methods.get(t["type"], field="target type").name)
+                for t in raw["targets"]
+            ),
             params=dict(raw["params"]),
             seed=int(raw["seed"]),
             sites=tuple(raw["sites"]),
@@ -81,7 +84,7 @@ class JobSpec:
 def make_targets(
     columns: Sequence[str], requested: Iterable[tuple[str | int, str]], *, label: str
 ) -> tuple[Target, ...]:
-    """Turn (column name or 1-based index, type) pairs into targets, checking each one."""
+    """Turn (column name or 1-based index, method name) pairs into targets, checking each one."""
     targets: list[Target] = []
     for key, kind in requested:
         if isinstance(key, int):
@@ -98,15 +101,10 @@ def make_targets(
                 f"target '{key}' is not a column of {label}; its columns are "
                 + ", ".join(f"'{c}'" for c in columns)
             )
-        if kind != "gaussian" and kind != "logistic":
-            raise InputError(
-                f"target '{columns[index - 1]}': type '{kind}' is not one of "
-                + ", ".join(TARGET_TYPES)
-            )
+        method = methods.get(kind, field=f"target '{columns[index - 1]}'")
         if any(t.index == index for t in targets):
             raise InputError(f"target '{columns[index - 1]}' is given twice")
-        chosen: TargetType = "gaussian" if kind == "gaussian" else "logistic"
-        targets.append(Target(index=index, name=columns[index - 1], type=chosen))
+        targets.append(Target(index=index, name=columns[index - 1], type=method.name))
     if not targets:
         raise InputError("no target given: name at least one column to impute")
     return tuple(targets)

@@ -31,8 +31,8 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
+from algorithms import methods
 from federation.errors import AlgorithmInvalid, InputError
-from federation.job import TARGET_TYPES
 from federation.params import resolve_params
 from federation.replies import ReplySchema
 
@@ -108,7 +108,10 @@ class Algorithm:
             )
         for kind in types:
             if kind not in self.capabilities.target_types:
-                raise InputError(f"{self.name} does not support {kind} targets")
+                raise InputError(
+                    f"{self.name} does not support {kind} targets; it takes "
+                    + ", ".join(self.capabilities.target_types)
+                )
 
 
 def file_names(name: str) -> tuple[str, str, str]:
@@ -258,10 +261,10 @@ def _read_params(name: str, content: bytes) -> dict[str, Any]:
     if not isinstance(caps, dict) or caps.get("targets") not in ("single", "multiple"):
         raise AlgorithmInvalid('params.json: capabilities.targets must be "single" or "multiple"')
     types = caps.get("target_types")
-    if not isinstance(types, list) or not types or not set(types) <= set(TARGET_TYPES):
+    if not isinstance(types, list) or not types or not set(types) <= set(methods.names()):
         raise AlgorithmInvalid(
-            "params.json: capabilities.target_types must be a non-empty list of "
-            + " and ".join(f'"{t}"' for t in TARGET_TYPES)
+            "params.json: capabilities.target_types must be a non-empty list of target methods, "
+            "known methods: " + ", ".join(f'"{t}"' for t in methods.names())
         )
     if caps.get("sites", "all") not in ("all", "none"):
         raise AlgorithmInvalid(

@@ -20,7 +20,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -168,9 +168,13 @@ class CentralJob:
         coefficients: np.ndarray | Mapping[str, float],
         sse: float | None = None,
         iterations: int | None = None,
+        dropped: Sequence[str] = (),
+        augmented: bool = False,
     ) -> None:
         """Note a fit for the report: coefficients in design order (every other column, then
-        the intercept) or as a mapping from those names to values (a subset is fine)."""
+        the intercept) or as a mapping from those names to values (a subset is fine);
+        ``dropped``, the predictors the fit left out as constant over its rows (mice's
+        loggedEvents); ``augmented``, that separation made it add pseudo-rows."""
         names = self.spec.predictors(target)
         if isinstance(coefficients, Mapping):
             unknown = sorted(set(coefficients) - set(names))
@@ -195,6 +199,13 @@ class CentralJob:
             entry["sse"] = float(sse)
         if iterations is not None:
             entry["iterations"] = iterations
+        if dropped:
+            unknown = sorted(set(dropped) - set(names))
+            if unknown:
+                raise FipError(f"record_fit: {unknown} are not predictors of '{target.name}'")
+            entry["dropped"] = list(dropped)
+        if augmented:
+            entry["augmented"] = True
         self.fits.append(entry)
         self._send(
             JobEvent(

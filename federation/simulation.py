@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from algorithms import methods
 from federation.data import Table
 from federation.job import CENTRAL, JobSpec, make_targets
 from federation.params import resolve_params
@@ -130,24 +131,24 @@ def add_analysis(result: JobResult, model: str, family: str = "linear") -> str |
 
 def smoke_test(algorithm: Algorithm, on_event: EventSink | None = None) -> JobResult:
     """Run ``algorithm`` once on small synthetic data: central and two sites, one target of
-    each type it supports (only the first when it takes one), M = 2. Raises what the run raises;
+    each method it supports (only the first when it takes one), M = 2. Raises what the run raises;
     the sites' own words (a sandboxed half's exception, say) reach ``on_event`` as warnings.
     """
-    options = {"gaussian": ("g", "gaussian"), "logistic": ("b", "logistic")}
-    targets = [options[kind] for kind in algorithm.capabilities.target_types]
+    kinds = list(algorithm.capabilities.target_types)
     if not algorithm.capabilities.multiple_targets:
-        targets = targets[:1]
+        kinds = kinds[:1]
+    names = [f"t{k + 1}" for k in range(len(kinds))]
+    targets = list(zip(names, kinds, strict=True))
+    columns = ("x1", "x2", *names)
     rng = np.random.default_rng(0)
 
     def table(label: str, rows: int) -> Table:
-        x1 = rng.normal(size=rows)
-        x2 = rng.normal(size=rows)
-        g = 1 + x1 - x2 + rng.normal(size=rows)
-        b = (rng.random(rows) < 1 / (1 + np.exp(-(x1 + x2)))).astype(np.float64)
-        values = np.column_stack([x1, x2, g, b])
-        for name, _ in targets:
-            values[rng.random(rows) < 0.2, "x1 x2 g b".split().index(name)] = np.nan
-        return Table(label=label, columns=("x1", "x2", "g", "b"), values=values)
+        x = rng.normal(size=(rows, 2))
+        eta = 0.5 + x @ np.array([1.0, -1.0])
+        values = np.column_stack([x, *(methods.get(k).simulate(eta, rng) for k in kinds)])
+        for position in range(len(kinds)):
+            values[rng.random(rows) < 0.2, 2 + position] = np.nan
+        return Table(label=label, columns=columns, values=values)
 
     return asyncio.run(
         simulate(

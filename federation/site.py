@@ -23,7 +23,7 @@ from typing import Any, NoReturn, Protocol
 
 import numpy as np
 
-from federation.data import Table, check_binary, check_columns
+from federation.data import Table, check_columns, check_target_values
 from federation.errors import AlgorithmInvalid, FipError, ProtocolError, SiteRefused
 from federation.job import JobEvent, JobSpec, Target, random_stream
 from federation.policy import OPEN as OPEN_POLICY
@@ -307,8 +307,7 @@ class SiteRunner:
         check_columns(self.data, spec.columns)
         self._check_spec(spec)
         for target in spec.targets:
-            if target.type == "logistic":
-                check_binary(self.data, target.column, show_values=self._is_central)
+            check_target_values(self.data, target.column, target.type, show_values=self._is_central)
         if not self._is_central:
             reasons = self.policy.check_job(
                 columns=spec.columns, participants=1 + len(set(spec.sites))

@@ -19,6 +19,8 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from algorithms import methods
+
 TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
 STATIC = Path(__file__).resolve().parents[1] / "static"
 
@@ -51,6 +53,8 @@ def _environment() -> Environment:
         "%H:%M:%S"
     )
     environment.filters["iso"] = lambda m: m.isoformat(timespec="seconds") if m else ""
+    environment.filters["method_label"] = methods.label
+    environment.globals["methods"] = methods.METHODS
     return environment
 
 

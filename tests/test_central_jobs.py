@@ -124,7 +124,7 @@ def _page_text(client: TestClient, job_id: int) -> str:
 def test_create_job_by_column_name(central: TestClient) -> None:
     job = _create(central)
     assert job["state"] == "created"
-    assert job["algorithm"] == "SIMICE" and job["version"] == "1.1.0"
+    assert job["algorithm"] == "SIMICE" and job["version"] == "2.0.0"
     assert job["digest"] == Registry.with_builtins().get("SIMICE").digest
     assert job["columns"] == list(COLUMNS)
     # The algorithm receives 1-based indices.
@@ -136,7 +136,7 @@ def test_create_job_by_column_name(central: TestClient) -> None:
         "imputations": 2,
         "iteration_before_first_imputation": 2,
         "iteration_between_imputations": 1,
-        "ridge": 0.001,
+        "ridge": 1e-5,
         "max_iter": 100,
         "min_rows": 18,  # max(10, 3p) with p = 6 columns
     }
@@ -208,10 +208,10 @@ def test_every_creation_error_names_its_field(central: TestClient) -> None:
         ),
         (
             "a type that does not exist",
-            {"targets": [{"column": "bmi", "type": "poisson"}]},
+            {"targets": [{"column": "bmi", "type": "foo"}]},
             {422},
             {"targets.0.type"},
-            ["gaussian"],
+            ["'foo'", "gaussian", "logistic"],
         ),
         (
             "SIMI with two targets",

@@ -157,7 +157,7 @@ def test_parameters_fragment_from_the_schema(central: TestClient) -> None:
         "param:imputations": "5",
         "param:iteration_before_first_imputation": "5",
         "param:iteration_between_imputations": "2",
-        "param:ridge": "0.001",
+        "param:ridge": "1e-05",
         "param:max_iter": "100",
         "param:min_rows": "",
     }
@@ -293,7 +293,7 @@ def test_create_a_job_through_the_wizard(central: TestClient, demo_files: dict[s
         "imputations": 3,
         "iteration_before_first_imputation": 2,
         "iteration_between_imputations": 2,
-        "ridge": 0.001,
+        "ridge": 1e-5,
         "max_iter": 100,
         "min_rows": 18,
     }
@@ -304,10 +304,10 @@ def test_create_a_job_through_the_wizard(central: TestClient, demo_files: dict[s
     page = _soup(central.get(location).text)
     assert _one(page, "h1").get_text(strip=True) == "Wizard job"
     facts = _one(page, "dl.facts").get_text(" ", strip=True)
-    assert "SIMICE 1.1.0" in facts
+    assert "SIMICE 2.0.0" in facts
     assert Registry.with_builtins().get("SIMICE").digest in facts
     assert "bmi (column 3, continuous)" in facts and "smoker (column 6, binary)" in facts
-    assert "imputations=3" in facts and "ridge=0.001" in facts and "min_rows=18" in facts
+    assert "imputations=3" in facts and "ridge=1e-05" in facts and "min_rows=18" in facts
     assert "42" in facts
     upload = _one(page, f"form[action='/jobs/{job_id}/data']")
     assert upload["enctype"] == "multipart/form-data"

@@ -198,7 +198,7 @@ def test_simi_report_has_the_required_keys(
     files = {name: (BUILTIN_DIR / "SIMI" / name).read_bytes() for name in file_names("SIMI")}
     assert re.fullmatch(r"[0-9a-f]{64}", found["digest"])
     assert found["digest"] == package_digest(files)
-    assert found["params"] == {"imputations": 2, "ridge": 0.001, "max_iter": 100, "min_rows": 10}
+    assert found["params"] == {"imputations": 2, "ridge": 1e-5, "max_iter": 100, "min_rows": 10}
     assert found["seed"] == 7
 
     sites = found["sites"]
@@ -326,7 +326,7 @@ def test_simice_on_demo_data(
     assert found["algorithm"] == "SIMICE"
     assert found["params"]["iteration_before_first_imputation"] == 2
     assert found["params"]["iteration_between_imputations"] == 1
-    assert found["params"]["ridge"] == 0.001
+    assert found["params"]["ridge"] == 1e-5
     assert found["params"]["min_rows"] == 18  # max(10, 3 * 6)
     assert [s["name"] for s in found["sites"]] == ["central", "north", "south"]
     fits = found["fits"]
@@ -488,8 +488,24 @@ def test_target_without_type(
     code, _, stderr = fip(capsys, *args)
 
     assert code == 1
-    assert "COLUMN:TYPE" in stderr
+    assert "COLUMN:METHOD" in stderr
     assert "'y'" in stderr
+
+
+def test_target_with_an_unknown_method(
+    small_files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--target y:foo is refused naming the option and every known method; nothing is written."""
+    out = tmp_path / "out"
+    args = simi_args(small_files, out)
+    args[args.index("y:gaussian")] = "y:foo"
+
+    code, _, stderr = fip(capsys, *args)
+
+    assert code == 1
+    assert "--target y:foo" in stderr and "'foo'" in stderr
+    assert "gaussian" in stderr and "logistic" in stderr
+    assert not out.exists()
 
 
 def test_unknown_algorithm(

@@ -12,9 +12,9 @@ from federation import data
 from federation.data import (
     MISSING_TOKENS,
     Table,
-    check_binary,
     check_columns,
     check_for_job,
+    check_target_values,
     read_csv,
 )
 from federation.errors import InputError
@@ -352,14 +352,14 @@ def test_check_columns_reordered() -> None:
 
 
 def test_check_binary_accepts_zero_one_and_missing() -> None:
-    check_binary(make_table(("y",), [[0], [1], [np.nan], [1]]), 0)
+    check_target_values(make_table(("y",), [[0], [1], [np.nan], [1]]), 0, "logistic")
 
 
 def test_check_binary_shows_examples_with_lines() -> None:
     """Cells other than 0/1 are counted, and the first few shown with their lines."""
     table = make_table(("x", "smoker"), [[1, 0], [2, 0.5], [3, 1], [4, 2], [5, -1], [6, 7]])
     with pytest.raises(InputError) as raised:
-        check_binary(table, 1)
+        check_target_values(table, 1, "logistic")
 
     message = str(raised.value)
     assert LABEL in message

@@ -1,8 +1,9 @@
 """Federated fits equal the fit of all sites' rows put together, and cost what they should.
 
 The references here are written from ALGORITHMS.md with plain numpy, independently of
-``algorithms/_stats.py``: the design of target j is every other column, then an intercept
-column appended last; ridge adds lambda*N on the whole diagonal (intercept included).
+``algorithms/``: the design of target j is every other column, then an intercept column
+appended last; the ridge penalty is P = lambda * diag(C), C the sums of squared deviations of
+the design's columns over the fit's rows, 0 for the intercept (ALGORITHMS.md, Conventions).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from algorithms import _stats
+from algorithms import _newton
 from algorithms._stats import Fit
 from federation.data import Table
 from federation.job import CENTRAL, JobEvent
@@ -28,7 +29,7 @@ from tests.helpers import builtin, run, table
 
 COLUMNS = ("x1", "x2", "x3", "g", "b")
 G, B = 4, 5  # 1-based indices of the Gaussian and the binary column
-RIDGE = 1e-3
+RIDGE = 1e-5
 
 GAUSSIAN_RTOL = 1e-9
 NEWTON_TOLERANCE = 1e-5
@@ -110,10 +111,17 @@ class GaussianReference:
     n: int
 
 
+def penalty(x: np.ndarray, ridge: float) -> np.ndarray:
+    """P = ridge * diag(sum of squared deviations of each column), the intercept's 0."""
+    deviations = ((x - x.mean(axis=0)) ** 2).sum(axis=0)
+    deviations[-1] = 0.0
+    return ridge * np.diag(deviations)
+
+
 def gaussian_reference(x: np.ndarray, y: np.ndarray, ridge: float) -> GaussianReference:
-    """beta = (X'X + ridge*N*I)^-1 X'y, SSE = |y - X beta|^2."""
+    """beta = (X'X + P)^-1 X'y, SSE = |y - X beta|^2."""
     n = y.size
-    gram = x.T @ x + ridge * n * np.eye(x.shape[1])
+    gram = x.T @ x + penalty(x, ridge)
     beta = np.linalg.solve(gram, x.T @ y)
     residual = y - x @ beta
     return GaussianReference(beta=beta, sse=float(residual @ residual), n=n)
@@ -125,27 +133,28 @@ def sigmoid(eta: np.ndarray) -> np.ndarray:
 
 
 def logistic_hessian(x: np.ndarray, beta: np.ndarray, ridge: float) -> np.ndarray:
-    """X'WX + ridge*N*I at ``beta``, W = diag(p(1 - p))."""
+    """X'WX + P at ``beta``, W = diag(p(1 - p))."""
     mu = sigmoid(x @ beta)
     hessian: np.ndarray = (x * (mu * (1.0 - mu))[:, None]).T @ x
-    hessian += ridge * x.shape[0] * np.eye(x.shape[1])
+    hessian += penalty(x, ridge)
     return hessian
 
 
 def logistic_step(x: np.ndarray, y: np.ndarray, beta: np.ndarray, ridge: float) -> np.ndarray:
     """The Newton direction H^-1 g of the penalised log-likelihood at ``beta``."""
-    gradient = x.T @ (y - sigmoid(x @ beta)) - ridge * x.shape[0] * beta
+    gradient = x.T @ (y - sigmoid(x @ beta)) - penalty(x, ridge) @ beta
     step: np.ndarray = np.linalg.solve(logistic_hessian(x, beta, ridge), gradient)
     return step
 
 
 def logistic_reference(x: np.ndarray, y: np.ndarray, ridge: float) -> np.ndarray:
-    """The penalised maximum-likelihood beta by plain Newton, run to 1e-12."""
+    """The penalised maximum-likelihood beta by plain Newton, run to 1e-12 (relative to the
+    coefficient's size, for an intercept in the thousands)."""
     beta: np.ndarray = np.zeros(x.shape[1])
     for _ in range(100):
         step = logistic_step(x, y, beta, ridge)
         beta = beta + step
-        if np.max(np.abs(step)) < 1e-12:
+        if np.max(np.abs(step) / (1.0 + np.abs(beta))) < 1e-12:
             return beta
     raise AssertionError("the reference Newton did not converge")
 
@@ -177,14 +186,14 @@ def assert_logistic_beta(beta: np.ndarray, x: np.ndarray, y: np.ndarray, ridge: 
 def logistic_fits(monkeypatch: pytest.MonkeyPatch) -> list[Fit]:
     """Every logistic ``Fit`` the central halves compute (their Hessians are not reported)."""
     captured: list[Fit] = []
-    original = _stats.fit_logistic
+    original = _newton.fit_logistic
 
     async def recording(*args: Any, **kwargs: Any) -> Fit:
         fit = await original(*args, **kwargs)
         captured.append(fit)
         return fit
 
-    monkeypatch.setattr("algorithms._federated.fit_logistic", recording)
+    monkeypatch.setattr("algorithms.methods.logistic.fit_logistic", recording)
     return captured
 
 
@@ -284,7 +293,7 @@ def test_simi_gaussian_equals_pooled_fit() -> None:
 
 def test_simi_logistic_equals_pooled_fit(logistic_fits: list[Fit]) -> None:
     """SIMI's logistic beta is the pooled penalised optimum (to the Newton tolerance) and its
-    Hessian is the pooled X'WX + lambda*N*I at that beta (to 1e-9)."""
+    Hessian is the pooled X'WX + P at that beta (to 1e-9)."""
     central, remote = simi_data(12, B)
     sites = split(remote, [150, 200, 250])
     x, y = pooled_design(np.vstack([central, remote]), B)
@@ -335,6 +344,40 @@ def test_simi_without_ridge_equals_unpenalised_pooled_fit(logistic_fits: list[Fi
     np.testing.assert_allclose(
         logistic_fits[0].matrix, logistic_hessian(xb, beta, 0.0), rtol=GAUSSIAN_RTOL, atol=0
     )
+
+
+@pytest.mark.parametrize(("target", "kind"), [(G, "gaussian"), (B, "logistic")])
+def test_simi_fit_with_an_offset_predictor_and_a_constant_one(
+    target: int, kind: str, logistic_fits: list[Fit]
+) -> None:
+    """x1 moved to a calendar year (2008 + x1) and x3 constant: the penalty does not shrink the
+    year's slope (it is lambda * its sum of squared deviations), and x3 is left out of the fit
+    and named; the rest equals the pooled fit without x3 (Gaussian: 1e-7, since the sites'
+    X'X holds 2008^2 and C is the difference of such sums, rounding costs about six digits of
+    2008 / sd(x1) squared; logistic: the Newton tolerance)."""
+    central, remote = simi_data(16, target)
+    for values in (central, remote):
+        values[:, 0] = 2008.0 + values[:, 0]
+        values[:, 2] = 7.0
+    sites = split(remote, [250, 350])
+    x, y = pooled_design(np.vstack([central, remote]), target)
+    kept = [c for c in range(x.shape[1]) if c != 2]  # x3 is design column 2 for g and b
+    name = COLUMNS[target - 1]
+
+    result = run("SIMI", table("central", COLUMNS, central), sites, [(name, kind)])
+
+    (fit,) = result.report["fits"]
+    assert fit["dropped"] == ["x3"] and fit["coefficients"]["x3"] == 0.0
+    beta = np.delete(coefficients(fit), 2)
+    if kind == "gaussian":
+        reference = gaussian_reference(x[:, kept], y, RIDGE)
+        np.testing.assert_allclose(beta, reference.beta, rtol=1e-7, atol=1e-12)
+        assert fit["sse"] == pytest.approx(reference.sse, rel=1e-7)
+    else:
+        expected = logistic_reference(x[:, kept], y, RIDGE)
+        np.testing.assert_allclose(beta[:-1], expected[:-1], rtol=0, atol=LOGISTIC_ATOL)
+        # The intercept absorbs 2008 times the year's slope, and with it that slope's error.
+        assert beta[-1] == pytest.approx(expected[-1], abs=2008 * LOGISTIC_ATOL)
 
 
 @pytest.mark.parametrize(("target", "kind"), [(G, "gaussian"), (B, "logistic")])
@@ -484,8 +527,9 @@ def check_current_data(
 
 
 def test_simi_logistic_accepted_step_costs_one_round_trip() -> None:
-    """Each Newton evaluation is one request carrying only logistic_stats at a new beta, its
-    reply gives H, g and Q together: with every full step accepted, round trips = iterations + 3.
+    """Each Newton evaluation is one request carrying one operation at a new beta, its reply
+    gives H, g and Q together (the first, logistic_start, also the design's sums and squares
+    that set the penalty): with every full step accepted, round trips = iterations + 3.
 
     fit_logistic evaluates the start (1), then per iteration: if the direction at the current
     point is below the tolerance it stops without asking; otherwise it evaluates candidates
@@ -501,7 +545,7 @@ def test_simi_logistic_accepted_step_costs_one_round_trip() -> None:
     operations = harness.transport.operations()
     assert operations[0] == ["fip.open"] and operations[-1] == ["fip.close"]
     evaluations = operations[1:-1]
-    assert evaluations == [["logistic_stats"]] * len(evaluations)
+    assert evaluations == [["logistic_start"]] + [["logistic_stats"]] * (len(evaluations) - 1)
     betas = {
         request.ops[0].args["beta"].tobytes()
         for request in list(harness.transport.requests.values())[1:-1]

@@ -275,21 +275,22 @@ def test_collinear_columns_solve_with_the_default_ridge() -> None:
 
 
 @pytest.mark.parametrize(("target", "kind"), [("y", "gaussian"), ("b", "logistic")])
-def test_constant_column_with_ridge_zero(target: str, kind: str) -> None:
-    """A constant predictor (collinear with the intercept) is named as constant."""
-    message = fails(
-        FitError,
+def test_constant_column_is_left_out_and_reported(target: str, kind: str) -> None:
+    """A predictor constant over the fit's rows is left out of that fit, even with ridge 0, as
+    mice does (its loggedEvents): the fit's report entry names it and its coefficient is 0."""
+    result = run(
         "SIMI",
         edited(central(), constant),
         {"a": edited(site_a(), constant)},
         [(target, kind)],
         ridge=0,
+        imputations=1,
     )
 
-    assert "singular" in message
-    assert "'x2'" in message
-    assert "constant" in message
-    assert "ridge > 0" in message
+    (fit,) = result.report["fits"]
+    assert fit["dropped"] == ["x2"]
+    assert fit["coefficients"]["x2"] == 0.0
+    assert all(np.isfinite(v) for v in fit["coefficients"].values())
 
 
 # ---------------------------------------------------------------- too few rows at a site

@@ -134,12 +134,12 @@ def test_invalid_packages_are_refused_naming_the_file(
 def test_versions_are_kept_and_the_latest_is_the_default() -> None:
     registry = Registry()
     first = load_algorithm("X", _files("X"))
-    second = load_algorithm("X", _meta(_files("X"), version="2.0.0"))
+    second = load_algorithm("X", _meta(_files("X"), version="3.0.0"))
 
     registry.add(first)
     registry.add(second)
 
-    assert [a.version for a in registry.versions("X")] == [first.version, "2.0.0"]
+    assert [a.version for a in registry.versions("X")] == [first.version, "3.0.0"]
     assert registry.get("X") is second
     assert registry.get("X", first.version) is first
 

@@ -20,8 +20,9 @@ How the assertions are calibrated:
   The share of the R intervals that contain the true slope must lie within
   0.95 +- 3.5 binomial standard errors, sqrt(0.95 * 0.05 / R).
 
-The ridge stays at its default (1e-3): its shrinkage of the fits is about 0.1% of a
-coefficient, far below the Monte-Carlo error of these tests.
+The ridge stays at its default (1e-5 of each predictor's sum of squared deviations): its
+shrinkage of the fits is about 0.001% of a coefficient, far below the Monte-Carlo error of
+these tests.
 """
 
 from __future__ import annotations

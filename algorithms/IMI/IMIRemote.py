@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from algorithms import _single
-from algorithms._site import gaussian_stats_handler, logistic_stats_handler
+from algorithms._site import STATISTICS
 from federation.site import SiteJob
 
 
@@ -13,5 +13,5 @@ def prepare(site: SiteJob) -> dict[str, Any]:
     return _single.prepare(site, chained="IMICE")
 
 
-HANDLERS = {"gaussian_stats": gaussian_stats_handler, "logistic_stats": logistic_stats_handler}
+HANDLERS = {**STATISTICS}
 LOCAL = {"impute": _single.impute}

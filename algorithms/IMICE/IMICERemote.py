@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from algorithms import _chained
-from algorithms._site import gaussian_stats_handler, logistic_stats_handler
+from algorithms._site import STATISTICS
 from federation.site import SiteJob
 
 
@@ -16,8 +16,7 @@ def prepare(site: SiteJob) -> dict[str, Any]:
 
 HANDLERS = {
     "fill_unobserved": _chained.fill_unobserved,
-    "gaussian_stats": gaussian_stats_handler,
-    "logistic_stats": logistic_stats_handler,
+    **STATISTICS,
     "impute": _chained.impute,
 }
 LOCAL = {"completed": _chained.completed}

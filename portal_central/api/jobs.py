@@ -7,8 +7,10 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
+from algorithms import methods
+from federation.errors import InputError
 from federation.uploads import multipart_schema
 from portal_central.deps import AdminUser, CurrentUser, StateDep, data_upload
 from portal_central.errors import NotFound
@@ -25,7 +27,18 @@ router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 
 class TargetIn(BaseModel):
     column: str = Field(description="the column's name in the header")
-    type: Literal["gaussian", "logistic"]
+    type: str = Field(
+        description="the target's method: "
+        + "; ".join(f"{m.name} ({m.label}: {m.when})" for m in methods.METHODS.values())
+    )
+
+    @field_validator("type")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        try:
+            return methods.get(value, field="type").name
+        except InputError as error:
+            raise ValueError(str(error)) from None
 
 
 class AnalysisIn(BaseModel):

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from algorithms import methods
 from federation.data import CsvStream
 
 
@@ -23,7 +24,7 @@ class ColumnSummary:
 
     @property
     def guess(self) -> str:
-        return "logistic" if self.binary else "gaussian"
+        return methods.suggest(binary=self.binary)
 
 
 class HeaderReader:

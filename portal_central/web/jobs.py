@@ -139,9 +139,9 @@ async def create_job(request: Request, admin: AdminUser, state: StateDep) -> Res
                 version=None,
                 columns=[c.name for c in values["columns"]],
                 targets=[
-                    service.TargetChoice(column=c, type=values["types"].get(c, "gaussian"))
-                    for c in (c.name for c in values["columns"])
-                    if c in values["targets"]
+                    service.TargetChoice(column=c.name, type=values["types"].get(c.name, c.guess))
+                    for c in values["columns"]
+                    if c.name in values["targets"]
                 ],
                 params=params,
                 participants=values["participants"],

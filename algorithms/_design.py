@@ -1,0 +1,121 @@
+"""The pooled moments of a fit's design, and what follows from them: the ridge penalty, the
+predictors left out of the fit, and the centred coordinates in which fits are solved and drawn.
+
+ALGORITHMS.md (Conventions, "Ridge"): for a fit on rows with design X (predictors, then the
+intercept column of ones, last), n the pooled count, xbar the pooled column means and
+C = X'X - n xbar xbar', the penalty is P = lambda * diag(C) with 0 for the intercept. Every slope
+is penalised by lambda times its predictor's pooled sum of squared deviations, so the unit or the
+offset of a predictor does not change the fit. A predictor constant over the fit's rows is left
+out of the fit (mice's loggedEvents).
+
+Centred coordinates: X_c = X A, where A is the identity except A[intercept, j] = -xbar_j, so that
+X beta = X_c beta_c with beta = A beta_c. In them the Gram (or Hessian) has no unit-dependent
+mixing between a predictor and the intercept, the penalty is the same diagonal, and a draw
+beta_c + R_c^-1 z (R_c'R_c the centred matrix) is the same draw whatever a predictor's offset,
+and is rescaled with a predictor's unit: that is what makes imputations exactly invariant to a
+column's offset and unit, not just equal in distribution.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+CONSTANT = 1e-13
+"""A predictor whose sum of squared deviations is below this fraction of its sum of squares is
+constant over the fit's rows (rounding of an exactly constant column stays near 1e-16)."""
+
+
+@dataclass(frozen=True)
+class Moments:
+    """n, the column means and the sums of squared deviations of a fit's design (intercept last),
+    pooled over everyone who fits; which design columns the fit keeps."""
+
+    n: int
+    mean: np.ndarray
+    """Column means; the intercept's entry is 0 (it is not centred)."""
+    ssd: np.ndarray
+    """Sums of squared deviations C_jj; the intercept's entry is 0 (it is not penalised)."""
+    kept: np.ndarray
+    """Indices of the design columns in the fit: the non-constant predictors and the intercept."""
+    dropped: tuple[str, ...]
+    """Names of the predictors left out as constant over the fit's rows."""
+
+    @classmethod
+    def of(cls, n: int, sums: np.ndarray, squares: np.ndarray, names: Sequence[str]) -> Moments:
+        """From the pooled count, column sums and sums of squares of the design."""
+        sums = np.asarray(sums, dtype=np.float64)
+        squares = np.asarray(squares, dtype=np.float64)
+        mean = sums / max(n, 1)
+        ssd = np.maximum(squares - sums * mean, 0.0)
+        mean[-1] = 0.0
+        ssd[-1] = 0.0
+        constant = ssd <= CONSTANT * squares
+        constant[-1] = False
+        return cls(
+            n=n,
+            mean=mean,
+            ssd=ssd,
+            kept=np.flatnonzero(~constant),
+            dropped=tuple(names[int(j)] for j in np.flatnonzero(constant)),
+        )
+
+    @classmethod
+    def of_gram(cls, n: int, gram: np.ndarray, names: Sequence[str]) -> Moments:
+        """From the pooled X'X (its intercept row holds the column sums)."""
+        gram = np.asarray(gram, dtype=np.float64)
+        return cls.of(n, gram[-1], np.diag(gram).copy(), names)
+
+    @property
+    def sd(self) -> np.ndarray:
+        """Predictors' pooled standard deviations (divisor n); 1 for the intercept."""
+        sd = np.sqrt(self.ssd / max(self.n, 1))
+        sd[-1] = 1.0
+        return sd
+
+    def penalty(self, ridge: float) -> np.ndarray:
+        """diag(P) over the kept columns: lambda * C_jj, 0 for the intercept."""
+        diagonal: np.ndarray = ridge * self.ssd[self.kept]
+        return diagonal
+
+    def full_penalty(self, ridge: float) -> np.ndarray:
+        """diag(P) over every design column (0 for the dropped ones and the intercept)."""
+        diagonal = np.zeros(self.mean.size)
+        diagonal[self.kept] = ridge * self.ssd[self.kept]
+        return diagonal
+
+    def centring(self) -> np.ndarray:
+        """A: original coefficients = A @ centred coefficients (full design width)."""
+        a = np.eye(self.mean.size)
+        a[-1, :-1] = -self.mean[:-1]
+        return a
+
+    def to_centred(self, beta: np.ndarray) -> np.ndarray:
+        """The kept centred coefficients of ``beta``: a constant predictor's term goes into the
+        intercept, since it is the same in every row of the fit."""
+        centred = np.array(beta, dtype=np.float64)
+        centred[-1] = beta[-1] + float(self.mean[:-1] @ beta[:-1])
+        result: np.ndarray = centred[self.kept]
+        return result
+
+    def to_original(self, centred: np.ndarray) -> np.ndarray:
+        """Full original coefficients from the kept centred ones (0 for dropped predictors)."""
+        beta = np.zeros(self.mean.size)
+        beta[self.kept] = centred
+        beta[-1] -= float(self.mean[:-1] @ beta[:-1])
+        return beta
+
+    def centre_matrix(self, matrix: np.ndarray) -> np.ndarray:
+        """A' M A over the kept columns, for a Gram or a Hessian M in original coordinates."""
+        a = self.centring()[:, self.kept]
+        centred: np.ndarray = a.T @ np.asarray(matrix, dtype=np.float64) @ a
+        symmetric: np.ndarray = (centred + centred.T) / 2.0
+        return symmetric
+
+    def centre_vector(self, vector: np.ndarray) -> np.ndarray:
+        """A' v over the kept columns, for a gradient or X'y in original coordinates."""
+        a = self.centring()[:, self.kept]
+        result: np.ndarray = a.T @ np.asarray(vector, dtype=np.float64)
+        return result

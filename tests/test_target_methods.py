@@ -1,0 +1,158 @@
+"""The registry of target methods (``algorithms.methods``): every method has every part, the
+built-ins declare what it sends, it round-trips through a simulated SIMI and SIMICE job, and an
+unknown method is refused wherever a method can be named."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from algorithms import methods
+from algorithms.methods import METHODS, Method
+from federation.errors import AlgorithmInvalid, InputError
+from federation.job import JobSpec, make_targets
+from federation.registry import BUILTIN_DIR, read_algorithm, read_folder
+from federation.replies import ReplySchema
+from tests.helpers import builtin, run, table
+
+POOLED = ("SIMI", "SIMICE", "IMI", "IMICE")
+"""The built-ins whose sites answer each method's own operations."""
+EVERY_BUILTIN = ("SIMI", "SIMICE", "IMI", "IMICE", "AVGMMI", "AVGMMICE", "CSLMI", "CSLMICE")
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_every_method_has_every_part(name: str) -> None:
+    method = METHODS[name]
+
+    assert isinstance(method, Method) and method.name == name
+    for text in (method.label, method.when, method.expects):
+        assert isinstance(text, str) and text.strip() and "\n" not in text
+    assert method.fitting in ("one round trip", "Newton")
+    assert isinstance(method.residual_variance, bool)
+    assert method.replies and set(method.site_statistics()) == set(method.replies)
+    # Its declared replies are valid declarations (what params.json would say).
+    parsed = ReplySchema.parse({"replies": dict(method.replies), "parameters": {}})
+    for operation, keys in method.replies.items():
+        assert "n" in keys and parsed.operations[operation]["n"].kind == "rows"
+    for callable_part in (method.fit_pooled, method.fit_own, method.score, method.draw):
+        assert callable(callable_part)
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+@pytest.mark.parametrize("algorithm", EVERY_BUILTIN)
+def test_every_builtin_offers_every_method_and_declares_its_replies(
+    name: str, algorithm: str
+) -> None:
+    meta = json.loads((BUILTIN_DIR / algorithm / "params.json").read_text())
+    assert name in meta["capabilities"]["target_types"]
+    if algorithm in POOLED:
+        for operation, keys in METHODS[name].replies.items():
+            assert meta["replies"][operation] == dict(keys), (algorithm, operation)
+
+
+def _data(method: Method, seed: int, rows: int) -> np.ndarray:
+    """x1, x2 standard normal, g Gaussian, then the method's own column t around 0.5 + x1 - x2."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows, 2))
+    eta = 0.5 + x @ np.array([0.8, -0.6])
+    g = 1.0 + x[:, 0] + rng.normal(size=rows)
+    values = np.column_stack([x, g, method.simulate(eta, rng)])
+    values[rng.random(rows) < 0.2, 3] = np.nan
+    values[rng.random(rows) < 0.15, 2] = np.nan
+    return values
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_every_method_round_trips_through_simi_and_simice(name: str) -> None:
+    """Each method imputes its column in a simulated SIMI and SIMICE job with two sites: every
+    imputed value is one its column may hold, and the report names the method."""
+    method = METHODS[name]
+    columns = ("x1", "x2", "g", "t")
+    central = table("central", columns, _data(method, 1, 150))
+    sites = {s: table(s, columns, _data(method, k + 2, 200)) for k, s in enumerate(("a", "b"))}
+    complete = central.values.copy()  # SIMI needs central's predictors complete
+    complete[:, 2] = np.nan_to_num(complete[:, 2])
+    simi_central = table("central", columns, complete)
+
+    simi = run("SIMI", simi_central, sites, [("t", name)], imputations=2)
+    simice = run(
+        "SIMICE",
+        central,
+        sites,
+        [("g", "gaussian"), ("t", name)],
+        imputations=2,
+        iteration_before_first_imputation=2,
+        iteration_between_imputations=1,
+    )
+
+    for result in (simi, simice):
+        assert {f["type"] for f in result.report["fits"] if f["target"] == "t"} == {name}
+        missing = np.isnan(result.table.values[:, 3])
+        assert missing.any()
+        for m in (1, 2):
+            imputed = result.dataset(m)[missing, 3]
+            assert np.isfinite(imputed).all()
+            assert not method.invalid(imputed).any()
+
+
+# ---------------------------------------------------------------- unknown methods
+
+
+def test_an_unknown_method_is_refused_naming_the_field_and_the_known_ones() -> None:
+    with pytest.raises(InputError) as raised:
+        methods.get("foo", field="targets.0.type")
+
+    message = str(raised.value)
+    assert message.startswith("targets.0.type: unknown method 'foo'")
+    assert all(name in message for name in METHODS)
+
+
+def test_an_unknown_method_in_a_job_names_the_target() -> None:
+    with pytest.raises(InputError) as raised:
+        make_targets(["x", "y"], [("y", "foo")], label="the job's columns")
+
+    message = str(raised.value)
+    assert "target 'y'" in message and "'foo'" in message and "gaussian" in message
+
+
+def test_a_job_spec_with_an_unknown_method_is_refused_by_a_site() -> None:
+    """A site reading central's job spec refuses a method it does not know, rather than
+    treating it as some other method."""
+    spec = JobSpec(
+        job_id="j",
+        algorithm="SIMI",
+        version="2.0.0",
+        digest="0" * 64,
+        columns=("x", "y"),
+        targets=(),
+        params={},
+        seed=1,
+        sites=(),
+    ).to_wire()
+    spec["targets"] = [{"index": 2, "name": "y", "type": "foo"}]
+
+    with pytest.raises(InputError) as raised:
+        JobSpec.from_wire(spec)
+
+    assert "'foo'" in str(raised.value) and "gaussian" in str(raised.value)
+
+
+def test_a_package_declaring_an_unknown_method_is_invalid() -> None:
+    files = read_folder(BUILTIN_DIR / "SIMI")
+    meta = json.loads(files["params.json"])
+    meta["capabilities"]["target_types"] = ["gaussian", "foo"]
+    files["params.json"] = json.dumps(meta).encode()
+
+    with pytest.raises(AlgorithmInvalid) as raised:
+        read_algorithm("SIMI", files)
+
+    message = str(raised.value)
+    assert "capabilities.target_types" in message and "gaussian" in message
+
+
+def test_the_labels_pages_show_come_from_the_registry() -> None:
+    assert methods.label("gaussian") == "continuous"
+    assert methods.label("logistic") == "binary"
+    assert builtin("SIMI").capabilities.target_types == tuple(METHODS)
