@@ -31,12 +31,12 @@ async def fit_pooled(job: CentralJob, target: Target, start: np.ndarray | None =
     names = job.spec.predictors(target)
     ridge = float(job.params["ridge"])
     if target.type == "gaussian":
-        replies = await job.ask("gaussian_stats", target=target.index)
+        replies = await _pooled(job, "gaussian_stats", target=target.index)
         _check_counts(replies, target)
         return fit_gaussian(replies, ridge=ridge, names=names, target=target.name)
 
     async def evaluate(beta: np.ndarray) -> dict[str, dict[str, Any]]:
-        return await job.ask("logistic_stats", target=target.index, beta=beta)
+        return await _pooled(job, "logistic_stats", target=target.index, beta=beta)
 
     fit = await fit_logistic(
         evaluate,
@@ -52,6 +52,13 @@ async def fit_pooled(job: CentralJob, target: Target, start: np.ndarray | None =
             "(max_iter); the last coefficients are used"
         )
     return fit
+
+
+async def _pooled(job: CentralJob, name: str, **args: Any) -> dict[str, dict[str, Any]]:
+    """Every participant's reply; with secure aggregation only their sum, as one reply."""
+    if job.secure:
+        return {"the participants together": await job.ask_sum(name, **args)}
+    return await job.ask(name, **args)
 
 
 async def fit_averaged(job: CentralJob, target: Target, start: np.ndarray | None = None) -> Fit:
