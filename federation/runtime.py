@@ -461,10 +461,14 @@ class CentralJob:
         self._pending.append(
             Op(name=secure.KEYS, args={"sites": list(self.spec.sites), "keys": np.stack(words)})
         )
-        self.log(
-            "secure aggregation: public keys relayed; fingerprints "
-            + "; ".join(f"{s} {f}" for s, f in self.fingerprints.items())
-        )
+        for site, fingerprint in self.fingerprints.items():  # shown on central's job page
+            self._send(
+                JobEvent(
+                    kind="log",
+                    message=f"secure aggregation: public key relayed, fingerprint {fingerprint}",
+                    site=site,
+                )
+            )
         replies = self._local.replies
         if PREPARE in replies.summed and replies.operations.get(PREPARE):
             pending, self._pending = self._pending, []
