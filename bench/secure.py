@@ -129,7 +129,7 @@ def one_reply(width: int, sites: int) -> None:
     keys = np.stack([secure.key_words(p.public) for p in parties])
     for party in parties:
         party.agree(names, keys)
-    replies = []
+    replies: list[dict[str, Any]] = []
     for _ in range(sites):
         x = rng.standard_normal((1000, width))
         replies.append(
@@ -149,7 +149,7 @@ def one_reply(width: int, sites: int) -> None:
         start = time.perf_counter()
         total = secure.unmask_sum(masked, declared, scale)
         sum_times.append(time.perf_counter() - start)
-    exact = sum(r["xtx"] for r in replies)
+    exact = np.sum([r["xtx"] for r in replies], axis=0)
     error = float(np.max(np.abs(total["xtx"] - exact) / np.maximum(1.0, np.abs(exact))))
     print(
         f"one masked reply of p = {width} ({width * width + width + 2:,} values), {sites} sites: "
