@@ -192,7 +192,9 @@ class CentralJob:
                         )
                     ) from None
                 self.log(f"site {names} was lost during a masked round: it starts again")
-                replaces = lost.seq
+                # The request that first carried the instructions: a site that ran it, or any
+                # restart of it, has run them.
+                replaces = lost.seq if replaces is None else replaces
                 continue
             self.masked_rounds += 1
             return secure.unmask_sum((r[-1] for r in results.values()), declared, scale)

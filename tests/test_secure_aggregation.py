@@ -361,34 +361,35 @@ def test_a_mask_round_is_never_used_twice_and_a_substituted_own_key_is_refused()
 
 
 class Dropping:
-    """In-memory transport whose site ``lost`` loses its connection during the masked rounds
-    numbered ``drops`` (from 0), before the request runs there (``after=False``) or after."""
+    """In-memory transport whose sites lose their connection during the masked requests
+    ``drops[site]`` (numbered from 0 per site), before the request runs there
+    (``after=False``) or after; keeps the requests site1 received."""
 
     def __init__(
-        self, runners: Mapping[str, SiteRunner], *, lost: str, drops: set[int], after: bool
+        self, runners: Mapping[str, SiteRunner], *, drops: dict[str, set[int]], after: bool
     ) -> None:
         self._inner = InMemoryTransport(runners)
-        self.lost, self.drops, self.after = lost, drops, after
-        self.masked = 0
+        self.drops, self.after = drops, after
+        self.masked = dict.fromkeys(drops, 0)
         self.frames: list[Request] = []
 
     async def exchange(self, site: str, frame: bytes) -> bytes:
         request = decode(frame)
         assert isinstance(request, Request)
         masked = any(op.name == secure.MASKED for op in request.ops)
-        if site == self.lost and masked:
-            self.masked += 1
-        if site == self.lost and masked and self.masked - 1 in self.drops:
-            if self.after:
-                await self._inner.exchange(site, frame)  # it ran; its reply is lost
-            raise SiteLost("the connection dropped")
-        if site == self.lost:
+        if site in self.drops and masked:
+            self.masked[site] += 1
+            if self.masked[site] - 1 in self.drops[site]:
+                if self.after:
+                    await self._inner.exchange(site, frame)  # it ran; its reply is lost
+                raise SiteLost("the connection dropped")
+        if site == "site1":
             self.frames.append(request)
         return await self._inner.exchange(site, frame)
 
 
 def run_dropping(
-    *, drops: set[int], after: bool, algorithm: str = "SIMICE"
+    *, drops: dict[str, set[int]], after: bool, algorithm: str = "SIMICE"
 ) -> tuple[JobResult, Dropping]:
     central, sites = federation(19)
     chosen = builtin(algorithm)
@@ -404,7 +405,7 @@ def run_dropping(
         seed=21,
     )
     runners = {name: SiteRunner(site=name, data=t, algorithm=chosen) for name, t in sites.items()}
-    transport = Dropping(runners, lost="site1", drops=drops, after=after)
+    transport = Dropping(runners, drops=drops, after=after)
     local = SiteRunner(site=CENTRAL, data=central, algorithm=chosen, is_central=True)
     result = asyncio.run(
         run_job(spec=spec, central_module=chosen.central, local=local, transport=transport)
@@ -426,7 +427,7 @@ def test_a_site_lost_during_a_masked_round_restarts_it_with_fresh_masks(after: b
         imputations=2,
         secure_aggregation=True,
     )
-    result, transport = run_dropping(drops={0, 3}, after=after)
+    result, transport = run_dropping(drops={"site1": {0, 3}}, after=after)
     assert result.report["secure_aggregation"]["restarts"] == 2
     same_imputations(undisturbed, result, rtol=1e-12)
     restarts = [r for r in transport.frames if r.replaces is not None]
@@ -437,9 +438,66 @@ def test_a_site_lost_during_a_masked_round_restarts_it_with_fresh_masks(after: b
     assert len(rounds) == len(set(rounds))
 
 
+class InTurn(Dropping):
+    """site1 is lost on a masked request that carries an instruction (before it ran there),
+    then site2 on the restart of that request (before it ran there)."""
+
+    def __init__(self, runners: Mapping[str, SiteRunner]) -> None:
+        super().__init__(runners, drops={}, after=False)
+        self.first: int | None = None
+        self.second = False
+
+    async def exchange(self, site: str, frame: bytes) -> bytes:
+        request = decode(frame)
+        assert isinstance(request, Request)
+        names = [op.name for op in request.ops]
+        if site == "site1" and self.first is None and "impute" in names and request.seq > 3:
+            self.first = request.seq
+            raise SiteLost("the connection dropped")
+        if site == "site2" and self.first and not self.second and request.replaces == self.first:
+            self.second = True
+            raise SiteLost("the connection dropped")
+        return await self._inner.exchange(site, frame)
+
+
+def test_sites_lost_in_turn_run_the_instructions_once() -> None:
+    """site1 is lost on a round, site2 on its restart before it ran: the second restart still
+    runs the instructions of the first request once at each site."""
+    central, sites = federation(19)
+    undisturbed = run(
+        "SIMICE",
+        central,
+        sites,
+        [("g", "gaussian"), ("b", "logistic")],
+        seed=21,
+        imputations=2,
+        secure_aggregation=True,
+    )
+    chosen = builtin("SIMICE")
+    spec = make_spec(
+        algorithm=chosen,
+        central=central,
+        sites=sites,
+        targets=[("g", "gaussian"), ("b", "logistic")],
+        params={"imputations": 2, "secure_aggregation": True},
+        seed=21,
+    )
+    runners = {name: SiteRunner(site=name, data=t, algorithm=chosen) for name, t in sites.items()}
+    local = SiteRunner(site=CENTRAL, data=central, algorithm=chosen, is_central=True)
+    transport = InTurn(runners)
+    result = asyncio.run(
+        run_job(spec=spec, central_module=chosen.central, local=local, transport=transport)
+    )
+    assert transport.first is not None and transport.second
+    assert result.report["secure_aggregation"]["restarts"] == 2
+    same_imputations(undisturbed, result, rtol=1e-12)
+
+
 def test_a_site_lost_again_and_again_fails_the_job_by_name() -> None:
     with pytest.raises(SiteFailed, match="site 'site1': lost during masked rounds"):
-        run_dropping(drops=set(range(secure.MAX_RESTARTS + 1)), after=False, algorithm="SIMI")
+        run_dropping(
+            drops={"site1": set(range(secure.MAX_RESTARTS + 1))}, after=False, algorithm="SIMI"
+        )
 
 
 def test_a_plain_job_is_not_restarted_when_a_site_is_lost() -> None:

@@ -129,6 +129,7 @@ def test_a_secure_job_over_tls_equals_the_simulation_masked_or_not(
     for x, y in zip(plain.imputed_cells, masked.imputed_cells, strict=True):
         np.testing.assert_allclose(y, x, rtol=1e-8, atol=1e-12)
 
+    assert "securely aggregated" in _job(fed, job_id)["message"]
     secure = report["secure_aggregation"]
     assert secure["masked_rounds"] > 0 and "sum" in secure["central_saw"]
     fingerprints = secure["fingerprints"]
