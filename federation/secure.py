@@ -18,14 +18,18 @@ refuses to answer a summed operation unmasked, so a curious central cannot simpl
 key (32 bytes, as four int64 words) in its summary. Central relays every remote site's key to
 every site (the runtime operation ``fip.keys``, riding on the next request). Each pair of sites
 a < b derives a 32-byte seed: HKDF-SHA256 over their X25519 shared secret, bound to the job id
-and both site ids. Central holds public keys only: never a secret that cancels a mask.
-Fingerprints (SHA-256 of the public key, 16 hex groups) are shown on the site's job page and on
-central's, so that a site's user can compare them and detect a substituted key.
+and both site ids. Central holds public keys only: never a secret that cancels a mask. A site
+accepts the relayed keys only for exactly the job's sites, its own key among them unchanged.
+Fingerprints (the first 16 bytes of the public key's SHA-256, in groups of four hex digits) are
+shown on the site's job page and on central's, so that a site's user can compare them and
+detect a substituted key.
 
 **Masks.** Every masked round has a number chosen by central, which a site accepts only above
 every round it masked before (a mask is never used twice). The mask of pair (a, b) in round r is
-the ChaCha20 keystream under the pair's seed with r in the nonce, 16 bytes (one value mod
-2^128) per number of the reply, numbers in the declared order of the reply's keys. Site a adds
+the ChaCha20 keystream under a key derived from the pair's seed, r and a digest of what was
+asked (operation, arguments, scale), with r in the nonce: 16 bytes (one value mod 2^128) per
+number of the reply, numbers in the declared order of the reply's keys. A central that asked
+sites different things in one round gets sums that decode to noise. Site a adds
 it, site b subtracts it, so the masks cancel in the sum over the remote sites.
 
 **Exact fixed point.** A value v is sent as round(v * 2^f) modulo 2^128, f chosen by central for
@@ -34,9 +38,10 @@ a bound on the magnitude of any summed value: ``log2(N) + 2 (E + 8) + log2(1 + p
 N is every participant's usable rows, E the largest power of two a participant declared its
 values below at open (an ``int``, so a site discloses the binary order of its largest value),
 8 bits of headroom for imputed values beyond the observed ones, p the design width and A the
-largest number in the operation's arguments (Newton's beta enters the log-likelihood). A sum
-of X'X entries then carries about 60 bits below its bound, far more than float64's 53: the
-decoded sums equal the float sums to rounding. Each site checks that every value it encodes is
+largest number in the operation's arguments (Newton's beta enters the log-likelihood). The
+quantum 2^-f is then about 2^-125 of the bound: the largest entries keep some 100 bits, and an
+entry keeps float64's 53 bits as long as it is within about 2^45 of the largest, so the decoded
+sums equal the float sums to rounding. Each site checks that every value it encodes is
 below 2^127 / 2^ceil(log2 S) in magnitude, so the sum of S values never wraps; a value beyond it
 is refused (the job fails saying so), never wrapped. Counts of kind ``rows`` (a fit's n) travel
 in the clear: the site declared them when the job opened, and its policy's ``min_rows`` is
@@ -69,6 +74,7 @@ which tells it one bit (a value is large) and ends the job.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import math
 import struct
 from collections.abc import Iterable, Mapping, Sequence
@@ -166,11 +172,14 @@ def pair_seed(
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(secret)
 
 
-def keystream(seed: bytes, round_number: int, count: int) -> np.ndarray:
-    """``count`` values mod 2^128 (uint64 limbs low, high) from ChaCha20 under ``seed``, with
-    the round number in the nonce: one mask per value of a round."""
-    nonce = struct.pack("<IQI", 0, round_number, 0)  # 32-bit block counter, then the round
-    encryptor = Cipher(algorithms.ChaCha20(seed, nonce), mode=None).encryptor()
+def keystream(seed: bytes, round_number: int, count: int, context: bytes = b"") -> np.ndarray:
+    """``count`` values mod 2^128 (uint64 limbs low, high): the ChaCha20 keystream under a key
+    derived from ``seed`` for this round and ``context`` (HMAC-SHA256), the round number in the
+    nonce. One mask per value of a round."""
+    round_bytes = struct.pack("<Q", round_number)
+    key = hmac.new(seed, b"round" + round_bytes + context, hashlib.sha256).digest()
+    nonce = b"\0\0\0\0" + round_bytes + b"\0\0\0\0"  # 32-bit block counter, then the round
+    encryptor = Cipher(algorithms.ChaCha20(key, nonce), mode=None).encryptor()
     stream = encryptor.update(bytes(16 * count))
     return np.frombuffer(stream, dtype="<u8").reshape(count, 2).copy()
 
@@ -266,6 +275,8 @@ class SiteMasks:
     site: str
     job_id: str
     sites: int
+    expected: tuple[str, ...] = ()
+    """The job's remote sites as this site's user saw them: the keys must be theirs."""
     private: X25519PrivateKey = field(default_factory=X25519PrivateKey.generate)
     seeds: dict[str, bytes] = field(default_factory=dict)
     fingerprints: dict[str, str] = field(default_factory=dict)
@@ -282,6 +293,10 @@ class SiteMasks:
         words = np.asarray(keys)
         if words.shape != (len(sites), 4) or len(set(sites)) != len(sites):
             raise SiteRefused("central relayed keys that do not match the job's sites")
+        if self.expected and sorted(sites) != sorted(self.expected):
+            raise SiteRefused(
+                "central relayed keys for other sites than the job's; this site does not take part"
+            )
         if self.site not in sites:
             raise SiteRefused("central relayed keys without this site's own")
         for name, row in zip(sites, words, strict=True):
@@ -306,8 +321,11 @@ class SiteMasks:
         *,
         round_number: int,
         scale: int,
+        context: bytes = b"",
     ) -> dict[str, Any]:
-        """The reply with every value but ``rows`` in fixed point plus this site's masks."""
+        """The reply with every value but ``rows`` in fixed point plus this site's masks.
+        ``context`` (a digest of the operation, its arguments and the scale) enters the masks,
+        so they cancel only among sites asked the very same thing in the round."""
         if not self.seeds:
             raise SiteRefused("a masked round before central relayed the sites' keys")
         if round_number <= self.last_round:
@@ -336,7 +354,7 @@ class SiteMasks:
             else np.zeros((0, 2), np.uint64)
         )
         for other, seed in self.seeds.items():
-            stream = keystream(seed, round_number, flat.shape[0])
+            stream = keystream(seed, round_number, flat.shape[0], context)
             flat = add(flat, stream) if self.site < other else subtract(flat, stream)
         masked: dict[str, Any] = {k: v for k, v in result.items() if declared[k].kind == "rows"}
         offset = 0

@@ -17,6 +17,7 @@ the job opens, answers summed operations only masked, and refuses them in the cl
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from collections.abc import Callable, Mapping
@@ -31,7 +32,7 @@ from federation.errors import AlgorithmInvalid, FipError, ProtocolError, SiteRef
 from federation.job import JobEvent, JobSpec, Target, random_stream
 from federation.policy import OPEN as OPEN_POLICY
 from federation.policy import Policy, binary_levels
-from federation.protocol import ErrorKind, ErrorReply, Reply, Request, decode, encode
+from federation.protocol import ErrorKind, ErrorReply, Op, Reply, Request, decode, encode
 from federation.registry import Algorithm, file_names
 from federation.replies import PREPARE, Bounds, Dims, ReplySchema, Value, check_values
 from federation.sandbox import Sandbox, SandboxFailed
@@ -341,6 +342,7 @@ class SiteRunner:
             self.replies.operations[name],
             round_number=round_number,
             scale=scale,
+            context=asked(name, inner, scale),
         )
 
     @property
@@ -388,7 +390,12 @@ class SiteRunner:
                 check_job(self.replies, spec.params, spec.sites)
             except FipError as error:
                 raise SiteRefused(f"{self.data.label}: {error}") from None
-            self.masks = SiteMasks(site=self.site, job_id=spec.job_id, sites=len(spec.sites))
+            self.masks = SiteMasks(
+                site=self.site,
+                job_id=spec.job_id,
+                sites=len(spec.sites),
+                expected=tuple(spec.sites),
+            )
         if not self._is_central:
             reasons = self.policy.check_job(
                 columns=spec.columns, participants=1 + len(set(spec.sites))
@@ -574,6 +581,12 @@ def open_values(replies: ReplySchema, *, secure: bool = False) -> dict[str, Valu
     if secure:
         algorithm = {**({} if PREPARE in replies.summed else algorithm), **SECURE_SUMMARY}
     return {**SUMMARY, "left_out": Value("count", (reasons,)), **algorithm}
+
+
+def asked(name: str, args: Mapping[str, Any], scale: int) -> bytes:
+    """A digest of a masked round's question: every site asked the same has the same one."""
+    frame = encode(Request(job_id="", seq=scale, ops=[Op(name=name, args=dict(args))]))
+    return hashlib.sha256(frame).digest()
 
 
 def public_text(message: str) -> str:

@@ -139,7 +139,6 @@ def test_create_job_by_column_name(central: TestClient) -> None:
         "ridge": 0.001,
         "max_iter": 100,
         "min_rows": 18,  # max(10, 3p) with p = 6 columns
-        "secure_aggregation": False,
     }
     assert job["seed"] == 11
     assert job["participants"] == []
@@ -164,7 +163,6 @@ def test_create_job_by_column_name(central: TestClient) -> None:
         "ridge": 0.5,
         "max_iter": 100,
         "min_rows": 40,
-        "secure_aggregation": False,
     }
 
 

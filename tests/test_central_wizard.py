@@ -309,7 +309,6 @@ def test_create_a_job_through_the_wizard(central: TestClient, demo_files: dict[s
         "ridge": 0.001,
         "max_iter": 100,
         "min_rows": 18,
-        "secure_aggregation": False,
     }
     assert job["seed"] == 42
     assert [p["site_id"] for p in job["participants"]] == [north]

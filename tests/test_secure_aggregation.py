@@ -527,3 +527,34 @@ def test_a_plain_job_is_not_restarted_when_a_site_is_lost() -> None:
         asyncio.run(
             run_job(spec=spec, central_module=chosen.central, local=local, transport=Lost(runners))
         )
+
+
+def test_keys_for_other_sites_and_rounds_asked_differently_unmask_nothing() -> None:
+    """A central that relays keys for a set of sites other than the job's is refused; one that
+    asks sites different things in one round (here: different scales) sums noise."""
+    _, sites = federation(22)
+    spec = secure_spec()
+    runners = {
+        name: SiteRunner(site=name, data=data, algorithm=builtin("SIMI"))
+        for name, data in sites.items()
+    }
+    for runner in runners.values():
+        opened(runner, spec)
+    keys = keys_for(runners, spec)
+    with pytest.raises(SiteRefused, match="other sites than the job's"):
+        runners["site0"].call(secure.KEYS, {"sites": ["site0", "site1"], "keys": keys[:2]})
+    for runner in runners.values():
+        runner.call(secure.KEYS, {"sites": list(spec.sites), "keys": keys})
+
+    def masked(runner: SiteRunner, scale: int) -> dict[str, Any]:
+        args = {"op": "gaussian_stats", "args": {"target": 4}, "round": 1, "scale": scale}
+        frame = encode(Request(job_id="j1", seq=1, ops=[Op(name=secure.MASKED, args=args)]))
+        reply = decode(runner.handle(frame))
+        assert isinstance(reply, Reply), reply
+        return reply.results[0]
+
+    declared = builtin("SIMI").replies.operations["gaussian_stats"]
+    replies = [masked(r, 40 if name != "site2" else 41) for name, r in runners.items()]
+    total = secure.unmask_sum(replies, declared, 40)
+    truth = sum(np.asarray(true_stats(data)["xtx"]) for data in sites.values())
+    assert np.all(np.abs(total["xtx"] - truth) > 1e6 * (1 + np.abs(truth)))
