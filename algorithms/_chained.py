@@ -92,7 +92,7 @@ async def run(job: CentralJob, fit_target: FitTarget) -> None:
     between = int(job.params["iteration_between_imputations"])
     cycles = before + between * (imputations - 1)
     counts = total(job.site_summaries, "target_rows")
-    sums = total(job.site_summaries, "target_sum")
+    sums = job.summed("target_sum")
     await job.tell("fill_unobserved", means=sums / np.maximum(counts, 1))
     starts: dict[int, np.ndarray] = {}
     cycle = 0

@@ -32,7 +32,7 @@ async def fit_pooled(job: CentralJob, target: Target, start: np.ndarray | None =
     """Fit one target over every participant, as its method does."""
 
     async def ask(operation: str, **args: Any) -> Mapping[str, Mapping[str, Any]]:
-        return await job.ask(operation, target=target.index, **args)
+        return await _pooled(job, operation, target=target.index, **args)
 
     fit = await methods.get(target.type).fit_pooled(
         ask,
@@ -48,6 +48,13 @@ async def fit_pooled(job: CentralJob, target: Target, start: np.ndarray | None =
             "(max_iter); the last coefficients are used"
         )
     return fit
+
+
+async def _pooled(job: CentralJob, name: str, **args: Any) -> dict[str, dict[str, Any]]:
+    """Every participant's reply; with secure aggregation only their sum, as one reply."""
+    if job.secure:
+        return {"the participants together": await job.ask_sum(name, **args)}
+    return await job.ask(name, **args)
 
 
 async def fit_averaged(job: CentralJob, target: Target, start: np.ndarray | None = None) -> Fit:

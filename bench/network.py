@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/network.py            # 4 sites x 250,000 rows x 20 columns
     .venv/bin/python bench/network.py --quick    # 20,000 rows per site
+    .venv/bin/python bench/network.py --secure   # with secure_aggregation (masked sums)
 
 Central and each remote site run as their own `fip` processes (central over TLS, each site
 portal with its WebSocket worker), set up as in the end-to-end tests. The data are those of
@@ -52,6 +53,9 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--imputations", type=int, default=5)
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_ROWS:,} rows per site")
+    parser.add_argument(
+        "--secure", action="store_true", help="run the jobs with secure_aggregation (masked sums)"
+    )
     return parser.parse_args(argv)
 
 
@@ -68,6 +72,7 @@ def run_job(
     targets: list[tuple[str, str]],
     files: dict[str, Path],
     m: int,
+    parameters: dict[str, Any],
 ) -> tuple[dict[str, Any], dict[str, Any], float]:
     with fed.admin() as admin:
         job = admin.post(
@@ -79,6 +84,7 @@ def run_job(
                 "participants": [s.site_id for s in fed.sites],
                 "targets": [{"column": c, "type": t} for c, t in targets],
                 "imputations": m,
+                "parameters": parameters,
                 "seed": 1,
             },
         ).json()
@@ -129,14 +135,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(
         f"{args.sites} sites (central + {args.sites - 1} remote processes) x {rows:,} rows x "
         f"{args.columns} columns, M = {args.imputations}, over TLS on loopback"
+        + (", secure aggregation" if args.secure else "")
     )
+    parameters = {"secure_aggregation": True} if args.secure else {}
     federation = start_federation(root / "federation", site_names=tuple(remote))
     fed = next(federation)
     results = []
     try:
         for name, targets in JOBS.items():
             job, report, uploads = run_job(
-                fed, name, list(layout.columns), targets, files[name], args.imputations
+                fed, name, list(layout.columns), targets, files[name], args.imputations, parameters
             )
             started = time.perf_counter()
             local = asyncio.run(
@@ -145,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     central=tables[name]["central"],
                     sites={s.site_id: tables[name][s.name] for s in fed.sites},
                     targets=targets,
-                    params={"imputations": args.imputations},
+                    params={"imputations": args.imputations, **parameters},
                     seed=1,
                 )
             )

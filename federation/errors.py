@@ -31,3 +31,8 @@ class ProtocolError(FipError):
 
 class AlgorithmInvalid(FipError):
     """An algorithm package that does not meet the contract; the message names the file."""
+
+
+class SiteLost(FipError):
+    """A site's connection dropped during a request and the site is back: its answer to that
+    request is unknown. A securely aggregated round then starts again with fresh masks."""

@@ -44,6 +44,9 @@ class Request(BaseModel):
     job_id: str
     seq: int
     ops: list[Op]
+    replaces: int | None = None
+    """A masked round started again (``federation.secure``): the ``seq`` of the request this
+    one replaces. A site that ran that request skips this one's instructions."""
 
 
 class Reply(BaseModel):

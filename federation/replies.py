@@ -9,7 +9,8 @@ the reply and the kind and shape of each value::
       "impute":         {}
     },
     "left_out": ["a non-target column missing"],
-    "fits": "targets * (iteration_before_first_imputation + 2 * (imputations - 1))"
+    "fits": "targets * (iteration_before_first_imputation + 2 * (imputations - 1))",
+    "summed": ["gaussian_stats"]
 
 A value is a number or an array of numbers, never text and never nested:
 
@@ -31,6 +32,11 @@ when the job opens (``rows``, ``rows_used``, ``observed``, ``target_rows``, ``le
 ``fits`` is the most fits the job makes, as arithmetic (+, -, *, parentheses) over the job's
 whole-number parameters and ``targets``: a site answers at most ``2 + fits * max_newton_rounds``
 requests (its policy's rounds per fit), which bounds everything it sends in a job.
+
+``summed`` lists the operations whose replies central only ever adds up over the participants
+(every value of them; ``prepare`` for the algorithm's values in the summary at open); only an
+algorithm whose every operation that answers values is summed can offer secure aggregation
+(``federation.secure``), where central sees just the sum over the sites.
 """
 
 from __future__ import annotations
@@ -110,6 +116,8 @@ class ReplySchema:
     operations: Mapping[str, Mapping[str, Value]]
     left_out: tuple[str, ...]
     fits: str
+    summed: frozenset[str] = frozenset()
+    """Operations whose every reply value central only sums over the participants."""
 
     @classmethod
     def parse(cls, meta: Mapping[str, Any]) -> ReplySchema:
@@ -156,7 +164,27 @@ class ReplySchema:
             if isinstance(v, dict) and v.get("type") == "integer"
         ]
         _expression(str(fits), [*names, "targets"])  # refuses anything but arithmetic
-        return cls(operations=operations, left_out=tuple(left_out), fits=str(fits))
+        summed = meta.get("summed", [])
+        if not isinstance(summed, list) or not all(isinstance(s, str) for s in summed):
+            raise AlgorithmInvalid("params.json: summed must be a list of operation names")
+        unknown = sorted(set(summed) - set(operations))
+        if unknown:
+            raise AlgorithmInvalid(
+                f"params.json: summed names {unknown}, which replies does not declare"
+            )
+        return cls(
+            operations=operations,
+            left_out=tuple(left_out),
+            fits=str(fits),
+            summed=frozenset(summed),
+        )
+
+    def unsummed(self) -> list[str]:
+        """Operations that answer values but are not declared summed (``prepare`` stands for
+        the algorithm's values in the summary at open)."""
+        return sorted(
+            op for op, values in self.operations.items() if values and op not in self.summed
+        )
 
     def largest_reply(self, dims: Dims) -> int:
         """The most numbers one operation's declared reply holds for a job of these sizes."""

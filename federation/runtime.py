@@ -12,6 +12,10 @@ central's own data, in process, and its result comes first. Work on central's da
 worker thread, so a portal's event loop stays free, and every ``await`` is a point where a
 cancelled job stops. Arguments reach central's own handlers exactly as they reach the sites:
 through the wire codec (read-only arrays, plain numbers).
+
+``ask_sum`` runs an operation declared ``summed`` and returns only the sum over participants:
+in a job with ``secure_aggregation`` the remote sites mask their replies and central decodes
+only their sum (``federation.secure``).
 """
 
 from __future__ import annotations
@@ -27,11 +31,12 @@ from typing import Any
 
 import numpy as np
 
+from federation import secure
 from federation.data import Table
-from federation.errors import FipError, InputError, ProtocolError, SiteFailed
+from federation.errors import FipError, InputError, ProtocolError, SiteFailed, SiteLost
 from federation.job import CENTRAL, JobEvent, JobSpec, Target, random_stream
 from federation.protocol import ErrorReply, Op, Reply, Request, decode, encode
-from federation.replies import Bounds, Dims, check_values
+from federation.replies import PREPARE, Bounds, Dims, check_values
 from federation.site import CLOSE, OPEN, Result, SiteRunner, open_values, public_text
 from federation.transport import Transport
 
@@ -97,6 +102,15 @@ class CentralJob:
     _pending: list[Op] = field(default_factory=list)
     _seq: itertools.count[int] = field(default_factory=itertools.count)
     _bounds: dict[str, Bounds] = field(default_factory=dict)
+    secure: bool = False
+    """Secure aggregation: the remote sites' summed replies reach central only masked."""
+    fingerprints: dict[str, str] = field(default_factory=dict)
+    """The remote sites' public keys as relayed, by site (secure aggregation)."""
+    masked_rounds: int = 0
+    restarts: int = 0
+    _round: int = 0
+    _magnitude: int = 0
+    _summary_sums: dict[str, Any] = field(default_factory=dict)
 
     @property
     def params(self) -> Mapping[str, Any]:
@@ -124,6 +138,66 @@ class CentralJob:
         self._pending = []
         results = await self._round_trip(ops, local=local)
         return {site: result[-1] for site, result in results.items()}
+
+    async def ask_sum(self, name: str, **args: Any) -> Result:
+        """Run a summed operation at every participant; the sum of their replies (``rows``
+        values summed too). With secure aggregation the remote sites' replies arrive masked
+        and central sees only their sum, to which it adds its own part in the clear."""
+        if name not in self._local.replies.summed:
+            raise FipError(f"ask_sum('{name}'): params.json does not declare '{name}' summed")
+        if not self.secure:
+            return _sum(list((await self.ask(name, **args)).values()))
+        op = _as_sent(name, args)
+        local = asyncio.to_thread(self._local.call, name, op.args)
+        pending, self._pending = self._pending, []
+        own, remote = await asyncio.gather(local, self._masked_sum(name, op.args, pending))
+        return _sum([own, remote])
+
+    def summed(self, key: str) -> Any:
+        """A value of the sites' summaries at open, summed over participants (with secure
+        aggregation, the algorithm's summed values were sent masked: only the sum is known)."""
+        if key in self._summary_sums:
+            return _sum([{key: self.site_summaries[CENTRAL][key]}, self._summary_sums])[key]
+        return _sum([{key: s[key]} for s in self.site_summaries.values()])[key]
+
+    async def _masked_sum(self, name: str, args: Mapping[str, Any], pending: list[Op]) -> Result:
+        """One masked round at every remote site, started again with fresh masks when a site
+        was lost during it (at most ``MAX_RESTARTS`` times a job); the decoded remote sum."""
+        declared = self._local.replies.operations[name]
+        scale = secure.scale_for(
+            rows=sum(int(s["rows_used"]) for s in self.site_summaries.values()),
+            magnitude=self._magnitude,
+            width=len(self.spec.columns),
+            largest_argument=secure.largest_number(args),
+            sites=len(self.spec.sites),
+        )
+        replaces: int | None = None
+        while True:
+            self._round += 1
+            masked = Op(
+                name=secure.MASKED,
+                args={"op": name, "args": dict(args), "round": self._round, "scale": scale},
+            )
+            try:
+                results = await self._round_trip([*pending, masked], replaces=replaces)
+            except _RoundLost as lost:
+                self.restarts += 1
+                names = ", ".join(f"'{s}'" for s in lost.sites)
+                if self.restarts > secure.MAX_RESTARTS:
+                    raise SiteFailed(
+                        dict.fromkeys(
+                            lost.sites,
+                            f"lost during masked rounds {secure.MAX_RESTARTS + 1} times; "
+                            "the job stops",
+                        )
+                    ) from None
+                self.log(f"site {names} was lost during a masked round: it starts again")
+                # The request that first carried the instructions: a site that ran it, or any
+                # restart of it, has run them.
+                replaces = lost.seq if replaces is None else replaces
+                continue
+            self.masked_rounds += 1
+            return secure.unmask_sum((r[-1] for r in results.values()), declared, scale)
 
     async def tell(self, name: str, **args: Any) -> None:
         """An instruction for every participant: central runs it now, sites with the next ask.
@@ -231,11 +305,15 @@ class CentralJob:
             self._sink(event)
 
     async def _round_trip(
-        self, ops: list[Op], *, local: Awaitable[Result] | None = None
+        self,
+        ops: list[Op],
+        *,
+        local: Awaitable[Result] | None = None,
+        replaces: int | None = None,
     ) -> dict[str, list[Result]]:
         """One request to every site (central's own part running alongside), checked replies."""
         sites = self.spec.sites
-        request = Request(job_id=self.spec.job_id, seq=next(self._seq), ops=ops)
+        request = Request(job_id=self.spec.job_id, seq=next(self._seq), ops=ops, replaces=replaces)
         frame = encode(request)
         self.traffic.round_trips += 1
         self.traffic.bytes_sent += len(frame) * len(sites)
@@ -249,7 +327,11 @@ class CentralJob:
             central_result, answers = await asyncio.gather(local, remote)
             results[CENTRAL] = [central_result]
         failures: dict[str, str] = {}
+        lost: list[str] = []
         for site, answer in zip(sites, answers, strict=True):
+            if isinstance(answer, SiteLost):
+                lost.append(site)
+                continue
             if isinstance(answer, BaseException):
                 if not isinstance(answer, Exception):
                     raise answer
@@ -266,6 +348,9 @@ class CentralJob:
                     results[site] = self._checked(site, ops, reply.results)
             except ProtocolError as error:
                 failures[site] = public_text(f"sent a reply that is not what was declared: {error}")
+        if lost and not failures and any(op.name == secure.MASKED for op in ops):
+            raise _RoundLost(lost, request.seq)
+        failures.update(dict.fromkeys(lost, "its connection was lost during the request"))
         if failures:
             raise SiteFailed(failures)
         return results
@@ -274,6 +359,8 @@ class CentralJob:
         """One site's answer to a request, within the deadline."""
         try:
             return await asyncio.wait_for(self._transport.exchange(site, frame), self.deadline)
+        except SiteLost:
+            raise
         except TimeoutError:
             names = "+".join(op.name for op in ops)
             raise FipError(
@@ -291,10 +378,12 @@ class CentralJob:
         dims = Dims.of(len(self.spec.columns), len(self.targets))
         checked: list[Result] = []
         for op, result in zip(ops, results, strict=True):
-            if op.name == CLOSE:
+            if op.name in (CLOSE, secure.KEYS):
                 checked.append({})
             elif op.name == OPEN:
                 checked.append(self._declared_rows(site, result, dims))
+            elif op.name == secure.MASKED:
+                checked.append(self._masked_reply(site, op, result, dims))
             else:
                 target = op.args.get("target")
                 checked.append(
@@ -308,12 +397,31 @@ class CentralJob:
                 )
         return checked
 
+    def _masked_reply(self, site: str, op: Op, result: Result, dims: Dims) -> Result:
+        """A masked reply: limbs of the declared shapes; ``rows`` values as the site declared."""
+        name = str(op.args["op"])
+        declared = self._local.replies.operations[name]
+        secure.check_masked(name, result, declared, dims.as_map())
+        rows = {k: v for k, v in declared.items() if v.kind == "rows"}
+        if not rows:
+            return dict(result)
+        target = op.args["args"].get("target")
+        counts = check_values(
+            name,
+            {k: result[k] for k in rows},
+            rows,
+            dims=dims,
+            bounds=self._bounds.get(site),
+            target=target if isinstance(target, int) else None,
+        )
+        return {**result, **counts}
+
     def _declared_rows(self, site: str, result: Result, dims: Dims) -> Result:
         """A site's summary at open, and the rows it declares: what its later counts must fit."""
         summary = check_values(
             OPEN,
             result,
-            open_values(self._local.replies),
+            open_values(self._local.replies, secure=self.secure),
             dims=dims,
             bounds=Bounds(rows_used=np.iinfo(np.int64).max, target_rows={}),
         )
@@ -344,7 +452,40 @@ class CentralJob:
         if self.spec.sites:
             opened = await self._round_trip([Op(name=OPEN, args=spec_args)])
             self.site_summaries.update({site: result[0] for site, result in opened.items()})
+        if self.secure:
+            await self._agree_keys()
         self._check_targets()
+
+    async def _agree_keys(self) -> None:
+        """Relay the remote sites' public keys (with the next request) and note their
+        fingerprints; the algorithm's summed summary values follow in a masked round."""
+        words = []
+        magnitudes = [secure.magnitude_of(self.data.values)]
+        for site in self.spec.sites:
+            summary = self.site_summaries[site]
+            magnitude = int(summary[secure.MAGNITUDE])
+            if not 0 <= magnitude <= secure.MAX_MAGNITUDE:
+                raise SiteFailed({site: f"declared a magnitude of {magnitude}, not 0..1100"})
+            magnitudes.append(magnitude)
+            public = secure.key_bytes(summary[secure.PUBLIC_KEY])
+            self.fingerprints[site] = secure.fingerprint(public)
+            words.append(summary[secure.PUBLIC_KEY])
+        self._magnitude = max(magnitudes)
+        self._pending.append(
+            Op(name=secure.KEYS, args={"sites": list(self.spec.sites), "keys": np.stack(words)})
+        )
+        for site, fingerprint in self.fingerprints.items():  # shown on central's job page
+            self._send(
+                JobEvent(
+                    kind="log",
+                    message=f"secure aggregation: public key relayed, fingerprint {fingerprint}",
+                    site=site,
+                )
+            )
+        replies = self._local.replies
+        if PREPARE in replies.summed and replies.operations.get(PREPARE):
+            pending, self._pending = self._pending, []
+            self._summary_sums = await self._masked_sum(PREPARE, {}, pending)
 
     def _check_targets(self) -> None:
         for target in self.targets:
@@ -386,6 +527,7 @@ async def run_job(
     if CENTRAL in spec.sites or len(set(spec.sites)) != len(spec.sites):
         raise InputError(f"site names must be unique and not '{CENTRAL}': {list(spec.sites)}")
     started = time.perf_counter()
+    secure.check_job(local.replies, spec.params, spec.sites)
     job = CentralJob(
         spec=spec,
         data=local.data,
@@ -394,6 +536,7 @@ async def run_job(
         _transport=transport,
         _sink=on_event,
         deadline=deadline,
+        secure=secure.enabled(spec.params),
     )
     try:
         await job._open()
@@ -434,7 +577,7 @@ def _report(job: CentralJob, *, seconds: float) -> dict[str, Any]:
                 "left_out": left_out,
             }
         )
-    return {
+    report: dict[str, Any] = {
         "algorithm": spec.algorithm,
         "version": spec.version,
         "digest": spec.digest,
@@ -449,6 +592,35 @@ def _report(job: CentralJob, *, seconds: float) -> dict[str, Any]:
         "bytes_received": job.traffic.bytes_received,
         "seconds": round(seconds, 6),
     }
+    if job.secure:
+        report["secure_aggregation"] = {
+            "central_saw": "the sum over the remote sites of every summed reply, and each "
+            "site's row counts; no site's own sums",
+            "masked_rounds": job.masked_rounds,
+            "restarts": job.restarts,
+            "fingerprints": dict(job.fingerprints),
+        }
+    return report
+
+
+class _RoundLost(Exception):
+    """Sites were lost during a masked round (and are back): it starts again."""
+
+    def __init__(self, sites: list[str], seq: int) -> None:
+        super().__init__(", ".join(sites))
+        self.sites = sites
+        self.seq = seq
+
+
+def _sum(parts: list[Result]) -> Result:
+    """Replies added key by key, in order (whole numbers stay whole)."""
+    total: Result = {}
+    for key in parts[0]:
+        value = parts[0][key]
+        for part in parts[1:]:
+            value = value + part[key]
+        total[key] = value
+    return total
 
 
 def _as_sent(name: str, args: Mapping[str, Any]) -> Op:

@@ -19,6 +19,7 @@ from federation.job import CENTRAL, JobSpec, make_targets
 from federation.params import resolve_params
 from federation.registry import Algorithm
 from federation.runtime import EventSink, JobResult, run_job
+from federation.secure import check_job
 from federation.site import SiteRunner
 from federation.transport import InMemoryTransport
 
@@ -39,6 +40,9 @@ def make_spec(
     """
     chosen = make_targets(central.columns, targets, label=central.label)
     algorithm.check_targets(t.type for t in chosen)
+    resolved = resolve_params(algorithm.schema, params, columns=len(central.columns))
+    remote = tuple(sites) if algorithm.capabilities.uses_sites else ()
+    check_job(algorithm.replies, resolved, remote)
     return JobSpec(
         job_id=job_id,
         algorithm=algorithm.name,
@@ -46,9 +50,9 @@ def make_spec(
         digest=algorithm.digest,
         columns=central.columns,
         targets=chosen,
-        params=resolve_params(algorithm.schema, params, columns=len(central.columns)),
+        params=resolved,
         seed=secrets.randbelow(2**32) if seed is None else seed,
-        sites=tuple(sites) if algorithm.capabilities.uses_sites else (),
+        sites=remote,
     )
 
 

@@ -10,10 +10,14 @@ when the job opens, and the requests of a job are counted against the fits it de
 
 A built-in remote half runs in this process; any other runs in a sandbox process
 (``federation.sandbox``) that holds only the job's data, and whose answers are checked here.
+
+In a job with ``secure_aggregation`` (``federation.secure``) a remote site makes a key pair when
+the job opens, answers summed operations only masked, and refuses them in the clear.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from collections.abc import Callable, Mapping
@@ -28,10 +32,23 @@ from federation.errors import AlgorithmInvalid, FipError, ProtocolError, SiteRef
 from federation.job import JobEvent, JobSpec, Target, random_stream
 from federation.policy import OPEN as OPEN_POLICY
 from federation.policy import Policy, binary_levels
-from federation.protocol import ErrorKind, ErrorReply, Reply, Request, decode, encode
+from federation.protocol import ErrorKind, ErrorReply, Op, Reply, Request, decode, encode
 from federation.registry import Algorithm, file_names
 from federation.replies import PREPARE, Bounds, Dims, ReplySchema, Value, check_values
 from federation.sandbox import Sandbox, SandboxFailed
+from federation.secure import (
+    EXTRA_REQUESTS,
+    KEYS,
+    MAGNITUDE,
+    MASKED,
+    PUBLIC_KEY,
+    SiteMasks,
+    check_job,
+    enabled,
+    key_words,
+    magnitude_of,
+)
+from federation.secure import SUMMARY as SECURE_SUMMARY
 
 log = logging.getLogger(__name__)
 
@@ -220,6 +237,10 @@ class SiteRunner:
         self._lock = threading.Lock()
         self._last_seq = -1
         self._last_reply = b""
+        self.masks: SiteMasks | None = None
+        """This site's key pair and pairwise seeds in a securely aggregated job."""
+        self._withheld: Result = {}
+        """The algorithm's summed summary values, sent only masked (secure aggregation)."""
 
     @property
     def job(self) -> SiteJob | None:
@@ -240,11 +261,14 @@ class SiteRunner:
                 return self._last_reply
             if request.seq < self._last_seq:
                 raise ProtocolError(f"stale request {request.seq} (last was {self._last_seq})")
-            reply = self._answer(request)
+            # A masked round started again: a site that ran the request it replaces does not
+            # run its instructions twice; it answers only the fresh masked round.
+            ran = request.replaces is not None and request.replaces <= self._last_seq
+            reply = self._answer(request, skip_instructions=ran)
             self._last_seq, self._last_reply = request.seq, reply
             return reply
 
-    def _answer(self, request: Request) -> bytes:
+    def _answer(self, request: Request, *, skip_instructions: bool = False) -> bytes:
         try:
             self.requests += len(request.ops)  # every operation counts, however they are sent
             if self._budget and self.requests > self._budget:
@@ -253,10 +277,10 @@ class SiteRunner:
                     f"fit(s) at {self.policy.max_newton_rounds} each, this site's "
                     "max_newton_rounds); nothing more is answered"
                 )
-            results = []
-            for op in request.ops:
-                result = self.call(op.name, op.args)
-                results.append(self._guard(op.name, op.args, result))
+            results = [
+                {} if skip_instructions and op.name != MASKED else self._run(op.name, op.args)
+                for op in request.ops
+            ]
             self.numbers_sent += sum(_numbers(r) for r in results)
             return encode(Reply(job_id=request.job_id, seq=request.seq, results=results))
         except SiteRefused as refusal:
@@ -280,6 +304,52 @@ class SiteRunner:
                 request, "failed", f"an operation failed at this site ({type(error).__name__})"
             )
 
+    def _run(self, name: str, args: Mapping[str, Any]) -> Result:
+        """One operation of a request, as it may leave: checked, and masked when it must be."""
+        if name == MASKED:
+            return self._masked(args)
+        if self.masks is not None and name in self.replies.summed:
+            raise SiteRefused(
+                f"{self.data.label}: this job is securely aggregated, so '{name}' is answered "
+                "only masked; central asked for it in the clear and nothing was sent"
+            )
+        return self._guard(name, args, self.call(name, args))
+
+    def _masked(self, args: Mapping[str, Any]) -> Result:
+        """A summed operation's reply, checked as declared, then masked for the round."""
+        name, inner = args.get("op"), args.get("args")
+        round_number, scale = args.get("round"), args.get("scale")
+        if (
+            self.masks is None
+            or not isinstance(name, str)
+            or not isinstance(inner, dict)
+            or not isinstance(round_number, int)
+            or not isinstance(scale, int)
+            or isinstance(round_number, bool)
+            or isinstance(scale, bool)
+            or not -1100 <= scale <= 1100
+        ):
+            raise ProtocolError("a masked round outside a securely aggregated job, or malformed")
+        if name not in self.replies.summed:
+            raise SiteRefused(f"{self.data.label}: '{name}' is not a summed operation")
+        if name == PREPARE:
+            result, inner = self._withheld, {}
+        else:
+            result = self._guard(name, inner, self.call(name, inner))
+        return self.masks.mask(
+            name,
+            result,
+            self.replies.operations[name],
+            round_number=round_number,
+            scale=scale,
+            context=asked(name, inner, scale),
+        )
+
+    @property
+    def fingerprints(self) -> dict[str, str]:
+        """The public keys of a securely aggregated job's sites, as their users compare them."""
+        return {} if self.masks is None else dict(self.masks.fingerprints)
+
     def call(self, name: str, args: Mapping[str, Any], *, local: bool = False) -> Result:
         """Run one operation. ``local`` allows the handlers reserved to central's own data."""
         if name == OPEN:
@@ -293,6 +363,11 @@ class SiteRunner:
                 raise
         if name == CLOSE:
             self.close()
+            return {}
+        if name == KEYS:
+            if self.masks is None:
+                raise ProtocolError("keys relayed for a job that is not securely aggregated")
+            self.masks.agree(list(args.get("sites", [])), args.get("keys"))
             return {}
         if self._job is None:
             raise ProtocolError(f"operation '{name}' before the job was opened")
@@ -308,6 +383,18 @@ class SiteRunner:
         self._check_spec(spec)
         for target in spec.targets:
             check_target_values(self.data, target.column, target.type, show_values=self._is_central)
+        secure = enabled(spec.params) and not self._is_central
+        if secure:
+            try:
+                check_job(self.replies, spec.params, spec.sites)
+            except FipError as error:
+                raise SiteRefused(f"{self.data.label}: {error}") from None
+            self.masks = SiteMasks(
+                site=self.site,
+                job_id=spec.job_id,
+                sites=len(spec.sites),
+                expected=tuple(spec.sites),
+            )
         if not self._is_central:
             reasons = self.policy.check_job(
                 columns=spec.columns, participants=1 + len(set(spec.sites))
@@ -349,7 +436,7 @@ class SiteRunner:
                 self._refuse_by_policy(reasons)
             self._budget = self.replies.request_budget(
                 spec.params, targets=len(spec.targets), rounds=self.policy.max_newton_rounds
-            )
+            ) + (EXTRA_REQUESTS if secure else 0)
             self.requests = 1
         names = [t.name for t in spec.targets]
         for reason, count in zip(self.replies.left_out, result["left_out"], strict=True):
@@ -375,6 +462,11 @@ class SiteRunner:
         extras = {
             k: v for k, v in prepared.items() if k not in ("rows_used", "target_rows", "left_out")
         }
+        if self.masks is not None:
+            if PREPARE in self.replies.summed:  # sent only masked, summed over the sites
+                self._withheld = {k: extras.pop(k, None) for k in self.replies.operations[PREPARE]}
+            extras[PUBLIC_KEY] = key_words(self.masks.public)
+            extras[MAGNITUDE] = magnitude_of(self.data.values)
         summary: Result = {
             "rows": self.data.rows,
             "rows_used": used,
@@ -388,13 +480,22 @@ class SiteRunner:
         }
         self._dims = Dims.of(len(spec.columns), len(spec.targets))
         try:
-            return check_values(
+            checked = check_values(
                 OPEN,
                 summary,
-                open_values(self.replies),
+                open_values(self.replies, secure=self.masks is not None),
                 dims=self._dims,
                 bounds=Bounds(rows_used=self.data.rows, target_rows={}),
             )
+            if self._withheld:
+                self._withheld = check_values(
+                    PREPARE,
+                    self._withheld,
+                    self.replies.operations[PREPARE],
+                    dims=self._dims,
+                    bounds=Bounds(rows_used=self.data.rows, target_rows={}),
+                )
+            return checked
         except ProtocolError as error:  # its key names are the algorithm's own words
             self._emit("warning", f"{error}; nothing was sent")
             raise SiteRefused(
@@ -439,7 +540,7 @@ class SiteRunner:
 
     def _guard(self, name: str, args: Mapping[str, Any], result: Result) -> Result:
         """The result as declared, or a refusal: nothing undeclared leaves the site."""
-        if name in (OPEN, CLOSE):
+        if name in (OPEN, CLOSE, KEYS):
             return result
         assert self._dims is not None
         target = args.get("target")
@@ -470,14 +571,21 @@ class SiteRunner:
             self._on_event(JobEvent(kind=kind, message=message, site=self.site))  # type: ignore[arg-type]
 
 
-def open_values(replies: ReplySchema) -> dict[str, Value]:
-    """The declared summary at open: the runtime's values, then the algorithm's."""
+def open_values(replies: ReplySchema, *, secure: bool = False) -> dict[str, Value]:
+    """The declared summary at open: the runtime's values, then the algorithm's. A remote
+    site of a securely aggregated job adds its public key and magnitude, and sends the
+    algorithm's summed values only masked, later."""
     reasons = len(replies.left_out)
-    return {
-        **SUMMARY,
-        "left_out": Value("count", (reasons,)),
-        **replies.operations.get(PREPARE, {}),
-    }
+    algorithm = replies.operations.get(PREPARE, {})
+    if secure:
+        algorithm = {**({} if PREPARE in replies.summed else algorithm), **SECURE_SUMMARY}
+    return {**SUMMARY, "left_out": Value("count", (reasons,)), **algorithm}
+
+
+def asked(name: str, args: Mapping[str, Any], scale: int) -> bytes:
+    """A digest of a masked round's question: every site asked the same has the same one."""
+    frame = encode(Request(job_id="", seq=scale, ops=[Op(name=name, args=dict(args))]))
+    return hashlib.sha256(frame).digest()
 
 
 def public_text(message: str) -> str:

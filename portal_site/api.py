@@ -99,6 +99,8 @@ class JobOut(BaseModel):
     code_trusted: bool | None
     started: bool
     progress: float
+    key_fingerprints: dict[str, str]
+    """Secure aggregation: every site's public key fingerprint as central relayed it."""
 
     @classmethod
     def of(cls, job: LocalJob, *, trusted: bool | None = None) -> JobOut:
@@ -119,6 +121,7 @@ class JobOut(BaseModel):
             code_trusted=trusted,
             started=job.started,
             progress=job.progress,
+            key_fingerprints=job.fingerprints,
         )
 
 

@@ -58,12 +58,21 @@ class LocalJob:
     progress: float = 0.0
     step: str = ""
     rows_used: int = 0
+    kept_fingerprints: dict[str, str] = field(default_factory=dict)
     events: list[JobEvent] = field(default_factory=list)
     subscribers: set[asyncio.Queue[JobEvent | str]] = field(default_factory=set)
 
     @property
     def state(self) -> str:
         return str(self.info.get("state", ""))
+
+    @property
+    def fingerprints(self) -> dict[str, str]:
+        """Secure aggregation: the sites' public keys as central relayed them (this site's own
+        included), kept after the job ends so that its user can compare them with central's."""
+        if self.runner is not None and self.runner.fingerprints:
+            self.kept_fingerprints = self.runner.fingerprints
+        return self.kept_fingerprints
 
     @property
     def digest(self) -> str:
@@ -432,6 +441,7 @@ class LocalJobs:
 
 def _close(job: LocalJob) -> None:
     """Stop whatever answers for the job here (a sandbox process dies with its data)."""
+    job.fingerprints  # noqa: B018 - keeps the key fingerprints for the job's page
     for runner in (job.runner, *job.runners.values()):
         if runner is not None:
             runner.close()

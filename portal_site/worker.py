@@ -25,6 +25,7 @@ from federation.protocol import (
     ControlMessage,
     ErrorReply,
     Heartbeat,
+    Op,
     PolicySummary,
     Reply,
     Request,
@@ -34,6 +35,7 @@ from federation.protocol import (
     encode,
     encode_control,
 )
+from federation.secure import MASKED
 from portal_site.central import CentralClient, CentralError, ssl_context, websocket_url
 from portal_site.jobs import LocalJobs
 from portal_site.settings import SiteSettings
@@ -295,12 +297,13 @@ class Worker:
     def _note(self, request: Request, reply: bytes) -> None:
         answer = decode(reply)
         job = self.jobs.owner(request.job_id)
-        kind = "+".join(op.name for op in request.ops)
+        kind = "+".join(_label(op) for op in request.ops)
+        masked = any(op.name == MASKED for op in request.ops)
         if isinstance(answer, Reply):
             shapes = [_shapes(result) for result in answer.results]
             if job is not None and request.ops[-1].name == "fip.open":
                 job.rows_used = int(answer.results[-1].get("rows_used", 0))
-            note = ""
+            note = "masked: central can read only the sum over the sites" if masked else ""
         else:
             shapes, note = (
                 [],
@@ -340,6 +343,11 @@ class Worker:
         if self._socket is not None:
             await self._socket.close()
         self.jobs.drop_all()
+
+
+def _label(op: Op) -> str:
+    """An operation as the ledger names it: a masked one by what it masks."""
+    return f"{op.args.get('op')} (masked)" if op.name == MASKED else op.name
 
 
 def _shapes(result: dict[str, Any]) -> dict[str, list[int]]:

@@ -158,7 +158,12 @@ def test_create_job_by_column_name(central: TestClient) -> None:
         parameters={"ridge": 0.5, "min_rows": 40},
     )
     assert simi["targets"] == [{"index": 6, "name": "smoker", "type": "logistic"}]
-    assert simi["parameters"] == {"imputations": 5, "ridge": 0.5, "max_iter": 100, "min_rows": 40}
+    assert simi["parameters"] == {
+        "imputations": 5,
+        "ridge": 0.5,
+        "max_iter": 100,
+        "min_rows": 40,
+    }
 
 
 def test_the_seed_takes_its_whole_range(central: TestClient) -> None:
@@ -540,3 +545,22 @@ def test_the_transition_table() -> None:
     interrupted = Job(id=3, state="running", message="")
     advance(interrupted, to="interrupted", message="central restarted")
     assert interrupted.state == "interrupted" and interrupted.finished_at is not None
+
+
+def test_secure_aggregation_needs_two_remote_sites_and_summed_replies(central: TestClient) -> None:
+    """Refused when the job is defined, naming the parameter and saying why."""
+    one_site = central.post(
+        "/api/jobs",
+        json=_job(parameters={"secure_aggregation": True}),
+        headers=admin_auth(central),
+    )
+    assert one_site.status_code == 422, one_site.text
+    body = one_site.json()
+    assert body["field"] == "param_secure_aggregation"
+    assert "at least two remote sites" in body["detail"]
+    averaged = central.post(
+        "/api/jobs",
+        json=_job(algorithm="AVGMMICE", parameters={"secure_aggregation": True}),
+        headers=admin_auth(central),
+    )
+    assert averaged.status_code == 422 and "secure_aggregation" in averaged.json()["detail"]

@@ -91,7 +91,11 @@ def _wizard_form(central: TestClient, csrf: str, path: Path) -> dict[str, Any]:
         "columns_json": json.dumps(_summary(path)),
         "target": ["bmi", "smoker"],
         **{f"type:{c}": "logistic" if c in BINARY else "gaussian" for c in COLUMNS},
-        **{name: str(field.get("value", "")) for name, field in defaults.items()},
+        **{
+            name: str(field.get("value", ""))
+            for name, field in defaults.items()
+            if field["type"] != "checkbox" or field.has_attr("checked")  # as a browser sends
+        },
         "name": "Wizard job",
         "description": "made in the wizard",
         "seed": "42",
@@ -160,7 +164,10 @@ def test_parameters_fragment_from_the_schema(central: TestClient) -> None:
         "param:ridge": "1e-05",
         "param:max_iter": "100",
         "param:min_rows": "",
+        "param:secure_aggregation": "true",
     }
+    secure = inputs.pop("param:secure_aggregation")  # a boolean is a checkbox, off by default
+    assert secure["type"] == "checkbox" and not secure.has_attr("checked")
     assert all(field["type"] == "number" for field in inputs.values())
     assert inputs["param:imputations"]["step"] == "1"
     assert inputs["param:imputations"]["min"] == "1"
@@ -174,7 +181,13 @@ def test_parameters_fragment_from_the_schema(central: TestClient) -> None:
     simi = _parameter_inputs(
         central.get("/jobs/new/parameters?algorithm=SIMI", headers=htmx_headers(csrf)).text
     )
-    assert set(simi) == {"param:imputations", "param:ridge", "param:max_iter", "param:min_rows"}
+    assert set(simi) == {
+        "param:imputations",
+        "param:ridge",
+        "param:max_iter",
+        "param:min_rows",
+        "param:secure_aggregation",
+    }
 
     unknown = central.get("/jobs/new/parameters?algorithm=NOPE", headers=htmx_headers(csrf))
     assert unknown.status_code == 404
@@ -372,6 +385,12 @@ def test_wizard_errors_keep_what_was_typed(
         ("seed not a number", {"seed": "12a"}, "seed", "seed"),
         ("seed too large", {"seed": str(2**32)}, "seed", "4294967295"),
         ("no name", {"name": "  "}, "name", "name"),
+        (
+            "secure aggregation with one site",
+            {"param:secure_aggregation": "true"},
+            "param_secure_aggregation",
+            "at least two remote sites",
+        ),
     ]
     unmarked: list[str] = []
     for case, changes, field, words in cases:
@@ -395,7 +414,11 @@ def test_wizard_errors_keep_what_was_typed(
         radios = page.select("input[name=algorithm][checked]")
         assert [r["value"] for r in radios] == ([form["algorithm"]] if "algorithm" in form else [])
         if form.get("algorithm") == "SIMICE":
-            kept = {n: f.get("value") for n, f in _parameter_inputs(response.text).items()}
+            kept = {
+                n: f.get("value")
+                for n, f in _parameter_inputs(response.text).items()
+                if f["type"] != "checkbox" or f.has_attr("checked")
+            }
             assert kept == {k: v for k, v in form.items() if k.startswith("param:")}, case
             if field.startswith("param_"):
                 invalid = _one(page, f"#p-{field.removeprefix('param_')}")

@@ -748,3 +748,31 @@ def test_console_script_runs_a_job(small_files: dict[str, Path], tmp_path: Path)
     assert failed.stderr.startswith("fip: error: ")
     assert "Traceback" not in failed.stderr
     assert not (tmp_path / "other").exists()
+
+
+def test_secure_aggregation_from_the_command_line(
+    small_files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--param secure_aggregation=true masks the sites' sums: the same files as unmasked
+    (the fit agrees to rounding), a report saying what central saw; one site is refused."""
+    plain, masked = tmp_path / "plain", tmp_path / "masked"
+    assert fip(capsys, *simi_args(small_files, plain, "--seed", "3"))[0] == 0
+    code, _, stderr = fip(
+        capsys,
+        *simi_args(small_files, masked, "--seed", "3", "--param", "secure_aggregation=true"),
+    )
+    assert code == 0, stderr
+    secured = report(masked)
+    assert secured["secure_aggregation"]["masked_rounds"] == 1
+    assert "sum" in secured["secure_aggregation"]["central_saw"]
+    (a,), (b,) = report(plain)["fits"], secured["fits"]
+    for name, value in a["coefficients"].items():
+        assert b["coefficients"][name] == pytest.approx(value, rel=1e-9)
+    pd.testing.assert_frame_equal(long_frame(plain), long_frame(masked), rtol=1e-9)
+
+    one_site = simi_args(small_files, tmp_path / "one")
+    at = one_site.index(str(small_files["b"]))
+    del one_site[at - 1 : at + 1]  # "--site b"
+    code, _, stderr = fip(capsys, *one_site, "--param", "secure_aggregation=true")
+    assert code == 1
+    assert "at least two remote sites" in stderr

@@ -614,6 +614,7 @@ def _wizard_form(central: TestClient, csrf: str, path: Path, algorithm: str) -> 
         str(field["name"]): str(field.get("value", ""))
         for field in _soup(fragment).select("input")
         if str(field.get("name", "")).startswith("param:")
+        and (field.get("type") != "checkbox" or field.has_attr("checked"))  # as a browser sends
     }
     return {
         "csrf_token": csrf,

@@ -548,7 +548,12 @@ class _Relay:
 
 def _summary(result: JobResult) -> str:
     report = result.report
+    secured = (
+        "; securely aggregated: central saw only the sum of the sites' replies"
+        if "secure_aggregation" in report
+        else ""
+    )
     return (
         f"{len(result.imputed_cells)} imputed datasets; {report['round_trips']} round trips, "
-        f"{report['seconds']:.1f} s"
+        f"{report['seconds']:.1f} s{secured}"
     )

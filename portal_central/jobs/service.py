@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
+from federation import secure
 from federation.compare import reference_for
 from federation.errors import InputError
 from federation.job import make_targets
@@ -85,6 +86,12 @@ def create_job(
         for m in methods
     }
     sites = _participants(session, participants)
+    for method in methods:  # secure aggregation needs summed replies and two remote sites
+        remote = [str(u.site_id) for u in sites] if method.algorithm.capabilities.uses_sites else []
+        try:
+            secure.check_job(method.algorithm.replies, resolved[method.name], remote)
+        except InputError as error:
+            raise FieldInvalid(str(error), field="param_secure_aggregation") from None
     drawn_seed = secrets.randbelow(2**32) if seed is None else seed
 
     def make(method: algorithms_store.VersionInfo, title: str) -> Job:

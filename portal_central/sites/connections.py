@@ -3,7 +3,9 @@
 A request frame is sent on the site's current socket and its reply awaited. If the socket
 drops, the exchange waits for the site to come back (up to the grace period, counted from the
 drop) and sends the same frame again: the site answers a repeated sequence number with the
-reply it already computed, so no message is lost or applied twice. Several jobs share a
+reply it already computed, so no message is lost or applied twice. A masked round of secure
+aggregation is not sent again: once the site is back, the exchange raises ``SiteLost`` and the
+runtime starts the round again with fresh masks (``federation.secure``). Several jobs share a
 site's socket; replies find their request by (job id, sequence number).
 """
 
@@ -19,9 +21,10 @@ from typing import Any
 
 from starlette.websockets import WebSocket
 
-from federation.errors import ProtocolError
+from federation.errors import ProtocolError, SiteLost
 from federation.policy import Policy
 from federation.protocol import ControlMessage, Request, decode, encode_control
+from federation.secure import MASKED
 
 log = logging.getLogger(__name__)
 REPLACED = 4000
@@ -133,8 +136,12 @@ class Connections:
         if not isinstance(request, Request):
             raise ProtocolError("only requests are sent to sites")
         key = (site_id, request.job_id, request.seq)
+        masked = any(op.name == MASKED for op in request.ops)
+        lost = False
         while True:
             link = await self._wait_for(site_id)
+            if lost:
+                raise SiteLost("the connection dropped during a masked round; the site is back")
             future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
             self._pending[key] = future
             try:
@@ -149,11 +156,13 @@ class Connections:
                     closed.cancel()
                 if future in done:
                     return future.result()
+                lost = masked
             except Exception as error:  # noqa: BLE001 - any send failure means this socket is gone
                 log.info("site %s: send failed (%s); waiting for it to reconnect", site_id, error)
                 # Forget the socket now (its handler may not have noticed yet), so that the
                 # next attempt waits for a new one instead of failing on this one again.
                 self.detach(link)
+                lost = masked
             finally:
                 self._pending.pop(key, None)
                 future.cancel()

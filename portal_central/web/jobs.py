@@ -458,6 +458,9 @@ def _algorithm(state: CentralState, name: str) -> Algorithm:
         return store.current(session=session, registry=state.registry, name=name).algorithm
 
 
+_TRUE = ("true", "on", "1", "yes")
+
+
 def _param_fields(algorithm: Algorithm | None, given: dict[str, str]) -> list[dict[str, Any]]:
     """Form fields from the algorithm's JSON Schema: label, input type, bounds, default, hint."""
     if algorithm is None:
@@ -468,12 +471,14 @@ def _param_fields(algorithm: Algorithm | None, given: dict[str, str]) -> list[di
         kinds = kinds if isinstance(kinds, list) else [kinds]
         number = "integer" in kinds or "number" in kinds
         default = prop.get("default")
+        value = given.get(name, "" if default is None else str(default))
         fields.append(
             {
                 "name": name,
                 "label": prop.get("title", name),
                 "hint": prop.get("description", ""),
-                "input": "number" if number else "text",
+                "input": "checkbox" if "boolean" in kinds else "number" if number else "text",
+                "checked": value.lower() in _TRUE,
                 "step": "1" if "integer" in kinds else "any",
                 "min": prop.get("minimum"),
                 "max": prop.get("maximum"),
@@ -494,7 +499,9 @@ def _parse_params(algorithm: Algorithm, raw: dict[str, str]) -> dict[str, Any]:
         kinds = prop.get("type", "string")
         kinds = kinds if isinstance(kinds, list) else [kinds]
         try:
-            if "integer" in kinds:
+            if "boolean" in kinds:
+                params[name] = text.lower() in _TRUE
+            elif "integer" in kinds:
                 params[name] = int(text)
             elif "number" in kinds:
                 params[name] = float(text)
