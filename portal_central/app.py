@@ -102,9 +102,7 @@ def create_app(settings: CentralSettings) -> FastAPI:
     def home(user: OptionalUser) -> Response:
         if user is None:
             return RedirectResponse("/sign-in", status_code=303)
-        return RedirectResponse(
-            "/admin/users" if user.role == "admin" else "/account", status_code=303
-        )
+        return RedirectResponse("/jobs", status_code=303)
 
     @app.get("/account", response_class=HTMLResponse, include_in_schema=False)
     def account(request: Request, user: OptionalUser, state: StateDep) -> Response:

@@ -60,6 +60,10 @@ class CentralSettings(BaseSettings):
     """Requests to /api/auth/token (and the sign-in form) per client address, then 429."""
     register_requests_per_hour: int = Field(default=10, ge=1)
     """Registrations (API and form) per client address, then 429."""
+    reset_requests_per_hour: int = Field(default=10, ge=1)
+    """"Forgot password" requests (API and form) per client address, then 429."""
+    password_reset_minutes: float = Field(default=30, gt=0)
+    """How long a password reset link works (once)."""
     site_grace_seconds: float = Field(default=60, ge=0)
     """A site whose connection drops mid-job has this long to reconnect before the job fails."""
     request_deadline_seconds: float = Field(default=300, gt=0, allow_inf_nan=False)
