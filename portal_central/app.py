@@ -69,11 +69,9 @@ def create_app(settings: CentralSettings) -> FastAPI:
     )
     api_docs(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    app.include_router(auth.router)
-    app.include_router(admin.router)
-    app.include_router(algorithms.router)
-    app.include_router(jobs.router)
-    app.include_router(ws.router)
+    # Pages and forms are not the JSON API: /docs lists only /api/..., /health and /metrics.
+    for pages in (auth.router, admin.router, algorithms.router, jobs.router, ws.router):
+        app.include_router(pages, include_in_schema=False)
     app.include_router(accounts_api.router)
     app.include_router(algorithms_api.router)
     app.include_router(jobs_api.router)

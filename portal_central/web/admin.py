@@ -20,7 +20,7 @@ from portal_central.paths import RowId
 from portal_central.sites.connections import DISABLED
 from portal_central.state import CentralState
 
-router = APIRouter(prefix="/admin", include_in_schema=False)
+router = APIRouter(prefix="/admin")
 log = logging.getLogger(__name__)
 ACTIONS = {
     status: [a for a, moves in service.STATUS_TRANSITIONS.items() if status in moves]

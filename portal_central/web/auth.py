@@ -14,7 +14,7 @@ from portal_central.accounts.limits import RateLimited, client_address
 from portal_central.deps import SESSION_COOKIE, CurrentUser, OptionalUser, StateDep
 from portal_central.errors import FieldInvalid, PortalError
 
-router = APIRouter(include_in_schema=False)
+router = APIRouter()
 DEVICE_COOKIE = "fip_device"
 """Set at a successful sign-in (sent only to /sign-in): this browser signed in as that user,
 so a wait that strangers put on the username does not apply to it."""
