@@ -31,6 +31,11 @@ class CentralSettings(BaseSettings):
     public_url: str | None = None
     """The address sites and users reach central at, written in mails; default from host/port."""
 
+    site_install: str | None = None
+    """What a site passes to ``pip install`` to get ``fip`` (a wheel's URL, ``git+https://...``);
+    written in approval mails. Without it the mail says to install from the repository or from
+    the wheel the admin sends."""
+
     smtp_host: str | None = None
     """With no SMTP host, mail goes to the outbox that admins read in the portal."""
     smtp_port: int = 587

@@ -10,10 +10,12 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from federation import __version__
 from federation.web import is_htmx, render
 from portal_central.accounts import notices, passwords, service, throttle
 from portal_central.accounts.mail import MailError
 from portal_central.deps import AdminUser, StateDep
+from portal_central.devcert import issued_by_dev_ca
 from portal_central.errors import PortalError
 from portal_central.models import OutboxMail, User
 from portal_central.paths import RowId
@@ -184,7 +186,14 @@ async def apply_decision(
         return user, notice, False
     try:
         await state.mailer.send(
-            to=user.email, template=template, user=user, central_url=state.settings.url
+            to=user.email,
+            template=template,
+            user=user,
+            central_url=state.settings.url,
+            site_install=state.settings.site_install or "",
+            version=__version__,
+            own_ca=issued_by_dev_ca(state.settings.certfile),
+            tls=state.settings.tls,
         )
     except MailError as error:
         return user, f"{notice.split(':')[0]}, but {error}. site_id: {user.site_id}", True
