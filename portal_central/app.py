@@ -20,7 +20,15 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy import func, select, text
 
 from federation.uploads import BodyLimit
-from federation.web import STATIC, api_docs, cross_site, is_htmx, render, security_headers
+from federation.web import (
+    ENVIRONMENT,
+    STATIC,
+    api_docs,
+    cross_site,
+    is_htmx,
+    render,
+    security_headers,
+)
 from portal_central.api import accounts as accounts_api
 from portal_central.api import algorithms as algorithms_api
 from portal_central.api import jobs as jobs_api
@@ -28,6 +36,7 @@ from portal_central.db import upgrade
 from portal_central.deps import OptionalUser, StateDep
 from portal_central.errors import FieldInvalid, Forbidden, PortalError, Unauthorized
 from portal_central.jobs.status import TRANSITIONS
+from portal_central.methods import method_name
 from portal_central.models import Job
 from portal_central.settings import CentralSettings
 from portal_central.sites import ws
@@ -35,6 +44,7 @@ from portal_central.state import CentralState
 from portal_central.web import admin, algorithms, auth, jobs
 
 log = logging.getLogger(__name__)
+ENVIRONMENT.globals["method_name"] = method_name  # names spelled out in every page
 
 
 def create_app(settings: CentralSettings) -> FastAPI:

@@ -13,6 +13,7 @@ from sqlalchemy import select
 from federation.demo import COLUMNS
 from federation.registry import Registry, package_digest
 from portal_central.app import create_app
+from portal_central.methods import METHODS
 from portal_central.models import AlgorithmVersion
 from portal_central.settings import CentralSettings
 from tests.central_fixtures import (
@@ -206,6 +207,32 @@ def test_retire_a_version_through_the_page(central: TestClient) -> None:
     assert central.post(restore, data={"csrf_token": csrf}).status_code == 200
     back = central.post("/api/jobs", json=_job(), headers=headers)
     assert back.status_code == 201 and back.json()["version"] == "1.1.0"
+
+
+def test_methods_are_spelled_out_with_when_to_use_them_where_they_are_picked(
+    central: TestClient,
+) -> None:
+    browser_sign_in(central, ADMIN["username"], ADMIN["password"])
+    listing = _soup(central.get("/algorithms").text)
+    wizard = _soup(central.get("/jobs/new").text)
+    page = _soup(central.get("/algorithms/AVGMMI").text)
+
+    for name, method in METHODS.items():
+        link = listing.find("a", string=name)
+        assert link is not None, name
+        row = link.find_parent("tr")
+        assert row is not None
+        assert method.title in row.get_text(" ", strip=True), name
+        assert method.when in row.get_text(" ", strip=True), name
+        choice = wizard.find("input", attrs={"name": "algorithm", "value": name})
+        assert choice is not None, name
+        label = choice.find_parent("label")
+        assert label is not None
+        assert method.title in label.get_text(" ", strip=True), name
+        assert method.when in label.get_text(" ", strip=True), name
+    assert "Averaged-fit imputation (average mixture, AVGM)" in page.get_text()
+    meandraw = upload_algorithm(central, meandraw_files())
+    assert meandraw["name"] not in METHODS, "an upload shows its own description only"
 
 
 def test_a_built_in_cannot_be_retired(central: TestClient) -> None:

@@ -11,11 +11,13 @@ import numpy as np
 from federation.job import JobSpec, Target
 from federation.outputs import zip_bytes
 from federation.runtime import JobResult
+from portal_central.methods import METHODS
 from portal_central.settings import CentralSettings
 from portal_site.settings import SiteSettings
 from tests.helpers import table
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+ALGORITHMS = Path(__file__).resolve().parents[1] / "algorithms"
 
 
 def test_every_setting_is_in_the_configuration_table() -> None:
@@ -59,3 +61,12 @@ def test_the_imputation_files_are_named_as_the_readme_says() -> None:
 
     assert names[0] == "imputation_01.csv" and names[-1] == "imputation_10.csv"
     assert "(`imputation_01.csv` … `imputation_10.csv` when M = 10" in README
+
+
+def test_every_built_in_is_spelled_out_with_when_to_use_it() -> None:
+    builtins = {p.parent.name for p in ALGORITHMS.glob("*/params.json")}
+
+    assert set(METHODS) == builtins, "each built-in has a name spelled out, and only they"
+    for name, method in METHODS.items():
+        assert f"| {name} | {method.title} |" in README, name
+        assert f"| {method.when} |" in README, name
