@@ -378,6 +378,6 @@ def test_the_admins_accounts_page_fits_1280_px_and_an_approved_row_leaves_pendin
     page.locator("tr", has_text="wide-two").locator("summary", has_text="More").click()
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= 1280, f"with a row's More open the page is {width} px wide"
-    shot(page, "09-sites-and-users", folder)
+    shot(page, "13-sites-and-users", folder)
     page.goto(f"{fed.central_url}/admin/users?status=approved")
     expect(page.locator("tr", has_text="wide-one")).to_contain_text("approved")
