@@ -198,9 +198,11 @@ async def apply_decision(
     except MailError as error:
         return user, f"{notice.split(':')[0]}, but {error}. site_id: {user.site_id}", True
     if state.settings.smtp_host is None:
-        notice = notice.replace("mailed to", "mail for") + (
-            " is in the outbox" if action == "approve" else ""
-        )
+        notice = {
+            "approve": f"Approved: site_id {user.site_id}; the mail for {user.email} is in the "
+            "outbox (forward it).",
+            "reject": f"Rejected; the mail for {user.email} is in the outbox (forward it).",
+        }[action]
     return user, notice, False
 
 
