@@ -20,7 +20,7 @@ from federation.errors import AlgorithmInvalid, FipError
 from federation.job import JobEvent
 from federation.registry import Algorithm, Registry, file_names, load_algorithm, read_algorithm
 from federation.simulation import smoke_test
-from portal_central.errors import Conflict, FieldInvalid, NotFound
+from portal_central.errors import Conflict, FieldInvalid, Forbidden, NotFound
 from portal_central.models import AlgorithmVersion, User, utcnow
 
 log = logging.getLogger(__name__)
@@ -201,10 +201,16 @@ def store(
 def retire(
     *, session: Session, name: str, version_id: int, retired: bool = True
 ) -> AlgorithmVersion:
-    """Take a version out of service for new jobs (old jobs keep it), or put it back."""
+    """Take a version out of service for new jobs (old jobs keep it), or put it back.
+    A built-in ships with the portal and stays in service (a retired one is put back)."""
     row = session.get(AlgorithmVersion, version_id)
     if row is None or row.name != name:
         raise NotFound(f"{name} has no version with id {version_id}")
+    if row.builtin and retired:
+        raise Forbidden(
+            f"{name} {row.version} is built in: it ships with the portal and cannot be retired "
+            "(retire the versions that were uploaded)"
+        )
     row.retired_at = utcnow() if retired else None
     return row
 

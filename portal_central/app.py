@@ -20,7 +20,15 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy import func, select, text
 
 from federation.uploads import BodyLimit
-from federation.web import STATIC, api_docs, cross_site, is_htmx, render, security_headers
+from federation.web import (
+    ENVIRONMENT,
+    STATIC,
+    api_docs,
+    cross_site,
+    is_htmx,
+    render,
+    security_headers,
+)
 from portal_central.api import accounts as accounts_api
 from portal_central.api import algorithms as algorithms_api
 from portal_central.api import jobs as jobs_api
@@ -28,6 +36,7 @@ from portal_central.db import upgrade
 from portal_central.deps import OptionalUser, StateDep
 from portal_central.errors import FieldInvalid, Forbidden, PortalError, Unauthorized
 from portal_central.jobs.status import TRANSITIONS
+from portal_central.methods import method_name
 from portal_central.models import Job
 from portal_central.settings import CentralSettings
 from portal_central.sites import ws
@@ -35,6 +44,7 @@ from portal_central.state import CentralState
 from portal_central.web import admin, algorithms, auth, jobs
 
 log = logging.getLogger(__name__)
+ENVIRONMENT.globals["method_name"] = method_name  # names spelled out in every page
 
 
 def create_app(settings: CentralSettings) -> FastAPI:
@@ -69,11 +79,9 @@ def create_app(settings: CentralSettings) -> FastAPI:
     )
     api_docs(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    app.include_router(auth.router)
-    app.include_router(admin.router)
-    app.include_router(algorithms.router)
-    app.include_router(jobs.router)
-    app.include_router(ws.router)
+    # Pages and forms are not the JSON API: /docs lists only /api/..., /health and /metrics.
+    for pages in (auth.router, admin.router, algorithms.router, jobs.router, ws.router):
+        app.include_router(pages, include_in_schema=False)
     app.include_router(accounts_api.router)
     app.include_router(algorithms_api.router)
     app.include_router(jobs_api.router)
@@ -102,9 +110,7 @@ def create_app(settings: CentralSettings) -> FastAPI:
     def home(user: OptionalUser) -> Response:
         if user is None:
             return RedirectResponse("/sign-in", status_code=303)
-        return RedirectResponse(
-            "/admin/users" if user.role == "admin" else "/account", status_code=303
-        )
+        return RedirectResponse("/jobs", status_code=303)
 
     @app.get("/account", response_class=HTMLResponse, include_in_schema=False)
     def account(request: Request, user: OptionalUser, state: StateDep) -> Response:

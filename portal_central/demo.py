@@ -48,12 +48,22 @@ def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 def run_demo(args: argparse.Namespace) -> int:
     folder: Path = args.dir.resolve()
     folder.mkdir(parents=True, exist_ok=True)
+    logs = folder / "logs"
+    logs.mkdir(exist_ok=True)
+    _say(f"fip demo: demo folder {folder}")
+    fresh_data = not (folder / "data").exists()
+    _say("writing demo data for three hospitals" if fresh_data else "demo data: kept from before")
     data = write_demo_data(folder / "data")
     tls = folder / "tls"
-    cert = make_dev_cert(tls) if not (tls / "server.pem").exists() else None
+    fresh = not (tls / "server.pem").exists()
+    if fresh:
+        _say("making a development CA and a certificate for central")
+        make_dev_cert(tls)
     ca_file, certfile, keyfile = tls / "ca.pem", tls / "server.pem", tls / "server-key.pem"
     central_url = f"https://127.0.0.1:{args.central_port}"
     settings = CentralSettings(data_dir=folder / "central", public_url=central_url).prepare()
+    if not (folder / "credentials.json").exists():
+        _say("creating central's database, an admin and two approved site accounts")
     credentials = _accounts(folder, settings)
     env = {
         **os.environ,
@@ -61,51 +71,75 @@ def run_demo(args: argparse.Namespace) -> int:
         "FIP_CENTRAL_PUBLIC_URL": central_url,
     }
     fip = str(Path(sys.executable).parent / "fip")
-    children = [
-        subprocess.Popen(
-            [
-                fip,
-                "central",
-                "--port",
-                str(args.central_port),
-                "--certfile",
-                str(certfile),
-                "--keyfile",
-                str(keyfile),
-            ],
-            env=env,
-        )
-    ]
+    children: list[tuple[subprocess.Popen[bytes], Path]] = []
     try:
-        _wait(f"{central_url}/health", ca_file, children[0])
+        _say(f"starting central on port {args.central_port}")
+        children.append(
+            _start(
+                [
+                    *(fip, "central", "--port", str(args.central_port)),
+                    *("--certfile", str(certfile), "--keyfile", str(keyfile)),
+                ],
+                env,
+                logs / "central.log",
+            )
+        )
+        _wait(f"{central_url}/health", ca_file, *children[0])
         site_urls = {}
         for name, port in zip(SITES, args.site_ports, strict=True):
-            child = subprocess.Popen(
-                [fip, "site", "--port", str(port), "--data-dir", str(folder / f"site-{name}")],
-                env={**os.environ, "FIP_SITE_LOCAL_PASSWORD": credentials[name]["local_password"]},
+            _say(f"starting the site portal of {name} on port {port} and signing it in")
+            site_env = {
+                **os.environ,
+                "FIP_SITE_LOCAL_PASSWORD": credentials[name]["local_password"],
+            }
+            children.append(
+                _start(
+                    [fip, "site", "--port", str(port), "--data-dir", str(folder / f"site-{name}")],
+                    site_env,
+                    logs / f"site-{name}.log",
+                )
             )
-            children.append(child)
             site_urls[name] = f"http://127.0.0.1:{port}"
-            _wait(f"{site_urls[name]}/health", None, child)
+            _wait(f"{site_urls[name]}/health", None, *children[-1])
             _connect(site_urls[name], central_url, ca_file, credentials[name])
-        _print(central_url, site_urls, credentials, data, ca_file, fresh=cert is not None)
+        print(
+            banner(
+                central_url, site_urls, credentials, data, ca_file, [log for _, log in children]
+            ),
+            flush=True,
+        )
         signal.signal(signal.SIGTERM, _interrupt)
-        while all(child.poll() is None for child in children):
+        while all(child.poll() is None for child, _ in children):
             time.sleep(0.5)
-        print("fip demo: a process stopped; stopping the others", flush=True)
+        stopped = next(log for child, log in children if child.poll() is not None)
+        print(f"fip demo: a process stopped; stopping the others. Its log: {stopped}", flush=True)
     except KeyboardInterrupt:
         pass
     finally:
         print("\nstopping the demo…", flush=True)
-        for child in reversed(children):
+        for child, _ in reversed(children):
             if child.poll() is None:
                 child.terminate()
-        for child in children:
+        for child, _ in children:
             try:
                 child.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 child.kill()
     return 0
+
+
+def _say(step: str) -> None:
+    """One line of progress on the console (the portals' own logs go to files)."""
+    print(step if step.startswith("fip demo") else f"  {step}…", flush=True)
+
+
+def _start(
+    command: list[str], env: dict[str, str], log: Path
+) -> tuple[subprocess.Popen[bytes], Path]:
+    """A portal as a child process whose output (JSON logs, access logs) goes to ``log``."""
+    with log.open("ab") as handle:
+        child = subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT)
+    return child, log
 
 
 def _interrupt(signum: int, frame: Any) -> None:
@@ -170,7 +204,7 @@ def _password() -> str:
 
 
 def _wait(
-    url: str, ca_file: Path | None, child: subprocess.Popen[Any], seconds: float = 30
+    url: str, ca_file: Path | None, child: subprocess.Popen[Any], log: Path, seconds: float = 30
 ) -> None:
     import ssl
 
@@ -180,8 +214,9 @@ def _wait(
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if child.poll() is not None:
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
             raise SystemExit(
-                f"fip demo: a process stopped (exit {child.returncode}); see its output above"
+                f"fip demo: a process stopped (exit {child.returncode}); the end of {log}:\n{tail}"
             )
         try:
             if httpx.get(url, verify=verify, timeout=1).status_code == 200:
@@ -189,7 +224,7 @@ def _wait(
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
-    raise SystemExit(f"fip demo: {url} did not answer within {seconds:.0f} s")
+    raise SystemExit(f"fip demo: {url} did not answer within {seconds:.0f} s; see {log}")
 
 
 def _connect(site_url: str, central_url: str, ca_file: Path, account: dict[str, str]) -> None:
@@ -216,45 +251,53 @@ def _connect(site_url: str, central_url: str, ca_file: Path, account: dict[str, 
             raise SystemExit(f"fip demo: signing in {account['username']} failed: {response.text}")
 
 
-def _print(
+def banner(
     central_url: str,
     site_urls: dict[str, str],
     credentials: dict[str, dict[str, str]],
     data: dict[str, Path],
     ca_file: Path,
-    *,
-    fresh: bool,
-) -> None:
+    logs: list[Path],
+) -> str:
+    """What to open and how to sign in: printed last, once everything runs."""
     admin = credentials["admin"]
+    rule = "=" * 78
     lines = [
         "",
-        "Federated Imputation Portal: demo running",
+        rule,
+        "Federated Imputation Portal: the demo is running. Ctrl-C stops it.",
+        rule,
         "",
-        f"  central  {central_url}    sign in as {admin['username']} / {admin['password']}",
+        "Central (open it in a browser):",
+        f"    {central_url}",
+        f"    username  {admin['username']}",
+        f"    password  {admin['password']}",
     ]
     for name, url in site_urls.items():
         account = credentials[name]
-        lines.append(
-            f"  {name:<8} {url}       site_id {account['site_id']} "
-            f"(signed in as {account['username']} / {account['password']})"
-        )
-        lines.append(
-            f"  {'':<8} {'':<22}  local password of this site portal: {account['local_password']}"
-        )
+        lines += [
+            "",
+            f"Site portal of {name} (signed in to central as {account['username']}, "
+            f"site_id {account['site_id']}):",
+            f"    {url}",
+            f"    local password  {account['local_password']}",
+            f"    (its central password, should you sign it in again: {account['password']})",
+        ]
     lines += [
         "",
-        "  Demo data (one CSV per hospital, with missing bmi and smoker):",
+        "Demo data (one CSV per hospital, with missing bmi and smoker):",
         *(f"    {name:<8} {path}" for name, path in data.items()),
         "",
-        "  The browser will warn about central's certificate: it comes from the demo's own CA",
-        f"  ({ca_file}). Proceed, or import that CA into the browser.",
+        "The browser warns about central's certificate: it comes from the demo's own CA",
+        f"({ca_file}). Proceed, or import that CA into the browser.",
         "",
-        "  Try it: at central, Jobs > New job, pick SIMICE, read the header of central.csv, tick",
-        "  bmi (continuous) and smoker (binary), choose both sites, create; upload central.csv on",
-        "  the job page. At each site, open the job, upload its CSV and click Start.",
+        "Try it: at central, Jobs > New job, pick SIMICE, read the header of central.csv, tick",
+        "bmi (continuous) and smoker (binary), choose both sites, create; upload central.csv on",
+        "the job page. At each site, open the job, upload its CSV and click Start.",
         "",
-        "  Ctrl-C stops everything."
-        + ("" if fresh else " (Accounts and data are kept in the demo folder.)"),
-        "",
+        "The portals' logs (one JSON object a line, page views included):",
+        *(f"    {log}" for log in logs),
+        f"Accounts, passwords and data stay in {ca_file.parent.parent} for the next run.",
+        rule,
     ]
-    print("\n".join(lines), flush=True)
+    return "\n".join(lines)

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from federation.uploads import MultipartStream, allow_body
+from portal_central.accounts.service import pending_count
 from portal_central.errors import Forbidden, Unauthorized
 from portal_central.models import SignedOutSession, User
 from portal_central.security import Claims, InvalidToken
@@ -52,6 +53,11 @@ async def optional_user(request: Request, state: StateDep) -> User | None:
     with state.database.session() as session:
         user = session.get(User, claims.user_id)
         signed_out = from_cookie and session.get(SignedOutSession, claims.session_id) is not None
+        pending = (
+            pending_count(session)
+            if from_cookie and user is not None and user.role == "admin"
+            else 0
+        )
     if signed_out:
         return None
     if user is None or user.status != "approved" or user.token_version != claims.token_version:
@@ -64,6 +70,7 @@ async def optional_user(request: Request, state: StateDep) -> User | None:
     request.state.page_context = {
         "user": user,
         "csrf_token": state.tokens.csrf(claims.session_id) if from_cookie else "",
+        "pending_count": pending,
     }
     return user
 

@@ -22,6 +22,22 @@ class DevCert:
     keyfile: Path
 
 
+DEV_CA_NAME = "FIP development CA"
+
+
+def issued_by_dev_ca(certfile: Path | None) -> bool:
+    """Whether central's certificate comes from a CA made by ``fip central dev-cert``: sites
+    then need that CA's file (ca.pem) to trust central. False for no or an unreadable file."""
+    if certfile is None:
+        return False
+    try:
+        certificate = x509.load_pem_x509_certificate(certfile.read_bytes())
+    except (OSError, ValueError):
+        return False
+    names = certificate.issuer.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return any(name.value == DEV_CA_NAME for name in names)
+
+
 def make_dev_cert(
     folder: Path, *, names: Sequence[str] = ("localhost", "127.0.0.1", "::1")
 ) -> DevCert:
@@ -29,7 +45,7 @@ def make_dev_cert(
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "FIP development CA")])
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, DEV_CA_NAME)])
     ca = (
         x509.CertificateBuilder()
         .subject_name(ca_name)

@@ -43,7 +43,9 @@ class User(Base):
     institution: Mapped[str] = mapped_column(String(200))
     password_hash: Mapped[str] = mapped_column(String(200))
     role: Mapped[str] = mapped_column(String(16))  # admin | site
-    status: Mapped[str] = mapped_column(String(16))  # pending | approved | rejected | disabled
+    status: Mapped[str] = mapped_column(String(16))
+    """pending | approved | rejected | disabled, or deleted: an account deleted while finished
+    jobs still name it keeps a nameless row (no username, email or password) for their record."""
     site_id: Mapped[str | None] = mapped_column(String(16), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     decided_at: Mapped[datetime | None]
@@ -81,6 +83,21 @@ class SignInThrottle(Base):
     failures: Mapped[int] = mapped_column(Integer)
     last_failure_at: Mapped[datetime] = mapped_column(index=True)
     wait_until: Mapped[datetime | None]
+
+
+class PasswordReset(Base):
+    """A one-time password reset link: only the hash of its token is stored."""
+
+    __tablename__ = "password_resets"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]
+
+    user: Mapped[User] = relationship()
 
 
 class SignedOutSession(Base):

@@ -31,6 +31,11 @@ class CentralSettings(BaseSettings):
     public_url: str | None = None
     """The address sites and users reach central at, written in mails; default from host/port."""
 
+    site_install: str | None = None
+    """What a site passes to ``pip install`` to get ``fip`` (a wheel's URL, ``git+https://...``);
+    written in approval mails. Without it the mail says to install from the repository or from
+    the wheel the admin sends."""
+
     smtp_host: str | None = None
     """With no SMTP host, mail goes to the outbox that admins read in the portal."""
     smtp_port: int = 587
@@ -60,6 +65,10 @@ class CentralSettings(BaseSettings):
     """Requests to /api/auth/token (and the sign-in form) per client address, then 429."""
     register_requests_per_hour: int = Field(default=10, ge=1)
     """Registrations (API and form) per client address, then 429."""
+    reset_requests_per_hour: int = Field(default=10, ge=1)
+    """"Forgot password" requests (API and form) per client address, then 429."""
+    password_reset_minutes: float = Field(default=30, gt=0)
+    """How long a password reset link works (once)."""
     site_grace_seconds: float = Field(default=60, ge=0)
     """A site whose connection drops mid-job has this long to reconnect before the job fails."""
     request_deadline_seconds: float = Field(default=300, gt=0, allow_inf_nan=False)

@@ -30,6 +30,8 @@ class CentralState:
     """Waits after failed sign-ins (per username and per client address), in the database."""
     sign_in_limit: RateLimit
     register_limit: RateLimit
+    reset_limit: RateLimit
+    """"Forgot password" requests per client address."""
 
     @classmethod
     def create(cls, settings: CentralSettings) -> CentralState:
@@ -63,5 +65,8 @@ class CentralState:
             ),
             register_limit=RateLimit(
                 "registrations", capacity=settings.register_requests_per_hour, window=3600
+            ),
+            reset_limit=RateLimit(
+                "password reset requests", capacity=settings.reset_requests_per_hour, window=3600
             ),
         )

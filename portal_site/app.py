@@ -53,7 +53,7 @@ def create_app(settings: SiteSettings) -> FastAPI:
     )
     api_docs(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    app.include_router(pages.router)
+    app.include_router(pages.router, include_in_schema=False)  # /docs: the JSON API only
     app.include_router(api.local)
     app.include_router(api.router)
     # Every body counted as it arrives; the CSV upload routes raise the limit for themselves.

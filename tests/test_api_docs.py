@@ -20,7 +20,10 @@ def _check(client: TestClient) -> None:
     for source in sources:
         assert source.startswith("/"), f"/docs loads {source} from another host"
         assert client.get(source).status_code == 200, source
-    assert client.get("/openapi.json").json()["paths"]
+    paths = client.get("/openapi.json").json()["paths"]
+    assert paths
+    pages = [p for p in paths if not p.startswith("/api/") and p not in ("/health", "/metrics")]
+    assert pages == [], "/docs lists the JSON API only, not the HTML pages and forms"
 
 
 def test_central_docs_are_served_locally(central: TestClient) -> None:

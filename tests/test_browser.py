@@ -333,3 +333,51 @@ def test_cancel_on_the_site_page_shows_cancelled_on_both(
         expect(page.locator("main")).to_contain_text(f"cancelled at site {site_id}")
     finally:
         portal.process.stop()
+
+
+def test_the_admins_accounts_page_fits_1280_px_and_an_approved_row_leaves_pending(
+    outbox_network: Federation, context: BrowserContext, folder: Path
+) -> None:
+    fed = outbox_network
+    long = "University Hospital of the Northern Region, Department of Clinical Epidemiology"
+    with httpx.Client(base_url=fed.central_url, verify=fed.tls(), timeout=30) as client:
+        for name in ("wide-one", "wide-two", "wide-three"):
+            response = client.post(
+                "/api/register",
+                json={
+                    "username": name,
+                    "email": f"{name}.data-protection-office@very-long-hospital-name.example.org",
+                    "institution": f"{long} ({name})",
+                    "password": PASSWORD,
+                },
+            )
+            assert response.status_code == 201, response.text
+    page = context.new_page()
+    page.on("dialog", lambda dialog: dialog.accept())
+
+    _sign_in(page, fed, "admin", "Central-key-2026")
+
+    expect(page).to_have_url(f"{fed.central_url}/jobs")
+    expect(page.locator("header .who")).to_have_text("admin")
+    expect(page.locator("#pending-badge")).to_have_text(re.compile(r"[1-9]\d*"))
+    pending = int(page.locator("#pending-badge").inner_text())
+    page.goto(f"{fed.central_url}/admin/users?status=pending")
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 1280, f"the Sites & users page is {width} px wide in a 1280 px window"
+
+    row = page.locator("tr", has_text="wide-one")
+    row.get_by_role("button", name="Approve").click()
+
+    moved = page.locator("tr.moved", has_text="wide-one")
+    expect(moved).to_contain_text("moved to Approved")
+    expect(moved.get_by_role("button")).to_have_count(0)
+    expect(page.locator("#count-pending")).to_have_text(str(pending - 1))
+    expect(page.locator("#pending-badge")).to_have_text(str(pending - 1))
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 1280, f"with the approval's notice the page is {width} px wide"
+    page.locator("tr", has_text="wide-two").locator("summary", has_text="More").click()
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 1280, f"with a row's More open the page is {width} px wide"
+    shot(page, "13-sites-and-users", folder)
+    page.goto(f"{fed.central_url}/admin/users?status=approved")
+    expect(page.locator("tr", has_text="wide-one")).to_contain_text("approved")

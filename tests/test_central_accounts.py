@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+from pathlib import Path
 from typing import Any
 from weakref import WeakKeyDictionary
 
@@ -15,6 +16,8 @@ import httpx2
 from fastapi.testclient import TestClient
 
 from portal_central.accounts.service import SITE_ID_ALPHABET, SITE_ID_LENGTH
+from portal_central.app import create_app
+from portal_central.devcert import make_dev_cert
 from portal_central.security import Tokens
 from tests.central_fixtures import (
     ADMIN,
@@ -22,6 +25,8 @@ from tests.central_fixtures import (
     admin_headers,
     approved_site,
     bearer,
+    create_admin,
+    make_settings,
     portal_state,
     register_site,
     token,
@@ -67,6 +72,12 @@ def _usernames(client: TestClient, status: str | None = None) -> list[str]:
     response = client.get(f"/api/users{query}", headers=_admin(client))
     assert response.status_code == 200, response.text
     return [user["username"] for user in response.json()]
+
+
+def _site_mails(client: TestClient) -> list[dict[str, Any]]:
+    """The outbox without the admins' notices of new registrations."""
+    mails = client.get("/api/outbox", headers=_admin(client)).json()
+    return [m for m in mails if m["to"] != ADMIN["email"]]
 
 
 def _decide(client: TestClient, user_id: int, action: str) -> httpx2.Response:
@@ -177,8 +188,11 @@ def test_approval_mails_a_short_unique_site_id(central: TestClient) -> None:
     assert len(site_id) == SITE_ID_LENGTH == 6
     assert set(site_id) <= set(SITE_ID_ALPHABET)
     assert decision["mail_sent"] is True
-    assert site_id in decision["notice"] and "outbox" in decision["notice"]
-    outbox = central.get("/api/outbox", headers=_admin(central)).json()
+    assert decision["notice"] == (
+        f"Approved: site_id {site_id}; the mail for north@hospital.example is in the outbox "
+        "(forward it)."
+    )
+    outbox = _site_mails(central)
     assert len(outbox) == 1
     mail = outbox[0]
     assert mail["to"] == "north@hospital.example"
@@ -186,8 +200,37 @@ def test_approval_mails_a_short_unique_site_id(central: TestClient) -> None:
     assert site_id in mail["body"]
     assert CENTRAL_URL in mail["body"]
     assert "fip site" in mail["body"], "the mail says what to do next"
+    body = mail["body"]
+    assert "pip install federated_imputation_portal-0.1.0-py3-none-any.whl" in body
+    assert "fip/bin/fip site" in body and "local password" in body
+    assert "CA file" in body and "fip central dev-cert" in body
+    assert f"{CENTRAL_URL}/forgot-password" in body
     others = {approved_site(central, name)[1] for name in ("south", "east", "west")}
     assert len(others | {site_id}) == 4, "site_ids are unique"
+
+
+def test_the_approval_mail_says_where_the_ca_file_comes_from_and_how_to_install(
+    tmp_path: Path, database_url: str
+) -> None:
+    tls = make_dev_cert(tmp_path / "tls")
+    settings = make_settings(
+        tmp_path / "central",
+        database_url,
+        certfile=tls.certfile,
+        keyfile=tls.keyfile,
+        site_install="git+https://git.example.org/fip.git",
+    )
+    with TestClient(create_app(settings)) as central:
+        create_admin(central)
+        user_id = register_site(central, "north")
+        assert _decide(central, user_id, "approve").status_code == 200
+        body = _site_mails(central)[0]["body"]
+
+    assert 'fip/bin/pip install "git+https://git.example.org/fip.git"' in body
+    assert ".whl" not in body, "the configured source replaces the generic advice"
+    assert "its own certificate authority" in body
+    assert "ca.pem" in body and "fip central dev-cert" in body
+    assert "https://127.0.0.1:8443" in body
 
 
 def test_moves_the_transition_table_forbids_are_conflicts_naming_the_state(
@@ -208,7 +251,7 @@ def test_moves_the_transition_table_forbids_are_conflicts_naming_the_state(
     assert disable_pending.status_code == 409
     assert "pending" in disable_pending.json()["detail"]
     assert enable_pending.status_code == 409
-    assert len(central.get("/api/outbox", headers=_admin(central)).json()) == 1
+    assert len(_site_mails(central)) == 1
     me = central.get("/api/me", headers=bearer(token(central, "north", SITE_PASSWORD))).json()
     assert me["site_id"] == site_id, "the site_id did not change"
     assert _usernames(central, "pending") == ["south"]

@@ -8,10 +8,13 @@ from typing import Any
 
 from bs4 import BeautifulSoup, Tag
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
 from federation.demo import COLUMNS
 from federation.registry import Registry, package_digest
 from portal_central.app import create_app
+from portal_central.methods import METHODS
+from portal_central.models import AlgorithmVersion
 from portal_central.settings import CentralSettings
 from tests.central_fixtures import (
     ADMIN,
@@ -22,6 +25,7 @@ from tests.central_fixtures import (
     browser_sign_in,
     create_admin,
     meandraw_files,
+    portal_state,
     token,
     upload_algorithm,
     upload_parts,
@@ -203,6 +207,55 @@ def test_retire_a_version_through_the_page(central: TestClient) -> None:
     assert central.post(restore, data={"csrf_token": csrf}).status_code == 200
     back = central.post("/api/jobs", json=_job(), headers=headers)
     assert back.status_code == 201 and back.json()["version"] == "1.1.0"
+
+
+def test_methods_are_spelled_out_with_when_to_use_them_where_they_are_picked(
+    central: TestClient,
+) -> None:
+    browser_sign_in(central, ADMIN["username"], ADMIN["password"])
+    listing = _soup(central.get("/algorithms").text)
+    wizard = _soup(central.get("/jobs/new").text)
+    page = _soup(central.get("/algorithms/AVGMMI").text)
+
+    for name, method in METHODS.items():
+        link = listing.find("a", string=name)
+        assert link is not None, name
+        row = link.find_parent("tr")
+        assert row is not None
+        assert method.title in row.get_text(" ", strip=True), name
+        assert method.when in row.get_text(" ", strip=True), name
+        choice = wizard.find("input", attrs={"name": "algorithm", "value": name})
+        assert choice is not None, name
+        label = choice.find_parent("label")
+        assert label is not None
+        assert method.title in label.get_text(" ", strip=True), name
+        assert method.when in label.get_text(" ", strip=True), name
+    assert "Averaged-fit imputation (average mixture, AVGM)" in page.get_text()
+    meandraw = upload_algorithm(central, meandraw_files())
+    assert meandraw["name"] not in METHODS, "an upload shows its own description only"
+
+
+def test_a_built_in_cannot_be_retired(central: TestClient) -> None:
+    csrf = browser_sign_in(central, ADMIN["username"], ADMIN["password"])
+    page = _soup(central.get("/algorithms/SIMI").text)
+    assert not page.select("form[action$='/retire']"), "no Retire button for a built-in"
+    assert "built in" in page.get_text()
+    simi = next(v for v in _versions(central, "SIMI"))
+    with portal_state(central).database.session() as session:
+        version_id = session.scalar(
+            select(AlgorithmVersion.id).where(
+                AlgorithmVersion.name == "SIMI", AlgorithmVersion.version == simi["version"]
+            )
+        )
+
+    refused = central.post(
+        f"/algorithms/SIMI/versions/{version_id}/retire", data={"csrf_token": csrf}
+    )
+
+    assert refused.status_code == 403
+    assert f"SIMI {simi['version']} is built in" in refused.text
+    assert "cannot be retired" in refused.text
+    assert not any(v["retired"] for v in _versions(central, "SIMI"))
 
 
 def _syntax_error(files: dict[str, bytes]) -> dict[str, bytes]:

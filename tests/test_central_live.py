@@ -224,20 +224,23 @@ def _site_me(server: Live, name: str) -> dict[str, Any]:
     return body
 
 
+def _mails_to(server: Live, address: str) -> list[EmailMessage]:
+    return [m for m in server.smtp.mailbox.messages if m["To"] == address]
+
+
 # ---------------------------------------------------------------- HTTP and mail
 
 
 def test_the_approval_mail_carries_the_site_id_the_site_signs_in_with(live: Live) -> None:
     user_id = _register(live, "north")
-    before = len(live.smtp.mailbox.messages)
 
     with live.admin() as admin:
         approved = admin.post(f"/api/users/{user_id}/approve")
 
     assert approved.status_code == 200, approved.text
     assert approved.json()["mail_sent"] is True
-    _wait_for(lambda: len(live.smtp.mailbox.messages) > before, seconds=5, what="the approval mail")
-    mail = live.smtp.mailbox.messages[-1]
+    _wait_for(lambda: _mails_to(live, "north@hospital.example"), seconds=5, what="the mail")
+    mail = _mails_to(live, "north@hospital.example")[-1]
     assert mail["To"] == "north@hospital.example"
     assert mail["From"] == "fip@c.x"
     body = mail.get_content()
@@ -255,7 +258,6 @@ def test_the_approval_mail_carries_the_site_id_the_site_signs_in_with(live: Live
 
 def test_approval_with_the_smtp_server_down_still_approves_and_says_so(live: Live) -> None:
     user_id = _register(live, "south")
-    before = len(live.smtp.mailbox.messages)
     live.smtp.stop()
     try:
         with live.admin() as admin:
@@ -269,13 +271,46 @@ def test_approval_with_the_smtp_server_down_still_approves_and_says_so(live: Liv
     assert decision["mail_sent"] is False
     assert "could not be sent" in decision["notice"]
     assert decision["site_id"] in decision["notice"], "the admin can pass the site_id on"
-    assert len(live.smtp.mailbox.messages) == before
+    assert _mails_to(live, "south@hospital.example") == []
     with live.client() as client:
         assert client.get("/health").json() == {"status": "ok", "database": "ok", "sites_online": 0}
     assert _site_me(live, "south")["site_id"] == decision["site_id"]
     log = _log(live)
     assert "mail to south@hospital.example failed" in log
     assert "Traceback" not in log
+
+
+def test_the_admin_is_mailed_of_a_registration_and_a_forgotten_password_mails_a_link(
+    live: Live,
+) -> None:
+    _register(live, "east")
+    _wait_for(
+        lambda: any("east" in str(m["Subject"]) for m in _mails_to(live, ADMIN["email"])),
+        seconds=5,
+        what="the admin's notice of the registration",
+    )
+    notice = [m for m in _mails_to(live, ADMIN["email"]) if "east" in str(m["Subject"])][-1]
+    assert str(notice["Subject"]) == "New site registration: East Hospital (east)"
+    assert f"{live.url}/admin/users?status=pending" in str(notice.get_content())
+
+    with live.client() as client:
+        known = client.post("/api/auth/forgot-password", json={"who": "east@hospital.example"})
+        unknown = client.post("/api/auth/forgot-password", json={"who": "nobody"})
+
+    assert known.status_code == unknown.status_code == 202
+    assert known.json() == unknown.json()
+    _wait_for(lambda: _mails_to(live, "east@hospital.example"), seconds=5, what="the reset link")
+    mail = _mails_to(live, "east@hospital.example")[-1]
+    body = str(mail.get_content())
+    found = re.search(rf"{re.escape(live.url)}/reset-password\?token=(\S+)", body)
+    assert found, body
+    assert "30 minutes" in body and "works once" in body
+    with live.client() as client:
+        reset = client.post(
+            "/api/auth/reset-password",
+            json={"token": found.group(1), "new_password": "Brand-new-2027!"},
+        )
+    assert reset.status_code == 200, reset.text
 
 
 # ---------------------------------------------------------------- the maintenance commands

@@ -202,7 +202,7 @@ def test_sign_in_sets_an_http_only_same_site_cookie_and_stays_on_this_site(
     assert morsel["path"] == "/"
     home = portal.get("/", follow_redirects=False)
     assert home.status_code == 303
-    assert home.headers["location"] == "/admin/users"
+    assert home.headers["location"] == "/jobs", "everyone lands on Jobs"
     for target in ("//evil.example/", "https://evil.example/"):
         elsewhere = portal.post(
             "/sign-in",
@@ -259,10 +259,12 @@ def test_the_users_page_lists_a_pending_user_with_approve_and_reject(portal: Tes
     row = _one(soup, f"tr#user-{user_id}")
     assert "north" in _text(row) and "North Hospital" in _text(row)
     assert "pending" in _text(_one(row, ".status"))
-    buttons = {_text(b): b for b in row.select("button")}
+    buttons = {_text(b): b for b in row.select("td.actions > button")}
     assert set(buttons) == {"Approve", "Reject"}
-    assert buttons["Approve"]["hx-post"] == f"/admin/users/{user_id}/approve"
-    assert buttons["Reject"]["hx-post"] == f"/admin/users/{user_id}/reject"
+    assert buttons["Approve"]["hx-post"] == f"/admin/users/{user_id}/approve?tab=pending"
+    assert buttons["Reject"]["hx-post"] == f"/admin/users/{user_id}/reject?tab=pending"
+    more = {_text(b) for b in row.select("details.more button")}
+    assert more == {"Send password reset link", "Change email", "Delete account"}
     assert buttons["Approve"]["hx-target"] == f"#user-{user_id}"
     assert buttons["Reject"].get("hx-confirm"), "rejecting asks first"
     assert "1" in _text(_one(soup, "nav.tabs a[aria-current=page]"))
@@ -279,8 +281,10 @@ def test_an_htmx_approval_answers_with_the_updated_row(portal: TestClient) -> No
     assert "<html" not in response.text and "<body" not in response.text
     soup = _soup(response.text)
     tags = [child for child in soup.children if isinstance(child, Tag)]
-    assert [t.name for t in tags] == ["tr"], "a single table row, not a page"
-    row = tags[0]
+    rows = [t for t in tags if not t.get("hx-swap-oob")]
+    assert [t.name for t in rows] == ["tr"], "a single table row, not a page"
+    assert {t["id"] for t in tags if t.get("hx-swap-oob")} >= {"count-pending", "pending-badge"}
+    row = rows[0]
     assert row["id"] == f"user-{user_id}"
     status, site_id = _status(portal, user_id)
     assert status == "approved"
@@ -288,7 +292,7 @@ def test_an_htmx_approval_answers_with_the_updated_row(portal: TestClient) -> No
     assert _text(_one(row, "code")) == site_id
     assert _text(_one(row, ".status")) == "approved"
     assert site_id in _text(_one(row, "[role=status]")), "the notice repeats the site_id"
-    assert [_text(b) for b in row.select("button")] == ["Disable"]
+    assert [_text(b) for b in row.select("td.actions > button")] == ["Disable"]
 
 
 def test_a_plain_form_approval_redirects_to_the_list(portal: TestClient) -> None:
@@ -336,7 +340,7 @@ def test_a_site_user_cannot_reach_admin_pages_and_sees_its_site(portal: TestClie
         assert response.status_code == 403
         assert "only admins may do this" in response.text
     assert _status(portal, user_id)[0] == "approved"
-    assert portal.get("/", follow_redirects=False).headers["location"] == "/account"
+    assert portal.get("/", follow_redirects=False).headers["location"] == "/jobs"
     assert account.status_code == 200
     soup = _soup(account.text)
     assert _text(_one(soup, "h1")) == "My site"
@@ -371,7 +375,9 @@ def test_the_outbox_page_shows_the_approval_mail(portal: TestClient) -> None:
     assert response.status_code == 200
     soup = _soup(response.text)
     assert "No SMTP server is configured" in _text(_one(soup, "[role=status]"))
-    mail = _one(soup, "article.mail")
+    mails = soup.select("article.mail")
+    assert "New site registration" in _text(_one(mails[1], "header strong")), "told the admin"
+    mail = mails[0]
     assert site_id in _text(_one(mail, "header strong"))
     assert "north@hospital.example" in _text(_one(mail, "header"))
     body = _one(mail, "pre").get_text()

@@ -189,7 +189,7 @@ def test_the_admins_button_clears_a_sites_wait(make_central: Any) -> None:
 
     assert "2 failed sign-in(s)" in page.text
     assert page.text.count("Clear sign-in delay") == 1, "only north's row offers it"
-    assert f'hx-post="/admin/users/{user_id}/unlock"' in page.text
+    assert f'hx-post="/admin/users/{user_id}/unlock?tab=approved"' in page.text
     forged = central.post(f"/admin/users/{user_id}/unlock", headers={"HX-Request": "true"})
     assert forged.status_code == 403, "the button's post carries the CSRF token"
     unlocked = central.post(f"/admin/users/{user_id}/unlock", headers=htmx_headers(csrf))

@@ -419,3 +419,21 @@ def test_disabling_a_connected_site_closes_its_socket_with_4003(insecure: TestCl
         assert not connections.online(site_id)
     # And it cannot come back with the token it had.
     assert _refusal(insecure, bearer(access)).status_code in (401, 403)
+
+
+def test_deleting_a_connected_sites_account_closes_its_socket_for_good(
+    insecure: TestClient,
+) -> None:
+    user_id, site_id, access = _site(insecure)
+    connections = _state(insecure).connections
+    with _connect(insecure, bearer(access)) as socket:
+        _welcome(socket)
+        assert connections.online(site_id)
+        deleted = insecure.delete(f"/api/users/{user_id}", headers=admin_headers(insecure))
+        assert deleted.status_code == 200, deleted.text
+        with pytest.raises(WebSocketDisconnect) as closed:
+            _receive_text(socket)
+        assert closed.value.code == 4003
+        assert "deleted" in str(closed.value.reason)
+        assert not connections.online(site_id)
+    assert _refusal(insecure, bearer(access)).status_code in (401, 403)

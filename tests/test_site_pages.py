@@ -75,6 +75,20 @@ def test_the_settings_page_shows_the_signed_out_badge(site: TestClient) -> None:
     assert _status(site)["signed_in"] is False
 
 
+def test_the_settings_page_shows_its_help_as_text_and_the_policy_in_the_page(
+    site: TestClient,
+) -> None:
+    soup = _soup(site.get("/settings").text)
+
+    title = soup.select_one("title")
+    assert title is not None and title.get_text().startswith("Settings ·"), "a short title"
+    assert soup.select_one("main form[action='/settings/policy']"), "the policy form is shown"
+    hint = soup.select_one("#h-ca_file")
+    assert hint is not None
+    assert "`" not in hint.get_text(), "no raw backticks"
+    assert [c.get_text() for c in hint.select("code")] == ["ca.pem", "fip central dev-cert"]
+
+
 @pytest.mark.parametrize(
     ("form", "field", "words"),
     [

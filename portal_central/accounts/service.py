@@ -8,7 +8,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from portal_central.accounts import throttle
@@ -21,7 +21,16 @@ from portal_central.errors import (
     NotFound,
     Unauthorized,
 )
-from portal_central.models import RefreshToken, SignedOutSession, User, utcnow
+from portal_central.models import (
+    AlgorithmVersion,
+    Job,
+    JobParticipant,
+    PasswordReset,
+    RefreshToken,
+    SignedOutSession,
+    User,
+    utcnow,
+)
 from portal_central.security import (
     Passwords,
     Tokens,
@@ -45,6 +54,10 @@ STATUS_TRANSITIONS: dict[str, dict[str, str]] = {
 }
 """For each admin action, the statuses it applies to and the status it leads to."""
 STATUSES = ("pending", "approved", "rejected", "disabled")
+DELETED = "deleted"
+"""The status of a deleted account's nameless row (kept only while finished jobs name it)."""
+UNFINISHED_JOB_STATES = ("created", "waiting", "running", "partial")
+"""Job states in which an account named by the job cannot be deleted."""
 
 
 @dataclass(frozen=True)
@@ -189,6 +202,110 @@ def decide(*, session: Session, user_id: int, action: str, now: datetime | None 
     return user
 
 
+def edit_email(*, session: Session, user_id: int, email: str) -> User:
+    """Change an account's email address (an admin's correction)."""
+    user = get_user(session=session, user_id=user_id)
+    email = email.strip()
+    if not EMAIL.match(email) or len(email) > 254:
+        raise FieldInvalid("enter an email address such as name@hospital.org", field="email")
+    user.email = email
+    return user
+
+
+@dataclass(frozen=True)
+class Deleted:
+    """What deleting an account did: its name, its site_id (whose connection must close) and
+    whether a nameless row stays for finished jobs that name it."""
+
+    username: str
+    site_id: str | None
+    kept_for_jobs: bool
+
+
+def delete_account(*, session: Session, user_id: int, by: User) -> Deleted:
+    """Delete an account: its username, email, password, tokens and reset links go.
+
+    Refused for the last admin and while a job that is not finished names the account (as a
+    participant or its creator). When finished jobs name it, a nameless row with its
+    institution stays so that their record still says who took part; otherwise the row goes.
+    """
+    user = get_user(session=session, user_id=user_id)
+    if user.role == "admin":
+        admins = session.scalar(
+            select(func.count())
+            .select_from(User)
+            .where(User.role == "admin", User.status != DELETED)
+        )
+        if (admins or 0) <= 1:
+            raise Conflict(
+                f"{user.username} is the last admin; create another admin before deleting it"
+            )
+    open_job = session.scalar(
+        select(Job)
+        .where(
+            Job.state.in_(UNFINISHED_JOB_STATES),
+            (Job.created_by_id == user.id)
+            | Job.id.in_(select(JobParticipant.job_id).where(JobParticipant.user_id == user.id)),
+        )
+        .order_by(Job.id)
+        .limit(1)
+    )
+    if open_job is not None:
+        raise Conflict(
+            f"{user.username} takes part in job {open_job.id} '{open_job.name}', which is "
+            f"{open_job.state}; cancel that job or let it finish, then delete the account"
+        )
+    deleted = Deleted(username=user.username, site_id=user.site_id, kept_for_jobs=False)
+    throttle.clear(session, user.username)
+    session.execute(delete(RefreshToken).where(RefreshToken.user_id == user.id))
+    session.execute(delete(PasswordReset).where(PasswordReset.user_id == user.id))
+    named = session.scalar(
+        select(func.count())
+        .select_from(Job)
+        .where(
+            (Job.created_by_id == user.id)
+            | Job.id.in_(select(JobParticipant.job_id).where(JobParticipant.user_id == user.id))
+        )
+    ) or session.scalar(
+        select(func.count())
+        .select_from(AlgorithmVersion)
+        .where(AlgorithmVersion.uploaded_by_id == user.id)
+    )
+    session.expire(user, ["refresh_tokens"])
+    if not named:
+        session.delete(user)
+        log.info("account %s deleted by %s", deleted.username, by.username)
+        return deleted
+    user.username = f"deleted-{user.id}"
+    user.email = ""
+    user.password_hash = ""
+    user.status = DELETED
+    user.token_version += 1
+    log.info(
+        "account %s deleted by %s (a nameless row stays for its jobs)",
+        deleted.username,
+        by.username,
+    )
+    return Deleted(username=deleted.username, site_id=deleted.site_id, kept_for_jobs=True)
+
+
+def pending_count(session: Session) -> int:
+    """Registrations waiting for an admin (the badge in the admins' navigation)."""
+    count = session.scalar(select(func.count()).select_from(User).where(User.status == "pending"))
+    return count or 0
+
+
+def admin_addresses(session: Session) -> list[str]:
+    """The email address of every approved admin (told of new registrations)."""
+    return list(
+        session.scalars(
+            select(User.email)
+            .where(User.role == "admin", User.status == "approved")
+            .order_by(User.id)
+        )
+    )
+
+
 def revoke_all(*, session: Session, user: User) -> None:
     """Kill every session, access token and refresh token of a user."""
     user.token_version += 1
@@ -207,7 +324,7 @@ def sign_out_session(*, session: Session, session_id: str, expires_at: datetime)
 
 def get_user(*, session: Session, user_id: int) -> User:
     user = session.get(User, user_id)
-    if user is None:
+    if user is None or user.status == DELETED:
         raise NotFound(f"no user {user_id}")
     return user
 
@@ -218,6 +335,8 @@ def list_users(*, session: Session, status: str | None = None) -> list[User]:
         if status not in STATUSES:
             raise FieldInvalid(f"status must be one of {', '.join(STATUSES)}", field="status")
         query = query.where(User.status == status)
+    else:
+        query = query.where(User.status != DELETED)
     return list(session.scalars(query))
 
 

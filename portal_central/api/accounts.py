@@ -5,16 +5,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, BackgroundTasks, Form, Request
 from pydantic import BaseModel
+from sqlalchemy import select
 
-from portal_central.accounts import service
+from portal_central.accounts import notices, passwords, service
 from portal_central.accounts.limits import client_address
 from portal_central.deps import AdminUser, CurrentUser, StateDep
 from portal_central.errors import PortalError
 from portal_central.models import OutboxMail, User
 from portal_central.paths import RowId
-from portal_central.web.admin import apply_decision
+from portal_central.web.admin import apply_decision, delete_account, send_reset_link
+from portal_central.web.auth import forgot_answer
 
 router = APIRouter(prefix="/api", tags=["accounts"])
 
@@ -66,6 +68,34 @@ class RefreshIn(BaseModel):
     refresh_token: str
 
 
+class PasswordChange(BaseModel):
+    current_password: str
+    new_password: str
+
+
+class ForgotIn(BaseModel):
+    who: str
+    """The account's username or email address."""
+
+
+class ResetIn(BaseModel):
+    token: str
+    new_password: str
+
+
+class EmailIn(BaseModel):
+    email: str
+
+
+class Notice(BaseModel):
+    detail: str
+
+
+class ResetLinkOut(BaseModel):
+    notice: str
+    mail_sent: bool
+
+
 class MailOut(BaseModel):
     id: int
     to: str
@@ -75,8 +105,11 @@ class MailOut(BaseModel):
 
 
 @router.post("/register", status_code=201, responses={429: {"description": "too many"}})
-def register(body: Registration, request: Request, state: StateDep) -> UserOut:
-    """Register a site user; the account is pending until an admin approves it.
+def register(
+    body: Registration, request: Request, state: StateDep, background: BackgroundTasks
+) -> UserOut:
+    """Register a site user; the account is pending until an admin approves it, and every
+    admin is mailed about it.
 
     Each client address may register a few times an hour (429 with Retry-After beyond)."""
     state.register_limit.hit(client_address(request))
@@ -89,7 +122,9 @@ def register(body: Registration, request: Request, state: StateDep) -> UserOut:
             institution=body.institution,
             password=body.password,
         )
-        return UserOut.of(user)
+        out = UserOut.of(user)
+    background.add_task(notices.tell_admins_of_registration, state, out.id)
+    return out
 
 
 @router.post("/auth/token", responses={429: {"description": "too many"}})
@@ -148,9 +183,53 @@ def revoke(body: RefreshIn, state: StateDep) -> None:
         service.revoke_refresh_token(session=session, refresh_token=body.refresh_token)
 
 
+@router.post("/auth/forgot-password", status_code=202, responses={429: {"description": "too many"}})
+def forgot_password(
+    body: ForgotIn, request: Request, state: StateDep, background: BackgroundTasks
+) -> Notice:
+    """Mail a one-time link to choose a new password to the account with this username or
+    email. The answer is the same whether or not such an account exists; each client address
+    may ask a few times an hour (429 with Retry-After beyond)."""
+    state.reset_limit.hit(client_address(request))
+    if not body.who.strip():
+        raise PortalError("give a username or an email address", field="who")
+    minutes = state.settings.password_reset_minutes
+    with state.database.session() as session:
+        link = passwords.request_reset(
+            session=session, who=body.who, base_url=state.settings.url, minutes=minutes
+        )
+    background.add_task(notices.send_requested_reset_link, state, link)
+    return Notice(detail=forgot_answer(minutes))
+
+
+@router.post("/auth/reset-password")
+def reset_password(body: ResetIn, state: StateDep) -> Notice:
+    """Set a new password with the token of a reset link (once, before it expires). Every
+    session, access token and refresh token of the account is revoked."""
+    with state.database.session() as session:
+        passwords.reset_password(
+            session=session, passwords=state.passwords, token=body.token, new=body.new_password
+        )
+    return Notice(detail="the password is changed; sign in with it")
+
+
 @router.get("/me")
 def me(user: CurrentUser) -> UserOut:
     return UserOut.of(user)
+
+
+@router.post("/me/password")
+def change_password(body: PasswordChange, user: CurrentUser, state: StateDep) -> Notice:
+    """Change the caller's own password (a site's account too); the current one is required."""
+    with state.database.session() as session:
+        passwords.change_password(
+            session=session,
+            passwords=state.passwords,
+            user_id=user.id,
+            current=body.current_password,
+            new=body.new_password,
+        )
+    return Notice(detail="the password is changed")
 
 
 @router.get("/users")
@@ -169,6 +248,28 @@ def unlock(user_id: RowId, admin: AdminUser, state: StateDep) -> UserOut:
         return UserOut.of(user)
 
 
+@router.post("/users/{user_id}/reset-link")
+async def reset_link(user_id: RowId, admin: AdminUser, state: StateDep) -> ResetLinkOut:
+    """Mail the account a one-time link to choose a new password (into the outbox when no
+    SMTP server is configured: forward it from there)."""
+    _, notice, failed = await send_reset_link(state, user_id=user_id)
+    return ResetLinkOut(notice=notice, mail_sent=not failed)
+
+
+@router.patch("/users/{user_id}")
+def edit_user(user_id: RowId, body: EmailIn, admin: AdminUser, state: StateDep) -> UserOut:
+    """Change an account's email address."""
+    with state.database.session() as session:
+        return UserOut.of(service.edit_email(session=session, user_id=user_id, email=body.email))
+
+
+@router.delete("/users/{user_id}")
+async def delete_user(user_id: RowId, admin: AdminUser, state: StateDep) -> Notice:
+    """Delete an account: it can no longer sign in, a site's connection closes at once.
+    Refused (409) for the last admin and while a job that is not finished names the account."""
+    return Notice(detail=await delete_account(state, user_id=user_id, admin=admin))
+
+
 @router.post("/users/{user_id}/{action}")
 async def decide(user_id: RowId, action: str, admin: AdminUser, state: StateDep) -> Decision:
     """approve (issues and mails the site_id), reject, disable (revokes tokens) or enable."""
@@ -184,8 +285,6 @@ async def decide(user_id: RowId, action: str, admin: AdminUser, state: StateDep)
 @router.get("/outbox")
 def outbox(admin: AdminUser, state: StateDep) -> list[MailOut]:
     """Mails kept because no SMTP server is configured, newest first."""
-    from sqlalchemy import select
-
     with state.database.session() as session:
         mails = session.scalars(select(OutboxMail).order_by(OutboxMail.id.desc()))
         return [

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import logging
+from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
+from federation import __version__
 from federation.web import is_htmx, render
-from portal_central.accounts import service, throttle
+from portal_central.accounts import notices, passwords, service, throttle
 from portal_central.accounts.mail import MailError
 from portal_central.deps import AdminUser, StateDep
+from portal_central.devcert import issued_by_dev_ca
+from portal_central.errors import PortalError
 from portal_central.models import OutboxMail, User
 from portal_central.paths import RowId
 from portal_central.sites.connections import DISABLED
@@ -32,11 +37,7 @@ def users_page(
     with state.database.session() as session:
         users = service.list_users(session=session, status=status)
         failures = throttle.failures(session, [u.username for u in users])
-        counts = dict(
-            session.execute(
-                select(User.status, func.count()).where(User.role == "site").group_by(User.status)
-            ).all()
-        )
+        counts = _counts(session)
     return render(
         request,
         "central/admin/users.html",
@@ -44,7 +45,7 @@ def users_page(
             "users": [u for u in users if u.role == "site"],
             "status": status,
             "statuses": service.STATUSES,
-            "counts": {s: counts.get(s, 0) for s in service.STATUSES},
+            "counts": counts,
             "actions": ACTIONS,
             "central_url": state.settings.url,
             "presence": _presence(state, users),
@@ -55,25 +56,106 @@ def users_page(
 
 
 @router.post("/users/{user_id}/unlock", response_class=HTMLResponse)
-def unlock(request: Request, user_id: RowId, admin: AdminUser, state: StateDep) -> Response:
+def unlock(
+    request: Request, user_id: RowId, admin: AdminUser, state: StateDep, tab: str = ""
+) -> Response:
     """Clear an account's failed sign-ins and wait; answers with the updated row for HTMX."""
     with state.database.session() as session:
         user = service.get_user(session=session, user_id=user_id)
         service.unlock(session=session, username=user.username)
     return _user_row(
-        request, state, user, notice=f"{user.username} may sign in again now.", failures={}
+        request, state, user, notice=f"{user.username} may sign in again now.", tab=tab
     )
+
+
+@router.post("/users/{user_id}/reset-link", response_class=HTMLResponse)
+async def reset_link(
+    request: Request, user_id: RowId, admin: AdminUser, state: StateDep, tab: str = ""
+) -> Response:
+    """Mail the account a one-time link to choose a new password (to the outbox without SMTP)."""
+    user, notice, failed = await send_reset_link(state, user_id=user_id)
+    return _user_row(request, state, user, notice=notice, failed=failed, tab=tab)
+
+
+@router.post("/users/{user_id}/email", response_class=HTMLResponse)
+def edit_email(
+    request: Request,
+    user_id: RowId,
+    admin: AdminUser,
+    state: StateDep,
+    email: Annotated[str, Form()] = "",
+    tab: str = "",
+) -> Response:
+    """Correct an account's email address; answers with the updated row for HTMX."""
+    try:
+        with state.database.session() as session:
+            user = service.edit_email(session=session, user_id=user_id, email=email)
+    except PortalError as error:
+        if error.status_code == 404:
+            raise
+        with state.database.session() as session:
+            user = service.get_user(session=session, user_id=user_id)
+        return _user_row(request, state, user, notice=error.message, failed=True, tab=tab)
+    return _user_row(request, state, user, notice=f"Email changed to {user.email}.", tab=tab)
+
+
+@router.post("/users/{user_id}/delete", response_class=HTMLResponse)
+async def delete_user(
+    request: Request, user_id: RowId, admin: AdminUser, state: StateDep, tab: str = ""
+) -> Response:
+    """Delete an account (refused for the last admin and while a job under way names it)."""
+    try:
+        notice = await delete_account(state, user_id=user_id, admin=admin)
+    except PortalError as error:
+        if error.status_code == 404:
+            raise
+        with state.database.session() as session:
+            user = service.get_user(session=session, user_id=user_id)
+        return _user_row(request, state, user, notice=error.message, failed=True, tab=tab)
+    if not is_htmx(request):
+        return RedirectResponse(f"/admin/users?status={tab or 'approved'}", status_code=303)
+    return _gone_row(request, state, user_id, notice)
 
 
 @router.post("/users/{user_id}/{action}", response_class=HTMLResponse)
 async def decide(
-    request: Request, user_id: RowId, action: str, admin: AdminUser, state: StateDep
+    request: Request, user_id: RowId, action: str, admin: AdminUser, state: StateDep, tab: str = ""
 ) -> Response:
-    """Approve, reject, disable or enable; answers with the updated table row for HTMX."""
+    """Approve, reject, disable or enable; answers with the updated table row for HTMX (a row
+    whose status no longer belongs to the tab shown leaves it, with a notice where it went)."""
     user, notice, failed = await apply_decision(state, user_id=user_id, action=action)
+    return _user_row(request, state, user, notice=notice, failed=failed, tab=tab)
+
+
+async def send_reset_link(state: CentralState, *, user_id: int) -> tuple[User, str, bool]:
+    """An admin's reset link for an account: made, committed, then mailed."""
     with state.database.session() as session:
-        failures = throttle.failures(session, [user.username])
-    return _user_row(request, state, user, notice=notice, failed=failed, failures=failures)
+        user = service.get_user(session=session, user_id=user_id)
+        link = passwords.new_reset_link(
+            session=session,
+            user=user,
+            base_url=state.settings.url,
+            minutes=state.settings.password_reset_minutes,
+        )
+    try:
+        await notices.send_reset_link(state, link, by_admin=True)
+    except MailError as error:
+        return user, f"The reset link was not sent: {error}. Send one again later.", True
+    if state.settings.smtp_host is None:
+        return user, f"A reset link for {user.username} is in the outbox: forward it.", False
+    return user, f"A reset link was mailed to {user.email}.", False
+
+
+async def delete_account(state: CentralState, *, user_id: int, admin: User) -> str:
+    """Delete an account; a site's WebSocket is closed at once. The admin's notice."""
+    with state.database.session() as session:
+        deleted = service.delete_account(session=session, user_id=user_id, by=admin)
+    if deleted.site_id:
+        await state.connections.close(
+            deleted.site_id, code=DISABLED, reason="this site's account was deleted"
+        )
+    kept = " Finished jobs still name its institution." if deleted.kept_for_jobs else ""
+    return f"{deleted.username} is deleted: it can no longer sign in.{kept}"
 
 
 def _presence(state: CentralState, users: list[User]) -> dict[int, tuple[bool, float | None]]:
@@ -104,14 +186,23 @@ async def apply_decision(
         return user, notice, False
     try:
         await state.mailer.send(
-            to=user.email, template=template, user=user, central_url=state.settings.url
+            to=user.email,
+            template=template,
+            user=user,
+            central_url=state.settings.url,
+            site_install=state.settings.site_install or "",
+            version=__version__,
+            own_ca=issued_by_dev_ca(state.settings.certfile),
+            tls=state.settings.tls,
         )
     except MailError as error:
         return user, f"{notice.split(':')[0]}, but {error}. site_id: {user.site_id}", True
     if state.settings.smtp_host is None:
-        notice = notice.replace("mailed to", "mail for") + (
-            " is in the outbox" if action == "approve" else ""
-        )
+        notice = {
+            "approve": f"Approved: site_id {user.site_id}; the mail for {user.email} is in the "
+            "outbox (forward it).",
+            "reject": f"Rejected; the mail for {user.email} is in the outbox (forward it).",
+        }[action]
     return user, notice, False
 
 
@@ -131,28 +222,59 @@ def outbox_page(request: Request, admin: AdminUser, state: StateDep) -> Response
     )
 
 
+def _counts(session: Session) -> dict[str, int]:
+    """Site accounts by status (the tabs' counts)."""
+    counts = dict(
+        session.execute(
+            select(User.status, func.count()).where(User.role == "site").group_by(User.status)
+        ).all()
+    )
+    return {s: counts.get(s, 0) for s in service.STATUSES}
+
+
 def _user_row(
     request: Request,
     state: CentralState,
     user: User,
     *,
     notice: str,
-    failures: dict[str, int],
+    tab: str = "",
     failed: bool = False,
 ) -> Response:
-    """After an admin's action on an account: its table row for HTMX, else back to the list."""
+    """After an admin's action on an account: its table row for HTMX (or, when its status left
+    the tab shown, a line saying where it went), with the tabs' counts; else back to the list."""
     if not is_htmx(request):
         return RedirectResponse(f"/admin/users?status={user.status}", status_code=303)
+    with state.database.session() as session:
+        failures = throttle.failures(session, [user.username])
+        counts = _counts(session)
+        pending = service.pending_count(session)
     return render(
         request,
         "central/admin/users.html",
         {
             "row": user,
+            "status": tab or user.status,
+            "moved": bool(tab) and tab != user.status,
             "actions": ACTIONS,
             "notice": notice,
             "notice_error": failed,
             "presence": _presence(state, [user]),
             "failures": failures,
+            "counts": counts,
+            "pending_count": pending,
         },
-        block="user_row",
+        block="row_update",
+    )
+
+
+def _gone_row(request: Request, state: CentralState, user_id: int, notice: str) -> Response:
+    with state.database.session() as session:
+        counts = _counts(session)
+        pending = service.pending_count(session)
+    return render(
+        request,
+        "central/admin/users.html",
+        {"gone_id": user_id, "notice": notice, "counts": counts, "pending_count": pending},
+        block="gone_row",
     )

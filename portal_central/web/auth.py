@@ -5,14 +5,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, BackgroundTasks, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from federation.web import render
-from portal_central.accounts import service
+from portal_central.accounts import notices, passwords, service
 from portal_central.accounts.limits import RateLimited, client_address
 from portal_central.deps import SESSION_COOKIE, CurrentUser, OptionalUser, StateDep
-from portal_central.errors import PortalError
+from portal_central.errors import FieldInvalid, PortalError
 
 router = APIRouter()
 DEVICE_COOKIE = "fip_device"
@@ -139,6 +139,7 @@ def register_page(request: Request) -> Response:
 def register(
     request: Request,
     state: StateDep,
+    background: BackgroundTasks,
     username: Annotated[str, Form()] = "",
     email: Annotated[str, Form()] = "",
     institution: Annotated[str, Form()] = "",
@@ -166,9 +167,173 @@ def register(
         if isinstance(error, RateLimited):
             page.headers.update(error.headers)
         return page
+    background.add_task(notices.tell_admins_of_registration, state, user.id)
     return render(
         request,
         "central/auth/registered.html",
         {"username": user.username, "email": user.email, "institution": user.institution},
         status_code=201,
+    )
+
+
+# ---------------------------------------------------------------- forgotten and changed passwords
+
+
+def forgot_answer(minutes: float) -> str:
+    """The one answer to "forgot password", whether or not an account matched."""
+    return (
+        "If an account has that username or email, a link to choose a new password is on its "
+        f"way there. It works once, for {minutes:g} minutes."
+    )
+
+
+@router.get("/forgot-password", response_class=HTMLResponse)
+def forgot_page(request: Request) -> Response:
+    return render(
+        request, "central/auth/forgot.html", {"who": "", "error": "", "sent": "", "nav": "sign-in"}
+    )
+
+
+@router.post("/forgot-password", response_class=HTMLResponse)
+def forgot(
+    request: Request,
+    state: StateDep,
+    background: BackgroundTasks,
+    who: Annotated[str, Form()] = "",
+) -> Response:
+    """Mail a one-time reset link; the same answer, after the same work, for unknown accounts
+    (the mail goes out after the answer)."""
+    try:
+        state.reset_limit.hit(client_address(request))
+    except RateLimited as error:
+        page = render(
+            request,
+            "central/auth/forgot.html",
+            {"who": who, "error": error.message, "sent": ""},
+            status_code=error.status_code,
+        )
+        page.headers.update(error.headers)
+        return page
+    if not who.strip():
+        return render(
+            request,
+            "central/auth/forgot.html",
+            {"who": who, "error": "enter your username or email", "sent": ""},
+            status_code=422,
+        )
+    minutes = state.settings.password_reset_minutes
+    with state.database.session() as session:
+        link = passwords.request_reset(
+            session=session, who=who, base_url=state.settings.url, minutes=minutes
+        )
+    background.add_task(notices.send_requested_reset_link, state, link)
+    return render(
+        request,
+        "central/auth/forgot.html",
+        {"who": "", "error": "", "sent": forgot_answer(minutes)},
+    )
+
+
+@router.get("/reset-password", response_class=HTMLResponse)
+def reset_page(request: Request, state: StateDep, token: str = "") -> Response:
+    try:
+        with state.database.session() as session:
+            user = passwords.check_reset_token(session=session, token=token)
+            username = user.username
+    except PortalError as error:
+        return render(
+            request,
+            "central/auth/reset.html",
+            {"token": "", "username": "", "errors": {"token": error.message}},
+            status_code=error.status_code,
+        )
+    return render(
+        request,
+        "central/auth/reset.html",
+        {"token": token, "username": username, "errors": {}},
+    )
+
+
+@router.post("/reset-password", response_class=HTMLResponse)
+def reset(
+    request: Request,
+    state: StateDep,
+    token: Annotated[str, Form()] = "",
+    new_password: Annotated[str, Form()] = "",
+    confirm: Annotated[str, Form()] = "",
+) -> Response:
+    """Set the new password; every session and token of the account stops working."""
+    try:
+        if new_password != confirm:
+            raise FieldInvalid("the two passwords differ", field="confirm")
+        with state.database.session() as session:
+            user = passwords.reset_password(
+                session=session, passwords=state.passwords, token=token, new=new_password
+            )
+            username = user.username
+    except PortalError as error:
+        field = error.field or "form"
+        return render(
+            request,
+            "central/auth/reset.html",
+            {
+                "token": "" if field == "token" else token,
+                "username": "",
+                "errors": {field: error.message},
+            },
+            status_code=error.status_code,
+        )
+    return render(
+        request,
+        "central/auth/sign_in.html",
+        {
+            "error": "",
+            "notice": "Your password is changed. Sign in with it; every other session of "
+            "your account was signed out.",
+            "username": username,
+            "next": "/",
+            "nav": "sign-in",
+        },
+    )
+
+
+@router.get("/password", response_class=HTMLResponse)
+def password_page(request: Request, user: CurrentUser) -> Response:
+    return render(
+        request, "central/auth/password.html", {"errors": {}, "notice": "", "nav": "password"}
+    )
+
+
+@router.post("/password", response_class=HTMLResponse)
+def change_password(
+    request: Request,
+    user: CurrentUser,
+    state: StateDep,
+    current_password: Annotated[str, Form()] = "",
+    new_password: Annotated[str, Form()] = "",
+    confirm: Annotated[str, Form()] = "",
+) -> Response:
+    """Change the signed-in user's password; the current one is required."""
+    try:
+        if new_password != confirm:
+            raise FieldInvalid("the two passwords differ", field="confirm")
+        with state.database.session() as session:
+            passwords.change_password(
+                session=session,
+                passwords=state.passwords,
+                user_id=user.id,
+                current=current_password,
+                new=new_password,
+            )
+    except PortalError as error:
+        return render(
+            request,
+            "central/auth/password.html",
+            {"errors": {error.field or "form": error.message}, "notice": "", "nav": "password"},
+            status_code=error.status_code,
+        )
+    return render(
+        request,
+        "central/auth/password.html",
+        {"errors": {}, "notice": "Your password is changed.", "nav": "password"},
     )
