@@ -14,6 +14,7 @@ the digest.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import json
@@ -242,6 +243,13 @@ class Registry:
         return versions[version]
 
 
+@functools.lru_cache(maxsize=256)
+def _check_schema(schema_json: str) -> None:
+    """Draft 2020-12's check of a schema (given as JSON), done once per distinct schema: it is
+    most of the cost of reading a package, and central reads every version at each start."""
+    Draft202012Validator.check_schema(json.loads(schema_json))
+
+
 def _read_params(name: str, content: bytes) -> dict[str, Any]:
     try:
         meta = json.loads(content)
@@ -269,7 +277,7 @@ def _read_params(name: str, content: bytes) -> dict[str, Any]:
         )
     schema = meta["parameters"]
     try:
-        Draft202012Validator.check_schema(schema)
+        _check_schema(json.dumps(schema, sort_keys=True))
     except SchemaError as error:
         raise AlgorithmInvalid(
             f"params.json: parameters is not a valid JSON Schema: {error.message}"
