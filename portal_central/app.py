@@ -20,7 +20,6 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy import func, select, text
 
 from federation.uploads import BodyLimit
-from federation.web import STATIC, api_docs, cross_site, is_htmx, render, security_headers
 from portal_central.api import accounts as accounts_api
 from portal_central.api import algorithms as algorithms_api
 from portal_central.api import jobs as jobs_api
@@ -33,6 +32,7 @@ from portal_central.settings import CentralSettings
 from portal_central.sites import ws
 from portal_central.state import CentralState
 from portal_central.web import admin, algorithms, auth, jobs
+from portal_common.web import STATIC, api_docs, cross_site, is_htmx, render, security_headers
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,6 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import func, select
 
-from federation.web import is_htmx, render
 from portal_central.accounts import service, throttle
 from portal_central.accounts.mail import MailError
 from portal_central.deps import AdminUser, StateDep
@@ -16,6 +15,7 @@ from portal_central.models import OutboxMail, User
 from portal_central.paths import RowId
 from portal_central.sites.connections import DISABLED
 from portal_central.state import CentralState
+from portal_common.web import is_htmx, render
 
 router = APIRouter(prefix="/admin")
 log = logging.getLogger(__name__)
