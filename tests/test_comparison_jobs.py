@@ -761,6 +761,7 @@ def gate(network: Federation) -> Iterator[_Gate]:
     yield relay
     relay.refusing = False
     relay.close()
+    connect_site(network, network.sites[0])  # straight to central again, for the next module
 
 
 SITE_DATA = ("north", "south")
