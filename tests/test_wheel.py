@@ -35,6 +35,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from portal_central.db import alembic_config
+from portal_site.store import MIGRATIONS as SITE_MIGRATIONS
 from tests.processes import Process, free_port, wait_for
 from tests.site_fixtures import CHEAP_ARGON2_ENV, LOCAL_PASSWORD
 
@@ -52,6 +53,8 @@ RESOURCES = [
     "portal_central/migrations/env.py",
     "portal_central/migrations/script.py.mako",
     "portal_site/templates/local.html",
+    "portal_site/migrations/env.py",
+    "portal_site/migrations/versions/site_2026_12_07_initial.py",
 ]
 """Files of each kind the wheel must hold (the test also compares the whole trees below)."""
 SKIPPED = shutil.ignore_patterns(
@@ -205,6 +208,7 @@ def test_the_wheel_installs_and_both_portals_run_from_it(tmp_path: Path) -> None
         ("portal_central", "templates"),
         ("portal_central", "migrations"),
         ("portal_site", "templates"),
+        ("portal_site", "migrations"),
     ]:
         shipped = {
             n.removeprefix(f"{package}/{folder}/")
@@ -299,6 +303,7 @@ def test_the_wheel_installs_and_both_portals_run_from_it(tmp_path: Path) -> None
         )
         site_url = f"http://127.0.0.1:{site_port}"
         site.wait_until_up(f"{site_url}/health")
+        _site_migrated(tmp_path / "site" / "site.db")
         with httpx.Client(base_url=site_url, timeout=30) as client:
             _page_with_its_static_files(client, "/local/sign-in", "Sign in")
             signed_in = client.post("/api/local/token", json={"password": LOCAL_PASSWORD})
@@ -355,6 +360,14 @@ def _approved_site(client: httpx.Client) -> str:
     assert approved.status_code == 200, approved.text
     site_id: str = approved.json()["site_id"]
     return site_id
+
+
+def _site_migrated(database: Path) -> None:
+    """The site's database is at the newest of the repository's site migrations."""
+    head = ScriptDirectory(str(SITE_MIGRATIONS)).get_current_head()
+    with closing(sqlite3.connect(database)) as connection:
+        versions = [row[0] for row in connection.execute("SELECT version_num FROM alembic_version")]
+    assert versions == [head]
 
 
 def _migrated(database: Path) -> None:
