@@ -300,11 +300,18 @@ def _read_params(name: str, content: bytes) -> dict[str, Any]:
     return meta
 
 
+@functools.lru_cache(maxsize=256)
+def _code(text: str, filename: str) -> CodeType:
+    """Python's compilation of a half, done once per distinct source (code is immutable):
+    central checks every version's syntax at each start."""
+    return compile(text, filename, "exec", dont_inherit=True)
+
+
 def _compile(name: str, file_name: str, source: bytes, digest: str) -> CodeType:
     filename = f"<{name}/{file_name} {digest[:12]}>"
     try:
         text = source.decode()
-        code = compile(text, filename, "exec", dont_inherit=True)
+        code = _code(text, filename)
     except UnicodeDecodeError:
         raise AlgorithmInvalid(f"{file_name} is not UTF-8 text") from None
     except SyntaxError as error:
