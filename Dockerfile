@@ -7,10 +7,8 @@ COPY federation federation
 COPY algorithms algorithms
 COPY portal_central portal_central
 COPY portal_site portal_site
-COPY templates templates
-COPY static static
-COPY migrations migrations
-RUN pip install --no-cache-dir -e . \
+COPY portal_common portal_common
+RUN pip install --no-cache-dir . \
     && useradd --create-home --uid 10001 fip \
     && mkdir -p /data && chown fip /data
 USER fip

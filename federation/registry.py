@@ -14,6 +14,7 @@ the digest.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import json
@@ -245,6 +246,13 @@ class Registry:
         return versions[version]
 
 
+@functools.lru_cache(maxsize=256)
+def _check_schema(schema_json: str) -> None:
+    """Draft 2020-12's check of a schema (given as JSON), done once per distinct schema: it is
+    most of the cost of reading a package, and central reads every version at each start."""
+    Draft202012Validator.check_schema(json.loads(schema_json))
+
+
 def _read_params(name: str, content: bytes) -> dict[str, Any]:
     try:
         meta = json.loads(content)
@@ -272,7 +280,7 @@ def _read_params(name: str, content: bytes) -> dict[str, Any]:
         )
     schema = meta["parameters"]
     try:
-        Draft202012Validator.check_schema(schema)
+        _check_schema(json.dumps(schema, sort_keys=True))
     except SchemaError as error:
         raise AlgorithmInvalid(
             f"params.json: parameters is not a valid JSON Schema: {error.message}"
@@ -295,11 +303,18 @@ def _read_params(name: str, content: bytes) -> dict[str, Any]:
     return meta
 
 
+@functools.lru_cache(maxsize=256)
+def _code(text: str, filename: str) -> CodeType:
+    """Python's compilation of a half, done once per distinct source (code is immutable):
+    central checks every version's syntax at each start."""
+    return compile(text, filename, "exec", dont_inherit=True)
+
+
 def _compile(name: str, file_name: str, source: bytes, digest: str) -> CodeType:
     filename = f"<{name}/{file_name} {digest[:12]}>"
     try:
         text = source.decode()
-        code = compile(text, filename, "exec", dont_inherit=True)
+        code = _code(text, filename)
     except UnicodeDecodeError:
         raise AlgorithmInvalid(f"{file_name} is not UTF-8 text") from None
     except SyntaxError as error:

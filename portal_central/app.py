@@ -20,15 +20,6 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy import func, select, text
 
 from federation.uploads import BodyLimit
-from federation.web import (
-    ENVIRONMENT,
-    STATIC,
-    api_docs,
-    cross_site,
-    is_htmx,
-    render,
-    security_headers,
-)
 from portal_central.api import accounts as accounts_api
 from portal_central.api import algorithms as algorithms_api
 from portal_central.api import jobs as jobs_api
@@ -42,6 +33,15 @@ from portal_central.settings import CentralSettings
 from portal_central.sites import ws
 from portal_central.state import CentralState
 from portal_central.web import admin, algorithms, auth, jobs
+from portal_common.web import (
+    ENVIRONMENT,
+    STATIC,
+    api_docs,
+    cross_site,
+    is_htmx,
+    render,
+    security_headers,
+)
 
 log = logging.getLogger(__name__)
 ENVIRONMENT.globals["method_name"] = method_name  # names spelled out in every page

@@ -11,7 +11,8 @@ from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+"""Alembic's scripts for central's database (they ship in the package)."""
 
 
 def make_engine(url: str) -> Engine:

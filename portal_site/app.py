@@ -12,8 +12,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse,
 from fastapi.staticfiles import StaticFiles
 
 from federation.uploads import BodyLimit
-from federation.web import STATIC, HostCheck, api_docs, cross_site, is_htmx, render
-from federation.web import security_headers as install_security_headers
+from portal_common.web import STATIC, HostCheck, api_docs, cross_site, is_htmx, render
+from portal_common.web import security_headers as install_security_headers
 from portal_site import api, pages
 from portal_site.central import CentralError
 from portal_site.jobs import SiteError

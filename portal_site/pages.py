@@ -19,7 +19,7 @@ from federation.errors import InputError
 from federation.job import JobEvent
 from federation.policy import PRESETS, Policy
 from federation.uploads import allow_body, form_of, read_form
-from federation.web import ENVIRONMENT, PAGE_DEFAULTS, is_htmx, render
+from portal_common.web import ENVIRONMENT, PAGE_DEFAULTS, is_htmx, render
 from portal_site.central import CentralError
 from portal_site.jobs import LocalJob, RemoteCode, SiteError
 from portal_site.local_auth import CSRF_FIELD, CSRF_HEADER, SESSION_SECONDS, SignInRequired

@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from federation.web import allowed_hosts, host_entry
+from portal_common.web import allowed_hosts, host_entry
 
 
 class SiteSettings(BaseSettings):

@@ -1,16 +1,32 @@
 """The site's own small database: where central is, the refresh token, approvals, the ledger.
 
 The ledger lists every message the site sent: its kind, array shapes, the rows behind it,
-bytes and time. It never holds a value.
+bytes and time. It never holds a value. The schema is made and changed by Alembic migrations
+(``portal_site/migrations``), run when the store opens: a change to the models here needs a
+migration (tests/test_site_migrations.py compares them).
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, Integer, String, Text, create_engine, delete, event, select
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import (
+    JSON,
+    Connection,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    delete,
+    event,
+    inspect,
+    select,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 from federation.policy import Policy
@@ -84,6 +100,31 @@ class LedgerEntry(Base):
     note: Mapped[str] = mapped_column(Text, default="")
 
 
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+"""Alembic's scripts for the site's database (they ship in the package)."""
+BEFORE_MIGRATIONS = "site_2026_12_07_initial"
+"""The revision whose schema the site made directly before it had migrations."""
+
+
+def alembic_config(connection: Connection) -> AlembicConfig:
+    """Alembic's configuration, working on ``connection`` (the store's engine and pragmas)."""
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    return config
+
+
+def upgrade(connection: Connection) -> None:
+    """Bring the schema to the newest migration. A database that a site portal made before it
+    had migrations holds the first revision's tables without Alembic's record: it is marked as
+    at that revision first, then upgraded like any other."""
+    config = alembic_config(connection)
+    tables = set(inspect(connection).get_table_names())
+    if "config" in tables and "alembic_version" not in tables:
+        command.stamp(config, BEFORE_MIGRATIONS)
+    command.upgrade(config, "head")
+
+
 class Store:
     def __init__(self, url: str) -> None:
         self.engine = create_engine(url, connect_args={"check_same_thread": False})
@@ -96,7 +137,8 @@ class Store:
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()
 
-        Base.metadata.create_all(self.engine)
+        with self.engine.begin() as connection:
+            upgrade(connection)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def config(self) -> Config:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
 import json
 import os
 import re
+import shutil
+import tempfile
 import time
 import uuid
 import weakref
@@ -17,6 +21,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from portal_central.app import create_app
+from portal_central.db import upgrade
 from portal_central.jobs.status import FINAL
 from portal_central.settings import CentralSettings
 from portal_central.state import CentralState
@@ -28,10 +33,16 @@ ADMIN = {"username": "admin", "email": "admin@central.example", "password": "Cen
 SITE_PASSWORD = "Site-pass-2026!"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+EVERY_DATABASE = pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+"""On a test (or as a module's ``pytestmark``) whose outcome depends on the database: it runs on
+SQLite and on PostgreSQL (that run is in the ``postgres`` tier, see tests/conftest.py)."""
+
+
+@pytest.fixture
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh, empty database: SQLite in tmp_path, or a new PostgreSQL database."""
-    if request.param == "sqlite":
+    """A fresh, empty database: SQLite in tmp_path, or, for a test marked ``EVERY_DATABASE``
+    in its ``postgresql`` run, a new PostgreSQL database."""
+    if getattr(request, "param", "sqlite") == "sqlite":
         yield f"sqlite:///{tmp_path / 'central.db'}"
         return
     name = f"fip_test_{uuid.uuid4().hex[:12]}"
@@ -45,10 +56,34 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
             connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@functools.cache
+def _migrated_sqlite() -> Path:
+    """A SQLite database that the migrations brought to head, made once per test run."""
+    folder = Path(tempfile.mkdtemp(prefix="fip-schema-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    path = folder / "central.db"
+    upgrade(f"sqlite:///{path}")  # make_engine's engine is disposed: no -wal file is left
+    return path
+
+
+def _sqlite_at_head(database_url: str) -> None:
+    """Where central would create a new SQLite database and migrate it to head, put a copy of
+    one made so once: the same file, without running the migrations again for every test
+    (their DDL costs about half a second). A database that exists is left as it is, and the
+    migrations themselves are tested from an empty database (tests/test_migrations.py)."""
+    if not database_url.startswith("sqlite:///"):
+        return
+    path = Path(database_url.removeprefix("sqlite:///"))
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(_migrated_sqlite(), path)
+
+
 def make_settings(data_dir: Path, database_url: str, **overrides: object) -> CentralSettings:
     """Settings for a test: cheap password hashing, no SMTP unless given, and request rate
     limits far above what one test sends from its one address (tests of the limits and of the
-    sign-in waits set their own)."""
+    sign-in waits set their own). A new SQLite database starts as a copy of one at head."""
+    _sqlite_at_head(database_url)
     values: dict[str, object] = {
         "data_dir": data_dir,
         "database_url": database_url,

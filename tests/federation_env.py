@@ -270,7 +270,10 @@ def connect_site(
         )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
-    """Central and two site portals as processes, shared by a test module's tests."""
+    """Central and two site portals as processes, started once and shared by every test module
+    that leaves them as it found them (a fixture that reroutes a site puts it back). A module
+    whose tests break their federation (kill a site, say) defines a module-scoped ``network``
+    of its own with ``start_federation``, as tests/test_federation_reconnect.py does."""
     yield from start_federation(tmp_path_factory.mktemp("federation"))

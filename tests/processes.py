@@ -30,15 +30,23 @@ class Process:
     """A `fip` subprocess whose output goes to a log file; stopped with SIGTERM, then SIGKILL."""
 
     def __init__(
-        self, args: Sequence[str], *, log: Path, env: dict[str, str] | None = None
+        self,
+        args: Sequence[str],
+        *,
+        log: Path,
+        env: dict[str, str] | None = None,
+        fip: str = FIP,
+        cwd: Path | None = None,
     ) -> None:
+        """``fip`` is this environment's unless given (another venv's, say), run in ``cwd``."""
         self.log = log
         self._handle = log.open("wb")
         self.popen = subprocess.Popen(
-            [FIP, *args],
+            [fip, *args],
             stdout=self._handle,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
+            cwd=cwd,
         )
 
     def wait_until_up(

@@ -1,6 +1,7 @@
 """Accounts through the JSON API: registration, the admin's decisions, tokens, roles.
 
-Every test runs on SQLite and on PostgreSQL (the ``central`` fixture), with one admin.
+Every test runs on SQLite and on PostgreSQL (unique names and site ids, token cascades), with
+one admin.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from portal_central.devcert import make_dev_cert
 from portal_central.security import Tokens
 from tests.central_fixtures import (
     ADMIN,
+    EVERY_DATABASE,
     SITE_PASSWORD,
     admin_headers,
     approved_site,
@@ -31,6 +33,8 @@ from tests.central_fixtures import (
     register_site,
     token,
 )
+
+pytestmark = EVERY_DATABASE
 
 CENTRAL_URL = "http://127.0.0.1:8443"
 """The default central URL that mails carry (settings host and port, no TLS)."""

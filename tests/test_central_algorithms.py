@@ -18,6 +18,7 @@ from portal_central.models import AlgorithmVersion
 from portal_central.settings import CentralSettings
 from tests.central_fixtures import (
     ADMIN,
+    EVERY_DATABASE,
     SITE_PASSWORD,
     admin_auth,
     approved_site,
@@ -83,6 +84,7 @@ def test_builtins_are_listed_after_start_up(central: TestClient) -> None:
     assert builtins.get("SIMICE").digest in detail.get_text()
 
 
+@EVERY_DATABASE
 def test_upload_view_versions_and_default(central: TestClient) -> None:
     files = meandraw_files()
     uploaded = upload_algorithm(central, files)

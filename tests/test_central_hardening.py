@@ -1,7 +1,8 @@
 """Central's answers to hostile or broken input and to a failing database: an unknown algorithm
 file is a 404, huge and negative ids are a 422 naming the parameter, ``/health`` notices a
 read-only database, non-finite parameters are refused by name, and a job whose state cannot be
-written ends failed. Every test runs on SQLite and on PostgreSQL.
+written ends failed. The tests of ids, of /health and of a failing write run on SQLite and on
+PostgreSQL (the databases answer them differently); the others on SQLite.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from federation.cli import main
 from federation.demo import COLUMNS
 from tests.central_fixtures import (
     ADMIN,
+    EVERY_DATABASE,
     admin_auth,
     approved_site,
     browser_sign_in,
@@ -59,6 +61,7 @@ def test_an_unknown_algorithm_version_or_file_is_a_clear_404(central: TestClient
 # ---------------------------------------------------------------- ids
 
 
+@EVERY_DATABASE
 def test_huge_and_negative_ids_are_a_422_naming_the_parameter(central: TestClient) -> None:
     headers = admin_auth(central)
     csrf = browser_sign_in(central, ADMIN["username"], ADMIN["password"])
@@ -119,6 +122,7 @@ def _read_only(engine: Engine) -> Iterator[None]:
         engine.dispose()
 
 
+@EVERY_DATABASE
 def test_health_is_unhealthy_when_the_database_is_read_only(central: TestClient) -> None:
     engine = portal_state(central).database.engine
     assert central.get("/health").json()["status"] == "ok"
@@ -205,6 +209,7 @@ def _refusing_completed(engine: Engine) -> Iterator[None]:
     yield
 
 
+@EVERY_DATABASE
 def test_a_job_whose_state_cannot_be_written_ends_failed(
     central: TestClient, demo_files: dict[str, Path]
 ) -> None:

@@ -28,6 +28,7 @@ from portal_central.jobs.status import ACTIVE, FINAL, TRANSITIONS, advance
 from portal_central.models import Job
 from tests.central_fixtures import (
     ADMIN,
+    EVERY_DATABASE,
     SITE_PASSWORD,
     admin_auth,
     approved_site,
@@ -121,6 +122,7 @@ def _page_text(client: TestClient, job_id: int) -> str:
 # ------------------------------------------------------------------ creation
 
 
+@EVERY_DATABASE
 def test_create_job_by_column_name(central: TestClient) -> None:
     job = _create(central)
     assert job["state"] == "created"
@@ -166,6 +168,7 @@ def test_create_job_by_column_name(central: TestClient) -> None:
     }
 
 
+@EVERY_DATABASE
 def test_the_seed_takes_its_whole_range(central: TestClient) -> None:
     """Seeds are 0..2**32-1 (the API says so); every database must store the largest."""
     for seed in (0, 2**31 - 1, 2**31, 2**32 - 1):

@@ -25,6 +25,7 @@ from portal_central.app import create_app
 from portal_central.models import SignInThrottle
 from tests.central_fixtures import (
     ADMIN,
+    EVERY_DATABASE,
     SITE_PASSWORD,
     approved_site,
     bearer,
@@ -39,6 +40,8 @@ STRANGER = ("203.0.113.66", 40000)
 ELSEWHERE = ("198.51.100.10", 40001)
 THIRD = ("192.0.2.33", 40002)
 WRONG_BODY = {"detail": WRONG, "field": None}
+
+pytestmark = EVERY_DATABASE
 
 
 @pytest.fixture

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
-from tests.central_fixtures import SITE_PASSWORD, approved_site, bearer, token
+from tests.central_fixtures import (
+    EVERY_DATABASE,
+    SITE_PASSWORD,
+    approved_site,
+    bearer,
+    token,
+)
+
+pytestmark = EVERY_DATABASE
 
 
 def test_health_and_approval_flow(central: TestClient) -> None:

@@ -32,6 +32,7 @@ from federation.simulation import simulate
 from portal_central.jobs.status import FINAL
 from tests.central_fixtures import (
     ADMIN,
+    EVERY_DATABASE,
     SITE_PASSWORD,
     admin_auth,
     approved_site,
@@ -160,6 +161,7 @@ def _page(client: TestClient, job_id: int) -> BeautifulSoup:
 # ------------------------------------------------------------------ creation
 
 
+@EVERY_DATABASE
 def test_a_comparison_is_a_parent_with_one_child_per_method(central: TestClient) -> None:
     """The reference first, then the chosen method, then the others in the order given; every
     child carries the parent's columns, targets, parameters, seed and sites, except that the
@@ -760,6 +762,7 @@ def gate(network: Federation) -> Iterator[_Gate]:
     yield relay
     relay.refusing = False
     relay.close()
+    connect_site(network, network.sites[0])  # straight to central again, for the next module
 
 
 SITE_DATA = ("north", "south")

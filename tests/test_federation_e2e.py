@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from federation.data import read_csv
 from federation.outputs import long_csv
 from federation.registry import Registry
 from federation.simulation import simulate
-from tests.federation_env import Federation
+from tests.federation_env import Federation, start_federation
 from tests.processes import wait_for
+
+
+@pytest.fixture(scope="module")
+def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
+    """A federation of this module's own: the sites must list this module's job alone."""
+    yield from start_federation(tmp_path_factory.mktemp("e2e"))
 
 
 def _job(fed: Federation, *, name: str, seed: int, columns: list[str]) -> int:

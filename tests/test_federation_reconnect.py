@@ -12,7 +12,7 @@ from federation.data import read_csv
 from federation.outputs import long_csv
 from federation.registry import Registry
 from federation.simulation import simulate
-from tests.federation_env import Federation, connect_site
+from tests.federation_env import Federation, connect_site, start_federation
 from tests.processes import TcpProxy, wait_for
 
 PARAMS = {
@@ -21,6 +21,13 @@ PARAMS = {
     "iteration_between_imputations": 1,
 }
 TARGETS = [("bmi", "gaussian"), ("smoker", "logistic")]
+
+
+@pytest.fixture(scope="module")
+def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
+    """A federation of this module's own: its last test kills a site (the shared one, in
+    tests/federation_env.py, must outlive every module)."""
+    yield from start_federation(tmp_path_factory.mktemp("reconnect"))
 
 
 @pytest.fixture(scope="module")

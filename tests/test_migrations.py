@@ -9,6 +9,9 @@ from sqlalchemy import text
 
 from portal_central.db import alembic_config, make_engine, upgrade
 from portal_central.models import Base
+from tests.central_fixtures import EVERY_DATABASE
+
+pytestmark = EVERY_DATABASE
 
 
 def _differences(url: str) -> list[object]:

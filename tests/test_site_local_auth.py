@@ -15,7 +15,7 @@ import pytest
 from bs4 import BeautifulSoup
 from fastapi.testclient import TestClient
 
-from federation.web import HostCheck, allowed_hosts, cross_site
+from portal_common.web import HostCheck, allowed_hosts, cross_site
 from portal_site.state import SiteState
 from tests.central_fixtures import make_settings
 from tests.federation_env import Federation, start_federation, start_site_portal

@@ -15,7 +15,7 @@ from portal_central.models import OutboxMail
 from portal_central.settings import CentralSettings
 
 log = logging.getLogger(__name__)
-MAIL_TEMPLATES = Path(__file__).resolve().parents[2] / "templates" / "mail"
+MAIL_TEMPLATES = Path(__file__).resolve().parents[1] / "templates" / "mail"
 
 
 class MailError(Exception):
@@ -23,7 +23,8 @@ class MailError(Exception):
 
 
 class Mailer:
-    """Renders ``templates/mail/<name>.txt`` (first line ``Subject: ...``) and sends it."""
+    """Renders ``portal_central/templates/mail/<name>.txt`` (first line ``Subject: ...``) and
+    sends it."""
 
     def __init__(self, settings: CentralSettings, database: Database) -> None:
         self._settings = settings

@@ -11,7 +11,6 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from federation import __version__
-from federation.web import is_htmx, render
 from portal_central.accounts import notices, passwords, service, throttle
 from portal_central.accounts.mail import MailError
 from portal_central.deps import AdminUser, StateDep
@@ -21,6 +20,7 @@ from portal_central.models import OutboxMail, User
 from portal_central.paths import RowId
 from portal_central.sites.connections import DISABLED
 from portal_central.state import CentralState
+from portal_common.web import is_htmx, render
 
 router = APIRouter(prefix="/admin")
 log = logging.getLogger(__name__)

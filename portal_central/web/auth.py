@@ -8,11 +8,11 @@ from typing import Annotated
 from fastapi import APIRouter, BackgroundTasks, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from federation.web import render
 from portal_central.accounts import notices, passwords, service
 from portal_central.accounts.limits import RateLimited, client_address
 from portal_central.deps import SESSION_COOKIE, CurrentUser, OptionalUser, StateDep
 from portal_central.errors import FieldInvalid, PortalError
+from portal_common.web import render
 
 router = APIRouter()
 DEVICE_COOKIE = "fip_device"

@@ -28,7 +28,6 @@ from federation.uploads import (
     form_of,
     read_form,
 )
-from federation.web import ENVIRONMENT, PAGE_DEFAULTS, is_htmx, render
 from portal_central import algorithms_store as store
 from portal_central.deps import AdminUser, CurrentUser, StateDep, data_upload
 from portal_central.errors import FieldInvalid, NotFound, PortalError
@@ -38,6 +37,7 @@ from portal_central.jobs.results import Format, result_response
 from portal_central.models import User
 from portal_central.paths import RowId
 from portal_central.state import CentralState
+from portal_common.web import ENVIRONMENT, PAGE_DEFAULTS, is_htmx, render
 
 router = APIRouter(prefix="/jobs")
 EXACT = (REFERENCE_SINGLE, REFERENCE_CHAINED)

@@ -1,4 +1,8 @@
-"""Rendering pages and fragments from ``templates/``, for the central and the site portals."""
+"""Rendering pages and fragments for the central and the site portals, and what a browser may do.
+
+Templates are found by name: ``central/...`` in portal_central's ``templates/``, ``site/...`` in
+portal_site's, and the shared ones (``base.html``, ``_macros.html``, the error pages) in this
+package's ``templates/``; they ship inside the packages, so an installed wheel has them."""
 
 from __future__ import annotations
 
@@ -15,14 +19,24 @@ from urllib.parse import urlsplit
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from jinja2 import (
+    ChoiceLoader,
+    Environment,
+    FileSystemLoader,
+    PackageLoader,
+    PrefixLoader,
+    StrictUndefined,
+    select_autoescape,
+)
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from algorithms import methods
 
-TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
-STATIC = Path(__file__).resolve().parents[1] / "static"
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+"""The templates both portals use."""
+STATIC = Path(__file__).resolve().parent / "static"
+"""The static files both portals serve at /static (styles, icon, vendored scripts)."""
 
 
 def ago(moment: datetime | None, now: datetime | None = None) -> str:
@@ -41,7 +55,17 @@ def ago(moment: datetime | None, now: datetime | None = None) -> str:
 
 def _environment() -> Environment:
     environment = Environment(
-        loader=FileSystemLoader(TEMPLATES),
+        loader=ChoiceLoader(
+            [
+                FileSystemLoader(TEMPLATES),
+                PrefixLoader(
+                    {
+                        "central": PackageLoader("portal_central", "templates"),
+                        "site": PackageLoader("portal_site", "templates"),
+                    }
+                ),
+            ]
+        ),
         autoescape=select_autoescape(["html"]),
         undefined=StrictUndefined,
     )
