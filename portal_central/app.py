@@ -24,6 +24,7 @@ from federation.web import STATIC, api_docs, cross_site, is_htmx, render, securi
 from portal_central.api import accounts as accounts_api
 from portal_central.api import algorithms as algorithms_api
 from portal_central.api import jobs as jobs_api
+from portal_central.api import plausibility as plausibility_api
 from portal_central.db import upgrade
 from portal_central.deps import OptionalUser, StateDep
 from portal_central.errors import FieldInvalid, Forbidden, PortalError, Unauthorized
@@ -32,7 +33,7 @@ from portal_central.models import Job
 from portal_central.settings import CentralSettings
 from portal_central.sites import ws
 from portal_central.state import CentralState
-from portal_central.web import admin, algorithms, auth, jobs
+from portal_central.web import admin, algorithms, auth, jobs, plots
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +74,12 @@ def create_app(settings: CentralSettings) -> FastAPI:
     app.include_router(admin.router)
     app.include_router(algorithms.router)
     app.include_router(jobs.router)
+    app.include_router(plots.router)
     app.include_router(ws.router)
     app.include_router(accounts_api.router)
     app.include_router(algorithms_api.router)
     app.include_router(jobs_api.router)
+    app.include_router(plausibility_api.router)
     # Every body counted as it arrives; data upload routes raise the limit for themselves.
     app.add_middleware(
         BodyLimit, limit=settings.max_form_bytes, setting="FIP_CENTRAL_MAX_FORM_BYTES"
