@@ -11,6 +11,7 @@ import re
 import statistics
 import xml.etree.ElementTree as ET
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,13 +19,16 @@ import pytest
 from federation.plots import (
     RASTER_POINTS,
     Cells,
+    bw_nrd0,
     describe,
     draw,
     file_stem,
+    kernel_density,
     plausibility,
 )
 from federation.runtime import JobResult
 from tests.helpers import run, table
+from tests.r_reference import run_r
 
 SVG = "{http://www.w3.org/2000/svg}"
 M = 4
@@ -188,3 +192,54 @@ def test_file_stems_are_safe_and_unique() -> None:
     assert file_stem("age (y)") == "plausibility_age_y"
     assert file_stem("age/y", taken=["plausibility_age_y"]) == "plausibility_age_y_2"
     assert file_stem("***") == "plausibility_column"
+
+
+def _exact_density(values: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """The kernel sum written out: every value's Gaussian at every grid point."""
+    bandwidth = bw_nrd0(values)
+    z = (grid[:, None] - values[None, :]) / bandwidth
+    exact: np.ndarray = np.exp(-0.5 * z * z).sum(axis=1) / (
+        values.size * bandwidth * np.sqrt(2 * np.pi)
+    )
+    return exact
+
+
+def _bimodal() -> np.ndarray:
+    rng = np.random.default_rng(8)
+    return np.concatenate([rng.normal(-15, 3, 170), rng.normal(17, 4, 80), [40.0]])
+
+
+@pytest.mark.parametrize("size", [5, 300, 20_000])
+def test_the_binned_density_equals_the_kernel_sum(size: int) -> None:
+    values = np.random.default_rng(size).gamma(2.0, 3.0, size=size)
+    for data in (values, _bimodal()):
+        bandwidth = bw_nrd0(data)
+        grid = np.linspace(data.min() - 3 * bandwidth, data.max() + 3 * bandwidth, 512)
+        exact = _exact_density(data, grid)
+        assert np.max(np.abs(kernel_density(data, grid) - exact)) < 1e-4 * exact.max()
+
+
+R_DENSITY = r"""
+x <- scan("x.txt", quiet = TRUE)
+d <- density(x, from = min(x) - 3 * bw.nrd0(x), to = max(x) + 3 * bw.nrd0(x), n = 512)
+writeLines(format(c(bw.nrd0(x), d$y), digits = 17), "density.txt")
+"""
+
+
+@pytest.mark.slow
+def test_bandwidth_and_density_equal_r(tmp_path: Path) -> None:
+    """bw.nrd0 to 1e-12; density() to 1e-3 of its peak: R bins onto a coarser grid (1,024
+    points over the range), and the distance from it is no more than R's own from the kernel
+    sum written out, plus 1e-4 of the peak."""
+    values = _bimodal()
+    (tmp_path / "x.txt").write_text("\n".join(repr(float(v)) for v in values))
+    run_r(R_DENSITY, cwd=tmp_path)
+    bandwidth, *expected = (float(v) for v in (tmp_path / "density.txt").read_text().split())
+    assert bw_nrd0(values) == pytest.approx(bandwidth, rel=1e-12)
+    grid = np.linspace(values.min() - 3 * bandwidth, values.max() + 3 * bandwidth, 512)
+    reference = np.array(expected)
+    ours = kernel_density(values, grid)
+    peak = reference.max()
+    assert np.max(np.abs(ours - reference)) < 1e-3 * peak
+    r_error = np.max(np.abs(reference - _exact_density(values, grid)))
+    assert np.max(np.abs(ours - reference)) <= r_error + 1e-4 * peak
