@@ -92,6 +92,15 @@ def test_the_plots_render_on_the_job_page_with_their_tables(
     page.locator(f"#job-{job_id}-plots").scroll_into_view_if_needed()
     shot(page, "14-plausibility", folder)
 
+    narrow = context.new_page()  # figures shrink, tables keep their columns and scroll
+    narrow.set_viewport_size({"width": 400, "height": 800})
+    narrow.goto(f"{fed.central_url}/jobs/{job_id}")
+    expect(narrow.locator(f"#job-{job_id}-plots article.plot")).to_have_count(2)
+    expect(narrow.locator("table.plot-table thead").first).to_be_visible()
+    overflow = narrow.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 1, f"the plots make the page {overflow}px wider than a narrow window"
+    narrow.close()
+
 
 def test_the_wizard_shows_the_missing_data_pattern(
     network: Federation, context: BrowserContext, demo_files: dict[str, Path], folder: Path
