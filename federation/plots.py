@@ -37,6 +37,7 @@ matplotlib.rcParams.update(
     {
         "svg.hashsalt": "fip-plausibility",  # ids from a fixed salt: same figure, same bytes
         "svg.fonttype": "none",  # text stays text, in the bundled DejaVu Sans; no font fetched
+        "text.parse_math": False,  # a column named "cost ($) in $k" is text, not TeX
         "font.family": "sans-serif",
         "font.sans-serif": ["DejaVu Sans"],
     }

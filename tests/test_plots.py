@@ -243,3 +243,10 @@ def test_bandwidth_and_density_equal_r(tmp_path: Path) -> None:
     assert np.max(np.abs(ours - reference)) < 1e-3 * peak
     r_error = np.max(np.abs(reference - _exact_density(values, grid)))
     assert np.max(np.abs(ours - reference)) <= r_error + 1e-4 * peak
+
+
+def test_a_column_name_with_dollars_is_drawn_as_it_is() -> None:
+    cells = Cells(observed=np.array([1.0, 2.0, 4.0]), imputed=(np.array([3.0, 5.0]),))
+    name = "cost ($) in $k_{2}$"
+    root = _svg(draw(describe(name, "gaussian", cells), cells))
+    assert name in {t.text for t in root.iter(f"{SVG}text")}
