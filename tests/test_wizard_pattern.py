@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from portal_central.jobs import header
 from portal_central.jobs.header import SHOWN_PATTERNS, HeaderReader
 from tests.central_fixtures import ADMIN, browser_sign_in, htmx_headers
 from tests.r_reference import run_r
+from tests.test_central_wizard import _wizard_form
 
 SQLITE = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
@@ -144,3 +146,40 @@ def test_the_wizard_pattern_of_boys_equals_md_pattern(central: TestClient, tmp_p
     shown, _ = _shown(central, tmp_path / "boys.csv")
     assert shown == _expected(_of_file(tmp_path / "boys.csv"))
     assert shown.columns[:2] == ["age", "reg"]
+
+
+def _pattern_of(html: str) -> tuple[str, str] | None:
+    """The pattern section's text and its hidden field, if the page has one."""
+    section = BeautifulSoup(html, "html.parser").select_one("section.md-pattern")
+    if section is None:
+        return None
+    hidden = section.select_one("input[name=pattern_json]")
+    assert hidden is not None
+    return section.get_text(" ", strip=True), str(hidden["value"])
+
+
+@SQLITE
+def test_the_pattern_stays_when_the_form_comes_back_with_an_error(
+    central: TestClient, demo_files: dict[str, Path]
+) -> None:
+    path = demo_files["central"]
+    csrf = browser_sign_in(central, ADMIN["username"], ADMIN["password"])
+    step = central.post(
+        "/jobs/new/columns",
+        data={"algorithm": "SIMICE"},
+        files={"header_file": (path.name, path.read_bytes(), "text/csv")},
+        headers=htmx_headers(csrf),
+    )
+    shown = _pattern_of(step.text)
+    assert shown is not None
+    form = _wizard_form(central, csrf, path) | {"name": " ", "pattern_json": shown[1]}
+    again = central.post("/jobs", data=form, follow_redirects=False)
+    assert again.status_code == 422
+    assert _pattern_of(again.text) == shown
+
+    other = json.loads(shown[1])
+    other["pattern"]["columns"][0] = "weight"  # not this form's columns
+    for tampered in ("{}", "not json", json.dumps(other), shown[1].replace("true", '"x"', 1)):
+        response = central.post("/jobs", data=form | {"pattern_json": tampered})
+        assert response.status_code == 422, tampered
+        assert _pattern_of(response.text) is None, tampered

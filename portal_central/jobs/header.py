@@ -3,9 +3,13 @@ missing-data pattern (R mice's md.pattern: which cells are missing together, and
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, NonNegativeInt, ValidationError
 
 from federation.data import CsvStream
 from federation.diagnostics import MissingPattern, md_pattern_of_counts
@@ -104,17 +108,58 @@ def summarize(content: bytes, *, label: str) -> list[ColumnSummary]:
     return reader.finish()
 
 
-def pattern_view(reader: HeaderReader, *, limit: int = SHOWN_PATTERNS) -> dict[str, object]:
+def pattern_view(reader: HeaderReader, *, limit: int = SHOWN_PATTERNS) -> dict[str, Any]:
     """What the wizard shows of a read file's missing-data pattern: the ``limit`` most frequent
-    patterns (in md.pattern's order), and how many patterns and rows it leaves out."""
+    patterns (in md.pattern's order), and how many patterns and rows it leaves out. The page
+    keeps it in a hidden field (``pattern_json``), as it keeps the columns' counts."""
     pattern = reader.missing_pattern()
     if pattern is None:
         return {"pattern": None}
     shown, more, more_rows = pattern.most_frequent(limit)
-    return {
+    view = {
         "pattern": shown.to_dict(),
         "more_patterns": more,
         "more_rows": more_rows,
         "uncounted_rows": reader.uncounted_rows,
         "max_patterns": MAX_PATTERNS,
     }
+    return view | {"pattern_json": json.dumps(view)}
+
+
+class _Row(BaseModel):
+    count: NonNegativeInt
+    observed: list[bool]
+    missing: NonNegativeInt
+
+
+class _Pattern(BaseModel):
+    columns: list[str]
+    patterns: list[_Row]
+    missing_per_column: list[NonNegativeInt]
+    total_missing: NonNegativeInt
+
+
+class _View(BaseModel):
+    pattern: _Pattern
+    more_patterns: NonNegativeInt
+    more_rows: NonNegativeInt
+    uncounted_rows: NonNegativeInt
+    max_patterns: NonNegativeInt
+
+
+def read_pattern_view(text: str, columns: Sequence[str]) -> dict[str, Any]:
+    """The pattern a wizard page sent back in its hidden field, when it is one of ``columns``
+    (shown again after an error in the form); nothing to show when it is not."""
+    try:
+        view = _View.model_validate_json(text)
+    except ValidationError:
+        return {"pattern": None}
+    width = len(view.pattern.columns)
+    if (
+        sorted(view.pattern.columns) != sorted(columns)
+        or len(view.pattern.patterns) > SHOWN_PATTERNS
+        or len(view.pattern.missing_per_column) != width
+        or any(len(row.observed) != width for row in view.pattern.patterns)
+    ):
+        return {"pattern": None}
+    return view.model_dump() | {"pattern_json": text}

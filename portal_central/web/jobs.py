@@ -33,7 +33,12 @@ from portal_central import algorithms_store as store
 from portal_central.deps import AdminUser, CurrentUser, StateDep, data_upload
 from portal_central.errors import FieldInvalid, NotFound, PortalError
 from portal_central.jobs import analysis, service
-from portal_central.jobs.header import ColumnSummary, HeaderReader, pattern_view
+from portal_central.jobs.header import (
+    ColumnSummary,
+    HeaderReader,
+    pattern_view,
+    read_pattern_view,
+)
 from portal_central.jobs.results import Format, result_response
 from portal_central.models import User
 from portal_central.paths import RowId
@@ -371,6 +376,7 @@ def _empty_form() -> dict[str, Any]:
         "params": {},
         "participants": [],
         "compare": [],
+        "pattern": {"pattern": None},
     }
 
 
@@ -393,6 +399,7 @@ def _read_form(form: Form) -> dict[str, Any]:
         "params": {k[6:]: v for k, v in form.items() if k.startswith("param:")},
         "participants": form.values("participants"),
         "compare": form.values("compare"),
+        "pattern": read_pattern_view(text("pattern_json"), [c.name for c in columns]),
     }
 
 
@@ -437,6 +444,7 @@ def _wizard(
             "types": values["types"],
             "errors": errors or {},
             "nav": "jobs",
+            **values["pattern"],
         },
         status_code=status,
     )
