@@ -17,7 +17,7 @@ from federation.data import Table, read_csv
 from federation.demo import write_demo_data
 from federation.errors import FipError, InputError
 from federation.job import CENTRAL, JobEvent
-from federation.outputs import write_comparison, write_outputs
+from federation.outputs import write_comparison, write_outputs, write_plots
 from federation.params import parse_param
 from federation.registry import Algorithm, Registry, load_folder
 from federation.simulation import add_analysis, check_analysis, simulate
@@ -147,6 +147,13 @@ def _parser() -> argparse.ArgumentParser:
         help="the analysis model's family (default: linear)",
     )
     sim.add_argument(
+        "--plots",
+        action="store_true",
+        help="also write each target's plausibility plot, observed against imputed cells at "
+        "central (plausibility_<column>.svg), and its numbers (plausibility_<column>.csv) "
+        "into --out (each method's folder with --compare)",
+    )
+    sim.add_argument(
         "--out",
         required=True,
         type=Path,
@@ -250,6 +257,8 @@ def _simulate(args: argparse.Namespace) -> int:
     if args.analysis is not None:
         failed = add_analysis(result, args.analysis, args.analysis_family)
     written = write_outputs(result, args.out)
+    if args.plots:
+        written += write_plots(result, args.out)
     report = result.report
     for warning in report["warnings"]:
         print(f"fip: warning: {warning}", file=sys.stderr)
@@ -299,6 +308,9 @@ def _compare(args: argparse.Namespace) -> int:
     written = [
         path for name, result in results.items() for path in write_outputs(result, args.out / name)
     ]
+    if args.plots:
+        for name, result in results.items():
+            written += write_plots(result, args.out / name)
     table = format_table(comparison)
     written += write_comparison(comparison, table, args.out)
     for name, result in results.items():

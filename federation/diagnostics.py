@@ -105,6 +105,25 @@ class MissingPattern:
     def total_missing(self) -> int:
         return sum(self.missing_per_column)
 
+    @property
+    def rows(self) -> int:
+        return sum(self.counts)
+
+    def most_frequent(self, limit: int) -> tuple[MissingPattern, int, int]:
+        """The ``limit`` most frequent patterns (ties: md.pattern's order), still in md.pattern's
+        order, and how many patterns and rows are left out."""
+        if len(self.counts) <= limit:
+            return self, 0, 0
+        by_count = sorted(range(len(self.counts)), key=lambda k: -self.counts[k])
+        kept = sorted(by_count[:limit])
+        shown = MissingPattern(
+            columns=self.columns,
+            counts=tuple(self.counts[k] for k in kept),
+            observed=self.observed[kept],
+            missing_per_column=self.missing_per_column,
+        )
+        return shown, len(self.counts) - limit, self.rows - shown.rows
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "columns": list(self.columns),
@@ -128,13 +147,30 @@ def md_pattern(columns: Sequence[str], missing: np.ndarray) -> MissingPattern:
             f"md_pattern takes a rows x {len(columns)} mask with at least one row, "
             f"got shape {mask.shape}"
         )
-    per_column = mask.sum(axis=0)
+    patterns, counts = np.unique(mask, axis=0, return_counts=True)
+    return md_pattern_of_counts(columns, patterns, counts)
+
+
+def md_pattern_of_counts(
+    columns: Sequence[str], patterns: np.ndarray, counts: Sequence[int] | np.ndarray
+) -> MissingPattern:
+    """:func:`md_pattern` from distinct patterns already counted (``patterns`` is (k, columns),
+    True where missing; a pattern may come more than once): what a reader that streams a file
+    keeps, instead of its rows."""
+    mask = np.asarray(patterns, dtype=bool).reshape(-1, len(columns))
+    weights = np.asarray(counts, dtype=np.int64)
+    if mask.shape[0] == 0 or weights.shape != (mask.shape[0],) or np.any(weights < 0):
+        raise InputError(
+            f"md_pattern takes at least one pattern of {len(columns)} columns with a count each"
+        )
+    per_column = (mask * weights[:, None]).sum(axis=0)
     order = np.argsort(per_column, kind="stable")
     ordered = mask[:, order].astype(np.int8)
-    patterns, counts = np.unique(ordered, axis=0, return_counts=True)
+    unique, inverse = np.unique(ordered, axis=0, return_inverse=True)
+    totals = np.bincount(inverse.reshape(-1), weights=weights, minlength=unique.shape[0])
     return MissingPattern(
         columns=tuple(columns[i] for i in order),
-        counts=tuple(int(c) for c in counts),
-        observed=patterns == 0,
+        counts=tuple(int(c) for c in totals),
+        observed=unique == 0,
         missing_per_column=tuple(int(per_column[i]) for i in order),
     )

@@ -74,6 +74,21 @@ def write_outputs(result: JobResult, out_dir: Path) -> list[Path]:
     )
 
 
+def write_plots(result: JobResult, out_dir: Path) -> list[Path]:
+    """Each target's plausibility plot (``plausibility_<column>.svg``) and its numbers
+    (``plausibility_<column>.csv``) into ``out_dir``: all of them, or none."""
+    from federation.plots import file_stem, plausibility  # matplotlib only when asked for
+
+    contents: dict[str, bytes] = {}
+    taken: list[str] = []
+    for plot in plausibility(result):
+        stem = file_stem(plot.name, taken)
+        taken.append(stem)
+        contents[f"{stem}.svg"] = plot.svg
+        contents[f"{stem}.csv"] = plot.numbers.csv().encode()
+    return _write_all(out_dir, contents)
+
+
 def write_comparison(comparison: dict[str, Any], table: str, out_dir: Path) -> list[Path]:
     """Write ``comparison.json`` and the same as a text table, ``comparison.txt``."""
     return _write_all(

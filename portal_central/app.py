@@ -23,6 +23,7 @@ from federation.uploads import BodyLimit
 from portal_central.api import accounts as accounts_api
 from portal_central.api import algorithms as algorithms_api
 from portal_central.api import jobs as jobs_api
+from portal_central.api import plausibility as plausibility_api
 from portal_central.db import upgrade
 from portal_central.deps import OptionalUser, StateDep
 from portal_central.errors import FieldInvalid, Forbidden, PortalError, Unauthorized
@@ -32,7 +33,7 @@ from portal_central.models import Job
 from portal_central.settings import CentralSettings
 from portal_central.sites import ws
 from portal_central.state import CentralState
-from portal_central.web import admin, algorithms, auth, jobs
+from portal_central.web import admin, algorithms, auth, jobs, plots
 from portal_common.web import (
     ENVIRONMENT,
     STATIC,
@@ -80,11 +81,19 @@ def create_app(settings: CentralSettings) -> FastAPI:
     api_docs(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     # Pages and forms are not the JSON API: /docs lists only /api/..., /health and /metrics.
-    for pages in (auth.router, admin.router, algorithms.router, jobs.router, ws.router):
+    for pages in (
+        auth.router,
+        admin.router,
+        algorithms.router,
+        jobs.router,
+        plots.router,
+        ws.router,
+    ):
         app.include_router(pages, include_in_schema=False)
     app.include_router(accounts_api.router)
     app.include_router(algorithms_api.router)
     app.include_router(jobs_api.router)
+    app.include_router(plausibility_api.router)
     # Every body counted as it arrives; data upload routes raise the limit for themselves.
     app.add_middleware(
         BodyLimit, limit=settings.max_form_bytes, setting="FIP_CENTRAL_MAX_FORM_BYTES"

@@ -208,7 +208,7 @@ def test_columns_fragment_keeps_names_and_counts_only(
 
     table = read_csv(path)
     missing = np.isnan(table.values).sum(axis=0)
-    rows = fragment.select("tbody tr")
+    rows = fragment.select("#step-columns > table tbody tr")  # not the md.pattern table's
     assert len(rows) == len(COLUMNS)
     for row, name, count in zip(rows, COLUMNS, missing, strict=True):
         box = _one(row, "input[type=checkbox]")

@@ -1,13 +1,25 @@
-"""What the job wizard reads from an uploaded CSV, as it streams in: column names and counts."""
+"""What the job wizard reads from an uploaded CSV, as it streams in: column names, counts and the
+missing-data pattern (R mice's md.pattern: which cells are missing together, and how often)."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, NonNegativeInt, ValidationError
 
 from algorithms import methods
 from federation.data import CsvStream
+from federation.diagnostics import MissingPattern, md_pattern_of_counts
+
+MAX_PATTERNS = 100_000
+"""Distinct missingness patterns counted at most; rows of further new patterns are counted
+together (a table whose every row is its own pattern must not grow the reader without bound)."""
+SHOWN_PATTERNS = 20
+"""Patterns the wizard lists: the most frequent ones."""
 
 
 @dataclass(frozen=True)
@@ -29,14 +41,18 @@ class ColumnSummary:
 
 class HeaderReader:
     """The wizard's reading of a CSV as it is uploaded: per column the rows, the missing cells
-    and whether every observed value is 0 or 1. A block of lines is read at a time and
-    dropped; the file is never held whole, and nothing of it is kept but these counts."""
+    and whether every observed value is 0 or 1, and the count of each distinct pattern of
+    missing cells. A block of lines is read at a time and dropped; the file is never held
+    whole, and nothing of it is kept but these counts (never a value)."""
 
     def __init__(self, *, label: str) -> None:
         self._csv = CsvStream(label=label)
         self._missing = np.zeros(0, dtype=np.int64)
         self._observed = np.zeros(0, dtype=np.int64)
         self._binary = np.zeros(0, dtype=bool)
+        self._patterns: dict[bytes, int] = {}
+        self.uncounted_rows = 0
+        """Rows whose pattern was new after MAX_PATTERNS distinct ones were counted."""
 
     def feed(self, data: bytes) -> None:
         self._count(self._csv.feed(data))
@@ -64,6 +80,25 @@ class HeaderReader:
             self._missing += missing.sum(axis=0)
             self._observed += (~missing).sum(axis=0)
             self._binary &= np.all(missing | (values == 0) | (values == 1), axis=0)
+            packed, counts = np.unique(np.packbits(missing, axis=1), axis=0, return_counts=True)
+            for row, count in zip(packed, counts, strict=True):
+                key = row.tobytes()
+                if key in self._patterns or len(self._patterns) < MAX_PATTERNS:
+                    self._patterns[key] = self._patterns.get(key, 0) + int(count)
+                else:
+                    self.uncounted_rows += int(count)
+
+    def missing_pattern(self) -> MissingPattern | None:
+        """The counted patterns as md.pattern orders them (after :meth:`finish`); None for a
+        file without rows."""
+        if not self._patterns:
+            return None
+        width = len(self._csv.columns)
+        packed = np.frombuffer(b"".join(self._patterns), dtype=np.uint8).reshape(
+            len(self._patterns), -1
+        )
+        missing = np.unpackbits(packed, axis=1, count=width).astype(bool)
+        return md_pattern_of_counts(self._csv.columns, missing, list(self._patterns.values()))
 
 
 def summarize(content: bytes, *, label: str) -> list[ColumnSummary]:
@@ -72,3 +107,60 @@ def summarize(content: bytes, *, label: str) -> list[ColumnSummary]:
     for start in range(0, len(content), 1 << 20):
         reader.feed(content[start : start + (1 << 20)])
     return reader.finish()
+
+
+def pattern_view(reader: HeaderReader, *, limit: int = SHOWN_PATTERNS) -> dict[str, Any]:
+    """What the wizard shows of a read file's missing-data pattern: the ``limit`` most frequent
+    patterns (in md.pattern's order), and how many patterns and rows it leaves out. The page
+    keeps it in a hidden field (``pattern_json``), as it keeps the columns' counts."""
+    pattern = reader.missing_pattern()
+    if pattern is None:
+        return {"pattern": None}
+    shown, more, more_rows = pattern.most_frequent(limit)
+    view = {
+        "pattern": shown.to_dict(),
+        "more_patterns": more,
+        "more_rows": more_rows,
+        "uncounted_rows": reader.uncounted_rows,
+        "max_patterns": MAX_PATTERNS,
+    }
+    return view | {"pattern_json": json.dumps(view)}
+
+
+class _Row(BaseModel):
+    count: NonNegativeInt
+    observed: list[bool]
+    missing: NonNegativeInt
+
+
+class _Pattern(BaseModel):
+    columns: list[str]
+    patterns: list[_Row]
+    missing_per_column: list[NonNegativeInt]
+    total_missing: NonNegativeInt
+
+
+class _View(BaseModel):
+    pattern: _Pattern
+    more_patterns: NonNegativeInt
+    more_rows: NonNegativeInt
+    uncounted_rows: NonNegativeInt
+    max_patterns: NonNegativeInt
+
+
+def read_pattern_view(text: str, columns: Sequence[str]) -> dict[str, Any]:
+    """The pattern a wizard page sent back in its hidden field, when it is one of ``columns``
+    (shown again after an error in the form); nothing to show when it is not."""
+    try:
+        view = _View.model_validate_json(text)
+    except ValidationError:
+        return {"pattern": None}
+    width = len(view.pattern.columns)
+    if (
+        sorted(view.pattern.columns) != sorted(columns)
+        or len(view.pattern.patterns) > SHOWN_PATTERNS
+        or len(view.pattern.missing_per_column) != width
+        or any(len(row.observed) != width for row in view.pattern.patterns)
+    ):
+        return {"pattern": None}
+    return view.model_dump() | {"pattern_json": text}

@@ -32,7 +32,12 @@ from portal_central import algorithms_store as store
 from portal_central.deps import AdminUser, CurrentUser, StateDep, data_upload
 from portal_central.errors import FieldInvalid, NotFound, PortalError
 from portal_central.jobs import analysis, service
-from portal_central.jobs.header import ColumnSummary, HeaderReader
+from portal_central.jobs.header import (
+    ColumnSummary,
+    HeaderReader,
+    pattern_view,
+    read_pattern_view,
+)
 from portal_central.jobs.results import Format, result_response
 from portal_central.models import User
 from portal_central.paths import RowId
@@ -109,6 +114,8 @@ async def columns_step(request: Request, admin: AdminUser, state: StateDep) -> R
         context.update(columns=[], errors={"columns": error})
         return render(request, "central/jobs/new.html", context, block="columns", status_code=422)
     context.update(columns=columns, columns_json=json.dumps([asdict(c) for c in columns]))
+    if reader is not None:
+        context.update(pattern_view(reader))
     return render(request, "central/jobs/new.html", context, block="columns")
 
 
@@ -369,6 +376,7 @@ def _empty_form() -> dict[str, Any]:
         "params": {},
         "participants": [],
         "compare": [],
+        "pattern": {"pattern": None},
     }
 
 
@@ -391,6 +399,7 @@ def _read_form(form: Form) -> dict[str, Any]:
         "params": {k[6:]: v for k, v in form.items() if k.startswith("param:")},
         "participants": form.values("participants"),
         "compare": form.values("compare"),
+        "pattern": read_pattern_view(text("pattern_json"), [c.name for c in columns]),
     }
 
 
@@ -435,6 +444,7 @@ def _wizard(
             "types": values["types"],
             "errors": errors or {},
             "nav": "jobs",
+            **values["pattern"],
         },
         status_code=status,
     )
