@@ -6,7 +6,7 @@ import asyncio
 from pathlib import Path
 
 from federation.data import read_csv
-from federation.outputs import long_csv
+from federation.outputs import long_csv, zip_bytes
 from federation.registry import Registry
 from federation.simulation import simulate
 from tests.federation_env import Federation
@@ -76,6 +76,7 @@ def test_a_job_runs_across_processes_and_equals_the_simulation(
         job = admin.get(f"/api/jobs/{job_id}").json()
         assert job["state"] == "completed", job
         downloaded = admin.get(f"/api/jobs/{job_id}/result", params={"format": "long"})
+        archive = admin.get(f"/api/jobs/{job_id}/result", params={"format": "zip"})
         report = admin.get(f"/api/jobs/{job_id}/report").json()
         assert downloaded.status_code == 200
 
@@ -96,7 +97,10 @@ def test_a_job_runs_across_processes_and_equals_the_simulation(
             seed=7,
         )
     )
+    # Streamed over TLS (chunked, no Content-Length), equal to the files built whole.
     assert downloaded.content == long_csv(expected)
+    assert archive.status_code == 200 and archive.content == zip_bytes(expected)
+    assert downloaded.headers.get("transfer-encoding") == "chunked"
     assert [f["coefficients"] for f in report["fits"]] == [
         f["coefficients"] for f in expected.report["fits"]
     ]
