@@ -16,8 +16,10 @@ What it measures:
   file whole, ``zip_bytes``/``long_csv``). Seconds to the last byte, the bytes, and the peak
   extra memory: the process's resident high-water mark during the download (reset before it
   through ``/proc/self/clear_refs``) minus its resident size before, also as a multiple of
-  central's raw float64 table. Each download runs twice and the second is shown, as in a server
-  that has served one before (the first pages in the writer's libraries).
+  central's raw float64 table. CPU seconds (all threads of the process) beside the wall time
+  show how much of the machine the download had: on a busy machine the wall time is longer.
+  Each download runs twice and the second is shown, as in a server that has served one before
+  (the first pages in the writer's libraries).
 - ``--levels``: the zip at each deflate level (0 = stored), bytes and seconds.
 """
 
@@ -78,17 +80,18 @@ def _reset_peak() -> bool:
     return True
 
 
-def measure(produce: Callable[[], Iterable[bytes]]) -> tuple[float, int, int]:
-    """Seconds to the last byte, bytes, and the peak extra resident memory."""
+def measure(produce: Callable[[], Iterable[bytes]]) -> tuple[float, float, int, int]:
+    """Seconds to the last byte, CPU seconds of the process (all threads), bytes, and the peak
+    extra resident memory."""
     gc.collect()
     before = _status("VmRSS")
     _reset_peak()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     size = 0
     for chunk in produce():
         size += len(chunk)
-    seconds = time.perf_counter() - started
-    return seconds, size, _status("VmHWM") - before
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    return seconds, cpu, size, _status("VmHWM") - before
 
 
 def producers(result: JobResult) -> dict[str, Callable[[], Iterable[bytes]]]:
@@ -122,18 +125,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.levels:
         if not hasattr(outputs, "zip_chunks"):
             parser.error("--levels needs the streamed writer (zip_chunks)")
-        print(f"{'level':>5}  {'bytes':>15}  {'seconds':>8}")
+        print(f"{'level':>5}  {'bytes':>15}  {'seconds':>8}  {'CPU s':>6}")
         for level in (int(x) for x in args.levels.split(",")):
-            seconds, size, _ = measure(partial(outputs.zip_chunks, result, level=level))
-            print(f"{level:>5}  {size:>15,}  {seconds:>8.2f}")
+            seconds, cpu, size, _ = measure(partial(outputs.zip_chunks, result, level=level))
+            print(f"{level:>5}  {size:>15,}  {seconds:>8.2f}  {cpu:>6.2f}")
         return
-    heads = ("s to last byte", "bytes", "peak extra MiB", "x raw")
-    print(f"{'download':<9} {heads[0]:>14}  {heads[1]:>15}  {heads[2]:>14}  {heads[3]:>6}")
+    heads = ("s to last byte", "CPU s", "bytes", "peak extra MiB", "x raw")
+    print(
+        f"{'download':<9} {heads[0]:>14}  {heads[1]:>6}  {heads[2]:>15}  {heads[3]:>14}  "
+        f"{heads[4]:>6}"
+    )
     for name, produce in producers(result).items():
         measure(produce)  # warm: libraries' code paged in, thread pools started
-        seconds, size, extra = measure(produce)
+        seconds, cpu, size, extra = measure(produce)
         print(
-            f"{name:<9} {seconds:>14.2f}  {size:>15,}  {extra / MiB:>14,.1f}  {extra / raw:>6.2f}"
+            f"{name:<9} {seconds:>14.2f}  {cpu:>6.2f}  {size:>15,}  {extra / MiB:>14,.1f}  "
+            f"{extra / raw:>6.2f}"
         )
 
 

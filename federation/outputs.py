@@ -20,19 +20,19 @@ import csv
 import io
 import json
 import os
-import zipfile
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, TypeVar
 
 import numpy as np
 import polars as pl
 
 from federation.runtime import JobResult
+from federation.zipstream import ZipStream, deflate
 
 ZIP_NAME = "imputations.zip"
 LONG_NAME = "imputations_long.csv"
@@ -43,15 +43,16 @@ ZIP_LEVEL = 1
 """Deflate level of the zip. Measured (bench/download.py --levels, 100k x 20 rows of floats):
 level 1 halves the bytes at about 100 MB/s of CSV per core; level 6 saves 3% more of the CSV
 at a sixth of the speed; stored is 20x faster and twice the size."""
-_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 _CHUNK_CELLS = 1 << 16
 """Cells formatted at a time (512 KiB of float64, about 1.3 MB of text)."""
 _AHEAD = 2
 """Chunks formatted ahead of the one being compressed or sent."""
+_WORKERS = max(1, min(4, os.cpu_count() or 1))
+"""Threads formatting and deflating the zip's chunks at once."""
 _WHOLE_LIMIT = 2.0**53
-_ZIP64_SIZE = 1 << 31
-"""An entry whose text may reach this size is written with zip64 sizes (its size is unknown
-when its header is written)."""
+_ZIP64_SIZE = 0xFFFFFFFF
+"""An entry whose text may reach this size (4 GiB) is written with zip64 sizes: its size is
+unknown when its header is written."""
 
 
 def dataset_csv(columns: tuple[str, ...], values: np.ndarray) -> bytes:
@@ -73,35 +74,22 @@ def long_chunks(result: JobResult) -> Iterator[bytes]:
 def zip_chunks(result: JobResult, *, level: int = ZIP_LEVEL) -> Iterator[bytes]:
     """A zip holding ``imputation_<m>.csv`` for m = 1..M (fixed timestamps), in chunks.
 
-    The zip is written as a stream (each entry's sizes in a data descriptor after its data),
-    so that it needs no seeking back: built whole or sent as it is made, the bytes are the same.
+    The zip is written as a stream (:mod:`federation.zipstream`): each chunk of CSV is
+    formatted and deflated in a worker thread, two at a time, while the one before is sent.
+    Built whole or sent as it is made, the bytes are the same.
     """
     plan = _Plan.of(result)
     m_total = len(result.imputed_cells)
     width = len(str(m_total))
-    sink = _Sink()
-    compression = zipfile.ZIP_DEFLATED if level > 0 else zipfile.ZIP_STORED
-    big = plan.estimated_bytes >= _ZIP64_SIZE
-    tagged = [(m, task) for m in range(1, m_total + 1) for task in plan.dataset_tasks(m)]
-    chunks = _run(task for _, task in tagged)
-    with zipfile.ZipFile(sink, "w", compression=compression, compresslevel=level) as archive:
-        entry: IO[bytes] | None = None
-        current = 0
-        for (m, _), chunk in zip(tagged, chunks, strict=True):
-            if m != current:
-                if entry is not None:
-                    entry.close()
-                info = zipfile.ZipInfo(f"imputation_{m:0{width}d}.csv", date_time=_ZIP_TIME)
-                info.compress_type = compression
-                info._compresslevel = level  # type: ignore[attr-defined]  # public from 3.13
-                entry, current = archive.open(info, "w", force_zip64=big), m
-            assert entry is not None
-            entry.write(chunk)
-            if sink.size:
-                yield sink.take()
-        if entry is not None:
-            entry.close()
-    yield sink.take()
+    zip64 = plan.estimated_bytes >= _ZIP64_SIZE
+    archive = ZipStream()
+    for m in range(1, m_total + 1):
+        yield archive.begin(f"imputation_{m:0{width}d}.csv", zip64=zip64)
+        tasks = (_deflated(task, level) for task in plan.dataset_tasks(m))
+        for raw, deflated in _run(tasks, workers=_WORKERS):
+            yield archive.add(raw, deflated)
+        yield archive.end()
+    yield archive.finish()
 
 
 def long_csv(result: JobResult) -> bytes:
@@ -175,6 +163,7 @@ def _write_all(out_dir: Path, contents: dict[str, Callable[[], Iterable[bytes]]]
 
 
 Task = Callable[[], bytes]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -281,42 +270,26 @@ def _header(columns: Iterable[str]) -> bytes:
     return text.getvalue().encode()
 
 
-def _run(tasks: Iterable[Task]) -> Iterator[bytes]:
-    """The tasks' bytes in order, each formatted in a worker thread a few chunks ahead."""
-    pending: deque[Future[bytes]] = deque()
+def _deflated(task: Task, level: int) -> Callable[[], tuple[bytes, bytes]]:
+    def run() -> tuple[bytes, bytes]:
+        raw = task()
+        return raw, deflate(raw, level)
+
+    return run
+
+
+def _run(tasks: Iterable[Callable[[], T]], *, workers: int = 1) -> Iterator[T]:
+    """The tasks' results in order, each made in a worker thread a few chunks ahead."""
+    pending: deque[Future[T]] = deque()
     iterator = iter(tasks)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fip-format") as pool:
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fip-format") as pool:
         try:
             for task in iterator:
                 pending.append(pool.submit(task))
-                if len(pending) > _AHEAD:
+                if len(pending) > _AHEAD + workers - 1:
                     yield pending.popleft().result()
             while pending:
                 yield pending.popleft().result()
         finally:
             for future in pending:
                 future.cancel()
-
-
-class _Sink(io.RawIOBase):
-    """A write-only, non-seekable stream whose bytes are taken as they come."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._parts: list[bytes] = []
-        self.size = 0
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: Any) -> int:
-        piece = bytes(data)
-        self._parts.append(piece)
-        self.size += len(piece)
-        return len(piece)
-
-    def take(self) -> bytes:
-        content = b"".join(self._parts)
-        self._parts.clear()
-        self.size = 0
-        return content

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
+import subprocess
 import zipfile
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from federation.outputs import (
     zip_chunks,
 )
 from federation.runtime import JobResult
+from federation.zipstream import ZipStream, deflate
 from tests.helpers import run, table
 
 AWKWARD = [0.1, 1 / 3, 1e-300, 123456789.123456789, -2.5e-8]
@@ -266,3 +269,29 @@ def test_outputs_are_byte_identical_for_the_same_seed(tmp_path: Path) -> None:
     assert frame[".imp"].max() == 3 and len(frame) == 4 * 3000
     in_long = frame.loc[frame[".imp"] == 3, list(columns)].to_numpy(dtype=np.float64)
     assert np.array_equal(pd.read_csv(io.BytesIO(third)).to_numpy(dtype=np.float64), in_long)
+
+
+@pytest.mark.parametrize("zip64", [False, True], ids=["zip32", "zip64"])
+def test_the_streamed_zip_reads_in_zipfile_and_unzip(tmp_path: Path, zip64: bool) -> None:
+    """Entries of chunks deflated one by one, sizes in data descriptors (and in zip64 fields
+    when asked): Python's zipfile and Info-ZIP's unzip both read it and check every CRC."""
+    texts = {"a.csv": [b"x,y\n" + b"1.25,NA\n" * 3000, b"", b"2,3\n" * 5000], "b.csv": [b""]}
+    stream = ZipStream()
+    parts = []
+    for name, chunks in texts.items():
+        parts.append(stream.begin(name, zip64=zip64))
+        parts.extend(stream.add(chunk, deflate(chunk, 1)) for chunk in chunks)
+        parts.append(stream.end())
+    parts.append(stream.finish())
+    content = b"".join(parts)
+
+    with zipfile.ZipFile(io.BytesIO(content)) as archive:
+        assert archive.testzip() is None
+        assert archive.namelist() == ["a.csv", "b.csv"]
+        assert archive.read("a.csv") == b"".join(texts["a.csv"]) and archive.read("b.csv") == b""
+    unzip = shutil.which("unzip")
+    if unzip is not None:
+        path = tmp_path / "test.zip"
+        path.write_bytes(content)
+        checked = subprocess.run([unzip, "-t", str(path)], capture_output=True, text=True)
+        assert checked.returncode == 0 and "No errors detected" in checked.stdout, checked.stdout
