@@ -16,9 +16,9 @@ import pytest
 from bs4 import BeautifulSoup
 from fastapi.testclient import TestClient
 
+from federation import outputs
 from federation.data import read_csv
 from federation.demo import COLUMNS
-from federation import outputs
 from federation.outputs import long_csv, zip_bytes
 from federation.registry import Registry
 from federation.runtime import JobResult
