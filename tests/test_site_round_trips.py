@@ -1,11 +1,18 @@
-"""The site's ledger: written in batches by its own thread, read back whole."""
+"""The site's round-trip plumbing: the ledger written in batches by its own thread and read
+back whole; one long-lived HTTPS client to central."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from pathlib import Path
 
+import pytest
+
+from portal_site.central import CentralError
+from portal_site.state import SiteState
 from portal_site.store import Store
+from tests.site_fixtures import site_settings
 
 
 def test_every_recorded_message_is_listed_in_order_even_from_many_threads(
@@ -52,3 +59,32 @@ def test_what_is_recorded_before_closing_is_written(tmp_path: Path) -> None:
         assert len(again.ledger(limit=100)) == 50
     finally:
         again.dispose()
+
+
+def test_the_site_keeps_one_https_client_to_central_until_its_address_changes(
+    tmp_path: Path,
+) -> None:
+    """Every call to central (sign-in, refresh, jobs, files, a Start) goes through one client
+    whose connection stays open; a new central URL or CA file gets a new one, and stopping
+    the portal closes it."""
+    state = SiteState.create(site_settings(tmp_path / "site"))
+    worker = state.worker
+
+    async def scenario() -> None:
+        state.store.update_config(central_url="https://central.example:8443", site_id="north")
+        first = worker.client()
+        assert worker.client() is first
+        state.store.update_config(ca_file=str(tmp_path / "missing-ca.pem"))
+        with pytest.raises(CentralError, match="CA file"):
+            worker.client()
+        state.store.update_config(central_url="https://other.example:8443", ca_file="")
+        second = worker.client()
+        assert second is not first and second.url == "https://other.example:8443"
+        assert worker.client() is second
+        await worker.stop()
+        assert worker.client() is not second  # stopped: the next use opens a new one
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        state.store.dispose()
