@@ -82,12 +82,19 @@ def zip_chunks(result: JobResult, *, level: int = ZIP_LEVEL) -> Iterator[bytes]:
     m_total = len(result.imputed_cells)
     width = len(str(m_total))
     zip64 = plan.estimated_bytes >= _ZIP64_SIZE
+    tasks = (
+        _deflated(m, task, level) for m in range(1, m_total + 1) for task in plan.dataset_tasks(m)
+    )
     archive = ZipStream()
-    for m in range(1, m_total + 1):
-        yield archive.begin(f"imputation_{m:0{width}d}.csv", zip64=zip64)
-        tasks = (_deflated(task, level) for task in plan.dataset_tasks(m))
-        for raw, deflated in _run(tasks, workers=_WORKERS):
-            yield archive.add(raw, deflated)
+    current = 0
+    for m, raw, deflated in _run(tasks, workers=_WORKERS):
+        if m != current:
+            if current:
+                yield archive.end()
+            yield archive.begin(f"imputation_{m:0{width}d}.csv", zip64=zip64)
+            current = m
+        yield archive.add(raw, deflated)
+    if current:
         yield archive.end()
     yield archive.finish()
 
@@ -149,7 +156,7 @@ def _write_all(out_dir: Path, contents: dict[str, Callable[[], Iterable[bytes]]]
     try:
         for future in futures:
             future.result()
-    except OSError:
+    except BaseException:
         for temporary, _ in staged:
             if temporary.is_file():
                 temporary.unlink()
@@ -270,10 +277,12 @@ def _header(columns: Iterable[str]) -> bytes:
     return text.getvalue().encode()
 
 
-def _deflated(task: Task, level: int) -> Callable[[], tuple[bytes, bytes]]:
-    def run() -> tuple[bytes, bytes]:
+def _deflated(m: int, task: Task, level: int) -> Callable[[], tuple[int, bytes, bytes]]:
+    """A chunk of dataset ``m`` formatted, then deflated."""
+
+    def run() -> tuple[int, bytes, bytes]:
         raw = task()
-        return raw, deflate(raw, level)
+        return m, raw, deflate(raw, level)
 
     return run
 
