@@ -162,16 +162,15 @@ def _line_count(content: bytes | bytearray, start: int) -> tuple[int, bool]:
     """Lines after ``start`` (the last counted whether or not it ends with a LF), and whether
     a CR stands anywhere but before a LF."""
     buffer = np.frombuffer(content, dtype=np.uint8)[start:]
+    any_cr = b"\r" in content
     count, lone_cr = 0, False
     for first in range(0, buffer.size, _BLOCK):
         block = buffer[first : first + _BLOCK + 1]  # one byte more: what follows a CR
         count += int(np.count_nonzero(block[:_BLOCK] == _LF))
-        cr = np.flatnonzero(block[:_BLOCK] == _CR)
-        if cr.size:
-            after = cr + 1
-            lone_cr |= bool(
-                (after >= block.size).any() or (block[after[after < block.size]] != _LF).any()
-            )
+        if any_cr:
+            after = np.flatnonzero(block[:_BLOCK] == _CR) + 1
+            lone_cr |= bool((after >= block.size).any())
+            lone_cr |= bool((block[after[after < block.size]] != _LF).any())
     if buffer.size and buffer[-1] != _LF:
         count += 1
     return count, lone_cr
