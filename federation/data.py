@@ -211,16 +211,17 @@ class CsvStream:
                 return []
             self._layout = _layout(bytes(self._pending), self.label)
             del self._pending[: self._layout.body_start]
-        if len(self._pending) < self._next_cut:
-            return []
-        content = bytes(self._pending)
-        cut = _last_cut(content, self._layout.newline, len(content))
-        if cut <= 0:  # one long line, or quotes open: try again when twice as much is in
-            self._next_cut = 2 * len(content)
-            return []
-        self._next_cut = _BLOCK
-        del self._pending[:cut]
-        return self._parse(content[:cut])
+        parsed: list[tuple[np.ndarray, np.ndarray]] = []
+        while len(self._pending) >= self._next_cut:  # a block at a time, however much came in
+            window = bytes(self._pending[: self._next_cut])
+            cut = _last_cut(window, self._layout.newline, len(window))
+            if cut <= 0:  # one long line, or quotes open: try again when twice as much is in
+                self._next_cut = 2 * len(window)
+                continue
+            self._next_cut = _BLOCK
+            del self._pending[:cut]
+            parsed += self._parse(window[:cut])
+        return parsed
 
     def finish(self) -> list[tuple[np.ndarray, np.ndarray]]:
         if self._layout is None:
