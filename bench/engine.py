@@ -29,6 +29,12 @@ What it measures:
   the rows (X'WX, X'(y - p), log-likelihood), plus the pass at the final coefficients. It does
   no draws and no imputation, so the ratio federated / pooled is an upper bound on the price
   of federation.
+- Whole process (``--whole``): ``fip simulate`` run as a child process on CSV files of the
+  same tables (written to a temporary folder beforehand, not timed), from its start to its
+  exit: starting Python and importing, reading every file, the job, and writing the zip, the
+  long CSV and the report. Its ratio to the pooled computation is what a user of ``fip``
+  pays over plain numpy. Beside it, the two file steps timed alone in this process: reading
+  every file with ``read_csv`` and ``write_outputs`` of the job's result.
 - Times are the best of ``--repeat`` runs. Round trips and bytes come from the job's report
   (bytes sent counts each request once per remote site). Memory: ``tracemalloc`` peak of the
   memory allocated during one extra run (the data generated beforehand is not counted; numpy
@@ -42,21 +48,27 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import os
 import resource
+import subprocess
 import sys
+import tempfile
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from scipy.linalg import cho_factor, cho_solve
 from scipy.special import expit
 
-from federation.data import Table
+from federation.data import Table, read_csv
 from federation.job import CENTRAL
+from federation.outputs import write_outputs
 from federation.registry import Registry
 from federation.runtime import JobResult
 from federation.simulation import simulate
@@ -208,6 +220,63 @@ def run_federated(
     )
 
 
+@dataclass
+class Whole:
+    seconds: float
+    """``fip simulate`` as a child process, start to exit."""
+    read: float
+    """Reading every site's file with read_csv, in this process."""
+    write: float
+    """write_outputs of the job's result, in this process."""
+
+
+def run_whole(
+    algorithm: str,
+    tables: dict[str, Table],
+    targets: Sequence[tuple[str, str]],
+    params: dict[str, Any],
+    seed: int,
+    repeat: int,
+    result: JobResult,
+) -> Whole:
+    """Best wall times of ``fip simulate`` as a child process (files in and out), and of its
+    two file steps alone in this process: reading the files, writing the outputs."""
+    with tempfile.TemporaryDirectory(prefix="fip-bench-") as folder:
+        root = Path(folder)
+        paths = {}
+        for name, table in tables.items():
+            paths[name] = root / f"{name}.csv"
+            frame = pd.DataFrame(table.values, columns=list(table.columns))
+            frame.to_csv(paths[name], index=False, na_rep="NA")
+        central, *remote = tables
+        command = [
+            sys.executable,
+            "-c",
+            "import sys; from federation.cli import main; sys.exit(main())",
+            "simulate",
+            "--algorithm",
+            algorithm,
+            "--central",
+            str(paths[central]),
+            *(arg for name in remote for arg in ("--site", f"{name}={paths[name]}")),
+            *(arg for column, kind in targets for arg in ("--target", f"{column}:{kind}")),
+            "--imputations",
+            str(params["imputations"]),
+            "--seed",
+            str(seed),
+            "--out",
+            str(root / "out"),
+        ]
+        best = float("inf")
+        for _ in range(repeat):
+            started = time.perf_counter()
+            subprocess.run(command, check=True, stdout=subprocess.DEVNULL, env=dict(os.environ))
+            best = min(best, time.perf_counter() - started)
+        read, _ = best_time(lambda: [read_csv(path) for path in paths.values()], repeat)
+        write, _ = best_time(lambda: write_outputs(result, root / "in-process"), repeat)
+        return Whole(seconds=best, read=read, write=write)
+
+
 # ---------------------------------------------------------------- pooled
 
 
@@ -319,6 +388,7 @@ class Row:
     fits: int
     newton_iterations: int
     pooled_passes: int
+    whole: Whole | None = None
 
 
 def bench(
@@ -356,6 +426,9 @@ def bench(
         return pooled_simice(pooled_rows, columns, kinds, fits, ridge)
 
     pooled_seconds, passes = best_time(pooled, args.repeat)
+    whole = None
+    if args.whole:
+        whole = run_whole(algorithm, tables, targets, params, args.seed, args.repeat, result)
     pooled_memory = Memory()
     with measure_memory(pooled_memory):
         pooled()
@@ -371,6 +444,7 @@ def bench(
         fits=len(fits),
         newton_iterations=sum(int(f.get("iterations") or 0) for f in fits),
         pooled_passes=passes,
+        whole=whole,
     )
 
 
@@ -426,6 +500,18 @@ def print_table(rows: Sequence[Row]) -> None:
             f"{r.pooled_passes}; pooled peak MiB: tracemalloc "
             f"{_mib(r.pooled_memory.tracemalloc_peak)}, ru_maxrss {_mib(r.pooled_memory.maxrss)}"
         )
+    wholes = [r for r in rows if r.whole is not None]
+    if wholes:
+        print()
+        print("whole process (fip simulate, files in and out):")
+        for r in wholes:
+            assert r.whole is not None
+            w = r.whole
+            print(
+                f"  {r.algorithm}: {w.seconds:.2f} s, {w.seconds / r.pooled:.1f}x the pooled "
+                f"reference (the job alone {r.federated / r.pooled:.1f}x); in this process: "
+                f"reading the files {w.read:.2f} s, writing the outputs {w.write:.2f} s"
+            )
     if rows and not rows[0].memory.maxrss_reset:
         print("ru_maxrss could not be reset between runs: it is the process's peak so far")
 
@@ -442,6 +528,9 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=2024, help="data and job seed")
     parser.add_argument(
         "--only", choices=("SIMI", "SIMICE"), action="append", help="run only this algorithm"
+    )
+    parser.add_argument(
+        "--whole", action="store_true", help="also time fip simulate as a whole process"
     )
     parser.add_argument(
         "--quick", action="store_true", help=f"smoke run: {QUICK_ROWS:,} rows per site"

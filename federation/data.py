@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pa_csv
 
 from algorithms import methods
 from federation.errors import InputError
@@ -26,6 +28,7 @@ MISSING_TOKENS = ("", "NA", "NaN", "nan", "N/A", "NULL")
 _EXAMPLES = 3
 _BLOCK = 2 << 20
 """Bytes of whole lines parsed at a time: the per-byte work never spans the whole file."""
+_LF, _CR = ord("\n"), ord("\r")
 
 
 @dataclass(frozen=True)
@@ -59,14 +62,45 @@ class Table:
 def read_csv(source: Path | bytes | bytearray, *, label: str | None = None) -> Table:
     """Read a CSV file (a path, or its bytes for uploads) into a :class:`Table`.
 
-    The file is read in blocks of whole lines: a first pass finds the data rows and checks their
-    width, a second parses each block straight into the preallocated matrix, so the peak memory
-    is about the file plus its matrix.
+    A plain file (no quotes, LF or CRLF line endings) is parsed in one pass by Arrow's CSV
+    reader, batch by batch straight into the preallocated float64 matrix, with the missing
+    tokens as nulls. Anything it does not take as plain numbers of the header's width (a
+    ragged row, a non-numeric cell, bad UTF-8, quotes, CR-only lines) is read by the exact
+    reader, which names the line and column at fault. Either way the peak memory is about the
+    file plus its matrix.
     """
     if label is None:
         label = str(source) if isinstance(source, Path) else "uploaded file"
     content = _read_bytes(source, label)
     layout = _layout(content, label)
+    values = _read_plain(content, layout)
+    if values is None:
+        return _read_exact(content, layout, label)
+    if values.shape[0] == 0:
+        raise InputError(f"{label}: the file has a header but no data rows")
+    lines = None
+    if values.shape[0] != _line_count(content, layout.body_start)[0]:  # blank lines skipped
+        lines = np.concatenate(
+            [
+                _data_lines(content[start:stop], first, layout, label)
+                for start, stop, first in _numbered(content, layout)
+            ]
+        )
+    table = Table(label=label, columns=layout.columns, values=values, lines=lines)
+    step = _BLOCK // 8
+    for start in range(0, table.rows, step):
+        rows, cols = np.nonzero(np.isinf(values[start : start + step]))
+        if rows.size:
+            raise InputError(
+                f"{label}: column '{layout.columns[cols[0]]}' has an infinite value on line "
+                f"{table.line(start + int(rows[0]))}"
+            )
+    return table
+
+
+def _read_exact(content: bytes | bytearray, layout: _Layout, label: str) -> Table:
+    """The exact reader: blocks of whole lines, their widths checked line by line, each parsed
+    by pandas into the preallocated matrix; every error names its line."""
     blocks = list(_blocks(content, layout))
     lines: list[np.ndarray] = []
     first = 2
@@ -85,6 +119,70 @@ def read_csv(source: Path | bytes | bytearray, *, label: str | None = None) -> T
             _reject_infinite(label, layout.columns, part, block_lines)
             row += block_lines.size
     return Table(label=label, columns=layout.columns, values=values, lines=numbers)
+
+
+def _read_plain(content: bytes | bytearray, layout: _Layout) -> np.ndarray | None:
+    """The matrix of a plain file by Arrow's reader, or None where the exact reader must read
+    it (Arrow refused it, or it has quotes or CR-only lines)."""
+    if layout.newline != b"\n" or b'"' in content:
+        return None
+    names = [f"c{j}" for j in range(len(layout.columns))]
+    lines, lone_cr = _line_count(content, layout.body_start)
+    if lone_cr:  # a CR that ends no CRLF: the exact reader says where
+        return None
+    upper = lines + 1
+    values = np.empty((upper, len(names)), dtype=np.float64)
+    row = 0
+    try:
+        reader = pa_csv.open_csv(
+            pa.BufferReader(pa.py_buffer(content)),
+            read_options=pa_csv.ReadOptions(
+                column_names=names, skip_rows=1, block_size=_BLOCK, encoding="utf8"
+            ),
+            parse_options=pa_csv.ParseOptions(newlines_in_values=False, quote_char=False),
+            convert_options=pa_csv.ConvertOptions(
+                column_types=dict.fromkeys(names, pa.float64()),
+                null_values=list(MISSING_TOKENS),
+                strings_can_be_null=True,
+            ),
+        )
+        for batch in reader:
+            stop = row + batch.num_rows
+            if stop > upper:  # cannot happen: every row ends a line
+                return None
+            for j in range(len(names)):
+                column = batch.column(j)
+                values[row:stop, j] = column.to_numpy(zero_copy_only=False)
+            row = stop
+    except pa.ArrowInvalid:
+        return None
+    return values[:row]
+
+
+def _line_count(content: bytes | bytearray, start: int) -> tuple[int, bool]:
+    """Lines after ``start`` (the last counted whether or not it ends with a LF), and whether
+    a CR stands anywhere but before a LF."""
+    buffer = np.frombuffer(content, dtype=np.uint8)[start:]
+    any_cr = b"\r" in content
+    count, lone_cr = 0, False
+    for first in range(0, buffer.size, _BLOCK):
+        block = buffer[first : first + _BLOCK + 1]  # one byte more: what follows a CR
+        count += int(np.count_nonzero(block[:_BLOCK] == _LF))
+        if any_cr:
+            after = np.flatnonzero(block[:_BLOCK] == _CR) + 1
+            lone_cr |= bool((after >= block.size).any())
+            lone_cr |= bool((block[after[after < block.size]] != _LF).any())
+    if buffer.size and buffer[-1] != _LF:
+        count += 1
+    return count, lone_cr
+
+
+def _numbered(content: bytes | bytearray, layout: _Layout) -> Iterator[tuple[int, int, int]]:
+    """The exact reader's blocks, each with the file's line number of its first line."""
+    first = 2
+    for start, stop in _blocks(content, layout):
+        yield start, stop, first
+        first += content.count(layout.newline, start, stop)
 
 
 class CsvStream:
@@ -114,16 +212,17 @@ class CsvStream:
                 return []
             self._layout = _layout(bytes(self._pending), self.label)
             del self._pending[: self._layout.body_start]
-        if len(self._pending) < self._next_cut:
-            return []
-        content = bytes(self._pending)
-        cut = _last_cut(content, self._layout.newline, len(content))
-        if cut <= 0:  # one long line, or quotes open: try again when twice as much is in
-            self._next_cut = 2 * len(content)
-            return []
-        self._next_cut = _BLOCK
-        del self._pending[:cut]
-        return self._parse(content[:cut])
+        parsed: list[tuple[np.ndarray, np.ndarray]] = []
+        while len(self._pending) >= self._next_cut:  # a block at a time, however much came in
+            window = bytes(self._pending[: self._next_cut])
+            cut = _last_cut(window, self._layout.newline, len(window))
+            if cut <= 0:  # one long line, or quotes open: try again when twice as much is in
+                self._next_cut = 2 * len(window)
+                continue
+            self._next_cut = _BLOCK
+            del self._pending[:cut]
+            parsed += self._parse(window[:cut])
+        return parsed
 
     def finish(self) -> list[tuple[np.ndarray, np.ndarray]]:
         if self._layout is None:
@@ -321,12 +420,8 @@ def _data_lines(block: bytes | bytearray, first: int, layout: _Layout, label: st
         if layout.newline == b"\n":
             carriage = (lengths > 0) & (buffer[np.maximum(stops - 1, 0)] == ord("\r"))
         blank = (lengths - carriage) == 0
-        commas = np.zeros(starts.size, dtype=np.int64)
-        if buffer.size and starts.size:
-            sums = np.add.reduceat(
-                buffer == ord(","), np.minimum(starts, buffer.size - 1), dtype=np.int64
-            )
-            commas = np.where(lengths > 0, sums, 0)
+        positions = np.flatnonzero(buffer == ord(","))  # one int64 per comma, not per byte
+        commas = np.searchsorted(positions, stops) - np.searchsorted(positions, starts)
         fields = commas + 1
     numbers = np.arange(first, blank.size + first, dtype=np.int64)
     wrong = np.flatnonzero(~blank & (fields != width))

@@ -1,13 +1,17 @@
 """The site's own small database: where central is, the refresh token, approvals, the ledger.
 
 The ledger lists every message the site sent: its kind, array shapes, the rows behind it,
-bytes and time. It never holds a value. The schema is made and changed by Alembic migrations
-(``portal_site/migrations``), run when the store opens: a change to the models here needs a
-migration (tests/test_site_migrations.py compares them).
+bytes and time. It never holds a value. Its rows are written in batches by a thread of their
+own (:class:`LedgerWriter`), off the event loop that answers central; reading the ledger waits
+for the rows already recorded, so it always lists every message sent before. The schema is made
+and changed by Alembic migrations (``portal_site/migrations``), run when the store opens: a
+change to the models here needs a migration (tests/test_site_migrations.py compares them).
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,10 +31,12 @@ from sqlalchemy import (
     inspect,
     select,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from federation.policy import Policy
 from federation.sqltypes import UTCDateTime
+
+log = logging.getLogger(__name__)
 
 
 def utcnow() -> datetime:
@@ -125,6 +131,58 @@ def upgrade(connection: Connection) -> None:
     command.upgrade(config, "head")
 
 
+class LedgerWriter:
+    """Ledger rows written by one thread, each batch of what came in meanwhile in one
+    transaction: recording a message costs its sender an append, never a database write."""
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self._sessions = sessions
+        self._pending: list[LedgerEntry] = []
+        self._recorded = 0
+        self._written = 0
+        self._closed = False
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="site-ledger", daemon=True)
+        self._thread.start()
+
+    def record(self, entry: LedgerEntry) -> None:
+        with self._changed:
+            if self._closed:
+                raise RuntimeError("the ledger is closed")
+            self._pending.append(entry)
+            self._recorded += 1
+            self._changed.notify_all()
+
+    def flush(self) -> None:
+        """Wait until every row recorded so far is written (or given up, logged)."""
+        with self._changed:
+            target = self._recorded
+            self._changed.wait_for(lambda: self._written >= target)
+
+    def close(self) -> None:
+        """Write what is pending, then stop the thread."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: bool(self._pending) or self._closed)
+                batch, self._pending = self._pending, []
+                if not batch and self._closed:
+                    return
+            try:
+                with self._sessions.begin() as session:
+                    session.add_all(batch)
+            except Exception:  # the site keeps answering; the loss is in its log
+                log.exception("%d ledger row(s) could not be written", len(batch))
+            with self._changed:
+                self._written += len(batch)
+                self._changed.notify_all()
+
+
 class Store:
     def __init__(self, url: str) -> None:
         self.engine = create_engine(url, connect_args={"check_same_thread": False})
@@ -140,6 +198,7 @@ class Store:
         with self.engine.begin() as connection:
             upgrade(connection)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._ledger = LedgerWriter(self._sessions)
 
     def config(self) -> Config:
         with self._sessions.begin() as session:
@@ -198,14 +257,22 @@ class Store:
     def record(
         self, *, job_id: str, kind: str, shapes: list[Any], rows: int, size: int, note: str = ""
     ) -> None:
-        with self._sessions.begin() as session:
-            session.add(
-                LedgerEntry(
-                    job_id=job_id, kind=kind, shapes=shapes, rows=rows, bytes=size, note=note
-                )
+        """Note a message sent; it is written with the next batch (see :class:`LedgerWriter`)."""
+        self._ledger.record(
+            LedgerEntry(
+                at=utcnow(),
+                job_id=job_id,
+                kind=kind,
+                shapes=shapes,
+                rows=rows,
+                bytes=size,
+                note=note,
             )
+        )
 
     def ledger(self, *, limit: int = 500) -> list[LedgerEntry]:
+        """The latest messages sent, newest first, every one recorded so far included."""
+        self._ledger.flush()
         with self._sessions() as session:
             return list(
                 session.scalars(select(LedgerEntry).order_by(LedgerEntry.id.desc()).limit(limit))
@@ -227,4 +294,5 @@ class Store:
             session.add(row)
 
     def dispose(self) -> None:
+        self._ledger.close()
         self.engine.dispose()

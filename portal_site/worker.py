@@ -63,6 +63,8 @@ class Worker:
         self._tasks: set[asyncio.Task[None]] = set()
         self.listeners: set[asyncio.Queue[str]] = set()
         self.sent = {"messages": 0, "bytes": 0}
+        self._client: CentralClient | None = None
+        self._client_for: tuple[str, str] = ("", "")
         jobs.send = self.send_control
         jobs.fetch_json = self._get_json
         jobs.fetch_text = self._get_text
@@ -70,10 +72,19 @@ class Worker:
     # ------------------------------------------------------------ sign-in
 
     def client(self) -> CentralClient:
+        """The portal's one HTTPS client to central, its connection kept alive between calls
+        (a Start asks central at once, without a new TLS handshake); a new one when the URL or
+        CA file changed."""
         config = self._store.config()
         if not config.central_url:
             raise CentralError("set central's URL in Settings first", status=400)
-        return CentralClient(url=config.central_url, ca_file=config.ca_file)
+        wanted = (config.central_url, config.ca_file)
+        if self._client is None or self._client_for != wanted:
+            client = CentralClient(url=config.central_url, ca_file=config.ca_file)
+            if self._client is not None:
+                self._spawn(self._client.close())
+            self._client, self._client_for = client, wanted
+        return self._client
 
     async def sign_in(self, username: str, password: str) -> None:
         """Exchange the password for tokens (the password is not kept), then connect."""
@@ -81,11 +92,8 @@ class Worker:
         if not config.site_id:
             raise CentralError("set this site's site_id in Settings first", status=400)
         client = self.client()
-        try:
-            pair = await client.sign_in(username, password)
-            me = await client.get_json("/api/me", pair.access_token)
-        finally:
-            await client.close()
+        pair = await client.sign_in(username, password)
+        me = await client.get_json("/api/me", pair.access_token)
         if me.get("site_id") != config.site_id:
             raise CentralError(
                 f"the account '{username}' belongs to site '{me.get('site_id')}', "
@@ -100,11 +108,7 @@ class Worker:
         config = self._store.config()
         if config.refresh_token:
             with contextlib.suppress(CentralError):
-                client = self.client()
-                try:
-                    await client.revoke(config.refresh_token)
-                finally:
-                    await client.close()
+                await self.client().revoke(config.refresh_token)
         self._store.update_config(refresh_token="")
         self._access = ""
         self.jobs.drop_all()
@@ -127,28 +131,16 @@ class Worker:
         config = self._store.config()
         if not config.refresh_token:
             raise CentralError("not signed in", status=401)
-        client = self.client()
-        try:
-            pair = await client.refresh(config.refresh_token)
-        finally:
-            await client.close()
+        pair = await self.client().refresh(config.refresh_token)
         self._store.update_config(refresh_token=pair.refresh_token)
         self._access, self._access_until = pair.access_token, time.time() + pair.expires_in - 30
         return self._access
 
     async def _get_json(self, path: str) -> Any:
-        client = self.client()
-        try:
-            return await client.get_json(path, await self.access_token())
-        finally:
-            await client.close()
+        return await self.client().get_json(path, await self.access_token())
 
     async def _get_text(self, path: str) -> str:
-        client = self.client()
-        try:
-            return await client.get_text(path, await self.access_token())
-        finally:
-            await client.close()
+        return await self.client().get_text(path, await self.access_token())
 
     # ------------------------------------------------------------ the connection
 
@@ -342,6 +334,9 @@ class Worker:
             task.cancel()
         if self._socket is not None:
             await self._socket.close()
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
         self.jobs.drop_all()
 
 

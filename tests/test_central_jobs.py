@@ -16,6 +16,7 @@ import pytest
 from bs4 import BeautifulSoup
 from fastapi.testclient import TestClient
 
+from federation import outputs
 from federation.data import read_csv
 from federation.demo import COLUMNS
 from federation.outputs import long_csv, zip_bytes
@@ -384,6 +385,28 @@ def test_a_central_only_job_runs_like_the_simulation(
     assert status == 409 and "completed" in body["detail"]
     assert central.post(f"/api/jobs/{job_id}/cancel", headers=headers).status_code == 409
     assert portal_state(central).runs.get(job_id).data is None  # central's rows are dropped
+
+
+def test_downloads_are_streamed_in_chunks_equal_to_the_built_files(
+    central: TestClient, demo_files: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both data downloads arrive as a stream of many chunks (small ones here), with no
+    Content-Length, and their bytes equal the files built whole from the same result."""
+    monkeypatch.setattr(outputs, "_CHUNK_CELLS", 64)
+    path = demo_files["central"]
+    job_id = _run_to_completion(central, path)["id"]
+    expected = _simulated(path, **_job())
+    headers = admin_auth(central)
+
+    for format, built in (("long", long_csv(expected)), ("zip", zip_bytes(expected))):
+        with central.stream(
+            "GET", f"/api/jobs/{job_id}/result?format={format}", headers=headers
+        ) as response:
+            assert response.status_code == 200
+            assert "content-length" not in response.headers
+            chunks = list(response.iter_raw())
+        assert len(chunks) > (5 if format == "long" else 1), format  # deflate buffers the zip's
+        assert b"".join(chunks) == built, format
 
 
 def test_a_failing_run_is_reported(central: TestClient, demo_files: dict[str, Path]) -> None:

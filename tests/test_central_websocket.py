@@ -20,9 +20,11 @@ from fastapi.testclient import TestClient
 from starlette.testclient import WebSocketDenialResponse, WebSocketTestSession
 from starlette.websockets import WebSocketDisconnect
 
+from federation.job import JobEvent
 from federation.policy import Policy
 from federation.protocol import (
     Heartbeat,
+    JobUpdate,
     Op,
     PolicySummary,
     Ready,
@@ -35,6 +37,7 @@ from federation.protocol import (
     encode_control,
 )
 from portal_central.app import create_app
+from portal_central.jobs.runner import PROGRESS_INTERVAL
 from portal_central.models import User
 from portal_central.security import Tokens
 from portal_central.state import CentralState
@@ -437,3 +440,28 @@ def test_deleting_a_connected_sites_account_closes_its_socket_for_good(
         assert "deleted" in str(closed.value.reason)
         assert not connections.online(site_id)
     assert _refusal(insecure, bearer(access)).status_code in (401, 403)
+
+
+def test_progress_reaches_a_site_a_few_times_a_second_and_the_last_always(
+    insecure: TestClient,
+) -> None:
+    """A burst of progress events (one per fit of a job) is pushed to the site at most every
+    PROGRESS_INTERVAL seconds, without a database read each; the latest progress always
+    arrives."""
+    _, north, access = _site(insecure, "north")
+    job_id = _job(insecure, [north])
+    runs = _state(insecure).runs
+    with _connect(insecure, bearer(access)) as socket:
+        _welcome(socket)
+        started = time.monotonic()
+        for k in range(1, 201):
+            runs.publish(job_id, JobEvent(kind="progress", message=f"fit {k}", fraction=k / 200))
+        updates: list[JobUpdate] = []
+        while not updates or updates[-1].progress != 1.0:
+            message = decode_control(_receive_text(socket))
+            if isinstance(message, JobUpdate):
+                updates.append(message)
+        elapsed = time.monotonic() - started
+        assert updates[-1].step == "fit 200" and updates[-1].job_id == str(job_id)
+        assert updates[-1].state == "created"
+        assert len(updates) <= 2 + elapsed / PROGRESS_INTERVAL, (len(updates), elapsed)

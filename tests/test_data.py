@@ -452,3 +452,49 @@ def test_check_for_job_names_file_and_column_and_can_hide_values() -> None:
     with pytest.raises(InputError, match=r"north\.csv: column 'y' is a target but every cell"):
         check_for_job(table, ["x", "y", "b"], [("y", "gaussian")], alone=True)
     check_for_job(table, ["x", "y", "b"], [("x", "gaussian")], alone=True)
+
+
+# ---------------------------------------------------------------- the plain reader, the exact one
+
+
+def test_the_plain_reader_equals_the_exact_one() -> None:
+    """Plain files go through Arrow in one pass; the same bytes through the exact reader give
+    the same numbers and the same line numbers (blank lines, CRLF, every missing token)."""
+    rng = np.random.default_rng(4)
+    values = rng.normal(size=(3000, 4)) * 10.0 ** rng.integers(-20, 20, size=(3000, 4))
+    values[rng.random(values.shape) < 0.2] = np.nan
+    tokens = rng.choice(MISSING_TOKENS, size=values.shape)
+    cells = [
+        [
+            repr(float(v)) if not np.isnan(v) else str(t)
+            for v, t in zip(row, row_tokens, strict=True)
+        ]
+        for row, row_tokens in zip(values, tokens, strict=True)
+    ]
+    text = "\n".join(",".join(row) for row in cells)
+    for content in (
+        ("a,b,c,d\n" + text + "\n").encode(),
+        ("a,b,c,d\r\n" + text.replace("\n", "\r\n") + "\r\n").encode(),
+        ("a,b,c,d\n" + text.replace("\n", "\n\n", 3)).encode(),  # blank lines, no final LF
+    ):
+        layout = data._layout(content, LABEL)
+        assert data._read_plain(content, layout) is not None
+        plain = read_csv(content, label=LABEL)
+        exact = data._read_exact(content, layout, LABEL)
+        assert np.array_equal(plain.values, exact.values, equal_nan=True)
+        assert np.array_equal(plain.values, values, equal_nan=True)
+        assert exact.lines is not None
+        assert [plain.line(r) for r in range(plain.rows)] == exact.lines.tolist()
+
+
+def test_a_carriage_return_inside_a_line_is_refused_with_its_line() -> None:
+    """A CR that ends no CRLF splits no row: the line is read as the exact reader reads it."""
+    message = read_error(b"a,b\n1,2\n3,4\r5,6\n7,8\n")
+
+    assert "line 3" in message and "3 fields" in message, message
+
+
+def test_an_infinite_value_after_blank_lines_names_its_line() -> None:
+    message = read_error(b"a,b\n1,2\n\n\n3,inf\n")
+
+    assert "'b'" in message and "infinite" in message and "line 5" in message, message

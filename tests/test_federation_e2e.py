@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from federation.data import read_csv
-from federation.outputs import long_csv
+from federation.outputs import long_csv, zip_bytes
 from federation.registry import Registry
 from federation.simulation import simulate
 from tests.federation_env import Federation, start_federation
@@ -85,6 +85,7 @@ def test_a_job_runs_across_processes_and_equals_the_simulation(
         job = admin.get(f"/api/jobs/{job_id}").json()
         assert job["state"] == "completed", job
         downloaded = admin.get(f"/api/jobs/{job_id}/result", params={"format": "long"})
+        archive = admin.get(f"/api/jobs/{job_id}/result", params={"format": "zip"})
         report = admin.get(f"/api/jobs/{job_id}/report").json()
         assert downloaded.status_code == 200
 
@@ -105,7 +106,10 @@ def test_a_job_runs_across_processes_and_equals_the_simulation(
             seed=7,
         )
     )
+    # Streamed over TLS (chunked, no Content-Length), equal to the files built whole.
     assert downloaded.content == long_csv(expected)
+    assert archive.status_code == 200 and archive.content == zip_bytes(expected)
+    assert downloaded.headers.get("transfer-encoding") == "chunked"
     assert [f["coefficients"] for f in report["fits"]] == [
         f["coefficients"] for f in expected.report["fits"]
     ]
@@ -118,8 +122,13 @@ def test_a_job_runs_across_processes_and_equals_the_simulation(
     sent = next(line for line in metrics.splitlines() if line.startswith("fip_messages_sent_total"))
     assert int(sent.split()[1]) == 2 * report["round_trips"]  # one frame per site per round trip
 
-    with fed.sites[0].api() as api:
-        ledger = api.get("/api/ledger").json()
-    kinds = {entry["kind"] for entry in ledger if entry["job_id"] == str(job_id)}
-    assert "fip.open" in kinds and any("gaussian_stats" in k for k in kinds)
-    assert all(entry["bytes"] > 0 for entry in ledger)
+    # Each site's ledger (written in batches, off its event loop) lists every reply it sent.
+    controls = {"ready", "unready", "cancel", "policy"}
+    for site in fed.sites:
+        with site.api() as api:
+            ledger = api.get("/api/ledger").json()
+        replies = [e for e in ledger if e["job_id"] == str(job_id) and e["kind"] not in controls]
+        assert len(replies) == report["round_trips"], site.name
+        kinds = {entry["kind"] for entry in replies}
+        assert "fip.open" in kinds and any("gaussian_stats" in k for k in kinds)
+        assert all(entry["bytes"] > 0 for entry in ledger)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
+import subprocess
 import zipfile
 from pathlib import Path
 
@@ -11,17 +13,21 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from federation import outputs
 from federation.job import JobSpec, Target
 from federation.outputs import (
     LONG_NAME,
     REPORT_NAME,
     ZIP_NAME,
+    long_chunks,
     long_csv,
     write_outputs,
     zip_bytes,
+    zip_chunks,
 )
 from federation.runtime import JobResult
-from tests.helpers import table
+from federation.zipstream import ZipStream, deflate
+from tests.helpers import run, table
 
 AWKWARD = [0.1, 1 / 3, 1e-300, 123456789.123456789, -2.5e-8]
 
@@ -110,3 +116,182 @@ def test_write_outputs_is_all_or_nothing(tmp_path: Path) -> None:
 
     assert (out / ZIP_NAME).read_bytes() == b"previous results"
     assert sorted(p.name for p in out.iterdir()) == [f".{LONG_NAME}.partial", ZIP_NAME]
+
+
+# ---------------------------------------------------------------- the writer against the old one
+
+
+def _old_frame(columns: tuple[str, ...], values: np.ndarray) -> pd.DataFrame:
+    """The writer before polars (pandas ``to_csv``), kept here as the reference of values."""
+    frame = pd.DataFrame(values, columns=list(columns))
+    for name in columns:
+        column = frame[name].to_numpy()
+        observed = column[~np.isnan(column)]
+        if np.all(observed == np.round(observed)) and np.all(np.abs(observed) < 2**53):
+            frame[name] = frame[name].astype("Int64")
+    return frame
+
+
+def _old_csv(frame: pd.DataFrame) -> bytes:
+    text: str = frame.to_csv(index=False, na_rep="NA", lineterminator="\n")
+    return text.encode()
+
+
+def _old_long_csv(result: JobResult) -> bytes:
+    m_total = len(result.imputed_cells)
+    stacked = np.vstack([result.dataset(m) for m in range(m_total + 1)])
+    frame = _old_frame(result.table.columns, stacked)
+    frame.insert(0, ".id", np.tile(np.arange(1, result.table.rows + 1), m_total + 1))
+    frame.insert(0, ".imp", np.repeat(np.arange(m_total + 1), result.table.rows))
+    return _old_csv(frame)
+
+
+def _parsed(content: bytes) -> tuple[list[str], np.ndarray, list[list[str]]]:
+    """Header, the cells as float64 (NaN for NA), and the texts of the first two rows."""
+    lines = content.decode().splitlines()
+    frame = pd.read_csv(io.BytesIO(content), na_values=["NA"], keep_default_na=False)
+    return list(frame.columns), frame.to_numpy(dtype=np.float64), [r.split(",") for r in lines[1:3]]
+
+
+def _awkward_result(rows: int = 700) -> JobResult:
+    """Numbers that printing tends to get wrong: tiny, huge, subnormal, negative zero, long
+    fractions, whole numbers up to 2**53, a column that imputation leaves whole (0/1)."""
+    rng = np.random.default_rng(11)
+    special = np.array([1e-300, 5e-324, -0.0, 1e20, 1e16, 123456789.123456789, -2.5e-8, 1e-5])
+    values = np.column_stack(
+        [
+            np.arange(rows, dtype=np.float64) * 9007199254740.0,  # whole, large
+            rng.normal(size=rows) * 10.0 ** rng.integers(-12, 12, size=rows),
+            rng.choice(special, size=rows),
+            rng.integers(0, 2, size=rows).astype(np.float64),  # binary target
+            rng.normal(size=rows).round(2),
+        ]
+    )
+    missing = rng.random(values.shape) < 0.3
+    missing[:, 0] = False
+    values[missing] = np.nan
+    count = int(missing.sum())
+    columns = ("id", "x, quoted", "special", "flag", "y")
+    where = np.broadcast_to(np.arange(5), values.shape)[missing]
+    cells = []
+    for _ in range(3):
+        imputed = rng.normal(size=count) * 10.0 ** rng.integers(-8, 8, size=count)
+        imputed[where == 2] = rng.choice(special, size=int((where == 2).sum()))
+        imputed[where == 3] = rng.integers(0, 2, size=int((where == 3).sum()))
+        cells.append(imputed)
+    spec = JobSpec(
+        job_id="j",
+        algorithm="SIMICE",
+        version="1",
+        digest="d",
+        columns=columns,
+        targets=(Target(3, "flag", "logistic"),),
+        params={"imputations": 3},
+        seed=1,
+        sites=(),
+    )
+    return JobResult(
+        spec=spec, table=table("central.csv", columns, values), imputed_cells=cells, report={}
+    )
+
+
+def test_values_equal_the_old_writers_in_float64(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every dataset, read back, equals in float64 what the pandas writer wrote (NaN where it
+    wrote NA), with the same header and the same columns written as whole numbers; the file
+    is written in many chunks here (a few rows each), which changes nothing."""
+    monkeypatch.setattr(outputs, "_CHUNK_CELLS", 37)
+    result = _awkward_result()
+
+    new_header, new_values, new_rows = _parsed(long_csv(result))
+    old_header, old_values, old_rows = _parsed(_old_long_csv(result))
+    assert new_header == old_header == [".imp", ".id", "id", "x, quoted", "special", "flag", "y"]
+    assert np.array_equal(new_values, old_values, equal_nan=True)
+    assert np.array_equal(np.signbit(new_values), np.signbit(old_values))
+    whole = [[cell.lstrip("-").isdigit() for cell in row] for row in new_rows]
+    assert whole == [[cell.lstrip("-").isdigit() for cell in row] for row in old_rows]
+    assert long_csv(result).splitlines()[0] == b'.imp,.id,id,"x, quoted",special,flag,y'
+
+    with zipfile.ZipFile(io.BytesIO(zip_bytes(result))) as archive:
+        assert archive.testzip() is None
+        for m in (1, 2, 3):
+            old = _old_csv(_old_frame(result.table.columns, result.dataset(m)))
+            new = archive.read(f"imputation_{m}.csv")
+            _, new_values, new_rows = _parsed(new)
+            _, old_values, old_rows = _parsed(old)
+            assert np.array_equal(new_values, old_values, equal_nan=True), m
+            assert np.array_equal(np.signbit(new_values), np.signbit(old_values)), m
+            whole = [[cell.lstrip("-").isdigit() for cell in row] for row in new_rows]
+            assert whole == [[cell.lstrip("-").isdigit() for cell in row] for row in old_rows]
+
+
+def test_chunks_make_the_same_files_as_one_piece(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The long CSV's bytes do not depend on how it is cut; the zip's entries neither."""
+    result = _awkward_result()
+    whole_long = long_csv(result)
+    with zipfile.ZipFile(io.BytesIO(zip_bytes(result))) as archive:
+        whole_entries = {name: archive.read(name) for name in archive.namelist()}
+
+    monkeypatch.setattr(outputs, "_CHUNK_CELLS", 23)
+    pieces = list(long_chunks(result))
+    assert len(pieces) > 10 and b"".join(pieces) == whole_long
+    with zipfile.ZipFile(io.BytesIO(b"".join(zip_chunks(result)))) as archive:
+        assert {name: archive.read(name) for name in archive.namelist()} == whole_entries
+
+
+def test_outputs_are_byte_identical_for_the_same_seed(tmp_path: Path) -> None:
+    """Two runs of the same job with the same seed write the same bytes, file by file."""
+    rng = np.random.default_rng(3)
+    columns = ("x", "g", "b")
+
+    def values(rows: int) -> np.ndarray:
+        x = rng.normal(size=rows)
+        g = 1.0 + x + rng.normal(size=rows)
+        b = (rng.random(rows) < 0.5).astype(np.float64)
+        out = np.column_stack([x, g, b])
+        out[rng.random(rows) < 0.25, 1] = np.nan
+        out[rng.random(rows) < 0.25, 2] = np.nan
+        return out
+
+    central = table("central", columns, values(3000))
+    sites = {"north": table("north", columns, values(2000))}
+    targets = [("g", "gaussian"), ("b", "logistic")]
+    written = []
+    for attempt in ("first", "second"):
+        result = run("SIMICE", central, sites, targets, seed=42, imputations=3)
+        paths = write_outputs(result, tmp_path / attempt)
+        written.append({p.name: p.read_bytes() for p in paths if p.name != REPORT_NAME})
+    assert written[0] == written[1]
+    with zipfile.ZipFile(io.BytesIO(written[0][ZIP_NAME])) as archive:
+        assert archive.testzip() is None
+        assert archive.namelist() == ["imputation_1.csv", "imputation_2.csv", "imputation_3.csv"]
+        third = archive.read("imputation_3.csv")
+    frame = pd.read_csv(io.BytesIO(written[0][LONG_NAME]))
+    assert frame[".imp"].max() == 3 and len(frame) == 4 * 3000
+    in_long = frame.loc[frame[".imp"] == 3, list(columns)].to_numpy(dtype=np.float64)
+    assert np.array_equal(pd.read_csv(io.BytesIO(third)).to_numpy(dtype=np.float64), in_long)
+
+
+@pytest.mark.parametrize("zip64", [False, True], ids=["zip32", "zip64"])
+def test_the_streamed_zip_reads_in_zipfile_and_unzip(tmp_path: Path, zip64: bool) -> None:
+    """Entries of chunks deflated one by one, sizes in data descriptors (and in zip64 fields
+    when asked): Python's zipfile and Info-ZIP's unzip both read it and check every CRC."""
+    texts = {"a.csv": [b"x,y\n" + b"1.25,NA\n" * 3000, b"", b"2,3\n" * 5000], "b.csv": [b""]}
+    stream = ZipStream()
+    parts = []
+    for name, chunks in texts.items():
+        parts.append(stream.begin(name, zip64=zip64))
+        parts.extend(stream.add(chunk, deflate(chunk, 1)) for chunk in chunks)
+        parts.append(stream.end())
+    parts.append(stream.finish())
+    content = b"".join(parts)
+
+    with zipfile.ZipFile(io.BytesIO(content)) as archive:
+        assert archive.testzip() is None
+        assert archive.namelist() == ["a.csv", "b.csv"]
+        assert archive.read("a.csv") == b"".join(texts["a.csv"]) and archive.read("b.csv") == b""
+    unzip = shutil.which("unzip")
+    if unzip is not None:
+        path = tmp_path / "test.zip"
+        path.write_bytes(content)
+        checked = subprocess.run([unzip, "-t", str(path)], capture_output=True, text=True)
+        assert checked.returncode == 0 and "No errors detected" in checked.stdout, checked.stdout

@@ -651,6 +651,27 @@ def test_the_wizards_reader_holds_a_block_at_most_and_counts_like_read_csv() -> 
     assert [c.binary for c in columns] == [False, True, False, False, False, True]
 
 
+def test_a_large_piece_fed_at_once_is_parsed_a_block_at_a_time() -> None:
+    """However much arrives in one piece, the stream parses it in blocks of about _BLOCK
+    bytes (the per-byte work of a block never spans the file), with the rows and line
+    numbers of read_csv."""
+    from federation import data
+    from federation.data import CsvStream, read_csv
+
+    content = demo_csv(12)
+    stream = CsvStream(label="big.csv")
+    blocks = stream.feed(content) + stream.finish()
+    table = read_csv(content, label="big.csv")
+
+    assert len(blocks) > 2 and len(content) > 4 * data._BLOCK
+    bytes_per_row = len(content) / table.rows
+    assert max(values.shape[0] for values, _ in blocks) * bytes_per_row < 1.2 * data._BLOCK
+    assert np.array_equal(np.vstack([values for values, _ in blocks]), table.values, equal_nan=True)
+    assert np.concatenate([lines for _, lines in blocks]).tolist() == [
+        table.line(row) for row in range(table.rows)
+    ]
+
+
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_the_wizard_names_a_bad_line_far_into_a_large_file(central: TestClient) -> None:
     csrf = browser_sign_in(central, ADMIN["username"], ADMIN["password"])

@@ -1,12 +1,18 @@
-"""Serving a job's results from memory: the zip, the long CSV and the report."""
+"""Serving a job's results from memory: the zip, the long CSV and the report.
+
+The zip and the long CSV are streamed: each chunk is made from central's table and the imputed
+cells as the client reads (:mod:`federation.outputs`), so a download costs a few MiB whatever
+the size of the file, and its first bytes leave at once.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Literal
 
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 
-from federation.outputs import long_csv, report_json, zip_bytes
+from federation.outputs import long_chunks, report_json, zip_chunks
 from portal_central.errors import Conflict, NotFound
 from portal_central.jobs.runner import Runs
 from portal_central.models import Job
@@ -16,7 +22,11 @@ _TYPES = {"zip": "application/zip", "long": "text/csv; charset=utf-8", "report":
 
 
 def result_response(*, runs: Runs, job: Job, format: Format) -> Response:
-    """The file, built in memory; a data download starts the short grace before discarding."""
+    """The file; a data download is streamed and starts the short grace before discarding.
+
+    The stream holds the result it started from: discarding it from the runs after the grace
+    does not cut a download under way.
+    """
     run = runs.get(job.id)
     if job.is_comparison:
         ids = ", ".join(f"{c.algorithm.name}: job {c.id}" for c in job.methods)
@@ -24,24 +34,21 @@ def result_response(*, runs: Runs, job: Job, format: Format) -> Response:
             f"job {job.id} is a comparison: each method's imputed data is its own job's ({ids}); "
             "the comparison's report is at /comparison"
         )
-    if run.result is None:
+    result = run.result
+    if result is None:
         if run.purged:
             raise NotFound(f"the results of job {job.id} were {run.purged}; run the job again")
         raise Conflict(f"job {job.id} is {job.state}; it has no results to download")
     stem = f"job-{job.id}"
+    headers = {"Cache-Control": "no-store"}
+    if format == "report":
+        headers["Content-Disposition"] = f'attachment; filename="{stem}-report.json"'
+        return Response(report_json(result.report), media_type=_TYPES[format], headers=headers)
+    chunks: Iterator[bytes]
     if format == "zip":
-        content, name = zip_bytes(run.result), f"{stem}-imputations.zip"
-    elif format == "long":
-        content, name = long_csv(run.result), f"{stem}-imputations_long.csv"
+        chunks, name = zip_chunks(result), f"{stem}-imputations.zip"
     else:
-        content, name = report_json(run.result.report), f"{stem}-report.json"
-    if format != "report":
-        runs.downloaded(job.id)
-    return Response(
-        content,
-        media_type=_TYPES[format],
-        headers={
-            "Content-Disposition": f'attachment; filename="{name}"',
-            "Cache-Control": "no-store",
-        },
-    )
+        chunks, name = long_chunks(result), f"{stem}-imputations_long.csv"
+    runs.downloaded(job.id)
+    headers["Content-Disposition"] = f'attachment; filename="{name}"'
+    return StreamingResponse(chunks, media_type=_TYPES[format], headers=headers)

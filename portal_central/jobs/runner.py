@@ -39,6 +39,9 @@ from portal_central.sites.connections import Connections, WebSocketTransport
 
 log = logging.getLogger(__name__)
 _HISTORY = 200
+PROGRESS_INTERVAL = 0.25
+"""Seconds between two progress updates pushed to the sites of a job (the last one always
+goes, at most this late)."""
 
 
 @dataclass
@@ -64,6 +67,13 @@ class Run:
     """The finished job's report (no rows in it): kept after the results go, for comparisons."""
     analysis: tuple[str, str] | None = None
     """An analysis model and family to fit on the datasets when the job completes."""
+    audience: tuple[list[str], str, str] | None = None
+    """The job's sites, state and message as last read for an update to them; progress
+    updates reuse it, a state change reads them again."""
+    progress_due: bool = False
+    """A progress update to the sites is scheduled."""
+    progress_told: float = 0.0
+    """When (monotonic) the sites were last told the progress."""
 
 
 def spec_of(job: Job) -> JobSpec:
@@ -444,18 +454,34 @@ class Runs:
                 del run.events[:-_HISTORY]
         for queue in list(run.subscribers):
             queue.put_nowait(event)
-        if event == "state" or (isinstance(event, JobEvent) and event.kind == "progress"):
-            self._spawn(self._tell_sites(job_id))
+        if event == "state":
+            self._spawn(self._tell_sites(job_id, fresh=True))
+        elif isinstance(event, JobEvent) and event.kind == "progress" and not run.progress_due:
+            run.progress_due = True
+            self._spawn(self._tell_progress(run))
 
-    async def _tell_sites(self, job_id: int) -> None:
-        """Push the job's state and progress to every participant that is online."""
-        with self._database.session() as session:
-            job = session.get(Job, job_id)
-            if job is None or job.parent_id is not None:  # sites follow the comparison itself
-                return
-            sites = [p.user.site_id or "" for p in job.participants]
-            state, message = job.state, job.message
+    async def _tell_progress(self, run: Run) -> None:
+        """The progress to the sites, at most every ``PROGRESS_INTERVAL`` seconds: events that
+        come in meanwhile are folded into this update, which sends the latest."""
+        await asyncio.sleep(max(0.0, run.progress_told + PROGRESS_INTERVAL - time.monotonic()))
+        run.progress_due = False
+        run.progress_told = time.monotonic()
+        await self._tell_sites(run.job_id, fresh=False)
+
+    async def _tell_sites(self, job_id: int, *, fresh: bool) -> None:
+        """Push the job's state and progress to every participant that is online; the sites,
+        state and message are read from the database when ``fresh`` (a state change) or not
+        read before."""
         run = self.get(job_id)
+        if fresh or run.audience is None:
+            with self._database.session() as session:
+                job = session.get(Job, job_id)
+                if job is None or job.parent_id is not None:  # sites follow the comparison
+                    run.audience = ([], "", "")
+                    return
+                sites = [p.user.site_id or "" for p in job.participants]
+                run.audience = (sites, job.state, job.message)
+        sites, state, message = run.audience
         for site in sites:
             link = self._connections.link(site)
             if link is not None:

@@ -1,0 +1,90 @@
+"""The site's round-trip plumbing: the ledger written in batches by its own thread and read
+back whole; one long-lived HTTPS client to central."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import pytest
+
+from portal_site.central import CentralError
+from portal_site.state import SiteState
+from portal_site.store import Store
+from tests.site_fixtures import site_settings
+
+
+def test_every_recorded_message_is_listed_in_order_even_from_many_threads(
+    tmp_path: Path,
+) -> None:
+    """Rows recorded from several threads at once, faster than one transaction each, are all
+    in the ledger the moment it is read, each thread's in the order it recorded them."""
+    store = Store(f"sqlite:///{tmp_path / 'site.db'}")
+    per_thread, threads = 300, 4
+
+    def send(worker: int) -> None:
+        for seq in range(per_thread):
+            store.record(
+                job_id=f"job-{worker}", kind=f"op-{seq}", shapes=[[3]], rows=10, size=seq + 1
+            )
+
+    started = [threading.Thread(target=send, args=(w,)) for w in range(threads)]
+    for thread in started:
+        thread.start()
+    for thread in started:
+        thread.join()
+    try:
+        entries = store.ledger(limit=10_000)
+        assert len(entries) == per_thread * threads
+        for worker in range(threads):
+            mine = [e for e in reversed(entries) if e.job_id == f"job-{worker}"]
+            assert [e.kind for e in mine] == [f"op-{seq}" for seq in range(per_thread)]
+        assert all(e.shapes == [[3]] and e.at is not None for e in entries)
+        store.record(job_id="last", kind="ready", shapes=[], rows=0, size=5)
+        assert store.ledger(limit=1)[0].job_id == "last"
+    finally:
+        store.dispose()
+
+
+def test_what_is_recorded_before_closing_is_written(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'site.db'}"
+    store = Store(url)
+    for seq in range(50):
+        store.record(job_id="j", kind=f"op-{seq}", shapes=[], rows=0, size=1)
+    store.dispose()
+
+    again = Store(url)
+    try:
+        assert len(again.ledger(limit=100)) == 50
+    finally:
+        again.dispose()
+
+
+def test_the_site_keeps_one_https_client_to_central_until_its_address_changes(
+    tmp_path: Path,
+) -> None:
+    """Every call to central (sign-in, refresh, jobs, files, a Start) goes through one client
+    whose connection stays open; a new central URL or CA file gets a new one, and stopping
+    the portal closes it."""
+    state = SiteState.create(site_settings(tmp_path / "site"))
+    worker = state.worker
+
+    async def scenario() -> None:
+        state.store.update_config(central_url="https://central.example:8443", site_id="north")
+        first = worker.client()
+        assert worker.client() is first
+        state.store.update_config(ca_file=str(tmp_path / "missing-ca.pem"))
+        with pytest.raises(CentralError, match="CA file"):
+            worker.client()
+        state.store.update_config(central_url="https://other.example:8443", ca_file="")
+        second = worker.client()
+        assert second is not first and second.url == "https://other.example:8443"
+        assert worker.client() is second
+        await worker.stop()
+        assert worker.client() is not second  # stopped: the next use opens a new one
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        state.store.dispose()
