@@ -28,10 +28,15 @@ detect a substituted key.
 **Masks.** Every masked round has a number chosen by central, which a site accepts only above
 every round it masked before (a mask is never used twice). The mask of pair (a, b) in round r is
 the ChaCha20 keystream under a key derived from the pair's seed, r and a digest of what was
-asked (operation, arguments, scale), with r in the nonce: 16 bytes (one value mod 2^128) per
-number of the reply, numbers in the declared order of the reply's keys. A central that asked
-sites different things in one round gets sums that decode to noise. Site a adds
-it, site b subtracts it, so the masks cancel in the sum over the remote sites.
+asked (operation, arguments, scale) and of everything the site ran in the job before it (the
+job as opened, the keys, every instruction, in order; masked rounds aside, since summed
+operations change nothing), with r in the nonce: 16 bytes (one value mod 2^128) per number
+of the reply, numbers in the declared order of the reply's keys. Site a adds it, site b
+subtracts it, so the masks cancel in the sum over the remote sites, but only among sites asked
+the very same things in the same order: a central that asked sites different things in one
+round, or gave one site an instruction the others did not get (say, to impute with
+parameters it chose, then ask the same question again, so that the difference of two sums
+would be that site's own change), gets sums that decode to noise.
 
 **Exact fixed point.** A value v is sent as round(v * 2^f) modulo 2^128, f chosen by central for
 the round from the job: ``f = 127 - ceil(log2 S) - bits`` with S the remote sites and ``bits``
@@ -189,16 +194,19 @@ def keystream(seed: bytes, round_number: int, count: int, context: bytes = b"") 
 
 
 def add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """a + b mod 2^128, limbs in the last axis."""
-    lo = a[..., 0] + b[..., 0]
-    carry = (lo < a[..., 0]).astype(np.uint64)
-    return np.stack([lo, a[..., 1] + b[..., 1] + carry], axis=-1)
+    """a + b mod 2^128, limbs in the last axis. Computed on rows of limbs: numpy wraps array
+    arithmetic silently, but warns when a scalar wraps (one value's limbs would be scalars)."""
+    x, y = a.reshape(-1, 2), b.reshape(-1, 2)
+    lo = x[:, 0] + y[:, 0]
+    carry = (lo < x[:, 0]).astype(np.uint64)
+    return np.stack([lo, x[:, 1] + y[:, 1] + carry], axis=-1).reshape(a.shape)
 
 
 def subtract(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """a - b mod 2^128."""
-    borrow = (a[..., 0] < b[..., 0]).astype(np.uint64)
-    return np.stack([a[..., 0] - b[..., 0], a[..., 1] - b[..., 1] - borrow], axis=-1)
+    x, y = a.reshape(-1, 2), b.reshape(-1, 2)
+    borrow = (x[:, 0] < y[:, 0]).astype(np.uint64)
+    return np.stack([x[:, 0] - y[:, 0], x[:, 1] - y[:, 1] - borrow], axis=-1).reshape(a.shape)
 
 
 def negate(a: np.ndarray) -> np.ndarray:

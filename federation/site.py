@@ -241,6 +241,10 @@ class SiteRunner:
         """This site's key pair and pairwise seeds in a securely aggregated job."""
         self._withheld: Result = {}
         """The algorithm's summed summary values, sent only masked (secure aggregation)."""
+        self._history = b""
+        """Secure aggregation: a running digest of every operation this site ran in the job
+        (masked rounds aside), which enters every mask, so that masks cancel only among sites
+        that central asked the very same things in the same order."""
 
     @property
     def job(self) -> SiteJob | None:
@@ -313,7 +317,10 @@ class SiteRunner:
                 f"{self.data.label}: this job is securely aggregated, so '{name}' is answered "
                 "only masked; central asked for it in the clear and nothing was sent"
             )
-        return self._guard(name, args, self.call(name, args))
+        result = self._guard(name, args, self.call(name, args))
+        if self.masks is not None:  # open (which made the masks), the keys, instructions
+            self._history = hashlib.sha256(self._history + asked(name, args, 0)).digest()
+        return result
 
     def _masked(self, args: Mapping[str, Any]) -> Result:
         """A summed operation's reply, checked as declared, then masked for the round."""
@@ -342,7 +349,7 @@ class SiteRunner:
             self.replies.operations[name],
             round_number=round_number,
             scale=scale,
-            context=asked(name, inner, scale),
+            context=hashlib.sha256(self._history + asked(name, inner, scale)).digest(),
         )
 
     @property

@@ -5,7 +5,7 @@ refused; a lost site makes its round start again with fresh masks."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -561,3 +561,100 @@ def test_keys_for_other_sites_and_rounds_asked_differently_unmask_nothing() -> N
     total = secure.unmask_sum(replies, declared, 40)
     truth = sum(np.asarray(true_stats(data)["xtx"]) for data in sites.values())
     assert np.all(np.abs(total["xtx"] - truth) > 1e6 * (1 + np.abs(truth)))
+
+
+# ---------------------------------------------------------------- a malicious central
+
+
+class Sites:
+    """Three remote sites of a secure SIMICE job driven by hand, as a malicious central that
+    sends each site the frames it likes."""
+
+    def __init__(self, seed: int = 23) -> None:
+        central, tables = federation(seed)
+        self.algorithm = builtin("SIMICE")
+        self.spec = make_spec(
+            algorithm=self.algorithm,
+            central=central,
+            sites=tables,
+            targets=[("g", "gaussian"), ("b", "logistic")],
+            params={"imputations": 2, "secure_aggregation": True},
+            seed=1,
+            job_id="j2",
+        )
+        self.runners = {
+            name: SiteRunner(site=name, data=data, algorithm=self.algorithm)
+            for name, data in tables.items()
+        }
+        self.seq = dict.fromkeys(self.runners, 0)
+        for name in self.runners:
+            self.send(name, [Op(name=OPEN, args={"spec": self.spec.to_wire()})])
+        keys = keys_for(self.runners, self.spec)
+        for name in self.runners:
+            self.send(
+                name, [Op(name=secure.KEYS, args={"sites": list(self.spec.sites), "keys": keys})]
+            )
+
+    def send(self, site: str, ops: list[Op], *, replaces: int | None = None) -> ErrorReply | Reply:
+        request = Request(job_id="j2", seq=self.seq[site], ops=ops, replaces=replaces)
+        self.seq[site] += 1
+        answer = decode(self.runners[site].handle(encode(request)))
+        assert isinstance(answer, ErrorReply | Reply)
+        return answer
+
+    def masked(
+        self, site: str, round_number: int, scale: int, before: Sequence[Op] = ()
+    ) -> dict[str, Any]:
+        args = {
+            "op": "gaussian_stats",
+            "args": {"target": 5},
+            "round": round_number,
+            "scale": scale,
+        }
+        answer = self.send(site, [*before, Op(name=secure.MASKED, args=args)])
+        assert isinstance(answer, Reply), answer
+        result: dict[str, Any] = answer.results[-1]
+        return result
+
+    def clear(self, site: str) -> dict[str, Any]:
+        """What the site's sums truly are now (read here, behind the protocol's back)."""
+        return self.runners[site].call("gaussian_stats", {"target": 5})
+
+
+def test_a_site_given_instructions_the_others_were_not_sums_noise() -> None:
+    """Differencing attack: central asks every site the same question twice, but between the
+    two rounds has only site0 impute (with parameters it chose: its imputed cells are then its
+    own rows times alpha). If the masks cancelled, the difference of the two sums would be
+    site0's own change of X'X. They cancel only among sites asked the same things in the
+    same order, so the second sum is noise."""
+    sites = Sites()
+    declared = sites.algorithm.replies.operations["gaussian_stats"]
+    scale = 40
+    first = secure.unmask_sum((sites.masked(s, 1, scale) for s in sites.runners), declared, scale)
+    before = sites.clear("site0")["xtx"]
+    truth = sum(np.asarray(sites.clear(s)["xtx"]) for s in sites.runners)
+    np.testing.assert_allclose(first["xtx"], truth, rtol=1e-12)  # an honest round: the sum
+
+    impute = Op(
+        name="impute",
+        args={"target": 4, "alpha": np.array([1.0, 2.0, 3.0, 0.5, 0.0]), "sigma": 0.0},
+    )
+    second_replies = [
+        sites.masked(s, 2, scale, before=[impute] if s == "site0" else []) for s in sites.runners
+    ]
+    change = np.asarray(sites.clear("site0")["xtx"]) - before
+    assert np.abs(change).max() > 1.0  # the imputation moved site0's sums
+    second = secure.unmask_sum(second_replies, declared, scale)
+    leaked = second["xtx"] - first["xtx"]
+    assert np.all(np.abs(leaked - change) > 1e6 * (1 + np.abs(change)))
+
+
+def test_one_value_sums_across_the_modulus_without_a_warning() -> None:
+    """-1 + 1 over 2^128 for a scalar reply value (its limbs alone): numpy warns when a
+    scalar wraps, and the test suite turns warnings into errors, as a site's would be."""
+    minus_one = secure.encode(np.array(-1.0), 0, sites=2)
+    one = secure.encode(np.array(1.0), 0, sites=2)
+    assert minus_one.shape == (2,)
+    np.testing.assert_array_equal(secure.add(minus_one, one), [0, 0])
+    np.testing.assert_array_equal(secure.subtract(one, one), [0, 0])
+    assert float(secure.decode(secure.add(minus_one, minus_one), 0)) == -2.0
