@@ -49,7 +49,11 @@ quantum 2^-f is then about 2^-125 of the bound: the largest entries keep some 10
 entry keeps float64's 53 bits as long as it is within about 2^45 of the largest, so the decoded
 sums equal the float sums to rounding. Each site checks that every value it encodes is
 below 2^127 / 2^ceil(log2 S) in magnitude, so the sum of S values never wraps; a value beyond it
-is refused (the job fails saying so), never wrapped. Counts of kind ``rows`` (a fit's n) travel
+is refused (the job fails saying so), never wrapped. Such a refusal tells central one bit
+about the site's values, so a site checks first, before it looks at any value, that the scale
+is no finer than its own rows and magnitude allow (what central derives from every site's is
+coarser still), and after refusing a masked round it answers nothing more in the job: one bit
+a job, never a search. Counts of kind ``rows`` (a fit's n) travel
 in the clear: the site declared them when the job opened, and its policy's ``min_rows`` is
 checked against them at the site. Every other value, whole numbers included (with f = 0), is
 masked.
@@ -73,8 +77,8 @@ remote sites (and the per-site counts that were already shared). A malicious cen
 substitute its own public keys for a site's, derive every seed, and unmask; the fingerprints on
 both sides' job pages let a site's user see that the keys central relayed are not the ones the
 other sites made. Sites that collude with central can remove their own masks and so learn the
-sum of the others. Central can also choose a scale so small that a site refuses for overflow,
-which tells it one bit (a value is large) and ends the job.
+sum of the others. Central can also make a site refuse for overflow (by having it impute huge
+values), which tells it one bit (a value is large) and ends the job at that site.
 """
 
 from __future__ import annotations

@@ -46,7 +46,9 @@ from federation.secure import (
     check_job,
     enabled,
     key_words,
+    largest_number,
     magnitude_of,
+    scale_for,
 )
 from federation.secure import SUMMARY as SECURE_SUMMARY
 
@@ -245,6 +247,10 @@ class SiteRunner:
         """Secure aggregation: a running digest of every operation this site ran in the job
         (masked rounds aside), which enters every mask, so that masks cancel only among sites
         that central asked the very same things in the same order."""
+        self._magnitude = 0
+        """Secure aggregation: every value of this site's table is below 2 ** this."""
+        self._stopped = ""
+        """Why this site answers nothing more in the job: it refused a masked round."""
 
     @property
     def job(self) -> SiteJob | None:
@@ -273,7 +279,13 @@ class SiteRunner:
             return reply
 
     def _answer(self, request: Request, *, skip_instructions: bool = False) -> bytes:
+        masked = any(op.name == MASKED for op in request.ops)
         try:
+            if self._stopped and any(op.name != CLOSE for op in request.ops):
+                raise SiteRefused(
+                    f"{self.data.label}: this site refused a masked round of the job and "
+                    f"answers nothing more in it ({self._stopped})"
+                )
             self.requests += len(request.ops)  # every operation counts, however they are sent
             if self._budget and self.requests > self._budget:
                 raise SiteRefused(
@@ -288,6 +300,9 @@ class SiteRunner:
             self.numbers_sent += sum(_numbers(r) for r in results)
             return encode(Reply(job_id=request.job_id, seq=request.seq, results=results))
         except SiteRefused as refusal:
+            if masked and self.masks is not None and not self._stopped:
+                # Each refusal tells central one bit (a value too large, say): one per job.
+                self._stopped = "see the warning before"
             self._emit("warning", str(refusal))
             return self._error(request, "refused", str(refusal))
         except SandboxFailed as error:
@@ -339,6 +354,20 @@ class SiteRunner:
             raise ProtocolError("a masked round outside a securely aggregated job, or malformed")
         if name not in self.replies.summed:
             raise SiteRefused(f"{self.data.label}: '{name}' is not a summed operation")
+        assert self._job is not None and self._bounds is not None
+        finest = scale_for(
+            rows=self._bounds.rows_used,
+            magnitude=self._magnitude,
+            width=len(self._job.spec.columns),
+            largest_argument=largest_number(inner),
+            sites=len(self._job.spec.sites),
+        )
+        if scale > finest:  # what central chooses from every site's rows and magnitude is not
+            raise SiteRefused(
+                f"{self.data.label}: central chose the fixed-point scale 2^{scale}, finer than "
+                f"this job allows (2^{finest} from this site's own rows and magnitude alone); "
+                "nothing was sent"
+            )
         if name == PREPARE:
             result, inner = self._withheld, {}
         else:
@@ -473,7 +502,8 @@ class SiteRunner:
             if PREPARE in self.replies.summed:  # sent only masked, summed over the sites
                 self._withheld = {k: extras.pop(k, None) for k in self.replies.operations[PREPARE]}
             extras[PUBLIC_KEY] = key_words(self.masks.public)
-            extras[MAGNITUDE] = magnitude_of(self.data.values)
+            self._magnitude = magnitude_of(self.data.values)
+            extras[MAGNITUDE] = self._magnitude
         summary: Result = {
             "rows": self.data.rows,
             "rows_used": used,

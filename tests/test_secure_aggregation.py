@@ -240,11 +240,13 @@ def test_an_algorithm_whose_replies_are_not_all_summed_is_refused() -> None:
 def test_an_overflow_of_the_chosen_scale_fails_the_job_clearly(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Central choosing too fine a scale makes every site refuse: never a wrapped sum."""
+    """Central choosing too fine a scale makes every site refuse: never a wrapped sum. Each
+    site checks the scale against what its own rows and magnitude allow before it looks at a
+    value, so the refusal says nothing of the values."""
     central, sites = federation(16)
     chosen = secure.scale_for
     monkeypatch.setattr(secure, "scale_for", lambda **kw: chosen(**kw) + 60)
-    with pytest.raises(SiteFailed, match="beyond the fixed-point range"):
+    with pytest.raises(SiteFailed, match="finer than this job allows"):
         run("SIMI", central, sites, [("g", "gaussian")], secure_aggregation=True)
 
 
@@ -658,3 +660,30 @@ def test_one_value_sums_across_the_modulus_without_a_warning() -> None:
     np.testing.assert_array_equal(secure.add(minus_one, one), [0, 0])
     np.testing.assert_array_equal(secure.subtract(one, one), [0, 0])
     assert float(secure.decode(secure.add(minus_one, minus_one), 0)) == -2.0
+
+
+def test_a_refused_masked_round_is_the_last_thing_a_site_answers_in_the_job() -> None:
+    """The overflow oracle: central makes site0 impute huge values (parameters it chose), then
+    asks at the scale the job allows. The site refuses rather than wrap, which tells central
+    one bit about its values; asked again (a coarser scale, another question), it answers
+    nothing more in that job, so the bits cannot be collected one by one."""
+    sites = Sites()
+    scale = 40  # what an honest central chooses here is finer still
+    too_fine = sites.send(
+        "site1",
+        [
+            Op(
+                name=secure.MASKED,
+                args={"op": "gaussian_stats", "args": {"target": 5}, "round": 1, "scale": 400},
+            )
+        ],
+    )
+    assert isinstance(too_fine, ErrorReply) and "finer than this job allows" in too_fine.message
+    huge = Op(name="impute", args={"target": 4, "alpha": np.full(5, 1e30), "sigma": 0.0})
+    args = {"op": "gaussian_stats", "args": {"target": 5}, "round": 1, "scale": scale}
+    refused = sites.send("site0", [huge, Op(name=secure.MASKED, args=args)])
+    assert isinstance(refused, ErrorReply) and "beyond the fixed-point range" in refused.message
+    again = sites.send("site0", [Op(name=secure.MASKED, args={**args, "round": 2, "scale": 0})])
+    assert isinstance(again, ErrorReply) and "answers nothing more" in again.message
+    closed = sites.send("site0", [Op(name="fip.close")])
+    assert isinstance(closed, Reply)  # closing still frees what the job holds
