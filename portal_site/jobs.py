@@ -59,6 +59,8 @@ class LocalJob:
     step: str = ""
     rows_used: int = 0
     kept_fingerprints: dict[str, str] = field(default_factory=dict)
+    site_id: str = ""
+    """This site, as the job's runners were made for it (its own key on the job's page)."""
     events: list[JobEvent] = field(default_factory=list)
     subscribers: set[asyncio.Queue[JobEvent | str]] = field(default_factory=set)
 
@@ -280,6 +282,7 @@ class LocalJobs:
         remote half in a sandbox process started when the job opens. Central must then open
         the job the user saw: ``method`` (the job, or a comparison's method) as listed now."""
         assert job.table is not None and self._trusted(algorithm)
+        job.site_id = self.site_id
         runner = SiteRunner(
             site=self.site_id,
             data=job.table,
