@@ -116,9 +116,10 @@ HEADROOM_BITS = 8
 MAX_MAGNITUDE = 1100
 MAX_RESTARTS = 5
 """How often a job's masked rounds may start again after a site was lost."""
-EXTRA_REQUESTS = 2 + 4 * MAX_RESTARTS
+EXTRA_REQUESTS = 2 + MAX_RESTARTS
 """Operations a secure job may ask of a site beyond its declared fits: the key relay, the
-masked summary, and restarts."""
+masked summary, and one masked round per restart (a site does not count the instructions a
+restart repeats, as it skips them if it ran them, and never ran them otherwise)."""
 _INFO = b"fip secure aggregation 1"
 _MODULUS_BITS = 128
 

@@ -273,6 +273,10 @@ class SiteRunner:
                 raise ProtocolError(f"stale request {request.seq} (last was {self._last_seq})")
             # A masked round started again: a site that ran the request it replaces does not
             # run its instructions twice; it answers only the fresh masked round.
+            if request.replaces is not None and (
+                self.masks is None or all(op.name != MASKED for op in request.ops)
+            ):
+                raise ProtocolError("only a masked round of a secure job is started again")
             ran = request.replaces is not None and request.replaces <= self._last_seq
             reply = self._answer(request, skip_instructions=ran)
             self._last_seq, self._last_reply = request.seq, reply
@@ -286,7 +290,10 @@ class SiteRunner:
                     f"{self.data.label}: this site refused a masked round of the job and "
                     f"answers nothing more in it ({self._stopped})"
                 )
-            self.requests += len(request.ops)  # every operation counts, however they are sent
+            # Every operation run counts, however they are sent (not those a restart skips).
+            self.requests += sum(
+                1 for op in request.ops if op.name == MASKED or not skip_instructions
+            )
             if self._budget and self.requests > self._budget:
                 raise SiteRefused(
                     f"the job asked for more operations than it declared ({self._budget - 2} "

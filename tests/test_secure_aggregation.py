@@ -14,8 +14,16 @@ import pytest
 from algorithms import _stats
 from federation import secure
 from federation.data import Table
-from federation.errors import FipError, InputError, SiteFailed, SiteLost, SiteRefused
+from federation.errors import (
+    FipError,
+    InputError,
+    ProtocolError,
+    SiteFailed,
+    SiteLost,
+    SiteRefused,
+)
 from federation.job import CENTRAL, JobSpec, Target
+from federation.policy import Policy
 from federation.protocol import ErrorReply, Op, Reply, Request, decode, encode
 from federation.runtime import JobResult, run_job
 from federation.simulation import make_spec
@@ -572,7 +580,7 @@ class Sites:
     """Three remote sites of a secure SIMICE job driven by hand, as a malicious central that
     sends each site the frames it likes."""
 
-    def __init__(self, seed: int = 23) -> None:
+    def __init__(self, seed: int = 23, *, policy: Policy | None = None) -> None:
         central, tables = federation(seed)
         self.algorithm = builtin("SIMICE")
         self.spec = make_spec(
@@ -585,7 +593,7 @@ class Sites:
             job_id="j2",
         )
         self.runners = {
-            name: SiteRunner(site=name, data=data, algorithm=self.algorithm)
+            name: SiteRunner(site=name, data=data, algorithm=self.algorithm, policy=policy)
             for name, data in tables.items()
         }
         self.seq = dict.fromkeys(self.runners, 0)
@@ -687,3 +695,53 @@ def test_a_refused_masked_round_is_the_last_thing_a_site_answers_in_the_job() ->
     assert isinstance(again, ErrorReply) and "answers nothing more" in again.message
     closed = sites.send("site0", [Op(name="fip.close")])
     assert isinstance(closed, Reply)  # closing still frees what the job holds
+
+
+def test_a_secure_job_may_ask_a_site_only_its_restarts_beyond_the_declared_fits() -> None:
+    """The budget: the key relay, the masked summary and one masked round per restart (at most
+    MAX_RESTARTS), beyond what the fits declare; a restart's repeated instructions do not
+    count at a site that skips them. Past it, and for a 'replaces' on anything but a masked
+    round, the site answers no more."""
+    sites = Sites(policy=Policy(max_newton_rounds=2))
+    runner = sites.runners["site0"]
+    declared = sites.algorithm.replies.request_budget(
+        sites.spec.params, targets=2, rounds=runner.policy.max_newton_rounds
+    )
+    assert runner.budget == declared + 2 + secure.MAX_RESTARTS
+    impute = Op(name="impute", args={"target": 4, "alpha": np.zeros(5), "sigma": 1.0})
+    answered = runner.requests
+    sites.masked("site0", 1, 40, before=[impute])
+    assert runner.requests == answered + 2
+    restart = sites.send(
+        "site0",
+        [
+            impute,
+            Op(
+                name=secure.MASKED,
+                args={"op": "gaussian_stats", "args": {"target": 5}, "round": 2, "scale": 40},
+            ),
+        ],
+        replaces=sites.seq["site0"] - 1,
+    )
+    assert isinstance(restart, Reply) and runner.requests == answered + 3  # the impute skipped
+    with pytest.raises(ProtocolError, match="only a masked round"):
+        sites.send("site0", [impute], replaces=sites.seq["site0"] - 1)
+    round_number = 3
+    while runner.requests < runner.budget:
+        sites.masked("site0", round_number, 40)
+        round_number += 1
+    over = sites.send(
+        "site0",
+        [
+            Op(
+                name=secure.MASKED,
+                args={
+                    "op": "gaussian_stats",
+                    "args": {"target": 5},
+                    "round": round_number,
+                    "scale": 40,
+                },
+            )
+        ],
+    )
+    assert isinstance(over, ErrorReply) and "more operations than it declared" in over.message
