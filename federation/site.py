@@ -228,6 +228,9 @@ class SiteRunner:
         self.expected: dict[str, Any] = {}
         """What this site's user saw of the job when starting it (JobSpec field -> value), when
         the portal knows it: central must open that job, not another."""
+        self.secure_required = False
+        """The site's user started the job securely aggregated (a comparison's method, whose
+        parameters :attr:`expected` does not pin): central must open it so."""
         self._job: SiteJob | None = None
         self._bounds: Bounds | None = None
         self._dims: Dims | None = None
@@ -427,6 +430,11 @@ class SiteRunner:
         for target in spec.targets:
             check_target_values(self.data, target.column, target.type, show_values=self._is_central)
         secure = enabled(spec.params) and not self._is_central
+        if self.secure_required and not secure:
+            raise SiteRefused(
+                f"{self.data.label}: this job was started here securely aggregated, but central "
+                "opened it without secure aggregation; this site does not take part"
+            )
         if secure:
             try:
                 check_job(self.replies, spec.params, spec.sites)

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from federation import secure
 from federation.data import Table, check_for_job, read_csv
 from federation.errors import AlgorithmInvalid, InputError
 from federation.job import JobEvent
@@ -306,6 +307,8 @@ class LocalJobs:
         }
         if not job.methods:  # a comparison's methods take the parameters that fit each
             runner.expected["params"] = dict(job.info["parameters"])
+        else:  # ... but every one of them masks when the comparison says so
+            runner.secure_required = secure.enabled(job.info["parameters"])
         return runner
 
     async def cancel(self, job: LocalJob) -> None:

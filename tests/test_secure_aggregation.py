@@ -29,6 +29,7 @@ from federation.runtime import JobResult, run_job
 from federation.simulation import make_spec
 from federation.site import OPEN, SiteRunner
 from federation.transport import InMemoryTransport
+from portal_site.jobs import LocalJob, LocalJobs
 from tests.helpers import builtin, run, table
 
 COLUMNS = ("x1", "x2", "x3", "g", "b")
@@ -745,3 +746,35 @@ def test_a_secure_job_may_ask_a_site_only_its_restarts_beyond_the_declared_fits(
         ],
     )
     assert isinstance(over, ErrorReply) and "more operations than it declared" in over.message
+
+
+def test_a_comparison_started_securely_is_not_opened_in_the_clear() -> None:
+    """A comparison's methods take their own parameters, so the site cannot pin them all; it
+    pins the option: a method the site started under a secure comparison must be opened
+    securely, or the site does not take part (central could otherwise read its sums)."""
+    _, tables = federation(24)
+    algorithm = builtin("SIMI")
+    jobs = LocalJobs(approved=lambda digest: True)
+    jobs.site_id = "site0"
+    spec = secure_spec()
+    method = {"id": 2, "participants": list(spec.sites)}
+    comparison = LocalJob(
+        job_id="1",
+        info={
+            "columns": list(COLUMNS),
+            "targets": [{"index": 4, "name": "g", "type": "gaussian"}],
+            "parameters": {"imputations": 2, "secure_aggregation": True},
+            "methods": [method],
+        },
+        table=tables["site0"],
+    )
+    runner = jobs._runner(comparison, algorithm, method)
+    assert runner.secure_required
+    clear = JobSpec.from_wire(
+        {**spec.to_wire(), "params": {**spec.params, "secure_aggregation": False}}
+    )
+    frame = encode(Request(job_id="j1", seq=0, ops=[Op(name=OPEN, args={"spec": clear.to_wire()})]))
+    answer = decode(runner.handle(frame))
+    assert isinstance(answer, ErrorReply) and "without secure aggregation" in answer.message
+    runner = jobs._runner(comparison, algorithm, method)
+    assert isinstance(opened(runner, spec), Reply)  # opened securely, it takes part
