@@ -74,11 +74,14 @@ answer every masked round.
 **Threat model.** Central is honest but curious: it runs the protocol and relays the keys
 faithfully, and would like to read a site's statistics. Then it learns only the sums over the
 remote sites (and the per-site counts that were already shared). A malicious central could
-substitute its own public keys for a site's, derive every seed, and unmask; the fingerprints on
-both sides' job pages let a site's user see that the keys central relayed are not the ones the
-other sites made. Sites that collude with central can remove their own masks and so learn the
-sum of the others. Central can also make a site refuse for overflow (by having it impute huge
-values), which tells it one bit (a value is large) and ends the job at that site.
+substitute its own public keys for a site's, derive every seed, and unmask; this is detected
+afterwards, not prevented: each site's page lists the fingerprints it was given, its own
+marked, and the sites' users compare them with each other (central's page is only what
+central says). Sites that collude with central can remove their own masks and so learn the
+sum of the others; with two remote sites, one of them and central learn the other's sums
+(docs/algorithms.md says all of this for users). Central can also make a site refuse for
+overflow (by having it impute huge values), which tells it one bit (a value is large) and ends
+the job at that site.
 """
 
 from __future__ import annotations
