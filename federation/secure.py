@@ -242,6 +242,23 @@ def encode(values: np.ndarray, scale: int, *, sites: int) -> np.ndarray:
     return limbs
 
 
+def encode_whole(values: np.ndarray) -> np.ndarray:
+    """int64 values mod 2^128 as limbs, exactly (through float64, one above 2^53 would not be);
+    any S < 2^63 of them sum without wrapping."""
+    whole = np.asarray(values).astype(np.int64)
+    high = np.where(whole < 0, np.uint64(2**64 - 1), np.uint64(0))
+    return np.stack([whole.view(np.uint64), high], axis=-1)
+
+
+def decode_whole(limbs: np.ndarray) -> np.ndarray:
+    """The signed value of limbs mod 2^128 as int64, exactly; ``ProtocolError`` beyond int64."""
+    low = limbs[..., 0].view(np.int64)
+    extension = np.where(low < 0, np.uint64(2**64 - 1), np.uint64(0))
+    if not np.array_equal(limbs[..., 1], extension):
+        raise ProtocolError("a masked sum of whole numbers is beyond int64")
+    return low.copy()
+
+
 def decode(limbs: np.ndarray, scale: int) -> np.ndarray:
     """The signed value of limbs mod 2^128, times 2^-scale, as float64."""
     negative = limbs[..., 1] >= np.uint64(2**63)
@@ -356,8 +373,10 @@ class SiteMasks:
         for key in keys:
             value = np.asarray(result[key])
             try:
-                encoded[key] = encode(
-                    value, scale if declared[key].kind == "float" else 0, sites=self.sites
+                encoded[key] = (
+                    encode(value, scale, sites=self.sites)
+                    if declared[key].kind == "float"
+                    else encode_whole(value)
                 )
             except OverflowError:
                 raise SiteRefused(
@@ -419,6 +438,6 @@ def unmask_sum(
             decoded = decode(acc, scale)
             total[key] = float(decoded) if not value.shape else decoded
         else:
-            whole = decode(acc, 0).astype(np.int64)
+            whole = decode_whole(acc)
             total[key] = int(whole) if not value.shape else whole
     return total
