@@ -20,7 +20,8 @@ key (32 bytes, as four int64 words) in its summary. Central relays every remote 
 every site (the runtime operation ``fip.keys``, riding on the next request). Each pair of sites
 a < b derives a 32-byte seed: HKDF-SHA256 over their X25519 shared secret, bound to the job id
 and both site ids. Central holds public keys only: never a secret that cancels a mask. A site
-accepts the relayed keys only for exactly the job's sites, its own key among them unchanged.
+accepts the relayed keys only for exactly the job's sites, its own key among them unchanged,
+and no key given for two sites (else the site whose key it is could remove both masks).
 Fingerprints (the first 16 bytes of the public key's SHA-256, in groups of four hex digits) are
 shown on the site's job page and on central's, so that a site's user can compare them and
 detect a substituted key.
@@ -333,6 +334,11 @@ class SiteMasks:
             )
         if self.site not in sites:
             raise SiteRefused("central relayed keys without this site's own")
+        if len({key_bytes(row) for row in words}) != len(sites):
+            # One site's key given for another: that site could then remove both masks.
+            raise SiteRefused(
+                "central relayed one public key for two sites; this site does not take part"
+            )
         for name, row in zip(sites, words, strict=True):
             public = key_bytes(row)
             self.fingerprints[name] = fingerprint(public)

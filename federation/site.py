@@ -360,6 +360,7 @@ class SiteRunner:
             or isinstance(round_number, bool)
             or isinstance(scale, bool)
             or not -1100 <= scale <= 1100
+            or not 0 <= round_number < 2**63
         ):
             raise ProtocolError("a masked round outside a securely aggregated job, or malformed")
         if name not in self.replies.summed:

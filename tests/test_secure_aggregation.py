@@ -359,6 +359,12 @@ def test_a_mask_round_is_never_used_twice_and_a_substituted_own_key_is_refused()
     forged[0] = secure.key_words(secure.SiteMasks(site="x", job_id="j1", sites=3).public)
     with pytest.raises(SiteRefused, match="not the one it made"):
         runners["site0"].call(secure.KEYS, {"sites": list(spec.sites), "keys": forged})
+    # site2's key given to site0 as site1's too: site2, colluding with central, could then
+    # derive both of site0's masks and read its sums alone.
+    doubled = keys.copy()
+    doubled[1] = keys[2]
+    with pytest.raises(SiteRefused, match="one public key for two sites"):
+        runners["site0"].call(secure.KEYS, {"sites": list(spec.sites), "keys": doubled})
     runner = runners["site1"]
     runner.call(secure.KEYS, {"sites": list(spec.sites), "keys": keys})
 
