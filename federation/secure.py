@@ -40,24 +40,25 @@ parameters it chose, then ask the same question again, so that the difference of
 would be that site's own change), gets sums that decode to noise.
 
 **Exact fixed point.** A value v is sent as round(v * 2^f) modulo 2^128, f chosen by central for
-the round from the job: ``f = 127 - ceil(log2 S) - bits`` with S the remote sites and ``bits``
-a bound on the magnitude of any summed value: ``log2(N) + 2 (E + 8) + log2(1 + p A) + 2`` where
-N is every participant's usable rows, E the largest power of two a participant declared its
-values below at open (an ``int``, so a site discloses the binary order of its largest value),
-8 bits of headroom for imputed values beyond the observed ones, p the design width and A the
-largest number in the operation's arguments (Newton's beta enters the log-likelihood). The
-quantum 2^-f is then about 2^-125 of the bound: the largest entries keep some 100 bits, and an
-entry keeps float64's 53 bits as long as it is within about 2^45 of the largest, so the decoded
-sums equal the float sums to rounding. Each site checks that every value it encodes is
-below 2^127 / 2^ceil(log2 S) in magnitude, so the sum of S values never wraps; a value beyond it
-is refused (the job fails saying so), never wrapped. Such a refusal tells central one bit
-about the site's values, so a site checks first, before it looks at any value, that the scale
-is no finer than its own rows and magnitude allow (what central derives from every site's is
-coarser still), and after refusing a masked round it answers nothing more in the job: one bit
-a job, never a search. Counts of kind ``rows`` (a fit's n) travel
-in the clear: the site declared them when the job opened, and its policy's ``min_rows`` is
-checked against them at the site. Every other value, whole numbers included (with f = 0), is
-masked.
+the round from the job: ``f = 127 - ceil(log2 S) - bits`` with S the remote sites and ``bits`` a
+bound on the magnitude of any summed value: ``log2(N) + 2 (E + 8) + log2(1 + p A) + 2`` where N
+is every participant's usable rows, E the largest power of two a participant declared its values
+below at open (an ``int``, so a site discloses the binary order of its largest value), 8 bits of
+headroom for imputed values beyond the observed ones, p the design width and A the largest
+number in the operation's arguments (Newton's beta enters the log-likelihood). The quantum 2^-f
+is then about 2^-125 of the bound: the largest entries keep some 100 bits, and an entry keeps
+float64's 53 bits as long as it is within about 2^45 of the largest, so the decoded sums equal
+the float sums to rounding (so a column whose values are some 10^10 times smaller than the
+table's largest keeps fewer digits: one scale serves a whole reply; a scale per column would
+need each site to disclose every column's magnitude). Each site checks that every value it
+encodes is below 2^127 / 2^ceil(log2 S) in magnitude, so the sum of S values never wraps; a
+value beyond it is refused (the job fails saying so), never wrapped. Such a refusal tells
+central one bit about the site's values, so a site checks first, before it looks at any value,
+that the scale is no finer than its own rows and magnitude allow (what central derives from
+every site's is coarser still), and after refusing a masked round it answers nothing more in the
+job: one bit a job, never a search. Counts of kind ``rows`` (a fit's n) travel in the clear: the
+site declared them when the job opened, and its policy's ``min_rows`` is checked against them at
+the site. Every other value is masked, whole numbers exactly (as int64, with f = 0).
 
 **Arithmetic.** numpy has no 128-bit integer: a value is two uint64 limbs (low, high) in the last
 axis of an array, added and subtracted with carries, vectorised (for p = 200, an X'X of 40,000
