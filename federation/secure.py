@@ -55,10 +55,11 @@ encodes is below 2^127 / 2^ceil(log2 S) in magnitude, so the sum of S values nev
 value beyond it is refused (the job fails saying so), never wrapped. Such a refusal tells
 central one bit about the site's values, so a site checks first, before it looks at any value,
 that the scale is no finer than its own rows and magnitude allow (what central derives from
-every site's is coarser still), and after refusing a masked round it answers nothing more in the
-job: one bit a job, never a search. Counts of kind ``rows`` (a fit's n) travel in the clear: the
-site declared them when the job opened, and its policy's ``min_rows`` is checked against them at
-the site. Every other value is masked, whole numbers exactly (as int64, with f = 0).
+every site's is coarser still), and after any error answering a masked round it answers nothing
+more in the job: one bit a job, never a search. Counts of kind ``rows`` (a fit's n) travel in
+the clear: the site declared them when the job opened, and its policy's ``min_rows`` is checked
+against them at the site. Every other value is masked, whole numbers exactly (as int64, with f =
+0).
 
 **Arithmetic.** numpy has no 128-bit integer: a value is two uint64 limbs (low, high) in the last
 axis of an array, added and subtracted with carries, vectorised (for p = 200, an X'X of 40,000

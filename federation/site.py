@@ -252,8 +252,10 @@ class SiteRunner:
         that central asked the very same things in the same order."""
         self._magnitude = 0
         """Secure aggregation: every value of this site's table is below 2 ** this."""
-        self._stopped = ""
-        """Why this site answers nothing more in the job: it refused a masked round."""
+        self._stopped = False
+        """This site answers nothing more in the job: it did not answer a masked round."""
+        self._last_error = -1
+        """The ``seq`` of the last request answered with an error."""
 
     @property
     def job(self) -> SiteJob | None:
@@ -286,13 +288,24 @@ class SiteRunner:
             return reply
 
     def _answer(self, request: Request, *, skip_instructions: bool = False) -> bytes:
-        masked = any(op.name == MASKED for op in request.ops)
+        masked = self.masks is not None and any(op.name == MASKED for op in request.ops)
+        if self._stopped and any(op.name != CLOSE for op in request.ops):
+            return self._error(
+                request,
+                "refused",
+                f"{self.data.label}: this site did not answer a masked round of the job and "
+                "answers nothing more in it",
+            )
         try:
-            if self._stopped and any(op.name != CLOSE for op in request.ops):
-                raise SiteRefused(
-                    f"{self.data.label}: this site refused a masked round of the job and "
-                    f"answers nothing more in it ({self._stopped})"
-                )
+            return self._answered(request, skip_instructions=skip_instructions)
+        finally:
+            # An error answering a masked round (a value too large for the scale, say) tells
+            # central one bit of the site's data: one a job, never a search.
+            if masked and self._last_error == request.seq:
+                self._stopped = True
+
+    def _answered(self, request: Request, *, skip_instructions: bool) -> bytes:
+        try:
             # Every operation run counts, however they are sent (not those a restart skips).
             self.requests += sum(
                 1 for op in request.ops if op.name == MASKED or not skip_instructions
@@ -310,9 +323,6 @@ class SiteRunner:
             self.numbers_sent += sum(_numbers(r) for r in results)
             return encode(Reply(job_id=request.job_id, seq=request.seq, results=results))
         except SiteRefused as refusal:
-            if masked and self.masks is not None and not self._stopped:
-                # Each refusal tells central one bit (a value too large, say): one per job.
-                self._stopped = "see the warning before"
             self._emit("warning", str(refusal))
             return self._error(request, "refused", str(refusal))
         except SandboxFailed as error:
@@ -613,6 +623,7 @@ class SiteRunner:
             ) from None
 
     def _error(self, request: Request, kind: ErrorKind, message: str) -> bytes:
+        self._last_error = request.seq
         return encode(
             ErrorReply(
                 job_id=request.job_id, seq=request.seq, kind=kind, message=public_text(message)

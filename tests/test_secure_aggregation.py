@@ -705,6 +705,12 @@ def test_a_refused_masked_round_is_the_last_thing_a_site_answers_in_the_job() ->
     assert isinstance(again, ErrorReply) and "answers nothing more" in again.message
     closed = sites.send("site0", [Op(name="fip.close")])
     assert isinstance(closed, Reply)  # closing still frees what the job holds
+    # Any error answering a masked round stops the site, a handler's failure too.
+    odd = {"op": "gaussian_stats", "args": {"target": 5, "odd": 1}, "round": 5, "scale": 40}
+    failed = sites.send("site2", [Op(name=secure.MASKED, args=odd)])
+    assert isinstance(failed, ErrorReply) and failed.kind == "failed"
+    after = sites.send("site2", [Op(name=secure.MASKED, args={**args, "round": 6})])
+    assert isinstance(after, ErrorReply) and "answers nothing more" in after.message
 
 
 def test_a_secure_job_may_ask_a_site_only_its_restarts_beyond_the_declared_fits() -> None:
