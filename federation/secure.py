@@ -20,7 +20,8 @@ key (32 bytes, as four int64 words) in its summary. Central relays every remote 
 every site (the runtime operation ``fip.keys``, riding on the next request). Each pair of sites
 a < b derives a 32-byte seed: HKDF-SHA256 over their X25519 shared secret, bound to the job id
 and both site ids. Central holds public keys only: never a secret that cancels a mask. A site
-accepts the relayed keys only for exactly the job's sites, its own key among them unchanged.
+accepts the relayed keys only for exactly the job's sites, its own key among them unchanged,
+and no key given for two sites (else the site whose key it is could remove both masks).
 Fingerprints (the first 16 bytes of the public key's SHA-256, in groups of four hex digits) are
 shown on the site's job page and on central's, so that a site's user can compare them and
 detect a substituted key.
@@ -28,26 +29,37 @@ detect a substituted key.
 **Masks.** Every masked round has a number chosen by central, which a site accepts only above
 every round it masked before (a mask is never used twice). The mask of pair (a, b) in round r is
 the ChaCha20 keystream under a key derived from the pair's seed, r and a digest of what was
-asked (operation, arguments, scale), with r in the nonce: 16 bytes (one value mod 2^128) per
-number of the reply, numbers in the declared order of the reply's keys. A central that asked
-sites different things in one round gets sums that decode to noise. Site a adds
-it, site b subtracts it, so the masks cancel in the sum over the remote sites.
+asked (operation, arguments, scale) and of everything the site ran in the job before it (the
+job as opened, the keys, every instruction, in order; masked rounds aside, since summed
+operations change nothing), with r in the nonce: 16 bytes (one value mod 2^128) per number
+of the reply, numbers in the declared order of the reply's keys. Site a adds it, site b
+subtracts it, so the masks cancel in the sum over the remote sites, but only among sites asked
+the very same things in the same order: a central that asked sites different things in one
+round, or gave one site an instruction the others did not get (say, to impute with
+parameters it chose, then ask the same question again, so that the difference of two sums
+would be that site's own change), gets sums that decode to noise.
 
 **Exact fixed point.** A value v is sent as round(v * 2^f) modulo 2^128, f chosen by central for
-the round from the job: ``f = 127 - ceil(log2 S) - bits`` with S the remote sites and ``bits``
-a bound on the magnitude of any summed value: ``log2(N) + 2 (E + 8) + log2(1 + p A) + 2`` where
-N is every participant's usable rows, E the largest power of two a participant declared its
-values below at open (an ``int``, so a site discloses the binary order of its largest value),
-8 bits of headroom for imputed values beyond the observed ones, p the design width and A the
-largest number in the operation's arguments (Newton's beta enters the log-likelihood). The
-quantum 2^-f is then about 2^-125 of the bound: the largest entries keep some 100 bits, and an
-entry keeps float64's 53 bits as long as it is within about 2^45 of the largest, so the decoded
-sums equal the float sums to rounding. Each site checks that every value it encodes is
-below 2^127 / 2^ceil(log2 S) in magnitude, so the sum of S values never wraps; a value beyond it
-is refused (the job fails saying so), never wrapped. Counts of kind ``rows`` (a fit's n) travel
-in the clear: the site declared them when the job opened, and its policy's ``min_rows`` is
-checked against them at the site. Every other value, whole numbers included (with f = 0), is
-masked.
+the round from the job: ``f = 127 - ceil(log2 S) - bits`` with S the remote sites and ``bits`` a
+bound on the magnitude of any summed value: ``log2(N) + 2 (E + 8) + log2(1 + p A) + 2`` where N
+is every participant's usable rows, E the largest power of two a participant declared its values
+below at open (an ``int``, so a site discloses the binary order of its largest value), 8 bits of
+headroom for imputed values beyond the observed ones, p the design width and A the largest
+number in the operation's arguments (Newton's beta enters the log-likelihood). The quantum 2^-f
+is then about 2^-125 of the bound: the largest entries keep some 100 bits, and an entry keeps
+float64's 53 bits as long as it is within about 2^45 of the largest, so the decoded sums equal
+the float sums to rounding (so a column whose values are some 10^10 times smaller than the
+table's largest keeps fewer digits: one scale serves a whole reply; a scale per column would
+need each site to disclose every column's magnitude). Each site checks that every value it
+encodes is below 2^127 / 2^ceil(log2 S) in magnitude, so the sum of S values never wraps; a
+value beyond it is refused (the job fails saying so), never wrapped. Such a refusal tells
+central one bit about the site's values, so a site checks first, before it looks at any value,
+that the scale is no finer than its own rows and magnitude allow (what central derives from
+every site's is coarser still), and after any error answering a masked round it answers nothing
+more in the job: one bit a job, never a search. Counts of kind ``rows`` (a fit's n) travel in
+the clear: the site declared them when the job opened, and its policy's ``min_rows`` is checked
+against them at the site. Every other value is masked, whole numbers exactly (as int64, with f =
+0).
 
 **Arithmetic.** numpy has no 128-bit integer: a value is two uint64 limbs (low, high) in the last
 axis of an array, added and subtracted with carries, vectorised (for p = 200, an X'X of 40,000
@@ -65,11 +77,14 @@ answer every masked round.
 **Threat model.** Central is honest but curious: it runs the protocol and relays the keys
 faithfully, and would like to read a site's statistics. Then it learns only the sums over the
 remote sites (and the per-site counts that were already shared). A malicious central could
-substitute its own public keys for a site's, derive every seed, and unmask; the fingerprints on
-both sides' job pages let a site's user see that the keys central relayed are not the ones the
-other sites made. Sites that collude with central can remove their own masks and so learn the
-sum of the others. Central can also choose a scale so small that a site refuses for overflow,
-which tells it one bit (a value is large) and ends the job.
+substitute its own public keys for a site's, derive every seed, and unmask; this is detected
+afterwards, not prevented: each site's page lists the fingerprints it was given, its own
+marked, and the sites' users compare them with each other (central's page is only what
+central says). Sites that collude with central can remove their own masks and so learn the
+sum of the others; with two remote sites, one of them and central learn the other's sums
+(docs/algorithms.md says all of this for users). Central can also make a site refuse for
+overflow (by having it impute huge values), which tells it one bit (a value is large) and ends
+the job at that site.
 """
 
 from __future__ import annotations
@@ -107,9 +122,10 @@ HEADROOM_BITS = 8
 MAX_MAGNITUDE = 1100
 MAX_RESTARTS = 5
 """How often a job's masked rounds may start again after a site was lost."""
-EXTRA_REQUESTS = 2 + 4 * MAX_RESTARTS
+EXTRA_REQUESTS = 2 + MAX_RESTARTS
 """Operations a secure job may ask of a site beyond its declared fits: the key relay, the
-masked summary, and restarts."""
+masked summary, and one masked round per restart (a site does not count the instructions a
+restart repeats, as it skips them if it ran them, and never ran them otherwise)."""
 _INFO = b"fip secure aggregation 1"
 _MODULUS_BITS = 128
 
@@ -189,16 +205,19 @@ def keystream(seed: bytes, round_number: int, count: int, context: bytes = b"") 
 
 
 def add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """a + b mod 2^128, limbs in the last axis."""
-    lo = a[..., 0] + b[..., 0]
-    carry = (lo < a[..., 0]).astype(np.uint64)
-    return np.stack([lo, a[..., 1] + b[..., 1] + carry], axis=-1)
+    """a + b mod 2^128, limbs in the last axis. Computed on rows of limbs: numpy wraps array
+    arithmetic silently, but warns when a scalar wraps (one value's limbs would be scalars)."""
+    x, y = a.reshape(-1, 2), b.reshape(-1, 2)
+    lo = x[:, 0] + y[:, 0]
+    carry = (lo < x[:, 0]).astype(np.uint64)
+    return np.stack([lo, x[:, 1] + y[:, 1] + carry], axis=-1).reshape(a.shape)
 
 
 def subtract(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """a - b mod 2^128."""
-    borrow = (a[..., 0] < b[..., 0]).astype(np.uint64)
-    return np.stack([a[..., 0] - b[..., 0], a[..., 1] - b[..., 1] - borrow], axis=-1)
+    x, y = a.reshape(-1, 2), b.reshape(-1, 2)
+    borrow = (x[:, 0] < y[:, 0]).astype(np.uint64)
+    return np.stack([x[:, 0] - y[:, 0], x[:, 1] - y[:, 1] - borrow], axis=-1).reshape(a.shape)
 
 
 def negate(a: np.ndarray) -> np.ndarray:
@@ -224,6 +243,23 @@ def encode(values: np.ndarray, scale: int, *, sites: int) -> np.ndarray:
     if negative.any():
         limbs[negative] = negate(limbs[negative])
     return limbs
+
+
+def encode_whole(values: np.ndarray) -> np.ndarray:
+    """int64 values mod 2^128 as limbs, exactly (through float64, one above 2^53 would not be);
+    any S < 2^63 of them sum without wrapping."""
+    whole = np.asarray(values).astype(np.int64)
+    high = np.where(whole < 0, np.uint64(2**64 - 1), np.uint64(0))
+    return np.stack([whole.view(np.uint64), high], axis=-1)
+
+
+def decode_whole(limbs: np.ndarray) -> np.ndarray:
+    """The signed value of limbs mod 2^128 as int64, exactly; ``ProtocolError`` beyond int64."""
+    low = limbs[..., 0].view(np.int64)
+    extension = np.where(low < 0, np.uint64(2**64 - 1), np.uint64(0))
+    if not np.array_equal(limbs[..., 1], extension):
+        raise ProtocolError("a masked sum of whole numbers is beyond int64")
+    return low.copy()
 
 
 def decode(limbs: np.ndarray, scale: int) -> np.ndarray:
@@ -300,6 +336,11 @@ class SiteMasks:
             )
         if self.site not in sites:
             raise SiteRefused("central relayed keys without this site's own")
+        if len({key_bytes(row) for row in words}) != len(sites):
+            # One site's key given for another: that site could then remove both masks.
+            raise SiteRefused(
+                "central relayed one public key for two sites; this site does not take part"
+            )
         for name, row in zip(sites, words, strict=True):
             public = key_bytes(row)
             self.fingerprints[name] = fingerprint(public)
@@ -340,8 +381,10 @@ class SiteMasks:
         for key in keys:
             value = np.asarray(result[key])
             try:
-                encoded[key] = encode(
-                    value, scale if declared[key].kind == "float" else 0, sites=self.sites
+                encoded[key] = (
+                    encode(value, scale, sites=self.sites)
+                    if declared[key].kind == "float"
+                    else encode_whole(value)
                 )
             except OverflowError:
                 raise SiteRefused(
@@ -403,6 +446,6 @@ def unmask_sum(
             decoded = decode(acc, scale)
             total[key] = float(decoded) if not value.shape else decoded
         else:
-            whole = decode(acc, 0).astype(np.int64)
+            whole = decode_whole(acc)
             total[key] = int(whole) if not value.shape else whole
     return total

@@ -46,7 +46,9 @@ from federation.secure import (
     check_job,
     enabled,
     key_words,
+    largest_number,
     magnitude_of,
+    scale_for,
 )
 from federation.secure import SUMMARY as SECURE_SUMMARY
 
@@ -226,6 +228,9 @@ class SiteRunner:
         self.expected: dict[str, Any] = {}
         """What this site's user saw of the job when starting it (JobSpec field -> value), when
         the portal knows it: central must open that job, not another."""
+        self.secure_required = False
+        """The site's user started the job securely aggregated (a comparison's method, whose
+        parameters :attr:`expected` does not pin): central must open it so."""
         self._job: SiteJob | None = None
         self._bounds: Bounds | None = None
         self._dims: Dims | None = None
@@ -241,6 +246,16 @@ class SiteRunner:
         """This site's key pair and pairwise seeds in a securely aggregated job."""
         self._withheld: Result = {}
         """The algorithm's summed summary values, sent only masked (secure aggregation)."""
+        self._history = b""
+        """Secure aggregation: a running digest of every operation this site ran in the job
+        (masked rounds aside), which enters every mask, so that masks cancel only among sites
+        that central asked the very same things in the same order."""
+        self._magnitude = 0
+        """Secure aggregation: every value of this site's table is below 2 ** this."""
+        self._stopped = False
+        """This site answers nothing more in the job: it did not answer a masked round."""
+        self._last_error = -1
+        """The ``seq`` of the last request answered with an error."""
 
     @property
     def job(self) -> SiteJob | None:
@@ -263,14 +278,38 @@ class SiteRunner:
                 raise ProtocolError(f"stale request {request.seq} (last was {self._last_seq})")
             # A masked round started again: a site that ran the request it replaces does not
             # run its instructions twice; it answers only the fresh masked round.
+            if request.replaces is not None and (
+                self.masks is None or all(op.name != MASKED for op in request.ops)
+            ):
+                raise ProtocolError("only a masked round of a secure job is started again")
             ran = request.replaces is not None and request.replaces <= self._last_seq
             reply = self._answer(request, skip_instructions=ran)
             self._last_seq, self._last_reply = request.seq, reply
             return reply
 
     def _answer(self, request: Request, *, skip_instructions: bool = False) -> bytes:
+        masked = self.masks is not None and any(op.name == MASKED for op in request.ops)
+        if self._stopped and any(op.name != CLOSE for op in request.ops):
+            return self._error(
+                request,
+                "refused",
+                f"{self.data.label}: this site did not answer a masked round of the job and "
+                "answers nothing more in it",
+            )
         try:
-            self.requests += len(request.ops)  # every operation counts, however they are sent
+            return self._answered(request, skip_instructions=skip_instructions)
+        finally:
+            # An error answering a masked round (a value too large for the scale, say) tells
+            # central one bit of the site's data: one a job, never a search.
+            if masked and self._last_error == request.seq:
+                self._stopped = True
+
+    def _answered(self, request: Request, *, skip_instructions: bool) -> bytes:
+        try:
+            # Every operation run counts, however they are sent (not those a restart skips).
+            self.requests += sum(
+                1 for op in request.ops if op.name == MASKED or not skip_instructions
+            )
             if self._budget and self.requests > self._budget:
                 raise SiteRefused(
                     f"the job asked for more operations than it declared ({self._budget - 2} "
@@ -313,7 +352,10 @@ class SiteRunner:
                 f"{self.data.label}: this job is securely aggregated, so '{name}' is answered "
                 "only masked; central asked for it in the clear and nothing was sent"
             )
-        return self._guard(name, args, self.call(name, args))
+        result = self._guard(name, args, self.call(name, args))
+        if self.masks is not None:  # open (which made the masks), the keys, instructions
+            self._history = hashlib.sha256(self._history + asked(name, args, 0)).digest()
+        return result
 
     def _masked(self, args: Mapping[str, Any]) -> Result:
         """A summed operation's reply, checked as declared, then masked for the round."""
@@ -328,10 +370,25 @@ class SiteRunner:
             or isinstance(round_number, bool)
             or isinstance(scale, bool)
             or not -1100 <= scale <= 1100
+            or not 0 <= round_number < 2**63
         ):
             raise ProtocolError("a masked round outside a securely aggregated job, or malformed")
         if name not in self.replies.summed:
             raise SiteRefused(f"{self.data.label}: '{name}' is not a summed operation")
+        assert self._job is not None and self._bounds is not None
+        finest = scale_for(
+            rows=self._bounds.rows_used,
+            magnitude=self._magnitude,
+            width=len(self._job.spec.columns),
+            largest_argument=largest_number(inner),
+            sites=len(self._job.spec.sites),
+        )
+        if scale > finest:  # what central chooses from every site's rows and magnitude is not
+            raise SiteRefused(
+                f"{self.data.label}: central chose the fixed-point scale 2^{scale}, finer than "
+                f"this job allows (2^{finest} from this site's own rows and magnitude alone); "
+                "nothing was sent"
+            )
         if name == PREPARE:
             result, inner = self._withheld, {}
         else:
@@ -342,7 +399,7 @@ class SiteRunner:
             self.replies.operations[name],
             round_number=round_number,
             scale=scale,
-            context=asked(name, inner, scale),
+            context=hashlib.sha256(self._history + asked(name, inner, scale)).digest(),
         )
 
     @property
@@ -384,6 +441,11 @@ class SiteRunner:
         for target in spec.targets:
             check_target_values(self.data, target.column, target.type, show_values=self._is_central)
         secure = enabled(spec.params) and not self._is_central
+        if self.secure_required and not secure:
+            raise SiteRefused(
+                f"{self.data.label}: this job was started here securely aggregated, but central "
+                "opened it without secure aggregation; this site does not take part"
+            )
         if secure:
             try:
                 check_job(self.replies, spec.params, spec.sites)
@@ -466,7 +528,8 @@ class SiteRunner:
             if PREPARE in self.replies.summed:  # sent only masked, summed over the sites
                 self._withheld = {k: extras.pop(k, None) for k in self.replies.operations[PREPARE]}
             extras[PUBLIC_KEY] = key_words(self.masks.public)
-            extras[MAGNITUDE] = magnitude_of(self.data.values)
+            self._magnitude = magnitude_of(self.data.values)
+            extras[MAGNITUDE] = self._magnitude
         summary: Result = {
             "rows": self.data.rows,
             "rows_used": used,
@@ -560,6 +623,7 @@ class SiteRunner:
             ) from None
 
     def _error(self, request: Request, kind: ErrorKind, message: str) -> bytes:
+        self._last_error = request.seq
         return encode(
             ErrorReply(
                 job_id=request.job_id, seq=request.seq, kind=kind, message=public_text(message)

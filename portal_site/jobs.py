@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from federation import secure
 from federation.data import Table, check_for_job, read_csv
 from federation.errors import AlgorithmInvalid, InputError
 from federation.job import JobEvent
@@ -59,6 +60,8 @@ class LocalJob:
     step: str = ""
     rows_used: int = 0
     kept_fingerprints: dict[str, str] = field(default_factory=dict)
+    site_id: str = ""
+    """This site, as the job's runners were made for it (its own key on the job's page)."""
     events: list[JobEvent] = field(default_factory=list)
     subscribers: set[asyncio.Queue[JobEvent | str]] = field(default_factory=set)
 
@@ -280,6 +283,7 @@ class LocalJobs:
         remote half in a sandbox process started when the job opens. Central must then open
         the job the user saw: ``method`` (the job, or a comparison's method) as listed now."""
         assert job.table is not None and self._trusted(algorithm)
+        job.site_id = self.site_id
         runner = SiteRunner(
             site=self.site_id,
             data=job.table,
@@ -303,6 +307,8 @@ class LocalJobs:
         }
         if not job.methods:  # a comparison's methods take the parameters that fit each
             runner.expected["params"] = dict(job.info["parameters"])
+        else:  # ... but every one of them masks when the comparison says so
+            runner.secure_required = secure.enabled(job.info["parameters"])
         return runner
 
     async def cancel(self, job: LocalJob) -> None:

@@ -295,7 +295,12 @@ class Worker:
             shapes = [_shapes(result) for result in answer.results]
             if job is not None and request.ops[-1].name == "fip.open":
                 job.rows_used = int(answer.results[-1].get("rows_used", 0))
-            note = "masked: central can read only the sum over the sites" if masked else ""
+            note = (
+                "masked: central can read only the sum over the sites (a fit's row count "
+                "travels as declared when the job opened)"
+                if masked
+                else ""
+            )
         else:
             shapes, note = (
                 [],

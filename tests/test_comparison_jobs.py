@@ -247,6 +247,12 @@ def test_comparison_creation_errors_name_their_field(central: TestClient) -> Non
         ),
         ("an unknown method", {"compare": ["AVGMMICE", "NOPE"]}, "compare", ["NOPE"]),
         (
+            "secure aggregation beside methods that need per-site replies",
+            {"parameters": {**QUICK, "secure_aggregation": True}},
+            "param_secure_aggregation",
+            ["CSLMICE, AVGMMICE", "in the clear"],
+        ),
+        (
             "a parameter no method takes",
             {
                 "algorithm": "SIMI",

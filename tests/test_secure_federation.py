@@ -5,6 +5,7 @@ connection restored within the grace period completes the job; a killed site fai
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,11 @@ PARAMS: dict[str, Any] = {
     "iteration_between_imputations": 1,
 }
 TARGETS = [("bmi", "gaussian"), ("smoker", "logistic")]
+_KEY = r"((?:[0-9a-f]{4} ){7}[0-9a-f]{4})"
+_CENTRAL_KEY = re.compile(
+    r"<code>([^<]+)</code> secure aggregation: public key relayed, fingerprint " + _KEY
+)
+_SITE_KEY = re.compile(r"<li>([^<:]+?)( \(this site's own key\))?: <code>" + _KEY + "</code></li>")
 
 
 @pytest.fixture(scope="module")
@@ -136,11 +142,20 @@ def test_a_secure_job_over_tls_equals_the_simulation_masked_or_not(
     assert set(fingerprints) == {s.site_id for s in fed.sites}
     for fingerprint in fingerprints.values():
         assert fingerprint in page  # central's job page shows what it relayed
+    on_central_page = dict(re.findall(_CENTRAL_KEY, page))
+    assert on_central_page == fingerprints
     for site in fed.sites:
         with site.api() as api:
             shown = api.get(f"/api/jobs/{job_id}").json()["key_fingerprints"]
             ledger = [e for e in api.get("/api/ledger").json() if e["job_id"] == str(job_id)]
-        assert shown == fingerprints  # the site's page shows the same keys
+            site_page = api.get(f"/jobs/{job_id}")
+        assert shown == fingerprints  # the site's API shows the same keys
+        assert site_page.status_code == 200, site_page.text
+        block = site_page.text.split(f'id="job-{job_id}-keys"', 1)[1].split("</div>", 1)[0]
+        on_site_page = {name: key for name, _own, key in re.findall(_SITE_KEY, block)}
+        assert on_site_page == on_central_page  # what the site's user compares, key for key
+        owned = [name for name, own, _key in re.findall(_SITE_KEY, block) if own]
+        assert owned == [site.site_id]  # the page says which key is this site's own
         masked_entries = [e for e in ledger if "(masked)" in e["kind"]]
         assert masked_entries and all(e["note"].startswith("masked") for e in masked_entries)
         assert not any(

@@ -86,6 +86,19 @@ def create_job(
         for m in methods
     }
     sites = _participants(session, participants)
+    if compare and secure.enabled(params):  # each method that asks the sites must mask
+        clear = [
+            m.name
+            for m in methods
+            if m.algorithm.capabilities.uses_sites and not secure.enabled(resolved[m.name])
+        ]
+        if clear:
+            raise FieldInvalid(
+                f"parameter 'secure_aggregation': {', '.join(clear)} would still send each "
+                "site's replies in the clear (they need per-site values); compare only pooled "
+                "methods (and those on central's data alone) or turn the option off",
+                field="param_secure_aggregation",
+            )
     for method in methods:  # secure aggregation needs summed replies and two remote sites
         remote = [str(u.site_id) for u in sites] if method.algorithm.capabilities.uses_sites else []
         try:
