@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from algorithms import _glm, _glm_fit, _pmm
-from algorithms._stats import augment
+from algorithms import _glm, _newton, _pmm
+from algorithms._stats import Fit, augment
 
 LEVELS = 5
 
@@ -45,31 +45,31 @@ def simulate(family: str, rows: int, predictors: int, rng: np.random.Generator) 
     return augment(np.column_stack([x, y.astype(np.float64)]))
 
 
-def fit(family: str, sites: list[np.ndarray]) -> tuple[_glm_fit.GlmFit, int]:
+def fit(family: str, sites: list[np.ndarray]) -> tuple[Fit, int]:
     column = sites[0].shape[1] - 2
-    cols = _glm.design(sites[0], column, family)
-    levels = LEVELS if family != "poisson" else 0
+    kind = _newton.Family(family)
+    levels = tuple(float(v) for v in range(LEVELS if family != "poisson" else 0))
     asked = 0
 
-    async def evaluate(theta: np.ndarray) -> Mapping[str, Mapping[str, Any]]:
+    async def evaluate(theta: np.ndarray, first: bool) -> Mapping[str, Mapping[str, Any]]:
         nonlocal asked
-        replies = {}
-        for k, z in enumerate(sites):
-            reply = _glm.family_stats(family, z, None, column, theta, cols, levels=levels)
-            if asked == 0:
-                reply |= _glm.moments(z, None, column, cols, family=family, levels=levels)
-            replies[str(k)] = reply
         asked += 1
-        return replies
+        return {
+            str(k): kind.stats(z, None, column, theta, levels=levels, moments=first)
+            for k, z in enumerate(sites)
+        }
 
+    names = [*(f"c{j}" for j in range(column)), "(intercept)"]
     result = asyncio.run(
-        _glm_fit.fit_glm(
+        _newton.fit_pooled(
+            kind,
             evaluate,
-            family,
-            p=cols.size,
-            levels=[str(k) for k in range(levels)],
-            names=[f"c{j}" for j in cols],
+            start=None,
+            ridge=1e-5,
+            max_iter=100,
+            names=names,
             target="y",
+            levels=levels,
         )
     )
     return result, asked
@@ -102,7 +102,7 @@ def main() -> None:
         levels = LEVELS if family != "poisson" else 0
         one = best(
             args.repeat,
-            lambda z=z, cols=cols, family=family, levels=levels, theta=result.theta: (
+            lambda z=z, cols=cols, family=family, levels=levels, theta=result.beta: (
                 _glm.family_stats(family, z, None, args.predictors, theta, cols, levels=levels)
             ),
         )

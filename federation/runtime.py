@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from algorithms import methods
 from federation.data import Table
 from federation.errors import FipError, InputError, ProtocolError, SiteFailed
 from federation.job import CENTRAL, JobEvent, JobSpec, Target, random_stream
@@ -175,7 +176,9 @@ class CentralJob:
         the intercept) or as a mapping from those names to values (a subset is fine);
         ``dropped``, the predictors the fit left out as constant over its rows (mice's
         loggedEvents); ``augmented``, that separation made it add pseudo-rows."""
-        names = self.spec.predictors(target)
+        names = methods.get(target.type).parameter_names(
+            self.spec.predictors(target), target.levels
+        )
         if isinstance(coefficients, Mapping):
             unknown = sorted(set(coefficients) - set(names))
             if unknown:
@@ -184,8 +187,8 @@ class CentralJob:
         else:
             if len(coefficients) != len(names):
                 raise FipError(
-                    f"record_fit: {len(coefficients)} coefficients for {len(names)} design "
-                    f"columns of '{target.name}' ({', '.join(names)})"
+                    f"record_fit: {len(coefficients)} coefficients for {len(names)} parameters "
+                    f"of '{target.name}' ({', '.join(names)})"
                 )
             named = dict(zip(names, map(float, coefficients), strict=True))
         entry: dict[str, Any] = {
@@ -288,7 +291,7 @@ class CentralJob:
         """A site's results as its algorithm declared them; ``ProtocolError`` says what is off."""
         if len(results) != len(ops):
             raise ProtocolError(f"{len(results)} result(s) for {len(ops)} operation(s)")
-        dims = Dims.of(len(self.spec.columns), len(self.targets))
+        dims = self.spec.dims()
         checked: list[Result] = []
         for op, result in zip(ops, results, strict=True):
             if op.name == CLOSE:

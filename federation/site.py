@@ -307,7 +307,13 @@ class SiteRunner:
         check_columns(self.data, spec.columns)
         self._check_spec(spec)
         for target in spec.targets:
-            check_target_values(self.data, target.column, target.type, show_values=self._is_central)
+            check_target_values(
+                self.data,
+                target.column,
+                target.type,
+                show_values=self._is_central,
+                levels=target.levels,
+            )
         if not self._is_central:
             reasons = self.policy.check_job(
                 columns=spec.columns, participants=1 + len(set(spec.sites))
@@ -386,7 +392,7 @@ class SiteRunner:
             ),
             **extras,
         }
-        self._dims = Dims.of(len(spec.columns), len(spec.targets))
+        self._dims = spec.dims()
         try:
             return check_values(
                 OPEN,

@@ -198,7 +198,13 @@ def test_simi_report_has_the_required_keys(
     files = {name: (BUILTIN_DIR / "SIMI" / name).read_bytes() for name in file_names("SIMI")}
     assert re.fullmatch(r"[0-9a-f]{64}", found["digest"])
     assert found["digest"] == package_digest(files)
-    assert found["params"] == {"imputations": 2, "ridge": 1e-5, "max_iter": 100, "min_rows": 10}
+    assert found["params"] == {
+        "imputations": 2,
+        "ridge": 1e-5,
+        "max_iter": 100,
+        "min_rows": 10,
+        "donors": 5,
+    }
     assert found["seed"] == 7
 
     sites = found["sites"]
@@ -411,7 +417,7 @@ def test_param_values_are_read_as_json(
 
     assert code == 0, stderr
     params = report(out)["params"]
-    assert params == {"imputations": 2, "ridge": 0.01, "max_iter": 50, "min_rows": 5}
+    assert params == {"imputations": 2, "ridge": 0.01, "max_iter": 50, "min_rows": 5, "donors": 5}
     assert isinstance(params["max_iter"], int)
 
 
