@@ -74,7 +74,7 @@ class JobSpec:
             "version": self.version,
             "digest": self.digest,
             "columns": list(self.columns),
-            "targets": [_target_to_wire(t) for t in self.targets],
+            "targets": [target_to_wire(t) for t in self.targets],
             "params": dict(self.params),
             "seed": self.seed,
             "sites": list(self.sites),
@@ -95,7 +95,8 @@ class JobSpec:
         )
 
 
-def _target_to_wire(target: Target) -> dict[str, Any]:
+def target_to_wire(target: Target) -> dict[str, Any]:
+    """A target as a job spec carries it (its levels only for a method with levels)."""
     wire: dict[str, Any] = {"index": target.index, "name": target.name, "type": target.type}
     if target.levels:
         wire["levels"] = list(target.levels)

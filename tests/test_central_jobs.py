@@ -124,7 +124,7 @@ def _page_text(client: TestClient, job_id: int) -> str:
 def test_create_job_by_column_name(central: TestClient) -> None:
     job = _create(central)
     assert job["state"] == "created"
-    assert job["algorithm"] == "SIMICE" and job["version"] == "2.0.0"
+    assert job["algorithm"] == "SIMICE" and job["version"] == "2.1.0"
     assert job["digest"] == Registry.with_builtins().get("SIMICE").digest
     assert job["columns"] == list(COLUMNS)
     # The algorithm receives 1-based indices.
@@ -139,6 +139,7 @@ def test_create_job_by_column_name(central: TestClient) -> None:
         "ridge": 1e-5,
         "max_iter": 100,
         "min_rows": 18,  # max(10, 3p) with p = 6 columns
+        "donors": 5,
     }
     assert job["seed"] == 11
     assert job["participants"] == []
@@ -158,7 +159,13 @@ def test_create_job_by_column_name(central: TestClient) -> None:
         parameters={"ridge": 0.5, "min_rows": 40},
     )
     assert simi["targets"] == [{"index": 6, "name": "smoker", "type": "logistic"}]
-    assert simi["parameters"] == {"imputations": 5, "ridge": 0.5, "max_iter": 100, "min_rows": 40}
+    assert simi["parameters"] == {
+        "imputations": 5,
+        "ridge": 0.5,
+        "max_iter": 100,
+        "min_rows": 40,
+        "donors": 5,
+    }
 
 
 def test_the_seed_takes_its_whole_range(central: TestClient) -> None:

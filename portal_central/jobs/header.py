@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from algorithms import methods
+from algorithms.methods._levels import MAX_LEVELS
 from federation.data import CsvStream
 
 
@@ -17,6 +18,9 @@ class ColumnSummary:
     missing: int
     binary: bool
     """Every observed value is 0 or 1 (and there is at least one)."""
+    levels: tuple[float, ...] = ()
+    """Its distinct observed values when they are few integers (a categorical or ordinal
+    target's default levels), else empty."""
 
     @property
     def missing_share(self) -> float:
@@ -37,6 +41,7 @@ class HeaderReader:
         self._missing = np.zeros(0, dtype=np.int64)
         self._observed = np.zeros(0, dtype=np.int64)
         self._binary = np.zeros(0, dtype=bool)
+        self._values: list[set[float] | None] = []
 
     def feed(self, data: bytes) -> None:
         self._count(self._csv.feed(data))
@@ -49,6 +54,7 @@ class HeaderReader:
                 rows=self._csv.rows,
                 missing=int(self._missing[index]),
                 binary=bool(self._observed[index]) and bool(self._binary[index]),
+                levels=tuple(sorted(self._values[index] or ())),
             )
             for index, name in enumerate(self._csv.columns)
         ]
@@ -64,6 +70,19 @@ class HeaderReader:
             self._missing += missing.sum(axis=0)
             self._observed += (~missing).sum(axis=0)
             self._binary &= np.all(missing | (values == 0) | (values == 1), axis=0)
+            if not self._values:
+                self._values = [set() for _ in range(values.shape[1])]
+            for column, seen in enumerate(self._values):
+                if seen is None:
+                    continue
+                cells = values[:, column]
+                distinct = np.unique(cells[~np.isnan(cells)])
+                if (np.round(distinct) != distinct).any():
+                    self._values[column] = None
+                    continue
+                seen.update(float(v) for v in distinct)
+                if len(seen) > MAX_LEVELS:
+                    self._values[column] = None
 
 
 def summarize(content: bytes, *, label: str) -> list[ColumnSummary]:
