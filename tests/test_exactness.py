@@ -510,7 +510,7 @@ def check_current_data(
     original: np.ndarray, z: np.ndarray, observed: dict[int, np.ndarray], *, b_imputed: bool
 ) -> None:
     """z is the rows with complete non-targets, observed cells unchanged, every cell filled
-    (b's missing cells hold the site's mean until b's first imputation, then 0 or 1)."""
+    (b's missing cells hold draws of the site's observed b from the start: 0 or 1)."""
     kept = original[~np.isnan(original[:, [0, 1, 2]]).any(axis=1)]
     assert z.shape == (kept.shape[0], len(COLUMNS) + 1)
     assert np.all(z[:, -1] == 1.0)
