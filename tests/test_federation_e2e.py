@@ -128,13 +128,13 @@ def test_a_categorical_and_a_pmm_target_run_across_processes(
     rng = np.random.default_rng(5)
     files = {}
     for name, path in demo_files.items():
-        data = read_csv(path, label=f"{name}.csv")
-        age = data.values[:, data.columns.index("age")]
-        stage = np.digitize(age + rng.normal(0, 8, age.size), [50.0, 62.0]) + 1.0
-        stage[rng.random(age.size) < 0.15] = np.nan
-        values = np.column_stack([data.values, stage])
+        demo = read_csv(path, label=f"{name}.csv")
+        age = demo.values[:, demo.columns.index("age")]
+        drawn = np.digitize(age + rng.normal(0, 8, age.size), [50.0, 62.0]) + 1.0
+        drawn[rng.random(age.size) < 0.15] = np.nan
+        values = np.column_stack([demo.values, drawn])
         files[name] = tmp_path / f"{name}.csv"
-        files[name].write_bytes(dataset_csv((*data.columns, "stage"), values))
+        files[name].write_bytes(dataset_csv((*demo.columns, "stage"), values))
     columns = files["central"].read_text().splitlines()[0].split(",")
     targets = [("bmi", "pmm"), ("smoker", "logistic"), ("stage", "categorical")]
     params = {"iteration_before_first_imputation": 2, "iteration_between_imputations": 1}
@@ -157,11 +157,11 @@ def test_a_categorical_and_a_pmm_target_run_across_processes(
         )
         assert response.status_code == 201, response.text
         job_id = response.json()["id"]
-    for site, data in zip(fed.sites, ("north", "south"), strict=True):
+    for site, label in zip(fed.sites, ("north", "south"), strict=True):
         with site.api() as api:
             uploaded = api.post(
                 f"/api/jobs/{job_id}/data",
-                files={"file": (f"{data}.csv", files[data].read_bytes())},
+                files={"file": (f"{label}.csv", files[label].read_bytes())},
             )
             assert uploaded.status_code == 200, uploaded.text
             assert api.post(f"/api/jobs/{job_id}/start").status_code == 200
@@ -197,9 +197,10 @@ def test_a_categorical_and_a_pmm_target_run_across_processes(
     )
     assert downloaded.content == long_csv(expected)
     assert {f["type"] for f in report["fits"]} == {"pmm", "logistic", "categorical"}
-    stage, bmi = columns.index("stage"), columns.index("bmi")
+    stage: int = columns.index("stage")
+    bmi: int = columns.index("bmi")
     observed_bmi = central.values[~np.isnan(central.values[:, bmi]), bmi]
     for m in (1, 2):
-        data = expected.dataset(m)
-        assert set(np.unique(data[expected.missing[:, stage], stage])) <= {1.0, 2.0, 3.0}
-        assert np.isin(data[expected.missing[:, bmi], bmi], observed_bmi).all()
+        imputed = expected.dataset(m)
+        assert set(np.unique(imputed[expected.missing[:, stage], stage])) <= {1.0, 2.0, 3.0}
+        assert np.isin(imputed[expected.missing[:, bmi], bmi], observed_bmi).all()
