@@ -443,7 +443,11 @@ def _report(job: CentralJob, *, seconds: float) -> dict[str, Any]:
         "digest": spec.digest,
         "params": dict(spec.params),
         "seed": spec.seed,
-        "targets": [{"name": t.name, "index": t.index, "type": t.type} for t in spec.targets],
+        "targets": [
+            {"name": t.name, "index": t.index, "type": t.type}
+            | ({"levels": list(t.levels)} if t.levels else {})
+            for t in spec.targets
+        ],
         "sites": sites,
         "fits": job.fits,
         "warnings": job.warnings,

@@ -226,6 +226,8 @@ def test_imputations_are_values_the_column_may_hold(algorithm: str) -> None:
             else:
                 assert np.isin(imputed, own).all()
     assert {t["name"]: t["type"] for t in result.report["targets"]} == dict(targets)
+    named = {t["name"]: t.get("levels") for t in result.report["targets"]}
+    assert named["c"] == [1.0, 2.0, 3.0]
 
 
 # ---------------------------------------------------------------- invariance
