@@ -228,6 +228,27 @@ def test_every_creation_error_names_its_field(central: TestClient) -> None:
             ["SIMI", "one target", "2"],
         ),
         (
+            "a categorical target without its levels",
+            {"targets": [{"column": "sbp", "type": "categorical"}]},
+            {422},
+            {"targets"},
+            ["'sbp'", "categorical", "levels"],
+        ),
+        (
+            "a categorical target of two levels",
+            {"targets": [{"column": "smoker", "type": "categorical", "levels": [0, 1]}]},
+            {422},
+            {"targets"},
+            ["'smoker'", "2 level", "logistic"],
+        ),
+        (
+            "levels that are not integer codes",
+            {"targets": [{"column": "sbp", "type": "ordinal", "levels": [1, 2.5, 3]}]},
+            {422},
+            {"targets"},
+            ["'sbp'", "2.5", "integer"],
+        ),
+        (
             "an unknown parameter",
             {"parameters": {**QUICK, "tolerance": 0.1}},
             {422},
