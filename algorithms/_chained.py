@@ -13,9 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from algorithms import methods
+from algorithms import _pmm, methods
 from algorithms._federated import FitTarget, record
 from algorithms._stats import augment, total
+from federation.job import Target
 from federation.runtime import CentralJob
 from federation.site import SiteJob
 
@@ -50,9 +51,11 @@ def prepare(site: SiteJob) -> dict[str, Any]:
                 f"only {count} usable row(s) observe '{t.name}', fewer than this job's minimum of "
                 f"{minimum} (min_rows); this site does not take part"
             )
+        holes = ~observed[t.index]
+        if holes.any():
+            check_donors(site, t, count)
         if count:
             pool = z[observed[t.index], t.column]
-            holes = ~observed[t.index]
             z[holes, t.column] = pool[site.rng.integers(0, count, size=int(holes.sum()))]
     site.state.update(z=z, rows=observed)
     return {
@@ -63,6 +66,20 @@ def prepare(site: SiteJob) -> dict[str, Any]:
             [np.nansum(values[~incomplete, t.column]) for t in targets], dtype=np.float64
         ),
     }
+
+
+def check_donors(site: SiteJob, target: Target, observed: int) -> None:
+    """A pmm target is imputed from this participant's own observed rows: refuse, naming the
+    target, when they are fewer than ``donors`` (before anyone waits for a fit)."""
+    if target.type != "pmm":
+        return
+    donors = int(site.params.get("donors") or _pmm.DONORS)
+    if observed < donors:
+        site.refuse(
+            f"target '{target.name}' is imputed by pmm from this site's own observed values, "
+            f"among the {donors} nearest (donors), and this site observes {observed} usable "
+            "row(s) of it; lower donors, or impute it with gaussian"
+        )
 
 
 def fill_unobserved(site: SiteJob, *, means: np.ndarray) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from algorithms import methods
+from algorithms._chained import check_donors
 from algorithms._federated import FitTarget, record
 from algorithms._stats import augment
 from federation.runtime import CentralJob
@@ -38,6 +39,8 @@ def prepare(site: SiteJob, *, chained: str) -> dict[str, Any]:
                 f"{chained} for several incomplete columns"
             )
         site.state["impute_rows"] = target_missing
+        if target_missing.any():
+            check_donors(site, target, int((~target_missing & ~predictor_missing).sum()))
     complete = ~(target_missing | predictor_missing)
     site.state["z"] = augment(values[complete])
     site.state["rows"] = {target.index: None}

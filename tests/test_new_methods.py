@@ -332,3 +332,23 @@ def test_the_job_s_levels_may_hold_a_level_central_never_observes() -> None:
     result = run("SIMICE", central, sites, TARGETS, imputations=2, levels={"c": (1.0, 2.0, 3.0)})
     drawn = np.concatenate([result.dataset(m)[result.missing[:, C - 1], C - 1] for m in (1, 2)])
     assert 3.0 in drawn
+
+
+@pytest.mark.parametrize("algorithm", ["SIMI", "SIMICE"])
+def test_central_with_fewer_donors_than_asked_refuses_naming_the_target(algorithm: str) -> None:
+    """pmm imputes from the imputing participant's own rows: central observing 3 values of g
+    cannot draw among 5 donors, and says so before any fit."""
+    central, sites = network(45)
+    values = central.values.copy()
+    values[:, :2] = np.nan_to_num(values[:, :2])
+    for column in (C, ORD, N):
+        values[:, column - 1] = np.nan_to_num(values[:, column - 1], nan=1.0)
+    observed = np.flatnonzero(~np.isnan(values[:, G - 1]))
+    values[observed[3:], G - 1] = np.nan
+    central = table("central", COLUMNS, values)
+
+    with pytest.raises(FipError) as raised:
+        run(algorithm, central, sites, [("g", "pmm")], imputations=1)
+
+    message = str(raised.value)
+    assert "target 'g'" in message and "pmm" in message and "observes 3" in message
