@@ -352,3 +352,31 @@ def test_central_with_fewer_donors_than_asked_refuses_naming_the_target(algorith
 
     message = str(raised.value)
     assert "target 'g'" in message and "pmm" in message and "observes 3" in message
+
+
+@pytest.mark.parametrize("algorithm", ["AVGMMI", "CSLMI", "AVGMMICE", "CSLMICE"])
+def test_the_one_shot_families_impute_counts_and_matched_values(algorithm: str) -> None:
+    """AVGMMI(CE) and CSLMI(CE) offer poisson and pmm (one coefficient per design column)."""
+    central, sites = network(46)
+
+    def complete(t: Any, columns: Sequence[int]) -> Any:
+        values = t.values.copy()
+        for column in columns:
+            values[:, column - 1] = np.nan_to_num(values[:, column - 1], nan=1.0)
+        return table(t.label, COLUMNS, values)
+
+    chained = algorithm.endswith("CE")
+    targets = [("n", "poisson"), ("g", "pmm")] if chained else [("n", "poisson")]
+    fixed = (C, ORD) if chained else (C, ORD, G)
+    central = complete(central, fixed)
+    sites = {name: complete(t, fixed) for name, t in sites.items()}
+
+    result = run(algorithm, central, sites, targets, imputations=2)
+
+    observed_g = central.values[~np.isnan(central.values[:, G - 1]), G - 1]
+    for m in (1, 2):
+        data = result.dataset(m)
+        counts = data[result.missing[:, N - 1], N - 1]
+        assert counts.size and (counts >= 0).all() and (counts == np.round(counts)).all()
+        if chained:
+            assert np.isin(data[result.missing[:, G - 1], G - 1], observed_g).all()
