@@ -851,7 +851,7 @@ def test_a_comparison_across_sites_runs_every_method_after_one_start(
         assert seen["code_trusted"] is True and seen["state"] == "created"
         page = _soup(api.get(f"/jobs/{parent_id}").text).get_text(" ", strip=True)
         assert "This job compares methods" in page
-        trusted = re.findall(r"(\w+) 2\.0\.0 is built into this portal: trusted\.", page)
+        trusted = re.findall(r"(\w+) 2\.1\.0 is built into this portal: trusted\.", page)
         assert trusted == names[:3]  # the methods that run on this site's data, not IMICE
 
     assert _start_everywhere(fed, parent_id, demo_files) in ("running", "completed")
