@@ -380,3 +380,29 @@ def test_the_one_shot_families_impute_counts_and_matched_values(algorithm: str) 
         assert counts.size and (counts >= 0).all() and (counts == np.round(counts)).all()
         if chained:
             assert np.isin(data[result.missing[:, G - 1], G - 1], observed_g).all()
+
+
+@pytest.mark.parametrize("name", ["categorical", "ordinal"])
+def test_imputed_levels_follow_the_model_probabilities(name: str) -> None:
+    """At fixed parameters, the imputed levels of many identical rows have the model's level
+    probabilities, written here from the model's definition."""
+    from algorithms.methods import METHODS
+
+    method = METHODS[name]
+    rows = 200_000
+    z = np.tile([0.7, -1.2, np.nan, 1.0], (rows, 1))  # x1, x2, the target, the ones
+    levels = (2.0, 5.0, 9.0)
+    if name == "categorical":
+        theta = np.array([0.5, 0.3, -0.2, -1.0, 0.4, 0.1])  # level 5 then 9: x1, x2, intercept
+        eta = np.array([0.0, *(theta.reshape(2, 3) @ [0.7, -1.2, 1.0])])
+        expected = special.softmax(eta)
+    else:
+        theta = np.array([0.8, 0.5, -0.3, 0.9])  # slopes x1, x2; thresholds
+        cumulative = special.expit(theta[2:] - theta[:2] @ [0.7, -1.2])
+        expected = np.diff(np.concatenate([[0.0], cumulative, [1.0]]))
+    imputed = method.impute(
+        (z, None), (z, None), 2, np.random.default_rng(3), target="t", levels=levels, alpha=theta
+    )
+    shares = np.array([np.mean(imputed == level) for level in levels])
+    assert set(np.unique(imputed)) <= set(levels)
+    np.testing.assert_allclose(shares, expected, atol=4 * np.sqrt(0.25 / rows))
