@@ -406,3 +406,32 @@ def test_imputed_levels_follow_the_model_probabilities(name: str) -> None:
     shares = np.array([np.mean(imputed == level) for level in levels])
     assert set(np.unique(imputed)) <= set(levels)
     np.testing.assert_allclose(shares, expected, atol=4 * np.sqrt(0.25 / rows))
+
+
+def test_ordinal_draws_with_crossing_thresholds_are_redrawn() -> None:
+    """A draw whose thresholds do not increase lies outside the model: it is redrawn."""
+    from dataclasses import replace
+
+    from algorithms import _newton
+    from algorithms._stats import augment, draw_parameters
+    from algorithms.methods import METHODS
+
+    values = values_of(47, 400, missing=False)[:, [0, 1, ORD - 1]]
+    fit = _newton.fit_own(
+        _newton.ORDINAL,
+        augment(values),
+        None,
+        2,
+        ridge=1e-5,
+        max_iter=100,
+        names=["x1", "x2", "(intercept)"],
+        target="o",
+        levels=LEVELS[ORD],
+    )
+    loose = replace(fit, chol=fit.chol / 3.0)  # draws with 9 times the variance: some cross
+    raw = [draw_parameters(loose, np.random.default_rng(k))["alpha"] for k in range(200)]
+    assert any(np.any(np.diff(theta[2:]) <= 0) for theta in raw), "some raw draws cross"
+    rng = np.random.default_rng(8)
+    for _ in range(200):
+        drawn = METHODS["ordinal"].draw(loose, rng, target="o")["alpha"]
+        assert np.all(np.diff(drawn[2:]) > 0)
