@@ -1,53 +1,51 @@
-"""Pseudo-rows against separation (White, Daniel and Royston 2010), as mice's ``augment``.
+"""Pseudo-rows against separation (White, Daniel and Royston 2010), as mice's ``augment``: the
+one augmentation of every Newton fit that can separate (logistic, categorical, ordinal).
 
-A categorical or ordinal fit that separates is redone with a few weighted pseudo-rows added to
-the likelihood: for every predictor j and every level, two rows with every predictor at its
-pooled mean except j, at its mean plus and minus half its standard deviation, and the target
-at that level. With q predictors and K levels that is 2qK rows, each of weight (q + 1)/(2qK),
-so they weigh q + 1 rows in all: enough to keep every coefficient finite, too little to move a
-fit that does not separate by much.
+A fit that separates is redone with a few weighted pseudo-rows added to its likelihood: for
+every kept predictor j and every level of the target, two rows with every predictor at its
+pooled mean except j, at its mean plus and minus half its standard deviation, and the target at
+that level. With q predictors and K levels (K = 2 for a binary target) that is 2qK rows, each
+of weight (q + 1) / (2qK), so they weigh q + 1 rows in all: enough to keep every coefficient
+finite, too little to move a fit that does not separate by much.
 
-The pseudo-rows are built at central from the pooled n, column sums and sums of squares that
-every site sends with its first evaluation (``_glm.moments``): they hold no row of any site,
-so no site is asked anything more. mice computes the mean and SD over every row of the
-predictors and clamps the pseudo-values to the predictors' observed range; here the mean and
-SD are those of the rows the fit uses, and there is no clamping (a minimum or maximum is one
-row's value, which no site sends).
+The rows are built at central from the pooled n, column sums and sums of squares that every
+site sends with a fit's first evaluation (``_design.Moments``): they hold no row of any site,
+so no site is asked anything more. mice computes the mean and SD (divisor n - 1, R's ``sd``)
+over every row of the predictors and clamps the pseudo-values to the predictors' observed
+range; here they are those of the rows the fit uses, and there is no clamping (a minimum or a
+maximum is one row's value, which no site sends).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-from algorithms._glm import family_stats
+from algorithms._design import Moments
 
 
 @dataclass(frozen=True)
 class PseudoRows:
-    """The design rows, level indices and common weight of the pseudo-rows."""
+    """The pseudo-rows as a site's ``Z`` lays rows out: the design (intercept last), then the
+    target's level index 0..K-1 in column ``column``; and their common weight."""
 
-    x: np.ndarray
-    y: np.ndarray
+    z: np.ndarray
+    column: int
     weight: float
 
 
-def pseudo_rows(moments: Mapping[str, Any], *, levels: int) -> PseudoRows:
-    """The pseudo-rows of a design from its pooled moments (n, sums, squares). A design column
-    with no spread (the ones, a constant) keeps its mean and is not a predictor."""
-    n = float(moments["n"])
-    sums = np.asarray(moments["sums"], dtype=np.float64)
-    squares = np.asarray(moments["squares"], dtype=np.float64)
-    mean = sums / n
-    deviations = np.maximum(squares - sums**2 / n, 0.0)
-    sd = np.sqrt(deviations / max(n - 1.0, 1.0))  # mice: R's var, divisor n - 1
-    predictors = np.flatnonzero(deviations > 1e-12 * np.maximum(squares, 1.0))
+def pseudo_rows(moments: Moments, *, levels: int) -> PseudoRows | None:
+    """The pseudo-rows of a design from its pooled moments (None: no predictor to vary)."""
+    predictors = moments.kept[:-1]
     count = predictors.size
+    if count == 0:
+        return None
+    sd = np.sqrt(moments.ssd / max(moments.n - 1, 1))
+    centre = moments.mean.copy()
+    centre[-1] = 1.0
     rows = 2 * count * levels
-    x = np.tile(mean, (rows, 1))
+    x = np.tile(centre, (rows, 1))
     y = np.empty(rows)
     row = 0
     for j in predictors:
@@ -56,19 +54,7 @@ def pseudo_rows(moments: Mapping[str, Any], *, levels: int) -> PseudoRows:
                 x[row, j] += sign * sd[j]
                 y[row] = level
                 row += 1
-    return PseudoRows(x=x, y=y, weight=(count + 1) / rows if rows else 0.0)
-
-
-def pseudo_stats(
-    family: str, pseudo: PseudoRows, theta: np.ndarray, *, levels: int
-) -> dict[str, Any]:
-    """The weighted H, g and Q of the pseudo-rows at ``theta`` (n and saturated stay those of
-    the real rows: pseudo-rows are not rows the fit uses)."""
-    p = pseudo.x.shape[1]
-    z = np.column_stack([pseudo.x, pseudo.y])
-    stats = family_stats(family, z, None, p, theta, np.arange(p), levels=levels)
-    return {
-        "h": pseudo.weight * stats["h"],
-        "g": pseudo.weight * stats["g"],
-        "q": pseudo.weight * stats["q"],
-    }
+    # The target column goes just before the intercept, where a site's Z would have it last
+    # among its columns: every family's design is then "every other column, ones last".
+    z = np.column_stack([x[:, :-1], y, x[:, -1]])
+    return PseudoRows(z=z, column=x.shape[1] - 1, weight=(count + 1) / rows)

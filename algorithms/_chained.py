@@ -1,7 +1,8 @@
 """The chained-equations family (SIMICE, IMICE, AVGMMICE, CSLMICE).
 
 Site side: ``prepare`` keeps the rows whose non-target columns are complete and fills each
-target's missing cells with the site's observed mean; ``impute`` redraws a target's missing
+target's missing cells by random draws from the site's own observed values of it (mice's
+initialisation); ``impute`` redraws a target's missing
 cells from drawn parameters with the site's own noise. Central side: ``run`` cycles through
 the targets, fitting each with the method's strategy, and emits central's data every few cycles.
 """
@@ -12,15 +13,17 @@ from typing import Any
 
 import numpy as np
 
-from algorithms import methods
+from algorithms import _pmm, methods
 from algorithms._federated import FitTarget, record
-from algorithms._stats import augment, linear_predictor, total
+from algorithms._stats import augment, total
+from federation.job import Target
 from federation.runtime import CentralJob
 from federation.site import SiteJob
 
 
 def prepare(site: SiteJob) -> dict[str, Any]:
-    """Keep rows whose non-target columns are complete; fill targets with the site's means."""
+    """Keep rows whose non-target columns are complete; fill each target's missing cells with
+    random draws from this site's own observed values of it (mice's initialisation)."""
     values = site.data.values
     targets = site.targets
     target_columns = [t.column for t in targets]
@@ -48,8 +51,12 @@ def prepare(site: SiteJob) -> dict[str, Any]:
                 f"only {count} usable row(s) observe '{t.name}', fewer than this job's minimum of "
                 f"{minimum} (min_rows); this site does not take part"
             )
+        holes = ~observed[t.index]
+        if holes.any():
+            check_donors(site, t, count)
         if count:
-            z[~observed[t.index], t.column] = z[observed[t.index], t.column].mean()
+            pool = z[observed[t.index], t.column]
+            z[holes, t.column] = pool[site.rng.integers(0, count, size=int(holes.sum()))]
     site.state.update(z=z, rows=observed)
     return {
         "rows_used": int((~incomplete).sum()),
@@ -61,6 +68,20 @@ def prepare(site: SiteJob) -> dict[str, Any]:
     }
 
 
+def check_donors(site: SiteJob, target: Target, observed: int) -> None:
+    """A pmm target is imputed from this participant's own observed rows: refuse, naming the
+    target, when they are fewer than ``donors`` (before anyone waits for a fit)."""
+    if target.type != "pmm":
+        return
+    donors = int(site.params.get("donors") or _pmm.DONORS)
+    if observed < donors:
+        site.refuse(
+            f"target '{target.name}' is imputed by pmm from this site's own observed values, "
+            f"among the {donors} nearest (donors), and this site observes {observed} usable "
+            "row(s) of it; lower donors, or impute it with gaussian"
+        )
+
+
 def fill_unobserved(site: SiteJob, *, means: np.ndarray) -> None:
     """Targets this site never observes start at the pooled mean of all sites."""
     z = site.state["z"]
@@ -69,13 +90,26 @@ def fill_unobserved(site: SiteJob, *, means: np.ndarray) -> None:
             z[:, t.column] = mean
 
 
-def impute(site: SiteJob, *, target: int, alpha: np.ndarray, **drawn: Any) -> None:
-    """Draw this site's missing cells of a target from the drawn parameters, own noise."""
-    method = methods.get(next(t.type for t in site.targets if t.index == target))
+def impute(site: SiteJob, *, target: int, **drawn: Any) -> None:
+    """Draw this site's missing cells of a target from the drawn parameters, own noise (pmm:
+    this site's own observed rows are the donors)."""
+    spec_target = next(t for t in site.targets if t.index == target)
+    method = methods.get(spec_target.type)
     z = site.state["z"]
-    rows = ~site.state["rows"][target]
-    eta = linear_predictor(z, rows, target - 1, alpha)
-    z[rows, target - 1] = method.impute(eta, site.rng, alpha=alpha, **drawn)
+    observed = site.state["rows"][target]
+    rows = ~observed
+    if not rows.any():
+        return
+    z[rows, target - 1] = method.impute(
+        (z, rows),
+        (z, observed),
+        target - 1,
+        site.rng,
+        target=spec_target.name,
+        levels=spec_target.levels,
+        params=site.params,
+        **drawn,
+    )
 
 
 def completed(site: SiteJob) -> dict[str, Any]:
@@ -108,7 +142,7 @@ async def run(job: CentralJob, fit_target: FitTarget) -> None:
                 if fit.iterations is not None:  # a Newton fit starts from its last optimum
                     starts[target.index] = fit.beta
                 record(job, target, fit, cycle=cycle)
-                drawn = methods.get(target.type).draw(fit, job.rng)
+                drawn = methods.get(target.type).draw(fit, job.rng, target=target.name)
                 await job.tell("impute", target=target.index, **drawn)
         job.emit_imputation((await job.local("completed"))["values"])
         job.log(f"imputed dataset {m} of {imputations} after cycle {cycle}")

@@ -119,3 +119,114 @@ class Moments:
         a = self.centring()[:, self.kept]
         result: np.ndarray = a.T @ np.asarray(vector, dtype=np.float64)
         return result
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each entry of a fit's parameter vector theta sits, and the centred coordinates of
+    theta that follow from the design's :class:`Moments`.
+
+    ``column[i]`` is the design column that entry i multiplies (the intercept's: the last), or
+    -1 for an ordinal threshold; ``group[i]`` ties slopes to the intercept (or thresholds) of
+    the same linear predictor: one group for logistic, Poisson and Gaussian, one per non-reference
+    level for categorical. An intercept is centred as b0 = b0_c - xbar'b (its predictor is
+    x'b + b0), a threshold as zeta = zeta_c + xbar'b (its predictor is zeta - x'b), so that
+    theta = T theta_c with T the identity but for those entries. Kept entries: slopes of the
+    kept (non-constant) design columns, every intercept and threshold.
+    """
+
+    moments: Moments
+    column: np.ndarray
+    group: np.ndarray
+
+    @classmethod
+    def linear(cls, moments: Moments, groups: int = 1) -> Layout:
+        """``groups`` linear predictors over the whole design (categorical: K - 1 of them)."""
+        p = moments.mean.size
+        return cls(
+            moments=moments,
+            column=np.tile(np.arange(p), groups),
+            group=np.repeat(np.arange(groups), p),
+        )
+
+    @classmethod
+    def ordinal(cls, moments: Moments, thresholds: int) -> Layout:
+        """Slopes of the design without its intercept, then ``thresholds`` thresholds."""
+        p = moments.mean.size
+        return cls(
+            moments=moments,
+            column=np.concatenate([np.arange(p - 1), np.full(thresholds, -1)]),
+            group=np.zeros(p - 1 + thresholds, dtype=np.intp),
+        )
+
+    @property
+    def _intercept(self) -> np.ndarray:
+        intercept = self.moments.mean.size - 1
+        mask: np.ndarray = (self.column == intercept) | (self.column < 0)
+        return mask
+
+    @property
+    def kept(self) -> np.ndarray:
+        """Indices of theta in the fit: intercepts, thresholds, slopes of kept columns."""
+        kept_columns = np.zeros(self.moments.mean.size, dtype=bool)
+        kept_columns[self.moments.kept] = True
+        keep = self._intercept | kept_columns[np.maximum(self.column, 0)]
+        return np.flatnonzero(keep)
+
+    def transform(self) -> np.ndarray:
+        """T (full width): theta = T theta_c."""
+        size = self.column.size
+        t = np.eye(size)
+        intercept = self._intercept
+        slopes = ~intercept
+        for i in np.flatnonzero(intercept):
+            sign = 1.0 if self.column[i] < 0 else -1.0
+            same = np.flatnonzero(slopes & (self.group == self.group[i]))
+            t[i, same] = sign * self.moments.mean[self.column[same]]
+        return t
+
+    def to_centred(self, theta: np.ndarray) -> np.ndarray:
+        """The kept centred entries of ``theta`` (a constant predictor's term goes into its
+        intercept, the same in every row of the fit)."""
+        inverse = 2.0 * np.eye(self.column.size) - self.transform()  # T - I is nilpotent
+        result: np.ndarray = (inverse @ np.asarray(theta, dtype=np.float64))[self.kept]
+        return result
+
+    def to_original(self, centred: np.ndarray) -> np.ndarray:
+        """Full theta (0 for dropped slopes) from the kept centred entries."""
+        result: np.ndarray = self.transform()[:, self.kept] @ centred
+        return result
+
+    def centre_matrix(self, matrix: np.ndarray) -> np.ndarray:
+        """T'MT over the kept entries, for a Hessian M in original coordinates."""
+        t = self.transform()[:, self.kept]
+        centred = t.T @ np.asarray(matrix, dtype=np.float64) @ t
+        symmetric: np.ndarray = (centred + centred.T) / 2.0
+        return symmetric
+
+    def centre_vector(self, vector: np.ndarray) -> np.ndarray:
+        result: np.ndarray = self.transform()[:, self.kept].T @ np.asarray(vector, np.float64)
+        return result
+
+    def full_penalty(self, ridge: float) -> np.ndarray:
+        """diag(P) over every entry: lambda * C of its column for slopes, 0 otherwise."""
+        diagonal = ridge * self.moments.ssd[np.maximum(self.column, 0)]
+        diagonal[self._intercept] = 0.0
+        result: np.ndarray = diagonal
+        return result
+
+    def penalty(self, ridge: float) -> np.ndarray:
+        result: np.ndarray = self.full_penalty(ridge)[self.kept]
+        return result
+
+    def scale(self) -> np.ndarray:
+        """Each kept entry's unit: its predictor's SD for a slope, 1 otherwise."""
+        scale = self.moments.sd[np.maximum(self.column, 0)]
+        scale[self._intercept] = 1.0
+        result: np.ndarray = scale[self.kept]
+        return result
+
+    def slopes(self) -> np.ndarray:
+        """Mask over the kept entries: which are slopes."""
+        result: np.ndarray = ~self._intercept[self.kept]
+        return result

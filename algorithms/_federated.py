@@ -41,6 +41,7 @@ async def fit_pooled(job: CentralJob, target: Target, start: np.ndarray | None =
         max_iter=int(job.params["max_iter"]),
         names=job.spec.predictors(target),
         target=target.name,
+        levels=target.levels,
     )
     if not fit.converged:
         job.warn(

@@ -79,15 +79,26 @@ def _blocks(
             yield block[:, cols], block[:, column]
 
 
-def _codes(y: np.ndarray, family: str, levels: int, column: int) -> np.ndarray:
-    """The target's values as integers, or a refusal when one is not a level / a count."""
-    codes = y.astype(np.int64)
+def level_values(levels: np.ndarray | int) -> np.ndarray:
+    """The level values in order: as given, or 0..K-1 for a count K."""
+    if isinstance(levels, int | np.integer):
+        return np.arange(int(levels), dtype=np.float64)
+    return np.asarray(levels, dtype=np.float64)
+
+
+def _codes(y: np.ndarray, family: str, levels: np.ndarray | int, column: int) -> np.ndarray:
+    """The target's values as level indices 0..K-1 (the position of each value in the job's
+    level list) or counts, or a refusal when one is not a level / a count."""
     if family == "poisson":
+        codes = y.astype(np.int64)
         bad = ~np.isfinite(y) | (y < 0) | (codes != y)
         what = "a count (an integer >= 0)"
     else:
-        bad = ~np.isfinite(y) | (codes != y) | (codes < 0) | (codes >= levels)
-        what = f"a level index 0..{levels - 1}"
+        values = level_values(levels)
+        codes = np.searchsorted(values, y).astype(np.int64)
+        inside = np.minimum(codes, values.size - 1)
+        bad = ~np.isfinite(y) | (codes >= values.size) | (values[inside] != y)
+        what = "a level of the job (" + ", ".join(f"{v:g}" for v in values) + ")"
     if bad.any():
         raise SiteRefused(
             f"column {column + 1}: {int(bad.sum())} observed value(s) are not {what} "
@@ -103,21 +114,21 @@ def moments(
     cols: np.ndarray,
     *,
     family: str,
-    levels: int = 0,
+    levels: np.ndarray | int = 0,
 ) -> dict[str, Any]:
     """n, the design's column sums and sums of squares (the penalty's diagonal), and for a
     categorical or ordinal target the number of rows at each level."""
     p = cols.size
     sums = np.zeros(p)
     squares = np.zeros(p)
-    counts = np.zeros(levels, dtype=np.int64)
+    counts = np.zeros(level_values(levels).size, dtype=np.int64)
     n = 0
     for x, y in _blocks(z, rows, cols, column):
         sums += x.sum(axis=0)
         squares += np.einsum("ij,ij->j", x, x)
         n += y.size
         if family != "poisson":
-            counts += np.bincount(_codes(y, family, levels, column), minlength=levels)
+            counts += np.bincount(_codes(y, family, levels, column), minlength=counts.size)
     result: dict[str, Any] = {"n": n, "sums": sums, "squares": squares}
     if family != "poisson":
         result["counts"] = counts
@@ -179,7 +190,7 @@ def categorical_stats(
     theta: np.ndarray,
     cols: np.ndarray,
     *,
-    levels: int,
+    levels: np.ndarray | int,
 ) -> dict[str, Any]:
     """n, H, g and Q of the multinomial logit at B = ``theta`` (class by class), and the
     number of saturated rows (fitted probability of the observed level within SATURATED of 1).
@@ -188,8 +199,10 @@ def categorical_stats(
     g = vec(X'(Y - P)), H block (k, l) = X' diag(P_k (delta_kl - P_l)) X,
     Q = sum_i (eta_i[y_i] - log(1 + sum_k exp(eta_ik))).
     """
+    values = level_values(levels)
+    count = values.size
     p = cols.size
-    classes = levels - 1
+    classes = count - 1
     beta = theta.reshape(classes, p).T
     h = np.zeros((classes * p, classes * p))
     g = np.zeros((classes, p))
@@ -197,7 +210,7 @@ def categorical_stats(
     n = 0
     saturated = 0
     for x, y in _blocks(z, rows, cols, column):
-        codes = _codes(y, "categorical", levels, column)
+        codes = _codes(y, "categorical", values, column)
         m = codes.size
         eta = x @ beta
         full = np.concatenate([np.zeros((m, 1)), eta], axis=1)
@@ -205,7 +218,7 @@ def categorical_stats(
         lse = top + np.log(np.exp(full - top[:, None]).sum(axis=1))
         prob = np.exp(full - lse[:, None])  # (m, K), every entry computed without overflow
         q += float(full[np.arange(m), codes].sum() - lse.sum())
-        indicator = np.zeros((m, levels))
+        indicator = np.zeros((m, count))
         indicator[np.arange(m), codes] = 1.0
         g += (indicator[:, 1:] - prob[:, 1:]).T @ x
         weighted = (prob[:, 1:, None] * x[:, None, :]).reshape(m, classes * p)
@@ -240,7 +253,7 @@ def ordinal_stats(
     theta: np.ndarray,
     cols: np.ndarray,
     *,
-    levels: int,
+    levels: np.ndarray | int,
 ) -> dict[str, Any]:
     """n, H, g and Q of the proportional-odds model at theta = (beta, zeta), and the number of
     saturated rows. ``zeta`` must be strictly increasing (central never asks otherwise).
@@ -252,12 +265,14 @@ def ordinal_stats(
     d2l/db2 = -f(b) - v, d2l/da2 = -f(a) - v, d2l/da db = v,
     and b, a depend on beta through -x, so the beta-beta block is -x x' (f(a) + f(b)).
     """
+    values = level_values(levels)
+    count = values.size
     p = cols.size
     beta, zeta = theta[:p], theta[p:]
-    if zeta.size != levels - 1 or np.any(np.diff(zeta) <= 0.0):
+    if zeta.size != count - 1 or np.any(np.diff(zeta) <= 0.0):
         raise ValueError("ordinal thresholds must be strictly increasing")
     edges = np.concatenate([[-np.inf], zeta, [np.inf]])
-    t = levels - 1
+    t = count - 1
     h_bb = np.zeros((p, p))
     h_bz = np.zeros((p, t))
     h_zz = np.zeros((t, t))
@@ -267,7 +282,7 @@ def ordinal_stats(
     n = 0
     saturated = 0
     for x, y in _blocks(z, rows, cols, column):
-        codes = _codes(y, "ordinal", levels, column)
+        codes = _codes(y, "ordinal", values, column)
         m = codes.size
         eta = x @ beta
         upper = edges[codes + 1] - eta
@@ -283,17 +298,17 @@ def ordinal_stats(
         d_up = expit(-upper) + u
         d_lo = -expit(lower) - u
         g_b -= x.T @ (d_up + d_lo)
-        g_z += np.bincount(codes, d_up, minlength=levels)[:t]
-        g_z += np.bincount(codes, d_lo, minlength=levels)[1:]
+        g_z += np.bincount(codes, d_up, minlength=count)[:t]
+        g_z += np.bincount(codes, d_lo, minlength=count)[1:]
         h_bb += (x * (f_up + f_lo)[:, None]).T @ x
-        touch = np.zeros((m, levels + 1))  # column k + 1 gathers the weight on zeta_k
+        touch = np.zeros((m, count + 1))  # column k + 1 gathers the weight on zeta_k
         touch[np.arange(m), codes + 1] += f_up
         touch[np.arange(m), codes] += f_lo
-        h_bz -= x.T @ touch[:, 1:levels]
-        diagonal = np.bincount(codes, f_up + v, minlength=levels)[:t]
-        diagonal += np.bincount(codes, f_lo + v, minlength=levels)[1:]
+        h_bz -= x.T @ touch[:, 1:count]
+        diagonal = np.bincount(codes, f_up + v, minlength=count)[:t]
+        diagonal += np.bincount(codes, f_lo + v, minlength=count)[1:]
         h_zz[np.diag_indices(t)] += diagonal
-        between = np.bincount(codes, v, minlength=levels)[1:t]  # rows at levels 1..K-2
+        between = np.bincount(codes, v, minlength=count)[1:t]  # rows at levels 1..K-2
         h_zz[np.arange(t - 1), np.arange(1, t)] -= between
         h_zz[np.arange(1, t), np.arange(t - 1)] -= between
         others = expit(lower) + expit(-upper)  # F(a) + 1 - F(b)
@@ -311,7 +326,7 @@ def family_stats(
     theta: np.ndarray,
     cols: np.ndarray,
     *,
-    levels: int = 0,
+    levels: np.ndarray | int = 0,
 ) -> dict[str, Any]:
     """The site statistics of ``family`` at ``theta`` (one function for a site's handler)."""
     if family == "poisson":

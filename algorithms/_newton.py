@@ -1,24 +1,24 @@
-"""Penalised Newton for a binary target, pooled or on one participant's rows (ALGORITHMS.md,
-"Newton fits"), with the handling of separation.
+"""The one penalised Newton of every Newton method (logistic, categorical, ordinal, Poisson),
+pooled or on one participant's rows (ALGORITHMS.md, "Newton fits"), with separation handled.
 
-The steps are a generator without I/O: it yields each beta to evaluate and is sent the sums at
-it (n, H = X'WX, g = X'(y - p), Q the log-likelihood; at the first beta also the design's column
-sums and sums of squares, which set the penalty). The same steps serve a pooled fit (each
-evaluation one ask of every participant) and a site's own fit (a local computation).
+The steps are a generator without I/O: it yields each theta to evaluate and is sent the sums at
+it (n, H the information, g the gradient, Q the log-likelihood; categorical and ordinal also the
+rows fitted with probability ~1, Poisson the rows whose mean overflows; at the first theta also
+the design's column sums and sums of squares, which set the penalty, and the rows at each
+level). The same steps serve a pooled fit (each evaluation one ask of every participant) and a
+site's own fit (a local computation). A :class:`Family` says what differs: the site statistics,
+the layout of theta (``_design.Layout``), the cold start and which theta lie in the model.
 
 Steps are taken in the centred coordinates of ``_design``, where the penalty is diagonal and the
-convergence test (no coefficient moves by ``TOLERANCE`` in units of its predictor's standard
+convergence test (no parameter moves by ``TOLERANCE`` in units of its predictor's standard
 deviation) does not depend on the data's units. Backtracking halves the step from 1 until the
-Armijo condition Q(beta + t d) - Q(beta) >= 1e-4 t d'g holds.
+Armijo condition Q(theta + t d) - Q(theta) >= 1e-4 t d'g holds; a candidate outside the model
+(ordinal thresholds that do not increase) or whose likelihood overflows is halved without asking.
 
-Separation: when the coefficients run off (a predictor's log-odds over one standard deviation
-beyond ``SEPARATED``, or the Hessian vanishing on the way there), the fit is redone with the
-pseudo-rows of White, Daniel and Royston (2010), as mice's logreg uses: for every kept
-predictor, rows at its mean plus and minus half its standard deviation (the others at their
-means), once with y = 0 and once with y = 1, each of weight (p + 1) / (4p) for p predictors.
-They are built from the pooled means and standard deviations of the fit's rows (aggregates;
-mice also clips them to each predictor's range, which would need the sites' minima and maxima)
-and added by central; the fit says it was augmented.
+Separation (logistic, categorical, ordinal): when a slope runs off (beyond ``SEPARATED`` on the
+logit scale per standard deviation of its predictor), the Hessian vanishes on the way there, or
+rows are fitted with probability 1 for their level, the fit is redone from 0 with the pseudo-rows
+of ``_augmentation`` and says it was augmented.
 """
 
 from __future__ import annotations
@@ -29,21 +29,111 @@ from typing import Any
 
 import numpy as np
 from scipy.linalg import cho_solve
-from scipy.special import expit
 
-from algorithms._design import Moments
-from algorithms._stats import Fit, _cholesky, logistic_stats, total
+from algorithms import _glm
+from algorithms._augmentation import PseudoRows, pseudo_rows
+from algorithms._design import Layout, Moments
+from algorithms._stats import Fit, _cholesky, design, logistic_stats, total
 from federation.errors import FitError
 
 TOLERANCE = 1e-5
-"""Newton stops when no coefficient would move by this much (in its predictor's SD units)."""
+"""Newton stops when no parameter would move by this much (in its predictor's SD units)."""
 ARMIJO = 1e-4
 SEPARATED = 10.0
 """A slope beyond this many log-odds per standard deviation of its predictor is separation."""
 _MIN_STEP = 2.0**-40
 
 Sums = Mapping[str, Any]
-"""n, h (X'WX), g (X'(y - p)) and q (log-likelihood) at one beta, summed over whoever fits."""
+"""n, h, g and q at one theta (and saturated, overflow, and at the first the moments), summed."""
+
+
+@dataclass(frozen=True)
+class Family:
+    """What a Newton method's fit needs to know of its model."""
+
+    name: str
+    """logistic, categorical, ordinal or poisson."""
+
+    @property
+    def has_levels(self) -> bool:
+        return self.name in ("categorical", "ordinal")
+
+    @property
+    def separates(self) -> bool:
+        return self.name != "poisson"
+
+    def size(self, p: int, levels: int) -> int:
+        """Length of theta for a design of p columns (intercept included) and K levels."""
+        if self.name == "categorical":
+            return p * (levels - 1)
+        if self.name == "ordinal":
+            return p - 1 + levels - 1
+        return p
+
+    def layout(self, moments: Moments, levels: int) -> Layout:
+        if self.name == "categorical":
+            return Layout.linear(moments, groups=levels - 1)
+        if self.name == "ordinal":
+            return Layout.ordinal(moments, thresholds=levels - 1)
+        return Layout.linear(moments)
+
+    def start(self, p: int, levels: int) -> np.ndarray:
+        """The cold start: 0, and ordinal thresholds at logit(k / K) (equal level shares)."""
+        theta = np.zeros(self.size(p, levels))
+        if self.name == "ordinal":
+            shares = np.arange(1, levels) / levels
+            theta[p - 1 :] = np.log(shares / (1.0 - shares))
+        return theta
+
+    def in_model(self, theta: np.ndarray, p: int) -> bool:
+        """Ordinal thresholds must increase; every other theta is inside the model."""
+        return self.name != "ordinal" or bool(np.all(np.diff(theta[p - 1 :]) > 0.0))
+
+    def names(self, names: Sequence[str], levels: Sequence[float]) -> list[str]:
+        """A name for every entry of theta, for messages: ``x[level]``, ``threshold a|b``."""
+        shown = [_level(v) for v in levels]
+        if self.name == "categorical":
+            return [f"{name}[{level}]" for level in shown[1:] for name in names]
+        if self.name == "ordinal":
+            cuts = [f"threshold {a}|{b}" for a, b in zip(shown[:-1], shown[1:], strict=True)]
+            return [*names[:-1], *cuts]
+        return list(names)
+
+    def stats(
+        self,
+        z: np.ndarray,
+        rows: np.ndarray | None,
+        column: int,
+        theta: np.ndarray,
+        *,
+        levels: Sequence[float] = (),
+        moments: bool = False,
+    ) -> dict[str, Any]:
+        """A participant's sums at ``theta`` over its selected rows; with ``moments`` (a fit's
+        first evaluation) also its design's column sums and squares and rows per level."""
+        if self.name == "logistic":
+            return logistic_stats(z, rows, column, theta, moments=moments)
+        cols = _glm.design(z, column, self.name)
+        values = np.asarray(levels, dtype=np.float64)
+        result = _glm.family_stats(self.name, z, rows, column, theta, cols, levels=values)
+        if moments:
+            extra = _glm.moments(
+                z, rows, column, design(z, column), family=self.name, levels=values
+            )
+            result.update(sums=extra["sums"], squares=extra["squares"])
+            if "counts" in extra:
+                result["counts"] = extra["counts"]
+        return result
+
+
+LOGISTIC = Family("logistic")
+CATEGORICAL = Family("categorical")
+ORDINAL = Family("ordinal")
+POISSON = Family("poisson")
+
+
+def _level(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 class _Separation(Exception):
@@ -52,94 +142,90 @@ class _Separation(Exception):
 
 @dataclass(frozen=True)
 class _Point:
-    beta_c: np.ndarray
+    theta_c: np.ndarray
     h: np.ndarray
     g: np.ndarray
     q: float
     h_raw: np.ndarray
-
-
-@dataclass(frozen=True)
-class _Pseudo:
-    """The augmentation's rows in centred coordinates (over the kept columns), y and weight."""
-
-    x: np.ndarray
-    y: np.ndarray
-    weight: float
-
-
-def pseudo_rows(moments: Moments) -> _Pseudo | None:
-    """White, Daniel and Royston's rows from the pooled means and SDs (None: no predictor)."""
-    slopes = moments.kept[:-1]
-    p = slopes.size
-    if p == 0:
-        return None
-    sd = moments.sd[slopes]
-    rows = []
-    ys = []
-    for position in range(p):
-        for y in (0.0, 1.0):
-            for sign in (0.5, -0.5):
-                row = np.zeros(p + 1)
-                row[position] = sign * sd[position]
-                row[-1] = 1.0
-                rows.append(row)
-                ys.append(y)
-    return _Pseudo(x=np.array(rows), y=np.array(ys), weight=(p + 1) / (4.0 * p))
-
-
-def _pseudo_sums(pseudo: _Pseudo, beta_c: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    eta = pseudo.x @ beta_c
-    mu = expit(eta)
-    w = pseudo.weight
-    h = w * (pseudo.x * (mu * (1.0 - mu))[:, None]).T @ pseudo.x
-    g = w * pseudo.x.T @ (pseudo.y - mu)
-    q = w * float(pseudo.y @ eta - np.logaddexp(0.0, eta).sum())
-    return h, g, q
+    saturated: int
 
 
 def newton(
-    *, start: np.ndarray, ridge: float, max_iter: int, names: Sequence[str], target: str
+    family: Family,
+    *,
+    start: np.ndarray | None,
+    ridge: float,
+    max_iter: int,
+    names: Sequence[str],
+    target: str,
+    levels: Sequence[float] = (),
 ) -> Generator[np.ndarray, Sums, Fit]:
-    """Penalised Newton with backtracking; yields each beta to evaluate, returns the fit (see
-    the module's docstring). The first beta's sums must carry ``sums`` and ``squares``."""
-    start = np.array(start, dtype=np.float64)
+    """Penalised Newton with backtracking; yields each theta to evaluate, returns the fit (see
+    the module's docstring). The first theta's sums must carry ``sums`` and ``squares`` (and
+    ``counts`` for a target with levels). ``names`` are the design's columns, intercept last."""
+    p = len(names)
+    k = len(levels)
+    if family.has_levels and k < 3:
+        raise FitError(
+            f"target '{target}': a {family.name} target needs at least 3 levels, got {k}"
+        )
+    cold = family.start(p, k if family.has_levels else 2)
+    start = cold if start is None else np.array(start, dtype=np.float64)
+    if start.size != cold.size or not family.in_model(start, p):
+        start = cold
+    labels = family.names(names, levels)
     first = yield start
     n = int(first["n"])
     if n == 0:
         raise FitError(f"target '{target}': no row has it and every predictor observed")
+    if family.has_levels:
+        counts = np.asarray(first["counts"])
+        empty = [_level(levels[int(i)]) for i in np.flatnonzero(counts == 0)]
+        if empty:
+            raise FitError(
+                f"target '{target}': level(s) {', '.join(empty)} never observed among the rows "
+                "used; the model cannot estimate them: drop the level or merge it"
+            )
     moments = Moments.of(n, first["sums"], first["squares"], names)
-    kept_names = [names[int(j)] for j in moments.kept]
-    penalty = moments.penalty(ridge)
-    scale = moments.sd[moments.kept]
+    layout = family.layout(moments, k)
+    kept_names = [labels[int(j)] for j in layout.kept]
+    penalty = layout.penalty(ridge)
+    scale = layout.scale()
+    slopes = layout.slopes()
+    pseudo_levels = tuple(float(v) for v in range(max(k, 2)))
 
-    def point(beta_c: np.ndarray, sums: Sums, pseudo: _Pseudo | None) -> _Point:
+    def usable(sums: Sums) -> bool:
+        return int(sums.get("overflow", 0)) == 0 and bool(np.isfinite(float(sums["q"])))
+
+    def point(theta_c: np.ndarray, sums: Sums, pseudo: PseudoRows | None) -> _Point:
         if int(sums["n"]) != n:
             raise FitError(f"target '{target}': the rows changed during the fit")
         h_raw = np.asarray(sums["h"], dtype=np.float64)
-        h = moments.centre_matrix(h_raw)
-        g = moments.centre_vector(sums["g"])
-        q = float(sums["q"])
+        h, g, q = h_raw, np.asarray(sums["g"], dtype=np.float64), float(sums["q"])
         if pseudo is not None:
-            h_aug, g_aug, q_aug = _pseudo_sums(pseudo, beta_c)
-            h, g, q = h + h_aug, g + g_aug, q + q_aug
+            extra = family.stats(
+                pseudo.z, None, pseudo.column, layout.to_original(theta_c), levels=pseudo_levels
+            )
+            w = pseudo.weight
+            h, g, q = h + w * extra["h"], g + w * extra["g"], q + w * float(extra["q"])
         return _Point(
-            beta_c=beta_c,
-            h=h + np.diag(penalty),
-            g=g - penalty * beta_c,
-            q=q - float(penalty @ beta_c**2) / 2.0,
+            theta_c=theta_c,
+            h=layout.centre_matrix(h) + np.diag(penalty),
+            g=layout.centre_vector(g) - penalty * theta_c,
+            q=q - float(penalty @ theta_c**2) / 2.0,
             h_raw=h_raw,
+            saturated=int(sums.get("saturated", 0)),
         )
 
     def climb(
-        current: _Point, pseudo: _Pseudo | None
+        current: _Point, pseudo: PseudoRows | None
     ) -> Generator[np.ndarray, Sums, tuple[_Point, int, bool]]:
         iterations = 0
         while iterations < max_iter:
             try:
                 chol = _cholesky(current.h, names=kept_names, target=target)
             except FitError:
-                if pseudo is None and iterations > 0:
+                if family.separates and pseudo is None and (iterations > 0 or current.saturated):
                     raise _Separation from None
                 raise
             direction = cho_solve((chol, True), current.g)
@@ -153,38 +239,49 @@ def newton(
             rounding = 1e-12 * (1.0 + abs(current.q))
             step = 1.0
             while True:
-                beta_c = current.beta_c + step * direction
-                candidate = point(beta_c, (yield moments.to_original(beta_c)), pseudo)
-                if candidate.q - current.q >= ARMIJO * slope * step - rounding:
-                    break
+                theta_c = current.theta_c + step * direction
+                theta = layout.to_original(theta_c)
+                if family.in_model(theta, p):
+                    sums = yield theta
+                    if usable(sums):
+                        candidate = point(theta_c, sums, pseudo)
+                        if candidate.q - current.q >= ARMIJO * slope * step - rounding:
+                            break
                 step /= 2.0
                 if step < _MIN_STEP or np.max(np.abs(step * direction) * scale) < TOLERANCE:
                     return current, iterations, False  # no ascent found: not converged
             iterations += 1
             current = candidate
-            if pseudo is None and _runs_off(current.beta_c, scale):
+            if family.separates and pseudo is None and _runs_off(current.theta_c, scale, slopes):
                 raise _Separation
         return current, iterations, False
 
+    def restart(pseudo: PseudoRows | None) -> Generator[np.ndarray, Sums, _Point]:
+        zero = layout.to_centred(cold)
+        sums = yield layout.to_original(zero)
+        return point(zero, sums, pseudo)
+
+    if not usable(first):
+        raise FitError(f"target '{target}': the start point overflows")
     final: _Point | None = None
     try:
-        initial = point(moments.to_centred(start), first, None)
+        initial = point(layout.to_centred(start), first, None)
         try:
             final, iterations, converged = yield from climb(initial, None)
         except FitError:
-            if not np.any(start):
-                raise  # singular at beta = 0: collinear predictors, a clear error
-            # Singular at a warm start (the last cycle's separated optimum): start again at 0.
-            zero = np.zeros(moments.kept.size)
-            initial = point(zero, (yield moments.to_original(zero)), None)
+            if np.array_equal(start, cold):
+                raise  # singular at the cold start: collinear predictors, a clear error
+            # Singular at a warm start (the last cycle's separated optimum): start again cold.
+            initial = yield from restart(None)
             final, iterations, converged = yield from climb(initial, None)
-        separated = _runs_off(final.beta_c, scale)
+        separated = family.separates and (
+            _runs_off(final.theta_c, scale, slopes) or final.saturated > 0
+        )
     except _Separation:
         separated = True
-    pseudo = pseudo_rows(moments) if separated else None
+    pseudo = pseudo_rows(moments, levels=max(k, 2)) if separated else None
     if pseudo is not None:
-        zero = np.zeros(moments.kept.size)
-        initial = point(zero, (yield moments.to_original(zero)), pseudo)
+        initial = yield from restart(pseudo)
         final, iterations, converged = yield from climb(initial, pseudo)
     if final is None:
         raise FitError(
@@ -192,57 +289,67 @@ def newton(
             "of the target is (nearly) never observed"
         )
     chol = _cholesky(final.h, names=kept_names, target=target)
-    beta = moments.to_original(final.beta_c)
-    matrix = final.h_raw + np.diag(moments.full_penalty(ridge))
     return Fit(
-        kind="logistic",
+        kind=family.name,
         n=n,
-        beta=beta,
-        matrix=matrix,
+        beta=layout.to_original(final.theta_c),
+        matrix=final.h_raw + np.diag(layout.full_penalty(ridge)),
         chol=chol,
         moments=moments,
         iterations=iterations,
         converged=converged,
         augmented=pseudo is not None,
+        layout=layout,
     )
 
 
-def _runs_off(beta_c: np.ndarray, scale: np.ndarray) -> bool:
+def _runs_off(theta_c: np.ndarray, scale: np.ndarray, slopes: np.ndarray) -> bool:
     """A slope beyond ``SEPARATED`` log-odds per SD of its predictor."""
-    return bool(np.max(np.abs(beta_c[:-1] * scale[:-1]), initial=0.0) > SEPARATED)
+    return bool(np.max(np.abs(theta_c[slopes] * scale[slopes]), initial=0.0) > SEPARATED)
 
 
-async def fit_logistic(
+async def fit_pooled(
+    family: Family,
     evaluate: Callable[[np.ndarray, bool], Awaitable[Mapping[str, Mapping[str, Any]]]],
     *,
-    start: np.ndarray,
+    start: np.ndarray | None,
     ridge: float,
     max_iter: int,
     names: Sequence[str],
     target: str,
+    levels: Sequence[float] = (),
 ) -> Fit:
-    """The pooled logistic fit: each evaluation is one ask of every participant, the first one
-    asking for the design's moments too (``evaluate(beta, moments)``).
+    """The pooled fit: each evaluation is one ask of every participant (``evaluate(theta,
+    first)``), the first one asking for the design's moments too; the replies are summed.
 
     A site evaluates a candidate and returns H, g and Q together, so an accepted step costs one
     round trip.
     """
-    steps = newton(start=start, ridge=ridge, max_iter=max_iter, names=names, target=target)
-    beta = next(steps)
+    steps = newton(
+        family,
+        start=start,
+        ridge=ridge,
+        max_iter=max_iter,
+        names=names,
+        target=target,
+        levels=levels,
+    )
+    theta = next(steps)
     first = True
     while True:
-        replies = await evaluate(beta, first)
-        keys = ("n", "h", "g", "q", "sums", "squares") if first else ("n", "h", "g", "q")
+        replies = await evaluate(theta, first)
         first = False
+        keys = {key for reply in replies.values() for key in reply}
         sums = {key: total(replies, key) for key in keys}
         try:
-            beta = steps.send(sums)
+            theta = steps.send(sums)
         except StopIteration as done:
             fit: Fit = done.value
             return fit
 
 
-def fit_own_logistic(
+def fit_own(
+    family: Family,
     z: np.ndarray,
     rows: np.ndarray | None,
     column: int,
@@ -251,30 +358,33 @@ def fit_own_logistic(
     max_iter: int,
     names: Sequence[str],
     target: str,
+    levels: Sequence[float] = (),
     start: np.ndarray | None = None,
     offset: np.ndarray | None = None,
 ) -> Fit:
-    """A logistic fit on one participant's rows alone, with the penalty of its own rows.
+    """A fit on one participant's rows alone, with the penalty of its own rows.
 
-    ``offset`` adds a linear term offset'beta to the log-likelihood (the gradient correction
+    ``offset`` adds a linear term offset'theta to the log-likelihood (the gradient correction
     of a surrogate likelihood); ``start`` warm-starts Newton.
     """
     steps = newton(
-        start=np.zeros(z.shape[1] - 1) if start is None else start,
+        family,
+        start=start,
         ridge=ridge,
         max_iter=max_iter,
         names=names,
         target=target,
+        levels=levels,
     )
-    beta = next(steps)
+    theta = next(steps)
     first = True
     while True:
-        sums = logistic_stats(z, rows, column, beta, moments=first)
+        sums = family.stats(z, rows, column, theta, levels=levels, moments=first)
         first = False
         if offset is not None:
-            sums = {**sums, "g": sums["g"] + offset, "q": sums["q"] + float(offset @ beta)}
+            sums = {**sums, "g": sums["g"] + offset, "q": sums["q"] + float(offset @ theta)}
         try:
-            beta = steps.send(sums)
+            theta = steps.send(sums)
         except StopIteration as done:
             fit: Fit = done.value
             return fit

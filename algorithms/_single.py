@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 
 from algorithms import methods
+from algorithms._chained import check_donors
 from algorithms._federated import FitTarget, record
-from algorithms._stats import augment, linear_predictor
+from algorithms._stats import augment
 from federation.runtime import CentralJob
 from federation.site import SiteJob
 
@@ -38,6 +39,8 @@ def prepare(site: SiteJob, *, chained: str) -> dict[str, Any]:
                 f"{chained} for several incomplete columns"
             )
         site.state["impute_rows"] = target_missing
+        if target_missing.any():
+            check_donors(site, target, int((~target_missing & ~predictor_missing).sum()))
     complete = ~(target_missing | predictor_missing)
     site.state["z"] = augment(values[complete])
     site.state["rows"] = {target.index: None}
@@ -50,15 +53,23 @@ def prepare(site: SiteJob, *, chained: str) -> dict[str, Any]:
     }
 
 
-def impute(site: SiteJob, *, target: int, alpha: np.ndarray, **drawn: Any) -> dict[str, Any]:
-    """Central only: a copy of central's data with the target's missing cells drawn."""
+def impute(site: SiteJob, *, target: int, **drawn: Any) -> dict[str, Any]:
+    """Central only: a copy of central's data with the target's missing cells drawn (pmm's
+    donors: central's complete rows)."""
     (spec_target,) = site.targets
     values = site.data.values.copy()
     rows = site.state["impute_rows"]
-    z = augment(values[rows])
-    eta = linear_predictor(z, np.ones(z.shape[0], dtype=bool), target - 1, alpha)
     method = methods.get(spec_target.type)
-    values[rows, target - 1] = method.impute(eta, site.rng, alpha=alpha, **drawn)
+    values[rows, target - 1] = method.impute(
+        (augment(values[rows]), None),
+        (site.state["z"], None),
+        target - 1,
+        site.rng,
+        target=spec_target.name,
+        levels=spec_target.levels,
+        params=site.params,
+        **drawn,
+    )
     return {"values": values}
 
 
@@ -71,7 +82,7 @@ async def run(job: CentralJob, fit_target: FitTarget) -> None:
     fit = await fit_target(job, target, None)
     record(job, target, fit, cycle=1)
     for m in range(1, imputations + 1):
-        drawn = method.draw(fit, job.rng)
+        drawn = method.draw(fit, job.rng, target=target.name)
         completed = (await job.local("impute", target=target.index, **drawn))["values"]
         job.emit_imputation(completed)
         job.progress(m / imputations, f"imputation {m} of {imputations}")

@@ -44,6 +44,7 @@ def _own_fit(site: SiteJob, target: int, **options: Any) -> Fit:
             max_iter=int(site.params["max_iter"]),
             names=site.spec.predictors(spec_target),
             target=spec_target.name,
+            levels=spec_target.levels,
             **options,
         )
     except FitError as error:
@@ -52,6 +53,9 @@ def _own_fit(site: SiteJob, target: int, **options: Any) -> Fit:
 
 def _statistics_handler(statistics: SiteStatistics) -> Handler:
     def handler(site: SiteJob, *, target: int, **args: Any) -> dict[str, Any]:
+        spec_target, method = _target(site, target)
+        if method.levels:  # the job's levels, as this site's spec holds them
+            args = {**args, "levels": spec_target.levels}
         return statistics(site.state["z"], _rows(site, target), target - 1, **args)
 
     handler.__doc__ = statistics.__doc__
@@ -110,8 +114,9 @@ def local_fit_handler(site: SiteJob, *, target: int) -> dict[str, Any]:
 
 def gradient_handler(site: SiteJob, *, target: int, beta: np.ndarray) -> dict[str, Any]:
     """n and the average gradient of this site's log-likelihood at central's beta (CSLMI)."""
-    _, method = _target(site, target)
-    n, gradient = method.score(site.state["z"], _rows(site, target), target - 1, beta)
+    spec_target, method = _target(site, target)
+    z, rows = site.state["z"], _rows(site, target)
+    n, gradient = method.score(z, rows, target - 1, beta, spec_target.levels)
     return {"n": n, "gradient": gradient / n if n else gradient}
 
 
@@ -125,9 +130,9 @@ def surrogate_fit_handler(
     gradient at beta), is maximised (with central's ridge) from beta, and its Gram or Hessian
     and SSE are scaled by N / n_c, as if central's rows were all N: the covariance by n_c / N.
     """
-    _, method = _target(site, target)
+    spec_target, method = _target(site, target)
     z = site.state["z"]
-    own_n, own = method.score(z, _rows(site, target), target - 1, beta)
+    own_n, own = method.score(z, _rows(site, target), target - 1, beta, spec_target.levels)
     offset = own_n * (gradient - own / own_n)
     fit = _own_fit(site, target, start=beta, offset=offset)
     scale = n / fit.n

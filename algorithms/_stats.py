@@ -20,7 +20,7 @@ import numpy as np
 from scipy.linalg import cho_solve, solve_triangular
 from scipy.special import expit
 
-from algorithms._design import Moments
+from algorithms._design import Layout, Moments
 from federation.errors import FitError
 
 BLOCK_ROWS = 65_536
@@ -129,6 +129,14 @@ class Fit:
     converged: bool = True
     augmented: bool = False
     """Refitted with pseudo-rows (White, Daniel and Royston 2010) after separation."""
+    layout: Layout | None = None
+    """Where each entry of ``beta`` (theta) sits, for a Newton fit with more than one linear
+    predictor or with thresholds; None: one coefficient per design column."""
+
+    @property
+    def coordinates(self) -> Layout:
+        """The layout of theta and its centred coordinates (``_design.Layout``)."""
+        return self.layout if self.layout is not None else Layout.linear(self.moments)
 
     @property
     def df(self) -> int:
@@ -238,7 +246,7 @@ def covariance(fit: Fit) -> np.ndarray:
     """G^-1 (or H^-1) in original coordinates, zero rows for predictors left out."""
     inv_chol = np.linalg.inv(fit.chol)
     centred = inv_chol.T @ inv_chol
-    a = fit.moments.centring()[:, fit.moments.kept]
+    a = fit.coordinates.transform()[:, fit.coordinates.kept]
     result: np.ndarray = a @ centred @ a.T
     symmetric: np.ndarray = (result + result.T) / 2.0
     return symmetric
@@ -252,12 +260,12 @@ def draw_parameters(fit: Fit, rng: np.random.Generator) -> dict[str, Any]:
     centred coordinates (``_design``), z standard normal: d ~ Normal(0, G^-1) (or H^-1).
     """
     z_scale, sigma = 1.0, None
-    if fit.kind == "gaussian":
-        assert fit.sse is not None
+    if fit.sse is not None:
         sigma = float(np.sqrt(fit.sse / rng.chisquare(fit.df)))
         z_scale = sigma
-    z = rng.standard_normal(fit.moments.kept.size)
-    step = fit.moments.to_original(solve_triangular(fit.chol.T, z, lower=False))
+    layout = fit.coordinates
+    z = rng.standard_normal(layout.kept.size)
+    step = layout.to_original(solve_triangular(fit.chol.T, z, lower=False))
     drawn: dict[str, Any] = {"alpha": fit.beta + z_scale * step}
     if sigma is not None:
         drawn["sigma"] = sigma

@@ -125,6 +125,15 @@ def _parser() -> argparse.ArgumentParser:
         help="a column to impute, by name or 1-based index, with its method (repeatable): "
         + "; ".join(f"{m.name} for {m.when}" for m in methods.METHODS.values()),
     )
+    sim.add_argument(
+        "--levels",
+        action="append",
+        default=[],
+        metavar="COLUMN=a,b,c",
+        help="the levels of a categorical or ordinal target, in order, as the integer codes of "
+        "the data (repeatable); default: the values central observes in the column. A site "
+        "whose column holds another value refuses",
+    )
     sim.add_argument("--imputations", type=int, metavar="M", help="number of imputed datasets")
     sim.add_argument("--seed", type=int, help="random seed (drawn and reported when omitted)")
     sim.add_argument(
@@ -250,6 +259,7 @@ def _simulate(args: argparse.Namespace) -> int:
             params=params,
             seed=args.seed,
             on_event=progress,
+            levels=_parse_levels(args.levels),
         )
     )
     progress.done()
@@ -292,6 +302,7 @@ def _compare(args: argparse.Namespace) -> int:
             targets=targets,
             params=params,
             seed=args.seed,
+            levels=_parse_levels(args.levels),
             on_event=lambda name, event: progress(
                 JobEvent(
                     kind=event.kind, message=f"{name}: {event.message}", fraction=event.fraction
@@ -423,6 +434,19 @@ def _parse_target(text: str) -> tuple[str | int, str]:
         )
     method = methods.get(kind, field=f"--target {text}")
     return (int(column) if column.isdigit() else column), method.name
+
+
+def _parse_levels(entries: list[str]) -> dict[str, tuple[float, ...]]:
+    """``--levels COLUMN=a,b,c`` as column -> levels (checked by ``methods.level_list``)."""
+    levels: dict[str, tuple[float, ...]] = {}
+    for entry in entries:
+        column, sep, listed = entry.partition("=")
+        if not sep or not column or not listed:
+            raise InputError(f"--levels expects COLUMN=a,b,c, got {entry!r}")
+        if column in levels:
+            raise InputError(f"--levels {column}: given twice")
+        levels[column] = methods.level_list(listed.split(","), field=f"--levels {column}")
+    return levels
 
 
 def _count(number: int, noun: str) -> str:

@@ -67,6 +67,7 @@ async def simulate_comparison(
     params: Mapping[str, Any],
     seed: int | None = None,
     on_event: Callable[[str, JobEvent], None] | None = None,
+    levels: Mapping[str, Sequence[float]] | None = None,
 ) -> tuple[dict[str, Any], dict[str, JobResult]]:
     """Run every method in this process with one seed; the comparison and each finished result.
 
@@ -77,7 +78,12 @@ async def simulate_comparison(
     for algorithm in methods:
         try:
             make_spec(
-                algorithm=algorithm, central=central, sites=sites, targets=targets, params=params
+                algorithm=algorithm,
+                central=central,
+                sites=sites,
+                targets=targets,
+                params=params,
+                levels=levels,
             )
         except InputError as error:
             raise InputError(f"{algorithm.name}: {error}") from None
@@ -98,6 +104,7 @@ async def simulate_comparison(
                 params=params,
                 seed=fixed,
                 on_event=forward,
+                levels=levels,
             )
         except FipError as error:
             entries.append({"algorithm": algorithm.name, "status": "failed", "message": str(error)})

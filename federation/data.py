@@ -263,17 +263,33 @@ def check_columns(table: Table, expected: Sequence[str]) -> None:
 
 
 def check_target_values(
-    table: Table, column: int, method: str, *, show_values: bool = True
+    table: Table,
+    column: int,
+    method: str,
+    *,
+    show_values: bool = True,
+    levels: Sequence[float] = (),
 ) -> None:
     """A target's observed cells must be values its method takes (a binary target: 0 and 1;
-    ``algorithms.methods`` says which).
+    a categorical or ordinal one: the job's ``levels``; ``algorithms.methods`` says which).
 
     The message gives the first few offending cells with their lines, or with
     ``show_values=False`` their lines only.
     """
     chosen = methods.get(method, field=f"target '{table.columns[column]}'")
     cells = table.values[:, column]
-    bad = np.flatnonzero(chosen.invalid(cells))
+    bad = np.flatnonzero(chosen.invalid(cells, levels))
+    if bad.size and chosen.levels and levels:
+        where = ""
+        if show_values:
+            where = ", e.g. " + ", ".join(
+                f"{_number(cells[i])} (line {table.line(int(i))})" for i in bad[:_EXAMPLES]
+            )
+        raise InputError(
+            f"{table.label}: column '{table.columns[column]}' holds {bad.size} cell(s) outside "
+            f"the job's levels ({', '.join(f'{v:g}' for v in levels)}){where}; recode them or "
+            "ask central to add the level to the job"
+        )
     if bad.size:
         if show_values:
             examples = ", ".join(
@@ -290,7 +306,7 @@ def check_target_values(
 def check_for_job(
     table: Table,
     columns: Sequence[str],
-    targets: Iterable[tuple[str, str]],
+    targets: Iterable[tuple[str, str] | tuple[str, str, Sequence[float]]],
     *,
     show_values: bool = True,
     alone: bool = False,
@@ -304,14 +320,15 @@ def check_for_job(
     ``show_values=False`` keeps cell values out of the messages (lines and counts only).
     """
     check_columns(table, columns)
-    for name, kind in targets:
+    for name, kind, *rest in targets:
+        levels: Sequence[float] = rest[0] if rest else ()
         column = table.column(name)
         if alone and np.isnan(table.values[:, column]).all():
             raise InputError(
                 f"{table.label}: column '{name}' is a target but every cell is missing, and no "
                 "site takes part: there is nothing to fit it on"
             )
-        check_target_values(table, column, kind, show_values=show_values)
+        check_target_values(table, column, kind, show_values=show_values, levels=levels)
 
 
 def _read_bytes(source: Path | bytes | bytearray, label: str) -> bytes | bytearray:

@@ -12,6 +12,7 @@ import numpy as np
 
 from algorithms import methods
 from federation.errors import InputError
+from federation.replies import Dims
 
 CENTRAL = "central"
 """The name of central's own participant, in reports and in the random streams."""
@@ -25,6 +26,9 @@ class Target:
     index: int
     name: str
     type: str
+    levels: tuple[float, ...] = ()
+    """The level values of a categorical or ordinal target, in the job's order (the integer
+    codes of the data, e.g. 1..5 for Tanner stages); empty for any other method."""
 
     @property
     def column(self) -> int:
@@ -50,6 +54,19 @@ class JobSpec:
         """Names of the design columns for a target: every other column, then the intercept."""
         return [c for i, c in enumerate(self.columns) if i != target.column] + ["(intercept)"]
 
+    def dims(self) -> Dims:
+        """The sizes its replies are checked against (``federation.replies``): p, c, k, and
+        each target's parameter length t and level count l."""
+        p = len(self.columns)
+        return Dims.of(
+            p,
+            len(self.targets),
+            {
+                t.index: (methods.get(t.type).parameters(p, len(t.levels)), len(t.levels))
+                for t in self.targets
+            },
+        )
+
     def to_wire(self) -> dict[str, Any]:
         return {
             "job_id": self.job_id,
@@ -57,7 +74,7 @@ class JobSpec:
             "version": self.version,
             "digest": self.digest,
             "columns": list(self.columns),
-            "targets": [{"index": t.index, "name": t.name, "type": t.type} for t in self.targets],
+            "targets": [target_to_wire(t) for t in self.targets],
             "params": dict(self.params),
             "seed": self.seed,
             "sites": list(self.sites),
@@ -71,20 +88,40 @@ class JobSpec:
             version=str(raw["version"]),
             digest=str(raw["digest"]),
             columns=tuple(raw["columns"]),
-            targets=tuple(
-                Target(t["index"], t["name"], methods.get(t["type"], field="target type").name)
-                for t in raw["targets"]
-            ),
+            targets=tuple(target_from_wire(t) for t in raw["targets"]),
             params=dict(raw["params"]),
             seed=int(raw["seed"]),
             sites=tuple(raw["sites"]),
         )
 
 
+def target_to_wire(target: Target) -> dict[str, Any]:
+    """A target as a job spec carries it (its levels only for a method with levels)."""
+    wire: dict[str, Any] = {"index": target.index, "name": target.name, "type": target.type}
+    if target.levels:
+        wire["levels"] = list(target.levels)
+    return wire
+
+
+def target_from_wire(raw: Mapping[str, Any]) -> Target:
+    """A target as a job spec carries it (its levels only for a method with levels)."""
+    method = methods.get(raw["type"], field="target type")
+    levels = methods.level_list(raw.get("levels", ()), field=f"target '{raw['name']}' levels")
+    return Target(int(raw["index"]), str(raw["name"]), method.name, levels)
+
+
 def make_targets(
-    columns: Sequence[str], requested: Iterable[tuple[str | int, str]], *, label: str
+    columns: Sequence[str],
+    requested: Iterable[tuple[str | int, str]],
+    *,
+    label: str,
+    values: np.ndarray | None = None,
+    levels: Mapping[str, Sequence[float]] | None = None,
 ) -> tuple[Target, ...]:
-    """Turn (column name or 1-based index, method name) pairs into targets, checking each one."""
+    """Turn (column name or 1-based index, method name) pairs into targets, checking each one.
+
+    A categorical or ordinal target takes its levels from ``levels`` (by column name) or else
+    from the values observed in ``values`` (central's table); see ``methods.levels_for``."""
     targets: list[Target] = []
     for key, kind in requested:
         if isinstance(key, int):
@@ -104,7 +141,14 @@ def make_targets(
         method = methods.get(kind, field=f"target '{columns[index - 1]}'")
         if any(t.index == index for t in targets):
             raise InputError(f"target '{columns[index - 1]}' is given twice")
-        targets.append(Target(index=index, name=columns[index - 1], type=method.name))
+        name = columns[index - 1]
+        chosen = methods.levels_for(
+            method,
+            column=name,
+            given=(levels or {}).get(name),
+            cells=None if values is None else values[:, index - 1],
+        )
+        targets.append(Target(index=index, name=name, type=method.name, levels=chosen))
     if not targets:
         raise InputError("no target given: name at least one column to impute")
     return tuple(targets)

@@ -23,8 +23,11 @@ A value is a number or an array of numbers, never text and never nested:
 - ``flag``: 0 or 1.
 
 A dimension ``d`` is ``p`` (the width of a design: the job's columns, the target's place taken by
-the intercept), ``c`` (the job's columns), ``k`` (the job's targets) or a whole number up to 64.
-At most two dimensions, so a value holds at most max(p, c, k)^2 numbers; a reply holds at most
+the intercept), ``c`` (the job's columns), ``k`` (the job's targets), ``t`` (the length of the
+parameters of the operation's target's fit: p, (K-1)p for a categorical target of K levels,
+p - 1 + K - 1 for an ordinal one; ``algorithms.methods``), ``l`` (the levels of the operation's
+target) or a whole number up to 64. At most two dimensions, so a value holds at most
+max(p, c, k, t)^2 numbers; a reply holds at most
 :data:`MAX_KEYS` values. ``prepare`` declares what the site adds to the runtime's own summary
 when the job opens (``rows``, ``rows_used``, ``observed``, ``target_rows``, ``left_out``); its
 ``left_out`` reasons are the labels listed here, so no text of the site's travels.
@@ -45,7 +48,7 @@ import ast
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -60,7 +63,7 @@ PREPARE = "prepare"
 RUNTIME_SUMMARY = ("rows", "rows_used", "observed", "target_rows", "left_out")
 """Keys of the summary the runtime itself sends at open; an algorithm may not declare them."""
 _VALUE = re.compile(r"^(float|int|count|rows|flag)(?:\[([a-z0-9]+)(?:,([a-z0-9]+))?\])?$")
-_SYMBOLS = ("p", "c", "k")
+_SYMBOLS = ("p", "c", "k", "t", "l")
 _LABEL = re.compile(r"^[A-Za-z0-9 '(){}_.,-]{1,80}$")
 
 
@@ -86,17 +89,26 @@ class Dims:
     p: int
     c: int
     k: int
+    per_target: Mapping[int, tuple[int, int]] = field(default_factory=dict)
+    """(t, l) of each target, by its 1-based column index (default: t = p, l = 0)."""
 
     @classmethod
-    def of(cls, columns: int, targets: int) -> Dims:
-        return cls(p=columns, c=columns, k=targets)
+    def of(
+        cls, columns: int, targets: int, per_target: Mapping[int, tuple[int, int]] | None = None
+    ) -> Dims:
+        return cls(p=columns, c=columns, k=targets, per_target=dict(per_target or {}))
 
-    def as_map(self) -> dict[str, int]:
-        return {"p": self.p, "c": self.c, "k": self.k}
+    def as_map(self, target: int | None = None) -> dict[str, int]:
+        """The sizes of the symbols; ``t`` and ``l`` are those of ``target`` (the operation's)."""
+        if target is None and len(self.per_target) == 1:
+            (target,) = self.per_target
+        t, levels = self.per_target.get(target, (self.p, 0)) if target is not None else (self.p, 0)
+        return {"p": self.p, "c": self.c, "k": self.k, "t": t, "l": levels}
 
     def reply_limit(self) -> int:
         """The most numbers one operation's reply may hold, whatever it declares."""
-        largest = max(self.p, self.c, self.k)
+        widest = max((t for t, _ in self.per_target.values()), default=0)
+        largest = max(self.p, self.c, self.k, widest)
         return MAX_KEYS * largest * largest
 
 
@@ -188,9 +200,13 @@ class ReplySchema:
 
     def largest_reply(self, dims: Dims) -> int:
         """The most numbers one operation's declared reply holds for a job of these sizes."""
-        sizes = dims.as_map()
+        every = [dims.as_map(target) for target in dims.per_target] or [dims.as_map()]
         return max(
-            (sum(v.size(sizes) for v in values.values()) for values in self.operations.values()),
+            (
+                sum(v.size(sizes) for v in values.values())
+                for values in self.operations.values()
+                for sizes in every
+            ),
             default=0,
         )
 
@@ -258,7 +274,7 @@ def check_values(
         raise ProtocolError(
             f"'{op}': reply keys differ from the declared ones: " + "; ".join(p for p in parts if p)
         )
-    sizes = dims.as_map()
+    sizes = dims.as_map(target)
     checked: dict[str, Any] = {}
     total = 0
     for key, value in declared.items():
@@ -326,7 +342,7 @@ def _parse_value(where: str, raw: Any) -> Value:
     if match is None:
         raise AlgorithmInvalid(
             f"params.json: {where} is {raw!r}; a value is float, int, count, rows or flag, "
-            "optionally with one or two dimensions such as float[p,p] (p, c, k or a number)"
+            "optionally with one or two dimensions such as float[p,p] (p, c, k, t, l or a number)"
         )
     kind, *raw_dims = match.groups()
     dims: list[str | int] = []
@@ -339,7 +355,8 @@ def _parse_value(where: str, raw: Any) -> Value:
             dims.append(int(dim))
         else:
             raise AlgorithmInvalid(
-                f"params.json: {where}: dimension '{dim}' is not p, c, k or a number 1..{MAX_DIM}"
+                f"params.json: {where}: dimension '{dim}' is not p, c, k, t, l or a number "
+                f"1..{MAX_DIM}"
             )
     if kind == "rows" and dims:
         raise AlgorithmInvalid(f"params.json: {where}: a 'rows' value is one number")

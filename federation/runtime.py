@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from algorithms import methods
 from federation import secure
 from federation.data import Table
 from federation.errors import FipError, InputError, ProtocolError, SiteFailed, SiteLost
@@ -249,7 +250,9 @@ class CentralJob:
         the intercept) or as a mapping from those names to values (a subset is fine);
         ``dropped``, the predictors the fit left out as constant over its rows (mice's
         loggedEvents); ``augmented``, that separation made it add pseudo-rows."""
-        names = self.spec.predictors(target)
+        names = methods.get(target.type).parameter_names(
+            self.spec.predictors(target), target.levels
+        )
         if isinstance(coefficients, Mapping):
             unknown = sorted(set(coefficients) - set(names))
             if unknown:
@@ -258,8 +261,8 @@ class CentralJob:
         else:
             if len(coefficients) != len(names):
                 raise FipError(
-                    f"record_fit: {len(coefficients)} coefficients for {len(names)} design "
-                    f"columns of '{target.name}' ({', '.join(names)})"
+                    f"record_fit: {len(coefficients)} coefficients for {len(names)} parameters "
+                    f"of '{target.name}' ({', '.join(names)})"
                 )
             named = dict(zip(names, map(float, coefficients), strict=True))
         entry: dict[str, Any] = {
@@ -375,7 +378,7 @@ class CentralJob:
         """A site's results as its algorithm declared them; ``ProtocolError`` says what is off."""
         if len(results) != len(ops):
             raise ProtocolError(f"{len(results)} result(s) for {len(ops)} operation(s)")
-        dims = Dims.of(len(self.spec.columns), len(self.targets))
+        dims = self.spec.dims()
         checked: list[Result] = []
         for op, result in zip(ops, results, strict=True):
             if op.name in (CLOSE, secure.KEYS):
@@ -401,18 +404,19 @@ class CentralJob:
         """A masked reply: limbs of the declared shapes; ``rows`` values as the site declared."""
         name = str(op.args["op"])
         declared = self._local.replies.operations[name]
-        secure.check_masked(name, result, declared, dims.as_map())
+        target = op.args["args"].get("target")
+        target = target if isinstance(target, int) else None
+        secure.check_masked(name, result, declared, dims.as_map(target))
         rows = {k: v for k, v in declared.items() if v.kind == "rows"}
         if not rows:
             return dict(result)
-        target = op.args["args"].get("target")
         counts = check_values(
             name,
             {k: result[k] for k in rows},
             rows,
             dims=dims,
             bounds=self._bounds.get(site),
-            target=target if isinstance(target, int) else None,
+            target=target,
         )
         return {**result, **counts}
 
@@ -583,7 +587,11 @@ def _report(job: CentralJob, *, seconds: float) -> dict[str, Any]:
         "digest": spec.digest,
         "params": dict(spec.params),
         "seed": spec.seed,
-        "targets": [{"name": t.name, "index": t.index, "type": t.type} for t in spec.targets],
+        "targets": [
+            {"name": t.name, "index": t.index, "type": t.type}
+            | ({"levels": list(t.levels)} if t.levels else {})
+            for t in spec.targets
+        ],
         "sites": sites,
         "fits": job.fits,
         "warnings": job.warnings,

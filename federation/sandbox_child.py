@@ -153,6 +153,7 @@ class Target:
     index: int
     name: str
     type: str
+    levels: tuple[float, ...] = ()
 
     @property
     def column(self) -> int:
@@ -450,7 +451,10 @@ def _serve(channel_in: IO[bytes], channel_out: IO[bytes]) -> None:
                 answer({"ok": {"handlers": sorted(handlers), "local": sorted(local)}})
             elif command == "open":
                 spec = request["spec"]
-                targets = tuple(Target(t["index"], t["name"], t["type"]) for t in spec["targets"])
+                targets = tuple(
+                    Target(t["index"], t["name"], t["type"], tuple(t.get("levels", ())))
+                    for t in spec["targets"]
+                )
                 rng = np.random.default_rng()
                 rng.bit_generator.state = request["rng"]
                 job = SiteJob(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -33,12 +33,16 @@ def make_spec(
     params: Mapping[str, Any],
     seed: int | None = None,
     job_id: str = "simulation",
+    levels: Mapping[str, Sequence[float]] | None = None,
 ) -> JobSpec:
     """Check targets and parameters against the algorithm and central's header; fix the seed.
 
-    An algorithm on central's data alone (IMI, IMICE) gets no sites, whatever is given.
+    An algorithm on central's data alone (IMI, IMICE) gets no sites, whatever is given. A
+    categorical or ordinal target's levels are ``levels``' or else those central observes.
     """
-    chosen = make_targets(central.columns, targets, label=central.label)
+    chosen = make_targets(
+        central.columns, targets, label=central.label, values=central.values, levels=levels
+    )
     algorithm.check_targets(t.type for t in chosen)
     resolved = resolve_params(algorithm.schema, params, columns=len(central.columns))
     remote = tuple(sites) if algorithm.capabilities.uses_sites else ()
@@ -65,6 +69,7 @@ async def simulate(
     params: Mapping[str, Any],
     seed: int | None = None,
     on_event: EventSink | None = None,
+    levels: Mapping[str, Sequence[float]] | None = None,
 ) -> JobResult:
     """Run a job with central and ``sites`` (name -> table) in this process."""
     spec = make_spec(
@@ -74,6 +79,7 @@ async def simulate(
         targets=targets,
         params=params,
         seed=seed,
+        levels=levels,
     )
     runners = {
         name: SiteRunner(site=name, data=sites[name], algorithm=algorithm, on_event=on_event)

@@ -439,7 +439,13 @@ class SiteRunner:
         check_columns(self.data, spec.columns)
         self._check_spec(spec)
         for target in spec.targets:
-            check_target_values(self.data, target.column, target.type, show_values=self._is_central)
+            check_target_values(
+                self.data,
+                target.column,
+                target.type,
+                show_values=self._is_central,
+                levels=target.levels,
+            )
         secure = enabled(spec.params) and not self._is_central
         if self.secure_required and not secure:
             raise SiteRefused(
@@ -541,7 +547,7 @@ class SiteRunner:
             ),
             **extras,
         }
-        self._dims = Dims.of(len(spec.columns), len(spec.targets))
+        self._dims = spec.dims()
         try:
             checked = check_values(
                 OPEN,

@@ -18,7 +18,7 @@ from typing import Any
 from federation import secure
 from federation.data import Table, check_for_job, read_csv
 from federation.errors import AlgorithmInvalid, InputError
-from federation.job import JobEvent
+from federation.job import JobEvent, target_from_wire, target_to_wire
 from federation.policy import Policy
 from federation.protocol import (
     Cancel,
@@ -194,7 +194,9 @@ class LocalJobs:
             raise SiteError(f"the job is {job.state}", status=409)
         try:
             table = read_csv(content, label=filename or "uploaded file")
-            targets = [(t["name"], t["type"]) for t in job.info["targets"]]
+            targets = [
+                (t["name"], t["type"], tuple(t.get("levels", ()))) for t in job.info["targets"]
+            ]
             check_for_job(table, job.info["columns"], targets)
         except InputError as error:
             raise SiteError(str(error), status=422, field="file") from None
@@ -296,10 +298,7 @@ class LocalJobs:
             "version": algorithm.version,
             "digest": algorithm.digest,
             "columns": list(job.info["columns"]),
-            "targets": [
-                {"index": int(t["index"]), "name": t["name"], "type": t["type"]}
-                for t in job.info["targets"]
-            ],
+            "targets": [target_to_wire(target_from_wire(t)) for t in job.info["targets"]],
             "sites": [
                 str(p["site_id"]) if isinstance(p, dict) else str(p)
                 for p in method.get("participants", job.info.get("participants", []))

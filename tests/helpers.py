@@ -33,6 +33,7 @@ def run(
     *,
     seed: int = 1,
     on_event: EventSink | None = None,
+    levels: Mapping[str, Sequence[float]] | None = None,
     **params: Any,
 ) -> JobResult:
     """Simulate a job synchronously; ``params`` are the algorithm's parameters."""
@@ -46,5 +47,6 @@ def run(
             params=params,
             seed=seed,
             on_event=on_event,
+            levels=levels,
         )
     )

@@ -127,7 +127,7 @@ def _page_text(client: TestClient, job_id: int) -> str:
 def test_create_job_by_column_name(central: TestClient) -> None:
     job = _create(central)
     assert job["state"] == "created"
-    assert job["algorithm"] == "SIMICE" and job["version"] == "2.0.0"
+    assert job["algorithm"] == "SIMICE" and job["version"] == "2.1.0"
     assert job["digest"] == Registry.with_builtins().get("SIMICE").digest
     assert job["columns"] == list(COLUMNS)
     # The algorithm receives 1-based indices.
@@ -142,6 +142,7 @@ def test_create_job_by_column_name(central: TestClient) -> None:
         "ridge": 1e-5,
         "max_iter": 100,
         "min_rows": 18,  # max(10, 3p) with p = 6 columns
+        "donors": 5,
     }
     assert job["seed"] == 11
     assert job["participants"] == []
@@ -166,6 +167,7 @@ def test_create_job_by_column_name(central: TestClient) -> None:
         "ridge": 0.5,
         "max_iter": 100,
         "min_rows": 40,
+        "donors": 5,
     }
 
 
@@ -228,6 +230,27 @@ def test_every_creation_error_names_its_field(central: TestClient) -> None:
             {422},
             {"targets"},
             ["SIMI", "one target", "2"],
+        ),
+        (
+            "a categorical target without its levels",
+            {"targets": [{"column": "sbp", "type": "categorical"}]},
+            {422},
+            {"targets"},
+            ["'sbp'", "categorical", "levels"],
+        ),
+        (
+            "a categorical target of two levels",
+            {"targets": [{"column": "smoker", "type": "categorical", "levels": [0, 1]}]},
+            {422},
+            {"targets"},
+            ["'smoker'", "2 level", "logistic"],
+        ),
+        (
+            "levels that are not integer codes",
+            {"targets": [{"column": "sbp", "type": "ordinal", "levels": [1, 2.5, 3]}]},
+            {422},
+            {"targets"},
+            ["'sbp'", "2.5", "integer"],
         ),
         (
             "an unknown parameter",

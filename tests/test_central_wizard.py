@@ -13,6 +13,7 @@ import pytest
 from bs4 import BeautifulSoup, Tag
 from fastapi.testclient import TestClient
 
+from algorithms.methods import METHODS
 from federation.data import read_csv
 from federation.demo import COLUMNS
 from federation.job import JobEvent
@@ -67,13 +68,25 @@ def _parameter_inputs(html: str) -> dict[str, Tag]:
 
 
 def _summary(path: Path) -> list[dict[str, Any]]:
-    """What the columns step keeps of a CSV: per column its name and counts."""
+    """What the columns step keeps of a CSV: per column its name and counts, and the
+    distinct values of a column of few integer codes (a categorical target's default levels)."""
     table = read_csv(path)
     missing = np.isnan(table.values).sum(axis=0)
-    return [
-        {"name": name, "rows": table.rows, "missing": int(count), "binary": name in BINARY}
-        for name, count in zip(table.columns, missing, strict=True)
-    ]
+    summary = []
+    for j, (name, count) in enumerate(zip(table.columns, missing, strict=True)):
+        cells = table.values[:, j]
+        distinct = np.unique(cells[~np.isnan(cells)])
+        few = (np.round(distinct) == distinct).all() and distinct.size <= 50
+        summary.append(
+            {
+                "name": name,
+                "rows": table.rows,
+                "missing": int(count),
+                "binary": name in BINARY,
+                "levels": [float(v) for v in distinct] if few else [],
+            }
+        )
+    return summary
 
 
 def _wizard_form(central: TestClient, csrf: str, path: Path) -> dict[str, Any]:
@@ -134,7 +147,7 @@ def test_new_job_page_lists_algorithms_and_sites(central: TestClient) -> None:
         assert isinstance(label, Tag)
         text = label.get_text(" ", strip=True)
         assert builtins.get(name).description[:40] in text
-        assert "gaussian, logistic" in text
+        assert ", ".join(builtins.get(name).capabilities.target_types) in text
     simice = labels["SIMICE"]
     assert simice is not None and "several targets" in simice.get_text()
     # No algorithm yet: no parameters; the approved site is offered.
@@ -165,6 +178,7 @@ def test_parameters_fragment_from_the_schema(central: TestClient) -> None:
         "param:max_iter": "100",
         "param:min_rows": "",
         "param:secure_aggregation": "true",
+        "param:donors": "5",
     }
     secure = inputs.pop("param:secure_aggregation")  # a boolean is a checkbox, off by default
     assert secure["type"] == "checkbox" and not secure.has_attr("checked")
@@ -187,6 +201,7 @@ def test_parameters_fragment_from_the_schema(central: TestClient) -> None:
         "param:max_iter",
         "param:min_rows",
         "param:secure_aggregation",
+        "param:donors",
     }
 
     unknown = central.get("/jobs/new/parameters?algorithm=NOPE", headers=htmx_headers(csrf))
@@ -220,7 +235,7 @@ def test_columns_fragment_keeps_names_and_counts_only(
         assert f"({count} of {table.rows})" in text
         select = _one(row, "select")
         assert select["name"] == f"type:{name}"
-        assert [o["value"] for o in select.select("option")] == ["gaussian", "logistic"]
+        assert [o["value"] for o in select.select("option")] == list(METHODS)
         chosen = [o["value"] for o in select.select("option[selected]")]
         assert chosen == ["logistic" if name in BINARY else "gaussian"], name
     assert missing[COLUMNS.index("bmi")] > 0 and missing[COLUMNS.index("smoker")] > 0
@@ -309,6 +324,7 @@ def test_create_a_job_through_the_wizard(central: TestClient, demo_files: dict[s
         "ridge": 1e-5,
         "max_iter": 100,
         "min_rows": 18,
+        "donors": 5,
     }
     assert job["seed"] == 42
     assert [p["site_id"] for p in job["participants"]] == [north]
@@ -317,7 +333,7 @@ def test_create_a_job_through_the_wizard(central: TestClient, demo_files: dict[s
     page = _soup(central.get(location).text)
     assert _one(page, "h1").get_text(strip=True) == "Wizard job"
     facts = _one(page, "dl.facts").get_text(" ", strip=True)
-    assert "SIMICE 2.0.0" in facts
+    assert "SIMICE 2.1.0" in facts
     assert Registry.with_builtins().get("SIMICE").digest in facts
     assert "bmi (column 3, continuous)" in facts and "smoker (column 6, binary)" in facts
     assert "imputations=3" in facts and "ridge=1e-05" in facts and "min_rows=18" in facts

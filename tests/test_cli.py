@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from algorithms.methods import METHODS
 from federation.cli import main
 from federation.data import read_csv
 from federation.demo import COLUMNS as DEMO_COLUMNS
@@ -198,7 +199,13 @@ def test_simi_report_has_the_required_keys(
     files = {name: (BUILTIN_DIR / "SIMI" / name).read_bytes() for name in file_names("SIMI")}
     assert re.fullmatch(r"[0-9a-f]{64}", found["digest"])
     assert found["digest"] == package_digest(files)
-    assert found["params"] == {"imputations": 2, "ridge": 1e-5, "max_iter": 100, "min_rows": 10}
+    assert found["params"] == {
+        "imputations": 2,
+        "ridge": 1e-5,
+        "max_iter": 100,
+        "min_rows": 10,
+        "donors": 5,
+    }
     assert found["seed"] == 7
 
     sites = found["sites"]
@@ -411,7 +418,7 @@ def test_param_values_are_read_as_json(
 
     assert code == 0, stderr
     params = report(out)["params"]
-    assert params == {"imputations": 2, "ridge": 0.01, "max_iter": 50, "min_rows": 5}
+    assert params == {"imputations": 2, "ridge": 0.01, "max_iter": 50, "min_rows": 5, "donors": 5}
     assert isinstance(params["max_iter"], int)
 
 
@@ -776,3 +783,75 @@ def test_secure_aggregation_from_the_command_line(
     code, _, stderr = fip(capsys, *one_site, "--param", "secure_aggregation=true")
     assert code == 1
     assert "at least two remote sites" in stderr
+
+
+# ---------------------------------------------------------------- the new target methods
+
+
+def _levels_files(tmp_path: Path) -> dict[str, Path]:
+    """x1, x2 and a stage s in 1..3 (missing in some rows), central and two sites."""
+    folder = tmp_path / "levels"
+    folder.mkdir()
+    files = {}
+    for name, rows, seed in (("central", 60, 1), ("a", 80, 2), ("b", 70, 3)):
+        rng = np.random.default_rng(seed)
+        x = rng.normal(size=(rows, 2))
+        stage = 1.0 + np.digitize(x[:, 0] + rng.normal(size=rows), [-0.5, 0.5])
+        stage[rng.random(rows) < 0.2] = np.nan
+        files[name] = write_csv(folder / f"{name}.csv", np.column_stack([x, stage]))
+    return files
+
+
+def test_categorical_target_with_levels_imputes_only_levels(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    files = _levels_files(tmp_path)
+    out = tmp_path / "out"
+    args = simi_args(files, out, "--levels", "y=1,2,3", "--imputations", "3", "--seed", "2")
+    args[args.index("y:gaussian")] = "y:categorical"
+
+    code, _, stderr = fip(capsys, *args)
+
+    assert code == 0, stderr
+    frame = long_frame(out)
+    assert set(frame["y"].dropna().unique()) <= {1.0, 2.0, 3.0}
+    assert frame.loc[frame[".imp"] > 0, "y"].notna().all()
+    assert report(out)["targets"][0] == {
+        "name": "y",
+        "index": 3,
+        "type": "categorical",
+        "levels": [1.0, 2.0, 3.0],
+    }
+
+
+@pytest.mark.parametrize(
+    ("levels", "words"),
+    [
+        ("y", "--levels expects COLUMN=a,b,c"),
+        ("y=1,2,x", "--levels y: level 'x' is not a number"),
+        ("y=1,2,2.5", "--levels y: level '2.5' is not an integer code"),
+        ("y=1,2", "column 'y' has 2 level(s); categorical needs at least 3 (use logistic)"),
+        ("y=1,2,4", "central.csv: column 'y' holds"),
+    ],
+)
+def test_bad_levels_are_refused_naming_the_option_or_column(
+    levels: str, words: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    files = _levels_files(tmp_path)
+    out = tmp_path / "out"
+    args = simi_args(files, out, "--levels", levels)
+    args[args.index("y:gaussian")] = "y:categorical"
+
+    code, _, stderr = fip(capsys, *args)
+
+    assert code == 1
+    assert words in stderr
+    assert not out.exists()
+
+
+def test_simulate_help_lists_every_method_with_when_to_use() -> None:
+    sim = run_fip("simulate", "--help")
+    text = " ".join(sim.stdout.split())
+    for method in METHODS.values():
+        assert f"{method.name} for {' '.join(method.when.split())}" in text
+    assert "--levels" in text

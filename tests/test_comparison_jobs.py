@@ -185,7 +185,7 @@ def test_a_comparison_is_a_parent_with_one_child_per_method(central: TestClient)
     assert [m["algorithm"] for m in methods] == ["SIMI", "IMI", "CSLMI", "AVGMMI"]
     assert [m["digest"] for m in methods] == [registry.get(m["algorithm"]).digest for m in methods]
     assert [m["participants"] for m in methods] == [[north], [], [north], [north]]
-    assert all(m["state"] == "created" and m["version"] == "2.0.0" for m in methods)
+    assert all(m["state"] == "created" and m["version"] == "2.1.0" for m in methods)
 
     for method in methods:
         child = _get(central, method["id"])
@@ -202,6 +202,7 @@ def test_a_comparison_is_a_parent_with_one_child_per_method(central: TestClient)
         "ridge": 0.01,
         "max_iter": 100,
         "min_rows": 18,
+        "donors": 5,
     }
 
     listed = central.get("/api/jobs", headers=admin_auth(central)).json()
@@ -356,7 +357,7 @@ def test_a_comparison_runs_every_method_on_centrals_data(
     costs = comparison["methods"]
     assert [m["algorithm"] for m in costs] == names
     for cost in costs:
-        assert cost["status"] == "completed" and cost["version"] == "2.0.0"
+        assert cost["status"] == "completed" and cost["version"] == "2.1.0"
         assert cost["round_trips"] == 0 and cost["sites"] == ["central"]
         assert cost["bytes_sent"] == 0 and cost["bytes_received"] == 0
         assert 0 <= cost["seconds"] < 30
@@ -415,7 +416,7 @@ def test_a_comparison_runs_every_method_on_centrals_data(
         assert body_rows[-1][1] == "0" and body_rows[-1][4] == "0"  # SIMICE and IMICE
     assert _one(status_block, f"a[href='/jobs/{parent_id}/comparison']")
     facts = _one(page, "dl.facts").get_text(" ", strip=True)
-    assert "SIMICE 2.0.0 (reference: pooled, exact)" in facts and facts.count("reference") == 1
+    assert "SIMICE 2.1.0 (reference: pooled, exact)" in facts and facts.count("reference") == 1
     log = _one(page, f"#job-{parent_id}-log").get_text(" ", strip=True)
     for name in names:  # each method's events are shown on the comparison's page
         assert f"{name}: started" in log and f"{name}: completed" in log
@@ -429,7 +430,7 @@ def test_a_comparison_runs_every_method_on_centrals_data(
     assert _one(child_status, f"a[href='/jobs/{parent_id}']")
     assert not child_status.select("input[type=file]")  # no upload of its own
     assert not child_status.select("table.numbers")
-    assert _one(child_page, "dl.facts").get_text(" ", strip=True).count("CSLMICE 2.0.0") == 1
+    assert _one(child_page, "dl.facts").get_text(" ", strip=True).count("CSLMICE 2.1.0") == 1
 
     status, body = _upload(central, parent_id, path)
     assert status == 409 and "completed" in body["detail"]
@@ -669,6 +670,7 @@ def test_a_comparison_through_the_wizard(central: TestClient, demo_files: dict[s
         "ridge": 1e-5,
         "max_iter": 100,
         "min_rows": 18,
+        "donors": 5,
     }
     for method in parent["methods"]:
         child = _get(central, method["id"])
@@ -859,7 +861,7 @@ def test_a_comparison_across_sites_runs_every_method_after_one_start(
         assert seen["code_trusted"] is True and seen["state"] == "created"
         page = _soup(api.get(f"/jobs/{parent_id}").text).get_text(" ", strip=True)
         assert "This job compares methods" in page
-        trusted = re.findall(r"(\w+) 2\.0\.0 is built into this portal: trusted\.", page)
+        trusted = re.findall(r"(\w+) 2\.1\.0 is built into this portal: trusted\.", page)
         assert trusted == names[:3]  # the methods that run on this site's data, not IMICE
 
     assert _start_everywhere(fed, parent_id, demo_files) in ("running", "completed")

@@ -186,14 +186,15 @@ def assert_logistic_beta(beta: np.ndarray, x: np.ndarray, y: np.ndarray, ridge: 
 def logistic_fits(monkeypatch: pytest.MonkeyPatch) -> list[Fit]:
     """Every logistic ``Fit`` the central halves compute (their Hessians are not reported)."""
     captured: list[Fit] = []
-    original = _newton.fit_logistic
+    original = _newton.fit_pooled
 
     async def recording(*args: Any, **kwargs: Any) -> Fit:
         fit = await original(*args, **kwargs)
-        captured.append(fit)
+        if fit.kind == "logistic":
+            captured.append(fit)
         return fit
 
-    monkeypatch.setattr("algorithms.methods.logistic.fit_logistic", recording)
+    monkeypatch.setattr("algorithms._newton.fit_pooled", recording)
     return captured
 
 
@@ -509,7 +510,7 @@ def check_current_data(
     original: np.ndarray, z: np.ndarray, observed: dict[int, np.ndarray], *, b_imputed: bool
 ) -> None:
     """z is the rows with complete non-targets, observed cells unchanged, every cell filled
-    (b's missing cells hold the site's mean until b's first imputation, then 0 or 1)."""
+    (b's missing cells hold draws of the site's observed b from the start: 0 or 1)."""
     kept = original[~np.isnan(original[:, [0, 1, 2]]).any(axis=1)]
     assert z.shape == (kept.shape[0], len(COLUMNS) + 1)
     assert np.all(z[:, -1] == 1.0)
@@ -531,7 +532,7 @@ def test_simi_logistic_accepted_step_costs_one_round_trip() -> None:
     gives H, g and Q together (the first, logistic_start, also the design's sums and squares
     that set the penalty): with every full step accepted, round trips = iterations + 3.
 
-    fit_logistic evaluates the start (1), then per iteration: if the direction at the current
+    fit_pooled evaluates the start (1), then per iteration: if the direction at the current
     point is below the tolerance it stops without asking; otherwise it evaluates candidates
     (step 1, then halves) until one is accepted. With each full step accepted that is one
     evaluation per iteration, so evaluations = iterations + 1, plus open and close.
@@ -547,7 +548,7 @@ def test_simi_logistic_accepted_step_costs_one_round_trip() -> None:
     evaluations = operations[1:-1]
     assert evaluations == [["logistic_start"]] + [["logistic_stats"]] * (len(evaluations) - 1)
     betas = {
-        request.ops[0].args["beta"].tobytes()
+        request.ops[0].args["theta"].tobytes()
         for request in list(harness.transport.requests.values())[1:-1]
     }
     assert len(betas) == len(evaluations), "no beta is evaluated twice"

@@ -6,10 +6,11 @@ import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from federation.data import read_csv
-from federation.outputs import long_csv, zip_bytes
+from federation.outputs import dataset_csv, long_csv, zip_bytes
 from federation.registry import Registry
 from federation.simulation import simulate
 from tests.federation_env import Federation, start_federation
@@ -132,3 +133,91 @@ def test_a_job_runs_across_processes_and_equals_the_simulation(
         kinds = {entry["kind"] for entry in replies}
         assert "fip.open" in kinds and any("gaussian_stats" in k for k in kinds)
         assert all(entry["bytes"] > 0 for entry in ledger)
+
+
+def test_a_categorical_and_a_pmm_target_run_across_processes(
+    network: Federation, demo_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """One SIMICE job over TLS with a categorical target (its levels in the job, sent to every
+    site) and a pmm one: it equals the simulation, its categorical imputations are levels and
+    its pmm imputations values central observed."""
+    fed = network
+    rng = np.random.default_rng(5)
+    files = {}
+    for name, path in demo_files.items():
+        demo = read_csv(path, label=f"{name}.csv")
+        age = demo.values[:, demo.columns.index("age")]
+        drawn = np.digitize(age + rng.normal(0, 8, age.size), [50.0, 62.0]) + 1.0
+        drawn[rng.random(age.size) < 0.15] = np.nan
+        values = np.column_stack([demo.values, drawn])
+        files[name] = tmp_path / f"{name}.csv"
+        files[name].write_bytes(dataset_csv((*demo.columns, "stage"), values))
+    columns = files["central"].read_text().splitlines()[0].split(",")
+    targets = [("bmi", "pmm"), ("smoker", "logistic"), ("stage", "categorical")]
+    params = {"iteration_before_first_imputation": 2, "iteration_between_imputations": 1}
+    with fed.admin() as admin:
+        response = admin.post(
+            "/api/jobs",
+            json={
+                "name": "e2e methods",
+                "algorithm": "SIMICE",
+                "columns": columns,
+                "participants": [s.site_id for s in fed.sites],
+                "targets": [
+                    {"column": c, "type": t, **({"levels": [1, 2, 3]} if c == "stage" else {})}
+                    for c, t in targets
+                ],
+                "imputations": 2,
+                "parameters": params,
+                "seed": 9,
+            },
+        )
+        assert response.status_code == 201, response.text
+        job_id = response.json()["id"]
+    for site, label in zip(fed.sites, ("north", "south"), strict=True):
+        with site.api() as api:
+            uploaded = api.post(
+                f"/api/jobs/{job_id}/data",
+                files={"file": (f"{label}.csv", files[label].read_bytes())},
+            )
+            assert uploaded.status_code == 200, uploaded.text
+            assert api.post(f"/api/jobs/{job_id}/start").status_code == 200
+    with fed.admin() as admin:
+        response = admin.post(
+            f"/api/jobs/{job_id}/data",
+            files={"file": ("central.csv", files["central"].read_bytes())},
+        )
+        assert response.status_code == 200, response.text
+    wait_for(
+        lambda: _state(fed, job_id) not in ("waiting", "running"), seconds=90, what="the job to end"
+    )
+    with fed.admin() as admin:
+        job = admin.get(f"/api/jobs/{job_id}").json()
+        assert job["state"] == "completed", job
+        downloaded = admin.get(f"/api/jobs/{job_id}/result", params={"format": "long"})
+        report = admin.get(f"/api/jobs/{job_id}/report").json()
+
+    central = read_csv(files["central"], label="central.csv")
+    expected = asyncio.run(
+        simulate(
+            algorithm=Registry.with_builtins().get("SIMICE"),
+            central=central,
+            sites={
+                s.site_id: read_csv(files[d], label=f"{d}.csv")
+                for s, d in zip(fed.sites, ("north", "south"), strict=True)
+            },
+            targets=targets,
+            params={"imputations": 2, **params},
+            seed=9,
+            levels={"stage": (1.0, 2.0, 3.0)},
+        )
+    )
+    assert downloaded.content == long_csv(expected)
+    assert {f["type"] for f in report["fits"]} == {"pmm", "logistic", "categorical"}
+    stage: int = columns.index("stage")
+    bmi: int = columns.index("bmi")
+    observed_bmi = central.values[~np.isnan(central.values[:, bmi]), bmi]
+    for m in (1, 2):
+        imputed = expected.dataset(m)
+        assert set(np.unique(imputed[expected.missing[:, stage], stage])) <= {1.0, 2.0, 3.0}
+        assert np.isin(imputed[expected.missing[:, bmi], bmi], observed_bmi).all()

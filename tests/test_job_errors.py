@@ -92,10 +92,10 @@ def test_target_name_not_in_header() -> None:
 
 
 def test_unknown_target_type() -> None:
-    """A type other than gaussian/logistic is named with the allowed ones."""
-    message = fails(InputError, "SIMI", central(), {"a": site_a()}, [("y", "poisson")])
+    """A method the registry does not know is named with the known ones."""
+    message = fails(InputError, "SIMI", central(), {"a": site_a()}, [("y", "negbin")])
 
-    assert "'poisson'" in message
+    assert "'negbin'" in message
     assert "'y'" in message
     assert "gaussian" in message and "logistic" in message
 

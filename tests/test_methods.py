@@ -29,7 +29,7 @@ from algorithms._stats import Fit
 from federation.compare import simulate_comparison
 from federation.data import Table
 from federation.errors import FitError, InputError, SiteFailed
-from federation.job import CENTRAL
+from federation.job import CENTRAL, random_stream
 from federation.outputs import long_csv
 from federation.protocol import Reply, Request, decode
 from federation.runtime import JobResult, run_job
@@ -124,16 +124,21 @@ def design_of(values: np.ndarray, target: int) -> tuple[np.ndarray, np.ndarray]:
     return x, values[:, target - 1]
 
 
-def mean_filled_design(values: np.ndarray, target: int) -> tuple[np.ndarray, np.ndarray]:
+def initial_design(
+    values: np.ndarray, target: int, *, participant: str, seed: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
     """One participant's (X, y) for the first chained fit of ``target``: the rows whose
-    non-target columns (x1..x3) are complete; g's and b's missing cells filled with the
-    participant's observed mean over those rows; then the rows where ``target`` was observed."""
+    non-target columns (x1..x3) are complete; g's and b's missing cells filled by random draws
+    from the participant's own observed values over those rows (mice's initialisation, drawn
+    from the participant's stream, g then b); then the rows where ``target`` was observed."""
+    rng = random_stream(seed, participant)
     kept = values[~np.isnan(values[:, :3]).any(axis=1)]
     observed = ~np.isnan(kept[:, target - 1])
     filled = kept.copy()
     for column in (G - 1, B - 1):
         missing = np.isnan(kept[:, column])
-        filled[missing, column] = kept[~missing, column].mean()
+        pool = kept[~missing, column]
+        filled[missing, column] = pool[rng.integers(0, pool.size, size=int(missing.sum()))]
     return design_of(filled[observed], target)
 
 
@@ -264,7 +269,7 @@ def drawn_fits(monkeypatch: pytest.MonkeyPatch) -> list[Fit]:
         return original(fit, rng)
 
     monkeypatch.setattr("algorithms.methods.gaussian.draw_parameters", recording)
-    monkeypatch.setattr("algorithms.methods.logistic.draw_parameters", recording)
+    monkeypatch.setattr("algorithms.methods._newton_method.draw_parameters", recording)
     return captured
 
 
@@ -400,7 +405,7 @@ def test_imice_first_fit_uses_central_rows_only() -> None:
 
     result = run("IMICE", central, sites, [("g", "gaussian"), ("b", "logistic")], imputations=1)
 
-    x, y = mean_filled_design(central.values, G)
+    x, y = initial_design(central.values, G, participant=CENTRAL)
     reference = ridge_gaussian(x, y, RIDGE)
     first = result.report["fits"][0]
     assert (first["target"], first["cycle"], first["n"]) == ("g", 1, y.size)
@@ -621,13 +626,16 @@ def test_chained_one_shot_methods_cost_one_request_per_target_per_cycle(algorith
 
 
 @pytest.mark.parametrize("algorithm", ["AVGMMICE", "CSLMICE"])
-def test_chained_first_fit_on_mean_filled_data(algorithm: str, drawn_fits: list[Fit]) -> None:
+def test_chained_first_fit_on_initially_drawn_data(algorithm: str, drawn_fits: list[Fit]) -> None:
     """The first fit (cycle 1, Gaussian g) is the method's fit on the mean-filled data: each
     participant keeps the rows with x1..x3 complete, fills g and b with its own observed means,
     and fits g on the rows where g was observed. AVGMMICE: the n-weighted average of the own
     fits; CSLMICE: the closed form of the surrogate around central's own fit."""
     central, sites = chained_data(71)
-    designs = [mean_filled_design(v, G) for v in participants(central, sites)]
+    designs = [
+        initial_design(v, G, participant=name)
+        for v, name in zip(participants(central, sites), (CENTRAL, *sites), strict=True)
+    ]
     n = sum(y.size for _, y in designs)
 
     result = run(

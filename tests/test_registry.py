@@ -88,7 +88,7 @@ def test_a_copy_under_another_name_loads() -> None:
         ("X", lambda f: _meta(f, capabilities={"targets": "two"}), "capabilities.targets"),
         (
             "X",
-            lambda f: _meta(f, capabilities={"targets": "single", "target_types": ["poisson"]}),
+            lambda f: _meta(f, capabilities={"targets": "single", "target_types": ["negbin"]}),
             "target_types",
         ),
         ("X", lambda f: _meta(f, parameters={"type": "object", "properties": 3}), "JSON Schema"),

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from algorithms._newton import fit_own_logistic
+from algorithms import _newton
 from algorithms._stats import augment
 from federation.data import Table
 from federation.runtime import JobResult
@@ -134,7 +134,8 @@ def test_a_warm_start_at_a_separated_optimum_still_fits() -> None:
     z = augment(values)
     start = np.array([1e5, 0.0, 0.0])
 
-    fit = fit_own_logistic(
+    fit = _newton.fit_own(
+        _newton.LOGISTIC,
         z,
         None,
         2,

@@ -21,12 +21,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from algorithms.methods._method import Method, SiteStatistics
+from algorithms.methods._levels import level_list, levels_for
+from algorithms.methods._method import Method, Rows, SiteStatistics
+from algorithms.methods.categorical import CATEGORICAL
 from algorithms.methods.gaussian import GAUSSIAN
 from algorithms.methods.logistic import LOGISTIC
+from algorithms.methods.ordinal import ORDINAL
+from algorithms.methods.pmm import PMM
+from algorithms.methods.poisson import POISSON
 from federation.errors import InputError
 
-METHODS: Mapping[str, Method] = {m.name: m for m in (GAUSSIAN, LOGISTIC)}
+METHODS: Mapping[str, Method] = {
+    m.name: m for m in (GAUSSIAN, PMM, LOGISTIC, CATEGORICAL, ORDINAL, POISSON)
+}
 """Every target method, by name, in the order forms list them."""
 
 
@@ -64,9 +71,12 @@ def site_statistics() -> dict[str, SiteStatistics]:
 __all__ = [
     "METHODS",
     "Method",
+    "Rows",
     "SiteStatistics",
     "get",
     "label",
+    "level_list",
+    "levels_for",
     "names",
     "site_statistics",
     "suggest",

@@ -9,13 +9,16 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from algorithms._stats import Fit
+from algorithms._stats import Fit, linear_predictor
 
 Ask = Callable[..., Awaitable[Mapping[str, Mapping[str, Any]]]]
 """``await ask(operation, **args)``: the operation's replies of every participant, by name."""
 
 SiteStatistics = Callable[..., dict[str, Any]]
 """``statistics(z, rows, column, **args)``: a site's aggregates for one fit (see ``_stats``)."""
+
+Rows = tuple[np.ndarray, np.ndarray | None]
+"""Rows of a participant as ``_stats`` lays them out (``Z``, ones last) and a mask (None: all)."""
 
 
 class Method(ABC):
@@ -34,11 +37,32 @@ class Method(ABC):
     residual_variance: ClassVar[bool]
     """Its fit has a residual sum of squares and its draw a sigma (the normal linear model)."""
     replies: ClassVar[Mapping[str, Mapping[str, str]]]
-    """The site operations it asks for and the declared shape of their replies (params.json)."""
+    """The site operations it asks for and the declared shape of their replies (params.json):
+    ``p`` the design's width, ``t`` the length of the fit's parameters, ``l`` the levels."""
+    levels: ClassVar[bool] = False
+    """Its column takes one of the job's levels (``methods._levels``)."""
+    min_levels: ClassVar[int] = 0
 
-    def invalid(self, cells: np.ndarray) -> np.ndarray:
+    def invalid(self, cells: np.ndarray, levels: Sequence[float] = ()) -> np.ndarray:
         """Mask of the observed cells (NaN: missing) its column may not hold."""
         return np.zeros(cells.shape, dtype=bool)
+
+    def level_problem(self, count: int, *, column: str) -> str | None:
+        """Why a column with ``count`` levels cannot take this method, or None."""
+        if self.levels and count < self.min_levels:
+            return (
+                f"column '{column}' has {count} level(s); {self.name} needs at least "
+                f"{self.min_levels} (use {'logistic' if count == 2 else 'another method'})"
+            )
+        return None
+
+    def parameters(self, p: int, levels: int) -> int:
+        """Length of the fit's parameters for a design of width p and a target of K levels."""
+        return p
+
+    def parameter_names(self, names: Sequence[str], levels: Sequence[float]) -> list[str]:
+        """A name for each of the fit's parameters (the design's columns, intercept last)."""
+        return list(names)
 
     @abstractmethod
     def site_statistics(self) -> Mapping[str, SiteStatistics]:
@@ -54,6 +78,7 @@ class Method(ABC):
         max_iter: int,
         names: Sequence[str],
         target: str,
+        levels: Sequence[float] = (),
     ) -> Fit:
         """The exact fit over every participant's rows, from their aggregates."""
 
@@ -68,6 +93,7 @@ class Method(ABC):
         max_iter: int,
         names: Sequence[str],
         target: str,
+        levels: Sequence[float] = (),
         start: np.ndarray | None = None,
         offset: np.ndarray | None = None,
     ) -> Fit:
@@ -75,17 +101,40 @@ class Method(ABC):
 
     @abstractmethod
     def score(
-        self, z: np.ndarray, rows: np.ndarray | None, column: int, beta: np.ndarray
+        self,
+        z: np.ndarray,
+        rows: np.ndarray | None,
+        column: int,
+        beta: np.ndarray,
+        levels: Sequence[float] = (),
     ) -> tuple[int, np.ndarray]:
         """n and the gradient of the log-likelihood at ``beta`` over the rows (CSLMI)."""
 
     @abstractmethod
-    def draw(self, fit: Fit, rng: np.random.Generator) -> dict[str, Any]:
+    def draw(self, fit: Fit, rng: np.random.Generator, *, target: str) -> dict[str, Any]:
         """One posterior draw of the parameters, as the imputation takes them."""
 
-    @abstractmethod
-    def impute(self, eta: np.ndarray, rng: np.random.Generator, **drawn: Any) -> np.ndarray:
-        """Imputed values for rows with linear predictor ``eta`` under drawn parameters."""
+    def impute(
+        self,
+        missing: Rows,
+        donors: Rows,
+        column: int,
+        rng: np.random.Generator,
+        *,
+        target: str,
+        levels: Sequence[float] = (),
+        **drawn: Any,
+    ) -> np.ndarray:
+        """Imputed values (in the column's own values) for the ``missing`` rows of a
+        participant under drawn parameters; ``donors`` are its rows observing the target."""
+        z, rows = missing
+        mask = np.ones(z.shape[0], dtype=bool) if rows is None else rows
+        eta = linear_predictor(z, mask, column, drawn["alpha"])
+        return self.impute_eta(eta, rng, **drawn)
+
+    def impute_eta(self, eta: np.ndarray, rng: np.random.Generator, **drawn: Any) -> np.ndarray:
+        """Imputed values for rows with linear predictor ``eta`` (one linear predictor)."""
+        raise NotImplementedError
 
     @abstractmethod
     def simulate(self, eta: np.ndarray, rng: np.random.Generator) -> np.ndarray:

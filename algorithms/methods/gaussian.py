@@ -35,6 +35,7 @@ class Gaussian(Method):
         max_iter: int,
         names: Sequence[str],
         target: str,
+        levels: Sequence[float] = (),
     ) -> Fit:
         replies = await ask("gaussian_stats")
         _check_counts(replies, target)
@@ -50,6 +51,7 @@ class Gaussian(Method):
         max_iter: int,
         names: Sequence[str],
         target: str,
+        levels: Sequence[float] = (),
         start: np.ndarray | None = None,
         offset: np.ndarray | None = None,
     ) -> Fit:
@@ -57,16 +59,21 @@ class Gaussian(Method):
         return fit_gaussian({"": stats}, ridge=ridge, names=names, target=target, offset=offset)
 
     def score(
-        self, z: np.ndarray, rows: np.ndarray | None, column: int, beta: np.ndarray
+        self,
+        z: np.ndarray,
+        rows: np.ndarray | None,
+        column: int,
+        beta: np.ndarray,
+        levels: Sequence[float] = (),
     ) -> tuple[int, np.ndarray]:
         """X'(y - X beta): the score up to 1/sigma^2."""
         stats = gaussian_stats(z, rows, column)
         return int(stats["n"]), stats["xty"] - stats["xtx"] @ beta
 
-    def draw(self, fit: Fit, rng: np.random.Generator) -> dict[str, Any]:
+    def draw(self, fit: Fit, rng: np.random.Generator, *, target: str) -> dict[str, Any]:
         return draw_parameters(fit, rng)
 
-    def impute(self, eta: np.ndarray, rng: np.random.Generator, **drawn: Any) -> np.ndarray:
+    def impute_eta(self, eta: np.ndarray, rng: np.random.Generator, **drawn: Any) -> np.ndarray:
         values: np.ndarray = eta + float(drawn["sigma"]) * rng.standard_normal(eta.size)
         return values
 

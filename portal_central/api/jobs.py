@@ -32,6 +32,12 @@ class TargetIn(BaseModel):
         + "; ".join(f"{m.name} ({m.label}: {m.when})" for m in methods.METHODS.values())
     )
 
+    levels: list[float] | None = Field(
+        default=None,
+        description="a categorical or ordinal target's levels: the integer codes of the "
+        "column, in order (a site whose column holds another value refuses)",
+    )
+
     @field_validator("type")
     @classmethod
     def _known_method(cls, value: str) -> str:
@@ -169,7 +175,10 @@ def create(body: JobIn, admin: AdminUser, state: StateDep) -> JobOut:
             algorithm=body.algorithm,
             version=body.version,
             columns=body.columns,
-            targets=[service.TargetChoice(column=t.column, type=t.type) for t in body.targets],
+            targets=[
+                service.TargetChoice(column=t.column, type=t.type, levels=tuple(t.levels or ()))
+                for t in body.targets
+            ],
             params=params,
             participants=body.participants,
             seed=body.seed,

@@ -12,6 +12,7 @@ import numpy as np
 from pydantic import BaseModel, NonNegativeInt, ValidationError
 
 from algorithms import methods
+from algorithms.methods._levels import MAX_LEVELS
 from federation.data import CsvStream
 from federation.diagnostics import MissingPattern, md_pattern_of_counts
 
@@ -29,6 +30,9 @@ class ColumnSummary:
     missing: int
     binary: bool
     """Every observed value is 0 or 1 (and there is at least one)."""
+    levels: tuple[float, ...] = ()
+    """Its distinct observed values when they are few integers (a categorical or ordinal
+    target's default levels), else empty."""
 
     @property
     def missing_share(self) -> float:
@@ -53,6 +57,7 @@ class HeaderReader:
         self._patterns: dict[bytes, int] = {}
         self.uncounted_rows = 0
         """Rows whose pattern was new after MAX_PATTERNS distinct ones were counted."""
+        self._values: list[set[float] | None] = []
 
     def feed(self, data: bytes) -> None:
         self._count(self._csv.feed(data))
@@ -65,6 +70,7 @@ class HeaderReader:
                 rows=self._csv.rows,
                 missing=int(self._missing[index]),
                 binary=bool(self._observed[index]) and bool(self._binary[index]),
+                levels=tuple(sorted(self._values[index] or ())),
             )
             for index, name in enumerate(self._csv.columns)
         ]
@@ -80,6 +86,19 @@ class HeaderReader:
             self._missing += missing.sum(axis=0)
             self._observed += (~missing).sum(axis=0)
             self._binary &= np.all(missing | (values == 0) | (values == 1), axis=0)
+            if not self._values:
+                self._values = [set() for _ in range(values.shape[1])]
+            for column, seen in enumerate(self._values):
+                if seen is None:
+                    continue
+                cells = values[:, column]
+                distinct = np.unique(cells[~np.isnan(cells)])
+                if (np.round(distinct) != distinct).any():
+                    self._values[column] = None
+                    continue
+                seen.update(float(v) for v in distinct)
+                if len(seen) > MAX_LEVELS:
+                    self._values[column] = None
             packed, counts = np.unique(np.packbits(missing, axis=1), axis=0, return_counts=True)
             for row, count in zip(packed, counts, strict=True):
                 key = row.tobytes()

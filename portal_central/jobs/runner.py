@@ -23,7 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from federation.compare import comparison_report
 from federation.data import Table, check_columns
 from federation.errors import FipError, InputError
-from federation.job import CENTRAL, JobEvent, JobSpec, Target
+from federation.job import CENTRAL, JobEvent, JobSpec, target_from_wire
 from federation.protocol import Cancel, ControlMessage, JobUpdate, Ready, Unready
 from federation.registry import Registry
 from federation.runtime import REQUEST_SECONDS, JobResult, run_job
@@ -84,7 +84,7 @@ def spec_of(job: Job) -> JobSpec:
         version=job.algorithm.version,
         digest=job.algorithm.digest,
         columns=tuple(job.columns),
-        targets=tuple(Target(t["index"], t["name"], t["type"]) for t in job.targets),
+        targets=tuple(target_from_wire(t) for t in job.targets),
         params=dict(job.params),
         seed=job.seed,
         sites=tuple(p.user.site_id or "" for p in job.participants),

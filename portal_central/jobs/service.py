@@ -10,10 +10,11 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
+from algorithms import methods as methods_registry
 from federation import secure
 from federation.compare import reference_for
 from federation.errors import InputError
-from federation.job import make_targets
+from federation.job import make_targets, target_to_wire
 from federation.params import resolve_params
 from federation.protocol import MAX_FRAME_BYTES
 from federation.registry import Algorithm, Registry
@@ -28,6 +29,15 @@ from portal_central.models import AlgorithmVersion, Job, JobParticipant, User
 class TargetChoice:
     column: str
     type: str
+    levels: tuple[float, ...] = ()
+    """A categorical or ordinal target's levels (the API's, or the values central's header
+    scan observed); ignored for other methods."""
+
+
+def _has_levels(method: str) -> bool:
+    """The method takes a list of levels (an unknown one is refused by ``make_targets``)."""
+    known = methods_registry.METHODS.get(method)
+    return known is not None and known.levels
 
 
 def create_job(
@@ -69,8 +79,17 @@ def create_job(
         methods = _methods(session, registry, info, compare)
     try:
         resolved_targets = make_targets(
-            list(columns), [(t.column, t.type) for t in targets], label="the job's columns"
+            list(columns),
+            [(t.column, t.type) for t in targets],
+            label="the job's columns",
+            levels={t.column: t.levels for t in targets if t.levels and _has_levels(t.type)},
         )
+        for target in resolved_targets:
+            if methods_registry.get(target.type).levels and not target.levels:
+                raise InputError(
+                    f"target '{target.name}' is {target.type}: give its levels, the integer "
+                    "codes of the column in order (e.g. 1,2,3,4,5)"
+                )
         for method in methods:
             method.algorithm.check_targets(t.type for t in resolved_targets)
     except InputError as error:
@@ -118,7 +137,7 @@ def create_job(
             description=description.strip(),
             algorithm_version_id=row.id,
             columns=list(columns),
-            targets=[{"index": t.index, "name": t.name, "type": t.type} for t in resolved_targets],
+            targets=[target_to_wire(t) for t in resolved_targets],
             params=resolved[method.name],
             seed=drawn_seed,
             state="created",

@@ -146,7 +146,11 @@ async def create_job(request: Request, admin: AdminUser, state: StateDep) -> Res
                 version=None,
                 columns=[c.name for c in values["columns"]],
                 targets=[
-                    service.TargetChoice(column=c.name, type=values["types"].get(c.name, c.guess))
+                    service.TargetChoice(
+                        column=c.name,
+                        type=values["types"].get(c.name, c.guess),
+                        levels=c.levels,
+                    )
                     for c in values["columns"]
                     if c.name in values["targets"]
                 ],
@@ -279,7 +283,7 @@ async def take_central_data(
             check_for_job(
                 table,
                 job.columns,
-                [(t["name"], t["type"]) for t in job.targets],
+                [(t["name"], t["type"], tuple(t.get("levels", ()))) for t in job.targets],
                 show_values=False,
                 alone=not job.participants,
             )

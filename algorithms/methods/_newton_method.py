@@ -1,0 +1,135 @@
+"""The part every Newton method shares: its site operations, its pooled and own fits by the one
+Newton of ``algorithms._newton``, its score and its draw. A Newton method is a
+:class:`NewtonMethod` with its family, its replies and its imputation."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from algorithms import _newton
+from algorithms._stats import Fit, draw_parameters
+from algorithms.methods._method import Ask, Method, SiteStatistics
+
+
+def newton_replies(operation: str, *, dims: str, levels: bool, extra: Mapping[str, str]) -> dict:  # type: ignore[type-arg]
+    """The declared replies of a Newton method's two operations: ``<name>_start`` (the first
+    evaluation, with the design's moments and, with levels, the rows per level) and
+    ``<name>_stats``."""
+    stats = {"n": "rows", "h": f"float[{dims},{dims}]", "g": f"float[{dims}]", "q": "float"}
+    stats.update(extra)
+    start = {**stats, "sums": "float[p]", "squares": "float[p]"}
+    if levels:
+        start["counts"] = "count[l]"
+    return {f"{operation}_start": start, f"{operation}_stats": stats}
+
+
+class NewtonMethod(Method):
+    """A method fitted by penalised Newton over every participant's H, g and Q."""
+
+    family: _newton.Family
+    fitting = "Newton"
+    residual_variance = False
+
+    def parameters(self, p: int, levels: int) -> int:
+        return self.family.size(p, levels)
+
+    def parameter_names(self, names: Sequence[str], levels: Sequence[float]) -> list[str]:
+        return self.family.names(names, levels)
+
+    def site_statistics(self) -> Mapping[str, SiteStatistics]:
+        family = self.family
+
+        def start(
+            z: np.ndarray,
+            rows: np.ndarray | None,
+            column: int,
+            theta: np.ndarray,
+            levels: Sequence[float] = (),
+        ) -> dict[str, Any]:
+            """A Newton fit's first evaluation: H, g, Q and the design's column sums and
+            squares (and the rows at each level)."""
+            return family.stats(z, rows, column, theta, levels=levels, moments=True)
+
+        def stats(
+            z: np.ndarray,
+            rows: np.ndarray | None,
+            column: int,
+            theta: np.ndarray,
+            levels: Sequence[float] = (),
+        ) -> dict[str, Any]:
+            """n, the information H, the gradient g and the log-likelihood Q at theta."""
+            return family.stats(z, rows, column, theta, levels=levels)
+
+        return {f"{family.name}_start": start, f"{family.name}_stats": stats}
+
+    async def fit_pooled(
+        self,
+        ask: Ask,
+        *,
+        start: np.ndarray | None,
+        ridge: float,
+        max_iter: int,
+        names: Sequence[str],
+        target: str,
+        levels: Sequence[float] = (),
+    ) -> Fit:
+        name = self.family.name
+
+        async def evaluate(theta: np.ndarray, first: bool) -> Mapping[str, Mapping[str, Any]]:
+            return await ask(f"{name}_start" if first else f"{name}_stats", theta=theta)
+
+        return await _newton.fit_pooled(
+            self.family,
+            evaluate,
+            start=start,
+            ridge=ridge,
+            max_iter=max_iter,
+            names=names,
+            target=target,
+            levels=levels,
+        )
+
+    def fit_own(
+        self,
+        z: np.ndarray,
+        rows: np.ndarray | None,
+        column: int,
+        *,
+        ridge: float,
+        max_iter: int,
+        names: Sequence[str],
+        target: str,
+        levels: Sequence[float] = (),
+        start: np.ndarray | None = None,
+        offset: np.ndarray | None = None,
+    ) -> Fit:
+        return _newton.fit_own(
+            self.family,
+            z,
+            rows,
+            column,
+            ridge=ridge,
+            max_iter=max_iter,
+            names=names,
+            target=target,
+            levels=levels,
+            start=start,
+            offset=offset,
+        )
+
+    def score(
+        self,
+        z: np.ndarray,
+        rows: np.ndarray | None,
+        column: int,
+        beta: np.ndarray,
+        levels: Sequence[float] = (),
+    ) -> tuple[int, np.ndarray]:
+        stats = self.family.stats(z, rows, column, beta, levels=levels)
+        return int(stats["n"]), stats["g"]
+
+    def draw(self, fit: Fit, rng: np.random.Generator, *, target: str) -> dict[str, Any]:
+        return draw_parameters(fit, rng)

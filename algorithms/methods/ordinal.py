@@ -1,0 +1,85 @@
+"""ordinal: an ordered target of K >= 3 levels (mice's polr), proportional odds as R's
+MASS::polr, fitted by distributed Newton; imputed as one of its levels."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from scipy.special import expit
+
+from algorithms import _newton
+from algorithms._stats import Fit, draw_parameters, linear_predictor
+from algorithms.methods import _levels
+from algorithms.methods._method import Rows
+from algorithms.methods._newton_method import NewtonMethod, newton_replies
+from algorithms.methods.categorical import draw_levels
+from federation.errors import FitError
+
+REDRAWS = 1000
+
+
+def probabilities(eta: np.ndarray, zeta: np.ndarray) -> np.ndarray:
+    """(m, K) level probabilities: P(y <= k) = sigmoid(zeta_k - eta)."""
+    below = expit(zeta[None, :] - eta[:, None])
+    ones = np.ones((eta.size, 1))
+    cumulative = np.concatenate([np.zeros((eta.size, 1)), below, ones], axis=1)
+    result: np.ndarray = np.diff(cumulative, axis=1)
+    return result
+
+
+class Ordinal(NewtonMethod):
+    name = "ordinal"
+    label = "ordered"
+    when = "3 or more ordered categories coded as integers (a stage, a grade, a Likert score)"
+    expects = "one of the job's levels"
+    family = _newton.ORDINAL
+    levels = True
+    min_levels = 3
+    replies = newton_replies("ordinal", dims="t", levels=True, extra={"saturated": "count"})
+
+    def invalid(self, cells: np.ndarray, levels: Sequence[float] = ()) -> np.ndarray:
+        return _levels.outside(cells, levels)
+
+    def draw(self, fit: Fit, rng: np.random.Generator, *, target: str) -> dict[str, Any]:
+        """Normal(theta_hat, H^-1); a draw whose thresholds do not increase is redrawn."""
+        p = fit.moments.mean.size
+        for _ in range(REDRAWS):
+            drawn = draw_parameters(fit, rng)
+            if self.family.in_model(drawn["alpha"], p):
+                return drawn
+        raise FitError(
+            f"target '{target}': {REDRAWS} draws of the thresholds were not increasing; "
+            "a level is too rare to impute it"
+        )
+
+    def impute(
+        self,
+        missing: Rows,
+        donors: Rows,
+        column: int,
+        rng: np.random.Generator,
+        *,
+        target: str,
+        levels: Sequence[float] = (),
+        **drawn: Any,
+    ) -> np.ndarray:
+        z, rows = missing
+        mask = np.ones(z.shape[0], dtype=bool) if rows is None else rows
+        theta = np.asarray(drawn["alpha"])
+        slopes = z.shape[1] - 2  # the design's width without the intercept
+        coef = np.append(theta[:slopes], 0.0)
+        eta = linear_predictor(z, mask, column, coef)
+        index = draw_levels(probabilities(eta, theta[slopes:]), rng)
+        values: np.ndarray = np.asarray(levels, dtype=np.float64)[index]
+        return values
+
+    def simulate(self, eta: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Levels 1..4 of a latent logistic around ``eta``."""
+        latent = eta + rng.logistic(size=eta.size)
+        values: np.ndarray = np.digitize(latent, [-0.5, 0.5, 1.5]).astype(np.float64) + 1.0
+        return values
+
+
+ORDINAL = Ordinal()

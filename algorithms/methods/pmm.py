@@ -1,0 +1,67 @@
+"""pmm: predictive mean matching (mice's default pmm, type-1 matching) for a continuous or count
+target: the exact pooled Gaussian fit and draw, then each missing row takes the observed value
+of one of the ``donors`` nearest observed rows of the same participant (``algorithms._pmm``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from algorithms import _pmm
+from algorithms._stats import Fit, linear_predictor
+from algorithms.methods._method import Rows
+from algorithms.methods.gaussian import Gaussian
+
+
+class Pmm(Gaussian):
+    name = "pmm"
+    label = "matched"
+    when = (
+        "a continuous or count column whose values must stay plausible (skewed, bounded, "
+        "integer): imputes only values observed at the imputing site"
+    )
+    expects = "any number"
+
+    def draw(self, fit: Fit, rng: np.random.Generator, *, target: str) -> dict[str, Any]:
+        """The Gaussian draw (alpha, sigma) and the fit's beta, on which donors are matched."""
+        return {**super().draw(fit, rng, target=target), "beta": fit.beta}
+
+    def impute(
+        self,
+        missing: Rows,
+        donors: Rows,
+        column: int,
+        rng: np.random.Generator,
+        *,
+        target: str,
+        levels: Sequence[float] = (),
+        params: Mapping[str, Any] | None = None,
+        **drawn: Any,
+    ) -> np.ndarray:
+        """yhat = x'alpha for the missing rows, x'beta for the donors; each missing row takes a
+        donor's observed value among the ``donors`` nearest (job parameter, default 5)."""
+        z_missing, missing_rows = missing
+        z_donors, donor_rows = donors
+        every = np.ones(z_missing.shape[0], dtype=bool)
+        yhat_missing = linear_predictor(
+            z_missing, every if missing_rows is None else missing_rows, column, drawn["alpha"]
+        )
+        chosen = np.ones(z_donors.shape[0], dtype=bool) if donor_rows is None else donor_rows
+        count = int((params or {}).get("donors") or _pmm.DONORS)
+        return _pmm.impute(
+            z_donors[chosen, column],
+            linear_predictor(z_donors, chosen, column, drawn["beta"]),
+            yhat_missing,
+            donors=count,
+            rng=rng,
+            target=target,
+        )
+
+    def simulate(self, eta: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        values: np.ndarray = np.round(eta + rng.standard_normal(eta.size), 1)
+        return values
+
+
+PMM = Pmm()
