@@ -1,7 +1,8 @@
 """Shared fixtures, and the tiers of the test suite.
 
-A bare ``pytest`` runs the quick tier: everything in process, on SQLite, in about a minute.
-``scripts/test`` (and so CI) runs every tier (``-m "slow or not slow"``). The tiers:
+A bare ``pytest`` runs the quick tier: everything in process, on SQLite, on two pytest-xdist
+workers (pyproject's addopts), in under a minute. ``scripts/test`` (and so CI) runs every tier
+(``-n 0 -m "slow or not slow"``) in one process. The tiers:
 
 - ``slow``: statistical or large tests, R as the reference; marked by hand.
 - ``process``: starts real processes or servers (``fip central``, ``fip site``, any ``fip``
@@ -35,6 +36,13 @@ outcome depends on the database, because they exercise:
 The other tests drive central through its API, pages and WebSocket, where the database is a
 store behind SQLAlchemy: running them on PostgreSQL as well doubled their cost and tested
 SQLAlchemy, not us. The site portal's database is SQLite by design.
+
+**The quick tier on two workers.** Its tests are safe side by side: each has its own tmp_path
+and SQLite file (``_migrated_sqlite`` and the session fixtures are made once per worker), holds
+any port it binds (port 0, kept open), and sleeps for real only for tens of milliseconds (a
+throttle's waits use a clock the test moves). The tiers that start servers pick ports with
+``free_port`` (bound, released, then used: two workers could race for one), so
+``scripts/test`` runs every tier with ``-n 0``.
 """
 
 from __future__ import annotations

@@ -6,7 +6,6 @@ over TLS (HSTS) and a `fip site` on loopback (the Host check in front of uvicorn
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from bs4 import BeautifulSoup
 from fastapi.testclient import TestClient
 
 from portal_common.web import HostCheck, allowed_hosts, cross_site
+from portal_site.local_auth import Throttle
 from portal_site.state import SiteState
 from tests.central_fixtures import make_settings
 from tests.federation_env import Federation, start_federation, start_site_portal
@@ -419,7 +419,23 @@ def test_a_next_path_never_leaves_the_portal(fresh: TestClient) -> None:
     assert chosen.headers["location"] == "/"
 
 
+class ManualClock:
+    """A monotonic clock that moves only when the test says so (no real sleeps)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 def test_wrong_local_passwords_wait_longer_and_longer(site: TestClient) -> None:
+    clock = ManualClock()
+    _state(site).auth.throttle = Throttle(clock=clock)
+
     def sign_in(password: str) -> httpx.Response:
         return site.post(
             "/local/sign-in", data={"password": password, "next": "/jobs"}, follow_redirects=False
@@ -431,11 +447,13 @@ def test_wrong_local_passwords_wait_longer_and_longer(site: TestClient) -> None:
     soon = sign_in(LOCAL_PASSWORD)  # even the right one waits
     assert soon.status_code == 429 and soon.headers["Retry-After"] == "1"
     assert "wait 1 s" in soon.text
-    time.sleep(1.05)
+    clock.advance(0.99)
+    assert sign_in(LOCAL_PASSWORD).status_code == 429, "not before the wait is over"
+    clock.advance(0.02)
     assert sign_in("still-not-it").status_code == 401
     soon = site.post("/api/local/token", json={"password": LOCAL_PASSWORD})  # the API shares it
     assert soon.status_code == 429 and soon.headers["Retry-After"] == "2"
-    time.sleep(2.05)
+    clock.advance(2.01)
     right = sign_in(LOCAL_PASSWORD)
     assert right.status_code == 303 and right.headers["location"] == "/jobs"
     assert _state(site).auth.throttle.failures == 0, "a right password starts again"
