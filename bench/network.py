@@ -158,6 +158,11 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--secure", action="store_true", help="run the jobs with secure_aggregation (masked sums)"
     )
+    parser.add_argument(
+        "--loopback",
+        action="store_true",
+        help="no network namespace even as root: the relay on loopback (as when not root)",
+    )
     args = parser.parse_args(argv)
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
@@ -180,11 +185,14 @@ class Delayed:
 
 
 @contextmanager
-def delayed_federation(root: Path, remote: Sequence[str]) -> Iterator[Delayed]:
-    """Central (in a namespace of its own when possible), a delay relay to it and ``remote``
-    site portals that reach central only through the relay; everything stopped on exit."""
+def delayed_federation(
+    root: Path, remote: Sequence[str], *, loopback: bool = False
+) -> Iterator[Delayed]:
+    """Central (in a namespace of its own unless ``loopback`` or not possible), a delay relay
+    to it and ``remote`` site portals that reach central only through the relay; everything
+    stopped and removed on exit."""
     with ExitStack() as stack:
-        namespace = Namespace.create()
+        namespace = "asked for by --loopback" if loopback else Namespace.create()
         if isinstance(namespace, Namespace):
             stack.callback(namespace.remove)
             netem = "netem available" if netem_available(namespace) else "no netem in this kernel"
@@ -194,7 +202,10 @@ def delayed_federation(root: Path, remote: Sequence[str]) -> Iterator[Delayed]:
             )
             listen, smtp_host = namespace.inside_address, namespace.host_address
         else:
-            mode = f"loopback fallback ({namespace}): central and sites on 127.0.0.1"
+            mode = (
+                f"loopback mode, no network namespace ({namespace}): central and sites on "
+                "127.0.0.1, the delay relay between them"
+            )
             listen, smtp_host = "127.0.0.1", "127.0.0.1"
 
         ca = trustme.CA()
@@ -369,7 +380,8 @@ def print_rows(rows: Sequence[Row]) -> None:
         )
 
 
-def run_shape(shape: Shape, args: argparse.Namespace, root: Path) -> list[Row]:
+def run_shape(shape: Shape, args: argparse.Namespace, root: Path) -> tuple[list[Row], str]:
+    """Every job of ``shape`` at every RTT, and the mode it ran in (namespace or loopback)."""
     layout = Layout.of(shape.columns)
     remote = [f"site{k}" for k in range(1, shape.sites)]
     tables: dict[str, dict[str, Table]] = {}
@@ -388,10 +400,16 @@ def run_shape(shape: Shape, args: argparse.Namespace, root: Path) -> list[Row]:
         flush=True,
     )
     rows = []
-    with delayed_federation(root / shape.name, remote) as delayed:
+    with delayed_federation(root / shape.name, remote, loopback=args.loopback) as delayed:
         print(f"  {delayed.mode}", flush=True)
         fed = delayed.federation
         site_ids = {s.name: s.site_id for s in fed.sites}
+        for job in shape.jobs:  # warm up (imports, the algorithm's modules) on a few rows
+            few = {
+                site: dataclasses.replace(table, values=table.values[:500])
+                for site, table in tables[job.algorithm].items()
+            }
+            in_process(job, few, site_ids)
         for job in shape.jobs:
             local_runs = [
                 in_process(job, tables[job.algorithm], site_ids) for _ in range(args.repeat)
@@ -412,17 +430,23 @@ def run_shape(shape: Shape, args: argparse.Namespace, root: Path) -> list[Row]:
                     flush=True,
                 )
                 rows.append(row)
-    return rows
+    return rows, delayed.mode
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse(argv)
     root = Path(tempfile.mkdtemp(prefix="fip-bench-"))
     rows = []
+    modes = set()
     for shape in shapes(args):
-        rows += run_shape(shape, args, root)
+        ran, mode = run_shape(shape, args, root)
+        rows += ran
+        modes.add(mode.split(":")[0])
     print()
-    print(f"medians of {args.repeat} run(s); ratio = network / (in-process + round trips x RTT)")
+    print(
+        f"{', '.join(sorted(modes))}; medians of {args.repeat} run(s); "
+        "ratio = network / (in-process + round trips x RTT)"
+    )
     print_rows(rows)
 
 
