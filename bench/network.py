@@ -317,13 +317,13 @@ def run_job(
             f"/api/jobs/{job_id}/data", files={"file": ("central.csv", files["central"])}
         ).raise_for_status()
 
-    def finished() -> bool:
-        with fed.admin() as admin:
+    with fed.admin() as admin:  # one client polls (the job's times are central's own)
+
+        def finished() -> bool:
             state = admin.get(f"/api/jobs/{job_id}").json()["state"]
             return state not in ("waiting", "running")
 
-    wait_for(finished, seconds=3600, every=0.25, what=f"{job.algorithm} to finish")
-    with fed.admin() as admin:
+        wait_for(finished, seconds=3600, every=0.5, what=f"{job.algorithm} to finish")
         done = admin.get(f"/api/jobs/{job_id}").json()
         if done["state"] != "completed":
             raise SystemExit(f"{job.algorithm} ended {done['state']}: {done['message']}")
