@@ -2,7 +2,7 @@
 
 ``Namespace.create()`` makes ``fipbench-<pid>`` with its loopback up and a veth pair to this
 namespace (10.213.<k>.1 here, 10.213.<k>.2 inside), or returns why it cannot (not root, no
-``ip netns``). Everything it made goes on ``remove()``, which also runs at exit and on SIGTERM.
+``ip netns``). Everything it made goes on ``remove()``, which also runs at exit (SIGTERM exits).
 """
 
 from __future__ import annotations
@@ -52,7 +52,9 @@ class Namespace:
         previous = signal.getsignal(signal.SIGTERM)
 
         def on_term(number: int, frame: FrameType | None) -> None:
-            namespace.remove()
+            # Unwind as on Ctrl-C: the caller's cleanup stops the processes, then removes the
+            # namespace (atexit does, at the latest). Removing it here first would cut central
+            # off from the sites it is closing a job with.
             signal.signal(signal.SIGTERM, previous)
             raise SystemExit(128 + number)
 

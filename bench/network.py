@@ -37,6 +37,7 @@ import argparse
 import asyncio
 import dataclasses
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -435,6 +436,8 @@ def run_shape(shape: Shape, args: argparse.Namespace, root: Path) -> tuple[list[
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse(argv)
+    # Ctrl-C unwinds (everything made is removed), even when started with SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     root = Path(tempfile.mkdtemp(prefix="fip-bench-"))
     rows = []
     modes = set()
