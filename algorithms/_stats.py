@@ -102,6 +102,17 @@ def logistic_stats(
     return result
 
 
+def logistic_loglik(z: np.ndarray, rows: np.ndarray | None, column: int, beta: np.ndarray) -> float:
+    """The log-likelihood of :func:`logistic_stats` alone, summed in the same blocks (so the
+    same number), for a line search's candidates."""
+    cols = design(z, column)
+    q = 0.0
+    for x, y in _blocks(z, rows, cols, column):
+        eta = x @ beta
+        q += float(y @ eta - np.logaddexp(0.0, eta).sum())
+    return q
+
+
 def linear_predictor(z: np.ndarray, rows: np.ndarray, column: int, coef: np.ndarray) -> np.ndarray:
     """X @ coef for the selected rows of target ``column``'s design, block by block."""
     cols = design(z, column)
