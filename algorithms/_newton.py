@@ -11,9 +11,13 @@ the layout of theta (``_design.Layout``), the cold start and which theta lie in 
 
 Steps are taken in the centred coordinates of ``_design``, where the penalty is diagonal and the
 convergence test (no parameter moves by ``TOLERANCE`` in units of its predictor's standard
-deviation) does not depend on the data's units. Backtracking halves the step from 1 until the
-Armijo condition Q(theta + t d) - Q(theta) >= 1e-4 t d'g holds; a candidate outside the model
-(ordinal thresholds that do not increase) or whose likelihood overflows is halved without asking.
+deviation) does not depend on the data's units. The line search takes the first step t of 1,
+1/2, 1/4, ... with the Armijo condition Q(theta + t d) - Q(theta) >= 1e-4 t d'g; a candidate
+outside the model (ordinal thresholds that do not increase) or whose likelihood overflows is
+passed over. With ``batch`` > 1 the generator yields up to ``batch`` candidates at once (one a
+row) and is sent :func:`search`'s sums: every candidate's Q and H, g at the first, so a pooled
+iteration costs one round trip when the full step is accepted; it then asks for the sums at an
+accepted shorter step. The steps taken do not depend on ``batch``.
 
 Separation (logistic, categorical, ordinal): when a slope runs off (beyond ``SEPARATED`` on the
 logit scale per standard deviation of its predictor), the Hessian vanishes on the way there, or
