@@ -363,18 +363,18 @@ def search(
     finite (``unusable``), both padded with zeros to ``SEARCH``."""
     if thetas.ndim != 2 or not 1 <= thetas.shape[0] <= SEARCH:
         raise FitError(f"a line search takes 1 to {SEARCH} candidates, one a row")
-    result: dict[str, Any] = {}
     qs = np.zeros(SEARCH)
     unusable = np.zeros(SEARCH, dtype=np.int64)
-    for i, theta in enumerate(thetas):
-        if i > 0 and family.name == "logistic":  # Q alone, the same number as its stats'
-            stats: dict[str, Any] = {"q": logistic_loglik(z, rows, column, theta)}
-        else:
+    result = family.stats(z, rows, column, thetas[0], levels=levels)
+    found = [(float(result["q"]), int(result.get("overflow", 0)))]
+    if family.name == "logistic":  # Q alone, every candidate in one pass over the rows
+        found += [(float(q), 0) for q in logistic_loglik(z, rows, column, thetas[1:])]
+    else:
+        for theta in thetas[1:]:
             stats = family.stats(z, rows, column, theta, levels=levels)
-        if i == 0:
-            result = stats
-        q = float(stats["q"])
-        if int(stats.get("overflow", 0)) or not np.isfinite(q):
+            found.append((float(stats["q"]), int(stats.get("overflow", 0))))
+    for i, (q, overflow) in enumerate(found):
+        if overflow or not np.isfinite(q):
             unusable[i] = 1
         else:
             qs[i] = q

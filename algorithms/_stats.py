@@ -102,14 +102,16 @@ def logistic_stats(
     return result
 
 
-def logistic_loglik(z: np.ndarray, rows: np.ndarray | None, column: int, beta: np.ndarray) -> float:
-    """The log-likelihood of :func:`logistic_stats` alone, summed in the same blocks (so the
-    same number), for a line search's candidates."""
+def logistic_loglik(
+    z: np.ndarray, rows: np.ndarray | None, column: int, betas: np.ndarray
+) -> np.ndarray:
+    """The log-likelihood of :func:`logistic_stats` at every row of ``betas`` (a line search's
+    candidates) in one pass over the rows; equal to its Q up to the order of the sums."""
     cols = design(z, column)
-    q = 0.0
+    q = np.zeros(betas.shape[0])
     for x, y in _blocks(z, rows, cols, column):
-        eta = x @ beta
-        q += float(y @ eta - np.logaddexp(0.0, eta).sum())
+        eta = x @ betas.T
+        q += y @ eta - np.logaddexp(0.0, eta).sum(axis=0)
     return q
 
 
