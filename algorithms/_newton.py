@@ -11,9 +11,13 @@ the layout of theta (``_design.Layout``), the cold start and which theta lie in 
 
 Steps are taken in the centred coordinates of ``_design``, where the penalty is diagonal and the
 convergence test (no parameter moves by ``TOLERANCE`` in units of its predictor's standard
-deviation) does not depend on the data's units. Backtracking halves the step from 1 until the
-Armijo condition Q(theta + t d) - Q(theta) >= 1e-4 t d'g holds; a candidate outside the model
-(ordinal thresholds that do not increase) or whose likelihood overflows is halved without asking.
+deviation) does not depend on the data's units. The line search takes the first step t of 1,
+1/2, 1/4, ... with the Armijo condition Q(theta + t d) - Q(theta) >= 1e-4 t d'g; a candidate
+outside the model (ordinal thresholds that do not increase) or whose likelihood overflows is
+passed over. With ``batch`` > 1 the generator yields up to ``batch`` candidates at once (one a
+row) and is sent :func:`search`'s sums: every candidate's Q and H, g at the first, so a pooled
+iteration costs one round trip when the full step is accepted; it then asks for the sums at an
+accepted shorter step. The steps taken do not depend on ``batch``.
 
 Separation (logistic, categorical, ordinal): when a slope runs off (beyond ``SEPARATED`` on the
 logit scale per standard deviation of its predictor), the Hessian vanishes on the way there, or
@@ -33,7 +37,14 @@ from scipy.linalg import cho_solve
 from algorithms import _glm
 from algorithms._augmentation import PseudoRows, pseudo_rows
 from algorithms._design import Layout, Moments
-from algorithms._stats import Fit, _cholesky, design, logistic_stats, total
+from algorithms._stats import (
+    Fit,
+    _cholesky,
+    design,
+    logistic_loglik,
+    logistic_stats,
+    total,
+)
 from federation.errors import FitError
 
 TOLERANCE = 1e-5
@@ -42,6 +53,8 @@ ARMIJO = 1e-4
 SEPARATED = 10.0
 """A slope beyond this many log-odds per standard deviation of its predictor is separation."""
 _MIN_STEP = 2.0**-40
+SEARCH = 4
+"""Steps of the halving (1, 1/2, 1/4, 1/8) whose Q a pooled fit asks for in one request."""
 
 Sums = Mapping[str, Any]
 """n, h, g and q at one theta (and saturated, overflow, and at the first the moments), summed."""
@@ -159,6 +172,7 @@ def newton(
     names: Sequence[str],
     target: str,
     levels: Sequence[float] = (),
+    batch: int = 1,
 ) -> Generator[np.ndarray, Sums, Fit]:
     """Penalised Newton with backtracking; yields each theta to evaluate, returns the fit (see
     the module's docstring). The first theta's sums must carry ``sums`` and ``squares`` (and
@@ -196,6 +210,15 @@ def newton(
 
     def usable(sums: Sums) -> bool:
         return int(sums.get("overflow", 0)) == 0 and bool(np.isfinite(float(sums["q"])))
+
+    def objective(theta_c: np.ndarray, q: float, pseudo: PseudoRows | None) -> float:
+        """The penalised Q at theta_c from the participants' Q there (as ``point`` has it)."""
+        if pseudo is not None:
+            extra = family.stats(
+                pseudo.z, None, pseudo.column, layout.to_original(theta_c), levels=pseudo_levels
+            )
+            q = q + pseudo.weight * float(extra["q"])
+        return q - float(penalty @ theta_c**2) / 2.0
 
     def point(theta_c: np.ndarray, sums: Sums, pseudo: PseudoRows | None) -> _Point:
         if int(sums["n"]) != n:
@@ -238,17 +261,40 @@ def newton(
             # count as met (else a step that is right would be halved for no reason).
             rounding = 1e-12 * (1.0 + abs(current.q))
             step = 1.0
-            while True:
-                theta_c = current.theta_c + step * direction
-                theta = layout.to_original(theta_c)
-                if family.in_model(theta, p):
-                    sums = yield theta
-                    if usable(sums):
+            candidate: _Point | None = None
+            while candidate is None:
+                # The next steps of the halving (1, 1/2, ...) inside the model, ``batch`` at most,
+                # in one request: every Q, and H and g at the first.
+                tried: list[tuple[float, np.ndarray, np.ndarray]] = []
+                exhausted = False
+                while len(tried) < batch:
+                    theta_c = current.theta_c + step * direction
+                    theta = layout.to_original(theta_c)
+                    if family.in_model(theta, p):
+                        tried.append((step, theta_c, theta))
+                    step /= 2.0
+                    if step < _MIN_STEP or np.max(np.abs(step * direction) * scale) < TOLERANCE:
+                        exhausted = True
+                        break
+                if not tried:
+                    return current, iterations, False  # no ascent found: not converged
+                if len(tried) == 1:
+                    sums = yield tried[0][2]
+                    searched = [(sums["q"], sums.get("overflow", 0))]
+                else:
+                    sums = yield np.stack([theta for _, _, theta in tried])
+                    searched = list(zip(sums["qs"], sums["unusable"], strict=False))
+                for i, (tried_step, theta_c, theta) in enumerate(tried):
+                    q_raw, bad = searched[i]
+                    if int(bad) != 0 or not np.isfinite(float(q_raw)):
+                        continue
+                    q = objective(theta_c, float(q_raw), pseudo)
+                    if q - current.q >= ARMIJO * slope * tried_step - rounding:
+                        if i > 0:  # H and g came for the first candidate only
+                            sums = yield theta
                         candidate = point(theta_c, sums, pseudo)
-                        if candidate.q - current.q >= ARMIJO * slope * step - rounding:
-                            break
-                step /= 2.0
-                if step < _MIN_STEP or np.max(np.abs(step * direction) * scale) < TOLERANCE:
+                        break
+                if candidate is None and exhausted:
                     return current, iterations, False  # no ascent found: not converged
             iterations += 1
             current = candidate
@@ -303,6 +349,38 @@ def newton(
     )
 
 
+def search(
+    family: Family,
+    z: np.ndarray,
+    rows: np.ndarray | None,
+    column: int,
+    thetas: np.ndarray,
+    *,
+    levels: Sequence[float] = (),
+) -> dict[str, Any]:
+    """A participant's sums at the first of ``thetas`` (one candidate a row) and, for every
+    candidate, its Q (``qs``, 0 where unusable) and whether its likelihood overflows or is not
+    finite (``unusable``), both padded with zeros to ``SEARCH``."""
+    if thetas.ndim != 2 or not 1 <= thetas.shape[0] <= SEARCH:
+        raise FitError(f"a line search takes 1 to {SEARCH} candidates, one a row")
+    qs = np.zeros(SEARCH)
+    unusable = np.zeros(SEARCH, dtype=np.int64)
+    result = family.stats(z, rows, column, thetas[0], levels=levels)
+    found = [(float(result["q"]), int(result.get("overflow", 0)))]
+    if family.name == "logistic":  # Q alone, every candidate in one pass over the rows
+        found += [(float(q), 0) for q in logistic_loglik(z, rows, column, thetas[1:])]
+    else:
+        for theta in thetas[1:]:
+            stats = family.stats(z, rows, column, theta, levels=levels)
+            found.append((float(stats["q"]), int(stats.get("overflow", 0))))
+    for i, (q, overflow) in enumerate(found):
+        if overflow or not np.isfinite(q):
+            unusable[i] = 1
+        else:
+            qs[i] = q
+    return {**result, "qs": qs, "unusable": unusable}
+
+
 def _runs_off(theta_c: np.ndarray, scale: np.ndarray, slopes: np.ndarray) -> bool:
     """A slope beyond ``SEPARATED`` log-odds per SD of its predictor."""
     return bool(np.max(np.abs(theta_c[slopes] * scale[slopes]), initial=0.0) > SEPARATED)
@@ -318,12 +396,16 @@ async def fit_pooled(
     names: Sequence[str],
     target: str,
     levels: Sequence[float] = (),
+    batch: int = 1,
 ) -> Fit:
     """The pooled fit: each evaluation is one ask of every participant (``evaluate(theta,
     first)``), the first one asking for the design's moments too; the replies are summed.
 
-    A site evaluates a candidate and returns H, g and Q together, so an accepted step costs one
-    round trip.
+    With ``batch`` > 1 (the methods pass ``SEARCH``) a line search asks for Q at up to
+    ``batch`` steps of the halving in one request (``theta`` then holds one candidate a row;
+    the replies are :func:`search`'s) with H and g at the first, so an iteration whose full
+    step is accepted costs one round trip, and one more when a shorter step is. The steps
+    taken, and so the fit, are the same for every ``batch``.
     """
     steps = newton(
         family,
@@ -333,6 +415,7 @@ async def fit_pooled(
         names=names,
         target=target,
         levels=levels,
+        batch=batch,
     )
     theta = next(steps)
     first = True

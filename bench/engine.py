@@ -4,6 +4,7 @@ Run::
 
     .venv/bin/python bench/engine.py                 # 4 sites x 250,000 rows x 20 columns, M = 5
     .venv/bin/python bench/engine.py --quick         # 20,000 rows per site: a smoke run
+    .venv/bin/python bench/engine.py --peer --repeat 3  # the peer's job shape (issue #14)
     .venv/bin/python bench/engine.py --rows 100000 --sites 3 --columns 12 --imputations 10 \\
         --repeat 3 --only SIMICE
 
@@ -35,6 +36,9 @@ What it measures:
   long CSV and the report. Its ratio to the pooled computation is what a user of ``fip``
   pays over plain numpy. Beside it, the two file steps timed alone in this process: reading
   every file with ``read_csv`` and ``write_outputs`` of the job's result.
+- ``--peer``: the shape of the upstream peer's SIMICE job: 3 participants x 3,000 rows x 5
+  columns (x1, x2, g1, g2, b), g1 (Gaussian) and b (logistic) imputed, g2 complete, M = 12,
+  7 cycles before the first imputation and 6 between; its round trips are the figure to watch.
 - Times are the best of ``--repeat`` runs. Round trips and bytes come from the job's report
   (bytes sent counts each request once per remote site). Memory: ``tracemalloc`` peak of the
   memory allocated during one extra run (the data generated beforehand is not counted; numpy
@@ -399,11 +403,16 @@ def bench(
     if algorithm == "SIMI":
         names = ["g1"]
         targets = [("g1", "gaussian")]
+    elif args.peer:
+        names = ["g1", "b"]
+        targets = [("g1", "gaussian"), ("b", "logistic")]
     else:
         names = ["g1", "g2", "b"]
         targets = [("g1", "gaussian"), ("g2", "gaussian"), ("b", "logistic")]
     tables = make_tables(layout, args.rows, args.sites, args.seed, names)
     params: dict[str, Any] = {"imputations": args.imputations}
+    if args.peer and algorithm == "SIMICE":
+        params.update(iteration_before_first_imputation=7, iteration_between_imputations=6)
 
     def federated() -> JobResult:
         return run_federated(algorithm, tables, targets, params, args.seed)
@@ -535,9 +544,18 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--quick", action="store_true", help=f"smoke run: {QUICK_ROWS:,} rows per site"
     )
+    parser.add_argument(
+        "--peer",
+        action="store_true",
+        help="the peer-shaped job: 3 sites x 3,000 rows x 5 columns, SIMICE of g1 (gaussian) "
+        "and b (logistic), M = 12, 7 + 6 cycles",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.rows = QUICK_ROWS
+    if args.peer:
+        args.sites, args.rows, args.columns, args.imputations = 3, 3_000, 5, 12
+        args.only = ["SIMICE"]
     if args.sites < 1 or args.rows < 100 or args.imputations < 1 or args.repeat < 1:
         parser.error("need --sites >= 1, --rows >= 100, --imputations >= 1, --repeat >= 1")
     return args

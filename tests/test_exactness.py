@@ -528,14 +528,14 @@ def check_current_data(
 
 
 def test_simi_logistic_accepted_step_costs_one_round_trip() -> None:
-    """Each Newton evaluation is one request carrying one operation at a new beta, its reply
+    """Each Newton evaluation is one request carrying one operation at new betas, its reply
     gives H, g and Q together (the first, logistic_start, also the design's sums and squares
     that set the penalty): with every full step accepted, round trips = iterations + 3.
 
     fit_pooled evaluates the start (1), then per iteration: if the direction at the current
-    point is below the tolerance it stops without asking; otherwise it evaluates candidates
-    (step 1, then halves) until one is accepted. With each full step accepted that is one
-    evaluation per iteration, so evaluations = iterations + 1, plus open and close.
+    point is below the tolerance it stops without asking; otherwise one logistic_search asks
+    for Q at the steps 1, 1/2, ... and H, g at step 1. With each full step accepted that is
+    one evaluation per iteration, so evaluations = iterations + 1, plus open and close.
     """
     central, remote = simi_data(12, B)
     harness = Harness("SIMI", table("central", COLUMNS, central), split(remote, [300, 300]))
@@ -546,7 +546,7 @@ def test_simi_logistic_accepted_step_costs_one_round_trip() -> None:
     operations = harness.transport.operations()
     assert operations[0] == ["fip.open"] and operations[-1] == ["fip.close"]
     evaluations = operations[1:-1]
-    assert evaluations == [["logistic_start"]] + [["logistic_stats"]] * (len(evaluations) - 1)
+    assert evaluations == [["logistic_start"]] + [["logistic_search"]] * (len(evaluations) - 1)
     betas = {
         request.ops[0].args["theta"].tobytes()
         for request in list(harness.transport.requests.values())[1:-1]

@@ -23,7 +23,9 @@ def newton_replies(operation: str, *, dims: str, levels: bool, extra: Mapping[st
     start = {**stats, "sums": "float[p]", "squares": "float[p]"}
     if levels:
         start["counts"] = "count[l]"
-    return {f"{operation}_start": start, f"{operation}_stats": stats}
+    candidates = f"{_newton.SEARCH}"
+    search = {**stats, "qs": f"float[{candidates}]", "unusable": f"count[{candidates}]"}
+    return {f"{operation}_start": start, f"{operation}_stats": stats, f"{operation}_search": search}
 
 
 class NewtonMethod(Method):
@@ -63,7 +65,22 @@ class NewtonMethod(Method):
             """n, the information H, the gradient g and the log-likelihood Q at theta."""
             return family.stats(z, rows, column, theta, levels=levels)
 
-        return {f"{family.name}_start": start, f"{family.name}_stats": stats}
+        def search(
+            z: np.ndarray,
+            rows: np.ndarray | None,
+            column: int,
+            theta: np.ndarray,
+            levels: Sequence[float] = (),
+        ) -> dict[str, Any]:
+            """A line search: H, g and Q at the first candidate (a row of theta), and Q at every
+            candidate with whether it is unusable (overflow or not finite)."""
+            return _newton.search(family, z, rows, column, np.asarray(theta), levels=levels)
+
+        return {
+            f"{family.name}_start": start,
+            f"{family.name}_stats": stats,
+            f"{family.name}_search": search,
+        }
 
     async def fit_pooled(
         self,
@@ -79,7 +96,9 @@ class NewtonMethod(Method):
         name = self.family.name
 
         async def evaluate(theta: np.ndarray, first: bool) -> Mapping[str, Mapping[str, Any]]:
-            return await ask(f"{name}_start" if first else f"{name}_stats", theta=theta)
+            if first:
+                return await ask(f"{name}_start", theta=theta)
+            return await ask(f"{name}_search" if theta.ndim == 2 else f"{name}_stats", theta=theta)
 
         return await _newton.fit_pooled(
             self.family,
@@ -90,6 +109,7 @@ class NewtonMethod(Method):
             names=names,
             target=target,
             levels=levels,
+            batch=_newton.SEARCH,
         )
 
     def fit_own(
