@@ -1,0 +1,97 @@
+"""Traces of the chained family (mean and SD of central's imputed cells per cycle, one chain)
+and the flag on a chain that has not settled (issue #12)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from federation import diagnostics
+from federation.data import Table
+from federation.runtime import JobResult
+from tests.helpers import run, table
+
+
+def hard_design(seed: int, n: int = 300) -> dict[str, Table]:
+    """Two incomplete columns correlated 0.95 given x, missing together (MAR on x): the chain
+    starts from observed values and drifts slowly towards the imputed cells' own mean."""
+    rng = np.random.default_rng(seed)
+    tables = {}
+    for name in ("central", "a", "b"):
+        x = rng.normal(size=n)
+        e = rng.multivariate_normal([0, 0], [[1, 0.95], [0.95, 1]], size=n)
+        values = np.column_stack([x, x + e[:, 0], x + e[:, 1]])
+        values[rng.random(n) < 1 / (1 + np.exp(-(2 * x - 0.5))), 1:] = np.nan
+        tables[name] = table(name, ["x", "y1", "y2"], values)
+    return tables
+
+
+def run_hard(before: int, *, algorithm: str = "SIMICE", imputations: int = 2) -> JobResult:
+    tables = hard_design(1)
+    return run(
+        algorithm,
+        tables["central"],
+        {"a": tables["a"], "b": tables["b"]},
+        [("y1", "gaussian"), ("y2", "gaussian")],
+        imputations=imputations,
+        iteration_before_first_imputation=before,
+        iteration_between_imputations=2,
+    )
+
+
+@pytest.mark.parametrize("algorithm", ["SIMICE", "IMICE", "AVGMMICE", "CSLMICE"])
+def test_traces_equal_the_emitted_datasets_at_their_cycles(algorithm: str) -> None:
+    result = run_hard(3, algorithm=algorithm, imputations=3)
+    traces = result.report["traces"]
+    assert list(traces) == ["y1", "y2"]
+    missing = result.missing
+    for column, name in ((1, "y1"), (2, "y2")):
+        entry = traces[name]
+        assert entry["method"] == "gaussian"
+        (chain,) = entry["chains"]
+        assert [p["cycle"] for p in chain] == list(range(1, 3 + 2 * 2 + 1))
+        for m, cycle in enumerate((3, 5, 7), start=1):
+            cells = result.dataset(m)[missing[:, column], column]
+            point = chain[cycle - 1]
+            assert point["mean"] == pytest.approx(cells.mean(), rel=1e-12)
+            assert point["variance"] == pytest.approx(cells.var(ddof=1), rel=1e-12)
+            assert point["sd"] == pytest.approx(cells.std(ddof=1), rel=1e-12)
+
+
+def test_a_short_chain_in_the_hard_design_is_flagged() -> None:
+    report = run_hard(8).report
+    flagged = [w for w in report["warnings"] if "has not settled" in w]
+    assert len(flagged) == 2
+    assert "target 'y1'" in flagged[0] and "target 'y2'" in flagged[1]
+
+
+def test_a_long_chain_in_the_hard_design_is_not_flagged() -> None:
+    report = run_hard(400).report
+    assert not [w for w in report["warnings"] if "has not settled" in w]
+    for entry in report["traces"].values():
+        chain = entry["chains"][0]
+        for quantity in ("mean", "sd"):
+            series = np.array([p[quantity] for p in chain])
+            assert diagnostics.trend_rhat(series) <= diagnostics.RHAT_LIMIT
+
+
+def test_trend_rhat_flags_a_drift_and_not_noise() -> None:
+    rng = np.random.default_rng(3)
+    noise = rng.normal(size=200)
+    assert diagnostics.trend_rhat(noise) < 1.05
+    assert not diagnostics.unsettled(diagnostics.trend_rhat(noise))
+    drift = np.linspace(0, 5, 200) + 0.1 * noise
+    assert diagnostics.trend_rhat(drift) > 2
+    assert diagnostics.unsettled(diagnostics.trend_rhat(drift))
+    # the first half does not count: a burn-in that has settled is not flagged
+    settled = np.concatenate([np.linspace(-5, 0, 100), noise[:100]])
+    assert not diagnostics.unsettled(diagnostics.trend_rhat(settled))
+
+
+def test_trend_rhat_of_a_chain_too_short_to_judge_is_nan_and_flags() -> None:
+    value = diagnostics.trend_rhat(np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6]))
+    assert math.isnan(value)
+    assert diagnostics.unsettled(value)
+    assert "too few cycles to judge" in diagnostics.unsettled_sentence("y", {"mean": value})
