@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 from federation import outputs
 from federation.data import read_csv
 from federation.demo import COLUMNS
-from federation.outputs import long_csv, zip_bytes
+from federation.outputs import chains_csv, long_csv, zip_bytes
 from federation.registry import Registry
 from federation.runtime import JobResult
 from federation.simulation import simulate
@@ -398,6 +398,12 @@ def test_a_central_only_job_runs_like_the_simulation(
     assert report.headers["content-type"] == "application/json"
     content = json.loads(report.content)
     assert content["algorithm"] == "SIMICE" and content["seed"] == 11
+
+    chains = central.get(f"/api/jobs/{job_id}/result?format=chains", headers=headers)
+    assert chains.status_code == 200
+    assert f'filename="job-{job_id}-chains.csv"' in chains.headers["content-disposition"]
+    assert chains.content == chains_csv(expected.report)
+    assert chains.content.startswith(b"target,chain,cycle,mean,variance\n")
     assert content["params"] == done["parameters"]
     assert content["digest"] == done["digest"]
 

@@ -3,13 +3,18 @@ and the flag on a chain that has not settled (issue #12)."""
 
 from __future__ import annotations
 
+import csv
+import io
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from federation import diagnostics
+from federation.cli import main
 from federation.data import Table
+from federation.outputs import CHAINS_NAME, chains_csv, write_outputs
 from federation.runtime import JobResult
 from tests.helpers import run, table
 
@@ -95,3 +100,51 @@ def test_trend_rhat_of_a_chain_too_short_to_judge_is_nan_and_flags() -> None:
     assert math.isnan(value)
     assert diagnostics.unsettled(value)
     assert "too few cycles to judge" in diagnostics.unsettled_sentence("y", {"mean": value})
+
+
+def test_chains_csv_is_written_beside_the_outputs_with_the_report_numbers(tmp_path: Path) -> None:
+    result = run_hard(3, imputations=2)
+    written = write_outputs(result, tmp_path)
+    assert tmp_path / CHAINS_NAME in written
+    rows = list(csv.DictReader(io.StringIO((tmp_path / CHAINS_NAME).read_text())))
+    assert list(rows[0]) == ["target", "chain", "cycle", "mean", "variance"]
+    assert len(rows) == 2 * 5
+    for row in rows:
+        point = result.report["traces"][row["target"]]["chains"][int(row["chain"]) - 1][
+            int(row["cycle"]) - 1
+        ]
+        assert float(row["mean"]) == point["mean"]  # repr: the float itself
+        assert float(row["variance"]) == point["variance"]
+
+
+def test_a_job_without_chains_writes_no_chains_csv(tmp_path: Path) -> None:
+    tables = {k: table(k, ["x", "y1"], t.values[:, :2]) for k, t in hard_design(1).items()}
+    result = run("SIMI", tables["central"], {"a": tables["a"]}, [("y1", "gaussian")], imputations=2)
+    assert "traces" not in result.report
+    assert chains_csv(result.report) is None
+    assert CHAINS_NAME not in [p.name for p in write_outputs(result, tmp_path)]
+
+
+def test_fip_simulate_writes_chains_csv_and_warns_of_an_unsettled_target(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tables = hard_design(1)
+    for name, t in tables.items():
+        values = np.where(np.isnan(t.values), np.nan, t.values)
+        lines = ["x,y1,y2"] + [
+            ",".join("" if np.isnan(v) else repr(float(v)) for v in row) for row in values
+        ]
+        (tmp_path / f"{name}.csv").write_text("\n".join(lines) + "\n")
+    status = main(
+        [
+            "simulate", "--algorithm", "SIMICE",
+            "--central", str(tmp_path / "central.csv"),
+            "--site", str(tmp_path / "a.csv"), "--site", str(tmp_path / "b.csv"),
+            "--target", "y1:gaussian", "--target", "y2:gaussian",
+            "--imputations", "2", "--seed", "3", "--out", str(tmp_path / "out"),
+        ]
+    )  # fmt: skip
+    assert status == 0
+    assert (tmp_path / "out" / CHAINS_NAME).is_file()
+    err = capsys.readouterr().err
+    assert "fip: warning: target 'y1' has not settled" in err
