@@ -161,7 +161,8 @@ def _parser() -> argparse.ArgumentParser:
         "--plots",
         action="store_true",
         help="also write each target's plausibility plot, observed against imputed cells at "
-        "central (plausibility_<column>.svg), and its numbers (plausibility_<column>.csv) "
+        "central (plausibility_<column>.svg), and its numbers (plausibility_<column>.csv), "
+        "and for the chained family its trace plot and numbers (trace_<column>.svg, .csv) "
         "into --out (each method's folder with --compare)",
     )
     sim.add_argument(

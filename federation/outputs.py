@@ -164,15 +164,23 @@ def write_outputs(result: JobResult, out_dir: Path) -> list[Path]:
 
 def write_plots(result: JobResult, out_dir: Path) -> list[Path]:
     """Each target's plausibility plot (``plausibility_<column>.svg``) and its numbers
-    (``plausibility_<column>.csv``) into ``out_dir``: all of them, or none."""
-    from federation.plots import file_stem, plausibility  # matplotlib only when asked for
+    (``plausibility_<column>.csv``) into ``out_dir``, and for a chained job its trace plot
+    (``trace_<column>.svg``, ``trace_<column>.csv``): all of them, or none."""
+    from federation.plots import file_stem, plausibility, traces  # matplotlib when asked for
 
     contents: dict[str, Callable[[], Iterable[bytes]]] = {}
     taken: list[str] = []
+    stems: dict[str, str] = {}
     for plot in plausibility(result):
         stem = file_stem(plot.name, taken)
         taken.append(stem)
+        stems[plot.name] = stem.removeprefix("plausibility_")
         svg, numbers = plot.svg, plot.numbers.csv().encode()
+        contents[f"{stem}.svg"] = lambda svg=svg: [svg]  # type: ignore[misc]
+        contents[f"{stem}.csv"] = lambda numbers=numbers: [numbers]  # type: ignore[misc]
+    for trace in traces(result):
+        stem = f"trace_{stems[trace.name]}"
+        svg, numbers = trace.svg, trace.numbers.csv().encode()
         contents[f"{stem}.svg"] = lambda svg=svg: [svg]  # type: ignore[misc]
         contents[f"{stem}.csv"] = lambda numbers=numbers: [numbers]  # type: ignore[misc]
     return _write_all(out_dir, contents)

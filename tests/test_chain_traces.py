@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,8 @@ import pytest
 from federation import diagnostics
 from federation.cli import main
 from federation.data import Table
-from federation.outputs import CHAINS_NAME, chains_csv, write_outputs
+from federation.outputs import CHAINS_NAME, chains_csv, write_outputs, write_plots
+from federation.plots import traces
 from federation.runtime import JobResult
 from tests.helpers import run, table
 
@@ -148,3 +151,44 @@ def test_fip_simulate_writes_chains_csv_and_warns_of_an_unsettled_target(
     assert (tmp_path / "out" / CHAINS_NAME).is_file()
     err = capsys.readouterr().err
     assert "fip: warning: target 'y1' has not settled" in err
+
+
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def _line_points(root: ET.Element, gid: str) -> np.ndarray:
+    group = root.find(f".//{SVG}g[@id='{gid}']")
+    assert group is not None, gid
+    path = group.find(f".//{SVG}path")
+    assert path is not None
+    pairs = re.findall(r"[ML] ([-\d.]+) ([-\d.]+)", path.get("d", ""))
+    return np.array([(float(x), float(y)) for x, y in pairs])
+
+
+def test_the_trace_plot_draws_its_numbers_one_line_per_chain(tmp_path: Path) -> None:
+    result = run_hard(8)
+    (plot_y1, plot_y2) = traces(result)
+    assert plot_y1.name == "y1" and plot_y1.numbers.flagged
+    root = ET.fromstring(plot_y1.svg)
+    title, desc = root.find(f"{SVG}title"), root.find(f"{SVG}desc")
+    assert title is not None and title.text is not None and "y1 (gaussian)" in title.text
+    assert desc is not None and desc.text is not None and "flagged" in desc.text
+    chain = result.report["traces"]["y1"]["chains"][0]
+    for quantity in ("mean", "sd"):
+        drawn = _line_points(root, f"trace-{quantity}-1")
+        numbers = np.array([(p["cycle"], p[quantity]) for p in chain])
+        assert len(drawn) == len(numbers) == 8 + 2
+        # the drawing is an affine map of the numbers: x from the cycle, y (down) from the value
+        for axis in (0, 1):
+            slope, intercept = np.polyfit(numbers[:, axis], drawn[:, axis], 1)
+            assert np.allclose(slope * numbers[:, axis] + intercept, drawn[:, axis], atol=0.01)
+            assert (slope > 0) == (axis == 0)
+    assert root.find(f".//{SVG}g[@id='trace-mean-2']") is None
+    rows = list(csv.DictReader(io.StringIO(plot_y1.numbers.csv())))
+    assert [float(r["mean"]) for r in rows] == [p["mean"] for p in chain]
+    assert [float(r["sd"]) for r in rows] == [p["sd"] for p in chain]
+    assert traces(result)[0].svg == plot_y1.svg  # same job, same bytes
+    assert b"<dc:date>" not in plot_y1.svg
+    written = {p.name for p in write_plots(result, tmp_path)}
+    assert {"trace_y1.svg", "trace_y1.csv", "trace_y2.svg", "trace_y2.csv"} <= written
+    assert (tmp_path / "trace_y1.svg").read_bytes() == plot_y1.svg
