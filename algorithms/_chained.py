@@ -187,4 +187,4 @@ def flag_unsettled(job: CentralJob) -> None:
             if any(point[quantity] is not None for point in chain)  # central imputes no cell
         }
         if any(diagnostics.unsettled(value) for value in judged.values()):
-            job.warnings.append(diagnostics.unsettled_sentence(name, judged))
+            job.warn(diagnostics.unsettled_sentence(name, judged))
