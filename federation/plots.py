@@ -366,9 +366,10 @@ def draw_trace(trace: Trace) -> bytes:
                 label=f"chain {chain}",
             )
             line.set_gid(f"trace-{quantity}-{chain}")
+        label = "SD" if quantity == "sd" else quantity
         axes.set_xlabel("cycle", fontsize=12)
-        axes.set_ylabel(f"{quantity} of imputed {trace.name}", fontsize=12)
-        axes.set_title(quantity, fontsize=12)
+        axes.set_ylabel(f"{label} of imputed {trace.name}", fontsize=12)
+        axes.set_title(label, fontsize=12)
         _style(axes)
     chains = len(trace.chains)
     title = (
