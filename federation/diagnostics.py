@@ -186,7 +186,9 @@ def trend_rhat(trace: np.ndarray) -> float:
     regression slope against its standard error was the alternative, but consecutive cycles
     are autocorrelated, which makes that standard error too small and flags settled chains.
     NaN when the last half holds fewer than four finite cycles (too short to judge); a ``None``
-    (a number central's cells do not define) reads as NaN.
+    (a number central's cells do not define) reads as NaN. Short chains give noisy values: on
+    independent normal draws it exceeds 1.1 in 38% of chains of 13 cycles, 15% of 45 and 3%
+    of 105 (2000 draws each).
     """
     values = np.asarray(trace, dtype=np.float64)
     last = values[len(values) // 2 :]
