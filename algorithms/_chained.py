@@ -16,6 +16,7 @@ import numpy as np
 from algorithms import _pmm, methods
 from algorithms._federated import FitTarget, record
 from algorithms._stats import augment, total
+from federation import diagnostics
 from federation.job import Target
 from federation.runtime import CentralJob
 from federation.site import SiteJob
@@ -112,6 +113,19 @@ def impute(site: SiteJob, *, target: int, **drawn: Any) -> None:
     )
 
 
+def trace(site: SiteJob) -> dict[str, Any]:
+    """Central only: per target, the mean and variance (n - 1) of its current imputed cells
+    (mice's chainMean and chainVar); NaN where central has no missing cell (variance: fewer
+    than two). Two numbers per target, never rows."""
+    z = site.state["z"]
+    means, variances = [], []
+    for t in site.targets:
+        cells = z[~site.state["rows"][t.index], t.column]
+        means.append(float(cells.mean()) if cells.size else np.nan)
+        variances.append(float(cells.var(ddof=1)) if cells.size > 1 else np.nan)
+    return {"mean": np.array(means), "variance": np.array(variances)}
+
+
 def completed(site: SiteJob) -> dict[str, Any]:
     """Central only: its current data, every target imputed."""
     return {"values": site.state["z"][:, :-1].copy()}
@@ -144,6 +158,33 @@ async def run(job: CentralJob, fit_target: FitTarget) -> None:
                 record(job, target, fit, cycle=cycle)
                 drawn = methods.get(target.type).draw(fit, job.rng, target=target.name)
                 await job.tell("impute", target=target.index, **drawn)
+            await record_trace(job, cycle)
         job.emit_imputation((await job.local("completed"))["values"])
         job.log(f"imputed dataset {m} of {imputations} after cycle {cycle}")
     job.progress(1.0, f"{imputations} imputed datasets")
+    flag_unsettled(job)
+
+
+async def record_trace(job: CentralJob, cycle: int) -> None:
+    """Note this cycle's mean and SD of central's imputed cells of every target (one chain)."""
+    numbers = await job.local("trace")
+    for target, mean, variance in zip(
+        job.targets, numbers["mean"], numbers["variance"], strict=True
+    ):
+        job.record_trace(target, chain=1, cycle=cycle, mean=float(mean), variance=float(variance))
+
+
+def flag_unsettled(job: CentralJob) -> None:
+    """Warn, in a plain sentence per target, when its single chain's mean or SD of central's
+    imputed cells still trends over the last half of the chain."""
+    for name, entry in job.traces.items():
+        chain = entry["chains"][0]
+        judged = {
+            quantity: diagnostics.trend_rhat(
+                np.array([point[quantity] for point in chain], dtype=np.float64)
+            )
+            for quantity in ("mean", "sd")
+            if any(point[quantity] is not None for point in chain)  # central imputes no cell
+        }
+        if any(diagnostics.unsettled(value) for value in judged.values()):
+            job.warn(diagnostics.unsettled_sentence(name, judged))

@@ -30,7 +30,9 @@ examples:
       --site b.csv --target sbp:gaussian --seed 7 --out comparison/
 
 Writes results/imputations.zip (one CSV per imputation), results/imputations_long.csv
-(R mice's long layout: .imp 0 is the original, .id the row) and results/report.json.
+(R mice's long layout: .imp 0 is the original, .id the row) and results/report.json; for the
+chained family (SIMICE, IMICE, AVGMMICE, CSLMICE) also results/chains.csv (target, chain, cycle,
+mean, variance of central's imputed cells: mice's chainMean and chainVar).
 With --compare: comparison/comparison.json and comparison.txt (the table also printed), and
 comparison/<METHOD>/ with each method's three files. A method that fails is reported with
 its reason, the others still run, and the exit status is 1.
@@ -159,7 +161,8 @@ def _parser() -> argparse.ArgumentParser:
         "--plots",
         action="store_true",
         help="also write each target's plausibility plot, observed against imputed cells at "
-        "central (plausibility_<column>.svg), and its numbers (plausibility_<column>.csv) "
+        "central (plausibility_<column>.svg), and its numbers (plausibility_<column>.csv), "
+        "and for the chained family its trace plot and numbers (trace_<column>.svg, .csv) "
         "into --out (each method's folder with --compare)",
     )
     sim.add_argument(
@@ -167,7 +170,8 @@ def _parser() -> argparse.ArgumentParser:
         required=True,
         type=Path,
         metavar="DIR",
-        help="folder for imputations.zip, imputations_long.csv and report.json (with "
+        help="folder for imputations.zip, imputations_long.csv, report.json and, for the "
+        "chained family, chains.csv (with "
         "--compare: comparison.json, comparison.txt and one such folder per method)",
     )
     sim.set_defaults(handler=_simulate)

@@ -1,4 +1,5 @@
-"""The imputed datasets and the report as files: a zip of CSVs, one long CSV, report.json.
+"""The imputed datasets and the report as files: a zip of CSVs, one long CSV, report.json, and
+for the chained family chains.csv (the chain means and variances).
 
 The long CSV is the layout of R mice's ``complete(imp, "long", include = TRUE)``: columns
 ``.imp`` (0 = the original with its missing cells, then 1..M) and ``.id`` (row number from 1),
@@ -37,6 +38,7 @@ from federation.zipstream import ZipStream, deflate
 ZIP_NAME = "imputations.zip"
 LONG_NAME = "imputations_long.csv"
 REPORT_NAME = "report.json"
+CHAINS_NAME = "chains.csv"
 COMPARISON_NAME = "comparison.json"
 COMPARISON_TABLE_NAME = "comparison.txt"
 ZIP_LEVEL = 1
@@ -116,32 +118,69 @@ def report_json(report: dict[str, Any]) -> bytes:
     return (json.dumps(report, indent=2, allow_nan=False) + "\n").encode()
 
 
+def chains_csv(report: dict[str, Any]) -> bytes | None:
+    """The chain means and variances of a chained job (mice's ``chainMean`` and ``chainVar``),
+    one row per target, chain and cycle: ``target,chain,cycle,mean,variance``; ``NA`` where
+    central's cells do not define the number. None for a job without traces."""
+    traces = report.get("traces")
+    if not traces:
+        return None
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["target", "chain", "cycle", "mean", "variance"])
+    for target, entry in traces.items():
+        for chain, points in enumerate(entry["chains"], start=1):
+            for point in points:
+                writer.writerow(
+                    [
+                        target,
+                        chain,
+                        point["cycle"],
+                        *(
+                            "NA" if point[k] is None else repr(point[k])
+                            for k in ("mean", "variance")
+                        ),
+                    ]
+                )
+    return buffer.getvalue().encode()
+
+
 def write_outputs(result: JobResult, out_dir: Path) -> list[Path]:
-    """Write the three files into ``out_dir``: all of them, or (on any error) none.
+    """Write the files into ``out_dir``: the zip, the long CSV, report.json and, for a chained
+    job, chains.csv; all of them, or (on any error) none.
 
     The zip and the long CSV are written at the same time, each by its own thread.
     """
-    return _write_all(
-        out_dir,
-        {
-            ZIP_NAME: lambda: zip_chunks(result),
-            LONG_NAME: lambda: long_chunks(result),
-            REPORT_NAME: lambda: [report_json(result.report)],
-        },
-    )
+    contents: dict[str, Callable[[], Iterable[bytes]]] = {
+        ZIP_NAME: lambda: zip_chunks(result),
+        LONG_NAME: lambda: long_chunks(result),
+        REPORT_NAME: lambda: [report_json(result.report)],
+    }
+    chains = chains_csv(result.report)
+    if chains is not None:
+        contents[CHAINS_NAME] = lambda: [chains]
+    return _write_all(out_dir, contents)
 
 
 def write_plots(result: JobResult, out_dir: Path) -> list[Path]:
     """Each target's plausibility plot (``plausibility_<column>.svg``) and its numbers
-    (``plausibility_<column>.csv``) into ``out_dir``: all of them, or none."""
-    from federation.plots import file_stem, plausibility  # matplotlib only when asked for
+    (``plausibility_<column>.csv``) into ``out_dir``, and for a chained job its trace plot
+    (``trace_<column>.svg``, ``trace_<column>.csv``): all of them, or none."""
+    from federation.plots import file_stem, plausibility, traces  # matplotlib when asked for
 
     contents: dict[str, Callable[[], Iterable[bytes]]] = {}
     taken: list[str] = []
+    stems: dict[str, str] = {}
     for plot in plausibility(result):
         stem = file_stem(plot.name, taken)
         taken.append(stem)
+        stems[plot.name] = stem.removeprefix("plausibility_")
         svg, numbers = plot.svg, plot.numbers.csv().encode()
+        contents[f"{stem}.svg"] = lambda svg=svg: [svg]  # type: ignore[misc]
+        contents[f"{stem}.csv"] = lambda numbers=numbers: [numbers]  # type: ignore[misc]
+    for trace in traces(result):
+        stem = f"trace_{stems[trace.name]}"
+        svg, numbers = trace.svg, trace.numbers.csv().encode()
         contents[f"{stem}.svg"] = lambda svg=svg: [svg]  # type: ignore[misc]
         contents[f"{stem}.csv"] = lambda numbers=numbers: [numbers]  # type: ignore[misc]
     return _write_all(out_dir, contents)

@@ -255,6 +255,156 @@ def draw(numbers: Numbers, cells: Cells) -> bytes:
     return _with_description(buffer.getvalue(), _description(numbers))
 
 
+# ---------------------------------------------------------------- traces of a chained job
+
+
+CHAIN_COLOURS = ("#B61A51", "#006CC2", "#2A7F3F", "#8A5A00", "#6B3FA0", "#4D4D4D")
+"""One colour per chain, cycling (a single chain is drawn in mice's imputed red)."""
+
+
+@dataclass(frozen=True)
+class Trace:
+    """A target's traces: per chain, per cycle, the mean and SD of central's imputed cells
+    (from ``report["traces"]``), and whether the job flagged it as not settled."""
+
+    name: str
+    method: str
+    chains: tuple[tuple[tuple[int, float, float, float], ...], ...]
+    """Per chain: (cycle, mean, sd, variance); NaN where central's cells define no number."""
+    flagged: bool = False
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "chain": chain,
+                "cycle": cycle,
+                "mean": _number(mean),
+                "sd": _number(sd),
+                "variance": _number(variance),
+            }
+            for chain, points in enumerate(self.chains, start=1)
+            for cycle, mean, sd, variance in points
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "method": self.method,
+            "flagged": self.flagged,
+            "rows": self.rows(),
+        }
+
+    def csv(self) -> str:
+        """The numbers as CSV (target, chain, cycle, mean, sd, variance); empty where NaN."""
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["target", "chain", "cycle", "mean", "sd", "variance"])
+        for row in self.rows():
+            writer.writerow([self.name, *("" if v is None else v for v in row.values())])
+        return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class TracePlot:
+    """One target's trace figure (SVG bytes) and the numbers it draws."""
+
+    numbers: Trace
+    svg: bytes
+
+    @property
+    def name(self) -> str:
+        return self.numbers.name
+
+
+def trace_numbers(report: dict[str, Any]) -> list[Trace]:
+    """Each target's traces from a report (none for a job without chains)."""
+    entries: dict[str, Any] = report.get("traces", {})
+    flagged = {
+        name
+        for name in entries
+        for warning in report.get("warnings", ())
+        if warning.startswith(f"target '{name}' has not settled")
+    }
+    return [
+        Trace(
+            name=name,
+            method=entry["method"],
+            chains=tuple(tuple(_trace_point(p) for p in points) for points in entry["chains"]),
+            flagged=name in flagged,
+        )
+        for name, entry in entries.items()
+    ]
+
+
+def _trace_point(point: dict[str, Any]) -> tuple[int, float, float, float]:
+    def value(key: str) -> float:
+        return math.nan if point[key] is None else float(point[key])
+
+    return int(point["cycle"]), value("mean"), value("sd"), value("variance")
+
+
+def traces(result: JobResult) -> list[TracePlot]:
+    """Every target's trace figure and numbers, in the job's order of targets."""
+    return [TracePlot(numbers=t, svg=draw_trace(t)) for t in trace_numbers(result.report)]
+
+
+def draw_trace(trace: Trace) -> bytes:
+    """The target's traces as SVG: the mean of its imputed cells at central against the cycle
+    on the left, their SD on the right, one line per chain (mice's ``plot(imp)``)."""
+    figure = Figure(figsize=(10, 3.8))
+    FigureCanvasSVG(figure)
+    panels = figure.subplots(1, 2)
+    for axes, (quantity, column) in zip(panels, (("mean", 1), ("sd", 2)), strict=True):
+        for chain, points in enumerate(trace.chains, start=1):
+            cycles = [p[0] for p in points]
+            values = [p[column] for p in points]
+            (line,) = axes.plot(
+                cycles,
+                values,
+                color=CHAIN_COLOURS[(chain - 1) % len(CHAIN_COLOURS)],
+                linewidth=1.6,
+                label=f"chain {chain}",
+            )
+            line.set_gid(f"trace-{quantity}-{chain}")
+        label = "SD" if quantity == "sd" else quantity
+        axes.set_xlabel("cycle", fontsize=12)
+        axes.set_ylabel(f"{label} of imputed {trace.name}", fontsize=12)
+        axes.set_title(label, fontsize=12)
+        _style(axes)
+    chains = len(trace.chains)
+    title = (
+        f"{trace.name} ({trace.method}): mean and SD of the imputed cells at central per cycle, "
+        f"{chains} chain{'s' if chains != 1 else ''}"
+    )
+    figure.suptitle(title, fontsize=13)
+    figure.subplots_adjust(left=0.08, right=0.985, bottom=0.15, top=0.82, wspace=0.25)
+    buffer = io.BytesIO()
+    figure.savefig(
+        buffer,
+        format="svg",
+        metadata={"Title": title, "Date": None, "Creator": "fip (matplotlib)"},
+    )
+    return _with_description(buffer.getvalue(), _trace_description(trace))
+
+
+def _trace_description(trace: Trace) -> str:
+    last = "; ".join(
+        f"chain {chain}: after cycle {points[-1][0]}, mean {_text(points[-1][1])}, "
+        f"SD {_text(points[-1][2])}"
+        for chain, points in enumerate(trace.chains, start=1)
+        if points
+    )
+    verdict = (
+        "The job flagged it: the chain still moves over its last half."
+        if trace.flagged
+        else "The job did not flag it."
+    )
+    return (
+        f"Left: the mean of the imputed cells of {trace.name} at central after each cycle; "
+        f"right: their SD; one line per chain. {last}. {verdict}"
+    )
+
+
 def level_label(level: float) -> str:
     return f"{level:g}"
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -98,6 +99,9 @@ class CentralJob:
     fits: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     imputed_cells: list[np.ndarray] = field(default_factory=list)
+    traces: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per target: its method and, per chain (chains x cycles), the mean, SD and variance of
+    central's imputed cells after each cycle (mice's chainMean and chainVar)."""
     deadline: float = REQUEST_SECONDS
     """Seconds a site has to answer one request; past it the job fails naming the site."""
     _pending: list[Op] = field(default_factory=list)
@@ -289,6 +293,26 @@ class CentralJob:
                 kind="fit",
                 message=f"cycle {cycle}: fitted '{target.name}' on {n} rows",
             )
+        )
+
+    def record_trace(
+        self, target: Target, *, chain: int, cycle: int, mean: float, variance: float
+    ) -> None:
+        """Note the mean and variance of central's imputed cells of a target after a cycle of
+        a chain (1-based); the report carries the SD beside the variance, and null for a
+        number central's cells do not define (no missing cell; variance: fewer than two)."""
+        entry = self.traces.setdefault(target.name, {"method": target.type, "chains": []})
+        chains: list[list[dict[str, float | None]]] = entry["chains"]
+        while len(chains) < chain:
+            chains.append([])
+        finite = math.isfinite(variance)
+        chains[chain - 1].append(
+            {
+                "cycle": cycle,
+                "mean": mean if math.isfinite(mean) else None,
+                "sd": math.sqrt(variance) if finite else None,
+                "variance": variance if finite else None,
+            }
         )
 
     def progress(self, fraction: float, message: str = "") -> None:
@@ -595,6 +619,7 @@ def _report(job: CentralJob, *, seconds: float) -> dict[str, Any]:
         "sites": sites,
         "fits": job.fits,
         "warnings": job.warnings,
+        **({"traces": job.traces} if job.traces else {}),
         "round_trips": job.traffic.round_trips,
         "bytes_sent": job.traffic.bytes_sent,
         "bytes_received": job.traffic.bytes_received,

@@ -92,6 +92,24 @@ def test_the_plots_render_on_the_job_page_with_their_tables(
     page.locator(f"#job-{job_id}-plots").scroll_into_view_if_needed()
     shot(page, "14-plausibility", folder)
 
+    traces = page.locator(f"#job-{job_id}-plots article.trace")
+    expect(traces).to_have_count(2)
+    for k, name in enumerate(("bmi", "smoker")):
+        article = traces.nth(k)
+        expect(article.locator("h4")).to_contain_text(f"{name} (")
+        image = article.locator("img")
+        image.scroll_into_view_if_needed()
+        page.wait_for_function(
+            "img => img.complete && img.naturalWidth > 0", arg=image.element_handle()
+        )
+        box = image.bounding_box()
+        assert box is not None and box["width"] > 400, box
+        expect(article.get_by_role("link", name="numbers (CSV)")).to_have_attribute(
+            "href", f"/jobs/{job_id}/traces/{name}.csv"
+        )
+    traces.first.scroll_into_view_if_needed()
+    shot(page, "14b-traces", folder)
+
     narrow = context.new_page()  # figures shrink, tables keep their columns and scroll
     narrow.set_viewport_size({"width": 400, "height": 800})
     narrow.goto(f"{fed.central_url}/jobs/{job_id}")

@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 from federation import outputs
 from federation.data import read_csv
 from federation.demo import COLUMNS
-from federation.outputs import long_csv, zip_bytes
+from federation.outputs import chains_csv, long_csv, zip_bytes
 from federation.registry import Registry
 from federation.runtime import JobResult
 from federation.simulation import simulate
@@ -398,6 +398,12 @@ def test_a_central_only_job_runs_like_the_simulation(
     assert report.headers["content-type"] == "application/json"
     content = json.loads(report.content)
     assert content["algorithm"] == "SIMICE" and content["seed"] == 11
+
+    chains = central.get(f"/api/jobs/{job_id}/result?format=chains", headers=headers)
+    assert chains.status_code == 200
+    assert f'filename="job-{job_id}-chains.csv"' in chains.headers["content-disposition"]
+    assert chains.content == chains_csv(expected.report)
+    assert chains.content.startswith(b"target,chain,cycle,mean,variance\n")
     assert content["params"] == done["parameters"]
     assert content["digest"] == done["digest"]
 
@@ -613,3 +619,23 @@ def test_secure_aggregation_needs_two_remote_sites_and_summed_replies(central: T
         headers=admin_auth(central),
     )
     assert averaged.status_code == 422 and "secure_aggregation" in averaged.json()["detail"]
+
+
+def test_a_job_without_chains_has_no_chains_csv(
+    central: TestClient, demo_files: dict[str, Path]
+) -> None:
+    lines = demo_files["central"].read_text().splitlines()
+    smoker = lines[0].split(",").index("smoker")
+    complete = [lines[0]] + [r for r in lines[1:] if r.split(",")[smoker] not in ("", "NA")]
+    job = _create(
+        central, algorithm="SIMI", targets=[{"column": "bmi", "type": "gaussian"}], parameters={}
+    )
+    status, body = _upload(central, job["id"], ("\n".join(complete) + "\n").encode())
+    assert status == 200, body
+    headers = admin_auth(central)
+    done = wait_for_state(central, job["id"], headers)
+    assert done["state"] == "completed", done["message"]
+    got = central.get(f"/api/jobs/{job['id']}/result?format=chains", headers=headers)
+    assert got.status_code == 404
+    assert "ran SIMI, which has no chains" in got.text and "SIMICE" in got.text
+    assert "traces" not in central.get(f"/api/jobs/{job['id']}/report", headers=headers).json()

@@ -213,3 +213,40 @@ def test_when_the_results_are_gone_the_page_says_so(
         page = BeautifulSoup(client.get(f"/jobs/{job_id}").text, "html.parser")
         assert page.find(id=f"job-{job_id}-plots") is None
         assert "the plausibility plots went with it" in page.get_text(" ", strip=True)
+
+
+@SQLITE
+def test_the_page_shows_the_trace_plots_of_a_completed_simice_job(
+    central: TestClient, demo_files: dict[str, Path]
+) -> None:
+    job_id = _run_to_completion(central, demo_files["central"])["id"]
+    browser_sign_in(central, ADMIN["username"], ADMIN["password"])
+    section = BeautifulSoup(central.get(f"/jobs/{job_id}/plots").text, "html.parser")
+    report = central.get(f"/api/jobs/{job_id}/report", headers=admin_auth(central)).json()
+    articles = section.select("article.trace")
+    assert [a.select("h4")[0].get_text(" ", strip=True) for a in articles] == [
+        "bmi (gaussian, 1 chain)",
+        "smoker (logistic, 1 chain)",
+    ]
+    for article, (name, entry) in zip(articles, report["traces"].items(), strict=True):
+        image = article.find("img")
+        assert image is not None and f"Trace of {name}" in str(image.get("alt"))
+        svg = central.get(str(image["src"]))
+        assert svg.status_code == 200 and svg.headers["content-type"] == "image/svg+xml"
+        assert f"job-{job_id}-trace_{name}.svg" in svg.headers["content-disposition"]
+        root = ET.fromstring(svg.content)
+        title = root.find(f"{SVG}title")
+        assert title is not None and str(title.text).startswith(f"{name} (")
+        assert root.find(f".//{SVG}g[@id='trace-mean-1']") is not None
+        table = central.get(f"/jobs/{job_id}/traces/{name}.csv")
+        assert table.status_code == 200
+        rows = list(csv.DictReader(io.StringIO(table.text)))
+        assert [float(r["mean"]) for r in rows] == [p["mean"] for p in entry["chains"][0]]
+        flagged = any(w.startswith(f"target '{name}' has not settled") for w in report["warnings"])
+        assert (article.select_one(".alert-warning") is not None) == flagged
+    link = section.find("a", string="chains.csv")
+    assert link is not None and link["href"] == f"/jobs/{job_id}/result?format=chains"
+    chains = central.get(str(link["href"]))
+    assert chains.status_code == 200 and chains.text.startswith("target,chain,cycle,mean,variance")
+    missing = central.get(f"/jobs/{job_id}/traces/nothing.svg")
+    assert missing.status_code == 404 and "its traces: bmi, smoker" in missing.text

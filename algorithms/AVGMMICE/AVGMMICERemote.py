@@ -19,4 +19,4 @@ HANDLERS = {
     "local_fit": local_fit_handler,
     "impute": _chained.impute,
 }
-LOCAL = {"completed": _chained.completed}
+LOCAL = {"completed": _chained.completed, "trace": _chained.trace}

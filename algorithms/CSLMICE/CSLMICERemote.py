@@ -21,6 +21,7 @@ HANDLERS = {
 }
 LOCAL = {
     "completed": _chained.completed,
+    "trace": _chained.trace,
     "local_fit": local_fit_handler,
     "surrogate_fit": surrogate_fit_handler,
 }

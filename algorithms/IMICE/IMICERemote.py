@@ -19,4 +19,4 @@ HANDLERS = {
     **STATISTICS,
     "impute": _chained.impute,
 }
-LOCAL = {"completed": _chained.completed}
+LOCAL = {"completed": _chained.completed, "trace": _chained.trace}

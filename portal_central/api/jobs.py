@@ -250,9 +250,13 @@ def comparison(job_id: RowId, admin: AdminUser, state: StateDep) -> dict[str, An
 
 @router.get("/{job_id}/result", response_class=Response)
 def result(
-    job_id: RowId, admin: AdminUser, state: StateDep, format: Literal["zip", "long"] = "zip"
+    job_id: RowId,
+    admin: AdminUser,
+    state: StateDep,
+    format: Literal["zip", "long", "chains"] = "zip",
 ) -> Response:
-    """The imputed datasets: a zip of CSVs, or one long CSV (R mice's layout)."""
+    """The imputed datasets: a zip of CSVs, or one long CSV (R mice's layout); ``chains``: the
+    chain means and variances of a chained job (target, chain, cycle, mean, variance)."""
     with state.database.session() as session:
         job = service.get_job(session=session, job_id=job_id, user=admin)
     return result_response(runs=state.runs, job=job, format=format)

@@ -1,34 +1,35 @@
-"""A completed job's plausibility plots at central, for its admins: drawn once, on the first
-request, from central's datasets in memory, and kept beside them: when the results are
-discarded (downloaded, then the grace; or expired) the plots go with them. Never on disk."""
+"""A completed job's plausibility plots (and, for the chained family, its trace plots) at
+central, for its admins: drawn once, on the first request, from central's datasets in memory,
+and kept beside them: when the results are discarded (downloaded, then the grace; or expired)
+the plots go with them. Never on disk."""
 
 from __future__ import annotations
 
 import threading
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from portal_central.errors import Conflict, NotFound
 from portal_central.jobs.runner import Runs
 from portal_central.models import Job
 
 if TYPE_CHECKING:
-    from federation.plots import TargetPlot
+    from federation.plots import TargetPlot, TracePlot
     from federation.runtime import JobResult
 
+P = TypeVar("P")
 
-class PlotCache:
+
+class PlotCache(Generic[P]):
     """Plots per result object: built once, and dropped when the result itself is (a finalizer
     on the result), so that they cannot outlive the data they show."""
 
     def __init__(self) -> None:
-        self._built: dict[int, list[TargetPlot]] = {}
+        self._built: dict[int, list[P]] = {}
         self._lock = threading.Lock()
 
-    def get(
-        self, result: JobResult, build: Callable[[JobResult], list[TargetPlot]]
-    ) -> list[TargetPlot]:
+    def get(self, result: JobResult, build: Callable[[JobResult], list[P]]) -> list[P]:
         with self._lock:  # two first requests draw once, not twice
             key = id(result)
             found = self._built.get(key)
@@ -42,7 +43,8 @@ class PlotCache:
         return len(self._built)
 
 
-CACHE = PlotCache()
+CACHE: PlotCache[TargetPlot] = PlotCache()
+TRACES: PlotCache[TracePlot] = PlotCache()
 
 
 def gone_message(runs: Runs, job: Job) -> str | None:
@@ -59,6 +61,18 @@ def job_plots(runs: Runs, job: Job) -> list[TargetPlot]:
     404 once the results were discarded."""
     from federation.plots import plausibility
 
+    return CACHE.get(_result(runs, job), plausibility)
+
+
+def job_traces(runs: Runs, job: Job) -> list[TracePlot]:
+    """Every target's trace plot and numbers (none unless the job ran a chained algorithm);
+    the same errors as :func:`job_plots`."""
+    from federation.plots import traces
+
+    return TRACES.get(_result(runs, job), traces)
+
+
+def _result(runs: Runs, job: Job) -> JobResult:
     if job.is_comparison:
         ids = ", ".join(f"{c.algorithm.name}: job {c.id}" for c in job.methods)
         raise Conflict(
@@ -69,7 +83,7 @@ def job_plots(runs: Runs, job: Job) -> list[TargetPlot]:
         if run.purged:
             raise NotFound(gone_message(runs, job) or "")
         raise Conflict(f"job {job.id} is {job.state}; it has no imputations to plot")
-    return CACHE.get(run.result, plausibility)
+    return run.result
 
 
 def target_plot(runs: Runs, job: Job, target: str) -> TargetPlot:
@@ -78,6 +92,14 @@ def target_plot(runs: Runs, job: Job, target: str) -> TargetPlot:
             return plot
     names = ", ".join(t["name"] for t in job.targets)
     raise NotFound(f"job {job.id} has no target named '{target}' (its targets: {names})")
+
+
+def target_trace(runs: Runs, job: Job, target: str) -> TracePlot:
+    for plot in job_traces(runs, job):
+        if plot.name == target:
+            return plot
+    names = ", ".join(plot.name for plot in job_traces(runs, job)) or "none: not a chained job"
+    raise NotFound(f"job {job.id} has no trace for a target named '{target}' (its traces: {names})")
 
 
 def numbers(runs: Runs, job: Job) -> dict[str, Any]:

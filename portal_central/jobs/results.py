@@ -1,4 +1,5 @@
-"""Serving a job's results from memory: the zip, the long CSV and the report.
+"""Serving a job's results from memory: the zip, the long CSV, the report and (chained family)
+the chain means and variances.
 
 The zip and the long CSV are streamed: each chunk is made from central's table and the imputed
 cells as the client reads (:mod:`federation.outputs`), so a download costs a few MiB whatever
@@ -12,13 +13,18 @@ from typing import Literal
 
 from fastapi.responses import Response, StreamingResponse
 
-from federation.outputs import long_chunks, report_json, zip_chunks
+from federation.outputs import chains_csv, long_chunks, report_json, zip_chunks
 from portal_central.errors import Conflict, NotFound
 from portal_central.jobs.runner import Runs
 from portal_central.models import Job
 
-Format = Literal["zip", "long", "report"]
-_TYPES = {"zip": "application/zip", "long": "text/csv; charset=utf-8", "report": "application/json"}
+Format = Literal["zip", "long", "report", "chains"]
+_TYPES = {
+    "zip": "application/zip",
+    "long": "text/csv; charset=utf-8",
+    "report": "application/json",
+    "chains": "text/csv; charset=utf-8",
+}
 
 
 def result_response(*, runs: Runs, job: Job, format: Format) -> Response:
@@ -44,6 +50,15 @@ def result_response(*, runs: Runs, job: Job, format: Format) -> Response:
     if format == "report":
         headers["Content-Disposition"] = f'attachment; filename="{stem}-report.json"'
         return Response(report_json(result.report), media_type=_TYPES[format], headers=headers)
+    if format == "chains":
+        chains = chains_csv(result.report)
+        if chains is None:
+            raise NotFound(
+                f"job {job.id} ran {job.algorithm.name}, which has no chains: only the chained "
+                "family (SIMICE, IMICE, AVGMMICE, CSLMICE) records chain means and variances"
+            )
+        headers["Content-Disposition"] = f'attachment; filename="{stem}-chains.csv"'
+        return Response(chains, media_type=_TYPES[format], headers=headers)
     chunks: Iterator[bytes]
     if format == "zip":
         chunks, name = zip_chunks(result), f"{stem}-imputations.zip"

@@ -24,13 +24,20 @@ def plots_section(request: Request, job_id: RowId, admin: AdminUser, state: Stat
         job = service.get_job(session=session, job_id=job_id, user=admin)
         try:
             plots = plausibility.job_plots(state.runs, job)
+            traces = plausibility.job_traces(state.runs, job)
             message = ""
         except PortalError as error:
-            plots, message = [], error.message
+            plots, traces, message = [], [], error.message
     return render(
         request,
         "central/jobs/_plots.html",
-        {"job_id": job_id, "plots": plots, "message": message, "quote": _quote},
+        {
+            "job_id": job_id,
+            "plots": plots,
+            "traces": traces,
+            "message": message,
+            "quote": _quote,
+        },
     )
 
 
@@ -52,10 +59,34 @@ def plot_csv(job_id: RowId, target: str, admin: AdminUser, state: StateDep) -> R
     return _file(plot.numbers.csv().encode(), "text/csv; charset=utf-8", job_id, target, "csv")
 
 
-def _file(content: bytes, media_type: str, job_id: int, target: str, extension: str) -> Response:
+@router.get("/{job_id}/traces/{target:path}.svg")
+def trace_svg(job_id: RowId, target: str, admin: AdminUser, state: StateDep) -> Response:
+    """One target's trace plot as SVG (mean and SD of its imputed cells per cycle)."""
+    with state.database.session() as session:
+        job = service.get_job(session=session, job_id=job_id, user=admin)
+        plot = plausibility.target_trace(state.runs, job, target)
+    return _file(plot.svg, "image/svg+xml", job_id, target, "svg", prefix="trace_")
+
+
+@router.get("/{job_id}/traces/{target:path}.csv")
+def trace_csv(job_id: RowId, target: str, admin: AdminUser, state: StateDep) -> Response:
+    """The numbers of one target's trace plot as CSV (chain, cycle, mean, sd, variance)."""
+    with state.database.session() as session:
+        job = service.get_job(session=session, job_id=job_id, user=admin)
+        plot = plausibility.target_trace(state.runs, job, target)
+    csv = plot.numbers.csv().encode()
+    return _file(csv, "text/csv; charset=utf-8", job_id, target, "csv", prefix="trace_")
+
+
+def _file(
+    content: bytes, media_type: str, job_id: int, target: str, extension: str, *, prefix: str = ""
+) -> Response:
     from federation.plots import file_stem  # matplotlib is loaded when a plot is asked for
 
-    name = f"job-{job_id}-{file_stem(target)}.{extension}"
+    stem = file_stem(target)
+    if prefix:
+        stem = prefix + stem.removeprefix("plausibility_")
+    name = f"job-{job_id}-{stem}.{extension}"
     return Response(
         content,
         media_type=media_type,
