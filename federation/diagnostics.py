@@ -202,15 +202,23 @@ def unsettled(value: float) -> bool:
     return not value <= RHAT_LIMIT
 
 
+def unsettled_prefix(target: str) -> str:
+    """How the warning for a target that may not have settled begins (pages find it by this)."""
+    return f"target '{target}' may not have settled"
+
+
 def unsettled_sentence(target: str, judged: dict[str, float]) -> str:
-    """The plain warning for a target whose single chain has not settled."""
+    """The plain warning for a target whose single chain may not have settled. On a short chain
+    the check also fires on many chains that have settled (docs/algorithms.md gives the rates),
+    so the sentence asks for more cycles rather than declaring the datasets wrong."""
     shown = ", ".join(
         f"{quantity} {'too few cycles to judge' if math.isnan(value) else f'{value:.2f}'}"
         for quantity, value in judged.items()
     )
     return (
-        f"target '{target}' has not settled: the mean or SD of central's imputed cells still "
-        f"moves over the last half of the chain (split R-hat of that half: {shown}; above "
-        f"{RHAT_LIMIT} flags); run more cycles (iteration_before_first_imputation, "
-        "iteration_between_imputations) before trusting these datasets"
+        f"{unsettled_prefix(target)}: the mean or SD of central's imputed cells moved over the "
+        f"last half of the chain (split R-hat of that half: {shown}; above {RHAT_LIMIT} flags). "
+        "A short chain cannot tell a slow drift from noise: run more cycles "
+        "(iteration_before_first_imputation, iteration_between_imputations) and look at the "
+        "trace plot before trusting these datasets"
     )

@@ -30,6 +30,7 @@ from matplotlib.backends.backend_svg import FigureCanvasSVG
 from matplotlib.figure import Figure
 from scipy import signal
 
+from federation.diagnostics import unsettled_prefix
 from federation.errors import InputError
 from federation.runtime import JobResult
 
@@ -323,7 +324,7 @@ def trace_numbers(report: dict[str, Any]) -> list[Trace]:
         name
         for name in entries
         for warning in report.get("warnings", ())
-        if warning.startswith(f"target '{name}' has not settled")
+        if warning.startswith(unsettled_prefix(name))
     }
     return [
         Trace(

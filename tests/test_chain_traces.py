@@ -73,7 +73,7 @@ def test_a_short_chain_in_the_hard_design_is_flagged() -> None:
     cells' own (about +0.6). Measured over job seeds 1..10: at least one target flagged in 10
     of 10 jobs, both in 8 (by its R-hat, not as too short: the last half holds 4 cycles)."""
     report = run_hard(8).report
-    flagged = [w for w in report["warnings"] if "has not settled" in w]
+    flagged = [w for w in report["warnings"] if "may not have settled" in w]
     assert flagged and all("too few cycles" not in w for w in flagged)
     assert all(w.startswith(("target 'y1'", "target 'y2'")) for w in flagged)
 
@@ -83,7 +83,7 @@ def test_a_long_chain_in_the_hard_design_is_not_flagged() -> None:
     autocorrelation 0.9 per cycle, so the last half must be long for its two quarters to agree
     (at 400 cycles 13 of 20 targets were still flagged over seeds 1..10; at 1000, 0 of 20)."""
     report = run_hard(1000).report
-    assert not [w for w in report["warnings"] if "has not settled" in w]
+    assert not [w for w in report["warnings"] if "may not have settled" in w]
     for entry in report["traces"].values():
         chain = entry["chains"][0]
         for quantity in ("mean", "sd"):
@@ -156,7 +156,7 @@ def test_fip_simulate_writes_chains_csv_and_warns_of_an_unsettled_target(
     assert status == 0
     assert (tmp_path / "out" / CHAINS_NAME).is_file()
     err = capsys.readouterr().err
-    assert "fip: warning: target 'y1' has not settled" in err
+    assert "fip: warning: target 'y1' may not have settled" in err
 
 
 SVG = "{http://www.w3.org/2000/svg}"
