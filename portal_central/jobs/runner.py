@@ -369,8 +369,10 @@ class Runs:
 
     # ------------------------------------------------------------- cancel and results
 
-    async def cancel(self, job_id: int, *, reason: str = "") -> None:
-        """Stop a job everywhere: a running one at its next message, a waiting one at once."""
+    async def cancel(self, job_id: int, *, reason: str = "", note: str = "") -> None:
+        """Stop a job everywhere: a running one at its next message, a waiting one at once.
+        ``reason`` says who cancelled ("cancelled at central" unless given); ``note`` is the
+        user's own reason, shown at central and to the sites after it."""
         with self._database.session() as session:
             job = session.get(Job, job_id)
             assert job is not None
@@ -378,7 +380,9 @@ class Runs:
                 job = job.parent
             job_id, state = job.id, job.state
         run = self.get(job_id)
-        run.cancel_reason = reason or "cancelled at central"
+        who = reason or "cancelled at central"
+        why = f": {note}" if note else ""
+        run.cancel_reason = f"{who}{why}"
         task = run.task
         if task is not None:
             task.cancel()
@@ -386,11 +390,18 @@ class Runs:
                 await task
             return
         when = "" if state == "partial" else " before it started"
-        self._move(job_id, to="cancelled", message=f"{run.cancel_reason}{when}")
-        self._cancel_children(job_id, reason=run.cancel_reason)
+        self._move(job_id, to="cancelled", message=f"{who}{when}{why}")
+        self._cancel_children(job_id, reason=who)
         run.data = None
         run.ready.clear()
         self.publish(job_id, "state")
+
+    def forget(self, job_ids: list[int]) -> None:
+        """Drop what central holds for deleted jobs: results, reports, events, readiness."""
+        for job_id in job_ids:
+            run = self._runs.pop(job_id, None)
+            if run is not None:
+                run.data = run.result = None
 
     def downloaded(self, job_id: int) -> None:
         """A download started: keep the results a short grace, for the other format."""
