@@ -222,9 +222,17 @@ def _job_context(state: CentralState, job_id: int, user: User, **extra: Any) -> 
             for site in site_status
             if (policy := state.connections.policies.get(site)) is not None
         }
+        lost = [
+            (p.user.institution or site, left)
+            for p in job.participants
+            if job.state == "running"
+            and (left := state.connections.grace_left(site := p.user.site_id or "")) is not None
+        ]
     run = state.runs.get(job_id)
     return {
         "job": job,
+        "lost": lost,
+        "grace_seconds": state.connections.grace_seconds,
         "comparison": comparison,
         "run": run,
         "missing": missing,
