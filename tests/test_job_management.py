@@ -10,13 +10,17 @@ from bs4 import BeautifulSoup, Tag
 from fastapi.testclient import TestClient
 
 from federation.demo import COLUMNS
+from portal_central.app import create_app
+from portal_central.settings import CentralSettings
 from tests.central_fixtures import (
     ADMIN,
+    EVERY_DATABASE,
     SITE_PASSWORD,
     admin_auth,
     approved_site,
     bearer,
     browser_sign_in,
+    create_admin,
     portal_state,
     token,
     wait_for_state,
@@ -312,3 +316,64 @@ def test_the_page_refuses_to_delete_a_waiting_job(
     refused = central.post(f"/jobs/{job['id']}/delete", data={"csrf_token": csrf})
     assert refused.status_code == 409
     assert "cancel it before deleting it" in _text(refused.text)
+
+
+# ------------------------------------------------------------------ event logs, final states
+
+
+@EVERY_DATABASE
+def test_event_logs_survive_a_restart_of_central(
+    central_settings: CentralSettings, demo_files: dict[str, Path]
+) -> None:
+    with TestClient(create_app(central_settings)) as first:
+        create_admin(first)
+        done = _completed(first, demo_files)
+        before = first.get(f"/api/jobs/{done['id']}/events", headers=admin_auth(first)).json()
+    assert any(e["message"].startswith("cycle 1: fitted 'bmi'") for e in before), before
+    with TestClient(create_app(central_settings)) as second:
+        after = second.get(f"/api/jobs/{done['id']}/events", headers=admin_auth(second)).json()
+        assert after == before
+        browser_sign_in(second, ADMIN["username"], ADMIN["password"])
+        page = BeautifulSoup(second.get(f"/jobs/{done['id']}").text, "html.parser")
+    text = page.get_text(" ", strip=True)
+    assert "The results were not kept: central restarted" in text
+    assert "Imputations (zip of CSVs)" not in text
+    lines = [li.get_text(" ", strip=True) for li in page.select("ol.log li")]
+    # Newest first, a cycle's two fits on one line: far fewer lines than events.
+    first_cycle = [line for line in lines if "cycle 1: fitted" in line]
+    assert (
+        len(first_cycle) == 1 and "'bmi' on" in first_cycle[0] and "'smoker' on" in first_cycle[0]
+    )
+    assert len(lines) < len(before)
+    newest = max(before, key=lambda e: e["at"])
+    assert newest["message"] in lines[0]
+
+
+def test_participants_show_the_state_the_job_ended_in(central: TestClient) -> None:
+    _, site_id = approved_site(central, "north")
+    job = _create(central, participants=[site_id])
+    central.post(
+        f"/api/jobs/{job['id']}/cancel", json={"reason": "later"}, headers=admin_auth(central)
+    )
+    browser_sign_in(central, ADMIN["username"], ADMIN["password"])
+    page = BeautifulSoup(central.get(f"/jobs/{job['id']}").text, "html.parser")
+    rows = {
+        code.get_text(): tr.get_text(" ", strip=True)
+        for tr in page.select("table.list tbody tr")
+        if (code := tr.find("code")) is not None
+    }
+    assert "cancelled" in rows[site_id] and "offline" not in rows[site_id]
+
+
+def test_a_deleted_jobs_event_log_goes_with_it(
+    central: TestClient, demo_files: dict[str, Path]
+) -> None:
+    done = _completed(central, demo_files)
+    runs = portal_state(central).runs
+    assert runs.events(done["id"])
+    central.delete(f"/api/jobs/{done['id']}", headers=admin_auth(central))
+    assert (
+        central.get(f"/api/jobs/{done['id']}/events", headers=admin_auth(central)).status_code
+        == 404
+    )
+    assert runs.events(done["id"]) == []

@@ -231,6 +231,25 @@ async def cancel(
     return _out(state, job_id, admin)
 
 
+class EventOut(BaseModel):
+    at: float = Field(description="seconds since the epoch")
+    kind: str
+    site: str | None
+    message: str
+
+
+@router.get("/{job_id}/events")
+def events(job_id: RowId, user: CurrentUser, state: StateDep) -> list[EventOut]:
+    """The job's event log, oldest first (messages and counts, never data; kept across
+    restarts of central; progress is not logged)."""
+    with state.database.session() as session:
+        service.get_job(session=session, job_id=job_id, user=user)
+    return [
+        EventOut(at=e.at, kind=e.kind, site=e.site, message=e.message)
+        for e in state.runs.events(job_id)
+    ]
+
+
 @router.get("/{job_id}/definition")
 def definition(job_id: RowId, admin: AdminUser, state: StateDep) -> dict[str, Any]:
     """A new job like this one: its definition as a body for POST /api/jobs (name, algorithm,

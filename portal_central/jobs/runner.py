@@ -34,11 +34,13 @@ from portal_central.db import Database
 from portal_central.errors import Conflict, FieldInvalid
 from portal_central.jobs import service, status
 from portal_central.jobs.messages import for_viewer
-from portal_central.models import Job, utcnow
+from portal_central.models import Job, JobEventRecord, utcnow
 from portal_central.sites.connections import Connections, WebSocketTransport
 
 log = logging.getLogger(__name__)
 _HISTORY = 200
+_SAVE_INTERVAL = 0.5
+"""Seconds between two writes of a job's new events to its stored log."""
 PROGRESS_INTERVAL = 0.25
 """Seconds between two progress updates pushed to the sites of a job (the last one always
 goes, at most this late)."""
@@ -74,6 +76,11 @@ class Run:
     """A progress update to the sites is scheduled."""
     progress_told: float = 0.0
     """When (monotonic) the sites were last told the progress."""
+    history_loaded: bool = False
+    """``events`` holds the job's stored log too (read once, after a restart of central)."""
+    unsaved: list[JobEvent] = field(default_factory=list)
+    """Events not yet written to the job's stored log (written in batches, off the loop)."""
+    save_due: bool = False
 
 
 def spec_of(job: Job) -> JobSpec:
@@ -170,7 +177,10 @@ class Runs:
         ]
 
     def site_status(self, job: Job) -> dict[str, str]:
-        """For each participant: offline, online (not ready) or ready."""
+        """For each participant: offline, online (not ready) or ready; once the job ended, the
+        state it ended in (completed, failed, cancelled, interrupted)."""
+        if job.state in status.FINAL:  # the job ended: each site ended with it
+            return {p.user.site_id or "": job.state for p in job.participants}
         ready = self.get(job.id).ready
         status_of = {}
         for participant in job.participants:
@@ -435,6 +445,10 @@ class Runs:
                 run.task.cancel()
         tasks = [r.task for r in self._runs.values() if r.task is not None]
         await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.sleep(0)  # the jobs' last events are published on the loop
+        for run in list(self._runs.values()):  # the logs' last lines, before central stops
+            batch, run.unsaved = run.unsaved, []
+            self._write_events(run.job_id, batch)
 
     # ------------------------------------------------------------- events
 
@@ -454,6 +468,57 @@ class Runs:
         self._loop = loop
         self._loop_thread = threading.get_ident()
 
+    def events(self, job_id: int) -> list[JobEvent]:
+        """The job's event log, oldest first: the stored one (it outlives restarts) and what
+        came since."""
+        run = self.get(job_id)
+        self._load_history(run)
+        return run.events
+
+    def _load_history(self, run: Run) -> None:
+        if run.history_loaded:
+            return
+        run.history_loaded = True
+        with self._database.session() as session:
+            rows = session.scalars(
+                select(JobEventRecord)
+                .where(JobEventRecord.job_id == run.job_id)
+                .order_by(JobEventRecord.id.desc())
+                .limit(_HISTORY)
+            ).all()
+            stored = [
+                JobEvent(kind=r.kind, message=r.message, site=r.site, at=r.at)  # type: ignore[arg-type]
+                for r in reversed(rows)
+            ]
+        run.events[:0] = stored
+        del run.events[:-_HISTORY]
+
+    async def _save_events(self, run: Run) -> None:
+        """Write the events that came in meanwhile to the job's stored log, in a worker thread."""
+        await asyncio.sleep(_SAVE_INTERVAL)
+        batch, run.unsaved, run.save_due = run.unsaved, [], False
+        await asyncio.to_thread(self._write_events, run.job_id, batch)
+
+    def _write_events(self, job_id: int, batch: list[JobEvent]) -> None:
+        if not batch:
+            return
+        try:
+            with self._database.session() as session:
+                if session.get(Job, job_id) is None:
+                    return  # deleted meanwhile
+                session.add_all(
+                    JobEventRecord(
+                        job_id=job_id,
+                        at=e.at,
+                        kind=e.kind,
+                        site=e.site,
+                        message=e.message[:10_000],
+                    )
+                    for e in batch
+                )
+        except SQLAlchemyError:
+            log.exception("job %s: could not store %d event(s) of its log", job_id, len(batch))
+
     def _publish(self, job_id: int, event: JobEvent | str) -> None:
         run = self.get(job_id)
         if isinstance(event, JobEvent):
@@ -461,8 +526,13 @@ class Runs:
                 run.progress = event.fraction
                 run.step = event.message
             else:
+                self._load_history(run)
                 run.events.append(event)
                 del run.events[:-_HISTORY]
+                run.unsaved.append(event)
+                if not run.save_due:
+                    run.save_due = True
+                    self._spawn(self._save_events(run))
         for queue in list(run.subscribers):
             queue.put_nowait(event)
         if event == "state":

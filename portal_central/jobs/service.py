@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, selectinload
 
 from federation import secure
@@ -21,7 +21,7 @@ from federation.replies import Dims
 from portal_central import algorithms_store
 from portal_central.errors import Conflict, FieldInvalid, Forbidden, NotFound, PortalError
 from portal_central.jobs import status
-from portal_central.models import AlgorithmVersion, Job, JobParticipant, User
+from portal_central.models import AlgorithmVersion, Job, JobEventRecord, JobParticipant, User
 
 
 @dataclass(frozen=True)
@@ -246,6 +246,7 @@ def delete_job(*, session: Session, job: Job) -> list[int]:
     if job.state in status.ACTIVE:
         raise Conflict(f"job {job.id} is {job.state}; cancel it before deleting it")
     ids = [job.id, *(child.id for child in job.children)]
+    session.execute(delete(JobEventRecord).where(JobEventRecord.job_id.in_(ids)))
     session.delete(job)
     session.flush()
     return ids

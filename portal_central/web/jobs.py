@@ -42,6 +42,7 @@ from portal_central.jobs.results import Format, result_response
 from portal_central.models import User
 from portal_central.paths import MAX_ID, RowId
 from portal_central.state import CentralState
+from portal_common.eventlog import grouped
 from portal_common.web import ENVIRONMENT, PAGE_DEFAULTS, is_htmx, render
 
 router = APIRouter(prefix="/jobs")
@@ -217,6 +218,7 @@ def _job_context(state: CentralState, job_id: int, user: User, **extra: Any) -> 
         missing = state.runs.missing_sites(job) if job.state == "waiting" else []
         site_status = state.runs.site_status(job)
         comparison = state.runs.comparison(job) if job.is_comparison else None
+        methods = list(job.methods)
         policies = {
             site: policy.foresee(columns=job.columns, participants=1 + len(job.participants))
             for site in site_status
@@ -231,6 +233,8 @@ def _job_context(state: CentralState, job_id: int, user: User, **extra: Any) -> 
     run = state.runs.get(job_id)
     return {
         "job": job,
+        "log": grouped(state.runs.events(job_id)),
+        "method_results": any(state.runs.get(c.id).result is not None for c in methods),
         "lost": lost,
         "grace_seconds": state.connections.grace_seconds,
         "comparison": comparison,
@@ -439,7 +443,8 @@ async def events(
                             data=fragment("job_progress", run=state.runs.get(job_id)),
                         )
                     else:
-                        yield ServerSentEvent(event="log", data=fragment("log_line", event=event))
+                        lines = grouped(state.runs.events(job_id))
+                        yield ServerSentEvent(event="log", data=fragment("log_lines", log=lines))
                 else:
                     yield ServerSentEvent(
                         event="status",
