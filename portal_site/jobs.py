@@ -108,9 +108,17 @@ class LocalJobs:
     """Every job this site knows of. Talks to central through the worker's callables."""
 
     def __init__(
-        self, *, approved: Callable[[str], bool], policy: Callable[[], Policy] = Policy
+        self,
+        *,
+        approved: Callable[[str], bool],
+        policy: Callable[[], Policy] = Policy,
+        keep_event: Callable[[str, JobEvent], None] | None = None,
+        kept_events: Callable[[str], list[JobEvent]] | None = None,
     ) -> None:
         self._jobs: dict[str, LocalJob] = {}
+        self._keep_event = keep_event
+        self._kept_events = kept_events
+        """Where the jobs' event logs are kept (the site's database), to outlive a restart."""
         self._approved = approved
         self._policy = policy
         """The site's disclosure policy, as its user set it (read afresh for every job)."""
@@ -157,6 +165,8 @@ class LocalJobs:
         job = self._jobs.get(job_id)
         if job is None:
             job = self._jobs[job_id] = LocalJob(job_id=job_id, info=info)
+            if self._kept_events is not None:
+                job.events = self._kept_events(job_id)
         else:
             job.info = info
         if job.state in FINAL:
@@ -403,6 +413,8 @@ class LocalJobs:
         if isinstance(event, JobEvent):
             job.events.append(event)
             del job.events[:-_HISTORY]
+            if self._keep_event is not None and event.kind != "progress":
+                self._keep_event(job.job_id, event)
         for queue in list(job.subscribers):
             queue.put_nowait(event)
 
