@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 from bs4 import BeautifulSoup, Tag
 from fastapi.testclient import TestClient
 
@@ -25,6 +26,7 @@ from tests.central_fixtures import (
     token,
     wait_for_state,
 )
+from tests.processes import wait_for
 
 TARGETS = [{"column": "bmi", "type": "gaussian"}, {"column": "smoker", "type": "logistic"}]
 QUICK = {"iteration_before_first_imputation": 2, "iteration_between_imputations": 1}
@@ -377,3 +379,52 @@ def test_a_deleted_jobs_event_log_goes_with_it(
         == 404
     )
     assert runs.events(done["id"]) == []
+
+
+# ------------------------------------------------------------------ no silent failures
+
+
+def test_a_run_that_fails_outside_the_algorithm_fails_its_job_and_is_logged(
+    central: TestClient, demo_files: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug in central's own handling of a run (here: its finishing step breaks) no longer
+    leaves the job 'running' with the error unseen: the job fails and the log has the trace."""
+    runs = portal_state(central).runs
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("finishing broke")
+
+    job = _create(central)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(runs, "_finish", broken)
+        _upload(central, job["id"], demo_files["central"])
+        done = wait_for_state(central, job["id"], admin_auth(central))
+    assert done["state"] == "failed"
+    assert done["message"] == ("central's run of the job stopped on an internal error; see its log")
+    assert any("finishing broke" in str(r.exc_info) for r in caplog.records if r.exc_info)
+
+
+def test_a_failing_background_task_is_shown_on_its_job(
+    central: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    runs = portal_state(central).runs
+
+    async def unreachable(job_id: int, *, fresh: bool) -> None:
+        raise ConnectionError("the sites' notifier is down")
+
+    job = _create(central)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(runs, "_tell_sites", unreachable)
+        central.post(f"/api/jobs/{job['id']}/cancel", headers=admin_auth(central))
+        wait_for(
+            lambda: any(e.kind == "warning" for e in runs.events(job["id"])),
+            seconds=5,
+            what="the warning",
+        )
+        events = central.get(f"/api/jobs/{job['id']}/events", headers=admin_auth(central)).json()
+    assert {
+        "kind": "warning",
+        "site": None,
+        "message": "telling the sites failed at central: the sites' notifier is down",
+    }.items() <= next(e for e in events if e["kind"] == "warning").items()
+    assert any("telling the sites failed" in r.getMessage() for r in caplog.records)

@@ -165,7 +165,22 @@ class Runs:
             return False
         work = self._compare(run) if comparison else self._execute(run, spec)
         run.task = asyncio.create_task(work, name=f"job-{job_id}")
+        run.task.add_done_callback(self._job_done)
         return True
+
+    def _job_done(self, task: asyncio.Task[None]) -> None:
+        """A job's run ended: a failure outside the algorithm (the engine's own errors are the
+        job's message already) is logged and fails the job, instead of leaving it running."""
+        if task.cancelled() or (error := task.exception()) is None:
+            return
+        job_id = int(task.get_name().removeprefix("job-"))
+        log.error("job %s: its run at central failed", job_id, exc_info=error)
+        run = self._runs.get(job_id)
+        if run is not None and run.task is task:
+            run.task = None
+        self._fail_unrecorded(
+            job_id, "central's run of the job stopped on an internal error; see its log"
+        )
 
     def missing_sites(self, job: Job) -> list[str]:
         """Participants that are not yet online with their user's Start clicked."""
@@ -224,7 +239,11 @@ class Runs:
         elif isinstance(message, Cancel) and state not in status.FINAL:
             # Not awaited: closing the job waits for this very site's replies, which arrive
             # on the connection whose messages are being handled here.
-            self._spawn(self.cancel(job_id, reason=f"cancelled at site {site_id}"))
+            self._spawn(
+                self.cancel(job_id, reason=f"cancelled at site {site_id}"),
+                job_id=job_id,
+                what="cancelling the job",
+            )
 
     def ready_jobs(self, site_id: str) -> list[str]:
         return [str(job_id) for job_id, run in self._runs.items() if site_id in run.ready]
@@ -234,12 +253,24 @@ class Runs:
         for job_id, run in list(self._runs.items()):
             if site_id in run.ready:
                 self.publish(job_id, "state")
-                self._spawn(self.start_if_ready(job_id))
+                self._spawn(self.start_if_ready(job_id), job_id=job_id, what="starting the job")
 
-    def _spawn(self, coroutine: Any) -> None:
+    def _spawn(self, coroutine: Any, *, job_id: int | None = None, what: str = "") -> None:
+        """Run ``coroutine`` in the background; if it fails, the failure is logged and, for a
+        job's task, shown in the job's event log as ``what`` failed."""
         task = asyncio.ensure_future(coroutine)
         self._background.add(task)
-        task.add_done_callback(self._background.discard)
+
+        def done(task: asyncio.Task[Any]) -> None:
+            self._background.discard(task)
+            if task.cancelled() or (error := task.exception()) is None:
+                return
+            log.error("job %s: %s failed", job_id, what or "a background task", exc_info=error)
+            if job_id is not None:
+                message = f"{what or 'a background task'} failed at central: {error}"
+                self.publish(job_id, JobEvent(kind="warning", message=message[:500]))
+
+        task.add_done_callback(done)
 
     async def _execute(self, run: Run, spec: JobSpec) -> None:
         assert run.data is not None
@@ -536,10 +567,12 @@ class Runs:
         for queue in list(run.subscribers):
             queue.put_nowait(event)
         if event == "state":
-            self._spawn(self._tell_sites(job_id, fresh=True))
+            self._spawn(
+                self._tell_sites(job_id, fresh=True), job_id=job_id, what="telling the sites"
+            )
         elif isinstance(event, JobEvent) and event.kind == "progress" and not run.progress_due:
             run.progress_due = True
-            self._spawn(self._tell_progress(run))
+            self._spawn(self._tell_progress(run), job_id=job_id, what="telling the sites")
 
     async def _tell_progress(self, run: Run) -> None:
         """The progress to the sites, at most every ``PROGRESS_INTERVAL`` seconds: events that
@@ -573,8 +606,10 @@ class Runs:
                     progress=run.progress,
                     step=run.step,
                 )
-                with contextlib.suppress(Exception):
+                try:
                     await link.send_control(update)
+                except Exception as error:  # noqa: BLE001 - gone meanwhile: it reads the state on return
+                    log.info("job %s: could not tell site %s its state: %r", job_id, site, error)
 
     @contextlib.asynccontextmanager
     async def subscribe(self, job_id: int) -> AsyncIterator[asyncio.Queue[JobEvent | str]]:
