@@ -13,6 +13,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Float,
     ForeignKey,
     Integer,
     String,
@@ -206,3 +207,18 @@ class JobParticipant(Base):
 
     job: Mapped[Job] = relationship(back_populates="participants")
     user: Mapped[User] = relationship()
+
+
+class JobEventRecord(Base):
+    """One line of a job's event log: a message or a count of progress, never data. Kept so
+    that a job's log outlives a restart of central."""
+
+    __tablename__ = "job_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    at: Mapped[float] = mapped_column(Float)
+    """When (seconds since the epoch)."""
+    kind: Mapped[str] = mapped_column(String(16))
+    site: Mapped[str | None] = mapped_column(String(64))
+    message: Mapped[str] = mapped_column(Text)

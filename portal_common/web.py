@@ -32,6 +32,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from algorithms import methods
+from portal_common.eventlog import grouped
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 """The templates both portals use."""
@@ -78,6 +79,7 @@ def _environment() -> Environment:
     )
     environment.filters["iso"] = lambda m: m.isoformat(timespec="seconds") if m else ""
     environment.filters["method_label"] = methods.label
+    environment.filters["grouped"] = grouped
     environment.globals["methods"] = methods.METHODS
     return environment
 

@@ -111,9 +111,17 @@ class LocalJobs:
     """Every job this site knows of. Talks to central through the worker's callables."""
 
     def __init__(
-        self, *, approved: Callable[[str], bool], policy: Callable[[], Policy] = Policy
+        self,
+        *,
+        approved: Callable[[str], bool],
+        policy: Callable[[], Policy] = Policy,
+        keep_event: Callable[[str, JobEvent], None] | None = None,
+        kept_events: Callable[[str], list[JobEvent]] | None = None,
     ) -> None:
         self._jobs: dict[str, LocalJob] = {}
+        self._keep_event = keep_event
+        self._kept_events = kept_events
+        """Where the jobs' event logs are kept (the site's database), to outlive a restart."""
         self._approved = approved
         self._policy = policy
         """The site's disclosure policy, as its user set it (read afresh for every job)."""
@@ -160,6 +168,8 @@ class LocalJobs:
         job = self._jobs.get(job_id)
         if job is None:
             job = self._jobs[job_id] = LocalJob(job_id=job_id, info=info)
+            if self._kept_events is not None:
+                job.events = self._kept_events(job_id)
         else:
             job.info = info
         if job.state in FINAL:
@@ -350,28 +360,47 @@ class LocalJobs:
     # ------------------------------------------------------------ answering central
 
     async def runner(self, job_id: str) -> SiteRunner | None:
+        """The runner that answers central for a job, or None (:meth:`answering` says why)."""
+        try:
+            return await self.answering(job_id)
+        except SiteError:
+            return None
+
+    async def answering(self, job_id: str) -> SiteRunner:
         """The runner that answers central for a job, or for a method of a started comparison
-        (one retried since Start is looked up at central and runs on the comparison's data)."""
+        (one retried since Start is looked up at central and runs on the comparison's data);
+        ``SiteError`` gives the real reason there is none, for central to show."""
+        no_data = (
+            f"this site holds no data for job {job_id}: it was not started here, or the site "
+            "portal restarted and its data went with it"
+        )
         job = self._jobs.get(job_id)
         if job is not None:
+            if job.runner is None:
+                raise SiteError(no_data, status=409)
             return job.runner
         for parent in self._jobs.values():
             if job_id in parent.runners:
                 return parent.runners[job_id]
         try:
             info = await self._fetch_json(f"/api/jobs/{job_id}")
-        except SiteError:
-            return None
+        except SiteError as error:
+            raise SiteError(
+                f"this site could not look up job {job_id} at central: {error.message}",
+                status=502,
+            ) from None
         comparison = self._jobs.get(str(info.get("parent")))
         if comparison is None or not comparison.started or comparison.table is None:
-            return None
-        try:
-            algorithm = await self._verified(info)
-        except SiteError:
-            return None
+            raise SiteError(no_data, status=409)
+        algorithm = await self._verified(info)
         started = {r.algorithm.digest for r in comparison.runners.values()}
         if not self._trusted(algorithm) or algorithm.digest not in started:
-            return None  # a retry runs a method this site started, never another
+            # A retry runs a method this site started, never another.
+            raise SiteError(
+                f"job {job_id} runs {algorithm.name} {algorithm.version}, which this site did "
+                "not start for the comparison: refused",
+                status=409,
+            )
         comparison.runners[job_id] = self._runner(comparison, algorithm, info)
         return comparison.runners[job_id]
 
@@ -408,6 +437,8 @@ class LocalJobs:
         if isinstance(event, JobEvent):
             job.events.append(event)
             del job.events[:-_HISTORY]
+            if self._keep_event is not None and event.kind != "progress":
+                self._keep_event(job.job_id, event)
         for queue in list(job.subscribers):
             queue.put_nowait(event)
 

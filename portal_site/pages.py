@@ -503,7 +503,7 @@ async def job_events(request: Request, job_id: str, site: Site) -> EventSourceRe
             while True:
                 event = await queue.get()
                 if isinstance(event, JobEvent) and event.kind != "progress":
-                    yield ServerSentEvent(event="log", data=fragment("log_line", event=event))
+                    yield ServerSentEvent(event="log", data=fragment("log_lines", job=job))
                 else:
                     codes: list[RemoteCode] = []
                     with contextlib.suppress(SiteError):

@@ -22,7 +22,12 @@ class SiteState:
     @classmethod
     def create(cls, settings: SiteSettings) -> SiteState:
         store = Store(settings.prepare().database)
-        jobs = LocalJobs(approved=store.approved, policy=lambda: store.policy(settings.min_rows))
+        jobs = LocalJobs(
+            approved=store.approved,
+            policy=lambda: store.policy(settings.min_rows),
+            keep_event=store.record_event,
+            kept_events=store.events,
+        )
         auth = LocalAuth(
             store,
             port=settings.port,

@@ -22,6 +22,7 @@ from alembic.config import Config as AlembicConfig
 from sqlalchemy import (
     JSON,
     Connection,
+    Float,
     Integer,
     String,
     Text,
@@ -33,6 +34,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from federation.job import JobEvent
 from federation.policy import Policy
 from federation.sqltypes import UTCDateTime
 
@@ -106,6 +108,20 @@ class LedgerEntry(Base):
     note: Mapped[str] = mapped_column(Text, default="")
 
 
+class EventRecord(Base):
+    """One line of a job's event log at this site: a message, never data. Kept so that the
+    log outlives a restart of the site portal."""
+
+    __tablename__ = "job_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(40), index=True)
+    at: Mapped[float] = mapped_column(Float)
+    """When (seconds since the epoch)."""
+    kind: Mapped[str] = mapped_column(String(16))
+    message: Mapped[str] = mapped_column(Text)
+
+
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 """Alembic's scripts for the site's database (they ship in the package)."""
 BEFORE_MIGRATIONS = "site_2026_12_07_initial"
@@ -132,12 +148,13 @@ def upgrade(connection: Connection) -> None:
 
 
 class LedgerWriter:
-    """Ledger rows written by one thread, each batch of what came in meanwhile in one
-    transaction: recording a message costs its sender an append, never a database write."""
+    """Ledger rows (and event log lines) written by one thread, each batch of what came in
+    meanwhile in one transaction: recording a message costs its sender an append, never a
+    database write."""
 
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self._sessions = sessions
-        self._pending: list[LedgerEntry] = []
+        self._pending: list[Base] = []
         self._recorded = 0
         self._written = 0
         self._closed = False
@@ -145,7 +162,7 @@ class LedgerWriter:
         self._thread = threading.Thread(target=self._run, name="site-ledger", daemon=True)
         self._thread.start()
 
-    def record(self, entry: LedgerEntry) -> None:
+    def record(self, entry: Base) -> None:
         with self._changed:
             if self._closed:
                 raise RuntimeError("the ledger is closed")
@@ -177,7 +194,7 @@ class LedgerWriter:
                 with self._sessions.begin() as session:
                     session.add_all(batch)
             except Exception:  # the site keeps answering; the loss is in its log
-                log.exception("%d ledger row(s) could not be written", len(batch))
+                log.exception("%d ledger or event row(s) could not be written", len(batch))
             with self._changed:
                 self._written += len(batch)
                 self._changed.notify_all()
@@ -269,6 +286,27 @@ class Store:
                 note=note,
             )
         )
+
+    def record_event(self, job_id: str, event: JobEvent) -> None:
+        """Keep a line of a job's event log (written with the next batch)."""
+        self._ledger.record(
+            EventRecord(job_id=job_id, at=event.at, kind=event.kind, message=event.message)
+        )
+
+    def events(self, job_id: str, *, limit: int = 200) -> list[JobEvent]:
+        """A job's stored event log, oldest first (the newest ``limit`` lines)."""
+        self._ledger.flush()
+        with self._sessions() as session:
+            rows = session.scalars(
+                select(EventRecord)
+                .where(EventRecord.job_id == job_id)
+                .order_by(EventRecord.id.desc())
+                .limit(limit)
+            ).all()
+            return [
+                JobEvent(kind=r.kind, message=r.message, at=r.at)  # type: ignore[arg-type]
+                for r in reversed(rows)
+            ]
 
     def ledger(self, *, limit: int = 500) -> list[LedgerEntry]:
         """The latest messages sent, newest first, every one recorded so far included."""

@@ -20,6 +20,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from federation.errors import ProtocolError
+from federation.job import JobEvent
 from federation.protocol import (
     MAX_FRAME_BYTES,
     ControlMessage,
@@ -37,7 +38,7 @@ from federation.protocol import (
 )
 from federation.secure import MASKED
 from portal_site.central import CentralClient, CentralError, ssl_context, websocket_url
-from portal_site.jobs import LocalJobs
+from portal_site.jobs import LocalJobs, SiteError
 from portal_site.settings import SiteSettings
 from portal_site.store import Store
 
@@ -260,15 +261,12 @@ class Worker:
             return
         if not isinstance(request, Request):
             return
-        runner = await self.jobs.runner(request.job_id)
-        if runner is None:
+        try:
+            runner = await self.jobs.answering(request.job_id)
+        except SiteError as refused:  # the real reason, e.g. central could not be reached
             reply = encode(
                 ErrorReply(
-                    job_id=request.job_id,
-                    seq=request.seq,
-                    kind="refused",
-                    message="this site holds no data for the job: it was not started here, or "
-                    "the site portal restarted and its data went with it",
+                    job_id=request.job_id, seq=request.seq, kind="refused", message=refused.message
                 )
             )
         else:
@@ -280,11 +278,34 @@ class Worker:
                         job_id=request.job_id, seq=request.seq, kind="failed", message=str(error)
                     )
                 )
-        with contextlib.suppress(ConnectionClosed):
+            except Exception:  # a bug here must not leave central waiting without a word
+                log.exception("job %s: answering request %s failed", request.job_id, request.seq)
+                self._warn(request.job_id, "this site could not answer a request; see its log")
+                reply = encode(
+                    ErrorReply(
+                        job_id=request.job_id,
+                        seq=request.seq,
+                        kind="failed",
+                        message="internal error at the site; see its log",
+                    )
+                )
+        try:
             await socket.send(reply)
-            self.sent["messages"] += 1
-            self.sent["bytes"] += len(reply)
+        except ConnectionClosed:
+            # Not sent, so not in the ledger: central asks again once the site is back.
+            log.info(
+                "job %s: reply %s not sent, the connection closed", request.job_id, request.seq
+            )
+            return
+        self.sent["messages"] += 1
+        self.sent["bytes"] += len(reply)
         self._note(request, reply)
+
+    def _warn(self, job_id: str, message: str) -> None:
+        """Show a failure on the job's page at this site (when the site knows the job)."""
+        job = self.jobs.owner(job_id)
+        if job is not None:
+            self.jobs.publish(job, JobEvent(kind="warning", message=message))
 
     def _note(self, request: Request, reply: bytes) -> None:
         answer = decode(reply)
@@ -332,7 +353,13 @@ class Worker:
     def _spawn(self, coroutine: Any) -> None:
         task = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        """A background task ended: its failure is logged, never lost."""
+        self._tasks.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.error("background task %s failed", task.get_name(), exc_info=error)
 
     async def stop(self) -> None:
         for task in list(self._tasks):

@@ -92,6 +92,9 @@ def test_compare_methods_from_the_wizard(
         site.click("button:has-text('Upload')")
         site.click("button:has-text('Start')")
         expect(site.locator("ol.checklist")).to_contain_text("This site is ready")
+        # Central's page shows it (its status block is swapped in anew): only then choose the
+        # file, or the swap may replace the form that holds it.
+        expect(page.locator(f"#job-{job_id}-status table.list").last).to_contain_text("ready")
 
         page.set_input_files("#central-file", str(demo_files["central"]))
         page.click("text=Upload and start")

@@ -120,8 +120,19 @@ def test_a_killed_site_fails_the_job_naming_it(
 
     south.process.kill()
 
+    # While central waits for it, the job's page says for whom and how long at most.
+    waiting = f"waiting up to 6 s for {south.name.capitalize()} Hospital"
+    wait_for(lambda: waiting in _page(fed, job_id), seconds=10, what="the page to say it waits")
     wait_for(lambda: _job(fed, job_id)["state"] != "running", seconds=30, what="the job to fail")
     job = _job(fed, job_id)
     assert job["state"] == "failed"
-    assert f"site '{south.site_id}'" in str(job["message"])
-    assert "did not reconnect" in str(job["message"])
+    assert job["message"] == (
+        f"site '{south.site_id}': no answer (the site is offline and did not reconnect within 6 s)"
+    )
+    page = _page(fed, job_id)
+    assert "SiteGone" not in page and "Run again" in page
+
+
+def _page(fed: Federation, job_id: int) -> str:
+    with fed.admin() as admin:
+        return admin.get(f"/jobs/{job_id}").text

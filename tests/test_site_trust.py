@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from websockets.exceptions import ConnectionClosed
 
 from federation.job import JobSpec, Target
 from federation.policy import Policy
@@ -34,6 +35,9 @@ from federation.registry import Registry, file_names, package_digest
 from federation.site import OPEN
 from portal_site.central import CentralError
 from portal_site.jobs import LocalJob, LocalJobs, SiteError
+from portal_site.settings import SiteSettings
+from portal_site.store import Store
+from portal_site.worker import Worker
 
 MEANDRAW_DIR = Path(__file__).resolve().parents[1] / "docs" / "examples" / "MEANDRAW"
 MEANDRAW_FILES = {name: (MEANDRAW_DIR / name).read_bytes() for name in file_names("MEANDRAW")}
@@ -550,3 +554,64 @@ def test_a_comparison_answers_only_the_methods_started_here() -> None:
 
     assert run(site.jobs.runner("99")) is None
     assert run(site.jobs.runner("100")) is not None
+
+
+def test_a_site_tells_central_the_real_reason_it_cannot_answer() -> None:
+    """Not "this site holds no data" when the site could not reach central to look the job
+    up, nor when the method is one it did not start: each refusal says what happened."""
+
+    async def unreachable(path: str) -> Any:
+        raise CentralError("central is unreachable: connection refused", status=None)
+
+    site = Site()
+    site.jobs.fetch_json = unreachable
+    with pytest.raises(SiteError) as refused:
+        run(site.jobs.answering("42"))
+    assert _refusal(refused) == (
+        "this site could not look up job 42 at central: central is unreachable: connection refused"
+    )
+    assert "holds no data" not in _refusal(refused)
+
+    known = site.add(job_id=7)  # known here, never started
+    with pytest.raises(SiteError) as refused:
+        run(site.jobs.answering(known.job_id))
+    assert "this site holds no data for job 7" in _refusal(refused)
+
+
+class _Socket:
+    """Central's end of the site's WebSocket, as the worker sees it: records what it is sent,
+    or fails every send as a dropped connection does."""
+
+    def __init__(self, *, closed: bool) -> None:
+        self.closed = closed
+        self.sent: list[bytes] = []
+
+    async def send(self, data: bytes) -> None:
+        if self.closed:
+            raise ConnectionClosed(None, None)
+        self.sent.append(data)
+
+
+def test_the_ledger_lists_a_reply_only_once_it_was_sent(tmp_path: Path) -> None:
+    """A reply whose send failed (the connection dropped) is not in the ledger as sent; one
+    that went is, with the real reason the site refused (no central set here)."""
+    store = Store(f"sqlite:///{tmp_path / 'site.db'}")
+    try:
+        worker = Worker(
+            settings=SiteSettings(data_dir=tmp_path),
+            store=store,
+            jobs=LocalJobs(approved=store.approved),
+        )
+        frame = encode(Request(job_id="5", seq=1, ops=[Op(name=OPEN)]))
+        dropped = _Socket(closed=True)
+        run(worker._answer(dropped, frame))  # type: ignore[arg-type]
+        assert store.ledger() == [] and worker.sent["messages"] == 0
+
+        working = _Socket(closed=False)
+        run(worker._answer(working, frame))  # type: ignore[arg-type]
+        [entry] = store.ledger()
+        assert len(working.sent) == 1 and entry.bytes == len(working.sent[0])
+        assert entry.note.startswith("refused: this site could not look up job 5 at central")
+        assert entry.note.endswith("set central's URL in Settings first")
+    finally:
+        store.dispose()

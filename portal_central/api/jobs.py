@@ -220,12 +220,75 @@ async def upload_data(request: Request, job_id: RowId, admin: AdminUser, state: 
     return _out(state, job_id, admin)
 
 
+class CancelIn(BaseModel):
+    reason: str = Field(
+        default="",
+        description=f"why, in at most {service.MAX_CANCEL_REASON} characters: shown at central "
+        "and to the sites (a sentence for people, never data)",
+    )
+
+
 @router.post("/{job_id}/cancel")
-async def cancel(job_id: RowId, admin: AdminUser, state: StateDep) -> JobOut:
+async def cancel(
+    job_id: RowId, admin: AdminUser, state: StateDep, body: CancelIn | None = None
+) -> JobOut:
+    """Cancel a job everywhere, with an optional reason the sites are shown too."""
+    reason = service.cancel_reason(body.reason if body is not None else "")
     with state.database.session() as session:
         service.get_job(session=session, job_id=job_id, user=admin)
-    await state.runs.cancel(job_id)
+    await state.runs.cancel(job_id, note=reason)
     return _out(state, job_id, admin)
+
+
+class EventOut(BaseModel):
+    at: float = Field(description="seconds since the epoch")
+    kind: str
+    site: str | None
+    message: str
+
+
+@router.get("/{job_id}/events")
+def events(job_id: RowId, user: CurrentUser, state: StateDep) -> list[EventOut]:
+    """The job's event log, oldest first (messages and counts, never data; kept across
+    restarts of central; progress is not logged)."""
+    with state.database.session() as session:
+        service.get_job(session=session, job_id=job_id, user=user)
+    return [
+        EventOut(at=e.at, kind=e.kind, site=e.site, message=e.message)
+        for e in state.runs.events(job_id)
+    ]
+
+
+@router.get("/{job_id}/definition")
+def definition(job_id: RowId, admin: AdminUser, state: StateDep) -> dict[str, Any]:
+    """A new job like this one: its definition as a body for POST /api/jobs (name, algorithm,
+    targets, parameters, seed, sites, a comparison's methods); never any data."""
+    with state.database.session() as session:
+        job = service.get_job(session=session, job_id=job_id, user=admin)
+        return service.definition_of(job)
+
+
+@router.post("/{job_id}/run-again", status_code=201)
+def run_again(job_id: RowId, admin: AdminUser, state: StateDep) -> JobOut:
+    """Run a failed, cancelled or interrupted job again: a new job with the same definition and
+    seed, whose message names the old one (409 for a job in another state). Central and the
+    sites upload their data again: each drops it when a job ends."""
+    with state.database.session() as session:
+        job = service.get_job(session=session, job_id=job_id, user=admin)
+        again = service.run_again(session=session, job=job, creator=admin)
+        again_id = again.id
+    return _out(state, again_id, admin)
+
+
+@router.delete("/{job_id}", status_code=204, response_class=Response)
+def delete(job_id: RowId, admin: AdminUser, state: StateDep) -> Response:
+    """Delete a job's record, its events and any results in memory (a comparison with its
+    methods); 409 while it is waiting, running or partial: cancel it first."""
+    with state.database.session() as session:
+        job = service.get_job(session=session, job_id=job_id, user=admin)
+        deleted = service.delete_job(session=session, job=job)
+    state.runs.forget(deleted)
+    return Response(status_code=204)
 
 
 @router.post("/{job_id}/retry")

@@ -34,11 +34,13 @@ from portal_central.db import Database
 from portal_central.errors import Conflict, FieldInvalid
 from portal_central.jobs import service, status
 from portal_central.jobs.messages import for_viewer
-from portal_central.models import Job, utcnow
+from portal_central.models import Job, JobEventRecord, utcnow
 from portal_central.sites.connections import Connections, WebSocketTransport
 
 log = logging.getLogger(__name__)
 _HISTORY = 200
+_SAVE_INTERVAL = 0.5
+"""Seconds between two writes of a job's new events to its stored log."""
 PROGRESS_INTERVAL = 0.25
 """Seconds between two progress updates pushed to the sites of a job (the last one always
 goes, at most this late)."""
@@ -74,6 +76,11 @@ class Run:
     """A progress update to the sites is scheduled."""
     progress_told: float = 0.0
     """When (monotonic) the sites were last told the progress."""
+    history_loaded: bool = False
+    """``events`` holds the job's stored log too (read once, after a restart of central)."""
+    unsaved: list[JobEvent] = field(default_factory=list)
+    """Events not yet written to the job's stored log (written in batches, off the loop)."""
+    save_due: bool = False
 
 
 def spec_of(job: Job) -> JobSpec:
@@ -158,7 +165,22 @@ class Runs:
             return False
         work = self._compare(run) if comparison else self._execute(run, spec)
         run.task = asyncio.create_task(work, name=f"job-{job_id}")
+        run.task.add_done_callback(self._job_done)
         return True
+
+    def _job_done(self, task: asyncio.Task[None]) -> None:
+        """A job's run ended: a failure outside the algorithm (the engine's own errors are the
+        job's message already) is logged and fails the job, instead of leaving it running."""
+        if task.cancelled() or (error := task.exception()) is None:
+            return
+        job_id = int(task.get_name().removeprefix("job-"))
+        log.error("job %s: its run at central failed", job_id, exc_info=error)
+        run = self._runs.get(job_id)
+        if run is not None and run.task is task:
+            run.task = None
+        self._fail_unrecorded(
+            job_id, "central's run of the job stopped on an internal error; see its log"
+        )
 
     def missing_sites(self, job: Job) -> list[str]:
         """Participants that are not yet online with their user's Start clicked."""
@@ -170,7 +192,10 @@ class Runs:
         ]
 
     def site_status(self, job: Job) -> dict[str, str]:
-        """For each participant: offline, online (not ready) or ready."""
+        """For each participant: offline, online (not ready) or ready; once the job ended, the
+        state it ended in (completed, failed, cancelled, interrupted)."""
+        if job.state in status.FINAL:  # the job ended: each site ended with it
+            return {p.user.site_id or "": job.state for p in job.participants}
         ready = self.get(job.id).ready
         status_of = {}
         for participant in job.participants:
@@ -214,7 +239,11 @@ class Runs:
         elif isinstance(message, Cancel) and state not in status.FINAL:
             # Not awaited: closing the job waits for this very site's replies, which arrive
             # on the connection whose messages are being handled here.
-            self._spawn(self.cancel(job_id, reason=f"cancelled at site {site_id}"))
+            self._spawn(
+                self.cancel(job_id, reason=f"cancelled at site {site_id}"),
+                job_id=job_id,
+                what="cancelling the job",
+            )
 
     def ready_jobs(self, site_id: str) -> list[str]:
         return [str(job_id) for job_id, run in self._runs.items() if site_id in run.ready]
@@ -224,12 +253,24 @@ class Runs:
         for job_id, run in list(self._runs.items()):
             if site_id in run.ready:
                 self.publish(job_id, "state")
-                self._spawn(self.start_if_ready(job_id))
+                self._spawn(self.start_if_ready(job_id), job_id=job_id, what="starting the job")
 
-    def _spawn(self, coroutine: Any) -> None:
+    def _spawn(self, coroutine: Any, *, job_id: int | None = None, what: str = "") -> None:
+        """Run ``coroutine`` in the background; if it fails, the failure is logged and, for a
+        job's task, shown in the job's event log as ``what`` failed."""
         task = asyncio.ensure_future(coroutine)
         self._background.add(task)
-        task.add_done_callback(self._background.discard)
+
+        def done(task: asyncio.Task[Any]) -> None:
+            self._background.discard(task)
+            if task.cancelled() or (error := task.exception()) is None:
+                return
+            log.error("job %s: %s failed", job_id, what or "a background task", exc_info=error)
+            if job_id is not None:
+                message = f"{what or 'a background task'} failed at central: {error}"
+                self.publish(job_id, JobEvent(kind="warning", message=message[:500]))
+
+        task.add_done_callback(done)
 
     async def _execute(self, run: Run, spec: JobSpec) -> None:
         assert run.data is not None
@@ -369,8 +410,10 @@ class Runs:
 
     # ------------------------------------------------------------- cancel and results
 
-    async def cancel(self, job_id: int, *, reason: str = "") -> None:
-        """Stop a job everywhere: a running one at its next message, a waiting one at once."""
+    async def cancel(self, job_id: int, *, reason: str = "", note: str = "") -> None:
+        """Stop a job everywhere: a running one at its next message, a waiting one at once.
+        ``reason`` says who cancelled ("cancelled at central" unless given); ``note`` is the
+        user's own reason, shown at central and to the sites after it."""
         with self._database.session() as session:
             job = session.get(Job, job_id)
             assert job is not None
@@ -378,7 +421,9 @@ class Runs:
                 job = job.parent
             job_id, state = job.id, job.state
         run = self.get(job_id)
-        run.cancel_reason = reason or "cancelled at central"
+        who = reason or "cancelled at central"
+        why = f": {note}" if note else ""
+        run.cancel_reason = f"{who}{why}"
         task = run.task
         if task is not None:
             task.cancel()
@@ -386,11 +431,18 @@ class Runs:
                 await task
             return
         when = "" if state == "partial" else " before it started"
-        self._move(job_id, to="cancelled", message=f"{run.cancel_reason}{when}")
-        self._cancel_children(job_id, reason=run.cancel_reason)
+        self._move(job_id, to="cancelled", message=f"{who}{when}{why}")
+        self._cancel_children(job_id, reason=who)
         run.data = None
         run.ready.clear()
         self.publish(job_id, "state")
+
+    def forget(self, job_ids: list[int]) -> None:
+        """Drop what central holds for deleted jobs: results, reports, events, readiness."""
+        for job_id in job_ids:
+            run = self._runs.pop(job_id, None)
+            if run is not None:
+                run.data = run.result = None
 
     def downloaded(self, job_id: int) -> None:
         """A download started: keep the results a short grace, for the other format."""
@@ -424,6 +476,10 @@ class Runs:
                 run.task.cancel()
         tasks = [r.task for r in self._runs.values() if r.task is not None]
         await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.sleep(0)  # the jobs' last events are published on the loop
+        for run in list(self._runs.values()):  # the logs' last lines, before central stops
+            batch, run.unsaved = run.unsaved, []
+            self._write_events(run.job_id, batch)
 
     # ------------------------------------------------------------- events
 
@@ -443,6 +499,57 @@ class Runs:
         self._loop = loop
         self._loop_thread = threading.get_ident()
 
+    def events(self, job_id: int) -> list[JobEvent]:
+        """The job's event log, oldest first: the stored one (it outlives restarts) and what
+        came since."""
+        run = self.get(job_id)
+        self._load_history(run)
+        return run.events
+
+    def _load_history(self, run: Run) -> None:
+        if run.history_loaded:
+            return
+        run.history_loaded = True
+        with self._database.session() as session:
+            rows = session.scalars(
+                select(JobEventRecord)
+                .where(JobEventRecord.job_id == run.job_id)
+                .order_by(JobEventRecord.id.desc())
+                .limit(_HISTORY)
+            ).all()
+            stored = [
+                JobEvent(kind=r.kind, message=r.message, site=r.site, at=r.at)  # type: ignore[arg-type]
+                for r in reversed(rows)
+            ]
+        run.events[:0] = stored
+        del run.events[:-_HISTORY]
+
+    async def _save_events(self, run: Run) -> None:
+        """Write the events that came in meanwhile to the job's stored log, in a worker thread."""
+        await asyncio.sleep(_SAVE_INTERVAL)
+        batch, run.unsaved, run.save_due = run.unsaved, [], False
+        await asyncio.to_thread(self._write_events, run.job_id, batch)
+
+    def _write_events(self, job_id: int, batch: list[JobEvent]) -> None:
+        if not batch:
+            return
+        try:
+            with self._database.session() as session:
+                if session.get(Job, job_id) is None:
+                    return  # deleted meanwhile
+                session.add_all(
+                    JobEventRecord(
+                        job_id=job_id,
+                        at=e.at,
+                        kind=e.kind,
+                        site=e.site,
+                        message=e.message[:10_000],
+                    )
+                    for e in batch
+                )
+        except SQLAlchemyError:
+            log.exception("job %s: could not store %d event(s) of its log", job_id, len(batch))
+
     def _publish(self, job_id: int, event: JobEvent | str) -> None:
         run = self.get(job_id)
         if isinstance(event, JobEvent):
@@ -450,15 +557,22 @@ class Runs:
                 run.progress = event.fraction
                 run.step = event.message
             else:
+                self._load_history(run)
                 run.events.append(event)
                 del run.events[:-_HISTORY]
+                run.unsaved.append(event)
+                if not run.save_due:
+                    run.save_due = True
+                    self._spawn(self._save_events(run))
         for queue in list(run.subscribers):
             queue.put_nowait(event)
         if event == "state":
-            self._spawn(self._tell_sites(job_id, fresh=True))
+            self._spawn(
+                self._tell_sites(job_id, fresh=True), job_id=job_id, what="telling the sites"
+            )
         elif isinstance(event, JobEvent) and event.kind == "progress" and not run.progress_due:
             run.progress_due = True
-            self._spawn(self._tell_progress(run))
+            self._spawn(self._tell_progress(run), job_id=job_id, what="telling the sites")
 
     async def _tell_progress(self, run: Run) -> None:
         """The progress to the sites, at most every ``PROGRESS_INTERVAL`` seconds: events that
@@ -492,8 +606,10 @@ class Runs:
                     progress=run.progress,
                     step=run.step,
                 )
-                with contextlib.suppress(Exception):
+                try:
                     await link.send_control(update)
+                except Exception as error:  # noqa: BLE001 - gone meanwhile: it reads the state on return
+                    log.info("job %s: could not tell site %s its state: %r", job_id, site, error)
 
     @contextlib.asynccontextmanager
     async def subscribe(self, job_id: int) -> AsyncIterator[asyncio.Queue[JobEvent | str]]:

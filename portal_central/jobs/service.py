@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, selectinload
 
 from algorithms import methods as methods_registry
@@ -22,7 +22,7 @@ from federation.replies import Dims
 from portal_central import algorithms_store
 from portal_central.errors import Conflict, FieldInvalid, Forbidden, NotFound, PortalError
 from portal_central.jobs import status
-from portal_central.models import AlgorithmVersion, Job, JobParticipant, User
+from portal_central.models import AlgorithmVersion, Job, JobEventRecord, JobParticipant, User
 
 
 @dataclass(frozen=True)
@@ -191,6 +191,97 @@ def new_attempt(*, session: Session, child: Job) -> Job:
     parent.children.append(attempt)
     session.flush()
     return attempt
+
+
+MAX_CANCEL_REASON = 300
+"""Characters a cancel reason may have: a sentence for people, never a place for data."""
+
+
+def cancel_reason(text: str) -> str:
+    """A cancel reason as given, checked: one line of at most ``MAX_CANCEL_REASON`` characters."""
+    reason = " ".join(text.split())
+    if len(reason) > MAX_CANCEL_REASON:
+        raise FieldInvalid(
+            f"the reason has {len(reason)} characters; use at most {MAX_CANCEL_REASON}",
+            field="reason",
+        )
+    return reason
+
+
+def definition_of(job: Job) -> dict[str, Any]:
+    """What a new job like ``job`` starts from: its name, algorithm, targets, parameters,
+    seed, sites and a comparison's other methods; nothing of any data (a job holds none)."""
+    if job.parent is not None:
+        job = job.parent
+    return {
+        "name": f"{job.name[:193]} (copy)",
+        "description": job.description,
+        "algorithm": job.algorithm.name,
+        "columns": list(job.columns),
+        "targets": [{"column": t["name"], "type": t["type"]} for t in job.targets],
+        "parameters": dict(job.params),
+        "seed": job.seed,
+        "participants": [p.user.site_id or "" for p in job.participants],
+        "compare": [
+            c.algorithm.name for c in job.methods if c.algorithm.name != job.algorithm.name
+        ],
+    }
+
+
+def run_again(*, session: Session, job: Job, creator: User) -> Job:
+    """A failed, cancelled or interrupted job as a new job with the same definition and seed
+    (the same algorithm version, targets, parameters and sites; a comparison with its
+    methods). The old job stays as the record of what happened; the new one's message names
+    it. Central and the sites give their data again: each drops it when a job ends."""
+    if job.parent is not None:
+        raise Conflict(
+            f"job {job.id} is a method of comparison {job.parent_id}: run the comparison again, "
+            "or retry the method from the comparison's page"
+        )
+    if job.state not in status.RETRYABLE:
+        raise Conflict(
+            f"job {job.id} is {job.state}; only a failed, cancelled or interrupted job runs again"
+        )
+
+    def copy(source: Job, name: str) -> Job:
+        return Job(
+            name=name,
+            description=source.description,
+            algorithm_version_id=source.algorithm_version_id,
+            columns=list(source.columns),
+            targets=list(source.targets),
+            params=dict(source.params),
+            seed=source.seed,
+            state="created",
+            message=f"run again of job {job.id}",
+            created_by_id=creator.id,
+            participants=[
+                JobParticipant(user_id=p.user_id, position=p.position) for p in source.participants
+            ],
+        )
+
+    again = copy(job, job.name)
+    if job.is_comparison:
+        again.children = [copy(child, child.name) for child in job.methods]
+    session.add(again)
+    session.flush()
+    return again
+
+
+def delete_job(*, session: Session, job: Job) -> list[int]:
+    """Delete a job's record (a comparison with its methods); the ids deleted. Refused while
+    it is waiting, running or partial, when central or the sites hold its data."""
+    if job.parent is not None:
+        raise Conflict(
+            f"job {job.id} is a method of comparison {job.parent_id}: delete the comparison"
+        )
+    if job.state in status.ACTIVE:
+        raise Conflict(f"job {job.id} is {job.state}; cancel it before deleting it")
+    ids = [job.id, *(child.id for child in job.children)]
+    session.execute(delete(JobEventRecord).where(JobEventRecord.job_id.in_(ids)))
+    session.delete(job)
+    session.flush()
+    return ids
 
 
 def _methods(

@@ -21,7 +21,7 @@ from typing import Any
 
 from starlette.websockets import WebSocket
 
-from federation.errors import ProtocolError, SiteLost
+from federation.errors import FipError, ProtocolError, SiteLost
 from federation.policy import Policy
 from federation.protocol import ControlMessage, Request, decode, encode_control
 from federation.secure import MASKED
@@ -31,8 +31,8 @@ REPLACED = 4000
 DISABLED = 4003
 
 
-class SiteGone(ConnectionError):
-    """A site did not come back within the grace period."""
+class SiteGone(FipError):
+    """A site did not come back within the grace period: the job's message says so plainly."""
 
 
 @dataclass
@@ -88,6 +88,16 @@ class Connections:
     def last_seen(self, site_id: str) -> float | None:
         link = self._links.get(site_id)
         return link.last_seen if link else self._last_seen.get(site_id)
+
+    def grace_left(self, site_id: str) -> float | None:
+        """Seconds left for a site whose connection dropped to come back before the exchanges
+        waiting for it give up; None while it is online or when nothing waits for it."""
+        if site_id in self._links:
+            return None
+        dropped = self._dropped_at.get(site_id)
+        if dropped is None:
+            return None
+        return max(0.0, self.grace_seconds - (time.monotonic() - dropped))
 
     def link(self, site_id: str) -> SiteLink | None:
         return self._links.get(site_id)

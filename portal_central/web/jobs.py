@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from dataclasses import asdict
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import select
 from sse_starlette import EventSourceResponse, ServerSentEvent
@@ -40,8 +40,9 @@ from portal_central.jobs.header import (
 )
 from portal_central.jobs.results import Format, result_response
 from portal_central.models import User
-from portal_central.paths import RowId
+from portal_central.paths import MAX_ID, RowId
 from portal_central.state import CentralState
+from portal_common.eventlog import grouped
 from portal_common.web import ENVIRONMENT, PAGE_DEFAULTS, is_htmx, render
 
 router = APIRouter(prefix="/jobs")
@@ -56,8 +57,45 @@ def jobs_page(request: Request, user: CurrentUser, state: StateDep) -> Response:
 
 
 @router.get("/new", response_class=HTMLResponse)
-def new_job_page(request: Request, admin: AdminUser, state: StateDep) -> Response:
-    return _wizard(request, state, _empty_form())
+def new_job_page(
+    request: Request,
+    admin: AdminUser,
+    state: StateDep,
+    like: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+) -> Response:
+    """The wizard; ``like`` prefills it from a job ("New job like this"): its algorithm,
+    targets, parameters, seed, sites and name, never its data (a job holds none)."""
+    if like is None:
+        return _wizard(request, state, _empty_form())
+    with state.database.session() as session:
+        job = service.get_job(session=session, job_id=like, user=admin)
+        definition = service.definition_of(job)
+    return _wizard(request, state, _form_of(definition))
+
+
+def _form_of(definition: dict[str, Any]) -> dict[str, Any]:
+    """The wizard's values for a job's definition: its columns without counts (no file read)."""
+    return {
+        **_empty_form(),
+        "algorithm": definition["algorithm"],
+        "name": definition["name"],
+        "description": definition["description"],
+        "seed": str(definition["seed"]),
+        "columns": [ColumnSummary(name, 0, 0, False) for name in definition["columns"]],
+        "targets": {t["column"] for t in definition["targets"]},
+        "types": {t["column"]: t["type"] for t in definition["targets"]},
+        "params": {name: _as_field(value) for name, value in definition["parameters"].items()},
+        "participants": definition["participants"],
+        "compare": definition["compare"],
+    }
+
+
+def _as_field(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 @router.get("/new/parameters", response_class=HTMLResponse)
@@ -184,14 +222,25 @@ def _job_context(state: CentralState, job_id: int, user: User, **extra: Any) -> 
         missing = state.runs.missing_sites(job) if job.state == "waiting" else []
         site_status = state.runs.site_status(job)
         comparison = state.runs.comparison(job) if job.is_comparison else None
+        methods = list(job.methods)
         policies = {
             site: policy.foresee(columns=job.columns, participants=1 + len(job.participants))
             for site in site_status
             if (policy := state.connections.policies.get(site)) is not None
         }
+        lost = [
+            (p.user.institution or site, left)
+            for p in job.participants
+            if job.state == "running"
+            and (left := state.connections.grace_left(site := p.user.site_id or "")) is not None
+        ]
     run = state.runs.get(job_id)
     return {
         "job": job,
+        "log": grouped(state.runs.events(job_id)),
+        "method_results": any(state.runs.get(c.id).result is not None for c in methods),
+        "lost": lost,
+        "grace_seconds": state.connections.grace_seconds,
         "comparison": comparison,
         "run": run,
         "missing": missing,
@@ -259,10 +308,50 @@ def comparison_download(job_id: RowId, admin: AdminUser, state: StateDep) -> Res
 
 @router.post("/{job_id}/cancel", response_class=HTMLResponse)
 async def cancel(request: Request, job_id: RowId, admin: AdminUser, state: StateDep) -> Response:
+    """Cancel a job everywhere, with the reason typed beside the button (shown to the sites)."""
+    fields = dict((await form_of(request)).items())
     with state.database.session() as session:
         service.get_job(session=session, job_id=job_id, user=admin)
-    await state.runs.cancel(job_id)
+    try:
+        reason = service.cancel_reason(str(fields.get("reason", "")))
+        await state.runs.cancel(job_id, note=reason)
+    except PortalError as error:
+        return _error_page(request, state, job_id, admin, error)
     return _status_or_redirect(request, state, job_id, admin)
+
+
+@router.post("/{job_id}/run-again", response_class=HTMLResponse)
+async def run_again(request: Request, job_id: RowId, admin: AdminUser, state: StateDep) -> Response:
+    """A failed, cancelled or interrupted job as a new job with the same definition and seed;
+    its page asks for central's data, and the sites see a new job to Start."""
+    try:
+        with state.database.session() as session:
+            job = service.get_job(session=session, job_id=job_id, user=admin)
+            again = service.run_again(session=session, job=job, creator=admin)
+            again_id = again.id
+    except PortalError as error:
+        return _error_page(request, state, job_id, admin, error)
+    return _redirect(request, f"/jobs/{again_id}")
+
+
+@router.post("/{job_id}/delete", response_class=HTMLResponse)
+async def delete(request: Request, job_id: RowId, admin: AdminUser, state: StateDep) -> Response:
+    """Delete a job that is not waiting, running or partial: its record, events and results."""
+    try:
+        with state.database.session() as session:
+            job = service.get_job(session=session, job_id=job_id, user=admin)
+            deleted = service.delete_job(session=session, job=job)
+    except PortalError as error:
+        return _error_page(request, state, job_id, admin, error)
+    state.runs.forget(deleted)
+    return _redirect(request, "/jobs")
+
+
+def _redirect(request: Request, url: str) -> Response:
+    """To ``url``: a plain redirect, or for HTMX a full navigation (HX-Redirect)."""
+    if is_htmx(request):
+        return Response(status_code=200, headers={"HX-Redirect": url})
+    return RedirectResponse(url, status_code=303)
 
 
 async def take_central_data(
@@ -358,7 +447,8 @@ async def events(
                             data=fragment("job_progress", run=state.runs.get(job_id)),
                         )
                     else:
-                        yield ServerSentEvent(event="log", data=fragment("log_line", event=event))
+                        lines = grouped(state.runs.events(job_id))
+                        yield ServerSentEvent(event="log", data=fragment("log_lines", log=lines))
                 else:
                     yield ServerSentEvent(
                         event="status",
