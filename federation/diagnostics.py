@@ -83,6 +83,8 @@ def _classic_rhat(draws: np.ndarray) -> float:
         return math.nan
     between = n * float(np.var(draws.mean(axis=1), ddof=1))
     within = float(np.mean(np.var(draws, axis=1, ddof=1)))
+    if within == 0.0:  # every chain constant, but not all at one value: they never mix
+        return math.inf
     return math.sqrt((between / within + n - 1) / n)
 
 

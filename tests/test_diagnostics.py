@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from federation.diagnostics import RHAT_LIMIT, md_pattern, rhat, rhat_by_iteration
+from federation.diagnostics import RHAT_LIMIT, md_pattern, rhat, rhat_by_iteration, trend_rhat
 from federation.errors import InputError
 from tests.r_reference import run_r
 
@@ -101,6 +101,15 @@ def test_rhat_edge_cases() -> None:
     assert math.isnan(rhat(np.array([[1.0], [2.0]])))
     with pytest.raises(InputError, match="chains x iterations"):
         rhat(np.zeros(5))
+
+
+def test_chains_each_constant_at_different_values_never_mixed() -> None:
+    """A trace that stays at one value in each half but moves between them (an ordinal
+    target's imputed mean can) has no within-chain variance: R-hat is infinite, not an error,
+    and the trend check flags it (it failed the whole SIMICE job on boys before)."""
+    halves = np.array([[2.0, 2.0, 2.0, 3.0, 3.0, 3.0]])
+    assert rhat(halves) == math.inf
+    assert trend_rhat(np.array([1.0, 1.5, 1.0, 1.5, 2.0, 2.0, 3.0, 3.0])) == math.inf
 
 
 # ---------------------------------------------------------------- md.pattern
