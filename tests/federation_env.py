@@ -11,7 +11,7 @@ import os
 import re
 import ssl
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.message import Message
@@ -89,6 +89,32 @@ class Federation:
             response.raise_for_status()
             client.headers["Authorization"] = f"Bearer {response.json()['access_token']}"
             yield client
+
+
+def upload_and_start(fed: Federation, job_id: int, files: Mapping[str, Path]) -> None:
+    """Each site uploads its file (``files[site.name]``) and clicks Start, then central uploads
+    its own (``files["central"]``): the order a job starts in once every site is ready."""
+    for site in fed.sites:
+        with site.api() as api:
+            uploaded = api.post(
+                f"/api/jobs/{job_id}/data",
+                files={"file": (f"{site.name}.csv", files[site.name].read_bytes())},
+            )
+            assert uploaded.status_code == 200, uploaded.text
+            assert api.post(f"/api/jobs/{job_id}/start").status_code == 200
+    with fed.admin() as admin:
+        response = admin.post(
+            f"/api/jobs/{job_id}/data",
+            files={"file": ("central.csv", files["central"].read_bytes())},
+        )
+        assert response.status_code == 200, response.text
+
+
+def job_of(fed: Federation, job_id: int) -> dict[str, Any]:
+    """The job as central's API shows it to the admin."""
+    with fed.admin() as admin:
+        job: dict[str, Any] = admin.get(f"/api/jobs/{job_id}").json()
+        return job
 
 
 def start_federation(

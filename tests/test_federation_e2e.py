@@ -13,7 +13,7 @@ from federation.data import read_csv
 from federation.outputs import dataset_csv, long_csv, zip_bytes
 from federation.registry import Registry
 from federation.simulation import simulate
-from tests.federation_env import Federation, start_federation
+from tests.federation_env import Federation, start_federation, upload_and_start
 from tests.processes import wait_for
 
 
@@ -174,20 +174,7 @@ def test_a_categorical_and_a_pmm_target_run_across_processes(
         )
         assert response.status_code == 201, response.text
         job_id = response.json()["id"]
-    for site, label in zip(fed.sites, ("north", "south"), strict=True):
-        with site.api() as api:
-            uploaded = api.post(
-                f"/api/jobs/{job_id}/data",
-                files={"file": (f"{label}.csv", files[label].read_bytes())},
-            )
-            assert uploaded.status_code == 200, uploaded.text
-            assert api.post(f"/api/jobs/{job_id}/start").status_code == 200
-    with fed.admin() as admin:
-        response = admin.post(
-            f"/api/jobs/{job_id}/data",
-            files={"file": ("central.csv", files["central"].read_bytes())},
-        )
-        assert response.status_code == 200, response.text
+    upload_and_start(fed, job_id, files)
     wait_for(
         lambda: _state(fed, job_id) not in ("waiting", "running"), seconds=90, what="the job to end"
     )

@@ -12,7 +12,13 @@ from federation.data import read_csv
 from federation.outputs import long_csv
 from federation.registry import Registry
 from federation.simulation import simulate
-from tests.federation_env import Federation, connect_site, start_federation
+from tests.federation_env import (
+    Federation,
+    connect_site,
+    job_of,
+    start_federation,
+    upload_and_start,
+)
 from tests.processes import TcpProxy, wait_for
 
 PARAMS = {
@@ -56,25 +62,8 @@ def _run(fed: Federation, files: dict[str, Path], name: str) -> int:
                 "seed": 11,
             },
         ).json()["id"]
-    for site, data in zip(fed.sites, ("north", "south"), strict=True):
-        with site.api() as api:
-            api.post(
-                f"/api/jobs/{job_id}/data",
-                files={"file": (f"{data}.csv", files[data].read_bytes())},
-            )
-            assert api.post(f"/api/jobs/{job_id}/start").status_code == 200
-    with fed.admin() as admin:
-        admin.post(
-            f"/api/jobs/{job_id}/data",
-            files={"file": ("central.csv", files["central"].read_bytes())},
-        )
+    upload_and_start(fed, job_id, files)
     return job_id
-
-
-def _job(fed: Federation, job_id: int) -> dict[str, object]:
-    with fed.admin() as admin:
-        job: dict[str, object] = admin.get(f"/api/jobs/{job_id}").json()
-        return job
 
 
 def test_a_cut_connection_restored_within_the_grace_period_loses_nothing(
@@ -82,7 +71,7 @@ def test_a_cut_connection_restored_within_the_grace_period_loses_nothing(
 ) -> None:
     fed = network
     job_id = _run(fed, demo_files, "cut and restored")
-    wait_for(lambda: _job(fed, job_id)["state"] == "running", seconds=20, what="the job to run")
+    wait_for(lambda: job_of(fed, job_id)["state"] == "running", seconds=20, what="the job to run")
     connections_before = proxied.connections
 
     proxied.cut()
@@ -90,8 +79,8 @@ def test_a_cut_connection_restored_within_the_grace_period_loses_nothing(
     wait_for(
         lambda: proxied.connections > connections_before, seconds=10, what="the site to reconnect"
     )
-    wait_for(lambda: _job(fed, job_id)["state"] != "running", seconds=60, what="the job to end")
-    assert _job(fed, job_id)["state"] == "completed", _job(fed, job_id)
+    wait_for(lambda: job_of(fed, job_id)["state"] != "running", seconds=60, what="the job to end")
+    assert job_of(fed, job_id)["state"] == "completed", job_of(fed, job_id)
     with fed.admin() as admin:
         downloaded = admin.get(f"/api/jobs/{job_id}/result", params={"format": "long"}).content
     expected = asyncio.run(
@@ -116,15 +105,15 @@ def test_a_killed_site_fails_the_job_naming_it(
     fed = network
     south = fed.sites[1]
     job_id = _run(fed, demo_files, "site killed")
-    wait_for(lambda: _job(fed, job_id)["state"] == "running", seconds=20, what="the job to run")
+    wait_for(lambda: job_of(fed, job_id)["state"] == "running", seconds=20, what="the job to run")
 
     south.process.kill()
 
     # While central waits for it, the job's page says for whom and how long at most.
     waiting = f"waiting up to 6 s for {south.name.capitalize()} Hospital"
     wait_for(lambda: waiting in _page(fed, job_id), seconds=10, what="the page to say it waits")
-    wait_for(lambda: _job(fed, job_id)["state"] != "running", seconds=30, what="the job to fail")
-    job = _job(fed, job_id)
+    wait_for(lambda: job_of(fed, job_id)["state"] != "running", seconds=30, what="the job to fail")
+    job = job_of(fed, job_id)
     assert job["state"] == "failed"
     assert job["message"] == (
         f"site '{south.site_id}': no answer (the site is offline and did not reconnect within 6 s)"

@@ -18,7 +18,7 @@ from federation.outputs import long_csv
 from federation.registry import Registry
 from federation.runtime import JobResult
 from federation.simulation import simulate
-from tests.federation_env import Federation, connect_site
+from tests.federation_env import Federation, connect_site, job_of, upload_and_start
 from tests.processes import TcpProxy, wait_for
 
 PARAMS: dict[str, Any] = {
@@ -65,25 +65,8 @@ def _start(fed: Federation, files: dict[str, Path], name: str, params: dict[str,
         )
         assert response.status_code == 201, response.text
         job_id: int = response.json()["id"]
-    for site, data in zip(fed.sites, ("north", "south"), strict=True):
-        with site.api() as api:
-            api.post(
-                f"/api/jobs/{job_id}/data",
-                files={"file": (f"{data}.csv", files[data].read_bytes())},
-            )
-            assert api.post(f"/api/jobs/{job_id}/start").status_code == 200
-    with fed.admin() as admin:
-        admin.post(
-            f"/api/jobs/{job_id}/data",
-            files={"file": ("central.csv", files["central"].read_bytes())},
-        )
+    upload_and_start(fed, job_id, files)
     return job_id
-
-
-def _job(fed: Federation, job_id: int) -> dict[str, Any]:
-    with fed.admin() as admin:
-        job: dict[str, Any] = admin.get(f"/api/jobs/{job_id}").json()
-        return job
 
 
 def _simulated(
@@ -110,11 +93,11 @@ def test_a_secure_job_over_tls_equals_the_simulation_masked_or_not(
     fed = network
     job_id = _start(fed, demo_files, "secure", PARAMS)
     wait_for(
-        lambda: _job(fed, job_id)["state"] not in ("waiting", "running"),
+        lambda: job_of(fed, job_id)["state"] not in ("waiting", "running"),
         seconds=60,
         what="the job to end",
     )
-    assert _job(fed, job_id)["state"] == "completed", _job(fed, job_id)
+    assert job_of(fed, job_id)["state"] == "completed", job_of(fed, job_id)
     with fed.admin() as admin:
         downloaded = admin.get(f"/api/jobs/{job_id}/result", params={"format": "long"}).content
         report = admin.get(f"/api/jobs/{job_id}/report").json()
@@ -135,7 +118,7 @@ def test_a_secure_job_over_tls_equals_the_simulation_masked_or_not(
     for x, y in zip(plain.imputed_cells, masked.imputed_cells, strict=True):
         np.testing.assert_allclose(y, x, rtol=1e-8, atol=1e-12)
 
-    assert "securely aggregated" in _job(fed, job_id)["message"]
+    assert "securely aggregated" in job_of(fed, job_id)["message"]
     secure = report["secure_aggregation"]
     assert secure["masked_rounds"] > 0 and "sum" in secure["central_saw"]
     fingerprints = secure["fingerprints"]
@@ -169,7 +152,7 @@ def test_a_cut_connection_restored_within_the_grace_period_completes_a_secure_jo
     fed = network
     params = {**PARAMS, "iteration_before_first_imputation": 60}
     job_id = _start(fed, demo_files, "secure, cut and restored", params)
-    wait_for(lambda: _job(fed, job_id)["state"] == "running", seconds=20, what="the job to run")
+    wait_for(lambda: job_of(fed, job_id)["state"] == "running", seconds=20, what="the job to run")
     connections_before = proxied.connections
 
     proxied.cut()
@@ -177,8 +160,8 @@ def test_a_cut_connection_restored_within_the_grace_period_completes_a_secure_jo
     wait_for(
         lambda: proxied.connections > connections_before, seconds=10, what="the site to reconnect"
     )
-    wait_for(lambda: _job(fed, job_id)["state"] != "running", seconds=60, what="the job to end")
-    assert _job(fed, job_id)["state"] == "completed", _job(fed, job_id)
+    wait_for(lambda: job_of(fed, job_id)["state"] != "running", seconds=60, what="the job to end")
+    assert job_of(fed, job_id)["state"] == "completed", job_of(fed, job_id)
     with fed.admin() as admin:
         downloaded = admin.get(f"/api/jobs/{job_id}/result", params={"format": "long"}).content
     assert downloaded == long_csv(_simulated(fed, demo_files, params, secure_aggregation=True))
@@ -191,12 +174,12 @@ def test_a_killed_site_fails_a_secure_job_naming_it(
     south = fed.sites[1]
     params = {**PARAMS, "iteration_before_first_imputation": 60}
     job_id = _start(fed, demo_files, "secure, site killed", params)
-    wait_for(lambda: _job(fed, job_id)["state"] == "running", seconds=20, what="the job to run")
+    wait_for(lambda: job_of(fed, job_id)["state"] == "running", seconds=20, what="the job to run")
 
     south.process.kill()
 
-    wait_for(lambda: _job(fed, job_id)["state"] != "running", seconds=30, what="the job to fail")
-    job = _job(fed, job_id)
+    wait_for(lambda: job_of(fed, job_id)["state"] != "running", seconds=30, what="the job to fail")
+    job = job_of(fed, job_id)
     assert job["state"] == "failed"
     assert f"site '{south.site_id}'" in str(job["message"])
     assert "did not reconnect" in str(job["message"])

@@ -133,8 +133,10 @@ class Method(ABC):
         return self.impute_eta(eta, rng, **drawn)
 
     def impute_eta(self, eta: np.ndarray, rng: np.random.Generator, **drawn: Any) -> np.ndarray:
-        """Imputed values for rows with linear predictor ``eta`` (one linear predictor)."""
-        raise NotImplementedError
+        """Imputed values for rows with linear predictor ``eta`` (one linear predictor). A method
+        that keeps the default :meth:`impute` defines it; one that overrides :meth:`impute`
+        (several linear predictors, or donors) never reaches it."""
+        raise TypeError(f"method '{self.name}' imputes through its own impute(), not impute_eta()")
 
     @abstractmethod
     def simulate(self, eta: np.ndarray, rng: np.random.Generator) -> np.ndarray:
