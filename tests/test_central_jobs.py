@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 from federation import outputs
 from federation.data import read_csv
 from federation.demo import COLUMNS
-from federation.outputs import chains_csv, long_csv, zip_bytes
+from federation.outputs import chains_csv, long_csv, methods_csv, zip_bytes
 from federation.registry import Registry
 from federation.runtime import JobResult
 from federation.simulation import simulate
@@ -391,7 +391,10 @@ def test_a_central_only_job_runs_like_the_simulation(
     assert archive.headers["content-type"] == "application/zip"
     assert archive.content == zip_bytes(expected)
     with zipfile.ZipFile(io.BytesIO(archive.content)) as unpacked:
-        assert unpacked.namelist() == ["imputation_1.csv", "imputation_2.csv"]
+        assert unpacked.namelist() == [
+            "imputation_1.csv", "imputation_2.csv",
+            "original.csv", "methods.csv", "chains.csv", "fip_mids.R",
+        ]  # fmt: skip
 
     report = central.get(f"/api/jobs/{job_id}/report", headers=headers)
     assert report.status_code == 200
@@ -404,12 +407,24 @@ def test_a_central_only_job_runs_like_the_simulation(
     assert f'filename="job-{job_id}-chains.csv"' in chains.headers["content-disposition"]
     assert chains.content == chains_csv(expected.report)
     assert chains.content.startswith(b"target,chain,cycle,mean,variance\n")
+
+    methods = central.get(f"/api/jobs/{job_id}/result?format=methods", headers=headers)
+    assert methods.status_code == 200
+    assert f'filename="job-{job_id}-methods.csv"' in methods.headers["content-disposition"]
+    assert methods.content == methods_csv(expected.spec.targets)
+    with zipfile.ZipFile(io.BytesIO(archive.content)) as unpacked:
+        assert unpacked.read("methods.csv") == methods.content
+        assert unpacked.read("chains.csv") == chains.content
     assert content["params"] == done["parameters"]
     assert content["digest"] == done["digest"]
 
     # The page offers the three downloads; the finished job takes no more data or cancels.
     text = _page_text(central, job_id)
     assert "completed" in text and "Long CSV" in text and "Report" in text
+    assert (
+        f'zip <- "job-{job_id}-imputations.zip"; '
+        'source(unz(zip, "fip_mids.R")); imp <- fip_mids(zip)' in text
+    )
     status, body = _upload(central, job_id, path.read_bytes())
     assert status == 409 and "completed" in body["detail"]
     assert central.post(f"/api/jobs/{job_id}/cancel", headers=headers).status_code == 409
