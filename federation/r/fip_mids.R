@@ -38,10 +38,10 @@ fip_mids <- function(path, chains = NULL, methods = NULL) {
   if (!requireNamespace("mice", quietly = TRUE)) {
     stop("fip_mids needs the R package mice: install.packages(\"mice\")", call. = FALSE)
   }
-  source <- .fip_source(path)
-  long <- .fip_long(source)
-  table <- .fip_table(methods, source, "methods.csv")
-  trace <- .fip_table(chains, source, "chains.csv")
+  files <- .fip_files(path)
+  long <- .fip_long(files)
+  table <- .fip_table(methods, files, "methods.csv")
+  trace <- .fip_table(chains, files, "chains.csv")
   columns <- setdiff(names(long), c(".imp", ".id"))
   long <- long[, c(".imp", ".id", columns), drop = FALSE]
   fip_method <- setNames(rep("", length(columns)), columns)
@@ -118,7 +118,7 @@ xyplot.fip_mids <- function(x, data, ...) {
 }
 
 # Where the files are: a function that reads one by name (NULL when absent), and a label.
-.fip_source <- function(path) {
+.fip_files <- function(path) {
   if (!is.character(path) || length(path) != 1) {
     stop("fip_mids: path must be one file or folder name", call. = FALSE)
   }
@@ -130,7 +130,7 @@ xyplot.fip_mids <- function(x, data, ...) {
     listed <- list.files(path)
   } else if (!file.exists(path)) {
     stop(sprintf("fip_mids: %s: no such file or folder", path), call. = FALSE)
-  } else if (grepl("\\.zip$", path, ignore.case = TRUE)) {
+  } else if (identical(readBin(path, "raw", 4), as.raw(c(0x50, 0x4b, 0x03, 0x04)))) { # a zip
     listed <- utils::unzip(path, list = TRUE)$Name
     read <- function(name) {
       if (name %in% listed) .fip_csv(unz(path, name), paste0(path, ":", name)) else NULL
@@ -154,19 +154,19 @@ xyplot.fip_mids <- function(x, data, ...) {
 
 # The long data (mice's complete(imp, "long", include = TRUE)): the long CSV, or original.csv
 # and imputation_<m>.csv stacked.
-.fip_long <- function(source) {
-  long <- source$long
-  if (is.null(long)) long <- source$read("imputations_long.csv")
+.fip_long <- function(files) {
+  long <- files$long
+  if (is.null(long)) long <- files$read("imputations_long.csv")
   if (is.null(long)) {
-    original <- source$read("original.csv")
-    files <- grep("^imputation_[0-9]+\\.csv$", source$listed, value = TRUE)
-    if (is.null(original) || length(files) == 0) {
+    original <- files$read("original.csv")
+    datasets <- grep("^imputation_[0-9]+\\.csv$", files$listed, value = TRUE)
+    if (is.null(original) || length(datasets) == 0) {
       stop(sprintf(paste("fip_mids: %s holds neither imputations_long.csv nor original.csv",
-                         "with imputation_<m>.csv: not fip's results"), source$label),
+                         "with imputation_<m>.csv: not fip's results"), files$label),
            call. = FALSE)
     }
-    files <- files[order(as.integer(gsub("[^0-9]", "", files)))]
-    parts <- lapply(c("original.csv", files), source$read)
+    datasets <- datasets[order(as.integer(gsub("[^0-9]", "", datasets)))]
+    parts <- lapply(c("original.csv", datasets), files$read)
     for (part in parts[-1]) {
       if (!identical(names(part), names(original)) || nrow(part) != nrow(original)) {
         stop(sprintf("%s: its columns or rows differ from original.csv", attr(part, "label")),
@@ -182,8 +182,8 @@ xyplot.fip_mids <- function(x, data, ...) {
   long
 }
 
-.fip_table <- function(file, source, name) {
-  data <- if (is.null(file)) source$read(name) else .fip_csv(file, file)
+.fip_table <- function(file, files, name) {
+  data <- if (is.null(file)) files$read(name) else .fip_csv(file, file)
   if (is.null(data)) NULL else list(data = data, label = attr(data, "label"))
 }
 
