@@ -43,6 +43,7 @@ from tests.central_fixtures import (
     upload_algorithm,
     wait_for_state,
 )
+from tests.r_reference import run_r
 
 TARGETS = [{"column": "bmi", "type": "gaussian"}, {"column": "smoker", "type": "logistic"}]
 QUICK = {"iteration_before_first_imputation": 2, "iteration_between_imputations": 1}
@@ -366,6 +367,47 @@ def test_site_users_see_only_their_jobs(central: TestClient) -> None:
 
 
 # ------------------------------------------------------------------ runs and results
+
+
+R_FROM_THE_DOWNLOAD = r"""
+suppressMessages(library(mice))
+zip <- "job-JOB-imputations.zip"
+source(unz(zip, "fip_mids.R"))
+imp <- fip_mids(zip)
+cat("method=", paste(names(imp$method), imp$method, sep = ":", collapse = "|"), "\n", sep = "")
+cat("smoker=", paste(c(class(imp$data$smoker), levels(imp$data$smoker)), collapse = "|"), "\n",
+    sep = "")
+cat("chains=", paste(dim(imp$chainMean), collapse = "|"), "\n", sep = "")
+png("plot%d.png")
+print(plot(imp))
+print(densityplot(imp))
+dev.off()
+pooled <- summary(pool(with(imp, lm(sbp ~ age + bmi + smoker))))
+cat("terms=", paste(pooled$term, collapse = "|"), "\n", sep = "")
+"""
+
+
+@pytest.mark.slow
+def test_r_builds_a_mids_from_the_downloaded_zip(
+    central: TestClient, demo_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """The zip as the portal serves it, saved as a browser saves it: fip_mids.R, sourced from
+    the zip, builds a mids whose plot() and densityplot() run and whose method names fip's."""
+    done = _run_to_completion(central, demo_files["central"])
+    archive = central.get(f"/api/jobs/{done['id']}/result?format=zip", headers=admin_auth(central))
+    assert archive.status_code == 200
+    (tmp_path / f"job-{done['id']}-imputations.zip").write_bytes(archive.content)
+
+    printed = run_r(R_FROM_THE_DOWNLOAD.replace("JOB", str(done["id"])), cwd=tmp_path)
+
+    said = dict(line.split("=", 1) for line in printed.splitlines() if "=" in line)
+    assert said["method"] == "age:|sex:|bmi:norm|sbp:|cholesterol:|smoker:logreg"
+    assert said["smoker"] == "factor|0|1"
+    between = QUICK["iteration_between_imputations"] * (_job()["imputations"] - 1)
+    cycles = QUICK["iteration_before_first_imputation"] + between
+    assert said["chains"] == f"{len(COLUMNS)}|{cycles}|1"
+    assert said["terms"] == "(Intercept)|age|bmi|smoker1"
+    assert len(list(tmp_path.glob("plot*.png"))) == 2
 
 
 def test_a_central_only_job_runs_like_the_simulation(
