@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 from federation import outputs
 from federation.data import read_csv
 from federation.demo import COLUMNS
-from federation.outputs import chains_csv, long_csv, zip_bytes
+from federation.outputs import chains_csv, long_csv, methods_csv, zip_bytes
 from federation.registry import Registry
 from federation.runtime import JobResult
 from federation.simulation import simulate
@@ -43,6 +43,7 @@ from tests.central_fixtures import (
     upload_algorithm,
     wait_for_state,
 )
+from tests.r_reference import run_r
 
 TARGETS = [{"column": "bmi", "type": "gaussian"}, {"column": "smoker", "type": "logistic"}]
 QUICK = {"iteration_before_first_imputation": 2, "iteration_between_imputations": 1}
@@ -368,6 +369,47 @@ def test_site_users_see_only_their_jobs(central: TestClient) -> None:
 # ------------------------------------------------------------------ runs and results
 
 
+R_FROM_THE_DOWNLOAD = r"""
+suppressMessages(library(mice))
+zip <- "job-JOB-imputations.zip"
+source(unz(zip, "fip_mids.R"))
+imp <- fip_mids(zip)
+cat("method=", paste(names(imp$method), imp$method, sep = ":", collapse = "|"), "\n", sep = "")
+cat("smoker=", paste(c(class(imp$data$smoker), levels(imp$data$smoker)), collapse = "|"), "\n",
+    sep = "")
+cat("chains=", paste(dim(imp$chainMean), collapse = "|"), "\n", sep = "")
+png("plot%d.png")
+print(plot(imp))
+print(densityplot(imp))
+dev.off()
+pooled <- summary(pool(with(imp, lm(sbp ~ age + bmi + smoker))))
+cat("terms=", paste(pooled$term, collapse = "|"), "\n", sep = "")
+"""
+
+
+@pytest.mark.slow
+def test_r_builds_a_mids_from_the_downloaded_zip(
+    central: TestClient, demo_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """The zip as the portal serves it, saved as a browser saves it: fip_mids.R, sourced from
+    the zip, builds a mids whose plot() and densityplot() run and whose method names fip's."""
+    done = _run_to_completion(central, demo_files["central"])
+    archive = central.get(f"/api/jobs/{done['id']}/result?format=zip", headers=admin_auth(central))
+    assert archive.status_code == 200
+    (tmp_path / f"job-{done['id']}-imputations.zip").write_bytes(archive.content)
+
+    printed = run_r(R_FROM_THE_DOWNLOAD.replace("JOB", str(done["id"])), cwd=tmp_path)
+
+    said = dict(line.split("=", 1) for line in printed.splitlines() if "=" in line)
+    assert said["method"] == "age:|sex:|bmi:norm|sbp:|cholesterol:|smoker:logreg"
+    assert said["smoker"] == "factor|0|1"
+    between = QUICK["iteration_between_imputations"] * (_job()["imputations"] - 1)
+    cycles = QUICK["iteration_before_first_imputation"] + between
+    assert said["chains"] == f"{len(COLUMNS)}|{cycles}|1"
+    assert said["terms"] == "(Intercept)|age|bmi|smoker1"
+    assert len(list(tmp_path.glob("plot*.png"))) == 2
+
+
 def test_a_central_only_job_runs_like_the_simulation(
     central: TestClient, demo_files: dict[str, Path]
 ) -> None:
@@ -391,7 +433,10 @@ def test_a_central_only_job_runs_like_the_simulation(
     assert archive.headers["content-type"] == "application/zip"
     assert archive.content == zip_bytes(expected)
     with zipfile.ZipFile(io.BytesIO(archive.content)) as unpacked:
-        assert unpacked.namelist() == ["imputation_1.csv", "imputation_2.csv"]
+        assert unpacked.namelist() == [
+            "imputation_1.csv", "imputation_2.csv",
+            "original.csv", "methods.csv", "chains.csv", "fip_mids.R",
+        ]  # fmt: skip
 
     report = central.get(f"/api/jobs/{job_id}/report", headers=headers)
     assert report.status_code == 200
@@ -404,12 +449,24 @@ def test_a_central_only_job_runs_like_the_simulation(
     assert f'filename="job-{job_id}-chains.csv"' in chains.headers["content-disposition"]
     assert chains.content == chains_csv(expected.report)
     assert chains.content.startswith(b"target,chain,cycle,mean,variance\n")
+
+    methods = central.get(f"/api/jobs/{job_id}/result?format=methods", headers=headers)
+    assert methods.status_code == 200
+    assert f'filename="job-{job_id}-methods.csv"' in methods.headers["content-disposition"]
+    assert methods.content == methods_csv(expected.spec.targets)
+    with zipfile.ZipFile(io.BytesIO(archive.content)) as unpacked:
+        assert unpacked.read("methods.csv") == methods.content
+        assert unpacked.read("chains.csv") == chains.content
     assert content["params"] == done["parameters"]
     assert content["digest"] == done["digest"]
 
     # The page offers the three downloads; the finished job takes no more data or cancels.
     text = _page_text(central, job_id)
     assert "completed" in text and "Long CSV" in text and "Report" in text
+    assert (
+        f'zip <- "job-{job_id}-imputations.zip"; '
+        'source(unz(zip, "fip_mids.R")); imp <- fip_mids(zip)' in text
+    )
     status, body = _upload(central, job_id, path.read_bytes())
     assert status == 409 and "completed" in body["detail"]
     assert central.post(f"/api/jobs/{job_id}/cancel", headers=headers).status_code == 409

@@ -26,7 +26,13 @@ from federation.registry import Registry
 from tests.helpers import builtin, run, table
 
 COLUMNS = ("x1", "x2", "y")
-OUTPUT_NAMES = ["imputations.zip", "imputations_long.csv", "report.json"]
+OUTPUT_NAMES = [
+    "imputations.zip",
+    "imputations_long.csv",
+    "report.json",
+    "methods.csv",
+    "fip_mids.R",
+]
 KNOWN = ["AVGMMI", "AVGMMICE", "CSLMI", "CSLMICE", "IMI", "IMICE", "SIMI", "SIMICE"]
 CHAINED_PARAMS = [
     "--param",

@@ -42,6 +42,16 @@ class Method(ABC):
     levels: ClassVar[bool] = False
     """Its column takes one of the job's levels (``methods._levels``)."""
     min_levels: ClassVar[int] = 0
+    mice: ClassVar[str]
+    """R mice's name for the same model, as ``imp$method`` shows it in the ``mids`` that
+    ``fip_mids.R`` builds (``methods.csv`` of the outputs)."""
+    r_class: ClassVar[str] = "numeric"
+    """How R holds its column in that ``mids``: "numeric", or "factor" or "ordered" on
+    :meth:`factor_levels` (so that mice's plots and models treat it as mice's would)."""
+
+    def factor_levels(self, levels: Sequence[float]) -> tuple[float, ...]:
+        """The values its column takes, in order, when R holds it as a factor: the job's."""
+        return tuple(levels)
 
     def invalid(self, cells: np.ndarray, levels: Sequence[float] = ()) -> np.ndarray:
         """Mask of the observed cells (NaN: missing) its column may not hold."""

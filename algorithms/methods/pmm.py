@@ -18,6 +18,7 @@ from algorithms.methods.gaussian import Gaussian
 class Pmm(Gaussian):
     name = "pmm"
     label = "matched"
+    mice = "pmm"
     when = (
         "a continuous or count column whose values must stay plausible (skewed, bounded, "
         "integer): imputes only values observed at the imputing site"

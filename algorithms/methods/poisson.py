@@ -18,6 +18,7 @@ LOG_MEAN_LIMIT = 40.0
 class Poisson(NewtonMethod):
     name = "poisson"
     label = "count"
+    mice = "poisson"  # mice has no count method; "poisson" is the countimp package's
     when = "a count of events (visits, lesions); pmm is safer when counts are overdispersed"
     expects = "counts (whole numbers >= 0)"
     family = _newton.POISSON

@@ -316,10 +316,12 @@ def result(
     job_id: RowId,
     admin: AdminUser,
     state: StateDep,
-    format: Literal["zip", "long", "chains"] = "zip",
+    format: Literal["zip", "long", "chains", "methods"] = "zip",
 ) -> Response:
-    """The imputed datasets: a zip of CSVs, or one long CSV (R mice's layout); ``chains``: the
-    chain means and variances of a chained job (target, chain, cycle, mean, variance)."""
+    """The imputed datasets: a zip of CSVs (with original.csv, methods.csv, chains.csv and
+    fip_mids.R, which builds an R mice mids from them), or one long CSV (R mice's layout);
+    ``chains``: the chain means and variances of a chained job (target, chain, cycle, mean,
+    variance); ``methods``: each target's method, mice's name for it, and how R holds it."""
     with state.database.session() as session:
         job = service.get_job(session=session, job_id=job_id, user=admin)
     return result_response(runs=state.runs, job=job, format=format)
