@@ -32,7 +32,9 @@ examples:
 Writes results/imputations.zip (one CSV per imputation), results/imputations_long.csv
 (R mice's long layout: .imp 0 is the original, .id the row) and results/report.json; for the
 chained family (SIMICE, IMICE, AVGMMICE, CSLMICE) also results/chains.csv (target, chain, cycle,
-mean, variance of central's imputed cells: mice's chainMean and chainVar).
+mean, variance of central's imputed cells: mice's chainMean and chainVar). The chained family
+runs M independent chains, one per dataset (--param chains=single: one chain, a dataset every
+iteration_between_imputations cycles); report.json gives each target's R-hat over the chains.
 With --compare: comparison/comparison.json and comparison.txt (the table also printed), and
 comparison/<METHOD>/ with each method's three files. A method that fails is reported with
 its reason, the others still run, and the exit status is 1.
