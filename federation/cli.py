@@ -34,7 +34,9 @@ chains.csv and fip_mids.R), results/imputations_long.csv (R mice's long layout: 
 original, .id the row), results/report.json, results/methods.csv (each target's method, mice's
 name for it, and how R holds it) and results/fip_mids.R; for the chained family (SIMICE, IMICE,
 AVGMMICE, CSLMICE) also results/chains.csv (target, chain, cycle, mean, variance of central's
-imputed cells: mice's chainMean and chainVar).
+imputed cells: mice's chainMean and chainVar). The chained family runs M independent chains,
+one per dataset (--param chains=single: one chain, a dataset every
+iteration_between_imputations cycles); report.json gives each target's R-hat over the chains.
 In R, source("results/fip_mids.R"); imp <- fip_mids("results") gives a mice mids: plot(imp),
 densityplot(imp), imp$method and pool(with(imp, lm(...))) work, whatever the column names.
 With --compare: comparison/comparison.json and comparison.txt (the table also printed), and

@@ -54,8 +54,14 @@ class JobSpec:
         """Names of the design columns for a target: every other column, then the intercept."""
         return [c for i, c in enumerate(self.columns) if i != target.column] + ["(intercept)"]
 
+    @property
+    def chains(self) -> int:
+        """How many chains the job runs (ALGORITHMS.md, SIMICE): M = ``imputations`` with
+        ``chains`` = "parallel", else one; the ``m`` of its replies' shapes."""
+        return chain_count(self.params)
+
     def dims(self) -> Dims:
-        """The sizes its replies are checked against (``federation.replies``): p, c, k, and
+        """The sizes its replies are checked against (``federation.replies``): p, c, k, m, and
         each target's parameter length t and level count l."""
         p = len(self.columns)
         return Dims.of(
@@ -65,6 +71,7 @@ class JobSpec:
                 t.index: (methods.get(t.type).parameters(p, len(t.levels)), len(t.levels))
                 for t in self.targets
             },
+            chains=self.chains,
         )
 
     def to_wire(self) -> dict[str, Any]:
@@ -93,6 +100,15 @@ class JobSpec:
             seed=int(raw["seed"]),
             sites=tuple(raw["sites"]),
         )
+
+
+PARALLEL = "parallel"
+"""The ``chains`` parameter's value for M independent chains (mice's way); "single" is MIDN's."""
+
+
+def chain_count(params: Mapping[str, Any]) -> int:
+    """The chains of a job with these parameters (see :attr:`JobSpec.chains`)."""
+    return int(params["imputations"]) if params.get("chains") == PARALLEL else 1
 
 
 def target_to_wire(target: Target) -> dict[str, Any]:

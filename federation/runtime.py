@@ -101,7 +101,10 @@ class CentralJob:
     imputed_cells: list[np.ndarray] = field(default_factory=list)
     traces: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per target: its method and, per chain (chains x cycles), the mean, SD and variance of
-    central's imputed cells after each cycle (mice's chainMean and chainVar)."""
+    central's imputed cells after each cycle (mice's chainMean and chainVar); with parallel
+    chains also its R-hat."""
+    chains: dict[str, Any] = field(default_factory=dict)
+    """How the chained family ran its chains (kind, chains, cycles), for the report."""
     deadline: float = REQUEST_SECONDS
     """Seconds a site has to answer one request; past it the job fails naming the site."""
     _pending: list[Op] = field(default_factory=list)
@@ -249,11 +252,13 @@ class CentralJob:
         iterations: int | None = None,
         dropped: Sequence[str] = (),
         augmented: bool = False,
+        chain: int | None = None,
     ) -> None:
         """Note a fit for the report: coefficients in design order (every other column, then
         the intercept) or as a mapping from those names to values (a subset is fine);
         ``dropped``, the predictors the fit left out as constant over its rows (mice's
-        loggedEvents); ``augmented``, that separation made it add pseudo-rows."""
+        loggedEvents); ``augmented``, that separation made it add pseudo-rows; ``chain``, which
+        of parallel chains (1-based) it belongs to."""
         names = methods.get(target.type).parameter_names(
             self.spec.predictors(target), target.levels
         )
@@ -273,6 +278,7 @@ class CentralJob:
             "target": target.name,
             "type": target.type,
             "cycle": cycle,
+            **({"chain": chain} if chain is not None else {}),
             "n": n,
             "coefficients": named,
         }
@@ -619,6 +625,7 @@ def _report(job: CentralJob, *, seconds: float) -> dict[str, Any]:
         "sites": sites,
         "fits": job.fits,
         "warnings": job.warnings,
+        **({"chains": job.chains} if job.chains else {}),
         **({"traces": job.traces} if job.traces else {}),
         "round_trips": job.traffic.round_trips,
         "bytes_sent": job.traffic.bytes_sent,

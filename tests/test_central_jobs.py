@@ -128,7 +128,7 @@ def _page_text(client: TestClient, job_id: int) -> str:
 def test_create_job_by_column_name(central: TestClient) -> None:
     job = _create(central)
     assert job["state"] == "created"
-    assert job["algorithm"] == "SIMICE" and job["version"] == "2.1.0"
+    assert job["algorithm"] == "SIMICE" and job["version"] == "2.2.0"
     assert job["digest"] == Registry.with_builtins().get("SIMICE").digest
     assert job["columns"] == list(COLUMNS)
     # The algorithm receives 1-based indices.
@@ -140,6 +140,7 @@ def test_create_job_by_column_name(central: TestClient) -> None:
         "imputations": 2,
         "iteration_before_first_imputation": 2,
         "iteration_between_imputations": 1,
+        "chains": "parallel",  # the default
         "ridge": 1e-5,
         "max_iter": 100,
         "min_rows": 18,  # max(10, 3p) with p = 6 columns

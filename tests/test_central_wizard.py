@@ -115,6 +115,7 @@ def _wizard_form(central: TestClient, csrf: str, path: Path) -> dict[str, Any]:
     }
     form["param:imputations"] = "3"
     form["param:iteration_before_first_imputation"] = "2"
+    form["param:chains"] = "parallel"  # the select's chosen option, as a browser sends it
     return form
 
 
@@ -172,7 +173,7 @@ def test_parameters_fragment_from_the_schema(central: TestClient) -> None:
     inputs = _parameter_inputs(response.text)
     assert {name: field.get("value") for name, field in inputs.items()} == {
         "param:imputations": "5",
-        "param:iteration_before_first_imputation": "5",
+        "param:iteration_before_first_imputation": "13",
         "param:iteration_between_imputations": "2",
         "param:ridge": "1e-05",
         "param:max_iter": "100",
@@ -189,6 +190,9 @@ def test_parameters_fragment_from_the_schema(central: TestClient) -> None:
     assert inputs["param:ridge"]["step"] == "any"
     assert not inputs["param:min_rows"].has_attr("required")  # optional: empty means default
     assert inputs["param:imputations"].has_attr("required")
+    chains = _one(_soup(response.text), "select[name='param:chains']")  # a choice: a select
+    assert [o["value"] for o in chains.select("option")] == ["parallel", "single"]
+    assert _one(chains, "option[selected]")["value"] == "parallel"
     labels = {label.get_text(strip=True) for label in _soup(response.text).select("label")}
     assert {"Imputations (M)", "Cycles before the first imputation", "Ridge"} <= labels
 
@@ -321,6 +325,7 @@ def test_create_a_job_through_the_wizard(central: TestClient, demo_files: dict[s
         "imputations": 3,
         "iteration_before_first_imputation": 2,
         "iteration_between_imputations": 2,
+        "chains": "parallel",
         "ridge": 1e-5,
         "max_iter": 100,
         "min_rows": 18,
@@ -333,7 +338,7 @@ def test_create_a_job_through_the_wizard(central: TestClient, demo_files: dict[s
     page = _soup(central.get(location).text)
     assert _one(page, "h1").get_text(strip=True) == "Wizard job"
     facts = _one(page, "dl.facts").get_text(" ", strip=True)
-    assert "SIMICE 2.1.0" in facts
+    assert "SIMICE 2.2.0" in facts
     assert Registry.with_builtins().get("SIMICE").digest in facts
     assert "bmi (column 3, continuous)" in facts and "smoker (column 6, binary)" in facts
     assert "imputations=3" in facts and "ridge=1e-05" in facts and "min_rows=18" in facts
@@ -434,6 +439,9 @@ def test_wizard_errors_keep_what_was_typed(
                 n: f.get("value")
                 for n, f in _parameter_inputs(response.text).items()
                 if f["type"] != "checkbox" or f.has_attr("checked")
+            } | {  # a choice is a select: its chosen option
+                str(select["name"]): _one(select, "option[selected]")["value"]
+                for select in page.select("select[name^='param:']")
             }
             assert kept == {k: v for k, v in form.items() if k.startswith("param:")}, case
             if field.startswith("param_"):

@@ -332,6 +332,8 @@ def test_simice_on_demo_data(
         "iteration_before_first_imputation=2",
         "--param",
         "iteration_between_imputations=1",
+        "--param",
+        "chains=single",
         "--out",
         str(out),
     )
@@ -669,7 +671,8 @@ def test_algorithms_lists_the_builtins(capsys: pytest.CaptureFixture[str]) -> No
     assert names == ["AVGMMI", "AVGMMICE", "CSLMI", "CSLMICE", "IMI", "IMICE", "SIMI", "SIMICE"]
     assert "targets: one" in stdout
     assert "targets: several" in stdout
-    assert '"iteration_before_first_imputation": 5' in stdout
+    assert '"iteration_before_first_imputation": 13' in stdout
+    assert '"chains": "parallel"' in stdout
 
 
 @pytest.mark.parametrize("name", ["SIMI", "SIMICE"])

@@ -36,6 +36,8 @@ OUTPUT_NAMES = [
 KNOWN = ["AVGMMI", "AVGMMICE", "CSLMI", "CSLMICE", "IMI", "IMICE", "SIMI", "SIMICE"]
 CHAINED_PARAMS = [
     "--param",
+    "chains=single",
+    "--param",
     "iteration_before_first_imputation=2",
     "--param",
     "iteration_between_imputations=1",
@@ -432,6 +434,7 @@ def test_summary_fits_of_a_chained_report_averages_from_the_first_imputation() -
         imputations=3,
         iteration_before_first_imputation=2,
         iteration_between_imputations=2,
+        chains="single",
     ).report
     fits = [f for f in report["fits"] if f["target"] == "y"]
     assert [f["cycle"] for f in fits] == [1, 2, 3, 4, 5, 6]

@@ -357,7 +357,7 @@ def test_a_comparison_runs_every_method_on_centrals_data(
     costs = comparison["methods"]
     assert [m["algorithm"] for m in costs] == names
     for cost in costs:
-        assert cost["status"] == "completed" and cost["version"] == "2.1.0"
+        assert cost["status"] == "completed" and cost["version"] == "2.2.0"
         assert cost["round_trips"] == 0 and cost["sites"] == ["central"]
         assert cost["bytes_sent"] == 0 and cost["bytes_received"] == 0
         assert 0 <= cost["seconds"] < 30
@@ -416,7 +416,7 @@ def test_a_comparison_runs_every_method_on_centrals_data(
         assert body_rows[-1][1] == "0" and body_rows[-1][4] == "0"  # SIMICE and IMICE
     assert _one(status_block, f"a[href='/jobs/{parent_id}/comparison']")
     facts = _one(page, "dl.facts").get_text(" ", strip=True)
-    assert "SIMICE 2.1.0 (reference: pooled, exact)" in facts and facts.count("reference") == 1
+    assert "SIMICE 2.2.0 (reference: pooled, exact)" in facts and facts.count("reference") == 1
     log = _one(page, f"#job-{parent_id}-log").get_text(" ", strip=True)
     for name in names:  # each method's events are shown on the comparison's page
         assert f"{name}: started" in log and f"{name}: completed" in log
@@ -430,7 +430,7 @@ def test_a_comparison_runs_every_method_on_centrals_data(
     assert _one(child_status, f"a[href='/jobs/{parent_id}']")
     assert not child_status.select("input[type=file]")  # no upload of its own
     assert not child_status.select("table.numbers")
-    assert _one(child_page, "dl.facts").get_text(" ", strip=True).count("CSLMICE 2.1.0") == 1
+    assert _one(child_page, "dl.facts").get_text(" ", strip=True).count("CSLMICE 2.2.0") == 1
 
     status, body = _upload(central, parent_id, path)
     assert status == 409 and "completed" in body["detail"]

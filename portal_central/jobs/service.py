@@ -14,7 +14,7 @@ from algorithms import methods as methods_registry
 from federation import secure
 from federation.compare import reference_for
 from federation.errors import InputError
-from federation.job import make_targets, target_to_wire
+from federation.job import chain_count, make_targets, target_to_wire
 from federation.params import resolve_params
 from federation.protocol import MAX_FRAME_BYTES
 from federation.registry import Algorithm, Registry
@@ -94,8 +94,6 @@ def create_job(
             method.algorithm.check_targets(t.type for t in resolved_targets)
     except InputError as error:
         raise FieldInvalid(str(error), field="targets") from None
-    for method in methods:
-        _check_width(method.algorithm, columns=len(columns), targets=len(resolved_targets))
     if compare:
         _check_shared_params(methods, params)
     resolved = {
@@ -104,6 +102,13 @@ def create_job(
         )
         for m in methods
     }
+    for method in methods:
+        _check_width(
+            method.algorithm,
+            columns=len(columns),
+            targets=len(resolved_targets),
+            chains=chain_count(resolved[method.name]),
+        )
     sites = _participants(session, participants)
     if compare and secure.enabled(params):  # each method that asks the sites must mask
         clear = [
@@ -401,15 +406,20 @@ def ensure_admin(user: User) -> None:
         raise Forbidden("only admins may do this")
 
 
-def _check_width(algorithm: Algorithm, *, columns: int, targets: int) -> None:
+def _check_width(algorithm: Algorithm, *, columns: int, targets: int, chains: int) -> None:
     """A job whose largest reply would not fit in one message is refused now, not as a site
-    gone offline halfway through."""
-    numbers = algorithm.replies.largest_reply(Dims.of(columns, targets))
+    gone offline halfway through (parallel chains answer for every chain in one reply)."""
+    numbers = algorithm.replies.largest_reply(Dims.of(columns, targets, chains=chains))
     size = 8 * numbers + 64 * 1024  # the values, and room for the header
     if size > MAX_FRAME_BYTES:
         raise FieldInvalid(
             f"{algorithm.name} on {columns} columns makes replies of {size / 2**20:.0f} MiB, more "
             f"than the {MAX_FRAME_BYTES // 2**20} MiB a message between central and a site may "
-            "carry: use fewer columns",
+            + (
+                "carry: use fewer columns"
+                if chains == 1
+                else "carry: use fewer columns or chains "
+                "= single (parallel chains answer for every chain in one reply)"
+            ),
             field="columns",
         )

@@ -581,7 +581,16 @@ def _param_fields(algorithm: Algorithm | None, given: dict[str, str]) -> list[di
                 "name": name,
                 "label": prop.get("title", name),
                 "hint": prop.get("description", ""),
-                "input": "checkbox" if "boolean" in kinds else "number" if number else "text",
+                "input": (
+                    "checkbox"
+                    if "boolean" in kinds
+                    else "select"
+                    if "enum" in prop
+                    else "number"
+                    if number
+                    else "text"
+                ),
+                "options": [str(option) for option in prop.get("enum", [])],
                 "checked": value.lower() in _TRUE,
                 "step": "1" if "integer" in kinds else "any",
                 "min": prop.get("minimum"),
