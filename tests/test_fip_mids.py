@@ -33,8 +33,8 @@ TARGETS = {
     "bmi": ("pmm", "pmm"),
 }
 M = 5
-CYCLES = 5 + 2 * (M - 1)
-"""SIMICE's defaults: 5 cycles before dataset 1, 2 between datasets."""
+CYCLES = 13
+"""SIMICE's defaults: M parallel chains of 13 cycles, chain m giving dataset m."""
 
 
 def _write(path: Path, rows: int, seed: int) -> None:
@@ -162,7 +162,7 @@ def test_the_shipped_function_gives_a_full_mids_whose_plots_and_pool_work(
     results: Path, tmp_path: Path
 ) -> None:
     """From the zip as downloaded and from the folder alike: mice's methods of fip's, factors,
-    the chains (one, as SIMICE ran), the data as fip wrote it, the plots, and pool() equal to
+    the chains (M parallel ones, as SIMICE ran), the data as fip wrote it, the plots, and pool() equal to
     fip pool on the same long CSV."""
     shutil.copytree(results, tmp_path / "results")
 
@@ -180,13 +180,13 @@ def test_the_shipped_function_gives_a_full_mids_whose_plots_and_pool_work(
     assert said["stage_levels"] == ["1", "2", "3"]
     assert said["grade_levels"] == ["1", "2", "3", "4"]
     assert said["formula_age"] == ["`age (y)` ~ x + smoker + stage + grade + visits + bmi"]
-    assert said["chain_dim"] == [str(len(COLUMNS_OF_DATA)), str(CYCLES), "1"]
+    assert said["chain_dim"] == [str(len(COLUMNS_OF_DATA)), str(CYCLES), str(M)]
     assert said["chain_rows"] == list(COLUMNS_OF_DATA)
     assert said["iteration"] == [str(CYCLES)]
     assert said["x_trace"] == ["TRUE"] * CYCLES  # not imputed: NaN, as mice
 
     chains = pd.read_csv(results / "chains.csv")
-    age = chains[chains["target"] == "age (y)"].sort_values("cycle")
+    age = chains[(chains["target"] == "age (y)") & (chains["chain"] == 1)].sort_values("cycle")
     in_r = pd.read_csv(tmp_path / "age_chain.csv")
     np.testing.assert_allclose(in_r["mean"], age["mean"], rtol=1e-15, atol=0)
     np.testing.assert_allclose(in_r["variance"], age["variance"], rtol=1e-15, atol=0)
@@ -245,7 +245,8 @@ def test_parallel_chains_fill_mice_s_chain_dimension(results: Path, tmp_path: Pa
     variable x iteration x M, plot() draws them; the long CSV alone gives a mids without chains
     (plot() says so) whose methods mice chose (as.mids), as documented."""
     shutil.copytree(results, tmp_path / "results")
-    single = pd.read_csv(results / "chains.csv")
+    chains = pd.read_csv(results / "chains.csv")
+    single = chains[chains["chain"] == 1]
     cycles = 5
     parts = []
     for chain in range(1, M + 1):
