@@ -325,7 +325,7 @@ def test_a_comparison_runs_every_method_on_centrals_data(
     assert done["started_at"] is not None and done["finished_at"] is not None
     assert done["results_available"] is False  # the methods hold the results
     assert [m["id"] for m in done["methods"]] == child_ids
-    assert portal_state(central).runs.get(parent_id).data is None  # central's rows are dropped
+    assert portal_state(central).store.view(parent_id).data is None  # central's rows are dropped
 
     registry = Registry.with_builtins()
     headers = admin_auth(central)
@@ -466,7 +466,7 @@ def test_a_failed_method_leaves_the_comparison_partial_and_is_retried(
     simi, meandraw = partial["methods"]
     assert simi["state"] == "failed" and "smoker" in simi["message"], simi
     assert meandraw["state"] == "completed", meandraw
-    assert portal_state(central).runs.get(parent_id).data is not None  # kept for a retry
+    assert portal_state(central).store.view(parent_id).data is not None  # kept for a retry
 
     # The completed method's results are there to download, the simulation's.
     expected = _simulated(_meandraw(), _get(central, meandraw_id), path)
@@ -544,7 +544,7 @@ def test_a_failed_method_leaves_the_comparison_partial_and_is_retried(
     assert cancelled.json()["state"] == "cancelled"
     assert cancelled.json()["message"] == "cancelled at central"
     assert [m["state"] for m in cancelled.json()["methods"]] == ["failed", "completed"]
-    assert portal_state(central).runs.get(parent_id).data is None
+    assert portal_state(central).store.view(parent_id).data is None
     late = central.post(f"/api/jobs/{third['methods'][0]['id']}/retry", headers=headers)
     assert late.status_code == 409 and "cancelled" in late.json()["detail"]
 
@@ -566,7 +566,7 @@ def test_cancelling_a_waiting_comparison_cancels_every_method(
     for method in done["methods"]:
         assert method["state"] == "cancelled"
         assert method["message"] == "cancelled at central before it ran"
-    assert portal_state(central).runs.get(parent["id"]).data is None
+    assert portal_state(central).store.view(parent["id"]).data is None
 
 
 # ------------------------------------------------------------------ the wizard
@@ -938,7 +938,8 @@ def test_a_method_cut_off_from_a_site_is_retried_once_it_is_back(
     try:
         assert _start_everywhere(fed, parent_id, demo_files) == "running"
         gate.outage()
-        assert _fed_job(fed, first_id)["state"] == "running"  # the outage came mid-method
+        # the outage came mid-method
+        _until(fed, first_id, lambda j: j["state"] == "running", 10, "the first method's start")
         partial = _until(
             fed, parent_id, lambda j: j["state"] not in ("waiting", "running"), 30, "partial"
         )
@@ -1028,7 +1029,7 @@ def _cancelled_at_south(
     ids = [m["id"] for m in parent["methods"]]
     assert [m["algorithm"] for m in parent["methods"]] == ["SIMICE", "AVGMMICE", "IMICE"]
     assert _start_everywhere(fed, parent_id, files) == "running"
-    assert _fed_job(fed, ids[0])["state"] == "running"
+    _until(fed, ids[0], lambda j: j["state"] == "running", 10, "the first method's start")
 
     with south.api() as api:
         response = api.post(f"/api/jobs/{parent_id}/cancel")

@@ -153,12 +153,12 @@ def test_delete_removes_the_record_and_the_results_in_memory(
     central: TestClient, demo_files: dict[str, Path]
 ) -> None:
     done = _completed(central, demo_files)
-    runs = portal_state(central).runs
-    assert runs.get(done["id"]).result is not None
+    store = portal_state(central).store
+    assert store.has_results(done["id"])
     response = central.delete(f"/api/jobs/{done['id']}", headers=admin_auth(central))
     assert response.status_code == 204
     assert central.get(f"/api/jobs/{done['id']}", headers=admin_auth(central)).status_code == 404
-    assert done["id"] not in runs._runs
+    assert done["id"] not in store
 
 
 def test_delete_is_refused_while_the_job_holds_data(
@@ -170,7 +170,7 @@ def test_delete_is_refused_while_the_job_holds_data(
     refused = central.delete(f"/api/jobs/{job['id']}", headers=admin_auth(central))
     assert refused.status_code == 409
     assert refused.json()["detail"] == f"job {job['id']} is waiting; cancel it before deleting it"
-    assert portal_state(central).runs.get(job["id"]).data is not None
+    assert portal_state(central).store.view(job["id"]).data is not None
 
 
 def test_deleting_a_comparison_deletes_its_methods(central: TestClient) -> None:
@@ -371,14 +371,14 @@ def test_a_deleted_jobs_event_log_goes_with_it(
     central: TestClient, demo_files: dict[str, Path]
 ) -> None:
     done = _completed(central, demo_files)
-    runs = portal_state(central).runs
-    assert runs.events(done["id"])
+    logs = portal_state(central).logs
+    assert logs.events(done["id"])
     central.delete(f"/api/jobs/{done['id']}", headers=admin_auth(central))
     assert (
         central.get(f"/api/jobs/{done['id']}/events", headers=admin_auth(central)).status_code
         == 404
     )
-    assert runs.events(done["id"]) == []
+    assert logs.events(done["id"]) == []
 
 
 # ------------------------------------------------------------------ no silent failures
@@ -389,14 +389,14 @@ def test_a_run_that_fails_outside_the_algorithm_fails_its_job_and_is_logged(
 ) -> None:
     """A bug in central's own handling of a run (here: its finishing step breaks) no longer
     leaves the job 'running' with the error unseen: the job fails and the log has the trace."""
-    runs = portal_state(central).runs
+    orchestrator = portal_state(central).orchestrator
 
     def broken(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("finishing broke")
 
     job = _create(central)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(runs, "_finish", broken)
+        patch.setattr(orchestrator, "_finish", broken)
         _upload(central, job["id"], demo_files["central"])
         done = wait_for_state(central, job["id"], admin_auth(central))
     assert done["state"] == "failed"
@@ -407,17 +407,17 @@ def test_a_run_that_fails_outside_the_algorithm_fails_its_job_and_is_logged(
 def test_a_failing_background_task_is_shown_on_its_job(
     central: TestClient, caplog: pytest.LogCaptureFixture
 ) -> None:
-    runs = portal_state(central).runs
+    state = portal_state(central)
 
     async def unreachable(job_id: int, *, fresh: bool) -> None:
         raise ConnectionError("the sites' notifier is down")
 
     job = _create(central)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(runs, "_tell_sites", unreachable)
+        patch.setattr(state.notifier, "tell", unreachable)
         central.post(f"/api/jobs/{job['id']}/cancel", headers=admin_auth(central))
         wait_for(
-            lambda: any(e.kind == "warning" for e in runs.events(job["id"])),
+            lambda: any(e.kind == "warning" for e in state.logs.events(job["id"])),
             seconds=5,
             what="the warning",
         )
