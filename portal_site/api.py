@@ -220,7 +220,7 @@ async def data(request: Request, job_id: str, site: Site) -> JobOut:
     file = (await read_form(request)).file("file")
     if file is None:
         raise SiteError("choose this site's CSV file", status=422, field="file")
-    site.jobs.upload(local, file.content, file.filename)
+    await site.jobs.upload(local, file.content, file.filename)
     return JobOut.of(local)
 
 
