@@ -3,6 +3,7 @@ through the JSON API and the pages, each refusal with its message."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from fastapi.testclient import TestClient
 
 from federation.demo import COLUMNS
 from portal_central.app import create_app
+from portal_central.models import JobEventRecord
 from portal_central.settings import CentralSettings
 from tests.central_fixtures import (
     ADMIN,
@@ -428,3 +430,49 @@ def test_a_failing_background_task_is_shown_on_its_job(
         "message": "telling the sites failed at central: the sites' notifier is down",
     }.items() <= next(e for e in events if e["kind"] == "warning").items()
     assert any("telling the sites failed" in r.getMessage() for r in caplog.records)
+
+
+def test_centrals_data_of_a_waiting_job_expires_and_the_job_asks_for_it_again(
+    central: TestClient, demo_files: dict[str, Path]
+) -> None:
+    """Central's rows do not wait forever for the sites: after the results' expiry time the
+    job goes back to created, says why, and its page asks for the data again."""
+    _, site_id = approved_site(central, "north")
+    job = _create(central, participants=[site_id])
+    _upload(central, job["id"], demo_files["central"])
+    state = portal_state(central)
+    assert state.store.view(job["id"]).data is not None
+    state.orchestrator.sweep(now=time.monotonic() + state.store.result_seconds + 5)
+    back = central.get(f"/api/jobs/{job['id']}", headers=admin_auth(central)).json()
+    assert back["state"] == "created", back
+    assert back["message"] == (
+        "central's data was discarded from memory after 60 min waiting for the sites; "
+        "upload it again"
+    )
+    assert state.store.view(job["id"]).data is None
+    browser_sign_in(central, ADMIN["username"], ADMIN["password"])
+    page = BeautifulSoup(central.get(f"/jobs/{job['id']}").text, "html.parser")
+    text = page.get_text(" ", strip=True)
+    assert "Upload central's own CSV to start" in text and "data in memory" not in text
+    _upload(central, job["id"], demo_files["central"])  # and it waits again
+    assert central.get(f"/api/jobs/{job['id']}", headers=admin_auth(central)).json()["state"] == (
+        "waiting"
+    )
+
+
+def test_the_event_log_cache_is_bounded_and_reads_the_stored_lines(central: TestClient) -> None:
+    """Central caches the logs of the jobs being looked at, at most ``capacity`` of them; a
+    log that left the cache is read from the database again, whole."""
+    from portal_central.jobs.eventlog import JobLogs
+    from portal_common.tasks import Tasks
+
+    state = portal_state(central)
+    jobs = [_create(central)["id"] for _ in range(3)]
+    logs = JobLogs(database=state.database, tasks=Tasks(), capacity=2)
+    with state.database.session() as session:
+        for job_id in jobs:
+            session.add(JobEventRecord(job_id=job_id, at=1.0, kind="log", message=f"hi {job_id}"))
+    for job_id in jobs:
+        assert [e.message for e in logs.events(job_id)] == [f"hi {job_id}"]
+        assert logs.cached() <= 2
+    assert [e.message for e in logs.events(jobs[0])] == [f"hi {jobs[0]}"]
