@@ -125,6 +125,8 @@ class LocalJobs:
         self._keep_event = keep_event
         self._kept_events = kept_events
         """Where the jobs' event logs are kept (the site's database), to outlive a restart."""
+        self._kept: dict[str, list[JobEvent]] = {}
+        """Stored logs read for jobs about to be merged in."""
         self._approved = approved
         self._policy = policy
         """The site's disclosure policy, as its user set it (read afresh for every job)."""
@@ -144,11 +146,13 @@ class LocalJobs:
         seen = set()
         for info in listing:
             seen.add(str(info["id"]))
+            await self._read_kept_events(str(info["id"]))
             self._merge(info)
         return [self._jobs[j] for j in sorted(seen, key=int, reverse=True)]
 
     async def load(self, job_id: str) -> LocalJob:
         info = await self._fetch_json(f"/api/jobs/{job_id}")
+        await self._read_kept_events(str(info["id"]))
         return self._merge(info)
 
     def known(self) -> list[LocalJob]:
@@ -164,13 +168,17 @@ class LocalJobs:
             job = next((j for j in self._jobs.values() if job_id in j.runners), None)
         return job
 
+    async def _read_kept_events(self, job_id: str) -> None:
+        """A job new to this portal: its stored event log, read in a worker thread."""
+        if job_id not in self._jobs and self._kept_events is not None:
+            self._kept[job_id] = await asyncio.to_thread(self._kept_events, job_id)
+
     def _merge(self, info: dict[str, Any]) -> LocalJob:
         job_id = str(info["id"])
         job = self._jobs.get(job_id)
         if job is None:
             job = self._jobs[job_id] = LocalJob(job_id=job_id, info=info)
-            if self._kept_events is not None:
-                job.events = self._kept_events(job_id)
+            job.events = self._kept.pop(job_id, [])
         else:
             job.info = info
         if job.state in FINAL:

@@ -289,7 +289,7 @@ def parse_policy(form: Mapping[str, str]) -> Policy:
 
 async def set_policy(site: SiteState, policy: Policy) -> None:
     """Store the site's policy; central hears of it at once when connected."""
-    site.store.set_policy(policy)
+    await asyncio.to_thread(site.store.set_policy, policy)
     await site.worker.send_policy()
 
 
@@ -475,7 +475,9 @@ async def approve(request: Request, job_id: str, site: Site) -> Response:
     async def act(job: LocalJob) -> None:
         for code in await site.jobs.remote_codes(job):
             if not code.approved:
-                site.store.approve(digest=code.digest, name=code.name, version=code.version)
+                await asyncio.to_thread(
+                    site.store.approve, digest=code.digest, name=code.name, version=code.version
+                )
 
     return await _job_action(request, site, job_id, act)
 
