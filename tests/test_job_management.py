@@ -476,3 +476,14 @@ def test_the_event_log_cache_is_bounded_and_reads_the_stored_lines(central: Test
         assert [e.message for e in logs.events(job_id)] == [f"hi {job_id}"]
         assert logs.cached() <= 2
     assert [e.message for e in logs.events(jobs[0])] == [f"hi {jobs[0]}"]
+
+
+def test_the_site_notifier_forgets_a_job_once_it_ended(
+    central: TestClient, demo_files: dict[str, Path]
+) -> None:
+    """What the notifier keeps to tell a job's sites (its audience, when it last told the
+    progress) goes once the sites were told that the job ended."""
+    notifier = portal_state(central).notifier
+    done = _completed(central, demo_files)
+    assert done["state"] == "completed"
+    wait_for(lambda: notifier.known() == 0, seconds=10, what="the notifier to forget the job")

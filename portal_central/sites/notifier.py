@@ -79,8 +79,9 @@ class SiteNotifier:
         audience = self._audiences.get(job_id)
         if fresh or audience is None:
             read = await asyncio.to_thread(self._read, job_id)
-            if read is None:  # gone, or a comparison's method: its sites follow the comparison
+            if read is None:  # deleted meanwhile
                 self._audiences.pop(job_id, None)
+                self._progress_told.pop(job_id, None)
                 return
             if audience is None:
                 audience = self._audiences[job_id] = _Audience(*read)
@@ -109,6 +110,8 @@ class SiteNotifier:
     def _read(self, job_id: int) -> tuple[list[str], str, str] | None:
         with self._database.session() as session:
             job = session.get(Job, job_id)
-            if job is None or job.parent_id is not None:
+            if job is None:
                 return None
+            if job.parent_id is not None:  # a comparison's method: its sites follow the parent
+                return [], job.state, job.message
             return [p.user.site_id or "" for p in job.participants], job.state, job.message
