@@ -477,7 +477,10 @@ class CentralJob:
     async def _open(self) -> None:
         spec_args = {"spec": self.spec.to_wire()}
         try:
-            self.site_summaries[CENTRAL] = self._local.call(OPEN, spec_args)
+            # prepare runs on central's whole table: in a worker thread, like every handler
+            self.site_summaries[CENTRAL] = await asyncio.to_thread(
+                self._local.call, OPEN, spec_args
+            )
         except FipError as error:
             message = str(error)
             raise InputError(
@@ -535,7 +538,7 @@ class CentralJob:
                 )
 
     async def _close(self) -> None:
-        self._local.call(CLOSE, {})
+        await asyncio.to_thread(self._local.call, CLOSE, {})
         if not self.spec.sites:
             return
         try:

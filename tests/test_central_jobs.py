@@ -25,7 +25,7 @@ from federation.runtime import JobResult
 from federation.simulation import simulate
 from portal_central.app import create_app
 from portal_central.errors import InvalidTransition
-from portal_central.jobs.status import ACTIVE, FINAL, TRANSITIONS, advance
+from portal_central.jobs.status import ACTIVE, FINAL, TRANSITIONS, JobState, advance
 from portal_central.models import Job
 from tests.central_fixtures import (
     ADMIN,
@@ -471,7 +471,7 @@ def test_a_central_only_job_runs_like_the_simulation(
     status, body = _upload(central, job_id, path.read_bytes())
     assert status == 409 and "completed" in body["detail"]
     assert central.post(f"/api/jobs/{job_id}/cancel", headers=headers).status_code == 409
-    assert portal_state(central).runs.get(job_id).data is None  # central's rows are dropped
+    assert portal_state(central).store.view(job_id).data is None  # central's rows are dropped
 
 
 def test_downloads_are_streamed_in_chunks_equal_to_the_built_files(
@@ -537,7 +537,7 @@ def test_central_data_must_match_the_header(
         assert status == 422, (name, body)
         assert body["field"] == "file" and name in body["detail"], (name, body)
         assert _state(central, job_id) == "created"
-    assert portal_state(central).runs.get(job_id).data is None
+    assert portal_state(central).store.view(job_id).data is None
 
     # Cancel a created job: it is over, and takes no data.
     cancelled = central.post(f"/api/jobs/{job_id}/cancel", headers=admin_auth(central))
@@ -559,7 +559,7 @@ def test_a_job_with_a_site_waits_for_it(central: TestClient, demo_files: dict[st
     assert body["state"] == "waiting"
     time.sleep(0.05)  # nothing may start without the site
     assert _state(central, job_id) == "waiting"
-    assert portal_state(central).runs.get(job_id).data is not None
+    assert portal_state(central).store.view(job_id).data is not None
 
     browser_sign_in(central, ADMIN["username"], ADMIN["password"])
     page = BeautifulSoup(central.get(f"/jobs/{job_id}").text, "html.parser")
@@ -575,7 +575,7 @@ def test_a_job_with_a_site_waits_for_it(central: TestClient, demo_files: dict[st
 
     cancelled = central.post(f"/api/jobs/{job_id}/cancel", headers=admin_auth(central))
     assert cancelled.json()["state"] == "cancelled"
-    assert portal_state(central).runs.get(job_id).data is None
+    assert portal_state(central).store.view(job_id).data is None
 
 
 @contextmanager
@@ -593,11 +593,11 @@ def test_results_are_discarded_after_a_download(
     with _portal(tmp_path, database_url, download_grace_seconds=0) as client:
         job_id = _run_to_completion(client, demo_files["central"])["id"]
         headers = admin_auth(client)
-        portal_state(client).runs.sweep()  # not downloaded yet, not expired: kept
+        portal_state(client).orchestrator.sweep()  # not downloaded yet, not expired: kept
         first = client.get(f"/api/jobs/{job_id}/result?format=long", headers=headers)
         assert first.status_code == 200
 
-        portal_state(client).runs.sweep()
+        portal_state(client).orchestrator.sweep()
         for path in ("result?format=long", "result?format=zip", "report"):
             gone = client.get(f"/api/jobs/{job_id}/{path}", headers=headers)
             assert gone.status_code == 404, path
@@ -616,7 +616,7 @@ def test_results_expire_without_a_download(
     with _portal(tmp_path, database_url, result_expiry_minutes=0.0001) as client:
         job_id = _run_to_completion(client, demo_files["central"])["id"]
         time.sleep(0.05)  # 0.0001 min = 6 ms
-        portal_state(client).runs.sweep()
+        portal_state(client).orchestrator.sweep()
         gone = client.get(f"/api/jobs/{job_id}/result?format=zip", headers=admin_auth(client))
         assert gone.status_code == 404
         assert "not downloaded in time" in gone.json()["detail"]
@@ -636,27 +636,27 @@ def test_the_transition_table() -> None:
             assert not moves
             for target in TRANSITIONS:
                 with pytest.raises(InvalidTransition, match=f"is {state}; it cannot become"):
-                    advance(Job(id=1, state=state, message=""), to=target)
+                    advance(Job(id=1, state=state, message=""), to=JobState(target))
 
     job = Job(id=7, state="completed", message="done")
     with pytest.raises(InvalidTransition, match="job 7 is completed; it cannot become running"):
-        advance(job, to="running")
+        advance(job, to=JobState.RUNNING)
     assert job.state == "completed" and job.message == "done"
 
-    for state, target in (("created", "running"), ("created", "completed"), ("waiting", "failed")):
+    for source, wanted in (("created", "running"), ("created", "completed"), ("waiting", "failed")):
         with pytest.raises(InvalidTransition):
-            advance(Job(id=1, state=state, message=""), to=target)
+            advance(Job(id=1, state=source, message=""), to=JobState(wanted))
 
     job = Job(id=2, state="created", message="")
-    advance(job, to="waiting", message="central's data is in")
+    advance(job, to=JobState.WAITING, message="central's data is in")
     assert (job.state, job.message) == ("waiting", "central's data is in")
-    advance(job, to="running")
+    advance(job, to=JobState.RUNNING)
     assert job.state == "running" and job.started_at is not None and job.finished_at is None
-    advance(job, to="completed", message="2 imputed datasets")
+    advance(job, to=JobState.COMPLETED, message="2 imputed datasets")
     assert job.finished_at is not None and job.message == "2 imputed datasets"
 
     interrupted = Job(id=3, state="running", message="")
-    advance(interrupted, to="interrupted", message="central restarted")
+    advance(interrupted, to=JobState.INTERRUPTED, message="central restarted")
     assert interrupted.state == "interrupted" and interrupted.finished_at is not None
 
 

@@ -196,7 +196,7 @@ def test_when_the_results_are_gone_the_page_says_so(
         drawn = client.get(f"/jobs/{job_id}/plots/bmi.svg", headers=headers)  # from the cache
         assert len(CACHE) == before + 1 and drawn.status_code == 200
         assert client.get(f"/api/jobs/{job_id}/result?format=long", headers=headers).is_success
-        portal_state(client).runs.sweep()
+        portal_state(client).orchestrator.sweep()
         gc.collect()
         assert len(CACHE) == before  # the plots went with the results
 

@@ -521,19 +521,19 @@ def test_central_data_through_the_job_page(
 def test_job_events_stream(central: TestClient) -> None:
     job_id = _api_job(central)
     _admin(central)
-    runs = portal_state(central).runs
+    broker = portal_state(central).broker
     events: list[tuple[str, str]] = []
-    watchdog = threading.Timer(5.0, runs.publish, args=(job_id, "state"))
+    watchdog = threading.Timer(5.0, broker.publish, args=(job_id, "state"))
     with central.stream("GET", f"/jobs/{job_id}/events") as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         deadline = time.monotonic() + 5
-        while not runs.get(job_id).subscribers and time.monotonic() < deadline:
+        while not broker.subscribers(job_id) and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert runs.get(job_id).subscribers, "the page subscribed to the job's events"
+        assert broker.subscribers(job_id), "the page subscribed to the job's events"
         watchdog.start()  # should nothing arrive, this wakes the stream (and the test fails)
         try:
-            runs.publish(job_id, JobEvent(kind="log", message="hello from a test", site="north"))
+            broker.publish(job_id, JobEvent(kind="log", message="hello from a test", site="north"))
             cancelled = central.post(f"/api/jobs/{job_id}/cancel", headers=admin_auth(central))
             assert cancelled.json()["state"] == "cancelled"
             kind, data = "", ""

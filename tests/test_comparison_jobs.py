@@ -29,7 +29,9 @@ from federation.outputs import long_csv, zip_bytes
 from federation.registry import Algorithm, Registry, load_algorithm
 from federation.runtime import JobResult
 from federation.simulation import simulate
+from portal_central.app import create_app
 from portal_central.jobs.status import FINAL
+from portal_central.settings import CentralSettings
 from tests.central_fixtures import (
     ADMIN,
     EVERY_DATABASE,
@@ -38,6 +40,7 @@ from tests.central_fixtures import (
     approved_site,
     bearer,
     browser_sign_in,
+    create_admin,
     htmx_headers,
     meandraw_files,
     portal_state,
@@ -325,7 +328,7 @@ def test_a_comparison_runs_every_method_on_centrals_data(
     assert done["started_at"] is not None and done["finished_at"] is not None
     assert done["results_available"] is False  # the methods hold the results
     assert [m["id"] for m in done["methods"]] == child_ids
-    assert portal_state(central).runs.get(parent_id).data is None  # central's rows are dropped
+    assert portal_state(central).store.view(parent_id).data is None  # central's rows are dropped
 
     registry = Registry.with_builtins()
     headers = admin_auth(central)
@@ -466,7 +469,7 @@ def test_a_failed_method_leaves_the_comparison_partial_and_is_retried(
     simi, meandraw = partial["methods"]
     assert simi["state"] == "failed" and "smoker" in simi["message"], simi
     assert meandraw["state"] == "completed", meandraw
-    assert portal_state(central).runs.get(parent_id).data is not None  # kept for a retry
+    assert portal_state(central).store.view(parent_id).data is not None  # kept for a retry
 
     # The completed method's results are there to download, the simulation's.
     expected = _simulated(_meandraw(), _get(central, meandraw_id), path)
@@ -544,9 +547,66 @@ def test_a_failed_method_leaves_the_comparison_partial_and_is_retried(
     assert cancelled.json()["state"] == "cancelled"
     assert cancelled.json()["message"] == "cancelled at central"
     assert [m["state"] for m in cancelled.json()["methods"]] == ["failed", "completed"]
-    assert portal_state(central).runs.get(parent_id).data is None
+    assert portal_state(central).store.view(parent_id).data is None
     late = central.post(f"/api/jobs/{third['methods'][0]['id']}/retry", headers=headers)
     assert late.status_code == 409 and "cancelled" in late.json()["detail"]
+
+
+def test_a_partial_comparisons_data_expires_and_the_comparison_says_so(
+    central: TestClient, demo_files: dict[str, Path]
+) -> None:
+    """Central's rows kept for a retry do not stay forever: once nothing used them for the
+    results' expiry time they go, and the comparison is cancelled with the reason."""
+    upload_algorithm(central, meandraw_files())
+    parent = _create(
+        central, algorithm="SIMI", compare=["MEANDRAW"], targets=BMI, parameters={}, seed=5
+    )
+    status, body = _upload(central, parent["id"], demo_files["central"])
+    assert status == 200, body
+    assert _wait(central, parent["id"], {"partial", *FINAL})["state"] == "partial"
+    state = portal_state(central)
+    assert state.store.view(parent["id"]).data is not None
+
+    state.orchestrator.sweep(now=time.monotonic() + state.store.result_seconds - 5)
+    assert _get(central, parent["id"])["state"] == "partial"  # not yet
+    state.orchestrator.sweep(now=time.monotonic() + state.store.result_seconds + 5)
+    done = _get(central, parent["id"])
+    assert done["state"] == "cancelled", done
+    assert done["message"] == (
+        "central's data was discarded from memory 60 min after the last method ran; "
+        "run the comparison again to retry"
+    )
+    assert state.store.view(parent["id"]).data is None
+    text = _page(central, parent["id"]).get_text(" ", strip=True)
+    assert "data in memory" not in text and "Run again" in text
+
+
+def test_comparison_tables_outlive_a_restart_of_central(
+    central_settings: CentralSettings, demo_files: dict[str, Path]
+) -> None:
+    """The methods' reports (fits and costs, no data) are stored: the comparison's table is
+    the same after central restarts, and the page says the imputed data is gone."""
+    with TestClient(create_app(central_settings)) as first:
+        create_admin(first)
+        parent = _create(first, algorithm="SIMI", compare=["IMI"], targets=SBP, parameters={})
+        status, body = _upload(first, parent["id"], demo_files["central"])
+        assert status == 200, body
+        assert _wait(first, parent["id"], FINAL)["state"] == "completed"
+        before = first.get(f"/api/jobs/{parent['id']}/comparison", headers=admin_auth(first))
+        assert before.status_code == 200
+        assert [m["status"] for m in before.json()["methods"]] == ["completed", "completed"]
+    with TestClient(create_app(central_settings)) as second:
+        headers = admin_auth(second)
+        after = second.get(f"/api/jobs/{parent['id']}/comparison", headers=headers)
+        assert after.json() == before.json()
+        page = _page(second, parent["id"])
+        text = page.get_text(" ", strip=True)
+        assert "No method's imputed data is in memory any more" in text
+        assert "Fits of 'sbp'" in text
+        child = parent["methods"][0]["id"]
+        child_text = _page(second, child).get_text(" ", strip=True)
+        assert "The results were not kept: central restarted" in child_text
+        assert "Long CSV" not in child_text
 
 
 def test_cancelling_a_waiting_comparison_cancels_every_method(
@@ -566,7 +626,7 @@ def test_cancelling_a_waiting_comparison_cancels_every_method(
     for method in done["methods"]:
         assert method["state"] == "cancelled"
         assert method["message"] == "cancelled at central before it ran"
-    assert portal_state(central).runs.get(parent["id"]).data is None
+    assert portal_state(central).store.view(parent["id"]).data is None
 
 
 # ------------------------------------------------------------------ the wizard
@@ -938,7 +998,8 @@ def test_a_method_cut_off_from_a_site_is_retried_once_it_is_back(
     try:
         assert _start_everywhere(fed, parent_id, demo_files) == "running"
         gate.outage()
-        assert _fed_job(fed, first_id)["state"] == "running"  # the outage came mid-method
+        # the outage came mid-method
+        _until(fed, first_id, lambda j: j["state"] == "running", 10, "the first method's start")
         partial = _until(
             fed, parent_id, lambda j: j["state"] not in ("waiting", "running"), 30, "partial"
         )
@@ -1028,7 +1089,7 @@ def _cancelled_at_south(
     ids = [m["id"] for m in parent["methods"]]
     assert [m["algorithm"] for m in parent["methods"]] == ["SIMICE", "AVGMMICE", "IMICE"]
     assert _start_everywhere(fed, parent_id, files) == "running"
-    assert _fed_job(fed, ids[0])["state"] == "running"
+    _until(fed, ids[0], lambda j: j["state"] == "running", 10, "the first method's start")
 
     with south.api() as api:
         response = api.post(f"/api/jobs/{parent_id}/cancel")

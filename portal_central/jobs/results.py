@@ -15,7 +15,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from federation.outputs import chains_csv, long_chunks, methods_csv, report_json, zip_chunks
 from portal_central.errors import Conflict, NotFound
-from portal_central.jobs.runner import Runs
+from portal_central.jobs.store import RunStore
 from portal_central.models import Job
 
 Format = Literal["zip", "long", "report", "chains", "methods"]
@@ -28,13 +28,13 @@ _TYPES = {
 }
 
 
-def result_response(*, runs: Runs, job: Job, format: Format) -> Response:
+def result_response(*, store: RunStore, job: Job, format: Format) -> Response:
     """The file; a data download is streamed and starts the short grace before discarding.
 
-    The stream holds the result it started from: discarding it from the runs after the grace
+    The stream holds the result it started from: discarding it from the store after the grace
     does not cut a download under way.
     """
-    run = runs.get(job.id)
+    run = store.view(job.id)
     if job.is_comparison:
         ids = ", ".join(f"{c.algorithm.name}: job {c.id}" for c in job.methods)
         raise Conflict(
@@ -70,6 +70,6 @@ def result_response(*, runs: Runs, job: Job, format: Format) -> Response:
         chunks, name = zip_chunks(result), f"{stem}-imputations.zip"
     else:
         chunks, name = long_chunks(result), f"{stem}-imputations_long.csv"
-    runs.downloaded(job.id)
+    store.downloaded(job.id)
     headers["Content-Disposition"] = f'attachment; filename="{name}"'
     return StreamingResponse(chunks, media_type=_TYPES[format], headers=headers)

@@ -20,9 +20,18 @@ from federation.protocol import MAX_FRAME_BYTES
 from federation.registry import Algorithm, Registry
 from federation.replies import Dims
 from portal_central import algorithms_store
+from portal_central.accounts.status import AccountStatus, Role
 from portal_central.errors import Conflict, FieldInvalid, Forbidden, NotFound, PortalError
 from portal_central.jobs import status
-from portal_central.models import AlgorithmVersion, Job, JobEventRecord, JobParticipant, User
+from portal_central.jobs.status import JobState
+from portal_central.models import (
+    AlgorithmVersion,
+    Job,
+    JobEventRecord,
+    JobParticipant,
+    JobReport,
+    User,
+)
 
 
 @dataclass(frozen=True)
@@ -145,7 +154,7 @@ def create_job(
             targets=[target_to_wire(t) for t in resolved_targets],
             params=resolved[method.name],
             seed=drawn_seed,
-            state="created",
+            state=JobState.CREATED,
             message="",
             created_by_id=creator.id,
             participants=[
@@ -171,7 +180,7 @@ def new_attempt(*, session: Session, child: Job) -> Job:
         raise Conflict(
             f"job {child.id} is {child.state}; only a failed or cancelled method is retried"
         )
-    if parent.state != "partial":
+    if parent.state != JobState.PARTIAL:
         raise Conflict(
             f"comparison {parent.id} is {parent.state}; methods are retried once the others "
             "are done and central still holds its data"
@@ -186,7 +195,7 @@ def new_attempt(*, session: Session, child: Job) -> Job:
         targets=list(child.targets),
         params=dict(child.params),
         seed=child.seed,
-        state="created",
+        state=JobState.CREATED,
         message=f"retry of job {child.id}",
         created_by_id=child.created_by_id,
         participants=[
@@ -257,7 +266,7 @@ def run_again(*, session: Session, job: Job, creator: User) -> Job:
             targets=list(source.targets),
             params=dict(source.params),
             seed=source.seed,
-            state="created",
+            state=JobState.CREATED,
             message=f"run again of job {job.id}",
             created_by_id=creator.id,
             participants=[
@@ -284,6 +293,7 @@ def delete_job(*, session: Session, job: Job) -> list[int]:
         raise Conflict(f"job {job.id} is {job.state}; cancel it before deleting it")
     ids = [job.id, *(child.id for child in job.children)]
     session.execute(delete(JobEventRecord).where(JobEventRecord.job_id.in_(ids)))
+    session.execute(delete(JobReport).where(JobReport.job_id.in_(ids)))
     session.delete(job)
     session.flush()
     return ids
@@ -360,7 +370,7 @@ def _participants(session: Session, site_ids: Sequence[str]) -> list[User]:
         user = session.scalar(select(User).where(User.site_id == site_id))
         if user is None:
             raise FieldInvalid(f"no site with site_id '{site_id}'", field="participants")
-        if user.status != "approved":
+        if user.status != AccountStatus.APPROVED:
             raise FieldInvalid(f"site '{site_id}' is {user.status}", field="participants")
         users.append(user)
     return users
@@ -386,7 +396,7 @@ def _query() -> Any:
 def list_jobs(*, session: Session, user: User) -> list[Job]:
     """Admins see every job; a site user sees the jobs its site takes part in."""
     query = _query().where(Job.parent_id.is_(None)).order_by(Job.id.desc())
-    if user.role != "admin":
+    if user.role != Role.ADMIN:
         query = query.join(JobParticipant).where(JobParticipant.user_id == user.id)
     return list(session.scalars(query))
 
@@ -395,14 +405,14 @@ def get_job(*, session: Session, job_id: int, user: User) -> Job:
     job: Job | None = session.scalar(_query().where(Job.id == job_id))
     if job is None:
         raise NotFound(f"no job {job_id}")
-    if user.role != "admin" and all(p.user_id != user.id for p in job.participants):
+    if user.role != Role.ADMIN and all(p.user_id != user.id for p in job.participants):
         # Not found rather than forbidden: a site does not learn which jobs exist.
         raise NotFound(f"no job {job_id}")
     return job
 
 
 def ensure_admin(user: User) -> None:
-    if user.role != "admin":
+    if user.role != Role.ADMIN:
         raise Forbidden("only admins may do this")
 
 

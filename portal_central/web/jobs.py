@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import asdict
@@ -11,9 +12,10 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import select
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.concurrency import run_in_threadpool
 
 from federation.compare import REFERENCE_CHAINED, REFERENCE_SINGLE
-from federation.data import check_for_job, read_csv
+from federation.data import Table, check_for_job, read_csv
 from federation.errors import InputError
 from federation.job import JobEvent
 from federation.outputs import report_json
@@ -29,9 +31,10 @@ from federation.uploads import (
     read_form,
 )
 from portal_central import algorithms_store as store
+from portal_central.accounts.status import AccountStatus, Role
 from portal_central.deps import AdminUser, CurrentUser, StateDep, data_upload
 from portal_central.errors import FieldInvalid, NotFound, PortalError
-from portal_central.jobs import analysis, service
+from portal_central.jobs import analysis, reports, service
 from portal_central.jobs.header import (
     ColumnSummary,
     HeaderReader,
@@ -39,13 +42,17 @@ from portal_central.jobs.header import (
     read_pattern_view,
 )
 from portal_central.jobs.results import Format, result_response
-from portal_central.models import User
+from portal_central.jobs.status import JobState
+from portal_central.jobs.store import Run
+from portal_central.models import Job, User
 from portal_central.paths import MAX_ID, RowId
 from portal_central.state import CentralState
 from portal_common.eventlog import grouped
 from portal_common.web import ENVIRONMENT, PAGE_DEFAULTS, is_htmx, render
 
 router = APIRouter(prefix="/jobs")
+_in_thread = run_in_threadpool
+"""Database work and parsing from an async route: in a worker thread, never on the loop."""
 EXACT = (REFERENCE_SINGLE, REFERENCE_CHAINED)
 
 
@@ -139,12 +146,16 @@ async def columns_step(request: Request, admin: AdminUser, state: StateDep) -> R
         elif current == "header_file" and reader is not None and not error and not columns:
             try:
                 if isinstance(event, FileData):
-                    reader.feed(event.data)
+                    await _in_thread(reader.feed, event.data)
                 else:
-                    columns = reader.finish()
+                    columns = await _in_thread(reader.finish)
             except InputError as refused:
                 error = str(refused)  # the rest of the body is read and dropped
-    chosen = _algorithm(state, fields["algorithm"]) if fields.get("algorithm") else None
+    chosen = (
+        await _in_thread(_algorithm, state, fields["algorithm"])
+        if fields.get("algorithm")
+        else None
+    )
     context: dict[str, Any] = {"chosen": chosen, "targets": set(), "types": {}, "errors": {}}
     if reader is None:
         error = "choose a CSV file to read its header"
@@ -167,6 +178,12 @@ async def _events(request: Request) -> AsyncIterator[Event]:
 @router.post("", response_class=HTMLResponse)
 async def create_job(request: Request, admin: AdminUser, state: StateDep) -> Response:
     values = _read_form(await form_of(request))
+    return await _in_thread(_create_job, request, state, admin, values)
+
+
+def _create_job(
+    request: Request, state: CentralState, admin: User, values: dict[str, Any]
+) -> Response:
     try:
         chosen = _algorithm(state, values["algorithm"]) if values["algorithm"] else None
         if chosen is None:
@@ -216,12 +233,26 @@ def job_page(request: Request, job_id: RowId, user: CurrentUser, state: StateDep
     )
 
 
+def gone_reason(state: CentralState, job: Job, run: Run) -> str:
+    """Why a completed job's results are not in memory, as the page says it."""
+    if run.purged:
+        return run.purged
+    if job.finished_at is not None and job.finished_at.timestamp() < state.started_at:
+        return "not kept: central restarted"
+    return "discarded from memory"
+
+
 def _job_context(state: CentralState, job_id: int, user: User, **extra: Any) -> dict[str, Any]:
     with state.database.session() as session:
         job = service.get_job(session=session, job_id=job_id, user=user)
-        missing = state.runs.missing_sites(job) if job.state == "waiting" else []
-        site_status = state.runs.site_status(job)
-        comparison = state.runs.comparison(job) if job.is_comparison else None
+        missing = state.orchestrator.missing_sites(job) if job.state == JobState.WAITING else []
+        site_status = state.orchestrator.site_status(job)
+        comparison = state.orchestrator.comparison(job) if job.is_comparison else None
+        pooled = (
+            reports.load(session=session, job_ids=[job.id]).get(job.id, {}).get("analysis")
+            if job.state == JobState.COMPLETED and not job.is_comparison
+            else None
+        )
         methods = list(job.methods)
         policies = {
             site: policy.foresee(columns=job.columns, participants=1 + len(job.participants))
@@ -231,17 +262,19 @@ def _job_context(state: CentralState, job_id: int, user: User, **extra: Any) -> 
         lost = [
             (p.user.institution or site, left)
             for p in job.participants
-            if job.state == "running"
+            if job.state == JobState.RUNNING
             and (left := state.connections.grace_left(site := p.user.site_id or "")) is not None
         ]
-    run = state.runs.get(job_id)
+    run = state.store.view(job_id)
     return {
+        "results_gone": gone_reason(state, job, run),
         "job": job,
-        "log": grouped(state.runs.events(job_id)),
-        "method_results": any(state.runs.get(c.id).result is not None for c in methods),
+        "log": grouped(state.logs.events(job_id)),
+        "method_results": any(state.store.has_results(c.id) for c in methods),
         "lost": lost,
         "grace_seconds": state.connections.grace_seconds,
         "comparison": comparison,
+        "pooled_analysis": pooled,
         "run": run,
         "missing": missing,
         "site_status": site_status,
@@ -260,21 +293,20 @@ async def upload_data(
     """Central's own CSV for the job, held in memory; the job starts when every site is ready."""
     error = await take_central_data(request, state, job_id, admin)
     if error is not None:
-        return _error_page(request, state, job_id, admin, error)
-    return _status_or_redirect(request, state, job_id, admin)
+        return await _in_thread(_error_page, request, state, job_id, admin, error)
+    return await _in_thread(_status_or_redirect, request, state, job_id, admin)
 
 
 @router.post("/{job_id}/retry", response_class=HTMLResponse)
 async def retry(request: Request, job_id: RowId, admin: AdminUser, state: StateDep) -> Response:
     """Run a comparison's failed method again; the comparison's page shows it."""
-    with state.database.session() as session:
-        job = service.get_job(session=session, job_id=job_id, user=admin)
-        parent_id = job.parent_id or job.id
+    job = await _in_thread(_visible_job, state, job_id, admin)
+    parent_id = job.parent_id or job.id
     try:
-        await state.runs.retry(job_id)
+        await state.orchestrator.retry(job_id)
     except PortalError as error:
-        return _error_page(request, state, parent_id, admin, error)
-    return _status_or_redirect(request, state, parent_id, admin)
+        return await _in_thread(_error_page, request, state, parent_id, admin, error)
+    return await _in_thread(_status_or_redirect, request, state, parent_id, admin)
 
 
 @router.post("/{job_id}/analysis", response_class=HTMLResponse)
@@ -282,10 +314,18 @@ async def analyse(request: Request, job_id: RowId, admin: AdminUser, state: Stat
     """The pooled analysis form: fit the model on the completed job's datasets, show the table."""
     fields = dict((await form_of(request)).items())
     model, family = str(fields.get("model", "")).strip(), str(fields.get("family", "linear"))
+    return await _in_thread(_analyse, request, state, job_id, admin, model, family)
+
+
+def _analyse(
+    request: Request, state: CentralState, job_id: int, admin: User, model: str, family: str
+) -> Response:
     with state.database.session() as session:
         job = service.get_job(session=session, job_id=job_id, user=admin)
         try:
-            analysis.analyse_job(runs=state.runs, job=job, model=model, family=family)
+            analysis.analyse_job(
+                store=state.store, session=session, job=job, model=model, family=family
+            )
         except PortalError as error:
             return _error_page(request, state, job_id, admin, error)
     return _status_or_redirect(request, state, job_id, admin)
@@ -298,7 +338,7 @@ def comparison_download(job_id: RowId, admin: AdminUser, state: StateDep) -> Res
         job = service.get_job(session=session, job_id=job_id, user=admin)
         if not job.is_comparison:
             raise NotFound(f"job {job_id} is not a comparison")
-        report = state.runs.comparison(job)
+        report = state.orchestrator.comparison(job)
     return Response(
         report_json(report),
         media_type="application/json",
@@ -310,18 +350,17 @@ def comparison_download(job_id: RowId, admin: AdminUser, state: StateDep) -> Res
 async def cancel(request: Request, job_id: RowId, admin: AdminUser, state: StateDep) -> Response:
     """Cancel a job everywhere, with the reason typed beside the button (shown to the sites)."""
     fields = dict((await form_of(request)).items())
-    with state.database.session() as session:
-        service.get_job(session=session, job_id=job_id, user=admin)
+    await _in_thread(_visible_job, state, job_id, admin)
     try:
         reason = service.cancel_reason(str(fields.get("reason", "")))
-        await state.runs.cancel(job_id, note=reason)
+        await state.orchestrator.cancel(job_id, note=reason)
     except PortalError as error:
-        return _error_page(request, state, job_id, admin, error)
-    return _status_or_redirect(request, state, job_id, admin)
+        return await _in_thread(_error_page, request, state, job_id, admin, error)
+    return await _in_thread(_status_or_redirect, request, state, job_id, admin)
 
 
 @router.post("/{job_id}/run-again", response_class=HTMLResponse)
-async def run_again(request: Request, job_id: RowId, admin: AdminUser, state: StateDep) -> Response:
+def run_again(request: Request, job_id: RowId, admin: AdminUser, state: StateDep) -> Response:
     """A failed, cancelled or interrupted job as a new job with the same definition and seed;
     its page asks for central's data, and the sites see a new job to Start."""
     try:
@@ -335,7 +374,7 @@ async def run_again(request: Request, job_id: RowId, admin: AdminUser, state: St
 
 
 @router.post("/{job_id}/delete", response_class=HTMLResponse)
-async def delete(request: Request, job_id: RowId, admin: AdminUser, state: StateDep) -> Response:
+def delete(request: Request, job_id: RowId, admin: AdminUser, state: StateDep) -> Response:
     """Delete a job that is not waiting, running or partial: its record, events and results."""
     try:
         with state.database.session() as session:
@@ -343,7 +382,7 @@ async def delete(request: Request, job_id: RowId, admin: AdminUser, state: State
             deleted = service.delete_job(session=session, job=job)
     except PortalError as error:
         return _error_page(request, state, job_id, admin, error)
-    state.runs.forget(deleted)
+    state.orchestrator.forget(deleted)
     return _redirect(request, "/jobs")
 
 
@@ -361,27 +400,40 @@ async def take_central_data(
     as a site's is checked, and hand it to the runner; the error to show, if any. Messages
     name the file and column, never a cell's value."""
     try:
-        with state.database.session() as session:
-            job = service.get_job(session=session, job_id=job_id, user=admin)
+        job = await _in_thread(_visible_job, state, job_id, admin)
         upload = (await read_form(request)).file("file")
         if upload is None:
             raise FieldInvalid("choose central's CSV file", field="file")
-        try:
-            table = read_csv(upload.content, label=upload.filename)
-            del upload
-            check_for_job(
-                table,
-                job.columns,
-                [(t["name"], t["type"], tuple(t.get("levels", ()))) for t in job.targets],
-                show_values=False,
-                alone=not job.participants,
-            )
-        except InputError as error:
-            raise FieldInvalid(str(error), field="file") from None
-        await state.runs.upload_central_data(job, table)
+        # Parsed and checked in a worker thread: a large file must not stop the event loop.
+        table = await _in_thread(_central_table, job, upload.content, upload.filename)
+        del upload
+        await state.orchestrator.upload_central_data(job, table)
     except PortalError as error:
         return error
     return None
+
+
+def _visible_job(state: CentralState, job_id: int, user: User) -> Job:
+    """The job if ``user`` may see it (its session closed: read only its columns)."""
+    with state.database.session() as session:
+        return service.get_job(session=session, job_id=job_id, user=user)
+
+
+def _central_table(job: Job, content: bytes | bytearray, filename: str) -> Table:
+    """Central's CSV for ``job``, read and checked as a site's is (messages name the file and
+    column, never a cell's value)."""
+    try:
+        table = read_csv(content, label=filename)
+        check_for_job(
+            table,
+            job.columns,
+            [(t["name"], t["type"], tuple(t.get("levels", ()))) for t in job.targets],
+            show_values=False,
+            alone=not job.participants,
+        )
+    except InputError as error:
+        raise FieldInvalid(str(error), field="file") from None
+    return table
 
 
 def _error_page(
@@ -420,7 +472,7 @@ def _status_or_redirect(request: Request, state: CentralState, job_id: int, user
 def download(job_id: RowId, admin: AdminUser, state: StateDep, format: Format = "zip") -> Response:
     with state.database.session() as session:
         job = service.get_job(session=session, job_id=job_id, user=admin)
-    return result_response(runs=state.runs, job=job, format=format)
+    return result_response(store=state.store, job=job, format=format)
 
 
 @router.get("/{job_id}/events")
@@ -428,8 +480,7 @@ async def events(
     request: Request, job_id: RowId, user: CurrentUser, state: StateDep
 ) -> EventSourceResponse:
     """Live fragments for the job page: progress, the event log, and the state block."""
-    with state.database.session() as session:
-        service.get_job(session=session, job_id=job_id, user=user)
+    await _in_thread(_visible_job, state, job_id, user)
     template = ENVIRONMENT.get_template("central/jobs/detail.html")
 
     def fragment(block: str, **values: Any) -> str:
@@ -437,22 +488,24 @@ async def events(
         return "".join(template.blocks[block](template.new_context(context)))
 
     async def stream() -> AsyncIterator[ServerSentEvent]:
-        async with state.runs.subscribe(job_id) as queue:
+        async with state.broker.subscribe(job_id) as queue:
             while True:
                 event = await queue.get()
                 if isinstance(event, JobEvent):
                     if event.kind == "progress":
                         yield ServerSentEvent(
                             event="progress",
-                            data=fragment("job_progress", run=state.runs.get(job_id)),
+                            data=fragment("job_progress", run=state.store.view(job_id)),
                         )
                     else:
-                        lines = grouped(state.runs.events(job_id))
+                        lines = grouped(await asyncio.to_thread(state.logs.events, job_id))
                         yield ServerSentEvent(event="log", data=fragment("log_lines", log=lines))
                 else:
                     yield ServerSentEvent(
                         event="status",
-                        data=fragment("job_status", **_job_context(state, job_id, user)),
+                        data=fragment(
+                            "job_status", **(await _in_thread(_job_context, state, job_id, user))
+                        ),
                     )
 
     return EventSourceResponse(stream(), ping=15)
@@ -510,7 +563,7 @@ def _wizard(
         sites = list(
             session.scalars(
                 select(User)
-                .where(User.role == "site", User.status == "approved")
+                .where(User.role == Role.SITE, User.status == AccountStatus.APPROVED)
                 .order_by(User.username)
             )
         )
