@@ -162,8 +162,8 @@ def test_the_shipped_function_gives_a_full_mids_whose_plots_and_pool_work(
     results: Path, tmp_path: Path
 ) -> None:
     """From the zip as downloaded and from the folder alike: mice's methods of fip's, factors,
-    the chains (M parallel ones, as SIMICE ran), the data as fip wrote it, the plots, and pool() equal to
-    fip pool on the same long CSV."""
+    the chains (M parallel ones, as SIMICE ran), the data as fip wrote it, the plots, and
+    pool() equal to fip pool on the same long CSV."""
     shutil.copytree(results, tmp_path / "results")
 
     said = _said(run_r(R_MIDS, cwd=tmp_path))
