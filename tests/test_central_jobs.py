@@ -36,6 +36,7 @@ from tests.central_fixtures import (
     bearer,
     browser_sign_in,
     create_admin,
+    edited_csv,
     make_settings,
     meandraw_files,
     portal_state,
@@ -438,18 +439,29 @@ def test_downloads_are_streamed_in_chunks_equal_to_the_built_files(
         assert b"".join(chunks) == built, format
 
 
-def test_a_failing_run_is_reported(central: TestClient, demo_files: dict[str, Path]) -> None:
-    """SIMI on the demo data: rows missing bmi often miss smoker, a predictor, too."""
+def test_central_upload_that_cannot_run_is_refused_and_a_corrected_one_runs(
+    central: TestClient, demo_files: dict[str, Path]
+) -> None:
+    """SIMI on the demo data: rows missing bmi often miss smoker, a predictor, too. Central's
+    upload is refused naming the columns and suggesting SIMICE; the job is left waiting for a
+    corrected file (not failed), which then runs."""
     job = _create(central, algorithm="SIMI", targets=[TARGETS[0]], parameters={}, imputations=2)
     status, body = _upload(central, job["id"], demo_files["central"].read_bytes())
+    assert status == 422, body
+    assert body["field"] == "file"
+    assert "'bmi'" in body["detail"] and "'smoker' in " in body["detail"]
+    assert "SIMICE" in body["detail"]
+    kept = central.get(f"/api/jobs/{job['id']}", headers=admin_auth(central)).json()
+    assert kept["state"] == "created", kept
+    assert portal_state(central).runs.get(job["id"]).data is None
+
+    source = demo_files["central"]
+    fixed = edited_csv(source, source.with_name("smoker-complete.csv"), complete=["smoker"])
+    status, body = _upload(central, job["id"], fixed.read_bytes())
     assert status == 200, body
     done = wait_for_state(central, job["id"], admin_auth(central))
-    assert done["state"] == "failed"
-    assert "smoker" in done["message"] and "SIMICE" in done["message"]
-    assert done["results_available"] is False
-    missing = central.get(f"/api/jobs/{job['id']}/result", headers=admin_auth(central))
-    assert missing.status_code == 409 and "failed" in missing.json()["detail"]
-    assert done["message"] in _page_text(central, job["id"])
+    assert done["state"] == "completed", done
+    assert done["results_available"] is True
 
 
 def test_central_data_must_match_the_header(

@@ -20,6 +20,8 @@ class Logistic(NewtonMethod):
     family = _newton.LOGISTIC
     replies = newton_replies("logistic", dims="p", levels=False, extra={})
 
+    whole_only = True
+
     def invalid(self, cells: np.ndarray, levels: Sequence[float] = ()) -> np.ndarray:
         mask: np.ndarray = ~np.isnan(cells) & (cells != 0) & (cells != 1)
         return mask

@@ -23,6 +23,8 @@ class Poisson(NewtonMethod):
     family = _newton.POISSON
     replies = newton_replies("poisson", dims="p", levels=False, extra={"overflow": "count"})
 
+    whole_only = True
+
     def invalid(self, cells: np.ndarray, levels: Sequence[float] = ()) -> np.ndarray:
         with np.errstate(invalid="ignore"):
             mask: np.ndarray = ~np.isnan(cells) & ((cells < 0) | (np.round(cells) != cells))

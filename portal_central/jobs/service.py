@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +21,8 @@ from federation.registry import Algorithm, Registry
 from federation.replies import Dims
 from portal_central import algorithms_store
 from portal_central.errors import Conflict, FieldInvalid, Forbidden, NotFound, PortalError
-from portal_central.jobs import status
+from portal_central.jobs import checks, status
+from portal_central.jobs.header import ColumnSummary
 from portal_central.models import AlgorithmVersion, Job, JobEventRecord, JobParticipant, User
 
 
@@ -55,8 +56,18 @@ def create_job(
     participants: Sequence[str],
     seed: int | None,
     compare: Sequence[str] = (),
+    header: Sequence[ColumnSummary] | None = None,
+    modelled: Collection[str] | None = None,
+    require_sites: bool = False,
 ) -> Job:
     """Check everything against the algorithm and the header, then record the job.
+
+    ``header`` is central's file as the wizard scanned it (counts per column, never values):
+    with it, a job that central's data already shows cannot run is refused now, every problem
+    with its fix (``checks``); without it (the API), the same checks run on central's upload.
+    ``modelled`` are the columns that enter the models (None: all). ``require_sites`` refuses
+    a pooled algorithm with no site (the wizard; the API still runs one on central's data alone,
+    as IMI or IMICE would).
 
     With ``compare`` (other methods' names), the job is a comparison: a parent job of the
     pooled-exact reference (SIMI or SIMICE) with one child job per method, the reference and
@@ -124,6 +135,21 @@ def create_job(
             secure.check_job(method.algorithm.replies, resolved[method.name], remote)
         except InputError as error:
             raise FieldInvalid(str(error), field="param_secure_aggregation") from None
+    problems = [
+        problem
+        for method in methods
+        if require_sites
+        and (problem := checks.sites_problem(method.algorithm, len(sites))) is not None
+    ][:1]
+    problems += checks.data_problems(
+        info.algorithm,
+        header or [],
+        [checks.TargetSpec(t.name, t.type, t.levels) for t in resolved_targets],
+        resolved[info.name],
+        sites=len(sites),
+        modelled=modelled,
+    )
+    checks.refuse(problems)
     drawn_seed = secrets.randbelow(2**32) if seed is None else seed
 
     def make(method: algorithms_store.VersionInfo, title: str) -> Job:

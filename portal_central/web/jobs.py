@@ -31,12 +31,13 @@ from federation.uploads import (
 from portal_central import algorithms_store as store
 from portal_central.deps import AdminUser, CurrentUser, StateDep, data_upload
 from portal_central.errors import FieldInvalid, NotFound, PortalError
-from portal_central.jobs import analysis, service
+from portal_central.jobs import analysis, checks, service
 from portal_central.jobs.header import (
     ColumnSummary,
     HeaderReader,
     pattern_view,
     read_pattern_view,
+    summarize_table,
 )
 from portal_central.jobs.results import Format, result_response
 from portal_central.models import User
@@ -166,7 +167,11 @@ async def _events(request: Request) -> AsyncIterator[Event]:
 
 @router.post("", response_class=HTMLResponse)
 async def create_job(request: Request, admin: AdminUser, state: StateDep) -> Response:
-    values = _read_form(await form_of(request))
+    form = await form_of(request)
+    values = _read_form(form)
+    fix = form.text("fix")
+    if fix:  # a fix the wizard offered for a refused job: apply it, show the form again
+        return _wizard(request, state, _apply_fix(values, fix))
     try:
         chosen = _algorithm(state, values["algorithm"]) if values["algorithm"] else None
         if chosen is None:
@@ -196,6 +201,8 @@ async def create_job(request: Request, admin: AdminUser, state: StateDep) -> Res
                 participants=values["participants"],
                 seed=seed,
                 compare=values["compare"],
+                header=values["columns"],
+                require_sites=True,
             )
             job_id = job.id
     except PortalError as error:
@@ -204,6 +211,7 @@ async def create_job(request: Request, admin: AdminUser, state: StateDep) -> Res
             state,
             values,
             errors={error.field or "form": error.message},
+            problems=error.problems if isinstance(error, checks.JobRefused) else [],
             status=error.status_code,
         )
     return RedirectResponse(f"/jobs/{job_id}", status_code=303)
@@ -358,8 +366,9 @@ async def take_central_data(
     request: Request, state: CentralState, job_id: int, admin: User
 ) -> PortalError | None:
     """Read central's CSV for a job (multipart field ``file``) after the job is found, check it
-    as a site's is checked, and hand it to the runner; the error to show, if any. Messages
-    name the file and column, never a cell's value."""
+    as a site's is checked and against what the job needs of central's rows (``checks``), and
+    hand it to the runner; the error to show, if any: the job stays as it was, waiting for a
+    corrected file. Messages name the file and column, never a cell's value."""
     try:
         with state.database.session() as session:
             job = service.get_job(session=session, job_id=job_id, user=admin)
@@ -378,6 +387,20 @@ async def take_central_data(
             )
         except InputError as error:
             raise FieldInvalid(str(error), field="file") from None
+        checks.refuse(
+            checks.data_problems(
+                state.registry.get(job.algorithm.name, job.algorithm.version),
+                summarize_table(table),
+                [
+                    checks.TargetSpec(t["name"], t["type"], tuple(t.get("levels", ())))
+                    for t in job.targets
+                ],
+                job.params,
+                sites=len(job.participants),
+                label=table.label,
+            ),
+            field="file",
+        )
         await state.runs.upload_central_data(job, table)
     except PortalError as error:
         return error
@@ -474,6 +497,17 @@ def _empty_form() -> dict[str, Any]:
     }
 
 
+def _apply_fix(values: dict[str, Any], fix: str) -> dict[str, Any]:
+    """The form with a fix of ``checks`` applied: ``target:NAME`` ticks a column as a target
+    (with its suggested method), ``algorithm:NAME`` chooses another algorithm."""
+    kind, _, value = fix.partition(":")
+    if kind == "target" and value in {c.name for c in values["columns"]}:
+        return {**values, "targets": values["targets"] | {value}}
+    if kind == "algorithm" and value:
+        return {**values, "algorithm": value}
+    return values
+
+
 def _read_form(form: Form) -> dict[str, Any]:
     text = form.text
 
@@ -503,6 +537,7 @@ def _wizard(
     values: dict[str, Any],
     *,
     errors: dict[str, str] | None = None,
+    problems: list[checks.Problem] | None = None,
     status: int = 200,
 ) -> Response:
     with state.database.session() as session:
@@ -537,6 +572,7 @@ def _wizard(
             "targets": values["targets"],
             "types": values["types"],
             "errors": errors or {},
+            "problems": problems or [],
             "nav": "jobs",
             **values["pattern"],
         },
