@@ -398,6 +398,15 @@ def test_a_central_only_job_runs_like_the_simulation(
     assert report.status_code == 200
     assert report.headers["content-type"] == "application/json"
     content = json.loads(report.content)
+    # The job's page shows each participant's rows used and left out, as the report says.
+    (own,) = content["sites"]
+    assert own == {"name": "central", "rows": 800, "rows_used": 800, "left_out": {}}
+    browser_sign_in(central, ADMIN["username"], ADMIN["password"])
+    page = BeautifulSoup(central.get(f"/jobs/{job_id}").text, "html.parser")
+    rows_table = page.select_one(f"#job-{job_id}-rows")
+    assert rows_table is not None
+    cells = [td.get_text(" ", strip=True) for td in rows_table.select("tbody td")]
+    assert cells == ["central", "800", "800", "none"]
     assert content["algorithm"] == "SIMICE" and content["seed"] == 11
 
     chains = central.get(f"/api/jobs/{job_id}/result?format=chains", headers=headers)
