@@ -85,9 +85,8 @@ def _summary(path: Path) -> list[dict[str, Any]]:
                 "missing": int(count),
                 "binary": name in BINARY,
                 "levels": [float(v) for v in distinct] if whole and distinct.size <= 50 else [],
-                "minimum": float(distinct.min()),
-                "maximum": float(distinct.max()),
                 "whole": whole,
+                "negative": bool((distinct < 0).any()),
                 "missing_with": [
                     int((holes[:, j] & holes[:, k]).sum()) for k in range(len(missing))
                 ],

@@ -25,16 +25,18 @@ Rows = tuple[np.ndarray, np.ndarray | None]
 
 @dataclass(frozen=True)
 class Observed:
-    """What a check of a column against a method reads of it: counts and bounds of its observed
+    """What a check of a column against a method reads of it: counts and kinds of its observed
     cells (a header scan has them without holding the column), never the cells themselves."""
 
     count: int
     """Observed cells."""
     missing: int
-    minimum: float | None = None
-    maximum: float | None = None
     whole: bool = True
     """Every observed value is a whole number."""
+    negative: bool = False
+    """Some observed value is below 0."""
+    binary: bool = True
+    """Every observed value is 0 or 1."""
     levels: tuple[float, ...] | None = ()
     """The distinct observed values when they are few whole numbers (at most
     ``_levels.MAX_LEVELS``); None when there are more, or any is not whole."""
@@ -51,9 +53,9 @@ class Observed:
         return cls(
             count=int(seen.size),
             missing=int(cells.size - seen.size),
-            minimum=float(distinct[0]),
-            maximum=float(distinct[-1]),
             whole=whole,
+            negative=bool(distinct[0] < 0),
+            binary=bool(np.isin(distinct, (0.0, 1.0)).all()),
             levels=tuple(float(v) for v in distinct) if few else None,
         )
 
@@ -99,16 +101,17 @@ class Method(ABC):
                     "gaussian for a measurement)"
                 )
             return self.level_problem(len(observed.levels), column=column)
-        bounds = np.array([observed.minimum, observed.maximum], dtype=np.float64)
-        if self.invalid(bounds).any() or (self.whole_only and not observed.whole):
+        if not self.takes(observed):
             return (
                 f"column '{column}' holds values that are not {self.expects}, which {self.name} "
                 "needs; choose another method (pmm or gaussian for a measurement)"
             )
         return None
 
-    whole_only: ClassVar[bool] = False
-    """Its column holds whole numbers only (checked by :meth:`check` beside the bounds)."""
+    def takes(self, observed: Observed) -> bool:
+        """Its column may hold values of the kinds ``observed`` counts (``invalid`` is the same
+        rule cell by cell)."""
+        return True
 
     def level_problem(self, count: int, *, column: str) -> str | None:
         """Why a column with ``count`` levels cannot take this method, or None."""

@@ -9,6 +9,7 @@ import numpy as np
 from scipy.special import expit
 
 from algorithms import _newton
+from algorithms.methods._method import Observed
 from algorithms.methods._newton_method import NewtonMethod, newton_replies
 
 
@@ -20,7 +21,8 @@ class Logistic(NewtonMethod):
     family = _newton.LOGISTIC
     replies = newton_replies("logistic", dims="p", levels=False, extra={})
 
-    whole_only = True
+    def takes(self, observed: Observed) -> bool:
+        return observed.binary
 
     def invalid(self, cells: np.ndarray, levels: Sequence[float] = ()) -> np.ndarray:
         mask: np.ndarray = ~np.isnan(cells) & (cells != 0) & (cells != 1)

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from algorithms import _newton
+from algorithms.methods._method import Observed
 from algorithms.methods._newton_method import NewtonMethod, newton_replies
 from federation.errors import FitError
 
@@ -23,7 +24,8 @@ class Poisson(NewtonMethod):
     family = _newton.POISSON
     replies = newton_replies("poisson", dims="p", levels=False, extra={"overflow": "count"})
 
-    whole_only = True
+    def takes(self, observed: Observed) -> bool:
+        return observed.whole and not observed.negative
 
     def invalid(self, cells: np.ndarray, levels: Sequence[float] = ()) -> np.ndarray:
         with np.errstate(invalid="ignore"):

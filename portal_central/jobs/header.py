@@ -33,10 +33,10 @@ class ColumnSummary:
     levels: tuple[float, ...] = ()
     """Its distinct observed values when they are few integers (a categorical or ordinal
     target's default levels), else empty."""
-    minimum: float | None = None
-    maximum: float | None = None
     whole: bool = True
     """Every observed value is a whole number."""
+    negative: bool = False
+    """Some observed value is below 0."""
     missing_with: tuple[int, ...] = ()
     """Rows where this column and each column (in the header's order) are both missing; empty
     when not counted (a job's columns without a file)."""
@@ -53,9 +53,9 @@ class ColumnSummary:
         return methods.Observed(
             count=count,
             missing=self.missing,
-            minimum=self.minimum,
-            maximum=self.maximum,
             whole=self.whole,
+            negative=self.negative,
+            binary=self.binary or not count,
             levels=self.levels if self.levels or not count else None,
         )
 
@@ -80,8 +80,7 @@ class HeaderReader:
         self._observed = np.zeros(0, dtype=np.int64)
         self._binary = np.zeros(0, dtype=bool)
         self._whole = np.zeros(0, dtype=bool)
-        self._min = np.zeros(0)
-        self._max = np.zeros(0)
+        self._negative = np.zeros(0, dtype=bool)
         self._together = np.zeros((0, 0), dtype=np.int64)
         self._patterns: dict[bytes, int] = {}
         self.uncounted_rows = 0
@@ -103,9 +102,8 @@ class HeaderReader:
                 missing=int(self._missing[index]),
                 binary=bool(self._observed[index]) and bool(self._binary[index]),
                 levels=tuple(sorted(self._values[index] or ())),
-                minimum=float(self._min[index]) if self._observed[index] else None,
-                maximum=float(self._max[index]) if self._observed[index] else None,
                 whole=bool(self._whole[index]),
+                negative=bool(self._negative[index]),
                 missing_with=tuple(int(n) for n in self._together[index]),
             )
             for index, name in enumerate(columns)
@@ -119,14 +117,12 @@ class HeaderReader:
                 self._observed = np.zeros(width, dtype=np.int64)
                 self._binary = np.ones(width, dtype=bool)
                 self._whole = np.ones(width, dtype=bool)
-                self._min = np.full(width, np.inf)
-                self._max = np.full(width, -np.inf)
+                self._negative = np.zeros(width, dtype=bool)
                 self._together = np.zeros((width, width), dtype=np.int64)
             missing = np.isnan(values)
             holes = missing.astype(np.int64)
             self._together += holes.T @ holes
-            self._min = np.fmin(self._min, np.nanmin(np.where(missing, np.inf, values), axis=0))
-            self._max = np.fmax(self._max, np.nanmax(np.where(missing, -np.inf, values), axis=0))
+            self._negative |= np.any(~missing & (values < 0), axis=0)
             self._whole &= np.all(missing | (np.round(values) == values), axis=0)
             self._missing += missing.sum(axis=0)
             self._observed += (~missing).sum(axis=0)

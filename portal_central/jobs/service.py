@@ -95,11 +95,17 @@ def create_job(
             label="the job's columns",
             levels={t.column: t.levels for t in targets if t.levels and _has_levels(t.type)},
         )
+        scanned = {c.name: c for c in header or () if c.counted}
         for target in resolved_targets:
-            if methods_registry.get(target.type).levels and not target.levels:
+            kind = methods_registry.get(target.type)
+            if kind.levels and not target.levels:
+                column = scanned.get(target.name)
+                found = column and kind.check(column.observed, column=column.name, params={})
                 raise InputError(
-                    f"target '{target.name}' is {target.type}: give its levels, the integer "
-                    "codes of the column in order (e.g. 1,2,3,4,5)"
+                    f"central's data: {found}"
+                    if found
+                    else f"target '{target.name}' is {target.type}: give its levels, the "
+                    "integer codes of the column in order (e.g. 1,2,3,4,5)"
                 )
         for method in methods:
             method.algorithm.check_targets(t.type for t in resolved_targets)
