@@ -5,6 +5,7 @@ form (the job kept, waiting for a corrected file), through the pages and the JSO
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from fastapi.testclient import TestClient
 from algorithms.methods import METHODS, Observed
 from federation.demo import COLUMNS
 from federation.outputs import dataset_csv
+from portal_central.jobs.status import FINAL
 from tests.central_fixtures import (
     ADMIN,
     admin_auth,
@@ -364,3 +366,57 @@ def test_the_job_page_refuses_centrals_file_naming_the_column_and_keeps_the_form
     assert alert is not None and "'smoker'" in alert.get_text()
     assert block.select_one(f"form[action='/jobs/{job['id']}/data'] input[type=file]")
     assert "created" in block.get_text()
+
+
+@SQLITE
+def test_centrals_data_refused_as_the_job_opens_leaves_it_waiting(central: TestClient) -> None:
+    """A refusal of central's own half as the job opens (before any site is asked) that the
+    upload's checks cannot foresee: SIMI's pmm donors are central's complete rows, which a
+    header's counts do not give. The job goes back to waiting, its file dropped, and a
+    corrected file runs."""
+    rows = 30
+    rng = np.random.default_rng(2)
+    values = np.column_stack([rng.normal(size=rows), rng.normal(size=rows)])
+    values[:24, 1] = np.nan  # y: 6 observed ...
+    values[24:27, 0] = np.nan  # ... only 3 of them with x: fewer than pmm's 5 donors
+    columns = ("x", "y")
+    response = central.post(
+        "/api/jobs",
+        json={
+            "name": "donors",
+            "algorithm": "SIMI",
+            "columns": list(columns),
+            "targets": [{"column": "y", "type": "pmm"}],
+            "imputations": 1,
+            "seed": 4,
+        },
+        headers=admin_auth(central),
+    )
+    assert response.status_code == 201, response.text
+    job_id = response.json()["id"]
+    headers = admin_auth(central)
+
+    def upload(content: bytes) -> int:
+        status: int = central.post(
+            f"/api/jobs/{job_id}/data",
+            files={"file": ("central.csv", content, "text/csv")},
+            headers=headers,
+        ).status_code
+        return status
+
+    assert upload(dataset_csv(columns, values)) == 200
+    deadline = time.monotonic() + 10
+    while True:  # running, then back to waiting with the reason
+        waiting = central.get(f"/api/jobs/{job_id}", headers=headers).json()
+        if "refused" in waiting["message"] or waiting["state"] in FINAL:
+            break
+        assert time.monotonic() < deadline, waiting
+        time.sleep(0.02)
+    assert waiting["state"] == "waiting", waiting
+    assert "'y'" in waiting["message"] and "pmm" in waiting["message"]
+    assert "upload a corrected file" in waiting["message"]
+    assert portal_state(central).runs.get(job_id).data is None
+
+    values[24:27, 0] = 0.5  # x complete: six donors
+    assert upload(dataset_csv(columns, values)) == 200
+    assert wait_for_state(central, job_id, headers)["state"] == "completed"

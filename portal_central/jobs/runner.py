@@ -22,7 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from federation.compare import comparison_report
 from federation.data import Table, check_columns
-from federation.errors import FipError, InputError
+from federation.errors import CentralRefused, FipError, InputError
 from federation.job import CENTRAL, JobEvent, JobSpec, target_from_wire
 from federation.protocol import Cancel, ControlMessage, JobUpdate, Ready, Unready
 from federation.registry import Registry
@@ -275,6 +275,11 @@ class Runs:
     async def _execute(self, run: Run, spec: JobSpec) -> None:
         assert run.data is not None
         to, message = await self._engine(run, spec, run.data)
+        if to == "waiting":  # central's file refused before any site was asked: not a failure
+            run.data, run.task = None, None
+            self._move(run.job_id, to="waiting", message=message)
+            self.publish(run.job_id, "state")
+            return
         self._finish(run, to=to, message=message)
 
     async def _engine(
@@ -303,6 +308,8 @@ class Runs:
             )
         except asyncio.CancelledError:
             return "cancelled", run.cancel_reason or "cancelled at central"
+        except CentralRefused as error:
+            return "waiting", f"central's data was refused: {error}; upload a corrected file"
         except FipError as error:
             return "failed", str(error)
         except Exception as error:  # noqa: BLE001 - a bug must fail the job, not the portal
@@ -337,6 +344,7 @@ class Runs:
             relay = _Relay(parent_id=parent_id, method=spec.algorithm, done=k, of=len(todo))
             self.publish(parent_id, JobEvent(kind="log", message=f"{spec.algorithm}: started"))
             to, message = await self._engine(child, spec, run.data, relay=relay)
+            to = "failed" if to == "waiting" else to  # one method's refusal: the others go on
             if to == "cancelled":  # the reason was given to the comparison, not to its method
                 message = run.cancel_reason or message
             self._move(child_id, to=to, message=message)

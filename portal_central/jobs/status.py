@@ -2,6 +2,8 @@
 
 created -> waiting (central's data is in; waiting for every site to be online and ready)
         -> running -> completed | failed | cancelled | interrupted (central restarted mid-job)
+running -> waiting when central's own data is refused as the job opens, before any site is
+        asked: central's file is dropped and a corrected one can follow.
 
 A comparison (a parent job whose children are one job per method) aggregates its children:
 running -> completed when every method completed, else partial (some failed: central and the
@@ -19,7 +21,7 @@ from portal_central.models import Job, utcnow
 TRANSITIONS: dict[str, frozenset[str]] = {
     "created": frozenset({"waiting", "cancelled"}),
     "waiting": frozenset({"created", "running", "cancelled", "interrupted"}),
-    "running": frozenset({"completed", "failed", "partial", "cancelled", "interrupted"}),
+    "running": frozenset({"waiting", "completed", "failed", "partial", "cancelled", "interrupted"}),
     "partial": frozenset({"waiting", "cancelled", "interrupted"}),
     "completed": frozenset(),
     "failed": frozenset(),
