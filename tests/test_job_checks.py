@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 from algorithms.methods import METHODS, Observed
 from federation.demo import COLUMNS
 from federation.outputs import dataset_csv
+from portal_central.jobs.messages import CENTRAL_REFUSED, for_viewer
 from portal_central.jobs.status import FINAL
 from tests.central_fixtures import (
     ADMIN,
@@ -420,3 +421,12 @@ def test_centrals_data_refused_as_the_job_opens_leaves_it_waiting(central: TestC
     values[24:27, 0] = 0.5  # x complete: six donors
     assert upload(dataset_csv(columns, values)) == 200
     assert wait_for_state(central, job_id, headers)["state"] == "completed"
+
+
+def test_a_site_reads_only_that_central_is_correcting_its_file() -> None:
+    """Central's refused file is central's business: a site's view of the message says only
+    that central is at it; central's admin reads it whole."""
+    message = f"{CENTRAL_REFUSED}central.csv: target 'y' ... 3 observed; upload a corrected file"
+    assert for_viewer(message, state="waiting", site_id=None) == message
+    shown = for_viewer(message, state="waiting", site_id="north")
+    assert "central.csv" not in shown and "'y'" not in shown and "central" in shown

@@ -33,7 +33,7 @@ from federation.transport import InMemoryTransport, Transport
 from portal_central.db import Database
 from portal_central.errors import Conflict, FieldInvalid
 from portal_central.jobs import service, status
-from portal_central.jobs.messages import for_viewer
+from portal_central.jobs.messages import CENTRAL_REFUSED, for_viewer
 from portal_central.models import Job, JobEventRecord, utcnow
 from portal_central.sites.connections import Connections, WebSocketTransport
 
@@ -309,7 +309,7 @@ class Runs:
         except asyncio.CancelledError:
             return "cancelled", run.cancel_reason or "cancelled at central"
         except CentralRefused as error:
-            return "waiting", f"central's data was refused: {error}; upload a corrected file"
+            return "waiting", f"{CENTRAL_REFUSED}{error}; upload a corrected file"
         except FipError as error:
             return "failed", str(error)
         except Exception as error:  # noqa: BLE001 - a bug must fail the job, not the portal
