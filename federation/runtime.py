@@ -35,7 +35,14 @@ import numpy as np
 from algorithms import methods
 from federation import secure
 from federation.data import Table
-from federation.errors import FipError, InputError, ProtocolError, SiteFailed, SiteLost
+from federation.errors import (
+    CentralRefused,
+    FipError,
+    InputError,
+    ProtocolError,
+    SiteFailed,
+    SiteLost,
+)
 from federation.job import CENTRAL, JobEvent, JobSpec, Target, random_stream
 from federation.protocol import ErrorReply, Op, Reply, Request, decode, encode
 from federation.replies import PREPARE, Bounds, Dims, check_values
@@ -483,7 +490,7 @@ class CentralJob:
             )
         except FipError as error:
             message = str(error)
-            raise InputError(
+            raise CentralRefused(
                 message if message.startswith(self.data.label) else f"{self.data.label}: {message}"
             ) from None
         if self.spec.sites:

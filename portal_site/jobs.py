@@ -14,7 +14,7 @@ from collections.abc import Callable, Coroutine, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
-from federation import secure
+from federation import rows, secure
 from federation.data import Table, check_for_job, read_csv
 from federation.errors import AlgorithmInvalid, InputError
 from federation.job import JobEvent, target_from_wire, target_to_wire
@@ -243,6 +243,19 @@ class LocalJobs:
                 field="file",
             )
         return table
+
+    def forecast(self, job: LocalJob) -> rows.RowsForecast | None:
+        """For the site's own page: the uploaded table's missing cells per column and the rows
+        the job will leave out and why (for a built-in algorithm, whose rules are known here);
+        None before an upload. Computed here and shown here only: nothing of it is sent."""
+        if job.table is None:
+            return None
+        builtin = self._builtins.get(job.digest)
+        return rows.forecast(
+            job.table,
+            [str(t["name"]) for t in job.info["targets"]],
+            chained=builtin.capabilities.multiple_targets if builtin is not None else None,
+        )
 
     async def remote_code(self, job: LocalJob) -> RemoteCode:
         """The job's remote half: built in, or downloaded from central and checked by digest."""

@@ -422,6 +422,7 @@ async def job_context(site: SiteState, job_id: str, **extra: Any) -> dict[str, A
         "codes": codes,
         "trusted": bool(codes) and all(c.approved for c in codes),
         "code_error": code_error,
+        "forecast": site.jobs.forecast(job),
         "error": "",
         "nav": "jobs",
         **extra,

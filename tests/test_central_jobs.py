@@ -36,6 +36,7 @@ from tests.central_fixtures import (
     bearer,
     browser_sign_in,
     create_admin,
+    edited_csv,
     make_settings,
     meandraw_files,
     portal_state,
@@ -443,6 +444,15 @@ def test_a_central_only_job_runs_like_the_simulation(
     assert report.status_code == 200
     assert report.headers["content-type"] == "application/json"
     content = json.loads(report.content)
+    # The job's page shows each participant's rows used and left out, as the report says.
+    (own,) = content["sites"]
+    assert own == {"name": "central", "rows": 800, "rows_used": 800, "left_out": {}}
+    browser_sign_in(central, ADMIN["username"], ADMIN["password"])
+    page = BeautifulSoup(central.get(f"/jobs/{job_id}").text, "html.parser")
+    rows_table = page.select_one(f"#job-{job_id}-rows")
+    assert rows_table is not None
+    cells = [td.get_text(" ", strip=True) for td in rows_table.select("tbody td")]
+    assert cells == ["central", "800", "800", "none"]
     assert content["algorithm"] == "SIMICE" and content["seed"] == 11
 
     chains = central.get(f"/api/jobs/{job_id}/result?format=chains", headers=headers)
@@ -496,18 +506,29 @@ def test_downloads_are_streamed_in_chunks_equal_to_the_built_files(
         assert b"".join(chunks) == built, format
 
 
-def test_a_failing_run_is_reported(central: TestClient, demo_files: dict[str, Path]) -> None:
-    """SIMI on the demo data: rows missing bmi often miss smoker, a predictor, too."""
+def test_central_upload_that_cannot_run_is_refused_and_a_corrected_one_runs(
+    central: TestClient, demo_files: dict[str, Path]
+) -> None:
+    """SIMI on the demo data: rows missing bmi often miss smoker, a predictor, too. Central's
+    upload is refused naming the columns and suggesting SIMICE; the job is left waiting for a
+    corrected file (not failed), which then runs."""
     job = _create(central, algorithm="SIMI", targets=[TARGETS[0]], parameters={}, imputations=2)
     status, body = _upload(central, job["id"], demo_files["central"].read_bytes())
+    assert status == 422, body
+    assert body["field"] == "file"
+    assert "'bmi'" in body["detail"] and "'smoker' in " in body["detail"]
+    assert "SIMICE" in body["detail"]
+    kept = central.get(f"/api/jobs/{job['id']}", headers=admin_auth(central)).json()
+    assert kept["state"] == "created", kept
+    assert portal_state(central).store.view(job["id"]).data is None
+
+    source = demo_files["central"]
+    fixed = edited_csv(source, source.with_name("smoker-complete.csv"), complete=["smoker"])
+    status, body = _upload(central, job["id"], fixed.read_bytes())
     assert status == 200, body
     done = wait_for_state(central, job["id"], admin_auth(central))
-    assert done["state"] == "failed"
-    assert "smoker" in done["message"] and "SIMICE" in done["message"]
-    assert done["results_available"] is False
-    missing = central.get(f"/api/jobs/{job['id']}/result", headers=admin_auth(central))
-    assert missing.status_code == 409 and "failed" in missing.json()["detail"]
-    assert done["message"] in _page_text(central, job["id"])
+    assert done["state"] == "completed", done
+    assert done["results_available"] is True
 
 
 def test_central_data_must_match_the_header(

@@ -71,26 +71,33 @@ def _summary(path: Path) -> list[dict[str, Any]]:
     """What the columns step keeps of a CSV: per column its name and counts, and the
     distinct values of a column of few integer codes (a categorical target's default levels)."""
     table = read_csv(path)
-    missing = np.isnan(table.values).sum(axis=0)
+    holes = np.isnan(table.values)
+    missing = holes.sum(axis=0)
     summary = []
     for j, (name, count) in enumerate(zip(table.columns, missing, strict=True)):
         cells = table.values[:, j]
         distinct = np.unique(cells[~np.isnan(cells)])
-        few = (np.round(distinct) == distinct).all() and distinct.size <= 50
+        whole = bool((np.round(distinct) == distinct).all())
         summary.append(
             {
                 "name": name,
                 "rows": table.rows,
                 "missing": int(count),
                 "binary": name in BINARY,
-                "levels": [float(v) for v in distinct] if few else [],
+                "levels": [float(v) for v in distinct] if whole and distinct.size <= 50 else [],
+                "whole": whole,
+                "negative": bool((distinct < 0).any()),
+                "missing_with": [
+                    int((holes[:, j] & holes[:, k]).sum()) for k in range(len(missing))
+                ],
             }
         )
     return summary
 
 
 def _wizard_form(central: TestClient, csrf: str, path: Path) -> dict[str, Any]:
-    """What the browser sends for a valid SIMICE job over the demo columns, central only.
+    """What the browser sends for a valid SIMICE job over the demo columns (no site ticked: the
+    wizard refuses that, so a test that creates the job adds one).
 
     ``columns_json`` is what the columns step puts in its hidden field (tested on its own).
     """
@@ -462,7 +469,10 @@ def _api_job(central: TestClient, **overrides: Any) -> int:
         "name": "page job",
         "algorithm": "SIMICE",
         "columns": list(COLUMNS),
-        "targets": [{"column": "bmi", "type": "gaussian"}],
+        "targets": [
+            {"column": "bmi", "type": "gaussian"},
+            {"column": "smoker", "type": "logistic"},
+        ],
         "imputations": 2,
         "seed": 3,
         **overrides,

@@ -41,6 +41,7 @@ from tests.central_fixtures import (
     bearer,
     browser_sign_in,
     create_admin,
+    edited_csv,
     htmx_headers,
     meandraw_files,
     portal_state,
@@ -447,13 +448,19 @@ def test_a_comparison_runs_every_method_on_centrals_data(
 def test_a_failed_method_leaves_the_comparison_partial_and_is_retried(
     central: TestClient, demo_files: dict[str, Path]
 ) -> None:
-    """SIMI refuses demo central's bmi (rows missing it miss smoker too); MEANDRAW, an uploaded
-    method, imputes it. The comparison is partial and keeps central's data for a retry; a retry
-    is a new child job (the failed one stays failed); cancel releases the data."""
+    """SIMI with ridge 0 fails on demo central with two equal predictors (a singular fit that
+    no check can see before it); MEANDRAW, an uploaded method, imputes bmi. The comparison is
+    partial and keeps central's data for a retry; a retry is a new child job (the failed one
+    stays failed); cancel releases the data."""
     upload_algorithm(central, meandraw_files())
-    path = demo_files["central"]
+    path = _collinear(demo_files)
     parent = _create(
-        central, algorithm="SIMI", compare=["MEANDRAW"], targets=BMI, parameters={}, seed=5
+        central,
+        algorithm="SIMI",
+        compare=["MEANDRAW"],
+        targets=BMI,
+        parameters={"ridge": 0},
+        seed=5,
     )
     parent_id = parent["id"]
     simi_id, meandraw_id = (m["id"] for m in parent["methods"])
@@ -467,7 +474,7 @@ def test_a_failed_method_leaves_the_comparison_partial_and_is_retried(
     assert partial["message"] == "SIMI did not complete; retry, or cancel to release the data"
     assert partial["finished_at"] is None
     simi, meandraw = partial["methods"]
-    assert simi["state"] == "failed" and "smoker" in simi["message"], simi
+    assert simi["state"] == "failed" and "singular" in simi["message"], simi
     assert meandraw["state"] == "completed", meandraw
     assert portal_state(central).store.view(parent_id).data is not None  # kept for a retry
 
@@ -674,6 +681,13 @@ def test_the_wizard_offers_methods_of_the_same_kind(central: TestClient) -> None
     assert not _soup(central.get("/jobs/new").text).select("fieldset.compare")
 
 
+def _collinear(demo_files: dict[str, Path]) -> Path:
+    """Demo central with smoker complete (SIMI's checks pass) and cholesterol a copy of sbp."""
+    source = demo_files["central"]
+    out = source.with_name("collinear-central.csv")
+    return edited_csv(source, out, complete=["smoker"], same_as={"cholesterol": "sbp"})
+
+
 def _wizard_form(central: TestClient, csrf: str, path: Path, algorithm: str) -> dict[str, Any]:
     """What the browser sends for a one-target job on sbp, its parameter fields as offered."""
     fragment = central.get(
@@ -701,10 +715,12 @@ def _wizard_form(central: TestClient, csrf: str, path: Path, algorithm: str) -> 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # no storage
 def test_a_comparison_through_the_wizard(central: TestClient, demo_files: dict[str, Path]) -> None:
+    _, north = approved_site(central, "north")  # the wizard refuses a pooled job with no site
     csrf = browser_sign_in(central, ADMIN["username"], ADMIN["password"])
     form = {
         **_wizard_form(central, csrf, demo_files["central"], "CSLMI"),
         "compare": ["IMI", "AVGMMI"],
+        "participants": [north],
     }
 
     # An unknown method is refused next to the checkboxes; what was ticked stays ticked.
@@ -775,9 +791,14 @@ def test_cancelling_a_partial_comparison_through_a_method_says_so(
 ) -> None:
     upload_algorithm(central, meandraw_files())
     parent = _create(
-        central, algorithm="SIMI", compare=["MEANDRAW"], targets=BMI, parameters={}, seed=5
+        central,
+        algorithm="SIMI",
+        compare=["MEANDRAW"],
+        targets=BMI,
+        parameters={"ridge": 0},
+        seed=5,
     )
-    _upload(central, parent["id"], demo_files["central"])
+    _upload(central, parent["id"], _collinear(demo_files))
     assert _wait(central, parent["id"], {"partial", *FINAL})["state"] == "partial"
     simi_id = parent["methods"][0]["id"]
     response = central.post(f"/api/jobs/{simi_id}/cancel", headers=admin_auth(central))
@@ -790,10 +811,12 @@ def test_the_wizard_creates_every_comparison_it_offers(
     central: TestClient, demo_files: dict[str, Path]
 ) -> None:
     upload_algorithm(central, meandraw_files())
+    _, north = approved_site(central, "north")  # the wizard refuses a pooled job with no site
     csrf = browser_sign_in(central, ADMIN["username"], ADMIN["password"])
     form = {
         **_wizard_form(central, csrf, demo_files["central"], "SIMI"),
         "compare": ["MEANDRAW"],
+        "participants": [north],
     }
     response = central.post("/jobs", data=form, follow_redirects=False)
     errors = [p.get_text(strip=True) for p in _soup(response.text).select(".error")]

@@ -24,6 +24,7 @@ from tests.central_fixtures import (
     bearer,
     browser_sign_in,
     create_admin,
+    edited_csv,
     portal_state,
     token,
     wait_for_state,
@@ -62,9 +63,13 @@ def _upload(client: TestClient, job_id: int, path: Path) -> None:
 
 
 def _failed(client: TestClient, demo_files: dict[str, Path]) -> dict[str, Any]:
-    """SIMI on the demo data fails: rows missing bmi often miss smoker, a predictor, too."""
-    job = _create(client, algorithm="SIMI", targets=[TARGETS[0]], parameters={})
-    _upload(client, job["id"], demo_files["central"])
+    """SIMI fails on data that passes every check: with ridge 0, two equal predictor columns
+    make the fit singular (central's checks cannot see that before the fit)."""
+    job = _create(client, algorithm="SIMI", targets=[TARGETS[0]], parameters={"ridge": 0})
+    source = demo_files["central"]
+    collinear = source.with_name("collinear-central.csv")
+    edited_csv(source, collinear, complete=["smoker"], same_as={"cholesterol": "sbp"})
+    _upload(client, job["id"], collinear)
     done = wait_for_state(client, job["id"], admin_auth(client))
     assert done["state"] == "failed", done
     return done

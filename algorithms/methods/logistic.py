@@ -9,6 +9,7 @@ import numpy as np
 from scipy.special import expit
 
 from algorithms import _newton
+from algorithms.methods._method import Observed
 from algorithms.methods._newton_method import NewtonMethod, newton_replies
 
 
@@ -21,6 +22,9 @@ class Logistic(NewtonMethod):
     expects = "0 or 1"
     family = _newton.LOGISTIC
     replies = newton_replies("logistic", dims="p", levels=False, extra={})
+
+    def takes(self, observed: Observed) -> bool:
+        return observed.binary
 
     def invalid(self, cells: np.ndarray, levels: Sequence[float] = ()) -> np.ndarray:
         mask: np.ndarray = ~np.isnan(cells) & (cells != 0) & (cells != 1)

@@ -21,7 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from federation.compare import comparison_report
 from federation.data import Table, check_columns
-from federation.errors import FipError, InputError
+from federation.errors import CentralRefused, FipError, InputError
 from federation.job import CENTRAL, JobEvent, JobSpec, target_from_wire
 from federation.protocol import Cancel, ControlMessage, Ready, Unready
 from federation.registry import Registry
@@ -33,6 +33,7 @@ from portal_central.db import Database
 from portal_central.errors import Conflict, FieldInvalid
 from portal_central.jobs import reports, service, status
 from portal_central.jobs.eventlog import JobLogs
+from portal_central.jobs.messages import CENTRAL_REFUSED
 from portal_central.jobs.moves import JobMoves
 from portal_central.jobs.status import FINAL, JobState
 from portal_central.jobs.store import Expired, Run, RunStore
@@ -250,6 +251,13 @@ class Orchestrator:
     async def _execute(self, run: Run, spec: JobSpec) -> None:
         assert run.data is not None
         to, message = await self._engine(run, spec, run.data)
+        if to == JobState.WAITING:  # central's file refused before any site was asked
+            self._store.drop_data(run)
+            run.task = None
+            with contextlib.suppress(Conflict):
+                await asyncio.to_thread(self.moves.move, run.job_id, to=to, message=message)
+            self.publish(run.job_id, "state")
+            return
         await self._finish(run, to=to, message=message)
 
     async def _engine(
@@ -279,6 +287,8 @@ class Orchestrator:
             )
         except asyncio.CancelledError:
             return JobState.CANCELLED, run.cancel_reason or "cancelled at central"
+        except CentralRefused as error:  # not a failure: a corrected file can follow
+            return JobState.WAITING, f"{CENTRAL_REFUSED}{error}; upload a corrected file"
         except FipError as error:
             return JobState.FAILED, str(error)
         except Exception as error:  # noqa: BLE001 - a bug must fail the job, not the portal
@@ -322,6 +332,8 @@ class Orchestrator:
             relay = _Relay(parent_id=parent_id, method=spec.algorithm, done=k, of=len(todo))
             self.publish(parent_id, JobEvent(kind="log", message=f"{spec.algorithm}: started"))
             to, message = await self._engine(child, spec, run.data, relay=relay)
+            if to == JobState.WAITING:  # one method's refusal: the comparison's others go on
+                to = JobState.FAILED
             if to == JobState.CANCELLED:  # the reason was given to the comparison, not its method
                 message = run.cancel_reason or message
             await asyncio.to_thread(self.moves.move, child_id, to=to, message=message)

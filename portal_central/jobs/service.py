@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +22,8 @@ from federation.replies import Dims
 from portal_central import algorithms_store
 from portal_central.accounts.status import AccountStatus, Role
 from portal_central.errors import Conflict, FieldInvalid, Forbidden, NotFound, PortalError
-from portal_central.jobs import status
+from portal_central.jobs import checks, status
+from portal_central.jobs.header import ColumnSummary
 from portal_central.jobs.status import JobState
 from portal_central.models import (
     AlgorithmVersion,
@@ -64,8 +65,18 @@ def create_job(
     participants: Sequence[str],
     seed: int | None,
     compare: Sequence[str] = (),
+    header: Sequence[ColumnSummary] | None = None,
+    modelled: Collection[str] | None = None,
+    require_sites: bool = False,
 ) -> Job:
     """Check everything against the algorithm and the header, then record the job.
+
+    ``header`` is central's file as the wizard scanned it (counts per column, never values):
+    with it, a job that central's data already shows cannot run is refused now, every problem
+    with its fix (``checks``); without it (the API), the same checks run on central's upload.
+    ``modelled`` are the columns that enter the models (None: all). ``require_sites`` refuses
+    a pooled algorithm with no site (the wizard; the API still runs one on central's data alone,
+    as IMI or IMICE would).
 
     With ``compare`` (other methods' names), the job is a comparison: a parent job of the
     pooled-exact reference (SIMI or SIMICE) with one child job per method, the reference and
@@ -93,11 +104,17 @@ def create_job(
             label="the job's columns",
             levels={t.column: t.levels for t in targets if t.levels and _has_levels(t.type)},
         )
+        scanned = {c.name: c for c in header or () if c.counted}
         for target in resolved_targets:
-            if methods_registry.get(target.type).levels and not target.levels:
+            kind = methods_registry.get(target.type)
+            if kind.levels and not target.levels:
+                column = scanned.get(target.name)
+                found = column and kind.check(column.observed, column=column.name, params={})
                 raise InputError(
-                    f"target '{target.name}' is {target.type}: give its levels, the integer "
-                    "codes of the column in order (e.g. 1,2,3,4,5)"
+                    f"central's data: {found}"
+                    if found
+                    else f"target '{target.name}' is {target.type}: give its levels, the "
+                    "integer codes of the column in order (e.g. 1,2,3,4,5)"
                 )
         for method in methods:
             method.algorithm.check_targets(t.type for t in resolved_targets)
@@ -138,6 +155,21 @@ def create_job(
             secure.check_job(method.algorithm.replies, resolved[method.name], remote)
         except InputError as error:
             raise FieldInvalid(str(error), field="param_secure_aggregation") from None
+    problems = [
+        problem
+        for method in methods
+        if require_sites
+        and (problem := checks.sites_problem(method.algorithm, len(sites))) is not None
+    ][:1]
+    problems += checks.data_problems(
+        info.algorithm,
+        header or [],
+        [checks.TargetSpec(t.name, t.type, t.levels) for t in resolved_targets],
+        resolved[info.name],
+        sites=len(sites),
+        modelled=modelled,
+    )
+    checks.refuse(problems)
     drawn_seed = secrets.randbelow(2**32) if seed is None else seed
 
     def make(method: algorithms_store.VersionInfo, title: str) -> Job:

@@ -2,6 +2,8 @@
 
 created -> waiting (central's data is in; waiting for every site to be online and ready)
         -> running -> completed | failed | cancelled | interrupted (central restarted mid-job)
+running -> waiting when central's own data is refused as the job opens, before any site is
+        asked: central's file is dropped and a corrected one can follow.
 
 A comparison (a parent job whose children are one job per method) aggregates its children:
 running -> completed when every method completed, else partial (some failed: central and the
@@ -29,6 +31,7 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     ),
     JobState.RUNNING: frozenset(
         {
+            JobState.WAITING,
             JobState.COMPLETED,
             JobState.FAILED,
             JobState.PARTIAL,

@@ -34,12 +34,13 @@ from portal_central import algorithms_store as store
 from portal_central.accounts.status import AccountStatus, Role
 from portal_central.deps import AdminUser, CurrentUser, StateDep, data_upload
 from portal_central.errors import FieldInvalid, NotFound, PortalError
-from portal_central.jobs import analysis, reports, service
+from portal_central.jobs import analysis, checks, reports, service
 from portal_central.jobs.header import (
     ColumnSummary,
     HeaderReader,
     pattern_view,
     read_pattern_view,
+    summarize_table,
 )
 from portal_central.jobs.results import Format, result_response
 from portal_central.jobs.status import JobState
@@ -177,7 +178,11 @@ async def _events(request: Request) -> AsyncIterator[Event]:
 
 @router.post("", response_class=HTMLResponse)
 async def create_job(request: Request, admin: AdminUser, state: StateDep) -> Response:
-    values = _read_form(await form_of(request))
+    form = await form_of(request)
+    values = _read_form(form)
+    fix = form.text("fix")
+    if fix:  # a fix the wizard offered for a refused job: apply it, show the form again
+        return await _in_thread(_wizard, request, state, _apply_fix(values, fix))
     return await _in_thread(_create_job, request, state, admin, values)
 
 
@@ -213,6 +218,8 @@ def _create_job(
                 participants=values["participants"],
                 seed=seed,
                 compare=values["compare"],
+                header=values["columns"],
+                require_sites=True,
             )
             job_id = job.id
     except PortalError as error:
@@ -221,6 +228,7 @@ def _create_job(
             state,
             values,
             errors={error.field or "form": error.message},
+            problems=error.problems if isinstance(error, checks.JobRefused) else [],
             status=error.status_code,
         )
     return RedirectResponse(f"/jobs/{job_id}", status_code=303)
@@ -397,15 +405,16 @@ async def take_central_data(
     request: Request, state: CentralState, job_id: int, admin: User
 ) -> PortalError | None:
     """Read central's CSV for a job (multipart field ``file``) after the job is found, check it
-    as a site's is checked, and hand it to the runner; the error to show, if any. Messages
-    name the file and column, never a cell's value."""
+    as a site's is checked and against what the job needs of central's rows (``checks``), and
+    hand it to the runner; the error to show, if any: the job stays as it was, waiting for a
+    corrected file. Messages name the file and column, never a cell's value."""
     try:
         job = await _in_thread(_visible_job, state, job_id, admin)
         upload = (await read_form(request)).file("file")
         if upload is None:
             raise FieldInvalid("choose central's CSV file", field="file")
         # Parsed and checked in a worker thread: a large file must not stop the event loop.
-        table = await _in_thread(_central_table, job, upload.content, upload.filename)
+        table = await _in_thread(_central_table, state, job, upload.content, upload.filename)
         del upload
         await state.orchestrator.upload_central_data(job, table)
     except PortalError as error:
@@ -419,9 +428,11 @@ def _visible_job(state: CentralState, job_id: int, user: User) -> Job:
         return service.get_job(session=session, job_id=job_id, user=user)
 
 
-def _central_table(job: Job, content: bytes | bytearray, filename: str) -> Table:
-    """Central's CSV for ``job``, read and checked as a site's is (messages name the file and
-    column, never a cell's value)."""
+def _central_table(
+    state: CentralState, job: Job, content: bytes | bytearray, filename: str
+) -> Table:
+    """Central's CSV for ``job``, read and checked as a site's is and against what the job needs
+    of central's rows (``checks``): messages name the file and column, never a cell's value."""
     try:
         table = read_csv(content, label=filename)
         check_for_job(
@@ -433,6 +444,20 @@ def _central_table(job: Job, content: bytes | bytearray, filename: str) -> Table
         )
     except InputError as error:
         raise FieldInvalid(str(error), field="file") from None
+    checks.refuse(
+        checks.data_problems(
+            state.registry.get(job.algorithm.name, job.algorithm.version),
+            summarize_table(table),
+            [
+                checks.TargetSpec(t["name"], t["type"], tuple(t.get("levels", ())))
+                for t in job.targets
+            ],
+            job.params,
+            sites=len(job.participants),
+            label=table.label,
+        ),
+        field="file",
+    )
     return table
 
 
@@ -527,6 +552,17 @@ def _empty_form() -> dict[str, Any]:
     }
 
 
+def _apply_fix(values: dict[str, Any], fix: str) -> dict[str, Any]:
+    """The form with a fix of ``checks`` applied: ``target:NAME`` ticks a column as a target
+    (with its suggested method), ``algorithm:NAME`` chooses another algorithm."""
+    kind, _, value = fix.partition(":")
+    if kind == "target" and value in {c.name for c in values["columns"]}:
+        return {**values, "targets": values["targets"] | {value}}
+    if kind == "algorithm" and value:
+        return {**values, "algorithm": value}
+    return values
+
+
 def _read_form(form: Form) -> dict[str, Any]:
     text = form.text
 
@@ -556,6 +592,7 @@ def _wizard(
     values: dict[str, Any],
     *,
     errors: dict[str, str] | None = None,
+    problems: list[checks.Problem] | None = None,
     status: int = 200,
 ) -> Response:
     with state.database.session() as session:
@@ -590,6 +627,7 @@ def _wizard(
             "targets": values["targets"],
             "types": values["types"],
             "errors": errors or {},
+            "problems": problems or [],
             "nav": "jobs",
             **values["pattern"],
         },
