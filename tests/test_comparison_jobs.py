@@ -566,9 +566,14 @@ def test_a_partial_comparisons_data_expires_and_the_comparison_says_so(
     results' expiry time they go, and the comparison is cancelled with the reason."""
     upload_algorithm(central, meandraw_files())
     parent = _create(
-        central, algorithm="SIMI", compare=["MEANDRAW"], targets=BMI, parameters={}, seed=5
+        central,
+        algorithm="SIMI",
+        compare=["MEANDRAW"],
+        targets=BMI,
+        parameters={"ridge": 0},
+        seed=5,
     )
-    status, body = _upload(central, parent["id"], demo_files["central"])
+    status, body = _upload(central, parent["id"], _collinear(demo_files))
     assert status == 200, body
     assert _wait(central, parent["id"], {"partial", *FINAL})["state"] == "partial"
     state = portal_state(central)

@@ -256,10 +256,10 @@ def _job_context(state: CentralState, job_id: int, user: User, **extra: Any) -> 
         missing = state.orchestrator.missing_sites(job) if job.state == JobState.WAITING else []
         site_status = state.orchestrator.site_status(job)
         comparison = state.orchestrator.comparison(job) if job.is_comparison else None
-        pooled = (
-            reports.load(session=session, job_ids=[job.id]).get(job.id, {}).get("analysis")
+        report = (
+            reports.load(session=session, job_ids=[job.id]).get(job.id, {})
             if job.state == JobState.COMPLETED and not job.is_comparison
-            else None
+            else {}
         )
         methods = list(job.methods)
         policies = {
@@ -282,7 +282,8 @@ def _job_context(state: CentralState, job_id: int, user: User, **extra: Any) -> 
         "lost": lost,
         "grace_seconds": state.connections.grace_seconds,
         "comparison": comparison,
-        "pooled_analysis": pooled,
+        "pooled_analysis": report.get("analysis"),
+        "report": report,
         "run": run,
         "missing": missing,
         "site_status": site_status,
