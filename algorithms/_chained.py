@@ -15,6 +15,7 @@ import numpy as np
 
 from algorithms import _pmm, methods
 from algorithms._federated import FitTarget, record
+from algorithms._predictors import target_matrix
 from algorithms._stats import augment, total
 from federation import diagnostics
 from federation.job import Target
@@ -101,10 +102,11 @@ def impute(site: SiteJob, *, target: int, **drawn: Any) -> None:
     rows = ~observed
     if not rows.any():
         return
+    design, column = target_matrix(z, site.spec.design(spec_target), target - 1)
     z[rows, target - 1] = method.impute(
-        (z, rows),
-        (z, observed),
-        target - 1,
+        (design, rows),
+        (design, observed),
+        column,
         site.rng,
         target=spec_target.name,
         levels=spec_target.levels,

@@ -15,9 +15,10 @@ import numpy as np
 
 from algorithms import methods
 from federation.data import Table
-from federation.job import CENTRAL, JobSpec, make_targets
+from federation.job import CENTRAL, JobSpec
 from federation.params import resolve_params
 from federation.registry import Algorithm
+from federation.roles import define_columns
 from federation.runtime import EventSink, JobResult, run_job
 from federation.secure import check_job
 from federation.site import SiteRunner
@@ -33,18 +34,22 @@ def make_spec(
     params: Mapping[str, Any],
     seed: int | None = None,
     job_id: str = "simulation",
-    levels: Mapping[str, Sequence[float]] | None = None,
+    levels: Mapping[str, Sequence[object]] | None = None,
+    roles: Mapping[str, str] | None = None,
+    predictors: Mapping[str, Sequence[str]] | None = None,
 ) -> JobSpec:
-    """Check targets and parameters against the algorithm and central's header; fix the seed.
+    """Check targets, column roles and parameters against the algorithm and central's table;
+    fix the seed.
 
-    An algorithm on central's data alone (IMI, IMICE) gets no sites, whatever is given. A
-    categorical or ordinal target's levels are ``levels``' or else those central observes.
+    An algorithm on central's data alone (IMI, IMICE) gets no sites, whatever is given. The
+    levels of a factor or a categorical or ordinal target are ``levels``' or else those central
+    observes (``federation.roles.define_columns``).
     """
-    chosen = make_targets(
-        central.columns, targets, label=central.label, values=central.values, levels=levels
+    chosen = define_columns(
+        central, targets=targets, roles=roles, levels=levels, predictors=predictors
     )
-    algorithm.check_targets(t.type for t in chosen)
-    resolved = resolve_params(algorithm.schema, params, columns=len(central.columns))
+    algorithm.check_targets(t.type for t in chosen.targets)
+    resolved = resolve_params(algorithm.schema, params, columns=len(chosen.columns))
     remote = tuple(sites) if algorithm.capabilities.uses_sites else ()
     check_job(algorithm.replies, resolved, remote)
     return JobSpec(
@@ -52,11 +57,14 @@ def make_spec(
         algorithm=algorithm.name,
         version=algorithm.version,
         digest=algorithm.digest,
-        columns=central.columns,
-        targets=chosen,
+        columns=chosen.columns,
+        targets=chosen.targets,
         params=resolved,
         seed=secrets.randbelow(2**32) if seed is None else seed,
         sites=remote,
+        factors=chosen.factors,
+        carried=chosen.carried,
+        predictor_lists=chosen.predictor_lists,
     )
 
 
@@ -69,9 +77,13 @@ async def simulate(
     params: Mapping[str, Any],
     seed: int | None = None,
     on_event: EventSink | None = None,
-    levels: Mapping[str, Sequence[float]] | None = None,
+    levels: Mapping[str, Sequence[object]] | None = None,
+    roles: Mapping[str, str] | None = None,
+    predictors: Mapping[str, Sequence[str]] | None = None,
 ) -> JobResult:
-    """Run a job with central and ``sites`` (name -> table) in this process."""
+    """Run a job with central and ``sites`` (name -> table) in this process. Tables with
+    text in their factor, carried or text-target columns are read with
+    ``read_csv(text=federation.roles.text_columns(roles, targets))``."""
     spec = make_spec(
         algorithm=algorithm,
         central=central,
@@ -80,6 +92,8 @@ async def simulate(
         params=params,
         seed=seed,
         levels=levels,
+        roles=roles,
+        predictors=predictors,
     )
     runners = {
         name: SiteRunner(site=name, data=sites[name], algorithm=algorithm, on_event=on_event)
