@@ -155,6 +155,8 @@ def define_columns(
         name = entry
         if name in table.text and _has_text(table, name):
             text_targets[name] = _target_labels(table, name, kind, levels.get(name))
+            if methods.get(kind).levels:  # coded 0..K-1
+                numeric_levels[name] = tuple(range(len(text_targets[name])))
         elif name in levels:
             numeric_levels[name] = methods.level_list(levels[name], field=f"--levels {name}")
         if name in table.columns and name not in text_targets:
@@ -234,6 +236,16 @@ def code_table(table: Table, spec: JobSpec, *, show_values: bool = True) -> Tabl
         layout=table.columns,
         coded=True,
     )
+
+
+def as_written(cells: np.ndarray, codes: np.ndarray, labels: Sequence[str] | None) -> np.ndarray:
+    """A column as central writes it back: its cells as they were read, and a text target's
+    imputed cells (level indices in ``codes`` where ``cells`` is missing) as their levels."""
+    result = cells.copy()
+    if labels:
+        filled = np.flatnonzero((cells == None) & ~np.isnan(codes))  # noqa: E711
+        result[filled] = [labels[int(code)] for code in codes[filled]]
+    return result
 
 
 class LevelError(InputError):

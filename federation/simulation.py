@@ -18,7 +18,7 @@ from federation.data import Table
 from federation.job import CENTRAL, JobSpec
 from federation.params import resolve_params
 from federation.registry import Algorithm
-from federation.roles import define_columns
+from federation.roles import as_written, define_columns
 from federation.runtime import EventSink, JobResult, run_job
 from federation.secure import check_job
 from federation.site import SiteRunner
@@ -127,13 +127,26 @@ def check_analysis(model: str, family: str, columns: Iterable[str], *, label: st
 
 
 def central_datasets(result: JobResult) -> list[dict[str, np.ndarray]]:
-    """Central's M imputed datasets, each as column name -> cells, for an analysis."""
+    """Central's M imputed datasets, each as column name -> cells, for an analysis: a factor or
+    text target as its text (an object array), carried columns left out."""
     columns = result.table.columns
+    labels = {t.name: t.labels for t in result.spec.targets if t.labels}
     datasets = []
     for m in range(1, len(result.imputed_cells) + 1):
         values = result.dataset(m)
-        datasets.append({name: values[:, j] for j, name in enumerate(columns)})
+        data = {name: values[:, j] for j, name in enumerate(columns)}
+        for name, cells in result.table.text.items():
+            if name in data:
+                data[name] = as_written(cells, data[name], labels.get(name))
+        datasets.append(data)
     return datasets
+
+
+def _levels(result: JobResult) -> dict[str, tuple[str, ...]]:
+    """The job's levels of its text columns, the reference first, for an analysis."""
+    levels = {name: tuple(v) for name, v in result.spec.factors.items()}
+    levels.update({t.name: t.labels for t in result.spec.targets if t.labels})
+    return {name: v for name, v in levels.items() if name in result.table.text}
 
 
 def add_analysis(result: JobResult, model: str, family: str = "linear") -> str | None:
@@ -145,7 +158,13 @@ def add_analysis(result: JobResult, model: str, family: str = "linear") -> str |
     from federation.errors import FipError
 
     try:
-        analysis = analyse(central_datasets(result), model, family, label=result.table.label)
+        analysis = analyse(
+            central_datasets(result),
+            model,
+            family,
+            label=result.table.label,
+            levels=_levels(result),
+        )
     except FipError as error:
         result.report["analysis"] = {"model": model, "family": family, "error": str(error)}
         return str(error)
