@@ -26,7 +26,7 @@ import numpy as np
 
 from algorithms import methods
 from algorithms.methods._levels import MAX_LEVELS
-from federation.data import Table, check_columns
+from federation.data import Table, check_columns, check_target_values
 from federation.errors import InputError
 from federation.job import JobSpec, Target, make_targets
 
@@ -38,6 +38,8 @@ ROLES = (PREDICTOR, FACTOR, CARRIED)
 """The roles a column that is not a target may take (``--column NAME:ROLE``, the API)."""
 TEXT_TARGETS = frozenset(m.name for m in methods.METHODS.values() if m.levels) | {"logistic"}
 """Methods whose column may hold text levels (categorical, ordinal; logistic with two)."""
+ROLE_FIELDS = ("factors", "carried", "predictors")
+"""The keys of a job's roles in its wire form (``JobSpec.to_wire``, the portal's ``roles``)."""
 FEW_LEVELS = 12
 """A text column with at most this many distinct values is proposed as a factor."""
 _EXAMPLES = 3
@@ -172,7 +174,25 @@ def define_columns(
     chosen = tuple(
         _as_text_target(t, text_targets[t.name]) if t.name in text_targets else t for t in chosen
     )
-    target_names = {t.name for t in chosen}
+    lists = _predictor_lists(predictors, chosen, modelled, carried, table.label)
+    return Columns(
+        columns=modelled,
+        targets=chosen,
+        factors=factors,
+        carried=carried,
+        predictor_lists=lists,
+    )
+
+
+def _predictor_lists(
+    predictors: Mapping[str, Sequence[str]],
+    targets: Sequence[Target],
+    modelled: Sequence[str],
+    carried: Sequence[str],
+    label: str,
+) -> dict[str, tuple[str, ...]]:
+    """The predictor lists, checked, each in the job's column order."""
+    target_names = {t.name for t in targets}
     lists: dict[str, tuple[str, ...]] = {}
     for target, listed in predictors.items():
         if target not in target_names:
@@ -185,19 +205,138 @@ def define_columns(
                     "out of the list"
                 )
             if name not in modelled:
-                raise InputError(
-                    f"--predictors {target}: '{name}' is not a column of {table.label}"
-                )
+                raise InputError(f"--predictors {target}: '{name}' is not a column of {label}")
             if name == target:
                 raise InputError(f"--predictors {target}: a target cannot predict itself")
         lists[target] = tuple(c for c in modelled if c in listed)
+    return lists
+
+
+def define_job_columns(
+    columns: Sequence[str],
+    targets: Sequence[tuple[str, str, Sequence[object]]],
+    *,
+    factors: Mapping[str, Sequence[object]] | None = None,
+    carried: Sequence[str] = (),
+    predictors: Mapping[str, Sequence[str]] | None = None,
+    label: str = "the job's columns",
+) -> Columns:
+    """A job's columns from its definition alone (the portal's API and wizard, before any data):
+    the header, targets as (column, method, levels), each factor with its levels (at least
+    two), the carried columns and the predictor lists. A target's levels are its integer codes,
+    or its text levels (a text target: categorical, ordinal, or logistic with two)."""
+    chosen_factors = {
+        k: tuple(str(v).strip() for v in levels) for k, levels in (factors or {}).items()
+    }
+    for name in (*chosen_factors, *carried):
+        if name not in columns:
+            raise RoleError(f"column '{name}' is not one of {label}")
+    for name, listed in chosen_factors.items():
+        if name in carried:
+            raise RoleError(f"column '{name}' is given two roles, factor and carried")
+        if len(listed) < 2 or len(set(listed)) != len(listed):
+            raise RoleError(
+                f"factor column '{name}': give at least two levels, each once (it has "
+                f"{', '.join(listed) or 'none'})"
+            )
+    for name, _, _ in targets:
+        if name in chosen_factors or name in carried:
+            raise RoleError(f"column '{name}' is a target and is given another role too")
+    modelled = tuple(c for c in columns if c not in carried)
+    numeric: dict[str, Sequence[float]] = {}
+    labels: dict[str, tuple[str, ...]] = {}
+    for name, kind, levels in targets:
+        if not levels:
+            continue
+        if all(_number(str(v)) is not None for v in levels):
+            numeric[name] = methods.level_list(levels, field=f"target '{name}' levels")
+            continue
+        method = methods.get(kind, field=f"target '{name}'")
+        given = tuple(str(v).strip() for v in levels)
+        if kind not in TEXT_TARGETS or (kind == "logistic" and len(given) != 2):
+            raise InputError(
+                f"target '{name}': text levels suit a categorical, ordinal or (two levels) "
+                f"logistic target, not {method.name} with {len(given)}"
+            )
+        problem = method.level_problem(len(given), column=name)
+        if problem:
+            raise InputError(problem)
+        labels[name] = given
+        if method.levels:
+            numeric[name] = tuple(range(len(given)))
+    chosen = make_targets(
+        modelled,
+        [(name, kind) for name, kind, _ in targets],
+        label=label,
+        levels=numeric,
+    )
+    chosen = tuple(_as_text_target(t, labels[t.name]) if t.name in labels else t for t in chosen)
+    try:
+        lists = _predictor_lists(predictors or {}, chosen, modelled, carried, label)
+    except InputError as error:
+        raise RoleError(str(error)) from None
     return Columns(
         columns=modelled,
         targets=chosen,
-        factors=factors,
-        carried=carried,
+        factors=chosen_factors,
+        carried=tuple(c for c in columns if c in carried),
         predictor_lists=lists,
     )
+
+
+def spec_of_definition(
+    columns: Sequence[str], targets: Sequence[Target], roles: Mapping[str, object]
+) -> JobSpec:
+    """The parts of a job a participant checks its file against, from the job's stored
+    definition (its header, targets and roles): the rest is left empty."""
+    carried = tuple(str(c) for c in roles.get("carried", ()))  # type: ignore[attr-defined]
+    return JobSpec(
+        job_id="",
+        algorithm="",
+        version="",
+        digest="",
+        columns=tuple(c for c in columns if c not in carried),
+        targets=tuple(targets),
+        params={},
+        seed=0,
+        sites=(),
+        factors={k: tuple(v) for k, v in roles.get("factors", {}).items()},  # type: ignore[attr-defined]
+        carried=carried,
+        predictor_lists={k: tuple(v) for k, v in roles.get("predictors", {}).items()},  # type: ignore[attr-defined]
+    )
+
+
+def roles_to_wire(columns: Columns) -> dict[str, object]:
+    """A job's roles as the portal stores and sends them (empty parts left out)."""
+    wire: dict[str, object] = {}
+    if columns.factors:
+        wire["factors"] = {k: list(v) for k, v in columns.factors.items()}
+    if columns.carried:
+        wire["carried"] = list(columns.carried)
+    if columns.predictor_lists:
+        wire["predictors"] = {k: list(v) for k, v in columns.predictor_lists.items()}
+    return wire
+
+
+def check_upload(
+    table: Table, spec: JobSpec, *, show_values: bool = True, alone: bool = False
+) -> Table:
+    """Everything a job needs of an uploaded table, at central and at sites, before anyone
+    waits: its columns (by name), its factors' and text targets' cells among the job's levels,
+    each target's observed cells values its method takes; ``alone`` (central's table in a job
+    of no site) refuses a target it never observes. The table in the job's layout."""
+    coded = code_table(table, spec, show_values=show_values)
+    for target in spec.targets:
+        cells = coded.values[:, target.column]
+        if alone and np.isnan(cells).all():
+            raise InputError(
+                f"{table.label}: column '{target.name}' is a target but every cell is missing, "
+                "and no site takes part: there is nothing to fit it on"
+            )
+        check_target_values(
+            coded, target.column, target.type, show_values=show_values, levels=target.levels
+        )
+    return coded
 
 
 def code_table(table: Table, spec: JobSpec, *, show_values: bool = True) -> Table:
@@ -246,6 +385,10 @@ def as_written(cells: np.ndarray, codes: np.ndarray, labels: Sequence[str] | Non
         filled = np.flatnonzero((cells == None) & ~np.isnan(codes))  # noqa: E711
         result[filled] = [labels[int(code)] for code in codes[filled]]
     return result
+
+
+class RoleError(InputError):
+    """A column's role, a factor's levels or a predictor list that the job cannot take."""
 
 
 class LevelError(InputError):

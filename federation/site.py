@@ -587,7 +587,7 @@ class SiteRunner:
             differs = [
                 name
                 for name, value in self.expected.items()
-                if (sorted(seen[name]) if name == "sites" else seen[name])
+                if (sorted(seen[name]) if name == "sites" else seen.get(name))
                 != (sorted(value) if name == "sites" else value)
             ]
             if differs:

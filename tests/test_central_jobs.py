@@ -641,3 +641,63 @@ def test_a_job_without_chains_has_no_chains_csv(
     assert got.status_code == 404
     assert "ran SIMI, which has no chains" in got.text and "SIMICE" in got.text
     assert "traces" not in central.get(f"/api/jobs/{job['id']}/report", headers=headers).json()
+
+
+# ------------------------------------------------------------------ column roles
+
+
+def test_a_job_with_column_roles_runs_and_writes_text_back(central: TestClient) -> None:
+    """A carried ID and a text factor: the roles are stored and listed, central's file is
+    coded by the job's levels, and the result writes both back as they were read."""
+    rows = [
+        f"P{i:03d},{('lo', 'mid', 'hi')[i % 3]},{20 + i % 17},{'' if i % 5 == 0 else 1 + i % 4}"
+        for i in range(60)
+    ]
+    content = ("id,grade,age,score\n" + "\n".join(rows) + "\n").encode()
+    job = _create(
+        central,
+        algorithm="SIMI",
+        columns=["id", "grade", "age", "score"],
+        targets=[{"column": "score", "type": "gaussian"}],
+        roles={"factors": {"grade": ["lo", "mid", "hi"]}, "carried": ["id"]},
+        parameters={},
+    )
+    assert job["roles"] == {"factors": {"grade": ["lo", "mid", "hi"]}, "carried": ["id"]}
+    assert job["targets"][0]["index"] == 3  # among the modelled columns: grade, age, score
+
+    status, body = _upload(central, job["id"], content)
+    assert status == 200, body
+    done = wait_for_state(central, job["id"], admin_auth(central))
+    assert done["state"] == "completed", done
+    long = central.get(f"/api/jobs/{job['id']}/result?format=long", headers=admin_auth(central))
+    lines = long.text.splitlines()
+    assert lines[0] == ".imp,.id,id,grade,age,score"
+    assert [line.split(",")[2:4] for line in lines[1:61]] == [r.split(",")[:2] for r in rows]
+    assert [line.split(",")[2:4] for line in lines[-60:]] == [r.split(",")[:2] for r in rows]
+
+
+@pytest.mark.parametrize(
+    ("roles", "words"),
+    [
+        ({"factors": {"grade": ["lo"]}}, "factor column 'grade': give at least two levels"),
+        ({"carried": ["id"], "predictors": {"score": ["id"]}}, "column 'id' is carried"),
+        ({"carried": ["weight"]}, "column 'weight' is not one of"),
+    ],
+)
+def test_bad_column_roles_are_refused_naming_the_column(
+    central: TestClient, roles: dict[str, Any], words: str
+) -> None:
+    response = central.post(
+        "/api/jobs",
+        json=_job(
+            algorithm="SIMI",
+            columns=["id", "grade", "age", "score"],
+            targets=[{"column": "score", "type": "gaussian"}],
+            roles=roles,
+            parameters={},
+        ),
+        headers=admin_auth(central),
+    )
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert body["field"] == "roles" and words in body["detail"], body

@@ -13,11 +13,12 @@ from sqlalchemy import select
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from federation.compare import REFERENCE_CHAINED, REFERENCE_SINGLE
-from federation.data import check_for_job, read_csv
+from federation.data import check_columns, read_csv
 from federation.errors import InputError
 from federation.job import JobEvent
 from federation.outputs import report_json
 from federation.registry import Algorithm
+from federation.roles import check_upload, spec_text_columns
 from federation.uploads import (
     Event,
     Field,
@@ -39,6 +40,7 @@ from portal_central.jobs.header import (
     read_pattern_view,
 )
 from portal_central.jobs.results import Format, result_response
+from portal_central.jobs.runner import spec_of
 from portal_central.models import User
 from portal_central.paths import MAX_ID, RowId
 from portal_central.state import CentralState
@@ -367,15 +369,11 @@ async def take_central_data(
         if upload is None:
             raise FieldInvalid("choose central's CSV file", field="file")
         try:
-            table = read_csv(upload.content, label=upload.filename)
+            spec = spec_of(job)
+            table = read_csv(upload.content, label=upload.filename, text=spec_text_columns(spec))
             del upload
-            check_for_job(
-                table,
-                job.columns,
-                [(t["name"], t["type"], tuple(t.get("levels", ()))) for t in job.targets],
-                show_values=False,
-                alone=not job.participants,
-            )
+            check_columns(table, job.columns)
+            check_upload(table, spec, show_values=False, alone=not job.participants)
         except InputError as error:
             raise FieldInvalid(str(error), field="file") from None
         await state.runs.upload_central_data(job, table)
