@@ -12,6 +12,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import select
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from federation import roles
 from federation.compare import REFERENCE_CHAINED, REFERENCE_SINGLE
 from federation.data import check_columns, read_csv
 from federation.errors import InputError
@@ -147,13 +148,25 @@ async def columns_step(request: Request, admin: AdminUser, state: StateDep) -> R
             except InputError as refused:
                 error = str(refused)  # the rest of the body is read and dropped
     chosen = _algorithm(state, fields["algorithm"]) if fields.get("algorithm") else None
-    context: dict[str, Any] = {"chosen": chosen, "targets": set(), "types": {}, "errors": {}}
+    context: dict[str, Any] = {
+        "chosen": chosen,
+        "targets": set(),
+        "types": {},
+        "levels": {},
+        "predictors": {},
+        "role_names": roles.ROLES,
+        "errors": {},
+    }
     if reader is None:
         error = "choose a CSV file to read its header"
     if error:
         context.update(columns=[], errors={"columns": error})
         return render(request, "central/jobs/new.html", context, block="columns", status_code=422)
-    context.update(columns=columns, columns_json=json.dumps([asdict(c) for c in columns]))
+    context.update(
+        columns=columns,
+        columns_json=json.dumps([asdict(c) for c in columns]),
+        roles={c.name: c.role for c in columns},
+    )
     if reader is not None:
         context.update(pattern_view(reader))
     return render(request, "central/jobs/new.html", context, block="columns")
@@ -189,7 +202,7 @@ async def create_job(request: Request, admin: AdminUser, state: StateDep) -> Res
                     service.TargetChoice(
                         column=c.name,
                         type=values["types"].get(c.name, c.guess),
-                        levels=c.levels,
+                        levels=_listed(values["levels"].get(c.name)) or c.text_levels or c.levels,
                     )
                     for c in values["columns"]
                     if c.name in values["targets"]
@@ -198,6 +211,7 @@ async def create_job(request: Request, admin: AdminUser, state: StateDep) -> Res
                 participants=values["participants"],
                 seed=seed,
                 compare=values["compare"],
+                roles=_roles_of(values),
             )
             job_id = job.id
     except PortalError as error:
@@ -465,6 +479,9 @@ def _empty_form() -> dict[str, Any]:
         "columns": [],
         "targets": set(),
         "types": {},
+        "roles": {},
+        "levels": {},
+        "predictors": {},
         "params": {},
         "participants": [],
         "compare": [],
@@ -488,11 +505,49 @@ def _read_form(form: Form) -> dict[str, Any]:
         "columns": columns,
         "targets": set(form.values("target")),
         "types": {k[5:]: v for k, v in form.items() if k.startswith("type:")},
+        "roles": {k[5:]: v for k, v in form.items() if k.startswith("role:")},
+        "levels": {k[7:]: v for k, v in form.items() if k.startswith("levels:")},
+        "predictors": {k[11:]: v for k, v in form.items() if k.startswith("predictors:")},
         "params": {k[6:]: v for k, v in form.items() if k.startswith("param:")},
         "participants": form.values("participants"),
         "compare": form.values("compare"),
         "pattern": read_pattern_view(text("pattern_json"), [c.name for c in columns]),
     }
+
+
+def _listed(text: str | None) -> tuple[str, ...]:
+    """A comma-separated list of a form field (levels, predictors), each entry stripped."""
+    return tuple(part.strip() for part in (text or "").split(",") if part.strip())
+
+
+def role_of(column: ColumnSummary, values: dict[str, Any]) -> str:
+    """The role of a column in the wizard: the target it is, the user's choice, or the role
+    central's header scan proposes (``ColumnSummary.role``)."""
+    if column.name in values["targets"]:
+        return roles.TARGET
+    chosen: str = values.get("roles", {}).get(column.name) or column.role
+    return chosen
+
+
+def _roles_of(values: dict[str, Any]) -> service.RolesChoice:
+    """The roles the wizard's form gives the columns that are not targets; a factor's levels
+    are the user's, else those central's scan saw."""
+    factors: dict[str, tuple[str, ...]] = {}
+    carried: list[str] = []
+    for column in values["columns"]:
+        role = role_of(column, values)
+        if role == roles.FACTOR:
+            factors[column.name] = _listed(values["levels"].get(column.name)) or (
+                column.text_levels or tuple(f"{v:g}" for v in column.levels)
+            )
+        elif role == roles.CARRIED:
+            carried.append(column.name)
+    predictors = {
+        target: _listed(text)
+        for target, text in values["predictors"].items()
+        if target in values["targets"] and _listed(text)
+    }
+    return service.RolesChoice(factors=factors, carried=tuple(carried), predictors=predictors)
 
 
 def _wizard(
@@ -534,6 +589,10 @@ def _wizard(
             "columns_json": json.dumps([asdict(c) for c in values["columns"]]),
             "targets": values["targets"],
             "types": values["types"],
+            "roles": {c.name: role_of(c, values) for c in values["columns"]},
+            "role_names": roles.ROLES,
+            "levels": values["levels"],
+            "predictors": values["predictors"],
             "errors": errors or {},
             "nav": "jobs",
             **values["pattern"],
