@@ -619,3 +619,11 @@ def test_the_wizard_proposes_roles_and_creates_a_job_with_them(
         "predictors": {"score": ["ward"]},
     }
     assert job["targets"] == [{"index": 3, "name": "score", "type": "gaussian"}]
+
+    # A carried column in a predictor list is refused next to the columns, naming it.
+    response = central.post(
+        "/jobs", data={**form, "predictors:score": "ward,id"}, follow_redirects=False
+    )
+    assert response.status_code == 422
+    message = _one(_soup(response.text), "#e-roles").get_text(strip=True)
+    assert "column 'id' is carried" in message
