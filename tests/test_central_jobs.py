@@ -664,6 +664,9 @@ def test_a_job_with_column_roles_runs_and_writes_text_back(central: TestClient) 
     )
     assert job["roles"] == {"factors": {"grade": ["lo", "mid", "hi"]}, "carried": ["id"]}
     assert job["targets"][0]["index"] == 3  # among the modelled columns: grade, age, score
+    definition = central.get(f"/api/jobs/{job['id']}/definition", headers=admin_auth(central))
+    like = _create(central, **definition.json())
+    assert like["roles"] == job["roles"] and like["targets"] == job["targets"]
 
     status, body = _upload(central, job["id"], content)
     assert status == 200, body

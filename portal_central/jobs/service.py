@@ -253,7 +253,16 @@ def definition_of(job: Job) -> dict[str, Any]:
         "description": job.description,
         "algorithm": job.algorithm.name,
         "columns": list(job.columns),
-        "targets": [{"column": t["name"], "type": t["type"]} for t in job.targets],
+        "targets": [
+            {"column": t["name"], "type": t["type"]}
+            | (
+                {"levels": t.get("labels") or t["levels"]}
+                if t.get("levels") or t.get("labels")
+                else {}
+            )
+            for t in job.targets
+        ],
+        **({"roles": dict(job.roles)} if job.roles else {}),
         "parameters": dict(job.params),
         "seed": job.seed,
         "participants": [p.user.site_id or "" for p in job.participants],

@@ -87,6 +87,25 @@ def _form_of(definition: dict[str, Any]) -> dict[str, Any]:
         "columns": [ColumnSummary(name, 0, 0, False) for name in definition["columns"]],
         "targets": {t["column"] for t in definition["targets"]},
         "types": {t["column"]: t["type"] for t in definition["targets"]},
+        "roles": {
+            **dict.fromkeys(definition.get("roles", {}).get("factors", {}), roles.FACTOR),
+            **dict.fromkeys(definition.get("roles", {}).get("carried", []), roles.CARRIED),
+        },
+        "levels": {
+            **{
+                t["column"]: ",".join(map(str, t["levels"]))
+                for t in definition["targets"]
+                if t.get("levels")
+            },
+            **{
+                name: ",".join(levels)
+                for name, levels in definition.get("roles", {}).get("factors", {}).items()
+            },
+        },
+        "predictors": {
+            name: ",".join(listed)
+            for name, listed in definition.get("roles", {}).get("predictors", {}).items()
+        },
         "params": {name: _as_field(value) for name, value in definition["parameters"].items()},
         "participants": definition["participants"],
         "compare": definition["compare"],
