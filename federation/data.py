@@ -285,8 +285,8 @@ class CsvStream:
     def __init__(self, *, label: str, text: bool = False) -> None:
         self.label = label
         self.text = text
-        """Every column may hold text: :attr:`texts` collects each block's cells as written
-        (central's header scan proposes roles from them)."""
+        """Every column may hold text: :attr:`texts` collects, for each block that is not all
+        numbers, its cells as written (central's header scan proposes roles from them)."""
         self.texts: list[dict[int, np.ndarray]] = []
         self.rows = 0
         self._pending = bytearray()
@@ -333,8 +333,13 @@ class CsvStream:
         self._line += block.count(self._layout.newline)
         if not lines.size:
             return []
-        textual = frozenset(range(len(self._layout.columns))) if self.text else frozenset()
-        values, texts = _parse_block(block, lines, self._layout, self.label, textual)
+        try:  # numbers first: the common case, several times faster than text
+            values, texts = _parse_block(block, lines, self._layout, self.label)
+        except InputError:
+            if not self.text:
+                raise
+            every = frozenset(range(len(self._layout.columns)))
+            values, texts = _parse_block(block, lines, self._layout, self.label, every)
         if self.text:
             self.texts.append(texts)
         _reject_infinite(self.label, self._layout.columns, values, lines)

@@ -44,7 +44,8 @@ class ColumnSummary:
     integer: bool = False
     """Every observed cell is a whole number."""
     distinct: int = 0
-    """Distinct observed cells, counted up to ``MAX_DISTINCT`` (more: that number)."""
+    """Distinct observed cells, counted up to about ``MAX_DISTINCT``, for text and integer
+    columns (0 for other numbers: their role does not depend on it)."""
 
     @property
     def missing_share(self) -> float:
@@ -123,6 +124,15 @@ class HeaderReader:
                 self._cells = [set() for _ in range(width)]
                 self._text = [False] * width
                 self._whole = [True] * width
+            for column in range(values.shape[1]):
+                if column in texts:
+                    continue
+                numbers = values[:, column]
+                numbers = numbers[~np.isnan(numbers)]
+                self._whole[column] &= bool((np.round(numbers) == numbers).all())
+                # distinct numbers tell an integer ID from codes; other numbers need no count
+                if self._whole[column] and len(self._cells[column]) < MAX_DISTINCT:
+                    self._cells[column].update(map(str, np.unique(numbers)[:MAX_DISTINCT]))
             for column, cells in texts.items():
                 present = cells[cells != None]  # noqa: E711 - elementwise over objects
                 numbers = values[:, column][cells != None]  # noqa: E711
