@@ -437,3 +437,26 @@ def test_the_proposed_role_of_a_column(
     numeric: bool, integer: bool, distinct: int, observed: int, role: str
 ) -> None:
     assert role_of(numeric=numeric, integer=integer, distinct=distinct, observed=observed) == role
+
+
+@pytest.mark.parametrize("shift", [1000.0, -1000.0])
+def test_a_job_with_a_factor_stays_invariant_to_a_predictors_offset(shift: float) -> None:
+    """Shifting x by a constant changes no imputation of y or b (pmm, logistic) in a SIMICE
+    job with a factor: the dummies are 0/1 columns like any other, centred and penalised by
+    their own pooled sums of squared deviations (ALGORITHMS.md, Ridge)."""
+    seeds, sizes = {"central": 17, "a": 18}, {"central": 80, "a": 120}
+    plain, moved = tables(seeds, sizes), tables(seeds, sizes)
+    for table in moved.values():
+        table.values[:, table.column("x")] += shift
+    targets = [("y", "gaussian"), ("b", "logistic")]
+    roles = {"id": CARRIED, "f": FACTOR}
+
+    first = run("SIMICE", plain.pop("central"), plain, targets, roles=roles, imputations=2)
+    second = run("SIMICE", moved.pop("central"), moved, targets, roles=roles, imputations=2)
+
+    for m in (1, 2):
+        a, b = first.dataset(m), second.dataset(m)
+        for name in ("y", "b"):
+            j = first.table.columns.index(name)
+            scale = np.nanstd(a[:, j])
+            np.testing.assert_allclose(a[:, j] / scale, b[:, j] / scale, rtol=0, atol=1e-8)
