@@ -16,6 +16,7 @@ import numpy as np
 
 from algorithms import _chains, _pmm, methods
 from algorithms._federated import FitChains, record
+from algorithms._predictors import target_matrix
 from algorithms._stats import augment, total
 from federation import diagnostics
 from federation.job import PARALLEL, Target
@@ -102,10 +103,11 @@ def impute(site: SiteJob, *, target: int, **drawn: Any) -> None:
         return
     for c in range(_chains.count(site)):
         z = _chains.use(site, c)
+        design, column = target_matrix(z, site.spec.design(spec_target), target - 1)
         values = method.impute(
-            (z, rows),
-            (z, observed),
-            target - 1,
+            (design, rows),
+            (design, observed),
+            column,
             site.rng,
             target=spec_target.name,
             levels=spec_target.levels,

@@ -14,6 +14,7 @@ import numpy as np
 from algorithms import methods
 from algorithms._chained import check_donors
 from algorithms._federated import FitTarget, record
+from algorithms._predictors import target_matrix
 from algorithms._stats import augment
 from federation.runtime import CentralJob
 from federation.site import SiteJob
@@ -26,12 +27,13 @@ def prepare(site: SiteJob, *, chained: str) -> dict[str, Any]:
     values = site.data.values
     missing = np.isnan(values)
     target_missing = missing[:, target.column]
-    predictor_missing = np.delete(missing, target.column, axis=1).any(axis=1)
+    sources = list(site.spec.design(target).sources)
+    predictor_missing = missing[:, sources].any(axis=1)
     if site.is_central:
         stuck = target_missing & predictor_missing
         if stuck.any():
-            counts = np.delete(missing[stuck], target.column, axis=1).sum(axis=0)
-            others = [c for i, c in enumerate(site.data.columns) if i != target.column]
+            counts = missing[stuck][:, sources].sum(axis=0)
+            others = [site.data.columns[i] for i in sources]
             detail = ", ".join(f"'{c}' in {n}" for c, n in zip(others, counts, strict=True) if n)
             site.refuse(
                 f"{int(stuck.sum())} row(s) miss '{target.name}' and a predictor too ({detail}); "
@@ -60,10 +62,13 @@ def impute(site: SiteJob, *, target: int, **drawn: Any) -> dict[str, Any]:
     values = site.data.values.copy()
     rows = site.state["impute_rows"]
     method = methods.get(spec_target.type)
+    design = site.spec.design(spec_target)
+    missing, column = target_matrix(augment(values[rows]), design, target - 1)
+    donors, _ = target_matrix(site.state["z"], design, target - 1)
     values[rows, target - 1] = method.impute(
-        (augment(values[rows]), None),
-        (site.state["z"], None),
-        target - 1,
+        (missing, None),
+        (donors, None),
+        column,
         site.rng,
         target=spec_target.name,
         levels=spec_target.levels,

@@ -2,6 +2,7 @@
 
 Every family's ``prepare`` leaves ``site.state["z"]`` (the site's rows as ``_stats`` lays them
 out) and ``site.state["rows"][target]``: the rows a fit of that target uses (None: all of z).
+Each handler works on the target's own design matrix (``_predictors.target_matrix``).
 The handlers answer with aggregates only; ``surrogate_fit`` runs at central alone.
 """
 
@@ -13,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from algorithms import methods
+from algorithms._predictors import target_matrix
 from algorithms._stats import Fit, covariance
 from algorithms.methods import Method, SiteStatistics
 from federation.errors import FitError
@@ -32,14 +34,22 @@ def _target(site: SiteJob, target: int) -> tuple[Target, Method]:
     return spec_target, methods.get(spec_target.type)
 
 
+def matrix(site: SiteJob, target: int) -> tuple[np.ndarray, int]:
+    """The target's design matrix over this site's rows (``Z`` itself by default), and the
+    target's column in it."""
+    spec_target, _ = _target(site, target)
+    return target_matrix(site.state["z"], site.spec.design(spec_target), target - 1)
+
+
 def _own_fit(site: SiteJob, target: int, **options: Any) -> Fit:
     """A fit on this participant's rows alone; a failure says whose rows they are."""
     spec_target, method = _target(site, target)
+    z, column = matrix(site, target)
     try:
         return method.fit_own(
-            site.state["z"],
+            z,
             _rows(site, target),
-            target - 1,
+            column,
             ridge=float(site.params["ridge"]),
             max_iter=int(site.params["max_iter"]),
             names=site.spec.predictors(spec_target),
@@ -56,7 +66,8 @@ def _statistics_handler(statistics: SiteStatistics) -> Handler:
         spec_target, method = _target(site, target)
         if method.levels:  # the job's levels, as this site's spec holds them
             args = {**args, "levels": spec_target.levels}
-        return statistics(site.state["z"], _rows(site, target), target - 1, **args)
+        z, column = matrix(site, target)
+        return statistics(z, _rows(site, target), column, **args)
 
     handler.__doc__ = statistics.__doc__
     return handler
@@ -71,10 +82,10 @@ STATISTICS: dict[str, Handler] = {
 
 def _design_sums(site: SiteJob, target: int) -> np.ndarray:
     """Column sums of the target's design over its rows (the intercept's: the count)."""
-    z = site.state["z"]
+    z, column = matrix(site, target)
     rows = _rows(site, target)
     selected = z if rows is None else z[rows]
-    sums: np.ndarray = np.delete(selected, target - 1, axis=1).sum(axis=0)
+    sums: np.ndarray = np.delete(selected, column, axis=1).sum(axis=0)
     return sums
 
 
@@ -87,7 +98,8 @@ def local_fit_handler(site: SiteJob, *, target: int) -> dict[str, Any]:
     A Newton fit starts from this site's previous fit of the target (chained equations).
     """
     starts: dict[int, np.ndarray] = site.state.setdefault("starts", {})
-    p = site.state["z"].shape[1] - 1
+    spec_target, _ = _target(site, target)
+    p = site.spec.design(spec_target).p
     rows = _rows(site, target)
     n = site.state["z"].shape[0] if rows is None else int(rows.sum())
     if n == 0:
@@ -115,8 +127,8 @@ def local_fit_handler(site: SiteJob, *, target: int) -> dict[str, Any]:
 def gradient_handler(site: SiteJob, *, target: int, beta: np.ndarray) -> dict[str, Any]:
     """n and the average gradient of this site's log-likelihood at central's beta (CSLMI)."""
     spec_target, method = _target(site, target)
-    z, rows = site.state["z"], _rows(site, target)
-    n, gradient = method.score(z, rows, target - 1, beta, spec_target.levels)
+    (z, column), rows = matrix(site, target), _rows(site, target)
+    n, gradient = method.score(z, rows, column, beta, spec_target.levels)
     return {"n": n, "gradient": gradient / n if n else gradient}
 
 
@@ -131,8 +143,8 @@ def surrogate_fit_handler(
     and SSE are scaled by N / n_c, as if central's rows were all N: the covariance by n_c / N.
     """
     spec_target, method = _target(site, target)
-    z = site.state["z"]
-    own_n, own = method.score(z, _rows(site, target), target - 1, beta, spec_target.levels)
+    z, column = matrix(site, target)
+    own_n, own = method.score(z, _rows(site, target), column, beta, spec_target.levels)
     offset = own_n * (gradient - own / own_n)
     fit = _own_fit(site, target, start=beta, offset=offset)
     scale = n / fit.n

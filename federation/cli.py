@@ -7,7 +7,7 @@ import asyncio
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -20,6 +20,7 @@ from federation.job import CENTRAL, JobEvent
 from federation.outputs import write_comparison, write_outputs, write_plots
 from federation.params import parse_param
 from federation.registry import Algorithm, Registry, load_folder
+from federation.roles import parse_roles, text_columns
 from federation.simulation import add_analysis, check_analysis, simulate
 
 SIMULATE_EXAMPLE = """\
@@ -134,13 +135,32 @@ def _parser() -> argparse.ArgumentParser:
         + "; ".join(f"{m.name} for {m.when}" for m in methods.METHODS.values()),
     )
     sim.add_argument(
+        "--column",
+        action="append",
+        default=[],
+        metavar="COLUMN:ROLE",
+        help="the role of a column that is not a target (repeatable): predictor (numeric, the "
+        "default), factor (a categorical predictor, text or integer codes, expanded to one 0/1 "
+        "column per level but the first) or carried (IDs, dates, free text: never modelled, "
+        "ignored at sites, written back unchanged)",
+    )
+    sim.add_argument(
         "--levels",
         action="append",
         default=[],
         metavar="COLUMN=a,b,c",
-        help="the levels of a categorical or ordinal target, in order, as the integer codes of "
-        "the data (repeatable); default: the values central observes in the column. A site "
+        help="the levels of a factor or of a categorical, ordinal or text target, in order "
+        "(the first is the reference), as the data writes them: integer codes or text "
+        "(repeatable); default: the values central observes in the column, sorted. A site "
         "whose column holds another value refuses",
+    )
+    sim.add_argument(
+        "--predictors",
+        action="append",
+        default=[],
+        metavar="TARGET=col1,col2",
+        help="the columns a target's model uses (repeatable; mice's predictorMatrix); default: "
+        "every predictor and factor column and every other target",
     )
     sim.add_argument("--imputations", type=int, metavar="M", help="number of imputed datasets")
     sim.add_argument("--seed", type=int, help="random seed (drawn and reported when omitted)")
@@ -270,6 +290,8 @@ def _simulate(args: argparse.Namespace) -> int:
             seed=args.seed,
             on_event=progress,
             levels=_parse_levels(args.levels),
+            roles=parse_roles(args.column),
+            predictors=_parse_predictors(args.predictors),
         )
     )
     progress.done()
@@ -313,6 +335,8 @@ def _compare(args: argparse.Namespace) -> int:
             params=params,
             seed=args.seed,
             levels=_parse_levels(args.levels),
+            roles=parse_roles(args.column),
+            predictors=_parse_predictors(args.predictors),
             on_event=lambda name, event: progress(
                 JobEvent(
                     kind=event.kind, message=f"{name}: {event.message}", fraction=event.fraction
@@ -375,12 +399,16 @@ def _inputs(
     args: argparse.Namespace,
 ) -> tuple[Table, dict[str, Table], list[tuple[str | int, str]], dict[str, Any]]:
     """Central's and the sites' tables, the targets and the parameters ``simulate`` was given."""
-    central = read_csv(args.central)
-    sites = _read_sites(args.site)
+    targets = [_parse_target(text) for text in args.target]
+    text = text_columns(parse_roles(args.column), targets)
+    central = read_csv(args.central, text=text)
+    sites = _read_sites(args.site, text)
+    for table in (central, *sites.values()):
+        for note in table.notes:
+            print(f"fip: note: {note}", file=sys.stderr)
     params = dict(parse_param(p) for p in args.param)
     if args.imputations is not None:
         params["imputations"] = args.imputations
-    targets = [_parse_target(text) for text in args.target]
     return central, sites, targets, params
 
 
@@ -424,7 +452,7 @@ def _algorithm(text: str) -> Algorithm:
     return Registry.with_builtins().get(text)
 
 
-def _read_sites(entries: Sequence[str]) -> dict[str, Table]:
+def _read_sites(entries: Sequence[str], text: Collection[str] = ()) -> dict[str, Table]:
     sites: dict[str, Table] = {}
     for entry in entries:
         name, sep, path = entry.partition("=")
@@ -432,7 +460,7 @@ def _read_sites(entries: Sequence[str]) -> dict[str, Table]:
             name, path = Path(entry).stem, entry
         if name == CENTRAL or name in sites:
             raise InputError(f"site name '{name}' is taken; name sites apart with --site NAME=path")
-        sites[name] = read_csv(Path(path))
+        sites[name] = read_csv(Path(path), text=text)
     return sites
 
 
@@ -446,17 +474,32 @@ def _parse_target(text: str) -> tuple[str | int, str]:
     return (int(column) if column.isdigit() else column), method.name
 
 
-def _parse_levels(entries: list[str]) -> dict[str, tuple[float, ...]]:
-    """``--levels COLUMN=a,b,c`` as column -> levels (checked by ``methods.level_list``)."""
-    levels: dict[str, tuple[float, ...]] = {}
+def _parse_levels(entries: list[str]) -> dict[str, tuple[str, ...]]:
+    """``--levels COLUMN=a,b,c`` as column -> levels as written (checked against the column's
+    role and method by ``federation.roles.define_columns``)."""
+    levels: dict[str, tuple[str, ...]] = {}
     for entry in entries:
         column, sep, listed = entry.partition("=")
         if not sep or not column or not listed:
             raise InputError(f"--levels expects COLUMN=a,b,c, got {entry!r}")
         if column in levels:
             raise InputError(f"--levels {column}: given twice")
-        levels[column] = methods.level_list(listed.split(","), field=f"--levels {column}")
+        levels[column] = tuple(level.strip() for level in listed.split(","))
     return levels
+
+
+def _parse_predictors(entries: list[str]) -> dict[str, tuple[str, ...]]:
+    """``--predictors TARGET=col1,col2`` as target -> its predictor columns."""
+    lists: dict[str, tuple[str, ...]] = {}
+    for entry in entries:
+        target, sep, listed = entry.partition("=")
+        names = tuple(name.strip() for name in listed.split(",") if name.strip())
+        if not sep or not target or not names:
+            raise InputError(f"--predictors expects TARGET=col1,col2, got {entry!r}")
+        if target in lists:
+            raise InputError(f"--predictors {target}: given twice")
+        lists[target] = names
+    return lists
 
 
 def _count(number: int, noun: str) -> str:

@@ -67,7 +67,9 @@ async def simulate_comparison(
     params: Mapping[str, Any],
     seed: int | None = None,
     on_event: Callable[[str, JobEvent], None] | None = None,
-    levels: Mapping[str, Sequence[float]] | None = None,
+    levels: Mapping[str, Sequence[object]] | None = None,
+    roles: Mapping[str, str] | None = None,
+    predictors: Mapping[str, Sequence[str]] | None = None,
 ) -> tuple[dict[str, Any], dict[str, JobResult]]:
     """Run every method in this process with one seed; the comparison and each finished result.
 
@@ -84,6 +86,8 @@ async def simulate_comparison(
                 targets=targets,
                 params=params,
                 levels=levels,
+                roles=roles,
+                predictors=predictors,
             )
         except InputError as error:
             raise InputError(f"{algorithm.name}: {error}") from None
@@ -105,6 +109,8 @@ async def simulate_comparison(
                 seed=fixed,
                 on_event=forward,
                 levels=levels,
+                roles=roles,
+                predictors=predictors,
             )
         except FipError as error:
             entries.append({"algorithm": algorithm.name, "status": "failed", "message": str(error)})

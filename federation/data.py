@@ -1,16 +1,18 @@
 """Reading a site's CSV into memory, and checking it against a job.
 
-A table is a header row of unique column names and numeric cells. Missing cells are
-empty or one of ``MISSING_TOKENS``. Every error names the file (its label), and the
-column or line, and shows an example of the offending value.
+A table is a header row of unique column names and numeric cells; the columns named in
+``read_csv(text=...)`` (a job's factor, carried and text-target columns: ``federation.roles``)
+may hold text too. Missing cells are empty or one of ``MISSING_TOKENS``. A first column with an
+empty name is R's ``write.csv`` row names: it is left out, with a note. Every error names the
+file (its label), and the column or line, and shows an example of the offending value.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +25,20 @@ from algorithms import methods
 from federation.errors import InputError
 
 MISSING_TOKENS = ("", "NA", "NaN", "nan", "N/A", "NULL")
+TEXT_HINT = " (only a factor, carried or categorical target column may hold text)"
 """Cell texts read as missing. R writes NA, pandas writes an empty cell."""
 
 _EXAMPLES = 3
 _BLOCK = 2 << 20
 """Bytes of whole lines parsed at a time: the per-byte work never spans the whole file."""
 _LF, _CR = ord("\n"), ord("\r")
+ROW_NAMES = "\x00row names"
+"""The name a row-name column (R's ``write.csv``: a first column whose header is "") is read
+under before it is left out; no header can spell it."""
+ROW_NAMES_NOTE = (
+    "the first column has no name, as R's write.csv writes row names: it was left out "
+    "(write.csv(..., row.names = FALSE) leaves it out)"
+)
 
 
 @dataclass(frozen=True)
@@ -42,6 +52,16 @@ class Table:
     columns: tuple[str, ...]
     values: np.ndarray
     lines: np.ndarray | None = None
+    text: Mapping[str, np.ndarray] = field(default_factory=dict)
+    """The cells of the columns read as text, as written (object arrays, None where missing);
+    their entries in ``values`` are the cells that read as numbers, NaN for the others."""
+    notes: tuple[str, ...] = ()
+    """What reading did that the user should know (a row-name column left out)."""
+    layout: tuple[str, ...] = ()
+    """The file's columns in its order, when ``columns`` are a job's (``federation.roles``):
+    outputs write them back in this order, carried columns included."""
+    coded: bool = False
+    """The table is in a job's layout (``federation.roles.code_table``)."""
 
     @property
     def rows(self) -> int:
@@ -59,8 +79,14 @@ class Table:
             raise InputError(f"{self.label}: no column named '{name}'") from None
 
 
-def read_csv(source: Path | bytes | bytearray, *, label: str | None = None) -> Table:
+def read_csv(
+    source: Path | bytes | bytearray, *, label: str | None = None, text: Collection[str] = ()
+) -> Table:
     """Read a CSV file (a path, or its bytes for uploads) into a :class:`Table`.
+
+    Columns named in ``text`` may hold text: their cells are kept as written in
+    :attr:`Table.text` (and as numbers in ``values`` where they read as one); any other column
+    must be numeric.
 
     A plain file (no quotes, LF or CRLF line endings) is parsed in one pass by Arrow's CSV
     reader, batch by batch straight into the preallocated float64 matrix, with the missing
@@ -73,9 +99,13 @@ def read_csv(source: Path | bytes | bytearray, *, label: str | None = None) -> T
         label = str(source) if isinstance(source, Path) else "uploaded file"
     content = _read_bytes(source, label)
     layout = _layout(content, label)
-    values = _read_plain(content, layout)
-    if values is None:
-        return _read_exact(content, layout, label)
+    textual = frozenset(
+        j for j, name in enumerate(layout.columns) if name in text or name == ROW_NAMES
+    )
+    plain = _read_plain(content, layout, textual)
+    if plain is None:
+        return _without_row_names(_read_exact(content, layout, label, textual))
+    values, strings = plain
     if values.shape[0] == 0:
         raise InputError(f"{label}: the file has a header but no data rows")
     lines = None
@@ -86,7 +116,7 @@ def read_csv(source: Path | bytes | bytearray, *, label: str | None = None) -> T
                 for start, stop, first in _numbered(content, layout)
             ]
         )
-    table = Table(label=label, columns=layout.columns, values=values, lines=lines)
+    table = Table(label=label, columns=layout.columns, values=values, lines=lines, text=strings)
     step = _BLOCK // 8
     for start in range(0, table.rows, step):
         rows, cols = np.nonzero(np.isinf(values[start : start + step]))
@@ -95,10 +125,43 @@ def read_csv(source: Path | bytes | bytearray, *, label: str | None = None) -> T
                 f"{label}: column '{layout.columns[cols[0]]}' has an infinite value on line "
                 f"{table.line(start + int(rows[0]))}"
             )
-    return table
+    return _without_row_names(table)
 
 
-def _read_exact(content: bytes | bytearray, layout: _Layout, label: str) -> Table:
+def _without_row_names(table: Table) -> Table:
+    """The table without R's row-name column (a note says so), or as it is."""
+    if ROW_NAMES not in table.columns:
+        return table
+    position = table.columns.index(ROW_NAMES)
+    return Table(
+        label=table.label,
+        columns=tuple(c for c in table.columns if c != ROW_NAMES),
+        values=np.delete(table.values, position, axis=1),
+        lines=table.lines,
+        text={k: v for k, v in table.text.items() if k != ROW_NAMES},
+        notes=(*table.notes, f"{table.label}: {ROW_NAMES_NOTE}"),
+    )
+
+
+def _as_text(cells: np.ndarray) -> np.ndarray:
+    """Text cells as an object array, None where missing (a missing token, or NaN)."""
+    result = np.array(cells, dtype=object)
+    result[pd.isna(result)] = None
+    return result
+
+
+def _numbers_of(cells: np.ndarray) -> np.ndarray:
+    """The cells of a text column that read as numbers; NaN for the others."""
+    numbers: np.ndarray = pd.to_numeric(
+        pd.Series(cells, dtype=object).str.strip(), errors="coerce"
+    ).to_numpy(dtype=np.float64, na_value=np.nan, copy=True)
+    numbers[np.isinf(numbers)] = np.nan
+    return numbers
+
+
+def _read_exact(
+    content: bytes | bytearray, layout: _Layout, label: str, textual: frozenset[int] = frozenset()
+) -> Table:
     """The exact reader: blocks of whole lines, their widths checked line by line, each parsed
     by pandas into the preallocated matrix; every error names its line."""
     blocks = list(_blocks(content, layout))
@@ -111,19 +174,32 @@ def _read_exact(content: bytes | bytearray, layout: _Layout, label: str) -> Tabl
     if numbers.size == 0:
         raise InputError(f"{label}: the file has a header but no data rows")
     values = np.empty((numbers.size, len(layout.columns)), dtype=np.float64)
+    strings: dict[int, list[np.ndarray]] = {j: [] for j in textual}
     row = 0
     for (start, stop), block_lines in zip(blocks, lines, strict=True):
         if block_lines.size:
             part = values[row : row + block_lines.size]
-            part[...] = _parse_block(content[start:stop], block_lines, layout, label)
+            part[...], texts = _parse_block(
+                content[start:stop], block_lines, layout, label, textual
+            )
             _reject_infinite(label, layout.columns, part, block_lines)
+            for j, cells in texts.items():
+                strings[j].append(cells)
             row += block_lines.size
-    return Table(label=label, columns=layout.columns, values=values, lines=numbers)
+    return Table(
+        label=label,
+        columns=layout.columns,
+        values=values,
+        lines=numbers,
+        text={layout.columns[j]: np.concatenate(parts) for j, parts in strings.items()},
+    )
 
 
-def _read_plain(content: bytes | bytearray, layout: _Layout) -> np.ndarray | None:
-    """The matrix of a plain file by Arrow's reader, or None where the exact reader must read
-    it (Arrow refused it, or it has quotes or CR-only lines)."""
+def _read_plain(
+    content: bytes | bytearray, layout: _Layout, textual: frozenset[int] = frozenset()
+) -> tuple[np.ndarray, dict[str, np.ndarray]] | None:
+    """The matrix (and the text columns' cells) of a plain file by Arrow's reader, or None
+    where the exact reader must read it (Arrow refused it, or it has quotes or CR-only lines)."""
     if layout.newline != b"\n" or b'"' in content:
         return None
     names = [f"c{j}" for j in range(len(layout.columns))]
@@ -132,6 +208,7 @@ def _read_plain(content: bytes | bytearray, layout: _Layout) -> np.ndarray | Non
         return None
     upper = lines + 1
     values = np.empty((upper, len(names)), dtype=np.float64)
+    strings: dict[int, list[np.ndarray]] = {j: [] for j in textual}
     row = 0
     try:
         reader = pa_csv.open_csv(
@@ -141,7 +218,10 @@ def _read_plain(content: bytes | bytearray, layout: _Layout) -> np.ndarray | Non
             ),
             parse_options=pa_csv.ParseOptions(newlines_in_values=False, quote_char=False),
             convert_options=pa_csv.ConvertOptions(
-                column_types=dict.fromkeys(names, pa.float64()),
+                column_types={
+                    name: pa.string() if j in textual else pa.float64()
+                    for j, name in enumerate(names)
+                },
                 null_values=list(MISSING_TOKENS),
                 strings_can_be_null=True,
             ),
@@ -152,11 +232,20 @@ def _read_plain(content: bytes | bytearray, layout: _Layout) -> np.ndarray | Non
                 return None
             for j in range(len(names)):
                 column = batch.column(j)
-                values[row:stop, j] = column.to_numpy(zero_copy_only=False)
+                if j in textual:
+                    cells = _as_text(column.to_numpy(zero_copy_only=False))
+                    strings[j].append(cells)
+                    values[row:stop, j] = _numbers_of(cells)
+                else:
+                    values[row:stop, j] = column.to_numpy(zero_copy_only=False)
             row = stop
     except pa.ArrowInvalid:
         return None
-    return values[:row]
+    text = {
+        layout.columns[j]: np.concatenate(parts) if parts else np.zeros(0, dtype=object)
+        for j, parts in strings.items()
+    }
+    return values[:row], text
 
 
 def _line_count(content: bytes | bytearray, start: int) -> tuple[int, bool]:
@@ -193,8 +282,12 @@ class CsvStream:
     :func:`read_csv`, with the same line numbers.
     """
 
-    def __init__(self, *, label: str) -> None:
+    def __init__(self, *, label: str, text: bool = False) -> None:
         self.label = label
+        self.text = text
+        """Every column may hold text: :attr:`texts` collects, for each block that is not all
+        numbers, its cells as written (central's header scan proposes roles from them)."""
+        self.texts: list[dict[int, np.ndarray]] = []
         self.rows = 0
         self._pending = bytearray()
         self._layout: _Layout | None = None
@@ -240,25 +333,36 @@ class CsvStream:
         self._line += block.count(self._layout.newline)
         if not lines.size:
             return []
-        values = _parse_block(block, lines, self._layout, self.label)
+        try:  # numbers first: the common case, several times faster than text
+            values, texts = _parse_block(block, lines, self._layout, self.label)
+        except InputError:
+            if not self.text:
+                raise
+            every = frozenset(range(len(self._layout.columns)))
+            values, texts = _parse_block(block, lines, self._layout, self.label, every)
+        if self.text:
+            self.texts.append(texts)
         _reject_infinite(self.label, self._layout.columns, values, lines)
         self.rows += lines.size
         return [(values, lines)]
 
 
-def check_columns(table: Table, expected: Sequence[str]) -> None:
-    """The table's header must be exactly ``expected``; the message shows the difference."""
+def check_columns(table: Table, expected: Sequence[str], *, ignore: Iterable[str] = ()) -> None:
+    """The table's header must hold the ``expected`` columns, in any order (matched by name),
+    and no other but those in ``ignore`` (a job's carried columns, which a site may hold or
+    not); the message shows the difference."""
     if tuple(expected) == table.columns:
         return
+    ignored = set(ignore)
     missing = [c for c in expected if c not in table.columns]
-    extra = [c for c in table.columns if c not in expected]
+    extra = [c for c in table.columns if c not in expected and c not in ignored]
     parts = []
     if missing:
         parts.append(f"missing {_names(missing)}")
     if extra:
         parts.append(f"unexpected {_names(extra)}")
     if not parts:
-        parts.append(f"same columns in another order; expected {_names(expected)}")
+        return
     raise InputError(f"{table.label}: columns differ from the job's: " + "; ".join(parts))
 
 
@@ -374,6 +478,8 @@ def _layout(content: bytes | bytearray, label: str) -> _Layout:
     if not first.strip():
         raise InputError(f"{label}: the file is empty; expected a header row of column names")
     names = [name.strip() for name in next(csv.reader([first]))]
+    if len(names) > 1 and not names[0]:
+        names[0] = ROW_NAMES
     for position, name in enumerate(names, start=1):
         if not name:
             raise InputError(f"{label}: column {position} of the header has no name")
@@ -454,24 +560,42 @@ def _data_lines(block: bytes | bytearray, first: int, layout: _Layout, label: st
 
 
 def _parse_block(
-    block: bytes | bytearray, lines: np.ndarray, layout: _Layout, label: str
-) -> np.ndarray:
-    """The numbers of a block of whole lines, one row per entry of ``lines``."""
+    block: bytes | bytearray,
+    lines: np.ndarray,
+    layout: _Layout,
+    label: str,
+    textual: frozenset[int] = frozenset(),
+) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """The numbers of a block of whole lines, one row per entry of ``lines``, and the cells of
+    its text columns."""
+    types = {
+        name: (object if j in textual else np.float64) for j, name in enumerate(layout.columns)
+    }
     try:
-        frame = pd.read_csv(io.BytesIO(block), dtype=np.float64, **_pandas_options(layout))
+        frame = pd.read_csv(io.BytesIO(block), dtype=types, **_pandas_options(layout))
     except UnicodeDecodeError:
         raise InputError(f"{label}: not a UTF-8 text file") from None
     except ValueError as error:
         if isinstance(error, pd.errors.ParserError):
             raise InputError(f"{label}: the file is not a well-formed CSV ({error})") from None
-        raise InputError(_explain_non_numeric(block, layout, lines, label)) from None
+        raise InputError(_explain_non_numeric(block, layout, lines, label, textual)) from None
     if len(frame) != lines.size:
         raise InputError(
             f"{label}: the file is not a well-formed CSV (lines {lines[0]} to {lines[-1]} give "
             f"{len(frame)} rows instead of {lines.size})"
         )
-    values: np.ndarray = frame.to_numpy(dtype=np.float64)
-    return values
+    if not textual:
+        values: np.ndarray = frame.to_numpy(dtype=np.float64)
+        return values, {}
+    values = np.empty((len(frame), len(layout.columns)), dtype=np.float64)
+    texts: dict[int, np.ndarray] = {}
+    for j, name in enumerate(layout.columns):
+        if j in textual:
+            texts[j] = _as_text(frame[name].to_numpy(dtype=object))
+            values[:, j] = _numbers_of(texts[j])
+        else:
+            values[:, j] = frame[name].to_numpy(dtype=np.float64)
+    return values, texts
 
 
 def _pandas_options(layout: _Layout) -> dict[str, Any]:
@@ -487,13 +611,19 @@ def _pandas_options(layout: _Layout) -> dict[str, Any]:
 
 
 def _explain_non_numeric(
-    block: bytes | bytearray, layout: _Layout, lines: np.ndarray, label: str
+    block: bytes | bytearray,
+    layout: _Layout,
+    lines: np.ndarray,
+    label: str,
+    textual: frozenset[int] = frozenset(),
 ) -> str:
     """Find the first non-numeric cell of each offending column; slow path, errors only."""
     options = {**_pandas_options(layout), "na_values": None}
     text = pd.read_csv(io.BytesIO(block), dtype=str, **options)
     problems = []
-    for name in layout.columns:
+    for j, name in enumerate(layout.columns):
+        if j in textual:
+            continue
         cells = text[name]
         is_missing = cells.isin(MISSING_TOKENS).to_numpy()
         numeric = pd.to_numeric(cells.where(~is_missing), errors="coerce")
@@ -503,6 +633,7 @@ def _explain_non_numeric(
             problems.append(
                 f"column '{name}' is not numeric: line {lines[first]} has {cells.iloc[first]!r}"
                 + (f" ({bad.size} such cells)" if bad.size > 1 else "")
+                + TEXT_HINT
             )
     if not problems:
         return f"{label}: the file could not be read as numbers"

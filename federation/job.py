@@ -28,12 +28,35 @@ class Target:
     type: str
     levels: tuple[float, ...] = ()
     """The level values of a categorical or ordinal target, in the job's order (the integer
-    codes of the data, e.g. 1..5 for Tanner stages); empty for any other method."""
+    codes of the data, e.g. 1..5 for Tanner stages; 0..K-1 for a text target); empty for any
+    other method."""
+    labels: tuple[str, ...] = ()
+    """A text target's levels as written, in the job's order (its cells are coded 0..K-1, a
+    logistic one 0 and 1, and imputed as these texts); empty for a numeric target."""
 
     @property
     def column(self) -> int:
         """0-based position in the data matrix."""
         return self.index - 1
+
+
+@dataclass(frozen=True)
+class Design:
+    """What the design of a target is made of: its predictors (0-based columns of the job's
+    ``columns``, in their order), each factor's level count K (0 for a numeric column), and the
+    names of the design's columns: a numeric predictor's own, one per level but the first of a
+    factor (``name=level``, treatment coding), then ``(intercept)``. ``algorithms._predictors``
+    builds the matrix."""
+
+    sources: tuple[int, ...]
+    levels: tuple[int, ...]
+    names: tuple[str, ...]
+    default: bool
+    """Every other column, none a factor: the design is the site's data matrix itself."""
+
+    @property
+    def p(self) -> int:
+        return len(self.names)
 
 
 @dataclass(frozen=True)
@@ -49,10 +72,43 @@ class JobSpec:
     params: Mapping[str, Any]
     seed: int
     sites: tuple[str, ...]
+    factors: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """The factor columns (categorical predictors) and their levels as written, in the job's
+    order: the first is the reference of the treatment coding (``federation.roles``)."""
+    carried: tuple[str, ...] = ()
+    """Columns never modelled: not in ``columns``, ignored at sites, written back unchanged in
+    central's outputs."""
+    predictor_lists: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """Per target name, the columns its design uses (mice's predictorMatrix), when not the
+    default: every other column."""
+
+    def design(self, target: Target) -> Design:
+        """The design of a target's fits (ALGORITHMS.md, Conventions)."""
+        listed = self.predictor_lists.get(target.name)
+        sources = tuple(
+            i
+            for i, name in enumerate(self.columns)
+            if i != target.column and (listed is None or name in listed)
+        )
+        levels = tuple(len(self.factors.get(self.columns[i], ())) for i in sources)
+        names: list[str] = []
+        for i, count in zip(sources, levels, strict=True):
+            name = self.columns[i]
+            names += [f"{name}={level}" for level in self.factors[name][1:]] if count else [name]
+        return Design(
+            sources=sources,
+            levels=levels,
+            names=(*names, "(intercept)"),
+            default=listed is None and not any(levels),
+        )
 
     def predictors(self, target: Target) -> list[str]:
-        """Names of the design columns for a target: every other column, then the intercept."""
-        return [c for i, c in enumerate(self.columns) if i != target.column] + ["(intercept)"]
+        """Names of the design columns for a target (:meth:`design`), the intercept last."""
+        return list(self.design(target).names)
+
+    def design_width(self) -> int:
+        """The widest design of the job's targets."""
+        return max((self.design(t).p for t in self.targets), default=len(self.columns))
 
     @property
     def chains(self) -> int:
@@ -62,16 +118,20 @@ class JobSpec:
 
     def dims(self) -> Dims:
         """The sizes its replies are checked against (``federation.replies``): p, c, k, m, and
-        each target's parameter length t and level count l."""
-        p = len(self.columns)
+        each target's design width p, parameter length t and level count l."""
+        widths = {t.index: self.design(t).p for t in self.targets}
         return Dims.of(
-            p,
+            len(self.columns),
             len(self.targets),
             {
-                t.index: (methods.get(t.type).parameters(p, len(t.levels)), len(t.levels))
+                t.index: (
+                    methods.get(t.type).parameters(widths[t.index], len(t.levels)),
+                    len(t.levels),
+                )
                 for t in self.targets
             },
             chains=self.chains,
+            widths=widths,
         )
 
     def to_wire(self) -> dict[str, Any]:
@@ -85,6 +145,13 @@ class JobSpec:
             "params": dict(self.params),
             "seed": self.seed,
             "sites": list(self.sites),
+            **({"factors": {k: list(v) for k, v in self.factors.items()}} if self.factors else {}),
+            **({"carried": list(self.carried)} if self.carried else {}),
+            **(
+                {"predictors": {k: list(v) for k, v in self.predictor_lists.items()}}
+                if self.predictor_lists
+                else {}
+            ),
         }
 
     @classmethod
@@ -99,6 +166,11 @@ class JobSpec:
             params=dict(raw["params"]),
             seed=int(raw["seed"]),
             sites=tuple(raw["sites"]),
+            factors={str(k): tuple(map(str, v)) for k, v in raw.get("factors", {}).items()},
+            carried=tuple(map(str, raw.get("carried", ()))),
+            predictor_lists={
+                str(k): tuple(map(str, v)) for k, v in raw.get("predictors", {}).items()
+            },
         )
 
 
@@ -116,6 +188,8 @@ def target_to_wire(target: Target) -> dict[str, Any]:
     wire: dict[str, Any] = {"index": target.index, "name": target.name, "type": target.type}
     if target.levels:
         wire["levels"] = list(target.levels)
+    if target.labels:
+        wire["labels"] = list(target.labels)
     return wire
 
 
@@ -123,7 +197,8 @@ def target_from_wire(raw: Mapping[str, Any]) -> Target:
     """A target as a job spec carries it (its levels only for a method with levels)."""
     method = methods.get(raw["type"], field="target type")
     levels = methods.level_list(raw.get("levels", ()), field=f"target '{raw['name']}' levels")
-    return Target(int(raw["index"]), str(raw["name"]), method.name, levels)
+    labels = tuple(str(label) for label in raw.get("labels", ()))
+    return Target(int(raw["index"]), str(raw["name"]), method.name, levels, labels)
 
 
 def make_targets(

@@ -8,10 +8,16 @@ gives a ``mids`` whose ``plot()``, ``densityplot()``, ``method`` and ``pool(with
 
 The long CSV is the layout of R mice's ``complete(imp, "long", include = TRUE)``: columns
 ``.imp`` (0 = the original with its missing cells, then 1..M) and ``.id`` (row number from 1),
-then the data columns in their original order. Missing cells are written as ``NA``; a column
-whose values are all whole numbers is written without decimals, any other value in the
-shortest text that reads back to the same float64 (polars' writer: positional at moderate
-magnitudes, with an exponent for very small or large ones). Same inputs and seed, same bytes.
+then the data columns in the order of central's file (carried columns included). Missing cells
+are written as ``NA``. Carried and factor columns are written back as they were read, text
+unchanged; a text target's observed cells as read and its imputed cells as the job's levels.
+A numeric column whose values are all whole numbers is written without decimals, any other
+value in the shortest text that reads back to the same float64 (polars' writer: positional at
+moderate magnitudes, with an exponent for very small or large ones). So an integer column
+stays integer wherever its imputations are whole (pmm, poisson, logistic, categorical and
+ordinal always are); gaussian imputations of an integer column are not rounded (rounding
+biases the imputations; mice does not round either), so that column is written with
+decimals in that dataset: use pmm for an integer column. Same inputs and seed, same bytes.
 
 Both files are produced as a stream of chunks of a few MiB, each built from central's table and
 the imputed cells of a block of rows: neither the M imputed copies nor a whole file is ever held
@@ -27,9 +33,9 @@ import io
 import json
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
@@ -40,6 +46,7 @@ import polars as pl
 
 from algorithms import methods
 from federation.job import Target
+from federation.roles import as_written
 from federation.runtime import JobResult
 from federation.zipstream import ZipStream, deflate
 
@@ -298,10 +305,29 @@ class _Plan:
     values: np.ndarray
     missing: np.ndarray
     cells: list[np.ndarray]
+    order: tuple[str, ...] = ()
+    """The output's columns (central's file order, carried ones included); default: columns."""
+    text: Mapping[str, np.ndarray] = field(default_factory=dict)
+    """Columns written back as they were read (carried, factor, text target), by name."""
+    labels: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """A text target's levels: its imputed cells (level indices) are written as these."""
 
     @classmethod
     def of(cls, result: JobResult) -> _Plan:
-        return cls(result.table.columns, result.table.values, result.missing, result.imputed_cells)
+        table = result.table
+        return cls(
+            table.columns,
+            table.values,
+            result.missing,
+            result.imputed_cells,
+            order=table.layout or table.columns,
+            text=table.text,
+            labels={t.name: t.labels for t in result.spec.targets if t.labels},
+        )
+
+    @property
+    def shown(self) -> tuple[str, ...]:
+        return self.order or self.columns
 
     @property
     def rows(self) -> int:
@@ -345,14 +371,14 @@ class _Plan:
 
     def dataset_tasks(self, m: int) -> Iterator[Task]:
         whole = self.whole[m]
-        yield lambda: _header(self.columns)
+        yield lambda: _header(self.shown)
         for first in range(0, self.rows, self.block):
             last = min(first + self.block, self.rows)
             yield self._task(m, first, last, whole, long=False)
 
     def long_tasks(self) -> Iterator[Task]:
         whole = np.asarray(self.whole.all(axis=0))
-        yield lambda: _header((".imp", ".id", *self.columns))
+        yield lambda: _header((".imp", ".id", *self.shown))
         for m in range(len(self.cells) + 1):
             for first in range(0, self.rows, self.block):
                 last = min(first + self.block, self.rows)
@@ -369,8 +395,12 @@ class _Plan:
             if long:
                 series.append(pl.Series(".imp", np.full(last - first, m, dtype=np.int64)))
                 series.append(pl.Series(".id", np.arange(first + 1, last + 1, dtype=np.int64)))
-            for j in range(len(self.columns)):
-                column = pl.Series(f"c{j}", np.ascontiguousarray(block[:, j]), nan_to_null=True)
+            for k, name in enumerate(self.shown):
+                if name in self.text:
+                    series.append(self._text(k, name, block, first, last))
+                    continue
+                j = self.columns.index(name) if self.order else k
+                column = pl.Series(f"c{k}", np.ascontiguousarray(block[:, j]), nan_to_null=True)
                 series.append(column.cast(pl.Int64) if whole[j] else column)
             buffer = io.BytesIO()
             pl.DataFrame(series).write_csv(
@@ -379,6 +409,14 @@ class _Plan:
             return buffer.getvalue()
 
         return format_rows
+
+    def _text(self, k: int, name: str, block: np.ndarray, first: int, last: int) -> pl.Series:
+        """A column written back as it was read; a text target's imputed cells as levels."""
+        cells = self.text[name][first:last]
+        labels = self.labels.get(name)
+        if labels is not None:
+            cells = as_written(cells, block[:, self.columns.index(name)], labels)
+        return pl.Series(f"c{k}", cells.tolist(), dtype=pl.Utf8)
 
 
 def _level_text(level: float) -> str:

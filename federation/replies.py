@@ -22,20 +22,21 @@ A value is a number or an array of numbers, never text and never nested:
   disagree with what the site said it holds;
 - ``flag``: 0 or 1.
 
-A dimension ``d`` is ``p`` (the width of a design: the job's columns, the target's place taken by
-the intercept), ``c`` (the job's columns), ``k`` (the job's targets), ``t`` (the length of the
-parameters of the operation's target's fit: p, (K-1)p for a categorical target of K levels,
-p - 1 + K - 1 for an ordinal one; ``algorithms.methods``), ``l`` (the levels of the operation's
-target) or a whole number up to 64. At most two dimensions, so a value holds at most
-max(p, c, k, t)^2 numbers; a reply holds at most
-:data:`MAX_KEYS` values. One more may come first: ``m``, the job's chains (the chained family's
-parameter ``chains``: 1 for a single chain, M = ``imputations`` for parallel chains), for an
-operation that answers for every chain at once (``float[m,p,p]``: one X'X a chain); such a
-reply holds m times as many numbers, still bounded by the job.
+A dimension ``d`` is ``p`` (the width of the operation's target's design: its predictors, each
+factor as one column per level but the first, and the intercept; by default the job's columns,
+the target's place taken by the intercept), ``c`` (the job's columns), ``k`` (the job's
+targets), ``t`` (the length of the parameters of the operation's target's fit: p, (K-1)p for
+a categorical target of K levels, p - 1 + K - 1 for an ordinal one; ``algorithms.methods``),
+``l`` (the levels of the operation's target) or a whole number up to 64. At most two
+dimensions, so a value holds at most max(p, c, k, t)^2 numbers; a reply holds at most
+:data:`MAX_KEYS` values. ``prepare`` declares what the site adds to the runtime's own summary
+when the job opens (``rows``, ``rows_used``, ``observed``, ``target_rows``, ``left_out``); its
+``left_out`` reasons are the labels listed here, so no text of the site's travels.
 
-``prepare`` declares what the site adds to the runtime's own summary when the job opens
-(``rows``, ``rows_used``, ``observed``, ``target_rows``, ``left_out``); its ``left_out`` reasons
-are the labels listed here, so no text of the site's travels.
+One more dimension may come first: ``m``, the job's chains (the chained family's parameter
+``chains``: 1 for a single chain, M = ``imputations`` for parallel chains), for an operation
+that answers for every chain at once (``float[m,p,p]``: one X'X a chain); such a reply holds m
+times as many numbers, still bounded by the job.
 
 ``fits`` is the most fits the job makes, as arithmetic (+, -, *, parentheses) over the job's
 whole-number parameters and ``targets``: a site answers at most ``2 + fits * max_newton_rounds``
@@ -102,6 +103,9 @@ class Dims:
     """(t, l) of each target, by its 1-based column index (default: t = p, l = 0)."""
     m: int = 1
     """The job's chains (``federation.job.JobSpec.chains``): the leading ``m`` of a value."""
+    widths: Mapping[int, int] = field(default_factory=dict)
+    """Each target's design width p, by its 1-based column index, where its factors or its
+    predictor list make it other than the job's p."""
 
     @classmethod
     def of(
@@ -111,20 +115,30 @@ class Dims:
         per_target: Mapping[int, tuple[int, int]] | None = None,
         *,
         chains: int = 1,
+        widths: Mapping[int, int] | None = None,
     ) -> Dims:
-        return cls(p=columns, c=columns, k=targets, per_target=dict(per_target or {}), m=chains)
+        return cls(
+            p=columns,
+            c=columns,
+            k=targets,
+            per_target=dict(per_target or {}),
+            m=chains,
+            widths=dict(widths or {}),
+        )
 
     def as_map(self, target: int | None = None) -> dict[str, int]:
-        """The sizes of the symbols; ``t`` and ``l`` are those of ``target`` (the operation's)."""
+        """The sizes of the symbols; ``p``, ``t`` and ``l`` are those of ``target`` (the
+        operation's)."""
         if target is None and len(self.per_target) == 1:
             (target,) = self.per_target
-        t, levels = self.per_target.get(target, (self.p, 0)) if target is not None else (self.p, 0)
-        return {"p": self.p, "c": self.c, "k": self.k, "t": t, "l": levels, CHAINS: self.m}
+        p = self.widths.get(target, self.p) if target is not None else self.p
+        t, levels = self.per_target.get(target, (p, 0)) if target is not None else (p, 0)
+        return {"p": p, "c": self.c, "k": self.k, "t": t, "l": levels, CHAINS: self.m}
 
     def reply_limit(self) -> int:
         """The most numbers one operation's reply may hold, whatever it declares."""
         widest = max((t for t, _ in self.per_target.values()), default=0)
-        largest = max(self.p, self.c, self.k, widest)
+        largest = max(self.p, self.c, self.k, widest, *self.widths.values())
         return MAX_KEYS * largest * largest * self.m
 
 

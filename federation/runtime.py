@@ -46,6 +46,7 @@ from federation.errors import (
 from federation.job import CENTRAL, JobEvent, JobSpec, Target, random_stream
 from federation.protocol import ErrorReply, Op, Reply, Request, decode, encode
 from federation.replies import PREPARE, Bounds, Dims, check_values
+from federation.roles import code_table
 from federation.site import CLOSE, OPEN, Result, SiteRunner, open_values, public_text
 from federation.transport import Transport
 
@@ -182,7 +183,7 @@ class CentralJob:
         scale = secure.scale_for(
             rows=sum(int(s["rows_used"]) for s in self.site_summaries.values()),
             magnitude=self._magnitude,
-            width=len(self.spec.columns),
+            width=max(len(self.spec.columns), self.spec.design_width()),
             largest_argument=secure.largest_number(args),
             sites=len(self.spec.sites),
         )
@@ -572,6 +573,7 @@ async def run_job(
         raise InputError(f"site names must be unique and not '{CENTRAL}': {list(spec.sites)}")
     started = time.perf_counter()
     secure.check_job(local.replies, spec.params, spec.sites)
+    local.data = code_table(local.data, spec)  # the job's layout: what central imputes
     job = CentralJob(
         spec=spec,
         data=local.data,
@@ -630,8 +632,13 @@ def _report(job: CentralJob, *, seconds: float) -> dict[str, Any]:
         "targets": [
             {"name": t.name, "index": t.index, "type": t.type}
             | ({"levels": list(t.levels)} if t.levels else {})
+            | ({"labels": list(t.labels)} if t.labels else {})
+            | {"predictors": [spec.columns[i] for i in spec.design(t).sources]}
             for t in spec.targets
         ],
+        **({"factors": {k: list(v) for k, v in spec.factors.items()}} if spec.factors else {}),
+        **({"carried": list(spec.carried)} if spec.carried else {}),
+        **({"notes": list(job.data.notes)} if job.data.notes else {}),
         "sites": sites,
         "fits": job.fits,
         "warnings": job.warnings,

@@ -15,9 +15,10 @@ import numpy as np
 
 from algorithms import methods
 from federation.data import Table
-from federation.job import CENTRAL, JobSpec, make_targets
+from federation.job import CENTRAL, JobSpec
 from federation.params import resolve_params
 from federation.registry import Algorithm
+from federation.roles import as_written, define_columns
 from federation.runtime import EventSink, JobResult, run_job
 from federation.secure import check_job
 from federation.site import SiteRunner
@@ -33,18 +34,22 @@ def make_spec(
     params: Mapping[str, Any],
     seed: int | None = None,
     job_id: str = "simulation",
-    levels: Mapping[str, Sequence[float]] | None = None,
+    levels: Mapping[str, Sequence[object]] | None = None,
+    roles: Mapping[str, str] | None = None,
+    predictors: Mapping[str, Sequence[str]] | None = None,
 ) -> JobSpec:
-    """Check targets and parameters against the algorithm and central's header; fix the seed.
+    """Check targets, column roles and parameters against the algorithm and central's table;
+    fix the seed.
 
-    An algorithm on central's data alone (IMI, IMICE) gets no sites, whatever is given. A
-    categorical or ordinal target's levels are ``levels``' or else those central observes.
+    An algorithm on central's data alone (IMI, IMICE) gets no sites, whatever is given. The
+    levels of a factor or a categorical or ordinal target are ``levels``' or else those central
+    observes (``federation.roles.define_columns``).
     """
-    chosen = make_targets(
-        central.columns, targets, label=central.label, values=central.values, levels=levels
+    chosen = define_columns(
+        central, targets=targets, roles=roles, levels=levels, predictors=predictors
     )
-    algorithm.check_targets(t.type for t in chosen)
-    resolved = resolve_params(algorithm.schema, params, columns=len(central.columns))
+    algorithm.check_targets(t.type for t in chosen.targets)
+    resolved = resolve_params(algorithm.schema, params, columns=len(chosen.columns))
     remote = tuple(sites) if algorithm.capabilities.uses_sites else ()
     check_job(algorithm.replies, resolved, remote)
     return JobSpec(
@@ -52,11 +57,14 @@ def make_spec(
         algorithm=algorithm.name,
         version=algorithm.version,
         digest=algorithm.digest,
-        columns=central.columns,
-        targets=chosen,
+        columns=chosen.columns,
+        targets=chosen.targets,
         params=resolved,
         seed=secrets.randbelow(2**32) if seed is None else seed,
         sites=remote,
+        factors=chosen.factors,
+        carried=chosen.carried,
+        predictor_lists=chosen.predictor_lists,
     )
 
 
@@ -69,9 +77,13 @@ async def simulate(
     params: Mapping[str, Any],
     seed: int | None = None,
     on_event: EventSink | None = None,
-    levels: Mapping[str, Sequence[float]] | None = None,
+    levels: Mapping[str, Sequence[object]] | None = None,
+    roles: Mapping[str, str] | None = None,
+    predictors: Mapping[str, Sequence[str]] | None = None,
 ) -> JobResult:
-    """Run a job with central and ``sites`` (name -> table) in this process."""
+    """Run a job with central and ``sites`` (name -> table) in this process. Tables with
+    text in their factor, carried or text-target columns are read with
+    ``read_csv(text=federation.roles.text_columns(roles, targets))``."""
     spec = make_spec(
         algorithm=algorithm,
         central=central,
@@ -80,6 +92,8 @@ async def simulate(
         params=params,
         seed=seed,
         levels=levels,
+        roles=roles,
+        predictors=predictors,
     )
     runners = {
         name: SiteRunner(site=name, data=sites[name], algorithm=algorithm, on_event=on_event)
@@ -113,13 +127,26 @@ def check_analysis(model: str, family: str, columns: Iterable[str], *, label: st
 
 
 def central_datasets(result: JobResult) -> list[dict[str, np.ndarray]]:
-    """Central's M imputed datasets, each as column name -> cells, for an analysis."""
+    """Central's M imputed datasets, each as column name -> cells, for an analysis: a factor or
+    text target as its text (an object array), carried columns left out."""
     columns = result.table.columns
+    labels = {t.name: t.labels for t in result.spec.targets if t.labels}
     datasets = []
     for m in range(1, len(result.imputed_cells) + 1):
         values = result.dataset(m)
-        datasets.append({name: values[:, j] for j, name in enumerate(columns)})
+        data = {name: values[:, j] for j, name in enumerate(columns)}
+        for name, cells in result.table.text.items():
+            if name in data:
+                data[name] = as_written(cells, data[name], labels.get(name))
+        datasets.append(data)
     return datasets
+
+
+def _levels(result: JobResult) -> dict[str, tuple[str, ...]]:
+    """The job's levels of its text columns, the reference first, for an analysis."""
+    levels = {name: tuple(v) for name, v in result.spec.factors.items()}
+    levels.update({t.name: t.labels for t in result.spec.targets if t.labels})
+    return {name: v for name, v in levels.items() if name in result.table.text}
 
 
 def add_analysis(result: JobResult, model: str, family: str = "linear") -> str | None:
@@ -131,7 +158,13 @@ def add_analysis(result: JobResult, model: str, family: str = "linear") -> str |
     from federation.errors import FipError
 
     try:
-        analysis = analyse(central_datasets(result), model, family, label=result.table.label)
+        analysis = analyse(
+            central_datasets(result),
+            model,
+            family,
+            label=result.table.label,
+            levels=_levels(result),
+        )
     except FipError as error:
         result.report["analysis"] = {"model": model, "family": family, "error": str(error)}
         return str(error)

@@ -27,7 +27,7 @@ from typing import Any, NoReturn, Protocol
 
 import numpy as np
 
-from federation.data import Table, check_columns, check_target_values
+from federation.data import Table, check_target_values
 from federation.errors import AlgorithmInvalid, FipError, ProtocolError, SiteRefused
 from federation.job import JobEvent, JobSpec, Target, random_stream
 from federation.policy import OPEN as OPEN_POLICY
@@ -35,6 +35,7 @@ from federation.policy import Policy, binary_levels
 from federation.protocol import ErrorKind, ErrorReply, Op, Reply, Request, decode, encode
 from federation.registry import Algorithm, file_names
 from federation.replies import PREPARE, Bounds, Dims, ReplySchema, Value, check_values
+from federation.roles import LevelError, code_table
 from federation.sandbox import Sandbox, SandboxFailed
 from federation.secure import (
     EXTRA_REQUESTS,
@@ -379,7 +380,7 @@ class SiteRunner:
         finest = scale_for(
             rows=self._bounds.rows_used,
             magnitude=self._magnitude,
-            width=len(self._job.spec.columns),
+            width=max(len(self._job.spec.columns), self._job.spec.design_width()),
             largest_argument=largest_number(inner),
             sites=len(self._job.spec.sites),
         )
@@ -436,7 +437,12 @@ class SiteRunner:
         self.remote.close()
 
     def _open(self, spec: JobSpec) -> Result:
-        check_columns(self.data, spec.columns)
+        try:  # the job's columns in its order; factors and text targets coded by its levels
+            self.data = code_table(self.data, spec, show_values=self._is_central)
+        except LevelError as error:
+            if not self._is_central:  # the values stay in this site's own log
+                self._emit("log", error.private)
+            raise
         self._check_spec(spec)
         for target in spec.targets:
             check_target_values(
@@ -496,7 +502,7 @@ class SiteRunner:
                 rows_used=self._bounds.rows_used,
                 job_min_rows=int(spec.params.get("min_rows") or 0),
                 target_rows={t.name: self._bounds.target_rows[t.index] for t in spec.targets},
-                design_width=len(spec.columns),
+                design_width=spec.design_width(),
                 levels=binary_levels(self.data.values, spec.columns),
             )
             if reasons:
@@ -581,7 +587,7 @@ class SiteRunner:
             differs = [
                 name
                 for name, value in self.expected.items()
-                if (sorted(seen[name]) if name == "sites" else seen[name])
+                if (sorted(seen[name]) if name == "sites" else seen.get(name))
                 != (sorted(value) if name == "sites" else value)
             ]
             if differs:

@@ -156,6 +156,9 @@ class Job(Base):
     columns: Mapped[list[Any]]
     targets: Mapped[list[Any]]
     params: Mapped[dict[str, Any]]
+    roles: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
+    """Column roles (``federation.roles.roles_to_wire``): factors with their levels, carried
+    columns, predictor lists; empty: every column a predictor, every design the default."""
     seed: Mapped[int] = mapped_column(BigInteger)
     state: Mapped[str] = mapped_column(String(16), index=True)
     message: Mapped[str] = mapped_column(Text, default="")

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from federation import rows, secure
-from federation.data import Table, check_for_job, read_csv
+from federation.data import Table, read_csv
 from federation.errors import AlgorithmInvalid, InputError
-from federation.job import JobEvent, target_from_wire, target_to_wire
+from federation.job import JobEvent, JobSpec, target_from_wire, target_to_wire
 from federation.policy import Policy
 from federation.protocol import (
     Cancel,
@@ -27,6 +27,7 @@ from federation.protocol import (
     Welcome,
 )
 from federation.registry import Algorithm, Registry, file_names, package_digest, read_algorithm
+from federation.roles import ROLE_FIELDS, check_upload, spec_of_definition, spec_text_columns
 from federation.site import SiteRunner
 from portal_common.broker import Broker
 from portal_site.central import CentralError
@@ -227,11 +228,11 @@ class LocalJobs:
 
     def _table(self, job: LocalJob, content: bytes | bytearray, filename: str) -> Table:
         try:
-            table = read_csv(content, label=filename or "uploaded file")
-            targets = [
-                (t["name"], t["type"], tuple(t.get("levels", ()))) for t in job.info["targets"]
-            ]
-            check_for_job(table, job.info["columns"], targets)
+            spec = self._spec(job)
+            table = read_csv(
+                content, label=filename or "uploaded file", text=spec_text_columns(spec)
+            )
+            check_upload(table, spec)
         except InputError as error:
             raise SiteError(str(error), status=422, field="file") from None
         minimum = max(int(job.info["parameters"].get("min_rows") or 0), self.policy.min_rows)
@@ -335,11 +336,12 @@ class LocalJobs:
             on_event=lambda event: self.publish(job, event),
             policy=self.policy,
         )
+        spec = self._spec(job)
         runner.expected = {
             "algorithm": algorithm.name,
             "version": algorithm.version,
             "digest": algorithm.digest,
-            "columns": list(job.info["columns"]),
+            **{k: v for k, v in spec.to_wire().items() if k in ("columns", *ROLE_FIELDS)},
             "targets": [target_to_wire(target_from_wire(t)) for t in job.info["targets"]],
             "sites": [
                 str(p["site_id"]) if isinstance(p, dict) else str(p)
@@ -351,6 +353,15 @@ class LocalJobs:
         else:  # ... but every one of them masks when the comparison says so
             runner.secure_required = secure.enabled(job.info["parameters"])
         return runner
+
+    @staticmethod
+    def _spec(job: LocalJob) -> JobSpec:
+        """The job's columns, targets and roles as central listed them (what the user saw)."""
+        return spec_of_definition(
+            job.info["columns"],
+            [target_from_wire(t) for t in job.info["targets"]],
+            job.info.get("roles") or {},
+        )
 
     async def cancel(self, job: LocalJob) -> None:
         """Cancel the job everywhere (central stops it at every site) and drop the data here."""

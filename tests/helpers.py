@@ -33,7 +33,9 @@ def run(
     *,
     seed: int = 1,
     on_event: EventSink | None = None,
-    levels: Mapping[str, Sequence[float]] | None = None,
+    levels: Mapping[str, Sequence[object]] | None = None,
+    roles: Mapping[str, str] | None = None,
+    predictors: Mapping[str, Sequence[str]] | None = None,
     **params: Any,
 ) -> JobResult:
     """Simulate a job synchronously; ``params`` are the algorithm's parameters."""
@@ -48,5 +50,7 @@ def run(
             seed=seed,
             on_event=on_event,
             levels=levels,
+            roles=roles,
+            predictors=predictors,
         )
     )

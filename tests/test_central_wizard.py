@@ -244,15 +244,18 @@ def test_columns_fragment_keeps_names_and_counts_only(
         assert name in text
         assert f"{100 * count / table.rows:.1f}%" in text
         assert f"({count} of {table.rows})" in text
-        select = _one(row, "select")
-        assert select["name"] == f"type:{name}"
+        select = _one(row, f"select[name='type:{name}']")
+        role = _one(row, f"select[name='role:{name}']")
+        assert [o["value"] for o in role.select("option[selected]")] == ["predictor"], name
         assert [o["value"] for o in select.select("option")] == list(METHODS)
         chosen = [o["value"] for o in select.select("option[selected]")]
         assert chosen == ["logistic" if name in BINARY else "gaussian"], name
     assert missing[COLUMNS.index("bmi")] > 0 and missing[COLUMNS.index("smoker")] > 0
 
     summary = json.loads(str(_one(fragment, "input[type=hidden][name=columns_json]")["value"]))
-    assert summary == _summary(path)
+    expected = _summary(path)
+    assert [{k: c[k] for k in e} for c, e in zip(summary, expected, strict=True)] == expected
+    assert all(c["numeric"] and not c["text_levels"] for c in summary)
 
     # No value of the file reaches the page.
     lines = path.read_text().splitlines()[1:]
@@ -268,7 +271,7 @@ def test_columns_fragment_keeps_names_and_counts_only(
     upload_algorithm(central, meandraw_files())
     status, html = _columns_step(central, csrf, path, algorithm="MEANDRAW")
     assert status == 200, html
-    for select in _soup(html).select("select"):
+    for select in _soup(html).select("select[name^='type:']"):
         assert [o["value"] for o in select.select("option")] == ["gaussian"]
 
 
@@ -276,11 +279,11 @@ def test_columns_fragment_keeps_names_and_counts_only(
 def test_columns_step_errors(central: TestClient, tmp_path: Path) -> None:
     csrf = _admin(central)
     broken = tmp_path / "broken.csv"
-    broken.write_bytes(b"age,sex,bmi\n60,1,tall\n")
+    broken.write_bytes(b"age,sex,bmi\n60,1\n")
     status, html = _columns_step(central, csrf, broken)
     assert status == 422
     message = _one(_soup(html), "#step-columns p.error").get_text()
-    assert "broken.csv" in message and "bmi" in message
+    assert "broken.csv" in message and "line 2" in message
     assert _soup(html).select("input[name=columns_json]") == []
 
     empty = tmp_path / "empty.csv"
@@ -434,9 +437,9 @@ def test_wizard_errors_keep_what_was_typed(
         assert _one(page, "#f-description").get_text() == form["description"], case
         assert _one(page, "#f-seed")["value"] == form["seed"], case
         assert _checked_targets(page) == set(form.get("target", [])), case
-        assert json.loads(str(_one(page, "input[name=columns_json]")["value"])) == json.loads(
-            good["columns_json"]
-        ), case
+        kept = json.loads(str(_one(page, "input[name=columns_json]")["value"]))
+        typed = json.loads(good["columns_json"])
+        assert [{k: c[k] for k in t} for c, t in zip(kept, typed, strict=True)] == typed, case
         smoker = _one(page, "select[name='type:smoker'] option[selected]")
         assert smoker["value"] == "logistic", case
         radios = page.select("input[name=algorithm][checked]")
@@ -568,3 +571,77 @@ def test_job_events_stream(central: TestClient) -> None:
     approved_site(central, "south")
     browser_sign_in(central, "south", SITE_PASSWORD)
     assert central.get(f"/jobs/{job_id}/events").status_code == 404
+
+
+def test_the_wizard_proposes_roles_and_creates_a_job_with_them(
+    central: TestClient, tmp_path: Path
+) -> None:
+    """Text with few levels: factor; an ID: carried; numbers: predictor. The user's changes
+    (a role, levels, a predictor list) go into the job."""
+    csrf = _admin(central)
+    path = tmp_path / "ward.csv"
+    lines = ["id,ward,age,score"] + [
+        f"W{i:03d},{('north', 'south', 'east')[i % 3]},{20 + i % 30},{'' if i % 4 == 0 else i % 7}"
+        for i in range(40)
+    ]
+    path.write_text("\n".join(lines) + "\n")
+
+    status, html = _columns_step(central, csrf, path)
+
+    assert status == 200, html
+    fragment = _soup(html)
+    proposed = {
+        name: [o["value"] for o in fragment.select(f"select[name='role:{name}'] option[selected]")]
+        for name in ("id", "ward", "age", "score")
+    }
+    assert proposed == {
+        "id": ["carried"],
+        "ward": ["factor"],
+        "age": ["predictor"],
+        "score": ["predictor"],
+    }
+    assert _one(fragment, "input[name='levels:ward']")["value"] == "east,north,south"
+    assert "W001" not in html
+    columns_json = str(_one(fragment, "input[type=hidden][name=columns_json]")["value"])
+    parameters = central.get("/jobs/new/parameters?algorithm=SIMI", headers=htmx_headers(csrf))
+    defaults = _parameter_inputs(parameters.text)
+    form = {
+        "csrf_token": csrf,
+        "algorithm": "SIMI",
+        "columns_json": columns_json,
+        "target": ["score"],
+        "type:score": "gaussian",
+        "role:id": "carried",
+        "role:ward": "factor",
+        "levels:ward": "north,south,east",
+        "role:age": "predictor",
+        "predictors:score": "ward",
+        **{
+            name: str(field.get("value", ""))
+            for name, field in defaults.items()
+            if field["type"] != "checkbox" or field.has_attr("checked")
+        },
+        "name": "Roles job",
+        "description": "",
+        "seed": "1",
+    }
+
+    response = central.post("/jobs", data=form, follow_redirects=False)
+
+    assert response.status_code == 303, response.text[:2000]
+    job_id = int(response.headers["location"].removeprefix("/jobs/"))
+    job = central.get(f"/api/jobs/{job_id}", headers=admin_auth(central)).json()
+    assert job["roles"] == {
+        "factors": {"ward": ["north", "south", "east"]},
+        "carried": ["id"],
+        "predictors": {"score": ["ward"]},
+    }
+    assert job["targets"] == [{"index": 3, "name": "score", "type": "gaussian"}]
+
+    # A carried column in a predictor list is refused next to the columns, naming it.
+    response = central.post(
+        "/jobs", data={**form, "predictors:score": "ward,id"}, follow_redirects=False
+    )
+    assert response.status_code == 422
+    message = _one(_soup(response.text), "#e-roles").get_text(strip=True)
+    assert "column 'id' is carried" in message

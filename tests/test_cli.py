@@ -833,6 +833,7 @@ def test_categorical_target_with_levels_imputes_only_levels(
         "index": 3,
         "type": "categorical",
         "levels": [1.0, 2.0, 3.0],
+        "predictors": ["x1", "x2"],
     }
 
 

@@ -341,14 +341,8 @@ def test_check_columns_missing_and_unexpected() -> None:
 
 
 def test_check_columns_reordered() -> None:
-    """Same names in another order is refused, and the expected order shown."""
-    with pytest.raises(InputError) as raised:
-        check_columns(make_table(("b", "a"), [[1, 2]]), ["a", "b"])
-
-    message = str(raised.value)
-    assert LABEL in message
-    assert "order" in message
-    assert "'a', 'b'" in message
+    """Same names in another order are matched by name."""
+    check_columns(make_table(("b", "a"), [[1, 2]]), ["a", "b"])
 
 
 def test_check_binary_accepts_zero_one_and_missing() -> None:

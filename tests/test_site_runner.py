@@ -441,6 +441,21 @@ def test_central_must_open_the_job_the_user_started() -> None:
     assert "differs from the one started here in its params" in message
 
 
+def test_central_must_open_the_job_with_the_levels_the_user_approved() -> None:
+    """A factor's levels are part of the job a site's user approves: central cannot change
+    them (or drop the factor) when it opens the job."""
+    runner = SiteRunner(
+        site="s",
+        data=table("s.csv", ["a", "b"], np.column_stack([VALUES[:, 0], np.arange(12) % 2])),
+        algorithm=_algorithm(),
+        sandbox=False,
+    )
+    runner.expected = {"columns": ["a", "b"], "factors": {"b": ["0", "1"]}}
+
+    message = _refused(_ask(runner, 0, _open_spec(factors={"b": ["1", "0"]})))
+    assert "differs from the one started here in its factors" in message
+
+
 def test_undeclared_summary_keys_of_an_upload_stay_at_the_site() -> None:
     """An uploaded prepare that names a key after the rows: the key never leaves."""
     leaky = REMOTE.replace(

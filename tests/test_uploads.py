@@ -677,7 +677,7 @@ def test_the_wizard_names_a_bad_line_far_into_a_large_file(central: TestClient) 
     csrf = browser_sign_in(central, ADMIN["username"], ADMIN["password"])
     lines = BIG.split(b"\n")
     far = len(lines) - 10
-    lines[far] = b"61,1,tall," + lines[far].split(b",", 3)[3]
+    lines[far] = b"61,1,27.5"  # a text cell is fine here: the wizard proposes a role for it
     response = central.post(
         "/jobs/new/columns",
         data={"algorithm": "SIMICE"},
@@ -686,7 +686,7 @@ def test_the_wizard_names_a_bad_line_far_into_a_large_file(central: TestClient) 
     )
     assert response.status_code == 422
     text = html.unescape(response.text)
-    assert "far.csv" in text and "'bmi'" in text and f"line {far + 1} has 'tall'" in text, text
+    assert "far.csv" in text and f"line {far + 1} has 3 fields" in text, text
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)

@@ -34,10 +34,11 @@ class TargetIn(BaseModel):
         + "; ".join(f"{m.name} ({m.label}: {m.when})" for m in methods.METHODS.values())
     )
 
-    levels: list[float] | None = Field(
+    levels: list[float | str] | None = Field(
         default=None,
         description="a categorical or ordinal target's levels: the integer codes of the "
-        "column, in order (a site whose column holds another value refuses)",
+        "column, or its text levels (a text target, logistic too: two), in order (a site whose "
+        "column holds another value refuses)",
     )
 
     @field_validator("type")
@@ -57,6 +58,25 @@ class AnalysisIn(BaseModel):
     family: Literal["linear", "logistic"] = "linear"
 
 
+class ColumnsIn(BaseModel):
+    factors: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="factor columns (categorical predictors, text or integer codes) and their "
+        "levels in order, the first the reference; each is one 0/1 column per other level in "
+        "every model; a site whose column holds another value refuses",
+    )
+    carried: list[str] = Field(
+        default_factory=list,
+        description="columns never modelled (IDs, dates, free text): ignored at sites, written "
+        "back unchanged in central's imputed files",
+    )
+    predictors: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="target -> the columns its model uses (mice's predictorMatrix); default: "
+        "every predictor and factor column and every other target",
+    )
+
+
 class JobIn(BaseModel):
     name: str
     description: str = ""
@@ -68,6 +88,11 @@ class JobIn(BaseModel):
     imputations: int | None = None
     parameters: dict[str, Any] = Field(default_factory=dict)
     seed: int | None = Field(default=None, ge=0, lt=2**32)
+    roles: ColumnsIn | None = Field(
+        default=None,
+        description="the roles of the columns that are not targets (default: every one a "
+        "numeric predictor of every target)",
+    )
     compare: list[str] = Field(
         default_factory=list,
         description="other methods to run beside the algorithm (a comparison job: one child job "
@@ -108,6 +133,12 @@ class JobOut(BaseModel):
     digest: str
     columns: list[str]
     targets: list[dict[str, Any]]
+    roles: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the roles of the columns that are not targets: 'factors' (column -> its "
+        "levels, the first the reference), 'carried' (columns never modelled, written back "
+        "unchanged) and 'predictors' (target -> the columns its model uses); empty parts left out",
+    )
     parameters: dict[str, Any]
     seed: int
     participants: list[ParticipantOut]
@@ -133,6 +164,7 @@ class JobOut(BaseModel):
             digest=job.algorithm.digest,
             columns=list(job.columns),
             targets=list(job.targets),
+            roles=dict(job.roles or {}),
             parameters=dict(job.params),
             seed=job.seed,
             participants=[
@@ -185,6 +217,13 @@ def create(body: JobIn, admin: AdminUser, state: StateDep) -> JobOut:
             participants=body.participants,
             seed=body.seed,
             compare=body.compare,
+            roles=None
+            if body.roles is None
+            else service.RolesChoice(
+                factors={k: tuple(v) for k, v in body.roles.factors.items()},
+                carried=tuple(body.roles.carried),
+                predictors={k: tuple(v) for k, v in body.roles.predictors.items()},
+            ),
         )
         if body.analysis is not None:
             analysis.request_analysis(state.store, job, body.analysis.model, body.analysis.family)

@@ -13,6 +13,7 @@ from pydantic import BaseModel, NonNegativeInt, ValidationError
 
 from algorithms import methods
 from algorithms.methods._levels import MAX_LEVELS
+from federation import roles
 from federation.data import CsvStream, Table
 from federation.diagnostics import MissingPattern, md_pattern_of_counts
 
@@ -20,6 +21,8 @@ MAX_PATTERNS = 100_000
 """Distinct missingness patterns counted at most; rows of further new patterns are counted
 together (a table whose every row is its own pattern must not grow the reader without bound)."""
 SHOWN_PATTERNS = 20
+MAX_DISTINCT = 10_000
+"""Distinct cells counted per column at most (enough to tell an ID from a factor)."""
 """Patterns the wizard lists: the most frequent ones."""
 
 
@@ -59,13 +62,35 @@ class ColumnSummary:
             levels=self.levels if self.levels or not count else None,
         )
 
+    text_levels: tuple[str, ...] = ()
+    """Its distinct observed cells, sorted, when some are text and they are few (a factor's or
+    a text target's default levels), else empty."""
+    numeric: bool = True
+    """Every observed cell is a number."""
+    integer: bool = False
+    """Every observed cell is a whole number."""
+    distinct: int = 0
+    """Distinct observed cells, counted up to about ``MAX_DISTINCT``, for text and integer
+    columns (0 for other numbers: their role does not depend on it)."""
+
     @property
     def missing_share(self) -> float:
         return self.missing / self.rows if self.rows else 0.0
 
     @property
     def guess(self) -> str:
+        if not self.numeric:
+            return "logistic" if len(self.text_levels) == 2 else "categorical"
         return methods.suggest(binary=self.binary)
+
+    @property
+    def role(self) -> str:
+        """The role the wizard proposes when the column is not a target (``federation.roles``):
+        carried for an ID or free text, factor for text with few levels, else predictor."""
+        observed = self.rows - self.missing
+        return roles.role_of(
+            numeric=self.numeric, integer=self.integer, distinct=self.distinct, observed=observed
+        )
 
 
 class HeaderReader:
@@ -75,7 +100,7 @@ class HeaderReader:
     whole, and nothing of it is kept but these counts (never a value)."""
 
     def __init__(self, *, label: str) -> None:
-        self._csv = CsvStream(label=label)
+        self._csv = CsvStream(label=label, text=True)  # any column may be text: roles say which
         self._missing = np.zeros(0, dtype=np.int64)
         self._observed = np.zeros(0, dtype=np.int64)
         self._binary = np.zeros(0, dtype=bool)
@@ -86,6 +111,9 @@ class HeaderReader:
         self.uncounted_rows = 0
         """Rows whose pattern was new after MAX_PATTERNS distinct ones were counted."""
         self._values: list[set[float] | None] = []
+        self._cells: list[set[str]] = []
+        self._text: list[bool] = []
+        self._integer: list[bool] = []
 
     def feed(self, data: bytes) -> None:
         self._count(self._csv.feed(data))
@@ -105,12 +133,62 @@ class HeaderReader:
                 whole=bool(self._whole[index]),
                 negative=bool(self._negative[index]),
                 missing_with=tuple(int(n) for n in self._together[index]),
+                text_levels=self._text_levels(index),
+                numeric=not self._text[index],
+                integer=not self._text[index] and self._integer[index],
+                distinct=len(self._cells[index]),
             )
             for index, name in enumerate(columns)
         ]
 
-    def _count(self, blocks: list[tuple[np.ndarray, np.ndarray]]) -> None:
+    def _text_levels(self, index: int) -> tuple[str, ...]:
+        """A text column's distinct cells, when few and not one per row (an ID's never reach
+        the page)."""
+        cells = self._cells[index]
+        observed = int(self._observed[index]) if self._observed.size else 0
+        one_per_row = len(cells) >= observed > roles.FEW_LEVELS
+        if not self._text[index] or len(cells) > MAX_LEVELS or one_per_row:
+            return ()
+        return tuple(sorted(cells))
+
+    def _count(
+        self,
+        blocks: list[tuple[np.ndarray, np.ndarray]],
+        texts_of_blocks: list[dict[int, np.ndarray]] | None = None,
+    ) -> None:
+        """Count ``blocks`` (values, line numbers) with their text cells (by column), those
+        the CSV reader kept unless given."""
+        texts_of_blocks = texts_of_blocks if texts_of_blocks is not None else self._csv.texts
         for values, _ in blocks:
+            texts = texts_of_blocks.pop(0)
+            if not self._cells:
+                width = values.shape[1]
+                self._cells = [set() for _ in range(width)]
+                self._text = [False] * width
+                self._integer = [True] * width
+            for column in range(values.shape[1]):
+                if column in texts:
+                    continue
+                numbers = values[:, column]
+                numbers = numbers[~np.isnan(numbers)]
+                self._integer[column] &= bool((np.round(numbers) == numbers).all())
+                # distinct numbers tell an integer ID from codes; other numbers need no count
+                if self._integer[column] and len(self._cells[column]) < MAX_DISTINCT:
+                    self._cells[column].update(map(str, np.unique(numbers)[:MAX_DISTINCT]))
+            for column, cells in texts.items():
+                present = cells[cells != None]  # noqa: E711 - elementwise over objects
+                numbers = values[:, column][cells != None]  # noqa: E711
+                self._text[column] |= bool(np.isnan(numbers).any())
+                self._integer[column] &= bool((np.round(numbers) == numbers).all())
+                cells_seen = self._cells[column]
+                if len(cells_seen) < MAX_DISTINCT:
+                    cells_seen.update(str(v).strip() for v in present[: MAX_DISTINCT * 2])
+                # a text cell reads as NaN among the numbers: not a missing one
+                values[:, column] = np.where(
+                    (cells != None) & np.isnan(values[:, column]),  # noqa: E711
+                    0.5,
+                    values[:, column],
+                )
             if not self._missing.size:
                 width = values.shape[1]
                 self._missing = np.zeros(width, dtype=np.int64)
@@ -162,9 +240,10 @@ class HeaderReader:
 
 
 def summarize_table(table: Table) -> list[ColumnSummary]:
-    """The same counts of a table already read (central's upload, checked as its header was)."""
+    """The same counts of a table already read and coded (central's upload in the job's layout,
+    text levels as their codes: ``federation.roles.code_table``), checked as its header was."""
     reader = HeaderReader(label=table.label)
-    reader._count([(table.values, np.arange(table.rows))])
+    reader._count([(table.values, np.arange(table.rows))], [{}])
     return reader._summaries(table.columns, table.rows)
 
 

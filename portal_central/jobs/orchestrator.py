@@ -25,6 +25,7 @@ from federation.errors import CentralRefused, FipError, InputError
 from federation.job import CENTRAL, JobEvent, JobSpec, target_from_wire
 from federation.protocol import Cancel, ControlMessage, Ready, Unready
 from federation.registry import Registry
+from federation.roles import code_table, spec_of_definition
 from federation.runtime import REQUEST_SECONDS, JobResult, run_job
 from federation.simulation import add_analysis
 from federation.site import SiteRunner
@@ -47,13 +48,15 @@ log = logging.getLogger(__name__)
 
 def spec_of(job: Job) -> JobSpec:
     """The engine's view of a stored job."""
-    return JobSpec(
+    parts = spec_of_definition(
+        job.columns, [target_from_wire(t) for t in job.targets], job.roles or {}
+    )
+    return replace(
+        parts,
         job_id=str(job.id),
         algorithm=job.algorithm.name,
         version=job.algorithm.version,
         digest=job.algorithm.digest,
-        columns=tuple(job.columns),
-        targets=tuple(target_from_wire(t) for t in job.targets),
         params=dict(job.params),
         seed=job.seed,
         sites=tuple(p.user.site_id or "" for p in job.participants),
@@ -103,6 +106,7 @@ class Orchestrator:
             raise Conflict(f"job {job.id} is {job.state}; its data cannot change now")
         try:
             check_columns(table, job.columns)
+            code_table(table, spec_of(job))
         except InputError as error:
             raise FieldInvalid(str(error), field="file") from None
         self._store.hold_data(job.id, table)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import delete, select
@@ -14,11 +14,12 @@ from algorithms import methods as methods_registry
 from federation import secure
 from federation.compare import reference_for
 from federation.errors import InputError
-from federation.job import chain_count, make_targets, target_to_wire
+from federation.job import chain_count, target_to_wire
 from federation.params import resolve_params
 from federation.protocol import MAX_FRAME_BYTES
 from federation.registry import Algorithm, Registry
 from federation.replies import Dims
+from federation.roles import RoleError, define_job_columns, roles_to_wire
 from portal_central import algorithms_store
 from portal_central.accounts.status import AccountStatus, Role
 from portal_central.errors import Conflict, FieldInvalid, Forbidden, NotFound, PortalError
@@ -39,9 +40,30 @@ from portal_central.models import (
 class TargetChoice:
     column: str
     type: str
-    levels: tuple[float, ...] = ()
+    levels: tuple[float | str, ...] = ()
     """A categorical or ordinal target's levels (the API's, or the values central's header
-    scan observed); ignored for other methods."""
+    scan observed): integer codes, or text levels of a text target (logistic too); ignored for
+    other numeric methods."""
+
+
+@dataclass(frozen=True)
+class RolesChoice:
+    """The roles of the columns that are not targets (``federation.roles``): each factor with
+    its levels, the carried columns, and a predictor list per target where not the default."""
+
+    factors: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    carried: tuple[str, ...] = ()
+    predictors: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+def _text(levels: Sequence[object]) -> bool:
+    """Levels of a text target (any that is not a number)."""
+    for level in levels:
+        try:
+            float(str(level))
+        except ValueError:
+            return True
+    return False
 
 
 def _has_levels(method: str) -> bool:
@@ -68,6 +90,7 @@ def create_job(
     header: Sequence[ColumnSummary] | None = None,
     modelled: Collection[str] | None = None,
     require_sites: bool = False,
+    roles: RolesChoice | None = None,
 ) -> Job:
     """Check everything against the algorithm and the header, then record the job.
 
@@ -97,13 +120,25 @@ def create_job(
     methods = [info]
     if compare:
         methods = _methods(session, registry, info, compare)
+    roles = roles or RolesChoice()
+    if modelled is None and roles.carried:  # carried columns never enter a model
+        modelled = [c for c in columns if c not in set(roles.carried)]
     try:
-        resolved_targets = make_targets(
+        defined = define_job_columns(
             list(columns),
-            [(t.column, t.type) for t in targets],
-            label="the job's columns",
-            levels={t.column: t.levels for t in targets if t.levels and _has_levels(t.type)},
+            [
+                (t.column, t.type, t.levels if _has_levels(t.type) or _text(t.levels) else ())
+                for t in targets
+            ],
+            factors=roles.factors,
+            carried=roles.carried,
+            predictors=roles.predictors,
         )
+    except InputError as error:
+        field_name = "roles" if isinstance(error, RoleError) else "targets"
+        raise FieldInvalid(str(error), field=field_name) from None
+    try:
+        resolved_targets = defined.targets
         scanned = {c.name: c for c in header or () if c.counted}
         for target in resolved_targets:
             kind = methods_registry.get(target.type)
@@ -184,6 +219,7 @@ def create_job(
             algorithm_version_id=row.id,
             columns=list(columns),
             targets=[target_to_wire(t) for t in resolved_targets],
+            roles=roles_to_wire(defined),
             params=resolved[method.name],
             seed=drawn_seed,
             state=JobState.CREATED,
@@ -225,6 +261,7 @@ def new_attempt(*, session: Session, child: Job) -> Job:
         algorithm_version_id=child.algorithm_version_id,
         columns=list(child.columns),
         targets=list(child.targets),
+        roles=dict(child.roles),
         params=dict(child.params),
         seed=child.seed,
         state=JobState.CREATED,
@@ -264,7 +301,16 @@ def definition_of(job: Job) -> dict[str, Any]:
         "description": job.description,
         "algorithm": job.algorithm.name,
         "columns": list(job.columns),
-        "targets": [{"column": t["name"], "type": t["type"]} for t in job.targets],
+        "targets": [
+            {"column": t["name"], "type": t["type"]}
+            | (
+                {"levels": t.get("labels") or t["levels"]}
+                if t.get("levels") or t.get("labels")
+                else {}
+            )
+            for t in job.targets
+        ],
+        **({"roles": dict(job.roles)} if job.roles else {}),
         "parameters": dict(job.params),
         "seed": job.seed,
         "participants": [p.user.site_id or "" for p in job.participants],
@@ -296,6 +342,7 @@ def run_again(*, session: Session, job: Job, creator: User) -> Job:
             algorithm_version_id=source.algorithm_version_id,
             columns=list(source.columns),
             targets=list(source.targets),
+            roles=dict(source.roles),
             params=dict(source.params),
             seed=source.seed,
             state=JobState.CREATED,

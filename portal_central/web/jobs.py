@@ -14,12 +14,14 @@ from sqlalchemy import select
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
+from federation import roles
 from federation.compare import REFERENCE_CHAINED, REFERENCE_SINGLE
-from federation.data import Table, check_for_job, read_csv
+from federation.data import Table, check_columns, read_csv
 from federation.errors import InputError
 from federation.job import JobEvent
 from federation.outputs import report_json
 from federation.registry import Algorithm
+from federation.roles import check_upload, code_table, spec_text_columns
 from federation.uploads import (
     Event,
     Field,
@@ -42,6 +44,7 @@ from portal_central.jobs.header import (
     read_pattern_view,
     summarize_table,
 )
+from portal_central.jobs.orchestrator import spec_of
 from portal_central.jobs.results import Format, result_response
 from portal_central.jobs.status import JobState
 from portal_central.jobs.store import Run
@@ -92,6 +95,25 @@ def _form_of(definition: dict[str, Any]) -> dict[str, Any]:
         "columns": [ColumnSummary(name, 0, 0, False) for name in definition["columns"]],
         "targets": {t["column"] for t in definition["targets"]},
         "types": {t["column"]: t["type"] for t in definition["targets"]},
+        "roles": {
+            **dict.fromkeys(definition.get("roles", {}).get("factors", {}), roles.FACTOR),
+            **dict.fromkeys(definition.get("roles", {}).get("carried", []), roles.CARRIED),
+        },
+        "levels": {
+            **{
+                t["column"]: ",".join(map(str, t["levels"]))
+                for t in definition["targets"]
+                if t.get("levels")
+            },
+            **{
+                name: ",".join(levels)
+                for name, levels in definition.get("roles", {}).get("factors", {}).items()
+            },
+        },
+        "predictors": {
+            name: ",".join(listed)
+            for name, listed in definition.get("roles", {}).get("predictors", {}).items()
+        },
         "params": {name: _as_field(value) for name, value in definition["parameters"].items()},
         "participants": definition["participants"],
         "compare": definition["compare"],
@@ -157,13 +179,25 @@ async def columns_step(request: Request, admin: AdminUser, state: StateDep) -> R
         if fields.get("algorithm")
         else None
     )
-    context: dict[str, Any] = {"chosen": chosen, "targets": set(), "types": {}, "errors": {}}
+    context: dict[str, Any] = {
+        "chosen": chosen,
+        "targets": set(),
+        "types": {},
+        "levels": {},
+        "predictors": {},
+        "role_names": roles.ROLES,
+        "errors": {},
+    }
     if reader is None:
         error = "choose a CSV file to read its header"
     if error:
         context.update(columns=[], errors={"columns": error})
         return render(request, "central/jobs/new.html", context, block="columns", status_code=422)
-    context.update(columns=columns, columns_json=json.dumps([asdict(c) for c in columns]))
+    context.update(
+        columns=columns,
+        columns_json=json.dumps([asdict(c) for c in columns]),
+        roles={c.name: c.role for c in columns},
+    )
     if reader is not None:
         context.update(pattern_view(reader))
     return render(request, "central/jobs/new.html", context, block="columns")
@@ -209,7 +243,7 @@ def _create_job(
                     service.TargetChoice(
                         column=c.name,
                         type=values["types"].get(c.name, c.guess),
-                        levels=c.levels,
+                        levels=_listed(values["levels"].get(c.name)) or c.text_levels or c.levels,
                     )
                     for c in values["columns"]
                     if c.name in values["targets"]
@@ -220,6 +254,7 @@ def _create_job(
                 compare=values["compare"],
                 header=values["columns"],
                 require_sites=True,
+                roles=_roles_of(values),
             )
             job_id = job.id
     except PortalError as error:
@@ -432,23 +467,21 @@ def _visible_job(state: CentralState, job_id: int, user: User) -> Job:
 def _central_table(
     state: CentralState, job: Job, content: bytes | bytearray, filename: str
 ) -> Table:
-    """Central's CSV for ``job``, read and checked as a site's is and against what the job needs
-    of central's rows (``checks``): messages name the file and column, never a cell's value."""
+    """Central's CSV for ``job``, read and checked as a site's is (columns by name, roles and
+    levels) and against what the job needs of central's rows (``checks``): messages name the
+    file and column, never a cell's value."""
+    spec = spec_of(job)
     try:
-        table = read_csv(content, label=filename)
-        check_for_job(
-            table,
-            job.columns,
-            [(t["name"], t["type"], tuple(t.get("levels", ()))) for t in job.targets],
-            show_values=False,
-            alone=not job.participants,
-        )
+        table = read_csv(content, label=filename, text=spec_text_columns(spec))
+        check_columns(table, job.columns)
+        check_upload(table, spec, show_values=False, alone=not job.participants)
+        coded = code_table(table, spec, show_values=False)  # text levels as the job's codes
     except InputError as error:
         raise FieldInvalid(str(error), field="file") from None
     checks.refuse(
         checks.data_problems(
             state.registry.get(job.algorithm.name, job.algorithm.version),
-            summarize_table(table),
+            summarize_table(coded),
             [
                 checks.TargetSpec(t["name"], t["type"], tuple(t.get("levels", ())))
                 for t in job.targets
@@ -456,6 +489,7 @@ def _central_table(
             job.params,
             sites=len(job.participants),
             label=table.label,
+            modelled=set(spec.columns),
         ),
         field="file",
     )
@@ -546,6 +580,9 @@ def _empty_form() -> dict[str, Any]:
         "columns": [],
         "targets": set(),
         "types": {},
+        "roles": {},
+        "levels": {},
+        "predictors": {},
         "params": {},
         "participants": [],
         "compare": [],
@@ -580,11 +617,49 @@ def _read_form(form: Form) -> dict[str, Any]:
         "columns": columns,
         "targets": set(form.values("target")),
         "types": {k[5:]: v for k, v in form.items() if k.startswith("type:")},
+        "roles": {k[5:]: v for k, v in form.items() if k.startswith("role:")},
+        "levels": {k[7:]: v for k, v in form.items() if k.startswith("levels:")},
+        "predictors": {k[11:]: v for k, v in form.items() if k.startswith("predictors:")},
         "params": {k[6:]: v for k, v in form.items() if k.startswith("param:")},
         "participants": form.values("participants"),
         "compare": form.values("compare"),
         "pattern": read_pattern_view(text("pattern_json"), [c.name for c in columns]),
     }
+
+
+def _listed(text: str | None) -> tuple[str, ...]:
+    """A comma-separated list of a form field (levels, predictors), each entry stripped."""
+    return tuple(part.strip() for part in (text or "").split(",") if part.strip())
+
+
+def role_of(column: ColumnSummary, values: dict[str, Any]) -> str:
+    """The role of a column in the wizard: the target it is, the user's choice, or the role
+    central's header scan proposes (``ColumnSummary.role``)."""
+    if column.name in values["targets"]:
+        return roles.TARGET
+    chosen: str = values.get("roles", {}).get(column.name) or column.role
+    return chosen
+
+
+def _roles_of(values: dict[str, Any]) -> service.RolesChoice:
+    """The roles the wizard's form gives the columns that are not targets; a factor's levels
+    are the user's, else those central's scan saw."""
+    factors: dict[str, tuple[str, ...]] = {}
+    carried: list[str] = []
+    for column in values["columns"]:
+        role = role_of(column, values)
+        if role == roles.FACTOR:
+            factors[column.name] = _listed(values["levels"].get(column.name)) or (
+                column.text_levels or tuple(f"{v:g}" for v in column.levels)
+            )
+        elif role == roles.CARRIED:
+            carried.append(column.name)
+    predictors = {
+        target: _listed(text)
+        for target, text in values["predictors"].items()
+        if target in values["targets"] and _listed(text)
+    }
+    return service.RolesChoice(factors=factors, carried=tuple(carried), predictors=predictors)
 
 
 def _wizard(
@@ -627,6 +702,10 @@ def _wizard(
             "columns_json": json.dumps([asdict(c) for c in values["columns"]]),
             "targets": values["targets"],
             "types": values["types"],
+            "roles": {c.name: role_of(c, values) for c in values["columns"]},
+            "role_names": roles.ROLES,
+            "levels": values["levels"],
+            "predictors": values["predictors"],
             "errors": errors or {},
             "problems": problems or [],
             "nav": "jobs",
