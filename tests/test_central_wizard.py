@@ -579,6 +579,7 @@ def test_the_wizard_proposes_roles_and_creates_a_job_with_them(
     """Text with few levels: factor; an ID: carried; numbers: predictor. The user's changes
     (a role, levels, a predictor list) go into the job."""
     csrf = _admin(central)
+    _, north = approved_site(central, "north")
     path = tmp_path / "ward.csv"
     lines = ["id,ward,age,score"] + [
         f"W{i:03d},{('north', 'south', 'east')[i % 3]},{20 + i % 30},{'' if i % 4 == 0 else i % 7}"
@@ -621,6 +622,7 @@ def test_the_wizard_proposes_roles_and_creates_a_job_with_them(
             for name, field in defaults.items()
             if field["type"] != "checkbox" or field.has_attr("checked")
         },
+        "participants": [north],
         "name": "Roles job",
         "description": "",
         "seed": "1",
