@@ -19,7 +19,6 @@ from fastapi.responses import (
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import func, select, text
 
-from federation.uploads import BodyLimit
 from portal_central.api import accounts as accounts_api
 from portal_central.api import algorithms as algorithms_api
 from portal_central.api import jobs as jobs_api
@@ -34,6 +33,7 @@ from portal_central.settings import CentralSettings
 from portal_central.sites import ws
 from portal_central.state import CentralState
 from portal_central.web import admin, algorithms, auth, jobs, plots
+from portal_common.uploads import BodyLimit
 from portal_common.web import (
     ENVIRONMENT,
     STATIC,

@@ -11,7 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from federation.uploads import BodyLimit
+from portal_common.uploads import BodyLimit
 from portal_common.web import STATIC, HostCheck, api_docs, cross_site, is_htmx, render
 from portal_common.web import security_headers as install_security_headers
 from portal_site import api, pages

@@ -11,7 +11,6 @@ from pydantic import BaseModel, Field, field_validator
 
 from algorithms import methods
 from federation.errors import InputError
-from federation.uploads import multipart_schema
 from portal_central.deps import AdminUser, CurrentUser, StateDep, data_upload
 from portal_central.errors import NotFound
 from portal_central.jobs import analysis, service
@@ -21,6 +20,7 @@ from portal_central.models import Job, User
 from portal_central.paths import RowId
 from portal_central.state import CentralState
 from portal_central.web.jobs import take_central_data
+from portal_common.uploads import multipart_schema
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 

@@ -6,11 +6,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from federation.registry import file_names
-from federation.uploads import read_form
 from portal_central import algorithms_store as store
 from portal_central.deps import AdminUser, CurrentUser, StateDep
 from portal_central.errors import FieldInvalid, NotFound, PortalError
 from portal_central.paths import RowId
+from portal_common.uploads import read_form
 from portal_common.web import render
 
 router = APIRouter(prefix="/algorithms")

@@ -18,16 +18,6 @@ from federation.errors import InputError
 from federation.job import JobEvent
 from federation.outputs import report_json
 from federation.registry import Algorithm
-from federation.uploads import (
-    Event,
-    Field,
-    FileData,
-    FileStart,
-    Form,
-    MultipartStream,
-    form_of,
-    read_form,
-)
 from portal_central import algorithms_store as store
 from portal_central.deps import AdminUser, CurrentUser, StateDep, data_upload
 from portal_central.errors import FieldInvalid, NotFound, PortalError
@@ -43,6 +33,16 @@ from portal_central.models import User
 from portal_central.paths import MAX_ID, RowId
 from portal_central.state import CentralState
 from portal_common.eventlog import grouped
+from portal_common.uploads import (
+    Event,
+    Field,
+    FileData,
+    FileStart,
+    Form,
+    MultipartStream,
+    form_of,
+    read_form,
+)
 from portal_common.web import ENVIRONMENT, PAGE_DEFAULTS, is_htmx, render
 
 router = APIRouter(prefix="/jobs")
