@@ -566,7 +566,8 @@ _TRUE = ("true", "on", "1", "yes")
 
 
 def _param_fields(algorithm: Algorithm | None, given: dict[str, str]) -> list[dict[str, Any]]:
-    """Form fields from the algorithm's JSON Schema: label, input type, bounds, default, hint."""
+    """Form fields from the algorithm's JSON Schema: label, input type, bounds, default, hint
+    (``description``, in plain words) and the maths behind it (``maths``, shown on request)."""
     if algorithm is None:
         return []
     fields = []
@@ -581,6 +582,7 @@ def _param_fields(algorithm: Algorithm | None, given: dict[str, str]) -> list[di
                 "name": name,
                 "label": prop.get("title", name),
                 "hint": prop.get("description", ""),
+                "maths": prop.get("maths", ""),
                 "input": "checkbox" if "boolean" in kinds else "number" if number else "text",
                 "checked": value.lower() in _TRUE,
                 "step": "1" if "integer" in kinds else "any",
