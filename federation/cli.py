@@ -3,25 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
+import importlib
 import logging
 import sys
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from algorithms import methods
 from federation import __version__
-from federation.data import Table, read_csv
-from federation.demo import write_demo_data
 from federation.errors import FipError, InputError
-from federation.job import CENTRAL, JobEvent
-from federation.outputs import write_comparison, write_outputs, write_plots
-from federation.params import parse_param
-from federation.registry import Algorithm, Registry, load_folder
-from federation.roles import parse_roles, text_columns
-from federation.simulation import add_analysis, check_analysis, simulate
+
+if TYPE_CHECKING:
+    from federation.data import Table
+    from federation.job import JobEvent
+    from federation.registry import Algorithm
 
 SIMULATE_EXAMPLE = """\
 examples:
@@ -64,8 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     engine = logging.getLogger("federation")
     if not engine.handlers:
         engine.addHandler(logging.NullHandler())
-    parser = _parser()
-    args = parser.parse_args(argv)
+    args = _parser(argv).parse_args(argv)
     try:
         code: int = args.handler(args)
         return code
@@ -81,7 +75,46 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _parser() -> argparse.ArgumentParser:
+COMMANDS: dict[str, tuple[str, str]] = {
+    "simulate": (
+        "federation.cli:configure_simulate",
+        "run a whole job in this process (central and sites in memory)",
+    ),
+    "algorithms": (
+        "federation.cli:configure_algorithms",
+        "list the built-in algorithms, or check a folder holding a new one",
+    ),
+    "pool": (
+        "federation.cli:configure_pool",
+        "fit a model on each imputed dataset of a long CSV and pool by Rubin's rules",
+    ),
+    "demo-data": (
+        "federation.cli:configure_demo_data",
+        "write three demo hospital CSVs (central, north, south)",
+    ),
+    "central": (
+        "portal_central.cli:configure",
+        "run the central portal, or manage it (create-admin, unlock, db upgrade)",
+    ),
+    "site": (
+        "portal_site.cli:configure",
+        "run the site portal: a local browser UI and the worker that answers central",
+    ),
+    "demo": (
+        "portal_central.demo:configure",
+        "run central and two demo sites locally, with demo data and accounts",
+    ),
+}
+"""Every command: where its arguments are declared (``module:function``, given the command's
+parser) and its line in ``fip --help``. Only the command being run is imported and declared,
+so ``fip simulate`` loads neither portal nor any web framework, and ``fip --help`` no engine."""
+
+
+def _parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser for ``argv`` (default: this process's arguments): every command listed, and
+    the one that ``argv`` names declared in full."""
+    words = sys.argv[1:] if argv is None else list(argv)
+    chosen = next((w for w in words if not w.startswith("-")), None)
     parser = argparse.ArgumentParser(
         prog="fip",
         description="Federated Imputation Portal: multiple imputation across sites that share "
@@ -89,15 +122,26 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"fip {__version__}")
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+    for name, (where, help_line) in COMMANDS.items():
+        command = commands.add_parser(name, help=help_line)
+        if name == chosen:
+            module, function = where.split(":")
+            configure: Callable[[argparse.ArgumentParser], None] = getattr(
+                importlib.import_module(module), function
+            )
+            configure(command)
+    return parser
 
-    sim = commands.add_parser(
-        "simulate",
-        help="run a whole job in this process (central and sites in memory)",
-        description="Run a whole federated job in one process, with every site's file read "
-        "locally and messages passed in memory through the real wire codec.",
-        epilog=SIMULATE_EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+
+def configure_simulate(sim: argparse.ArgumentParser) -> None:
+    from algorithms import methods
+
+    sim.description = (
+        "Run a whole federated job in one process, with every site's file read "
+        "locally and messages passed in memory through the real wire codec."
     )
+    sim.epilog = SIMULATE_EXAMPLE
+    sim.formatter_class = argparse.RawDescriptionHelpFormatter
     which = sim.add_mutually_exclusive_group(required=True)
     which.add_argument(
         "--algorithm",
@@ -202,25 +246,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     sim.set_defaults(handler=_simulate)
 
-    algos = commands.add_parser(
-        "algorithms",
-        help="list the built-in algorithms, or check a folder holding a new one",
-        description="List the built-in algorithms. With --check, validate an algorithm folder "
-        "and run it once on synthetic data, as central does before it accepts an upload.",
+
+def configure_algorithms(algos: argparse.ArgumentParser) -> None:
+    algos.description = (
+        "List the built-in algorithms. With --check, validate an algorithm folder "
+        "and run it once on synthetic data, as central does before it accepts an upload."
     )
     algos.add_argument("--check", type=Path, metavar="FOLDER", help="an algorithm folder to check")
     algos.set_defaults(handler=_algorithms)
 
-    pool = commands.add_parser(
-        "pool",
-        help="fit a model on each imputed dataset of a long CSV and pool by Rubin's rules",
-        description="Fit a linear or logistic model on each imputed dataset of a long CSV "
+
+def configure_pool(pool: argparse.ArgumentParser) -> None:
+    pool.description = (
+        "Fit a linear or logistic model on each imputed dataset of a long CSV "
         "(mice's layout, as fip writes imputations_long.csv) and pool the fits by Rubin's rules "
         "with Barnard-Rubin degrees of freedom, as R mice's pool() and summary(pool(fit), "
-        "conf.int = TRUE).",
-        epilog=POOL_EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "conf.int = TRUE)."
     )
+    pool.epilog = POOL_EXAMPLE
+    pool.formatter_class = argparse.RawDescriptionHelpFormatter
     pool.add_argument(
         "--long",
         required=True,
@@ -248,26 +292,21 @@ def _parser() -> argparse.ArgumentParser:
     pool.add_argument("--out", type=Path, metavar="CSV", help="write the pooled table here as CSV")
     pool.set_defaults(handler=_pool)
 
-    demo = commands.add_parser(
-        "demo-data",
-        help="write three demo hospital CSVs (central, north, south)",
-        description="Write demo data: three hospitals' tables with missing bmi and smoker.",
-    )
+
+def configure_demo_data(demo: argparse.ArgumentParser) -> None:
+    demo.description = "Write demo data: three hospitals' tables with missing bmi and smoker."
     demo.add_argument("--out", required=True, type=Path, metavar="DIR")
     demo.add_argument("--seed", type=int, default=2020)
     demo.set_defaults(handler=_demo_data)
 
-    from portal_central.cli import add_commands as add_central_commands
-    from portal_central.demo import add_command as add_demo_command
-    from portal_site.cli import add_commands as add_site_commands
-
-    add_central_commands(commands)
-    add_site_commands(commands)
-    add_demo_command(commands)
-    return parser
-
 
 def _simulate(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from federation.outputs import write_outputs, write_plots
+    from federation.roles import parse_roles
+    from federation.simulation import add_analysis, simulate
+
     if args.compare is not None:
         return _compare(args)
     algorithm = _algorithm(args.algorithm)
@@ -319,7 +358,14 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
+    import asyncio
+
     from federation.compare import format_table, methods_to_compare, simulate_comparison
+    from federation.job import JobEvent
+    from federation.outputs import write_comparison, write_outputs, write_plots
+    from federation.registry import Registry
+    from federation.roles import parse_roles
+    from federation.simulation import add_analysis
 
     chosen = [_algorithm(name.strip()) for name in args.compare.split(",") if name.strip()]
     methods = methods_to_compare(chosen, Registry.with_builtins())
@@ -371,6 +417,8 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _check_analysis(args: argparse.Namespace, central: Table) -> None:
+    from federation.simulation import check_analysis
+
     if args.analysis is not None:
         check_analysis(args.analysis, args.analysis_family, central.columns, label=central.label)
 
@@ -399,6 +447,10 @@ def _inputs(
     args: argparse.Namespace,
 ) -> tuple[Table, dict[str, Table], list[tuple[str | int, str]], dict[str, Any]]:
     """Central's and the sites' tables, the targets and the parameters ``simulate`` was given."""
+    from federation.data import read_csv
+    from federation.params import parse_param
+    from federation.roles import parse_roles, text_columns
+
     targets = [_parse_target(text) for text in args.target]
     text = text_columns(parse_roles(args.column), targets)
     central = read_csv(args.central, text=text)
@@ -413,6 +465,10 @@ def _inputs(
 
 
 def _algorithms(args: argparse.Namespace) -> int:
+    import json
+
+    from federation.registry import Registry, load_folder
+
     if args.check is not None:
         from federation.simulation import smoke_test
 
@@ -436,6 +492,8 @@ def _algorithms(args: argparse.Namespace) -> int:
 
 
 def _demo_data(args: argparse.Namespace) -> int:
+    from federation.demo import write_demo_data
+
     for site, path in write_demo_data(args.out, seed=args.seed).items():
         print(f"{site}: {path}")
     return 0
@@ -446,6 +504,8 @@ def _defaults(algorithm: Algorithm) -> dict[str, object]:
 
 
 def _algorithm(text: str) -> Algorithm:
+    from federation.registry import Registry, load_folder
+
     folder = Path(text)
     if folder.is_dir():
         return load_folder(folder)
@@ -453,6 +513,9 @@ def _algorithm(text: str) -> Algorithm:
 
 
 def _read_sites(entries: Sequence[str], text: Collection[str] = ()) -> dict[str, Table]:
+    from federation.data import read_csv
+    from federation.job import CENTRAL
+
     sites: dict[str, Table] = {}
     for entry in entries:
         name, sep, path = entry.partition("=")
@@ -465,6 +528,8 @@ def _read_sites(entries: Sequence[str], text: Collection[str] = ()) -> dict[str,
 
 
 def _parse_target(text: str) -> tuple[str | int, str]:
+    from algorithms import methods
+
     column, sep, kind = text.rpartition(":")
     if not sep or not column:
         raise InputError(

@@ -17,9 +17,9 @@ from fastapi.responses import (
     Response,
 )
 from fastapi.staticfiles import StaticFiles
-from sqlalchemy import func, select, text
+from sqlalchemy import text
 
-from federation.uploads import BodyLimit
+from portal_central import metrics as central_metrics
 from portal_central.api import accounts as accounts_api
 from portal_central.api import algorithms as algorithms_api
 from portal_central.api import jobs as jobs_api
@@ -27,13 +27,13 @@ from portal_central.api import plausibility as plausibility_api
 from portal_central.db import upgrade
 from portal_central.deps import OptionalUser, StateDep
 from portal_central.errors import FieldInvalid, Forbidden, PortalError, Unauthorized
-from portal_central.jobs.status import TRANSITIONS
 from portal_central.methods import method_name
-from portal_central.models import Job
 from portal_central.settings import CentralSettings
 from portal_central.sites import ws
 from portal_central.state import CentralState
 from portal_central.web import admin, algorithms, auth, jobs, plots
+from portal_common import metrics as prometheus
+from portal_common.uploads import BodyLimit
 from portal_common.web import (
     ENVIRONMENT,
     STATIC,
@@ -128,32 +128,13 @@ def create_app(settings: CentralSettings) -> FastAPI:
             request, "central/account.html", {"central_url": state.settings.url, "nav": "account"}
         )
 
+    metrics = prometheus.registry(central_metrics.families(lambda: app.state.fip))
+
     @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
-    def metrics(state: StateDep) -> str:
-        """Prometheus metrics: jobs by state, sites online, messages and bytes with the sites."""
-        with state.database.session() as session:
-            counts = dict(
-                session.execute(select(Job.state, func.count()).group_by(Job.state)).all()
-            )
-        lines = [
-            "# HELP fip_jobs Jobs by state.",
-            "# TYPE fip_jobs gauge",
-            *(f'fip_jobs{{state="{s}"}} {counts.get(s, 0)}' for s in TRANSITIONS),
-            "# HELP fip_sites_online Sites connected now.",
-            "# TYPE fip_sites_online gauge",
-            f"fip_sites_online {state.connections.count()}",
-        ]
-        traffic = state.connections.traffic
-        for direction in ("sent", "received"):
-            lines += [
-                f"# HELP fip_messages_{direction}_total Request/reply frames {direction}.",
-                f"# TYPE fip_messages_{direction}_total counter",
-                f"fip_messages_{direction}_total {traffic['messages_' + direction]}",
-                f"# HELP fip_bytes_{direction}_total Bytes of request/reply frames {direction}.",
-                f"# TYPE fip_bytes_{direction}_total counter",
-                f"fip_bytes_{direction}_total {traffic['bytes_' + direction]}",
-            ]
-        return "\n".join(lines) + "\n"
+    def metrics_page(request: Request) -> Response:
+        """Prometheus metrics: jobs by state, sites online, messages and bytes with the sites
+        (OpenMetrics when the Accept header asks for it)."""
+        return prometheus.metrics_response(request, metrics)
 
     @app.get("/health", tags=["operations"])
     def health(state: StateDep) -> JSONResponse:

@@ -17,12 +17,11 @@ from portal_central.security import Passwords
 from portal_central.settings import CentralSettings
 
 
-def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    central = commands.add_parser(
-        "central",
-        help="run the central portal, or manage it (create-admin, unlock, db upgrade)",
-        description="Run the central portal (HTTPS pages, JSON API and the sites' WebSocket on "
-        "one port). Every setting is also an environment variable FIP_CENTRAL_<NAME>; flags win.",
+def configure(central: argparse.ArgumentParser) -> None:
+    """``fip central``'s flags and actions (its line in ``fip --help`` is in federation.cli)."""
+    central.description = (
+        "Run the central portal (HTTPS pages, JSON API and the sites' WebSocket on "
+        "one port). Every setting is also an environment variable FIP_CENTRAL_<NAME>; flags win."
     )
     central.add_argument(
         "--data-dir", type=Path, help="database, secret key and logs (FIP_CENTRAL_DATA_DIR)"

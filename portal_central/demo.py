@@ -32,12 +32,11 @@ from portal_central.settings import CentralSettings
 SITES = ("north", "south")
 
 
-def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    demo = commands.add_parser(
-        "demo",
-        help="run central and two demo sites locally, with demo data and accounts",
-        description="Start central (TLS, SQLite, mail to the outbox) and two site portals on this "
-        "machine, with demo data, an admin and two approved site accounts. Ctrl-C stops all.",
+def configure(demo: argparse.ArgumentParser) -> None:
+    """``fip demo``'s flags (its line in ``fip --help`` is in federation.cli)."""
+    demo.description = (
+        "Start central (TLS, SQLite, mail to the outbox) and two site portals on this "
+        "machine, with demo data, an admin and two approved site accounts. Ctrl-C stops all."
     )
     demo.add_argument("--dir", type=Path, default=Path(".demo"), help="demo folder (default .demo)")
     demo.add_argument("--central-port", type=int, default=8443)

@@ -7,13 +7,13 @@ from typing import Annotated
 from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
-from federation.uploads import MultipartStream, allow_body
 from portal_central.accounts.service import pending_count
 from portal_central.accounts.status import AccountStatus, Role
 from portal_central.errors import Forbidden, Unauthorized
 from portal_central.models import SignedOutSession, User
 from portal_central.security import Claims, InvalidToken
 from portal_central.state import CentralState
+from portal_common.uploads import MultipartStream, allow_body
 
 SESSION_COOKIE = "fip_session"
 CSRF_FIELD = "csrf_token"

@@ -22,7 +22,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from federation.sqltypes import UTCDateTime
+from portal_common.sqltypes import UTCDateTime
 
 
 def utcnow() -> datetime:

@@ -1,5 +1,6 @@
 """What the central and the site portal share on the web: rendering pages and fragments, the
-security headers, the Host and cross-site checks, and the templates and static files both use.
+security headers, the Host and cross-site checks, request bodies read in memory (``uploads``),
+the databases' column types (``sqltypes``), and the templates and static files both use.
 
 Each portal keeps its own templates in its package (``portal_central/templates``,
 ``portal_site/templates``), named ``central/...`` and ``site/...``; the shared ones

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from federation.errors import InputError
 from federation.policy import Policy
-from federation.uploads import multipart_schema, read_form
+from portal_common.uploads import multipart_schema, read_form
 from portal_site.jobs import LocalJob, SiteError
 from portal_site.local_auth import SESSION_SECONDS, TooSoon
 from portal_site.pages import OpenSite, Site, connection, csv_upload, save_settings, set_policy

@@ -11,10 +11,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from federation.uploads import BodyLimit
+from portal_common import metrics as prometheus
+from portal_common.uploads import BodyLimit
 from portal_common.web import STATIC, HostCheck, api_docs, cross_site, is_htmx, render
 from portal_common.web import security_headers as install_security_headers
 from portal_site import api, pages
+from portal_site import metrics as site_metrics
 from portal_site.central import CentralError
 from portal_site.jobs import SiteError
 from portal_site.local_auth import SignInRequired
@@ -70,22 +72,13 @@ def create_app(settings: SiteSettings) -> FastAPI:
         response = await call_next(request)
         return response
 
+    metrics = prometheus.registry(site_metrics.families(lambda: app.state.site))
+
     @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
-    def metrics(request: Request) -> str:
-        """Prometheus metrics: the connection to central, and what this site sent."""
-        state: SiteState = request.app.state.site
-        connected = 1 if state.worker.status == "connected" else 0
-        return (
-            "# HELP fip_site_connected 1 while the WebSocket to central is open.\n"
-            "# TYPE fip_site_connected gauge\n"
-            f"fip_site_connected {connected}\n"
-            "# HELP fip_site_messages_sent_total Replies sent to central.\n"
-            "# TYPE fip_site_messages_sent_total counter\n"
-            f"fip_site_messages_sent_total {state.worker.sent['messages']}\n"
-            "# HELP fip_site_bytes_sent_total Bytes of replies sent to central.\n"
-            "# TYPE fip_site_bytes_sent_total counter\n"
-            f"fip_site_bytes_sent_total {state.worker.sent['bytes']}\n"
-        )
+    def metrics_page(request: Request) -> Response:
+        """Prometheus metrics: the connection to central, and what this site sent (OpenMetrics
+        when the Accept header asks for it)."""
+        return prometheus.metrics_response(request, metrics)
 
     @app.get("/health", tags=["operations"])
     def health(request: Request) -> JSONResponse:

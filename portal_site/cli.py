@@ -11,16 +11,15 @@ from federation.logs import log_config
 from portal_site.settings import SiteSettings
 
 
-def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    site = commands.add_parser(
-        "site",
-        help="run the site portal: a local browser UI and the worker that answers central",
-        description="Run the site portal next to the site's data. Open it in a browser: the "
+def configure(site: argparse.ArgumentParser) -> None:
+    """``fip site``'s flags (its line in ``fip --help`` is in federation.cli)."""
+    site.description = (
+        "Run the site portal next to the site's data. Open it in a browser: the "
         "first visit chooses the portal's own local password (or set FIP_SITE_LOCAL_PASSWORD "
         "before the first start, for automation); then enter central's URL and this site's "
         "site_id in Settings, and sign in to central. Scripts get a bearer token for the JSON "
         "API from POST /api/local/token. Settings are also environment variables "
-        "FIP_SITE_<NAME>; flags win.",
+        "FIP_SITE_<NAME>; flags win."
     )
     site.add_argument(
         "--host", help="address of the local UI (default 127.0.0.1: this machine only)"

@@ -18,7 +18,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from federation.errors import InputError
 from federation.job import JobEvent
 from federation.policy import PRESETS, Policy
-from federation.uploads import allow_body, form_of, read_form
+from portal_common.uploads import allow_body, form_of, read_form
 from portal_common.web import ENVIRONMENT, PAGE_DEFAULTS, is_htmx, render
 from portal_site.central import CentralError
 from portal_site.jobs import LocalJob, RemoteCode, SiteError

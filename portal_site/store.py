@@ -36,7 +36,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 
 from federation.job import JobEvent
 from federation.policy import Policy
-from federation.sqltypes import UTCDateTime
+from portal_common.sqltypes import UTCDateTime
 
 log = logging.getLogger(__name__)
 

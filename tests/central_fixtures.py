@@ -21,8 +21,9 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
+from portal_central.algorithms_store import sync_builtins
 from portal_central.app import create_app
-from portal_central.db import upgrade
+from portal_central.db import Database, upgrade
 from portal_central.jobs.status import FINAL
 from portal_central.settings import CentralSettings
 from portal_central.state import CentralState
@@ -59,11 +60,17 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 @functools.cache
 def _migrated_sqlite() -> Path:
-    """A SQLite database that the migrations brought to head, made once per test run."""
+    """A SQLite database that the migrations brought to head and central's first start gave
+    the built-in algorithms, made once per test run (a first start on an empty database is
+    tested by tests/test_migrations.py, the PostgreSQL runs and every started ``fip central``)."""
     folder = Path(tempfile.mkdtemp(prefix="fip-schema-"))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     path = folder / "central.db"
     upgrade(f"sqlite:///{path}")  # make_engine's engine is disposed: no -wal file is left
+    database = Database(f"sqlite:///{path}")
+    with database.session() as session:
+        sync_builtins(session=session)
+    database.dispose()
     return path
 
 

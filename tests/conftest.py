@@ -43,6 +43,12 @@ any port it binds (port 0, kept open), and sleeps for real only for tens of mill
 throttle's waits use a clock the test moves). The tiers that start servers pick ports with
 ``free_port`` (bound, released, then used: two workers could race for one), so
 ``scripts/test`` runs every tier with ``-n 0``.
+
+**Bytecode caches.** The run writes Python's ``__pycache__`` (ignored by git) even where
+``PYTHONDONTWRITEBYTECODE`` is set, as it is in some shells and CI images: without the caches
+every worker compiles the product again and pytest rewrites every test module again, about 3 s
+of CPU per worker per run, and every ``fip`` process the process tier starts compiles the portal
+again (those read the caches written here). ``tests/__init__.py`` says so, before any import.
 """
 
 from __future__ import annotations

@@ -54,3 +54,16 @@ def run(
             predictors=predictors,
         )
     )
+
+
+def metric_samples(text: str) -> dict[str, float]:
+    """The samples of a /metrics page as a Prometheus scraper parses them, by name and labels
+    as written (``fip_jobs{state="created"}``)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    found: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            found[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return found

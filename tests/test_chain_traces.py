@@ -80,6 +80,7 @@ def test_a_short_chain_in_the_hard_design_is_flagged() -> None:
     assert all(w.startswith(("target 'y1'", "target 'y2'")) for w in flagged)
 
 
+@pytest.mark.slow  # 1000 cycles of a statistical check; the short chain above stays quick
 def test_a_long_chain_in_the_hard_design_is_not_flagged() -> None:
     """1000 cycles: stationary from about cycle 50, but the mean of the imputed cells has lag-1
     autocorrelation 0.9 per cycle, so the last half must be long for its two quarters to agree

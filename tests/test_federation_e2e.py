@@ -15,6 +15,7 @@ from federation.outputs import dataset_csv, long_csv, zip_bytes
 from federation.registry import Registry
 from federation.simulation import simulate
 from tests.federation_env import Federation, start_federation, upload_and_start
+from tests.helpers import metric_samples
 from tests.processes import wait_for
 
 
@@ -131,11 +132,11 @@ def test_a_job_runs_across_processes_and_equals_the_simulation(
     ]
 
     with fed.admin() as admin:
-        metrics = admin.get("/metrics").text
-    assert "fip_sites_online 2" in metrics
-    assert 'fip_jobs{state="completed"} 1' in metrics
-    sent = next(line for line in metrics.splitlines() if line.startswith("fip_messages_sent_total"))
-    assert int(sent.split()[1]) == 2 * report["round_trips"]  # one frame per site per round trip
+        metrics = metric_samples(admin.get("/metrics").text)
+    assert metrics["fip_sites_online"] == 2
+    assert metrics['fip_jobs{state="completed"}'] == 1
+    # one frame per site per round trip
+    assert metrics["fip_messages_sent_total"] == 2 * report["round_trips"]
 
     # Each site's ledger (written in batches, off its event loop) lists every reply it sent.
     controls = {"ready", "unready", "cancel", "policy"}

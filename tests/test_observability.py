@@ -10,15 +10,8 @@ from fastapi.testclient import TestClient
 
 from federation.logs import JsonFormatter, log_config
 from tests.central_fixtures import admin_headers
+from tests.helpers import metric_samples
 from tests.site_fixtures import site_client, site_settings
-
-
-def _samples(text: str) -> dict[str, float]:
-    return {
-        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line and not line.startswith("#")
-    }
 
 
 def test_central_metrics_count_jobs_by_state_and_sites(central: TestClient) -> None:
@@ -39,17 +32,25 @@ def test_central_metrics_count_jobs_by_state_and_sites(central: TestClient) -> N
     response = central.get("/metrics")
 
     assert response.headers["content-type"].startswith("text/plain")
-    samples = _samples(response.text)
+    samples = metric_samples(response.text)
     assert samples['fip_jobs{state="created"}'] == 2
     assert samples['fip_jobs{state="completed"}'] == 0
     assert samples["fip_sites_online"] == 0
     assert samples["fip_messages_sent_total"] == 0 and samples["fip_bytes_received_total"] == 0
     assert "# TYPE fip_bytes_sent_total counter" in response.text
 
+    # A scraper that asks for OpenMetrics gets it: the same samples, and the end marker.
+    open_metrics = central.get(
+        "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"}
+    )
+    assert open_metrics.headers["content-type"].startswith("application/openmetrics-text")
+    assert open_metrics.text.endswith("# EOF\n")
+    assert 'fip_jobs{state="created"} 2' in open_metrics.text
+
 
 def test_site_metrics_and_health(tmp_path: Path) -> None:
     with site_client(site_settings(tmp_path), signed_in=False) as site:
-        samples = _samples(site.get("/metrics").text)
+        samples = metric_samples(site.get("/metrics").text)
         health = site.get("/health").json()
 
     assert samples == {

@@ -41,7 +41,7 @@ def test_services_build_existing_stages_and_run_existing_commands(name: str) -> 
         )
         command = service.get("command")
         assert command and command[0] == "fip", f"{name} runs fip"
-        _parser().parse_args(command[1:])  # exits (fails the test) on an unknown flag
+        _parser(command[1:]).parse_args(command[1:])  # exits (fails the test) on an unknown flag
     else:
         assert "image" in service
     assert "healthcheck" in service or "build" in service, f"{name} has no health check"
@@ -70,7 +70,7 @@ def test_the_documented_first_steps_are_real_commands() -> None:
     for line in header.splitlines():
         if "compose run --rm central fip " in line:
             words = line.split("central fip ", 1)[1].split()
-            _parser().parse_args(words)
+            _parser(words).parse_args(words)
 
 
 def test_the_dockerfile_copies_what_exists_and_has_both_stages() -> None:

@@ -209,7 +209,7 @@ def _bimodal() -> np.ndarray:
     return np.concatenate([rng.normal(-15, 3, 170), rng.normal(17, 4, 80), [40.0]])
 
 
-@pytest.mark.parametrize("size", [5, 300, 20_000])
+@pytest.mark.parametrize("size", [5, 300, pytest.param(20_000, marks=pytest.mark.slow)])
 def test_the_binned_density_equals_the_kernel_sum(size: int) -> None:
     values = np.random.default_rng(size).gamma(2.0, 3.0, size=size)
     for data in (values, _bimodal()):

@@ -45,6 +45,15 @@ def site(tmp_path: Path) -> Iterator[TestClient]:
         yield client
 
 
+@pytest.fixture(scope="module")
+def shared_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    """One site portal for this module's tests that only read (and are refused): a request
+    refused at the door changes nothing, so they need no portal of their own."""
+    settings = site_settings(tmp_path_factory.mktemp("shared") / "site")
+    with site_client(settings, signed_in=False) as client:
+        yield client
+
+
 @pytest.fixture
 def fresh(tmp_path: Path) -> Iterator[TestClient]:
     """A site portal on its first run: no local password yet."""
@@ -76,10 +85,10 @@ def _configure(client: TestClient) -> None:
 @pytest.mark.parametrize("with_origin", [False, True], ids=["no Origin", "matching Origin"])
 @pytest.mark.parametrize("path", ["/local/sign-in", *PAGES, *API_READS, *EVENTS, "/health"])
 def test_a_request_for_a_foreign_host_is_refused(
-    site: TestClient, path: str, with_origin: bool
+    shared_site: TestClient, path: str, with_origin: bool
 ) -> None:
     headers = {"Host": EVIL, **({"Origin": f"http://{EVIL}"} if with_origin else {})}
-    response = site.get(path, headers={**headers, **_bearer(site)})
+    response = shared_site.get(path, headers={**headers, **_bearer(shared_site)})
     assert response.status_code == 421, (path, response.status_code)
     assert "does not answer for Host evil.example:9001" in response.text
     assert "FIP_SITE_ALLOWED_HOSTS" in response.text
@@ -126,9 +135,12 @@ def test_a_websocket_for_a_foreign_host_is_closed_before_it_opens() -> None:
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1:8001", "localhost:8001", "[::1]:8001"])
-def test_the_loopback_names_at_the_portals_port_are_answered(site: TestClient, host: str) -> None:
-    assert site.get("/health", headers={"Host": host}).status_code == 200
-    assert site.get("/health", headers={"Host": host.replace("8001", "8002")}).status_code == 421
+def test_the_loopback_names_at_the_portals_port_are_answered(
+    shared_site: TestClient, host: str
+) -> None:
+    assert shared_site.get("/health", headers={"Host": host}).status_code == 200
+    wrong_port = {"Host": host.replace("8001", "8002")}
+    assert shared_site.get("/health", headers=wrong_port).status_code == 421
 
 
 def test_allowed_hosts_add_names_and_bad_ones_are_refused_by_name(tmp_path: Path) -> None:
@@ -266,8 +278,8 @@ def test_an_api_post_without_a_local_token_is_refused(
 
 
 @pytest.mark.parametrize("path", [*PAGES, *API_READS, *EVENTS])
-def test_reading_needs_the_local_session_too(site: TestClient, path: str) -> None:
-    response = site.get(path, follow_redirects=False)
+def test_reading_needs_the_local_session_too(shared_site: TestClient, path: str) -> None:
+    response = shared_site.get(path, follow_redirects=False)
     if path.startswith("/api/") or "events" in path:
         assert response.status_code == 401
     else:

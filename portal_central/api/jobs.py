@@ -12,7 +12,6 @@ from starlette.concurrency import run_in_threadpool
 
 from algorithms import methods
 from federation.errors import InputError
-from federation.uploads import multipart_schema
 from portal_central.accounts.status import Role
 from portal_central.deps import AdminUser, CurrentUser, StateDep, data_upload
 from portal_central.errors import NotFound
@@ -23,6 +22,7 @@ from portal_central.models import Job, User
 from portal_central.paths import RowId
 from portal_central.state import CentralState
 from portal_central.web.jobs import take_central_data
+from portal_common.uploads import multipart_schema
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 

@@ -7,13 +7,13 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from federation.registry import Algorithm, file_names
-from federation.uploads import read_form
 from portal_central import algorithms_store as store
 from portal_central.deps import AdminUser, CurrentUser, StateDep
 from portal_central.errors import FieldInvalid, NotFound, PortalError
 from portal_central.models import User
 from portal_central.paths import RowId
 from portal_central.state import CentralState
+from portal_common.uploads import read_form
 from portal_common.web import render
 
 router = APIRouter(prefix="/algorithms")

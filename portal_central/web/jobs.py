@@ -22,16 +22,6 @@ from federation.job import JobEvent
 from federation.outputs import report_json
 from federation.registry import Algorithm
 from federation.roles import check_upload, code_table, spec_text_columns
-from federation.uploads import (
-    Event,
-    Field,
-    FileData,
-    FileStart,
-    Form,
-    MultipartStream,
-    form_of,
-    read_form,
-)
 from portal_central import algorithms_store as store
 from portal_central.accounts.status import AccountStatus, Role
 from portal_central.deps import AdminUser, CurrentUser, StateDep, data_upload
@@ -52,6 +42,16 @@ from portal_central.models import Job, User
 from portal_central.paths import MAX_ID, RowId
 from portal_central.state import CentralState
 from portal_common.eventlog import grouped
+from portal_common.uploads import (
+    Event,
+    Field,
+    FileData,
+    FileStart,
+    Form,
+    MultipartStream,
+    form_of,
+    read_form,
+)
 from portal_common.web import ENVIRONMENT, PAGE_DEFAULTS, is_htmx, render
 
 router = APIRouter(prefix="/jobs")
@@ -737,7 +737,8 @@ _TRUE = ("true", "on", "1", "yes")
 
 
 def _param_fields(algorithm: Algorithm | None, given: dict[str, str]) -> list[dict[str, Any]]:
-    """Form fields from the algorithm's JSON Schema: label, input type, bounds, default, hint."""
+    """Form fields from the algorithm's JSON Schema: label, input type, bounds, default, hint
+    (``description``, in plain words) and the maths behind it (``maths``, shown on request)."""
     if algorithm is None:
         return []
     fields = []
@@ -752,6 +753,7 @@ def _param_fields(algorithm: Algorithm | None, given: dict[str, str]) -> list[di
                 "name": name,
                 "label": prop.get("title", name),
                 "hint": prop.get("description", ""),
+                "maths": prop.get("maths", ""),
                 "input": (
                     "checkbox"
                     if "boolean" in kinds

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-import federation.sqltypes
+import portal_common.sqltypes
 
 revision = "rev_2026_11_23_initial"
 down_revision = None
@@ -22,7 +22,7 @@ def upgrade() -> None:
     op.create_table(
         "signed_out_sessions",
         sa.Column("session_id", sa.String(length=40), nullable=False),
-        sa.Column("expires_at", federation.sqltypes.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", portal_common.sqltypes.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("session_id"),
     )
     with op.batch_alter_table("signed_out_sessions", schema=None) as batch_op:
@@ -36,7 +36,7 @@ def upgrade() -> None:
         sa.Column("to_address", sa.String(length=254), nullable=False),
         sa.Column("subject", sa.String(length=300), nullable=False),
         sa.Column("body", sa.Text(), nullable=False),
-        sa.Column("created_at", federation.sqltypes.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", portal_common.sqltypes.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id"),
     )
     op.create_table(
@@ -49,10 +49,10 @@ def upgrade() -> None:
         sa.Column("role", sa.String(length=16), nullable=False),
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("site_id", sa.String(length=16), nullable=True),
-        sa.Column("created_at", federation.sqltypes.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("decided_at", federation.sqltypes.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("created_at", portal_common.sqltypes.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("decided_at", portal_common.sqltypes.UTCDateTime(timezone=True), nullable=True),
         sa.Column("failed_sign_ins", sa.Integer(), nullable=False),
-        sa.Column("locked_until", federation.sqltypes.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("locked_until", portal_common.sqltypes.UTCDateTime(timezone=True), nullable=True),
         sa.Column("token_version", sa.Integer(), nullable=False),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("site_id"),
@@ -69,9 +69,9 @@ def upgrade() -> None:
         sa.Column("remote_source", sa.Text(), nullable=False),
         sa.Column("params_json", sa.Text(), nullable=False),
         sa.Column("builtin", sa.Boolean(), nullable=False),
-        sa.Column("uploaded_at", federation.sqltypes.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("uploaded_at", portal_common.sqltypes.UTCDateTime(timezone=True), nullable=False),
         sa.Column("uploaded_by_id", sa.Integer(), nullable=True),
-        sa.Column("retired_at", federation.sqltypes.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("retired_at", portal_common.sqltypes.UTCDateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
             ["uploaded_by_id"],
             ["users.id"],
@@ -87,9 +87,9 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("user_id", sa.Integer(), nullable=False),
         sa.Column("token_hash", sa.String(length=64), nullable=False),
-        sa.Column("created_at", federation.sqltypes.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("expires_at", federation.sqltypes.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("revoked_at", federation.sqltypes.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("created_at", portal_common.sqltypes.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", portal_common.sqltypes.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("revoked_at", portal_common.sqltypes.UTCDateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(["user_id"], ["users.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("token_hash"),
@@ -110,9 +110,9 @@ def upgrade() -> None:
         sa.Column("state", sa.String(length=16), nullable=False),
         sa.Column("message", sa.Text(), nullable=False),
         sa.Column("created_by_id", sa.Integer(), nullable=False),
-        sa.Column("created_at", federation.sqltypes.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("started_at", federation.sqltypes.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("finished_at", federation.sqltypes.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("created_at", portal_common.sqltypes.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("started_at", portal_common.sqltypes.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("finished_at", portal_common.sqltypes.UTCDateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
             ["algorithm_version_id"],
             ["algorithm_versions.id"],

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-import federation.sqltypes
+import portal_common.sqltypes
 
 revision = "rev_2026_12_01_throttles"
 down_revision = "rev_2026_11_23_compare"
@@ -24,9 +24,9 @@ def upgrade() -> None:
         sa.Column("key", sa.String(length=160), nullable=False),
         sa.Column("failures", sa.Integer(), nullable=False),
         sa.Column(
-            "last_failure_at", federation.sqltypes.UTCDateTime(timezone=True), nullable=False
+            "last_failure_at", portal_common.sqltypes.UTCDateTime(timezone=True), nullable=False
         ),
-        sa.Column("wait_until", federation.sqltypes.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("wait_until", portal_common.sqltypes.UTCDateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("key"),
     )
     with op.batch_alter_table("sign_in_throttles", schema=None) as batch_op:
@@ -58,7 +58,9 @@ def downgrade() -> None:
             sa.Column("failed_sign_ins", sa.Integer(), nullable=False, server_default="0")
         )
         batch_op.add_column(
-            sa.Column("locked_until", federation.sqltypes.UTCDateTime(timezone=True), nullable=True)
+            sa.Column(
+                "locked_until", portal_common.sqltypes.UTCDateTime(timezone=True), nullable=True
+            )
         )
     with op.batch_alter_table("sign_in_throttles", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_sign_in_throttles_last_failure_at"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-import federation.sqltypes
+import portal_common.sqltypes
 
 revision = "rev_2026_12_07_resets"
 down_revision = "rev_2026_12_01_throttles"
@@ -24,9 +24,9 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("user_id", sa.Integer(), nullable=False),
         sa.Column("token_hash", sa.String(length=64), nullable=False),
-        sa.Column("created_at", federation.sqltypes.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("expires_at", federation.sqltypes.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("used_at", federation.sqltypes.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("created_at", portal_common.sqltypes.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", portal_common.sqltypes.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("used_at", portal_common.sqltypes.UTCDateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(["user_id"], ["users.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("token_hash"),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-import federation.sqltypes
+import portal_common.sqltypes
 
 revision = "site_2026_12_07_initial"
 down_revision = None
@@ -24,7 +24,7 @@ def upgrade() -> None:
         sa.Column("digest", sa.String(length=64), nullable=False),
         sa.Column("name", sa.String(length=40), nullable=False),
         sa.Column("version", sa.String(length=40), nullable=False),
-        sa.Column("approved_at", federation.sqltypes.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("approved_at", portal_common.sqltypes.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("digest"),
     )
     op.create_table(
@@ -40,7 +40,7 @@ def upgrade() -> None:
     op.create_table(
         "ledger",
         sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("at", federation.sqltypes.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("at", portal_common.sqltypes.UTCDateTime(timezone=True), nullable=False),
         sa.Column("job_id", sa.String(length=40), nullable=False),
         sa.Column("kind", sa.String(length=200), nullable=False),
         sa.Column("shapes", sa.JSON(), nullable=False),
@@ -56,14 +56,14 @@ def upgrade() -> None:
         "local_account",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("password_hash", sa.String(length=200), nullable=False),
-        sa.Column("changed_at", federation.sqltypes.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("changed_at", portal_common.sqltypes.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id"),
     )
     op.create_table(
         "policy",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("settings", sa.Text(), nullable=False),
-        sa.Column("changed_at", federation.sqltypes.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("changed_at", portal_common.sqltypes.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id"),
     )
 
