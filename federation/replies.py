@@ -26,8 +26,10 @@ A dimension ``d`` is ``p`` (the width of a design: the job's columns, the target
 the intercept), ``c`` (the job's columns), ``k`` (the job's targets), ``t`` (the length of the
 parameters of the operation's target's fit: p, (K-1)p for a categorical target of K levels,
 p - 1 + K - 1 for an ordinal one; ``algorithms.methods``), ``l`` (the levels of the operation's
-target) or a whole number up to 64. At most two dimensions, so a value holds at most
-max(p, c, k, t)^2 numbers; a reply holds at most
+target), ``u`` (the pairs of the design's columns, p(p+1)/2, for a design of at most
+:data:`PAIRS_WIDTH` columns, else 0: a symmetric third-derivative tensor is p x u numbers) or a
+whole number up to 64. At most two dimensions, so a value holds at most max(p, c, k, t)^2
+numbers (p x u: at most 8.5 p^2); a reply holds at most
 :data:`MAX_KEYS` values. ``prepare`` declares what the site adds to the runtime's own summary
 when the job opens (``rows``, ``rows_used``, ``observed``, ``target_rows``, ``left_out``); its
 ``left_out`` reasons are the labels listed here, so no text of the site's travels.
@@ -58,12 +60,14 @@ from federation.errors import AlgorithmInvalid, ProtocolError
 Kind = Literal["float", "int", "count", "rows", "flag"]
 MAX_KEYS = 16
 MAX_DIM = 64
+PAIRS_WIDTH = 16
+"""The widest design whose column pairs (``u``) a reply may hold."""
 PREPARE = "prepare"
 """The pseudo-operation whose declared values the site adds to its summary at open."""
 RUNTIME_SUMMARY = ("rows", "rows_used", "observed", "target_rows", "left_out")
 """Keys of the summary the runtime itself sends at open; an algorithm may not declare them."""
 _VALUE = re.compile(r"^(float|int|count|rows|flag)(?:\[([a-z0-9]+)(?:,([a-z0-9]+))?\])?$")
-_SYMBOLS = ("p", "c", "k", "t", "l")
+_SYMBOLS = ("p", "c", "k", "t", "l", "u")
 _LABEL = re.compile(r"^[A-Za-z0-9 '(){}_.,-]{1,80}$")
 
 
@@ -103,7 +107,8 @@ class Dims:
         if target is None and len(self.per_target) == 1:
             (target,) = self.per_target
         t, levels = self.per_target.get(target, (self.p, 0)) if target is not None else (self.p, 0)
-        return {"p": self.p, "c": self.c, "k": self.k, "t": t, "l": levels}
+        pairs = self.p * (self.p + 1) // 2 if self.p <= PAIRS_WIDTH else 0
+        return {"p": self.p, "c": self.c, "k": self.k, "t": t, "l": levels, "u": pairs}
 
     def reply_limit(self) -> int:
         """The most numbers one operation's reply may hold, whatever it declares."""
@@ -342,7 +347,8 @@ def _parse_value(where: str, raw: Any) -> Value:
     if match is None:
         raise AlgorithmInvalid(
             f"params.json: {where} is {raw!r}; a value is float, int, count, rows or flag, "
-            "optionally with one or two dimensions such as float[p,p] (p, c, k, t, l or a number)"
+            "optionally with one or two dimensions such as float[p,p] (p, c, k, t, l, u or a "
+            "number)"
         )
     kind, *raw_dims = match.groups()
     dims: list[str | int] = []
@@ -355,7 +361,7 @@ def _parse_value(where: str, raw: Any) -> Value:
             dims.append(int(dim))
         else:
             raise AlgorithmInvalid(
-                f"params.json: {where}: dimension '{dim}' is not p, c, k, t, l or a number "
+                f"params.json: {where}: dimension '{dim}' is not p, c, k, t, l, u or a number "
                 f"1..{MAX_DIM}"
             )
     if kind == "rows" and dims:

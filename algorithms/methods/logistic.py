@@ -18,7 +18,7 @@ class Logistic(NewtonMethod):
     when = "a yes/no column coded 0 and 1 (a diagnosis, a smoker)"
     expects = "0 or 1"
     family = _newton.LOGISTIC
-    replies = newton_replies("logistic", dims="p", levels=False, extra={})
+    replies = newton_replies("logistic", dims="p", levels=False, extra={}, third=True)
 
     def invalid(self, cells: np.ndarray, levels: Sequence[float] = ()) -> np.ndarray:
         mask: np.ndarray = ~np.isnan(cells) & (cells != 0) & (cells != 1)
