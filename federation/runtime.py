@@ -175,6 +175,7 @@ class CentralJob:
             width=len(self.spec.columns),
             largest_argument=secure.largest_number(args),
             sites=len(self.spec.sites),
+            degree=secure.degree(declared),
         )
         replaces: int | None = None
         while True:

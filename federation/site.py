@@ -44,6 +44,7 @@ from federation.secure import (
     PUBLIC_KEY,
     SiteMasks,
     check_job,
+    degree,
     enabled,
     key_words,
     largest_number,
@@ -395,6 +396,7 @@ class SiteRunner:
             width=len(self._job.spec.columns),
             largest_argument=largest_number(inner),
             sites=len(self._job.spec.sites),
+            degree=degree(self.replies.operations.get(name, {})),
         )
         if scale > finest:  # what central chooses from every site's rows and magnitude is not
             raise SiteRefused(
