@@ -374,8 +374,10 @@ def newton(
         raise FitError(f"target '{target}': the start point overflows")
     third = None
     if "third" in first:  # T at the start (third_derivatives), in centred kept coordinates
+        third = _unpack(np.asarray(first["third"]))
         t = layout.transform()[:, layout.kept]
-        third = np.einsum("ijk,ia,jb,kc->abc", _unpack(np.asarray(first["third"])), t, t, t)
+        for _ in range(3):  # T'[a, b, c] = sum T[i, j, k] t[i, a] t[j, b] t[k, c], axis by axis
+            third = np.tensordot(third, t, axes=([0], [0]))
     final: _Point | None = None
     try:
         initial = point(layout.to_centred(start), first, None)
@@ -459,9 +461,9 @@ def _third_order_step(
     the Newton step at the point reached) are those of every step."""
     step = newton
     for _ in range(4):
-        step = newton - cho_solve((chol, True), np.einsum("abc,b,c->a", third, step, step)) / 2.0
+        step = newton - cho_solve((chol, True), third @ step @ step) / 2.0
     size = np.max(np.abs(newton) * scale)
-    settled = newton - cho_solve((chol, True), np.einsum("abc,b,c->a", third, step, step)) / 2.0
+    settled = newton - cho_solve((chol, True), third @ step @ step) / 2.0
     if (
         not np.all(np.isfinite(step))
         or np.max(np.abs(settled - step) * scale) > 1e-3 * size
