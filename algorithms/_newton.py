@@ -19,6 +19,12 @@ row) and is sent :func:`search`'s sums: every candidate's Q and H, g at the firs
 iteration costs one round trip when the full step is accepted; it then asks for the sums at an
 accepted shorter step. The steps taken do not depend on ``batch``.
 
+A warm start's first sums may carry the third derivatives there (``third``, from
+:func:`third_derivatives`: logistic and Poisson, designs of at most ``THIRD_ORDER_WIDTH``
+columns); the first step is then :func:`_third_order_step`'s, which lands within O(|d|^3) of
+the optimum instead of Newton's O(|d|^2), so that a fit from the last cycle's optimum usually
+stops after one step: its start and one line search, 2 round trips.
+
 Separation (logistic, categorical, ordinal): when a slope runs off (beyond ``SEPARATED`` on the
 logit scale per standard deviation of its predictor), the Hessian vanishes on the way there, or
 rows are fitted with probability 1 for their level, the fit is redone from 0 with the pseudo-rows
