@@ -188,7 +188,8 @@ def third_derivatives(
             weight = mu * (1.0 - mu) * (1.0 - 2.0 * mu)
         else:
             weight = np.exp(np.minimum(eta, _glm.LOG_MEAN_LIMIT))
-        packed += (x * weight[:, None]).T @ (x[:, first] * x[:, second])
+        for a in range(p):  # p products the size of H's (one wide one makes BLAS thread)
+            packed[a] += ((x * (weight * x[:, a])[:, None]).T @ x)[first, second]
     if not np.isfinite(packed).all():
         return np.zeros_like(packed)
     return packed
