@@ -64,8 +64,8 @@ def _combined(
 ) -> tuple[str, dict[str, Any], list[list[str] | None]]:
     """One operation for every chain's ask, and the reply keys each chain asked for.
 
-    Sums (``gaussian_stats``) and a Newton fit's first evaluation (``<family>_start``) are
-    asked of every chain at once. Later Newton asks differ by chain: a chain evaluating one
+    Sums (``gaussian_stats``) and a Newton fit's first evaluation (``<family>_start``, or
+    ``<family>_warm`` from a warm start) are asked of every chain at once. Later Newton asks differ by chain: a chain evaluating one
     theta (``_stats``), one searching (``_search``, 1 to 4 candidates), one already done (its
     last theta again, once): they travel as one ``_search`` of every chain's candidates (one
     row for a single theta) with their ``candidates`` count, or as ``_stats`` when every chain
@@ -75,9 +75,10 @@ def _combined(
         (operation,) = set(live)
         return operation, {}, [None] * len(asked)
     family = live[0].rsplit("_", 1)[0]
-    if all(op == f"{family}_start" for op in live):  # every fit's first evaluation
-        theta = np.stack([np.asarray(args["theta"]) for _, args in asked])
-        return f"{family}_start", {"theta": theta}, [None] * len(asked)
+    for first in (f"{family}_start", f"{family}_warm"):  # every fit's first evaluation
+        if all(op == first for op in live):
+            theta = np.stack([np.asarray(args["theta"]) for _, args in asked])
+            return first, {"theta": theta}, [None] * len(asked)
     rows = []
     for c, (_, args) in enumerate(asked):
         theta = np.asarray(args["theta"])

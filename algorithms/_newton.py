@@ -19,6 +19,12 @@ row) and is sent :func:`search`'s sums: every candidate's Q and H, g at the firs
 iteration costs one round trip when the full step is accepted; it then asks for the sums at an
 accepted shorter step. The steps taken do not depend on ``batch``.
 
+A warm start's first sums may carry the third derivatives there (``third``, from
+:func:`third_derivatives`: logistic and Poisson, designs of at most ``THIRD_ORDER_WIDTH``
+columns); the first step is then :func:`_third_order_step`'s, which lands within O(|d|^3) of
+the optimum instead of Newton's O(|d|^2), so that a fit from the last cycle's optimum usually
+stops after one step: its start and one line search, 2 round trips.
+
 Separation (logistic, categorical, ordinal): when a slope runs off (beyond ``SEPARATED`` on the
 logit scale per standard deviation of its predictor), the Hessian vanishes on the way there, or
 rows are fitted with probability 1 for their level, the fit is redone from 0 with the pseudo-rows
@@ -33,12 +39,14 @@ from typing import Any
 
 import numpy as np
 from scipy.linalg import cho_solve
+from scipy.special import expit
 
 from algorithms import _glm
 from algorithms._augmentation import PseudoRows, pseudo_rows
 from algorithms._design import Layout, Moments
 from algorithms._stats import (
     Fit,
+    _blocks,
     _cholesky,
     design,
     logistic_loglik,
@@ -55,6 +63,10 @@ SEPARATED = 10.0
 _MIN_STEP = 2.0**-40
 SEARCH = 4
 """Steps of the halving (1, 1/2, 1/4, 1/8) whose Q a pooled fit asks for in one request."""
+THIRD_ORDER_WIDTH = 10
+"""A warm-started pooled logistic or Poisson fit whose design has at most this many columns
+asks, with its first evaluation, for the third derivatives there (``<family>_warm``), so that
+its first step lands within the tolerance of the optimum where a Newton step needs two."""
 
 Sums = Mapping[str, Any]
 """n, h, g and q at one theta (and saturated, overflow, and at the first the moments), summed."""
@@ -74,6 +86,12 @@ class Family:
     @property
     def separates(self) -> bool:
         return self.name != "poisson"
+
+    @property
+    def third_order(self) -> bool:
+        """One linear predictor with the canonical link: the third derivatives are
+        T = sum kappa'''(eta) x x x (:func:`third_derivatives`)."""
+        return self.name in ("logistic", "poisson")
 
     def size(self, p: int, levels: int) -> int:
         """Length of theta for a design of p columns (intercept included) and K levels."""
@@ -137,6 +155,54 @@ class Family:
             if "counts" in extra:
                 result["counts"] = extra["counts"]
         return result
+
+
+def third_order(family: Family, start: np.ndarray | None, names: Sequence[str]) -> bool:
+    """Whether a pooled fit from ``start`` asks for the third derivatives there: a warm start
+    of a logistic or Poisson fit whose design has at most ``THIRD_ORDER_WIDTH`` columns."""
+    return family.third_order and start is not None and len(names) <= THIRD_ORDER_WIDTH
+
+
+def third_derivatives(
+    family: Family, z: np.ndarray, rows: np.ndarray | None, column: int, theta: np.ndarray
+) -> np.ndarray:
+    """A participant's T = sum kappa'''(x'theta) x x x over its selected rows (the
+    log-likelihood's third derivative is -T), packed as T[a, (b, c)] over the pairs b <= c of
+    the design's columns in ``np.triu_indices`` order: p x p(p+1)/2 numbers. Zero where not
+    finite (a Poisson mean that overflows: such a start is refused anyway)."""
+    if not family.third_order:
+        raise FitError(f"a {family.name} fit sends no third derivatives")
+    cols = design(z, column)
+    p = cols.size
+    if p > THIRD_ORDER_WIDTH:
+        raise FitError(
+            f"third derivatives are sent for designs of at most {THIRD_ORDER_WIDTH} columns; "
+            f"this one has {p}"
+        )
+    first, second = np.triu_indices(p)
+    packed = np.zeros((p, first.size))
+    for x, _ in _blocks(z, rows, cols, column):
+        eta = x @ np.asarray(theta, dtype=np.float64)
+        if family.name == "logistic":
+            mu = expit(eta)
+            weight = mu * (1.0 - mu) * (1.0 - 2.0 * mu)
+        else:
+            weight = np.exp(np.minimum(eta, _glm.LOG_MEAN_LIMIT))
+        for a in range(p):  # p products the size of H's (one wide one makes BLAS thread)
+            packed[a] += ((x * (weight * x[:, a])[:, None]).T @ x)[first, second]
+    if not np.isfinite(packed).all():
+        return np.zeros_like(packed)
+    return packed
+
+
+def _unpack(packed: np.ndarray) -> np.ndarray:
+    """The symmetric p x p x p tensor that :func:`third_derivatives` packed."""
+    p = packed.shape[0]
+    first, second = np.triu_indices(p)
+    full = np.zeros((p, p, p))
+    full[:, first, second] = packed
+    full[:, second, first] = packed
+    return full
 
 
 LOGISTIC = Family("logistic")
@@ -241,8 +307,10 @@ def newton(
         )
 
     def climb(
-        current: _Point, pseudo: PseudoRows | None
+        current: _Point, pseudo: PseudoRows | None, third: np.ndarray | None = None
     ) -> Generator[np.ndarray, Sums, tuple[_Point, int, bool]]:
+        """Newton from ``current``; with ``third`` (T at ``current``, centred) the first step
+        is the third-order one of :func:`_third_order_step`."""
         iterations = 0
         while iterations < max_iter:
             try:
@@ -256,6 +324,8 @@ def newton(
             # (H and g at the accepted point came with it, so this costs no evaluation.)
             if np.max(np.abs(direction) * scale) < TOLERANCE:
                 return current, iterations, True
+            if third is not None and iterations == 0:
+                direction = _third_order_step(chol, current.g, direction, third, scale)
             slope = float(direction @ current.g)
             # Q sums thousands of terms: gains below its rounding error cannot be seen, so they
             # count as met (else a step that is right would be halved for no reason).
@@ -309,11 +379,17 @@ def newton(
 
     if not usable(first):
         raise FitError(f"target '{target}': the start point overflows")
+    third = None
+    if "third" in first:  # T at the start (third_derivatives), in centred kept coordinates
+        third = _unpack(np.asarray(first["third"]))
+        t = layout.transform()[:, layout.kept]
+        for _ in range(3):  # T'[a, b, c] = sum T[i, j, k] t[i, a] t[j, b] t[k, c], axis by axis
+            third = np.tensordot(third, t, axes=([0], [0]))
     final: _Point | None = None
     try:
         initial = point(layout.to_centred(start), first, None)
         try:
-            final, iterations, converged = yield from climb(initial, None)
+            final, iterations, converged = yield from climb(initial, None, third)
         except FitError:
             if np.array_equal(start, cold):
                 raise  # singular at the cold start: collinear predictors, a clear error
@@ -379,6 +455,30 @@ def search(
         else:
             qs[i] = q
     return {**result, "qs": qs, "unusable": unusable}
+
+
+def _third_order_step(
+    chol: np.ndarray, g: np.ndarray, newton: np.ndarray, third: np.ndarray, scale: np.ndarray
+) -> np.ndarray:
+    """The step d that zeroes the gradient's Taylor expansion to second order,
+    g - H d - T[d, d]/2 = 0 (T the third derivatives, Q's being -T), by fixed point from the
+    Newton step H^-1 g, which leaves out the T term and so misses the optimum by O(|d|^2): this
+    one lands within O(|d|^3). The Newton step is kept where the correction does not settle,
+    is more than half of it, or would not ascend; the line search and the convergence test (on
+    the Newton step at the point reached) are those of every step."""
+    step = newton
+    for _ in range(4):
+        step = newton - cho_solve((chol, True), third @ step @ step) / 2.0
+    size = np.max(np.abs(newton) * scale)
+    settled = newton - cho_solve((chol, True), third @ step @ step) / 2.0
+    if (
+        not np.all(np.isfinite(step))
+        or np.max(np.abs(settled - step) * scale) > 1e-3 * size
+        or np.max(np.abs(step - newton) * scale) > size / 2.0
+        or float(step @ g) <= 0.0
+    ):
+        return newton
+    return step
 
 
 def _runs_off(theta_c: np.ndarray, scale: np.ndarray, slopes: np.ndarray) -> bool:

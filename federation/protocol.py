@@ -91,11 +91,8 @@ class _Header(BaseModel):
 def encode(message: Request | Reply | ErrorReply) -> bytes:
     """Serialise a message and the arrays inside it into one frame."""
     arrays: list[np.ndarray] = []
-    body = _extract(message.model_dump(), arrays)
-    specs = [
-        _ArraySpec(dtype=a.dtype.str, shape=list(a.shape), nbytes=a.nbytes).model_dump()
-        for a in arrays
-    ]
+    body = _extract(message, arrays)  # what model_dump() gives, in one pass, arrays aside
+    specs = [{"dtype": a.dtype.str, "shape": list(a.shape), "nbytes": a.nbytes} for a in arrays]
     try:
         header = json.dumps({"message": body, "arrays": specs}, allow_nan=False).encode()
     except ValueError:
@@ -147,8 +144,32 @@ def decode(frame: bytes) -> Request | Reply | ErrorReply:
         raise ProtocolError(f"malformed message: {error.errors()[0]['msg']}") from None
 
 
+class Frame(bytes):
+    """A frame with its message, for the side that made or decoded it, so that no frame is
+    decoded twice on its way through one side (:func:`message_of`): central's request on its
+    way to a site's socket, a site's reply on its way from the socket to the runtime. The other
+    side gets the bytes only, and decodes them itself."""
+
+    message: Request | Reply | ErrorReply
+
+    @classmethod
+    def of(cls, frame: bytes, message: Request | Reply | ErrorReply) -> Frame:
+        made = cls(frame)
+        made.message = message
+        return made
+
+
+def message_of(frame: bytes) -> Request | Reply | ErrorReply:
+    """The message of a frame: the one a :class:`Frame` carries, else decoded."""
+    return frame.message if isinstance(frame, Frame) else decode(frame)
+
+
 def _extract(value: Any, arrays: list[np.ndarray]) -> Any:
-    """Replace arrays by references (collecting them) and numpy scalars by Python ones."""
+    """A message's fields as plain values (a model as the dict of its fields, as
+    ``model_dump`` has them), arrays replaced by references (collected) and numpy scalars by
+    Python ones."""
+    if isinstance(value, BaseModel):
+        return {name: _extract(getattr(value, name), arrays) for name in type(value).model_fields}
     if isinstance(value, np.ndarray):
         array = np.ascontiguousarray(value)
         if array.dtype.str not in ALLOWED_DTYPES:

@@ -27,8 +27,10 @@ factor as one column per level but the first, and the intercept; by default the 
 the target's place taken by the intercept), ``c`` (the job's columns), ``k`` (the job's
 targets), ``t`` (the length of the parameters of the operation's target's fit: p, (K-1)p for
 a categorical target of K levels, p - 1 + K - 1 for an ordinal one; ``algorithms.methods``),
-``l`` (the levels of the operation's target) or a whole number up to 64. At most two
-dimensions, so a value holds at most max(p, c, k, t)^2 numbers; a reply holds at most
+``l`` (the levels of the operation's target), ``u`` (the pairs of the design's columns,
+p(p+1)/2, for a design of at most :data:`PAIRS_WIDTH` columns, else 0: a symmetric
+third-derivative tensor is p x u numbers) or a whole number up to 64. At most two dimensions,
+so a value holds at most max(p, c, k, t)^2 numbers (p x u: at most 8.5 p^2); a reply holds at most
 :data:`MAX_KEYS` values. ``prepare`` declares what the site adds to the runtime's own summary
 when the job opens (``rows``, ``rows_used``, ``observed``, ``target_rows``, ``left_out``); its
 ``left_out`` reasons are the labels listed here, so no text of the site's travels.
@@ -64,6 +66,8 @@ from federation.errors import AlgorithmInvalid, ProtocolError
 Kind = Literal["float", "int", "count", "rows", "flag"]
 MAX_KEYS = 16
 MAX_DIM = 64
+PAIRS_WIDTH = 16
+"""The widest design whose column pairs (``u``) a reply may hold."""
 PREPARE = "prepare"
 """The pseudo-operation whose declared values the site adds to its summary at open."""
 RUNTIME_SUMMARY = ("rows", "rows_used", "observed", "target_rows", "left_out")
@@ -71,7 +75,7 @@ RUNTIME_SUMMARY = ("rows", "rows_used", "observed", "target_rows", "left_out")
 _VALUE = re.compile(
     r"^(float|int|count|rows|flag)(?:\[([a-z0-9]+)(?:,([a-z0-9]+))?(?:,([a-z0-9]+))?\])?$"
 )
-_SYMBOLS = ("p", "c", "k", "t", "l")
+_SYMBOLS = ("p", "c", "k", "t", "l", "u")
 CHAINS = "m"
 """The leading dimension of a value with one entry per chain (:attr:`Dims.m`)."""
 _LABEL = re.compile(r"^[A-Za-z0-9 '(){}_.,-]{1,80}$")
@@ -133,7 +137,8 @@ class Dims:
             (target,) = self.per_target
         p = self.widths.get(target, self.p) if target is not None else self.p
         t, levels = self.per_target.get(target, (p, 0)) if target is not None else (p, 0)
-        return {"p": p, "c": self.c, "k": self.k, "t": t, "l": levels, CHAINS: self.m}
+        pairs = p * (p + 1) // 2 if p <= PAIRS_WIDTH else 0
+        return {"p": p, "c": self.c, "k": self.k, "t": t, "l": levels, "u": pairs, CHAINS: self.m}
 
     def reply_limit(self) -> int:
         """The most numbers one operation's reply may hold, whatever it declares."""
@@ -372,8 +377,8 @@ def _parse_value(where: str, raw: Any) -> Value:
     if match is None:
         raise AlgorithmInvalid(
             f"params.json: {where} is {raw!r}; a value is float, int, count, rows or flag, "
-            "optionally with one or two dimensions such as float[p,p] (p, c, k, t, l or a number), "
-            "and a leading m (one entry per chain) such as float[m,p,p]"
+            "optionally with one or two dimensions such as float[p,p] (p, c, k, t, l, u or a "
+            "number), and a leading m (one entry per chain) such as float[m,p,p]"
         )
     kind, *raw_dims = match.groups()
     given = [dim for dim in raw_dims if dim is not None]
@@ -390,7 +395,7 @@ def _parse_value(where: str, raw: Any) -> Value:
             dims.append(int(dim))
         else:
             raise AlgorithmInvalid(
-                f"params.json: {where}: dimension '{dim}' is not p, c, k, t, l, m or a number "
+                f"params.json: {where}: dimension '{dim}' is not p, c, k, t, l, u, m or a number "
                 f"1..{MAX_DIM}"
             )
     if kind == "rows" and dims:

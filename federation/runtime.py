@@ -44,7 +44,7 @@ from federation.errors import (
     SiteLost,
 )
 from federation.job import CENTRAL, JobEvent, JobSpec, Target, random_stream
-from federation.protocol import ErrorReply, Op, Reply, Request, decode, encode
+from federation.protocol import ErrorReply, Frame, Op, Reply, Request, decode, encode, message_of
 from federation.replies import PREPARE, Bounds, Dims, check_values
 from federation.roles import code_table
 from federation.site import CLOSE, OPEN, Result, SiteRunner, open_values, public_text
@@ -186,6 +186,7 @@ class CentralJob:
             width=max(len(self.spec.columns), self.spec.design_width()),
             largest_argument=secure.largest_number(args),
             sites=len(self.spec.sites),
+            degree=secure.degree(declared),
         )
         replaces: int | None = None
         while True:
@@ -355,7 +356,7 @@ class CentralJob:
         """One request to every site (central's own part running alongside), checked replies."""
         sites = self.spec.sites
         request = Request(job_id=self.spec.job_id, seq=next(self._seq), ops=ops, replaces=replaces)
-        frame = encode(request)
+        frame = Frame.of(encode(request), request)  # the transport reads it without decoding
         self.traffic.round_trips += 1
         self.traffic.bytes_sent += len(frame) * len(sites)
         remote = asyncio.gather(
@@ -380,7 +381,7 @@ class CentralJob:
                 continue
             self.traffic.bytes_received += len(answer)
             try:
-                reply = decode(answer)
+                reply = message_of(answer)  # decoded once: by the transport, or here
                 if isinstance(reply, ErrorReply):
                     failures[site] = public_text(reply.message)
                 elif not isinstance(reply, Reply) or reply.seq != request.seq:

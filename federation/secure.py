@@ -45,7 +45,9 @@ bound on the magnitude of any summed value: ``log2(N) + 2 (E + 8) + log2(1 + p A
 is every participant's usable rows, E the largest power of two a participant declared its values
 below at open (an ``int``, so a site discloses the binary order of its largest value), 8 bits of
 headroom for imputed values beyond the observed ones, p the design width and A the largest
-number in the operation's arguments (Newton's beta enters the log-likelihood). The quantum 2^-f
+number in the operation's arguments (Newton's beta enters the log-likelihood); 3 (E + 8) for an
+operation declaring third derivatives (a value over ``u``: products of three values), whose
+other entries then keep E + 8 bits fewer. The quantum 2^-f
 is then about 2^-125 of the bound: the largest entries keep some 100 bits, and an entry keeps
 float64's 53 bits as long as it is within about 2^45 of the largest, so the decoded sums equal
 the float sums to rounding (so a column whose values are some 10^10 times smaller than the
@@ -270,15 +272,31 @@ def decode(limbs: np.ndarray, scale: int) -> np.ndarray:
     return np.ldexp(np.where(negative, -value, value), -scale)
 
 
-def scale_for(*, rows: int, magnitude: int, width: int, largest_argument: float, sites: int) -> int:
-    """The fixed-point exponent of a round (see the design note)."""
+def scale_for(
+    *,
+    rows: int,
+    magnitude: int,
+    width: int,
+    largest_argument: float,
+    sites: int,
+    degree: int = 2,
+) -> int:
+    """The fixed-point exponent of a round (see the design note); ``degree`` is how many of the
+    table's values multiply in a summed entry (:func:`degree`)."""
     bits = (
         math.ceil(math.log2(rows + 1))
-        + 2 * (magnitude + HEADROOM_BITS)
+        + degree * (magnitude + HEADROOM_BITS)
         + math.ceil(math.log2(1.0 + width * largest_argument))
         + 2
     )
     return limit_bits(sites) - bits
+
+
+def degree(declared: Mapping[str, Value]) -> int:
+    """How many of the table's values multiply in an entry of a reply: 3 where a value is
+    declared over the column pairs ``u`` (third derivatives, sum w x_a x_b x_c), else 2 (H,
+    sums of w x_a x_b)."""
+    return 3 if any("u" in value.shape for value in declared.values()) else 2
 
 
 def largest_number(args: Mapping[str, Any]) -> float:

@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, NoReturn, Protocol
+from typing import Any, NamedTuple, NoReturn, Protocol
 
 import numpy as np
 
@@ -45,6 +45,7 @@ from federation.secure import (
     PUBLIC_KEY,
     SiteMasks,
     check_job,
+    degree,
     enabled,
     key_words,
     largest_number,
@@ -200,6 +201,14 @@ class Sandboxed:
             self._sandbox = None
 
 
+class Answer(NamedTuple):
+    """A reply frame and the message it holds (what the site's portal notes in its ledger,
+    without decoding the frame it just made)."""
+
+    frame: bytes
+    message: Reply | ErrorReply
+
+
 class SiteRunner:
     """Answers one job's requests at one site (central's own data included)."""
 
@@ -242,7 +251,7 @@ class SiteRunner:
         """Numbers in every reply sent: what the site's job page shows while it runs."""
         self._lock = threading.Lock()
         self._last_seq = -1
-        self._last_reply = b""
+        self._last_reply = Answer(b"", ErrorReply(job_id="", seq=-1, kind="failed", message=""))
         self.masks: SiteMasks | None = None
         """This site's key pair and pairwise seeds in a securely aggregated job."""
         self._withheld: Result = {}
@@ -269,8 +278,12 @@ class SiteRunner:
 
     def handle(self, frame: bytes) -> bytes:
         """Answer one request frame. A repeated ``seq`` gets the same reply, not a second run."""
+        return self.answer(decode(frame)).frame
+
+    def answer(self, request: Request | Reply | ErrorReply) -> Answer:
+        """Answer a decoded request (:meth:`handle`; a portal that decoded the frame to route
+        it calls this, so that a frame is decoded once): the reply frame and its message."""
         with self._lock:
-            request = decode(frame)
             if not isinstance(request, Request):
                 raise ProtocolError(f"a site expects requests, got a {request.type!r} message")
             if request.seq == self._last_seq:
@@ -288,7 +301,7 @@ class SiteRunner:
             self._last_seq, self._last_reply = request.seq, reply
             return reply
 
-    def _answer(self, request: Request, *, skip_instructions: bool = False) -> bytes:
+    def _answer(self, request: Request, *, skip_instructions: bool = False) -> Answer:
         masked = self.masks is not None and any(op.name == MASKED for op in request.ops)
         if self._stopped and any(op.name != CLOSE for op in request.ops):
             return self._error(
@@ -305,7 +318,7 @@ class SiteRunner:
             if masked and self._last_error == request.seq:
                 self._stopped = True
 
-    def _answered(self, request: Request, *, skip_instructions: bool) -> bytes:
+    def _answered(self, request: Request, *, skip_instructions: bool) -> Answer:
         try:
             # Every operation run counts, however they are sent (not those a restart skips).
             self.requests += sum(
@@ -322,7 +335,8 @@ class SiteRunner:
                 for op in request.ops
             ]
             self.numbers_sent += sum(_numbers(r) for r in results)
-            return encode(Reply(job_id=request.job_id, seq=request.seq, results=results))
+            reply = Reply(job_id=request.job_id, seq=request.seq, results=results)
+            return Answer(encode(reply), reply)
         except SiteRefused as refusal:
             self._emit("warning", str(refusal))
             return self._error(request, "refused", str(refusal))
@@ -383,6 +397,7 @@ class SiteRunner:
             width=max(len(self._job.spec.columns), self._job.spec.design_width()),
             largest_argument=largest_number(inner),
             sites=len(self._job.spec.sites),
+            degree=degree(self.replies.operations.get(name, {})),
         )
         if scale > finest:  # what central chooses from every site's rows and magnitude is not
             raise SiteRefused(
@@ -634,13 +649,12 @@ class SiteRunner:
                 "nothing was sent"
             ) from None
 
-    def _error(self, request: Request, kind: ErrorKind, message: str) -> bytes:
+    def _error(self, request: Request, kind: ErrorKind, message: str) -> Answer:
         self._last_error = request.seq
-        return encode(
-            ErrorReply(
-                job_id=request.job_id, seq=request.seq, kind=kind, message=public_text(message)
-            )
+        error = ErrorReply(
+            job_id=request.job_id, seq=request.seq, kind=kind, message=public_text(message)
         )
+        return Answer(encode(error), error)
 
     def _emit(self, kind: str, message: str) -> None:
         if self._on_event is not None:

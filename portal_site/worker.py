@@ -24,6 +24,7 @@ from federation.job import JobEvent
 from federation.protocol import (
     MAX_FRAME_BYTES,
     ControlMessage,
+    ErrorKind,
     ErrorReply,
     Heartbeat,
     Op,
@@ -37,6 +38,7 @@ from federation.protocol import (
     encode_control,
 )
 from federation.secure import MASKED
+from federation.site import Answer
 from portal_common.tasks import Tasks
 from portal_site.central import CentralClient, CentralError, ssl_context, websocket_url
 from portal_site.jobs import LocalJobs, SiteError
@@ -260,7 +262,9 @@ class Worker:
                 return
 
     async def _answer(self, socket: ClientConnection, frame: bytes) -> None:
-        """Run one request on the job's runner and send the reply; note it in the ledger."""
+        """Run one request on the job's runner and send the reply; note it in the ledger. The
+        frame is decoded once, here; the runner answers the decoded request and says what its
+        reply holds, so the ledger reads that without decoding the reply."""
         try:
             request = decode(frame)
         except ProtocolError as error:
@@ -278,43 +282,22 @@ class Worker:
         try:
             runner = await self.jobs.answering(request.job_id)
         except SiteError as refused:  # the real reason, e.g. central could not be reached
-            reply = encode(
-                ErrorReply(
-                    job_id=request.job_id, seq=request.seq, kind="refused", message=refused.message
-                )
-            )
+            answer = _error(request, "refused", refused.message)
         except Exception:  # a bug here must not leave central waiting without a word
             log.exception(
                 "job %s: finding what answers request %s failed", request.job_id, request.seq
             )
-            reply = encode(
-                ErrorReply(
-                    job_id=request.job_id,
-                    seq=request.seq,
-                    kind="failed",
-                    message="internal error at the site; see its log",
-                )
-            )
+            answer = _error(request, "failed", "internal error at the site; see its log")
         else:
             try:
-                reply = await asyncio.to_thread(runner.handle, frame)
+                answer = await asyncio.to_thread(runner.answer, request)
             except ProtocolError as error:
-                reply = encode(
-                    ErrorReply(
-                        job_id=request.job_id, seq=request.seq, kind="failed", message=str(error)
-                    )
-                )
+                answer = _error(request, "failed", str(error))
             except Exception:  # a bug here must not leave central waiting without a word
                 log.exception("job %s: answering request %s failed", request.job_id, request.seq)
                 self._warn(request.job_id, "this site could not answer a request; see its log")
-                reply = encode(
-                    ErrorReply(
-                        job_id=request.job_id,
-                        seq=request.seq,
-                        kind="failed",
-                        message="internal error at the site; see its log",
-                    )
-                )
+                answer = _error(request, "failed", "internal error at the site; see its log")
+        reply = answer.frame
         try:
             await socket.send(reply)
         except ConnectionClosed:
@@ -325,7 +308,7 @@ class Worker:
             return
         self.sent["messages"] += 1
         self.sent["bytes"] += len(reply)
-        self._note(request, reply)
+        self._note(request, answer)
 
     def _warn(self, job_id: str, message: str) -> None:
         """Show a failure on the job's page at this site (when the site knows the job)."""
@@ -333,8 +316,8 @@ class Worker:
         if job is not None:
             self.jobs.publish(job, JobEvent(kind="warning", message=message))
 
-    def _note(self, request: Request, reply: bytes) -> None:
-        answer = decode(reply)
+    def _note(self, request: Request, sent: Answer) -> None:
+        answer = sent.message
         job = self.jobs.owner(request.job_id)
         kind = "+".join(_label(op) for op in request.ops)
         masked = any(op.name == MASKED for op in request.ops)
@@ -358,7 +341,7 @@ class Worker:
             kind=kind,
             shapes=shapes,
             rows=job.rows_used if job else 0,
-            size=len(reply),
+            size=len(sent.frame),
             note=note,
         )
 
@@ -388,6 +371,12 @@ class Worker:
             await self._client.close()
             self._client = None
         self.jobs.drop_all()
+
+
+def _error(request: Request, kind: ErrorKind, message: str) -> Answer:
+    """An error reply of the portal's own (the runner could not be asked)."""
+    error = ErrorReply(job_id=request.job_id, seq=request.seq, kind=kind, message=message)
+    return Answer(encode(error), error)
 
 
 def _label(op: Op) -> str:

@@ -23,6 +23,7 @@ from starlette.websockets import WebSocketDisconnect
 from federation.job import JobEvent
 from federation.policy import Policy
 from federation.protocol import (
+    Frame,
     Heartbeat,
     JobUpdate,
     Op,
@@ -35,6 +36,7 @@ from federation.protocol import (
     decode_control,
     encode,
     encode_control,
+    message_of,
 )
 from portal_central.app import create_app
 from portal_central.models import User
@@ -390,6 +392,42 @@ def test_a_reply_from_a_site_that_was_not_asked_is_not_taken(insecure: TestClien
         north.send_bytes(encode(Reply(job_id=job_id, seq=0, results=[{"n": 12}])))
         reply = decode(answer.result(timeout=RECEIVE_SECONDS))
 
+    assert isinstance(reply, Reply) and reply.results == [{"n": 12}]
+
+
+def test_central_decodes_a_reply_once_and_its_own_request_not_at_all(
+    insecure: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runtime hands the connection its request with the message in it, and the reply
+    decoded on arrival (to find who waits for it) reaches the runtime with its message: one
+    decode a round trip at central, where there were three."""
+    _, north_id, north_access = _site(insecure, "north")
+    job_id = str(_job(insecure, [north_id]))
+    connections = _state(insecure).connections
+    decoded = []
+
+    def counting(frame: bytes) -> Any:
+        decoded.append(len(frame))
+        return decode(frame)
+
+    monkeypatch.setattr("portal_central.sites.connections.decode", counting)
+    monkeypatch.setattr("federation.protocol.decode", counting)
+    with _connect(insecure, bearer(north_access)) as north:
+        _welcome(north)
+        request = Request(job_id=job_id, seq=0, ops=[Op(name="gaussian_stats")])
+        frame = encode(request)
+        answer = north.portal.start_task_soon(
+            connections.exchange, north_id, Frame.of(frame, request)
+        )
+        assert north.receive_bytes() == frame
+        assert decoded == []
+
+        sent = encode(Reply(job_id=job_id, seq=0, results=[{"n": 12}]))
+        north.send_bytes(sent)
+        arrived = answer.result(timeout=RECEIVE_SECONDS)
+        reply = message_of(arrived)
+
+    assert decoded == [len(sent)] and arrived == sent
     assert isinstance(reply, Reply) and reply.results == [{"n": 12}]
 
 

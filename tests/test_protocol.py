@@ -112,3 +112,42 @@ def test_malformed_frames_are_refused(frame: bytes, message: str) -> None:
     """Each kind of broken frame raises ProtocolError with a reason, never a crash."""
     with pytest.raises(ProtocolError, match=message):
         decode(frame)
+
+
+def test_a_frames_header_is_the_message_as_pydantic_dumps_it() -> None:
+    """encode walks the message once; its header is model_dump() with every array replaced by
+    its reference, in order, numpy scalars by numbers, and the arrays' dtype, shape and bytes."""
+    theta, h = np.arange(8.0).reshape(2, 4), np.eye(3)
+    request = Request(
+        job_id="9",
+        seq=4,
+        ops=[Op(name="impute", args={"alpha": theta[0], "k": np.int64(2)}), Op(name="s")],
+        replaces=3,
+    )
+    reply = Reply(job_id="9", seq=4, results=[{"h": h, "n": 5, "t": (1, np.float64(2.5))}, {}])
+
+    for message in (request, reply):
+        arrays: list[np.ndarray] = []
+        expected = _dumped(message.model_dump(), arrays)
+        frame = encode(message)
+        (length,) = struct.unpack_from("<I", frame, 4)
+        header = json.loads(frame[8 : 8 + length])
+
+        assert header["message"] == expected
+        assert header["arrays"] == [
+            {"dtype": a.dtype.str, "shape": list(a.shape), "nbytes": a.nbytes} for a in arrays
+        ]
+        assert frame[8 + length :] == b"".join(a.tobytes() for a in arrays)
+
+
+def _dumped(value: object, arrays: list[np.ndarray]) -> object:
+    if isinstance(value, np.ndarray):
+        arrays.append(value)
+        return {"$array": len(arrays) - 1}
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {key: _dumped(item, arrays) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_dumped(item, arrays) for item in value]
+    return value

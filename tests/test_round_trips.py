@@ -2,7 +2,9 @@
 them: a job is open + its fits + close; a Gaussian or pmm fit is one round trip; a Newton fit
 (logistic, categorical, ordinal, Poisson) is 1 + its iterations when every full step is
 accepted (the start, then one line search per iteration carrying every candidate's Q and H, g
-at the full step), and one more for each iteration that accepts a shorter step."""
+at the full step), and one more for each iteration that accepts a shorter step. A warm logistic
+or Poisson fit of a narrow design asks for the third derivatives with its start
+(``<family>_warm``), so that its first step usually lands: 2 round trips."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import pytest
 
 from algorithms import _newton
 from algorithms._stats import Fit
+from federation.errors import FitError
 from tests.test_exactness import Harness
 from tests.test_new_methods import COLUMNS, values_of
 
@@ -83,7 +86,9 @@ def test_simi_round_trips_per_method_are_as_documented(name: str, kind: str) -> 
 
 def test_simice_round_trips_are_open_close_and_every_fit() -> None:
     """2 + the sum over fits of 1 (Gaussian) or 1 + iterations (Newton), every full step
-    being accepted in this job."""
+    being accepted in this job; a logistic fit opens with ``logistic_start`` in the first
+    cycle and ``logistic_warm`` (from the last cycle's optimum) after it, categorical always
+    with ``categorical_start``."""
     job = harness("SIMICE", "g", "b", "c")
 
     result = job.run(
@@ -99,6 +104,19 @@ def test_simice_round_trips_are_open_close_and_every_fit() -> None:
     assert len(fits) == 9
     expected = 2 + sum(1 if f["target"] == "g" else 1 + int(f["iterations"]) for f in fits)
     assert result.report["round_trips"] == expected
+    openings = [
+        ops[-1] for ops in job.transport.operations() if ops[0] in ("impute", "fill_unobserved")
+    ]
+    assert (
+        openings
+        == ["gaussian_stats", "logistic_start", "categorical_start"]
+        + [
+            "gaussian_stats",
+            "logistic_warm",
+            "categorical_start",
+        ]
+        * 2
+    )
 
 
 def pooled(start: np.ndarray, batch: int) -> tuple[Fit, list[int]]:
@@ -158,3 +176,172 @@ def test_a_line_search_in_one_request_takes_the_same_steps_in_fewer_round_trips(
     assert len(asked) <= 1 + searches + iterations
     assert len(asked) < len(asked_one)
     assert all(1 <= n <= _newton.SEARCH for n in asked)
+
+
+# ---------------------------------------------------------------- third-order warm starts
+
+
+def participants(seed: int, rows: tuple[int, ...], shift: float = 0.0) -> list[np.ndarray]:
+    """Each participant's design (x1, x2, x3, y, ones) for a logistic target in column 3;
+    ``shift`` moves x1 in a third of the rows, as an imputation of a predictor would."""
+    rng = np.random.default_rng(seed)
+    sites = []
+    for n in rows:
+        x = rng.normal(size=(n, 3))
+        eta = 0.3 + x @ [0.8, -0.5, 0.3]
+        y = (rng.random(n) < 1.0 / (1.0 + np.exp(-eta))).astype(float)
+        moved = np.random.default_rng(seed + n).random(n) < 1 / 3
+        x[moved, 0] += shift * np.random.default_rng(seed + 2 * n).normal(size=int(moved.sum()))
+        sites.append(np.column_stack([x, y, np.ones(n)]))
+    return sites
+
+
+NAMES = ["x1", "x2", "x3", "(intercept)"]
+
+
+def fit_on(sites: list[np.ndarray], start: np.ndarray | None, *, third: bool) -> tuple[Fit, int]:
+    """The pooled logistic fit over ``sites`` from ``start``, asking the third derivatives with
+    the start when ``third``; the fit and its evaluations (round trips)."""
+    asked = []
+
+    async def evaluate(theta: np.ndarray, first: bool) -> Mapping[str, Mapping[str, Any]]:
+        asked.append(theta)
+        replies = {}
+        for k, z in enumerate(sites):
+            if theta.ndim == 2:
+                replies[f"s{k}"] = _newton.search(_newton.LOGISTIC, z, None, 3, theta)
+                continue
+            reply = _newton.LOGISTIC.stats(z, None, 3, theta, moments=first)
+            if first and third:
+                reply["third"] = _newton.third_derivatives(_newton.LOGISTIC, z, None, 3, theta)
+            replies[f"s{k}"] = reply
+        return replies
+
+    fit = asyncio.run(
+        _newton.fit_pooled(
+            _newton.LOGISTIC,
+            evaluate,
+            start=start,
+            ridge=1e-5,
+            max_iter=100,
+            names=NAMES,
+            target="y",
+            batch=_newton.SEARCH,
+        )
+    )
+    return fit, len(asked)
+
+
+def test_a_warm_fit_with_third_derivatives_lands_in_one_step_where_newton_takes_two() -> None:
+    """From the optimum of the data before a predictor was re-imputed: Newton takes two steps
+    (its first misses by O(|d|^2)), the third-order first step one; both stop by the same test,
+    so both are the optimum to the tolerance, and so is the pooled Newton step from each."""
+    before = participants(3, (1500, 1000))
+    after = participants(3, (1500, 1000), shift=0.3)
+    warm, _ = fit_on(before, None, third=False)
+
+    newton, newton_trips = fit_on(after, warm.beta, third=False)
+    third, third_trips = fit_on(after, warm.beta, third=True)
+
+    assert newton.converged and third.converged
+    assert (newton.iterations, newton_trips) == (2, 3)
+    assert (third.iterations, third_trips) == (1, 2)
+    np.testing.assert_allclose(third.beta, newton.beta, rtol=0, atol=1e-5)
+    pooled = np.concatenate(after)
+    stats = _newton.LOGISTIC.stats(pooled, None, 3, third.beta)
+    step = np.linalg.solve(third.matrix, stats["g"] - (third.matrix - stats["h"]) @ third.beta)
+    sd = pooled[:, :3].std(axis=0)
+    assert np.max(np.abs(step[:3]) * sd) < _newton.TOLERANCE
+
+
+@pytest.mark.parametrize("family", [_newton.LOGISTIC, _newton.POISSON])
+def test_third_derivatives_are_the_derivative_of_the_information(family: _newton.Family) -> None:
+    """T packed by third_derivatives, contracted with v, is the derivative of H along v
+    (central differences of the sites' own H)."""
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(400, 3))
+    y = (
+        rng.poisson(1.0, size=400).astype(float)
+        if family.name == "poisson"
+        else rng.integers(0, 2, 400).astype(float)
+    )
+    z = np.column_stack([x[:, :2], y, x[:, 2], np.ones(400)])
+    theta = np.array([0.3, -0.2, 0.1, 0.2])
+    v = np.array([0.5, 1.0, -0.7, 0.2])
+    rows = rng.random(400) < 0.8
+
+    packed = _newton.third_derivatives(family, z, rows, 2, theta)
+    eps = 1e-5
+    upper = family.stats(z, rows, 2, theta + eps * v)["h"]
+    lower = family.stats(z, rows, 2, theta - eps * v)["h"]
+
+    assert packed.shape == (4, 10)
+    np.testing.assert_allclose(
+        _newton._unpack(packed) @ v, (upper - lower) / (2 * eps), rtol=1e-6, atol=1e-8
+    )
+
+
+def test_third_derivatives_are_refused_for_a_wide_design_or_another_family() -> None:
+    wide = np.ones((5, _newton.THIRD_ORDER_WIDTH + 2))  # the target and 11 design columns
+    narrow = np.ones((5, 3))
+
+    with pytest.raises(
+        FitError, match=f"at most {_newton.THIRD_ORDER_WIDTH} columns; this one has 11"
+    ):
+        _newton.third_derivatives(_newton.LOGISTIC, wide, None, 0, np.zeros(11))
+    with pytest.raises(FitError, match="a categorical fit sends no third derivatives"):
+        _newton.third_derivatives(_newton.CATEGORICAL, narrow, None, 0, np.zeros(3))
+
+
+def test_a_warm_start_asks_third_derivatives_only_of_narrow_logistic_and_poisson_fits() -> None:
+    start = np.zeros(3)
+    narrow = ["a", "b", "(intercept)"]
+    wide = [f"x{i}" for i in range(_newton.THIRD_ORDER_WIDTH)] + ["(intercept)"]
+
+    assert _newton.third_order(_newton.LOGISTIC, start, narrow)
+    assert _newton.third_order(_newton.POISSON, start, narrow)
+    assert not _newton.third_order(_newton.LOGISTIC, None, narrow)  # a cold start
+    assert not _newton.third_order(_newton.LOGISTIC, start, wide)
+    assert not _newton.third_order(_newton.CATEGORICAL, start, narrow)
+    assert not _newton.third_order(_newton.ORDINAL, start, narrow)
+
+
+def peer_values(seed: int, rows: int) -> np.ndarray:
+    """x1, x2, x3, g1 (Gaussian) and b (binary, depending on x and g1), as bench/engine.py's
+    peer-shaped job has them; g1 and b missing in about a quarter of the rows each."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows, 3))
+    g1 = 1.0 + x @ [0.4, 0.0, -0.4] + rng.normal(size=rows)
+    b = (rng.random(rows) < 1.0 / (1.0 + np.exp(0.5 - x @ [-0.4, 0.0, 0.4] - 0.5 * g1))) * 1.0
+    values = np.column_stack([x, g1, b])
+    for column in (3, 4):
+        values[rng.random(rows) < 0.25, column] = np.nan
+    return values
+
+
+@pytest.mark.slow
+def test_in_the_peer_shaped_job_warm_logistic_fits_land_in_one_step() -> None:
+    """The shape of the peer's job (a Gaussian and a logistic target, M = 12, 7 + 6 cycles,
+    3 x 3,000 rows): every warm logistic fit but a few lands in one step, so the job costs
+    open + close + 1 a Gaussian fit + 2 a warm logistic fit + 1 + iterations the cold one."""
+    from tests.helpers import table
+
+    columns = ("x1", "x2", "x3", "g1", "b")
+    central, *remote = (
+        table(name, columns, peer_values(40 + k, 3000))
+        for k, name in enumerate(("central", "north", "south"))
+    )
+    job = Harness("SIMICE", central, dict(zip(("north", "south"), remote, strict=True)))
+
+    report = job.run(
+        [("g1", "gaussian"), ("b", "logistic")],
+        imputations=12,
+        iteration_before_first_imputation=7,
+        iteration_between_imputations=6,
+    ).report
+
+    fits = report["fits"]
+    assert len(fits) == 146
+    logistic = [int(f["iterations"]) for f in fits if f["target"] == "b"]
+    assert sum(1 for i in logistic[1:] if i == 1) >= 0.9 * (len(logistic) - 1)
+    assert report["round_trips"] == 2 + 73 + sum(1 + i for i in logistic)

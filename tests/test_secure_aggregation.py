@@ -861,3 +861,17 @@ def test_whole_numbers_are_masked_and_summed_exactly_beyond_2_53() -> None:
     big = secure.encode_whole(np.array([2**62, 2**62]))
     with pytest.raises(ProtocolError, match="beyond int64"):
         secure.decode_whole(secure.add(big[0], big[1]))
+
+
+def test_third_derivatives_are_masked_at_a_scale_for_products_of_three_values() -> None:
+    """A warm Newton start's reply holds sums of w x_a x_b x_c (declared over ``u``): its
+    fixed point leaves E + 8 more bits of room than H's products of two values."""
+    declared = builtin("SIMICE").replies.operations
+    job = {"rows": 1000, "magnitude": 12, "width": 5, "largest_argument": 2.0, "sites": 3}
+
+    two = secure.scale_for(**job)  # type: ignore[arg-type]
+    three = secure.scale_for(**job, degree=3)  # type: ignore[arg-type]
+
+    assert [secure.degree(declared[op]) for op in ("logistic_warm", "poisson_warm")] == [3, 3]
+    assert secure.degree(declared["logistic_search"]) == secure.degree(declared["prepare"]) == 2
+    assert two - three == 12 + secure.HEADROOM_BITS

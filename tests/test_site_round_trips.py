@@ -1,18 +1,26 @@
 """The site's round-trip plumbing: the ledger written in batches by its own thread and read
-back whole; one long-lived HTTPS client to central."""
+back whole; one long-lived HTTPS client to central; a request decoded once."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from federation import protocol
+from federation.job import JobSpec
+from federation.protocol import Op, Reply, Request, encode
+from federation.site import OPEN, SiteRunner
 from portal_site.central import CentralError
+from portal_site.jobs import LocalJob
 from portal_site.state import SiteState
 from portal_site.store import Store
+from tests.helpers import builtin
 from tests.site_fixtures import site_settings
+from tests.test_secure_aggregation import federation, secure_spec
 
 
 def test_every_recorded_message_is_listed_in_order_even_from_many_threads(
@@ -86,5 +94,65 @@ def test_the_site_keeps_one_https_client_to_central_until_its_address_changes(
 
     try:
         asyncio.run(scenario())
+    finally:
+        state.store.dispose()
+
+
+def test_a_request_is_decoded_once_at_the_site_and_its_reply_noted_without_decoding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker decodes a request to find its job; the runner answers that decoded request
+    and says what its reply holds, which the ledger notes: one decode a message, where there
+    were three (the worker's, the runner's, and the reply's for the ledger)."""
+    state = SiteState.create(site_settings(tmp_path / "site"))
+    worker = state.worker
+    spec = secure_spec(("site0",))
+    spec = JobSpec.from_wire(
+        {**spec.to_wire(), "params": {**spec.params, "secure_aggregation": False}}
+    )
+    _, tables = federation(24, sites=1)
+    runner = SiteRunner(site="site0", data=tables["site0"], algorithm=builtin("SIMI"))
+    worker.jobs._jobs[spec.job_id] = LocalJob(job_id=spec.job_id, info={}, runner=runner)
+    decoded = []
+    decode = protocol.decode
+
+    def counting(frame: bytes) -> Any:
+        decoded.append(len(frame))
+        return decode(frame)
+
+    monkeypatch.setattr("portal_site.worker.decode", counting)
+    monkeypatch.setattr("federation.site.decode", counting)
+    monkeypatch.setattr("federation.protocol.decode", counting)
+
+    class Socket:
+        """Where the worker sends its replies (the connection to central)."""
+
+        def __init__(self) -> None:
+            self.sent: list[bytes] = []
+
+        async def send(self, frame: bytes) -> None:
+            self.sent.append(frame)
+
+    socket = Socket()
+    requests = [
+        Request(job_id=spec.job_id, seq=0, ops=[Op(name=OPEN, args={"spec": spec.to_wire()})]),
+        Request(job_id=spec.job_id, seq=1, ops=[Op(name="gaussian_stats", args={"target": 4})]),
+    ]
+
+    async def scenario() -> None:
+        for request in requests:
+            await worker._answer(socket, encode(request))  # type: ignore[arg-type]
+
+    try:
+        asyncio.run(scenario())
+        assert len(decoded) == len(requests)
+        replies = [decode(frame) for frame in socket.sent]
+        assert all(isinstance(reply, Reply) for reply in replies)
+        rows_used = replies[0].results[-1]["rows_used"]  # type: ignore[union-attr]
+        ledger = [e for e in reversed(state.store.ledger(limit=10)) if e.job_id == spec.job_id]
+        assert [e.kind for e in ledger] == ["fip.open", "gaussian_stats"]
+        assert [e.bytes for e in ledger] == [len(frame) for frame in socket.sent]
+        assert ledger[1].rows == rows_used > 0  # read from the open's reply as it was sent
+        assert ledger[1].shapes == [{"n": [], "xtx": [5, 5], "xty": [5], "yty": []}]
     finally:
         state.store.dispose()

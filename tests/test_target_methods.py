@@ -11,10 +11,10 @@ import pytest
 
 from algorithms import _chains, methods
 from algorithms.methods import METHODS, Method
-from federation.errors import AlgorithmInvalid, InputError
+from federation.errors import AlgorithmInvalid, InputError, ProtocolError
 from federation.job import JobSpec, make_targets
 from federation.registry import BUILTIN_DIR, read_algorithm, read_folder
-from federation.replies import ReplySchema
+from federation.replies import PAIRS_WIDTH, Dims, ReplySchema
 from tests.helpers import builtin, run, table
 
 POOLED = ("SIMI", "SIMICE", "IMI", "IMICE")
@@ -168,3 +168,20 @@ def test_the_labels_pages_show_come_from_the_registry() -> None:
     assert methods.label("gaussian") == "continuous"
     assert methods.label("logistic") == "binary"
     assert builtin("SIMI").capabilities.target_types == tuple(METHODS)
+
+
+def test_a_third_derivative_reply_holds_the_column_pairs_of_a_narrow_design() -> None:
+    """``u`` is p(p+1)/2 for a design of at most PAIRS_WIDTH columns and 0 beyond, so that a
+    logistic or Poisson ``_warm`` reply (p x u) stays bounded; other symbols are refused."""
+    schema = ReplySchema.parse({"replies": {"warm": {"third": "float[p,u]"}}, "parameters": {}})
+    narrow, wide = Dims.of(4, 1), Dims.of(PAIRS_WIDTH + 1, 1)
+
+    checked = schema.check("warm", {"third": np.ones((4, 10))}, dims=narrow, bounds=None)
+
+    assert checked["third"].shape == (4, 10)
+    with pytest.raises(ProtocolError, match=r"has shape \[4, 9\], declared \[4, 10\]"):
+        schema.check("warm", {"third": np.ones((4, 9))}, dims=narrow, bounds=None)
+    with pytest.raises(ProtocolError, match=r"declared \[17, 0\]"):
+        schema.check("warm", {"third": np.ones((17, 153))}, dims=wide, bounds=None)
+    with pytest.raises(AlgorithmInvalid, match="dimension 'v' is not p, c, k, t, l, u"):
+        ReplySchema.parse({"replies": {"warm": {"third": "float[p,v]"}}, "parameters": {}})

@@ -14,10 +14,19 @@ from algorithms._stats import Fit, draw_parameters
 from algorithms.methods._method import Ask, Method, SiteStatistics
 
 
-def newton_replies(operation: str, *, dims: str, levels: bool, extra: Mapping[str, str]) -> dict:  # type: ignore[type-arg]
-    """The declared replies of a Newton method's two operations: ``<name>_start`` (the first
-    evaluation, with the design's moments and, with levels, the rows per level) and
-    ``<name>_stats``."""
+def newton_replies(
+    operation: str,
+    *,
+    dims: str,
+    levels: bool,
+    extra: Mapping[str, str],
+    third: bool = False,
+) -> dict:  # type: ignore[type-arg]
+    """The declared replies of a Newton method's operations: ``<name>_start`` (the first
+    evaluation, with the design's moments and, with levels, the rows per level),
+    ``<name>_stats``, ``<name>_search`` (a line search's candidates) and, with ``third``,
+    ``<name>_warm`` (a warm start's first evaluation: ``_start``'s and the third derivatives,
+    p x u numbers, u = p(p+1)/2)."""
     stats = {"n": "rows", "h": f"float[{dims},{dims}]", "g": f"float[{dims}]", "q": "float"}
     stats.update(extra)
     start = {**stats, "sums": "float[p]", "squares": "float[p]"}
@@ -25,7 +34,14 @@ def newton_replies(operation: str, *, dims: str, levels: bool, extra: Mapping[st
         start["counts"] = "count[l]"
     candidates = f"{_newton.SEARCH}"
     search = {**stats, "qs": f"float[{candidates}]", "unusable": f"count[{candidates}]"}
-    return {f"{operation}_start": start, f"{operation}_stats": stats, f"{operation}_search": search}
+    replies = {
+        f"{operation}_start": start,
+        f"{operation}_stats": stats,
+        f"{operation}_search": search,
+    }
+    if third:
+        replies[f"{operation}_warm"] = {**start, "third": "float[p,u]"}
+    return replies
 
 
 class NewtonMethod(Method):
@@ -76,11 +92,27 @@ class NewtonMethod(Method):
             candidate with whether it is unusable (overflow or not finite)."""
             return _newton.search(family, z, rows, column, np.asarray(theta), levels=levels)
 
-        return {
+        def warm(
+            z: np.ndarray,
+            rows: np.ndarray | None,
+            column: int,
+            theta: np.ndarray,
+            levels: Sequence[float] = (),
+        ) -> dict[str, Any]:
+            """A warm fit's first evaluation: what ``_start`` answers and the third derivatives
+            of the log-likelihood there (``_newton.third_derivatives``)."""
+            result = start(z, rows, column, theta, levels)
+            result["third"] = _newton.third_derivatives(family, z, rows, column, theta)
+            return result
+
+        operations = {
             f"{family.name}_start": start,
             f"{family.name}_stats": stats,
             f"{family.name}_search": search,
         }
+        if family.third_order:
+            operations[f"{family.name}_warm"] = warm
+        return operations
 
     async def fit_pooled(
         self,
@@ -94,10 +126,13 @@ class NewtonMethod(Method):
         levels: Sequence[float] = (),
     ) -> Fit:
         name = self.family.name
+        opening = (
+            f"{name}_warm" if _newton.third_order(self.family, start, names) else f"{name}_start"
+        )
 
         async def evaluate(theta: np.ndarray, first: bool) -> Mapping[str, Mapping[str, Any]]:
             if first:
-                return await ask(f"{name}_start", theta=theta)
+                return await ask(opening, theta=theta)
             return await ask(f"{name}_search" if theta.ndim == 2 else f"{name}_stats", theta=theta)
 
         return await _newton.fit_pooled(

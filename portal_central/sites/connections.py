@@ -23,7 +23,7 @@ from starlette.websockets import WebSocket
 
 from federation.errors import FipError, ProtocolError, SiteLost
 from federation.policy import Policy
-from federation.protocol import ControlMessage, Request, decode, encode_control
+from federation.protocol import ControlMessage, Frame, Request, decode, encode_control, message_of
 from federation.secure import MASKED
 from portal_common.broker import Broker
 
@@ -144,8 +144,9 @@ class Connections:
     # -------------------------------------------------------------- exchange
 
     async def exchange(self, site_id: str, frame: bytes) -> bytes:
-        """Send a request frame to a site and return its reply frame, across reconnects."""
-        request = decode(frame)
+        """Send a request frame to a site and return its reply frame, across reconnects (the
+        reply a :class:`Frame` carrying its message, decoded once on arrival)."""
+        request = message_of(frame)
         if not isinstance(request, Request):
             raise ProtocolError("only requests are sent to sites")
         key = (site_id, request.job_id, request.seq)
@@ -182,7 +183,8 @@ class Connections:
             await asyncio.sleep(0)  # never spin: let the sockets' handlers run between attempts
 
     def deliver(self, site_id: str, frame: bytes) -> None:
-        """A reply frame arrived from a site: hand it to the exchange waiting for it."""
+        """A reply frame arrived from a site: hand it, with its message, to the exchange
+        waiting for it (decoded here, once, to find that exchange)."""
         reply = decode(frame)
         self.traffic["messages_received"] += 1
         self.traffic["bytes_received"] += len(frame)
@@ -195,7 +197,7 @@ class Connections:
                 reply.seq,
             )
             return
-        future.set_result(frame)
+        future.set_result(Frame.of(frame, reply))
 
     async def _wait_for(self, site_id: str) -> SiteLink:
         link = self._links.get(site_id)
