@@ -102,6 +102,7 @@ def shapes(args: argparse.Namespace) -> list[Shape]:
                     "imputations": 12,
                     "iteration_before_first_imputation": 7,
                     "iteration_between_imputations": 6,
+                    "chains": "single",  # the peer's one chain
                 },
             ),
         ),
