@@ -405,9 +405,10 @@ def test_r_builds_a_mids_from_the_downloaded_zip(
     said = dict(line.split("=", 1) for line in printed.splitlines() if "=" in line)
     assert said["method"] == "age:|sex:|bmi:norm|sbp:|cholesterol:|smoker:logreg"
     assert said["smoker"] == "factor|0|1"
-    between = QUICK["iteration_between_imputations"] * (_job()["imputations"] - 1)
-    cycles = QUICK["iteration_before_first_imputation"] + between
-    assert said["chains"] == f"{len(COLUMNS)}|{cycles}|1"
+    # Parallel chains (the default, mice's way): M chains of iteration_before_first_imputation
+    # cycles each, so chainMean is columns x cycles x M, as mice's own.
+    cycles = QUICK["iteration_before_first_imputation"]
+    assert said["chains"] == f"{len(COLUMNS)}|{cycles}|{_job()['imputations']}"
     assert said["terms"] == "(Intercept)|age|bmi|smoker1"
     assert len(list(tmp_path.glob("plot*.png"))) == 2
 
