@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import secrets
 from collections.abc import AsyncIterator, Mapping
@@ -409,8 +408,9 @@ async def jobs_page(request: Request, site: Site) -> Response:
     return render(request, "site/jobs.html", {"jobs": jobs, "error": error, "nav": "jobs"})
 
 
-async def job_context(site: SiteState, job_id: str, **extra: Any) -> dict[str, Any]:
-    job = await site.jobs.load(job_id)
+async def status_values(site: SiteState, job: LocalJob) -> dict[str, Any]:
+    """What the job's status block shows: one source for the page and its live updates (the
+    templates are strict: a value missing here breaks the live stream, not just a line)."""
     codes: list[RemoteCode] = []
     code_error = ""
     try:
@@ -424,9 +424,12 @@ async def job_context(site: SiteState, job_id: str, **extra: Any) -> dict[str, A
         "code_error": code_error,
         "forecast": site.jobs.forecast(job),
         "error": "",
-        "nav": "jobs",
-        **extra,
     }
+
+
+async def job_context(site: SiteState, job_id: str, **extra: Any) -> dict[str, Any]:
+    job = await site.jobs.load(job_id)
+    return {**await status_values(site, job), "nav": "jobs", **extra}
 
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
@@ -509,16 +512,7 @@ async def job_events(request: Request, job_id: str, site: Site) -> EventSourceRe
                 if isinstance(event, JobEvent) and event.kind != "progress":
                     yield ServerSentEvent(event="log", data=fragment("log_lines", job=job))
                 else:
-                    codes: list[RemoteCode] = []
-                    with contextlib.suppress(SiteError):
-                        codes = await site.jobs.remote_codes(job)
-                    values = {
-                        "job": job,
-                        "codes": codes,
-                        "trusted": bool(codes) and all(c.approved for c in codes),
-                        "code_error": "",
-                        "error": "",
-                    }
+                    values = await status_values(site, job)
                     yield ServerSentEvent(event="status", data=fragment("job_status", **values))
 
     return EventSourceResponse(stream(), ping=15)
