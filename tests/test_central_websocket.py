@@ -506,3 +506,36 @@ def test_progress_reaches_a_site_a_few_times_a_second_and_the_last_always(
         assert updates[-1].step == "fit 200" and updates[-1].job_id == str(job_id)
         assert updates[-1].state == "created"
         assert len(updates) <= 2 + elapsed / PROGRESS_INTERVAL, (len(updates), elapsed)
+
+
+@pytest.mark.slow  # central closes the started job when the site leaves: ~5 s
+def test_a_site_is_told_when_its_job_starts_running(insecure: TestClient) -> None:
+    """The move to running reaches the site at once (its page shows it), not only with the
+    job's end: central's data in and the site Ready start the job."""
+    _, site_id, access = _site(insecure)
+    job_id = _job(insecure, [site_id])
+    store = _state(insecure).store
+    with _connect(insecure, bearer(access)) as socket:
+        _welcome(socket)
+        socket.send_text(encode_control(Ready(job_id=str(job_id))))
+        _wait(lambda: site_id in store.view(job_id).ready, "the site to be ready")
+        uploaded = insecure.post(
+            f"/api/jobs/{job_id}/data",
+            files={"file": ("central.csv", b"a,b,y\n1,2,3\n2,1,\n3,5,4\n4,3,6\n5,4,\n")},
+            headers=admin_headers(insecure),
+        )
+        assert uploaded.status_code == 200, uploaded.text
+        states: list[str] = []
+
+        async def next_message() -> Any:
+            with anyio.fail_after(RECEIVE_SECONDS):
+                return await socket._send_rx.receive()
+
+        while "running" not in states:  # the job's own requests to the site come meanwhile
+            message = socket.portal.call(next_message)
+            assert message["type"] == "websocket.send", message
+            if "text" in message and isinstance(
+                update := decode_control(message["text"]), JobUpdate
+            ):
+                states.append(update.state)
+        assert states[-1] == "running" and "completed" not in states

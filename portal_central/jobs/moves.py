@@ -2,7 +2,8 @@
 
 A job must never sit in a state that nothing will move it out of: when a state cannot be
 written, the job is marked failed instead (if that can still be written) and central drops
-what it holds for it. Every move is published as "state" to the job's topic.
+what it holds for it. A failed job is published as "state" to the job's topic here; the
+caller of a successful ``move`` publishes it (so that what it does with the move comes first).
 """
 
 from __future__ import annotations
