@@ -75,7 +75,7 @@ def test_compare_methods_from_the_wizard(
             page.check(f"input[name=compare][value={method}]")
         page.check(f"input[name=participants][value='{site_id}']")
         page.fill("#f-name", "Which method")
-        page.click("text=Create job")
+        page.get_by_role("button", name="Create job").click()
         expect(page.locator("h1")).to_contain_text("Which method")
         expect(page.locator("dl.facts")).to_contain_text("SIMICE 2.2.0 (reference")
         job_url = page.url
