@@ -42,7 +42,7 @@ def prepare(site: SiteJob, *, chained: str) -> dict[str, Any]:
         if target_missing.any():
             check_donors(site, target, int((~target_missing & ~predictor_missing).sum()))
     complete = ~(target_missing | predictor_missing)
-    site.state["z"] = augment(values[complete])
+    site.state["z"] = augment(values, complete)
     site.state["rows"] = {target.index: None}
     return {
         "rows_used": int(complete.sum()),
@@ -61,7 +61,7 @@ def impute(site: SiteJob, *, target: int, **drawn: Any) -> dict[str, Any]:
     rows = site.state["impute_rows"]
     method = methods.get(spec_target.type)
     values[rows, target - 1] = method.impute(
-        (augment(values[rows]), None),
+        (augment(values, rows), None),
         (site.state["z"], None),
         target - 1,
         site.rng,
