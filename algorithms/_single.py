@@ -83,6 +83,7 @@ async def run(job: CentralJob, fit_target: FitTarget) -> None:
     record(job, target, fit, cycle=1)
     for m in range(1, imputations + 1):
         drawn = method.draw(fit, job.rng, target=target.name)
-        completed = (await job.local("impute", target=target.index, **drawn))["values"]
-        job.emit_imputation(completed)
+        # not kept in a name: the dataset goes once emitted (only its imputed cells are kept),
+        # before the next one is made
+        job.emit_imputation((await job.local("impute", target=target.index, **drawn))["values"])
         job.progress(m / imputations, f"imputation {m} of {imputations}")
