@@ -96,7 +96,9 @@ def measured(pids: dict[str, int], raw: int, phase: str, action: Callable[[], No
     ]
 
 
-def run(fed: Federation, job: Job, columns: Sequence[str], files: dict[str, bytes], raw: int):
+def run(
+    fed: Federation, job: Job, columns: Sequence[str], files: dict[str, bytes], raw: int
+) -> list[Peak]:
     pids = {"central": fed.central.popen.pid} | {s.name: s.process.popen.pid for s in fed.sites}
     peaks: list[Peak] = []
     with fed.admin() as admin:

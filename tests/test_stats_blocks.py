@@ -17,7 +17,7 @@ def test_augment_of_selected_rows_in_blocks_equals_the_whole_copy(
     rng = np.random.default_rng(3)
     values = rng.normal(size=(301, 5))
     values[rng.random(values.shape) < 0.2] = np.nan
-    rows = ~np.isnan(values).any(axis=1)
+    rows = np.asarray(~np.isnan(values).any(axis=1))
     whole = np.column_stack([values[rows], np.ones(int(rows.sum()))])
 
     z = augment(values, rows)
