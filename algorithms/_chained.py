@@ -31,7 +31,7 @@ def prepare(site: SiteJob) -> dict[str, Any]:
     targets = site.targets
     target_columns = [t.column for t in targets]
     others = [c for c in range(values.shape[1]) if c not in target_columns]
-    missing_other = np.isnan(values[:, others])
+    missing_other = np.isnan(values)[:, others]  # booleans copied, not the numbers
     incomplete = missing_other.any(axis=1)
     if site.is_central and incomplete.any():
         counts = missing_other.sum(axis=0)
@@ -44,7 +44,7 @@ def prepare(site: SiteJob) -> dict[str, Any]:
             f"{site.spec.algorithm} needs central's non-target columns complete, but {detail} "
             "are missing; make such a column a target too"
         )
-    z = augment(values[~incomplete])
+    z = augment(values, ~incomplete)
     observed = {t.index: ~np.isnan(z[:, t.column]) for t in targets}
     minimum = int(site.params["min_rows"])
     for t in targets:

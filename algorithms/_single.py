@@ -44,7 +44,7 @@ def prepare(site: SiteJob, *, chained: str) -> dict[str, Any]:
         if target_missing.any():
             check_donors(site, target, int((~target_missing & ~predictor_missing).sum()))
     complete = ~(target_missing | predictor_missing)
-    site.state["z"] = augment(values[complete])
+    site.state["z"] = augment(values, complete)
     site.state["rows"] = {target.index: None}
     return {
         "rows_used": int(complete.sum()),
@@ -63,7 +63,7 @@ def impute(site: SiteJob, *, target: int, **drawn: Any) -> dict[str, Any]:
     rows = site.state["impute_rows"]
     method = methods.get(spec_target.type)
     design = site.spec.design(spec_target)
-    missing, column = target_matrix(augment(values[rows]), design, target - 1)
+    missing, column = target_matrix(augment(values, rows), design, target - 1)
     donors, _ = target_matrix(site.state["z"], design, target - 1)
     values[rows, target - 1] = method.impute(
         (missing, None),
@@ -88,6 +88,7 @@ async def run(job: CentralJob, fit_target: FitTarget) -> None:
     record(job, target, fit, cycle=1)
     for m in range(1, imputations + 1):
         drawn = method.draw(fit, job.rng, target=target.name)
-        completed = (await job.local("impute", target=target.index, **drawn))["values"]
-        job.emit_imputation(completed)
+        # not kept in a name: the dataset goes once emitted (only its imputed cells are kept),
+        # before the next one is made
+        job.emit_imputation((await job.local("impute", target=target.index, **drawn))["values"])
         job.progress(m / imputations, f"imputation {m} of {imputations}")
