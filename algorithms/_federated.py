@@ -66,10 +66,11 @@ def _combined(
 
     Sums (``gaussian_stats``) and a Newton fit's first evaluation (``<family>_start``, or
     ``<family>_warm`` from a warm start) are asked of every chain at once. Later Newton asks
-    differ by chain: a chain evaluating one theta (``_stats``), one searching (``_search``, 1 to
-    4 candidates), one already done (its last theta again, once): they travel as one ``_search`` of every chain's candidates (one
-    row for a single theta) with their ``candidates`` count, or as ``_stats`` when every chain
-    evaluates one theta. The steps of each chain are those it takes alone."""
+    differ by chain: a chain evaluating one theta (``_stats``), one searching (``_search``, 1
+    to 4 candidates), one already done (its last theta again, once): they travel as one
+    ``_search`` of every chain's candidates (one row for a single theta) with their
+    ``candidates`` count, or as ``_stats`` when every chain evaluates one theta. The steps of
+    each chain are those it takes alone."""
     live = [asked[c][0] for c in sorted(running)]
     if all("theta" not in args for _, args in asked):  # sums: one ask, the same for all
         (operation,) = set(live)
