@@ -249,7 +249,7 @@ def test_columns_fragment_keeps_names_and_counts_only(
         assert [o["value"] for o in role.select("option[selected]")] == ["predictor"], name
         assert [o["value"] for o in select.select("option")] == list(METHODS)
         chosen = [o["value"] for o in select.select("option[selected]")]
-        assert chosen == ["logistic" if name in BINARY else "gaussian"], name
+        assert chosen == ["logistic" if name in BINARY else "pmm"], name  # demo: continuous
     assert missing[COLUMNS.index("bmi")] > 0 and missing[COLUMNS.index("smoker")] > 0
 
     summary = json.loads(str(_one(fragment, "input[type=hidden][name=columns_json]")["value"]))
