@@ -15,6 +15,7 @@ import numpy as np
 
 from algorithms import _pmm, methods
 from algorithms._federated import FitTarget, record
+from algorithms._site_term import check_central_rows, data_columns, with_site_columns
 from algorithms._stats import augment, total
 from federation import diagnostics
 from federation.job import Target
@@ -42,7 +43,7 @@ def prepare(site: SiteJob) -> dict[str, Any]:
             f"{site.spec.algorithm} needs central's non-target columns complete, but {detail} "
             "are missing; make such a column a target too"
         )
-    z = augment(values[~incomplete])
+    z = with_site_columns(site, augment(values[~incomplete]))
     observed = {t.index: ~np.isnan(z[:, t.column]) for t in targets}
     minimum = int(site.params["min_rows"])
     for t in targets:
@@ -55,6 +56,7 @@ def prepare(site: SiteJob) -> dict[str, Any]:
         holes = ~observed[t.index]
         if holes.any():
             check_donors(site, t, count)
+            check_central_rows(site, t.name, count)
         if count:
             pool = z[observed[t.index], t.column]
             z[holes, t.column] = pool[site.rng.integers(0, count, size=int(holes.sum()))]
@@ -128,7 +130,7 @@ def trace(site: SiteJob) -> dict[str, Any]:
 
 def completed(site: SiteJob) -> dict[str, Any]:
     """Central only: its current data, every target imputed."""
-    return {"values": site.state["z"][:, :-1].copy()}
+    return {"values": data_columns(site, site.state["z"]).copy()}
 
 
 async def run(job: CentralJob, fit_target: FitTarget) -> None:

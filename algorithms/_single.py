@@ -14,6 +14,7 @@ import numpy as np
 from algorithms import methods
 from algorithms._chained import check_donors
 from algorithms._federated import FitTarget, record
+from algorithms._site_term import check_central_rows, with_site_columns
 from algorithms._stats import augment
 from federation.runtime import CentralJob
 from federation.site import SiteJob
@@ -40,9 +41,11 @@ def prepare(site: SiteJob, *, chained: str) -> dict[str, Any]:
             )
         site.state["impute_rows"] = target_missing
         if target_missing.any():
-            check_donors(site, target, int((~target_missing & ~predictor_missing).sum()))
+            observed = int((~target_missing & ~predictor_missing).sum())
+            check_donors(site, target, observed)
+            check_central_rows(site, target.name, observed)
     complete = ~(target_missing | predictor_missing)
-    site.state["z"] = augment(values[complete])
+    site.state["z"] = with_site_columns(site, augment(values[complete]))
     site.state["rows"] = {target.index: None}
     return {
         "rows_used": int(complete.sum()),
@@ -61,7 +64,7 @@ def impute(site: SiteJob, *, target: int, **drawn: Any) -> dict[str, Any]:
     rows = site.state["impute_rows"]
     method = methods.get(spec_target.type)
     values[rows, target - 1] = method.impute(
-        (augment(values[rows]), None),
+        (with_site_columns(site, augment(values[rows])), None),
         (site.state["z"], None),
         target - 1,
         site.rng,

@@ -51,20 +51,31 @@ class JobSpec:
     sites: tuple[str, ...]
 
     def predictors(self, target: Target) -> list[str]:
-        """Names of the design columns for a target: every other column, then the intercept."""
-        return [c for i, c in enumerate(self.columns) if i != target.column] + ["(intercept)"]
+        """Names of the design columns for a target: every other column, the site terms (if
+        any), then the intercept."""
+        others = [c for i, c in enumerate(self.columns) if i != target.column]
+        return [*others, *self.site_terms(), "(intercept)"]
+
+    def site_terms(self) -> tuple[str, ...]:
+        """The site term's columns (option ``site_effect``, ALGORITHMS.md "Conventions"): with
+        ``intercept``, one 0/1 column per remote site, in the job's order; else none."""
+        if self.params.get("site_effect", "none") != "intercept":
+            return ()
+        return tuple(f"(site {site})" for site in self.sites)
 
     def dims(self) -> Dims:
         """The sizes its replies are checked against (``federation.replies``): p, c, k, and
-        each target's parameter length t and level count l."""
-        p = len(self.columns)
+        each target's parameter length t and level count l (p counts the site terms)."""
+        sites = len(self.site_terms())
+        p = len(self.columns) + sites
         return Dims.of(
-            p,
+            len(self.columns),
             len(self.targets),
             {
                 t.index: (methods.get(t.type).parameters(p, len(t.levels)), len(t.levels))
                 for t in self.targets
             },
+            site_terms=sites,
         )
 
     def to_wire(self) -> dict[str, Any]:

@@ -22,8 +22,9 @@ A value is a number or an array of numbers, never text and never nested:
   disagree with what the site said it holds;
 - ``flag``: 0 or 1.
 
-A dimension ``d`` is ``p`` (the width of a design: the job's columns, the target's place taken by
-the intercept), ``c`` (the job's columns), ``k`` (the job's targets), ``t`` (the length of the
+A dimension ``d`` is ``p`` (the width of a design: the job's columns, the target's place taken
+by the intercept, and one site term per remote site when the job's ``site_effect`` is
+intercept), ``c`` (the job's columns), ``k`` (the job's targets), ``t`` (the length of the
 parameters of the operation's target's fit: p, (K-1)p for a categorical target of K levels,
 p - 1 + K - 1 for an ordinal one; ``algorithms.methods``), ``l`` (the levels of the operation's
 target) or a whole number up to 64. At most two dimensions, so a value holds at most
@@ -94,9 +95,16 @@ class Dims:
 
     @classmethod
     def of(
-        cls, columns: int, targets: int, per_target: Mapping[int, tuple[int, int]] | None = None
+        cls,
+        columns: int,
+        targets: int,
+        per_target: Mapping[int, tuple[int, int]] | None = None,
+        *,
+        site_terms: int = 0,
     ) -> Dims:
-        return cls(p=columns, c=columns, k=targets, per_target=dict(per_target or {}))
+        """p is the columns plus the site terms (one per remote site with ``site_effect``
+        intercept: the target's place is the intercept's), c the columns."""
+        return cls(p=columns + site_terms, c=columns, k=targets, per_target=dict(per_target or {}))
 
     def as_map(self, target: int | None = None) -> dict[str, int]:
         """The sizes of the symbols; ``t`` and ``l`` are those of ``target`` (the operation's)."""

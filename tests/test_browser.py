@@ -297,7 +297,7 @@ def test_cancel_on_the_site_page_shows_cancelled_on_both(
                 json={
                     "name": "to be cancelled",
                     "algorithm": "SIMICE",
-                    "version": "2.1.0",  # the built-in: no approval needed
+                    "version": "2.2.0",  # the built-in: no approval needed
                     "columns": demo_files["central"].read_text().splitlines()[0].split(","),
                     "participants": [site_id],
                     "targets": [

@@ -127,7 +127,7 @@ def _page_text(client: TestClient, job_id: int) -> str:
 def test_create_job_by_column_name(central: TestClient) -> None:
     job = _create(central)
     assert job["state"] == "created"
-    assert job["algorithm"] == "SIMICE" and job["version"] == "2.1.0"
+    assert job["algorithm"] == "SIMICE" and job["version"] == "2.2.0"
     assert job["digest"] == Registry.with_builtins().get("SIMICE").digest
     assert job["columns"] == list(COLUMNS)
     # The algorithm receives 1-based indices.
@@ -143,6 +143,7 @@ def test_create_job_by_column_name(central: TestClient) -> None:
         "max_iter": 100,
         "min_rows": 18,  # max(10, 3p) with p = 6 columns
         "donors": 5,
+        "site_effect": "none",
     }
     assert job["seed"] == 11
     assert job["participants"] == []
@@ -168,6 +169,7 @@ def test_create_job_by_column_name(central: TestClient) -> None:
         "max_iter": 100,
         "min_rows": 40,
         "donors": 5,
+        "site_effect": "none",
     }
 
 

@@ -205,6 +205,7 @@ def test_simi_report_has_the_required_keys(
         "max_iter": 100,
         "min_rows": 10,
         "donors": 5,
+        "site_effect": "none",
     }
     assert found["seed"] == 7
 
@@ -418,7 +419,14 @@ def test_param_values_are_read_as_json(
 
     assert code == 0, stderr
     params = report(out)["params"]
-    assert params == {"imputations": 2, "ridge": 0.01, "max_iter": 50, "min_rows": 5, "donors": 5}
+    assert params == {
+        "imputations": 2,
+        "ridge": 0.01,
+        "max_iter": 50,
+        "min_rows": 5,
+        "donors": 5,
+        "site_effect": "none",
+    }
     assert isinstance(params["max_iter"], int)
 
 

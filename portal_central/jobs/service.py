@@ -95,7 +95,13 @@ def create_job(
     except InputError as error:
         raise FieldInvalid(str(error), field="targets") from None
     for method in methods:
-        _check_width(method.algorithm, columns=len(columns), targets=len(resolved_targets))
+        site_effect = _taken_by(method, params).get("site_effect")
+        _check_width(
+            method.algorithm,
+            columns=len(columns),
+            targets=len(resolved_targets),
+            site_terms=len(participants) if site_effect == "intercept" else 0,
+        )
     if compare:
         _check_shared_params(methods, params)
     resolved = {
@@ -401,10 +407,10 @@ def ensure_admin(user: User) -> None:
         raise Forbidden("only admins may do this")
 
 
-def _check_width(algorithm: Algorithm, *, columns: int, targets: int) -> None:
+def _check_width(algorithm: Algorithm, *, columns: int, targets: int, site_terms: int) -> None:
     """A job whose largest reply would not fit in one message is refused now, not as a site
-    gone offline halfway through."""
-    numbers = algorithm.replies.largest_reply(Dims.of(columns, targets))
+    gone offline halfway through (``site_terms``: one design column per site, site_effect)."""
+    numbers = algorithm.replies.largest_reply(Dims.of(columns, targets, site_terms=site_terms))
     size = 8 * numbers + 64 * 1024  # the values, and room for the header
     if size > MAX_FRAME_BYTES:
         raise FieldInvalid(

@@ -566,7 +566,8 @@ _TRUE = ("true", "on", "1", "yes")
 
 
 def _param_fields(algorithm: Algorithm | None, given: dict[str, str]) -> list[dict[str, Any]]:
-    """Form fields from the algorithm's JSON Schema: label, input type, bounds, default, hint."""
+    """Form fields from the algorithm's JSON Schema: label, input type (a list of choices for
+    an ``enum``), bounds, default, hint."""
     if algorithm is None:
         return []
     fields = []
@@ -581,7 +582,14 @@ def _param_fields(algorithm: Algorithm | None, given: dict[str, str]) -> list[di
                 "name": name,
                 "label": prop.get("title", name),
                 "hint": prop.get("description", ""),
-                "input": "checkbox" if "boolean" in kinds else "number" if number else "text",
+                "input": "checkbox"
+                if "boolean" in kinds
+                else "select"
+                if "enum" in prop
+                else "number"
+                if number
+                else "text",
+                "options": [str(option) for option in prop.get("enum", ())],
                 "checked": value.lower() in _TRUE,
                 "step": "1" if "integer" in kinds else "any",
                 "min": prop.get("minimum"),

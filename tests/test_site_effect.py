@@ -1,0 +1,205 @@
+"""The site term (option ``site_effect`` of SIMI and SIMICE, ALGORITHMS.md "Conventions").
+
+With ``site_effect=intercept`` every remote site adds a 0/1 column for itself to the design, so
+the pooled fit is the fit of the row-wise concatenation of every site's rows with one dummy per
+remote site (central's rows: all 0). The references are plain numpy on that concatenation, with
+the same ridge: the site columns are predictors like any other, penalised by lambda times their
+sum of squared deviations.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from algorithms._stats import Fit
+from federation.errors import InputError
+from tests.helpers import builtin, run, table
+from tests.test_exactness import (
+    COLUMNS,
+    RIDGE,
+    B,
+    G,
+    assert_gaussian_fit,
+    assert_logistic_beta,
+    coefficients,
+    gaussian_reference,
+    logistic_fits,  # noqa: F401 (a fixture)
+    logistic_hessian,
+    simi_data,
+    split,
+)
+
+SIZES = [150, 200, 250]
+
+
+def dummy_design(
+    central: np.ndarray, sites: dict[str, np.ndarray], target: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(X, y) over every complete row: the other columns, one 0/1 column per remote site (in
+    the job's order; central's rows 0), then ones."""
+    blocks = []
+    for k, values in enumerate([central, *sites.values()]):
+        dummies = np.zeros((values.shape[0], len(sites)))
+        if k:
+            dummies[:, k - 1] = 1.0
+        blocks.append(np.column_stack([values, dummies]))
+    rows = np.vstack(blocks)
+    c = central.shape[1]
+    rows = rows[~np.isnan(rows[:, :c]).any(axis=1)]
+    others = [j for j in range(c) if j != target - 1]
+    x = np.column_stack([rows[:, others], rows[:, c:], np.ones(rows.shape[0])])
+    return x, rows[:, target - 1]
+
+
+def _sites(remote: np.ndarray) -> dict[str, np.ndarray]:
+    return {name: t.values for name, t in split(remote, SIZES).items()}
+
+
+def test_simi_gaussian_with_site_intercepts_equals_dummy_fit() -> None:
+    central, remote = simi_data(31, G)
+    remote[:150, G - 1] += 3.0  # site0's mean is shifted: its own intercept takes it
+    sites = _sites(remote)
+    x, y = dummy_design(central, sites, G)
+
+    result = run(
+        "SIMI",
+        table("central", COLUMNS, central),
+        split(remote, SIZES),
+        [("g", "gaussian")],
+        site_effect="intercept",
+    )
+
+    (fit,) = result.report["fits"]
+    names = [c for c in COLUMNS if c != "g"] + [f"(site {s})" for s in sites] + ["(intercept)"]
+    assert list(fit["coefficients"]) == names
+    assert_gaussian_fit(fit, gaussian_reference(x, y, RIDGE))
+    assert fit["coefficients"]["(site site0)"] == pytest.approx(3.0, abs=0.4)
+
+
+def test_simi_logistic_with_site_intercepts_equals_dummy_fit(logistic_fits: list[Fit]) -> None:  # noqa: F811
+    central, remote = simi_data(32, B)
+    sites = _sites(remote)
+    x, y = dummy_design(central, sites, B)
+
+    result = run(
+        "SIMI",
+        table("central", COLUMNS, central),
+        split(remote, SIZES),
+        [("b", "logistic")],
+        site_effect="intercept",
+    )
+
+    (fit,) = result.report["fits"]
+    (captured,) = logistic_fits
+    beta = coefficients(fit)
+    assert beta.size == x.shape[1] == len(COLUMNS) + len(SIZES)
+    assert_logistic_beta(beta, x, y, RIDGE)
+    np.testing.assert_allclose(captured.matrix, logistic_hessian(x, beta, RIDGE), rtol=1e-9)
+
+
+def test_simi_secure_aggregation_with_site_intercepts_equals_dummy_fit() -> None:
+    """Masked Gram matrices with site columns still sum to the pooled one."""
+    central, remote = simi_data(33, G)
+    sites = _sites(remote)
+    x, y = dummy_design(central, sites, G)
+
+    result = run(
+        "SIMI",
+        table("central", COLUMNS, central),
+        split(remote, SIZES),
+        [("g", "gaussian")],
+        site_effect="intercept",
+        secure_aggregation=True,
+    )
+
+    (fit,) = result.report["fits"]
+    assert_gaussian_fit(fit, gaussian_reference(x, y, RIDGE))
+
+
+def test_simice_fits_carry_site_intercepts_and_central_keeps_its_columns() -> None:
+    """Every SIMICE fit has a site term per remote site; the datasets are central's columns
+    only; site_effect=none leaves the default fits as they were (no site term)."""
+    central, remote = simi_data(34, G)
+    remote[np.random.default_rng(0).random(remote.shape[0]) < 0.1, 0] = np.nan
+    central[np.random.default_rng(1).random(central.shape[0]) < 0.1, 0] = np.nan
+    targets = [("x1", "gaussian"), ("g", "gaussian")]
+    params: dict[str, Any] = {"imputations": 2, "iteration_before_first_imputation": 2}
+
+    with_term = run(
+        "SIMICE",
+        table("central", COLUMNS, central),
+        split(remote, SIZES),
+        targets,
+        site_effect="intercept",
+        **params,
+    )
+    without = run(
+        "SIMICE", table("central", COLUMNS, central), split(remote, SIZES), targets, **params
+    )
+
+    for fit in with_term.report["fits"]:
+        assert [n for n in fit["coefficients"] if n.startswith("(site ")] == [
+            "(site site0)",
+            "(site site1)",
+            "(site site2)",
+        ]
+    assert not any("(site " in n for f in without.report["fits"] for n in f["coefficients"])
+    assert len(with_term.imputed_cells) == 2
+    for m in (1, 2):
+        dataset = with_term.dataset(m)
+        observed = ~np.isnan(central)
+        assert np.array_equal(dataset[observed], central[observed])
+        assert not np.isnan(dataset).any()
+
+
+# ---------------------------------------------------------------- option errors
+
+
+def test_site_effect_with_imi_is_refused_naming_the_field() -> None:
+    central, remote = simi_data(35, G)
+    with pytest.raises(InputError, match="unknown parameter 'site_effect'"):
+        run(
+            "IMI",
+            table("central", COLUMNS, central),
+            {},
+            [("g", "gaussian")],
+            site_effect="intercept",
+        )
+
+
+def test_bad_site_effect_value_is_refused_naming_the_field() -> None:
+    central, remote = simi_data(36, G)
+    with pytest.raises(InputError, match=r"parameter 'site_effect': 'slope' is not one of"):
+        run(
+            "SIMI",
+            table("central", COLUMNS, central),
+            split(remote, SIZES),
+            [("g", "gaussian")],
+            site_effect="slope",
+        )
+
+
+def test_central_without_observed_target_is_refused_with_site_intercepts() -> None:
+    """Central's own intercept needs central's rows observing the target."""
+    central, remote = simi_data(37, G)
+    central[np.isnan(central)] = 0.0
+    central[:, G - 1] = np.nan
+    with pytest.raises(Exception, match="site_effect=intercept imputes central's cells of 'g'"):
+        run(
+            "SIMI",
+            table("central", COLUMNS, central),
+            split(remote, SIZES),
+            [("g", "gaussian")],
+            site_effect="intercept",
+        )
+
+
+def test_site_effect_is_declared_by_the_pooled_families_only() -> None:
+    for name in ("SIMI", "SIMICE"):
+        prop = builtin(name).schema["properties"]["site_effect"]
+        assert prop["enum"] == ["none", "intercept"] and prop["default"] == "none"
+    for name in ("IMI", "IMICE", "AVGMMI", "AVGMMICE", "CSLMI", "CSLMICE"):
+        assert "site_effect" not in builtin(name).schema["properties"]
