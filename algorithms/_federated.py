@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 
 from algorithms import methods
-from algorithms._stats import Fit, fit_from, total
+from algorithms._stats import Fit, covariance, fit_from, fit_gaussian, total
+from federation import site_checks
 from federation.errors import FitError
-from federation.job import Target
+from federation.job import CENTRAL, Target
 from federation.runtime import CentralJob
 
 FitTarget = Callable[[CentralJob, Target, np.ndarray | None], Awaitable[Fit]]
@@ -31,8 +32,11 @@ FitTarget = Callable[[CentralJob, Target, np.ndarray | None], Awaitable[Fit]]
 async def fit_pooled(job: CentralJob, target: Target, start: np.ndarray | None = None) -> Fit:
     """Fit one target over every participant, as its method does."""
 
+    asked: dict[str, Mapping[str, Mapping[str, Any]]] = {}
+
     async def ask(operation: str, **args: Any) -> Mapping[str, Mapping[str, Any]]:
-        return await _pooled(job, operation, target=target.index, **args)
+        asked[operation] = await _pooled(job, operation, target=target.index, **args)
+        return asked[operation]
 
     fit = await methods.get(target.type).fit_pooled(
         ask,
@@ -48,7 +52,34 @@ async def fit_pooled(job: CentralJob, target: Target, start: np.ndarray | None =
             f"target '{target.name}': Newton did not converge in {fit.iterations} iterations "
             "(max_iter); the last coefficients are used"
         )
+    if "gaussian_stats" in asked and len(asked["gaussian_stats"]) > 1 and not job.secure:
+        check_gaussian_sites(job, target, asked["gaussian_stats"])
     return fit
+
+
+def check_gaussian_sites(
+    job: CentralJob, target: Target, replies: Mapping[str, Mapping[str, Any]]
+) -> None:
+    """The test of equal coefficients across sites from each participant's own Gaussian fit,
+    solved from the sums it sent for the pooled fit (nothing more is asked); a participant
+    whose own rows cannot be fitted alone is left out of the test."""
+    names = job.spec.predictors(target)
+    own: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for site, reply in replies.items():
+        n = int(reply["n"])
+        if n <= len(names):
+            continue
+        try:
+            fit = fit_gaussian(
+                {site: reply}, ridge=float(job.params["ridge"]), names=names, target=target.name
+            )
+        except FitError:
+            continue
+        assert fit.sse is not None
+        own[site] = (fit.beta, covariance(fit) * fit.sse / (n - len(names)))
+    job.record_check(
+        "equal_coefficients", target, site_checks.equal_coefficients(target.name, names, own)
+    )
 
 
 async def _pooled(job: CentralJob, name: str, **args: Any) -> dict[str, dict[str, Any]]:
@@ -76,6 +107,20 @@ async def fit_averaged(job: CentralJob, target: Target, start: np.ndarray | None
                 f"target '{target.name}': {site}'s own Newton fit did not converge (max_iter); "
                 "its last coefficients are averaged"
             )
+    if len(replies) > 1:  # central and at least one site
+        job.record_check(
+            "equal_coefficients",
+            target,
+            site_checks.equal_coefficients(
+                target.name,
+                names,
+                {
+                    site: own
+                    for site, reply in replies.items()
+                    if (own := _own_fit(reply, method.residual_variance, len(names))) is not None
+                },
+            ),
+        )
     return fit_from(
         target.type,
         n=n,
@@ -86,6 +131,21 @@ async def fit_averaged(job: CentralJob, target: Target, start: np.ndarray | None
         names=names,
         target=target.name,
     )
+
+
+def _own_fit(
+    reply: Mapping[str, Any], residual_variance: bool, p: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """A participant's own coefficients and their covariance from its ``local_fit`` reply
+    (n theta, n^2 V; a Gaussian V times SSE / (n - p)); None when it has no fit to compare:
+    no row, Newton not converged, or no residual degree of freedom."""
+    n = int(reply["n"])
+    if n == 0 or not int(reply["converged"]) or (residual_variance and n <= p):
+        return None
+    covariance = np.asarray(reply["cov_n2"]) / float(n) ** 2
+    if residual_variance:
+        covariance = covariance * float(reply["sse"]) / (n - p)
+    return np.asarray(reply["beta_n"]) / n, covariance
 
 
 async def fit_surrogate(job: CentralJob, target: Target, start: np.ndarray | None = None) -> Fit:
@@ -103,6 +163,21 @@ async def fit_surrogate(job: CentralJob, target: Target, start: np.ndarray | Non
     replies = await job.ask("gradient", target=target.index, beta=beta)
     n = int(total(replies, "n"))
     gradient = sum(int(r["n"]) * np.asarray(r["gradient"]) for r in replies.values()) / n
+    if len(replies) > 1:  # central and at least one site
+        job.record_check(
+            "covariate_means",
+            target,
+            site_checks.covariate_means(
+                target.name,
+                names,
+                central_n=int(own["n"]),
+                central_sums=np.asarray(replies[CENTRAL]["sums"]),
+                n=n,
+                sums=np.asarray(total(replies, "sums")),
+                squares=np.asarray(total(replies, "squares")),
+                algorithm=job.spec.algorithm,
+            ),
+        )
     surrogate = await job.local(
         "surrogate_fit", target=target.index, beta=beta, gradient=gradient, n=n
     )

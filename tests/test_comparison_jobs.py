@@ -439,7 +439,7 @@ def test_a_comparison_runs_every_method_on_centrals_data(
     assert _one(child_status, f"a[href='/jobs/{parent_id}']")
     assert not child_status.select("input[type=file]")  # no upload of its own
     assert not child_status.select("table.numbers")
-    assert _one(child_page, "dl.facts").get_text(" ", strip=True).count("CSLMICE 2.1.0") == 1
+    assert _one(child_page, "dl.facts").get_text(" ", strip=True).count("CSLMICE 2.2.0") == 1
 
     status, body = _upload(central, parent_id, path)
     assert status == 409 and "completed" in body["detail"]
@@ -873,7 +873,7 @@ def test_a_comparison_across_sites_runs_every_method_after_one_start(
         assert seen["code_trusted"] is True and seen["state"] == "created"
         page = _soup(api.get(f"/jobs/{parent_id}").text).get_text(" ", strip=True)
         assert "This job compares methods" in page
-        trusted = re.findall(r"(\w+) 2\.1\.0 is built into this portal: trusted\.", page)
+        trusted = re.findall(r"(\w+) 2\.[12]\.0 is built into this portal: trusted\.", page)
         assert trusted == names[:3]  # the methods that run on this site's data, not IMICE
 
     assert _start_everywhere(fed, parent_id, demo_files) in ("running", "completed")
@@ -908,6 +908,23 @@ def test_a_comparison_across_sites_runs_every_method_after_one_start(
     for target in comparison["targets"]:
         assert list(target["methods"]) == names
         assert target["methods"]["SIMICE"]["distance"]["relative"] == 0.0
+        # Whether the sites are alike: from SIMICE's sums for the continuous target, from
+        # AVGMMICE's own fits for the binary one; CSLMICE compares central's means with the pool.
+        test = target["equal_coefficients"]
+        assert test["from"] == ("SIMICE" if target["type"] == "gaussian" else "AVGMMICE")
+        assert test["sites"] == ["central", *sites] and 0.0 <= test["p_value"] <= 1.0
+        shift = target["methods"]["CSLMICE"]["covariate_means"]
+        assert [p["name"] for p in shift["predictors"]] == [
+            c for c in target["methods"]["SIMICE"]["coefficients"] if c != "(intercept)"
+        ]
+    with fed.admin() as admin:
+        page = _soup(admin.get(f"/jobs/{parent_id}").text).get_text(" ", strip=True)
+        method_page = _soup(admin.get(f"/jobs/{child_ids['AVGMMICE']}").text)
+    assert page.count("Equal coefficients across sites (multivariate Wald test") == 2
+    assert "central's covariates vs the pool" in page
+    checks = method_page.select_one(f"#job-{child_ids['AVGMMICE']}-site-checks")
+    assert checks is not None and "Are the sites alike?" in checks.get_text(" ", strip=True)
+    assert len(checks.select("table.site-check")) == 2  # bmi and smoker, per-site estimates
 
     # Every site answered each method's requests under that method's job id, on its one upload.
     for site in fed.sites:
