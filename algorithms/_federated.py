@@ -78,7 +78,11 @@ def check_gaussian_sites(
         assert fit.sse is not None
         own[site] = (fit.beta, covariance(fit) * fit.sse / (n - len(names)))
     job.record_check(
-        "equal_coefficients", target, site_checks.equal_coefficients(target.name, names, own)
+        "equal_coefficients",
+        target,
+        site_checks.equal_coefficients(
+            target.name, names, own, site_intercepts=bool(job.spec.site_terms())
+        ),
     )
 
 

@@ -9,7 +9,8 @@
   sum_k rank(W_k) - rank(sum W_k) degrees of freedom when every site has the same coefficients.
   Each coefficient also gets its own Cochran's Q (inverse-variance weights, K - 1 df), which
   names what differs. The test rejects at 5% on the joint Q; the warning then names the
-  coefficients whose own Q rejects at 5% (or the most different one).
+  coefficients whose own Q rejects at 5% (or the most different one). In a job with
+  ``site_effect=intercept`` the intercepts may differ by design: only the slopes are compared.
 - ``covariate_means``: does central look like the pool? The standardised difference of each
   predictor's mean at central from its pooled mean over every participant,
   (mean_central - mean_pooled) / sd_pooled, from central's own column sums and the summed
@@ -43,17 +44,25 @@ def equal_coefficients(
     target: str,
     names: Sequence[str],
     fits: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    *,
+    site_intercepts: bool = False,
 ) -> dict[str, Any]:
     """The test of equal coefficients across sites, from each site's (theta_k, V_k).
 
     ``names`` name the coefficients; a coefficient a site left out (zero variance) is not
     compared for it. Sites whose V_k is not finite are left out. With fewer than two sites the
-    result says so and has no statistic."""
+    result says so and has no statistic. With ``site_intercepts`` (the job's
+    ``site_effect=intercept``: each site has its own intercept already) the intercepts are not
+    compared, only the slopes."""
     usable: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     for site, (theta, cov) in fits.items():
-        theta, cov = np.asarray(theta, np.float64), np.asarray(cov, np.float64)
+        theta, cov = np.asarray(theta, np.float64), np.asarray(cov, np.float64).copy()
         if not (np.isfinite(theta).all() and np.isfinite(cov).all()):
             continue
+        if site_intercepts:
+            free = [j for j, name in enumerate(names) if name == INTERCEPT]
+            cov[free, :] = 0.0
+            cov[:, free] = 0.0
         kept = np.flatnonzero(np.diag(cov) > 0)
         if kept.size:
             usable[site] = (theta, cov, kept)
@@ -88,7 +97,11 @@ def equal_coefficients(
     )
     df = ranks - int(np.linalg.matrix_rank(precision_sum, hermitian=True))
     p_value = float(chi2.sf(statistic, df)) if df > 0 else None
-    per_coefficient = [_cochran(name, j, usable) for j, name in enumerate(names)]
+    per_coefficient = [
+        _cochran(name, j, usable)
+        for j, name in enumerate(names)
+        if any(cov[j, j] > 0 for _, cov, _ in usable.values())
+    ]
     rejects = p_value is not None and p_value < LEVEL
     result.update(
         statistic=statistic,
@@ -96,8 +109,10 @@ def equal_coefficients(
         p_value=p_value,
         rejects=rejects,
         coefficients=per_coefficient,
-        warning=_differs_sentence(target, per_coefficient) if rejects else None,
+        warning=_differs_sentence(target, per_coefficient, site_intercepts) if rejects else None,
     )
+    if site_intercepts:
+        result["note"] = "each site has its own intercept (site_effect=intercept): slopes compared"
     return result
 
 
@@ -120,13 +135,19 @@ def _cochran(
     return entry | {"q": q, "df": df, "p_value": float(chi2.sf(q, df))}
 
 
-def _differs_sentence(target: str, coefficients: Sequence[Mapping[str, Any]]) -> str:
+def _differs_sentence(
+    target: str, coefficients: Sequence[Mapping[str, Any]], site_intercepts: bool
+) -> str:
     tested = [c for c in coefficients if c.get("p_value") is not None]
     differing = (
         sorted((c for c in tested if c["p_value"] < LEVEL), key=lambda c: float(c["p_value"]))
         or sorted(tested, key=lambda c: float(c["p_value"]))[:1]
     )
-    advice = "consider site_effect=intercept, or analyse sites separately"
+    advice = (
+        "consider analysing sites separately"
+        if site_intercepts
+        else "consider site_effect=intercept, or analyse sites separately"
+    )
     if len(differing) == 1:
         (only,) = differing
         return (

@@ -236,3 +236,28 @@ def test_a_comparison_of_newton_fits_without_avgmmi_says_how_to_test() -> None:
 
     assert target["equal_coefficients"]["from"] is None
     assert "add AVGMMI or AVGMMICE" in target["equal_coefficients"]["note"]
+
+
+def test_with_site_intercepts_only_the_slopes_are_compared() -> None:
+    """Sites whose levels differ but whose slopes agree: SIMI without a site term warns about
+    the level and suggests site_effect=intercept; with it, the intercepts are not compared."""
+    rng = np.random.default_rng(10)
+    tables = {}
+    for name, shift in (("central", 0.0), ("north", 1.5), ("south", 0.5)):
+        x = rng.normal(size=(300, 2))
+        y = x @ [1.0, 0.5] + shift + rng.normal(size=300)
+        if name == "central":
+            y[:60] = np.nan
+        tables[name] = table(name, COLUMNS, np.column_stack([x, y]))
+    central = tables.pop("central")
+
+    plain = run("SIMI", central, tables, [("y", "gaussian")]).report
+    own = run("SIMI", central, tables, [("y", "gaussian")], site_effect="intercept").report
+
+    test = plain["site_checks"]["equal_coefficients"]["y"]
+    assert test["warning"].startswith("the level of y (its intercept, given the predictors)")
+    assert test["warning"].endswith("consider site_effect=intercept, or analyse sites separately")
+    test = own["site_checks"]["equal_coefficients"]["y"]
+    assert [c["name"] for c in test["coefficients"]] == ["x1", "x2"]
+    assert test["df"] == 2 * 2 and "slopes compared" in test["note"]
+    assert test["p_value"] > 0.05 and test["warning"] is None
