@@ -292,6 +292,20 @@ def test_every_creation_error_names_its_field(central: TestClient) -> None:
             {"param_ridge", "parameters.ridge"},
             ["ridge", "small"],
         ),
+        (
+            "a site effect that is not none or intercept",
+            {"parameters": {**QUICK, "site_effect": "slope"}},
+            {422},
+            {"param_site_effect"},
+            ["site_effect", "'slope' is not one of ['none', 'intercept']"],
+        ),
+        (
+            "a site effect for central's data alone",
+            {"algorithm": "IMICE", "parameters": {**QUICK, "site_effect": "intercept"}},
+            {422},
+            {"params"},
+            ["unknown parameter 'site_effect'"],
+        ),
         ("unknown site", {"participants": ["nosuch"]}, {422}, {"participants"}, ["nosuch"]),
         (
             "disabled site",
