@@ -301,3 +301,48 @@ def test_site_intercepts_remove_the_bias_of_centrals_imputed_mean(algorithm: str
     +0.85 and +0.007 for SIMI, +0.84 and -0.003 for SIMICE)."""
     assert imputed_mean_bias(algorithm, "none", 30) > 0.5
     assert abs(imputed_mean_bias(algorithm, "intercept", 30)) < 0.1
+
+
+@pytest.mark.slow
+def test_every_target_type_takes_site_terms_and_secure_aggregation_changes_nothing() -> None:
+    """SIMICE with a categorical, an ordinal, a Poisson and a pmm target: every fit has its
+    site terms (one per non-reference level for categorical), and the masked run's fits equal
+    the clear run's to 1e-9."""
+    rng = np.random.default_rng(0)
+    columns = ("x", "c", "o", "n", "p")
+    tables = {}
+    for name, shift in (("central", 0), ("a", 1), ("b", -1)):
+        x = rng.normal(size=200)
+        c = rng.integers(1, 4, size=200).astype(float)
+        o = np.clip(np.round(x + shift + rng.normal(size=200)), -1, 1) + 2
+        n = rng.poisson(np.exp(0.3 * x + 0.2 * shift)).astype(float)
+        p = x + shift + rng.normal(size=200)
+        values = np.column_stack([x, c, o, n, p])
+        for j in range(1, 5):
+            values[rng.random(200) < 0.15, j] = np.nan
+        tables[name] = table(name, columns, values)
+    central = tables.pop("central")
+    targets = [("c", "categorical"), ("o", "ordinal"), ("n", "poisson"), ("p", "pmm")]
+    options: dict[str, Any] = {
+        "levels": {"c": [1, 2, 3], "o": [1, 2, 3]},
+        "site_effect": "intercept",
+        "imputations": 1,
+        "iteration_before_first_imputation": 2,
+    }
+
+    clear = run("SIMICE", central, tables, targets, **options).report["fits"]
+    masked = run("SIMICE", central, tables, targets, secure_aggregation=True, **options)
+
+    terms = {f["target"]: [k for k in f["coefficients"] if "(site " in k] for f in clear}
+    assert terms == {
+        "c": ["(site a)[2]", "(site b)[2]", "(site a)[3]", "(site b)[3]"],
+        "o": ["(site a)", "(site b)"],
+        "n": ["(site a)", "(site b)"],
+        "p": ["(site a)", "(site b)"],
+    }
+    ordinal = clear[-3]["coefficients"]
+    assert ordinal["(site a)"] > 0.5 and ordinal["(site b)"] < -0.5  # their levels' shifts
+    for a, b in zip(clear, masked.report["fits"], strict=True):
+        np.testing.assert_allclose(
+            list(a["coefficients"].values()), list(b["coefficients"].values()), rtol=1e-9, atol=1e-9
+        )
