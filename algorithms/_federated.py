@@ -33,9 +33,12 @@ async def fit_pooled(job: CentralJob, target: Target, start: np.ndarray | None =
     """Fit one target over every participant, as its method does."""
 
     asked: dict[str, Mapping[str, Mapping[str, Any]]] = {}
+    last: list[tuple[np.ndarray, Mapping[str, Mapping[str, Any]]]] = []
 
     async def ask(operation: str, **args: Any) -> Mapping[str, Mapping[str, Any]]:
         asked[operation] = await _pooled(job, operation, target=target.index, **args)
+        if "theta" in args:  # a Newton evaluation: H and g at theta (a search's: its first row)
+            last[:] = [(np.atleast_2d(args["theta"])[0], asked[operation])]
         return asked[operation]
 
     fit = await methods.get(target.type).fit_pooled(
@@ -52,8 +55,10 @@ async def fit_pooled(job: CentralJob, target: Target, start: np.ndarray | None =
             f"target '{target.name}': Newton did not converge in {fit.iterations} iterations "
             "(max_iter); the last coefficients are used"
         )
-    if "gaussian_stats" in asked and len(asked["gaussian_stats"]) > 1 and not job.secure:
+    if not job.secure and "gaussian_stats" in asked and len(asked["gaussian_stats"]) > 1:
         check_gaussian_sites(job, target, asked["gaussian_stats"])
+    if not job.secure and last and len(last[0][1]) > 1:
+        check_newton_sites(job, target, *last[0])
     return fit
 
 
@@ -82,6 +87,34 @@ def check_gaussian_sites(
         target,
         site_checks.equal_coefficients(
             target.name, names, own, site_intercepts=bool(job.spec.site_terms())
+        ),
+    )
+
+
+def check_newton_sites(
+    job: CentralJob, target: Target, theta: np.ndarray, replies: Mapping[str, Mapping[str, Any]]
+) -> None:
+    """The test of equal coefficients across sites for a Newton fit, from the H_k and g_k each
+    participant sent at the pooled fit's last evaluation theta: its one-step estimate
+    theta + H_k^-1 g_k (one Newton step on its own rows from the pooled fit: as efficient as its
+    own fit, Lehmann and Casella 1998, 6.4) with covariance H_k^-1. Site terms are left out (in
+    a site's own rows its column is its intercept, the others' are 0)."""
+    names = methods.get(target.type).parameter_names(job.spec.predictors(target), target.levels)
+    terms = job.spec.site_terms()
+    keep = [i for i, name in enumerate(names) if not any(name.startswith(t) for t in terms)]
+    own: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for site, reply in replies.items():
+        if int(reply["n"]) <= len(keep):
+            continue
+        h = np.asarray(reply["h"])[np.ix_(keep, keep)]
+        g = np.asarray(reply["g"])[keep]
+        cov = np.linalg.pinv(h, hermitian=True)
+        own[site] = (theta[keep] + cov @ g, cov)
+    job.record_check(
+        "equal_coefficients",
+        target,
+        site_checks.equal_coefficients(
+            target.name, [names[i] for i in keep], own, site_intercepts=bool(terms)
         ),
     )
 

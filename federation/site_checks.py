@@ -10,7 +10,9 @@
   Each coefficient also gets its own Cochran's Q (inverse-variance weights, K - 1 df), which
   names what differs. The test rejects at 5% on the joint Q; the warning then names the
   coefficients whose own Q rejects at 5% (or the most different one). In a job with
-  ``site_effect=intercept`` the intercepts may differ by design: only the slopes are compared.
+  ``site_effect=intercept`` the intercepts (and thresholds) may differ by design: only the
+  slopes are compared. A pooled Newton fit gives each site's one-step estimate from the pooled
+  fit, theta + H_k^-1 g_k with covariance H_k^-1, from the H_k and g_k it sent.
 - ``covariate_means``: does central look like the pool? The standardised difference of each
   predictor's mean at central from its pooled mean over every participant,
   (mean_central - mean_pooled) / sd_pooled, from central's own column sums and the summed
@@ -60,7 +62,7 @@ def equal_coefficients(
         if not (np.isfinite(theta).all() and np.isfinite(cov).all()):
             continue
         if site_intercepts:
-            free = [j for j, name in enumerate(names) if name == INTERCEPT]
+            free = [j for j, name in enumerate(names) if _is_level(name)]
             cov[free, :] = 0.0
             cov[:, free] = 0.0
         kept = np.flatnonzero(np.diag(cov) > 0)
@@ -158,9 +160,16 @@ def _differs_sentence(
     return f"{_join(parts)} seem to differ between sites; {advice}"
 
 
+def _is_level(name: str) -> bool:
+    """An intercept (a categorical target's: one per level) or an ordinal threshold."""
+    return name.startswith(INTERCEPT) or name.startswith("threshold ")
+
+
 def _what(name: str, target: str) -> str:
     if name == INTERCEPT:
         return f"the level of {target} (its intercept, given the predictors)"
+    if _is_level(name):
+        return f"the level of {target} ({name}, given the predictors)"
     return f"the effect of {name} on {target}"
 
 
