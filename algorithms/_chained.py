@@ -1,10 +1,11 @@
 """The chained-equations family (SIMICE, IMICE, AVGMMICE, CSLMICE).
 
 Site side: ``prepare`` keeps the rows whose non-target columns are complete and fills each
-target's missing cells by random draws from the site's own observed values of it (mice's
-initialisation); ``impute`` redraws a target's missing
-cells from drawn parameters with the site's own noise. Central side: ``run`` cycles through
-the targets, fitting each with the method's strategy, and emits central's data every few cycles.
+target's missing cells, in every chain, by random draws from the site's own observed values of
+it (mice's initialisation); ``impute`` redraws a target's missing cells in every chain from that
+chain's drawn parameters with the site's own noise. Central side: ``run`` cycles through the
+targets, fitting each (every chain at once, ``_chains``) with the family's strategy; one chain
+emits central's data every few cycles, parallel chains each emit theirs at the end.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from algorithms import _pmm, methods
-from algorithms._federated import FitTarget, record
+from algorithms import _chains, _pmm, methods
+from algorithms._federated import FitChains, record
 from algorithms._site_term import check_central_rows, data_columns, with_site_columns
 from algorithms._stats import augment, total
 from federation import diagnostics
-from federation.job import Target
+from federation.job import PARALLEL, Target
 from federation.runtime import CentralJob
 from federation.site import SiteJob
 
@@ -53,14 +54,10 @@ def prepare(site: SiteJob) -> dict[str, Any]:
                 f"only {count} usable row(s) observe '{t.name}', fewer than this job's minimum of "
                 f"{minimum} (min_rows); this site does not take part"
             )
-        holes = ~observed[t.index]
-        if holes.any():
+        if (~observed[t.index]).any():
             check_donors(site, t, count)
             check_central_rows(site, t.name, count)
-        if count:
-            pool = z[observed[t.index], t.column]
-            z[holes, t.column] = pool[site.rng.integers(0, count, size=int(holes.sum()))]
-    site.state.update(z=z, rows=observed)
+    _chains.start_cells(site, z, observed)
     return {
         "rows_used": int((~incomplete).sum()),
         "left_out": {"a non-target column missing": int(incomplete.sum())},
@@ -86,94 +83,148 @@ def check_donors(site: SiteJob, target: Target, observed: int) -> None:
 
 
 def fill_unobserved(site: SiteJob, *, means: np.ndarray) -> None:
-    """Targets this site never observes start at the pooled mean of all sites."""
+    """Targets this site never observes start at the pooled mean of all sites (every chain)."""
     z = site.state["z"]
     for t, mean in zip(site.targets, means, strict=True):
         if not site.state["rows"][t.index].any():
             z[:, t.column] = mean
+            site.state["cells"][t.index][:] = mean
 
 
 def impute(site: SiteJob, *, target: int, **drawn: Any) -> None:
-    """Draw this site's missing cells of a target from the drawn parameters, own noise (pmm:
-    this site's own observed rows are the donors)."""
+    """Draw this site's missing cells of a target in every chain from that chain's drawn
+    parameters (stacked, one a chain), own noise (pmm: this site's own observed rows are the
+    donors)."""
     spec_target = next(t for t in site.targets if t.index == target)
     method = methods.get(spec_target.type)
-    z = site.state["z"]
+    chains = {key: _chains.stacked(site, key, value) for key, value in drawn.items()}
     observed = site.state["rows"][target]
     rows = ~observed
     if not rows.any():
         return
-    z[rows, target - 1] = method.impute(
-        (z, rows),
-        (z, observed),
-        target - 1,
-        site.rng,
-        target=spec_target.name,
-        levels=spec_target.levels,
-        params=site.params,
-        **drawn,
-    )
+    for c in range(_chains.count(site)):
+        z = _chains.use(site, c)
+        values = method.impute(
+            (z, rows),
+            (z, observed),
+            target - 1,
+            site.rng,
+            target=spec_target.name,
+            levels=spec_target.levels,
+            params=site.params,
+            **{key: value[c] for key, value in chains.items()},
+        )
+        _chains.store(site, target, c, values)
 
 
 def trace(site: SiteJob) -> dict[str, Any]:
-    """Central only: per target, the mean and variance (n - 1) of its current imputed cells
-    (mice's chainMean and chainVar); NaN where central has no missing cell (variance: fewer
-    than two). Two numbers per target, never rows."""
-    z = site.state["z"]
-    means, variances = [], []
-    for t in site.targets:
-        cells = z[~site.state["rows"][t.index], t.column]
-        means.append(float(cells.mean()) if cells.size else np.nan)
-        variances.append(float(cells.var(ddof=1)) if cells.size > 1 else np.nan)
-    return {"mean": np.array(means), "variance": np.array(variances)}
+    """Central only: per chain and target, the mean and variance (n - 1) of its current imputed
+    cells (mice's chainMean and chainVar); NaN where central has no missing cell (variance:
+    fewer than two). Two numbers per chain and target, never rows."""
+    means = np.full((_chains.count(site), len(site.targets)), np.nan)
+    variances = means.copy()
+    for k, t in enumerate(site.targets):
+        cells = site.state["cells"][t.index]
+        if cells.shape[1]:
+            means[:, k] = cells.mean(axis=1)
+        if cells.shape[1] > 1:
+            variances[:, k] = cells.var(axis=1, ddof=1)
+    return {"mean": means, "variance": variances}
 
 
-def completed(site: SiteJob) -> dict[str, Any]:
-    """Central only: its current data, every target imputed."""
-    return {"values": data_columns(site, site.state["z"]).copy()}
+def completed(site: SiteJob, *, chain: int = 0) -> dict[str, Any]:
+    """Central only: its current data in a chain (0-based), every target imputed."""
+    return {"values": data_columns(site, _chains.use(site, chain)).copy()}
 
 
-async def run(job: CentralJob, fit_target: FitTarget) -> None:
-    """Cycles of: fit each target in order, draw its parameters once, and have every
-    participant impute its own cells of it (the instruction rides on the next request)."""
+async def run(job: CentralJob, fit_chains: FitChains) -> None:
+    """Cycles of: fit each target in order (every chain at once), draw each chain's parameters
+    once, and have every participant impute its own cells of it in every chain (the
+    instruction rides on the next request). One chain emits a dataset after
+    ``iteration_before_first_imputation`` cycles and then every
+    ``iteration_between_imputations``; parallel chains run the first number of cycles and each
+    emits its own dataset."""
     targets = job.targets
     imputations = int(job.params["imputations"])
     before = int(job.params["iteration_before_first_imputation"])
     between = int(job.params["iteration_between_imputations"])
-    cycles = before + between * (imputations - 1)
+    parallel = job.params.get("chains") == PARALLEL
+    chains = job.spec.chains
+    cycles = before if parallel else before + between * (imputations - 1)
+    emitted_after = {} if parallel else {before + between * m: m + 1 for m in range(imputations)}
+    job.chains.update(kind=PARALLEL if parallel else "single", chains=chains, cycles=cycles)
+    job.log(
+        f"{chains} parallel chains of {cycles} cycles, one dataset each"
+        if parallel
+        else f"one chain of {cycles} cycles: a dataset after cycle {before}, then every {between}"
+    )
     counts = total(job.site_summaries, "target_rows")
     sums = job.summed("target_sum")
     await job.tell("fill_unobserved", means=sums / np.maximum(counts, 1))
-    starts: dict[int, np.ndarray] = {}
-    cycle = 0
-    for m in range(1, imputations + 1):
-        for _ in range(before if m == 1 else between):
-            cycle += 1
-            for k, target in enumerate(targets):
-                job.progress(
-                    (cycle - 1 + k / len(targets)) / cycles,
-                    f"cycle {cycle} of {cycles}: fitting '{target.name}'",
-                )
-                fit = await fit_target(job, target, starts.get(target.index))
-                if fit.iterations is not None:  # a Newton fit starts from its last optimum
-                    starts[target.index] = fit.beta
-                record(job, target, fit, cycle=cycle)
-                drawn = methods.get(target.type).draw(fit, job.rng, target=target.name)
-                await job.tell("impute", target=target.index, **drawn)
-            await record_trace(job, cycle)
-        job.emit_imputation((await job.local("completed"))["values"])
-        job.log(f"imputed dataset {m} of {imputations} after cycle {cycle}")
+    starts: dict[int, list[np.ndarray | None]] = {t.index: [None] * chains for t in targets}
+    for cycle in range(1, cycles + 1):
+        for k, target in enumerate(targets):
+            job.progress(
+                (cycle - 1 + k / len(targets)) / cycles,
+                f"cycle {cycle} of {cycles}: fitting '{target.name}'",
+            )
+            fits = await fit_chains(job, target, starts[target.index])
+            if fits[0].iterations is not None:  # a Newton fit starts from its last optimum
+                starts[target.index] = [fit.beta for fit in fits]
+            method = methods.get(target.type)
+            drawn = []
+            for c, fit in enumerate(fits):
+                record(job, target, fit, cycle=cycle, chain=c + 1 if parallel else None)
+                drawn.append(method.draw(fit, job.rng, target=target.name))
+            await job.tell("impute", target=target.index, **_chains.stack_draws(drawn))
+        await record_trace(job, cycle)
+        if cycle in emitted_after:
+            job.emit_imputation((await job.local("completed"))["values"])
+            job.log(f"imputed dataset {emitted_after[cycle]} of {imputations} after cycle {cycle}")
+    if parallel:
+        for c in range(chains):
+            job.emit_imputation((await job.local("completed", chain=c))["values"])
+        job.log(f"imputed datasets 1 to {imputations}: one from each chain after cycle {cycles}")
     job.progress(1.0, f"{imputations} imputed datasets")
-    flag_unsettled(job)
+    if parallel:
+        flag_unmixed(job)
+    else:
+        flag_unsettled(job)
 
 
 async def record_trace(job: CentralJob, cycle: int) -> None:
-    """Note this cycle's mean and SD of central's imputed cells of every target (one chain)."""
+    """Note this cycle's mean and SD of central's imputed cells of every target and chain."""
     numbers = await job.local("trace")
-    for target, mean, variance in zip(
-        job.targets, numbers["mean"], numbers["variance"], strict=True
+    for chain, (means, variances) in enumerate(
+        zip(numbers["mean"], numbers["variance"], strict=True), start=1
     ):
-        job.record_trace(target, chain=1, cycle=cycle, mean=float(mean), variance=float(variance))
+        for target, mean, variance in zip(job.targets, means, variances, strict=True):
+            job.record_trace(
+                target, chain=chain, cycle=cycle, mean=float(mean), variance=float(variance)
+            )
+
+
+def flag_unmixed(job: CentralJob) -> None:
+    """Parallel chains: each target's R-hat over its chains (rank-normalised split R-hat of the
+    mean and of the SD of central's imputed cells, over every cycle, as mice's convergence()
+    for the last iteration) into the report, and a plain warning when it exceeds 1.1."""
+    for name, entry in job.traces.items():
+        judged = {
+            quantity: diagnostics.rhat(
+                np.array(
+                    [
+                        [np.nan if p[quantity] is None else p[quantity] for p in chain]
+                        for chain in entry["chains"]
+                    ],
+                    dtype=np.float64,
+                )
+            )
+            for quantity in ("mean", "sd")
+            if any(p[quantity] is not None for chain in entry["chains"] for p in chain)
+        }
+        entry["rhat"] = {q: (v if np.isfinite(v) else None) for q, v in judged.items()}
+        if any(diagnostics.unsettled(value) for value in judged.values()):
+            job.warn(diagnostics.unmixed_sentence(name, judged, chains=len(entry["chains"])))
 
 
 def flag_unsettled(job: CentralJob) -> None:

@@ -9,7 +9,13 @@
   gradient there, central re-solves its own problem with the gradient correction (one ask).
 
 Each takes (job, target, warm start or None) and returns a ``Fit`` that the method draws from.
-The remote halves name their handlers as ``_site`` does.
+The remote halves name their handlers as ``_site`` does. The chained family fits every chain of
+a target at once (``_chains``): ``pooled_chains``, ``averaged_chains`` and ``surrogate_chains``
+take one warm start a chain and return one fit a chain, from one request a step.
+
+The site checks (``federation.site_checks``) come from replies a fit is sent anyway: a single
+fit's, or chain 1's of parallel chains (each cycle's replaces the last, so the report holds
+chain 1's last cycle); never with secure aggregation, where central sees only the sum.
 """
 
 from __future__ import annotations
@@ -19,30 +25,100 @@ from typing import Any
 
 import numpy as np
 
-from algorithms import methods
+from algorithms import _newton, methods
+from algorithms._chains import Asked, Replies, chain_replies, lockstep
 from algorithms._stats import Fit, covariance, fit_from, fit_gaussian, total
+from algorithms.methods._method import Ask
 from federation import site_checks
 from federation.errors import FitError
 from federation.job import CENTRAL, Target
 from federation.runtime import CentralJob
 
 FitTarget = Callable[[CentralJob, Target, np.ndarray | None], Awaitable[Fit]]
+FitChains = Callable[[CentralJob, Target, list[np.ndarray | None]], Awaitable[list[Fit]]]
+"""A chained strategy: one warm start (or None) a chain in, one fit a chain out."""
 
 
 async def fit_pooled(job: CentralJob, target: Target, start: np.ndarray | None = None) -> Fit:
     """Fit one target over every participant, as its method does."""
 
-    asked: dict[str, Mapping[str, Mapping[str, Any]]] = {}
-    last: list[tuple[np.ndarray, Mapping[str, Mapping[str, Any]]]] = []
-
     async def ask(operation: str, **args: Any) -> Mapping[str, Mapping[str, Any]]:
-        asked[operation] = await _pooled(job, operation, target=target.index, **args)
+        return await _pooled(job, operation, target=target.index, **args)
+
+    return await _fit_with(job, target, start, ask, check=True)
+
+
+async def pooled_chains(
+    job: CentralJob, target: Target, starts: list[np.ndarray | None]
+) -> list[Fit]:
+    """Every chain's pooled fit of a target, all chains' asks of a step in one request."""
+
+    async def exchange(asked: list[Asked], running: frozenset[int]) -> list[Replies]:
+        operation, args, keys = _combined(asked, running)
+        replies = await _pooled(job, operation, target=target.index, **args)
+        return [chain_replies(replies, c, keys[c]) for c in range(len(asked))]
+
+    def fit(chain: int, start: np.ndarray | None) -> Callable[[Ask], Awaitable[Fit]]:
+        return lambda ask: _fit_with(job, target, start, ask, check=chain == 0)
+
+    return await lockstep([fit(c, start) for c, start in enumerate(starts)], exchange)
+
+
+def _combined(
+    asked: list[Asked], running: frozenset[int]
+) -> tuple[str, dict[str, Any], list[list[str] | None]]:
+    """One operation for every chain's ask, and the reply keys each chain asked for.
+
+    Sums (``gaussian_stats``) and a Newton fit's first evaluation (``<family>_start``) are
+    asked of every chain at once. Later Newton asks differ by chain: a chain evaluating one
+    theta (``_stats``), one searching (``_search``, 1 to 4 candidates), one already done (its
+    last theta again, once): they travel as one ``_search`` of every chain's candidates (one
+    row for a single theta) with their ``candidates`` count, or as ``_stats`` when every chain
+    evaluates one theta. The steps of each chain are those it takes alone."""
+    live = [asked[c][0] for c in sorted(running)]
+    if all("theta" not in args for _, args in asked):  # sums: one ask, the same for all
+        (operation,) = set(live)
+        return operation, {}, [None] * len(asked)
+    family = live[0].rsplit("_", 1)[0]
+    if all(op == f"{family}_start" for op in live):  # every fit's first evaluation
+        theta = np.stack([np.asarray(args["theta"]) for _, args in asked])
+        return f"{family}_start", {"theta": theta}, [None] * len(asked)
+    rows = []
+    for c, (_, args) in enumerate(asked):
+        theta = np.asarray(args["theta"])
+        theta = theta if theta.ndim == 2 else theta[np.newaxis]
+        rows.append(theta if c in running else theta[:1])
+    stats = [*_STATS_KEYS, "saturated", "overflow"]
+    wanted: list[list[str] | None] = [None if op.endswith("_search") else stats for op, _ in asked]
+    if all(len(r) == 1 for r in rows):
+        return f"{family}_stats", {"theta": np.stack([r[0] for r in rows])}, [None] * len(asked)
+    width = _newton.SEARCH
+    padded = np.stack([np.vstack([r, np.repeat(r[:1], width - len(r), axis=0)]) for r in rows])
+    counts = np.array([len(r) for r in rows], dtype=np.int64)
+    return f"{family}_search", {"theta": padded, "candidates": counts}, wanted
+
+
+_STATS_KEYS = ("n", "h", "g", "q")
+
+
+async def _fit_with(
+    job: CentralJob, target: Target, start: np.ndarray | None, ask: Ask, *, check: bool
+) -> Fit:
+    """The target's method fits it over every participant through ``ask``; with ``check``
+    (a single fit, or chain 1 of parallel chains) the test of equal coefficients across sites
+    from the replies this fit was sent (nothing more is asked; not with secure aggregation,
+    where central sees only the sum)."""
+    asked: dict[str, Replies] = {}
+    last: list[tuple[np.ndarray, Replies]] = []
+
+    async def capture(operation: str, **args: Any) -> Replies:
+        asked[operation] = await ask(operation, **args)
         if "theta" in args:  # a Newton evaluation: H and g at theta (a search's: its first row)
             last[:] = [(np.atleast_2d(args["theta"])[0], asked[operation])]
         return asked[operation]
 
     fit = await methods.get(target.type).fit_pooled(
-        ask,
+        capture if check and not job.secure else ask,
         start=start,
         ridge=float(job.params["ridge"]),
         max_iter=int(job.params["max_iter"]),
@@ -55,9 +131,9 @@ async def fit_pooled(job: CentralJob, target: Target, start: np.ndarray | None =
             f"target '{target.name}': Newton did not converge in {fit.iterations} iterations "
             "(max_iter); the last coefficients are used"
         )
-    if not job.secure and "gaussian_stats" in asked and len(asked["gaussian_stats"]) > 1:
+    if "gaussian_stats" in asked and len(asked["gaussian_stats"]) > 1:
         check_gaussian_sites(job, target, asked["gaussian_stats"])
-    if not job.secure and last and len(last[0][1]) > 1:
+    if last and len(last[0][1]) > 1:
         check_newton_sites(job, target, *last[0])
     return fit
 
@@ -132,9 +208,23 @@ async def fit_averaged(job: CentralJob, target: Target, start: np.ndarray | None
     A Gaussian target's sigma^2 is drawn from N and the summed SSE of the sites' own fits, and
     alpha from Normal(beta, sigma^2 V). Sites keep their own warm starts: ``start`` is unused.
     """
+    return _averaged(job, target, await job.ask("local_fit", target=target.index), check=True)
+
+
+async def averaged_chains(
+    job: CentralJob, target: Target, starts: list[np.ndarray | None]
+) -> list[Fit]:
+    """:func:`fit_averaged` of every chain, from one request (each site fits every chain);
+    the test of equal coefficients across sites from chain 1's fits."""
+    replies = await job.ask("local_fit", target=target.index)
+    return [
+        _averaged(job, target, chain_replies(replies, c), check=c == 0) for c in range(len(starts))
+    ]
+
+
+def _averaged(job: CentralJob, target: Target, replies: Replies, *, check: bool) -> Fit:
     names = job.spec.predictors(target)
     method = methods.get(target.type)
-    replies = await job.ask("local_fit", target=target.index)
     n = int(total(replies, "n"))
     if n == 0:
         raise FitError(f"target '{target.name}': no row has it and every predictor observed")
@@ -144,7 +234,7 @@ async def fit_averaged(job: CentralJob, target: Target, start: np.ndarray | None
                 f"target '{target.name}': {site}'s own Newton fit did not converge (max_iter); "
                 "its last coefficients are averaged"
             )
-    if len(replies) > 1:  # central and at least one site
+    if check and len(replies) > 1:  # central and at least one site
         job.record_check(
             "equal_coefficients",
             target,
@@ -189,53 +279,81 @@ async def fit_surrogate(job: CentralJob, target: Target, start: np.ndarray | Non
     """Communication-efficient surrogate likelihood: central's own fit beta_1, every
     participant's average gradient at it (one ask), central's fit corrected by the gradients,
     its Gram or Hessian (and SSE) scaled by N / n_central. Central keeps its own warm starts."""
+    (fit,) = await _surrogate(job, target, chains=None)
+    return fit
+
+
+async def surrogate_chains(
+    job: CentralJob, target: Target, starts: list[np.ndarray | None]
+) -> list[Fit]:
+    """:func:`fit_surrogate` of every chain: central's own fits of each, then every chain's
+    gradients from one request (central's local operations take the chain); the check of
+    central's covariate means from chain 1's sums."""
+    return await _surrogate(job, target, chains=len(starts))
+
+
+async def _surrogate(job: CentralJob, target: Target, *, chains: int | None) -> list[Fit]:
     names = job.spec.predictors(target)
-    own = await job.local("local_fit", target=target.index)
-    if int(own["n"]) == 0:
+    at = [{}] if chains is None else [{"chain": c} for c in range(chains)]
+    owns = [await job.local("local_fit", target=target.index, **where) for where in at]
+    if int(owns[0]["n"]) == 0:
         raise FitError(
             f"target '{target.name}': {job.spec.algorithm} starts from central's own fit, but "
             "central has no row with it and every predictor observed (use SIMI or AVGMMI)"
         )
-    beta = np.asarray(own["beta_n"]) / int(own["n"])
-    replies = await job.ask("gradient", target=target.index, beta=beta)
-    n = int(total(replies, "n"))
-    gradient = sum(int(r["n"]) * np.asarray(r["gradient"]) for r in replies.values()) / n
-    if len(replies) > 1:  # central and at least one site
-        job.record_check(
-            "covariate_means",
-            target,
-            site_checks.covariate_means(
-                target.name,
-                names,
-                central_n=int(own["n"]),
-                central_sums=np.asarray(replies[CENTRAL]["sums"]),
+    betas = [np.asarray(own["beta_n"]) / int(own["n"]) for own in owns]
+    replies = await job.ask(
+        "gradient", target=target.index, beta=betas[0] if chains is None else np.stack(betas)
+    )
+    fits = []
+    for c, (beta, where) in enumerate(zip(betas, at, strict=True)):
+        mine = replies if chains is None else chain_replies(replies, c)
+        n = int(total(mine, "n"))
+        gradient = sum(int(r["n"]) * np.asarray(r["gradient"]) for r in mine.values()) / n
+        if c == 0 and len(mine) > 1:  # central and at least one site
+            job.record_check(
+                "covariate_means",
+                target,
+                site_checks.covariate_means(
+                    target.name,
+                    names,
+                    central_n=int(owns[c]["n"]),
+                    central_sums=np.asarray(mine[CENTRAL]["sums"]),
+                    n=n,
+                    sums=np.asarray(total(mine, "sums")),
+                    squares=np.asarray(total(mine, "squares")),
+                    algorithm=job.spec.algorithm,
+                ),
+            )
+        surrogate = await job.local(
+            "surrogate_fit", target=target.index, beta=beta, gradient=gradient, n=n, **where
+        )
+        if not int(surrogate["converged"]):
+            job.warn(
+                f"target '{target.name}': Newton on the surrogate likelihood did not converge "
+                f"in {surrogate['iterations']} iterations (max_iter); the last coefficients are "
+                "used"
+            )
+        fits.append(
+            fit_from(
+                target.type,
                 n=n,
-                sums=np.asarray(total(replies, "sums")),
-                squares=np.asarray(total(replies, "squares")),
-                algorithm=job.spec.algorithm,
-            ),
+                beta=np.asarray(surrogate["beta"]),
+                covariance=np.asarray(surrogate["covariance"]),
+                mean=np.asarray(surrogate["mean"]),
+                sse=(
+                    float(surrogate["sse"]) if methods.get(target.type).residual_variance else None
+                ),
+                names=names,
+                target=target.name,
+            )
         )
-    surrogate = await job.local(
-        "surrogate_fit", target=target.index, beta=beta, gradient=gradient, n=n
-    )
-    if not int(surrogate["converged"]):
-        job.warn(
-            f"target '{target.name}': Newton on the surrogate likelihood did not converge "
-            f"in {surrogate['iterations']} iterations (max_iter); the last coefficients are used"
-        )
-    return fit_from(
-        target.type,
-        n=n,
-        beta=np.asarray(surrogate["beta"]),
-        covariance=np.asarray(surrogate["covariance"]),
-        mean=np.asarray(surrogate["mean"]),
-        sse=float(surrogate["sse"]) if methods.get(target.type).residual_variance else None,
-        names=names,
-        target=target.name,
-    )
+    return fits
 
 
-def record(job: CentralJob, target: Target, fit: Fit, *, cycle: int) -> None:
+def record(
+    job: CentralJob, target: Target, fit: Fit, *, cycle: int, chain: int | None = None
+) -> None:
     """Put a fit in the report: with the predictors it left out as constant (mice's
     loggedEvents) and whether separation made it augment its rows."""
     message = (
@@ -254,4 +372,5 @@ def record(job: CentralJob, target: Target, fit: Fit, *, cycle: int) -> None:
         iterations=fit.iterations,
         dropped=fit.dropped,
         augmented=fit.augmented,
+        chain=chain,
     )

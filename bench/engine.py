@@ -15,8 +15,8 @@ What it measures:
   covariates x1.., then g1, g2 (continuous) and b (binary), generated in memory from a known
   model, with cells missing at random given x1 (about 25% per target). Generating the data is
   not timed. SIMI imputes g1 (only g1 has missing cells in its data); SIMICE imputes g1, g2
-  (Gaussian) and b (logistic) with its default cycles (5 before the first imputation, 2
-  between), M = ``--imputations``.
+  (Gaussian) and b (logistic) with one chain (``chains`` = single: 5 cycles before the first
+  imputation, 2 between), M = ``--imputations``.
 - Federated: ``federation.simulation.simulate`` run with ``asyncio.run``, exactly as
   ``fip simulate`` does minus reading and writing files: opening and validating every site,
   preparing the data, every round trip through the real binary codec and the in-memory
@@ -266,6 +266,12 @@ def run_whole(
             *(arg for column, kind in targets for arg in ("--target", f"{column}:{kind}")),
             "--imputations",
             str(params["imputations"]),
+            *(
+                arg
+                for key, value in params.items()
+                if key != "imputations"
+                for arg in ("--param", f"{key}={value}")
+            ),
             "--seed",
             str(seed),
             "--out",
@@ -411,6 +417,8 @@ def bench(
         targets = [("g1", "gaussian"), ("g2", "gaussian"), ("b", "logistic")]
     tables = make_tables(layout, args.rows, args.sites, args.seed, names)
     params: dict[str, Any] = {"imputations": args.imputations}
+    if algorithm == "SIMICE":  # one chain, as these figures were first measured
+        params.update(chains="single", iteration_before_first_imputation=5)
     if args.peer and algorithm == "SIMICE":
         params.update(iteration_before_first_imputation=7, iteration_between_imputations=6)
 

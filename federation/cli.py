@@ -29,12 +29,18 @@ examples:
   fip simulate --compare SIMI,CSLMI,AVGMMI,IMI --central central.csv --site a.csv \\
       --site b.csv --target sbp:gaussian --seed 7 --out comparison/
 
-Writes results/imputations.zip (one CSV per imputation), results/imputations_long.csv
-(R mice's long layout: .imp 0 is the original, .id the row) and results/report.json; for the
-chained family (SIMICE, IMICE, AVGMMICE, CSLMICE) also results/chains.csv (target, chain, cycle,
-mean, variance of central's imputed cells: mice's chainMean and chainVar).
+Writes results/imputations.zip (one CSV per imputation, then original.csv, methods.csv,
+chains.csv and fip_mids.R), results/imputations_long.csv (R mice's long layout: .imp 0 is the
+original, .id the row), results/report.json, results/methods.csv (each target's method, mice's
+name for it, and how R holds it) and results/fip_mids.R; for the chained family (SIMICE, IMICE,
+AVGMMICE, CSLMICE) also results/chains.csv (target, chain, cycle, mean, variance of central's
+imputed cells: mice's chainMean and chainVar). The chained family runs M independent chains,
+one per dataset (--param chains=single: one chain, a dataset every
+iteration_between_imputations cycles); report.json gives each target's R-hat over the chains.
+In R, source("results/fip_mids.R"); imp <- fip_mids("results") gives a mice mids: plot(imp),
+densityplot(imp), imp$method and pool(with(imp, lm(...))) work, whatever the column names.
 With --compare: comparison/comparison.json and comparison.txt (the table also printed), and
-comparison/<METHOD>/ with each method's three files. A method that fails is reported with
+comparison/<METHOD>/ with each method's output files. A method that fails is reported with
 its reason, the others still run, and the exit status is 1.
 Cells that are empty, NA, NaN, nan, N/A or NULL are missing.
 """
@@ -170,8 +176,8 @@ def _parser() -> argparse.ArgumentParser:
         required=True,
         type=Path,
         metavar="DIR",
-        help="folder for imputations.zip, imputations_long.csv, report.json and, for the "
-        "chained family, chains.csv (with "
+        help="folder for imputations.zip, imputations_long.csv, report.json, methods.csv, "
+        "fip_mids.R and, for the chained family, chains.csv (with "
         "--compare: comparison.json, comparison.txt and one such folder per method)",
     )
     sim.set_defaults(handler=_simulate)

@@ -123,7 +123,8 @@ def summary_fits(report: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 
     One-target methods fit once. Chained methods refit every cycle from imputed data: their
     coefficients are the mean over the cycles from the first imputed dataset on (the burn-in
-    left out), so that the comparison is not one random cycle's draw.
+    left out), so that the comparison is not one random cycle's draw; with parallel chains,
+    the mean over the chains of their last cycle's fits (the cycle each dataset comes from).
     """
     burn_in = int(report["params"].get("iteration_before_first_imputation", 1))
     summaries: dict[str, dict[str, Any]] = {}

@@ -224,3 +224,19 @@ def unsettled_sentence(target: str, judged: dict[str, float]) -> str:
         "(iteration_before_first_imputation, iteration_between_imputations) and look at the "
         "trace plot before trusting these datasets"
     )
+
+
+def unmixed_sentence(target: str, judged: dict[str, float], *, chains: int) -> str:
+    """The plain warning for a target whose parallel chains have not mixed: R-hat of the mean
+    and SD of central's imputed cells over every cycle above :data:`RHAT_LIMIT` (or too few
+    cycles to judge: fewer than 4)."""
+    shown = ", ".join(
+        f"{quantity} {'too few cycles to judge' if math.isnan(value) else f'{value:.2f}'}"
+        for quantity, value in judged.items()
+    )
+    return (
+        f"{unsettled_prefix(target)}: its {chains} chains have not mixed (R-hat of the mean and "
+        f"SD of central's imputed cells over the cycles: {shown}; above {RHAT_LIMIT} flags). "
+        "Run more cycles (iteration_before_first_imputation) and look at the trace plot before "
+        "trusting these datasets"
+    )

@@ -9,6 +9,11 @@ class InputError(FipError):
     """A file, column, target or parameter that the job cannot use as given."""
 
 
+class CentralRefused(InputError):
+    """Central's own data refused when the job opened, before any remote site was asked: the
+    job can wait for a corrected file instead of failing."""
+
+
 class SiteRefused(FipError):
     """Raised by a site's half when its data cannot answer (too few rows, bad values)."""
 

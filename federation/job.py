@@ -63,8 +63,14 @@ class JobSpec:
             return ()
         return tuple(f"(site {site})" for site in self.sites)
 
+    @property
+    def chains(self) -> int:
+        """How many chains the job runs (ALGORITHMS.md, SIMICE): M = ``imputations`` with
+        ``chains`` = "parallel", else one; the ``m`` of its replies' shapes."""
+        return chain_count(self.params)
+
     def dims(self) -> Dims:
-        """The sizes its replies are checked against (``federation.replies``): p, c, k, and
+        """The sizes its replies are checked against (``federation.replies``): p, c, k, m, and
         each target's parameter length t and level count l (p counts the site terms)."""
         sites = len(self.site_terms())
         p = len(self.columns) + sites
@@ -76,6 +82,7 @@ class JobSpec:
                 for t in self.targets
             },
             site_terms=sites,
+            chains=self.chains,
         )
 
     def to_wire(self) -> dict[str, Any]:
@@ -104,6 +111,15 @@ class JobSpec:
             seed=int(raw["seed"]),
             sites=tuple(raw["sites"]),
         )
+
+
+PARALLEL = "parallel"
+"""The ``chains`` parameter's value for M independent chains (mice's way); "single" is MIDN's."""
+
+
+def chain_count(params: Mapping[str, Any]) -> int:
+    """The chains of a job with these parameters (see :attr:`JobSpec.chains`)."""
+    return int(params["imputations"]) if params.get("chains") == PARALLEL else 1
 
 
 def target_to_wire(target: Target) -> dict[str, Any]:

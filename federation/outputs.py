@@ -1,5 +1,10 @@
-"""The imputed datasets and the report as files: a zip of CSVs, one long CSV, report.json, and
-for the chained family chains.csv (the chain means and variances).
+"""The imputed datasets and the report as files: a zip of CSVs, one long CSV, report.json,
+methods.csv (each target's method), fip_mids.R (an R function that builds a mice ``mids`` from
+them) and, for the chained family, chains.csv (the chain means and variances).
+
+The zip holds what R needs beside the M datasets: ``original.csv`` (central's table with its
+missing cells), methods.csv, chains.csv and fip_mids.R, so that ``fip_mids("....zip")`` in R
+gives a ``mids`` whose ``plot()``, ``densityplot()``, ``method`` and ``pool(with(...))`` work.
 
 The long CSV is the layout of R mice's ``complete(imp, "long", include = TRUE)``: columns
 ``.imp`` (0 = the original with its missing cells, then 1..M) and ``.id`` (row number from 1),
@@ -26,12 +31,15 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
+from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 import polars as pl
 
+from algorithms import methods
+from federation.job import Target
 from federation.runtime import JobResult
 from federation.zipstream import ZipStream, deflate
 
@@ -39,6 +47,10 @@ ZIP_NAME = "imputations.zip"
 LONG_NAME = "imputations_long.csv"
 REPORT_NAME = "report.json"
 CHAINS_NAME = "chains.csv"
+METHODS_NAME = "methods.csv"
+R_NAME = "fip_mids.R"
+ORIGINAL_NAME = "original.csv"
+"""Central's table with its missing cells, in the zip (the long CSV's ``.imp`` 0)."""
 COMPARISON_NAME = "comparison.json"
 COMPARISON_TABLE_NAME = "comparison.txt"
 ZIP_LEVEL = 1
@@ -77,7 +89,8 @@ def long_chunks(result: JobResult) -> Iterator[bytes]:
 
 
 def zip_chunks(result: JobResult, *, level: int = ZIP_LEVEL) -> Iterator[bytes]:
-    """A zip holding ``imputation_<m>.csv`` for m = 1..M (fixed timestamps), in chunks.
+    """A zip holding ``imputation_<m>.csv`` for m = 1..M, then ``original.csv`` and the files R
+    needs to rebuild a ``mids`` (:func:`r_files`), with fixed timestamps, in chunks.
 
     The zip is written as a stream (:mod:`federation.zipstream`): each chunk of CSV is
     formatted and deflated in a worker thread, two at a time, while the one before is sent.
@@ -88,18 +101,25 @@ def zip_chunks(result: JobResult, *, level: int = ZIP_LEVEL) -> Iterator[bytes]:
     width = len(str(m_total))
     zip64 = plan.estimated_bytes >= _ZIP64_SIZE
     tasks = (
-        _deflated(m, task, level) for m in range(1, m_total + 1) for task in plan.dataset_tasks(m)
+        _deflated(m, task, level)
+        for m in (*range(1, m_total + 1), 0)
+        for task in plan.dataset_tasks(m)
     )
     archive = ZipStream()
-    current = 0
+    current: int | None = None
     for m, raw, deflated in _run(tasks, workers=_WORKERS):
         if m != current:
-            if current:
+            if current is not None:
                 yield archive.end()
-            yield archive.begin(f"imputation_{m:0{width}d}.csv", zip64=zip64)
+            name = f"imputation_{m:0{width}d}.csv" if m else ORIGINAL_NAME
+            yield archive.begin(name, zip64=zip64)
             current = m
         yield archive.add(raw, deflated)
-    if current:
+    if current is not None:
+        yield archive.end()
+    for name, content in r_files(result).items():
+        yield archive.begin(name, zip64=False)
+        yield archive.add(content, deflate(content, level))
         yield archive.end()
     yield archive.finish()
 
@@ -145,9 +165,47 @@ def chains_csv(report: dict[str, Any]) -> bytes | None:
     return buffer.getvalue().encode()
 
 
+def methods_csv(targets: Iterable[Target]) -> bytes:
+    """Each target's method, for R (``fip_mids.R``): ``column,method,mice,class,levels``: its
+    fip method, R mice's name for it, how R holds the column (numeric, factor or ordered) and,
+    for a factor, its levels in order as the data's codes, separated by ``;``."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["column", "method", "mice", "class", "levels"])
+    for target in targets:
+        method = methods.get(target.type, field=f"target '{target.name}'")
+        levels = method.factor_levels(target.levels) if method.r_class != "numeric" else ()
+        writer.writerow(
+            [
+                target.name,
+                method.name,
+                method.mice,
+                method.r_class,
+                ";".join(_level_text(level) for level in levels),
+            ]
+        )
+    return buffer.getvalue().encode()
+
+
+def r_function() -> bytes:
+    """``fip_mids.R``: the R function that builds a mice ``mids`` from these files."""
+    return (resources.files("federation") / "r" / R_NAME).read_bytes()
+
+
+def r_files(result: JobResult) -> dict[str, bytes]:
+    """The files R needs beside the data to rebuild a full ``mids``, by name: methods.csv,
+    chains.csv (chained family) and fip_mids.R."""
+    files = {METHODS_NAME: methods_csv(result.spec.targets)}
+    chains = chains_csv(result.report)
+    if chains is not None:
+        files[CHAINS_NAME] = chains
+    files[R_NAME] = r_function()
+    return files
+
+
 def write_outputs(result: JobResult, out_dir: Path) -> list[Path]:
-    """Write the files into ``out_dir``: the zip, the long CSV, report.json and, for a chained
-    job, chains.csv; all of them, or (on any error) none.
+    """Write the files into ``out_dir``: the zip, the long CSV, report.json, methods.csv,
+    fip_mids.R and, for a chained job, chains.csv; all of them, or (on any error) none.
 
     The zip and the long CSV are written at the same time, each by its own thread.
     """
@@ -156,9 +214,8 @@ def write_outputs(result: JobResult, out_dir: Path) -> list[Path]:
         LONG_NAME: lambda: long_chunks(result),
         REPORT_NAME: lambda: [report_json(result.report)],
     }
-    chains = chains_csv(result.report)
-    if chains is not None:
-        contents[CHAINS_NAME] = lambda: [chains]
+    for name, content in r_files(result).items():
+        contents[name] = lambda content=content: [content]  # type: ignore[misc]
     return _write_all(out_dir, contents)
 
 
@@ -322,6 +379,11 @@ class _Plan:
             return buffer.getvalue()
 
         return format_rows
+
+
+def _level_text(level: float) -> str:
+    """A level as the data's CSV writes it: a whole number without decimals."""
+    return str(int(level)) if float(level).is_integer() else repr(float(level))
 
 
 def _all_whole(values: np.ndarray) -> bool:

@@ -20,8 +20,8 @@ import io
 import math
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import matplotlib
@@ -266,13 +266,24 @@ CHAIN_COLOURS = ("#B61A51", "#006CC2", "#2A7F3F", "#8A5A00", "#6B3FA0", "#4D4D4D
 @dataclass(frozen=True)
 class Trace:
     """A target's traces: per chain, per cycle, the mean and SD of central's imputed cells
-    (from ``report["traces"]``), and whether the job flagged it as not settled."""
+    (from ``report["traces"]``), with parallel chains their R-hat, and whether the job flagged
+    it as not settled."""
 
     name: str
     method: str
     chains: tuple[tuple[tuple[int, float, float, float], ...], ...]
     """Per chain: (cycle, mean, sd, variance); NaN where central's cells define no number."""
     flagged: bool = False
+    rhat: Mapping[str, float | None] = field(default_factory=dict)
+    """Parallel chains: R-hat of the mean and of the SD over the chains (None: not finite)."""
+
+    @property
+    def rhat_text(self) -> str:
+        """R-hat as a page says it, e.g. "mean 1.02, SD 1.01" (empty for one chain)."""
+        return ", ".join(
+            f"{'SD' if q == 'sd' else q} {'not available' if v is None else f'{v:.2f}'}"
+            for q, v in self.rhat.items()
+        )
 
     def rows(self) -> list[dict[str, Any]]:
         return [
@@ -292,6 +303,7 @@ class Trace:
             "name": self.name,
             "method": self.method,
             "flagged": self.flagged,
+            **({"rhat": dict(self.rhat)} if self.rhat else {}),
             "rows": self.rows(),
         }
 
@@ -332,6 +344,7 @@ def trace_numbers(report: dict[str, Any]) -> list[Trace]:
             method=entry["method"],
             chains=tuple(tuple(_trace_point(p) for p in points) for points in entry["chains"]),
             flagged=name in flagged,
+            rhat=dict(entry.get("rhat", {})),
         )
         for name, entry in entries.items()
     ]
@@ -395,11 +408,17 @@ def _trace_description(trace: Trace) -> str:
         for chain, points in enumerate(trace.chains, start=1)
         if points
     )
-    verdict = (
-        "The job flagged it: the chain still moves over its last half."
-        if trace.flagged
-        else "The job did not flag it."
-    )
+    if trace.rhat:
+        verdict = (
+            f"R-hat over the chains: {trace.rhat_text}. "
+            + ("The job flagged it: the chains have not mixed." if trace.flagged else "")
+        ).strip()
+    else:
+        verdict = (
+            "The job flagged it: the chain still moves over its last half."
+            if trace.flagged
+            else "The job did not flag it."
+        )
     return (
         f"Left: the mean of the imputed cells of {trace.name} at central after each cycle; "
         f"right: their SD; one line per chain. {last}. {verdict}"

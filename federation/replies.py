@@ -29,9 +29,14 @@ parameters of the operation's target's fit: p, (K-1)p for a categorical target o
 p - 1 + K - 1 for an ordinal one; ``algorithms.methods``), ``l`` (the levels of the operation's
 target) or a whole number up to 64. At most two dimensions, so a value holds at most
 max(p, c, k, t)^2 numbers; a reply holds at most
-:data:`MAX_KEYS` values. ``prepare`` declares what the site adds to the runtime's own summary
-when the job opens (``rows``, ``rows_used``, ``observed``, ``target_rows``, ``left_out``); its
-``left_out`` reasons are the labels listed here, so no text of the site's travels.
+:data:`MAX_KEYS` values. One more may come first: ``m``, the job's chains (the chained family's
+parameter ``chains``: 1 for a single chain, M = ``imputations`` for parallel chains), for an
+operation that answers for every chain at once (``float[m,p,p]``: one X'X a chain); such a
+reply holds m times as many numbers, still bounded by the job.
+
+``prepare`` declares what the site adds to the runtime's own summary when the job opens
+(``rows``, ``rows_used``, ``observed``, ``target_rows``, ``left_out``); its ``left_out`` reasons
+are the labels listed here, so no text of the site's travels.
 
 ``fits`` is the most fits the job makes, as arithmetic (+, -, *, parentheses) over the job's
 whole-number parameters and ``targets``: a site answers at most ``2 + fits * max_newton_rounds``
@@ -63,8 +68,12 @@ PREPARE = "prepare"
 """The pseudo-operation whose declared values the site adds to its summary at open."""
 RUNTIME_SUMMARY = ("rows", "rows_used", "observed", "target_rows", "left_out")
 """Keys of the summary the runtime itself sends at open; an algorithm may not declare them."""
-_VALUE = re.compile(r"^(float|int|count|rows|flag)(?:\[([a-z0-9]+)(?:,([a-z0-9]+))?\])?$")
+_VALUE = re.compile(
+    r"^(float|int|count|rows|flag)(?:\[([a-z0-9]+)(?:,([a-z0-9]+))?(?:,([a-z0-9]+))?\])?$"
+)
 _SYMBOLS = ("p", "c", "k", "t", "l")
+CHAINS = "m"
+"""The leading dimension of a value with one entry per chain (:attr:`Dims.m`)."""
 _LABEL = re.compile(r"^[A-Za-z0-9 '(){}_.,-]{1,80}$")
 
 
@@ -85,13 +94,15 @@ class Value:
 
 @dataclass(frozen=True)
 class Dims:
-    """The sizes a job gives the symbols: design width, columns, targets."""
+    """The sizes a job gives the symbols: design width, columns, targets, chains."""
 
     p: int
     c: int
     k: int
     per_target: Mapping[int, tuple[int, int]] = field(default_factory=dict)
     """(t, l) of each target, by its 1-based column index (default: t = p, l = 0)."""
+    m: int = 1
+    """The job's chains (``federation.job.JobSpec.chains``): the leading ``m`` of a value."""
 
     @classmethod
     def of(
@@ -101,23 +112,30 @@ class Dims:
         per_target: Mapping[int, tuple[int, int]] | None = None,
         *,
         site_terms: int = 0,
+        chains: int = 1,
     ) -> Dims:
         """p is the columns plus the site terms (one per remote site with ``site_effect``
-        intercept: the target's place is the intercept's), c the columns."""
-        return cls(p=columns + site_terms, c=columns, k=targets, per_target=dict(per_target or {}))
+        intercept: the target's place is the intercept's), c the columns, m the chains."""
+        return cls(
+            p=columns + site_terms,
+            c=columns,
+            k=targets,
+            per_target=dict(per_target or {}),
+            m=chains,
+        )
 
     def as_map(self, target: int | None = None) -> dict[str, int]:
         """The sizes of the symbols; ``t`` and ``l`` are those of ``target`` (the operation's)."""
         if target is None and len(self.per_target) == 1:
             (target,) = self.per_target
         t, levels = self.per_target.get(target, (self.p, 0)) if target is not None else (self.p, 0)
-        return {"p": self.p, "c": self.c, "k": self.k, "t": t, "l": levels}
+        return {"p": self.p, "c": self.c, "k": self.k, "t": t, "l": levels, CHAINS: self.m}
 
     def reply_limit(self) -> int:
         """The most numbers one operation's reply may hold, whatever it declares."""
         widest = max((t for t, _ in self.per_target.values()), default=0)
         largest = max(self.p, self.c, self.k, widest)
-        return MAX_KEYS * largest * largest
+        return MAX_KEYS * largest * largest * self.m
 
 
 @dataclass(frozen=True)
@@ -350,20 +368,25 @@ def _parse_value(where: str, raw: Any) -> Value:
     if match is None:
         raise AlgorithmInvalid(
             f"params.json: {where} is {raw!r}; a value is float, int, count, rows or flag, "
-            "optionally with one or two dimensions such as float[p,p] (p, c, k, t, l or a number)"
+            "optionally with one or two dimensions such as float[p,p] (p, c, k, t, l or a number), "
+            "and a leading m (one entry per chain) such as float[m,p,p]"
         )
     kind, *raw_dims = match.groups()
+    given = [dim for dim in raw_dims if dim is not None]
+    if CHAINS in given[1:] or len(given) - (given[:1] == [CHAINS]) > 2:
+        raise AlgorithmInvalid(
+            f"params.json: {where} is {raw!r}; at most two dimensions, and m (the chains) only "
+            "as a leading third"
+        )
     dims: list[str | int] = []
-    for dim in raw_dims:
-        if dim is None:
-            continue
-        if dim in _SYMBOLS:
+    for dim in given:
+        if dim in _SYMBOLS or dim == CHAINS:
             dims.append(dim)
         elif dim.isdigit() and 1 <= int(dim) <= MAX_DIM:
             dims.append(int(dim))
         else:
             raise AlgorithmInvalid(
-                f"params.json: {where}: dimension '{dim}' is not p, c, k, t, l or a number "
+                f"params.json: {where}: dimension '{dim}' is not p, c, k, t, l, m or a number "
                 f"1..{MAX_DIM}"
             )
     if kind == "rows" and dims:

@@ -35,7 +35,14 @@ import numpy as np
 from algorithms import methods
 from federation import secure
 from federation.data import Table
-from federation.errors import FipError, InputError, ProtocolError, SiteFailed, SiteLost
+from federation.errors import (
+    CentralRefused,
+    FipError,
+    InputError,
+    ProtocolError,
+    SiteFailed,
+    SiteLost,
+)
 from federation.job import CENTRAL, JobEvent, JobSpec, Target, random_stream
 from federation.protocol import ErrorReply, Op, Reply, Request, decode, encode
 from federation.replies import PREPARE, Bounds, Dims, check_values
@@ -101,7 +108,10 @@ class CentralJob:
     imputed_cells: list[np.ndarray] = field(default_factory=list)
     traces: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per target: its method and, per chain (chains x cycles), the mean, SD and variance of
-    central's imputed cells after each cycle (mice's chainMean and chainVar)."""
+    central's imputed cells after each cycle (mice's chainMean and chainVar); with parallel
+    chains also its R-hat."""
+    chains: dict[str, Any] = field(default_factory=dict)
+    """How the chained family ran its chains (kind, chains, cycles), for the report."""
     checks: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     """Per kind of site check (``federation.site_checks``), per target, the latest result (a
     chained method's: that of its last cycle); their warnings are given when the job ends."""
@@ -252,11 +262,13 @@ class CentralJob:
         iterations: int | None = None,
         dropped: Sequence[str] = (),
         augmented: bool = False,
+        chain: int | None = None,
     ) -> None:
         """Note a fit for the report: coefficients in design order (every other column, then
         the intercept) or as a mapping from those names to values (a subset is fine);
         ``dropped``, the predictors the fit left out as constant over its rows (mice's
-        loggedEvents); ``augmented``, that separation made it add pseudo-rows."""
+        loggedEvents); ``augmented``, that separation made it add pseudo-rows; ``chain``, which
+        of parallel chains (1-based) it belongs to."""
         names = methods.get(target.type).parameter_names(
             self.spec.predictors(target), target.levels
         )
@@ -276,6 +288,7 @@ class CentralJob:
             "target": target.name,
             "type": target.type,
             "cycle": cycle,
+            **({"chain": chain} if chain is not None else {}),
             "n": n,
             "coefficients": named,
         }
@@ -479,10 +492,13 @@ class CentralJob:
     async def _open(self) -> None:
         spec_args = {"spec": self.spec.to_wire()}
         try:
-            self.site_summaries[CENTRAL] = self._local.call(OPEN, spec_args)
+            # prepare runs on central's whole table: in a worker thread, like every handler
+            self.site_summaries[CENTRAL] = await asyncio.to_thread(
+                self._local.call, OPEN, spec_args
+            )
         except FipError as error:
             message = str(error)
-            raise InputError(
+            raise CentralRefused(
                 message if message.startswith(self.data.label) else f"{self.data.label}: {message}"
             ) from None
         if self.spec.sites:
@@ -537,7 +553,7 @@ class CentralJob:
                 )
 
     async def _close(self) -> None:
-        self._local.call(CLOSE, {})
+        await asyncio.to_thread(self._local.call, CLOSE, {})
         if not self.spec.sites:
             return
         try:
@@ -631,6 +647,7 @@ def _report(job: CentralJob, *, seconds: float) -> dict[str, Any]:
         "sites": sites,
         "fits": job.fits,
         "warnings": job.warnings,
+        **({"chains": job.chains} if job.chains else {}),
         **({"traces": job.traces} if job.traces else {}),
         **({"site_checks": job.checks} if job.checks else {}),
         "round_trips": job.traffic.round_trips,

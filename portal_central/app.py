@@ -56,19 +56,18 @@ def create_app(settings: CentralSettings) -> FastAPI:
         upgrade(settings.prepare().database)
         state = CentralState.create(settings)
         app.state.fip = state
-        state.runs.bind(asyncio.get_running_loop())
-        interrupted = state.runs.interrupt_unfinished()
+        state.broker.bind(asyncio.get_running_loop())
+        interrupted = state.orchestrator.moves.interrupt_unfinished()
         if interrupted:
             log.warning(
                 "%d job(s) were under way when central stopped: now interrupted", interrupted
             )
         log.info("central portal at %s, database %s", settings.url, _redacted(settings.database))
-        sweeper = asyncio.create_task(state.runs.sweep_forever(), name="result-sweeper")
+        state.tasks.spawn(state.orchestrator.sweep_forever(), what="the results' sweeper")
         try:
             yield
         finally:
-            sweeper.cancel()
-            await state.runs.shutdown()
+            await state.orchestrator.shutdown()
             state.database.dispose()
 
     app = FastAPI(

@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Request
+from starlette.concurrency import run_in_threadpool
 
 from federation.uploads import MultipartStream, allow_body
 from portal_central.accounts.service import pending_count
+from portal_central.accounts.status import AccountStatus, Role
 from portal_central.errors import Forbidden, Unauthorized
 from portal_central.models import SignedOutSession, User
 from portal_central.security import Claims, InvalidToken
@@ -50,17 +52,15 @@ async def optional_user(request: Request, state: StateDep) -> User | None:
     if found is None:
         return None
     claims, from_cookie = found
-    with state.database.session() as session:
-        user = session.get(User, claims.user_id)
-        signed_out = from_cookie and session.get(SignedOutSession, claims.session_id) is not None
-        pending = (
-            pending_count(session)
-            if from_cookie and user is not None and user.role == "admin"
-            else 0
-        )
+    # The database is read in a worker thread: this runs before every signed-in request.
+    user, signed_out, pending = await run_in_threadpool(_account, state, claims, from_cookie)
     if signed_out:
         return None
-    if user is None or user.status != "approved" or user.token_version != claims.token_version:
+    if (
+        user is None
+        or user.status != AccountStatus.APPROVED
+        or user.token_version != claims.token_version
+    ):
         if from_cookie:
             return None
         raise Unauthorized("the access token was revoked; sign in again")
@@ -73,6 +73,22 @@ async def optional_user(request: Request, state: StateDep) -> User | None:
         "pending_count": pending,
     }
     return user
+
+
+def _account(
+    state: CentralState, claims: Claims, from_cookie: bool
+) -> tuple[User | None, bool, int]:
+    """The caller's account, whether its browser session was signed out, and (for an admin's
+    page) how many registrations wait."""
+    with state.database.session() as session:
+        user = session.get(User, claims.user_id)
+        signed_out = from_cookie and session.get(SignedOutSession, claims.session_id) is not None
+        pending = (
+            pending_count(session)
+            if from_cookie and user is not None and user.role == Role.ADMIN
+            else 0
+        )
+    return user, signed_out, pending
 
 
 async def _check_csrf(request: Request, state: CentralState, session_id: str) -> None:
@@ -114,7 +130,7 @@ CurrentUser = Annotated[User, Depends(current_user)]
 
 
 def admin_user(user: CurrentUser) -> User:
-    if user.role != "admin":
+    if user.role != Role.ADMIN:
         raise Forbidden("only admins may do this")
     return user
 

@@ -222,3 +222,13 @@ class JobEventRecord(Base):
     kind: Mapped[str] = mapped_column(String(16))
     site: Mapped[str | None] = mapped_column(String(64))
     message: Mapped[str] = mapped_column(Text)
+
+
+class JobReport(Base):
+    """A completed job's report: its fits, costs and chain traces (aggregates, never data), as
+    JSON. Kept so that a comparison's table outlives a restart of central."""
+
+    __tablename__ = "job_reports"
+
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    report: Mapped[str] = mapped_column(Text)

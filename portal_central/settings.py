@@ -77,7 +77,8 @@ class CentralSettings(BaseSettings):
     allow_insecure_websocket: bool = False
     """Accept sites over plain ws:// (without TLS) from this machine only: for development."""
     result_expiry_minutes: float = Field(default=60, gt=0)
-    """Imputed results stay in memory this long after a job completes, unless downloaded."""
+    """Imputed results stay in memory this long after a job completes, unless downloaded; central's
+    CSV this long after it was last used while its job waits for the sites or for a retry."""
     download_grace_seconds: float = Field(default=300, ge=0)
     """After a download starts, the results stay this long (for the other format), then go."""
     argon2_time_cost: int = Field(default=3, ge=1)

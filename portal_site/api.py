@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from typing import Any
 
@@ -220,7 +221,7 @@ async def data(request: Request, job_id: str, site: Site) -> JobOut:
     file = (await read_form(request)).file("file")
     if file is None:
         raise SiteError("choose this site's CSV file", status=422, field="file")
-    site.jobs.upload(local, file.content, file.filename)
+    await site.jobs.upload(local, file.content, file.filename)
     return JobOut.of(local)
 
 
@@ -249,7 +250,9 @@ async def approve(digest: str, site: Site) -> dict[str, str]:
         if digest == local.digest or any(m.get("digest") == digest for m in local.methods):
             for code in await site.jobs.remote_codes(local):
                 if code.digest == digest:
-                    site.store.approve(digest=code.digest, name=code.name, version=code.version)
+                    await asyncio.to_thread(
+                        site.store.approve, digest=code.digest, name=code.name, version=code.version
+                    )
                     return {"digest": code.digest, "name": code.name, "version": code.version}
     raise SiteError(f"no job of this site uses an algorithm with digest {digest}", status=404)
 

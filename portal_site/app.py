@@ -34,7 +34,7 @@ def create_app(settings: SiteSettings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = SiteState.create(settings)
         app.state.site = state
-        state.jobs.bind(asyncio.get_running_loop())
+        state.jobs.broker.bind(asyncio.get_running_loop())
         worker = asyncio.create_task(state.worker.run(), name="site-worker")
         log.info("site portal on http://%s:%s", settings.host, settings.port)
         try:

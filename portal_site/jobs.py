@@ -10,12 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Callable, Coroutine, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
-from federation import secure
+from federation import rows, secure
 from federation.data import Table, check_for_job, read_csv
 from federation.errors import AlgorithmInvalid, InputError
 from federation.job import JobEvent, target_from_wire, target_to_wire
@@ -29,6 +28,7 @@ from federation.protocol import (
 )
 from federation.registry import Algorithm, Registry, file_names, package_digest, read_algorithm
 from federation.site import SiteRunner
+from portal_common.broker import Broker
 from portal_site.central import CentralError
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,6 @@ class LocalJob:
     site_id: str = ""
     """This site, as the job's runners were made for it (its own key on the job's page)."""
     events: list[JobEvent] = field(default_factory=list)
-    subscribers: set[asyncio.Queue[JobEvent | str]] = field(default_factory=set)
 
     @property
     def state(self) -> str:
@@ -117,11 +116,17 @@ class LocalJobs:
         policy: Callable[[], Policy] = Policy,
         keep_event: Callable[[str, JobEvent], None] | None = None,
         kept_events: Callable[[str], list[JobEvent]] | None = None,
+        broker: Broker[JobEvent | str] | None = None,
     ) -> None:
         self._jobs: dict[str, LocalJob] = {}
+        self.broker: Broker[JobEvent | str] = broker or Broker()
+        """The site's events: a job's under its id, the connection's under ``CONNECTION``."""
+        self.broker.listen(self._record)
         self._keep_event = keep_event
         self._kept_events = kept_events
         """Where the jobs' event logs are kept (the site's database), to outlive a restart."""
+        self._kept: dict[str, list[JobEvent]] = {}
+        """Stored logs read for jobs about to be merged in."""
         self._approved = approved
         self._policy = policy
         """The site's disclosure policy, as its user set it (read afresh for every job)."""
@@ -132,8 +137,6 @@ class LocalJobs:
         self.send: Send | None = None
         self.fetch_json: Fetch | None = None
         self.fetch_text: Fetch | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._loop_thread = threading.get_ident()
 
     # ------------------------------------------------------------ what central says
 
@@ -143,11 +146,13 @@ class LocalJobs:
         seen = set()
         for info in listing:
             seen.add(str(info["id"]))
+            await self._read_kept_events(str(info["id"]))
             self._merge(info)
         return [self._jobs[j] for j in sorted(seen, key=int, reverse=True)]
 
     async def load(self, job_id: str) -> LocalJob:
         info = await self._fetch_json(f"/api/jobs/{job_id}")
+        await self._read_kept_events(str(info["id"]))
         return self._merge(info)
 
     def known(self) -> list[LocalJob]:
@@ -163,13 +168,17 @@ class LocalJobs:
             job = next((j for j in self._jobs.values() if job_id in j.runners), None)
         return job
 
+    async def _read_kept_events(self, job_id: str) -> None:
+        """A job new to this portal: its stored event log, read in a worker thread."""
+        if job_id not in self._jobs and self._kept_events is not None:
+            self._kept[job_id] = await asyncio.to_thread(self._kept_events, job_id)
+
     def _merge(self, info: dict[str, Any]) -> LocalJob:
         job_id = str(info["id"])
         job = self._jobs.get(job_id)
         if job is None:
             job = self._jobs[job_id] = LocalJob(job_id=job_id, info=info)
-            if self._kept_events is not None:
-                job.events = self._kept_events(job_id)
+            job.events = self._kept.pop(job_id, [])
         else:
             job.info = info
         if job.state in FINAL:
@@ -196,12 +205,27 @@ class LocalJobs:
 
     # ------------------------------------------------------------ the user's actions
 
-    def upload(self, job: LocalJob, content: bytes | bytearray, filename: str) -> Table:
-        """Check the CSV against the job (columns, targets, rows) and hold it in memory."""
+    async def upload(self, job: LocalJob, content: bytes | bytearray, filename: str) -> Table:
+        """Check the CSV against the job (columns, targets, rows) and hold it in memory. The
+        file is parsed in a worker thread: the event loop carries the socket to central."""
+        self._may_change_data(job)
+        table = await asyncio.to_thread(self._table, job, content, filename)
+        self._may_change_data(job)  # started or ended while the file was read
+        job.table = table
+        self.publish(
+            job, JobEvent(kind="log", message=f"data loaded: {table.label}, {table.rows} rows")
+        )
+        self.publish(job, "state")
+        return table
+
+    @staticmethod
+    def _may_change_data(job: LocalJob) -> None:
         if job.started:
             raise SiteError("the job is started; cancel it to change the data", status=409)
         if job.state in FINAL:
             raise SiteError(f"the job is {job.state}", status=409)
+
+    def _table(self, job: LocalJob, content: bytes | bytearray, filename: str) -> Table:
         try:
             table = read_csv(content, label=filename or "uploaded file")
             targets = [
@@ -218,12 +242,20 @@ class LocalJobs:
                 status=422,
                 field="file",
             )
-        job.table = table
-        self.publish(
-            job, JobEvent(kind="log", message=f"data loaded: {table.label}, {table.rows} rows")
-        )
-        self.publish(job, "state")
         return table
+
+    def forecast(self, job: LocalJob) -> rows.RowsForecast | None:
+        """For the site's own page: the uploaded table's missing cells per column and the rows
+        the job will leave out and why (for a built-in algorithm, whose rules are known here);
+        None before an upload. Computed here and shown here only: nothing of it is sent."""
+        if job.table is None:
+            return None
+        builtin = self._builtins.get(job.digest)
+        return rows.forecast(
+            job.table,
+            [str(t["name"]) for t in job.info["targets"]],
+            chained=builtin.capabilities.multiple_targets if builtin is not None else None,
+        )
 
     async def remote_code(self, job: LocalJob) -> RemoteCode:
         """The job's remote half: built in, or downloaded from central and checked by digest."""
@@ -422,34 +454,25 @@ class LocalJobs:
 
     # ------------------------------------------------------------ events
 
-    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._loop_thread = threading.get_ident()
-
     def publish(self, job: LocalJob, event: JobEvent | str) -> None:
-        """Record and fan out an event; safe from the runner's worker threads."""
-        if self._loop is not None and threading.get_ident() != self._loop_thread:
-            self._loop.call_soon_threadsafe(self._publish, job, event)
-        else:
-            self._publish(job, event)
+        """Record and fan out an event ("state": the job's state changed); safe from the
+        runner's worker threads (the broker hops to the loop)."""
+        self.broker.publish(job.job_id, event)
 
-    def _publish(self, job: LocalJob, event: JobEvent | str) -> None:
-        if isinstance(event, JobEvent):
-            job.events.append(event)
-            del job.events[:-_HISTORY]
-            if self._keep_event is not None and event.kind != "progress":
-                self._keep_event(job.job_id, event)
-        for queue in list(job.subscribers):
-            queue.put_nowait(event)
+    def _record(self, topic: Hashable, event: JobEvent | str) -> None:
+        """A broker listener: a job's event joins its log (kept in the site's database)."""
+        job = self._jobs.get(topic) if isinstance(topic, str) else None
+        if job is None or not isinstance(event, JobEvent):
+            return
+        job.events.append(event)
+        del job.events[:-_HISTORY]
+        if self._keep_event is not None and event.kind != "progress":
+            self._keep_event(job.job_id, event)
 
-    @contextlib.asynccontextmanager
-    async def subscribe(self, job: LocalJob) -> AsyncIterator[asyncio.Queue[JobEvent | str]]:
-        queue: asyncio.Queue[JobEvent | str] = asyncio.Queue()
-        job.subscribers.add(queue)
-        try:
-            yield queue
-        finally:
-            job.subscribers.discard(queue)
+    def subscribe(
+        self, job: LocalJob
+    ) -> contextlib.AbstractAsyncContextManager[asyncio.Queue[JobEvent | str]]:
+        return self.broker.subscribe(job.job_id)
 
     # ------------------------------------------------------------ plumbing
 

@@ -24,6 +24,7 @@ from portal_site.central import CentralError
 from portal_site.jobs import LocalJob, RemoteCode, SiteError
 from portal_site.local_auth import CSRF_FIELD, CSRF_HEADER, SESSION_SECONDS, SignInRequired
 from portal_site.state import SiteState
+from portal_site.worker import CONNECTION
 
 router = APIRouter()
 SITE_ID = re.compile(r"^[a-z0-9]{4,16}$")
@@ -288,7 +289,7 @@ def parse_policy(form: Mapping[str, str]) -> Policy:
 
 async def set_policy(site: SiteState, policy: Policy) -> None:
     """Store the site's policy; central hears of it at once when connected."""
-    site.store.set_policy(policy)
+    await asyncio.to_thread(site.store.set_policy, policy)
     await site.worker.send_policy()
 
 
@@ -421,6 +422,7 @@ async def job_context(site: SiteState, job_id: str, **extra: Any) -> dict[str, A
         "codes": codes,
         "trusted": bool(codes) and all(c.approved for c in codes),
         "code_error": code_error,
+        "forecast": site.jobs.forecast(job),
         "error": "",
         "nav": "jobs",
         **extra,
@@ -464,7 +466,7 @@ async def upload(request: Request, job_id: str, site: Site) -> Response:
         file = (await read_form(request)).file("file")
         if file is None:
             raise SiteError("choose this site's CSV file", status=422, field="file")
-        site.jobs.upload(job, file.content, file.filename)
+        await site.jobs.upload(job, file.content, file.filename)
 
     return await _job_action(request, site, job_id, act)
 
@@ -474,7 +476,9 @@ async def approve(request: Request, job_id: str, site: Site) -> Response:
     async def act(job: LocalJob) -> None:
         for code in await site.jobs.remote_codes(job):
             if not code.approved:
-                site.store.approve(digest=code.digest, name=code.name, version=code.version)
+                await asyncio.to_thread(
+                    site.store.approve, digest=code.digest, name=code.name, version=code.version
+                )
 
     return await _job_action(request, site, job_id, act)
 
@@ -526,16 +530,12 @@ async def status_events(request: Request, site: Site) -> EventSourceResponse:
     template = ENVIRONMENT.get_template("site/_status.html")
 
     async def stream() -> AsyncIterator[ServerSentEvent]:
-        queue: asyncio.Queue[str] = asyncio.Queue()
-        site.worker.listeners.add(queue)
-        try:
+        async with site.jobs.broker.subscribe(CONNECTION) as queue:
             while True:
                 await queue.get()
                 yield ServerSentEvent(
                     event="status", data=template.render(connection=connection(site))
                 )
-        finally:
-            site.worker.listeners.discard(queue)
 
     return EventSourceResponse(stream(), ping=15)
 

@@ -37,6 +37,7 @@ from federation.protocol import (
     encode_control,
 )
 from federation.secure import MASKED
+from portal_common.tasks import Tasks
 from portal_site.central import CentralClient, CentralError, ssl_context, websocket_url
 from portal_site.jobs import LocalJobs, SiteError
 from portal_site.settings import SiteSettings
@@ -45,6 +46,8 @@ from portal_site.store import Store
 log = logging.getLogger(__name__)
 REPLACED = 4000
 DISABLED = 4003
+CONNECTION = "connection"
+"""The broker topic of the connection's status (each message is the new status)."""
 
 
 class Worker:
@@ -61,8 +64,7 @@ class Worker:
         self._access = ""
         self._access_until = 0.0
         self._wake = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self.listeners: set[asyncio.Queue[str]] = set()
+        self._tasks = Tasks(on_failure=self._task_failed)
         self.sent = {"messages": 0, "bytes": 0}
         self._client: CentralClient | None = None
         self._client_for: tuple[str, str] = ("", "")
@@ -83,7 +85,7 @@ class Worker:
         if self._client is None or self._client_for != wanted:
             client = CentralClient(url=config.central_url, ca_file=config.ca_file)
             if self._client is not None:
-                self._spawn(self._client.close())
+                self._tasks.spawn(self._client.close(), what="closing the old client")
             self._client, self._client_for = client, wanted
         return self._client
 
@@ -124,7 +126,7 @@ class Worker:
         self._access = ""
         self.wake()
         if self._socket is not None:
-            self._spawn(self._socket.close())
+            self._tasks.spawn(self._socket.close(), what="closing the connection")
 
     async def access_token(self) -> str:
         if self._access and time.time() < self._access_until:
@@ -212,11 +214,11 @@ class Worker:
         ) as socket:
             self._socket = socket
             self._set("connected", central_url)
-            beat = asyncio.create_task(self._heartbeat(socket))
+            beat = self._tasks.spawn(self._heartbeat(socket), what="sending the heartbeat")
             try:
                 async for message in socket:
                     if isinstance(message, bytes):
-                        self._spawn(self._answer(socket, message))
+                        self._tasks.spawn(self._answer(socket, message), what="answering central")
                     else:
                         control = decode_control(message)
                         await self.jobs.on_control(control)
@@ -248,9 +250,14 @@ class Worker:
                 await self.send_control(PolicySummary(policy=self.jobs.policy.summary()))
 
     async def _heartbeat(self, socket: ClientConnection) -> None:
+        """Tell central the site is alive; ends quietly when the connection closed (the
+        connection loop notices and reconnects), any other failure is logged."""
         while True:
             await asyncio.sleep(self._settings.heartbeat_seconds)
-            await socket.send(encode_control(Heartbeat()))
+            try:
+                await socket.send(encode_control(Heartbeat()))
+            except ConnectionClosed:
+                return
 
     async def _answer(self, socket: ClientConnection, frame: bytes) -> None:
         """Run one request on the job's runner and send the reply; note it in the ledger."""
@@ -262,11 +269,30 @@ class Worker:
         if not isinstance(request, Request):
             return
         try:
+            await self._reply(socket, request, frame)
+        except Exception as error:  # logged by the worker's tasks; shown on the job here
+            self._warn(request.job_id, f"answering request {request.seq} failed: {error}")
+            raise
+
+    async def _reply(self, socket: ClientConnection, request: Request, frame: bytes) -> None:
+        try:
             runner = await self.jobs.answering(request.job_id)
         except SiteError as refused:  # the real reason, e.g. central could not be reached
             reply = encode(
                 ErrorReply(
                     job_id=request.job_id, seq=request.seq, kind="refused", message=refused.message
+                )
+            )
+        except Exception:  # a bug here must not leave central waiting without a word
+            log.exception(
+                "job %s: finding what answers request %s failed", request.job_id, request.seq
+            )
+            reply = encode(
+                ErrorReply(
+                    job_id=request.job_id,
+                    seq=request.seq,
+                    kind="failed",
+                    message="internal error at the site; see its log",
                 )
             )
         else:
@@ -342,28 +368,20 @@ class Worker:
         if (status, detail) != (self.status, self.detail):
             log.info("connection: %s (%s)", status, detail)
             self.status, self.detail, self.since = status, detail, time.time()
-            for queue in list(self.listeners):
-                queue.put_nowait(status)
+            self.jobs.broker.publish(CONNECTION, status)
 
     async def _sleep(self, seconds: float | None) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), seconds)
         self._wake.clear()
 
-    def _spawn(self, coroutine: Any) -> None:
-        task = asyncio.ensure_future(coroutine)
-        self._tasks.add(task)
-        task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[Any]) -> None:
-        """A background task ended: its failure is logged, never lost."""
-        self._tasks.discard(task)
-        if not task.cancelled() and (error := task.exception()) is not None:
-            log.error("background task %s failed", task.get_name(), exc_info=error)
+    def _task_failed(self, job: Any, what: str, error: BaseException) -> None:
+        """A background task failed (the tasks logged it): the connection's detail says so."""
+        self.detail = f"{what} failed: {error}"[:300]
+        self.jobs.broker.publish(CONNECTION, self.status)
 
     async def stop(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
+        await self._tasks.cancel_all()
         if self._socket is not None:
             await self._socket.close()
         if self._client is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import csv
 import functools
 import json
 import os
@@ -12,7 +13,7 @@ import tempfile
 import time
 import uuid
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -229,3 +230,25 @@ def admin_auth(client: TestClient) -> dict[str, str]:
     if client not in _ADMIN_AUTH:
         _ADMIN_AUTH[client] = admin_headers(client)
     return _ADMIN_AUTH[client]
+
+
+def edited_csv(
+    source: Path,
+    out: Path,
+    *,
+    complete: Sequence[str] = (),
+    same_as: Mapping[str, str] | None = None,
+) -> Path:
+    """A copy of a CSV with the missing cells of ``complete`` columns set to 0, and each column
+    of ``same_as`` made a copy of another (collinear: a fit with ridge 0 is singular)."""
+    rows = list(csv.reader(source.read_text().splitlines()))
+    header = rows[0]
+    for row in rows[1:]:
+        for name in complete:
+            if row[header.index(name)] in ("", "NA"):
+                row[header.index(name)] = "0"
+        for name, other in (same_as or {}).items():
+            row[header.index(name)] = row[header.index(other)]
+    with out.open("w", newline="") as handle:
+        csv.writer(handle).writerows(rows)
+    return out

@@ -78,7 +78,9 @@ def test_compare_methods_from_the_wizard(
         page.fill("#f-name", "Which method")
         page.click("text=Create job")
         expect(page.locator("h1")).to_contain_text("Which method")
-        expect(page.locator("dl.facts")).to_contain_text("SIMICE 2.2.0 (reference")
+        expect(page.locator("dl.facts")).to_contain_text(
+            f"SIMICE {Registry.with_builtins().get('SIMICE').version} (reference"
+        )
         job_url = page.url
         job_id = job_url.rsplit("/", 1)[1]
 

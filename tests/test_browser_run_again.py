@@ -11,6 +11,7 @@ import pytest
 from playwright.sync_api import BrowserContext, expect
 
 from federation.demo import COLUMNS
+from tests.central_fixtures import edited_csv
 from tests.federation_env import ADMIN_PASSWORD, Federation, start_federation
 from tests.processes import wait_for
 from tests.test_browser import browser, context, folder, shot  # noqa: F401 - fixtures
@@ -32,7 +33,14 @@ def test_a_failed_job_offers_run_again(
 ) -> None:
     fed = lone_central
     with fed.admin() as admin:
-        # SIMI on the demo data fails: rows missing bmi often miss smoker, a predictor, too.
+        # SIMI with ridge 0 fails on data that passes every check: two equal predictors.
+        source = demo_files["central"]
+        collinear = edited_csv(
+            source,
+            source.with_name("collinear-central.csv"),
+            complete=["smoker"],
+            same_as={"cholesterol": "sbp"},
+        )
         created = admin.post(
             "/api/jobs",
             json={
@@ -41,6 +49,7 @@ def test_a_failed_job_offers_run_again(
                 "columns": list(COLUMNS),
                 "targets": [{"column": "bmi", "type": "gaussian"}],
                 "imputations": 5,
+                "parameters": {"ridge": 0},
                 "seed": 11,
             },
         )
@@ -48,7 +57,7 @@ def test_a_failed_job_offers_run_again(
         job_id = created.json()["id"]
         uploaded = admin.post(
             f"/api/jobs/{job_id}/data",
-            files={"file": ("central.csv", demo_files["central"].read_bytes(), "text/csv")},
+            files={"file": ("central.csv", collinear.read_bytes(), "text/csv")},
         )
         assert uploaded.status_code == 200, uploaded.text
         wait_for(

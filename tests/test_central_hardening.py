@@ -242,7 +242,7 @@ def test_a_job_whose_state_cannot_be_written_ends_failed(
     assert "no space left on the device" in done["message"]
     assert done["finished_at"] is not None
     assert done["results_available"] is False
-    run = portal_state(central).runs.get(job_id)
+    run = portal_state(central).store.view(job_id)
     assert run.data is None and run.result is None, "central holds nothing for a failed job"
 
 

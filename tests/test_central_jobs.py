@@ -19,13 +19,13 @@ from fastapi.testclient import TestClient
 from federation import outputs
 from federation.data import read_csv
 from federation.demo import COLUMNS
-from federation.outputs import chains_csv, long_csv, zip_bytes
+from federation.outputs import chains_csv, long_csv, methods_csv, zip_bytes
 from federation.registry import Registry
 from federation.runtime import JobResult
 from federation.simulation import simulate
 from portal_central.app import create_app
 from portal_central.errors import InvalidTransition
-from portal_central.jobs.status import ACTIVE, FINAL, TRANSITIONS, advance
+from portal_central.jobs.status import ACTIVE, FINAL, TRANSITIONS, JobState, advance
 from portal_central.models import Job
 from tests.central_fixtures import (
     ADMIN,
@@ -36,6 +36,7 @@ from tests.central_fixtures import (
     bearer,
     browser_sign_in,
     create_admin,
+    edited_csv,
     make_settings,
     meandraw_files,
     portal_state,
@@ -43,6 +44,7 @@ from tests.central_fixtures import (
     upload_algorithm,
     wait_for_state,
 )
+from tests.r_reference import run_r
 
 TARGETS = [{"column": "bmi", "type": "gaussian"}, {"column": "smoker", "type": "logistic"}]
 QUICK = {"iteration_before_first_imputation": 2, "iteration_between_imputations": 1}
@@ -127,7 +129,10 @@ def _page_text(client: TestClient, job_id: int) -> str:
 def test_create_job_by_column_name(central: TestClient) -> None:
     job = _create(central)
     assert job["state"] == "created"
-    assert job["algorithm"] == "SIMICE" and job["version"] == "2.2.0"
+    assert (
+        job["algorithm"] == "SIMICE"
+        and job["version"] == Registry.with_builtins().get("SIMICE").version
+    )
     assert job["digest"] == Registry.with_builtins().get("SIMICE").digest
     assert job["columns"] == list(COLUMNS)
     # The algorithm receives 1-based indices.
@@ -139,6 +144,7 @@ def test_create_job_by_column_name(central: TestClient) -> None:
         "imputations": 2,
         "iteration_before_first_imputation": 2,
         "iteration_between_imputations": 1,
+        "chains": "parallel",  # the default
         "ridge": 1e-5,
         "max_iter": 100,
         "min_rows": 18,  # max(10, 3p) with p = 6 columns
@@ -384,6 +390,47 @@ def test_site_users_see_only_their_jobs(central: TestClient) -> None:
 # ------------------------------------------------------------------ runs and results
 
 
+R_FROM_THE_DOWNLOAD = r"""
+suppressMessages(library(mice))
+zip <- "job-JOB-imputations.zip"
+source(unz(zip, "fip_mids.R"))
+imp <- fip_mids(zip)
+cat("method=", paste(names(imp$method), imp$method, sep = ":", collapse = "|"), "\n", sep = "")
+cat("smoker=", paste(c(class(imp$data$smoker), levels(imp$data$smoker)), collapse = "|"), "\n",
+    sep = "")
+cat("chains=", paste(dim(imp$chainMean), collapse = "|"), "\n", sep = "")
+png("plot%d.png")
+print(plot(imp))
+print(densityplot(imp))
+dev.off()
+pooled <- summary(pool(with(imp, lm(sbp ~ age + bmi + smoker))))
+cat("terms=", paste(pooled$term, collapse = "|"), "\n", sep = "")
+"""
+
+
+@pytest.mark.slow
+def test_r_builds_a_mids_from_the_downloaded_zip(
+    central: TestClient, demo_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """The zip as the portal serves it, saved as a browser saves it: fip_mids.R, sourced from
+    the zip, builds a mids whose plot() and densityplot() run and whose method names fip's."""
+    done = _run_to_completion(central, demo_files["central"])
+    archive = central.get(f"/api/jobs/{done['id']}/result?format=zip", headers=admin_auth(central))
+    assert archive.status_code == 200
+    (tmp_path / f"job-{done['id']}-imputations.zip").write_bytes(archive.content)
+
+    printed = run_r(R_FROM_THE_DOWNLOAD.replace("JOB", str(done["id"])), cwd=tmp_path)
+
+    said = dict(line.split("=", 1) for line in printed.splitlines() if "=" in line)
+    assert said["method"] == "age:|sex:|bmi:norm|sbp:|cholesterol:|smoker:logreg"
+    assert said["smoker"] == "factor|0|1"
+    between = QUICK["iteration_between_imputations"] * (_job()["imputations"] - 1)
+    cycles = QUICK["iteration_before_first_imputation"] + between
+    assert said["chains"] == f"{len(COLUMNS)}|{cycles}|1"
+    assert said["terms"] == "(Intercept)|age|bmi|smoker1"
+    assert len(list(tmp_path.glob("plot*.png"))) == 2
+
+
 def test_a_central_only_job_runs_like_the_simulation(
     central: TestClient, demo_files: dict[str, Path]
 ) -> None:
@@ -407,12 +454,24 @@ def test_a_central_only_job_runs_like_the_simulation(
     assert archive.headers["content-type"] == "application/zip"
     assert archive.content == zip_bytes(expected)
     with zipfile.ZipFile(io.BytesIO(archive.content)) as unpacked:
-        assert unpacked.namelist() == ["imputation_1.csv", "imputation_2.csv"]
+        assert unpacked.namelist() == [
+            "imputation_1.csv", "imputation_2.csv",
+            "original.csv", "methods.csv", "chains.csv", "fip_mids.R",
+        ]  # fmt: skip
 
     report = central.get(f"/api/jobs/{job_id}/report", headers=headers)
     assert report.status_code == 200
     assert report.headers["content-type"] == "application/json"
     content = json.loads(report.content)
+    # The job's page shows each participant's rows used and left out, as the report says.
+    (own,) = content["sites"]
+    assert own == {"name": "central", "rows": 800, "rows_used": 800, "left_out": {}}
+    browser_sign_in(central, ADMIN["username"], ADMIN["password"])
+    page = BeautifulSoup(central.get(f"/jobs/{job_id}").text, "html.parser")
+    rows_table = page.select_one(f"#job-{job_id}-rows")
+    assert rows_table is not None
+    cells = [td.get_text(" ", strip=True) for td in rows_table.select("tbody td")]
+    assert cells == ["central", "800", "800", "none"]
     assert content["algorithm"] == "SIMICE" and content["seed"] == 11
 
     chains = central.get(f"/api/jobs/{job_id}/result?format=chains", headers=headers)
@@ -420,16 +479,28 @@ def test_a_central_only_job_runs_like_the_simulation(
     assert f'filename="job-{job_id}-chains.csv"' in chains.headers["content-disposition"]
     assert chains.content == chains_csv(expected.report)
     assert chains.content.startswith(b"target,chain,cycle,mean,variance\n")
+
+    methods = central.get(f"/api/jobs/{job_id}/result?format=methods", headers=headers)
+    assert methods.status_code == 200
+    assert f'filename="job-{job_id}-methods.csv"' in methods.headers["content-disposition"]
+    assert methods.content == methods_csv(expected.spec.targets)
+    with zipfile.ZipFile(io.BytesIO(archive.content)) as unpacked:
+        assert unpacked.read("methods.csv") == methods.content
+        assert unpacked.read("chains.csv") == chains.content
     assert content["params"] == done["parameters"]
     assert content["digest"] == done["digest"]
 
     # The page offers the three downloads; the finished job takes no more data or cancels.
     text = _page_text(central, job_id)
     assert "completed" in text and "Long CSV" in text and "Report" in text
+    assert (
+        f'zip <- "job-{job_id}-imputations.zip"; '
+        'source(unz(zip, "fip_mids.R")); imp <- fip_mids(zip)' in text
+    )
     status, body = _upload(central, job_id, path.read_bytes())
     assert status == 409 and "completed" in body["detail"]
     assert central.post(f"/api/jobs/{job_id}/cancel", headers=headers).status_code == 409
-    assert portal_state(central).runs.get(job_id).data is None  # central's rows are dropped
+    assert portal_state(central).store.view(job_id).data is None  # central's rows are dropped
 
 
 def test_downloads_are_streamed_in_chunks_equal_to_the_built_files(
@@ -454,18 +525,29 @@ def test_downloads_are_streamed_in_chunks_equal_to_the_built_files(
         assert b"".join(chunks) == built, format
 
 
-def test_a_failing_run_is_reported(central: TestClient, demo_files: dict[str, Path]) -> None:
-    """SIMI on the demo data: rows missing bmi often miss smoker, a predictor, too."""
+def test_central_upload_that_cannot_run_is_refused_and_a_corrected_one_runs(
+    central: TestClient, demo_files: dict[str, Path]
+) -> None:
+    """SIMI on the demo data: rows missing bmi often miss smoker, a predictor, too. Central's
+    upload is refused naming the columns and suggesting SIMICE; the job is left waiting for a
+    corrected file (not failed), which then runs."""
     job = _create(central, algorithm="SIMI", targets=[TARGETS[0]], parameters={}, imputations=2)
     status, body = _upload(central, job["id"], demo_files["central"].read_bytes())
+    assert status == 422, body
+    assert body["field"] == "file"
+    assert "'bmi'" in body["detail"] and "'smoker' in " in body["detail"]
+    assert "SIMICE" in body["detail"]
+    kept = central.get(f"/api/jobs/{job['id']}", headers=admin_auth(central)).json()
+    assert kept["state"] == "created", kept
+    assert portal_state(central).store.view(job["id"]).data is None
+
+    source = demo_files["central"]
+    fixed = edited_csv(source, source.with_name("smoker-complete.csv"), complete=["smoker"])
+    status, body = _upload(central, job["id"], fixed.read_bytes())
     assert status == 200, body
     done = wait_for_state(central, job["id"], admin_auth(central))
-    assert done["state"] == "failed"
-    assert "smoker" in done["message"] and "SIMICE" in done["message"]
-    assert done["results_available"] is False
-    missing = central.get(f"/api/jobs/{job['id']}/result", headers=admin_auth(central))
-    assert missing.status_code == 409 and "failed" in missing.json()["detail"]
-    assert done["message"] in _page_text(central, job["id"])
+    assert done["state"] == "completed", done
+    assert done["results_available"] is True
 
 
 def test_central_data_must_match_the_header(
@@ -495,7 +577,7 @@ def test_central_data_must_match_the_header(
         assert status == 422, (name, body)
         assert body["field"] == "file" and name in body["detail"], (name, body)
         assert _state(central, job_id) == "created"
-    assert portal_state(central).runs.get(job_id).data is None
+    assert portal_state(central).store.view(job_id).data is None
 
     # Cancel a created job: it is over, and takes no data.
     cancelled = central.post(f"/api/jobs/{job_id}/cancel", headers=admin_auth(central))
@@ -517,7 +599,7 @@ def test_a_job_with_a_site_waits_for_it(central: TestClient, demo_files: dict[st
     assert body["state"] == "waiting"
     time.sleep(0.05)  # nothing may start without the site
     assert _state(central, job_id) == "waiting"
-    assert portal_state(central).runs.get(job_id).data is not None
+    assert portal_state(central).store.view(job_id).data is not None
 
     browser_sign_in(central, ADMIN["username"], ADMIN["password"])
     page = BeautifulSoup(central.get(f"/jobs/{job_id}").text, "html.parser")
@@ -533,7 +615,7 @@ def test_a_job_with_a_site_waits_for_it(central: TestClient, demo_files: dict[st
 
     cancelled = central.post(f"/api/jobs/{job_id}/cancel", headers=admin_auth(central))
     assert cancelled.json()["state"] == "cancelled"
-    assert portal_state(central).runs.get(job_id).data is None
+    assert portal_state(central).store.view(job_id).data is None
 
 
 @contextmanager
@@ -551,11 +633,11 @@ def test_results_are_discarded_after_a_download(
     with _portal(tmp_path, database_url, download_grace_seconds=0) as client:
         job_id = _run_to_completion(client, demo_files["central"])["id"]
         headers = admin_auth(client)
-        portal_state(client).runs.sweep()  # not downloaded yet, not expired: kept
+        portal_state(client).orchestrator.sweep()  # not downloaded yet, not expired: kept
         first = client.get(f"/api/jobs/{job_id}/result?format=long", headers=headers)
         assert first.status_code == 200
 
-        portal_state(client).runs.sweep()
+        portal_state(client).orchestrator.sweep()
         for path in ("result?format=long", "result?format=zip", "report"):
             gone = client.get(f"/api/jobs/{job_id}/{path}", headers=headers)
             assert gone.status_code == 404, path
@@ -574,7 +656,7 @@ def test_results_expire_without_a_download(
     with _portal(tmp_path, database_url, result_expiry_minutes=0.0001) as client:
         job_id = _run_to_completion(client, demo_files["central"])["id"]
         time.sleep(0.05)  # 0.0001 min = 6 ms
-        portal_state(client).runs.sweep()
+        portal_state(client).orchestrator.sweep()
         gone = client.get(f"/api/jobs/{job_id}/result?format=zip", headers=admin_auth(client))
         assert gone.status_code == 404
         assert "not downloaded in time" in gone.json()["detail"]
@@ -594,27 +676,27 @@ def test_the_transition_table() -> None:
             assert not moves
             for target in TRANSITIONS:
                 with pytest.raises(InvalidTransition, match=f"is {state}; it cannot become"):
-                    advance(Job(id=1, state=state, message=""), to=target)
+                    advance(Job(id=1, state=state, message=""), to=JobState(target))
 
     job = Job(id=7, state="completed", message="done")
     with pytest.raises(InvalidTransition, match="job 7 is completed; it cannot become running"):
-        advance(job, to="running")
+        advance(job, to=JobState.RUNNING)
     assert job.state == "completed" and job.message == "done"
 
-    for state, target in (("created", "running"), ("created", "completed"), ("waiting", "failed")):
+    for source, wanted in (("created", "running"), ("created", "completed"), ("waiting", "failed")):
         with pytest.raises(InvalidTransition):
-            advance(Job(id=1, state=state, message=""), to=target)
+            advance(Job(id=1, state=source, message=""), to=JobState(wanted))
 
     job = Job(id=2, state="created", message="")
-    advance(job, to="waiting", message="central's data is in")
+    advance(job, to=JobState.WAITING, message="central's data is in")
     assert (job.state, job.message) == ("waiting", "central's data is in")
-    advance(job, to="running")
+    advance(job, to=JobState.RUNNING)
     assert job.state == "running" and job.started_at is not None and job.finished_at is None
-    advance(job, to="completed", message="2 imputed datasets")
+    advance(job, to=JobState.COMPLETED, message="2 imputed datasets")
     assert job.finished_at is not None and job.message == "2 imputed datasets"
 
     interrupted = Job(id=3, state="running", message="")
-    advance(interrupted, to="interrupted", message="central restarted")
+    advance(interrupted, to=JobState.INTERRUPTED, message="central restarted")
     assert interrupted.state == "interrupted" and interrupted.finished_at is not None
 
 

@@ -30,7 +30,7 @@ from aiosmtpd.controller import Controller
 from tests.central_fixtures import ADMIN, SITE_PASSWORD
 
 FIP = str(Path(sys.executable).parent / "fip")
-START_SECONDS = 10.0
+START_SECONDS = 60.0
 """How long central may take to answer /health after it is started."""
 
 

@@ -196,7 +196,7 @@ def test_when_the_results_are_gone_the_page_says_so(
         drawn = client.get(f"/jobs/{job_id}/plots/bmi.svg", headers=headers)  # from the cache
         assert len(CACHE) == before + 1 and drawn.status_code == 200
         assert client.get(f"/api/jobs/{job_id}/result?format=long", headers=headers).is_success
-        portal_state(client).runs.sweep()
+        portal_state(client).orchestrator.sweep()
         gc.collect()
         assert len(CACHE) == before  # the plots went with the results
 
@@ -224,9 +224,11 @@ def test_the_page_shows_the_trace_plots_of_a_completed_simice_job(
     section = BeautifulSoup(central.get(f"/jobs/{job_id}/plots").text, "html.parser")
     report = central.get(f"/api/jobs/{job_id}/report", headers=admin_auth(central)).json()
     articles = section.select("article.trace")
+    chains = report["chains"]["chains"]  # parallel chains, the default: one per dataset
+    assert report["chains"]["kind"] == "parallel" and chains == report["params"]["imputations"]
     assert [a.select("h4")[0].get_text(" ", strip=True) for a in articles] == [
-        "bmi (gaussian, 1 chain)",
-        "smoker (logistic, 1 chain)",
+        f"bmi (gaussian, {chains} chains)",
+        f"smoker (logistic, {chains} chains)",
     ]
     for article, (name, entry) in zip(articles, report["traces"].items(), strict=True):
         image = article.find("img")
@@ -237,11 +239,22 @@ def test_the_page_shows_the_trace_plots_of_a_completed_simice_job(
         root = ET.fromstring(svg.content)
         title = root.find(f"{SVG}title")
         assert title is not None and str(title.text).startswith(f"{name} (")
-        assert root.find(f".//{SVG}g[@id='trace-mean-1']") is not None
+        for chain in range(1, chains + 1):
+            assert root.find(f".//{SVG}g[@id='trace-mean-{chain}']") is not None
         table = central.get(f"/jobs/{job_id}/traces/{name}.csv")
         assert table.status_code == 200
         rows = list(csv.DictReader(io.StringIO(table.text)))
-        assert [float(r["mean"]) for r in rows] == [p["mean"] for p in entry["chains"][0]]
+        assert [float(r["mean"]) for r in rows] == [
+            p["mean"] for points in entry["chains"] for p in points
+        ]
+        shown = article.select_one("p.rhat")
+        assert shown is not None and shown.get_text(" ", strip=True) == (
+            "R-hat over the chains: "
+            + ", ".join(
+                f"{'SD' if q == 'sd' else q} {'not available' if v is None else f'{v:.2f}'}"
+                for q, v in entry["rhat"].items()
+            )
+        )
         flagged = any(
             w.startswith(f"target '{name}' may not have settled") for w in report["warnings"]
         )

@@ -37,9 +37,9 @@ from federation.protocol import (
     encode_control,
 )
 from portal_central.app import create_app
-from portal_central.jobs.runner import PROGRESS_INTERVAL
 from portal_central.models import User
 from portal_central.security import Tokens
+from portal_central.sites.notifier import PROGRESS_INTERVAL
 from portal_central.state import CentralState
 from tests.central_fixtures import (
     SITE_PASSWORD,
@@ -271,8 +271,8 @@ def test_a_second_connection_of_a_site_replaces_the_first(insecure: TestClient) 
         assert connections.online(site_id)
         assert connections.count() == 1
         second.send_text(encode_control(Ready(job_id=str(job_id))))
-        runs = _state(insecure).runs
-        _wait(lambda: site_id in runs.get(job_id).ready, "the second connection's Ready")
+        store = _state(insecure).store
+        _wait(lambda: site_id in store.view(job_id).ready, "the second connection's Ready")
     _wait(lambda: not connections.online(site_id), "the site to go offline")
 
 
@@ -308,16 +308,16 @@ def test_ready_counts_only_for_a_job_the_site_is_part_of(insecure: TestClient) -
     _, south = approved_site(insecure, "south")
     theirs = _job(insecure, [south], name="south only")
     ours = _job(insecure, [north], name="north's")
-    runs = _state(insecure).runs
+    store = _state(insecure).store
     with _connect(insecure, bearer(access)) as socket:
         _welcome(socket)
         for job_id in (str(theirs), "999999", "not-a-number"):
             socket.send_text(encode_control(Ready(job_id=job_id)))
         socket.send_text(encode_control(Ready(job_id=str(ours))))
         # Frames are handled in order: once the last one counted, the others were seen.
-        _wait(lambda: north in runs.get(ours).ready, "the participant's Ready")
-        assert runs.get(ours).ready == {north}
-        assert runs.get(theirs).ready == set()
+        _wait(lambda: north in store.view(ours).ready, "the participant's Ready")
+        assert store.view(ours).ready == {north}
+        assert theirs not in store, "nothing is held for a job the site is not in"
         # The job waits for central's data; the site is listed as ready on the job.
         job = insecure.get(f"/api/jobs/{ours}", headers=admin_headers(insecure)).json()
         assert job["state"] == "created"
@@ -330,7 +330,7 @@ def test_heartbeats_update_last_seen(insecure: TestClient) -> None:
     _, site_id, access = _site(insecure)
     job_id = _job(insecure, [site_id])
     connections = _state(insecure).connections
-    runs = _state(insecure).runs
+    store = _state(insecure).store
     with _connect(insecure, bearer(access)) as socket:
         _welcome(socket)
         first = connections.last_seen(site_id)
@@ -338,7 +338,7 @@ def test_heartbeats_update_last_seen(insecure: TestClient) -> None:
         time.sleep(0.05)
         socket.send_text(encode_control(Heartbeat()))
         socket.send_text(encode_control(Ready(job_id=str(job_id))))
-        _wait(lambda: site_id in runs.get(job_id).ready, "the Ready after the heartbeat")
+        _wait(lambda: site_id in store.view(job_id).ready, "the Ready after the heartbeat")
         later = connections.last_seen(site_id)
         assert later is not None and later > first
 
@@ -450,12 +450,15 @@ def test_progress_reaches_a_site_a_few_times_a_second_and_the_last_always(
     arrives."""
     _, north, access = _site(insecure, "north")
     job_id = _job(insecure, [north])
-    runs = _state(insecure).runs
+    state = _state(insecure)
+    state.store.open(job_id)  # progress is kept for a job central runs
     with _connect(insecure, bearer(access)) as socket:
         _welcome(socket)
         started = time.monotonic()
         for k in range(1, 201):
-            runs.publish(job_id, JobEvent(kind="progress", message=f"fit {k}", fraction=k / 200))
+            state.broker.publish(
+                job_id, JobEvent(kind="progress", message=f"fit {k}", fraction=k / 200)
+            )
         updates: list[JobUpdate] = []
         while not updates or updates[-1].progress != 1.0:
             message = decode_control(_receive_text(socket))

@@ -71,26 +71,33 @@ def _summary(path: Path) -> list[dict[str, Any]]:
     """What the columns step keeps of a CSV: per column its name and counts, and the
     distinct values of a column of few integer codes (a categorical target's default levels)."""
     table = read_csv(path)
-    missing = np.isnan(table.values).sum(axis=0)
+    holes = np.isnan(table.values)
+    missing = holes.sum(axis=0)
     summary = []
     for j, (name, count) in enumerate(zip(table.columns, missing, strict=True)):
         cells = table.values[:, j]
         distinct = np.unique(cells[~np.isnan(cells)])
-        few = (np.round(distinct) == distinct).all() and distinct.size <= 50
+        whole = bool((np.round(distinct) == distinct).all())
         summary.append(
             {
                 "name": name,
                 "rows": table.rows,
                 "missing": int(count),
                 "binary": name in BINARY,
-                "levels": [float(v) for v in distinct] if few else [],
+                "levels": [float(v) for v in distinct] if whole and distinct.size <= 50 else [],
+                "whole": whole,
+                "negative": bool((distinct < 0).any()),
+                "missing_with": [
+                    int((holes[:, j] & holes[:, k]).sum()) for k in range(len(missing))
+                ],
             }
         )
     return summary
 
 
 def _wizard_form(central: TestClient, csrf: str, path: Path) -> dict[str, Any]:
-    """What the browser sends for a valid SIMICE job over the demo columns, central only.
+    """What the browser sends for a valid SIMICE job over the demo columns (no site ticked: the
+    wizard refuses that, so a test that creates the job adds one).
 
     ``columns_json`` is what the columns step puts in its hidden field (tested on its own).
     """
@@ -115,6 +122,8 @@ def _wizard_form(central: TestClient, csrf: str, path: Path) -> dict[str, Any]:
     }
     form["param:imputations"] = "3"
     form["param:iteration_before_first_imputation"] = "2"
+    form["param:chains"] = "parallel"  # the select's chosen option, as a browser sends it
+    form["param:site_effect"] = "none"  # likewise
     return form
 
 
@@ -172,7 +181,7 @@ def test_parameters_fragment_from_the_schema(central: TestClient) -> None:
     inputs = _parameter_inputs(response.text)
     assert {name: field.get("value") for name, field in inputs.items()} == {
         "param:imputations": "5",
-        "param:iteration_before_first_imputation": "5",
+        "param:iteration_before_first_imputation": "13",
         "param:iteration_between_imputations": "2",
         "param:ridge": "1e-05",
         "param:max_iter": "100",
@@ -189,6 +198,9 @@ def test_parameters_fragment_from_the_schema(central: TestClient) -> None:
     assert inputs["param:ridge"]["step"] == "any"
     assert not inputs["param:min_rows"].has_attr("required")  # optional: empty means default
     assert inputs["param:imputations"].has_attr("required")
+    chains = _one(_soup(response.text), "select[name='param:chains']")  # a choice: a select
+    assert [o["value"] for o in chains.select("option")] == ["parallel", "single"]
+    assert _one(chains, "option[selected]")["value"] == "parallel"
     labels = {label.get_text(strip=True) for label in _soup(response.text).select("label")}
     assert {"Imputations (M)", "Cycles before the first imputation", "Ridge"} <= labels
     (site_effect,) = _soup(response.text).select("select[name='param:site_effect']")
@@ -324,6 +336,7 @@ def test_create_a_job_through_the_wizard(central: TestClient, demo_files: dict[s
         "imputations": 3,
         "iteration_before_first_imputation": 2,
         "iteration_between_imputations": 2,
+        "chains": "parallel",
         "ridge": 1e-5,
         "max_iter": 100,
         "min_rows": 18,
@@ -337,7 +350,7 @@ def test_create_a_job_through_the_wizard(central: TestClient, demo_files: dict[s
     page = _soup(central.get(location).text)
     assert _one(page, "h1").get_text(strip=True) == "Wizard job"
     facts = _one(page, "dl.facts").get_text(" ", strip=True)
-    assert "SIMICE 2.2.0" in facts
+    assert f"SIMICE {Registry.with_builtins().get('SIMICE').version}" in facts
     assert Registry.with_builtins().get("SIMICE").digest in facts
     assert "bmi (column 3, continuous)" in facts and "smoker (column 6, binary)" in facts
     assert "imputations=3" in facts and "ridge=1e-05" in facts and "min_rows=18" in facts
@@ -438,6 +451,9 @@ def test_wizard_errors_keep_what_was_typed(
                 n: f.get("value")
                 for n, f in _parameter_inputs(response.text).items()
                 if f["type"] != "checkbox" or f.has_attr("checked")
+            } | {  # a choice is a select: its chosen option
+                str(select["name"]): _one(select, "option[selected]")["value"]
+                for select in page.select("select[name^='param:']")
             }
             assert kept == {k: v for k, v in form.items() if k.startswith("param:")}, case
             if field.startswith("param_"):
@@ -458,7 +474,10 @@ def _api_job(central: TestClient, **overrides: Any) -> int:
         "name": "page job",
         "algorithm": "SIMICE",
         "columns": list(COLUMNS),
-        "targets": [{"column": "bmi", "type": "gaussian"}],
+        "targets": [
+            {"column": "bmi", "type": "gaussian"},
+            {"column": "smoker", "type": "logistic"},
+        ],
         "imputations": 2,
         "seed": 3,
         **overrides,
@@ -517,19 +536,19 @@ def test_central_data_through_the_job_page(
 def test_job_events_stream(central: TestClient) -> None:
     job_id = _api_job(central)
     _admin(central)
-    runs = portal_state(central).runs
+    broker = portal_state(central).broker
     events: list[tuple[str, str]] = []
-    watchdog = threading.Timer(5.0, runs.publish, args=(job_id, "state"))
+    watchdog = threading.Timer(5.0, broker.publish, args=(job_id, "state"))
     with central.stream("GET", f"/jobs/{job_id}/events") as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         deadline = time.monotonic() + 5
-        while not runs.get(job_id).subscribers and time.monotonic() < deadline:
+        while not broker.subscribers(job_id) and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert runs.get(job_id).subscribers, "the page subscribed to the job's events"
+        assert broker.subscribers(job_id), "the page subscribed to the job's events"
         watchdog.start()  # should nothing arrive, this wakes the stream (and the test fails)
         try:
-            runs.publish(job_id, JobEvent(kind="log", message="hello from a test", site="north"))
+            broker.publish(job_id, JobEvent(kind="log", message="hello from a test", site="north"))
             cancelled = central.post(f"/api/jobs/{job_id}/cancel", headers=admin_auth(central))
             assert cancelled.json()["state"] == "cancelled"
             kind, data = "", ""

@@ -1,5 +1,6 @@
-"""Traces of the chained family (mean and SD of central's imputed cells per cycle, one chain)
-and the flag on a chain that has not settled (issue #12)."""
+"""Traces of the chained family (mean and SD of central's imputed cells per cycle, one chain;
+parallel chains are in test_parallel_chains.py) and the flag on a chain that has not settled
+(issue #12)."""
 
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ def run_hard(before: int, *, algorithm: str = "SIMICE", imputations: int = 2) ->
         imputations=imputations,
         iteration_before_first_imputation=before,
         iteration_between_imputations=2,
+        chains="single",
     )
 
 

@@ -25,7 +25,13 @@ from tests.helpers import builtin
 
 FIP = Path(sys.executable).parent / "fip"
 COLUMNS = ("x1", "x2", "y")
-OUTPUT_NAMES = ["imputations.zip", "imputations_long.csv", "report.json"]
+OUTPUT_NAMES = [
+    "imputations.zip",
+    "imputations_long.csv",
+    "report.json",
+    "methods.csv",
+    "fip_mids.R",
+]
 
 
 def write_csv(path: Path, values: np.ndarray, columns: tuple[str, ...] = COLUMNS) -> Path:
@@ -105,10 +111,10 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 # ---------------------------------------------------------------- a SIMI run
 
 
-def test_simi_run_writes_the_three_files(
+def test_simi_run_writes_its_files(
     small_files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Exit 0, the three files and nothing else in --out, a one-line summary and the paths."""
+    """Exit 0, the output files and nothing else in --out, a one-line summary and the paths."""
     out = tmp_path / "results"
 
     code, stdout, stderr = fip(capsys, *simi_args(small_files, out, "--imputations", "4"))
@@ -133,9 +139,12 @@ def test_simi_zip_holds_one_csv_per_imputation(
 
     with zipfile.ZipFile(out / "imputations.zip") as archive:
         names = archive.namelist()
-        frames = [pd.read_csv(io.BytesIO(archive.read(name))) for name in names]
+        frames = [pd.read_csv(io.BytesIO(archive.read(name))) for name in names[:3]]
 
-    assert names == ["imputation_1.csv", "imputation_2.csv", "imputation_3.csv"]
+    assert names == [
+        "imputation_1.csv", "imputation_2.csv", "imputation_3.csv",
+        "original.csv", "methods.csv", "fip_mids.R",
+    ]  # fmt: skip
     observed = ~np.isnan(original)
     for frame in frames:
         assert tuple(frame.columns) == COLUMNS
@@ -324,6 +333,8 @@ def test_simice_on_demo_data(
         "iteration_before_first_imputation=2",
         "--param",
         "iteration_between_imputations=1",
+        "--param",
+        "chains=single",
         "--out",
         str(out),
     )
@@ -693,7 +704,8 @@ def test_algorithms_lists_the_builtins(capsys: pytest.CaptureFixture[str]) -> No
     assert names == ["AVGMMI", "AVGMMICE", "CSLMI", "CSLMICE", "IMI", "IMICE", "SIMI", "SIMICE"]
     assert "targets: one" in stdout
     assert "targets: several" in stdout
-    assert '"iteration_before_first_imputation": 5' in stdout
+    assert '"iteration_before_first_imputation": 13' in stdout
+    assert '"chains": "parallel"' in stdout
 
 
 @pytest.mark.parametrize("name", ["SIMI", "SIMICE"])
@@ -772,7 +784,7 @@ def test_console_script_help() -> None:
 
 
 def test_console_script_runs_a_job(small_files: dict[str, Path], tmp_path: Path) -> None:
-    """A real process writes the three files; a failing one exits 1 without a traceback."""
+    """A real process writes its files; a failing one exits 1 without a traceback."""
     out = tmp_path / "results"
     done = run_fip(*simi_args(small_files, out, "--imputations", "2", "--seed", "5"))
 

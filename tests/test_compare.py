@@ -26,9 +26,17 @@ from federation.registry import Registry
 from tests.helpers import builtin, run, table
 
 COLUMNS = ("x1", "x2", "y")
-OUTPUT_NAMES = ["imputations.zip", "imputations_long.csv", "report.json"]
+OUTPUT_NAMES = [
+    "imputations.zip",
+    "imputations_long.csv",
+    "report.json",
+    "methods.csv",
+    "fip_mids.R",
+]
 KNOWN = ["AVGMMI", "AVGMMICE", "CSLMI", "CSLMICE", "IMI", "IMICE", "SIMI", "SIMICE"]
 CHAINED_PARAMS = [
+    "--param",
+    "chains=single",
     "--param",
     "iteration_before_first_imputation=2",
     "--param",
@@ -426,6 +434,7 @@ def test_summary_fits_of_a_chained_report_averages_from_the_first_imputation() -
         imputations=3,
         iteration_before_first_imputation=2,
         iteration_between_imputations=2,
+        chains="single",
     ).report
     fits = [f for f in report["fits"] if f["target"] == "y"]
     assert [f["cycle"] for f in fits] == [1, 2, 3, 4, 5, 6]

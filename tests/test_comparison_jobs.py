@@ -29,7 +29,9 @@ from federation.outputs import long_csv, zip_bytes
 from federation.registry import Algorithm, Registry, load_algorithm
 from federation.runtime import JobResult
 from federation.simulation import simulate
+from portal_central.app import create_app
 from portal_central.jobs.status import FINAL
+from portal_central.settings import CentralSettings
 from tests.central_fixtures import (
     ADMIN,
     EVERY_DATABASE,
@@ -38,6 +40,8 @@ from tests.central_fixtures import (
     approved_site,
     bearer,
     browser_sign_in,
+    create_admin,
+    edited_csv,
     htmx_headers,
     meandraw_files,
     portal_state,
@@ -333,7 +337,7 @@ def test_a_comparison_runs_every_method_on_centrals_data(
     assert done["started_at"] is not None and done["finished_at"] is not None
     assert done["results_available"] is False  # the methods hold the results
     assert [m["id"] for m in done["methods"]] == child_ids
-    assert portal_state(central).runs.get(parent_id).data is None  # central's rows are dropped
+    assert portal_state(central).store.view(parent_id).data is None  # central's rows are dropped
 
     registry = Registry.with_builtins()
     headers = admin_auth(central)
@@ -425,7 +429,8 @@ def test_a_comparison_runs_every_method_on_centrals_data(
         assert body_rows[-1][1] == "0" and body_rows[-1][4] == "0"  # SIMICE and IMICE
     assert _one(status_block, f"a[href='/jobs/{parent_id}/comparison']")
     facts = _one(page, "dl.facts").get_text(" ", strip=True)
-    assert "SIMICE 2.2.0 (reference: pooled, exact)" in facts and facts.count("reference") == 1
+    version = Registry.with_builtins().get("SIMICE").version
+    assert f"SIMICE {version} (reference: pooled, exact)" in facts and facts.count("reference") == 1
     log = _one(page, f"#job-{parent_id}-log").get_text(" ", strip=True)
     for name in names:  # each method's events are shown on the comparison's page
         assert f"{name}: started" in log and f"{name}: completed" in log
@@ -439,7 +444,12 @@ def test_a_comparison_runs_every_method_on_centrals_data(
     assert _one(child_status, f"a[href='/jobs/{parent_id}']")
     assert not child_status.select("input[type=file]")  # no upload of its own
     assert not child_status.select("table.numbers")
-    assert _one(child_page, "dl.facts").get_text(" ", strip=True).count("CSLMICE 2.2.0") == 1
+    assert (
+        _one(child_page, "dl.facts")
+        .get_text(" ", strip=True)
+        .count(f"CSLMICE {Registry.with_builtins().get('CSLMICE').version}")
+        == 1
+    )
 
     status, body = _upload(central, parent_id, path)
     assert status == 409 and "completed" in body["detail"]
@@ -453,13 +463,19 @@ def test_a_comparison_runs_every_method_on_centrals_data(
 def test_a_failed_method_leaves_the_comparison_partial_and_is_retried(
     central: TestClient, demo_files: dict[str, Path]
 ) -> None:
-    """SIMI refuses demo central's bmi (rows missing it miss smoker too); MEANDRAW, an uploaded
-    method, imputes it. The comparison is partial and keeps central's data for a retry; a retry
-    is a new child job (the failed one stays failed); cancel releases the data."""
+    """SIMI with ridge 0 fails on demo central with two equal predictors (a singular fit that
+    no check can see before it); MEANDRAW, an uploaded method, imputes bmi. The comparison is
+    partial and keeps central's data for a retry; a retry is a new child job (the failed one
+    stays failed); cancel releases the data."""
     upload_algorithm(central, meandraw_files())
-    path = demo_files["central"]
+    path = _collinear(demo_files)
     parent = _create(
-        central, algorithm="SIMI", compare=["MEANDRAW"], targets=BMI, parameters={}, seed=5
+        central,
+        algorithm="SIMI",
+        compare=["MEANDRAW"],
+        targets=BMI,
+        parameters={"ridge": 0},
+        seed=5,
     )
     parent_id = parent["id"]
     simi_id, meandraw_id = (m["id"] for m in parent["methods"])
@@ -473,9 +489,9 @@ def test_a_failed_method_leaves_the_comparison_partial_and_is_retried(
     assert partial["message"] == "SIMI did not complete; retry, or cancel to release the data"
     assert partial["finished_at"] is None
     simi, meandraw = partial["methods"]
-    assert simi["state"] == "failed" and "smoker" in simi["message"], simi
+    assert simi["state"] == "failed" and "singular" in simi["message"], simi
     assert meandraw["state"] == "completed", meandraw
-    assert portal_state(central).runs.get(parent_id).data is not None  # kept for a retry
+    assert portal_state(central).store.view(parent_id).data is not None  # kept for a retry
 
     # The completed method's results are there to download, the simulation's.
     expected = _simulated(_meandraw(), _get(central, meandraw_id), path)
@@ -553,9 +569,71 @@ def test_a_failed_method_leaves_the_comparison_partial_and_is_retried(
     assert cancelled.json()["state"] == "cancelled"
     assert cancelled.json()["message"] == "cancelled at central"
     assert [m["state"] for m in cancelled.json()["methods"]] == ["failed", "completed"]
-    assert portal_state(central).runs.get(parent_id).data is None
+    assert portal_state(central).store.view(parent_id).data is None
     late = central.post(f"/api/jobs/{third['methods'][0]['id']}/retry", headers=headers)
     assert late.status_code == 409 and "cancelled" in late.json()["detail"]
+
+
+def test_a_partial_comparisons_data_expires_and_the_comparison_says_so(
+    central: TestClient, demo_files: dict[str, Path]
+) -> None:
+    """Central's rows kept for a retry do not stay forever: once nothing used them for the
+    results' expiry time they go, and the comparison is cancelled with the reason."""
+    upload_algorithm(central, meandraw_files())
+    parent = _create(
+        central,
+        algorithm="SIMI",
+        compare=["MEANDRAW"],
+        targets=BMI,
+        parameters={"ridge": 0},
+        seed=5,
+    )
+    status, body = _upload(central, parent["id"], _collinear(demo_files))
+    assert status == 200, body
+    assert _wait(central, parent["id"], {"partial", *FINAL})["state"] == "partial"
+    state = portal_state(central)
+    assert state.store.view(parent["id"]).data is not None
+
+    state.orchestrator.sweep(now=time.monotonic() + state.store.result_seconds - 5)
+    assert _get(central, parent["id"])["state"] == "partial"  # not yet
+    state.orchestrator.sweep(now=time.monotonic() + state.store.result_seconds + 5)
+    done = _get(central, parent["id"])
+    assert done["state"] == "cancelled", done
+    assert done["message"] == (
+        "central's data was discarded from memory 60 min after the last method ran; "
+        "run the comparison again to retry"
+    )
+    assert state.store.view(parent["id"]).data is None
+    text = _page(central, parent["id"]).get_text(" ", strip=True)
+    assert "data in memory" not in text and "Run again" in text
+
+
+def test_comparison_tables_outlive_a_restart_of_central(
+    central_settings: CentralSettings, demo_files: dict[str, Path]
+) -> None:
+    """The methods' reports (fits and costs, no data) are stored: the comparison's table is
+    the same after central restarts, and the page says the imputed data is gone."""
+    with TestClient(create_app(central_settings)) as first:
+        create_admin(first)
+        parent = _create(first, algorithm="SIMI", compare=["IMI"], targets=SBP, parameters={})
+        status, body = _upload(first, parent["id"], demo_files["central"])
+        assert status == 200, body
+        assert _wait(first, parent["id"], FINAL)["state"] == "completed"
+        before = first.get(f"/api/jobs/{parent['id']}/comparison", headers=admin_auth(first))
+        assert before.status_code == 200
+        assert [m["status"] for m in before.json()["methods"]] == ["completed", "completed"]
+    with TestClient(create_app(central_settings)) as second:
+        headers = admin_auth(second)
+        after = second.get(f"/api/jobs/{parent['id']}/comparison", headers=headers)
+        assert after.json() == before.json()
+        page = _page(second, parent["id"])
+        text = page.get_text(" ", strip=True)
+        assert "No method's imputed data is in memory any more" in text
+        assert "Fits of 'sbp'" in text
+        child = parent["methods"][0]["id"]
+        child_text = _page(second, child).get_text(" ", strip=True)
+        assert "The results were not kept: central restarted" in child_text
+        assert "Long CSV" not in child_text
 
 
 def test_cancelling_a_waiting_comparison_cancels_every_method(
@@ -575,7 +653,7 @@ def test_cancelling_a_waiting_comparison_cancels_every_method(
     for method in done["methods"]:
         assert method["state"] == "cancelled"
         assert method["message"] == "cancelled at central before it ran"
-    assert portal_state(central).runs.get(parent["id"]).data is None
+    assert portal_state(central).store.view(parent["id"]).data is None
 
 
 # ------------------------------------------------------------------ the wizard
@@ -623,6 +701,13 @@ def test_the_wizard_offers_methods_of_the_same_kind(central: TestClient) -> None
     assert not _soup(central.get("/jobs/new").text).select("fieldset.compare")
 
 
+def _collinear(demo_files: dict[str, Path]) -> Path:
+    """Demo central with smoker complete (SIMI's checks pass) and cholesterol a copy of sbp."""
+    source = demo_files["central"]
+    out = source.with_name("collinear-central.csv")
+    return edited_csv(source, out, complete=["smoker"], same_as={"cholesterol": "sbp"})
+
+
 def _wizard_form(central: TestClient, csrf: str, path: Path, algorithm: str) -> dict[str, Any]:
     """What the browser sends for a one-target job on sbp, its parameter fields as offered."""
     fragment = central.get(
@@ -650,10 +735,12 @@ def _wizard_form(central: TestClient, csrf: str, path: Path, algorithm: str) -> 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # no storage
 def test_a_comparison_through_the_wizard(central: TestClient, demo_files: dict[str, Path]) -> None:
+    _, north = approved_site(central, "north")  # the wizard refuses a pooled job with no site
     csrf = browser_sign_in(central, ADMIN["username"], ADMIN["password"])
     form = {
         **_wizard_form(central, csrf, demo_files["central"], "CSLMI"),
         "compare": ["IMI", "AVGMMI"],
+        "participants": [north],
     }
 
     # An unknown method is refused next to the checkboxes; what was ticked stays ticked.
@@ -727,9 +814,14 @@ def test_cancelling_a_partial_comparison_through_a_method_says_so(
 ) -> None:
     upload_algorithm(central, meandraw_files())
     parent = _create(
-        central, algorithm="SIMI", compare=["MEANDRAW"], targets=BMI, parameters={}, seed=5
+        central,
+        algorithm="SIMI",
+        compare=["MEANDRAW"],
+        targets=BMI,
+        parameters={"ridge": 0},
+        seed=5,
     )
-    _upload(central, parent["id"], demo_files["central"])
+    _upload(central, parent["id"], _collinear(demo_files))
     assert _wait(central, parent["id"], {"partial", *FINAL})["state"] == "partial"
     simi_id = parent["methods"][0]["id"]
     response = central.post(f"/api/jobs/{simi_id}/cancel", headers=admin_auth(central))
@@ -742,10 +834,12 @@ def test_the_wizard_creates_every_comparison_it_offers(
     central: TestClient, demo_files: dict[str, Path]
 ) -> None:
     upload_algorithm(central, meandraw_files())
+    _, north = approved_site(central, "north")  # the wizard refuses a pooled job with no site
     csrf = browser_sign_in(central, ADMIN["username"], ADMIN["password"])
     form = {
         **_wizard_form(central, csrf, demo_files["central"], "SIMI"),
         "compare": ["MEANDRAW"],
+        "participants": [north],
     }
     response = central.post("/jobs", data=form, follow_redirects=False)
     errors = [p.get_text(strip=True) for p in _soup(response.text).select(".error")]
@@ -967,7 +1061,8 @@ def test_a_method_cut_off_from_a_site_is_retried_once_it_is_back(
     try:
         assert _start_everywhere(fed, parent_id, demo_files) == "running"
         gate.outage()
-        assert _fed_job(fed, first_id)["state"] == "running"  # the outage came mid-method
+        # the outage came mid-method
+        _until(fed, first_id, lambda j: j["state"] == "running", 10, "the first method's start")
         partial = _until(
             fed, parent_id, lambda j: j["state"] not in ("waiting", "running"), 30, "partial"
         )
@@ -1057,7 +1152,7 @@ def _cancelled_at_south(
     ids = [m["id"] for m in parent["methods"]]
     assert [m["algorithm"] for m in parent["methods"]] == ["SIMICE", "AVGMMICE", "IMICE"]
     assert _start_everywhere(fed, parent_id, files) == "running"
-    assert _fed_job(fed, ids[0])["state"] == "running"
+    _until(fed, ids[0], lambda j: j["state"] == "running", 10, "the first method's start")
 
     with south.api() as api:
         response = api.post(f"/api/jobs/{parent_id}/cancel")

@@ -153,8 +153,10 @@ def test_fip_simulate_runs_the_example_folder(
     assert [s["name"] for s in report["sites"]] == [CENTRAL, "north", "south"]
     assert report["round_trips"] == 3
     assert sorted(p.name for p in out.iterdir()) == [
+        "fip_mids.R",
         "imputations.zip",
         "imputations_long.csv",
+        "methods.csv",
         "report.json",
     ]
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from typing import Any
 
 from federation.job import JobEvent
 from portal_common.eventlog import grouped
@@ -68,12 +70,18 @@ def test_a_sites_event_log_survives_a_restart_of_its_portal(tmp_path: Path) -> N
     store.dispose()
 
     store, jobs = open_site()
+    listed = {"7": info, "8": {"id": 8, "state": "created"}}
+
+    async def central(path: str) -> Any:
+        return dict(listed[path.rsplit("/", 1)[-1]])
+
+    jobs.fetch_json = central
     try:
-        again = jobs._merge(dict(info))
+        again = asyncio.run(jobs.load("7"))  # the stored log is read in a worker thread
         assert [(e.at, e.kind, e.message) for e in again.events] == [
             (1.0, "log", "data loaded: north.csv, 120 rows"),
             (3.0, "log", "started: this site is ready"),
         ]
-        assert jobs._merge({"id": 8, "state": "created"}).events == []
+        assert asyncio.run(jobs.load("8")).events == []
     finally:
         store.dispose()

@@ -476,6 +476,7 @@ def test_simice_every_fit_equals_pooled_fit_of_current_data(logistic_fits: list[
         imputations=2,
         iteration_before_first_imputation=2,
         iteration_between_imputations=1,
+        chains="single",
     )
 
     fits = result.report["fits"]
@@ -569,6 +570,7 @@ def test_simice_gaussian_costs_one_round_trip_per_target_per_cycle() -> None:
         imputations=3,
         iteration_before_first_imputation=3,
         iteration_between_imputations=2,
+        chains="single",
     )
 
     assert len(result.report["fits"]) == 2 * cycles

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from bs4 import BeautifulSoup
 
 from federation.data import read_csv
 from federation.outputs import dataset_csv, long_csv, zip_bytes
@@ -89,6 +90,7 @@ def test_a_job_runs_across_processes_and_equals_the_simulation(
         archive = admin.get(f"/api/jobs/{job_id}/result", params={"format": "zip"})
         report = admin.get(f"/api/jobs/{job_id}/report").json()
         assert downloaded.status_code == 200
+        page = admin.get(f"/jobs/{job_id}").text  # every site's rows used and left out
 
     expected = asyncio.run(
         simulate(
@@ -115,6 +117,18 @@ def test_a_job_runs_across_processes_and_equals_the_simulation(
         f["coefficients"] for f in expected.report["fits"]
     ]
     assert [s["name"] for s in report["sites"]] == ["central", *(s.site_id for s in fed.sites)]
+    assert [s["left_out"] for s in report["sites"]] == [
+        s["left_out"] for s in expected.report["sites"]
+    ]
+    rows_table = BeautifulSoup(page, "html.parser").select_one(f"#job-{job_id}-rows")
+    assert rows_table is not None
+    shown = [
+        [td.get_text(" ", strip=True) for td in tr.select("td")]
+        for tr in rows_table.select("tbody tr")
+    ]
+    assert [row[:3] for row in shown] == [
+        [s["name"], str(s["rows"]), str(s["rows_used"])] for s in report["sites"]
+    ]
 
     with fed.admin() as admin:
         metrics = admin.get("/metrics").text

@@ -71,7 +71,7 @@ def test_a_cut_connection_restored_within_the_grace_period_loses_nothing(
 ) -> None:
     fed = network
     job_id = _run(fed, demo_files, "cut and restored")
-    wait_for(lambda: job_of(fed, job_id)["state"] == "running", seconds=20, what="the job to run")
+    wait_for(lambda: job_of(fed, job_id)["state"] == "running", seconds=60, what="the job to run")
     connections_before = proxied.connections
 
     proxied.cut()
@@ -105,7 +105,7 @@ def test_a_killed_site_fails_the_job_naming_it(
     fed = network
     south = fed.sites[1]
     job_id = _run(fed, demo_files, "site killed")
-    wait_for(lambda: job_of(fed, job_id)["state"] == "running", seconds=20, what="the job to run")
+    wait_for(lambda: job_of(fed, job_id)["state"] == "running", seconds=60, what="the job to run")
 
     south.process.kill()
 

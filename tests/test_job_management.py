@@ -3,6 +3,7 @@ through the JSON API and the pages, each refusal with its message."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from fastapi.testclient import TestClient
 
 from federation.demo import COLUMNS
 from portal_central.app import create_app
+from portal_central.models import JobEventRecord
 from portal_central.settings import CentralSettings
 from tests.central_fixtures import (
     ADMIN,
@@ -22,6 +24,7 @@ from tests.central_fixtures import (
     bearer,
     browser_sign_in,
     create_admin,
+    edited_csv,
     portal_state,
     token,
     wait_for_state,
@@ -60,9 +63,13 @@ def _upload(client: TestClient, job_id: int, path: Path) -> None:
 
 
 def _failed(client: TestClient, demo_files: dict[str, Path]) -> dict[str, Any]:
-    """SIMI on the demo data fails: rows missing bmi often miss smoker, a predictor, too."""
-    job = _create(client, algorithm="SIMI", targets=[TARGETS[0]], parameters={})
-    _upload(client, job["id"], demo_files["central"])
+    """SIMI fails on data that passes every check: with ridge 0, two equal predictor columns
+    make the fit singular (central's checks cannot see that before the fit)."""
+    job = _create(client, algorithm="SIMI", targets=[TARGETS[0]], parameters={"ridge": 0})
+    source = demo_files["central"]
+    collinear = source.with_name("collinear-central.csv")
+    edited_csv(source, collinear, complete=["smoker"], same_as={"cholesterol": "sbp"})
+    _upload(client, job["id"], collinear)
     done = wait_for_state(client, job["id"], admin_auth(client))
     assert done["state"] == "failed", done
     return done
@@ -153,12 +160,12 @@ def test_delete_removes_the_record_and_the_results_in_memory(
     central: TestClient, demo_files: dict[str, Path]
 ) -> None:
     done = _completed(central, demo_files)
-    runs = portal_state(central).runs
-    assert runs.get(done["id"]).result is not None
+    store = portal_state(central).store
+    assert store.has_results(done["id"])
     response = central.delete(f"/api/jobs/{done['id']}", headers=admin_auth(central))
     assert response.status_code == 204
     assert central.get(f"/api/jobs/{done['id']}", headers=admin_auth(central)).status_code == 404
-    assert done["id"] not in runs._runs
+    assert done["id"] not in store
 
 
 def test_delete_is_refused_while_the_job_holds_data(
@@ -170,7 +177,7 @@ def test_delete_is_refused_while_the_job_holds_data(
     refused = central.delete(f"/api/jobs/{job['id']}", headers=admin_auth(central))
     assert refused.status_code == 409
     assert refused.json()["detail"] == f"job {job['id']} is waiting; cancel it before deleting it"
-    assert portal_state(central).runs.get(job["id"]).data is not None
+    assert portal_state(central).store.view(job["id"]).data is not None
 
 
 def test_deleting_a_comparison_deletes_its_methods(central: TestClient) -> None:
@@ -371,14 +378,14 @@ def test_a_deleted_jobs_event_log_goes_with_it(
     central: TestClient, demo_files: dict[str, Path]
 ) -> None:
     done = _completed(central, demo_files)
-    runs = portal_state(central).runs
-    assert runs.events(done["id"])
+    logs = portal_state(central).logs
+    assert logs.events(done["id"])
     central.delete(f"/api/jobs/{done['id']}", headers=admin_auth(central))
     assert (
         central.get(f"/api/jobs/{done['id']}/events", headers=admin_auth(central)).status_code
         == 404
     )
-    assert runs.events(done["id"]) == []
+    assert logs.events(done["id"]) == []
 
 
 # ------------------------------------------------------------------ no silent failures
@@ -389,14 +396,14 @@ def test_a_run_that_fails_outside_the_algorithm_fails_its_job_and_is_logged(
 ) -> None:
     """A bug in central's own handling of a run (here: its finishing step breaks) no longer
     leaves the job 'running' with the error unseen: the job fails and the log has the trace."""
-    runs = portal_state(central).runs
+    orchestrator = portal_state(central).orchestrator
 
     def broken(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("finishing broke")
 
     job = _create(central)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(runs, "_finish", broken)
+        patch.setattr(orchestrator, "_finish", broken)
         _upload(central, job["id"], demo_files["central"])
         done = wait_for_state(central, job["id"], admin_auth(central))
     assert done["state"] == "failed"
@@ -407,17 +414,17 @@ def test_a_run_that_fails_outside_the_algorithm_fails_its_job_and_is_logged(
 def test_a_failing_background_task_is_shown_on_its_job(
     central: TestClient, caplog: pytest.LogCaptureFixture
 ) -> None:
-    runs = portal_state(central).runs
+    state = portal_state(central)
 
     async def unreachable(job_id: int, *, fresh: bool) -> None:
         raise ConnectionError("the sites' notifier is down")
 
     job = _create(central)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(runs, "_tell_sites", unreachable)
+        patch.setattr(state.notifier, "tell", unreachable)
         central.post(f"/api/jobs/{job['id']}/cancel", headers=admin_auth(central))
         wait_for(
-            lambda: any(e.kind == "warning" for e in runs.events(job["id"])),
+            lambda: any(e.kind == "warning" for e in state.logs.events(job["id"])),
             seconds=5,
             what="the warning",
         )
@@ -428,3 +435,60 @@ def test_a_failing_background_task_is_shown_on_its_job(
         "message": "telling the sites failed at central: the sites' notifier is down",
     }.items() <= next(e for e in events if e["kind"] == "warning").items()
     assert any("telling the sites failed" in r.getMessage() for r in caplog.records)
+
+
+def test_centrals_data_of_a_waiting_job_expires_and_the_job_asks_for_it_again(
+    central: TestClient, demo_files: dict[str, Path]
+) -> None:
+    """Central's rows do not wait forever for the sites: after the results' expiry time the
+    job goes back to created, says why, and its page asks for the data again."""
+    _, site_id = approved_site(central, "north")
+    job = _create(central, participants=[site_id])
+    _upload(central, job["id"], demo_files["central"])
+    state = portal_state(central)
+    assert state.store.view(job["id"]).data is not None
+    state.orchestrator.sweep(now=time.monotonic() + state.store.result_seconds + 5)
+    back = central.get(f"/api/jobs/{job['id']}", headers=admin_auth(central)).json()
+    assert back["state"] == "created", back
+    assert back["message"] == (
+        "central's data was discarded from memory after 60 min waiting for the sites; "
+        "upload it again"
+    )
+    assert state.store.view(job["id"]).data is None
+    browser_sign_in(central, ADMIN["username"], ADMIN["password"])
+    page = BeautifulSoup(central.get(f"/jobs/{job['id']}").text, "html.parser")
+    text = page.get_text(" ", strip=True)
+    assert "Upload central's own CSV to start" in text and "data in memory" not in text
+    _upload(central, job["id"], demo_files["central"])  # and it waits again
+    assert central.get(f"/api/jobs/{job['id']}", headers=admin_auth(central)).json()["state"] == (
+        "waiting"
+    )
+
+
+def test_the_event_log_cache_is_bounded_and_reads_the_stored_lines(central: TestClient) -> None:
+    """Central caches the logs of the jobs being looked at, at most ``capacity`` of them; a
+    log that left the cache is read from the database again, whole."""
+    from portal_central.jobs.eventlog import JobLogs
+    from portal_common.tasks import Tasks
+
+    state = portal_state(central)
+    jobs = [_create(central)["id"] for _ in range(3)]
+    logs = JobLogs(database=state.database, tasks=Tasks(), capacity=2)
+    with state.database.session() as session:
+        for job_id in jobs:
+            session.add(JobEventRecord(job_id=job_id, at=1.0, kind="log", message=f"hi {job_id}"))
+    for job_id in jobs:
+        assert [e.message for e in logs.events(job_id)] == [f"hi {job_id}"]
+        assert logs.cached() <= 2
+    assert [e.message for e in logs.events(jobs[0])] == [f"hi {jobs[0]}"]
+
+
+def test_the_site_notifier_forgets_a_job_once_it_ended(
+    central: TestClient, demo_files: dict[str, Path]
+) -> None:
+    """What the notifier keeps to tell a job's sites (its audience, when it last told the
+    progress) goes once the sites were told that the job ended."""
+    notifier = portal_state(central).notifier
+    done = _completed(central, demo_files)
+    assert done["state"] == "completed"
+    wait_for(lambda: notifier.known() == 0, seconds=10, what="the notifier to forget the job")

@@ -385,6 +385,7 @@ def test_imice_imputes_exactly_as_simice_without_sites() -> None:
         "imputations": 2,
         "iteration_before_first_imputation": 2,
         "iteration_between_imputations": 1,
+        "chains": "single",
     }
 
     imice = run("IMICE", central, sites, targets, seed=6, **params)
@@ -611,6 +612,7 @@ def test_chained_one_shot_methods_cost_one_request_per_target_per_cycle(algorith
         imputations=3,
         iteration_before_first_imputation=2,
         iteration_between_imputations=1,
+        chains="single",
     )
 
     assert max(f["cycle"] for f in result.report["fits"]) == cycles

@@ -16,11 +16,17 @@ import pytest
 from federation import outputs
 from federation.job import JobSpec, Target
 from federation.outputs import (
+    CHAINS_NAME,
     LONG_NAME,
+    METHODS_NAME,
+    ORIGINAL_NAME,
+    R_NAME,
     REPORT_NAME,
     ZIP_NAME,
+    chains_csv,
     long_chunks,
     long_csv,
+    methods_csv,
     write_outputs,
     zip_bytes,
     zip_chunks,
@@ -89,17 +95,84 @@ def test_zip_holds_one_csv_per_imputation_and_is_deterministic() -> None:
 
     assert first == zip_bytes(result)
     with zipfile.ZipFile(io.BytesIO(first)) as archive:
-        assert archive.namelist() == ["imputation_1.csv", "imputation_2.csv"]
+        assert archive.namelist() == [
+            "imputation_1.csv", "imputation_2.csv", ORIGINAL_NAME, METHODS_NAME, R_NAME,
+        ]  # fmt: skip
         second = pd.read_csv(archive.open("imputation_2.csv"))
     assert list(second.columns) == ["id", "x", "flag"]
     assert second["x"].tolist() == [AWKWARD[2], 0.5, AWKWARD[3]]
     assert second["flag"].tolist() == [0, 0, 1]
 
 
-def test_write_outputs_writes_the_three_files(tmp_path: Path) -> None:
+def test_the_zip_holds_what_r_needs_beside_the_data() -> None:
+    """original.csv is the long CSV's .imp 0 (the data with its missing cells), methods.csv
+    names each target's method, and fip_mids.R is the shipped function, byte for byte."""
+    result = _result()
+
+    with zipfile.ZipFile(io.BytesIO(zip_bytes(result))) as archive:
+        original = archive.read(ORIGINAL_NAME)
+        methods = archive.read(METHODS_NAME).decode()
+        function = archive.read(R_NAME)
+
+    long = pd.read_csv(io.BytesIO(long_csv(result)))
+    expected = long.loc[long[".imp"] == 0, ["id", "x", "flag"]].reset_index(drop=True)
+    pd.testing.assert_frame_equal(pd.read_csv(io.BytesIO(original)), expected)
+    assert original.splitlines()[2] == b"2,0.5,NA"
+    assert methods == "column,method,mice,class,levels\nx,gaussian,norm,numeric,\n"
+    shipped = Path(outputs.__file__).parent / "r" / R_NAME
+    assert function == shipped.read_bytes()
+    assert b"fip_mids <- function(path, chains = NULL, methods = NULL)" in function
+
+
+def test_methods_csv_names_mice_s_method_and_r_s_class_for_every_method() -> None:
+    """One row per target in the job's order: a factor's levels are the data's codes (logistic:
+    0 and 1), numbers as the data's CSV writes them."""
+    targets = (
+        Target(2, "age (y)", "gaussian"),
+        Target(3, "tv", "pmm"),
+        Target(4, "smoker", "logistic"),
+        Target(5, "region", "categorical", (1.0, 2.0, 4.0)),
+        Target(6, "stage", "ordinal", (1.0, 2.0, 3.0, 2.5)),
+        Target(7, "visits", "poisson"),
+    )
+
+    rows = methods_csv(targets).decode().splitlines()
+
+    assert rows == [
+        "column,method,mice,class,levels",
+        "age (y),gaussian,norm,numeric,",
+        "tv,pmm,pmm,numeric,",
+        "smoker,logistic,logreg,factor,0;1",
+        "region,categorical,polyreg,factor,1;2;4",
+        "stage,ordinal,polr,ordered,1;2;3;2.5",
+        "visits,poisson,poisson,numeric,",
+    ]
+
+
+def test_a_chained_job_s_zip_holds_its_chains(tmp_path: Path) -> None:
+    """SIMICE: the zip and the folder hold chains.csv, the same bytes as chains_csv."""
+    rng = np.random.default_rng(5)
+    values = rng.normal(size=(40, 2))
+    values[rng.random(40) < 0.3, 1] = np.nan
+    result = run("SIMICE", table("central", ("x", "y"), values), {}, [("y", "gaussian")])
+
+    with zipfile.ZipFile(io.BytesIO(zip_bytes(result))) as archive:
+        names = archive.namelist()
+        chains = archive.read(CHAINS_NAME)
+    written = {p.name: p.read_bytes() for p in write_outputs(result, tmp_path)}
+
+    assert names[-4:] == [ORIGINAL_NAME, METHODS_NAME, CHAINS_NAME, R_NAME]
+    assert chains == chains_csv(result.report) == written[CHAINS_NAME]
+    assert chains.decode().splitlines()[0] == "target,chain,cycle,mean,variance"
+    assert written[METHODS_NAME] == b"column,method,mice,class,levels\ny,gaussian,norm,numeric,\n"
+
+
+def test_write_outputs_writes_its_files(tmp_path: Path) -> None:
     written = write_outputs(_result(), tmp_path / "out")
 
-    assert sorted(p.name for p in written) == sorted([ZIP_NAME, LONG_NAME, REPORT_NAME])
+    assert sorted(p.name for p in written) == sorted(
+        [ZIP_NAME, LONG_NAME, REPORT_NAME, METHODS_NAME, R_NAME]
+    )
     assert json.loads((tmp_path / "out" / REPORT_NAME).read_text())["algorithm"] == "SIMI"
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(p.name for p in written)
 
@@ -263,7 +336,9 @@ def test_outputs_are_byte_identical_for_the_same_seed(tmp_path: Path) -> None:
     assert written[0] == written[1]
     with zipfile.ZipFile(io.BytesIO(written[0][ZIP_NAME])) as archive:
         assert archive.testzip() is None
-        assert archive.namelist() == ["imputation_1.csv", "imputation_2.csv", "imputation_3.csv"]
+        assert archive.namelist()[:4] == [
+            "imputation_1.csv", "imputation_2.csv", "imputation_3.csv", ORIGINAL_NAME,
+        ]  # fmt: skip
         third = archive.read("imputation_3.csv")
     frame = pd.read_csv(io.BytesIO(written[0][LONG_NAME]))
     assert frame[".imp"].max() == 3 and len(frame) == 4 * 3000

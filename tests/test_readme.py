@@ -59,7 +59,7 @@ def test_the_imputation_files_are_named_as_the_readme_says() -> None:
     with zipfile.ZipFile(io.BytesIO(zip_bytes(result))) as archive:
         names = archive.namelist()
 
-    assert names[0] == "imputation_01.csv" and names[-1] == "imputation_10.csv"
+    assert names[0] == "imputation_01.csv" and names[9] == "imputation_10.csv"
     assert "(`imputation_01.csv` … `imputation_10.csv` when M = 10" in README
 
 

@@ -92,6 +92,7 @@ def test_simice_round_trips_are_open_close_and_every_fit() -> None:
         iteration_before_first_imputation=2,
         iteration_between_imputations=1,
         ridge=1e-3,
+        chains="single",
     )
 
     fits = result.report["fits"]

@@ -641,7 +641,7 @@ class Sites:
             central=central,
             sites=tables,
             targets=[("g", "gaussian"), ("b", "logistic")],
-            params={"imputations": 2, "secure_aggregation": True},
+            params={"imputations": 2, "secure_aggregation": True, "chains": "single"},
             seed=1,
             job_id="j2",
         )
@@ -700,7 +700,11 @@ def test_a_site_given_instructions_the_others_were_not_sums_noise() -> None:
 
     impute = Op(
         name="impute",
-        args={"target": 4, "alpha": np.array([1.0, 2.0, 3.0, 0.5, 0.0]), "sigma": 0.0},
+        args={
+            "target": 4,
+            "alpha": np.array([[1.0, 2.0, 3.0, 0.5, 0.0]]),  # one chain's
+            "sigma": np.array([0.0]),
+        },
     )
     second_replies = [
         sites.masked(s, 2, scale, before=[impute] if s == "site0" else []) for s in sites.runners
@@ -740,7 +744,9 @@ def test_a_refused_masked_round_is_the_last_thing_a_site_answers_in_the_job() ->
         ],
     )
     assert isinstance(too_fine, ErrorReply) and "finer than this job allows" in too_fine.message
-    huge = Op(name="impute", args={"target": 4, "alpha": np.full(5, 1e30), "sigma": 0.0})
+    huge = Op(
+        name="impute", args={"target": 4, "alpha": np.full((1, 5), 1e30), "sigma": np.zeros(1)}
+    )
     args = {"op": "gaussian_stats", "args": {"target": 5}, "round": 1, "scale": scale}
     refused = sites.send("site0", [huge, Op(name=secure.MASKED, args=args)])
     assert isinstance(refused, ErrorReply) and "beyond the fixed-point range" in refused.message
@@ -767,7 +773,7 @@ def test_a_secure_job_may_ask_a_site_only_its_restarts_beyond_the_declared_fits(
         sites.spec.params, targets=2, rounds=runner.policy.max_newton_rounds
     )
     assert runner.budget == declared + 2 + secure.MAX_RESTARTS
-    impute = Op(name="impute", args={"target": 4, "alpha": np.zeros(5), "sigma": 1.0})
+    impute = Op(name="impute", args={"target": 4, "alpha": np.zeros((1, 5)), "sigma": np.ones(1)})
     answered = runner.requests
     sites.masked("site0", 1, 40, before=[impute])
     assert runner.requests == answered + 2

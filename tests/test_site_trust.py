@@ -147,7 +147,7 @@ def test_a_builtin_digest_is_trusted_without_a_download() -> None:
     assert "def " in code.source
     assert site.central.fetched == []
     # It starts with no approval at all.
-    site.jobs.upload(job, GOOD_CSV, "north.csv")
+    run(site.jobs.upload(job, GOOD_CSV, "north.csv"))
     run(site.jobs.start(job))
     assert site.central.sent == [Ready(job_id="1")]
     assert site.central.fetched == []
@@ -202,7 +202,7 @@ def test_a_tampered_file_is_refused_by_digest(file: str) -> None:
     assert job.algorithm is None
 
     # Approval of the genuine digest does not let the tampered code run.
-    site.jobs.upload(job, GOOD_CSV, "north.csv")
+    run(site.jobs.upload(job, GOOD_CSV, "north.csv"))
     with pytest.raises(SiteError) as not_started:
         run(site.jobs.start(job))
     assert "tampered" in _refusal(not_started)
@@ -243,7 +243,7 @@ def test_refresh_lists_central_jobs() -> None:
 def test_a_good_upload_is_held_in_memory() -> None:
     site = Site()
     job = site.add()
-    table = site.jobs.upload(job, GOOD_CSV, "north.csv")
+    table = run(site.jobs.upload(job, GOOD_CSV, "north.csv"))
     assert job.table is table
     assert table.rows == 12 and table.columns == ("a", "b", "y")
     assert table.label == "north.csv"
@@ -276,7 +276,7 @@ def test_an_upload_that_does_not_fit_the_job_is_refused(
     site = Site()
     job = site.add(**info)
     with pytest.raises(SiteError) as refused:
-        site.jobs.upload(job, content, "north.csv")
+        run(site.jobs.upload(job, content, "north.csv"))
     message = _refusal(refused)
     assert refused.value.status == 422, case
     assert refused.value.field == "file", case
@@ -290,7 +290,7 @@ def test_the_sites_own_minimum_wins_over_a_smaller_job_minimum() -> None:
     site = Site(min_rows_floor=20)
     job = site.add(min_rows=10)
     with pytest.raises(SiteError) as refused:
-        site.jobs.upload(job, GOOD_CSV, "north.csv")
+        run(site.jobs.upload(job, GOOD_CSV, "north.csv"))
     assert refused.value.status == 422
     assert "12 rows" in _refusal(refused) and "20" in _refusal(refused)
 
@@ -313,7 +313,7 @@ def test_start_needs_data_first() -> None:
 def test_start_refuses_unapproved_remote_code_then_sends_ready_once_approved() -> None:
     site = Site()
     job = site.add()
-    site.jobs.upload(job, GOOD_CSV, "north.csv")
+    run(site.jobs.upload(job, GOOD_CSV, "north.csv"))
     with pytest.raises(SiteError) as refused:
         run(site.jobs.start(job))
     assert refused.value.status == 409
@@ -328,7 +328,7 @@ def test_start_refuses_unapproved_remote_code_then_sends_ready_once_approved() -
     assert run(site.jobs.runner("1")) is job.runner
     # Once started, the data cannot be swapped under the runner.
     with pytest.raises(SiteError) as locked:
-        site.jobs.upload(job, GOOD_CSV, "other.csv")
+        run(site.jobs.upload(job, GOOD_CSV, "other.csv"))
     assert locked.value.status == 409
 
 
@@ -346,13 +346,13 @@ def test_a_start_that_cannot_reach_central_leaves_the_job_not_started(how: str) 
     site = Site()
     site.jobs.send = None if how == "no sender" else _offline
     job = site.add(algorithm="SIMI", digest=SIMI_DIGEST)
-    site.jobs.upload(job, GOOD_CSV, "north.csv")
+    run(site.jobs.upload(job, GOOD_CSV, "north.csv"))
     with pytest.raises((SiteError, CentralError)) as refused:
         run(site.jobs.start(job))
     assert "not connected" in str(refused.value)
     assert not job.started, "start failed, yet the job is marked started (ready) at the site"
     # The data can still be replaced, and Start works once the connection is back.
-    site.jobs.upload(job, GOOD_CSV, "north-fixed.csv")
+    run(site.jobs.upload(job, GOOD_CSV, "north-fixed.csv"))
     site.jobs.send = site.central.send
     run(site.jobs.start(job))
     assert site.central.sent == [Ready(job_id="1")]
@@ -362,7 +362,7 @@ def test_cancel_sends_cancel_and_drops_the_data() -> None:
     site = Site()
     site.approvals.add(MEANDRAW_DIGEST)
     job = site.add()
-    site.jobs.upload(job, GOOD_CSV, "north.csv")
+    run(site.jobs.upload(job, GOOD_CSV, "north.csv"))
     run(site.jobs.start(job))
     run(site.jobs.cancel(job))
     assert site.central.sent[-1] == Cancel(job_id="1", reason="cancelled at the site")
@@ -380,14 +380,14 @@ def test_a_finished_job_cannot_be_cancelled_started_or_given_data() -> None:
             run(action)
         assert refused.value.status == 409
     with pytest.raises(SiteError):
-        site.jobs.upload(job, GOOD_CSV, "north.csv")
+        run(site.jobs.upload(job, GOOD_CSV, "north.csv"))
     assert site.central.sent == []
 
 
 def test_central_ending_the_job_drops_the_data() -> None:
     site = Site()
     job = site.add(algorithm="SIMI", digest=SIMI_DIGEST)
-    site.jobs.upload(job, GOOD_CSV, "north.csv")
+    run(site.jobs.upload(job, GOOD_CSV, "north.csv"))
     run(site.jobs.start(job))
     run(site.jobs.on_control(JobUpdate(job_id="1", state="cancelled", message="at central")))
     assert job.state == "cancelled"
@@ -397,7 +397,7 @@ def test_central_ending_the_job_drops_the_data() -> None:
 def test_after_a_reconnect_the_site_says_ready_again_when_central_forgot() -> None:
     site = Site()
     job = site.add(algorithm="SIMI", digest=SIMI_DIGEST)
-    site.jobs.upload(job, GOOD_CSV, "north.csv")
+    run(site.jobs.upload(job, GOOD_CSV, "north.csv"))
     run(site.jobs.start(job))
     site.central.sent.clear()
     run(site.jobs.on_control(Welcome(site_id="north1", ready=["1"])))
@@ -470,7 +470,7 @@ def test_no_code_runs_at_a_site_before_approval_and_the_central_half_never(
     job = site.add(algorithm="SPY", digest=digest, target_type="gaussian")
 
     code = run(site.jobs.remote_code(job))  # what the job's page shows
-    site.jobs.upload(job, GOOD_CSV, "north.csv")
+    run(site.jobs.upload(job, GOOD_CSV, "north.csv"))
     with pytest.raises(SiteError):
         run(site.jobs.start(job))
 
@@ -544,7 +544,7 @@ def test_a_comparison_answers_only_the_methods_started_here() -> None:
 
     job = site.add(algorithm="SIMI", version=simi.version, digest=simi.digest)
     job.info["methods"] = [method(2, simi)]
-    site.jobs.upload(job, GOOD_CSV, "north.csv")
+    run(site.jobs.upload(job, GOOD_CSV, "north.csv"))
     run(site.jobs.start(job))
     swapped = {**job_info(job_id=99, algorithm="AVGMMI", version=avgmmi.version), "parent": 1}
     swapped["digest"] = avgmmi.digest
@@ -582,13 +582,16 @@ class _Socket:
     """Central's end of the site's WebSocket, as the worker sees it: records what it is sent,
     or fails every send as a dropped connection does."""
 
-    def __init__(self, *, closed: bool) -> None:
+    def __init__(self, *, closed: bool, error: Exception | None = None) -> None:
         self.closed = closed
+        self.error = error
         self.sent: list[bytes] = []
 
     async def send(self, data: bytes) -> None:
         if self.closed:
             raise ConnectionClosed(None, None)
+        if self.error is not None:
+            raise self.error
         self.sent.append(data)
 
 
@@ -613,5 +616,58 @@ def test_the_ledger_lists_a_reply_only_once_it_was_sent(tmp_path: Path) -> None:
         assert len(working.sent) == 1 and entry.bytes == len(working.sent[0])
         assert entry.note.startswith("refused: this site could not look up job 5 at central")
         assert entry.note.endswith("set central's URL in Settings first")
+    finally:
+        store.dispose()
+
+
+def test_a_reply_whose_send_failed_is_logged_shown_on_its_job_and_not_in_the_ledger(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not a dropped connection (central asks again for those) but a send that broke: the
+    worker's task fails, its failure is logged and shown on the job, and the ledger does not
+    list the reply as sent."""
+    store = Store(f"sqlite:///{tmp_path / 'site.db'}")
+    try:
+        jobs = LocalJobs(approved=store.approved)
+        job = jobs._merge(job_info(job_id=5))
+        worker = Worker(settings=SiteSettings(data_dir=tmp_path), store=store, jobs=jobs)
+        frame = encode(Request(job_id="5", seq=3, ops=[Op(name=OPEN)]))
+        broken = _Socket(closed=False, error=OSError("broken pipe"))
+
+        async def answer() -> None:
+            task = worker._tasks.spawn(worker._answer(broken, frame), what="answering central")  # type: ignore[arg-type]
+            await asyncio.gather(task, return_exceptions=True)
+            await asyncio.sleep(0)  # the task's done callback
+
+        run(answer())
+        assert store.ledger() == [] and worker.sent["messages"] == 0
+        [warning] = [e for e in job.events if e.kind == "warning"]
+        assert warning.message == "answering request 3 failed: broken pipe"
+        [record] = [r for r in caplog.records if r.getMessage() == "answering central failed"]
+        assert record.exc_info is not None
+        assert worker.detail == "answering central failed: broken pipe"
+    finally:
+        store.dispose()
+
+
+def test_the_heartbeat_ends_quietly_when_the_connection_closed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A closed connection ends the heartbeat without an error (the connection loop
+    reconnects); any other failure of it is logged by the worker's tasks."""
+    store = Store(f"sqlite:///{tmp_path / 'site.db'}")
+    try:
+        settings = SiteSettings(data_dir=tmp_path, heartbeat_seconds=0.01)
+        worker = Worker(settings=settings, store=store, jobs=LocalJobs(approved=store.approved))
+
+        async def beat(socket: _Socket) -> None:
+            task = worker._tasks.spawn(worker._heartbeat(socket), what="sending the heartbeat")  # type: ignore[arg-type]
+            await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 10)
+            await asyncio.sleep(0)
+
+        run(beat(_Socket(closed=True)))
+        assert not [r for r in caplog.records if "heartbeat" in r.getMessage()]
+        run(beat(_Socket(closed=False, error=RuntimeError("encoder bug"))))
+        assert [r.getMessage() for r in caplog.records] == ["sending the heartbeat failed"]
     finally:
         store.dispose()

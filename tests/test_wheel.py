@@ -44,6 +44,7 @@ SITE_PASSWORD = "Site-pass-2026!"
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = "federated-imputation-portal"
 RESOURCES = [
+    "federation/r/fip_mids.R",
     "portal_common/templates/base.html",
     "portal_common/templates/_macros.html",
     "portal_common/static/style.css",

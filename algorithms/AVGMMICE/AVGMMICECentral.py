@@ -4,9 +4,9 @@ every participant's own fit on its current data (one round trip per target and c
 from __future__ import annotations
 
 from algorithms import _chained
-from algorithms._federated import fit_averaged
+from algorithms._federated import averaged_chains
 from federation.runtime import CentralJob
 
 
 async def run(job: CentralJob) -> None:
-    await _chained.run(job, fit_averaged)
+    await _chained.run(job, averaged_chains)

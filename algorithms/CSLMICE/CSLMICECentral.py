@@ -4,9 +4,9 @@ fit, corrected by every participant's average gradient (one round trip per targe
 from __future__ import annotations
 
 from algorithms import _chained
-from algorithms._federated import fit_surrogate
+from algorithms._federated import surrogate_chains
 from federation.runtime import CentralJob
 
 
 async def run(job: CentralJob) -> None:
-    await _chained.run(job, fit_surrogate)
+    await _chained.run(job, surrogate_chains)

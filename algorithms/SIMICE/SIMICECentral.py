@@ -7,9 +7,9 @@ rides on the request for the next fit, so a continuous target costs one round tr
 from __future__ import annotations
 
 from algorithms import _chained
-from algorithms._federated import fit_pooled
+from algorithms._federated import pooled_chains
 from federation.runtime import CentralJob
 
 
 async def run(job: CentralJob) -> None:
-    await _chained.run(job, fit_pooled)
+    await _chained.run(job, pooled_chains)

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from algorithms import _chained
+from algorithms import _chained, _chains
 from algorithms._site import STATISTICS
 from federation.site import SiteJob
 
 
 def prepare(site: SiteJob) -> dict[str, Any]:
-    """Keep rows whose non-target columns are complete; fill each target with the site's mean."""
+    """Keep rows whose non-target columns are complete; start each target's cells in every chain
+    from draws of the site's own observed values."""
     return _chained.prepare(site)
 
 
 HANDLERS = {
     "fill_unobserved": _chained.fill_unobserved,
-    **STATISTICS,
+    **{operation: _chains.per_chain(handler) for operation, handler in STATISTICS.items()},
     "impute": _chained.impute,
 }
 LOCAL = {"completed": _chained.completed, "trace": _chained.trace}

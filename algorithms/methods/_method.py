@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
 from algorithms._stats import Fit, linear_predictor
+from algorithms.methods import _levels
 
 Ask = Callable[..., Awaitable[Mapping[str, Mapping[str, Any]]]]
 """``await ask(operation, **args)``: the operation's replies of every participant, by name."""
@@ -19,6 +21,43 @@ SiteStatistics = Callable[..., dict[str, Any]]
 
 Rows = tuple[np.ndarray, np.ndarray | None]
 """Rows of a participant as ``_stats`` lays them out (``Z``, ones last) and a mask (None: all)."""
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What a check of a column against a method reads of it: counts and kinds of its observed
+    cells (a header scan has them without holding the column), never the cells themselves."""
+
+    count: int
+    """Observed cells."""
+    missing: int
+    whole: bool = True
+    """Every observed value is a whole number."""
+    negative: bool = False
+    """Some observed value is below 0."""
+    binary: bool = True
+    """Every observed value is 0 or 1."""
+    levels: tuple[float, ...] | None = ()
+    """The distinct observed values when they are few whole numbers (at most
+    ``_levels.MAX_LEVELS``); None when there are more, or any is not whole."""
+
+    @classmethod
+    def of(cls, cells: np.ndarray) -> Observed:
+        """The counts of one column's cells (NaN: missing)."""
+        seen = cells[~np.isnan(cells)]
+        if not seen.size:
+            return cls(count=0, missing=int(cells.size))
+        distinct = np.unique(seen)
+        whole = bool((np.round(distinct) == distinct).all())
+        few = whole and distinct.size <= _levels.MAX_LEVELS
+        return cls(
+            count=int(seen.size),
+            missing=int(cells.size - seen.size),
+            whole=whole,
+            negative=bool(distinct[0] < 0),
+            binary=bool(np.isin(distinct, (0.0, 1.0)).all()),
+            levels=tuple(float(v) for v in distinct) if few else None,
+        )
 
 
 class Method(ABC):
@@ -42,10 +81,47 @@ class Method(ABC):
     levels: ClassVar[bool] = False
     """Its column takes one of the job's levels (``methods._levels``)."""
     min_levels: ClassVar[int] = 0
+    mice: ClassVar[str]
+    """R mice's name for the same model, as ``imp$method`` shows it in the ``mids`` that
+    ``fip_mids.R`` builds (``methods.csv`` of the outputs)."""
+    r_class: ClassVar[str] = "numeric"
+    """How R holds its column in that ``mids``: "numeric", or "factor" or "ordered" on
+    :meth:`factor_levels` (so that mice's plots and models treat it as mice's would)."""
+
+    def factor_levels(self, levels: Sequence[float]) -> tuple[float, ...]:
+        """The values its column takes, in order, when R holds it as a factor: the job's."""
+        return tuple(levels)
 
     def invalid(self, cells: np.ndarray, levels: Sequence[float] = ()) -> np.ndarray:
         """Mask of the observed cells (NaN: missing) its column may not hold."""
         return np.zeros(cells.shape, dtype=bool)
+
+    def check(self, observed: Observed, *, column: str, params: Mapping[str, Any]) -> str | None:
+        """Why the column (as ``observed`` counts it) cannot be a target of this method, or
+        None; ``params`` are the job's. The values' kind, then the levels; a method with more
+        to say (donors) adds to it."""
+        if not observed.count:
+            return None
+        if self.levels:
+            if observed.levels is None:
+                kind = "more than " + str(_levels.MAX_LEVELS) if observed.whole else "non-integer"
+                return (
+                    f"column '{column}' holds {kind} distinct values; {self.name} takes integer "
+                    f"codes of {self.min_levels} to {_levels.MAX_LEVELS} levels (use pmm or "
+                    "gaussian for a measurement)"
+                )
+            return self.level_problem(len(observed.levels), column=column)
+        if not self.takes(observed):
+            return (
+                f"column '{column}' holds values that are not {self.expects}, which {self.name} "
+                "needs; choose another method (pmm or gaussian for a measurement)"
+            )
+        return None
+
+    def takes(self, observed: Observed) -> bool:
+        """Its column may hold values of the kinds ``observed`` counts (``invalid`` is the same
+        rule cell by cell)."""
+        return True
 
     def level_problem(self, count: int, *, column: str) -> str | None:
         """Why a column with ``count`` levels cannot take this method, or None."""

@@ -27,6 +27,8 @@ def draw_levels(probabilities: np.ndarray, rng: np.random.Generator) -> np.ndarr
 class Categorical(NewtonMethod):
     name = "categorical"
     label = "nominal"
+    mice = "polyreg"
+    r_class = "factor"
     when = "a column of 3 or more unordered categories coded as integers (a region, a blood group)"
     expects = "one of the job's levels"
     family = _newton.CATEGORICAL

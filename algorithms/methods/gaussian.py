@@ -15,6 +15,7 @@ from federation.errors import FitError
 class Gaussian(Method):
     name = "gaussian"
     label = "continuous"
+    mice = "norm"
     when = "a measurement on a continuous scale (blood pressure, a lab value)"
     expects = "any number"
     residual_variance = True

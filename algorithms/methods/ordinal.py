@@ -32,6 +32,8 @@ def probabilities(eta: np.ndarray, zeta: np.ndarray) -> np.ndarray:
 class Ordinal(NewtonMethod):
     name = "ordinal"
     label = "ordered"
+    mice = "polr"
+    r_class = "ordered"
     when = "3 or more ordered categories coded as integers (a stage, a grade, a Likert score)"
     expects = "one of the job's levels"
     family = _newton.ORDINAL

@@ -11,18 +11,31 @@ import numpy as np
 
 from algorithms import _pmm
 from algorithms._stats import Fit, linear_predictor
-from algorithms.methods._method import Rows
+from algorithms.methods._method import Observed, Rows
 from algorithms.methods.gaussian import Gaussian
 
 
 class Pmm(Gaussian):
     name = "pmm"
     label = "matched"
+    mice = "pmm"
     when = (
         "a continuous or count column whose values must stay plausible (skewed, bounded, "
         "integer): imputes only values observed at the imputing site"
     )
     expects = "any number"
+
+    def check(self, observed: Observed, *, column: str, params: Mapping[str, Any]) -> str | None:
+        """Donors are the imputing participant's own observed rows: a column with missing cells
+        needs at least ``donors`` observed ones."""
+        donors = int(params.get("donors") or _pmm.DONORS)
+        if observed.missing and observed.count < donors:
+            return (
+                f"column '{column}' is imputed by pmm from this table's own observed values, but "
+                f"only {observed.count} are observed, fewer than the {donors} donors (parameter "
+                "'donors'); lower it or choose gaussian"
+            )
+        return super().check(observed, column=column, params=params)
 
     def draw(self, fit: Fit, rng: np.random.Generator, *, target: str) -> dict[str, Any]:
         """The Gaussian draw (alpha, sigma) and the fit's beta, on which donors are matched."""

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from algorithms import _newton
+from algorithms.methods._method import Observed
 from algorithms.methods._newton_method import NewtonMethod, newton_replies
 from federation.errors import FitError
 
@@ -18,10 +19,14 @@ LOG_MEAN_LIMIT = 40.0
 class Poisson(NewtonMethod):
     name = "poisson"
     label = "count"
+    mice = "poisson"  # mice has no count method; "poisson" is the countimp package's
     when = "a count of events (visits, lesions); pmm is safer when counts are overdispersed"
     expects = "counts (whole numbers >= 0)"
     family = _newton.POISSON
     replies = newton_replies("poisson", dims="p", levels=False, extra={"overflow": "count"})
+
+    def takes(self, observed: Observed) -> bool:
+        return observed.whole and not observed.negative
 
     def invalid(self, cells: np.ndarray, levels: Sequence[float] = ()) -> np.ndarray:
         with np.errstate(invalid="ignore"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from email.message import EmailMessage
 from pathlib import Path
@@ -45,12 +46,15 @@ class Mailer:
             raise ValueError(f"mail template {template}.txt must start with 'Subject: '")
         return first.removeprefix("Subject: ").strip(), body.lstrip("\n")
 
+    def _to_outbox(self, to: str, subject: str, body: str) -> None:
+        with self._database.session() as session:
+            session.add(OutboxMail(to_address=to, subject=subject, body=body))
+
     async def send(self, *, to: str, template: str, **context: Any) -> None:
         subject, body = self.render(template, **context)
         settings = self._settings
         if settings.smtp_host is None:
-            with self._database.session() as session:
-                session.add(OutboxMail(to_address=to, subject=subject, body=body))
+            await asyncio.to_thread(self._to_outbox, to, subject, body)
             log.info("mail to %s stored in the outbox: %s", to, subject)
             return
         message = EmailMessage()

@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from portal_central.accounts.mail import MailError
 from portal_central.accounts.passwords import ResetLink
+from portal_central.accounts.status import AccountStatus, Role
 from portal_central.models import User
 from portal_central.state import CentralState
 
@@ -24,13 +25,13 @@ async def tell_admins_of_registration(state: CentralState, user_id: int) -> None
             user = session.get(User, user_id)
             admins = session.execute(
                 select(User.username, User.email).where(
-                    User.role == "admin", User.status == "approved"
+                    User.role == Role.ADMIN, User.status == AccountStatus.APPROVED
                 )
             ).all()
             return user, [(name, email) for name, email in admins]
 
     user, admins = await asyncio.to_thread(read)
-    if user is None or user.status != "pending":
+    if user is None or user.status != AccountStatus.PENDING:
         return
     for name, address in admins:
         try:

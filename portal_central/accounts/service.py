@@ -12,6 +12,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from portal_central.accounts import throttle
+from portal_central.accounts.status import AccountStatus, Role
 from portal_central.accounts.throttle import Throttle
 from portal_central.errors import (
     Conflict,
@@ -46,15 +47,23 @@ EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 SITE_ID_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"  # no 0/o, 1/l/i
 SITE_ID_LENGTH = 6
 
-STATUS_TRANSITIONS: dict[str, dict[str, str]] = {
-    "approve": {"pending": "approved", "rejected": "approved"},
-    "reject": {"pending": "rejected"},
-    "disable": {"approved": "disabled"},
-    "enable": {"disabled": "approved"},
+STATUS_TRANSITIONS: dict[str, dict[str, AccountStatus]] = {
+    "approve": {
+        AccountStatus.PENDING: AccountStatus.APPROVED,
+        AccountStatus.REJECTED: AccountStatus.APPROVED,
+    },
+    "reject": {AccountStatus.PENDING: AccountStatus.REJECTED},
+    "disable": {AccountStatus.APPROVED: AccountStatus.DISABLED},
+    "enable": {AccountStatus.DISABLED: AccountStatus.APPROVED},
 }
 """For each admin action, the statuses it applies to and the status it leads to."""
-STATUSES = ("pending", "approved", "rejected", "disabled")
-DELETED = "deleted"
+STATUSES = (
+    AccountStatus.PENDING,
+    AccountStatus.APPROVED,
+    AccountStatus.REJECTED,
+    AccountStatus.DISABLED,
+)
+DELETED = AccountStatus.DELETED
 """The status of a deleted account's nameless row (kept only while finished jobs name it)."""
 UNFINISHED_JOB_STATES = ("created", "waiting", "running", "partial")
 """Job states in which an account named by the job cannot be deleted."""
@@ -88,8 +97,8 @@ def register(
         email=email,
         institution=institution,
         password_hash=passwords.hash(password),
-        role="site",
-        status="pending",
+        role=Role.SITE,
+        status=AccountStatus.PENDING,
         token_version=0,
     )
     session.add(user)
@@ -108,8 +117,8 @@ def create_admin(
         email=email.strip(),
         institution="central",
         password_hash=passwords.hash(password),
-        role="admin",
-        status="approved",
+        role=Role.ADMIN,
+        status=AccountStatus.APPROVED,
         decided_at=utcnow(),
         token_version=0,
     )
@@ -160,11 +169,12 @@ def authenticate(
         return SignIn(None, Unauthorized(WRONG))
     assert user is not None
     throttle.succeeded(session, username=name)
-    refusal = {
-        "pending": "your registration is waiting for an admin's approval",
-        "rejected": "your registration was not approved; contact central's admin",
-        "disabled": "your account is disabled; contact central's admin",
-    }.get(user.status)
+    refusals: dict[str, str] = {
+        AccountStatus.PENDING: "your registration is waiting for an admin's approval",
+        AccountStatus.REJECTED: "your registration was not approved; contact central's admin",
+        AccountStatus.DISABLED: "your account is disabled; contact central's admin",
+    }
+    refusal = refusals.get(user.status)
     if refusal:
         return SignIn(None, Forbidden(refusal))
     return SignIn(user)
@@ -189,7 +199,7 @@ def decide(*, session: Session, user_id: int, action: str, now: datetime | None 
     moves = STATUS_TRANSITIONS.get(action)
     if moves is None:
         raise NotFound(f"no action '{action}'")
-    if user.role == "admin":
+    if user.role == Role.ADMIN:
         raise Forbidden("admin accounts are managed with `fip central create-admin`")
     if user.status not in moves:
         raise InvalidTransition(f"cannot {action} an account that is {user.status}")
@@ -230,11 +240,11 @@ def delete_account(*, session: Session, user_id: int, by: User) -> Deleted:
     institution stays so that their record still says who took part; otherwise the row goes.
     """
     user = get_user(session=session, user_id=user_id)
-    if user.role == "admin":
+    if user.role == Role.ADMIN:
         admins = session.scalar(
             select(func.count())
             .select_from(User)
-            .where(User.role == "admin", User.status != DELETED)
+            .where(User.role == Role.ADMIN, User.status != DELETED)
         )
         if (admins or 0) <= 1:
             raise Conflict(
@@ -291,7 +301,9 @@ def delete_account(*, session: Session, user_id: int, by: User) -> Deleted:
 
 def pending_count(session: Session) -> int:
     """Registrations waiting for an admin (the badge in the admins' navigation)."""
-    count = session.scalar(select(func.count()).select_from(User).where(User.status == "pending"))
+    count = session.scalar(
+        select(func.count()).select_from(User).where(User.status == AccountStatus.PENDING)
+    )
     return count or 0
 
 
@@ -300,7 +312,7 @@ def admin_addresses(session: Session) -> list[str]:
     return list(
         session.scalars(
             select(User.email)
-            .where(User.role == "admin", User.status == "approved")
+            .where(User.role == Role.ADMIN, User.status == AccountStatus.APPROVED)
             .order_by(User.id)
         )
     )
@@ -366,7 +378,7 @@ def issue_tokens(
     now = utcnow()
     if family is None:
         family = secrets.token_hex(16)
-        if user.role == "site":
+        if user.role == Role.SITE:
             session.execute(
                 update(RefreshToken)
                 .where(RefreshToken.user_id == user.id, RefreshToken.revoked_at.is_(None))
@@ -419,7 +431,7 @@ def refresh_tokens(
                 "a used refresh token of user %s came back: its family is revoked", stored.user_id
             )
         return Refreshed(None, invalid)
-    if stored.user.status != "approved":
+    if stored.user.status != AccountStatus.APPROVED:
         return Refreshed(None, Forbidden(f"the account is {stored.user.status}"))
     stored.revoked_at = now
     pair = issue_tokens(

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
 
 from federation.errors import InputError
 from federation.uploads import multipart_schema
@@ -69,12 +70,21 @@ async def upload(request: Request, admin: AdminUser, state: StateDep) -> Version
     <Name>Central.py, <Name>Remote.py, params.json); it is validated and run once before it is
     stored. Read after the token is checked, in memory, within FIP_CENTRAL_MAX_FORM_BYTES."""
     algorithm = await store.validate_upload_async(await read_upload(request))
-    with state.database.session() as session:
-        store.store(session=session, registry=state.registry, algorithm=algorithm, uploader=admin)
-        info = store.current(
-            session=session, registry=state.registry, name=algorithm.name, version=algorithm.version
-        )
-    return VersionOut.of(info)
+
+    def keep() -> VersionOut:
+        with state.database.session() as session:
+            store.store(
+                session=session, registry=state.registry, algorithm=algorithm, uploader=admin
+            )
+            info = store.current(
+                session=session,
+                registry=state.registry,
+                name=algorithm.name,
+                version=algorithm.version,
+            )
+        return VersionOut.of(info)
+
+    return await run_in_threadpool(keep)
 
 
 @router.get("/{name}/{version}/files/{file_name}", response_class=PlainTextResponse)

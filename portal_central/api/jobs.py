@@ -8,10 +8,12 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field, field_validator
+from starlette.concurrency import run_in_threadpool
 
 from algorithms import methods
 from federation.errors import InputError
 from federation.uploads import multipart_schema
+from portal_central.accounts.status import Role
 from portal_central.deps import AdminUser, CurrentUser, StateDep, data_upload
 from portal_central.errors import NotFound
 from portal_central.jobs import analysis, service
@@ -119,7 +121,7 @@ class JobOut(BaseModel):
     @classmethod
     def of(cls, job: Job, *, results: bool, viewer: User | None = None) -> JobOut:
         """The job as ``viewer`` may see it (a site reads only its own part of a failure)."""
-        site_id = viewer.site_id if viewer is not None and viewer.role == "site" else None
+        site_id = viewer.site_id if viewer is not None and viewer.role == Role.SITE else None
         return cls(
             id=job.id,
             name=job.name,
@@ -185,7 +187,7 @@ def create(body: JobIn, admin: AdminUser, state: StateDep) -> JobOut:
             compare=body.compare,
         )
         if body.analysis is not None:
-            analysis.request_analysis(state.runs, job, body.analysis.model, body.analysis.family)
+            analysis.request_analysis(state.store, job, body.analysis.model, body.analysis.family)
         job_id = job.id
     return _out(state, job_id, admin)
 
@@ -195,7 +197,7 @@ def list_jobs(user: CurrentUser, state: StateDep) -> list[JobOut]:
     """Admins see every job; a site user sees the jobs its site is in."""
     with state.database.session() as session:
         return [
-            JobOut.of(j, results=state.runs.get(j.id).result is not None, viewer=user)
+            JobOut.of(j, results=state.store.has_results(j.id), viewer=user)
             for j in service.list_jobs(session=session, user=user)
         ]
 
@@ -217,7 +219,7 @@ async def upload_data(request: Request, job_id: RowId, admin: AdminUser, state: 
     error = await take_central_data(request, state, job_id, admin)
     if error is not None:
         raise error
-    return _out(state, job_id, admin)
+    return await run_in_threadpool(_out, state, job_id, admin)
 
 
 class CancelIn(BaseModel):
@@ -234,10 +236,9 @@ async def cancel(
 ) -> JobOut:
     """Cancel a job everywhere, with an optional reason the sites are shown too."""
     reason = service.cancel_reason(body.reason if body is not None else "")
-    with state.database.session() as session:
-        service.get_job(session=session, job_id=job_id, user=admin)
-    await state.runs.cancel(job_id, note=reason)
-    return _out(state, job_id, admin)
+    await run_in_threadpool(_out, state, job_id, admin)  # 404 unless the job is there
+    await state.orchestrator.cancel(job_id, note=reason)
+    return await run_in_threadpool(_out, state, job_id, admin)
 
 
 class EventOut(BaseModel):
@@ -255,7 +256,7 @@ def events(job_id: RowId, user: CurrentUser, state: StateDep) -> list[EventOut]:
         service.get_job(session=session, job_id=job_id, user=user)
     return [
         EventOut(at=e.at, kind=e.kind, site=e.site, message=e.message)
-        for e in state.runs.events(job_id)
+        for e in state.logs.events(job_id)
     ]
 
 
@@ -287,17 +288,16 @@ def delete(job_id: RowId, admin: AdminUser, state: StateDep) -> Response:
     with state.database.session() as session:
         job = service.get_job(session=session, job_id=job_id, user=admin)
         deleted = service.delete_job(session=session, job=job)
-    state.runs.forget(deleted)
+    state.orchestrator.forget(deleted)
     return Response(status_code=204)
 
 
 @router.post("/{job_id}/retry")
 async def retry(job_id: RowId, admin: AdminUser, state: StateDep) -> JobOut:
     """Run a comparison's failed or cancelled method again (a new child job); the comparison."""
-    with state.database.session() as session:
-        service.get_job(session=session, job_id=job_id, user=admin)
-    parent_id = await state.runs.retry(job_id)
-    return _out(state, parent_id, admin)
+    await run_in_threadpool(_out, state, job_id, admin)  # 404 unless the job is there
+    parent_id = await state.orchestrator.retry(job_id)
+    return await run_in_threadpool(_out, state, parent_id, admin)
 
 
 @router.get("/{job_id}/comparison")
@@ -308,7 +308,7 @@ def comparison(job_id: RowId, admin: AdminUser, state: StateDep) -> dict[str, An
         job = service.get_job(session=session, job_id=job_id, user=admin)
         if not job.is_comparison:
             raise NotFound(f"job {job_id} is not a comparison")
-        return state.runs.comparison(job)
+        return state.orchestrator.comparison(job)
 
 
 @router.get("/{job_id}/result", response_class=Response)
@@ -316,13 +316,15 @@ def result(
     job_id: RowId,
     admin: AdminUser,
     state: StateDep,
-    format: Literal["zip", "long", "chains"] = "zip",
+    format: Literal["zip", "long", "chains", "methods"] = "zip",
 ) -> Response:
-    """The imputed datasets: a zip of CSVs, or one long CSV (R mice's layout); ``chains``: the
-    chain means and variances of a chained job (target, chain, cycle, mean, variance)."""
+    """The imputed datasets: a zip of CSVs (with original.csv, methods.csv, chains.csv and
+    fip_mids.R, which builds an R mice mids from them), or one long CSV (R mice's layout);
+    ``chains``: the chain means and variances of a chained job (target, chain, cycle, mean,
+    variance); ``methods``: each target's method, mice's name for it, and how R holds it."""
     with state.database.session() as session:
         job = service.get_job(session=session, job_id=job_id, user=admin)
-    return result_response(runs=state.runs, job=job, format=format)
+    return result_response(store=state.store, job=job, format=format)
 
 
 @router.get("/{job_id}/report", response_class=Response)
@@ -330,7 +332,7 @@ def report(job_id: RowId, admin: AdminUser, state: StateDep) -> Response:
     """The job's report.json (fits, sites' rows, traffic)."""
     with state.database.session() as session:
         job = service.get_job(session=session, job_id=job_id, user=admin)
-    return result_response(runs=state.runs, job=job, format="report")
+    return result_response(store=state.store, job=job, format="report")
 
 
 @router.post("/{job_id}/analysis")
@@ -342,7 +344,9 @@ def analyse(job_id: RowId, body: AnalysisIn, admin: AdminUser, state: StateDep) 
     job's report. 422 names a column the model cannot find or a fit that fails."""
     with state.database.session() as session:
         job = service.get_job(session=session, job_id=job_id, user=admin)
-        return analysis.analyse_job(runs=state.runs, job=job, model=body.model, family=body.family)
+        return analysis.analyse_job(
+            store=state.store, session=session, job=job, model=body.model, family=body.family
+        )
 
 
 @router.get("/{job_id}/analysis")
@@ -350,10 +354,10 @@ def get_analysis(job_id: RowId, admin: AdminUser, state: StateDep) -> dict[str, 
     """The job's pooled analysis (404 when none was named); it outlives the datasets."""
     with state.database.session() as session:
         job = service.get_job(session=session, job_id=job_id, user=admin)
-        return analysis.stored_analysis(state.runs, job)
+        return analysis.stored_analysis(session, job)
 
 
 def _out(state: CentralState, job_id: int, user: User) -> JobOut:
     with state.database.session() as session:
         job = service.get_job(session=session, job_id=job_id, user=user)
-        return JobOut.of(job, results=state.runs.get(job_id).result is not None, viewer=user)
+        return JobOut.of(job, results=state.store.has_results(job_id), viewer=user)

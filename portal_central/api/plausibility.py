@@ -22,4 +22,4 @@ def plausibility_numbers(job_id: RowId, admin: AdminUser, state: StateDep) -> di
     were discarded, 409 before the job completed or for a comparison."""
     with state.database.session() as session:
         job = service.get_job(session=session, job_id=job_id, user=admin)
-        return plausibility.numbers(state.runs, job)
+        return plausibility.numbers(state.store, job)

@@ -13,7 +13,7 @@ from pydantic import BaseModel, NonNegativeInt, ValidationError
 
 from algorithms import methods
 from algorithms.methods._levels import MAX_LEVELS
-from federation.data import CsvStream
+from federation.data import CsvStream, Table
 from federation.diagnostics import MissingPattern, md_pattern_of_counts
 
 MAX_PATTERNS = 100_000
@@ -33,6 +33,31 @@ class ColumnSummary:
     levels: tuple[float, ...] = ()
     """Its distinct observed values when they are few integers (a categorical or ordinal
     target's default levels), else empty."""
+    whole: bool = True
+    """Every observed value is a whole number."""
+    negative: bool = False
+    """Some observed value is below 0."""
+    missing_with: tuple[int, ...] = ()
+    """Rows where this column and each column (in the header's order) are both missing; empty
+    when not counted (a job's columns without a file)."""
+
+    @property
+    def counted(self) -> bool:
+        """The counts come from a file (a job's definition alone has names only)."""
+        return self.rows > 0
+
+    @property
+    def observed(self) -> methods.Observed:
+        """What a method's check reads of the column."""
+        count = self.rows - self.missing
+        return methods.Observed(
+            count=count,
+            missing=self.missing,
+            whole=self.whole,
+            negative=self.negative,
+            binary=self.binary or not count,
+            levels=self.levels if self.levels or not count else None,
+        )
 
     @property
     def missing_share(self) -> float:
@@ -54,6 +79,9 @@ class HeaderReader:
         self._missing = np.zeros(0, dtype=np.int64)
         self._observed = np.zeros(0, dtype=np.int64)
         self._binary = np.zeros(0, dtype=bool)
+        self._whole = np.zeros(0, dtype=bool)
+        self._negative = np.zeros(0, dtype=bool)
+        self._together = np.zeros((0, 0), dtype=np.int64)
         self._patterns: dict[bytes, int] = {}
         self.uncounted_rows = 0
         """Rows whose pattern was new after MAX_PATTERNS distinct ones were counted."""
@@ -64,15 +92,21 @@ class HeaderReader:
 
     def finish(self) -> list[ColumnSummary]:
         self._count(self._csv.finish())
+        return self._summaries(self._csv.columns, self._csv.rows)
+
+    def _summaries(self, columns: Sequence[str], rows: int) -> list[ColumnSummary]:
         return [
             ColumnSummary(
                 name=name,
-                rows=self._csv.rows,
+                rows=rows,
                 missing=int(self._missing[index]),
                 binary=bool(self._observed[index]) and bool(self._binary[index]),
                 levels=tuple(sorted(self._values[index] or ())),
+                whole=bool(self._whole[index]),
+                negative=bool(self._negative[index]),
+                missing_with=tuple(int(n) for n in self._together[index]),
             )
-            for index, name in enumerate(self._csv.columns)
+            for index, name in enumerate(columns)
         ]
 
     def _count(self, blocks: list[tuple[np.ndarray, np.ndarray]]) -> None:
@@ -82,7 +116,14 @@ class HeaderReader:
                 self._missing = np.zeros(width, dtype=np.int64)
                 self._observed = np.zeros(width, dtype=np.int64)
                 self._binary = np.ones(width, dtype=bool)
+                self._whole = np.ones(width, dtype=bool)
+                self._negative = np.zeros(width, dtype=bool)
+                self._together = np.zeros((width, width), dtype=np.int64)
             missing = np.isnan(values)
+            holes = missing.astype(np.int64)
+            self._together += holes.T @ holes
+            self._negative |= np.any(~missing & (values < 0), axis=0)
+            self._whole &= np.all(missing | (np.round(values) == values), axis=0)
             self._missing += missing.sum(axis=0)
             self._observed += (~missing).sum(axis=0)
             self._binary &= np.all(missing | (values == 0) | (values == 1), axis=0)
@@ -118,6 +159,13 @@ class HeaderReader:
         )
         missing = np.unpackbits(packed, axis=1, count=width).astype(bool)
         return md_pattern_of_counts(self._csv.columns, missing, list(self._patterns.values()))
+
+
+def summarize_table(table: Table) -> list[ColumnSummary]:
+    """The same counts of a table already read (central's upload, checked as its header was)."""
+    reader = HeaderReader(label=table.label)
+    reader._count([(table.values, np.arange(table.rows))])
+    return reader._summaries(table.columns, table.rows)
 
 
 def summarize(content: bytes, *, label: str) -> list[ColumnSummary]:

@@ -10,13 +10,20 @@ from __future__ import annotations
 
 import re
 
+from portal_common.states import JobState
+
+CENTRAL_REFUSED = "central's data was refused: "
+"""The start of the message of a job whose central file was refused as it opened (it waits for
+a corrected one): the reason is central's business, a site reads only that central is at it."""
 _SITE = re.compile(r"(?:^|; )site '([a-z0-9_-]{1,40})': ")
 FAILED_AT_CENTRAL = "failed at central"
 
 
 def for_viewer(message: str, *, state: str, site_id: str | None) -> str:
     """``message`` (of a job in ``state``) for a site's account, or whole for ``site_id=None``."""
-    if site_id is None or state != "failed":
+    if site_id is not None and message.startswith(CENTRAL_REFUSED):
+        return "waiting for central to give a corrected file"
+    if site_id is None or state != JobState.FAILED:
         return message
     marks = list(_SITE.finditer(message))
     if not marks or marks[0].start() != 0:

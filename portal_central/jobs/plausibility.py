@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from portal_central.errors import Conflict, NotFound
-from portal_central.jobs.runner import Runs
+from portal_central.jobs.store import RunStore
 from portal_central.models import Job
 
 if TYPE_CHECKING:
@@ -47,64 +47,64 @@ CACHE: PlotCache[TargetPlot] = PlotCache()
 TRACES: PlotCache[TracePlot] = PlotCache()
 
 
-def gone_message(runs: Runs, job: Job) -> str | None:
+def gone_message(store: RunStore, job: Job) -> str | None:
     """Why a completed job has no plots (its results were discarded), or None when it has."""
-    run = runs.get(job.id)
+    run = store.view(job.id)
     if run.result is not None:
         return None
-    why = run.purged or "not kept: central restarted"
+    why = run.purged or "discarded from memory (or not kept: central restarted)"
     return f"The results of job {job.id} were {why}; the plausibility plots went with them."
 
 
-def job_plots(runs: Runs, job: Job) -> list[TargetPlot]:
+def job_plots(store: RunStore, job: Job) -> list[TargetPlot]:
     """Every target's plot and numbers; 409 for a comparison or a job without results yet,
     404 once the results were discarded."""
     from federation.plots import plausibility
 
-    return CACHE.get(_result(runs, job), plausibility)
+    return CACHE.get(_result(store, job), plausibility)
 
 
-def job_traces(runs: Runs, job: Job) -> list[TracePlot]:
+def job_traces(store: RunStore, job: Job) -> list[TracePlot]:
     """Every target's trace plot and numbers (none unless the job ran a chained algorithm);
     the same errors as :func:`job_plots`."""
     from federation.plots import traces
 
-    return TRACES.get(_result(runs, job), traces)
+    return TRACES.get(_result(store, job), traces)
 
 
-def _result(runs: Runs, job: Job) -> JobResult:
+def _result(store: RunStore, job: Job) -> JobResult:
     if job.is_comparison:
         ids = ", ".join(f"{c.algorithm.name}: job {c.id}" for c in job.methods)
         raise Conflict(
             f"job {job.id} is a comparison: each method's plots are on its own job's page ({ids})"
         )
-    run = runs.get(job.id)
+    run = store.view(job.id)
     if run.result is None:
         if run.purged:
-            raise NotFound(gone_message(runs, job) or "")
+            raise NotFound(gone_message(store, job) or "")
         raise Conflict(f"job {job.id} is {job.state}; it has no imputations to plot")
     return run.result
 
 
-def target_plot(runs: Runs, job: Job, target: str) -> TargetPlot:
-    for plot in job_plots(runs, job):
+def target_plot(store: RunStore, job: Job, target: str) -> TargetPlot:
+    for plot in job_plots(store, job):
         if plot.name == target:
             return plot
     names = ", ".join(t["name"] for t in job.targets)
     raise NotFound(f"job {job.id} has no target named '{target}' (its targets: {names})")
 
 
-def target_trace(runs: Runs, job: Job, target: str) -> TracePlot:
-    for plot in job_traces(runs, job):
+def target_trace(store: RunStore, job: Job, target: str) -> TracePlot:
+    for plot in job_traces(store, job):
         if plot.name == target:
             return plot
-    names = ", ".join(plot.name for plot in job_traces(runs, job)) or "none: not a chained job"
+    names = ", ".join(plot.name for plot in job_traces(store, job)) or "none: not a chained job"
     raise NotFound(f"job {job.id} has no trace for a target named '{target}' (its traces: {names})")
 
 
-def numbers(runs: Runs, job: Job) -> dict[str, Any]:
+def numbers(store: RunStore, job: Job) -> dict[str, Any]:
     """The numbers of every plot, for the API."""
-    plots = job_plots(runs, job)
+    plots = job_plots(store, job)
     return {
         "job": job.id,
         "imputations": plots[0].numbers.imputations if plots else 0,

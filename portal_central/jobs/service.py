@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,15 +14,25 @@ from algorithms import methods as methods_registry
 from federation import secure
 from federation.compare import reference_for
 from federation.errors import InputError
-from federation.job import make_targets, target_to_wire
+from federation.job import chain_count, make_targets, target_to_wire
 from federation.params import resolve_params
 from federation.protocol import MAX_FRAME_BYTES
 from federation.registry import Algorithm, Registry
 from federation.replies import Dims
 from portal_central import algorithms_store
+from portal_central.accounts.status import AccountStatus, Role
 from portal_central.errors import Conflict, FieldInvalid, Forbidden, NotFound, PortalError
-from portal_central.jobs import status
-from portal_central.models import AlgorithmVersion, Job, JobEventRecord, JobParticipant, User
+from portal_central.jobs import checks, status
+from portal_central.jobs.header import ColumnSummary
+from portal_central.jobs.status import JobState
+from portal_central.models import (
+    AlgorithmVersion,
+    Job,
+    JobEventRecord,
+    JobParticipant,
+    JobReport,
+    User,
+)
 
 
 @dataclass(frozen=True)
@@ -55,8 +65,18 @@ def create_job(
     participants: Sequence[str],
     seed: int | None,
     compare: Sequence[str] = (),
+    header: Sequence[ColumnSummary] | None = None,
+    modelled: Collection[str] | None = None,
+    require_sites: bool = False,
 ) -> Job:
     """Check everything against the algorithm and the header, then record the job.
+
+    ``header`` is central's file as the wizard scanned it (counts per column, never values):
+    with it, a job that central's data already shows cannot run is refused now, every problem
+    with its fix (``checks``); without it (the API), the same checks run on central's upload.
+    ``modelled`` are the columns that enter the models (None: all). ``require_sites`` refuses
+    a pooled algorithm with no site (the wizard; the API still runs one on central's data alone,
+    as IMI or IMICE would).
 
     With ``compare`` (other methods' names), the job is a comparison: a parent job of the
     pooled-exact reference (SIMI or SIMICE) with one child job per method, the reference and
@@ -84,24 +104,22 @@ def create_job(
             label="the job's columns",
             levels={t.column: t.levels for t in targets if t.levels and _has_levels(t.type)},
         )
+        scanned = {c.name: c for c in header or () if c.counted}
         for target in resolved_targets:
-            if methods_registry.get(target.type).levels and not target.levels:
+            kind = methods_registry.get(target.type)
+            if kind.levels and not target.levels:
+                column = scanned.get(target.name)
+                found = column and kind.check(column.observed, column=column.name, params={})
                 raise InputError(
-                    f"target '{target.name}' is {target.type}: give its levels, the integer "
-                    "codes of the column in order (e.g. 1,2,3,4,5)"
+                    f"central's data: {found}"
+                    if found
+                    else f"target '{target.name}' is {target.type}: give its levels, the "
+                    "integer codes of the column in order (e.g. 1,2,3,4,5)"
                 )
         for method in methods:
             method.algorithm.check_targets(t.type for t in resolved_targets)
     except InputError as error:
         raise FieldInvalid(str(error), field="targets") from None
-    for method in methods:
-        site_effect = _taken_by(method, params).get("site_effect")
-        _check_width(
-            method.algorithm,
-            columns=len(columns),
-            targets=len(resolved_targets),
-            site_terms=len(participants) if site_effect == "intercept" else 0,
-        )
     if compare:
         _check_shared_params(methods, params)
     resolved = {
@@ -110,6 +128,16 @@ def create_job(
         )
         for m in methods
     }
+    for method in methods:
+        _check_width(
+            method.algorithm,
+            columns=len(columns),
+            targets=len(resolved_targets),
+            chains=chain_count(resolved[method.name]),
+            site_terms=(
+                len(participants) if resolved[method.name].get("site_effect") == "intercept" else 0
+            ),
+        )
     sites = _participants(session, participants)
     if compare and secure.enabled(params):  # each method that asks the sites must mask
         clear = [
@@ -130,6 +158,21 @@ def create_job(
             secure.check_job(method.algorithm.replies, resolved[method.name], remote)
         except InputError as error:
             raise FieldInvalid(str(error), field="param_secure_aggregation") from None
+    problems = [
+        problem
+        for method in methods
+        if require_sites
+        and (problem := checks.sites_problem(method.algorithm, len(sites))) is not None
+    ][:1]
+    problems += checks.data_problems(
+        info.algorithm,
+        header or [],
+        [checks.TargetSpec(t.name, t.type, t.levels) for t in resolved_targets],
+        resolved[info.name],
+        sites=len(sites),
+        modelled=modelled,
+    )
+    checks.refuse(problems)
     drawn_seed = secrets.randbelow(2**32) if seed is None else seed
 
     def make(method: algorithms_store.VersionInfo, title: str) -> Job:
@@ -146,7 +189,7 @@ def create_job(
             targets=[target_to_wire(t) for t in resolved_targets],
             params=resolved[method.name],
             seed=drawn_seed,
-            state="created",
+            state=JobState.CREATED,
             message="",
             created_by_id=creator.id,
             participants=[
@@ -172,7 +215,7 @@ def new_attempt(*, session: Session, child: Job) -> Job:
         raise Conflict(
             f"job {child.id} is {child.state}; only a failed or cancelled method is retried"
         )
-    if parent.state != "partial":
+    if parent.state != JobState.PARTIAL:
         raise Conflict(
             f"comparison {parent.id} is {parent.state}; methods are retried once the others "
             "are done and central still holds its data"
@@ -187,7 +230,7 @@ def new_attempt(*, session: Session, child: Job) -> Job:
         targets=list(child.targets),
         params=dict(child.params),
         seed=child.seed,
-        state="created",
+        state=JobState.CREATED,
         message=f"retry of job {child.id}",
         created_by_id=child.created_by_id,
         participants=[
@@ -258,7 +301,7 @@ def run_again(*, session: Session, job: Job, creator: User) -> Job:
             targets=list(source.targets),
             params=dict(source.params),
             seed=source.seed,
-            state="created",
+            state=JobState.CREATED,
             message=f"run again of job {job.id}",
             created_by_id=creator.id,
             participants=[
@@ -285,6 +328,7 @@ def delete_job(*, session: Session, job: Job) -> list[int]:
         raise Conflict(f"job {job.id} is {job.state}; cancel it before deleting it")
     ids = [job.id, *(child.id for child in job.children)]
     session.execute(delete(JobEventRecord).where(JobEventRecord.job_id.in_(ids)))
+    session.execute(delete(JobReport).where(JobReport.job_id.in_(ids)))
     session.delete(job)
     session.flush()
     return ids
@@ -361,7 +405,7 @@ def _participants(session: Session, site_ids: Sequence[str]) -> list[User]:
         user = session.scalar(select(User).where(User.site_id == site_id))
         if user is None:
             raise FieldInvalid(f"no site with site_id '{site_id}'", field="participants")
-        if user.status != "approved":
+        if user.status != AccountStatus.APPROVED:
             raise FieldInvalid(f"site '{site_id}' is {user.status}", field="participants")
         users.append(user)
     return users
@@ -387,7 +431,7 @@ def _query() -> Any:
 def list_jobs(*, session: Session, user: User) -> list[Job]:
     """Admins see every job; a site user sees the jobs its site takes part in."""
     query = _query().where(Job.parent_id.is_(None)).order_by(Job.id.desc())
-    if user.role != "admin":
+    if user.role != Role.ADMIN:
         query = query.join(JobParticipant).where(JobParticipant.user_id == user.id)
     return list(session.scalars(query))
 
@@ -396,26 +440,36 @@ def get_job(*, session: Session, job_id: int, user: User) -> Job:
     job: Job | None = session.scalar(_query().where(Job.id == job_id))
     if job is None:
         raise NotFound(f"no job {job_id}")
-    if user.role != "admin" and all(p.user_id != user.id for p in job.participants):
+    if user.role != Role.ADMIN and all(p.user_id != user.id for p in job.participants):
         # Not found rather than forbidden: a site does not learn which jobs exist.
         raise NotFound(f"no job {job_id}")
     return job
 
 
 def ensure_admin(user: User) -> None:
-    if user.role != "admin":
+    if user.role != Role.ADMIN:
         raise Forbidden("only admins may do this")
 
 
-def _check_width(algorithm: Algorithm, *, columns: int, targets: int, site_terms: int) -> None:
+def _check_width(
+    algorithm: Algorithm, *, columns: int, targets: int, chains: int, site_terms: int
+) -> None:
     """A job whose largest reply would not fit in one message is refused now, not as a site
-    gone offline halfway through (``site_terms``: one design column per site, site_effect)."""
-    numbers = algorithm.replies.largest_reply(Dims.of(columns, targets, site_terms=site_terms))
+    gone offline halfway through (parallel chains answer for every chain in one reply;
+    ``site_terms``: one design column per site, site_effect)."""
+    numbers = algorithm.replies.largest_reply(
+        Dims.of(columns, targets, chains=chains, site_terms=site_terms)
+    )
     size = 8 * numbers + 64 * 1024  # the values, and room for the header
     if size > MAX_FRAME_BYTES:
         raise FieldInvalid(
             f"{algorithm.name} on {columns} columns makes replies of {size / 2**20:.0f} MiB, more "
             f"than the {MAX_FRAME_BYTES // 2**20} MiB a message between central and a site may "
-            "carry: use fewer columns",
+            + (
+                "carry: use fewer columns"
+                if chains == 1
+                else "carry: use fewer columns or chains "
+                "= single (parallel chains answer for every chain in one reply)"
+            ),
             field="columns",
         )

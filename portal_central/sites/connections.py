@@ -6,7 +6,8 @@ drop) and sends the same frame again: the site answers a repeated sequence numbe
 reply it already computed, so no message is lost or applied twice. A masked round of secure
 aggregation is not sent again: once the site is back, the exchange raises ``SiteLost`` and the
 runtime starts the round again with fresh masks (``federation.secure``). Several jobs share a
-site's socket; replies find their request by (job id, sequence number).
+site's socket; replies find their request by (job id, sequence number). When a site comes or
+goes, its site_id is published to the broker's ``SITES`` topic.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,10 +25,13 @@ from federation.errors import FipError, ProtocolError, SiteLost
 from federation.policy import Policy
 from federation.protocol import ControlMessage, Request, decode, encode_control
 from federation.secure import MASKED
+from portal_common.broker import Broker
 
 log = logging.getLogger(__name__)
 REPLACED = 4000
 DISABLED = 4003
+SITES = "sites"
+"""The broker topic of sites coming and going: each message is a site_id."""
 
 
 class SiteGone(FipError):
@@ -58,14 +61,14 @@ class SiteLink:
 class Connections:
     """The live sites, by site_id; and the exchanges in flight over them."""
 
-    def __init__(self, *, grace_seconds: float) -> None:
+    def __init__(self, *, grace_seconds: float, broker: Broker[Any]) -> None:
         self.grace_seconds = grace_seconds
+        self._broker = broker
         self._links: dict[str, SiteLink] = {}
         self._last_seen: dict[str, float] = {}
         self._dropped_at: dict[str, float] = {}
         self._arrived: dict[str, asyncio.Event] = {}
         self._pending: dict[tuple[str, str, int], asyncio.Future[bytes]] = {}
-        self.on_change: Callable[[str], None] | None = None
         self.policies: dict[str, Policy] = {}
         """What each site said of its disclosure policy when it last connected."""
         self.traffic = {
@@ -216,8 +219,7 @@ class Connections:
         return self._arrived.setdefault(site_id, asyncio.Event())
 
     def _changed(self, site_id: str) -> None:
-        if self.on_change is not None:
-            self.on_change(site_id)
+        self._broker.publish(SITES, site_id)
 
 
 class WebSocketTransport:

@@ -14,11 +14,13 @@ import logging
 
 from fastapi import APIRouter, WebSocket
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocketDisconnect
 
 from federation.errors import InputError, ProtocolError
 from federation.policy import Policy
 from federation.protocol import Heartbeat, PolicySummary, Welcome, decode_control
+from portal_central.accounts.status import AccountStatus, Role
 from portal_central.models import User
 from portal_central.security import InvalidToken
 from portal_central.state import CentralState
@@ -32,7 +34,8 @@ INTERNAL_FAULT = 1011
 @router.websocket("/ws/site")
 async def site_socket(websocket: WebSocket) -> None:
     state: CentralState = websocket.app.state.fip
-    refusal, site_id = _authenticate(websocket, state)
+    # The account is read in a worker thread: the loop carries every other site's socket.
+    refusal, site_id = await run_in_threadpool(_authenticate, websocket, state)
     if refusal is not None or site_id is None:
         log.warning("site connection refused: %s", refusal)
         status = 401 if refusal in _UNAUTHENTICATED else 403
@@ -42,7 +45,9 @@ async def site_socket(websocket: WebSocket) -> None:
     connections = state.connections
     link = await connections.attach(site_id, websocket)
     try:
-        await link.send_control(Welcome(site_id=site_id, ready=state.runs.ready_jobs(site_id)))
+        await link.send_control(
+            Welcome(site_id=site_id, ready=state.orchestrator.ready_jobs(site_id))
+        )
         while True:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
@@ -55,7 +60,7 @@ async def site_socket(websocket: WebSocket) -> None:
                 if isinstance(control, PolicySummary):
                     _remember_policy(state, site_id, control)
                 elif not isinstance(control, Heartbeat):
-                    await state.runs.on_control(site_id, control)
+                    await state.orchestrator.on_control(site_id, control)
     except ProtocolError as error:
         log.warning("site %s sent a malformed frame: %s", site_id, error)
         await _close(websocket, PROTOCOL_FAULT, str(error)[:120])
@@ -87,9 +92,9 @@ def _authenticate(websocket: WebSocket, state: CentralState) -> tuple[str | None
         return _BAD_TOKEN, None
     with state.database.session() as session:
         user = session.get(User, claims.user_id)
-    if user is None or user.role != "site" or user.site_id is None:
+    if user is None or user.role != Role.SITE or user.site_id is None:
         return "this account is not a site", None
-    if user.status != "approved" or user.token_version != claims.token_version:
+    if user.status != AccountStatus.APPROVED or user.token_version != claims.token_version:
         return f"the site '{user.site_id}' is {user.status}; its tokens are revoked", None
     return None, user.site_id
 

@@ -9,10 +9,12 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from federation import __version__
 from portal_central.accounts import notices, passwords, service, throttle
 from portal_central.accounts.mail import MailError
+from portal_central.accounts.status import Role
 from portal_central.deps import AdminUser, StateDep
 from portal_central.devcert import issued_by_dev_ca
 from portal_central.errors import PortalError
@@ -22,6 +24,8 @@ from portal_central.sites.connections import DISABLED
 from portal_central.state import CentralState
 from portal_common.web import is_htmx, render
 
+_in_thread = run_in_threadpool
+"""Database work from an async route: in a worker thread, never on the loop."""
 router = APIRouter(prefix="/admin")
 log = logging.getLogger(__name__)
 ACTIONS = {
@@ -42,7 +46,7 @@ def users_page(
         request,
         "central/admin/users.html",
         {
-            "users": [u for u in users if u.role == "site"],
+            "users": [u for u in users if u.role == Role.SITE],
             "status": status,
             "statuses": service.STATUSES,
             "counts": counts,
@@ -74,7 +78,7 @@ async def reset_link(
 ) -> Response:
     """Mail the account a one-time link to choose a new password (to the outbox without SMTP)."""
     user, notice, failed = await send_reset_link(state, user_id=user_id)
-    return _user_row(request, state, user, notice=notice, failed=failed, tab=tab)
+    return await _in_thread(_user_row, request, state, user, notice=notice, failed=failed, tab=tab)
 
 
 @router.post("/users/{user_id}/email", response_class=HTMLResponse)
@@ -109,12 +113,13 @@ async def delete_user(
     except PortalError as error:
         if error.status_code == 404:
             raise
-        with state.database.session() as session:
-            user = service.get_user(session=session, user_id=user_id)
-        return _user_row(request, state, user, notice=error.message, failed=True, tab=tab)
+        user = await _in_thread(_user, state, user_id)
+        return await _in_thread(
+            _user_row, request, state, user, notice=error.message, failed=True, tab=tab
+        )
     if not is_htmx(request):
         return RedirectResponse(f"/admin/users?status={tab or 'approved'}", status_code=303)
-    return _gone_row(request, state, user_id, notice)
+    return await _in_thread(_gone_row, request, state, user_id, notice)
 
 
 @router.post("/users/{user_id}/{action}", response_class=HTMLResponse)
@@ -124,19 +129,24 @@ async def decide(
     """Approve, reject, disable or enable; answers with the updated table row for HTMX (a row
     whose status no longer belongs to the tab shown leaves it, with a notice where it went)."""
     user, notice, failed = await apply_decision(state, user_id=user_id, action=action)
-    return _user_row(request, state, user, notice=notice, failed=failed, tab=tab)
+    return await _in_thread(_user_row, request, state, user, notice=notice, failed=failed, tab=tab)
 
 
 async def send_reset_link(state: CentralState, *, user_id: int) -> tuple[User, str, bool]:
     """An admin's reset link for an account: made, committed, then mailed."""
-    with state.database.session() as session:
-        user = service.get_user(session=session, user_id=user_id)
-        link = passwords.new_reset_link(
-            session=session,
-            user=user,
-            base_url=state.settings.url,
-            minutes=state.settings.password_reset_minutes,
-        )
+
+    def make() -> tuple[User, passwords.ResetLink]:
+        with state.database.session() as session:
+            user = service.get_user(session=session, user_id=user_id)
+            link = passwords.new_reset_link(
+                session=session,
+                user=user,
+                base_url=state.settings.url,
+                minutes=state.settings.password_reset_minutes,
+            )
+            return user, link
+
+    user, link = await _in_thread(make)
     try:
         await notices.send_reset_link(state, link, by_admin=True)
     except MailError as error:
@@ -148,8 +158,12 @@ async def send_reset_link(state: CentralState, *, user_id: int) -> tuple[User, s
 
 async def delete_account(state: CentralState, *, user_id: int, admin: User) -> str:
     """Delete an account; a site's WebSocket is closed at once. The admin's notice."""
-    with state.database.session() as session:
-        deleted = service.delete_account(session=session, user_id=user_id, by=admin)
+
+    def delete() -> service.Deleted:
+        with state.database.session() as session:
+            return service.delete_account(session=session, user_id=user_id, by=admin)
+
+    deleted = await _in_thread(delete)
     if deleted.site_id:
         await state.connections.close(
             deleted.site_id, code=DISABLED, reason="this site's account was deleted"
@@ -171,8 +185,12 @@ async def apply_decision(
     state: CentralState, *, user_id: int, action: str
 ) -> tuple[User, str, bool]:
     """Decide, commit, then mail the user; a mail failure does not undo the decision."""
-    with state.database.session() as session:
-        user = service.decide(session=session, user_id=user_id, action=action)
+
+    def decide() -> User:
+        with state.database.session() as session:
+            return service.decide(session=session, user_id=user_id, action=action)
+
+    user = await _in_thread(decide)
     if action == "disable" and user.site_id:
         await state.connections.close(user.site_id, code=DISABLED, reason="this site was disabled")
     template = {"approve": "site_approved", "reject": "site_rejected"}.get(action)
@@ -226,10 +244,15 @@ def _counts(session: Session) -> dict[str, int]:
     """Site accounts by status (the tabs' counts)."""
     counts = dict(
         session.execute(
-            select(User.status, func.count()).where(User.role == "site").group_by(User.status)
+            select(User.status, func.count()).where(User.role == Role.SITE).group_by(User.status)
         ).all()
     )
     return {s: counts.get(s, 0) for s in service.STATUSES}
+
+
+def _user(state: CentralState, user_id: int) -> User:
+    with state.database.session() as session:
+        return service.get_user(session=session, user_id=user_id)
 
 
 def _user_row(

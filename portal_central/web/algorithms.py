@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
 
-from federation.registry import file_names
+from federation.registry import Algorithm, file_names
 from federation.uploads import read_form
 from portal_central import algorithms_store as store
 from portal_central.deps import AdminUser, CurrentUser, StateDep
 from portal_central.errors import FieldInvalid, NotFound, PortalError
+from portal_central.models import User
 from portal_central.paths import RowId
+from portal_central.state import CentralState
 from portal_common.web import render
 
 router = APIRouter(prefix="/algorithms")
@@ -47,17 +50,24 @@ async def upload(request: Request, admin: AdminUser, state: StateDep) -> Respons
     (three small files) is read in memory after the admin and the CSRF token are checked."""
     try:
         algorithm = await store.validate_upload_async(await read_upload(request))
-        with state.database.session() as session:
-            store.store(
-                session=session, registry=state.registry, algorithm=algorithm, uploader=admin
-            )
+        await run_in_threadpool(_keep, state, algorithm, admin)
     except PortalError as error:
-        return _list_page(
-            request, state, error=error.message, field=error.field or "", status=error.status_code
+        return await run_in_threadpool(
+            _list_page,
+            request,
+            state,
+            error=error.message,
+            field=error.field or "",
+            status=error.status_code,
         )
     return RedirectResponse(
         f"/algorithms/{algorithm.name}?version={algorithm.version}", status_code=303
     )
+
+
+def _keep(state: CentralState, algorithm: Algorithm, admin: User) -> None:
+    with state.database.session() as session:
+        store.store(session=session, registry=state.registry, algorithm=algorithm, uploader=admin)
 
 
 async def read_upload(request: Request) -> dict[str, bytes]:

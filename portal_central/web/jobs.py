@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import asdict
@@ -11,9 +12,10 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import select
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.concurrency import run_in_threadpool
 
 from federation.compare import REFERENCE_CHAINED, REFERENCE_SINGLE
-from federation.data import check_for_job, read_csv
+from federation.data import Table, check_for_job, read_csv
 from federation.errors import InputError
 from federation.job import JobEvent
 from federation.outputs import report_json
@@ -29,23 +31,29 @@ from federation.uploads import (
     read_form,
 )
 from portal_central import algorithms_store as store
+from portal_central.accounts.status import AccountStatus, Role
 from portal_central.deps import AdminUser, CurrentUser, StateDep, data_upload
 from portal_central.errors import FieldInvalid, NotFound, PortalError
-from portal_central.jobs import analysis, service
+from portal_central.jobs import analysis, checks, reports, service
 from portal_central.jobs.header import (
     ColumnSummary,
     HeaderReader,
     pattern_view,
     read_pattern_view,
+    summarize_table,
 )
 from portal_central.jobs.results import Format, result_response
-from portal_central.models import User
+from portal_central.jobs.status import JobState
+from portal_central.jobs.store import Run
+from portal_central.models import Job, User
 from portal_central.paths import MAX_ID, RowId
 from portal_central.state import CentralState
 from portal_common.eventlog import grouped
 from portal_common.web import ENVIRONMENT, PAGE_DEFAULTS, is_htmx, render
 
 router = APIRouter(prefix="/jobs")
+_in_thread = run_in_threadpool
+"""Database work and parsing from an async route: in a worker thread, never on the loop."""
 EXACT = (REFERENCE_SINGLE, REFERENCE_CHAINED)
 
 
@@ -139,12 +147,16 @@ async def columns_step(request: Request, admin: AdminUser, state: StateDep) -> R
         elif current == "header_file" and reader is not None and not error and not columns:
             try:
                 if isinstance(event, FileData):
-                    reader.feed(event.data)
+                    await _in_thread(reader.feed, event.data)
                 else:
-                    columns = reader.finish()
+                    columns = await _in_thread(reader.finish)
             except InputError as refused:
                 error = str(refused)  # the rest of the body is read and dropped
-    chosen = _algorithm(state, fields["algorithm"]) if fields.get("algorithm") else None
+    chosen = (
+        await _in_thread(_algorithm, state, fields["algorithm"])
+        if fields.get("algorithm")
+        else None
+    )
     context: dict[str, Any] = {"chosen": chosen, "targets": set(), "types": {}, "errors": {}}
     if reader is None:
         error = "choose a CSV file to read its header"
@@ -166,7 +178,17 @@ async def _events(request: Request) -> AsyncIterator[Event]:
 
 @router.post("", response_class=HTMLResponse)
 async def create_job(request: Request, admin: AdminUser, state: StateDep) -> Response:
-    values = _read_form(await form_of(request))
+    form = await form_of(request)
+    values = _read_form(form)
+    fix = form.text("fix")
+    if fix:  # a fix the wizard offered for a refused job: apply it, show the form again
+        return await _in_thread(_wizard, request, state, _apply_fix(values, fix))
+    return await _in_thread(_create_job, request, state, admin, values)
+
+
+def _create_job(
+    request: Request, state: CentralState, admin: User, values: dict[str, Any]
+) -> Response:
     try:
         chosen = _algorithm(state, values["algorithm"]) if values["algorithm"] else None
         if chosen is None:
@@ -196,6 +218,8 @@ async def create_job(request: Request, admin: AdminUser, state: StateDep) -> Res
                 participants=values["participants"],
                 seed=seed,
                 compare=values["compare"],
+                header=values["columns"],
+                require_sites=True,
             )
             job_id = job.id
     except PortalError as error:
@@ -204,6 +228,7 @@ async def create_job(request: Request, admin: AdminUser, state: StateDep) -> Res
             state,
             values,
             errors={error.field or "form": error.message},
+            problems=error.problems if isinstance(error, checks.JobRefused) else [],
             status=error.status_code,
         )
     return RedirectResponse(f"/jobs/{job_id}", status_code=303)
@@ -216,12 +241,26 @@ def job_page(request: Request, job_id: RowId, user: CurrentUser, state: StateDep
     )
 
 
+def gone_reason(state: CentralState, job: Job, run: Run) -> str:
+    """Why a completed job's results are not in memory, as the page says it."""
+    if run.purged:
+        return run.purged
+    if job.finished_at is not None and job.finished_at.timestamp() < state.started_at:
+        return "not kept: central restarted"
+    return "discarded from memory"
+
+
 def _job_context(state: CentralState, job_id: int, user: User, **extra: Any) -> dict[str, Any]:
     with state.database.session() as session:
         job = service.get_job(session=session, job_id=job_id, user=user)
-        missing = state.runs.missing_sites(job) if job.state == "waiting" else []
-        site_status = state.runs.site_status(job)
-        comparison = state.runs.comparison(job) if job.is_comparison else None
+        missing = state.orchestrator.missing_sites(job) if job.state == JobState.WAITING else []
+        site_status = state.orchestrator.site_status(job)
+        comparison = state.orchestrator.comparison(job) if job.is_comparison else None
+        report = (
+            reports.load(session=session, job_ids=[job.id]).get(job.id, {})
+            if job.state == JobState.COMPLETED and not job.is_comparison
+            else {}
+        )
         methods = list(job.methods)
         policies = {
             site: policy.foresee(columns=job.columns, participants=1 + len(job.participants))
@@ -231,17 +270,20 @@ def _job_context(state: CentralState, job_id: int, user: User, **extra: Any) -> 
         lost = [
             (p.user.institution or site, left)
             for p in job.participants
-            if job.state == "running"
+            if job.state == JobState.RUNNING
             and (left := state.connections.grace_left(site := p.user.site_id or "")) is not None
         ]
-    run = state.runs.get(job_id)
+    run = state.store.view(job_id)
     return {
+        "results_gone": gone_reason(state, job, run),
         "job": job,
-        "log": grouped(state.runs.events(job_id)),
-        "method_results": any(state.runs.get(c.id).result is not None for c in methods),
+        "log": grouped(state.logs.events(job_id)),
+        "method_results": any(state.store.has_results(c.id) for c in methods),
         "lost": lost,
         "grace_seconds": state.connections.grace_seconds,
         "comparison": comparison,
+        "pooled_analysis": report.get("analysis"),
+        "report": report,
         "run": run,
         "missing": missing,
         "site_status": site_status,
@@ -260,21 +302,20 @@ async def upload_data(
     """Central's own CSV for the job, held in memory; the job starts when every site is ready."""
     error = await take_central_data(request, state, job_id, admin)
     if error is not None:
-        return _error_page(request, state, job_id, admin, error)
-    return _status_or_redirect(request, state, job_id, admin)
+        return await _in_thread(_error_page, request, state, job_id, admin, error)
+    return await _in_thread(_status_or_redirect, request, state, job_id, admin)
 
 
 @router.post("/{job_id}/retry", response_class=HTMLResponse)
 async def retry(request: Request, job_id: RowId, admin: AdminUser, state: StateDep) -> Response:
     """Run a comparison's failed method again; the comparison's page shows it."""
-    with state.database.session() as session:
-        job = service.get_job(session=session, job_id=job_id, user=admin)
-        parent_id = job.parent_id or job.id
+    job = await _in_thread(_visible_job, state, job_id, admin)
+    parent_id = job.parent_id or job.id
     try:
-        await state.runs.retry(job_id)
+        await state.orchestrator.retry(job_id)
     except PortalError as error:
-        return _error_page(request, state, parent_id, admin, error)
-    return _status_or_redirect(request, state, parent_id, admin)
+        return await _in_thread(_error_page, request, state, parent_id, admin, error)
+    return await _in_thread(_status_or_redirect, request, state, parent_id, admin)
 
 
 @router.post("/{job_id}/analysis", response_class=HTMLResponse)
@@ -282,10 +323,18 @@ async def analyse(request: Request, job_id: RowId, admin: AdminUser, state: Stat
     """The pooled analysis form: fit the model on the completed job's datasets, show the table."""
     fields = dict((await form_of(request)).items())
     model, family = str(fields.get("model", "")).strip(), str(fields.get("family", "linear"))
+    return await _in_thread(_analyse, request, state, job_id, admin, model, family)
+
+
+def _analyse(
+    request: Request, state: CentralState, job_id: int, admin: User, model: str, family: str
+) -> Response:
     with state.database.session() as session:
         job = service.get_job(session=session, job_id=job_id, user=admin)
         try:
-            analysis.analyse_job(runs=state.runs, job=job, model=model, family=family)
+            analysis.analyse_job(
+                store=state.store, session=session, job=job, model=model, family=family
+            )
         except PortalError as error:
             return _error_page(request, state, job_id, admin, error)
     return _status_or_redirect(request, state, job_id, admin)
@@ -298,7 +347,7 @@ def comparison_download(job_id: RowId, admin: AdminUser, state: StateDep) -> Res
         job = service.get_job(session=session, job_id=job_id, user=admin)
         if not job.is_comparison:
             raise NotFound(f"job {job_id} is not a comparison")
-        report = state.runs.comparison(job)
+        report = state.orchestrator.comparison(job)
     return Response(
         report_json(report),
         media_type="application/json",
@@ -310,18 +359,17 @@ def comparison_download(job_id: RowId, admin: AdminUser, state: StateDep) -> Res
 async def cancel(request: Request, job_id: RowId, admin: AdminUser, state: StateDep) -> Response:
     """Cancel a job everywhere, with the reason typed beside the button (shown to the sites)."""
     fields = dict((await form_of(request)).items())
-    with state.database.session() as session:
-        service.get_job(session=session, job_id=job_id, user=admin)
+    await _in_thread(_visible_job, state, job_id, admin)
     try:
         reason = service.cancel_reason(str(fields.get("reason", "")))
-        await state.runs.cancel(job_id, note=reason)
+        await state.orchestrator.cancel(job_id, note=reason)
     except PortalError as error:
-        return _error_page(request, state, job_id, admin, error)
-    return _status_or_redirect(request, state, job_id, admin)
+        return await _in_thread(_error_page, request, state, job_id, admin, error)
+    return await _in_thread(_status_or_redirect, request, state, job_id, admin)
 
 
 @router.post("/{job_id}/run-again", response_class=HTMLResponse)
-async def run_again(request: Request, job_id: RowId, admin: AdminUser, state: StateDep) -> Response:
+def run_again(request: Request, job_id: RowId, admin: AdminUser, state: StateDep) -> Response:
     """A failed, cancelled or interrupted job as a new job with the same definition and seed;
     its page asks for central's data, and the sites see a new job to Start."""
     try:
@@ -335,7 +383,7 @@ async def run_again(request: Request, job_id: RowId, admin: AdminUser, state: St
 
 
 @router.post("/{job_id}/delete", response_class=HTMLResponse)
-async def delete(request: Request, job_id: RowId, admin: AdminUser, state: StateDep) -> Response:
+def delete(request: Request, job_id: RowId, admin: AdminUser, state: StateDep) -> Response:
     """Delete a job that is not waiting, running or partial: its record, events and results."""
     try:
         with state.database.session() as session:
@@ -343,7 +391,7 @@ async def delete(request: Request, job_id: RowId, admin: AdminUser, state: State
             deleted = service.delete_job(session=session, job=job)
     except PortalError as error:
         return _error_page(request, state, job_id, admin, error)
-    state.runs.forget(deleted)
+    state.orchestrator.forget(deleted)
     return _redirect(request, "/jobs")
 
 
@@ -358,30 +406,60 @@ async def take_central_data(
     request: Request, state: CentralState, job_id: int, admin: User
 ) -> PortalError | None:
     """Read central's CSV for a job (multipart field ``file``) after the job is found, check it
-    as a site's is checked, and hand it to the runner; the error to show, if any. Messages
-    name the file and column, never a cell's value."""
+    as a site's is checked and against what the job needs of central's rows (``checks``), and
+    hand it to the runner; the error to show, if any: the job stays as it was, waiting for a
+    corrected file. Messages name the file and column, never a cell's value."""
     try:
-        with state.database.session() as session:
-            job = service.get_job(session=session, job_id=job_id, user=admin)
+        job = await _in_thread(_visible_job, state, job_id, admin)
         upload = (await read_form(request)).file("file")
         if upload is None:
             raise FieldInvalid("choose central's CSV file", field="file")
-        try:
-            table = read_csv(upload.content, label=upload.filename)
-            del upload
-            check_for_job(
-                table,
-                job.columns,
-                [(t["name"], t["type"], tuple(t.get("levels", ()))) for t in job.targets],
-                show_values=False,
-                alone=not job.participants,
-            )
-        except InputError as error:
-            raise FieldInvalid(str(error), field="file") from None
-        await state.runs.upload_central_data(job, table)
+        # Parsed and checked in a worker thread: a large file must not stop the event loop.
+        table = await _in_thread(_central_table, state, job, upload.content, upload.filename)
+        del upload
+        await state.orchestrator.upload_central_data(job, table)
     except PortalError as error:
         return error
     return None
+
+
+def _visible_job(state: CentralState, job_id: int, user: User) -> Job:
+    """The job if ``user`` may see it (its session closed: read only its columns)."""
+    with state.database.session() as session:
+        return service.get_job(session=session, job_id=job_id, user=user)
+
+
+def _central_table(
+    state: CentralState, job: Job, content: bytes | bytearray, filename: str
+) -> Table:
+    """Central's CSV for ``job``, read and checked as a site's is and against what the job needs
+    of central's rows (``checks``): messages name the file and column, never a cell's value."""
+    try:
+        table = read_csv(content, label=filename)
+        check_for_job(
+            table,
+            job.columns,
+            [(t["name"], t["type"], tuple(t.get("levels", ()))) for t in job.targets],
+            show_values=False,
+            alone=not job.participants,
+        )
+    except InputError as error:
+        raise FieldInvalid(str(error), field="file") from None
+    checks.refuse(
+        checks.data_problems(
+            state.registry.get(job.algorithm.name, job.algorithm.version),
+            summarize_table(table),
+            [
+                checks.TargetSpec(t["name"], t["type"], tuple(t.get("levels", ())))
+                for t in job.targets
+            ],
+            job.params,
+            sites=len(job.participants),
+            label=table.label,
+        ),
+        field="file",
+    )
+    return table
 
 
 def _error_page(
@@ -420,7 +498,7 @@ def _status_or_redirect(request: Request, state: CentralState, job_id: int, user
 def download(job_id: RowId, admin: AdminUser, state: StateDep, format: Format = "zip") -> Response:
     with state.database.session() as session:
         job = service.get_job(session=session, job_id=job_id, user=admin)
-    return result_response(runs=state.runs, job=job, format=format)
+    return result_response(store=state.store, job=job, format=format)
 
 
 @router.get("/{job_id}/events")
@@ -428,8 +506,7 @@ async def events(
     request: Request, job_id: RowId, user: CurrentUser, state: StateDep
 ) -> EventSourceResponse:
     """Live fragments for the job page: progress, the event log, and the state block."""
-    with state.database.session() as session:
-        service.get_job(session=session, job_id=job_id, user=user)
+    await _in_thread(_visible_job, state, job_id, user)
     template = ENVIRONMENT.get_template("central/jobs/detail.html")
 
     def fragment(block: str, **values: Any) -> str:
@@ -437,22 +514,24 @@ async def events(
         return "".join(template.blocks[block](template.new_context(context)))
 
     async def stream() -> AsyncIterator[ServerSentEvent]:
-        async with state.runs.subscribe(job_id) as queue:
+        async with state.broker.subscribe(job_id) as queue:
             while True:
                 event = await queue.get()
                 if isinstance(event, JobEvent):
                     if event.kind == "progress":
                         yield ServerSentEvent(
                             event="progress",
-                            data=fragment("job_progress", run=state.runs.get(job_id)),
+                            data=fragment("job_progress", run=state.store.view(job_id)),
                         )
                     else:
-                        lines = grouped(state.runs.events(job_id))
+                        lines = grouped(await asyncio.to_thread(state.logs.events, job_id))
                         yield ServerSentEvent(event="log", data=fragment("log_lines", log=lines))
                 else:
                     yield ServerSentEvent(
                         event="status",
-                        data=fragment("job_status", **_job_context(state, job_id, user)),
+                        data=fragment(
+                            "job_status", **(await _in_thread(_job_context, state, job_id, user))
+                        ),
                     )
 
     return EventSourceResponse(stream(), ping=15)
@@ -472,6 +551,17 @@ def _empty_form() -> dict[str, Any]:
         "compare": [],
         "pattern": {"pattern": None},
     }
+
+
+def _apply_fix(values: dict[str, Any], fix: str) -> dict[str, Any]:
+    """The form with a fix of ``checks`` applied: ``target:NAME`` ticks a column as a target
+    (with its suggested method), ``algorithm:NAME`` chooses another algorithm."""
+    kind, _, value = fix.partition(":")
+    if kind == "target" and value in {c.name for c in values["columns"]}:
+        return {**values, "targets": values["targets"] | {value}}
+    if kind == "algorithm" and value:
+        return {**values, "algorithm": value}
+    return values
 
 
 def _read_form(form: Form) -> dict[str, Any]:
@@ -503,6 +593,7 @@ def _wizard(
     values: dict[str, Any],
     *,
     errors: dict[str, str] | None = None,
+    problems: list[checks.Problem] | None = None,
     status: int = 200,
 ) -> Response:
     with state.database.session() as session:
@@ -510,7 +601,7 @@ def _wizard(
         sites = list(
             session.scalars(
                 select(User)
-                .where(User.role == "site", User.status == "approved")
+                .where(User.role == Role.SITE, User.status == AccountStatus.APPROVED)
                 .order_by(User.username)
             )
         )
@@ -537,6 +628,7 @@ def _wizard(
             "targets": values["targets"],
             "types": values["types"],
             "errors": errors or {},
+            "problems": problems or [],
             "nav": "jobs",
             **values["pattern"],
         },
@@ -582,14 +674,16 @@ def _param_fields(algorithm: Algorithm | None, given: dict[str, str]) -> list[di
                 "name": name,
                 "label": prop.get("title", name),
                 "hint": prop.get("description", ""),
-                "input": "checkbox"
-                if "boolean" in kinds
-                else "select"
-                if "enum" in prop
-                else "number"
-                if number
-                else "text",
-                "options": [str(option) for option in prop.get("enum", ())],
+                "input": (
+                    "checkbox"
+                    if "boolean" in kinds
+                    else "select"
+                    if "enum" in prop
+                    else "number"
+                    if number
+                    else "text"
+                ),
+                "options": [str(option) for option in prop.get("enum", [])],
                 "checked": value.lower() in _TRUE,
                 "step": "1" if "integer" in kinds else "any",
                 "min": prop.get("minimum"),

@@ -23,8 +23,8 @@ def plots_section(request: Request, job_id: RowId, admin: AdminUser, state: Stat
     with state.database.session() as session:
         job = service.get_job(session=session, job_id=job_id, user=admin)
         try:
-            plots = plausibility.job_plots(state.runs, job)
-            traces = plausibility.job_traces(state.runs, job)
+            plots = plausibility.job_plots(state.store, job)
+            traces = plausibility.job_traces(state.store, job)
             message = ""
         except PortalError as error:
             plots, traces, message = [], [], error.message
@@ -46,7 +46,7 @@ def plot_svg(job_id: RowId, target: str, admin: AdminUser, state: StateDep) -> R
     """One target's figure as SVG (densities or bars, and the strip plot)."""
     with state.database.session() as session:
         job = service.get_job(session=session, job_id=job_id, user=admin)
-        plot = plausibility.target_plot(state.runs, job, target)
+        plot = plausibility.target_plot(state.store, job, target)
     return _file(plot.svg, "image/svg+xml", job_id, target, "svg")
 
 
@@ -55,7 +55,7 @@ def plot_csv(job_id: RowId, target: str, admin: AdminUser, state: StateDep) -> R
     """The numbers of one target's figure as CSV."""
     with state.database.session() as session:
         job = service.get_job(session=session, job_id=job_id, user=admin)
-        plot = plausibility.target_plot(state.runs, job, target)
+        plot = plausibility.target_plot(state.store, job, target)
     return _file(plot.numbers.csv().encode(), "text/csv; charset=utf-8", job_id, target, "csv")
 
 
@@ -64,7 +64,7 @@ def trace_svg(job_id: RowId, target: str, admin: AdminUser, state: StateDep) -> 
     """One target's trace plot as SVG (mean and SD of its imputed cells per cycle)."""
     with state.database.session() as session:
         job = service.get_job(session=session, job_id=job_id, user=admin)
-        plot = plausibility.target_trace(state.runs, job, target)
+        plot = plausibility.target_trace(state.store, job, target)
     return _file(plot.svg, "image/svg+xml", job_id, target, "svg", prefix="trace_")
 
 
@@ -73,7 +73,7 @@ def trace_csv(job_id: RowId, target: str, admin: AdminUser, state: StateDep) -> 
     """The numbers of one target's trace plot as CSV (chain, cycle, mean, sd, variance)."""
     with state.database.session() as session:
         job = service.get_job(session=session, job_id=job_id, user=admin)
-        plot = plausibility.target_trace(state.runs, job, target)
+        plot = plausibility.target_trace(state.store, job, target)
     csv = plot.numbers.csv().encode()
     return _file(csv, "text/csv; charset=utf-8", job_id, target, "csv", prefix="trace_")
 
