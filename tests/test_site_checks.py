@@ -296,3 +296,62 @@ def test_with_site_intercepts_only_the_slopes_are_compared() -> None:
     assert [c["name"] for c in test["coefficients"]] == ["x1", "x2"]
     assert test["df"] == 2 * 2 and "slopes compared" in test["note"]
     assert test["p_value"] > 0.05 and test["warning"] is None
+
+
+# ---------------------------------------------------------------- with parallel chains
+
+
+def _chained_tables(seed: int) -> tuple[Table, dict[str, Table]]:
+    """The heterogeneous design with central missing x2 (a target) in a fifth of its rows and
+    y observed everywhere, so that the last fit of y sees central's final data of each chain."""
+    tables = _sites_data(seed, effects=HETEROGENEOUS)
+    values = tables["central"].values.copy()
+    rng = np.random.default_rng(seed)
+    values[:, 2] = values[:, 0] + 0.5 * values[:, 1] + rng.normal(size=len(values))
+    values[rng.random(len(values)) < 0.2, 1] = np.nan
+    return table("central", COLUMNS, values), {k: v for k, v in tables.items() if k != "central"}
+
+
+def _ols(values: np.ndarray) -> np.ndarray:
+    x = np.column_stack([values[:, :2], np.ones(len(values))])
+    beta: np.ndarray = np.linalg.lstsq(x, values[:, 2], rcond=None)[0]
+    return beta
+
+
+@pytest.mark.parametrize("algorithm", ["SIMICE", "AVGMMICE"])
+def test_parallel_chains_test_from_chain_1s_last_cycle(algorithm: str) -> None:
+    """Parallel chains (one request carries every chain's fit): the test of equal coefficients
+    uses chain 1's replies of the last cycle. y, fitted last and observed everywhere, is fitted
+    on central's final data of each chain, so central's estimates in the test are its own fit
+    on dataset 1 (chain 1's) and not on dataset 2's."""
+    central, sites = _chained_tables(21)
+    targets = [("x2", "gaussian"), ("y", "gaussian")]
+
+    result = run(
+        algorithm, central, sites, targets, imputations=2, iteration_before_first_imputation=3
+    )
+
+    assert result.report["chains"]["kind"] == "parallel"
+    test = result.report["site_checks"]["equal_coefficients"]["y"]
+    assert test["sites"] == ["central", "north", "south"] and test["rejects"]
+    central_estimates = [c["estimates"]["central"] for c in test["coefficients"]]
+    np.testing.assert_allclose(central_estimates, _ols(result.dataset(1)), rtol=1e-4)
+    assert not np.allclose(central_estimates, _ols(result.dataset(2)), rtol=1e-4)
+
+
+def test_parallel_chains_newton_and_surrogate_checks() -> None:
+    """SIMICE's logistic fits through the chains' lockstep still give chain 1's one-step test;
+    CSLMICE's check of central's covariate means comes from chain 1's sums."""
+    tables = _logistic_tables(11, {"central": 1.5, "north": 0.0, "south": 0.0})
+    central = tables.pop("central")
+    report = run("SIMICE", central, tables, [("y", "logistic")], imputations=2).report
+    assert report["chains"] == {"kind": "parallel", "chains": 2, "cycles": 13}
+    test = report["site_checks"]["equal_coefficients"]["y"]
+    assert test["sites"] == ["central", "north", "south"] and test["rejects"]
+
+    tables = _sites_data(8, effects=HETEROGENEOUS, shift={"central": 1.0})
+    central = tables.pop("central")
+    report = run("CSLMICE", central, tables, [("y", "gaussian")], imputations=2).report
+    shift = report["site_checks"]["covariate_means"]["y"]
+    assert shift["shifted"] == ["x1"]
+    assert any("central's mean of x1" in w for w in report["warnings"])
