@@ -30,9 +30,12 @@ def test_health_answers_while_an_upload_is_parsed(
         "/api/jobs",
         json={
             "name": "loop",
-            "algorithm": "SIMI",
+            "algorithm": "SIMICE",
             "columns": list(COLUMNS),
-            "targets": [{"column": "bmi", "type": "gaussian"}],
+            "targets": [
+                {"column": "bmi", "type": "gaussian"},
+                {"column": "smoker", "type": "logistic"},
+            ],
             "participants": [site_id],
         },
         headers=admin_auth(central),
