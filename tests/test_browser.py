@@ -214,7 +214,7 @@ def test_the_whole_journey_in_a_browser(
         page.check(f"input[name=participants][value='{site_id}']")
         page.fill("#f-name", "Browser journey")
         shot(page, "06-wizard", folder)
-        page.click("text=Create job")
+        page.click("button.submit:has-text('Create job')")  # not the hidden default button
         expect(page.locator("h1")).to_contain_text("Browser journey")
         job_url = page.url
 

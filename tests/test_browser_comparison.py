@@ -76,7 +76,7 @@ def test_compare_methods_from_the_wizard(
             page.check(f"input[name=compare][value={method}]")
         page.check(f"input[name=participants][value='{site_id}']")
         page.fill("#f-name", "Which method")
-        page.click("text=Create job")
+        page.click("button.submit:has-text('Create job')")  # not the hidden default button
         expect(page.locator("h1")).to_contain_text("Which method")
         expect(page.locator("dl.facts")).to_contain_text(
             f"SIMICE {Registry.with_builtins().get('SIMICE').version} (reference"
