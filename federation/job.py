@@ -95,10 +95,11 @@ class JobSpec:
         for i, count in zip(sources, levels, strict=True):
             name = self.columns[i]
             names += [f"{name}={level}" for level in self.factors[name][1:]] if count else [name]
+        terms = self.site_terms()  # in a participant's rows after the job's columns
         return Design(
-            sources=sources,
-            levels=levels,
-            names=(*names, "(intercept)"),
+            sources=(*sources, *range(len(self.columns), len(self.columns) + len(terms))),
+            levels=(*levels, *(0 for _ in terms)),
+            names=(*names, *terms, "(intercept)"),
             default=listed is None and not any(levels),
         )
 
@@ -110,6 +111,13 @@ class JobSpec:
         """The widest design of the job's targets."""
         return max((self.design(t).p for t in self.targets), default=len(self.columns))
 
+    def site_terms(self) -> tuple[str, ...]:
+        """The site term's columns (option ``site_effect``, ALGORITHMS.md "Conventions"): with
+        ``intercept``, one 0/1 column per remote site, in the job's order; else none."""
+        if self.params.get("site_effect", "none") != "intercept":
+            return ()
+        return tuple(f"(site {site})" for site in self.sites)
+
     @property
     def chains(self) -> int:
         """How many chains the job runs (ALGORITHMS.md, SIMICE): M = ``imputations`` with
@@ -118,7 +126,9 @@ class JobSpec:
 
     def dims(self) -> Dims:
         """The sizes its replies are checked against (``federation.replies``): p, c, k, m, and
-        each target's design width p, parameter length t and level count l."""
+        each target's design width p (site terms included), parameter length t and level
+        count l."""
+        sites = len(self.site_terms())
         widths = {t.index: self.design(t).p for t in self.targets}
         return Dims.of(
             len(self.columns),
@@ -130,6 +140,7 @@ class JobSpec:
                 )
                 for t in self.targets
             },
+            site_terms=sites,
             chains=self.chains,
             widths=widths,
         )

@@ -517,6 +517,7 @@ async def job_events(request: Request, job_id: str, site: Site) -> EventSourceRe
                         "codes": codes,
                         "trusted": bool(codes) and all(c.approved for c in codes),
                         "code_error": "",
+                        "forecast": site.jobs.forecast(job),  # as job_context has it
                         "error": "",
                     }
                     yield ServerSentEvent(event="status", data=fragment("job_status", **values))

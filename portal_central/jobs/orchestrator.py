@@ -142,6 +142,7 @@ class Orchestrator:
             self._starting.discard(job_id)
         if not moved:
             return False
+        self.publish(job_id, "state")  # its pages and its sites see it running
         work = self._compare(run) if comparison else self._execute(run, spec)
         run.task = asyncio.create_task(work, name=f"job-{job_id}")
         run.task.add_done_callback(self._job_done)
