@@ -121,13 +121,25 @@ def reference(kind: str, x: np.ndarray, y: np.ndarray, levels: Sequence[float]) 
     return result
 
 
-def design(values: np.ndarray, target: int) -> tuple[np.ndarray, np.ndarray]:
-    others = [c for c in range(values.shape[1]) if c != target - 1]
-    return np.column_stack([values[:, others], np.ones(values.shape[0])]), values[:, target - 1]
+def design(
+    values: np.ndarray, target: int, *, dummies: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every other column, then ones; with ``dummies`` (c and o are categorical and ordinal
+    targets of the job) c and o as a 0/1 column per level but the first (mice's treatment
+    coding of a factor)."""
+    columns = []
+    for c in range(1, values.shape[1] + 1):
+        if c == target:
+            continue
+        levels = LEVELS.get(c, ()) if dummies else ()
+        columns += [values[:, c - 1] == v for v in levels[1:]] if levels else [values[:, c - 1]]
+    return np.column_stack([*columns, np.ones(values.shape[0])]), values[:, target - 1]
 
 
-def assert_fit(fit: Mapping[str, Any], values: np.ndarray, target: int) -> None:
-    x, y = design(values, target)
+def assert_fit(
+    fit: Mapping[str, Any], values: np.ndarray, target: int, *, dummies: bool = False
+) -> None:
+    x, y = design(values, target, dummies=dummies)
     assert fit["n"] == y.size
     expected = reference(fit["type"], x, y, LEVELS.get(target, ()))
     ours = np.array(list(fit["coefficients"].values()))
@@ -182,7 +194,7 @@ def test_simice_every_cycle_equals_the_pooled_fit_of_current_data() -> None:
         target = COLUMNS.index(fit["target"]) + 1
         current = np.vstack([z[:, :-1] for z in snap.z])
         rows = np.concatenate([observed[target] for observed in snap.observed])
-        assert_fit(fit, current[rows], target)
+        assert_fit(fit, current[rows], target, dummies=True)
     last = snapshots[-1]  # cycle 2's last fit: every participant has imputed c, o, n at least once
     for data, z in zip(originals, last.z, strict=True):
         kept = data.values[~np.isnan(data.values[:, :2]).any(axis=1)]
