@@ -15,13 +15,12 @@ only: the mean of tv and of gen, and lm(tv ~ age + hgt), pooled over M imputatio
   moves some estimates by more than Monte Carlo error on these data (measured: see the issue's
   closing note). fip's pmm donors are the imputing site's own rows (about a third of mice's
   pooled donors at central: the contract); run on the pooled rows alone (IMICE), fip's
-  lm(tv ~ age + hgt) slopes equal mice's within Monte Carlo error. mice uses gen, phb and reg
-  as factor predictors of the other targets, fip their integer codes until factor predictors
-  arrive with column roles: mice's mean of gen drops from 2.44 to 2.34 when it is given the
-  codes (fip: 2.30). mice's polr and polyreg impute from the fitted probabilities without
-  drawing the parameters and always add pseudo-rows (which barely move gen here). A bias of the
-  size of the old gaussian imputations (tv's imputed mean at -3 against mice's 8, gen outside
-  1..5) fails both bounds by far.
+  lm(tv ~ age + hgt) slopes equal mice's within Monte Carlo error. gen, phb and reg predict
+  the other targets as treatment dummies in both (mice: factors; with their integer codes
+  instead, mice's mean of gen drops from 2.44 to 2.34). mice's polr and polyreg impute from
+  the fitted probabilities without drawing the parameters and always add pseudo-rows (which
+  barely move gen here). A bias of the size of the old gaussian imputations (tv's imputed mean
+  at -3 against mice's 8, gen outside 1..5) fails both bounds by far.
 """
 
 from __future__ import annotations
