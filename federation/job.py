@@ -43,16 +43,20 @@ class Target:
 @dataclass(frozen=True)
 class Design:
     """What the design of a target is made of: its predictors (0-based columns of the job's
-    ``columns``, in their order), each factor's level count K (0 for a numeric column), and the
+    ``columns``, in their order), each one's level values (empty for a numeric column), and the
     names of the design's columns: a numeric predictor's own, one per level but the first of a
-    factor (``name=level``, treatment coding), then ``(intercept)``. ``algorithms._predictors``
-    builds the matrix."""
+    factor or of a categorical or ordinal target (``name=level``, treatment coding, the job's
+    level order, as mice codes a factor), then ``(intercept)``. ``algorithms._predictors`` builds
+    the matrix."""
 
     sources: tuple[int, ...]
-    levels: tuple[int, ...]
+    levels: tuple[tuple[float, ...], ...]
+    """Per source, the values its cells hold for its levels, in the job's order: a factor's
+    level indices 0..K-1, a categorical or ordinal target's ``Target.levels``; empty for a column
+    entering as itself (numeric predictors, gaussian, logistic, poisson and pmm targets)."""
     names: tuple[str, ...]
     default: bool
-    """Every other column, none a factor: the design is the site's data matrix itself."""
+    """Every other column, none expanded: the design is the site's data matrix itself."""
 
     @property
     def p(self) -> int:
@@ -90,18 +94,32 @@ class JobSpec:
             for i, name in enumerate(self.columns)
             if i != target.column and (listed is None or name in listed)
         )
-        levels = tuple(len(self.factors.get(self.columns[i], ())) for i in sources)
+        labels = [self._level_labels(self.columns[i]) for i in sources]
+        levels = tuple(values for values, _ in labels)
         names: list[str] = []
-        for i, count in zip(sources, levels, strict=True):
+        for i, (values, texts) in zip(sources, labels, strict=True):
             name = self.columns[i]
-            names += [f"{name}={level}" for level in self.factors[name][1:]] if count else [name]
+            names += [f"{name}={text}" for text in texts[1:]] if values else [name]
         terms = self.site_terms()  # in a participant's rows after the job's columns
         return Design(
             sources=(*sources, *range(len(self.columns), len(self.columns) + len(terms))),
-            levels=(*levels, *(0 for _ in terms)),
+            levels=(*levels, *(() for _ in terms)),
             names=(*names, *terms, "(intercept)"),
             default=listed is None and not any(levels),
         )
+
+    def _level_labels(self, name: str) -> tuple[tuple[float, ...], tuple[str, ...]]:
+        """A column's level values in the data and their names, when it enters designs as
+        treatment dummies: a factor (cells 0..K-1) or a categorical or ordinal target (its
+        ``levels``; named by its text labels, else by the values); else two empty tuples."""
+        if name in self.factors:
+            written = self.factors[name]
+            return tuple(float(k) for k in range(len(written))), tuple(written)
+        for target in self.targets:
+            if target.name == name and methods.get(target.type).levels:
+                texts = target.labels or tuple(f"{v:g}" for v in target.levels)
+                return tuple(target.levels), texts
+        return (), ()
 
     def predictors(self, target: Target) -> list[str]:
         """Names of the design columns for a target (:meth:`design`), the intercept last."""
