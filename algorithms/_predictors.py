@@ -35,6 +35,9 @@ def target_matrix(z: np.ndarray, design: Design, column: int) -> tuple[np.ndarra
         else:
             matrix[:, k] = z[:, source]
             k += 1
+    if design.site_terms:  # Z's site columns sit just before its ones
+        matrix[:, k : k + design.site_terms] = z[:, -1 - design.site_terms : -1]
+        k += design.site_terms
     matrix[:, k] = z[:, column]
     matrix[:, k + 1] = 1.0
     return matrix, k

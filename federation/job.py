@@ -57,6 +57,9 @@ class Design:
     names: tuple[str, ...]
     default: bool
     """Every other column, none expanded: the design is the site's data matrix itself."""
+    site_terms: int = 0
+    """The site term's columns (``JobSpec.site_terms``), after the predictors: in a
+    participant's rows they come after the job's columns, before the ones."""
 
     @property
     def p(self) -> int:
@@ -102,10 +105,11 @@ class JobSpec:
             names += [f"{name}={text}" for text in texts[1:]] if values else [name]
         terms = self.site_terms()  # in a participant's rows after the job's columns
         return Design(
-            sources=(*sources, *range(len(self.columns), len(self.columns) + len(terms))),
-            levels=(*levels, *(() for _ in terms)),
+            sources=sources,
+            levels=levels,
             names=(*names, *terms, "(intercept)"),
             default=listed is None and not any(levels),
+            site_terms=len(terms),
         )
 
     def _level_labels(self, name: str) -> tuple[tuple[float, ...], tuple[str, ...]]:

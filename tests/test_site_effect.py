@@ -348,3 +348,39 @@ def test_every_target_type_takes_site_terms_and_secure_aggregation_changes_nothi
         np.testing.assert_allclose(
             list(a["coefficients"].values()), list(b["coefficients"].values()), rtol=1e-9, atol=1e-9
         )
+
+
+def test_site_intercepts_join_a_predictor_list() -> None:
+    """A target with its own predictor list (a design other than the data matrix itself)
+    keeps the site columns: the fit equals the dummy fit on the listed predictors alone."""
+    central, remote = simi_data(35, G)
+    remote[:150, G - 1] += 3.0
+    sites = _sites(remote)
+    listed = ["x1", "x2"]
+    blocks = []
+    for k, values in enumerate([central, *sites.values()]):
+        dummies = np.zeros((values.shape[0], len(sites)))
+        if k:
+            dummies[:, k - 1] = 1.0
+        used = values[:, [COLUMNS.index(c) for c in (*listed, "g")]]
+        blocks.append(np.column_stack([used, dummies])[~np.isnan(used).any(axis=1)])
+    rows = np.vstack(blocks)
+    x = np.column_stack([rows[:, :2], rows[:, 3:], np.ones(rows.shape[0])])
+    y = rows[:, 2]
+
+    result = run(
+        "SIMI",
+        table("central", COLUMNS, central),
+        split(remote, SIZES),
+        [("g", "gaussian")],
+        predictors={"g": listed},
+        site_effect="intercept",
+    )
+
+    (fit,) = result.report["fits"]
+    assert list(fit["coefficients"]) == [
+        *listed,
+        *(f"(site {s})" for s in sites),
+        "(intercept)",
+    ]
+    assert_gaussian_fit(fit, gaussian_reference(x, y, RIDGE))
