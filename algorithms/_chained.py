@@ -17,6 +17,7 @@ import numpy as np
 from algorithms import _chains, _pmm, methods
 from algorithms._federated import FitChains, record
 from algorithms._predictors import target_matrix
+from algorithms._site_term import check_central_rows, data_columns, with_site_columns
 from algorithms._stats import augment, total
 from federation import diagnostics
 from federation.job import PARALLEL, Target
@@ -31,7 +32,7 @@ def prepare(site: SiteJob) -> dict[str, Any]:
     targets = site.targets
     target_columns = [t.column for t in targets]
     others = [c for c in range(values.shape[1]) if c not in target_columns]
-    missing_other = np.isnan(values[:, others])
+    missing_other = np.isnan(values)[:, others]  # booleans copied, not the numbers
     incomplete = missing_other.any(axis=1)
     if site.is_central and incomplete.any():
         counts = missing_other.sum(axis=0)
@@ -44,7 +45,7 @@ def prepare(site: SiteJob) -> dict[str, Any]:
             f"{site.spec.algorithm} needs central's non-target columns complete, but {detail} "
             "are missing; make such a column a target too"
         )
-    z = augment(values[~incomplete])
+    z = with_site_columns(site, augment(values, ~incomplete))
     observed = {t.index: ~np.isnan(z[:, t.column]) for t in targets}
     minimum = int(site.params["min_rows"])
     for t in targets:
@@ -56,6 +57,7 @@ def prepare(site: SiteJob) -> dict[str, Any]:
             )
         if (~observed[t.index]).any():
             check_donors(site, t, count)
+            check_central_rows(site, t.name, count)
     _chains.start_cells(site, z, observed)
     return {
         "rows_used": int((~incomplete).sum()),
@@ -134,7 +136,7 @@ def trace(site: SiteJob) -> dict[str, Any]:
 
 def completed(site: SiteJob, *, chain: int = 0) -> dict[str, Any]:
     """Central only: its current data in a chain (0-based), every target imputed."""
-    return {"values": _chains.use(site, chain)[:, :-1].copy()}
+    return {"values": data_columns(site, _chains.use(site, chain)).copy()}
 
 
 async def run(job: CentralJob, fit_chains: FitChains) -> None:

@@ -12,6 +12,10 @@ Each takes (job, target, warm start or None) and returns a ``Fit`` that the meth
 The remote halves name their handlers as ``_site`` does. The chained family fits every chain of
 a target at once (``_chains``): ``pooled_chains``, ``averaged_chains`` and ``surrogate_chains``
 take one warm start a chain and return one fit a chain, from one request a step.
+
+The site checks (``federation.site_checks``) come from replies a fit is sent anyway: a single
+fit's, or chain 1's of parallel chains (each cycle's replaces the last, so the report holds
+chain 1's last cycle); never with secure aggregation, where central sees only the sum.
 """
 
 from __future__ import annotations
@@ -23,10 +27,11 @@ import numpy as np
 
 from algorithms import _newton, methods
 from algorithms._chains import Asked, Replies, chain_replies, lockstep
-from algorithms._stats import Fit, fit_from, total
+from algorithms._stats import Fit, covariance, fit_from, fit_gaussian, total
 from algorithms.methods._method import Ask
+from federation import site_checks
 from federation.errors import FitError
-from federation.job import Target
+from federation.job import CENTRAL, Target
 from federation.runtime import CentralJob
 
 FitTarget = Callable[[CentralJob, Target, np.ndarray | None], Awaitable[Fit]]
@@ -40,7 +45,7 @@ async def fit_pooled(job: CentralJob, target: Target, start: np.ndarray | None =
     async def ask(operation: str, **args: Any) -> Mapping[str, Mapping[str, Any]]:
         return await _pooled(job, operation, target=target.index, **args)
 
-    return await _fit_with(job, target, start, ask)
+    return await _fit_with(job, target, start, ask, check=True)
 
 
 async def pooled_chains(
@@ -53,10 +58,10 @@ async def pooled_chains(
         replies = await _pooled(job, operation, target=target.index, **args)
         return [chain_replies(replies, c, keys[c]) for c in range(len(asked))]
 
-    def fit(start: np.ndarray | None) -> Callable[[Ask], Awaitable[Fit]]:
-        return lambda ask: _fit_with(job, target, start, ask)
+    def fit(chain: int, start: np.ndarray | None) -> Callable[[Ask], Awaitable[Fit]]:
+        return lambda ask: _fit_with(job, target, start, ask, check=chain == 0)
 
-    return await lockstep([fit(start) for start in starts], exchange)
+    return await lockstep([fit(c, start) for c, start in enumerate(starts)], exchange)
 
 
 def _combined(
@@ -98,10 +103,24 @@ def _combined(
 _STATS_KEYS = ("n", "h", "g", "q")
 
 
-async def _fit_with(job: CentralJob, target: Target, start: np.ndarray | None, ask: Ask) -> Fit:
-    """The target's method fits it over every participant through ``ask``."""
+async def _fit_with(
+    job: CentralJob, target: Target, start: np.ndarray | None, ask: Ask, *, check: bool
+) -> Fit:
+    """The target's method fits it over every participant through ``ask``; with ``check``
+    (a single fit, or chain 1 of parallel chains) the test of equal coefficients across sites
+    from the replies this fit was sent (nothing more is asked; not with secure aggregation,
+    where central sees only the sum)."""
+    asked: dict[str, Replies] = {}
+    last: list[tuple[np.ndarray, Replies]] = []
+
+    async def capture(operation: str, **args: Any) -> Replies:
+        asked[operation] = await ask(operation, **args)
+        if "theta" in args:  # a Newton evaluation: H and g at theta (a search's: its first row)
+            last[:] = [(np.atleast_2d(args["theta"])[0], asked[operation])]
+        return asked[operation]
+
     fit = await methods.get(target.type).fit_pooled(
-        ask,
+        capture if check and not job.secure else ask,
         start=start,
         ridge=float(job.params["ridge"]),
         max_iter=int(job.params["max_iter"]),
@@ -114,7 +133,68 @@ async def _fit_with(job: CentralJob, target: Target, start: np.ndarray | None, a
             f"target '{target.name}': Newton did not converge in {fit.iterations} iterations "
             "(max_iter); the last coefficients are used"
         )
+    if "gaussian_stats" in asked and len(asked["gaussian_stats"]) > 1:
+        check_gaussian_sites(job, target, asked["gaussian_stats"])
+    if last and len(last[0][1]) > 1:
+        check_newton_sites(job, target, *last[0])
     return fit
+
+
+def check_gaussian_sites(
+    job: CentralJob, target: Target, replies: Mapping[str, Mapping[str, Any]]
+) -> None:
+    """The test of equal coefficients across sites from each participant's own Gaussian fit,
+    solved from the sums it sent for the pooled fit (nothing more is asked); a participant
+    whose own rows cannot be fitted alone is left out of the test."""
+    names = job.spec.predictors(target)
+    own: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for site, reply in replies.items():
+        n = int(reply["n"])
+        if n <= len(names):
+            continue
+        try:
+            fit = fit_gaussian(
+                {site: reply}, ridge=float(job.params["ridge"]), names=names, target=target.name
+            )
+        except FitError:
+            continue
+        assert fit.sse is not None
+        own[site] = (fit.beta, covariance(fit) * fit.sse / (n - len(names)))
+    job.record_check(
+        "equal_coefficients",
+        target,
+        site_checks.equal_coefficients(
+            target.name, names, own, site_intercepts=bool(job.spec.site_terms())
+        ),
+    )
+
+
+def check_newton_sites(
+    job: CentralJob, target: Target, theta: np.ndarray, replies: Mapping[str, Mapping[str, Any]]
+) -> None:
+    """The test of equal coefficients across sites for a Newton fit, from the H_k and g_k each
+    participant sent at the pooled fit's last evaluation theta: its one-step estimate
+    theta + H_k^-1 g_k (one Newton step on its own rows from the pooled fit: as efficient as its
+    own fit, Lehmann and Casella 1998, 6.4) with covariance H_k^-1. Site terms are left out (in
+    a site's own rows its column is its intercept, the others' are 0)."""
+    names = methods.get(target.type).parameter_names(job.spec.predictors(target), target.levels)
+    terms = job.spec.site_terms()
+    keep = [i for i, name in enumerate(names) if not any(name.startswith(t) for t in terms)]
+    own: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for site, reply in replies.items():
+        if int(reply["n"]) <= len(keep):
+            continue
+        h = np.asarray(reply["h"])[np.ix_(keep, keep)]
+        g = np.asarray(reply["g"])[keep]
+        cov = np.linalg.pinv(h, hermitian=True)
+        own[site] = (theta[keep] + cov @ g, cov)
+    job.record_check(
+        "equal_coefficients",
+        target,
+        site_checks.equal_coefficients(
+            target.name, [names[i] for i in keep], own, site_intercepts=bool(terms)
+        ),
+    )
 
 
 async def _pooled(job: CentralJob, name: str, **args: Any) -> dict[str, dict[str, Any]]:
@@ -130,18 +210,21 @@ async def fit_averaged(job: CentralJob, target: Target, start: np.ndarray | None
     A Gaussian target's sigma^2 is drawn from N and the summed SSE of the sites' own fits, and
     alpha from Normal(beta, sigma^2 V). Sites keep their own warm starts: ``start`` is unused.
     """
-    return _averaged(job, target, await job.ask("local_fit", target=target.index))
+    return _averaged(job, target, await job.ask("local_fit", target=target.index), check=True)
 
 
 async def averaged_chains(
     job: CentralJob, target: Target, starts: list[np.ndarray | None]
 ) -> list[Fit]:
-    """:func:`fit_averaged` of every chain, from one request (each site fits every chain)."""
+    """:func:`fit_averaged` of every chain, from one request (each site fits every chain);
+    the test of equal coefficients across sites from chain 1's fits."""
     replies = await job.ask("local_fit", target=target.index)
-    return [_averaged(job, target, chain_replies(replies, c)) for c in range(len(starts))]
+    return [
+        _averaged(job, target, chain_replies(replies, c), check=c == 0) for c in range(len(starts))
+    ]
 
 
-def _averaged(job: CentralJob, target: Target, replies: Replies) -> Fit:
+def _averaged(job: CentralJob, target: Target, replies: Replies, *, check: bool) -> Fit:
     names = job.spec.predictors(target)
     method = methods.get(target.type)
     n = int(total(replies, "n"))
@@ -153,6 +236,20 @@ def _averaged(job: CentralJob, target: Target, replies: Replies) -> Fit:
                 f"target '{target.name}': {site}'s own Newton fit did not converge (max_iter); "
                 "its last coefficients are averaged"
             )
+    if check and len(replies) > 1:  # central and at least one site
+        job.record_check(
+            "equal_coefficients",
+            target,
+            site_checks.equal_coefficients(
+                target.name,
+                names,
+                {
+                    site: own
+                    for site, reply in replies.items()
+                    if (own := _own_fit(reply, method.residual_variance, len(names))) is not None
+                },
+            ),
+        )
     return fit_from(
         target.type,
         n=n,
@@ -163,6 +260,21 @@ def _averaged(job: CentralJob, target: Target, replies: Replies) -> Fit:
         names=names,
         target=target.name,
     )
+
+
+def _own_fit(
+    reply: Mapping[str, Any], residual_variance: bool, p: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """A participant's own coefficients and their covariance from its ``local_fit`` reply
+    (n theta, n^2 V; a Gaussian V times SSE / (n - p)); None when it has no fit to compare:
+    no row, Newton not converged, or no residual degree of freedom."""
+    n = int(reply["n"])
+    if n == 0 or not int(reply["converged"]) or (residual_variance and n <= p):
+        return None
+    covariance = np.asarray(reply["cov_n2"]) / float(n) ** 2
+    if residual_variance:
+        covariance = covariance * float(reply["sse"]) / (n - p)
+    return np.asarray(reply["beta_n"]) / n, covariance
 
 
 async def fit_surrogate(job: CentralJob, target: Target, start: np.ndarray | None = None) -> Fit:
@@ -177,7 +289,8 @@ async def surrogate_chains(
     job: CentralJob, target: Target, starts: list[np.ndarray | None]
 ) -> list[Fit]:
     """:func:`fit_surrogate` of every chain: central's own fits of each, then every chain's
-    gradients from one request (central's local operations take the chain)."""
+    gradients from one request (central's local operations take the chain); the check of
+    central's covariate means from chain 1's sums."""
     return await _surrogate(job, target, chains=len(starts))
 
 
@@ -199,6 +312,21 @@ async def _surrogate(job: CentralJob, target: Target, *, chains: int | None) -> 
         mine = replies if chains is None else chain_replies(replies, c)
         n = int(total(mine, "n"))
         gradient = sum(int(r["n"]) * np.asarray(r["gradient"]) for r in mine.values()) / n
+        if c == 0 and len(mine) > 1:  # central and at least one site
+            job.record_check(
+                "covariate_means",
+                target,
+                site_checks.covariate_means(
+                    target.name,
+                    names,
+                    central_n=int(owns[c]["n"]),
+                    central_sums=np.asarray(mine[CENTRAL]["sums"]),
+                    n=n,
+                    sums=np.asarray(total(mine, "sums")),
+                    squares=np.asarray(total(mine, "squares")),
+                    algorithm=job.spec.algorithm,
+                ),
+            )
         surrogate = await job.local(
             "surrogate_fit", target=target.index, beta=beta, gradient=gradient, n=n, **where
         )

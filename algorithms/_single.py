@@ -15,6 +15,7 @@ from algorithms import methods
 from algorithms._chained import check_donors
 from algorithms._federated import FitTarget, record
 from algorithms._predictors import target_matrix
+from algorithms._site_term import check_central_rows, with_site_columns
 from algorithms._stats import augment
 from federation.runtime import CentralJob
 from federation.site import SiteJob
@@ -42,9 +43,11 @@ def prepare(site: SiteJob, *, chained: str) -> dict[str, Any]:
             )
         site.state["impute_rows"] = target_missing
         if target_missing.any():
-            check_donors(site, target, int((~target_missing & ~predictor_missing).sum()))
+            observed = int((~target_missing & ~predictor_missing).sum())
+            check_donors(site, target, observed)
+            check_central_rows(site, target.name, observed)
     complete = ~(target_missing | predictor_missing)
-    site.state["z"] = augment(values[complete])
+    site.state["z"] = with_site_columns(site, augment(values, complete))
     site.state["rows"] = {target.index: None}
     return {
         "rows_used": int(complete.sum()),
@@ -63,7 +66,9 @@ def impute(site: SiteJob, *, target: int, **drawn: Any) -> dict[str, Any]:
     rows = site.state["impute_rows"]
     method = methods.get(spec_target.type)
     design = site.spec.design(spec_target)
-    missing, column = target_matrix(augment(values[rows]), design, target - 1)
+    missing, column = target_matrix(
+        with_site_columns(site, augment(values, rows)), design, target - 1
+    )
     donors, _ = target_matrix(site.state["z"], design, target - 1)
     values[rows, target - 1] = method.impute(
         (missing, None),
@@ -88,6 +93,7 @@ async def run(job: CentralJob, fit_target: FitTarget) -> None:
     record(job, target, fit, cycle=1)
     for m in range(1, imputations + 1):
         drawn = method.draw(fit, job.rng, target=target.name)
-        completed = (await job.local("impute", target=target.index, **drawn))["values"]
-        job.emit_imputation(completed)
+        # not kept in a name: the dataset goes once emitted (only its imputed cells are kept),
+        # before the next one is made
+        job.emit_imputation((await job.local("impute", target=target.index, **drawn))["values"])
         job.progress(m / imputations, f"imputation {m} of {imputations}")

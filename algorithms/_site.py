@@ -80,12 +80,18 @@ STATISTICS: dict[str, Handler] = {
 """The site operations of every target method (SIMI, SIMICE, IMI, IMICE), by name."""
 
 
-def _design_sums(site: SiteJob, target: int) -> np.ndarray:
-    """Column sums of the target's design over its rows (the intercept's: the count)."""
+def _design(site: SiteJob, target: int) -> np.ndarray:
+    """The target's design over its rows (a copy): its predictors and the intercept."""
     z, column = matrix(site, target)
     rows = _rows(site, target)
     selected = z if rows is None else z[rows]
-    sums: np.ndarray = np.delete(selected, column, axis=1).sum(axis=0)
+    design: np.ndarray = np.delete(selected, column, axis=1)
+    return design
+
+
+def _design_sums(site: SiteJob, target: int) -> np.ndarray:
+    """Column sums of the target's design over its rows (the intercept's: the count)."""
+    sums: np.ndarray = _design(site, target).sum(axis=0)
     return sums
 
 
@@ -125,11 +131,19 @@ def local_fit_handler(site: SiteJob, *, target: int) -> dict[str, Any]:
 
 
 def gradient_handler(site: SiteJob, *, target: int, beta: np.ndarray) -> dict[str, Any]:
-    """n and the average gradient of this site's log-likelihood at central's beta (CSLMI)."""
+    """n and the average gradient of this site's log-likelihood at central's beta (CSLMI),
+    and the design's column sums and sums of squares over the same rows, from which central
+    compares its own predictor means with the pooled ones (``federation.site_checks``)."""
     spec_target, method = _target(site, target)
     (z, column), rows = matrix(site, target), _rows(site, target)
     n, gradient = method.score(z, rows, column, beta, spec_target.levels)
-    return {"n": n, "gradient": gradient / n if n else gradient}
+    design = _design(site, target)
+    return {
+        "n": n,
+        "gradient": gradient / n if n else gradient,
+        "sums": design.sum(axis=0),
+        "squares": np.einsum("ij,ij->j", design, design),
+    }
 
 
 def surrogate_fit_handler(

@@ -30,10 +30,20 @@ BLOCK_ROWS = 65_536
 # ---------------------------------------------------------------- site side
 
 
-def augment(values: np.ndarray) -> np.ndarray:
-    """Copy ``values`` into a C-ordered matrix with a trailing column of ones (``Z``)."""
-    z = np.empty((values.shape[0], values.shape[1] + 1), dtype=np.float64)
-    z[:, :-1] = values
+def augment(values: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """Copy ``values`` (only its ``rows``, a boolean mask, when given) into a C-ordered matrix
+    with a trailing column of ones (``Z``). The rows are copied a block at a time: no
+    intermediate copy of the selection as large as ``Z`` itself."""
+    if rows is None:
+        z = np.empty((values.shape[0], values.shape[1] + 1), dtype=np.float64)
+        z[:, :-1] = values
+    else:
+        z = np.empty((int(np.count_nonzero(rows)), values.shape[1] + 1), dtype=np.float64)
+        at = 0
+        for start in range(0, values.shape[0], BLOCK_ROWS):
+            block = values[start : start + BLOCK_ROWS][rows[start : start + BLOCK_ROWS]]
+            z[at : at + block.shape[0], :-1] = block
+            at += block.shape[0]
     z[:, -1] = 1.0
     return z
 

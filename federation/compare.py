@@ -174,8 +174,12 @@ def comparison_report(methods: Sequence[Mapping[str, Any]], *, reference: str) -
             )
             if gap is not None:
                 result["distance"] = gap
+            shift = _check(method, "covariate_means", name)
+            if shift is not None:
+                result["covariate_means"] = shift
             entry["methods"][method["algorithm"]] = result
         entry["coefficients"] = coefficient_names(entry)
+        entry["equal_coefficients"] = _equal_coefficients(methods, name, reference=reference)
         rows.append(entry)
     return {
         "reference": reference,
@@ -187,6 +191,32 @@ def comparison_report(methods: Sequence[Mapping[str, Any]], *, reference: str) -
         ),
         "methods": [_cost(m) for m in methods],
         "targets": rows,
+    }
+
+
+def _check(method: Mapping[str, Any], kind: str, target: str) -> dict[str, Any] | None:
+    """A site check of a method's report for a target (``federation.site_checks``), if any."""
+    report = method.get("report") or {}
+    found: dict[str, Any] | None = report.get("site_checks", {}).get(kind, {}).get(target)
+    return found
+
+
+def _equal_coefficients(
+    methods: Sequence[Mapping[str, Any]], target: str, *, reference: str
+) -> dict[str, Any]:
+    """The test of equal coefficients across sites for a target: the reference's (from the
+    sums its Gaussian fits received) or else that of the first method that fits each site
+    alone (AVGMMI, AVGMMICE); ``from`` names it. Without either, a note says what would."""
+    ordered = sorted(methods, key=lambda m: m["algorithm"] != reference)
+    for method in ordered:
+        found = _check(method, "equal_coefficients", target)
+        if found is not None:
+            return {"from": method["algorithm"], **found}
+    return {
+        "from": None,
+        "note": "no method here saw each site's own fit of this target (the pooled methods "
+        "do for a continuous target without secure aggregation): add AVGMMI or AVGMMICE to "
+        "test whether the sites' coefficients are equal",
     }
 
 
@@ -233,6 +263,27 @@ def _cost(method: Mapping[str, Any]) -> dict[str, Any]:
     return entry
 
 
+def check_lines(target: Mapping[str, Any]) -> list[str]:
+    """The site checks of a target's row as sentences: the test of equal coefficients across
+    sites, and each method's warning on central's covariate means."""
+    lines = []
+    test = target.get("equal_coefficients") or {}
+    if test.get("p_value") is not None:
+        lines.append(
+            f"equal coefficients across sites (from {test['from']}'s per-site fits): "
+            f"Q = {test['statistic']:.3g}, df = {test['df']}, p = {test['p_value']:.3g}"
+        )
+    elif test.get("note"):
+        lines.append(f"equal coefficients across sites: {test['note']}")
+    if test.get("warning"):
+        lines.append(f"warning: {test['warning']}")
+    for name, method in target["methods"].items():
+        shift = method.get("covariate_means") or {}
+        if shift.get("warning"):
+            lines.append(f"warning ({name}): {shift['warning']}")
+    return lines
+
+
 def coefficient_names(target: Mapping[str, Any]) -> list[str]:
     """Every coefficient any method fitted for a target, in the order they first appear."""
     names: dict[str, None] = {}
@@ -269,6 +320,7 @@ def format_table(comparison: Mapping[str, Any]) -> str:
                 for m in methods
             )
         )
+        lines.extend(check_lines(target))
         lines.append("")
     lines.append(f"{'method':<12}{'status':>11}{'round trips':>13}{'bytes':>12}{'seconds':>10}")
     for method in comparison["methods"]:

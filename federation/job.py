@@ -43,16 +43,23 @@ class Target:
 @dataclass(frozen=True)
 class Design:
     """What the design of a target is made of: its predictors (0-based columns of the job's
-    ``columns``, in their order), each factor's level count K (0 for a numeric column), and the
+    ``columns``, in their order), each one's level values (empty for a numeric column), and the
     names of the design's columns: a numeric predictor's own, one per level but the first of a
-    factor (``name=level``, treatment coding), then ``(intercept)``. ``algorithms._predictors``
-    builds the matrix."""
+    factor or of a categorical or ordinal target (``name=level``, treatment coding, the job's
+    level order, as mice codes a factor), then ``(intercept)``. ``algorithms._predictors`` builds
+    the matrix."""
 
     sources: tuple[int, ...]
-    levels: tuple[int, ...]
+    levels: tuple[tuple[float, ...], ...]
+    """Per source, the values its cells hold for its levels, in the job's order: a factor's
+    level indices 0..K-1, a categorical or ordinal target's ``Target.levels``; empty for a column
+    entering as itself (numeric predictors, gaussian, logistic, poisson and pmm targets)."""
     names: tuple[str, ...]
     default: bool
-    """Every other column, none a factor: the design is the site's data matrix itself."""
+    """Every other column, none expanded: the design is the site's data matrix itself."""
+    site_terms: int = 0
+    """The site term's columns (``JobSpec.site_terms``), after the predictors: in a
+    participant's rows they come after the job's columns, before the ones."""
 
     @property
     def p(self) -> int:
@@ -90,17 +97,33 @@ class JobSpec:
             for i, name in enumerate(self.columns)
             if i != target.column and (listed is None or name in listed)
         )
-        levels = tuple(len(self.factors.get(self.columns[i], ())) for i in sources)
+        labels = [self._level_labels(self.columns[i]) for i in sources]
+        levels = tuple(values for values, _ in labels)
         names: list[str] = []
-        for i, count in zip(sources, levels, strict=True):
+        for i, (values, texts) in zip(sources, labels, strict=True):
             name = self.columns[i]
-            names += [f"{name}={level}" for level in self.factors[name][1:]] if count else [name]
+            names += [f"{name}={text}" for text in texts[1:]] if values else [name]
+        terms = self.site_terms()  # in a participant's rows after the job's columns
         return Design(
             sources=sources,
             levels=levels,
-            names=(*names, "(intercept)"),
+            names=(*names, *terms, "(intercept)"),
             default=listed is None and not any(levels),
+            site_terms=len(terms),
         )
+
+    def _level_labels(self, name: str) -> tuple[tuple[float, ...], tuple[str, ...]]:
+        """A column's level values in the data and their names, when it enters designs as
+        treatment dummies: a factor (cells 0..K-1) or a categorical or ordinal target (its
+        ``levels``; named by its text labels, else by the values); else two empty tuples."""
+        if name in self.factors:
+            written = self.factors[name]
+            return tuple(float(k) for k in range(len(written))), tuple(written)
+        for target in self.targets:
+            if target.name == name and methods.get(target.type).levels:
+                texts = target.labels or tuple(f"{v:g}" for v in target.levels)
+                return tuple(target.levels), texts
+        return (), ()
 
     def predictors(self, target: Target) -> list[str]:
         """Names of the design columns for a target (:meth:`design`), the intercept last."""
@@ -110,6 +133,13 @@ class JobSpec:
         """The widest design of the job's targets."""
         return max((self.design(t).p for t in self.targets), default=len(self.columns))
 
+    def site_terms(self) -> tuple[str, ...]:
+        """The site term's columns (option ``site_effect``, ALGORITHMS.md "Conventions"): with
+        ``intercept``, one 0/1 column per remote site, in the job's order; else none."""
+        if self.params.get("site_effect", "none") != "intercept":
+            return ()
+        return tuple(f"(site {site})" for site in self.sites)
+
     @property
     def chains(self) -> int:
         """How many chains the job runs (ALGORITHMS.md, SIMICE): M = ``imputations`` with
@@ -118,7 +148,9 @@ class JobSpec:
 
     def dims(self) -> Dims:
         """The sizes its replies are checked against (``federation.replies``): p, c, k, m, and
-        each target's design width p, parameter length t and level count l."""
+        each target's design width p (site terms included), parameter length t and level
+        count l."""
+        sites = len(self.site_terms())
         widths = {t.index: self.design(t).p for t in self.targets}
         return Dims.of(
             len(self.columns),
@@ -130,6 +162,7 @@ class JobSpec:
                 )
                 for t in self.targets
             },
+            site_terms=sites,
             chains=self.chains,
             widths=widths,
         )

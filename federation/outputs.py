@@ -61,12 +61,11 @@ ORIGINAL_NAME = "original.csv"
 COMPARISON_NAME = "comparison.json"
 COMPARISON_TABLE_NAME = "comparison.txt"
 ZIP_LEVEL = 1
-"""Deflate level of the zip, chosen by measurement (bench/download.py --levels 0,1,6: central
-of 100k rows x 20 columns, M = 10, 393 MB of CSV): stored 393 MB in 2.1 s, level 1 194 MB in
-7.4 s (5.2 CPU seconds), level 6 183 MB in 57 s, on a busy 2-core machine. Level 1 halves
-what crosses the network: at 1 Gbit/s the stored zip takes about as long to send (3.1 s) as
-level 1 takes to make on two idle cores, and over any slower link level 1 is the faster
-download; level 6 saves 6% more at eight times the cost."""
+"""ISA-L deflate level of the zip, chosen by measurement (central of 100k rows x 20 columns,
+M = 10, 393 MB of CSV; CPU seconds, the machine being shared): formatting the CSV 1.4 s; zlib's
+level 1 3.6 s for 194 MB (level 6: 8x that for 6% less); ISA-L's level 1 1.3 s for 191 MB, its
+level 0 the same time for 234 MB. Level 1 halves what crosses the network for about the
+formatting's own cost, on the two cores the chunks are made on."""
 _CHUNK_CELLS = 1 << 16
 """Cells formatted at a time (512 KiB of float64, about 1.3 MB of text)."""
 _AHEAD = 2

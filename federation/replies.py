@@ -23,7 +23,8 @@ A value is a number or an array of numbers, never text and never nested:
 - ``flag``: 0 or 1.
 
 A dimension ``d`` is ``p`` (the width of the operation's target's design: its predictors, each
-factor as one column per level but the first, and the intercept; by default the job's columns,
+factor as one column per level but the first, one site term per remote site when the
+job's ``site_effect`` is intercept, and the intercept; by default the job's columns,
 the target's place taken by the intercept), ``c`` (the job's columns), ``k`` (the job's
 targets), ``t`` (the length of the parameters of the operation's target's fit: p, (K-1)p for
 a categorical target of K levels, p - 1 + K - 1 for an ordinal one; ``algorithms.methods``),
@@ -34,6 +35,10 @@ so a value holds at most max(p, c, k, t)^2 numbers (p x u: at most 8.5 p^2); a r
 :data:`MAX_KEYS` values. ``prepare`` declares what the site adds to the runtime's own summary
 when the job opens (``rows``, ``rows_used``, ``observed``, ``target_rows``, ``left_out``); its
 ``left_out`` reasons are the labels listed here, so no text of the site's travels.
+One more may come first: ``m``, the job's chains (the chained family's parameter ``chains``:
+1 for a single chain, M = ``imputations`` for parallel chains), for an operation that answers
+for every chain at once (``float[m,p,p]``: one X'X a chain); such a reply holds m times as
+many numbers, still bounded by the job.
 
 One more dimension may come first: ``m``, the job's chains (the chained family's parameter
 ``chains``: 1 for a single chain, M = ``imputations`` for parallel chains), for an operation
@@ -118,11 +123,14 @@ class Dims:
         targets: int,
         per_target: Mapping[int, tuple[int, int]] | None = None,
         *,
+        site_terms: int = 0,
         chains: int = 1,
         widths: Mapping[int, int] | None = None,
     ) -> Dims:
+        """p is the columns plus the site terms (one per remote site with ``site_effect``
+        intercept: the target's place is the intercept's), c the columns, m the chains."""
         return cls(
-            p=columns,
+            p=columns + site_terms,
             c=columns,
             k=targets,
             per_target=dict(per_target or {}),

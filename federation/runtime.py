@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 
 EventSink = Callable[[JobEvent], None]
 _CLOSE_TIMEOUT = 5.0
+_CHECK_ROWS = 65_536
+"""Rows per block when an imputed dataset is checked against central's data."""
 REQUEST_SECONDS = 600.0
 """How long central waits for a site's answer to one request, by default (reconnects included)."""
 
@@ -113,6 +115,9 @@ class CentralJob:
     chains also its R-hat."""
     chains: dict[str, Any] = field(default_factory=dict)
     """How the chained family ran its chains (kind, chains, cycles), for the report."""
+    checks: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    """Per kind of site check (``federation.site_checks``), per target, the latest result (a
+    chained method's: that of its last cycle); their warnings are given when the job ends."""
     deadline: float = REQUEST_SECONDS
     """Seconds a site has to answer one request; past it the job fails naming the site."""
     _pending: list[Op] = field(default_factory=list)
@@ -238,9 +243,11 @@ class CentralJob:
             raise FipError(
                 f"imputed dataset has shape {values.shape}, central's data has {original.shape}"
             )
-        observed = ~np.isnan(original)
-        if not np.array_equal(values[observed], original[observed]):
-            raise FipError("the algorithm changed observed values of central's data")
+        step = _CHECK_ROWS  # a block of rows at a time: no copy of every observed cell
+        for start in range(0, original.shape[0], step):
+            before, after = original[start : start + step], values[start : start + step]
+            if (~np.isnan(before) & (after != before)).any():
+                raise FipError("the algorithm changed observed values of central's data")
         for target in self.targets:
             left = int(np.isnan(values[:, target.column]).sum())
             if left:
@@ -248,7 +255,7 @@ class CentralJob:
                     f"imputed dataset {len(self.imputed_cells) + 1} leaves {left} cell(s) of "
                     f"target '{target.name}' missing"
                 )
-        self.imputed_cells.append(values[~observed].copy())
+        self.imputed_cells.append(values[np.isnan(original)])
 
     def record_fit(
         self,
@@ -309,6 +316,11 @@ class CentralJob:
                 message=f"cycle {cycle}: fitted '{target.name}' on {n} rows",
             )
         )
+
+    def record_check(self, kind: str, target: Target, result: Mapping[str, Any]) -> None:
+        """Note a site check of a target's fit for the report (a later fit's replaces it);
+        its ``warning``, if any, is given once when the job ends."""
+        self.checks.setdefault(kind, {})[target.name] = dict(result)
 
     def record_trace(
         self, target: Target, *, chain: int, cycle: int, mean: float, variance: float
@@ -588,6 +600,10 @@ async def run_job(
     try:
         await job._open()
         await central_module.run(job)
+        for results in job.checks.values():
+            for result in results.values():
+                if result.get("warning"):
+                    job.warn(str(result["warning"]))
         if job._pending:
             log.debug(
                 "job %s: %d instruction(s) left unsent at the end", spec.job_id, len(job._pending)
@@ -645,6 +661,7 @@ def _report(job: CentralJob, *, seconds: float) -> dict[str, Any]:
         "warnings": job.warnings,
         **({"chains": job.chains} if job.chains else {}),
         **({"traces": job.traces} if job.traces else {}),
+        **({"site_checks": job.checks} if job.checks else {}),
         "round_trips": job.traffic.round_trips,
         "bytes_sent": job.traffic.bytes_sent,
         "bytes_received": job.traffic.bytes_received,

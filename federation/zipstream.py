@@ -8,14 +8,20 @@ put end to end are one deflate stream, which an empty final block closes. That l
 chunks be compressed at once, in threads (zlib runs outside the GIL), while the bytes stay a
 function of the chunks alone: same chunks, same zip.
 
+The deflating is ISA-L's (``isal``): at its level 1 it makes about the bytes zlib's level 1
+makes (191 against 194 MB for 393 MB of CSV) in a third of zlib's CPU time (bench/download.py).
+Its output is a standard deflate stream that any unzip reads; it differs from zlib's, so the
+bytes are the same run to run from this writer, not the same as an older zlib-made zip.
+
 Sizes and offsets past 4 GiB are written in zip64 fields (PKWARE's APPNOTE 4.5.3).
 """
 
 from __future__ import annotations
 
 import struct
-import zlib
 from dataclasses import dataclass
+
+from isal import isal_zlib
 
 _DEFLATED = 8
 _DESCRIPTOR_FLAG = 0x08
@@ -26,15 +32,20 @@ _DOS_DATE = (0 << 9) | (1 << 5) | 1  # 1980-01-01, the earliest a zip can say
 _DOS_TIME = 0
 _LIMIT = 0xFFFFFFFF
 _FILE_MODE = 0o644 << 16
-_FINAL_BLOCK = zlib.compressobj(1, zlib.DEFLATED, -15).flush()
-"""An empty final deflate block: it closes a stream of sync-flushed chunks."""
+_FINAL_BLOCK = b"\x03\x00"
+"""An empty final deflate block (BFINAL = 1, fixed Huffman codes, end of block): it closes a
+stream of sync-flushed chunks."""
+LEVELS = range(0, 4)
+"""ISA-L's deflate levels: 0 is its fastest (it still compresses), 3 its smallest."""
 
 
 def deflate(chunk: bytes, level: int) -> bytes:
     """One chunk deflated on its own, ending on a byte boundary (a sync flush): such pieces put
     end to end, then :data:`_FINAL_BLOCK`, make one deflate stream."""
-    compressor = zlib.compressobj(level, zlib.DEFLATED, -15)
-    return compressor.compress(chunk) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    if level not in LEVELS:
+        raise ValueError(f"deflate level {level} is not one of ISA-L's (0 to 3)")
+    compressor = isal_zlib.compressobj(level, isal_zlib.DEFLATED, -15)
+    return compressor.compress(chunk) + compressor.flush(isal_zlib.Z_SYNC_FLUSH)
 
 
 @dataclass(frozen=True)
@@ -85,7 +96,7 @@ class ZipStream:
 
     def add(self, raw: bytes, deflated: bytes) -> bytes:
         """A chunk of the current entry: its text (for the CRC and size) and its deflate."""
-        self._crc = zlib.crc32(raw, self._crc)
+        self._crc = isal_zlib.crc32(raw, self._crc)
         self._size += len(raw)
         self._compressed += len(deflated)
         return self._out(deflated)

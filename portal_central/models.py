@@ -156,7 +156,7 @@ class Job(Base):
     columns: Mapped[list[Any]]
     targets: Mapped[list[Any]]
     params: Mapped[dict[str, Any]]
-    roles: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
+    roles: Mapped[dict[str, Any]] = mapped_column(default=dict)
     """Column roles (``federation.roles.roles_to_wire``): factors with their levels, carried
     columns, predictor lists; empty: every column a predictor, every design the default."""
     seed: Mapped[int] = mapped_column(BigInteger)

@@ -21,7 +21,7 @@ import httpx2 as httpx
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
-from federation.registry import file_names
+from federation.registry import Registry, file_names
 from tests.federation_env import (
     Federation,
     SitePortal,
@@ -297,7 +297,9 @@ def test_cancel_on_the_site_page_shows_cancelled_on_both(
                 json={
                     "name": "to be cancelled",
                     "algorithm": "SIMICE",
-                    "version": "2.2.0",  # the built-in: no approval needed
+                    "version": Registry.with_builtins()
+                    .get("SIMICE")
+                    .version,  # built-in: no approval
                     "columns": demo_files["central"].read_text().splitlines()[0].split(","),
                     "participants": [site_id],
                     "targets": [

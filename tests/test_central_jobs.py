@@ -129,7 +129,10 @@ def _page_text(client: TestClient, job_id: int) -> str:
 def test_create_job_by_column_name(central: TestClient) -> None:
     job = _create(central)
     assert job["state"] == "created"
-    assert job["algorithm"] == "SIMICE" and job["version"] == "2.2.0"
+    assert (
+        job["algorithm"] == "SIMICE"
+        and job["version"] == Registry.with_builtins().get("SIMICE").version
+    )
     assert job["digest"] == Registry.with_builtins().get("SIMICE").digest
     assert job["columns"] == list(COLUMNS)
     # The algorithm receives 1-based indices.
@@ -146,6 +149,7 @@ def test_create_job_by_column_name(central: TestClient) -> None:
         "max_iter": 100,
         "min_rows": 18,  # max(10, 3p) with p = 6 columns
         "donors": 5,
+        "site_effect": "none",
     }
     assert job["seed"] == 11
     assert job["participants"] == []
@@ -171,6 +175,7 @@ def test_create_job_by_column_name(central: TestClient) -> None:
         "max_iter": 100,
         "min_rows": 40,
         "donors": 5,
+        "site_effect": "none",
     }
 
 
@@ -292,6 +297,20 @@ def test_every_creation_error_names_its_field(central: TestClient) -> None:
             {422},
             {"param_ridge", "parameters.ridge"},
             ["ridge", "small"],
+        ),
+        (
+            "a site effect that is not none or intercept",
+            {"parameters": {**QUICK, "site_effect": "slope"}},
+            {422},
+            {"param_site_effect"},
+            ["site_effect", "'slope' is not one of ['none', 'intercept']"],
+        ),
+        (
+            "a site effect for central's data alone",
+            {"algorithm": "IMICE", "parameters": {**QUICK, "site_effect": "intercept"}},
+            {422},
+            {"params"},
+            ["unknown parameter 'site_effect'"],
         ),
         ("unknown site", {"participants": ["nosuch"]}, {422}, {"participants"}, ["nosuch"]),
         (

@@ -123,6 +123,7 @@ def _wizard_form(central: TestClient, csrf: str, path: Path) -> dict[str, Any]:
     form["param:imputations"] = "3"
     form["param:iteration_before_first_imputation"] = "2"
     form["param:chains"] = "parallel"  # the select's chosen option, as a browser sends it
+    form["param:site_effect"] = "none"  # likewise
     return form
 
 
@@ -202,6 +203,9 @@ def test_parameters_fragment_from_the_schema(central: TestClient) -> None:
     assert _one(chains, "option[selected]")["value"] == "parallel"
     labels = {label.get_text(strip=True) for label in _soup(response.text).select("label")}
     assert {"Imputations (M)", "Cycles before the first imputation", "Ridge"} <= labels
+    (site_effect,) = _soup(response.text).select("select[name='param:site_effect']")
+    assert [o["value"] for o in site_effect.select("option")] == ["none", "intercept"]
+    assert [o["value"] for o in site_effect.select("option[selected]")] == ["none"]
 
     simi = _parameter_inputs(
         central.get("/jobs/new/parameters?algorithm=SIMI", headers=htmx_headers(csrf)).text
@@ -249,7 +253,7 @@ def test_columns_fragment_keeps_names_and_counts_only(
         assert [o["value"] for o in role.select("option[selected]")] == ["predictor"], name
         assert [o["value"] for o in select.select("option")] == list(METHODS)
         chosen = [o["value"] for o in select.select("option[selected]")]
-        assert chosen == ["logistic" if name in BINARY else "gaussian"], name
+        assert chosen == ["logistic" if name in BINARY else "pmm"], name  # demo: continuous
     assert missing[COLUMNS.index("bmi")] > 0 and missing[COLUMNS.index("smoker")] > 0
 
     summary = json.loads(str(_one(fragment, "input[type=hidden][name=columns_json]")["value"]))
@@ -340,6 +344,7 @@ def test_create_a_job_through_the_wizard(central: TestClient, demo_files: dict[s
         "max_iter": 100,
         "min_rows": 18,
         "donors": 5,
+        "site_effect": "none",
     }
     assert job["seed"] == 42
     assert [p["site_id"] for p in job["participants"]] == [north]
@@ -348,7 +353,7 @@ def test_create_a_job_through_the_wizard(central: TestClient, demo_files: dict[s
     page = _soup(central.get(location).text)
     assert _one(page, "h1").get_text(strip=True) == "Wizard job"
     facts = _one(page, "dl.facts").get_text(" ", strip=True)
-    assert "SIMICE 2.2.0" in facts
+    assert f"SIMICE {Registry.with_builtins().get('SIMICE').version}" in facts
     assert Registry.with_builtins().get("SIMICE").digest in facts
     assert "bmi (column 3, continuous)" in facts and "smoker (column 6, binary)" in facts
     assert "imputations=3" in facts and "ridge=1e-05" in facts and "min_rows=18" in facts

@@ -214,6 +214,7 @@ def test_simi_report_has_the_required_keys(
         "max_iter": 100,
         "min_rows": 10,
         "donors": 5,
+        "site_effect": "none",
     }
     assert found["seed"] == 7
 
@@ -429,8 +430,40 @@ def test_param_values_are_read_as_json(
 
     assert code == 0, stderr
     params = report(out)["params"]
-    assert params == {"imputations": 2, "ridge": 0.01, "max_iter": 50, "min_rows": 5, "donors": 5}
+    assert params == {
+        "imputations": 2,
+        "ridge": 0.01,
+        "max_iter": 50,
+        "min_rows": 5,
+        "donors": 5,
+        "site_effect": "none",
+    }
     assert isinstance(params["max_iter"], int)
+
+
+def test_site_effect_is_a_param_of_simulate(
+    small_files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--param site_effect=intercept: one site term per remote site in the fit; a bad value or
+    an algorithm without sites is refused naming the parameter."""
+    out = tmp_path / "results"
+
+    code, _, stderr = fip(capsys, *simi_args(small_files, out, "--param", "site_effect=intercept"))
+
+    assert code == 0, stderr
+    found = report(out)
+    assert found["params"]["site_effect"] == "intercept"
+    (fit,) = found["fits"]
+    assert list(fit["coefficients"]) == ["x1", "x2", "(site a)", "(site b)", "(intercept)"]
+
+    code, _, stderr = fip(
+        capsys, *simi_args(small_files, tmp_path / "bad", "--param", "site_effect=slope")
+    )
+    assert code != 0 and "parameter 'site_effect': 'slope' is not one of" in stderr
+    imi = simi_args(small_files, tmp_path / "imi", "--param", "site_effect=intercept")
+    imi[imi.index("SIMI")] = "IMI"
+    code, _, stderr = fip(capsys, *imi)
+    assert code != 0 and "unknown parameter 'site_effect'" in stderr
 
 
 @pytest.mark.parametrize(

@@ -189,7 +189,10 @@ def test_a_comparison_is_a_parent_with_one_child_per_method(central: TestClient)
     assert [m["algorithm"] for m in methods] == ["SIMI", "IMI", "CSLMI", "AVGMMI"]
     assert [m["digest"] for m in methods] == [registry.get(m["algorithm"]).digest for m in methods]
     assert [m["participants"] for m in methods] == [[north], [], [north], [north]]
-    assert all(m["state"] == "created" and m["version"] == "2.1.0" for m in methods)
+    assert all(m["state"] == "created" for m in methods)
+    assert [m["version"] for m in methods] == [
+        registry.get(m["algorithm"]).version for m in methods
+    ]
 
     for method in methods:
         child = _get(central, method["id"])
@@ -197,8 +200,12 @@ def test_a_comparison_is_a_parent_with_one_child_per_method(central: TestClient)
         assert child["name"] == f"one-target comparison · {method['algorithm']}"
         assert child["description"] == parent["description"]
         assert child["algorithm"] == method["algorithm"]
-        for key in ("columns", "targets", "parameters", "seed"):
+        for key in ("columns", "targets", "seed"):
             assert child[key] == parent[key], (method["algorithm"], key)
+        taken = registry.get(method["algorithm"]).schema["properties"]
+        assert child["parameters"] == {
+            k: v for k, v in parent["parameters"].items() if k in taken
+        }  # IMI takes no site_effect
         sites = [p["site_id"] for p in child["participants"]]
         assert sites == method["participants"]
     assert parent["parameters"] == {
@@ -207,6 +214,7 @@ def test_a_comparison_is_a_parent_with_one_child_per_method(central: TestClient)
         "max_iter": 100,
         "min_rows": 18,
         "donors": 5,
+        "site_effect": "none",
     }
 
     listed = central.get("/api/jobs", headers=admin_auth(central)).json()
@@ -361,7 +369,8 @@ def test_a_comparison_runs_every_method_on_centrals_data(
     costs = comparison["methods"]
     assert [m["algorithm"] for m in costs] == names
     for cost in costs:
-        assert cost["status"] == "completed" and cost["version"] == "2.2.0"
+        assert cost["status"] == "completed"
+        assert cost["version"] == Registry.with_builtins().get(cost["algorithm"]).version
         assert cost["round_trips"] == 0 and cost["sites"] == ["central"]
         assert cost["bytes_sent"] == 0 and cost["bytes_received"] == 0
         assert 0 <= cost["seconds"] < 30
@@ -420,7 +429,8 @@ def test_a_comparison_runs_every_method_on_centrals_data(
         assert body_rows[-1][1] == "0" and body_rows[-1][4] == "0"  # SIMICE and IMICE
     assert _one(status_block, f"a[href='/jobs/{parent_id}/comparison']")
     facts = _one(page, "dl.facts").get_text(" ", strip=True)
-    assert "SIMICE 2.2.0 (reference: pooled, exact)" in facts and facts.count("reference") == 1
+    version = Registry.with_builtins().get("SIMICE").version
+    assert f"SIMICE {version} (reference: pooled, exact)" in facts and facts.count("reference") == 1
     log = _one(page, f"#job-{parent_id}-log").get_text(" ", strip=True)
     for name in names:  # each method's events are shown on the comparison's page
         assert f"{name}: started" in log and f"{name}: completed" in log
@@ -434,7 +444,12 @@ def test_a_comparison_runs_every_method_on_centrals_data(
     assert _one(child_status, f"a[href='/jobs/{parent_id}']")
     assert not child_status.select("input[type=file]")  # no upload of its own
     assert not child_status.select("table.numbers")
-    assert _one(child_page, "dl.facts").get_text(" ", strip=True).count("CSLMICE 2.2.0") == 1
+    assert (
+        _one(child_page, "dl.facts")
+        .get_text(" ", strip=True)
+        .count(f"CSLMICE {Registry.with_builtins().get('CSLMICE').version}")
+        == 1
+    )
 
     status, body = _upload(central, parent_id, path)
     assert status == 409 and "completed" in body["detail"]
@@ -752,10 +767,13 @@ def test_a_comparison_through_the_wizard(central: TestClient, demo_files: dict[s
         "max_iter": 100,
         "min_rows": 18,
         "donors": 5,
+        "site_effect": "none",
     }
     for method in parent["methods"]:
         child = _get(central, method["id"])
-        assert child["parameters"] == parent["parameters"] and child["seed"] == 42
+        taken = Registry.with_builtins().get(method["algorithm"]).schema["properties"]
+        assert child["parameters"] == {k: v for k, v in parent["parameters"].items() if k in taken}
+        assert child["seed"] == 42
         assert child["targets"] == [{"index": 4, "name": "sbp", "type": "gaussian"}]
 
 
@@ -985,6 +1003,23 @@ def test_a_comparison_across_sites_runs_every_method_after_one_start(
     for target in comparison["targets"]:
         assert list(target["methods"]) == names
         assert target["methods"]["SIMICE"]["distance"]["relative"] == 0.0
+        # Whether the sites are alike: from the reference's per-site replies (sums, or H and g
+        # of its Newton fit); CSLMICE compares central's means with the pool.
+        test = target["equal_coefficients"]
+        assert test["from"] == "SIMICE"
+        assert test["sites"] == ["central", *sites] and 0.0 <= test["p_value"] <= 1.0
+        shift = target["methods"]["CSLMICE"]["covariate_means"]
+        assert [p["name"] for p in shift["predictors"]] == [
+            c for c in target["methods"]["SIMICE"]["coefficients"] if c != "(intercept)"
+        ]
+    with fed.admin() as admin:
+        page = _soup(admin.get(f"/jobs/{parent_id}").text).get_text(" ", strip=True)
+        method_page = _soup(admin.get(f"/jobs/{child_ids['AVGMMICE']}").text)
+    assert page.count("Equal coefficients across sites (multivariate Wald test") == 2
+    assert "central's covariates vs the pool" in page
+    checks = method_page.select_one(f"#job-{child_ids['AVGMMICE']}-site-checks")
+    assert checks is not None and "Are the sites alike?" in checks.get_text(" ", strip=True)
+    assert len(checks.select("table.site-check")) == 2  # bmi and smoker, per-site estimates
 
     # Every site answered each method's requests under that method's job id, on its one upload.
     for site in fed.sites:

@@ -553,9 +553,12 @@ def test_cslmi_logistic_maximises_the_surrogate(drawn_fits: list[Fit]) -> None:
     np.testing.assert_allclose(beta_1, ridge_logistic(x1, y1, RIDGE), rtol=0, atol=LOGISTIC_ATOL)
     for e in gradient_requests:
         (answer,) = e.reply.results
-        assert set(answer) == {"n", "gradient"}
+        assert set(answer) == {"n", "gradient", "sums", "squares"}
         x, y = complete_design(sites[e.site].values, B)
         assert answer["n"] == y.size
+        # the design's moments, for the check of central's covariate means
+        np.testing.assert_allclose(answer["sums"], x.sum(axis=0), rtol=1e-12)
+        np.testing.assert_allclose(answer["squares"], (x**2).sum(axis=0), rtol=1e-12)
         np.testing.assert_allclose(
             answer["gradient"], logistic_gradient(x, y, beta_1) / y.size, rtol=1e-9, atol=1e-12
         )

@@ -121,13 +121,29 @@ def reference(kind: str, x: np.ndarray, y: np.ndarray, levels: Sequence[float]) 
     return result
 
 
-def design(values: np.ndarray, target: int) -> tuple[np.ndarray, np.ndarray]:
-    others = [c for c in range(values.shape[1]) if c != target - 1]
-    return np.column_stack([values[:, others], np.ones(values.shape[0])]), values[:, target - 1]
+def design(
+    values: np.ndarray, target: int, *, dummies: Mapping[int, Sequence[float]] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every other column, then ones; a column in ``dummies`` (a categorical or ordinal target
+    of the job, with its levels) as a 0/1 column per level but the first (mice's treatment
+    coding of a factor)."""
+    columns = []
+    for c in range(1, values.shape[1] + 1):
+        if c == target:
+            continue
+        levels = (dummies or {}).get(c, ())
+        columns += [values[:, c - 1] == v for v in levels[1:]] if levels else [values[:, c - 1]]
+    return np.column_stack([*columns, np.ones(values.shape[0])]), values[:, target - 1]
 
 
-def assert_fit(fit: Mapping[str, Any], values: np.ndarray, target: int) -> None:
-    x, y = design(values, target)
+def assert_fit(
+    fit: Mapping[str, Any],
+    values: np.ndarray,
+    target: int,
+    *,
+    dummies: Mapping[int, Sequence[float]] | None = None,
+) -> None:
+    x, y = design(values, target, dummies=dummies)
     assert fit["n"] == y.size
     expected = reference(fit["type"], x, y, LEVELS.get(target, ()))
     ours = np.array(list(fit["coefficients"].values()))
@@ -182,7 +198,7 @@ def test_simice_every_cycle_equals_the_pooled_fit_of_current_data() -> None:
         target = COLUMNS.index(fit["target"]) + 1
         current = np.vstack([z[:, :-1] for z in snap.z])
         rows = np.concatenate([observed[target] for observed in snap.observed])
-        assert_fit(fit, current[rows], target)
+        assert_fit(fit, current[rows], target, dummies=LEVELS)
     last = snapshots[-1]  # cycle 2's last fit: every participant has imputed c, o, n at least once
     for data, z in zip(originals, last.z, strict=True):
         kept = data.values[~np.isnan(data.values[:, :2]).any(axis=1)]
@@ -192,6 +208,43 @@ def test_simice_every_cycle_equals_the_pooled_fit_of_current_data() -> None:
         assert (counts >= 0).all() and (counts == np.round(counts)).all()
         own = kept[~np.isnan(kept[:, G - 1]), G - 1]
         assert np.isin(z[:, G - 1], own).all(), "pmm: only values observed at this site"
+
+
+@pytest.mark.parametrize("secure", [False, True])
+def test_simice_gaussian_fit_takes_a_categorical_target_as_treatment_dummies(secure: bool) -> None:
+    """A categorical target predicts the other targets as mice's factor does: one 0/1 column
+    per level but the first, in the job's level order. In every cycle the Gaussian fit equals
+    the penalised least squares on the pooled current rows with c so expanded (to 1e-9), its
+    coefficients named ``c=2``, ``c=3``; masked sums give the same fits as clear ones."""
+    central, sites = network(31)
+    for data in (central, *sites.values()):  # o and n complete: numeric predictors
+        data.values[:, [ORD - 1, N - 1]] = np.nan_to_num(data.values[:, [ORD - 1, N - 1]], nan=2.0)
+    targets = [("c", "categorical"), ("g", "gaussian")]
+    harness = Harness("SIMICE", central, sites)
+    snapshots: list[Snapshot] = []
+
+    result = harness.run(
+        targets,
+        on_event=snapshot_on_fit(harness, snapshots),
+        imputations=1,
+        iteration_before_first_imputation=2,
+        ridge=RIDGE,
+        secure_aggregation=secure,
+    )
+
+    fits = result.report["fits"]
+    assert [(f["cycle"], f["target"]) for f in fits] == [(1, "c"), (1, "g"), (2, "c"), (2, "g")]
+    for fit, snap in zip(fits, snapshots, strict=True):
+        if fit["target"] != "g":
+            continue
+        assert list(fit["coefficients"]) == ["x1", "x2", "c=2", "c=3", "o", "n", "(intercept)"]
+        current = np.vstack([z[:, :-1] for z in snap.z])
+        rows = np.concatenate([observed[G] for observed in snap.observed])
+        x, y = design(current[rows], G, dummies={C: LEVELS[C]})
+        assert x.shape[1] == 7 and fit["n"] == y.size
+        expected = reference("gaussian", x, y, ())
+        ours = np.array(list(fit["coefficients"].values()))
+        np.testing.assert_allclose(ours, expected, rtol=1e-9, atol=1e-12)
 
 
 # ---------------------------------------------------------------- outputs

@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ from federation.outputs import (
     zip_chunks,
 )
 from federation.runtime import JobResult
-from federation.zipstream import ZipStream, deflate
+from federation.zipstream import _FINAL_BLOCK, ZipStream, deflate
 from tests.helpers import run, table
 
 AWKWARD = [0.1, 1 / 3, 1e-300, 123456789.123456789, -2.5e-8]
@@ -370,3 +371,20 @@ def test_the_streamed_zip_reads_in_zipfile_and_unzip(tmp_path: Path, zip64: bool
         path.write_bytes(content)
         checked = subprocess.run([unzip, "-t", str(path)], capture_output=True, text=True)
         assert checked.returncode == 0 and "No errors detected" in checked.stdout, checked.stdout
+
+
+@pytest.mark.parametrize("level", [0, 1, 3])
+def test_chunks_deflated_apart_at_every_level_inflate_to_the_text(level: int) -> None:
+    """ISA-L's chunks, sync-flushed and put end to end with the final block, are one deflate
+    stream that zlib inflates to the text, ending where the stream says it ends."""
+    chunks = [b"x,y\n", b"0.123456789,NA\n" * 20_000, b"", b"17,3\n" * 999]
+    stream = b"".join(deflate(chunk, level) for chunk in chunks) + _FINAL_BLOCK
+    inflater = zlib.decompressobj(-15)
+
+    assert inflater.decompress(stream) == b"".join(chunks)
+    assert inflater.eof and inflater.unused_data == b""
+
+
+def test_a_deflate_level_outside_isal_s_is_refused() -> None:
+    with pytest.raises(ValueError, match="deflate level 6 is not one of ISA-L's"):
+        deflate(b"x", 6)

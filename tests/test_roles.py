@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from scipy.special import expit
 
+from algorithms._predictors import target_matrix
 from federation.data import Table, read_csv
 from federation.errors import InputError, SiteFailed
 from federation.job import JobSpec
@@ -420,6 +421,36 @@ def test_a_job_with_roles_survives_the_wire() -> None:
     dims = spec.dims()
     assert dims.as_map(spec.targets[0].index)["p"] == 5
     assert dims.as_map(spec.targets[1].index)["p"] == 4
+
+
+def test_a_categorical_target_enters_the_other_designs_as_treatment_dummies() -> None:
+    """A text categorical target predicts the other targets as one 0/1 column per level but
+    the first, in the job's order and named by its text; a logistic target stays one column;
+    the replies' widths follow."""
+    data = tables({"central": 2}, {"central": 40})
+    spec = make_spec(
+        algorithm=builtin("SIMICE"),
+        central=data["central"],
+        sites=["a"],
+        targets=[("y", "gaussian"), ("f", "categorical"), ("b", "logistic")],
+        params={},
+        seed=1,
+        roles={"id": CARRIED},
+        levels={"f": ["west", "north", "east"]},
+    )
+
+    y, f, b = spec.targets
+    design = spec.design(y)
+    assert design.names == ("x", "f=north", "f=east", "b", "(intercept)")
+    assert design.levels == ((), (0.0, 1.0, 2.0), ()) and not design.default
+    assert spec.design(b).names == ("x", "f=north", "f=east", "y", "(intercept)")
+    assert spec.design(f).names == ("x", "y", "b", "(intercept)") and spec.design(f).default
+    dims = spec.dims()
+    assert [dims.as_map(t.index)["p"] for t in (y, f, b)] == [5, 4, 5]
+    coded = np.array([[0.5, 2.0, 1.3, 1.0, 1.0], [0.1, 1.0, 0.2, 0.0, 1.0]])
+    matrix, column = target_matrix(coded, design, y.column)
+    np.testing.assert_array_equal(matrix, [[0.5, 0, 1, 1, 1.3, 1], [0.1, 1, 0, 0, 0.2, 1]])
+    assert column == 4
 
 
 @pytest.mark.parametrize(

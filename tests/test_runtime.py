@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from federation import runtime
 from federation.errors import FipError, ProtocolError, SiteFailed
 from federation.job import CENTRAL, JobEvent
 from federation.protocol import Op, Request, decode
@@ -67,6 +68,12 @@ async def run(job):
 async def run(job):
     values = (await job.local("copy"))["values"]
     values[0, 0] += 1
+    job.emit_imputation(values)
+""",
+    "tamper_last": b"""
+async def run(job):
+    values = (await job.local("copy"))["values"]
+    values[-1, 0] = float("nan")
     job.emit_imputation(values)
 """,
     "short": b"""
@@ -225,6 +232,17 @@ def test_an_unreachable_site_fails_the_job_naming_it() -> None:
 
 def test_changing_observed_values_is_refused() -> None:
     algorithm, _, local, transport = _setup("tamper")
+
+    with pytest.raises(FipError, match="changed observed values"):
+        asyncio.run(_run(algorithm, local, transport))
+
+
+def test_an_observed_cell_made_missing_in_a_later_block_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The check runs a block of rows at a time: the last row's block is checked too."""
+    monkeypatch.setattr(runtime, "_CHECK_ROWS", 7)
+    algorithm, _, local, transport = _setup("tamper_last")
 
     with pytest.raises(FipError, match="changed observed values"):
         asyncio.run(_run(algorithm, local, transport))

@@ -185,3 +185,23 @@ def test_a_third_derivative_reply_holds_the_column_pairs_of_a_narrow_design() ->
         schema.check("warm", {"third": np.ones((17, 153))}, dims=wide, bounds=None)
     with pytest.raises(AlgorithmInvalid, match="dimension 'v' is not p, c, k, t, l, u"):
         ReplySchema.parse({"replies": {"warm": {"third": "float[p,v]"}}, "parameters": {}})
+
+
+@pytest.mark.parametrize(
+    ("cells", "suggested"),
+    [
+        ([0, 1, 1, 0, np.nan, 1] * 5, "logistic"),
+        ([1, 2, 3, 4, 5, np.nan] * 5, "categorical"),
+        ([0, 3, 7, 12, 25, 40, 2, 1, 9, 14, 17, 30, np.nan], "pmm"),  # counts: whole, many
+        (list(np.linspace(-2.5, 3.5, 40)), "pmm"),
+        ([1.5, 2.25, np.nan, 3.75], "gaussian"),  # too few values to match donors among
+        ([1.0, 2.0] * 10, "pmm"),  # two codes that are not 0/1: not a binary target
+    ],
+)
+def test_the_wizard_suggests_a_method_from_the_columns_counts(
+    cells: list[float], suggested: str
+) -> None:
+    """0/1: logistic; 3 to 10 whole codes: categorical (ordinal is the user's call); other
+    numbers: pmm, which keeps imputations among observed values; gaussian when there are too
+    few observed values for donors."""
+    assert methods.suggest(methods.Observed.of(np.array(cells, dtype=float))) == suggested

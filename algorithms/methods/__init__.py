@@ -55,9 +55,23 @@ def label(name: str) -> str:
     return method.label if method is not None else name
 
 
-def suggest(*, binary: bool) -> str:
-    """The method a column's scan suggests: logistic when every observed value is 0 or 1."""
-    return LOGISTIC.name if binary else GAUSSIAN.name
+FEW_CODES = 10
+"""At most this many distinct whole values (and at least 3) make a column look categorical."""
+
+
+def suggest(observed: Observed) -> str:
+    """The method a column's scan suggests (the user may choose another): logistic when every
+    observed value is 0 or 1; categorical for 3 to ``FEW_CODES`` whole-number codes (ordinal is
+    the user's call: only they know the codes are ordered); otherwise pmm, which imputes only
+    values observed at the site, so counts stay whole and bounded columns stay in range (R
+    mice's default for numbers). Gaussian and poisson remain available."""
+    if observed.count and observed.binary:
+        return LOGISTIC.name
+    if observed.levels and 3 <= len(observed.levels) <= FEW_CODES:
+        return CATEGORICAL.name
+    if observed.count < FEW_CODES:  # too few observed values to match donors among
+        return GAUSSIAN.name
+    return PMM.name
 
 
 def site_statistics() -> dict[str, SiteStatistics]:

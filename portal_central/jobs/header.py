@@ -81,7 +81,7 @@ class ColumnSummary:
     def guess(self) -> str:
         if not self.numeric:
             return "logistic" if len(self.text_levels) == 2 else "categorical"
-        return methods.suggest(binary=self.binary)
+        return methods.suggest(self.observed)
 
     @property
     def role(self) -> str:

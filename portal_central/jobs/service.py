@@ -169,6 +169,9 @@ def create_job(
             columns=len(columns),
             targets=len(resolved_targets),
             chains=chain_count(resolved[method.name]),
+            site_terms=(
+                len(participants) if resolved[method.name].get("site_effect") == "intercept" else 0
+            ),
         )
     sites = _participants(session, participants)
     if compare and secure.enabled(params):  # each method that asks the sites must mask
@@ -495,10 +498,15 @@ def ensure_admin(user: User) -> None:
         raise Forbidden("only admins may do this")
 
 
-def _check_width(algorithm: Algorithm, *, columns: int, targets: int, chains: int) -> None:
+def _check_width(
+    algorithm: Algorithm, *, columns: int, targets: int, chains: int, site_terms: int
+) -> None:
     """A job whose largest reply would not fit in one message is refused now, not as a site
-    gone offline halfway through (parallel chains answer for every chain in one reply)."""
-    numbers = algorithm.replies.largest_reply(Dims.of(columns, targets, chains=chains))
+    gone offline halfway through (parallel chains answer for every chain in one reply;
+    ``site_terms``: one design column per site, site_effect)."""
+    numbers = algorithm.replies.largest_reply(
+        Dims.of(columns, targets, chains=chains, site_terms=site_terms)
+    )
     size = 8 * numbers + 64 * 1024  # the values, and room for the header
     if size > MAX_FRAME_BYTES:
         raise FieldInvalid(

@@ -737,8 +737,9 @@ _TRUE = ("true", "on", "1", "yes")
 
 
 def _param_fields(algorithm: Algorithm | None, given: dict[str, str]) -> list[dict[str, Any]]:
-    """Form fields from the algorithm's JSON Schema: label, input type, bounds, default, hint
-    (``description``, in plain words) and the maths behind it (``maths``, shown on request)."""
+    """Form fields from the algorithm's JSON Schema: label, input type (a list of choices for
+    an ``enum``), bounds, default, hint (``description``, in plain words) and the maths behind
+    it (``maths``, shown on request)."""
     if algorithm is None:
         return []
     fields = []

@@ -17,8 +17,13 @@ depends_on = None
 
 
 def upgrade() -> None:
+    # No server default: PostgreSQL has no equality for json, so a default could not be
+    # compared with the model's; the existing jobs get an empty object, then NOT NULL.
     with op.batch_alter_table("jobs", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("roles", sa.JSON(), nullable=False, server_default="{}"))
+        batch_op.add_column(sa.Column("roles", sa.JSON(), nullable=True))
+    op.execute(sa.text("UPDATE jobs SET roles = '{}'"))
+    with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.alter_column("roles", existing_type=sa.JSON(), nullable=False)
 
 
 def downgrade() -> None:
