@@ -71,6 +71,8 @@ class Worker:
         self._wake = asyncio.Event()
         self._pause = 1.0
         """The pause before starting afresh after a refusal; doubles up to the maximum."""
+        self._session: asyncio.Future[None] | None = None
+        """The running attempt to stay connected (:meth:`_connections`)."""
         self._tasks = Tasks(on_failure=self._task_failed)
         self.sent = {"messages": 0, "bytes": 0}
         self._client: CentralClient | None = None
@@ -178,6 +180,7 @@ class Worker:
                 config.central_url,
             )
             session = asyncio.ensure_future(self._connections(config.central_url, config.ca_file))
+            self._session = session
             if not await self._unless_woken(session):
                 continue  # the user signed in or out, or changed the settings: start afresh
             try:
@@ -449,6 +452,10 @@ class Worker:
         self.jobs.broker.publish(CONNECTION, self.status)
 
     async def stop(self) -> None:
+        if self._session is not None and not self._session.done():
+            self._session.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._session
         await self._tasks.cancel_all()
         if self._socket is not None:
             await self._socket.close()
