@@ -100,15 +100,19 @@ def is_htmx(request: Request) -> bool:
     return request.headers.get("HX-Request") == "true"
 
 
-def render(
+def markup(
     request: Request,
     template: str,
     context: dict[str, Any] | None = None,
     *,
-    status_code: int = 200,
     block: str | None = None,
-) -> HTMLResponse:
-    """A whole page, or one named block of it (an HTMX fragment)."""
+) -> str:
+    """The one way a portal turns a template into HTML: a whole page, or one named block of it.
+
+    A full page, its HTMX refresh (``render(..., block=...)``) and its live server-sent event
+    (``ServerSentEvent(data=markup(..., block=...))``) all come from here, with the same page
+    defaults and the caller's ``request.state.page_context``; given the same context they are
+    the same markup."""
     page = ENVIRONMENT.get_template(template)
     values = {
         **PAGE_DEFAULTS,
@@ -117,10 +121,22 @@ def render(
         **(context or {}),
     }
     if block is None:
-        html = page.render(values)
-    else:
-        html = "".join(page.blocks[block](page.new_context(values)))
-    response = HTMLResponse(html, status_code=status_code)
+        return page.render(values)
+    return "".join(page.blocks[block](page.new_context(values)))
+
+
+def render(
+    request: Request,
+    template: str,
+    context: dict[str, Any] | None = None,
+    *,
+    status_code: int = 200,
+    block: str | None = None,
+) -> HTMLResponse:
+    """A whole page, or one named block of it (an HTMX fragment), as a response."""
+    response = HTMLResponse(
+        markup(request, template, context, block=block), status_code=status_code
+    )
     response.headers["Vary"] = "HX-Request"
     return response
 

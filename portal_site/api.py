@@ -12,6 +12,7 @@ from fastapi.security import HTTPBearer
 from pydantic import BaseModel
 
 from federation.errors import InputError
+from federation.job import target_to_wire
 from federation.policy import Policy
 from portal_common.uploads import multipart_schema, read_form
 from portal_site.jobs import LocalJob, SiteError
@@ -108,15 +109,15 @@ class JobOut(BaseModel):
         info = job.info
         return cls(
             id=job.job_id,
-            name=str(info.get("name", "")),
-            state=job.state,
-            message=str(info.get("message", "")),
-            algorithm=str(info.get("algorithm", "")),
-            version=str(info.get("version", "")),
-            digest=job.digest,
-            columns=list(info.get("columns", [])),
-            targets=list(info.get("targets", [])),
-            parameters=dict(info.get("parameters", {})),
+            name=info.name,
+            state=info.state.value,
+            message=info.message,
+            algorithm=info.algorithm,
+            version=info.version,
+            digest=info.digest,
+            columns=list(info.columns),
+            targets=[target_to_wire(t) for t in info.targets],
+            parameters=dict(info.parameters),
             data_loaded=job.table is not None,
             rows=job.table.rows if job.table is not None else None,
             code_trusted=trusted,
@@ -247,7 +248,7 @@ async def approve(digest: str, site: Site) -> dict[str, str]:
     or of a method of one of its comparisons, downloaded from central and checked against the
     digest)."""
     for local in await site.jobs.refresh():
-        if digest == local.digest or any(m.get("digest") == digest for m in local.methods):
+        if digest == local.digest or any(m.digest == digest for m in local.methods):
             for code in await site.jobs.remote_codes(local):
                 if code.digest == digest:
                     await asyncio.to_thread(

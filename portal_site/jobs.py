@@ -17,7 +17,7 @@ from typing import Any
 from federation import rows, secure
 from federation.data import Table, read_csv
 from federation.errors import AlgorithmInvalid, InputError
-from federation.job import JobEvent, JobSpec, target_from_wire, target_to_wire
+from federation.job import JobEvent, JobSpec, target_to_wire
 from federation.policy import Policy
 from federation.protocol import (
     Cancel,
@@ -30,10 +30,11 @@ from federation.registry import Algorithm, Registry, file_names, package_digest,
 from federation.roles import ROLE_FIELDS, check_upload, spec_of_definition, spec_text_columns
 from federation.site import SiteRunner
 from portal_common.broker import Broker
+from portal_common.states import FINAL, JobState
 from portal_site.central import CentralError
+from portal_site.job_info import JobInfo, MalformedJob, Method, parse_job
 
 log = logging.getLogger(__name__)
-FINAL = frozenset({"completed", "failed", "cancelled", "interrupted"})
 _HISTORY = 200
 
 
@@ -50,7 +51,8 @@ class SiteError(Exception):
 @dataclass
 class LocalJob:
     job_id: str
-    info: dict[str, Any]
+    info: JobInfo
+    """What central says of the job (replaced whenever central says more)."""
     table: Table | None = None
     algorithm: Algorithm | None = None
     runner: SiteRunner | None = None
@@ -66,8 +68,8 @@ class LocalJob:
     events: list[JobEvent] = field(default_factory=list)
 
     @property
-    def state(self) -> str:
-        return str(self.info.get("state", ""))
+    def state(self) -> JobState:
+        return self.info.state
 
     @property
     def fingerprints(self) -> dict[str, str]:
@@ -79,13 +81,12 @@ class LocalJob:
 
     @property
     def digest(self) -> str:
-        return str(self.info.get("digest", ""))
+        return self.info.digest
 
     @property
-    def methods(self) -> list[dict[str, Any]]:
+    def methods(self) -> tuple[Method, ...]:
         """A comparison's methods (child jobs), as central lists them; empty for other jobs."""
-        methods: list[dict[str, Any]] = self.info.get("methods") or []
-        return methods
+        return self.info.methods
 
 
 @dataclass(frozen=True)
@@ -144,16 +145,17 @@ class LocalJobs:
     async def refresh(self) -> list[LocalJob]:
         """The jobs this site is in, fresh from central."""
         listing = await self._fetch_json("/api/jobs")
-        seen = set()
-        for info in listing:
-            seen.add(str(info["id"]))
-            await self._read_kept_events(str(info["id"]))
+        if not isinstance(listing, list):
+            raise SiteError("central sent a malformed job listing: not a list", status=502)
+        infos = [_parsed(raw) for raw in listing]
+        for info in infos:
+            await self._read_kept_events(str(info.id))
             self._merge(info)
-        return [self._jobs[j] for j in sorted(seen, key=int, reverse=True)]
+        return [self._jobs[str(i.id)] for i in sorted(infos, key=lambda i: i.id, reverse=True)]
 
     async def load(self, job_id: str) -> LocalJob:
-        info = await self._fetch_json(f"/api/jobs/{job_id}")
-        await self._read_kept_events(str(info["id"]))
+        info = _parsed(await self._fetch_json(f"/api/jobs/{job_id}"))
+        await self._read_kept_events(str(info.id))
         return self._merge(info)
 
     def known(self) -> list[LocalJob]:
@@ -174,8 +176,8 @@ class LocalJobs:
         if job_id not in self._jobs and self._kept_events is not None:
             self._kept[job_id] = await asyncio.to_thread(self._kept_events, job_id)
 
-    def _merge(self, info: dict[str, Any]) -> LocalJob:
-        job_id = str(info["id"])
+    def _merge(self, info: JobInfo) -> LocalJob:
+        job_id = str(info.id)
         job = self._jobs.get(job_id)
         if job is None:
             job = self._jobs[job_id] = LocalJob(job_id=job_id, info=info)
@@ -196,7 +198,12 @@ class LocalJobs:
             job = self._jobs.get(message.job_id)
             if job is None:
                 return
-            job.info = {**job.info, "state": message.state, "message": message.message}
+            try:
+                state = JobState(message.state)
+            except ValueError:
+                log.warning("job %s: central sent an unknown state %r", job.job_id, message.state)
+                return
+            job.info = job.info.model_copy(update={"state": state, "message": message.message})
             if message.progress is not None:
                 job.progress = message.progress
                 job.step = message.step
@@ -235,7 +242,7 @@ class LocalJobs:
             check_upload(table, spec)
         except InputError as error:
             raise SiteError(str(error), status=422, field="file") from None
-        minimum = max(int(job.info["parameters"].get("min_rows") or 0), self.policy.min_rows)
+        minimum = max(int(job.info.parameters.get("min_rows") or 0), self.policy.min_rows)
         if table.rows < minimum:
             raise SiteError(
                 f"{table.label}: {table.rows} rows, fewer than this job's minimum of {minimum} "
@@ -254,7 +261,7 @@ class LocalJobs:
         builtin = self._builtins.get(job.digest)
         return rows.forecast(
             job.table,
-            [str(t["name"]) for t in job.info["targets"]],
+            [t.name for t in job.info.targets],
             chained=builtin.capabilities.multiple_targets if builtin is not None else None,
         )
 
@@ -289,8 +296,8 @@ class LocalJobs:
     def _trusted(self, algorithm: Algorithm) -> bool:
         return algorithm.digest in self._builtins or self._approved(algorithm.digest)
 
-    def _my_methods(self, job: LocalJob) -> list[dict[str, Any]]:
-        return [m for m in job.methods if self.site_id in m.get("participants", [])]
+    def _my_methods(self, job: LocalJob) -> list[Method]:
+        return [m for m in job.methods if self.site_id in m.participants]
 
     async def start(self, job: LocalJob) -> None:
         """Mark the site ready: data loaded, remote half trusted; central starts when all are."""
@@ -299,7 +306,10 @@ class LocalJobs:
         if job.table is None:
             raise SiteError("upload this site's CSV first", status=409, field="file")
         runners: dict[str, SiteRunner] = {}
-        for method in job.methods and self._my_methods(job) or [job.info]:
+        methods: list[JobInfo] | list[Method] = (job.methods and self._my_methods(job)) or [
+            job.info
+        ]
+        for method in methods:
             algorithm = await self._verified(method)
             if not self._trusted(algorithm):
                 raise SiteError(
@@ -307,7 +317,7 @@ class LocalJobs:
                     f"(digest {algorithm.digest[:12]}…) before starting",
                     status=409,
                 )
-            runners[str(method["id"])] = self._runner(job, algorithm, method)
+            runners[str(method.id)] = self._runner(job, algorithm, method)
         if not job.methods:
             job.algorithm = await self._verified(job.info)
             job.runner = job.runner or runners[job.job_id]
@@ -323,7 +333,7 @@ class LocalJobs:
         self.publish(job, JobEvent(kind="log", message="started: this site is ready"))
         self.publish(job, "state")
 
-    def _runner(self, job: LocalJob, algorithm: Algorithm, method: dict[str, Any]) -> SiteRunner:
+    def _runner(self, job: LocalJob, algorithm: Algorithm, method: JobInfo | Method) -> SiteRunner:
         """Only for an approved (or built-in) digest: a built-in runs in this process, any other
         remote half in a sandbox process started when the job opens. Central must then open
         the job the user saw: ``method`` (the job, or a comparison's method) as listed now."""
@@ -342,26 +352,19 @@ class LocalJobs:
             "version": algorithm.version,
             "digest": algorithm.digest,
             **{k: v for k, v in spec.to_wire().items() if k in ("columns", *ROLE_FIELDS)},
-            "targets": [target_to_wire(target_from_wire(t)) for t in job.info["targets"]],
-            "sites": [
-                str(p["site_id"]) if isinstance(p, dict) else str(p)
-                for p in method.get("participants", job.info.get("participants", []))
-            ],
+            "targets": [target_to_wire(t) for t in job.info.targets],
+            "sites": list(method.site_ids),
         }
         if not job.methods:  # a comparison's methods take the parameters that fit each
-            runner.expected["params"] = dict(job.info["parameters"])
+            runner.expected["params"] = dict(job.info.parameters)
         else:  # ... but every one of them masks when the comparison says so
-            runner.secure_required = secure.enabled(job.info["parameters"])
+            runner.secure_required = secure.enabled(job.info.parameters)
         return runner
 
     @staticmethod
     def _spec(job: LocalJob) -> JobSpec:
         """The job's columns, targets and roles as central listed them (what the user saw)."""
-        return spec_of_definition(
-            job.info["columns"],
-            [target_from_wire(t) for t in job.info["targets"]],
-            job.info.get("roles") or {},
-        )
+        return spec_of_definition(job.info.columns, job.info.targets, job.info.roles.to_wire())
 
     async def cancel(self, job: LocalJob) -> None:
         """Cancel the job everywhere (central stops it at every site) and drop the data here."""
@@ -371,15 +374,15 @@ class LocalJobs:
         self._drop(job, "cancelled here")
         self.publish(job, "state")
 
-    async def _verified(self, info: dict[str, Any]) -> Algorithm:
+    async def _verified(self, info: JobInfo | Method) -> Algorithm:
         """The algorithm a job (or a comparison's method) names: built in, or its files from
         central checked against the pinned digest."""
-        digest = str(info.get("digest", ""))
+        digest = info.digest
         if digest in self._builtins:
             return self._builtins[digest]
         if digest in self._checked:
             return self._checked[digest]
-        name, version = str(info["algorithm"]), str(info["version"])
+        name, version = info.algorithm, info.version
         files = {
             file: (
                 await self._fetch_text(f"/api/algorithms/{name}/{version}/files/{file}")
@@ -426,13 +429,13 @@ class LocalJobs:
             if job_id in parent.runners:
                 return parent.runners[job_id]
         try:
-            info = await self._fetch_json(f"/api/jobs/{job_id}")
+            info = _parsed(await self._fetch_json(f"/api/jobs/{job_id}"))
         except SiteError as error:
             raise SiteError(
                 f"this site could not look up job {job_id} at central: {error.message}",
                 status=502,
             ) from None
-        comparison = self._jobs.get(str(info.get("parent")))
+        comparison = self._jobs.get(str(info.parent))
         if comparison is None or not comparison.started or comparison.table is None:
             raise SiteError(no_data, status=409)
         algorithm = await self._verified(info)
@@ -507,6 +510,15 @@ class LocalJobs:
         except CentralError as error:
             status = error.status if error.status in (401, 403, 404) else 502
             raise SiteError(str(error), status=status) from None
+
+
+def _parsed(raw: object) -> JobInfo:
+    """A job of central's, read once where it arrives (see portal_site.job_info)."""
+    try:
+        return parse_job(raw)
+    except MalformedJob as error:
+        log.warning("%s", error)
+        raise SiteError(str(error), status=502) from None
 
 
 def _close(job: LocalJob) -> None:

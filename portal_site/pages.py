@@ -18,7 +18,7 @@ from federation.errors import InputError
 from federation.job import JobEvent
 from federation.policy import PRESETS, Policy
 from portal_common.uploads import allow_body, form_of, read_form
-from portal_common.web import ENVIRONMENT, PAGE_DEFAULTS, is_htmx, render
+from portal_common.web import is_htmx, markup, render
 from portal_site.central import CentralError
 from portal_site.jobs import LocalJob, RemoteCode, SiteError
 from portal_site.local_auth import CSRF_FIELD, CSRF_HEADER, SESSION_SECONDS, SignInRequired
@@ -27,6 +27,9 @@ from portal_site.worker import CONNECTION
 
 router = APIRouter()
 SITE_ID = re.compile(r"^[a-z0-9]{4,16}$")
+JOB = "site/job.html"
+"""A job's page; its blocks ``job_status`` and ``log_lines`` are also its HTMX fragments and
+its live events, rendered from the same context (``job_context``)."""
 
 
 _UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
@@ -434,7 +437,7 @@ async def job_context(site: SiteState, job_id: str, **extra: Any) -> dict[str, A
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
 async def job_page(request: Request, job_id: str, site: Site) -> Response:
-    return render(request, "site/job.html", await job_context(site, job_id))
+    return render(request, JOB, await job_context(site, job_id))
 
 
 async def _job_action(request: Request, site: SiteState, job_id: str, action: Any) -> Response:
@@ -447,9 +450,9 @@ async def _job_action(request: Request, site: SiteState, job_id: str, action: An
         context = await job_context(site, job_id, error=error.message)
         status = error.status
     if is_htmx(request):
-        return render(request, "site/job.html", context, block="job_status", status_code=status)
+        return render(request, JOB, context, block="job_status", status_code=status)
     if status >= 400:
-        return render(request, "site/job.html", context, status_code=status)
+        return render(request, JOB, context, status_code=status)
     return RedirectResponse(f"/jobs/{job_id}", status_code=303)
 
 
@@ -499,21 +502,16 @@ async def cancel(request: Request, job_id: str, site: Site) -> Response:
 @router.get("/jobs/{job_id}/events")
 async def job_events(request: Request, job_id: str, site: Site) -> EventSourceResponse:
     job = site.jobs.get(job_id) or await site.jobs.load(job_id)
-    template = ENVIRONMENT.get_template("site/job.html")
-
-    def fragment(block: str, **values: Any) -> str:
-        context = {**PAGE_DEFAULTS, **request.state.page_context, "request": request, **values}
-        return "".join(template.blocks[block](template.new_context(context)))
 
     async def stream() -> AsyncIterator[ServerSentEvent]:
         async with site.jobs.subscribe(job) as queue:
             while True:
                 event = await queue.get()
                 if isinstance(event, JobEvent) and event.kind != "progress":
-                    yield ServerSentEvent(event="log", data=fragment("log_lines", job=job))
+                    name, block, context = "log", "log_lines", {"job": job}
                 else:
-                    values = await status_values(site, job)
-                    yield ServerSentEvent(event="status", data=fragment("job_status", **values))
+                    name, block, context = "status", "job_status", await status_values(site, job)
+                yield ServerSentEvent(event=name, data=markup(request, JOB, context, block=block))
 
     return EventSourceResponse(stream(), ping=15)
 
@@ -521,15 +519,13 @@ async def job_events(request: Request, job_id: str, site: Site) -> EventSourceRe
 @router.get("/events/status")
 async def status_events(request: Request, site: Site) -> EventSourceResponse:
     """The connection badge, live."""
-    template = ENVIRONMENT.get_template("site/_status.html")
 
     async def stream() -> AsyncIterator[ServerSentEvent]:
         async with site.jobs.broker.subscribe(CONNECTION) as queue:
             while True:
                 await queue.get()
-                yield ServerSentEvent(
-                    event="status", data=template.render(connection=connection(site))
-                )
+                badge = markup(request, "site/_status.html", {"connection": connection(site)})
+                yield ServerSentEvent(event="status", data=badge)
 
     return EventSourceResponse(stream(), ping=15)
 

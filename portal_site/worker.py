@@ -1,9 +1,10 @@
 """The site's worker: one WebSocket to central, kept open, answering requests on local data.
 
 It signs in with the stored refresh token (rotating it), connects with the access token in
-the Authorization header, reconnects with growing pauses, and answers each request frame with
-the job's runner in a worker thread. Every reply that leaves is written to the ledger: its
-kind, array shapes, rows behind it and bytes, never a value.
+the Authorization header, reconnects with growing pauses (websockets' reconnecting iterator),
+and answers each request frame with the job's runner in a worker thread. Every reply that
+leaves is written to the ledger: its kind, array shapes, rows behind it and bytes, never a
+value.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import contextlib
 import json
 import logging
 import time
-from typing import Any
+from collections.abc import AsyncGenerator, Generator
+from typing import Any, cast
 
 import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.client import process_exception
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from federation.errors import ProtocolError
@@ -66,6 +69,10 @@ class Worker:
         self._access = ""
         self._access_until = 0.0
         self._wake = asyncio.Event()
+        self._pause = 1.0
+        """The pause before starting afresh after a refusal; doubles up to the maximum."""
+        self._session: asyncio.Future[None] | None = None
+        """The running attempt to stay connected (:meth:`_connections`)."""
         self._tasks = Tasks(on_failure=self._task_failed)
         self.sent = {"messages": 0, "bytes": 0}
         self._client: CentralClient | None = None
@@ -153,23 +160,32 @@ class Worker:
         self._wake.set()
 
     async def run(self) -> None:
-        """Keep one connection to central open for as long as the portal runs."""
-        pause = 1.0
+        """Keep one connection to central open for as long as the portal runs.
+
+        websockets' reconnecting iterator keeps it (:meth:`_connections`); this loop starts it
+        afresh when the user signs in or out or changes the settings, and decides what a
+        refusal means: a revoked or disabled site is signed out (the user must sign in again),
+        an expired access token is renewed, and any other refusal is retried after a pause
+        that doubles up to FIP_SITE_RECONNECT_MAX_SECONDS."""
         while True:
+            self._wake.clear()
             config = self._store.config()
             if not (config.central_url and config.site_id and config.refresh_token):
                 if self.status != "signed out":
                     self._set("signed out", "sign in on the Settings page")
                 await self._sleep(None)
                 continue
+            self._set(
+                "connecting" if self.status != "reconnecting" else "reconnecting",
+                config.central_url,
+            )
+            session = asyncio.ensure_future(self._connections(config.central_url, config.ca_file))
+            self._session = session
+            if not await self._unless_woken(session):
+                continue  # the user signed in or out, or changed the settings: start afresh
             try:
-                self._set(
-                    "connecting" if self.status != "reconnecting" else "reconnecting",
-                    config.central_url,
-                )
-                await self._connect_once(config.central_url, config.ca_file)
-                pause = 1.0
-                self._set("reconnecting", "the connection closed")
+                session.result()
+                continue  # ended for the same reasons, while connected
             except CentralError as error:
                 if error.status in (401, 403):
                     self._store.update_config(refresh_token="")
@@ -200,35 +216,107 @@ class Worker:
                 self._set("reconnecting", f"connection {reason}")
             except (OSError, TimeoutError, WebSocketException) as error:
                 self._set("reconnecting", f"central cannot be reached: {error}")
-            await self._sleep(pause)
-            pause = min(pause * 2, self._settings.reconnect_max_seconds)
+            await self._sleep(self._pause)
+            self._pause = min(self._pause * 2, self._settings.reconnect_max_seconds)
 
-    async def _connect_once(self, central_url: str, ca_file: str) -> None:
+    async def _unless_woken(self, session: asyncio.Future[None]) -> bool:
+        """Wait for ``session`` to end; False if the user's action (sign-in, sign-out, new
+        settings) woke the worker first while it was not connected: the session is cancelled,
+        so that it does not go on trying with what the user just replaced."""
+        while not session.done():
+            woken: asyncio.Future[Any] = asyncio.ensure_future(self._wake.wait())
+            try:
+                await asyncio.wait((session, woken), return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:  # the portal stops: the connection goes with it
+                session.cancel()
+                raise
+            finally:
+                woken.cancel()
+            if self._wake.is_set() and not session.done():
+                self._wake.clear()
+                if self.status != "connected":
+                    session.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await session
+                    return False
+        return True
+
+    async def _connections(self, central_url: str, ca_file: str) -> None:
+        """One connection to central at a time, from websockets' reconnecting iterator: after
+        a dropped connection or a failure that may pass (central unreachable, a 5xx) it
+        connects again, pausing as :meth:`_delays` says. A refusal (401, 403, any other
+        status), or a close central chose (a disabled or replaced site, a fault), ends it with
+        its exception for :meth:`run`; so does a change of the user's, quietly."""
         url = websocket_url(central_url)
-        access = await self.access_token()
-        async with connect(
+        headers = {"Authorization": f"Bearer {await self.access_token()}"}
+        connector = connect(
             url,
-            additional_headers={"Authorization": f"Bearer {access}"},
+            additional_headers=headers,
             ssl=ssl_context(ca_file) if url.startswith("wss://") else None,
             compression=None,  # per-message deflate costs ~15x on float64 frames
             max_size=MAX_FRAME_BYTES,
             open_timeout=10,
-        ) as socket:
-            self._socket = socket
-            self._set("connected", central_url)
-            beat = self._tasks.spawn(self._heartbeat(socket), what="sending the heartbeat")
-            try:
-                async for message in socket:
-                    if isinstance(message, bytes):
-                        self._tasks.spawn(self._answer(socket, message), what="answering central")
-                    else:
-                        control = decode_control(message)
-                        await self.jobs.on_control(control)
-                        if isinstance(control, Welcome):
-                            await self.send_policy()
-            finally:
-                beat.cancel()
-                self._socket = None
+            process_exception=self._retry_or_raise,
+            reconnect_delays=self._delays,
+        )
+        # Closed on the way out (an error, a return, a cancel): its connection goes at once.
+        sockets = cast(AsyncGenerator[ClientConnection, None], aiter(connector))
+        async with contextlib.aclosing(sockets):
+            async for socket in sockets:
+                self._pause = 1.0
+                try:
+                    await self._serve(socket, central_url)
+                except ConnectionClosed as error:
+                    if error.rcvd is not None:  # central closed it on purpose: run() says why
+                        raise
+                    self._set("reconnecting", "connection lost")
+                else:
+                    self._set("reconnecting", "the connection closed")
+                config = self._store.config()
+                if (config.central_url, config.ca_file) != (central_url, ca_file) or not (
+                    config.refresh_token
+                ):
+                    return
+                # Read by the next handshake: a token that expired meanwhile is renewed.
+                headers["Authorization"] = f"Bearer {await self.access_token()}"
+
+    def _retry_or_raise(self, error: Exception) -> Exception | None:
+        """websockets' ``process_exception``: None (connect again after a pause) for what may
+        pass (its own rule: network errors, 500, 502, 503, 504), the error for the rest."""
+        if process_exception(error) is not None:
+            return error
+        if isinstance(error, InvalidStatus):
+            status = error.response.status_code
+            self._set("reconnecting", f"central answered {status}: {_body(error)}")
+        else:
+            self._set("reconnecting", f"central cannot be reached: {error}")
+        return None
+
+    def _delays(self) -> Generator[float, None, None]:
+        """The pauses between attempts to reconnect: 1 s, doubling up to
+        FIP_SITE_RECONNECT_MAX_SECONDS (websockets' own would wait up to 90 s)."""
+        pause = 1.0
+        while True:
+            yield pause
+            pause = min(pause * 2, self._settings.reconnect_max_seconds)
+
+    async def _serve(self, socket: ClientConnection, central_url: str) -> None:
+        """Answer central on one connection until it closes."""
+        self._socket = socket
+        self._set("connected", central_url)
+        beat = self._tasks.spawn(self._heartbeat(socket), what="sending the heartbeat")
+        try:
+            async for message in socket:
+                if isinstance(message, bytes):
+                    self._tasks.spawn(self._answer(socket, message), what="answering central")
+                else:
+                    control = decode_control(message)
+                    await self.jobs.on_control(control)
+                    if isinstance(control, Welcome):
+                        await self.send_policy()
+        finally:
+            beat.cancel()
+            self._socket = None
 
     async def send_control(self, message: ControlMessage) -> None:
         """Send a control message (ready, unready, cancel); the ledger lists it too."""
@@ -364,6 +452,10 @@ class Worker:
         self.jobs.broker.publish(CONNECTION, self.status)
 
     async def stop(self) -> None:
+        if self._session is not None and not self._session.done():
+            self._session.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._session
         await self._tasks.cancel_all()
         if self._socket is not None:
             await self._socket.close()

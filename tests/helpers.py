@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from functools import cache
 from typing import Any
 
@@ -67,3 +67,21 @@ def metric_samples(text: str) -> dict[str, float]:
             labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
             found[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
     return found
+
+
+def sse_events(lines: Iterable[str], count: int) -> list[tuple[str, str]]:
+    """The first ``count`` server-sent events of a stream's lines, as (event, data): a data
+    field's lines joined by newlines, as a browser's EventSource joins them."""
+    events: list[tuple[str, str]] = []
+    name, data = "", []
+    for line in lines:
+        if line.startswith("event:"):
+            name = line.removeprefix("event:").removeprefix(" ")
+        elif line.startswith("data:"):
+            data.append(line.removeprefix("data:").removeprefix(" "))
+        elif not line and name:
+            events.append((name, "\n".join(data)))
+            name, data = "", []
+            if len(events) == count:
+                break
+    return events

@@ -111,10 +111,15 @@ class TcpProxy:
             asyncio.start_server(self._accept, "127.0.0.1", self.port), self._loop
         ).result(timeout=5)
         self.connections = 0
+        self._closing = False
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self._target)
+        if self._closing:  # accepted as the relay closed: relayed no more
+            writer.transport.abort()
+            upstream_writer.transport.abort()
+            return
         self._writers |= {writer, upstream_writer}
 
         async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
@@ -141,9 +146,21 @@ class TcpProxy:
         asyncio.run_coroutine_threadsafe(drop(), self._loop).result(timeout=5)
 
     def close(self) -> None:
-        self.cut()
-        self._server.close()
-        asyncio.run_coroutine_threadsafe(self._server.wait_closed(), self._loop).result(timeout=5)
+        """Stop accepting, drop every connection, and let the relays end before the loop does
+        (a client that reconnects at once may have been accepted just before)."""
+
+        async def shut() -> None:
+            self._closing = True
+            self._server.close()
+            for writer in list(self._writers):
+                writer.transport.abort()
+            self._writers.clear()
+            await self._server.wait_closed()
+            relays = asyncio.all_tasks() - {asyncio.current_task()}
+            if relays:
+                await asyncio.wait(relays, timeout=5)
+
+        asyncio.run_coroutine_threadsafe(shut(), self._loop).result(timeout=10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
         self._loop.close()

@@ -8,8 +8,10 @@ from typing import Any
 
 from federation.job import JobEvent
 from portal_common.eventlog import grouped
+from portal_site.job_info import parse_job
 from portal_site.jobs import LocalJobs
 from portal_site.store import Store
+from tests.test_site_trust import job_info
 
 
 def _fit(cycle: int, target: str, at: float, site: str | None = None) -> JobEvent:
@@ -53,7 +55,7 @@ def test_a_sites_event_log_survives_a_restart_of_its_portal(tmp_path: Path) -> N
     """The site portal's jobs keep their logs in its database: a new store and a new set of
     jobs on the same file (a restarted portal) show the same lines; progress is not logged."""
     url = f"sqlite:///{tmp_path / 'site.db'}"
-    info = {"id": 7, "state": "running", "name": "demo"}
+    info = job_info(job_id=7, state="running")
 
     def open_site() -> tuple[Store, LocalJobs]:
         store = Store(url)
@@ -63,14 +65,14 @@ def test_a_sites_event_log_survives_a_restart_of_its_portal(tmp_path: Path) -> N
         return store, jobs
 
     store, jobs = open_site()
-    job = jobs._merge(dict(info))
+    job = jobs._merge(parse_job(info))
     jobs.publish(job, JobEvent(kind="log", message="data loaded: north.csv, 120 rows", at=1.0))
     jobs.publish(job, JobEvent(kind="progress", message="cycle 1", fraction=0.5, at=2.0))
     jobs.publish(job, JobEvent(kind="log", message="started: this site is ready", at=3.0))
     store.dispose()
 
     store, jobs = open_site()
-    listed = {"7": info, "8": {"id": 8, "state": "created"}}
+    listed = {"7": info, "8": job_info(job_id=8)}
 
     async def central(path: str) -> Any:
         return dict(listed[path.rsplit("/", 1)[-1]])

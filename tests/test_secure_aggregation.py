@@ -30,6 +30,8 @@ from federation.runtime import JobResult, run_job
 from federation.simulation import make_spec
 from federation.site import OPEN, SiteRunner
 from federation.transport import InMemoryTransport
+from portal_common.states import JobState
+from portal_site.job_info import Method, parse_job
 from portal_site.jobs import LocalJob, LocalJobs
 from tests.helpers import builtin, run, table
 
@@ -821,15 +823,30 @@ def test_a_comparison_started_securely_is_not_opened_in_the_clear() -> None:
     jobs = LocalJobs(approved=lambda digest: True)
     jobs.site_id = "site0"
     spec = secure_spec()
-    method = {"id": 2, "participants": list(spec.sites)}
+    method = Method(
+        id=2,
+        algorithm=algorithm.name,
+        version=algorithm.version,
+        digest=algorithm.digest,
+        state=JobState.CREATED,
+        participants=spec.sites,
+    )
     comparison = LocalJob(
         job_id="1",
-        info={
-            "columns": list(COLUMNS),
-            "targets": [{"index": 4, "name": "g", "type": "gaussian"}],
-            "parameters": {"imputations": 2, "secure_aggregation": True},
-            "methods": [method],
-        },
+        info=parse_job(
+            {
+                "id": 1,
+                "name": "a comparison",
+                "state": "waiting",
+                "algorithm": "SIMI",
+                "version": algorithm.version,
+                "digest": algorithm.digest,
+                "columns": list(COLUMNS),
+                "targets": [{"index": 4, "name": "g", "type": "gaussian"}],
+                "parameters": {"imputations": 2, "secure_aggregation": True},
+                "methods": [method.model_dump()],
+            }
+        ),
         table=tables["site0"],
     )
     runner = jobs._runner(comparison, algorithm, method)

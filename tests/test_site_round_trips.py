@@ -15,12 +15,14 @@ from federation.job import JobSpec
 from federation.protocol import Op, Reply, Request, encode
 from federation.site import OPEN, SiteRunner
 from portal_site.central import CentralError
+from portal_site.job_info import parse_job
 from portal_site.jobs import LocalJob
 from portal_site.state import SiteState
 from portal_site.store import Store
 from tests.helpers import builtin
 from tests.site_fixtures import site_settings
 from tests.test_secure_aggregation import federation, secure_spec
+from tests.test_site_trust import job_info
 
 
 def test_every_recorded_message_is_listed_in_order_even_from_many_threads(
@@ -112,7 +114,9 @@ def test_a_request_is_decoded_once_at_the_site_and_its_reply_noted_without_decod
     )
     _, tables = federation(24, sites=1)
     runner = SiteRunner(site="site0", data=tables["site0"], algorithm=builtin("SIMI"))
-    worker.jobs._jobs[spec.job_id] = LocalJob(job_id=spec.job_id, info={}, runner=runner)
+    worker.jobs._jobs[spec.job_id] = LocalJob(
+        job_id=spec.job_id, info=parse_job(job_info()), runner=runner
+    )
     decoded = []
     decode = protocol.decode
 

@@ -33,7 +33,9 @@ from federation.protocol import (
 )
 from federation.registry import Registry, file_names, package_digest
 from federation.site import OPEN
+from portal_common.states import JobState
 from portal_site.central import CentralError
+from portal_site.job_info import parse_job
 from portal_site.jobs import LocalJob, LocalJobs, SiteError
 from portal_site.settings import SiteSettings
 from portal_site.store import Store
@@ -128,7 +130,7 @@ class Site:
         self.jobs.fetch_text = self.central.fetch_text
 
     def add(self, **info: Any) -> LocalJob:
-        return self.jobs._merge(job_info(**info))
+        return self.jobs._merge(parse_job(job_info(**info)))
 
 
 def _refusal(error: pytest.ExceptionInfo[SiteError]) -> str:
@@ -221,7 +223,7 @@ def test_a_missing_file_at_central_is_a_clear_error() -> None:
 
 def test_without_central_the_code_cannot_be_fetched() -> None:
     jobs = LocalJobs(approved=lambda digest: True)
-    job = jobs._merge(job_info())
+    job = jobs._merge(parse_job(job_info()))
     with pytest.raises(SiteError) as refused:
         run(jobs.remote_code(job))
     assert "not signed in" in _refusal(refused)
@@ -290,12 +292,14 @@ def test_an_upload_with_factor_and_carried_text_is_coded_by_the_jobs_levels() ->
     level outside the job's list is refused with its count."""
     site = Site()
     job = site.jobs._merge(
-        {
-            **job_info(),
-            "columns": ["id", "a", "g", "y"],
-            "targets": [{"index": 3, "name": "y", "type": "gaussian"}],
-            "roles": {"factors": {"g": ["lo", "hi"]}, "carried": ["id"]},
-        }
+        parse_job(
+            {
+                **job_info(),
+                "columns": ["id", "a", "g", "y"],
+                "targets": [{"index": 3, "name": "y", "type": "gaussian"}],
+                "roles": {"factors": {"g": ["lo", "hi"]}, "carried": ["id"]},
+            }
+        )
     )
     rows = b"".join(b"x%d,%s,1,%d\n" % (i, b"hi" if i % 2 else b"lo", i) for i in range(12))
 
@@ -568,7 +572,7 @@ def test_a_comparison_answers_only_the_methods_started_here() -> None:
         }
 
     job = site.add(algorithm="SIMI", version=simi.version, digest=simi.digest)
-    job.info["methods"] = [method(2, simi)]
+    job.info = parse_job({**job.info.model_dump(), "methods": [method(2, simi)]})
     run(site.jobs.upload(job, GOOD_CSV, "north.csv"))
     run(site.jobs.start(job))
     swapped = {**job_info(job_id=99, algorithm="AVGMMI", version=avgmmi.version), "parent": 1}
@@ -654,7 +658,7 @@ def test_a_reply_whose_send_failed_is_logged_shown_on_its_job_and_not_in_the_led
     store = Store(f"sqlite:///{tmp_path / 'site.db'}")
     try:
         jobs = LocalJobs(approved=store.approved)
-        job = jobs._merge(job_info(job_id=5))
+        job = jobs._merge(parse_job(job_info(job_id=5)))
         worker = Worker(settings=SiteSettings(data_dir=tmp_path), store=store, jobs=jobs)
         frame = encode(Request(job_id="5", seq=3, ops=[Op(name=OPEN)]))
         broken = _Socket(closed=False, error=OSError("broken pipe"))
@@ -696,3 +700,60 @@ def test_the_heartbeat_ends_quietly_when_the_connection_closed(
         assert [r.getMessage() for r in caplog.records] == ["sending the heartbeat failed"]
     finally:
         store.dispose()
+
+
+# ---------------------------------------------------------------- what central sends
+
+
+def _without(key: str) -> dict[str, Any]:
+    info = job_info()
+    del info[key]
+    return info
+
+
+@pytest.mark.parametrize(
+    ("sent", "field", "reason"),
+    [
+        ({**job_info(), "state": "exploded"}, "state", "Input should be 'created'"),
+        (_without("digest"), "digest", "Field required"),
+        ({**job_info(), "columns": "a,b,y"}, "columns", "valid tuple"),
+        (
+            {**job_info(), "targets": [{"index": 3, "name": "y", "type": "linear"}]},
+            "targets",
+            "unknown method 'linear'",
+        ),
+        ({**job_info(), "participants": [{"institution": "North"}]}, "participants.0.site_id", ""),
+        ({**job_info(), "methods": [{"id": 2}]}, "methods.0.algorithm", "Field required"),
+    ],
+)
+def test_a_malformed_job_from_central_is_refused_naming_the_field(
+    sent: dict[str, Any], field: str, reason: str
+) -> None:
+    site = Site()
+    site.central.jobs = [sent]
+    for read in (site.jobs.refresh(), site.jobs.load("1")):
+        with pytest.raises(SiteError) as refused:
+            run(read)
+        assert _refusal(refused).startswith(
+            f"central sent job 1 with a malformed field '{field}': "
+        )
+        assert reason in _refusal(refused)
+        assert refused.value.status == 502
+    assert site.jobs.known() == [], "nothing of a malformed job is kept"
+
+
+def test_the_job_central_sends_is_typed_once_where_it_arrives() -> None:
+    site = Site()
+    site.central.jobs = [{**job_info(state="waiting"), "roles": {"carried": ["a"]}}]
+    job = run(site.jobs.load("1"))
+    assert job.info.targets == (Target(index=3, name="y", type="gaussian"),)
+    assert job.info.roles.carried == ("a",) and job.info.roles.factors == {}
+    assert job.info.site_ids == ("north1",)
+    states = [job.state]
+    run(site.jobs.on_control(JobUpdate(job_id="1", state="running", message="cycle 1")))
+    states.append(job.state)
+    run(site.jobs.on_control(JobUpdate(job_id="1", state="exploded")))  # not a state: ignored
+    states.append(job.state)
+    assert states == [JobState.WAITING, JobState.RUNNING, JobState.RUNNING]
+    assert all(type(state) is JobState for state in states)
+    assert job.info.message == "cycle 1"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import asdict
@@ -52,12 +51,15 @@ from portal_common.uploads import (
     form_of,
     read_form,
 )
-from portal_common.web import ENVIRONMENT, PAGE_DEFAULTS, is_htmx, render
+from portal_common.web import is_htmx, markup, render
 
 router = APIRouter(prefix="/jobs")
 _in_thread = run_in_threadpool
 """Database work and parsing from an async route: in a worker thread, never on the loop."""
 EXACT = (REFERENCE_SINGLE, REFERENCE_CHAINED)
+DETAIL = "central/jobs/detail.html"
+"""The job's page; its blocks ``job_status``, ``job_progress`` and ``log_lines`` are also its
+HTMX fragments and its live events, rendered from the same context builders."""
 
 
 @router.get("", response_class=HTMLResponse)
@@ -271,9 +273,7 @@ def _create_job(
 
 @router.get("/{job_id}", response_class=HTMLResponse)
 def job_page(request: Request, job_id: RowId, user: CurrentUser, state: StateDep) -> Response:
-    return render(
-        request, "central/jobs/detail.html", {**_job_context(state, job_id, user), "nav": "jobs"}
-    )
+    return render(request, DETAIL, {**_job_context(state, job_id, user), "nav": "jobs"})
 
 
 def gone_reason(state: CentralState, job: Job, run: Run) -> str:
@@ -311,15 +311,14 @@ def _job_context(state: CentralState, job_id: int, user: User, **extra: Any) -> 
     run = state.store.view(job_id)
     return {
         "results_gone": gone_reason(state, job, run),
-        "job": job,
-        "log": grouped(state.logs.events(job_id)),
+        **_log_values(state, job),
         "method_results": any(state.store.has_results(c.id) for c in methods),
         "lost": lost,
         "grace_seconds": state.connections.grace_seconds,
         "comparison": comparison,
         "pooled_analysis": report.get("analysis"),
         "report": report,
-        "run": run,
+        **_progress_values(state, job_id),
         "missing": missing,
         "site_status": site_status,
         "last_seen": {site: state.connections.last_seen(site) for site in site_status},
@@ -328,6 +327,20 @@ def _job_context(state: CentralState, job_id: int, user: User, **extra: Any) -> 
         "error": "",
         **extra,
     }
+
+
+def _progress_values(state: CentralState, job_id: int) -> dict[str, Any]:
+    """What the progress bar (block ``job_progress``) shows: part of the page's context."""
+    return {"run": state.store.view(job_id)}
+
+
+def _log_values(state: CentralState, job: Job) -> dict[str, Any]:
+    """What the event log (block ``log_lines``) shows: part of the page's context."""
+    return {"job": job, "log": grouped(state.logs.events(job.id))}
+
+
+def _live_log_values(state: CentralState, job_id: int, user: User) -> dict[str, Any]:
+    return _log_values(state, _visible_job(state, job_id, user))
 
 
 @router.post("/{job_id}/data", response_class=HTMLResponse, dependencies=[Depends(data_upload)])
@@ -504,14 +517,14 @@ def _error_page(
     if is_htmx(request):
         return render(
             request,
-            "central/jobs/detail.html",
+            DETAIL,
             context,
             block="job_status",
             status_code=error.status_code,
         )
     return render(
         request,
-        "central/jobs/detail.html",
+        DETAIL,
         {**context, "nav": "jobs"},
         status_code=error.status_code,
     )
@@ -521,7 +534,7 @@ def _status_or_redirect(request: Request, state: CentralState, job_id: int, user
     if is_htmx(request):
         return render(
             request,
-            "central/jobs/detail.html",
+            DETAIL,
             _job_context(state, job_id, user),
             block="job_status",
         )
@@ -541,32 +554,23 @@ async def events(
 ) -> EventSourceResponse:
     """Live fragments for the job page: progress, the event log, and the state block."""
     await _in_thread(_visible_job, state, job_id, user)
-    template = ENVIRONMENT.get_template("central/jobs/detail.html")
-
-    def fragment(block: str, **values: Any) -> str:
-        context = {**PAGE_DEFAULTS, **request.state.page_context, "request": request, **values}
-        return "".join(template.blocks[block](template.new_context(context)))
 
     async def stream() -> AsyncIterator[ServerSentEvent]:
         async with state.broker.subscribe(job_id) as queue:
             while True:
                 event = await queue.get()
-                if isinstance(event, JobEvent):
-                    if event.kind == "progress":
-                        yield ServerSentEvent(
-                            event="progress",
-                            data=fragment("job_progress", run=state.store.view(job_id)),
-                        )
-                    else:
-                        lines = grouped(await asyncio.to_thread(state.logs.events, job_id))
-                        yield ServerSentEvent(event="log", data=fragment("log_lines", log=lines))
+                if isinstance(event, JobEvent) and event.kind == "progress":
+                    name, block = "progress", "job_progress"
+                    context = _progress_values(state, job_id)
+                elif isinstance(event, JobEvent):
+                    name, block = "log", "log_lines"
+                    context = await _in_thread(_live_log_values, state, job_id, user)
                 else:
-                    yield ServerSentEvent(
-                        event="status",
-                        data=fragment(
-                            "job_status", **(await _in_thread(_job_context, state, job_id, user))
-                        ),
-                    )
+                    name, block = "status", "job_status"
+                    context = await _in_thread(_job_context, state, job_id, user)
+                yield ServerSentEvent(
+                    event=name, data=markup(request, DETAIL, context, block=block)
+                )
 
     return EventSourceResponse(stream(), ping=15)
 

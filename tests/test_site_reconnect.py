@@ -1,0 +1,148 @@
+"""The site's connection to central, kept by websockets' reconnecting iterator.
+
+Central here is a real WebSocket server over TLS on loopback (websockets' own, with a trustme
+certificate) that says Welcome as central does, or refuses the site as central does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+from pathlib import Path
+
+import pytest
+import trustme
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+from federation.protocol import Welcome, encode_control
+from portal_site.jobs import LocalJobs
+from portal_site.settings import SiteSettings
+from portal_site.store import Store
+from portal_site.worker import CONNECTION, Worker
+
+Handler = Callable[[ServerConnection], Awaitable[None]]
+Refusal = Callable[[ServerConnection, Request], Response | None]
+
+
+class CountingWorker(Worker):
+    """The worker, counting how often its connection loop started websockets' iterator."""
+
+    sessions = 0
+
+    async def _connections(self, central_url: str, ca_file: str) -> None:
+        self.sessions += 1
+        await super()._connections(central_url, ca_file)
+
+
+def _run_site(
+    tmp_path: Path,
+    central: Handler,
+    done: Callable[[CountingWorker], bool],
+    *,
+    refuse: Refusal | None = None,
+) -> tuple[CountingWorker, Store, list[tuple[str, str]]]:
+    """Run the site's worker against ``central`` until ``done`` (at most 10 s); the worker,
+    its store and every (status, detail) it showed."""
+    ca = trustme.CA()
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_tls)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    store = Store(f"sqlite:///{tmp_path / 'site.db'}")
+    worker = CountingWorker(
+        settings=SiteSettings(data_dir=tmp_path, heartbeat_seconds=30, reconnect_max_seconds=1),
+        store=store,
+        jobs=LocalJobs(approved=store.approved),
+    )
+    seen: list[tuple[str, str]] = []
+    worker.jobs.broker.listen(
+        lambda topic, _: (
+            seen.append((worker.status, worker.detail)) if topic == CONNECTION else None
+        )
+    )
+
+    async def scenario() -> None:
+        async with serve(
+            central, "127.0.0.1", 0, ssl=server_tls, compression=None, process_request=refuse
+        ) as server:
+            port = server.sockets[0].getsockname()[1]
+            store.update_config(
+                central_url=f"https://127.0.0.1:{port}",
+                site_id="north1",
+                refresh_token="a refresh token",
+                ca_file=str(ca_file),
+            )
+            # Signed in already: its access token is cached (central's HTTPS API is not here).
+            worker._access, worker._access_until = "an access token", time.time() + 600
+            running = asyncio.create_task(worker.run())
+            try:
+                deadline = time.monotonic() + 10
+                while not done(worker) and time.monotonic() < deadline:
+                    await asyncio.sleep(0.01)
+            finally:
+                running.cancel()
+                await asyncio.gather(running, return_exceptions=True)
+                await worker.stop()
+
+    asyncio.run(scenario())
+    return worker, store, seen
+
+
+@pytest.mark.slow
+def test_a_dropped_connection_is_made_again_by_websockets_iterator(tmp_path: Path) -> None:
+    handshakes: list[Headers] = []
+
+    async def central(socket: ServerConnection) -> None:
+        assert socket.request is not None
+        handshakes.append(socket.request.headers)
+        await socket.send(encode_control(Welcome(site_id="north1", ready=[])))
+        if len(handshakes) == 1:
+            assert socket.transport is not None
+            socket.transport.abort()  # dropped: no close frame, as when the network is cut
+        await socket.wait_closed()
+
+    worker, store, seen = _run_site(
+        tmp_path, central, lambda w: len(handshakes) >= 2 and w.status == "connected"
+    )
+    store.dispose()
+    assert len(handshakes) == 2, seen
+    assert worker.sessions == 1, "the second connection came from the same iterator"
+    assert seen.index(("reconnecting", "connection lost")) < len(seen) - 1
+    assert seen[-1][0] == "connected"
+    for headers in handshakes:
+        assert headers["Authorization"] == "Bearer an access token"
+        assert "Sec-WebSocket-Extensions" not in headers, "per-message compression stays off"
+
+
+@pytest.mark.slow
+def test_a_revoked_site_is_signed_out_at_the_first_refusal(tmp_path: Path) -> None:
+    """Central refuses the site's token (403, revoked): the iterator does not try again, and
+    the worker signs the site out, saying why, rather than knocking forever."""
+    refusals: list[Request] = []
+    reason = "the site 'north1' is disabled; its tokens are revoked"
+
+    def refuse(connection: ServerConnection, request: Request) -> Response:
+        refusals.append(request)
+        return connection.respond(HTTPStatus.FORBIDDEN, json.dumps({"detail": reason}))
+
+    async def central(socket: ServerConnection) -> None:
+        raise AssertionError("a refused site never gets a connection")
+
+    worker, store, seen = _run_site(
+        tmp_path, central, lambda w: bool(refusals) and w.status == "signed out", refuse=refuse
+    )
+    try:
+        assert len(refusals) == 1, seen
+        assert (worker.status, worker.detail) == (
+            "signed out",
+            f"central refused the connection: {reason}",
+        )
+        assert store.config().refresh_token == "", "the revoked token is forgotten"
+    finally:
+        store.dispose()
