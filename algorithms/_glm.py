@@ -318,6 +318,134 @@ def ordinal_stats(
     return {"n": n, "h": h, "g": np.concatenate([g_b, g_z]), "q": q, "saturated": saturated}
 
 
+# ---------------------------------------------------------------- third derivatives
+
+THIRD_ROWS = 4096
+"""Rows per block of a third-derivative sum: its temporaries hold r^3 + 2 r t numbers a row."""
+
+
+def _contract(kappa: np.ndarray, jac: np.ndarray, out: np.ndarray) -> None:
+    """Add sum_i kappa_i[J_i, J_i, J_i] to ``out`` (t x t x t) for each row's r x r x r
+    ``kappa`` (n, r, r, r) and the r x t Jacobian of its predictors ``jac`` (n, r, t): slice a
+    of the sum is sum_i J_i' W_ia J_i with W_ia = sum_k kappa_i[k] J_i[k, a], one product the
+    size of H's a slice (one wide product makes OpenBLAS start its threads)."""
+    n, r, t = jac.shape
+    stacked = jac.reshape(n * r, t)
+    for a in range(t):
+        weight = np.einsum("iklm,ik->ilm", kappa, jac[:, :, a])
+        right = np.einsum("ilm,imc->ilc", weight, jac).reshape(n * r, t)
+        out[a] += stacked.T @ right
+
+
+def categorical_third(
+    z: np.ndarray,
+    rows: np.ndarray | None,
+    column: int,
+    theta: np.ndarray,
+    cols: np.ndarray,
+    *,
+    levels: np.ndarray | int,
+) -> np.ndarray:
+    """T = -Q''' of the multinomial logit at B = ``theta``, t x t x t (t = (K-1)p). A row's
+    log-likelihood is eta[y] - lse(0, eta), eta_k = x'B[:, k], so T sums the third derivatives
+    of lse, kappa_klm = d_kl d_km P_k - d_kl P_k P_m - d_km P_k P_l - d_lm P_k P_l
+    + 2 P_k P_l P_m (P the probabilities of levels 1..K-1), along the rows' x in class k."""
+    classes = level_values(levels).size - 1
+    p = cols.size
+    t = classes * p
+    beta = theta.reshape(classes, p).T
+    out = np.zeros((t, t, t))
+    eye = np.eye(classes)
+    for x, _ in _blocks(z, rows, cols, column):
+        for start in range(0, x.shape[0], THIRD_ROWS):
+            part = x[start : start + THIRD_ROWS]
+            prob = softmax_with_reference(part @ beta)[:, 1:]
+            pairs = np.einsum("ik,il->ikl", prob, prob)
+            kappa = 2.0 * np.einsum("ikl,im->iklm", pairs, prob)
+            kappa -= np.einsum("kl,ikm->iklm", eye, pairs)
+            kappa -= np.einsum("km,ikl->iklm", eye, pairs)
+            kappa -= np.einsum("lm,ikl->iklm", eye, pairs)
+            kappa += np.einsum("kl,km,ik->iklm", eye, eye, prob)
+            jac = np.zeros((part.shape[0], classes, t))
+            for k in range(classes):
+                jac[:, k, k * p : (k + 1) * p] = part
+            _contract(kappa, jac, out)
+    return out
+
+
+def ordinal_third(
+    z: np.ndarray,
+    rows: np.ndarray | None,
+    column: int,
+    theta: np.ndarray,
+    cols: np.ndarray,
+    *,
+    levels: np.ndarray | int,
+) -> np.ndarray:
+    """T = -Q''' of the proportional-odds model at (beta, zeta), t x t x t (t = p + K - 1).
+    A row's log-likelihood is l(b, a) = log F(b) + log(1 - F(a)) + log(1 - exp(a - b)) with
+    b = zeta_k - x'beta and a = zeta_{k-1} - x'beta (``ordinal_stats``); with u, v as there and
+    w = v (1 + 2u): l_bbb = -f(b)(1 - 2F(b)) + w, l_bba = -w, l_baa = w,
+    l_aaa = -f(a)(1 - 2F(a)) - w, along (-x, e_k) for b and (-x, e_{k-1}) for a."""
+    values = level_values(levels)
+    count = values.size
+    p = cols.size
+    t = p + count - 1
+    beta, zeta = theta[:p], theta[p:]
+    if zeta.size != count - 1 or np.any(np.diff(zeta) <= 0.0):
+        raise ValueError("ordinal thresholds must be strictly increasing")
+    edges = np.concatenate([[-np.inf], zeta, [np.inf]])
+    out = np.zeros((t, t, t))
+    for x, y in _blocks(z, rows, cols, column):
+        every = _codes(y, "ordinal", values, column)
+        for start in range(0, x.shape[0], THIRD_ROWS):
+            part = x[start : start + THIRD_ROWS]
+            codes = every[start : start + THIRD_ROWS]
+            m = codes.size
+            eta = part @ beta
+            upper = edges[codes + 1] - eta
+            lower = edges[codes] - eta
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                u = np.where(
+                    np.isfinite(upper) & np.isfinite(lower), 1.0 / np.expm1(upper - lower), 0.0
+                )
+            w = u * (1.0 + u) * (1.0 + 2.0 * u)
+            kappa = np.empty((m, 2, 2, 2))  # index 0: b (upper), 1: a (lower); kappa = -l'''
+            kappa[:, 0, 0, 0] = expit(upper) * expit(-upper) * (1.0 - 2.0 * expit(upper)) - w
+            kappa[:, 1, 1, 1] = expit(lower) * expit(-lower) * (1.0 - 2.0 * expit(lower)) + w
+            for i, j, k in ((0, 0, 1), (0, 1, 0), (1, 0, 0)):
+                kappa[:, i, j, k] = w
+            for i, j, k in ((0, 1, 1), (1, 0, 1), (1, 1, 0)):
+                kappa[:, i, j, k] = -w
+            jac = np.zeros((m, 2, t))
+            jac[:, :, :p] = -part[:, None, :]
+            index = np.arange(m)
+            top = codes < count - 1  # b finite: its threshold is zeta_k
+            jac[index[top], 0, p + codes[top]] = 1.0
+            bottom = codes > 0  # a finite: its threshold is zeta_{k-1}
+            jac[index[bottom], 1, p + codes[bottom] - 1] = 1.0
+            _contract(kappa, jac, out)
+    return out
+
+
+def family_third(
+    family: str,
+    z: np.ndarray,
+    rows: np.ndarray | None,
+    column: int,
+    theta: np.ndarray,
+    cols: np.ndarray,
+    *,
+    levels: np.ndarray | int = 0,
+) -> np.ndarray:
+    """T = -Q''' at ``theta`` of a categorical or ordinal target, t x t x t."""
+    if family == "categorical":
+        return categorical_third(z, rows, column, theta, cols, levels=levels)
+    if family == "ordinal":
+        return ordinal_third(z, rows, column, theta, cols, levels=levels)
+    raise ValueError(f"no third derivatives here for family {family!r}")
+
+
 def family_stats(
     family: str,
     z: np.ndarray,

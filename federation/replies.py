@@ -28,18 +28,13 @@ job's ``site_effect`` is intercept, and the intercept; by default the job's colu
 the target's place taken by the intercept), ``c`` (the job's columns), ``k`` (the job's
 targets), ``t`` (the length of the parameters of the operation's target's fit: p, (K-1)p for
 a categorical target of K levels, p - 1 + K - 1 for an ordinal one; ``algorithms.methods``),
-``l`` (the levels of the operation's target), ``u`` (the pairs of the design's columns,
-p(p+1)/2, for a design of at most :data:`PAIRS_WIDTH` columns, else 0: a symmetric
-third-derivative tensor is p x u numbers) or a whole number up to 64. At most two dimensions,
-so a value holds at most max(p, c, k, t)^2 numbers (p x u: at most 8.5 p^2); a reply holds at most
+``l`` (the levels of the operation's target), ``u`` (the pairs of the fit's parameters,
+t(t+1)/2, for a fit of at most :data:`PAIRS_WIDTH` parameters, else 0: a symmetric
+third-derivative tensor is t x u numbers) or a whole number up to 64. At most two dimensions,
+so a value holds at most max(p, c, k, t)^2 numbers (t x u: at most 8.5 t^2); a reply holds at most
 :data:`MAX_KEYS` values. ``prepare`` declares what the site adds to the runtime's own summary
 when the job opens (``rows``, ``rows_used``, ``observed``, ``target_rows``, ``left_out``); its
 ``left_out`` reasons are the labels listed here, so no text of the site's travels.
-One more may come first: ``m``, the job's chains (the chained family's parameter ``chains``:
-1 for a single chain, M = ``imputations`` for parallel chains), for an operation that answers
-for every chain at once (``float[m,p,p]``: one X'X a chain); such a reply holds m times as
-many numbers, still bounded by the job.
-
 One more dimension may come first: ``m``, the job's chains (the chained family's parameter
 ``chains``: 1 for a single chain, M = ``imputations`` for parallel chains), for an operation
 that answers for every chain at once (``float[m,p,p]``: one X'X a chain); such a reply holds m
@@ -72,7 +67,7 @@ Kind = Literal["float", "int", "count", "rows", "flag"]
 MAX_KEYS = 16
 MAX_DIM = 64
 PAIRS_WIDTH = 16
-"""The widest design whose column pairs (``u``) a reply may hold."""
+"""The most parameters of a fit whose pairs (``u``) a reply may hold."""
 PREPARE = "prepare"
 """The pseudo-operation whose declared values the site adds to its summary at open."""
 RUNTIME_SUMMARY = ("rows", "rows_used", "observed", "target_rows", "left_out")
@@ -145,7 +140,7 @@ class Dims:
             (target,) = self.per_target
         p = self.widths.get(target, self.p) if target is not None else self.p
         t, levels = self.per_target.get(target, (p, 0)) if target is not None else (p, 0)
-        pairs = p * (p + 1) // 2 if p <= PAIRS_WIDTH else 0
+        pairs = t * (t + 1) // 2 if t <= PAIRS_WIDTH else 0
         return {"p": p, "c": self.c, "k": self.k, "t": t, "l": levels, "u": pairs, CHAINS: self.m}
 
     def reply_limit(self) -> int:
