@@ -41,8 +41,10 @@ that answers for every chain at once (``float[m,p,p]``: one X'X a chain); such a
 times as many numbers, still bounded by the job.
 
 ``fits`` is the most fits the job makes, as arithmetic (+, -, *, parentheses) over the job's
-whole-number parameters and ``targets``: a site answers at most ``2 + fits * max_newton_rounds``
-requests (its policy's rounds per fit), which bounds everything it sends in a job.
+whole-number parameters, ``targets`` and ``chains`` (the job's chains, as ``m``; parallel
+chains fit side by side, one request a step for all of them, so they count as one fit): a site
+answers at most ``2 + fits * max_newton_rounds`` requests (its policy's rounds per fit), which
+bounds everything it sends in a job.
 
 ``summed`` lists the operations whose replies central only ever adds up over the participants
 (every value of them; ``prepare`` for the algorithm's values in the summary at open); only an
@@ -78,6 +80,8 @@ _VALUE = re.compile(
 _SYMBOLS = ("p", "c", "k", "t", "l", "u")
 CHAINS = "m"
 """The leading dimension of a value with one entry per chain (:attr:`Dims.m`)."""
+FITS_NAMES = ("targets", "chains")
+"""The names ``fits`` may use besides the whole-number parameters: the job's targets, chains."""
 _LABEL = re.compile(r"^[A-Za-z0-9 '(){}_.,-]{1,80}$")
 
 
@@ -213,7 +217,7 @@ class ReplySchema:
             for k, v in meta.get("parameters", {}).get("properties", {}).items()
             if isinstance(v, dict) and v.get("type") == "integer"
         ]
-        _expression(str(fits), [*names, "targets"])  # refuses anything but arithmetic
+        _expression(str(fits), [*names, *FITS_NAMES])  # refuses anything but arithmetic
         summed = meta.get("summed", [])
         if not isinstance(summed, list) or not all(isinstance(s, str) for s in summed):
             raise AlgorithmInvalid("params.json: summed must be a list of operation names")
@@ -267,12 +271,16 @@ class ReplySchema:
         """A left-out reason as a person reads it (``{target}`` is the one target's name)."""
         return label.replace("{target}", f"'{targets[0]}'") if len(targets) == 1 else label
 
-    def request_budget(self, params: Mapping[str, Any], *, targets: int, rounds: int) -> int:
-        """The most requests a site answers for a job: open, close, and ``rounds`` a fit."""
+    def request_budget(
+        self, params: Mapping[str, Any], *, targets: int, rounds: int, chains: int = 1
+    ) -> int:
+        """The most requests a site answers for a job of ``targets`` targets and ``chains``
+        chains: open, close, and ``rounds`` a fit."""
         names = {
             k: int(v) for k, v in params.items() if isinstance(v, int) and not isinstance(v, bool)
         }
-        fits: int = _expression(self.fits, [*names, "targets"])(names | {"targets": targets})
+        given = names | {"targets": targets, "chains": chains}
+        fits: int = _expression(self.fits, [*names, *FITS_NAMES])(given)
         return 2 + max(fits, 1) * rounds
 
     def check(
@@ -432,7 +440,7 @@ def _expression(text: str, names: Sequence[str]) -> Any:
         if isinstance(node, ast.Name) and node.id not in names:
             raise AlgorithmInvalid(
                 f"params.json: fits {text!r} names '{node.id}', which is not an integer parameter "
-                "or 'targets'"
+                "or 'targets' or 'chains'"
             )
 
     def evaluate(values: Mapping[str, int], node: ast.AST = tree.body) -> int:
