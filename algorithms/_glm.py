@@ -320,21 +320,10 @@ def ordinal_stats(
 
 
 # ---------------------------------------------------------------- third derivatives
-
-THIRD_ROWS = 4096
-"""Rows per block of a third-derivative sum: its temporaries hold r^3 + 2 r t numbers a row."""
-
-
-def _contract(kappa: np.ndarray, jac: np.ndarray, out: np.ndarray) -> None:
-    """Add sum_i kappa_i[J_i, J_i, J_i] to ``out`` (t x t x t) for each row's r x r x r
-    ``kappa`` (n, r, r, r) and the r x t Jacobian of its predictors ``jac`` (n, r, t): slice a
-    of the sum is sum_i J_i' W_ia J_i with W_ia = sum_k kappa_i[k] J_i[k, a]. Every product is
-    numpy's own einsum loop: a matrix product of these shapes (t x nr by nr x t) makes OpenBLAS
-    start its threads, which on a loaded machine took 0.1 s a call."""
-    for a in range(jac.shape[2]):
-        weight = np.einsum("iklm,ik->ilm", kappa, jac[:, :, a])
-        right = np.einsum("ilm,imc->ilc", weight, jac)
-        out[a] += np.einsum("ilb,ilc->bc", jac, right)
+#
+# A warm Newton start's T = -Q''' (``_newton.third_derivatives``), summed over the rows in
+# p x p(p+1)/2 blocks of weighted x x x by numpy's own einsum loops: a BLAS product of these
+# shapes makes OpenBLAS start its threads, which on a loaded machine cost 0.1 s a call.
 
 
 def _lse_third(prob: np.ndarray, k: int, l_: int, m: int) -> np.ndarray:
@@ -381,7 +370,7 @@ def categorical_third(
         pairs = x[:, first] * x[:, second]
         for j, triple in enumerate(triples):
             weighted = x * _lse_third(prob, *triple)[:, None]
-            sums[j] += np.einsum("ia,ip->ap", weighted, pairs)  # no BLAS: see _contract
+            sums[j] += np.einsum("ia,ip->ap", weighted, pairs)
     t = classes * p
     out = np.zeros((t, t, t))
     for j, triple in enumerate(triples):
@@ -405,46 +394,68 @@ def ordinal_third(
     """T = -Q''' of the proportional-odds model at (beta, zeta), t x t x t (t = p + K - 1).
     A row's log-likelihood is l(b, a) = log F(b) + log(1 - F(a)) + log(1 - exp(a - b)) with
     b = zeta_k - x'beta and a = zeta_{k-1} - x'beta (``ordinal_stats``); with u, v as there and
-    w = v (1 + 2u): l_bbb = -f(b)(1 - 2F(b)) + w, l_bba = -w, l_baa = w,
-    l_aaa = -f(a)(1 - 2F(a)) - w, along (-x, e_k) for b and (-x, e_{k-1}) for a."""
+    w = v (1 + 2u), kappa = -l''' is A = f(b)(1 - 2F(b)) - w in bbb, B = f(a)(1 - 2F(a)) + w in
+    aaa, w in bba and -w in baa (in every order), along (-x, e_k) for b and (-x, e_{k-1}) for
+    a. Summed block by block: beta^3 is -sum (A + B) x x x; beta beta zeta_j sums x x weighed
+    by A + w over the rows whose b is at zeta_j and by B - w over those whose a is, beta zeta_j
+    zeta_j minus the same of x, zeta_j^3 A and B, and a row with both bounds adds w to
+    zeta_k zeta_k zeta_{k-1} and -w to zeta_k zeta_{k-1} zeta_{k-1} (in every order)."""
     values = level_values(levels)
     count = values.size
     p = cols.size
-    t = p + count - 1
     beta, zeta = theta[:p], theta[p:]
     if zeta.size != count - 1 or np.any(np.diff(zeta) <= 0.0):
         raise ValueError("ordinal thresholds must be strictly increasing")
     edges = np.concatenate([[-np.inf], zeta, [np.inf]])
-    out = np.zeros((t, t, t))
+    first, second = np.triu_indices(p)
+    cubes = np.zeros((p, first.size))
+    bbz = np.zeros((first.size, count - 1))  # beta_a beta_b zeta_j, over the pairs a <= b
+    bzz = np.zeros((p, count - 1))  # beta_a zeta_j zeta_j (zeta_j zeta_k: 0 for j != k)
+    zzz = np.zeros((count - 1, count - 1, count - 1))
     for x, y in _blocks(z, rows, cols, column):
-        every = _codes(y, "ordinal", values, column)
-        for start in range(0, x.shape[0], THIRD_ROWS):
-            part = x[start : start + THIRD_ROWS]
-            codes = every[start : start + THIRD_ROWS]
-            m = codes.size
-            eta = part @ beta
-            upper = edges[codes + 1] - eta
-            lower = edges[codes] - eta
-            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-                u = np.where(
-                    np.isfinite(upper) & np.isfinite(lower), 1.0 / np.expm1(upper - lower), 0.0
-                )
-            w = u * (1.0 + u) * (1.0 + 2.0 * u)
-            kappa = np.empty((m, 2, 2, 2))  # index 0: b (upper), 1: a (lower); kappa = -l'''
-            kappa[:, 0, 0, 0] = expit(upper) * expit(-upper) * (1.0 - 2.0 * expit(upper)) - w
-            kappa[:, 1, 1, 1] = expit(lower) * expit(-lower) * (1.0 - 2.0 * expit(lower)) + w
-            for i, j, k in ((0, 0, 1), (0, 1, 0), (1, 0, 0)):
-                kappa[:, i, j, k] = w
-            for i, j, k in ((0, 1, 1), (1, 0, 1), (1, 1, 0)):
-                kappa[:, i, j, k] = -w
-            jac = np.zeros((m, 2, t))
-            jac[:, :, :p] = -part[:, None, :]
-            index = np.arange(m)
-            top = codes < count - 1  # b finite: its threshold is zeta_k
-            jac[index[top], 0, p + codes[top]] = 1.0
-            bottom = codes > 0  # a finite: its threshold is zeta_{k-1}
-            jac[index[bottom], 1, p + codes[bottom] - 1] = 1.0
-            _contract(kappa, jac, out)
+        codes = _codes(y, "ordinal", values, column)
+        eta = x @ beta
+        upper = edges[codes + 1] - eta
+        lower = edges[codes] - eta
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            u = np.where(
+                np.isfinite(upper) & np.isfinite(lower), 1.0 / np.expm1(upper - lower), 0.0
+            )
+        w = u * (1.0 + u) * (1.0 + 2.0 * u)
+        a = expit(upper) * expit(-upper) * (1.0 - 2.0 * expit(upper)) - w
+        b = expit(lower) * expit(-lower) * (1.0 - 2.0 * expit(lower)) + w
+        pairs = x[:, first] * x[:, second]
+        # a row touches the thresholds of its b (zeta_k) and its a (zeta_{k-1}) only, so the
+        # blocks with thresholds are sums by level
+        cubes -= np.einsum("ia,ip->ap", x * (a + b)[:, None], pairs)
+        for j in range(count - 1):
+            for rows_j, cube, square in ((codes == j, a, a + w), (codes == j + 1, b, b - w)):
+                bbz[:, j] += np.einsum("ip,i->p", pairs[rows_j], square[rows_j])
+                bzz[:, j] -= np.einsum("ia,i->a", x[rows_j], square[rows_j])
+                zzz[j, j, j] += float(cube[rows_j].sum())
+            if j + 1 < count - 1:  # rows at level j + 1: b at zeta_{j+1}, a at zeta_j
+                both = float(w[codes == j + 1].sum())
+                for k, l_, m in set(itertools.permutations((j + 1, j + 1, j))):
+                    zzz[k, l_, m] += both
+                for k, l_, m in set(itertools.permutations((j + 1, j, j))):
+                    zzz[k, l_, m] -= both
+    t = p + count - 1
+    out = np.zeros((t, t, t))
+    block = np.zeros((p, p, p))
+    block[:, first, second] = cubes
+    block[:, second, first] = cubes
+    out[:p, :p, :p] = block
+    square = np.zeros((p, p, count - 1))
+    square[first, second] = bbz
+    square[second, first] = bbz
+    out[:p, :p, p:] = square
+    out[:p, p:, :p] = square.transpose(0, 2, 1)
+    out[p:, :p, :p] = square.transpose(2, 0, 1)
+    levels_at = np.arange(count - 1)
+    out[:p, p + levels_at, p + levels_at] = bzz
+    out[p + levels_at, :p, p + levels_at] = bzz.T
+    out[p + levels_at, p + levels_at, :p] = bzz.T
+    out[p:, p:, p:] = zzz
     return out
 
 
