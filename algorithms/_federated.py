@@ -145,28 +145,32 @@ def check_gaussian_sites(
 ) -> None:
     """The test of equal coefficients across sites from each participant's own Gaussian fit,
     solved from the sums it sent for the pooled fit (nothing more is asked); a participant
-    whose own rows cannot be fitted alone is left out of the test."""
+    whose own rows cannot be fitted alone is left out of the test. Computed when the job
+    ends, for the target's last fit (``record_check``)."""
     names = job.spec.predictors(target)
-    own: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for site, reply in replies.items():
-        n = int(reply["n"])
-        if n <= len(names):
-            continue
-        try:
-            fit = fit_gaussian(
-                {site: reply}, ridge=float(job.params["ridge"]), names=names, target=target.name
-            )
-        except FitError:
-            continue
-        assert fit.sse is not None
-        own[site] = (fit.beta, covariance(fit) * fit.sse / (n - len(names)))
-    job.record_check(
-        "equal_coefficients",
-        target,
-        site_checks.equal_coefficients(
+
+    def check() -> dict[str, Any]:
+        own: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for site, reply in replies.items():
+            n = int(reply["n"])
+            if n <= len(names):
+                continue
+            try:
+                fit = fit_gaussian(
+                    {site: reply},
+                    ridge=float(job.params["ridge"]),
+                    names=names,
+                    target=target.name,
+                )
+            except FitError:
+                continue
+            assert fit.sse is not None
+            own[site] = (fit.beta, covariance(fit) * fit.sse / (n - len(names)))
+        return site_checks.equal_coefficients(
             target.name, names, own, site_intercepts=bool(job.spec.site_terms())
-        ),
-    )
+        )
+
+    job.record_check("equal_coefficients", target, check)
 
 
 def check_newton_sites(
@@ -176,25 +180,26 @@ def check_newton_sites(
     participant sent at the pooled fit's last evaluation theta: its one-step estimate
     theta + H_k^-1 g_k (one Newton step on its own rows from the pooled fit: as efficient as its
     own fit, Lehmann and Casella 1998, 6.4) with covariance H_k^-1. Site terms are left out (in
-    a site's own rows its column is its intercept, the others' are 0)."""
+    a site's own rows its column is its intercept, the others' are 0). Computed when the job
+    ends, for the target's last fit (``record_check``)."""
     names = methods.get(target.type).parameter_names(job.spec.predictors(target), target.levels)
     terms = job.spec.site_terms()
     keep = [i for i, name in enumerate(names) if not any(name.startswith(t) for t in terms)]
-    own: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for site, reply in replies.items():
-        if int(reply["n"]) <= len(keep):
-            continue
-        h = np.asarray(reply["h"])[np.ix_(keep, keep)]
-        g = np.asarray(reply["g"])[keep]
-        cov = np.linalg.pinv(h, hermitian=True)
-        own[site] = (theta[keep] + cov @ g, cov)
-    job.record_check(
-        "equal_coefficients",
-        target,
-        site_checks.equal_coefficients(
+
+    def check() -> dict[str, Any]:
+        own: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for site, reply in replies.items():
+            if int(reply["n"]) <= len(keep):
+                continue
+            h = np.asarray(reply["h"])[np.ix_(keep, keep)]
+            g = np.asarray(reply["g"])[keep]
+            cov = np.linalg.pinv(h, hermitian=True)
+            own[site] = (theta[keep] + cov @ g, cov)
+        return site_checks.equal_coefficients(
             target.name, [names[i] for i in keep], own, site_intercepts=bool(terms)
-        ),
-    )
+        )
+
+    job.record_check("equal_coefficients", target, check)
 
 
 async def _pooled(job: CentralJob, name: str, **args: Any) -> dict[str, dict[str, Any]]:

@@ -20,10 +20,10 @@ iteration costs one round trip when the full step is accepted; it then asks for 
 accepted shorter step. The steps taken do not depend on ``batch``.
 
 A warm start's first sums may carry the third derivatives there (``third``, from
-:func:`third_derivatives`: logistic and Poisson, designs of at most ``THIRD_ORDER_WIDTH``
-columns); the first step is then :func:`_third_order_step`'s, which lands within O(|d|^3) of
-the optimum instead of Newton's O(|d|^2), so that a fit from the last cycle's optimum usually
-stops after one step: its start and one line search, 2 round trips.
+:func:`third_derivatives`: every family, fits of at most ``THIRD_ORDER_WIDTH`` parameters); the
+first step is then :func:`_third_order_step`'s, which lands within O(|d|^3) of the optimum
+instead of Newton's O(|d|^2), so that a fit from the last cycle's optimum usually stops after
+one step: its start and one line search, 2 round trips.
 
 Separation (logistic, categorical, ordinal): when a slope runs off (beyond ``SEPARATED`` on the
 logit scale per standard deviation of its predictor), the Hessian vanishes on the way there, or
@@ -54,6 +54,7 @@ from algorithms._stats import (
     total,
 )
 from federation.errors import FitError
+from federation.replies import PAIRS_WIDTH
 
 TOLERANCE = 1e-5
 """Newton stops when no parameter would move by this much (in its predictor's SD units)."""
@@ -63,10 +64,11 @@ SEPARATED = 10.0
 _MIN_STEP = 2.0**-40
 SEARCH = 4
 """Steps of the halving (1, 1/2, 1/4, 1/8) whose Q a pooled fit asks for in one request."""
-THIRD_ORDER_WIDTH = 10
-"""A warm-started pooled logistic or Poisson fit whose design has at most this many columns
-asks, with its first evaluation, for the third derivatives there (``<family>_warm``), so that
-its first step lands within the tolerance of the optimum where a Newton step needs two."""
+THIRD_ORDER_WIDTH = PAIRS_WIDTH
+"""A warm-started pooled fit of at most this many parameters (t: p for logistic and Poisson,
+(K-1)p categorical, p - 1 + K - 1 ordinal) asks, with its first evaluation, for the third
+derivatives there (``<family>_warm``, t x t(t+1)/2 numbers), so that its first step lands
+within the tolerance of the optimum where a Newton step needs two."""
 
 Sums = Mapping[str, Any]
 """n, h, g and q at one theta (and saturated, overflow, and at the first the moments), summed."""
@@ -86,12 +88,6 @@ class Family:
     @property
     def separates(self) -> bool:
         return self.name != "poisson"
-
-    @property
-    def third_order(self) -> bool:
-        """One linear predictor with the canonical link: the third derivatives are
-        T = sum kappa'''(eta) x x x (:func:`third_derivatives`)."""
-        return self.name in ("logistic", "poisson")
 
     def size(self, p: int, levels: int) -> int:
         """Length of theta for a design of p columns (intercept included) and K levels."""
@@ -157,32 +153,46 @@ class Family:
         return result
 
 
-def third_order(family: Family, start: np.ndarray | None, names: Sequence[str]) -> bool:
+def third_order(
+    family: Family, start: np.ndarray | None, names: Sequence[str], levels: Sequence[float] = ()
+) -> bool:
     """Whether a pooled fit from ``start`` asks for the third derivatives there: a warm start
-    of a logistic or Poisson fit whose design has at most ``THIRD_ORDER_WIDTH`` columns."""
-    return family.third_order and start is not None and len(names) <= THIRD_ORDER_WIDTH
+    of a fit of at most ``THIRD_ORDER_WIDTH`` parameters (``names``: the design's columns)."""
+    return start is not None and family.size(len(names), len(levels)) <= THIRD_ORDER_WIDTH
 
 
 def third_derivatives(
-    family: Family, z: np.ndarray, rows: np.ndarray | None, column: int, theta: np.ndarray
+    family: Family,
+    z: np.ndarray,
+    rows: np.ndarray | None,
+    column: int,
+    theta: np.ndarray,
+    *,
+    levels: Sequence[float] = (),
 ) -> np.ndarray:
-    """A participant's T = sum kappa'''(x'theta) x x x over its selected rows (the
-    log-likelihood's third derivative is -T), packed as T[a, (b, c)] over the pairs b <= c of
-    the design's columns in ``np.triu_indices`` order: p x p(p+1)/2 numbers. Zero where not
-    finite (a Poisson mean that overflows: such a start is refused anyway)."""
-    if not family.third_order:
-        raise FitError(f"a {family.name} fit sends no third derivatives")
+    """A participant's T = -Q''' over its selected rows (Q its log-likelihood), packed as
+    T[a, (b, c)] over the pairs b <= c of theta's entries in ``np.triu_indices`` order:
+    t x t(t+1)/2 numbers. Logistic and Poisson: T = sum kappa'''(x'theta) x x x; categorical
+    and ordinal: ``_glm.family_third``. Zero where not finite (a Poisson mean that overflows:
+    such a start is refused anyway)."""
+    theta = np.asarray(theta, dtype=np.float64)
+    if theta.size > THIRD_ORDER_WIDTH:
+        raise FitError(
+            f"third derivatives are sent for fits of at most {THIRD_ORDER_WIDTH} parameters; "
+            f"this one has {theta.size}"
+        )
+    first, second = np.triu_indices(theta.size)
+    if family.has_levels:
+        cols = _glm.design(z, column, family.name)
+        values = np.asarray(levels, dtype=np.float64)
+        full = _glm.family_third(family.name, z, rows, column, theta, cols, levels=values)
+        packed = full[:, first, second]
+        return packed if np.isfinite(packed).all() else np.zeros_like(packed)
     cols = design(z, column)
     p = cols.size
-    if p > THIRD_ORDER_WIDTH:
-        raise FitError(
-            f"third derivatives are sent for designs of at most {THIRD_ORDER_WIDTH} columns; "
-            f"this one has {p}"
-        )
-    first, second = np.triu_indices(p)
     packed = np.zeros((p, first.size))
     for x, _ in _blocks(z, rows, cols, column):
-        eta = x @ np.asarray(theta, dtype=np.float64)
+        eta = x @ theta
         if family.name == "logistic":
             mu = expit(eta)
             weight = mu * (1.0 - mu) * (1.0 - 2.0 * mu)

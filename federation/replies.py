@@ -28,26 +28,23 @@ job's ``site_effect`` is intercept, and the intercept; by default the job's colu
 the target's place taken by the intercept), ``c`` (the job's columns), ``k`` (the job's
 targets), ``t`` (the length of the parameters of the operation's target's fit: p, (K-1)p for
 a categorical target of K levels, p - 1 + K - 1 for an ordinal one; ``algorithms.methods``),
-``l`` (the levels of the operation's target), ``u`` (the pairs of the design's columns,
-p(p+1)/2, for a design of at most :data:`PAIRS_WIDTH` columns, else 0: a symmetric
-third-derivative tensor is p x u numbers) or a whole number up to 64. At most two dimensions,
-so a value holds at most max(p, c, k, t)^2 numbers (p x u: at most 8.5 p^2); a reply holds at most
+``l`` (the levels of the operation's target), ``u`` (the pairs of the fit's parameters,
+t(t+1)/2, for a fit of at most :data:`PAIRS_WIDTH` parameters, else 0: a symmetric
+third-derivative tensor is t x u numbers) or a whole number up to 64. At most two dimensions,
+so a value holds at most max(p, c, k, t)^2 numbers (t x u: at most 8.5 t^2); a reply holds at most
 :data:`MAX_KEYS` values. ``prepare`` declares what the site adds to the runtime's own summary
 when the job opens (``rows``, ``rows_used``, ``observed``, ``target_rows``, ``left_out``); its
 ``left_out`` reasons are the labels listed here, so no text of the site's travels.
-One more may come first: ``m``, the job's chains (the chained family's parameter ``chains``:
-1 for a single chain, M = ``imputations`` for parallel chains), for an operation that answers
-for every chain at once (``float[m,p,p]``: one X'X a chain); such a reply holds m times as
-many numbers, still bounded by the job.
-
 One more dimension may come first: ``m``, the job's chains (the chained family's parameter
 ``chains``: 1 for a single chain, M = ``imputations`` for parallel chains), for an operation
 that answers for every chain at once (``float[m,p,p]``: one X'X a chain); such a reply holds m
 times as many numbers, still bounded by the job.
 
 ``fits`` is the most fits the job makes, as arithmetic (+, -, *, parentheses) over the job's
-whole-number parameters and ``targets``: a site answers at most ``2 + fits * max_newton_rounds``
-requests (its policy's rounds per fit), which bounds everything it sends in a job.
+whole-number parameters, ``targets`` and ``chains`` (the job's chains, as ``m``; parallel
+chains fit side by side, one request a step for all of them, so they count as one fit): a site
+answers at most ``2 + fits * max_newton_rounds`` requests (its policy's rounds per fit), which
+bounds everything it sends in a job.
 
 ``summed`` lists the operations whose replies central only ever adds up over the participants
 (every value of them; ``prepare`` for the algorithm's values in the summary at open); only an
@@ -72,7 +69,7 @@ Kind = Literal["float", "int", "count", "rows", "flag"]
 MAX_KEYS = 16
 MAX_DIM = 64
 PAIRS_WIDTH = 16
-"""The widest design whose column pairs (``u``) a reply may hold."""
+"""The most parameters of a fit whose pairs (``u``) a reply may hold."""
 PREPARE = "prepare"
 """The pseudo-operation whose declared values the site adds to its summary at open."""
 RUNTIME_SUMMARY = ("rows", "rows_used", "observed", "target_rows", "left_out")
@@ -83,6 +80,8 @@ _VALUE = re.compile(
 _SYMBOLS = ("p", "c", "k", "t", "l", "u")
 CHAINS = "m"
 """The leading dimension of a value with one entry per chain (:attr:`Dims.m`)."""
+FITS_NAMES = ("targets", "chains")
+"""The names ``fits`` may use besides the whole-number parameters: the job's targets, chains."""
 _LABEL = re.compile(r"^[A-Za-z0-9 '(){}_.,-]{1,80}$")
 
 
@@ -145,7 +144,7 @@ class Dims:
             (target,) = self.per_target
         p = self.widths.get(target, self.p) if target is not None else self.p
         t, levels = self.per_target.get(target, (p, 0)) if target is not None else (p, 0)
-        pairs = p * (p + 1) // 2 if p <= PAIRS_WIDTH else 0
+        pairs = t * (t + 1) // 2 if t <= PAIRS_WIDTH else 0
         return {"p": p, "c": self.c, "k": self.k, "t": t, "l": levels, "u": pairs, CHAINS: self.m}
 
     def reply_limit(self) -> int:
@@ -218,7 +217,7 @@ class ReplySchema:
             for k, v in meta.get("parameters", {}).get("properties", {}).items()
             if isinstance(v, dict) and v.get("type") == "integer"
         ]
-        _expression(str(fits), [*names, "targets"])  # refuses anything but arithmetic
+        _expression(str(fits), [*names, *FITS_NAMES])  # refuses anything but arithmetic
         summed = meta.get("summed", [])
         if not isinstance(summed, list) or not all(isinstance(s, str) for s in summed):
             raise AlgorithmInvalid("params.json: summed must be a list of operation names")
@@ -272,12 +271,16 @@ class ReplySchema:
         """A left-out reason as a person reads it (``{target}`` is the one target's name)."""
         return label.replace("{target}", f"'{targets[0]}'") if len(targets) == 1 else label
 
-    def request_budget(self, params: Mapping[str, Any], *, targets: int, rounds: int) -> int:
-        """The most requests a site answers for a job: open, close, and ``rounds`` a fit."""
+    def request_budget(
+        self, params: Mapping[str, Any], *, targets: int, rounds: int, chains: int = 1
+    ) -> int:
+        """The most requests a site answers for a job of ``targets`` targets and ``chains``
+        chains: open, close, and ``rounds`` a fit."""
         names = {
             k: int(v) for k, v in params.items() if isinstance(v, int) and not isinstance(v, bool)
         }
-        fits: int = _expression(self.fits, [*names, "targets"])(names | {"targets": targets})
+        given = names | {"targets": targets, "chains": chains}
+        fits: int = _expression(self.fits, [*names, *FITS_NAMES])(given)
         return 2 + max(fits, 1) * rounds
 
     def check(
@@ -437,7 +440,7 @@ def _expression(text: str, names: Sequence[str]) -> Any:
         if isinstance(node, ast.Name) and node.id not in names:
             raise AlgorithmInvalid(
                 f"params.json: fits {text!r} names '{node.id}', which is not an integer parameter "
-                "or 'targets'"
+                "or 'targets' or 'chains'"
             )
 
     def evaluate(values: Mapping[str, int], node: ast.AST = tree.body) -> int:

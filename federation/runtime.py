@@ -116,6 +116,9 @@ class CentralJob:
     chains: dict[str, Any] = field(default_factory=dict)
     """How the chained family ran its chains (kind, chains, cycles), for the report."""
     checks: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    _checks: dict[str, dict[str, Mapping[str, Any] | Callable[[], Mapping[str, Any]]]] = field(
+        default_factory=dict
+    )
     """Per kind of site check (``federation.site_checks``), per target, the latest result (a
     chained method's: that of its last cycle); their warnings are given when the job ends."""
     deadline: float = REQUEST_SECONDS
@@ -317,10 +320,24 @@ class CentralJob:
             )
         )
 
-    def record_check(self, kind: str, target: Target, result: Mapping[str, Any]) -> None:
+    def record_check(
+        self,
+        kind: str,
+        target: Target,
+        result: Mapping[str, Any] | Callable[[], Mapping[str, Any]],
+    ) -> None:
         """Note a site check of a target's fit for the report (a later fit's replaces it);
-        its ``warning``, if any, is given once when the job ends."""
-        self.checks.setdefault(kind, {})[target.name] = dict(result)
+        its ``warning``, if any, is given once when the job ends. A callable ``result`` is
+        computed then, so that a check every fit records costs only the last fit's, and
+        nothing between round trips."""
+        self._checks.setdefault(kind, {})[target.name] = result
+
+    def _settle_checks(self) -> None:
+        """Every recorded check computed (:meth:`record_check`), into ``checks``."""
+        for kind, results in self._checks.items():
+            for name, result in results.items():
+                value = result() if callable(result) else result
+                self.checks.setdefault(kind, {})[name] = dict(value)
 
     def record_trace(
         self, target: Target, *, chain: int, cycle: int, mean: float, variance: float
@@ -600,6 +617,7 @@ async def run_job(
     try:
         await job._open()
         await central_module.run(job)
+        job._settle_checks()
         for results in job.checks.values():
             for result in results.values():
                 if result.get("warning"):

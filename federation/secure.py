@@ -294,7 +294,7 @@ def scale_for(
 
 def degree(declared: Mapping[str, Value]) -> int:
     """How many of the table's values multiply in an entry of a reply: 3 where a value is
-    declared over the column pairs ``u`` (third derivatives, sum w x_a x_b x_c), else 2 (H,
+    declared over the parameter pairs ``u`` (third derivatives, sums of w x_a x_b x_c), else 2 (H,
     sums of w x_a x_b)."""
     return 3 if any("u" in value.shape for value in declared.values()) else 2
 

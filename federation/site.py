@@ -524,7 +524,10 @@ class SiteRunner:
                 self.remote.close()
                 self._refuse_by_policy(reasons)
             self._budget = self.replies.request_budget(
-                spec.params, targets=len(spec.targets), rounds=self.policy.max_newton_rounds
+                spec.params,
+                targets=len(spec.targets),
+                rounds=self.policy.max_newton_rounds,
+                chains=spec.chains,
             ) + (EXTRA_REQUESTS if secure else 0)
             self.requests = 1
         names = [t.name for t in spec.targets]

@@ -27,7 +27,7 @@ from federation.protocol import ErrorReply, Op, Reply, Request, decode, encode
 from federation.replies import Bounds, Dims, ReplySchema
 from federation.simulation import make_spec
 from federation.site import OPEN
-from tests.helpers import builtin, run
+from tests.helpers import builtin, run, table
 from tests.r_reference import run_r
 from tests.test_chain_traces import hard_design
 from tests.test_exactness import (  # logistic_fits: the fixture
@@ -371,3 +371,87 @@ def test_the_report_rhat_equals_an_independent_r_computation(tmp_path: Path) -> 
     run_r(R_RANK_RHAT, cwd=tmp_path)
     got = [float(v) for v in (tmp_path / "rhat.txt").read_text().split()]
     np.testing.assert_allclose(expected, got, rtol=1e-12)
+
+
+# ---------------------------------------------------------------- the request budget
+
+
+@pytest.mark.parametrize("algorithm", ["SIMICE", "IMICE", "AVGMMICE", "CSLMICE"])
+def test_the_request_budget_counts_parallel_chains_fits_once(algorithm: str) -> None:
+    """M parallel chains of ``before`` cycles fit side by side, one request a step: the
+    declared fits are targets x before, not the single chain's targets x (before + between x
+    (M - 1))."""
+    schema = builtin(algorithm).replies
+    params = {
+        "imputations": 5,
+        "iteration_before_first_imputation": 4,
+        "iteration_between_imputations": 3,
+        "chains": "parallel",
+    }
+
+    parallel = schema.request_budget(params, targets=2, rounds=3, chains=5)
+    single = schema.request_budget(params | {"chains": "single"}, targets=2, rounds=3)
+
+    assert parallel == 2 + 2 * 4 * 3
+    assert single == 2 + 2 * (4 + 3 * 4) * 3
+
+
+def test_a_parallel_chains_job_runs_within_its_tight_budget_and_not_one_request_more() -> None:
+    """Three parallel chains of 2 cycles, two Gaussian targets: each fit is one gaussian_stats
+    and one impute for every chain, so with 3 rounds a fit the budget, 2 + 2 x 2 x 3 = 14, holds
+    the job's 10 counted operations (open, fill_unobserved, 4 fits x 2), where the single
+    chain's formula gave 74."""
+    import asyncio
+
+    from federation.job import CENTRAL
+    from federation.policy import Policy
+    from federation.runtime import run_job
+    from federation.site import SiteRunner
+    from federation.transport import InMemoryTransport
+
+    rng = np.random.default_rng(4)
+
+    def values(rows: int) -> np.ndarray:
+        data = rng.normal(size=(rows, 4))
+        data[rng.random(rows) < 0.2, 2] = np.nan
+        data[rng.random(rows) < 0.2, 3] = np.nan
+        return data
+
+    columns = ("x1", "x2", "g1", "g2")
+    central = table("central", columns, values(60))
+    sites = {name: table(name, columns, values(80)) for name in ("north", "south")}
+    algorithm = builtin("SIMICE")
+    params = {
+        "imputations": 3,
+        "iteration_before_first_imputation": 2,
+        "iteration_between_imputations": 5,
+        "chains": "parallel",
+    }
+    spec = make_spec(
+        algorithm=algorithm,
+        central=central,
+        sites=sites,
+        targets=[("g1", "gaussian"), ("g2", "gaussian")],
+        params=params,
+        seed=3,
+    )
+    policy = Policy(max_newton_rounds=3)
+    runners = {
+        name: SiteRunner(site=name, data=data, algorithm=algorithm, policy=policy)
+        for name, data in sites.items()
+    }
+    local = SiteRunner(site=CENTRAL, data=central, algorithm=algorithm, is_central=True)
+
+    result = asyncio.run(
+        run_job(
+            spec=spec,
+            central_module=algorithm.central,
+            local=local,
+            transport=InMemoryTransport(runners),
+        )
+    )
+
+    assert len(result.imputed_cells) == 3
+    for runner in runners.values():
+        assert runner.budget == 2 + 2 * 2 * 3  # single chain: 2 + 2 x (2 + 5 x 2) x 3 = 74
+        assert runner.requests == 10

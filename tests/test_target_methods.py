@@ -170,11 +170,12 @@ def test_the_labels_pages_show_come_from_the_registry() -> None:
     assert builtin("SIMI").capabilities.target_types == tuple(METHODS)
 
 
-def test_a_third_derivative_reply_holds_the_column_pairs_of_a_narrow_design() -> None:
-    """``u`` is p(p+1)/2 for a design of at most PAIRS_WIDTH columns and 0 beyond, so that a
-    logistic or Poisson ``_warm`` reply (p x u) stays bounded; other symbols are refused."""
-    schema = ReplySchema.parse({"replies": {"warm": {"third": "float[p,u]"}}, "parameters": {}})
+def test_a_third_derivative_reply_holds_the_parameter_pairs_of_a_small_fit() -> None:
+    """``u`` is t(t+1)/2 for a fit of at most PAIRS_WIDTH parameters and 0 beyond, so that a
+    Newton method's ``_warm`` reply (t x u) stays bounded; other symbols are refused."""
+    schema = ReplySchema.parse({"replies": {"warm": {"third": "float[t,u]"}}, "parameters": {}})
     narrow, wide = Dims.of(4, 1), Dims.of(PAIRS_WIDTH + 1, 1)
+    categorical = Dims.of(4, 1, {2: (8, 3)})  # 4 design columns, 3 levels: t = 8, u = 36
 
     checked = schema.check("warm", {"third": np.ones((4, 10))}, dims=narrow, bounds=None)
 
@@ -183,6 +184,9 @@ def test_a_third_derivative_reply_holds_the_column_pairs_of_a_narrow_design() ->
         schema.check("warm", {"third": np.ones((4, 9))}, dims=narrow, bounds=None)
     with pytest.raises(ProtocolError, match=r"declared \[17, 0\]"):
         schema.check("warm", {"third": np.ones((17, 153))}, dims=wide, bounds=None)
+    assert schema.check("warm", {"third": np.ones((8, 36))}, dims=categorical, bounds=None)
+    with pytest.raises(ProtocolError, match=r"declared \[8, 36\]"):
+        schema.check("warm", {"third": np.ones((4, 10))}, dims=categorical, bounds=None)
     with pytest.raises(AlgorithmInvalid, match="dimension 'v' is not p, c, k, t, l, u"):
         ReplySchema.parse({"replies": {"warm": {"third": "float[p,v]"}}, "parameters": {}})
 

@@ -20,13 +20,12 @@ def newton_replies(
     dims: str,
     levels: bool,
     extra: Mapping[str, str],
-    third: bool = False,
 ) -> dict:  # type: ignore[type-arg]
     """The declared replies of a Newton method's operations: ``<name>_start`` (the first
     evaluation, with the design's moments and, with levels, the rows per level),
-    ``<name>_stats``, ``<name>_search`` (a line search's candidates) and, with ``third``,
-    ``<name>_warm`` (a warm start's first evaluation: ``_start``'s and the third derivatives,
-    p x u numbers, u = p(p+1)/2)."""
+    ``<name>_stats``, ``<name>_search`` (a line search's candidates) and ``<name>_warm`` (a warm
+    start's first evaluation: ``_start``'s and the third derivatives, t x u numbers for the t
+    parameters and their u = t(t+1)/2 pairs)."""
     stats = {"n": "rows", "h": f"float[{dims},{dims}]", "g": f"float[{dims}]", "q": "float"}
     stats.update(extra)
     start = {**stats, "sums": "float[p]", "squares": "float[p]"}
@@ -34,14 +33,12 @@ def newton_replies(
         start["counts"] = "count[l]"
     candidates = f"{_newton.SEARCH}"
     search = {**stats, "qs": f"float[{candidates}]", "unusable": f"count[{candidates}]"}
-    replies = {
+    return {
         f"{operation}_start": start,
+        f"{operation}_warm": {**start, "third": "float[t,u]"},
         f"{operation}_stats": stats,
         f"{operation}_search": search,
     }
-    if third:
-        replies[f"{operation}_warm"] = {**start, "third": "float[p,u]"}
-    return replies
 
 
 class NewtonMethod(Method):
@@ -102,17 +99,17 @@ class NewtonMethod(Method):
             """A warm fit's first evaluation: what ``_start`` answers and the third derivatives
             of the log-likelihood there (``_newton.third_derivatives``)."""
             result = start(z, rows, column, theta, levels)
-            result["third"] = _newton.third_derivatives(family, z, rows, column, theta)
+            result["third"] = _newton.third_derivatives(
+                family, z, rows, column, theta, levels=levels
+            )
             return result
 
-        operations = {
+        return {
             f"{family.name}_start": start,
+            f"{family.name}_warm": warm,
             f"{family.name}_stats": stats,
             f"{family.name}_search": search,
         }
-        if family.third_order:
-            operations[f"{family.name}_warm"] = warm
-        return operations
 
     async def fit_pooled(
         self,
@@ -126,9 +123,8 @@ class NewtonMethod(Method):
         levels: Sequence[float] = (),
     ) -> Fit:
         name = self.family.name
-        opening = (
-            f"{name}_warm" if _newton.third_order(self.family, start, names) else f"{name}_start"
-        )
+        warm = _newton.third_order(self.family, start, names, levels)
+        opening = f"{name}_warm" if warm else f"{name}_start"
 
         async def evaluate(theta: np.ndarray, first: bool) -> Mapping[str, Mapping[str, Any]]:
             if first:

@@ -21,7 +21,7 @@ class Logistic(NewtonMethod):
     when = "a yes/no column coded 0 and 1 (a diagnosis, a smoker)"
     expects = "0 or 1"
     family = _newton.LOGISTIC
-    replies = newton_replies("logistic", dims="p", levels=False, extra={}, third=True)
+    replies = newton_replies("logistic", dims="p", levels=False, extra={})
 
     def takes(self, observed: Observed) -> bool:
         return observed.binary

@@ -23,9 +23,7 @@ class Poisson(NewtonMethod):
     when = "a count of events (visits, lesions); pmm is safer when counts are overdispersed"
     expects = "counts (whole numbers >= 0)"
     family = _newton.POISSON
-    replies = newton_replies(
-        "poisson", dims="p", levels=False, extra={"overflow": "count"}, third=True
-    )
+    replies = newton_replies("poisson", dims="p", levels=False, extra={"overflow": "count"})
 
     def takes(self, observed: Observed) -> bool:
         return observed.whole and not observed.negative
