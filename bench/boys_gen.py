@@ -5,6 +5,7 @@ Run (needs R with mice; about 2 minutes per replication on a quiet machine)::
 
     .venv/bin/python bench/boys_gen.py                    # 5 replications
     .venv/bin/python bench/boys_gen.py --replications 2
+    .venv/bin/python bench/boys_gen.py --undrawn          # also fip with ordinal's optimum
 
 Everything runs on the pooled 748 rows (no federation: IMICE at central alone, which SIMICE
 equals). Three imputers, each over the replications (seed r, M = 5 chains of 5 cycles, mice's
@@ -13,7 +14,9 @@ default methods; fip: pmm, ordinal for gen and phb, categorical for reg):
 - ``mice``: stock mice, whose polr always adds White, Daniel and Royston's pseudo-rows;
 - ``mice, polr w/o pseudo-rows``: the same with polr fitted on the observed rows alone
   (``tests/test_boys_mice.py``'s R method), as fip's contract fits when nothing separates;
-- ``fip IMICE``.
+- ``fip IMICE``; with ``--undrawn`` also fip imputing gen and phb from the fitted ordinal
+  model's optimum instead of a posterior draw of its parameters, as mice's polr does (an
+  ablation: the contract draws).
 
 For each it prints the mean imputed ``gen`` over the 503 rows without it, with its Monte Carlo
 standard error over the replications, and the share of imputed stages G2 or above among the
@@ -33,6 +36,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
+from unittest import mock
 
 import numpy as np
 
@@ -40,7 +45,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from algorithms import _newton  # noqa: E402
-from algorithms.methods.ordinal import probabilities  # noqa: E402
+from algorithms._stats import Fit  # noqa: E402
+from algorithms.methods.ordinal import Ordinal, probabilities  # noqa: E402
 from tests.helpers import run, table  # noqa: E402
 from tests.test_boys_mice import LEVELS, POLR_WITHOUT_PSEUDO_ROWS, TARGETS  # noqa: E402
 
@@ -145,6 +151,11 @@ def _fip(boys: np.ndarray, columns: list[str], replications: int) -> np.ndarray:
     return np.array(out)
 
 
+def _optimum(self: Ordinal, fit: Fit, rng: np.random.Generator, *, target: str) -> dict[str, Any]:
+    """The ablation's ordinal "draw": the fitted optimum itself."""
+    return {"alpha": fit.beta.copy()}
+
+
 def _line(label: str, values: np.ndarray) -> str:
     mean = values.mean(axis=0)
     se = values[:, 0].std(ddof=1) / np.sqrt(values.shape[0]) if values.shape[0] > 1 else np.nan
@@ -155,6 +166,11 @@ def _line(label: str, values: np.ndarray) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--replications", type=int, default=5)
+    parser.add_argument(
+        "--undrawn",
+        action="store_true",
+        help="also run fip with the ordinal parameters at their optimum (mice's polr's way)",
+    )
     args = parser.parse_args()
     logging.disable(logging.WARNING)  # the short chains' R-hat warnings, once per job
     with tempfile.TemporaryDirectory() as folder:
@@ -183,6 +199,10 @@ def main() -> None:
     print(_line("mice", mice[:, :width]))
     print(_line("mice, polr w/o pseudo-rows", mice[:, width:]))
     print(_line("fip IMICE", fip))
+    if args.undrawn:
+        with mock.patch.object(Ordinal, "draw", _optimum):
+            undrawn = _fip(boys, columns, args.replications)
+        print(_line("fip IMICE, ordinal undrawn", undrawn))
 
 
 if __name__ == "__main__":
