@@ -1,8 +1,9 @@
 """SIMICE with pmm, ordinal (polr) and categorical (polyreg) targets against R mice on ``boys``
 (slow: R). mice's ``boys`` (748 Dutch boys) is split at random into central and two sites.
 fip imputes it federated; mice imputes the pooled rows with its defaults (pmm for hgt, wgt,
-bmi, hc, tv; polr for gen and phb; polyreg for reg). Both are then analysed on central's rows
-only: the mean of tv and of gen, and lm(tv ~ age + hgt), pooled over M imputations.
+bmi, hc, tv; polyreg for reg; polr for gen and phb, but fitted without pseudo-rows: below).
+Both are then analysed on central's rows only: the mean of tv and of gen, and
+lm(tv ~ age + hgt), pooled over M imputations.
 
 - Plausibility: no imputed tv below the observed minimum, no gen or phb outside its levels or
   non-integer, no reg outside 1..5 (the old gaussian imputations put 62% of tv and 73% of gen
@@ -10,20 +11,29 @@ only: the mean of tv and of gen, and lm(tv ~ age + hgt), pooled over M imputatio
 - Estimates: over R replications (a job seed each, same split), fip's mean pooled estimate
   against mice's, with the Monte Carlo standard error sqrt(sd_fip^2 / R + sd_mice^2 / R). Each
   estimate must be within 4 of those standard errors (a false alarm has probability about
-  6e-5 per estimate if both target the same value) or within 10% of mice's value. The second
-  bound is there because the two imputation models are not the same, by design, and that
-  moves some estimates by more than Monte Carlo error on these data (measured: see the issue's
-  closing note). fip's pmm donors are the imputing site's own rows (about a third of mice's
-  pooled donors at central: the contract); run on the pooled rows alone (IMICE), fip's
-  lm(tv ~ age + hgt) slopes equal mice's within Monte Carlo error. gen, phb and reg predict
-  the other targets as treatment dummies in both (mice: factors). That brought fip's
-  lm(tv ~ age + hgt) slopes to mice's (z 5.1 and -3.1 with integer codes; 0.9 and 0.7 with
-  dummies) but not its mean of gen (2.29 with codes, 2.30 with dummies; mice 2.44): that gap
-  is not the federation (IMICE on the pooled rows gives 2.30, also after 20 cycles; mice gives
-  2.44 after 5 or 20). mice's polr and polyreg impute from
-  the fitted probabilities without drawing the parameters and always add pseudo-rows (which
-  barely move gen here). A bias of the size of the old gaussian imputations (tv's imputed mean
-  at -3 against mice's 8, gen outside 1..5) fails both bounds by far.
+  6e-5 per estimate if both target the same value). A bias of the size of the old gaussian
+  imputations (tv's imputed mean at -3 against mice's 8, gen outside 1..5) fails by far.
+
+mice's polr always adds White, Daniel and Royston's pseudo-rows to the fit (2qK rows weighing
+q + 1 rows, at every level of gen, around the means and SDs of all 748 rows, the rows to impute
+included); fip's contract (ALGORITHMS.md, "Newton fits") adds them only when a fit separates,
+and gen's and phb's do not. On ``boys`` that is not a detail: gen is observed only from age 7.8
+(up to age 12 only G1 and G2), 322 of the 503 boys without it are younger, and the pseudo-rows
+put each stage, G5 included, at ages 5.7, 9.2 and 12.6 (all boys' mean age, +- half its SD), so
+they steer the extrapolation to the young boys. On one completed
+dataset, polr's expected imputed gen is 2.057 without pseudo-rows (fip's ordinal fit: 2.057)
+and 2.244 with them; over whole runs on the pooled rows, stock mice imputes G2 or above for 31%
+of the boys under 2 (fip: 0.3%) and its mean imputed gen is 2.23 against fip's 2.00, which
+made central's mean of gen 2.44 against fip's 2.30 (z about 20) here.
+``bench/boys_gen.py`` prints these numbers. So the reference is mice with its polr fitted on the
+observed rows alone (``POLR_WITHOUT_PSEUDO_ROWS``); every other part is stock mice. Two
+differences remain by design. fip draws the ordinal parameters from their posterior; mice's
+polr imputes from the fitted probabilities at the optimum. On the pooled rows (IMICE) fip's
+mean imputed gen is 2.00 with the draw and 2.015 (0.004) without it, mice's 2.013 (0.003): the
+draw moves central's mean of gen by about one Monte Carlo SE.
+And fip's pmm donors are the imputing site's own rows (about a third of mice's pooled donors at
+central). gen, phb and reg predict the other
+targets as treatment dummies in fip and as factors in mice (the same column space).
 """
 
 from __future__ import annotations
@@ -60,17 +70,42 @@ LEVELS = {
     "reg": (1.0, 2.0, 3.0, 4.0, 5.0),
 }
 
+POLR_WITHOUT_PSEUDO_ROWS = r"""
+suppressMessages({library(mice); library(MASS)})
+# mice.impute.polr's model and imputation (MASS::polr on the observed rows, one uniform per
+# missing row through the fitted cumulative probabilities) without its pseudo-rows, which fip's
+# contract adds only when a fit separates. polr's own start (from a binary glm) can fail on
+# these rows; the unique optimum is then sought from the fit with mice's pseudo-rows.
+mice.impute.polrmle <- function(y, ry, x, wy = NULL, ...) {
+  if (is.null(wy)) wy <- !ry
+  frame <- data.frame(y = y, as.matrix(x))
+  fit <- try(suppressWarnings(polr(y ~ ., data = frame[ry, ])), silent = TRUE)
+  if (inherits(fit, "try-error")) {
+    a <- mice:::augment(y, ry, as.matrix(x), wy)
+    padded <- data.frame(y = a$y, a$x)
+    near <- suppressWarnings(polr(y ~ ., data = padded[a$ry, ], weights = a$w[a$ry]))
+    fit <- suppressWarnings(polr(y ~ ., data = frame[ry, ], start = c(coef(near), near$zeta)))
+  }
+  probs <- matrix(predict(fit, frame[wy, , drop = FALSE], type = "probs"), nrow = sum(wy))
+  below <- runif(sum(wy)) > t(apply(probs, 1, cumsum))
+  levels(y)[1 + rowSums(below)]
+}
+"""
+"""An R method for mice: its polr without the pseudo-rows (the module's docstring says why)."""
+
 R_SCRIPT = rf"""
-suppressMessages(library(mice))
+{POLR_WITHOUT_PSEUDO_ROWS}
 ids <- read.csv("central_ids.csv")$id
 b <- boys
 out <- data.frame(age = b$age, hgt = b$hgt, wgt = b$wgt, bmi = b$bmi, hc = b$hc,
                   gen = as.integer(b$gen), phb = as.integer(b$phb), tv = b$tv,
                   reg = as.integer(b$reg))
 write.csv(out, "boys.csv", row.names = FALSE, na = "")
+method <- make.method(b)
+method[c("gen", "phb")] <- "polrmle"
 res <- NULL
 for (r in 1:{REPLICATIONS}) {{
-  imp <- mice(b, m = {M}, maxit = {BURN_IN}, printFlag = FALSE, seed = r)
+  imp <- mice(b, m = {M}, maxit = {BURN_IN}, printFlag = FALSE, seed = r, method = method)
   est <- sapply(1:{M}, function(m) {{
     d <- complete(imp, m)[ids, ]
     co <- coef(lm(tv ~ age + hgt, data = d))
@@ -156,6 +191,5 @@ def test_simice_on_boys_is_plausible_and_agrees_with_mice(tmp_path: Path) -> Non
         table_lines.append(f"implausible {name}: {count} of {imputed_cells[name]} imputed cells")
     print("\n".join(table_lines))
     assert all(count == 0 for count in implausible.values()), implausible
-    for j, name in enumerate(ESTIMATES):
-        close = abs(fip[:, j].mean() - theirs[:, j].mean()) <= 0.1 * abs(theirs[:, j].mean())
-        assert abs(z_scores[name]) < 4.0 or close, "\n".join(table_lines)
+    for name in ESTIMATES:
+        assert abs(z_scores[name]) < 4.0, "\n".join(table_lines)
