@@ -174,8 +174,10 @@ def add_analysis(result: JobResult, model: str, family: str = "linear") -> str |
 
 def smoke_test(algorithm: Algorithm, on_event: EventSink | None = None) -> JobResult:
     """Run ``algorithm`` once on small synthetic data: central and two sites, one target of
-    each method it supports (only the first when it takes one), M = 2. Raises what the run raises;
-    the sites' own words (a sandboxed half's exception, say) reach ``on_event`` as warnings.
+    each method it supports (only the first when it takes one), M = 2, and two cycles when it
+    declares ``iteration_before_first_imputation`` (the check proves the code runs, not that its
+    chains converge). Raises what the run raises; the sites' own words (a sandboxed half's
+    exception, say) reach ``on_event`` as warnings.
     """
     kinds = list(algorithm.capabilities.target_types)
     if not algorithm.capabilities.multiple_targets:
@@ -184,6 +186,9 @@ def smoke_test(algorithm: Algorithm, on_event: EventSink | None = None) -> JobRe
     targets = list(zip(names, kinds, strict=True))
     columns = ("x1", "x2", *names)
     rng = np.random.default_rng(0)
+    params: dict[str, object] = {"imputations": 2}
+    if "iteration_before_first_imputation" in algorithm.schema.get("properties", {}):
+        params["iteration_before_first_imputation"] = 2
 
     def table(label: str, rows: int) -> Table:
         x = rng.normal(size=(rows, 2))
@@ -199,7 +204,7 @@ def smoke_test(algorithm: Algorithm, on_event: EventSink | None = None) -> JobRe
             central=table("synthetic central", 120),
             sites={"a": table("synthetic site a", 150), "b": table("synthetic site b", 150)},
             targets=targets,
-            params={"imputations": 2},
+            params=params,
             seed=1,
             on_event=on_event,
         )

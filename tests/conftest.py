@@ -2,7 +2,7 @@
 
 A bare ``pytest`` runs the quick tier: everything in process, on SQLite, on two pytest-xdist
 workers (pyproject's addopts), in under a minute. ``scripts/test`` (and so CI) runs every tier
-(``-n 0 -m "slow or not slow"``) in one process. The tiers:
+(``-m "slow or not slow" --dist loadgroup``) on the same two workers. The tiers:
 
 - ``slow``: statistical or large tests, R as the reference; marked by hand.
 - ``process``: starts real processes or servers (``fip central``, ``fip site``, any ``fip``
@@ -37,12 +37,14 @@ The other tests drive central through its API, pages and WebSocket, where the da
 store behind SQLAlchemy: running them on PostgreSQL as well doubled their cost and tested
 SQLAlchemy, not us. The site portal's database is SQLite by design.
 
-**The quick tier on two workers.** Its tests are safe side by side: each has its own tmp_path
-and SQLite file (``_migrated_sqlite`` and the session fixtures are made once per worker), holds
-any port it binds (port 0, kept open), and sleeps for real only for tens of milliseconds (a
-throttle's waits use a clock the test moves). The tiers that start servers pick ports with
-``free_port`` (bound, released, then used: two workers could race for one), so
-``scripts/test`` runs every tier with ``-n 0``.
+**Every tier on two workers.** The tests are safe side by side: each has its own tmp_path
+and SQLite file (``_migrated_sqlite`` and the session fixtures are made once per worker), its
+own PostgreSQL database (a new name each time), holds any port it binds (port 0, kept open), or
+takes a port from ``free_port`` (tests/processes.py), which reserves it against the other worker
+(and any other test run on the machine) until the server it is for has bound it. Quick tests
+sleep for real only for tens of milliseconds (a throttle's waits use a clock the test moves).
+The tests that use the session's shared ``network`` federation are one ``xdist_group``, so that
+with ``--dist loadgroup`` (scripts/test) one worker runs them all and starts it once.
 
 **Bytecode caches.** The run writes Python's ``__pycache__`` (ignored by git) even where
 ``PYTHONDONTWRITEBYTECODE`` is set, as it is in some shells and CI images: without the caches
@@ -172,6 +174,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         callspec = getattr(item, "callspec", None)
         if callspec is not None and callspec.params.get("database_url") == "postgresql":
             item.add_marker("postgres")
+        if "network" in item.fixturenames:  # one worker starts the shared federation, not each
+            item.add_marker(pytest.mark.xdist_group("network"))
 
 
 @pytest.fixture(scope="session")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -19,11 +21,40 @@ import httpx2 as httpx
 FIP = str(Path(sys.executable).parent / "fip")
 
 
+START_SECONDS = 60.0
+"""How long a started portal may take to answer /health: a few seconds on an idle machine, but
+scripts/test runs two workers on two cores, and a machine shared with other work is slower."""
+
+PORT_RESERVATIONS = Path(tempfile.gettempdir()) / "fip-test-ports"
+RESERVED_SECONDS = 120
+"""How long a port ``free_port`` gave stays reserved: long enough for a server to bind it."""
+
+
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+    """A loopback port nobody listens on, reserved for the caller for two minutes or more.
+
+    The port is bound, released, and then bound again by a server the test starts. In between,
+    another caller of ``free_port`` (the other pytest-xdist worker of ``scripts/test``, or a test
+    run of another checkout on this machine) could be handed the same port by the kernel, so
+    each port given is also marked in a folder of the temporary directory, created exclusively,
+    one folder per two-minute window: a port marked in this window or the one before is skipped.
+    """
+    window = int(time.time()) // RESERVED_SECONDS
+    for old in PORT_RESERVATIONS.glob("*"):  # windows nobody can still be reading
+        if old.name.isdigit() and int(old.name) < window - 1:
+            shutil.rmtree(old, ignore_errors=True)
+    current = PORT_RESERVATIONS / str(window)
+    current.mkdir(parents=True, exist_ok=True)
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port: int = probe.getsockname()[1]
+        try:
+            os.close(os.open(current / str(port), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            continue
+        if not (PORT_RESERVATIONS / str(window - 1) / str(port)).exists():
+            return port
 
 
 class Process:
@@ -50,7 +81,7 @@ class Process:
         )
 
     def wait_until_up(
-        self, url: str, *, verify: ssl.SSLContext | bool = True, seconds: float = 20
+        self, url: str, *, verify: ssl.SSLContext | bool = True, seconds: float = START_SECONDS
     ) -> None:
         """Poll ``url`` until it answers 200, at most ``seconds``; fail with the log if not."""
         deadline = time.monotonic() + seconds

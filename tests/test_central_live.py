@@ -12,7 +12,6 @@ import email.policy
 import os
 import re
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -28,17 +27,11 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from tests.central_fixtures import ADMIN, SITE_PASSWORD
+from tests.processes import free_port
 
 FIP = str(Path(sys.executable).parent / "fip")
 START_SECONDS = 60.0
 """How long central may take to answer /health after it is started."""
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def _wait_for(condition: Callable[[], object], *, seconds: float, what: str) -> None:
@@ -67,7 +60,7 @@ class SmtpServer:
 
     def __init__(self) -> None:
         self.mailbox = Mailbox()
-        self.port = _free_port()
+        self.port = free_port()
         self._controller: Controller | None = None
 
     def start(self) -> None:
@@ -130,7 +123,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     root = tmp_path_factory.mktemp("live")
     smtp = SmtpServer()
     smtp.start()
-    port = _free_port()
+    port = free_port()
     data_dir = root / "central"
     env = _environment(
         smtp_host="127.0.0.1", smtp_port=str(smtp.port), smtp_security="none", mail_from="fip@c.x"

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -18,24 +17,15 @@ from pathlib import Path
 import httpx2
 import pytest
 
+from tests.processes import free_port
+
 FIP = str(Path(sys.executable).parent / "fip")
 START_SECONDS = 90.0
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for probe in sockets:
-            probe.bind(("127.0.0.1", 0))
-        return [probe.getsockname()[1] for probe in sockets]
-    finally:
-        for probe in sockets:
-            probe.close()
-
-
 @pytest.mark.slow  # three portal processes (~20 s here): the process tier, not the default run
 def test_fip_demo_says_what_it_does_and_prints_its_banner_last(tmp_path: Path) -> None:
-    central_port, north_port, south_port = _free_ports(3)
+    central_port, north_port, south_port = (free_port() for _ in range(3))
     folder = tmp_path / "demo"
     cheap = {
         "FIP_CENTRAL_ARGON2_TIME_COST": "1",

@@ -262,7 +262,8 @@ def test_imputations_are_values_the_column_may_hold(algorithm: str) -> None:
     else:
         targets = TARGETS
 
-    result = run(algorithm, central, sites, targets, imputations=3)
+    cycles: dict[str, Any] = {"iteration_before_first_imputation": 3} if "CE" in algorithm else {}
+    result = run(algorithm, central, sites, targets, imputations=3, **cycles)
 
     observed = central.values
     for name, kind in targets:
@@ -382,7 +383,16 @@ def test_the_job_s_levels_may_hold_a_level_central_never_observes() -> None:
 
     with pytest.raises(FipError, match="column 'c' has 2 level"):  # central's own levels
         run("SIMICE", central, sites, TARGETS, imputations=1)
-    result = run("SIMICE", central, sites, TARGETS, imputations=2, levels={"c": (1.0, 2.0, 3.0)})
+    levels = {"c": (1.0, 2.0, 3.0)}
+    result = run(
+        "SIMICE",
+        central,
+        sites,
+        TARGETS,
+        imputations=2,
+        iteration_before_first_imputation=3,
+        levels=levels,
+    )
     drawn = np.concatenate([result.dataset(m)[result.missing[:, C - 1], C - 1] for m in (1, 2)])
     assert 3.0 in drawn
 

@@ -10,6 +10,8 @@ deviations, 0 for the intercept.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 from scipy.special import expit
@@ -32,6 +34,9 @@ from tests.helpers import builtin, run
 
 RIDGE = 1e-5
 LEVELS = ("east", "north", "west")  # sorted: the default order
+QUICK: dict[str, Any] = {"imputations": 2, "iteration_before_first_imputation": 3}
+"""Few cycles for the tests that compare two SIMICE runs for equality: how the chains mix is
+tested in tests/test_parallel_chains.py."""
 
 
 def csv_bytes(rows: list[list[object]], columns: list[str]) -> bytes:
@@ -189,8 +194,8 @@ def test_simice_with_a_factor_and_a_site_in_another_order_equals_the_same_order(
     targets = [("y", "pmm"), ("b", "logistic")]
     roles = {"id": CARRIED, "f": FACTOR}
 
-    first = run("SIMICE", same.pop("central"), same, targets, roles=roles, imputations=2)
-    second = run("SIMICE", other.pop("central"), other, targets, roles=roles, imputations=2)
+    first = run("SIMICE", same.pop("central"), same, targets, roles=roles, **QUICK)
+    second = run("SIMICE", other.pop("central"), other, targets, roles=roles, **QUICK)
 
     assert first.report["fits"] == second.report["fits"]
     for m in (1, 2):
@@ -206,7 +211,7 @@ def test_a_numeric_job_is_unchanged_by_roles() -> None:
     }
     central = numeric.pop("central")
 
-    plain = run("SIMICE", central, numeric, [("y", "gaussian")], imputations=2)
+    plain = run("SIMICE", central, numeric, [("y", "gaussian")], **QUICK)
     named = run(
         "SIMICE",
         central,
@@ -214,7 +219,7 @@ def test_a_numeric_job_is_unchanged_by_roles() -> None:
         [("y", "gaussian")],
         roles={"x": PREDICTOR, "b": PREDICTOR},
         predictors={"y": ["x", "b"]},
-        imputations=2,
+        **QUICK,
     )
 
     assert plain.report["fits"] == named.report["fits"]
@@ -482,8 +487,8 @@ def test_a_job_with_a_factor_stays_invariant_to_a_predictors_offset(shift: float
     targets = [("y", "gaussian"), ("b", "logistic")]
     roles = {"id": CARRIED, "f": FACTOR}
 
-    first = run("SIMICE", plain.pop("central"), plain, targets, roles=roles, imputations=2)
-    second = run("SIMICE", moved.pop("central"), moved, targets, roles=roles, imputations=2)
+    first = run("SIMICE", plain.pop("central"), plain, targets, roles=roles, **QUICK)
+    second = run("SIMICE", moved.pop("central"), moved, targets, roles=roles, **QUICK)
 
     for m in (1, 2):
         a, b = first.dataset(m), second.dataset(m)

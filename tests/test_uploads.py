@@ -46,6 +46,7 @@ from tests.central_fixtures import (
     make_settings,
     token,
 )
+from tests.processes import free_port
 from tests.site_fixtures import browser_sign_in as site_browser_sign_in
 from tests.site_fixtures import site_client, site_settings
 
@@ -397,13 +398,6 @@ def test_every_other_body_has_the_form_limit(small_limits: TestClient) -> None:
 # ---------------------------------------------------------------- a real server, a real socket
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 @contextmanager
 def serve(app: FastAPI, port: int) -> Iterator[None]:
     """``app`` served by uvicorn on loopback from a thread of this process."""
@@ -488,7 +482,7 @@ def test_anonymous_uploads_to_central_are_refused_before_the_body_is_read(
     tmp_path: Path,
 ) -> None:
     """Each upload route answers 401 having read at most the first piece of a 200 MB body."""
-    port = _free_port()
+    port = free_port()
     settings = make_settings(tmp_path / "central", f"sqlite:///{tmp_path / 'central.db'}")
     with serve(create_central(settings), port):
         for path in ("/api/jobs/1/data", "/jobs/1/data", "/jobs/new/columns", "/api/algorithms"):
@@ -506,7 +500,7 @@ def test_anonymous_uploads_to_central_are_refused_before_the_body_is_read(
 def test_a_body_is_refused_with_413_as_soon_as_it_crosses_the_limit(tmp_path: Path) -> None:
     """Announced over the limit: 413 before a byte of the body. Sent without a length
     (chunked): 413 once the limit is crossed, long before the whole body is sent."""
-    port = _free_port()
+    port = free_port()
     settings = make_settings(
         tmp_path / "central",
         f"sqlite:///{tmp_path / 'central.db'}",
@@ -609,7 +603,7 @@ def test_a_sites_csv_over_its_limit_gets_413(central: TestClient, tmp_path: Path
 def test_anonymous_uploads_to_a_site_are_refused_before_the_body_is_read(
     tmp_path: Path,
 ) -> None:
-    port = _free_port()
+    port = free_port()
     settings = site_settings(tmp_path / "site", port=port)
     with serve(create_site(settings), port):
         for path in ("/api/jobs/1/data", "/jobs/1/data"):
