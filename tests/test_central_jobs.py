@@ -803,3 +803,48 @@ def test_bad_column_roles_are_refused_naming_the_column(
     assert response.status_code == 422, response.text
     body = response.json()
     assert body["field"] == "roles" and words in body["detail"], body
+
+
+REGIONS = ["north", "east", "south", "west", "centre", "islands"]
+
+
+def test_the_default_min_rows_counts_a_factors_dummies(central: TestClient) -> None:
+    """The job's min_rows defaults to max(10, 3p), p its widest design: a 6-level factor is
+    5 dummy columns there (p = 3 + 5 + 1), as a number one column (p = 5)."""
+    job = {
+        "algorithm": "IMI",
+        "columns": ["x1", "x2", "x3", "region", "y"],
+        "targets": [{"column": "y", "type": "gaussian"}],
+        "parameters": {},
+    }
+    numeric = _create(central, **job)
+    factor = _create(central, **job, roles={"factors": {"region": REGIONS}})
+
+    assert numeric["parameters"]["min_rows"] == 15
+    assert factor["parameters"]["min_rows"] == 27
+
+
+def test_a_job_too_wide_by_its_factors_dummies_is_refused_naming_them(
+    central: TestClient,
+) -> None:
+    """64 columns fit one message as numbers; as 62 factors of 50 levels the target's design
+    is 3040 columns wide, and the refusal names the factors that make it so."""
+    factors = {f"f{i}": [f"l{k}" for k in range(50)] for i in range(62)}
+    job = _job(
+        algorithm="SIMI",
+        columns=["x", *factors, "y"],
+        targets=[{"column": "y", "type": "gaussian"}],
+        parameters={},
+    )
+    numeric = central.post("/api/jobs", json=job, headers=admin_auth(central))
+    assert "makes replies" not in numeric.text, numeric.text
+
+    refused = central.post(
+        "/api/jobs", json={**job, "roles": {"factors": factors}}, headers=admin_auth(central)
+    )
+
+    assert refused.status_code == 422, refused.text
+    body = refused.json()
+    assert body["field"] == "columns"
+    assert "the design of target 'y' is 3040 columns wide: 'f0' as 49, 'f1' as 49" in body["detail"]
+    assert "57 more" in body["detail"] and "use fewer columns or fewer levels" in body["detail"]
