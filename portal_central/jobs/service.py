@@ -88,7 +88,6 @@ def create_job(
     compare: Sequence[str] = (),
     header: Sequence[ColumnSummary] | None = None,
     modelled: Collection[str] | None = None,
-    require_sites: bool = False,
     roles: RolesChoice | None = None,
 ) -> Job:
     """Check everything against the algorithm and the header, then record the job.
@@ -96,9 +95,9 @@ def create_job(
     ``header`` is central's file as the wizard scanned it (counts per column, never values):
     with it, a job that central's data already shows cannot run is refused now, every problem
     with its fix (``checks``); without it (the API), the same checks run on central's upload.
-    ``modelled`` are the columns that enter the models (None: all). ``require_sites`` refuses
-    a pooled algorithm with no site (the wizard; the API still runs one on central's data alone,
-    as IMI or IMICE would).
+    ``modelled`` are the columns that enter the models (None: all). A pooled algorithm with no
+    site is refused here, for the wizard and the API alike, the central-only one its fix
+    (``checks.sites_problem``).
 
     With ``compare`` (other methods' names), the job is a comparison: a parent job of the
     pooled-exact reference (SIMI or SIMICE) with one child job per method, the reference and
@@ -190,12 +189,8 @@ def create_job(
             secure.check_job(method.algorithm.replies, resolved[method.name], remote(method))
         except InputError as error:
             raise FieldInvalid(str(error), field="param_secure_aggregation") from None
-    problems = [
-        problem
-        for method in methods
-        if require_sites
-        and (problem := checks.sites_problem(method.algorithm, len(sites))) is not None
-    ][:1]
+    alone = checks.sites_problem(info.algorithm, len(sites), comparison=bool(compare))
+    problems = [alone] if alone else []
     problems += checks.data_problems(
         info.algorithm,
         header or [],
