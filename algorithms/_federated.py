@@ -28,7 +28,7 @@ import numpy as np
 from algorithms import _newton, methods
 from algorithms._chains import Asked, Replies, chain_replies, lockstep
 from algorithms._stats import Fit, covariance, fit_from, fit_gaussian, total
-from algorithms.methods._method import Ask
+from algorithms.methods._method import Ask, FitOptions
 from federation import site_checks
 from federation.errors import FitError
 from federation.job import CENTRAL, Target
@@ -121,12 +121,10 @@ async def _fit_with(
 
     fit = await methods.get(target.type).fit_pooled(
         capture if check and not job.secure else ask,
+        FitOptions.of(
+            job.params, names=job.spec.predictors(target), target=target.name, levels=target.levels
+        ),
         start=start,
-        ridge=float(job.params["ridge"]),
-        max_iter=int(job.params["max_iter"]),
-        names=job.spec.predictors(target),
-        target=target.name,
-        levels=target.levels,
     )
     if not fit.converged:
         job.warn(

@@ -16,7 +16,7 @@ import numpy as np
 from algorithms import methods
 from algorithms._predictors import target_matrix
 from algorithms._stats import Fit, covariance
-from algorithms.methods import Method, SiteStatistics
+from algorithms.methods import FitOptions, Method, SiteStatistics
 from federation.errors import FitError
 from federation.job import Target
 from federation.site import SiteJob
@@ -50,11 +50,12 @@ def _own_fit(site: SiteJob, target: int, **options: Any) -> Fit:
             z,
             _rows(site, target),
             column,
-            ridge=float(site.params["ridge"]),
-            max_iter=int(site.params["max_iter"]),
-            names=site.spec.predictors(spec_target),
-            target=spec_target.name,
-            levels=spec_target.levels,
+            FitOptions.of(
+                site.params,
+                names=site.spec.predictors(spec_target),
+                target=spec_target.name,
+                levels=spec_target.levels,
+            ),
             **options,
         )
     except FitError as error:

@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 from algorithms import _newton  # noqa: E402
 from algorithms._stats import Fit  # noqa: E402
-from algorithms.methods.ordinal import Ordinal, probabilities  # noqa: E402
+from algorithms.methods.ordinal import Ordinal, proportional_odds  # noqa: E402
 from tests.helpers import run, table  # noqa: E402
 from tests.test_boys_mice import LEVELS, POLR_WITHOUT_PSEUDO_ROWS, TARGETS  # noqa: E402
 
@@ -123,7 +123,7 @@ def _fip_step(completed: np.ndarray, columns: list[str], observed: np.ndarray) -
         levels=tuple(GEN),
     )
     slopes = x.shape[1]
-    level = probabilities(x[~observed] @ fit.beta[:slopes], fit.beta[slopes:])
+    level = proportional_odds(x[~observed] @ fit.beta[:slopes], fit.beta[slopes:])
     return float((level @ GEN).mean())
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from jsonschema import Draft202012Validator
@@ -12,19 +12,31 @@ from jsonschema import Draft202012Validator
 from federation.errors import InputError
 
 
-def default_min_rows(columns: int) -> int:
-    """The fewest usable rows a site may answer for: max(10, 3p), p the design's width.
+def default_min_rows(width: int) -> int:
+    """The fewest usable rows a site may answer for: max(10, 3p), p the width of the widest
+    design any target's fit uses (:meth:`federation.job.JobSpec.design_width`).
 
-    The design of a target is every other column plus an intercept, so p equals the number of
-    columns of the table.
+    A target's design (``algorithms._predictors``) holds each of its predictors (every other
+    modelled column, or the job's predictor list for it): a numeric one as one column, a factor
+    or a categorical or ordinal target of K levels as its K - 1 treatment dummies; then one
+    column per remote site with ``site_effect`` "intercept", then the intercept. With every
+    column numeric, no predictor list and no site term, p is the number of modelled columns.
     """
-    return max(10, 3 * columns)
+    return max(10, 3 * width)
 
 
 def resolve_params(
-    schema: Mapping[str, Any], given: Mapping[str, Any], *, columns: int
+    schema: Mapping[str, Any],
+    given: Mapping[str, Any],
+    *,
+    width: Callable[[Mapping[str, Any]], int] | None = None,
 ) -> dict[str, Any]:
-    """Every parameter as the job will use it: given values over schema defaults, validated."""
+    """Every parameter as the job will use it: given values over schema defaults, validated.
+
+    ``width`` gives the job's widest design for the resolved parameters (its site terms depend
+    on ``site_effect``): an unset ``min_rows`` becomes :func:`default_min_rows` of it. Without
+    it the parameters are only checked, and ``min_rows`` stays as given.
+    """
     properties: Mapping[str, Any] = schema.get("properties", {})
     unknown = sorted(set(given) - set(properties))
     if unknown:
@@ -40,8 +52,8 @@ def resolve_params(
         first = errors[0]
         field = ".".join(str(p) for p in first.path) or "parameters"
         raise InputError(f"parameter '{field}': {first.message}")
-    if resolved.get("min_rows") is None:  # every job has one: the sites' privacy floor
-        resolved["min_rows"] = default_min_rows(columns)
+    if width is not None and resolved.get("min_rows") is None:  # the sites' privacy floor
+        resolved["min_rows"] = default_min_rows(width(resolved))
     return resolved
 
 

@@ -90,7 +90,7 @@ class Algorithm:
         """Why ``params`` do not fit this version's schema (None: they do). A site checks the
         parameters central sent, since they bound what the job may ask of it."""
         try:
-            resolve_params(self.schema, params, columns=0)
+            resolve_params(self.schema, params)
         except InputError as error:
             return str(error)
         return None

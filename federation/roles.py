@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -103,6 +104,26 @@ class Columns:
     factors: Mapping[str, tuple[str, ...]]
     carried: tuple[str, ...]
     predictor_lists: Mapping[str, tuple[str, ...]]
+
+    def spec(self, *, params: Mapping[str, Any], sites: Sequence[str]) -> JobSpec:
+        """The job these columns make with ``params`` and the remote ``sites``, before it has
+        an identity (its id, algorithm and seed are left empty): enough for what its designs
+        decide, the default ``min_rows`` (``JobSpec.design_width``) and its replies' sizes
+        (``JobSpec.dims``)."""
+        return JobSpec(
+            job_id="",
+            algorithm="",
+            version="",
+            digest="",
+            columns=self.columns,
+            targets=self.targets,
+            params=params,
+            seed=0,
+            sites=tuple(sites),
+            factors=self.factors,
+            carried=self.carried,
+            predictor_lists=self.predictor_lists,
+        )
 
 
 def define_columns(
@@ -290,20 +311,13 @@ def spec_of_definition(
     """The parts of a job a participant checks its file against, from the job's stored
     definition (its header, targets and roles): the rest is left empty."""
     carried = tuple(str(c) for c in roles.get("carried", ()))  # type: ignore[attr-defined]
-    return JobSpec(
-        job_id="",
-        algorithm="",
-        version="",
-        digest="",
+    return Columns(
         columns=tuple(c for c in columns if c not in carried),
         targets=tuple(targets),
-        params={},
-        seed=0,
-        sites=(),
         factors={k: tuple(v) for k, v in roles.get("factors", {}).items()},  # type: ignore[attr-defined]
         carried=carried,
         predictor_lists={k: tuple(v) for k, v in roles.get("predictors", {}).items()},  # type: ignore[attr-defined]
-    )
+    ).spec(params={}, sites=())
 
 
 def roles_to_wire(columns: Columns) -> dict[str, object]:

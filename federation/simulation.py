@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -49,22 +50,20 @@ def make_spec(
         central, targets=targets, roles=roles, levels=levels, predictors=predictors
     )
     algorithm.check_targets(t.type for t in chosen.targets)
-    resolved = resolve_params(algorithm.schema, params, columns=len(chosen.columns))
     remote = tuple(sites) if algorithm.capabilities.uses_sites else ()
+    resolved = resolve_params(
+        algorithm.schema,
+        params,
+        width=lambda resolved: chosen.spec(params=resolved, sites=remote).design_width(),
+    )
     check_job(algorithm.replies, resolved, remote)
-    return JobSpec(
+    return replace(
+        chosen.spec(params=resolved, sites=remote),
         job_id=job_id,
         algorithm=algorithm.name,
         version=algorithm.version,
         digest=algorithm.digest,
-        columns=chosen.columns,
-        targets=chosen.targets,
-        params=resolved,
         seed=secrets.randbelow(2**32) if seed is None else seed,
-        sites=remote,
-        factors=chosen.factors,
-        carried=chosen.carried,
-        predictor_lists=chosen.predictor_lists,
     )
 
 

@@ -154,6 +154,12 @@ def register_site(client: TestClient, username: str = "north", **fields: str) ->
     return user_id
 
 
+def chained_algorithm(job: dict[str, Any]) -> str:
+    """SIMICE for a job with sites or a comparison; for one on central's data alone IMICE, its
+    central-only twin: a pooled job with no site is refused (``checks.sites_problem``)."""
+    return "SIMICE" if job.get("participants") or job.get("compare") else "IMICE"
+
+
 def approved_site(client: TestClient, username: str = "north") -> tuple[int, str]:
     """Register and approve a site user; returns (user id, site_id)."""
     user_id = register_site(client, username)

@@ -36,7 +36,7 @@ def _completed_job(fed: Federation, central: Path) -> int:
             "/api/jobs",
             json={
                 "name": "Plausibility",
-                "algorithm": "SIMICE",
+                "algorithm": "IMICE",
                 "columns": list(COLUMNS),
                 "targets": [
                     {"column": "bmi", "type": "gaussian"},

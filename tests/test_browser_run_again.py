@@ -33,7 +33,7 @@ def test_a_failed_job_offers_run_again(
 ) -> None:
     fed = lone_central
     with fed.admin() as admin:
-        # SIMI with ridge 0 fails on data that passes every check: two equal predictors.
+        # IMI with ridge 0 fails on data that passes every check: two equal predictors.
         source = demo_files["central"]
         collinear = edited_csv(
             source,
@@ -45,7 +45,7 @@ def test_a_failed_job_offers_run_again(
             "/api/jobs",
             json={
                 "name": "bmi, single target",
-                "algorithm": "SIMI",
+                "algorithm": "IMI",
                 "columns": list(COLUMNS),
                 "targets": [{"column": "bmi", "type": "gaussian"}],
                 "imputations": 5,

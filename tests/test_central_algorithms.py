@@ -139,10 +139,13 @@ def test_upload_view_versions_and_default(central: TestClient) -> None:
     old_page = _soup(central.get("/algorithms/MEANDRAW?version=1.0.0").text)
     assert old_page.h1 is not None and "1.0.0" in old_page.h1.get_text()
 
-    job = central.post("/api/jobs", json=_job(), headers=admin_auth(central))
+    _, north = approved_site(central)  # MEANDRAW pools the sites: a job needs one
+    job = central.post("/api/jobs", json=_job(participants=[north]), headers=admin_auth(central))
     assert job.status_code == 201, job.text
     assert (job.json()["version"], job.json()["digest"]) == ("1.1.0", newer["digest"])
-    pinned = central.post("/api/jobs", json=_job(version="1.0.0"), headers=admin_auth(central))
+    pinned = central.post(
+        "/api/jobs", json=_job(version="1.0.0", participants=[north]), headers=admin_auth(central)
+    )
     assert pinned.status_code == 201, pinned.text
     assert (pinned.json()["version"], pinned.json()["digest"]) == ("1.0.0", uploaded["digest"])
 
@@ -179,13 +182,16 @@ def test_retire_a_version_through_the_page(central: TestClient) -> None:
     assert row is not None and "retired" in row.get_text()
 
     headers = admin_auth(central)
+    _, north = approved_site(central)  # MEANDRAW pools the sites: a job needs one
     refused_job = central.post("/api/jobs", json=_job(version="1.1.0"), headers=headers)
     assert refused_job.status_code == 409
     assert refused_job.json()["field"] == "version"
     assert "retired" in refused_job.json()["detail"]
-    usable = central.post("/api/jobs", json=_job(version="1.0.0"), headers=headers)
+    usable = central.post(
+        "/api/jobs", json=_job(version="1.0.0", participants=[north]), headers=headers
+    )
     assert usable.status_code == 201, usable.text
-    default = central.post("/api/jobs", json=_job(), headers=headers)
+    default = central.post("/api/jobs", json=_job(participants=[north]), headers=headers)
     assert default.status_code == 201, default.text
     assert default.json()["version"] == "1.0.0"  # the newest in service
 
@@ -207,7 +213,7 @@ def test_retire_a_version_through_the_page(central: TestClient) -> None:
     restore = str(_retire_form(_soup(central.get("/algorithms/MEANDRAW").text), "1.1.0")["action"])
     assert restore.endswith("/restore")
     assert central.post(restore, data={"csrf_token": csrf}).status_code == 200
-    back = central.post("/api/jobs", json=_job(), headers=headers)
+    back = central.post("/api/jobs", json=_job(participants=[north]), headers=headers)
     assert back.status_code == 201 and back.json()["version"] == "1.1.0"
 
 

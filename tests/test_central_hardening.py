@@ -149,7 +149,7 @@ def _job_json(ridge: str) -> str:
     Python's parser, and so FastAPI's, accepts them)."""
     body = {
         "name": "ridge",
-        "algorithm": "SIMICE",
+        "algorithm": "IMICE",
         "columns": list(COLUMNS),
         "targets": [{"column": "bmi", "type": "gaussian"}],
         "imputations": 2,

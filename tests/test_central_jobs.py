@@ -35,6 +35,7 @@ from tests.central_fixtures import (
     approved_site,
     bearer,
     browser_sign_in,
+    chained_algorithm,
     create_admin,
     edited_csv,
     make_settings,
@@ -52,11 +53,12 @@ QUICK = {"iteration_before_first_imputation": 2, "iteration_between_imputations"
 
 
 def _job(**overrides: Any) -> dict[str, Any]:
-    """A SIMICE job over the demo columns, central only, with a fixed seed."""
+    """A SIMICE job over the demo columns with a fixed seed; without sites IMICE, its
+    central-only twin (a pooled job needs a site)."""
     return {
         "name": "demo imputation",
         "description": "bmi and smoker",
-        "algorithm": "SIMICE",
+        "algorithm": chained_algorithm(overrides),
         "columns": list(COLUMNS),
         "targets": TARGETS,
         "imputations": 2,
@@ -127,7 +129,8 @@ def _page_text(client: TestClient, job_id: int) -> str:
 
 @EVERY_DATABASE
 def test_create_job_by_column_name(central: TestClient) -> None:
-    job = _create(central)
+    _, north = approved_site(central)
+    job = _create(central, participants=[north])
     assert job["state"] == "created"
     assert (
         job["algorithm"] == "SIMICE"
@@ -152,7 +155,7 @@ def test_create_job_by_column_name(central: TestClient) -> None:
         "site_effect": "none",
     }
     assert job["seed"] == 11
-    assert job["participants"] == []
+    assert [p["site_id"] for p in job["participants"]] == [north]
     assert job["results_available"] is False
 
     fetched = central.get(f"/api/jobs/{job['id']}", headers=admin_auth(central))
@@ -164,6 +167,7 @@ def test_create_job_by_column_name(central: TestClient) -> None:
     simi = _create(
         central,
         algorithm="SIMI",
+        participants=[north],
         targets=[{"column": "smoker", "type": "logistic"}],
         imputations=None,
         parameters={"ridge": 0.5, "min_rows": 40},
@@ -300,7 +304,7 @@ def test_every_creation_error_names_its_field(central: TestClient) -> None:
         ),
         (
             "a site effect that is not none or intercept",
-            {"parameters": {**QUICK, "site_effect": "slope"}},
+            {"algorithm": "SIMICE", "parameters": {**QUICK, "site_effect": "slope"}},
             {422},
             {"param_site_effect"},
             ["site_effect", "'slope' is not one of ['none', 'intercept']"],
@@ -473,7 +477,7 @@ def test_a_central_only_job_runs_like_the_simulation(
     assert rows_table is not None
     cells = [td.get_text(" ", strip=True) for td in rows_table.select("tbody td")]
     assert cells == ["central", "800", "800", "none"]
-    assert content["algorithm"] == "SIMICE" and content["seed"] == 11
+    assert content["algorithm"] == "IMICE" and content["seed"] == 11
 
     chains = central.get(f"/api/jobs/{job_id}/result?format=chains", headers=headers)
     assert chains.status_code == 200
@@ -529,15 +533,15 @@ def test_downloads_are_streamed_in_chunks_equal_to_the_built_files(
 def test_central_upload_that_cannot_run_is_refused_and_a_corrected_one_runs(
     central: TestClient, demo_files: dict[str, Path]
 ) -> None:
-    """SIMI on the demo data: rows missing bmi often miss smoker, a predictor, too. Central's
-    upload is refused naming the columns and suggesting SIMICE; the job is left waiting for a
+    """IMI on the demo data: rows missing bmi often miss smoker, a predictor, too. Central's
+    upload is refused naming the columns and suggesting IMICE; the job is left waiting for a
     corrected file (not failed), which then runs."""
-    job = _create(central, algorithm="SIMI", targets=[TARGETS[0]], parameters={}, imputations=2)
+    job = _create(central, algorithm="IMI", targets=[TARGETS[0]], parameters={}, imputations=2)
     status, body = _upload(central, job["id"], demo_files["central"].read_bytes())
     assert status == 422, body
     assert body["field"] == "file"
     assert "'bmi'" in body["detail"] and "'smoker' in " in body["detail"]
-    assert "SIMICE" in body["detail"]
+    assert "IMICE" in body["detail"]
     kept = central.get(f"/api/jobs/{job['id']}", headers=admin_auth(central)).json()
     assert kept["state"] == "created", kept
     assert portal_state(central).store.view(job["id"]).data is None
@@ -707,7 +711,7 @@ def test_secure_aggregation_needs_two_remote_sites_and_summed_replies(central: T
     """Refused when the job is defined, naming the parameter and saying why."""
     one_site = central.post(
         "/api/jobs",
-        json=_job(parameters={"secure_aggregation": True}),
+        json=_job(algorithm="SIMICE", parameters={"secure_aggregation": True}),
         headers=admin_auth(central),
     )
     assert one_site.status_code == 422, one_site.text
@@ -729,7 +733,7 @@ def test_a_job_without_chains_has_no_chains_csv(
     smoker = lines[0].split(",").index("smoker")
     complete = [lines[0]] + [r for r in lines[1:] if r.split(",")[smoker] not in ("", "NA")]
     job = _create(
-        central, algorithm="SIMI", targets=[{"column": "bmi", "type": "gaussian"}], parameters={}
+        central, algorithm="IMI", targets=[{"column": "bmi", "type": "gaussian"}], parameters={}
     )
     status, body = _upload(central, job["id"], ("\n".join(complete) + "\n").encode())
     assert status == 200, body
@@ -738,7 +742,7 @@ def test_a_job_without_chains_has_no_chains_csv(
     assert done["state"] == "completed", done["message"]
     got = central.get(f"/api/jobs/{job['id']}/result?format=chains", headers=headers)
     assert got.status_code == 404
-    assert "ran SIMI, which has no chains" in got.text and "SIMICE" in got.text
+    assert "ran IMI, which has no chains" in got.text and "IMICE" in got.text
     assert "traces" not in central.get(f"/api/jobs/{job['id']}/report", headers=headers).json()
 
 
@@ -755,7 +759,7 @@ def test_a_job_with_column_roles_runs_and_writes_text_back(central: TestClient) 
     content = ("id,grade,age,score\n" + "\n".join(rows) + "\n").encode()
     job = _create(
         central,
-        algorithm="SIMI",
+        algorithm="IMI",
         columns=["id", "grade", "age", "score"],
         targets=[{"column": "score", "type": "gaussian"}],
         roles={"factors": {"grade": ["lo", "mid", "hi"]}, "carried": ["id"]},
@@ -803,3 +807,48 @@ def test_bad_column_roles_are_refused_naming_the_column(
     assert response.status_code == 422, response.text
     body = response.json()
     assert body["field"] == "roles" and words in body["detail"], body
+
+
+REGIONS = ["north", "east", "south", "west", "centre", "islands"]
+
+
+def test_the_default_min_rows_counts_a_factors_dummies(central: TestClient) -> None:
+    """The job's min_rows defaults to max(10, 3p), p its widest design: a 6-level factor is
+    5 dummy columns there (p = 3 + 5 + 1), as a number one column (p = 5)."""
+    job = {
+        "algorithm": "IMI",
+        "columns": ["x1", "x2", "x3", "region", "y"],
+        "targets": [{"column": "y", "type": "gaussian"}],
+        "parameters": {},
+    }
+    numeric = _create(central, **job)
+    factor = _create(central, **job, roles={"factors": {"region": REGIONS}})
+
+    assert numeric["parameters"]["min_rows"] == 15
+    assert factor["parameters"]["min_rows"] == 27
+
+
+def test_a_job_too_wide_by_its_factors_dummies_is_refused_naming_them(
+    central: TestClient,
+) -> None:
+    """64 columns fit one message as numbers; as 62 factors of 50 levels the target's design
+    is 3040 columns wide, and the refusal names the factors that make it so."""
+    factors = {f"f{i}": [f"l{k}" for k in range(50)] for i in range(62)}
+    job = _job(
+        algorithm="SIMI",
+        columns=["x", *factors, "y"],
+        targets=[{"column": "y", "type": "gaussian"}],
+        parameters={},
+    )
+    numeric = central.post("/api/jobs", json=job, headers=admin_auth(central))
+    assert "makes replies" not in numeric.text, numeric.text
+
+    refused = central.post(
+        "/api/jobs", json={**job, "roles": {"factors": factors}}, headers=admin_auth(central)
+    )
+
+    assert refused.status_code == 422, refused.text
+    body = refused.json()
+    assert body["field"] == "columns"
+    assert "the design of target 'y' is 3040 columns wide: 'f0' as 49, 'f1' as 49" in body["detail"]
+    assert "57 more" in body["detail"] and "use fewer columns or fewer levels" in body["detail"]

@@ -24,6 +24,7 @@ from tests.central_fixtures import (
     admin_auth,
     approved_site,
     browser_sign_in,
+    chained_algorithm,
     htmx_headers,
     meandraw_files,
     portal_state,
@@ -370,7 +371,7 @@ def test_create_a_job_through_the_wizard(central: TestClient, demo_files: dict[s
         "/api/jobs",
         json={
             "name": "other",
-            "algorithm": "SIMI",
+            "algorithm": "IMI",
             "columns": list(COLUMNS),
             "targets": [{"column": "bmi", "type": "gaussian"}],
             "seed": 1,
@@ -475,7 +476,7 @@ def test_wizard_errors_keep_what_was_typed(
 def _api_job(central: TestClient, **overrides: Any) -> int:
     body = {
         "name": "page job",
-        "algorithm": "SIMICE",
+        "algorithm": chained_algorithm(overrides),
         "columns": list(COLUMNS),
         "targets": [
             {"column": "bmi", "type": "gaussian"},

@@ -24,6 +24,7 @@ from tests.central_fixtures import (
     admin_auth,
     approved_site,
     browser_sign_in,
+    chained_algorithm,
     edited_csv,
     htmx_headers,
     portal_state,
@@ -32,6 +33,7 @@ from tests.central_fixtures import (
 
 SQLITE = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 BINARY = {"sex", "smoker"}
+CHAINED = ["bmi", "smoker"]
 
 
 # ------------------------------------------------------------------ each method's check
@@ -209,6 +211,38 @@ def test_the_wizard_refuses_a_pooled_job_with_no_site_and_offers_imice(
     assert [j["algorithm"] for j in _jobs(central)] == ["IMICE"]
 
 
+def test_the_api_refuses_a_pooled_job_with_no_site_as_the_wizard_does(
+    central: TestClient,
+) -> None:
+    """The wizard's rule (``checks.sites_problem``): the field named, the central-only
+    algorithm suggested; with a site, or as the central-only algorithm, the job is made."""
+    headers = admin_auth(central)
+
+    def create(algorithm: str, targets: list[str], **more: Any) -> Any:
+        job = {
+            "name": "pooled",
+            "algorithm": algorithm,
+            "columns": list(COLUMNS),
+            "targets": [
+                {"column": c, "type": "logistic" if c in BINARY else "gaussian"} for c in targets
+            ],
+            "seed": 1,
+            **more,
+        }
+        return central.post("/api/jobs", json=job, headers=headers)
+
+    for algorithm, targets, alone in [("SIMI", ["bmi"], "IMI"), ("CSLMICE", CHAINED, "IMICE")]:
+        refused = create(algorithm, targets)
+        assert refused.status_code == 422, refused.text
+        body = refused.json()
+        assert body["field"] == "participants"
+        assert "no site takes part ('participants' is empty)" in body["detail"]
+        assert f"use {alone} (central's data alone)" in body["detail"]
+        assert create(alone, targets).status_code == 201
+    _, north = approved_site(central)
+    assert create("SIMI", ["bmi"], participants=[north]).status_code == 201
+
+
 def _odd_columns(tmp_path: Path) -> Path:
     """Columns that some methods cannot take: a negative measurement, counts, few codes."""
     rng = np.random.default_rng(5)
@@ -273,7 +307,7 @@ def _api_job(central: TestClient, **body: Any) -> dict[str, Any]:
         "/api/jobs",
         json={
             "name": "api job",
-            "algorithm": "SIMICE",
+            "algorithm": chained_algorithm(body),
             "columns": list(COLUMNS),
             "imputations": 2,
             "parameters": {"iteration_before_first_imputation": 1},
@@ -372,8 +406,8 @@ def test_the_job_page_refuses_centrals_file_naming_the_column_and_keeps_the_form
 @SQLITE
 def test_centrals_data_refused_as_the_job_opens_leaves_it_waiting(central: TestClient) -> None:
     """A refusal of central's own half as the job opens (before any site is asked) that the
-    upload's checks cannot foresee: SIMI's pmm donors are central's complete rows, which a
-    header's counts do not give. The job goes back to waiting, its file dropped, and a
+    upload's checks cannot foresee: IMI's (as SIMI's) pmm donors are central's complete rows,
+    which a header's counts do not give. The job goes back to waiting, its file dropped, and a
     corrected file runs."""
     rows = 30
     rng = np.random.default_rng(2)
@@ -385,7 +419,7 @@ def test_centrals_data_refused_as_the_job_opens_leaves_it_waiting(central: TestC
         "/api/jobs",
         json={
             "name": "donors",
-            "algorithm": "SIMI",
+            "algorithm": "IMI",
             "columns": list(columns),
             "targets": [{"column": "y", "type": "pmm"}],
             "imputations": 1,

@@ -23,6 +23,7 @@ from tests.central_fixtures import (
     approved_site,
     bearer,
     browser_sign_in,
+    chained_algorithm,
     create_admin,
     edited_csv,
     portal_state,
@@ -39,7 +40,7 @@ def _create(client: TestClient, **overrides: Any) -> dict[str, Any]:
     body = {
         "name": "demo imputation",
         "description": "bmi and smoker",
-        "algorithm": "SIMICE",
+        "algorithm": chained_algorithm(overrides),
         "columns": list(COLUMNS),
         "targets": TARGETS,
         "imputations": 2,
@@ -63,9 +64,9 @@ def _upload(client: TestClient, job_id: int, path: Path) -> None:
 
 
 def _failed(client: TestClient, demo_files: dict[str, Path]) -> dict[str, Any]:
-    """SIMI fails on data that passes every check: with ridge 0, two equal predictor columns
+    """IMI fails on data that passes every check: with ridge 0, two equal predictor columns
     make the fit singular (central's checks cannot see that before the fit)."""
-    job = _create(client, algorithm="SIMI", targets=[TARGETS[0]], parameters={"ridge": 0})
+    job = _create(client, algorithm="IMI", targets=[TARGETS[0]], parameters={"ridge": 0})
     source = demo_files["central"]
     collinear = source.with_name("collinear-central.csv")
     edited_csv(source, collinear, complete=["smoker"], same_as={"cholesterol": "sbp"})

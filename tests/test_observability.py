@@ -22,7 +22,7 @@ def test_central_metrics_count_jobs_by_state_and_sites(central: TestClient) -> N
             headers=admin_headers(central),
             json={
                 "name": name,
-                "algorithm": "SIMI",
+                "algorithm": "IMI",
                 "columns": columns,
                 "targets": [{"column": "y", "type": "gaussian"}],
             },

@@ -458,6 +458,41 @@ def test_a_categorical_target_enters_the_other_designs_as_treatment_dummies() ->
     assert column == 4
 
 
+def test_the_default_min_rows_follows_the_widest_design_a_factor_widens() -> None:
+    """min_rows defaults to max(10, 3p), p the widest design a target's fit uses: a 6-level
+    factor is 5 treatment dummies there (p = 3 + 5 + 1 = 9), one column as a number (p = 5)."""
+    rows: list[list[object]] = [
+        [i % 7 * 0.5, i % 3, i % 5, i % 6 + 1, None if i % 4 == 0 else i * 0.1] for i in range(40)
+    ]
+    table = read_csv(csv_bytes(rows, ["x1", "x2", "x3", "region", "y"]), label="central.csv")
+
+    def spec(roles: dict[str, str]) -> JobSpec:
+        return make_spec(
+            algorithm=builtin("SIMI"),
+            central=table,
+            sites=["a"],
+            targets=[("y", "gaussian")],
+            params={},
+            seed=1,
+            roles=roles,
+        )
+
+    numeric, factor = spec({}), spec({"region": FACTOR})
+
+    assert numeric.design_width() == 5 and numeric.params["min_rows"] == 15
+    assert factor.design_width() == 9 and factor.params["min_rows"] == 27
+    with_sites = make_spec(
+        algorithm=builtin("SIMI"),
+        central=table,
+        sites=["a", "b", "c"],
+        targets=[("y", "gaussian")],
+        params={"site_effect": "intercept"},
+        seed=1,
+        roles={"region": FACTOR},
+    )
+    assert with_sites.params["min_rows"] == 3 * (9 + 3)  # a 0/1 column per remote site
+
+
 @pytest.mark.parametrize(
     ("numeric", "integer", "distinct", "observed", "role"),
     [

@@ -160,9 +160,10 @@ BIG = demo_csv(5)
 
 
 def _central_job(client: TestClient, participants: list[str]) -> int:
+    """SIMICE with the sites; IMICE on central's data alone (a pooled job needs a site)."""
     body = {
         "name": "upload test",
-        "algorithm": "SIMICE",
+        "algorithm": "SIMICE" if participants else "IMICE",
         "columns": list(COLUMNS),
         "targets": TARGETS,
         "imputations": 2,

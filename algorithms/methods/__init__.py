@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from algorithms.methods._levels import level_list, levels_for
-from algorithms.methods._method import Method, Observed, Rows, SiteStatistics
+from algorithms.methods._method import FitOptions, Method, Observed, Rows, SiteStatistics
 from algorithms.methods.categorical import CATEGORICAL
 from algorithms.methods.gaussian import GAUSSIAN
 from algorithms.methods.logistic import LOGISTIC
@@ -84,6 +84,7 @@ def site_statistics() -> dict[str, SiteStatistics]:
 
 __all__ = [
     "METHODS",
+    "FitOptions",
     "Method",
     "Observed",
     "Rows",

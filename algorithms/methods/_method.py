@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 import numpy as np
@@ -21,6 +21,41 @@ SiteStatistics = Callable[..., dict[str, Any]]
 
 Rows = tuple[np.ndarray, np.ndarray | None]
 """Rows of a participant as ``_stats`` lays them out (``Z``, ones last) and a mask (None: all)."""
+
+
+def chosen(rows: Rows) -> tuple[np.ndarray, np.ndarray]:
+    """The matrix and the mask of its chosen rows (every row when the mask is None)."""
+    z, mask = rows
+    return z, np.ones(z.shape[0], dtype=bool) if mask is None else mask
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    """What every fit of a target takes besides its rows (:meth:`Method.fit_pooled`,
+    :meth:`Method.fit_own`): the job's ridge and Newton's step limit, the names of the design's
+    columns (intercept last), the target's name (for messages) and its levels."""
+
+    ridge: float
+    max_iter: int
+    names: Sequence[str]
+    target: str
+    levels: Sequence[float] = ()
+
+    @classmethod
+    def of(
+        cls,
+        params: Mapping[str, Any],
+        *,
+        names: Sequence[str],
+        target: str,
+        levels: Sequence[float],
+    ) -> FitOptions:
+        """A target's options from the job's parameters (``ridge``, ``max_iter``)."""
+        return cls(float(params["ridge"]), int(params["max_iter"]), names, target, levels)
+
+    def keywords(self) -> dict[str, Any]:
+        """As the keyword arguments of ``_newton``'s fits."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @dataclass(frozen=True)
@@ -93,7 +128,10 @@ class Method(ABC):
         return tuple(levels)
 
     def invalid(self, cells: np.ndarray, levels: Sequence[float] = ()) -> np.ndarray:
-        """Mask of the observed cells (NaN: missing) its column may not hold."""
+        """Mask of the observed cells (NaN: missing) its column may not hold: with levels, any
+        that is not one of the job's ``levels``."""
+        if self.levels:
+            return _levels.outside(cells, levels)
         return np.zeros(cells.shape, dtype=bool)
 
     def check(self, observed: Observed, *, column: str, params: Mapping[str, Any]) -> str | None:
@@ -145,17 +183,7 @@ class Method(ABC):
         """The functions that answer its site operations, by operation name."""
 
     @abstractmethod
-    async def fit_pooled(
-        self,
-        ask: Ask,
-        *,
-        start: np.ndarray | None,
-        ridge: float,
-        max_iter: int,
-        names: Sequence[str],
-        target: str,
-        levels: Sequence[float] = (),
-    ) -> Fit:
+    async def fit_pooled(self, ask: Ask, options: FitOptions, *, start: np.ndarray | None) -> Fit:
         """The exact fit over every participant's rows, from their aggregates."""
 
     @abstractmethod
@@ -164,12 +192,8 @@ class Method(ABC):
         z: np.ndarray,
         rows: np.ndarray | None,
         column: int,
+        options: FitOptions,
         *,
-        ridge: float,
-        max_iter: int,
-        names: Sequence[str],
-        target: str,
-        levels: Sequence[float] = (),
         start: np.ndarray | None = None,
         offset: np.ndarray | None = None,
     ) -> Fit:
@@ -203,8 +227,7 @@ class Method(ABC):
     ) -> np.ndarray:
         """Imputed values (in the column's own values) for the ``missing`` rows of a
         participant under drawn parameters; ``donors`` are its rows observing the target."""
-        z, rows = missing
-        mask = np.ones(z.shape[0], dtype=bool) if rows is None else rows
+        z, mask = chosen(missing)
         eta = linear_predictor(z, mask, column, drawn["alpha"])
         return self.impute_eta(eta, rng, **drawn)
 

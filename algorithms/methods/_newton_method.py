@@ -11,7 +11,7 @@ import numpy as np
 
 from algorithms import _newton
 from algorithms._stats import Fit, draw_parameters
-from algorithms.methods._method import Ask, Method, SiteStatistics
+from algorithms.methods._method import Ask, FitOptions, Method, SiteStatistics
 
 
 def newton_replies(
@@ -111,19 +111,9 @@ class NewtonMethod(Method):
             f"{family.name}_search": search,
         }
 
-    async def fit_pooled(
-        self,
-        ask: Ask,
-        *,
-        start: np.ndarray | None,
-        ridge: float,
-        max_iter: int,
-        names: Sequence[str],
-        target: str,
-        levels: Sequence[float] = (),
-    ) -> Fit:
+    async def fit_pooled(self, ask: Ask, options: FitOptions, *, start: np.ndarray | None) -> Fit:
         name = self.family.name
-        warm = _newton.third_order(self.family, start, names, levels)
+        warm = _newton.third_order(self.family, start, options.names, options.levels)
         opening = f"{name}_warm" if warm else f"{name}_start"
 
         async def evaluate(theta: np.ndarray, first: bool) -> Mapping[str, Mapping[str, Any]]:
@@ -132,15 +122,7 @@ class NewtonMethod(Method):
             return await ask(f"{name}_search" if theta.ndim == 2 else f"{name}_stats", theta=theta)
 
         return await _newton.fit_pooled(
-            self.family,
-            evaluate,
-            start=start,
-            ridge=ridge,
-            max_iter=max_iter,
-            names=names,
-            target=target,
-            levels=levels,
-            batch=_newton.SEARCH,
+            self.family, evaluate, start=start, batch=_newton.SEARCH, **options.keywords()
         )
 
     def fit_own(
@@ -148,27 +130,13 @@ class NewtonMethod(Method):
         z: np.ndarray,
         rows: np.ndarray | None,
         column: int,
+        options: FitOptions,
         *,
-        ridge: float,
-        max_iter: int,
-        names: Sequence[str],
-        target: str,
-        levels: Sequence[float] = (),
         start: np.ndarray | None = None,
         offset: np.ndarray | None = None,
     ) -> Fit:
         return _newton.fit_own(
-            self.family,
-            z,
-            rows,
-            column,
-            ridge=ridge,
-            max_iter=max_iter,
-            names=names,
-            target=target,
-            levels=levels,
-            start=start,
-            offset=offset,
+            self.family, z, rows, column, start=start, offset=offset, **options.keywords()
         )
 
     def score(

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from algorithms._stats import Fit, draw_parameters, fit_gaussian, gaussian_stats
-from algorithms.methods._method import Ask, Method, SiteStatistics
+from algorithms.methods._method import Ask, FitOptions, Method, SiteStatistics
 from federation.errors import FitError
 
 
@@ -27,37 +27,31 @@ class Gaussian(Method):
     def site_statistics(self) -> Mapping[str, SiteStatistics]:
         return {"gaussian_stats": gaussian_stats}
 
-    async def fit_pooled(
-        self,
-        ask: Ask,
-        *,
-        start: np.ndarray | None,
-        ridge: float,
-        max_iter: int,
-        names: Sequence[str],
-        target: str,
-        levels: Sequence[float] = (),
-    ) -> Fit:
+    async def fit_pooled(self, ask: Ask, options: FitOptions, *, start: np.ndarray | None) -> Fit:
         replies = await ask("gaussian_stats")
-        _check_counts(replies, target)
-        return fit_gaussian(replies, ridge=ridge, names=names, target=target)
+        _check_counts(replies, options.target)
+        return fit_gaussian(
+            replies, ridge=options.ridge, names=options.names, target=options.target
+        )
 
     def fit_own(
         self,
         z: np.ndarray,
         rows: np.ndarray | None,
         column: int,
+        options: FitOptions,
         *,
-        ridge: float,
-        max_iter: int,
-        names: Sequence[str],
-        target: str,
-        levels: Sequence[float] = (),
         start: np.ndarray | None = None,
         offset: np.ndarray | None = None,
     ) -> Fit:
         stats = gaussian_stats(z, rows, column)
-        return fit_gaussian({"": stats}, ridge=ridge, names=names, target=target, offset=offset)
+        return fit_gaussian(
+            {"": stats},
+            ridge=options.ridge,
+            names=options.names,
+            target=options.target,
+            offset=offset,
+        )
 
     def score(
         self,

@@ -3,7 +3,6 @@ MASS::polr, fitted by distributed Newton; imputed as one of its levels."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -11,16 +10,14 @@ from scipy.special import expit
 
 from algorithms import _newton
 from algorithms._stats import Fit, draw_parameters, linear_predictor
-from algorithms.methods import _levels
-from algorithms.methods._method import Rows
-from algorithms.methods._newton_method import NewtonMethod, newton_replies
-from algorithms.methods.categorical import draw_levels
+from algorithms.methods._level_method import LevelMethod
+from algorithms.methods._newton_method import newton_replies
 from federation.errors import FitError
 
 REDRAWS = 1000
 
 
-def probabilities(eta: np.ndarray, zeta: np.ndarray) -> np.ndarray:
+def proportional_odds(eta: np.ndarray, zeta: np.ndarray) -> np.ndarray:
     """(m, K) level probabilities: P(y <= k) = sigmoid(zeta_k - eta)."""
     below = expit(zeta[None, :] - eta[:, None])
     ones = np.ones((eta.size, 1))
@@ -29,20 +26,14 @@ def probabilities(eta: np.ndarray, zeta: np.ndarray) -> np.ndarray:
     return result
 
 
-class Ordinal(NewtonMethod):
+class Ordinal(LevelMethod):
     name = "ordinal"
     label = "ordered"
     mice = "polr"
     r_class = "ordered"
     when = "3 or more ordered categories coded as integers (a stage, a grade, a Likert score)"
-    expects = "one of the job's levels"
     family = _newton.ORDINAL
-    levels = True
-    min_levels = 3
     replies = newton_replies("ordinal", dims="t", levels=True, extra={"saturated": "count"})
-
-    def invalid(self, cells: np.ndarray, levels: Sequence[float] = ()) -> np.ndarray:
-        return _levels.outside(cells, levels)
 
     def draw(self, fit: Fit, rng: np.random.Generator, *, target: str) -> dict[str, Any]:
         """Normal(theta_hat, H^-1); a draw whose thresholds do not increase is redrawn."""
@@ -56,26 +47,14 @@ class Ordinal(NewtonMethod):
             "a level is too rare to impute it"
         )
 
-    def impute(
-        self,
-        missing: Rows,
-        donors: Rows,
-        column: int,
-        rng: np.random.Generator,
-        *,
-        target: str,
-        levels: Sequence[float] = (),
-        **drawn: Any,
+    def probabilities(
+        self, z: np.ndarray, mask: np.ndarray, column: int, theta: np.ndarray, count: int
     ) -> np.ndarray:
-        z, rows = missing
-        mask = np.ones(z.shape[0], dtype=bool) if rows is None else rows
-        theta = np.asarray(drawn["alpha"])
+        """Proportional odds: the slopes, then the K - 1 thresholds."""
         slopes = z.shape[1] - 2  # the design's width without the intercept
         coef = np.append(theta[:slopes], 0.0)
         eta = linear_predictor(z, mask, column, coef)
-        index = draw_levels(probabilities(eta, theta[slopes:]), rng)
-        values: np.ndarray = np.asarray(levels, dtype=np.float64)[index]
-        return values
+        return proportional_odds(eta, theta[slopes:])
 
     def simulate(self, eta: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Levels 1..4 of a latent logistic around ``eta``."""

@@ -11,7 +11,7 @@ import numpy as np
 
 from algorithms import _pmm
 from algorithms._stats import Fit, linear_predictor
-from algorithms.methods._method import Observed, Rows
+from algorithms.methods._method import Observed, Rows, chosen
 from algorithms.methods.gaussian import Gaussian
 
 
@@ -55,17 +55,13 @@ class Pmm(Gaussian):
     ) -> np.ndarray:
         """yhat = x'alpha for the missing rows, x'beta for the donors; each missing row takes a
         donor's observed value among the ``donors`` nearest (job parameter, default 5)."""
-        z_missing, missing_rows = missing
-        z_donors, donor_rows = donors
-        every = np.ones(z_missing.shape[0], dtype=bool)
-        yhat_missing = linear_predictor(
-            z_missing, every if missing_rows is None else missing_rows, column, drawn["alpha"]
-        )
-        chosen = np.ones(z_donors.shape[0], dtype=bool) if donor_rows is None else donor_rows
+        z_missing, missing_rows = chosen(missing)
+        z_donors, donor_rows = chosen(donors)
+        yhat_missing = linear_predictor(z_missing, missing_rows, column, drawn["alpha"])
         count = int((params or {}).get("donors") or _pmm.DONORS)
         return _pmm.impute(
-            z_donors[chosen, column],
-            linear_predictor(z_donors, chosen, column, drawn["beta"]),
+            z_donors[donor_rows, column],
+            linear_predictor(z_donors, donor_rows, column, drawn["beta"]),
             yhat_missing,
             donors=count,
             rng=rng,

@@ -63,14 +63,23 @@ class TargetSpec:
     """The job's levels when given (else the observed ones are checked)."""
 
 
-def sites_problem(algorithm: Algorithm, sites: int) -> Problem | None:
-    """A pooled algorithm with no remote site: suggest the central-only one."""
-    if not algorithm.capabilities.uses_sites or sites:
+def sites_problem(algorithm: Algorithm, sites: int, *, comparison: bool = False) -> Problem | None:
+    """A pooled algorithm with no remote site: suggest the central-only one. The one rule for
+    the wizard and the JSON API (``service.create_job``), field ``participants`` as both call
+    the list of sites.
+
+    A comparison is not refused: its methods side by side on central's data alone is a run of
+    the comparison's machinery (each method, its tables, retry and expiry) before any site is
+    asked, and its reference is pooled by definition (SIMI or SIMICE), so no central-only
+    algorithm could stand in for it.
+    """
+    if comparison or not algorithm.capabilities.uses_sites or sites:
         return None
     alone = CENTRAL_ONLY[algorithm.capabilities.multiple_targets]
     return Problem(
         f"{algorithm.name} pools the sites' aggregates with central's data, but no site takes "
-        f"part: choose at least one site, or use {alone} (central's data alone)",
+        f"part ('participants' is empty): choose at least one site, or use {alone} (central's "
+        "data alone)",
         field="participants",
         fix=Fix("algorithm", alone, f"Use {alone}"),
     )

@@ -14,12 +14,11 @@ from algorithms import methods as methods_registry
 from federation import secure
 from federation.compare import reference_for
 from federation.errors import InputError
-from federation.job import chain_count, target_to_wire
+from federation.job import JobSpec, target_to_wire
 from federation.params import resolve_params
 from federation.protocol import MAX_FRAME_BYTES
 from federation.registry import Algorithm, Registry
-from federation.replies import Dims
-from federation.roles import RoleError, define_job_columns, roles_to_wire
+from federation.roles import Columns, RoleError, define_job_columns, roles_to_wire
 from portal_central import algorithms_store
 from portal_central.accounts.status import AccountStatus, Role
 from portal_central.errors import Conflict, FieldInvalid, Forbidden, NotFound, PortalError
@@ -89,7 +88,6 @@ def create_job(
     compare: Sequence[str] = (),
     header: Sequence[ColumnSummary] | None = None,
     modelled: Collection[str] | None = None,
-    require_sites: bool = False,
     roles: RolesChoice | None = None,
 ) -> Job:
     """Check everything against the algorithm and the header, then record the job.
@@ -97,9 +95,9 @@ def create_job(
     ``header`` is central's file as the wizard scanned it (counts per column, never values):
     with it, a job that central's data already shows cannot run is refused now, every problem
     with its fix (``checks``); without it (the API), the same checks run on central's upload.
-    ``modelled`` are the columns that enter the models (None: all). ``require_sites`` refuses
-    a pooled algorithm with no site (the wizard; the API still runs one on central's data alone,
-    as IMI or IMICE would).
+    ``modelled`` are the columns that enter the models (None: all). A pooled algorithm with no
+    site is refused here, for the wizard and the API alike, the central-only one its fix
+    (``checks.sites_problem``).
 
     With ``compare`` (other methods' names), the job is a comparison: a parent job of the
     pooled-exact reference (SIMI or SIMICE) with one child job per method, the reference and
@@ -157,21 +155,20 @@ def create_job(
         raise FieldInvalid(str(error), field="targets") from None
     if compare:
         _check_shared_params(methods, params)
+
+    def remote(method: algorithms_store.VersionInfo) -> Sequence[str]:
+        """The sites the method asks (none for one on central's data alone)."""
+        return participants if method.algorithm.capabilities.uses_sites else ()
+
     resolved = {
         m.name: _resolve(
-            m, _taken_by(m, params) if compare else params, len(columns), named=bool(compare)
+            m, _taken_by(m, params) if compare else params, defined, remote(m), named=bool(compare)
         )
         for m in methods
     }
     for method in methods:
         _check_width(
-            method.algorithm,
-            columns=len(columns),
-            targets=len(resolved_targets),
-            chains=chain_count(resolved[method.name]),
-            site_terms=(
-                len(participants) if resolved[method.name].get("site_effect") == "intercept" else 0
-            ),
+            method.algorithm, defined.spec(params=resolved[method.name], sites=remote(method))
         )
     sites = _participants(session, participants)
     if compare and secure.enabled(params):  # each method that asks the sites must mask
@@ -188,17 +185,12 @@ def create_job(
                 field="param_secure_aggregation",
             )
     for method in methods:  # secure aggregation needs summed replies and two remote sites
-        remote = [str(u.site_id) for u in sites] if method.algorithm.capabilities.uses_sites else []
         try:
-            secure.check_job(method.algorithm.replies, resolved[method.name], remote)
+            secure.check_job(method.algorithm.replies, resolved[method.name], remote(method))
         except InputError as error:
             raise FieldInvalid(str(error), field="param_secure_aggregation") from None
-    problems = [
-        problem
-        for method in methods
-        if require_sites
-        and (problem := checks.sites_problem(method.algorithm, len(sites))) is not None
-    ][:1]
+    alone = checks.sites_problem(info.algorithm, len(sites), comparison=bool(compare))
+    problems = [alone] if alone else []
     problems += checks.data_problems(
         info.algorithm,
         header or [],
@@ -434,11 +426,21 @@ def _check_shared_params(
 
 
 def _resolve(
-    method: algorithms_store.VersionInfo, params: dict[str, Any], columns: int, *, named: bool
+    method: algorithms_store.VersionInfo,
+    params: dict[str, Any],
+    columns: Columns,
+    sites: Sequence[str],
+    *,
+    named: bool,
 ) -> dict[str, Any]:
-    """The method's parameters, checked; in a comparison, a message names the method."""
+    """The method's parameters, checked, with the default ``min_rows`` of the job's widest
+    design; in a comparison, a message names the method."""
     try:
-        return resolve_params(method.algorithm.schema, params, columns=columns)
+        return resolve_params(
+            method.algorithm.schema,
+            params,
+            width=lambda resolved: columns.spec(params=resolved, sites=sites).design_width(),
+        )
     except InputError as error:
         message = f"{method.name}: {error}" if named else str(error)
         raise FieldInvalid(message, field=_param_field(str(error))) from None
@@ -498,25 +500,48 @@ def ensure_admin(user: User) -> None:
         raise Forbidden("only admins may do this")
 
 
-def _check_width(
-    algorithm: Algorithm, *, columns: int, targets: int, chains: int, site_terms: int
-) -> None:
+WIDE_NAMED = 6
+"""The most columns a refusal for width names (the widest, then how many more)."""
+
+
+def _check_width(algorithm: Algorithm, spec: JobSpec) -> None:
     """A job whose largest reply would not fit in one message is refused now, not as a site
-    gone offline halfway through (parallel chains answer for every chain in one reply;
-    ``site_terms``: one design column per site, site_effect)."""
-    numbers = algorithm.replies.largest_reply(
-        Dims.of(columns, targets, chains=chains, site_terms=site_terms)
-    )
+    gone offline halfway through. A reply's size follows the designs' widths
+    (``JobSpec.dims``): a factor or a categorical or ordinal target of K levels is K - 1
+    columns in the others' designs, and ``site_effect`` adds one per site; parallel chains
+    answer for every chain in one reply."""
+    numbers = algorithm.replies.largest_reply(spec.dims())
     size = 8 * numbers + 64 * 1024  # the values, and room for the header
-    if size > MAX_FRAME_BYTES:
-        raise FieldInvalid(
-            f"{algorithm.name} on {columns} columns makes replies of {size / 2**20:.0f} MiB, more "
-            f"than the {MAX_FRAME_BYTES // 2**20} MiB a message between central and a site may "
-            + (
-                "carry: use fewer columns"
-                if chains == 1
-                else "carry: use fewer columns or chains "
-                "= single (parallel chains answer for every chain in one reply)"
-            ),
-            field="columns",
-        )
+    if size <= MAX_FRAME_BYTES:
+        return
+    widest = max(spec.targets, key=lambda t: spec.design(t).p)
+    design = spec.design(widest)
+    expanded = sorted(
+        (
+            (len(levels) - 1, f"'{spec.columns[source]}'")
+            for source, levels in zip(design.sources, design.levels, strict=True)
+            if levels
+        ),
+        key=lambda entry: -entry[0],
+    )
+    if design.site_terms:
+        expanded.insert(0, (design.site_terms, "the site term"))
+    wide = [f"{label} as {count}" for count, label in expanded]
+    if len(wide) > WIDE_NAMED:
+        wide[WIDE_NAMED - 1 :] = [f"{len(wide) - WIDE_NAMED + 1} more"]
+    because = (
+        f" (the design of target '{widest.name}' is {design.p} columns wide: {', '.join(wide)})"
+        if wide
+        else ""
+    )
+    remedies = ["fewer columns"]
+    if any(levels for levels in design.levels):
+        remedies.append("fewer levels")
+    if spec.chains > 1:
+        remedies.append("chains = single (parallel chains answer for every chain in one reply)")
+    raise FieldInvalid(
+        f"{algorithm.name} on {len(spec.columns)} columns{because} makes replies of "
+        f"{size / 2**20:.0f} MiB, more than the {MAX_FRAME_BYTES // 2**20} MiB a message "
+        f"between central and a site may carry: use {' or '.join(remedies)}",
+        field="columns",
+    )

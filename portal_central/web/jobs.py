@@ -255,7 +255,6 @@ def _create_job(
                 seed=seed,
                 compare=values["compare"],
                 header=values["columns"],
-                require_sites=True,
                 roles=_roles_of(values),
             )
             job_id = job.id
