@@ -5,6 +5,7 @@ Run::
     .venv/bin/python bench/scale.py                      # 4 sites x 1,000,000 rows x 20 columns
     .venv/bin/python bench/scale.py --rows 100000        # a quicker run
     .venv/bin/python bench/scale.py --only SIMI --rows 250000
+    .venv/bin/python bench/scale.py --only SIMI --upload-only   # the uploads' memory alone
 
 What it measures:
 
@@ -97,7 +98,13 @@ def measured(pids: dict[str, int], raw: int, phase: str, action: Callable[[], No
 
 
 def run(
-    fed: Federation, job: Job, columns: Sequence[str], files: dict[str, bytes], raw: int
+    fed: Federation,
+    job: Job,
+    columns: Sequence[str],
+    files: dict[str, bytes],
+    raw: int,
+    *,
+    upload_only: bool = False,
 ) -> list[Peak]:
     pids = {"central": fed.central.popen.pid} | {s.name: s.process.popen.pid for s in fed.sites}
     peaks: list[Peak] = []
@@ -136,6 +143,8 @@ def run(
             ).raise_for_status()
 
     peaks += measured(pids, raw, "upload central", upload_central)
+    if upload_only:
+        return peaks
 
     def compute() -> None:
         for site in fed.sites:
@@ -182,6 +191,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--imputations", type=int, default=5, help="M")
     parser.add_argument("--only", choices=("SIMI", "SIMICE"), help="one algorithm only")
     parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument(
+        "--upload-only", action="store_true", help="measure the uploads only (no job, download)"
+    )
     args = parser.parse_args(argv)
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
@@ -211,7 +223,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                 f"  {job.algorithm}: CSV {len(files['central']) / MiB:.0f} MiB per participant",
                 flush=True,
             )
-            ran = run(delayed.federation, job, layout.columns, files, raw)
+            ran = run(
+                delayed.federation, job, layout.columns, files, raw, upload_only=args.upload_only
+            )
             print(f"\n{job.algorithm}\n{HEADER}\n{'-' * len(HEADER)}", flush=True)
             for peak in ran:
                 print(peak.line(), flush=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from federation.data import MISSING_TOKENS
+from federation.csv_stream import MISSING_TOKENS
 from federation.errors import InputError
 
 

@@ -11,7 +11,9 @@ temporary file: a dataset on disk. Both portals read their forms here instead:
 - :class:`MultipartStream` parses ``multipart/form-data`` with python-multipart's streaming
   parser into fields and file chunks, in memory. :func:`read_form` collects a whole form;
   :meth:`MultipartStream.field_before_files` reads only up to a field (the CSRF token) so that
-  it is checked before any file is buffered.
+  it is checked before any file is buffered; :func:`file_part` gives a file's chunks as they
+  arrive, for a route that parses a CSV as it streams in (``federation.data.read_csv_chunks``)
+  instead of holding it.
 
 Routes that take uploads declare no ``File``/``Form`` parameters, so FastAPI reads nothing
 before their dependencies (authentication, CSRF) have run.
@@ -20,7 +22,8 @@ before their dependencies (authentication, CSRF) have run.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +31,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -391,6 +394,49 @@ async def read_form(request: Request) -> Form:
         else:
             current = None
     return form
+
+
+@dataclass(frozen=True)
+class FilePart:
+    """A file part of a form as it arrives: its name and its bytes, chunk by chunk."""
+
+    filename: str
+    chunks: AsyncGenerator[bytes, None]
+
+
+@asynccontextmanager
+async def file_part(request: Request, name: str) -> AsyncIterator[FilePart | None]:
+    """The form's file part ``name`` (with a file chosen) to read as it arrives, nothing of it
+    kept but what its reader keeps; None when the form has none. Parts before it are dropped.
+
+    On leaving, the rest of the body is read and dropped, so that a client still sending gets
+    the answer: an error found early in a large file (raised in the block) is answered once
+    the body has arrived, without holding it.
+    """
+    stream = MultipartStream.of(request)
+    found: FilePart | None = None
+    while found is None and (event := await stream.next()) is not None:
+        if isinstance(event, FileStart) and event.name == name and event.filename:
+            found = FilePart(filename=event.filename, chunks=_file_data(stream))
+    try:
+        yield found
+    except Exception:
+        with suppress(HTTPException, ClientDisconnect):  # the body's own error: the first one
+            await _drain(stream, found)
+        raise
+    await _drain(stream, found)
+
+
+async def _file_data(stream: MultipartStream) -> AsyncGenerator[bytes, None]:
+    while isinstance(event := await stream.next(), FileData):
+        yield event.data
+
+
+async def _drain(stream: MultipartStream, part: FilePart | None) -> None:
+    if part is not None:
+        await part.chunks.aclose()
+    while await stream.next() is not None:
+        pass
 
 
 async def form_of(request: Request) -> Form:

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from federation.errors import InputError
 from federation.job import target_to_wire
 from federation.policy import Policy
-from portal_common.uploads import multipart_schema, read_form
+from portal_common.uploads import file_part, multipart_schema
 from portal_site.jobs import LocalJob, SiteError
 from portal_site.local_auth import SESSION_SECONDS, TooSoon
 from portal_site.pages import OpenSite, Site, connection, csv_upload, save_settings, set_policy
@@ -215,14 +215,14 @@ async def job(job_id: str, site: Site) -> JobOut:
     openapi_extra=multipart_schema(file="this site's CSV for the job"),
 )
 async def data(request: Request, job_id: str, site: Site) -> JobOut:
-    """This site's CSV for the job (multipart field ``file``), checked and held in memory only,
-    never on disk; read after the token is checked and the job found. Up to
-    FIP_SITE_MAX_UPLOAD_BYTES (413 when over)."""
+    """This site's CSV for the job (multipart field ``file``), parsed as it arrives, checked
+    and held in memory only, never on disk; read after the token is checked and the job
+    found. Up to FIP_SITE_MAX_UPLOAD_BYTES (413 when over)."""
     local = await site.jobs.load(job_id)
-    file = (await read_form(request)).file("file")
-    if file is None:
-        raise SiteError("choose this site's CSV file", status=422, field="file")
-    await site.jobs.upload(local, file.content, file.filename)
+    async with file_part(request, "file") as file:
+        if file is None:
+            raise SiteError("choose this site's CSV file", status=422, field="file")
+        await site.jobs.upload(local, file.chunks, file.filename)
     return JobOut.of(local)
 
 

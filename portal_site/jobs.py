@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Coroutine, Hashable
+from collections.abc import AsyncIterable, Callable, Coroutine, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
 from federation import rows, secure
-from federation.data import Table, read_csv
+from federation.data import Table, read_csv, read_csv_chunks
 from federation.errors import AlgorithmInvalid, InputError
 from federation.job import JobEvent, JobSpec, target_to_wire
 from federation.policy import Policy
@@ -213,11 +213,23 @@ class LocalJobs:
 
     # ------------------------------------------------------------ the user's actions
 
-    async def upload(self, job: LocalJob, content: bytes | bytearray, filename: str) -> Table:
-        """Check the CSV against the job (columns, targets, rows) and hold it in memory. The
-        file is parsed in a worker thread: the event loop carries the socket to central."""
+    async def upload(
+        self, job: LocalJob, content: bytes | bytearray | AsyncIterable[bytes], filename: str
+    ) -> Table:
+        """Read the CSV (its bytes, or its chunks as they arrive: parsed as they come, never
+        held whole), check it against the job (columns, targets, rows) and hold it in memory.
+        The parsing runs in worker threads: the event loop carries the socket to central."""
         self._may_change_data(job)
-        table = await asyncio.to_thread(self._table, job, content, filename)
+        label = filename or "uploaded file"
+        try:
+            text = spec_text_columns(self._spec(job))
+            if isinstance(content, bytes | bytearray):
+                table = await asyncio.to_thread(read_csv, content, label=label, text=text)
+            else:
+                table = await read_csv_chunks(content, label=label, text=text)
+        except InputError as error:
+            raise SiteError(str(error), status=422, field="file") from None
+        await asyncio.to_thread(self._check, job, table)
         self._may_change_data(job)  # started or ended while the file was read
         job.table = table
         self.publish(
@@ -233,13 +245,9 @@ class LocalJobs:
         if job.state in FINAL:
             raise SiteError(f"the job is {job.state}", status=409)
 
-    def _table(self, job: LocalJob, content: bytes | bytearray, filename: str) -> Table:
+    def _check(self, job: LocalJob, table: Table) -> None:
         try:
-            spec = self._spec(job)
-            table = read_csv(
-                content, label=filename or "uploaded file", text=spec_text_columns(spec)
-            )
-            check_upload(table, spec)
+            check_upload(table, self._spec(job))
         except InputError as error:
             raise SiteError(str(error), status=422, field="file") from None
         minimum = max(int(job.info.parameters.get("min_rows") or 0), self.policy.min_rows)
@@ -250,7 +258,6 @@ class LocalJobs:
                 status=422,
                 field="file",
             )
-        return table
 
     def forecast(self, job: LocalJob) -> rows.RowsForecast | None:
         """For the site's own page: the uploaded table's missing cells per column and the rows

@@ -17,7 +17,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from federation.errors import InputError
 from federation.job import JobEvent
 from federation.policy import PRESETS, Policy
-from portal_common.uploads import allow_body, form_of, read_form
+from portal_common.uploads import allow_body, file_part, form_of
 from portal_common.web import is_htmx, markup, render
 from portal_site.central import CentralError
 from portal_site.jobs import LocalJob, RemoteCode, SiteError
@@ -465,14 +465,14 @@ def csv_upload(request: Request) -> None:
 
 @router.post("/jobs/{job_id}/data", response_class=HTMLResponse, dependencies=[Depends(csv_upload)])
 async def upload(request: Request, job_id: str, site: Site) -> Response:
-    """The CSV is read (in memory, never spooled to disk) only once the caller is signed in
-    and the job is found."""
+    """The CSV is read as it arrives (in memory, never spooled to disk) only once the caller
+    is signed in and the job is found."""
 
     async def act(job: LocalJob) -> None:
-        file = (await read_form(request)).file("file")
-        if file is None:
-            raise SiteError("choose this site's CSV file", status=422, field="file")
-        await site.jobs.upload(job, file.content, file.filename)
+        async with file_part(request, "file") as file:
+            if file is None:
+                raise SiteError("choose this site's CSV file", status=422, field="file")
+            await site.jobs.upload(job, file.chunks, file.filename)
 
     return await _job_action(request, site, job_id, act)
 

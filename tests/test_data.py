@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from federation import data
+from federation import csv_stream
+from federation.csv_stream import MISSING_TOKENS
 from federation.data import (
-    MISSING_TOKENS,
     Table,
+    TableReader,
     check_columns,
     check_for_job,
     check_target_values,
@@ -27,6 +28,14 @@ def read_error(content: bytes, *, label: str = LABEL) -> str:
     with pytest.raises(InputError) as raised:
         read_csv(content, label=label)
     return str(raised.value)
+
+
+def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    """Equal float64 arrays to the bit (NaN and -0.0 included)."""
+    return a.shape == b.shape and np.array_equal(
+        np.ascontiguousarray(a, dtype=np.float64).view(np.int64),
+        np.ascontiguousarray(b, dtype=np.float64).view(np.int64),
+    )
 
 
 def make_table(columns: tuple[str, ...], rows: list[list[float]]) -> Table:
@@ -392,7 +401,7 @@ def test_a_file_of_many_blocks_reads_whole_and_names_far_lines(
 ) -> None:
     """A file larger than the blocks it is read in (small blocks here, 2 MiB in use): every
     row, in order, and an error far in names its own line (and a ragged line too)."""
-    monkeypatch.setattr(data, "_BLOCK", 1000)
+    monkeypatch.setattr(csv_stream, "_BLOCK", 1000)
     rows = 20_000
     values = np.arange(rows * 2, dtype=np.float64).reshape(rows, 2)
     body = "\n".join(f"{int(a)},{int(b)}" for a, b in values).encode()
@@ -414,7 +423,7 @@ def test_a_file_of_many_blocks_reads_whole_and_names_far_lines(
 def test_a_quoted_cell_across_a_block_boundary_is_one_cell(monkeypatch: pytest.MonkeyPatch) -> None:
     """Blocks are cut only where quotes are closed: a quoted cell holding a line break stays
     whole (and is refused as not numeric, on its line), quoted numbers read as numbers."""
-    monkeypatch.setattr(data, "_BLOCK", 64)
+    monkeypatch.setattr(csv_stream, "_BLOCK", 64)
     content = b"a,b\n" + b'"1.5","2"\n' * 30 + b'3,"4\n5"\n' + b'"1.5","2"\n' * 30
     message = read_error(content)
     assert "'b'" in message and "line 32" in message, message
@@ -452,8 +461,8 @@ def test_check_for_job_names_file_and_column_and_can_hide_values() -> None:
 
 
 def test_the_plain_reader_equals_the_exact_one() -> None:
-    """Plain files go through Arrow in one pass; the same bytes through the exact reader give
-    the same numbers and the same line numbers (blank lines, CRLF, every missing token)."""
+    """Plain blocks go through Arrow; the same bytes through the exact reader give the same
+    numbers to the bit and the same line numbers (blank lines, CRLF, every missing token)."""
     rng = np.random.default_rng(4)
     values = rng.normal(size=(3000, 4)) * 10.0 ** rng.integers(-20, 20, size=(3000, 4))
     values[rng.random(values.shape) < 0.2] = np.nan
@@ -471,14 +480,16 @@ def test_the_plain_reader_equals_the_exact_one() -> None:
         ("a,b,c,d\r\n" + text.replace("\n", "\r\n") + "\r\n").encode(),
         ("a,b,c,d\n" + text.replace("\n", "\n\n", 3)).encode(),  # blank lines, no final LF
     ):
-        layout = data._layout(content, LABEL)
-        assert data._read_plain(content, layout) is not None
-        plain = read_csv(content, label=LABEL)
-        exact = data._read_exact(content, layout, LABEL)
-        assert np.array_equal(plain.values, exact.values, equal_nan=True)
-        assert np.array_equal(plain.values, values, equal_nan=True)
-        assert exact.lines is not None
-        assert [plain.line(r) for r in range(plain.rows)] == exact.lines.tolist()
+        layout = csv_stream.layout_of(content, LABEL)
+        body = content[layout.body_start :]
+        lines = csv_stream._data_lines(body, 2, layout, LABEL)
+        plain = csv_stream._parse_plain(body, layout, frozenset())
+        assert plain is not None
+        exact, _ = csv_stream._parse_exact(body, lines, layout, LABEL, frozenset())
+        assert same_bits(plain[0], exact) and same_bits(plain[0], values)
+        table = read_csv(content, label=LABEL)
+        assert same_bits(table.values, values)
+        assert [table.line(r) for r in range(table.rows)] == lines.tolist()
 
 
 def test_a_carriage_return_inside_a_line_is_refused_with_its_line() -> None:
@@ -492,3 +503,109 @@ def test_an_infinite_value_after_blank_lines_names_its_line() -> None:
     message = read_error(b"a,b\n1,2\n\n\n3,inf\n")
 
     assert "'b'" in message and "infinite" in message and "line 5" in message, message
+
+
+# ---------------------------------------------------------------- read as it arrives
+
+
+def mixed_csv(ending: bytes = b"\r\n") -> bytes:
+    """R's write.csv of a table with a text column (row names, quoted cells, a cell with a
+    comma and one with a line break), then plain numbers with blank lines and missing tokens,
+    all behind Excel's BOM: blocks of both readers, quoted and plain."""
+    rows = [b'"","id","x","y"']
+    for i in range(40):
+        if i % 10 == 3:
+            rows.append(b'"%d","two\nlines",%d.5,"-0.0"' % (i, i))
+        elif i < 20:
+            rows.append(b'"%d","a, %d",%r,NA' % (i, i, 1 / (i + 3)))
+        else:
+            rows.append(b"%d,b%d,%r,%s" % (i, i, -1e-5 * i, b"" if i % 3 else b"2.5e300"))
+        if i % 7 == 6:
+            rows.append(b"")
+    return b"\xef\xbb\xbf" + ending.join(rows) + ending
+
+
+def read_in_pieces(content: bytes, cuts: list[int]) -> Table:
+    reader = TableReader(label=LABEL, text={"id"})
+    for start, stop in zip([0, *cuts], [*cuts, len(content)], strict=True):
+        reader.feed(content[start:stop])
+    return reader.finish()
+
+
+def same_table(a: Table, b: Table) -> bool:
+    return (
+        a.columns == b.columns
+        and same_bits(a.values, b.values)
+        and [a.line(r) for r in range(a.rows)] == [b.line(r) for r in range(b.rows)]
+        and a.text.keys() == b.text.keys()
+        and all(a.text[k].tolist() == b.text[k].tolist() for k in a.text)
+        and a.notes == b.notes
+    )
+
+
+@pytest.mark.parametrize("ending", [b"\r\n", b"\n", b"\r"], ids=["CRLF", "LF", "CR"])
+def test_read_in_any_pieces_equals_the_whole_file_read_at_once(
+    ending: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upload is parsed as it arrives, in blocks of whole lines: pieces of any size (a
+    byte at a time, a row or a CRLF split between two, a quoted line break across a cut) give
+    the table of the whole file parsed as one block, to the bit, with its lines, text cells,
+    the row names left out and a note saying so."""
+    content = mixed_csv(ending)
+    monkeypatch.setattr(csv_stream, "_BLOCK", 1 << 30)
+    whole = read_in_pieces(content, [])
+    assert whole.columns == ("id", "x", "y") and whole.rows == 40
+    assert whole.text["id"][3] == "two\nlines" and whole.text["id"][4] == "a, 4"
+    assert whole.values[4, 1] == 1 / 7 and np.isnan(whole.values[0, 2])
+    assert whole.values[3, 2] == 0 and np.signbit(whole.values[3, 2])
+    assert whole.values[21, 2] == 2.5e300 and whole.values[21, 1] == -1e-5 * 21
+    assert np.isnan(whole.values[20, 2])
+    newline = b"\r" if ending == b"\r" else b"\n"  # a lone LF in CRLF ends a line, as in R
+    assert whole.lines is not None and whole.line(39) == content.count(newline)
+    assert whole.notes and "row names" in whole.notes[0]
+
+    rng = np.random.default_rng(7)
+    monkeypatch.setattr(csv_stream, "_BLOCK", 96)  # many blocks, most of them plain
+    for cuts in (
+        list(range(1, len(content))),
+        sorted(rng.choice(len(content), size=30, replace=False).tolist()),
+        [content.index(ending + b"30,") + 1],  # a CRLF split between two pieces
+    ):
+        assert same_table(read_in_pieces(content, cuts), whole), cuts[:5]
+    assert same_table(read_csv(content, label=LABEL, text={"id"}), whole)
+
+
+def test_only_a_block_of_the_file_is_held_while_it_is_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(csv_stream, "_BLOCK", 256)
+    content = b"a,b\n" + b"".join(b"%d,%d.25\n" % (i, i) for i in range(2000))
+    reader = TableReader(label=LABEL)
+    held = 0
+    for start in range(0, len(content), 100):
+        reader.feed(content[start : start + 100])
+        held = max(held, len(reader._stream._pending))
+    table = reader.finish()
+    assert held < 256 + 100 and table.rows == 2000 and table.lines is None
+    assert same_bits(table.values[:, 1], np.arange(2000) + 0.25)
+
+
+@pytest.mark.parametrize("piece", [1, 5, 4096])
+def test_an_error_in_a_later_block_names_its_line(
+    piece: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ragged row, a text cell or an infinite value far into a file read in pieces is named
+    by its line in the file, blank lines and quoted line breaks before it counted."""
+    monkeypatch.setattr(csv_stream, "_BLOCK", 64)
+    head = b"a,b\n" + b'1,"2"\n' * 3 + b"\n" * 2 + b"3,4\n" * 100  # lines 2 to 106
+    cases = {
+        b"5,6,7\n": "line 107 has 3 fields but the header has 2 columns",
+        b"5,six\n": "column 'b' is not numeric: line 107 has 'six'",
+        b"-inf,6\n": "column 'a' has an infinite value on line 107",
+        b'"5\n",6\n8\n': "line 109 has 1 fields",
+    }
+    for bad, expected in cases.items():
+        content = head + bad + b"9,9\n" * 50
+        with pytest.raises(InputError) as raised:
+            read_in_pieces(content, list(range(piece, len(content), piece)))
+        assert str(raised.value).startswith(f"{LABEL}: ") and expected in str(raised.value)

@@ -14,8 +14,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-import portal_central.web.jobs as job_routes
-from federation.data import read_csv
+from federation.data import TableReader
 from federation.demo import COLUMNS
 from tests.central_fixtures import admin_auth, approved_site
 
@@ -46,13 +45,15 @@ def test_health_answers_while_an_upload_is_parsed(
     parsing, answered = threading.Event(), threading.Event()
     order: list[str] = []
 
-    def gated_read_csv(*args: Any, **kwargs: Any) -> Any:
+    finish = TableReader.finish
+
+    def gated_finish(reader: TableReader) -> Any:
         parsing.set()
         answered.wait(GATE_SECONDS)
         order.append("parse ended")
-        return read_csv(*args, **kwargs)
+        return finish(reader)
 
-    monkeypatch.setattr(job_routes, "read_csv", gated_read_csv)
+    monkeypatch.setattr(TableReader, "finish", gated_finish)
     upload: dict[str, Any] = {}
 
     def send_upload() -> None:

@@ -30,6 +30,7 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from federation.data import read_csv
 from federation.demo import COLUMNS
 from federation.outputs import dataset_csv
 from portal_central.app import create_app as create_central
@@ -572,7 +573,28 @@ def test_a_sites_csv_through_its_api_stays_in_memory(
             f"/api/jobs/{job_id}/data", files={"file": ("north.csv", BIG, "text/csv")}
         )
     assert response.status_code == 200, response.text
-    assert site.app.state.site.jobs.get(job_id).table.rows > 100_000  # type: ignore[attr-defined]
+    table = site.app.state.site.jobs.get(job_id).table  # type: ignore[attr-defined]
+    whole = read_csv(BIG, label="north.csv")  # parsed as it arrived: the same table, to the bit
+    assert table.rows > 100_000 and table.values.view(np.int64).tolist() == (
+        whole.values.view(np.int64).tolist()
+    )
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_bad_line_early_in_a_sites_large_csv_is_named_once_the_body_is_in(
+    site_and_job: tuple[TestClient, str],
+) -> None:
+    """The upload is refused from its first blocks, and the rest of the body is read and
+    dropped, so that the client, still sending, gets the message naming the line."""
+    site, job_id = site_and_job
+    lines = BIG.split(b"\n")
+    lines[5] = lines[5] + b",9"
+    response = site.post(
+        f"/api/jobs/{job_id}/data", files={"file": ("north.csv", b"\n".join(lines), "text/csv")}
+    )
+    assert response.status_code == 422, response.text
+    assert "north.csv: line 6 has 7 fields" in response.json()["detail"], response.text
+    assert site.app.state.site.jobs.get(job_id).table is None  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -625,7 +647,7 @@ def test_anonymous_uploads_to_a_site_are_refused_before_the_body_is_read(
 def test_the_wizards_reader_holds_a_block_at_most_and_counts_like_read_csv() -> None:
     """Fed 64 KiB at a time, the reader keeps less than two blocks of the file, and its counts
     are those of the whole table."""
-    from federation import data
+    from federation import csv_stream
     from federation.data import read_csv
     from portal_central.jobs.header import HeaderReader
 
@@ -636,7 +658,7 @@ def test_the_wizards_reader_holds_a_block_at_most_and_counts_like_read_csv() -> 
         reader.feed(content[start : start + (64 << 10)])
         held = max(held, len(reader._csv._pending))
     columns = reader.finish()
-    assert held < 2 * data._BLOCK < len(content) / 2
+    assert held < 2 * csv_stream._BLOCK < len(content) / 2
 
     table = read_csv(content, label="big.csv")
     missing = np.isnan(table.values)
@@ -650,19 +672,20 @@ def test_a_large_piece_fed_at_once_is_parsed_a_block_at_a_time() -> None:
     """However much arrives in one piece, the stream parses it in blocks of about _BLOCK
     bytes (the per-byte work of a block never spans the file), with the rows and line
     numbers of read_csv."""
-    from federation import data
-    from federation.data import CsvStream, read_csv
+    from federation import csv_stream
+    from federation.csv_stream import CsvStream
+    from federation.data import read_csv
 
     content = demo_csv(12)
     stream = CsvStream(label="big.csv")
     blocks = stream.feed(content) + stream.finish()
     table = read_csv(content, label="big.csv")
 
-    assert len(blocks) > 2 and len(content) > 4 * data._BLOCK
+    assert len(blocks) > 2 and len(content) > 4 * csv_stream._BLOCK
     bytes_per_row = len(content) / table.rows
-    assert max(values.shape[0] for values, _ in blocks) * bytes_per_row < 1.2 * data._BLOCK
-    assert np.array_equal(np.vstack([values for values, _ in blocks]), table.values, equal_nan=True)
-    assert np.concatenate([lines for _, lines in blocks]).tolist() == [
+    assert max(b.values.shape[0] for b in blocks) * bytes_per_row < 1.2 * csv_stream._BLOCK
+    assert np.array_equal(np.vstack([b.values for b in blocks]), table.values, equal_nan=True)
+    assert np.concatenate([b.lines for b in blocks]).tolist() == [
         table.line(row) for row in range(table.rows)
     ]
 

@@ -14,16 +14,19 @@ from pydantic import BaseModel, NonNegativeInt, ValidationError
 from algorithms import methods
 from algorithms.methods._levels import MAX_LEVELS
 from federation import roles
-from federation.data import CsvStream, Table
+from federation.csv_stream import CsvStream, Rows
+from federation.data import Table
 from federation.diagnostics import MissingPattern, md_pattern_of_counts
 
 MAX_PATTERNS = 100_000
 """Distinct missingness patterns counted at most; rows of further new patterns are counted
 together (a table whose every row is its own pattern must not grow the reader without bound)."""
 SHOWN_PATTERNS = 20
+"""Patterns the wizard lists: the most frequent ones."""
 MAX_DISTINCT = 10_000
 """Distinct cells counted per column at most (enough to tell an ID from a factor)."""
-"""Patterns the wizard lists: the most frequent ones."""
+_SUMMARY_ROWS = 1 << 14
+"""Rows of a table counted at a time (:func:`summarize_table`)."""
 
 
 @dataclass(frozen=True)
@@ -100,7 +103,7 @@ class HeaderReader:
     whole, and nothing of it is kept but these counts (never a value)."""
 
     def __init__(self, *, label: str) -> None:
-        self._csv = CsvStream(label=label, text=True)  # any column may be text: roles say which
+        self._csv = CsvStream(label=label, all_text=True)  # any column may be text: roles say which
         self._missing = np.zeros(0, dtype=np.int64)
         self._observed = np.zeros(0, dtype=np.int64)
         self._binary = np.zeros(0, dtype=bool)
@@ -151,16 +154,9 @@ class HeaderReader:
             return ()
         return tuple(sorted(cells))
 
-    def _count(
-        self,
-        blocks: list[tuple[np.ndarray, np.ndarray]],
-        texts_of_blocks: list[dict[int, np.ndarray]] | None = None,
-    ) -> None:
-        """Count ``blocks`` (values, line numbers) with their text cells (by column), those
-        the CSV reader kept unless given."""
-        texts_of_blocks = texts_of_blocks if texts_of_blocks is not None else self._csv.texts
-        for values, _ in blocks:
-            texts = texts_of_blocks.pop(0)
+    def _count(self, blocks: Sequence[Rows]) -> None:
+        """Count ``blocks``: their values, and the cells of their columns read as text."""
+        for values, _, texts in blocks:
             if not self._cells:
                 width = values.shape[1]
                 self._cells = [set() for _ in range(width)]
@@ -243,7 +239,13 @@ def summarize_table(table: Table) -> list[ColumnSummary]:
     """The same counts of a table already read and coded (central's upload in the job's layout,
     text levels as their codes: ``federation.roles.code_table``), checked as its header was."""
     reader = HeaderReader(label=table.label)
-    reader._count([(table.values, np.arange(table.rows))], [{}])
+    step = _SUMMARY_ROWS  # a block of rows at a time: the counts' temporaries stay small
+    reader._count(
+        [
+            Rows(table.values[start : start + step], np.arange(start, start + step), {})
+            for start in range(0, table.rows, step)
+        ]
+    )
     return reader._summaries(table.columns, table.rows)
 
 

@@ -15,12 +15,12 @@ from starlette.concurrency import run_in_threadpool
 
 from federation import roles
 from federation.compare import REFERENCE_CHAINED, REFERENCE_SINGLE
-from federation.data import Table, check_columns, read_csv
+from federation.data import Table, check_columns, read_csv_chunks
 from federation.errors import InputError
 from federation.job import JobEvent
 from federation.outputs import report_json
 from federation.registry import Algorithm
-from federation.roles import check_upload, code_table, spec_text_columns
+from federation.roles import check_upload, spec_text_columns
 from portal_central import algorithms_store as store
 from portal_central.accounts.status import AccountStatus, Role
 from portal_central.deps import AdminUser, CurrentUser, StateDep, data_upload
@@ -48,8 +48,8 @@ from portal_common.uploads import (
     FileStart,
     Form,
     MultipartStream,
+    file_part,
     form_of,
-    read_form,
 )
 from portal_common.web import is_htmx, markup, render
 
@@ -458,12 +458,18 @@ async def take_central_data(
     corrected file. Messages name the file and column, never a cell's value."""
     try:
         job = await _in_thread(_visible_job, state, job_id, admin)
-        upload = (await read_form(request)).file("file")
-        if upload is None:
-            raise FieldInvalid("choose central's CSV file", field="file")
-        # Parsed and checked in a worker thread: a large file must not stop the event loop.
-        table = await _in_thread(_central_table, state, job, upload.content, upload.filename)
-        del upload
+        async with file_part(request, "file") as upload:
+            if upload is None:
+                raise FieldInvalid("choose central's CSV file", field="file")
+            # Parsed as it arrives, and checked, in worker threads: a large file must not stop
+            # the event loop, nor be held whole beside its table.
+            try:
+                table = await read_csv_chunks(
+                    upload.chunks, label=upload.filename, text=spec_text_columns(spec_of(job))
+                )
+            except InputError as error:
+                raise FieldInvalid(str(error), field="file") from None
+        await _in_thread(_check_central_table, state, job, table)
         await state.orchestrator.upload_central_data(job, table)
     except PortalError as error:
         return error
@@ -476,18 +482,15 @@ def _visible_job(state: CentralState, job_id: int, user: User) -> Job:
         return service.get_job(session=session, job_id=job_id, user=user)
 
 
-def _central_table(
-    state: CentralState, job: Job, content: bytes | bytearray, filename: str
-) -> Table:
-    """Central's CSV for ``job``, read and checked as a site's is (columns by name, roles and
+def _check_central_table(state: CentralState, job: Job, table: Table) -> None:
+    """Central's table for ``job``, checked as a site's is (columns by name, roles and
     levels) and against what the job needs of central's rows (``checks``): messages name the
     file and column, never a cell's value."""
     spec = spec_of(job)
     try:
-        table = read_csv(content, label=filename, text=spec_text_columns(spec))
         check_columns(table, job.columns)
-        check_upload(table, spec, show_values=False, alone=not job.participants)
-        coded = code_table(table, spec, show_values=False)  # text levels as the job's codes
+        # in the job's layout, text levels as the job's codes
+        coded = check_upload(table, spec, show_values=False, alone=not job.participants)
     except InputError as error:
         raise FieldInvalid(str(error), field="file") from None
     checks.refuse(
@@ -505,7 +508,6 @@ def _central_table(
         ),
         field="file",
     )
-    return table
 
 
 def _error_page(
