@@ -6,7 +6,7 @@ import argparse
 import importlib
 import logging
 import sys
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -447,14 +447,22 @@ def _inputs(
     args: argparse.Namespace,
 ) -> tuple[Table, dict[str, Table], list[tuple[str | int, str]], dict[str, Any]]:
     """Central's and the sites' tables, the targets and the parameters ``simulate`` was given."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from federation.data import read_csv
+    from federation.job import CENTRAL
     from federation.params import parse_param
     from federation.roles import parse_roles, text_columns
 
     targets = [_parse_target(text) for text in args.target]
     text = text_columns(parse_roles(args.column), targets)
-    central = read_csv(args.central, text=text)
-    sites = _read_sites(args.site, text)
+    paths = {CENTRAL: args.central, **_site_paths(args.site)}
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="fip-read") as pool:
+        # Two files at a time: Arrow parses outside the GIL. The first failing file, in the
+        # order given, is the one reported.
+        reading = [pool.submit(read_csv, path, text=text) for path in paths.values()]
+        central, *others = [future.result() for future in reading]
+    sites = dict(zip(list(paths)[1:], others, strict=True))
     for table in (central, *sites.values()):
         for note in table.notes:
             print(f"fip: note: {note}", file=sys.stderr)
@@ -509,21 +517,21 @@ def _algorithm(text: str) -> Algorithm:
     folder = Path(text)
     if folder.is_dir():
         return load_folder(folder)
-    return Registry.with_builtins().get(text)
+    return Registry.builtin(text)
 
 
-def _read_sites(entries: Sequence[str], text: Collection[str] = ()) -> dict[str, Table]:
-    from federation.data import read_csv
+def _site_paths(entries: Sequence[str]) -> dict[str, Path]:
+    """Each ``--site [NAME=]CSV`` as name -> path; a name given twice (or central's) refused."""
     from federation.job import CENTRAL
 
-    sites: dict[str, Table] = {}
+    sites: dict[str, Path] = {}
     for entry in entries:
         name, sep, path = entry.partition("=")
         if not sep:
             name, path = Path(entry).stem, entry
         if name == CENTRAL or name in sites:
             raise InputError(f"site name '{name}' is taken; name sites apart with --site NAME=path")
-        sites[name] = read_csv(Path(path), text=text)
+        sites[name] = Path(path)
     return sites
 
 

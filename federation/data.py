@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
 from algorithms import methods
 from federation.errors import InputError
+
+# pandas is imported by the functions that need it (text columns, the exact reader, errors):
+# a plain numeric file is read by Arrow alone, and fip starts without pandas' import.
 
 MISSING_TOKENS = ("", "NA", "NaN", "nan", "N/A", "NULL")
 TEXT_HINT = " (only a factor, carried or categorical target column may hold text)"
@@ -145,6 +147,8 @@ def _without_row_names(table: Table) -> Table:
 
 def _as_text(cells: np.ndarray) -> np.ndarray:
     """Text cells as an object array, None where missing (a missing token, or NaN)."""
+    import pandas as pd
+
     result = np.array(cells, dtype=object)
     result[pd.isna(result)] = None
     return result
@@ -152,6 +156,8 @@ def _as_text(cells: np.ndarray) -> np.ndarray:
 
 def _numbers_of(cells: np.ndarray) -> np.ndarray:
     """The cells of a text column that read as numbers; NaN for the others."""
+    import pandas as pd
+
     numbers: np.ndarray = pd.to_numeric(
         pd.Series(cells, dtype=object).str.strip(), errors="coerce"
     ).to_numpy(dtype=np.float64, na_value=np.nan, copy=True)
@@ -237,7 +243,7 @@ def _read_plain(
                     strings[j].append(cells)
                     values[row:stop, j] = _numbers_of(cells)
                 else:
-                    values[row:stop, j] = column.to_numpy(zero_copy_only=False)
+                    values[row:stop, j] = _float64s(column)
             row = stop
     except pa.ArrowInvalid:
         return None
@@ -246,6 +252,21 @@ def _read_plain(
         for j, parts in strings.items()
     }
     return values[:row], text
+
+
+def _float64s(column: pa.Array) -> np.ndarray:
+    """A float64 column's cells, NaN where null, read from its Arrow buffers (pyarrow's
+    ``to_numpy`` imports pandas, a large part of fip's start-up)."""
+    size, offset = len(column), column.offset
+    validity, data = column.buffers()
+    if data is None or column.null_count == size:
+        return np.full(size, np.nan)
+    values = np.frombuffer(data, dtype=np.float64, count=size, offset=8 * offset)
+    if not column.null_count:
+        return values
+    bits = np.frombuffer(validity, dtype=np.uint8)
+    valid = np.unpackbits(bits, count=offset + size, bitorder="little")[offset:]
+    return np.where(valid.view(bool), values, np.nan)
 
 
 def _line_count(content: bytes | bytearray, start: int) -> tuple[int, bool]:
@@ -568,6 +589,8 @@ def _parse_block(
 ) -> tuple[np.ndarray, dict[int, np.ndarray]]:
     """The numbers of a block of whole lines, one row per entry of ``lines``, and the cells of
     its text columns."""
+    import pandas as pd
+
     types = {
         name: (object if j in textual else np.float64) for j, name in enumerate(layout.columns)
     }
@@ -618,6 +641,8 @@ def _explain_non_numeric(
     textual: frozenset[int] = frozenset(),
 ) -> str:
     """Find the first non-numeric cell of each offending column; slow path, errors only."""
+    import pandas as pd
+
     options = {**_pandas_options(layout), "na_values": None}
     text = pd.read_csv(io.BytesIO(block), dtype=str, **options)
     problems = []
