@@ -5,6 +5,7 @@ Run::
     .venv/bin/python bench/engine.py                 # 4 sites x 250,000 rows x 20 columns, M = 5
     .venv/bin/python bench/engine.py --quick         # 20,000 rows per site: a smoke run
     .venv/bin/python bench/engine.py --peer --repeat 3  # the peer's job shape (issue #14)
+    .venv/bin/python bench/engine.py --rows 100000 --columns 12 --repeat 3 --whole  # issue #14
     .venv/bin/python bench/engine.py --rows 100000 --sites 3 --columns 12 --imputations 10 \\
         --repeat 3 --only SIMICE
 
@@ -30,16 +31,35 @@ What it measures:
   the rows (X'WX, X'(y - p), log-likelihood), plus the pass at the final coefficients. It does
   no draws and no imputation, so the ratio federated / pooled is an upper bound on the price
   of federation.
-- Whole process (``--whole``): ``fip simulate`` run as a child process on CSV files of the
-  same tables (written to a temporary folder beforehand, not timed), from its start to its
-  exit: starting Python and importing, reading every file, the job, and writing the zip, the
-  long CSV and the report. Its ratio to the pooled computation is what a user of ``fip``
-  pays over plain numpy. Beside it, the two file steps timed alone in this process: reading
-  every file with ``read_csv`` and ``write_outputs`` of the job's result.
+- Whole process (``--whole``), two child processes from their start to their exit on the same
+  CSV files (written to a temporary folder beforehand, not timed), run one after the other
+  ``--repeat`` times so that both see the same load on a shared machine, after one run of
+  each that is not timed (it fills the byte-code cache, kept in the temporary folder: the
+  children write it even where ``PYTHONDONTWRITEBYTECODE`` is set, as an installed package
+  has it):
+
+  - fip: ``fip simulate`` as a user runs it: starting Python and importing, reading and
+    checking every site's file, the job above, and writing its outputs (the zip of the M
+    datasets and central's original, the long CSV, report.json and the small files for R).
+  - plain: ``bench/pooled_job.py``, the same job done the plainest fast way in one process
+    (its docstring says exactly what it does): polars' ``read_csv`` of every file, the rows
+    stacked, the same model imputed with numpy on the pooled rows (every fit, draw and
+    imputation of the job, the logistic fits with as many Newton steps as fip's report
+    gives), and the same outputs written by the same writers: polars' ``write_csv`` for each
+    table, ``zipfile`` deflating with ISA-L at fip's level, the long CSV. Both sides' bytes of
+    the zip and the long CSV are printed, to show they wrote the same amount.
+
+  Their ratio is what a user of ``fip`` pays over a statistician's own script on pooled data;
+  issue #14's goals are 1.5x for SIMICE and 3x for SIMI, in wall time; the CPU seconds of
+  each side (every thread) are shown too, less moved by other loads. Beside it, parts of
+  fip's time, each alone: a child that starts Python and imports fip's command line, and in
+  this process reading every file with ``read_csv`` and ``write_outputs`` of the job's result.
+- Ratios are shown as bars: compute (the federated job / the pooled fits) and whole (fip /
+  plain), with 1x and the goal marked.
 - ``--peer``: the shape of the upstream peer's SIMICE job: 3 participants x 3,000 rows x 5
   columns (x1, x2, g1, g2, b), g1 (Gaussian) and b (logistic) imputed, g2 complete, M = 12,
   7 cycles before the first imputation and 6 between; its round trips are the figure to watch.
-- Times are the best of ``--repeat`` runs. Round trips and bytes come from the job's report
+- Times are the median of ``--repeat`` runs. Round trips and bytes come from the job's report
   (bytes sent counts each request once per remote site). Memory: ``tracemalloc`` peak of the
   memory allocated during one extra run (the data generated beforehand is not counted; numpy
   reports its buffers to tracemalloc) and the process's ``ru_maxrss`` at the end of that run;
@@ -52,8 +72,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -72,7 +94,7 @@ from scipy.special import expit
 
 from federation.data import Table, read_csv
 from federation.job import CENTRAL
-from federation.outputs import write_outputs
+from federation.outputs import LONG_NAME, ZIP_LEVEL, ZIP_NAME, write_outputs
 from federation.registry import Registry
 from federation.runtime import JobResult
 from federation.simulation import simulate
@@ -82,6 +104,8 @@ MISSING_LOGIT = (-1.2, 0.6)
 """Missingness of each target: P(missing) = sigmoid(a + b * x1), about 25% on average."""
 
 MiB = 1024 * 1024
+WHOLE_GOALS = {"SIMI": 3.0, "SIMICE": 1.5}
+"""Issue #14's goals for whole ``fip simulate`` over the plain pooled job."""
 
 
 # ---------------------------------------------------------------- data
@@ -188,16 +212,26 @@ def measure_memory(memory: Memory) -> Iterator[None]:
         memory.maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
-def best_time(task: Callable[[], Any], repeat: int) -> tuple[float, Any]:
-    """Best wall time of ``repeat`` runs, and the last run's value."""
-    best = float("inf")
+def _median(times: Sequence[float]) -> float:
+    return float(statistics.median(times))
+
+
+def _timed(task: Callable[[], Any]) -> float:
+    started = time.perf_counter()
+    task()
+    return time.perf_counter() - started
+
+
+def median_time(task: Callable[[], Any], repeat: int) -> tuple[float, Any]:
+    """Median wall time of ``repeat`` runs, and the last run's value."""
+    times = []
     value: Any = None
     for _ in range(repeat):
         gc.collect()
         started = time.perf_counter()
         value = task()
-        best = min(best, time.perf_counter() - started)
-    return best, value
+        times.append(time.perf_counter() - started)
+    return _median(times), value
 
 
 # ---------------------------------------------------------------- federated
@@ -226,14 +260,126 @@ def run_federated(
 
 @dataclass
 class Whole:
-    seconds: float
-    """``fip simulate`` as a child process, start to exit."""
+    """Median wall times of the whole-process runs, start to exit, interleaved run by run."""
+
+    fip: float
+    """``fip simulate`` as a child process."""
+    reference: float
+    """bench/pooled_job.py as a child process: the same job done the plain way."""
+    fip_cpu: float
+    """CPU seconds (user + system, every thread) of ``fip simulate``."""
+    reference_cpu: float
+    """CPU seconds of the plain job."""
+    start: float
+    """A child process that starts Python, imports fip's command line and exits."""
     read: float
     """Reading every site's file with read_csv, in this process."""
     write: float
     """write_outputs of the job's result, in this process."""
-    start: float
-    """A child process that starts Python, imports fip's command line and exits."""
+    fip_bytes: dict[str, int]
+    """Bytes of fip's zip and long CSV."""
+    reference_bytes: dict[str, int]
+    """Bytes of the reference's zip and long CSV."""
+
+
+REFERENCE = Path(__file__).with_name("pooled_job.py")
+
+
+def _fip_command(
+    algorithm: str,
+    paths: dict[str, Path],
+    targets: Sequence[tuple[str, str]],
+    params: dict[str, Any],
+    seed: int,
+    out: Path,
+) -> list[str]:
+    central, *remote = paths
+    return [
+        sys.executable,
+        "-c",
+        "import sys; from federation.cli import main; sys.exit(main())",
+        "simulate",
+        "--algorithm",
+        algorithm,
+        "--central",
+        str(paths[central]),
+        *(arg for name in remote for arg in ("--site", f"{name}={paths[name]}")),
+        *(arg for column, kind in targets for arg in ("--target", f"{column}:{kind}")),
+        "--imputations",
+        str(params["imputations"]),
+        *(
+            arg
+            for key, value in params.items()
+            if key != "imputations"
+            for arg in ("--param", f"{key}={value}")
+        ),
+        "--seed",
+        str(seed),
+        "--out",
+        str(out),
+    ]
+
+
+def _reference_job(
+    algorithm: str,
+    paths: dict[str, Path],
+    targets: Sequence[tuple[str, str]],
+    seed: int,
+    result: JobResult,
+    out: Path,
+) -> dict[str, Any]:
+    """What bench/pooled_job.py needs: the files, the model, and the logistic fits' Newton
+    iterations as fip's report gives them (the reference runs as many, with full steps)."""
+    report = result.report
+    params = report["params"]
+    kinds = [kind for _, kind in targets]
+    fits = report["fits"]
+    return {
+        "algorithm": algorithm,
+        "files": [str(path) for path in paths.values()],
+        "targets": [column for column, _ in targets],
+        "kinds": kinds,
+        "imputations": len(result.imputed_cells),
+        "ridge": float(params["ridge"]),
+        "seed": seed,
+        "before": int(params.get("iteration_before_first_imputation", 1)),
+        "between": int(params.get("iteration_between_imputations", 1)),
+        "iterations": [
+            int(fit["iterations"])
+            for k, fit in enumerate(fits)
+            if kinds[k % len(kinds)] != "gaussian"
+        ],
+        "zip_level": ZIP_LEVEL,
+        "out": str(out),
+    }
+
+
+def _sizes(out: Path) -> dict[str, int]:
+    return {"zip": (out / ZIP_NAME).stat().st_size, "long": (out / LONG_NAME).stat().st_size}
+
+
+def _site_file(table: Table, path: Path) -> None:
+    """A site's CSV as a hospital's would be: a column of whole numbers (b) written as integers."""
+    frame = pd.DataFrame(table.values, columns=list(table.columns))
+    for name in frame.columns:
+        cells = frame[name].dropna()
+        if (cells == cells.round()).all():
+            frame[name] = frame[name].astype("Int64")
+    frame.to_csv(path, index=False, na_rep="NA")
+
+
+def _children_cpu() -> float:
+    """CPU seconds used so far by this process's children that have ended."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _child_environment(root: Path) -> dict[str, str]:
+    """The children's environment: Python's byte code cached (in ``root``), as it is for an
+    installed package, even where this process's environment says not to write it."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = str(root / "pycache")
+    return env
 
 
 def run_whole(
@@ -245,53 +391,47 @@ def run_whole(
     repeat: int,
     result: JobResult,
 ) -> Whole:
-    """Best wall times of ``fip simulate`` as a child process (files in and out), and of its
-    two file steps alone in this process: reading the files, writing the outputs."""
+    """Median wall times of ``fip simulate`` and of the plain pooled job, each a child process
+    from start to exit on the same CSV files, run one after the other ``repeat`` times (so both
+    see the same load); then fip's start-up alone and its two file steps in this process."""
     with tempfile.TemporaryDirectory(prefix="fip-bench-") as folder:
         root = Path(folder)
         paths = {}
         for name, table in tables.items():
             paths[name] = root / f"{name}.csv"
-            frame = pd.DataFrame(table.values, columns=list(table.columns))
-            frame.to_csv(paths[name], index=False, na_rep="NA")
-        central, *remote = tables
-        command = [
-            sys.executable,
-            "-c",
-            "import sys; from federation.cli import main; sys.exit(main())",
-            "simulate",
-            "--algorithm",
-            algorithm,
-            "--central",
-            str(paths[central]),
-            *(arg for name in remote for arg in ("--site", f"{name}={paths[name]}")),
-            *(arg for column, kind in targets for arg in ("--target", f"{column}:{kind}")),
-            "--imputations",
-            str(params["imputations"]),
-            *(
-                arg
-                for key, value in params.items()
-                if key != "imputations"
-                for arg in ("--param", f"{key}={value}")
-            ),
-            "--seed",
-            str(seed),
-            "--out",
-            str(root / "out"),
-        ]
-        best = float("inf")
-        for _ in range(repeat):
-            started = time.perf_counter()
-            subprocess.run(command, check=True, stdout=subprocess.DEVNULL, env=dict(os.environ))
-            best = min(best, time.perf_counter() - started)
-        start = float("inf")
-        for _ in range(repeat):
-            started = time.perf_counter()
-            subprocess.run([sys.executable, "-c", "import federation.cli"], check=True)
-            start = min(start, time.perf_counter() - started)
-        read, _ = best_time(lambda: [read_csv(path) for path in paths.values()], repeat)
-        write, _ = best_time(lambda: write_outputs(result, root / "in-process"), repeat)
-        return Whole(seconds=best, read=read, write=write, start=start)
+            _site_file(table, paths[name])
+        fip = _fip_command(algorithm, paths, targets, params, seed, root / "fip")
+        spec = root / "reference.json"
+        job = _reference_job(algorithm, paths, targets, seed, result, root / "reference")
+        spec.write_text(json.dumps(job))
+        reference = [sys.executable, str(REFERENCE), str(spec)]
+        env = _child_environment(root)
+        fip_times: list[tuple[float, float]] = []
+        reference_times: list[tuple[float, float]] = []
+        for run in range(repeat + 1):  # the first, not timed, fills the byte-code cache
+            for command, times in ((fip, fip_times), (reference, reference_times)):
+                cpu = _children_cpu()
+                started = time.perf_counter()
+                subprocess.run(command, check=True, stdout=subprocess.DEVNULL, env=env)
+                if run:
+                    times.append((time.perf_counter() - started, _children_cpu() - cpu))
+        importing = [sys.executable, "-c", "import federation.cli"]
+        start = _median(
+            [_timed(lambda: subprocess.run(importing, check=True, env=env)) for _ in range(repeat)]
+        )
+        read, _ = median_time(lambda: [read_csv(path) for path in paths.values()], repeat)
+        write, _ = median_time(lambda: write_outputs(result, root / "in-process"), repeat)
+        return Whole(
+            fip=_median([wall for wall, _ in fip_times]),
+            reference=_median([wall for wall, _ in reference_times]),
+            fip_cpu=_median([cpu for _, cpu in fip_times]),
+            reference_cpu=_median([cpu for _, cpu in reference_times]),
+            start=start,
+            read=read,
+            write=write,
+            fip_bytes=_sizes(root / "fip"),
+            reference_bytes=_sizes(root / "reference"),
+        )
 
 
 # ---------------------------------------------------------------- pooled
@@ -432,7 +572,7 @@ def bench(
     def federated() -> JobResult:
         return run_federated(algorithm, tables, targets, params, args.seed)
 
-    fed_seconds, result = best_time(federated, args.repeat)
+    fed_seconds, result = median_time(federated, args.repeat)
     memory = Memory()
     with measure_memory(memory):
         federated()
@@ -449,7 +589,7 @@ def bench(
             return pooled_simi(pooled_rows, columns[0], ridge)
         return pooled_simice(pooled_rows, columns, kinds, fits, ridge)
 
-    pooled_seconds, passes = best_time(pooled, args.repeat)
+    pooled_seconds, passes = median_time(pooled, args.repeat)
     whole = None
     if args.whole:
         whole = run_whole(algorithm, tables, targets, params, args.seed, args.repeat, result)
@@ -524,26 +664,52 @@ def print_table(rows: Sequence[Row]) -> None:
             f"{r.pooled_passes}; pooled peak MiB: tracemalloc "
             f"{_mib(r.pooled_memory.tracemalloc_peak)}, ru_maxrss {_mib(r.pooled_memory.maxrss)}"
         )
+    print()
+    print("ratios (1 character per 0.1x, '>' past 8x; '|' marks 1x, '!' the goal if there is one):")
+    for r in rows:
+        print(f"  {r.algorithm:<7} compute {_bar(r.federated / r.pooled, None)}")
+        if r.whole is not None:
+            goal = WHOLE_GOALS.get(r.algorithm)
+            print(f"  {'':<7} whole   {_bar(r.whole.fip / r.whole.reference, goal)}")
     wholes = [r for r in rows if r.whole is not None]
     if wholes:
         print()
-        print("whole process (fip simulate, files in and out):")
+        print("whole process, start to exit, files in and out (median of the interleaved runs):")
         for r in wholes:
             assert r.whole is not None
             w = r.whole
             print(
-                f"  {r.algorithm}: {w.seconds:.2f} s, {w.seconds / r.pooled:.1f}x the pooled "
-                f"reference (the job alone {r.federated / r.pooled:.1f}x); starting Python "
-                f"and importing fip {w.start:.2f} s ({w.start / r.pooled:.1f}x); in this "
-                f"process: reading the files {w.read:.2f} s ({w.read / r.pooled:.1f}x), "
-                f"writing the outputs {w.write:.2f} s ({w.write / r.pooled:.1f}x)"
+                f"  {r.algorithm}: fip simulate {w.fip:.2f} s, plain pooled job "
+                f"{w.reference:.2f} s: {w.fip / w.reference:.2f}x (CPU seconds {w.fip_cpu:.2f} / "
+                f"{w.reference_cpu:.2f}: {w.fip_cpu / w.reference_cpu:.2f}x). Bytes written, "
+                f"fip / plain: zip {w.fip_bytes['zip']:,} / {w.reference_bytes['zip']:,}, long CSV "
+                f"{w.fip_bytes['long']:,} / {w.reference_bytes['long']:,}"
             )
-        print(
-            "  (the pooled reference is the fits alone on rows already in memory: no start-up, "
-            "no reading, no imputing, no writing; the parts above are what fip adds)"
-        )
+            print(
+                f"    parts of fip's, each alone: starting Python and importing fip's command "
+                f"line {w.start:.2f} s; in this process: reading the files {w.read:.2f} s, the "
+                f"job {r.federated:.2f} s, writing the outputs {w.write:.2f} s"
+            )
     if rows and not rows[0].memory.maxrss_reset:
         print("ru_maxrss could not be reset between runs: it is the process's peak so far")
+
+
+_BAR_MAX = 80
+"""Characters of the longest bar (8x); a longer one ends with '>'."""
+
+
+def _bar(ratio: float, goal: float | None) -> str:
+    """A ratio as a bar of one character per 0.1x, with 1x and the goal marked."""
+    width = max(int(round(ratio * 10)), 1)
+    marks = {10: "|"}
+    if goal is not None:
+        marks[int(round(goal * 10))] = "!"
+    end = min(max(width, *marks), _BAR_MAX)
+    cells = [marks.get(k, "#" if k <= width else " ") for k in range(1, end + 1)]
+    if width > _BAR_MAX:
+        cells[-1] = ">"
+    verdict = "" if goal is None else (" (goal met)" if ratio <= goal else f" (goal {goal}x)")
+    return f"{''.join(cells)} {ratio:.2f}x{verdict}"
 
 
 def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -554,7 +720,7 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--columns", type=int, default=20, help="columns per site (20)")
     parser.add_argument("--imputations", type=int, default=5, help="M (5)")
-    parser.add_argument("--repeat", type=int, default=1, help="timed runs; best is shown (1)")
+    parser.add_argument("--repeat", type=int, default=1, help="timed runs; the median is shown (1)")
     parser.add_argument("--seed", type=int, default=2024, help="data and job seed")
     parser.add_argument(
         "--only", choices=("SIMI", "SIMICE"), action="append", help="run only this algorithm"
@@ -587,7 +753,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     layout = Layout.of(args.columns)
     print(
         f"{args.sites} sites (central + {args.sites - 1} remote) x {args.rows:,} rows x "
-        f"{len(layout.columns)} columns, M = {args.imputations}, best of {args.repeat}; "
+        f"{len(layout.columns)} columns, M = {args.imputations}, median of {args.repeat}; "
         "SIMI: g1 (gaussian); SIMICE: g1, g2 (gaussian), b (logistic)",
         flush=True,
     )

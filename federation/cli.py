@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -125,6 +126,8 @@ def _parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     for name, (where, help_line) in COMMANDS.items():
         command = commands.add_parser(name, help=help_line)
         if name == chosen:
+            if name == "simulate":
+                _one_blas_thread()
             module, function = where.split(":")
             configure: Callable[[argparse.ArgumentParser], None] = getattr(
                 importlib.import_module(module), function
@@ -133,12 +136,29 @@ def _parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+"""The variables that set how many threads numpy's BLAS runs (OpenBLAS reads them in this
+order; MKL its own)."""
+
+
+def _one_blas_thread() -> None:
+    """Have numpy's BLAS run one thread, unless the user set a count: ``fip simulate`` answers
+    every site in a thread of its own, at once, and BLAS threads on top of those only compete
+    for the cores (bench/engine.py --whole: 2 to 3 times the CPU time of a SIMICE job on 2
+    cores). BLAS reads the variables when numpy is first imported, so before the engine is."""
+    if not any(name in os.environ for name in BLAS_THREADS):
+        os.environ["OPENBLAS_NUM_THREADS"] = "1"
+        os.environ["MKL_NUM_THREADS"] = "1"
+
+
 def configure_simulate(sim: argparse.ArgumentParser) -> None:
     from algorithms import methods
 
     sim.description = (
         "Run a whole federated job in one process, with every site's file read "
-        "locally and messages passed in memory through the real wire codec."
+        "locally and messages passed in memory through the real wire codec. The sites answer "
+        "in parallel threads, so numpy's BLAS runs one thread each unless "
+        "OPENBLAS_NUM_THREADS (or OMP_NUM_THREADS, MKL_NUM_THREADS) is set."
     )
     sim.epilog = SIMULATE_EXAMPLE
     sim.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -447,14 +467,22 @@ def _inputs(
     args: argparse.Namespace,
 ) -> tuple[Table, dict[str, Table], list[tuple[str | int, str]], dict[str, Any]]:
     """Central's and the sites' tables, the targets and the parameters ``simulate`` was given."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from federation.data import read_csv
+    from federation.job import CENTRAL
     from federation.params import parse_param
     from federation.roles import parse_roles, text_columns
 
     targets = [_parse_target(text) for text in args.target]
     text = text_columns(parse_roles(args.column), targets)
-    central = read_csv(args.central, text=text)
-    sites = _read_sites(args.site, text)
+    paths = {CENTRAL: args.central, **_site_paths(args.site)}
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="fip-read") as pool:
+        # Two files at a time: Arrow parses outside the GIL. The first failing file, in the
+        # order given, is the one reported.
+        reading = [pool.submit(read_csv, path, text=text) for path in paths.values()]
+        central, *others = [future.result() for future in reading]
+    sites = dict(zip(list(paths)[1:], others, strict=True))
     for table in (central, *sites.values()):
         for note in table.notes:
             print(f"fip: note: {note}", file=sys.stderr)
@@ -509,21 +537,21 @@ def _algorithm(text: str) -> Algorithm:
     folder = Path(text)
     if folder.is_dir():
         return load_folder(folder)
-    return Registry.with_builtins().get(text)
+    return Registry.builtin(text)
 
 
-def _read_sites(entries: Sequence[str], text: Collection[str] = ()) -> dict[str, Table]:
-    from federation.data import read_csv
+def _site_paths(entries: Sequence[str]) -> dict[str, Path]:
+    """Each ``--site [NAME=]CSV`` as name -> path; a name given twice (or central's) refused."""
     from federation.job import CENTRAL
 
-    sites: dict[str, Table] = {}
+    sites: dict[str, Path] = {}
     for entry in entries:
         name, sep, path = entry.partition("=")
         if not sep:
             name, path = Path(entry).stem, entry
         if name == CENTRAL or name in sites:
             raise InputError(f"site name '{name}' is taken; name sites apart with --site NAME=path")
-        sites[name] = read_csv(Path(path), text=text)
+        sites[name] = Path(path)
     return sites
 
 

@@ -22,11 +22,13 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
 from federation.errors import InputError
+
+# pandas is imported by the functions that need it (text columns, the exact reader, errors):
+# a plain numeric file is read by Arrow alone, and fip starts without pandas' import.
 
 MISSING_TOKENS = ("", "NA", "NaN", "nan", "N/A", "NULL")
 """Cell texts read as missing. R writes NA, pandas writes an empty cell."""
@@ -250,8 +252,31 @@ def _parse_plain(
             texts[j] = _as_text(column.to_numpy())
             values[:, j] = _numbers_of(texts[j])
         else:
-            values[:, j] = column.to_numpy()
+            values[:, j] = _float64s(column)
     return values, texts
+
+
+def _float64s(column: pa.ChunkedArray) -> np.ndarray:
+    """A float64 column's cells, NaN where null, read from its Arrow buffers (pyarrow's
+    ``to_numpy`` imports pandas, a large part of fip's start-up)."""
+    parts = [_chunk_float64s(chunk) for chunk in column.chunks]
+    if not parts:
+        return np.zeros(0)
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def _chunk_float64s(chunk: pa.Array) -> np.ndarray:
+    """One Arrow float64 chunk as numpy, NaN where null."""
+    size, offset = len(chunk), chunk.offset
+    validity, data = chunk.buffers()
+    if data is None or chunk.null_count == size:
+        return np.full(size, np.nan)
+    values = np.frombuffer(data, dtype=np.float64, count=size, offset=8 * offset)
+    if not chunk.null_count:
+        return values
+    bits = np.frombuffer(validity, dtype=np.uint8)
+    valid = np.unpackbits(bits, count=offset + size, bitorder="little")[offset:]
+    return np.where(valid.view(bool), values, np.nan)
 
 
 def _data_lines(block: bytes, first: int, layout: Layout, label: str) -> np.ndarray:
@@ -315,6 +340,8 @@ def _parse_exact(
 ) -> tuple[np.ndarray, dict[int, np.ndarray]]:
     """The numbers of a block of whole lines by pandas, one row per entry of ``lines``, and
     the cells of its text columns; a non-numeric cell is named with its column and line."""
+    import pandas as pd
+
     types = {
         name: (object if j in textual else np.float64) for j, name in enumerate(layout.columns)
     }
@@ -361,6 +388,8 @@ def _explain_non_numeric(
     block: bytes, layout: Layout, lines: np.ndarray, label: str, textual: frozenset[int]
 ) -> str:
     """Find the first non-numeric cell of each offending column; slow path, errors only."""
+    import pandas as pd
+
     options = {**_pandas_options(layout), "na_values": None}
     text = pd.read_csv(io.BytesIO(block), dtype=str, **options)
     problems = []
@@ -385,6 +414,8 @@ def _explain_non_numeric(
 
 def _as_text(cells: np.ndarray) -> np.ndarray:
     """Text cells as an object array, None where missing (a missing token, or NaN)."""
+    import pandas as pd
+
     result = np.array(cells, dtype=object)
     result[pd.isna(result)] = None
     return result
@@ -392,6 +423,8 @@ def _as_text(cells: np.ndarray) -> np.ndarray:
 
 def _numbers_of(cells: np.ndarray) -> np.ndarray:
     """The cells of a text column that read as numbers; NaN for the others."""
+    import pandas as pd
+
     numbers: np.ndarray = pd.to_numeric(
         pd.Series(cells, dtype=object).str.strip(), errors="coerce"
     ).to_numpy(dtype=np.float64, na_value=np.nan, copy=True)

@@ -199,6 +199,15 @@ def read_folder(folder: Path) -> dict[str, bytes]:
     return {f: (folder / f).read_bytes() for f in file_names(folder.name) if (folder / f).is_file()}
 
 
+def _builtin_folders() -> list[Path]:
+    """The built-in algorithms' folders, by name."""
+    return [
+        folder
+        for folder in sorted(BUILTIN_DIR.iterdir())
+        if folder.is_dir() and (folder / "params.json").is_file()
+    ]
+
+
 class Registry:
     """Algorithms by name, each with its versions in the order they were added."""
 
@@ -208,10 +217,18 @@ class Registry:
     @classmethod
     def with_builtins(cls) -> Registry:
         registry = cls()
-        for folder in sorted(BUILTIN_DIR.iterdir()):
-            if folder.is_dir() and (folder / "params.json").is_file():
-                registry.add(read_algorithm(folder.name, read_folder(folder), builtin=True))
+        for folder in _builtin_folders():
+            registry.add(read_algorithm(folder.name, read_folder(folder), builtin=True))
         return registry
+
+    @classmethod
+    def builtin(cls, name: str) -> Algorithm:
+        """The built-in algorithm ``name``, read alone (``fip simulate`` runs one: reading and
+        checking the others would only delay it); the registry's error for an unknown name."""
+        for folder in _builtin_folders():
+            if folder.name == name:
+                return read_algorithm(folder.name, read_folder(folder), builtin=True)
+        return cls.with_builtins().get(name)
 
     def add(self, algorithm: Algorithm) -> None:
         versions = self._versions.setdefault(algorithm.name, {})

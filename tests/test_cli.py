@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import subprocess
 import sys
@@ -901,3 +902,27 @@ def test_simulate_help_lists_every_method_with_when_to_use() -> None:
     for method in METHODS.values():
         assert f"{method.name} for {' '.join(method.when.split())}" in text
     assert "--levels" in text
+
+
+def test_simulate_has_numpy_blas_run_one_thread_unless_the_user_set_a_count(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The sites answer in threads at once; BLAS threads on top of them only compete (read by
+    BLAS when numpy loads, so fip sets them before; in this process numpy is long loaded)."""
+    from federation import cli
+
+    unset = {k: v for k, v in os.environ.items() if k not in cli.BLAS_THREADS}
+    monkeypatch.setattr(os, "environ", unset)
+    cli._parser(["simulate", "--central", "c.csv"])
+    assert unset["OPENBLAS_NUM_THREADS"] == "1" and unset["MKL_NUM_THREADS"] == "1"
+
+    chosen = {**unset, "OMP_NUM_THREADS": "2"}
+    del chosen["OPENBLAS_NUM_THREADS"], chosen["MKL_NUM_THREADS"]
+    monkeypatch.setattr(os, "environ", chosen)
+    cli._parser(["simulate", "--central", "c.csv"])
+    assert "OPENBLAS_NUM_THREADS" not in chosen and chosen["OMP_NUM_THREADS"] == "2"
+
+    other = {k: v for k, v in unset.items() if k not in cli.BLAS_THREADS}
+    monkeypatch.setattr(os, "environ", other)
+    cli._parser(["pool", "--long", "x.csv"])
+    assert not set(cli.BLAS_THREADS) & set(other)

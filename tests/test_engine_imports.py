@@ -115,3 +115,33 @@ def test_a_portal_command_imports_its_own_portal_only() -> None:
     # the site's pages find central's templates by its package: nothing of central runs
     assert not any(name.startswith("portal_central.") for name in site)
     assert not any(name.startswith("portal_site") for name in central)
+
+
+def test_fip_simulate_of_numeric_files_imports_neither_pandas_nor_scipy_stats(
+    tmp_path: Path,
+) -> None:
+    """Their imports were most of a small job's time: a numeric file is read by Arrow alone,
+    the site checks and R-hat use scipy.special; pandas stays for text, pooling and analysis."""
+    loaded = _modules(
+        "import numpy as np\n"
+        "from pathlib import Path\n"
+        "from federation.cli import main\n"
+        f"out = Path({str(tmp_path)!r})\n"
+        "rng = np.random.default_rng(5)\n"
+        "for name in ('central', 'north'):\n"
+        "    x = rng.standard_normal((60, 2))\n"
+        "    y = x @ [1.0, -0.5] + rng.standard_normal(60)\n"
+        "    rows = np.column_stack([x, y]).tolist()\n"
+        "    lines = [f'{a!r},{b!r},' + ('NA' if k % 4 == 0 else repr(c))\n"
+        "             for k, (a, b, c) in enumerate(rows)]\n"
+        "    (out / f'{name}.csv').write_text('x1,x2,y\\n' + '\\n'.join(lines) + '\\n')\n"
+        "for algorithm in ('SIMI', 'SIMICE'):\n"
+        "    code = main(['simulate', '--algorithm', algorithm, '--central', str(out / "
+        "'central.csv'), '--site', str(out / 'north.csv'), '--target', 'y:gaussian', "
+        "'--imputations', '2', '--seed', '3', '--out', str(out / algorithm)])\n"
+        "    assert code == 0, code\n"
+    )
+
+    assert (tmp_path / "SIMICE" / "imputations_long.csv").is_file()
+    assert "pandas" not in loaded
+    assert not any(name.startswith("scipy.stats") for name in loaded), "scipy.stats loaded"
