@@ -260,6 +260,11 @@ def define_job_columns(
                 f"factor column '{name}': give at least two levels, each once (it has "
                 f"{', '.join(listed) or 'none'})"
             )
+        if len(listed) > MAX_LEVELS:
+            raise RoleError(
+                f"factor column '{name}': {len(listed)} levels, at most {MAX_LEVELS}; make it "
+                "carried, or give fewer levels"
+            )
     for name, _, _ in targets:
         if name in chosen_factors or name in carried:
             raise RoleError(f"column '{name}' is a target and is given another role too")

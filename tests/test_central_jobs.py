@@ -786,6 +786,10 @@ def test_a_job_with_column_roles_runs_and_writes_text_back(central: TestClient) 
     ("roles", "words"),
     [
         ({"factors": {"grade": ["lo"]}}, "factor column 'grade': give at least two levels"),
+        (
+            {"factors": {"grade": [f"g{k}" for k in range(51)]}},
+            "factor column 'grade': 51 levels, at most 50",
+        ),
         ({"carried": ["id"], "predictors": {"score": ["id"]}}, "column 'id' is carried"),
         ({"carried": ["weight"]}, "column 'weight' is not one of"),
     ],
