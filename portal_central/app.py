@@ -41,6 +41,7 @@ from portal_common.web import (
     cross_site,
     is_htmx,
     render,
+    routes_of,
     security_headers,
 )
 
@@ -70,29 +71,29 @@ def create_app(settings: CentralSettings) -> FastAPI:
             await state.orchestrator.shutdown()
             state.database.dispose()
 
+    # Pages and forms are not the JSON API: their routers leave the schema, so /docs lists only
+    # /api/..., /health and /metrics.
     app = FastAPI(
         title="Federated Imputation Portal: central",
         description="JSON API of the central portal. Browser pages are served beside it.",
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        routes=routes_of(
+            auth.router,
+            admin.router,
+            algorithms.router,
+            jobs.router,
+            plots.router,
+            ws.router,
+            accounts_api.router,
+            algorithms_api.router,
+            jobs_api.router,
+            plausibility_api.router,
+        ),
     )
     api_docs(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    # Pages and forms are not the JSON API: /docs lists only /api/..., /health and /metrics.
-    for pages in (
-        auth.router,
-        admin.router,
-        algorithms.router,
-        jobs.router,
-        plots.router,
-        ws.router,
-    ):
-        app.include_router(pages, include_in_schema=False)
-    app.include_router(accounts_api.router)
-    app.include_router(algorithms_api.router)
-    app.include_router(jobs_api.router)
-    app.include_router(plausibility_api.router)
     # Every body counted as it arrives; data upload routes raise the limit for themselves.
     app.add_middleware(
         BodyLimit, limit=settings.max_form_bytes, setting="FIP_CENTRAL_MAX_FORM_BYTES"

@@ -13,7 +13,7 @@ from fastapi.staticfiles import StaticFiles
 
 from portal_common import metrics as prometheus
 from portal_common.uploads import BodyLimit
-from portal_common.web import STATIC, HostCheck, api_docs, cross_site, is_htmx, render
+from portal_common.web import STATIC, HostCheck, api_docs, cross_site, is_htmx, render, routes_of
 from portal_common.web import security_headers as install_security_headers
 from portal_site import api, pages
 from portal_site import metrics as site_metrics
@@ -52,12 +52,10 @@ def create_app(settings: SiteSettings) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        routes=routes_of(pages.router, api.local, api.router),  # /docs: the JSON API only
     )
     api_docs(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    app.include_router(pages.router, include_in_schema=False)  # /docs: the JSON API only
-    app.include_router(api.local)
-    app.include_router(api.router)
     # Every body counted as it arrives; the CSV upload routes raise the limit for themselves.
     app.add_middleware(BodyLimit, limit=settings.max_form_bytes, setting="FIP_SITE_MAX_FORM_BYTES")
 

@@ -25,7 +25,7 @@ from portal_site.local_auth import CSRF_FIELD, CSRF_HEADER, SESSION_SECONDS, Sig
 from portal_site.state import SiteState
 from portal_site.worker import CONNECTION
 
-router = APIRouter()
+router = APIRouter(include_in_schema=False)
 SITE_ID = re.compile(r"^[a-z0-9]{4,16}$")
 JOB = "site/job.html"
 """A job's page; its blocks ``job_status`` and ``log_lines`` are also its HTMX fragments and

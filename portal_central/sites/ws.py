@@ -25,7 +25,7 @@ from portal_central.models import User
 from portal_central.security import InvalidToken
 from portal_central.state import CentralState
 
-router = APIRouter()
+router = APIRouter(include_in_schema=False)
 log = logging.getLogger(__name__)
 PROTOCOL_FAULT = 1003
 INTERNAL_FAULT = 1011

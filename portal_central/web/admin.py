@@ -26,7 +26,7 @@ from portal_common.web import is_htmx, render
 
 _in_thread = run_in_threadpool
 """Database work from an async route: in a worker thread, never on the loop."""
-router = APIRouter(prefix="/admin")
+router = APIRouter(prefix="/admin", include_in_schema=False)
 log = logging.getLogger(__name__)
 ACTIONS = {
     status: [a for a, moves in service.STATUS_TRANSITIONS.items() if status in moves]

@@ -16,7 +16,7 @@ from portal_central.state import CentralState
 from portal_common.uploads import read_form
 from portal_common.web import render
 
-router = APIRouter(prefix="/algorithms")
+router = APIRouter(prefix="/algorithms", include_in_schema=False)
 
 
 def _grouped(infos: list[store.VersionInfo]) -> dict[str, list[store.VersionInfo]]:

@@ -14,7 +14,7 @@ from portal_central.deps import SESSION_COOKIE, CurrentUser, OptionalUser, State
 from portal_central.errors import FieldInvalid, PortalError
 from portal_common.web import render
 
-router = APIRouter()
+router = APIRouter(include_in_schema=False)
 DEVICE_COOKIE = "fip_device"
 """Set at a successful sign-in (sent only to /sign-in): this browser signed in as that user,
 so a wait that strangers put on the username does not apply to it."""

@@ -53,7 +53,7 @@ from portal_common.uploads import (
 )
 from portal_common.web import is_htmx, markup, render
 
-router = APIRouter(prefix="/jobs")
+router = APIRouter(prefix="/jobs", include_in_schema=False)
 _in_thread = run_in_threadpool
 """Database work and parsing from an async route: in a worker thread, never on the loop."""
 EXACT = (REFERENCE_SINGLE, REFERENCE_CHAINED)

@@ -14,7 +14,7 @@ from portal_central.jobs import plausibility, service
 from portal_central.paths import RowId
 from portal_common.web import render
 
-router = APIRouter(prefix="/jobs")
+router = APIRouter(prefix="/jobs", include_in_schema=False)
 
 
 @router.get("/{job_id}/plots", response_class=HTMLResponse)
