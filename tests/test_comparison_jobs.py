@@ -44,6 +44,7 @@ from tests.central_fixtures import (
     edited_csv,
     htmx_headers,
     meandraw_files,
+    polling_pauses,
     portal_state,
     token,
     upload_algorithm,
@@ -107,12 +108,13 @@ def _wait(
 ) -> dict[str, Any]:
     """Poll the job until its state is one of ``states`` (at most ``timeout`` s)."""
     deadline = time.monotonic() + timeout
-    while True:
+    for pause in polling_pauses():
         job = _get(client, job_id)
         if job["state"] in states:
             return job
         assert time.monotonic() < deadline, f"job {job_id} stayed {job['state']}: {job}"
-        time.sleep(0.02)
+        time.sleep(pause)
+    raise AssertionError("unreachable")
 
 
 def _simulated(

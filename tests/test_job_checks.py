@@ -27,6 +27,7 @@ from tests.central_fixtures import (
     chained_algorithm,
     edited_csv,
     htmx_headers,
+    polling_pauses,
     portal_state,
     wait_for_state,
 )
@@ -441,12 +442,12 @@ def test_centrals_data_refused_as_the_job_opens_leaves_it_waiting(central: TestC
 
     assert upload(dataset_csv(columns, values)) == 200
     deadline = time.monotonic() + 10
-    while True:  # running, then back to waiting with the reason
+    for pause in polling_pauses():  # running, then back to waiting with the reason
         waiting = central.get(f"/api/jobs/{job_id}", headers=headers).json()
         if "refused" in waiting["message"] or waiting["state"] in FINAL:
             break
         assert time.monotonic() < deadline, waiting
-        time.sleep(0.02)
+        time.sleep(pause)
     assert waiting["state"] == "waiting", waiting
     assert "'y'" in waiting["message"] and "pmm" in waiting["message"]
     assert "upload a corrected file" in waiting["message"]
