@@ -165,10 +165,33 @@ def poisson_stats(
         mu = np.exp(eta)
         h += (x * mu[:, None]).T @ x
         g += x.T @ (y - mu)
-        q += float(y @ eta - mu.sum() - gammaln(counts + 1.0).sum())
+        q += _poisson_q(y, eta, mu, counts)
     if overflow:
         return {"n": n, "h": np.zeros((p, p)), "g": np.zeros(p), "q": 0.0, "overflow": overflow}
     return {"n": n, "h": h, "g": g, "q": q, "overflow": 0}
+
+
+def _poisson_q(y: np.ndarray, eta: np.ndarray, mu: np.ndarray, counts: np.ndarray) -> float:
+    """A block's Poisson log-likelihood."""
+    return float(y @ eta - mu.sum() - gammaln(counts + 1.0).sum())
+
+
+def poisson_loglik(
+    z: np.ndarray, rows: np.ndarray | None, column: int, theta: np.ndarray, cols: np.ndarray
+) -> tuple[float, int]:
+    """Q at beta = ``theta`` and the rows whose log-mean overflows (``poisson_stats``'s Q,
+    the same sums in the same order, without H and g)."""
+    q = 0.0
+    overflow = 0
+    for x, y in _blocks(z, rows, cols, column):
+        counts = _codes(y, "poisson", 0, column)
+        eta = x @ theta
+        high = int(np.count_nonzero(eta > LOG_MEAN_LIMIT))
+        if high or overflow:
+            overflow += high
+            continue
+        q += _poisson_q(y, eta, np.exp(eta), counts)
+    return (0.0, overflow) if overflow else (q, 0)
 
 
 # ---------------------------------------------------------------- categorical
@@ -213,12 +236,9 @@ def categorical_stats(
     for x, y in _blocks(z, rows, cols, column):
         codes = _codes(y, "categorical", values, column)
         m = codes.size
-        eta = x @ beta
-        full = np.concatenate([np.zeros((m, 1)), eta], axis=1)
-        top = full.max(axis=1)
-        lse = top + np.log(np.exp(full - top[:, None]).sum(axis=1))
+        full, lse, block_q = _categorical_q(x @ beta, codes)
         prob = np.exp(full - lse[:, None])  # (m, K), every entry computed without overflow
-        q += float(full[np.arange(m), codes].sum() - lse.sum())
+        q += block_q
         indicator = np.zeros((m, count))
         indicator[np.arange(m), codes] = 1.0
         g += (indicator[:, 1:] - prob[:, 1:]).T @ x
@@ -231,6 +251,35 @@ def categorical_stats(
         saturated += int(np.count_nonzero(others < SATURATED))
         n += m
     return {"n": n, "h": h, "g": g.ravel(), "q": q, "saturated": saturated}
+
+
+def _categorical_q(eta: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """A block's linear predictors with level 0's zero, their log-sum-exp per row, and its
+    multinomial log-likelihood."""
+    m = codes.size
+    full = np.concatenate([np.zeros((m, 1)), eta], axis=1)
+    top = full.max(axis=1)
+    lse = top + np.log(np.exp(full - top[:, None]).sum(axis=1))
+    return full, lse, float(full[np.arange(m), codes].sum() - lse.sum())
+
+
+def categorical_loglik(
+    z: np.ndarray,
+    rows: np.ndarray | None,
+    column: int,
+    theta: np.ndarray,
+    cols: np.ndarray,
+    *,
+    levels: np.ndarray | int,
+) -> float:
+    """Q of the multinomial logit at B = ``theta`` (``categorical_stats``'s Q, the same sums
+    in the same order, without H and g)."""
+    values = level_values(levels)
+    beta = theta.reshape(values.size - 1, cols.size).T
+    q = 0.0
+    for x, y in _blocks(z, rows, cols, column):
+        q += _categorical_q(x @ beta, _codes(y, "categorical", values, column))[2]
+    return q
 
 
 # ---------------------------------------------------------------- ordinal
@@ -269,10 +318,7 @@ def ordinal_stats(
     values = level_values(levels)
     count = values.size
     p = cols.size
-    beta, zeta = theta[:p], theta[p:]
-    if zeta.size != count - 1 or np.any(np.diff(zeta) <= 0.0):
-        raise ValueError("ordinal thresholds must be strictly increasing")
-    edges = np.concatenate([[-np.inf], zeta, [np.inf]])
+    beta, edges = _ordinal_parameters(theta, p, count)
     t = count - 1
     h_bb = np.zeros((p, p))
     h_bz = np.zeros((p, t))
@@ -285,10 +331,8 @@ def ordinal_stats(
     for x, y in _blocks(z, rows, cols, column):
         codes = _codes(y, "ordinal", values, column)
         m = codes.size
-        eta = x @ beta
-        upper = edges[codes + 1] - eta
-        lower = edges[codes] - eta
-        q += float(_log_interval(upper, lower).sum())
+        upper, lower, block_q = _ordinal_q(x @ beta, codes, edges)
+        q += block_q
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             u = np.where(
                 np.isfinite(upper) & np.isfinite(lower), 1.0 / np.expm1(upper - lower), 0.0
@@ -317,6 +361,43 @@ def ordinal_stats(
         n += m
     h = np.block([[h_bb, h_bz], [h_bz.T, h_zz]])
     return {"n": n, "h": h, "g": np.concatenate([g_b, g_z]), "q": q, "saturated": saturated}
+
+
+def _ordinal_parameters(theta: np.ndarray, p: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The slopes and the thresholds with -inf and +inf at either end; the thresholds must be
+    strictly increasing (central never asks otherwise)."""
+    beta, zeta = theta[:p], theta[p:]
+    if zeta.size != count - 1 or np.any(np.diff(zeta) <= 0.0):
+        raise ValueError("ordinal thresholds must be strictly increasing")
+    return beta, np.concatenate([[-np.inf], zeta, [np.inf]])
+
+
+def _ordinal_q(
+    eta: np.ndarray, codes: np.ndarray, edges: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """A block's distances to each row's upper and lower threshold, and its log-likelihood."""
+    upper = edges[codes + 1] - eta
+    lower = edges[codes] - eta
+    return upper, lower, float(_log_interval(upper, lower).sum())
+
+
+def ordinal_loglik(
+    z: np.ndarray,
+    rows: np.ndarray | None,
+    column: int,
+    theta: np.ndarray,
+    cols: np.ndarray,
+    *,
+    levels: np.ndarray | int,
+) -> float:
+    """Q of the proportional-odds model at theta = (beta, zeta) (``ordinal_stats``'s Q, the
+    same sums in the same order, without H and g)."""
+    values = level_values(levels)
+    beta, edges = _ordinal_parameters(theta, cols.size, values.size)
+    q = 0.0
+    for x, y in _blocks(z, rows, cols, column):
+        q += _ordinal_q(x @ beta, _codes(y, "ordinal", values, column), edges)[2]
+    return q
 
 
 # ---------------------------------------------------------------- third derivatives
@@ -494,4 +575,25 @@ def family_stats(
         return categorical_stats(z, rows, column, theta, cols, levels=levels)
     if family == "ordinal":
         return ordinal_stats(z, rows, column, theta, cols, levels=levels)
+    raise ValueError(f"unknown family {family!r}")
+
+
+def family_loglik(
+    family: str,
+    z: np.ndarray,
+    rows: np.ndarray | None,
+    column: int,
+    theta: np.ndarray,
+    cols: np.ndarray,
+    *,
+    levels: np.ndarray | int = 0,
+) -> tuple[float, int]:
+    """Q of ``family`` at ``theta`` and the rows whose likelihood overflows (a line search's
+    further candidates: their H and g are never used)."""
+    if family == "poisson":
+        return poisson_loglik(z, rows, column, theta, cols)
+    if family == "categorical":
+        return categorical_loglik(z, rows, column, theta, cols, levels=levels), 0
+    if family == "ordinal":
+        return ordinal_loglik(z, rows, column, theta, cols, levels=levels), 0
     raise ValueError(f"unknown family {family!r}")

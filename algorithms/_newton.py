@@ -455,10 +455,13 @@ def search(
     found = [(float(result["q"]), int(result.get("overflow", 0)))]
     if family.name == "logistic":  # Q alone, every candidate in one pass over the rows
         found += [(float(q), 0) for q in logistic_loglik(z, rows, column, thetas[1:])]
-    else:
-        for theta in thetas[1:]:
-            stats = family.stats(z, rows, column, theta, levels=levels)
-            found.append((float(stats["q"]), int(stats.get("overflow", 0))))
+    else:  # Q alone: the other candidates' H and g are never used
+        cols = _glm.design(z, column, family.name)
+        values = np.asarray(levels, dtype=np.float64)
+        found += [
+            _glm.family_loglik(family.name, z, rows, column, theta, cols, levels=values)
+            for theta in thetas[1:]
+        ]
     for i, (q, overflow) in enumerate(found):
         if overflow or not np.isfinite(q):
             unusable[i] = 1

@@ -143,6 +143,27 @@ def test_sums_over_a_split_of_rows_equal_the_pooled_statistics(family: str) -> N
         np.testing.assert_allclose(summed, value, rtol=1e-10, atol=1e-9, err_msg=key)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_line_searchs_likelihood_alone_is_the_statistics_q_to_the_bit(family: str) -> None:
+    """A line search's further candidates are answered with Q alone (``family_loglik``): the
+    very number ``family_stats`` gives, over selected rows and past one block of rows, so a
+    search accepts the same step as when every candidate's H and g were computed too."""
+    values = simulate(family, 2 * _glm.BLOCK_ROWS + 37, seed=9)
+    z = augment(values)
+    cols = _glm.design(z, 2, family)
+    keep = np.random.default_rng(10).random(values.shape[0]) < 0.7
+    levels = FAMILIES[family]
+    for seed in range(3):
+        theta = some_theta(family, cols.size, seed=seed)
+        stats = _glm.family_stats(family, z, keep, 2, theta, cols, levels=levels)
+        q, overflow = _glm.family_loglik(family, z, keep, 2, theta, cols, levels=levels)
+        assert (q, overflow) == (stats["q"], stats.get("overflow", 0))
+    if family == "poisson":  # a candidate whose means overflow is flagged, as by the stats
+        huge = np.full(cols.size, 500.0)
+        assert _glm.family_loglik(family, z, None, 2, huge, cols)[1] > 0
+        assert _glm.family_stats(family, z, None, 2, huge, cols)["overflow"] > 0
+
+
 def test_selected_rows_are_the_only_rows_counted() -> None:
     values = simulate("categorical", 300, seed=6)
     z = augment(values)
