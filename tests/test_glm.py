@@ -151,7 +151,7 @@ def test_a_line_searchs_likelihood_alone_is_the_statistics_q_to_the_bit(family: 
     values = simulate(family, 2 * _glm.BLOCK_ROWS + 37, seed=9)
     z = augment(values)
     cols = _glm.design(z, 2, family)
-    keep = np.random.default_rng(10).random(values.shape[0]) < 0.7
+    keep = np.asarray(np.random.default_rng(10).random(values.shape[0]) < 0.7)
     levels = FAMILIES[family]
     for seed in range(3):
         theta = some_theta(family, cols.size, seed=seed)
