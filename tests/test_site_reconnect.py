@@ -83,8 +83,10 @@ def _run_site(
             running = asyncio.create_task(worker.run())
             try:
                 deadline = time.monotonic() + 10
-                while not done(worker) and time.monotonic() < deadline:
+                while not done(worker) and time.monotonic() < deadline and not running.done():
                     await asyncio.sleep(0.01)
+                if running.done():  # run() never ends on its own: the site would go deaf
+                    raise AssertionError(f"the worker's run ended: {running.exception()!r}")
             finally:
                 running.cancel()
                 await asyncio.gather(running, return_exceptions=True)
@@ -146,3 +148,59 @@ def test_a_revoked_site_is_signed_out_at_the_first_refusal(tmp_path: Path) -> No
         assert store.config().refresh_token == "", "the revoked token is forgotten"
     finally:
         store.dispose()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("not a control message", "malformed control message: Invalid JSON"),
+        (
+            '{"type": "job", "job_id": "1", "state": "exploded"}',
+            "malformed control message: job.state: Input should be 'created'",
+        ),
+    ],
+)
+def test_a_malformed_message_from_central_is_shown_and_the_site_connects_again(
+    tmp_path: Path, text: str, reason: str
+) -> None:
+    """Central sends a text frame that is no control message: the worker does not crash (its
+    run goes on), says plainly what central sent, closes that connection and connects again
+    after its pause."""
+    handshakes: list[Headers] = []
+
+    async def central(socket: ServerConnection) -> None:
+        handshakes.append(socket.request.headers if socket.request else Headers())
+        if len(handshakes) == 1:
+            await socket.send(text)
+        else:
+            await socket.send(encode_control(Welcome(site_id="north1", ready=[])))
+        await socket.wait_closed()
+
+    worker, store, seen = _run_site(
+        tmp_path, central, lambda w: len(handshakes) >= 2 and w.status == "connected"
+    )
+    store.dispose()
+    assert len(handshakes) == 2, seen
+    refused = [detail for status, detail in seen if status == "reconnecting"]
+    assert refused and refused[0].startswith("central sent a message this site cannot read: "), seen
+    assert reason in refused[0], refused
+    assert seen[-1][0] == "connected"
+
+
+@pytest.mark.slow
+def test_a_malformed_request_from_central_is_shown_on_the_connection(tmp_path: Path) -> None:
+    """A binary frame that is no request is logged and shown in the connection's detail; the
+    connection stays open (central hears nothing and may ask again)."""
+
+    async def central(socket: ServerConnection) -> None:
+        await socket.send(encode_control(Welcome(site_id="north1", ready=[])))
+        await socket.send(b"\x00 not a request")
+        await socket.wait_closed()
+
+    worker, store, seen = _run_site(
+        tmp_path, central, lambda w: w.detail.startswith("central sent a request")
+    )
+    store.dispose()
+    assert worker.status == "connected", seen
+    assert worker.detail.startswith("central sent a request this site cannot read: "), seen
