@@ -21,6 +21,7 @@ import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.client import process_exception
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+from websockets.frames import CLOSE_CODE_EXPLANATIONS, CloseCode
 
 from federation.errors import ProtocolError
 from federation.job import JobEvent
@@ -215,7 +216,7 @@ class Worker:
                     self.jobs.drop_all()
                     continue
                 reason = "another connection of this site took over" if code == REPLACED else "lost"
-                self._set("reconnecting", f"connection {reason}")
+                self._set("reconnecting", _unreadable(error) or f"connection {reason}")
             except ProtocolError as error:  # closed by _serve; central may be a newer version
                 self._set("reconnecting", f"central sent a message this site cannot read: {error}")
             except (OSError, TimeoutError, WebSocketException) as error:
@@ -270,9 +271,9 @@ class Worker:
                 try:
                     await self._serve(socket, central_url)
                 except ConnectionClosed as error:
-                    if error.rcvd is not None:  # central closed it on purpose: run() says why
-                        raise
-                    self._set("reconnecting", "connection lost")
+                    if error.rcvd is not None and _unreadable(error) is None:
+                        raise  # central closed it on purpose: run() says why
+                    self._set("reconnecting", _unreadable(error) or "connection lost")
                 else:
                     self._set("reconnecting", "the connection closed")
                 config = self._store.config()
@@ -495,6 +496,21 @@ def _shapes(result: dict[str, Any]) -> dict[str, list[int]]:
     """The shape of every value of a result ([] for one number). A reply holds numbers only:
     the runner sent nothing else."""
     return {key: list(np.shape(value)) for key, value in result.items()}
+
+
+def _unreadable(error: ConnectionClosed) -> str | None:
+    """Why this site closed the connection when central sent a frame it cannot read
+    (websockets' own checks: not a WebSocket frame, text that is not UTF-8, too large), or
+    None when it closed for another reason."""
+    sent = error.sent
+    if sent is None or sent.code not in (
+        CloseCode.PROTOCOL_ERROR,
+        CloseCode.INVALID_DATA,
+        CloseCode.MESSAGE_TOO_BIG,
+    ):
+        return None
+    cause = sent.reason or CLOSE_CODE_EXPLANATIONS.get(sent.code, str(sent.code))
+    return f"central sent a frame this site cannot read ({cause}); connecting again"
 
 
 def _body(error: InvalidStatus) -> str:

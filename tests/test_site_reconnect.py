@@ -204,3 +204,40 @@ def test_a_malformed_request_from_central_is_shown_on_the_connection(tmp_path: P
     store.dispose()
     assert worker.status == "connected", seen
     assert worker.detail.startswith("central sent a request this site cannot read: "), seen
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("frame", "reason"),
+    [
+        (b"\xff\xfe", "invalid start byte"),  # a text frame that is not UTF-8
+        (
+            b"x" * (2**20),
+            "exceeds limit of 524288 bytes",
+        ),  # larger than the site accepts (max_size below)
+    ],
+)
+def test_a_frame_websockets_refuses_is_named_and_the_site_connects_again(
+    tmp_path: Path, frame: bytes, reason: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """websockets itself fails the connection (its ProtocolError, or a frame too large): the
+    detail names the reason instead of 'connection lost', and the iterator connects again."""
+    monkeypatch.setattr("portal_site.worker.MAX_FRAME_BYTES", 2**19)
+    handshakes: list[int] = []
+
+    async def central(socket: ServerConnection) -> None:
+        handshakes.append(len(handshakes))
+        if len(handshakes) == 1:
+            await socket.send(frame, text=len(frame) < 10)
+        else:
+            await socket.send(encode_control(Welcome(site_id="north1", ready=[])))
+        await socket.wait_closed()
+
+    worker, store, seen = _run_site(
+        tmp_path, central, lambda w: len(handshakes) >= 2 and w.status == "connected"
+    )
+    store.dispose()
+    details = [detail for status, detail in seen if status == "reconnecting"]
+    assert details and details[0].startswith("central sent a frame this site cannot read ("), seen
+    assert reason in details[0], details
+    assert seen[-1][0] == "connected"
