@@ -26,7 +26,7 @@ async def take_central_data(
 ) -> PortalError | None:
     """Read central's CSV for a job (multipart field ``file``) after the job is found, check it
     as a site's is checked and against what the job needs of central's rows (``checks``), and
-    hand it to the runner; the error to show, if any: the job stays as it was, waiting for a
+    hand it to the orchestrator; the error to show, if any: the job stays as it was, waiting for a
     corrected file. Messages name the file and column, never a cell's value."""
     try:
         job = await _in_thread(_visible_job, state, job_id, admin)
