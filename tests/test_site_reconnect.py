@@ -34,10 +34,15 @@ class CountingWorker(Worker):
     """The worker, counting how often its connection loop started websockets' iterator."""
 
     sessions = 0
+    pauses: list[float | None]
 
     async def _connections(self, central_url: str, ca_file: str) -> None:
         self.sessions += 1
         await super()._connections(central_url, ca_file)
+
+    async def _sleep(self, seconds: float | None) -> None:
+        self.pauses = [*getattr(self, "pauses", []), seconds]  # then really waits
+        await super()._sleep(seconds)
 
 
 def _run_site(
@@ -46,6 +51,7 @@ def _run_site(
     done: Callable[[CountingWorker], bool],
     *,
     refuse: Refusal | None = None,
+    reconnect_max_seconds: float = 1,
 ) -> tuple[CountingWorker, Store, list[tuple[str, str]]]:
     """Run the site's worker against ``central`` until ``done`` (at most 10 s); the worker,
     its store and every (status, detail) it showed."""
@@ -56,7 +62,9 @@ def _run_site(
     ca.cert_pem.write_to_path(str(ca_file))
     store = Store(f"sqlite:///{tmp_path / 'site.db'}")
     worker = CountingWorker(
-        settings=SiteSettings(data_dir=tmp_path, heartbeat_seconds=30, reconnect_max_seconds=1),
+        settings=SiteSettings(
+            data_dir=tmp_path, heartbeat_seconds=30, reconnect_max_seconds=reconnect_max_seconds
+        ),
         store=store,
         jobs=LocalJobs(approved=store.approved),
     )
@@ -241,3 +249,31 @@ def test_a_frame_websockets_refuses_is_named_and_the_site_connects_again(
     assert details and details[0].startswith("central sent a frame this site cannot read ("), seen
     assert reason in details[0], details
     assert seen[-1][0] == "connected"
+
+
+@pytest.mark.slow
+def test_a_central_that_keeps_sending_nonsense_is_asked_ever_less_often(tmp_path: Path) -> None:
+    """Each unreadable message doubles the pause before the next connection (1 s, then 2 s);
+    once central says Welcome the pause starts from 1 s again (here after central closes the
+    connection on purpose, as when another connection of the site took over)."""
+    handshakes: list[int] = []
+
+    async def central(socket: ServerConnection) -> None:
+        handshakes.append(len(handshakes))
+        if len(handshakes) <= 2:
+            await socket.send("not a control message")
+        else:
+            await socket.send(encode_control(Welcome(site_id="north1", ready=[])))
+            if len(handshakes) == 3:
+                await socket.close(4000, "replaced")
+        await socket.wait_closed()
+
+    worker, store, seen = _run_site(
+        tmp_path,
+        central,
+        lambda w: len(handshakes) >= 4 and w.status == "connected",
+        reconnect_max_seconds=8,
+    )
+    store.dispose()
+    assert len(handshakes) == 4, seen
+    assert worker.pauses == [1.0, 2.0, 1.0], seen
