@@ -19,6 +19,7 @@ import numpy as np
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from federation.errors import ProtocolError
+from federation.states import JobState
 
 PROTOCOL_VERSION = 1
 MAGIC = b"FIP1"
@@ -229,7 +230,8 @@ class JobUpdate(BaseModel):
 
     type: Literal["job"] = "job"
     job_id: str
-    state: str
+    state: JobState
+    """On the wire the state's value (``"running"``); a site refuses any other string."""
     message: str = ""
     progress: float | None = None
     step: str = ""
@@ -273,4 +275,11 @@ def decode_control(text: str) -> ControlMessage:
     try:
         return _CONTROL.validate_json(text)
     except ValidationError as error:
-        raise ProtocolError(f"malformed control message: {error.errors()[0]['msg']}") from None
+        first = error.errors()[0]
+        # loc starts with the message's type when the type was known: ('job', 'state').
+        where = ".".join(str(part) for part in first["loc"])
+        value = first.get("input")
+        got = f" (got {value!r})" if isinstance(value, str | int | float) and where else ""
+        raise ProtocolError(
+            f"malformed control message: {where + ': ' if where else ''}{first['msg']}{got}"
+        ) from None

@@ -10,7 +10,7 @@ import base64
 import hashlib
 import ipaddress
 import re
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response, StreamingResponse
 from jinja2 import (
     ChoiceLoader,
     Environment,
@@ -140,6 +140,18 @@ def render(
     )
     response.headers["Vary"] = "HX-Request"
     return response
+
+
+def attachment(body: bytes | str | Iterator[bytes], *, filename: str, media_type: str) -> Response:
+    """A file the browser saves under ``filename``, never cached; an iterator's chunks are
+    streamed as they are made."""
+    headers = {
+        "Cache-Control": "no-store",
+        "Content-Disposition": f'attachment; filename="{filename}"',
+    }
+    if isinstance(body, bytes | str):
+        return Response(body, media_type=media_type, headers=headers)
+    return StreamingResponse(body, media_type=media_type, headers=headers)
 
 
 def routes_of(*routers: APIRouter) -> list[BaseRoute]:

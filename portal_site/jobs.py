@@ -198,12 +198,9 @@ class LocalJobs:
             job = self._jobs.get(message.job_id)
             if job is None:
                 return
-            try:
-                state = JobState(message.state)
-            except ValueError:
-                log.warning("job %s: central sent an unknown state %r", job.job_id, message.state)
-                return
-            job.info = job.info.model_copy(update={"state": state, "message": message.message})
+            job.info = job.info.model_copy(
+                update={"state": message.state, "message": message.message}
+            )
             if message.progress is not None:
                 job.progress = message.progress
                 job.step = message.step

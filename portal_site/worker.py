@@ -21,6 +21,7 @@ import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.client import process_exception
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+from websockets.frames import CLOSE_CODE_EXPLANATIONS, CloseCode
 
 from federation.errors import ProtocolError
 from federation.job import JobEvent
@@ -51,6 +52,7 @@ from portal_site.store import Store
 log = logging.getLogger(__name__)
 REPLACED = 4000
 DISABLED = 4003
+UNREADABLE = 1003
 CONNECTION = "connection"
 """The broker topic of the connection's status (each message is the new status)."""
 
@@ -165,8 +167,9 @@ class Worker:
         websockets' reconnecting iterator keeps it (:meth:`_connections`); this loop starts it
         afresh when the user signs in or out or changes the settings, and decides what a
         refusal means: a revoked or disabled site is signed out (the user must sign in again),
-        an expired access token is renewed, and any other refusal is retried after a pause
-        that doubles up to FIP_SITE_RECONNECT_MAX_SECONDS."""
+        an expired access token is renewed, and any other refusal, or a message from central
+        this site cannot read, is retried after a pause that doubles up to
+        FIP_SITE_RECONNECT_MAX_SECONDS (back to 1 s once central said Welcome)."""
         while True:
             self._wake.clear()
             config = self._store.config()
@@ -213,7 +216,9 @@ class Worker:
                     self.jobs.drop_all()
                     continue
                 reason = "another connection of this site took over" if code == REPLACED else "lost"
-                self._set("reconnecting", f"connection {reason}")
+                self._set("reconnecting", _unreadable(error) or f"connection {reason}")
+            except ProtocolError as error:  # closed by _serve; central may be a newer version
+                self._set("reconnecting", f"central sent a message this site cannot read: {error}")
             except (OSError, TimeoutError, WebSocketException) as error:
                 self._set("reconnecting", f"central cannot be reached: {error}")
             await self._sleep(self._pause)
@@ -263,13 +268,12 @@ class Worker:
         sockets = cast(AsyncGenerator[ClientConnection, None], aiter(connector))
         async with contextlib.aclosing(sockets):
             async for socket in sockets:
-                self._pause = 1.0
                 try:
                     await self._serve(socket, central_url)
                 except ConnectionClosed as error:
-                    if error.rcvd is not None:  # central closed it on purpose: run() says why
-                        raise
-                    self._set("reconnecting", "connection lost")
+                    if error.rcvd is not None and _unreadable(error) is None:
+                        raise  # central closed it on purpose: run() says why
+                    self._set("reconnecting", _unreadable(error) or "connection lost")
                 else:
                     self._set("reconnecting", "the connection closed")
                 config = self._store.config()
@@ -310,9 +314,19 @@ class Worker:
                 if isinstance(message, bytes):
                     self._tasks.spawn(self._answer(socket, message), what="answering central")
                 else:
-                    control = decode_control(message)
+                    try:
+                        control = decode_control(message)
+                    except ProtocolError as error:
+                        # Not answered on this connection: close it (1003, data it cannot
+                        # accept) and let run() connect again after its pause.
+                        log.warning("central sent a malformed control message: %s", error)
+                        await socket.close(UNREADABLE, "malformed control message")
+                        raise
                     await self.jobs.on_control(control)
                     if isinstance(control, Welcome):
+                        # Central spoke sense: a later failure pauses from 1 s again (one
+                        # that keeps sending what this site cannot read is asked ever less).
+                        self._pause = 1.0
                         await self.send_policy()
         finally:
             beat.cancel()
@@ -355,8 +369,10 @@ class Worker:
         reply holds, so the ledger reads that without decoding the reply."""
         try:
             request = decode(frame)
-        except ProtocolError as error:
+        except ProtocolError as error:  # central hears nothing and asks again or gives up
             log.warning("central sent a malformed frame: %s", error)
+            self.detail = f"central sent a request this site cannot read: {error}"[:300]
+            self.jobs.broker.publish(CONNECTION, self.status)
             return
         if not isinstance(request, Request):
             return
@@ -480,6 +496,21 @@ def _shapes(result: dict[str, Any]) -> dict[str, list[int]]:
     """The shape of every value of a result ([] for one number). A reply holds numbers only:
     the runner sent nothing else."""
     return {key: list(np.shape(value)) for key, value in result.items()}
+
+
+def _unreadable(error: ConnectionClosed) -> str | None:
+    """Why this site closed the connection when central sent a frame it cannot read
+    (websockets' own checks: not a WebSocket frame, text that is not UTF-8, too large), or
+    None when it closed for another reason."""
+    sent = error.sent
+    if sent is None or sent.code not in (
+        CloseCode.PROTOCOL_ERROR,
+        CloseCode.INVALID_DATA,
+        CloseCode.MESSAGE_TOO_BIG,
+    ):
+        return None
+    cause = sent.reason or CLOSE_CODE_EXPLANATIONS.get(sent.code, str(sent.code))
+    return f"central sent a frame this site cannot read ({cause}); connecting again"
 
 
 def _body(error: InvalidStatus) -> str:

@@ -9,7 +9,19 @@ import numpy as np
 import pytest
 
 from federation.errors import ProtocolError
-from federation.protocol import MAGIC, ErrorReply, Op, Reply, Request, decode, encode
+from federation.protocol import (
+    MAGIC,
+    ErrorReply,
+    JobUpdate,
+    Op,
+    Reply,
+    Request,
+    decode,
+    decode_control,
+    encode,
+    encode_control,
+)
+from federation.states import JobState
 
 
 def test_request_with_arrays_round_trips_exactly() -> None:
@@ -151,3 +163,27 @@ def _dumped(value: object, arrays: list[np.ndarray]) -> object:
     if isinstance(value, list | tuple):
         return [_dumped(item, arrays) for item in value]
     return value
+
+
+def test_a_job_update_carries_a_known_state_as_its_value() -> None:
+    text = encode_control(JobUpdate(job_id="7", state=JobState.RUNNING, message="cycle 2"))
+    assert json.loads(text)["state"] == "running", "the wire keeps the state's string"
+    update = decode_control('{"type": "job", "job_id": "7", "state": "completed"}')
+    assert isinstance(update, JobUpdate)
+    assert type(update.state) is JobState and update.state is JobState.COMPLETED
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"type": "job", "job_id": "7", "state": "exploded"}', "job.state: Input should be"),
+        ('{"type": "job", "job_id": "7", "state": "Running"}', "(got 'Running')"),
+        ('{"type": "job", "job_id": "7"}', "job.state: Field required"),
+    ],
+)
+def test_a_job_update_with_an_unknown_state_is_refused_naming_the_field(
+    text: str, message: str
+) -> None:
+    with pytest.raises(ProtocolError, match="malformed control message") as refused:
+        decode_control(text)
+    assert message in str(refused.value)

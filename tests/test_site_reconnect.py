@@ -34,10 +34,15 @@ class CountingWorker(Worker):
     """The worker, counting how often its connection loop started websockets' iterator."""
 
     sessions = 0
+    pauses: list[float | None]
 
     async def _connections(self, central_url: str, ca_file: str) -> None:
         self.sessions += 1
         await super()._connections(central_url, ca_file)
+
+    async def _sleep(self, seconds: float | None) -> None:
+        self.pauses = [*getattr(self, "pauses", []), seconds]  # then really waits
+        await super()._sleep(seconds)
 
 
 def _run_site(
@@ -46,6 +51,7 @@ def _run_site(
     done: Callable[[CountingWorker], bool],
     *,
     refuse: Refusal | None = None,
+    reconnect_max_seconds: float = 1,
 ) -> tuple[CountingWorker, Store, list[tuple[str, str]]]:
     """Run the site's worker against ``central`` until ``done`` (at most 10 s); the worker,
     its store and every (status, detail) it showed."""
@@ -56,7 +62,9 @@ def _run_site(
     ca.cert_pem.write_to_path(str(ca_file))
     store = Store(f"sqlite:///{tmp_path / 'site.db'}")
     worker = CountingWorker(
-        settings=SiteSettings(data_dir=tmp_path, heartbeat_seconds=30, reconnect_max_seconds=1),
+        settings=SiteSettings(
+            data_dir=tmp_path, heartbeat_seconds=30, reconnect_max_seconds=reconnect_max_seconds
+        ),
         store=store,
         jobs=LocalJobs(approved=store.approved),
     )
@@ -83,8 +91,10 @@ def _run_site(
             running = asyncio.create_task(worker.run())
             try:
                 deadline = time.monotonic() + 10
-                while not done(worker) and time.monotonic() < deadline:
+                while not done(worker) and time.monotonic() < deadline and not running.done():
                     await asyncio.sleep(0.01)
+                if running.done():  # run() never ends on its own: the site would go deaf
+                    raise AssertionError(f"the worker's run ended: {running.exception()!r}")
             finally:
                 running.cancel()
                 await asyncio.gather(running, return_exceptions=True)
@@ -146,3 +156,124 @@ def test_a_revoked_site_is_signed_out_at_the_first_refusal(tmp_path: Path) -> No
         assert store.config().refresh_token == "", "the revoked token is forgotten"
     finally:
         store.dispose()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("not a control message", "malformed control message: Invalid JSON"),
+        (
+            '{"type": "job", "job_id": "1", "state": "exploded"}',
+            "malformed control message: job.state: Input should be 'created'",
+        ),
+    ],
+)
+def test_a_malformed_message_from_central_is_shown_and_the_site_connects_again(
+    tmp_path: Path, text: str, reason: str
+) -> None:
+    """Central sends a text frame that is no control message: the worker does not crash (its
+    run goes on), says plainly what central sent, closes that connection and connects again
+    after its pause."""
+    handshakes: list[Headers] = []
+
+    async def central(socket: ServerConnection) -> None:
+        handshakes.append(socket.request.headers if socket.request else Headers())
+        if len(handshakes) == 1:
+            await socket.send(text)
+        else:
+            await socket.send(encode_control(Welcome(site_id="north1", ready=[])))
+        await socket.wait_closed()
+
+    worker, store, seen = _run_site(
+        tmp_path, central, lambda w: len(handshakes) >= 2 and w.status == "connected"
+    )
+    store.dispose()
+    assert len(handshakes) == 2, seen
+    refused = [detail for status, detail in seen if status == "reconnecting"]
+    assert refused and refused[0].startswith("central sent a message this site cannot read: "), seen
+    assert reason in refused[0], refused
+    assert seen[-1][0] == "connected"
+
+
+@pytest.mark.slow
+def test_a_malformed_request_from_central_is_shown_on_the_connection(tmp_path: Path) -> None:
+    """A binary frame that is no request is logged and shown in the connection's detail; the
+    connection stays open (central hears nothing and may ask again)."""
+
+    async def central(socket: ServerConnection) -> None:
+        await socket.send(encode_control(Welcome(site_id="north1", ready=[])))
+        await socket.send(b"\x00 not a request")
+        await socket.wait_closed()
+
+    worker, store, seen = _run_site(
+        tmp_path, central, lambda w: w.detail.startswith("central sent a request")
+    )
+    store.dispose()
+    assert worker.status == "connected", seen
+    assert worker.detail.startswith("central sent a request this site cannot read: "), seen
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("frame", "reason"),
+    [
+        (b"\xff\xfe", "invalid start byte"),  # a text frame that is not UTF-8
+        (
+            b"x" * (2**20),
+            "exceeds limit of 524288 bytes",
+        ),  # larger than the site accepts (max_size below)
+    ],
+)
+def test_a_frame_websockets_refuses_is_named_and_the_site_connects_again(
+    tmp_path: Path, frame: bytes, reason: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """websockets itself fails the connection (its ProtocolError, or a frame too large): the
+    detail names the reason instead of 'connection lost', and the iterator connects again."""
+    monkeypatch.setattr("portal_site.worker.MAX_FRAME_BYTES", 2**19)
+    handshakes: list[int] = []
+
+    async def central(socket: ServerConnection) -> None:
+        handshakes.append(len(handshakes))
+        if len(handshakes) == 1:
+            await socket.send(frame, text=len(frame) < 10)
+        else:
+            await socket.send(encode_control(Welcome(site_id="north1", ready=[])))
+        await socket.wait_closed()
+
+    worker, store, seen = _run_site(
+        tmp_path, central, lambda w: len(handshakes) >= 2 and w.status == "connected"
+    )
+    store.dispose()
+    details = [detail for status, detail in seen if status == "reconnecting"]
+    assert details and details[0].startswith("central sent a frame this site cannot read ("), seen
+    assert reason in details[0], details
+    assert seen[-1][0] == "connected"
+
+
+@pytest.mark.slow
+def test_a_central_that_keeps_sending_nonsense_is_asked_ever_less_often(tmp_path: Path) -> None:
+    """Each unreadable message doubles the pause before the next connection (1 s, then 2 s);
+    once central says Welcome the pause starts from 1 s again (here after central closes the
+    connection on purpose, as when another connection of the site took over)."""
+    handshakes: list[int] = []
+
+    async def central(socket: ServerConnection) -> None:
+        handshakes.append(len(handshakes))
+        if len(handshakes) <= 2:
+            await socket.send("not a control message")
+        else:
+            await socket.send(encode_control(Welcome(site_id="north1", ready=[])))
+            if len(handshakes) == 3:
+                await socket.close(4000, "replaced")
+        await socket.wait_closed()
+
+    worker, store, seen = _run_site(
+        tmp_path,
+        central,
+        lambda w: len(handshakes) >= 4 and w.status == "connected",
+        reconnect_max_seconds=8,
+    )
+    store.dispose()
+    assert len(handshakes) == 4, seen
+    assert worker.pauses == [1.0, 2.0, 1.0], seen

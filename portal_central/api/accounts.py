@@ -10,13 +10,17 @@ from pydantic import BaseModel
 from sqlalchemy import select
 
 from portal_central.accounts import notices, passwords, service
+from portal_central.accounts.actions import (
+    apply_decision,
+    delete_account,
+    forgot_answer,
+    send_reset_link,
+)
 from portal_central.accounts.limits import client_address
 from portal_central.deps import AdminUser, CurrentUser, StateDep
 from portal_central.errors import PortalError
 from portal_central.models import OutboxMail, User
 from portal_central.paths import RowId
-from portal_central.web.admin import apply_decision, delete_account, send_reset_link
-from portal_central.web.auth import forgot_answer
 
 router = APIRouter(prefix="/api", tags=["accounts"])
 

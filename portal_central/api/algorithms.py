@@ -14,7 +14,7 @@ from federation.errors import InputError
 from portal_central import algorithms_store as store
 from portal_central.deps import AdminUser, CurrentUser, StateDep
 from portal_central.errors import NotFound
-from portal_central.web.algorithms import read_upload
+from portal_central.intake import read_upload
 from portal_common.uploads import multipart_schema
 
 router = APIRouter(prefix="/api/algorithms", tags=["algorithms"])

@@ -15,14 +15,15 @@ from federation.errors import InputError
 from portal_central.accounts.status import Role
 from portal_central.deps import AdminUser, CurrentUser, StateDep, data_upload
 from portal_central.errors import NotFound
+from portal_central.intake import take_central_data
 from portal_central.jobs import analysis, service
 from portal_central.jobs.messages import for_viewer
-from portal_central.jobs.results import result_response
+from portal_central.jobs.results import result_file
 from portal_central.models import Job, User
 from portal_central.paths import RowId
 from portal_central.state import CentralState
-from portal_central.web.jobs import take_central_data
 from portal_common.uploads import multipart_schema
+from portal_common.web import attachment
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 
@@ -363,7 +364,8 @@ def result(
     variance); ``methods``: each target's method, mice's name for it, and how R holds it."""
     with state.database.session() as session:
         job = service.get_job(session=session, job_id=job_id, user=admin)
-    return result_response(store=state.store, job=job, format=format)
+    file = result_file(store=state.store, job=job, format=format)
+    return attachment(file.body, filename=file.filename, media_type=file.media_type)
 
 
 @router.get("/{job_id}/report", response_class=Response)
@@ -371,7 +373,8 @@ def report(job_id: RowId, admin: AdminUser, state: StateDep) -> Response:
     """The job's report.json (fits, sites' rows, traffic)."""
     with state.database.session() as session:
         job = service.get_job(session=session, job_id=job_id, user=admin)
-    return result_response(store=state.store, job=job, format="report")
+    file = result_file(store=state.store, job=job, format="report")
+    return attachment(file.body, filename=file.filename, media_type=file.media_type)
 
 
 @router.post("/{job_id}/analysis")

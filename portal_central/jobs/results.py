@@ -3,15 +3,16 @@
 
 The zip and the long CSV are streamed: each chunk is made from central's table and the imputed
 cells as the client reads (:mod:`federation.outputs`), so a download costs a few MiB whatever
-the size of the file, and its first bytes leave at once.
+the size of the file, and its first bytes leave at once. What this module gives is a
+:class:`ResultFile` (its name, type and body); the routes make the HTTP response
+(``portal_common.web.attachment``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Literal
-
-from fastapi.responses import Response, StreamingResponse
 
 from federation.outputs import chains_csv, long_chunks, methods_csv, report_json, zip_chunks
 from portal_central.errors import Conflict, NotFound
@@ -28,7 +29,16 @@ _TYPES = {
 }
 
 
-def result_response(*, store: RunStore, job: Job, format: Format) -> Response:
+@dataclass(frozen=True)
+class ResultFile:
+    """A file to download: its body is made chunk by chunk when it is an iterator."""
+
+    filename: str
+    media_type: str
+    body: bytes | str | Iterator[bytes]
+
+
+def result_file(*, store: RunStore, job: Job, format: Format) -> ResultFile:
     """The file; a data download is streamed and starts the short grace before discarding.
 
     The stream holds the result it started from: discarding it from the store after the grace
@@ -47,10 +57,8 @@ def result_response(*, store: RunStore, job: Job, format: Format) -> Response:
             raise NotFound(f"the results of job {job.id} were {run.purged}; run the job again")
         raise Conflict(f"job {job.id} is {job.state}; it has no results to download")
     stem = f"job-{job.id}"
-    headers = {"Cache-Control": "no-store"}
     if format == "report":
-        headers["Content-Disposition"] = f'attachment; filename="{stem}-report.json"'
-        return Response(report_json(result.report), media_type=_TYPES[format], headers=headers)
+        return ResultFile(f"{stem}-report.json", _TYPES[format], report_json(result.report))
     if format == "chains":
         chains = chains_csv(result.report)
         if chains is None:
@@ -58,18 +66,13 @@ def result_response(*, store: RunStore, job: Job, format: Format) -> Response:
                 f"job {job.id} ran {job.algorithm.name}, which has no chains: only the chained "
                 "family (SIMICE, IMICE, AVGMMICE, CSLMICE) records chain means and variances"
             )
-        headers["Content-Disposition"] = f'attachment; filename="{stem}-chains.csv"'
-        return Response(chains, media_type=_TYPES[format], headers=headers)
+        return ResultFile(f"{stem}-chains.csv", _TYPES[format], chains)
     if format == "methods":
-        headers["Content-Disposition"] = f'attachment; filename="{stem}-methods.csv"'
-        return Response(
-            methods_csv(result.spec.targets), media_type=_TYPES[format], headers=headers
-        )
+        return ResultFile(f"{stem}-methods.csv", _TYPES[format], methods_csv(result.spec.targets))
     chunks: Iterator[bytes]
     if format == "zip":
         chunks, name = zip_chunks(result), f"{stem}-imputations.zip"
     else:
         chunks, name = long_chunks(result), f"{stem}-imputations_long.csv"
     store.downloaded(job.id)
-    headers["Content-Disposition"] = f'attachment; filename="{name}"'
-    return StreamingResponse(chunks, media_type=_TYPES[format], headers=headers)
+    return ResultFile(name, _TYPES[format], chunks)

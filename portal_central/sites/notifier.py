@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from federation.job import JobEvent
 from federation.protocol import JobUpdate
+from federation.states import JobState
 from portal_central.db import Database
 from portal_central.jobs.messages import for_viewer
 from portal_central.jobs.status import FINAL
@@ -33,7 +34,7 @@ PROGRESS_INTERVAL = 0.25
 @dataclass
 class _Audience:
     sites: list[str]
-    state: str
+    state: JobState
     message: str
 
 
@@ -107,11 +108,12 @@ class SiteNotifier:
             self._audiences.pop(job_id, None)
             self._progress_told.pop(job_id, None)
 
-    def _read(self, job_id: int) -> tuple[list[str], str, str] | None:
+    def _read(self, job_id: int) -> tuple[list[str], JobState, str] | None:
         with self._database.session() as session:
             job = session.get(Job, job_id)
             if job is None:
                 return None
             if job.parent_id is not None:  # a comparison's method: its sites follow the parent
-                return [], job.state, job.message
-            return [p.user.site_id or "" for p in job.participants], job.state, job.message
+                return [], JobState(job.state), job.message
+            sites = [p.user.site_id or "" for p in job.participants]
+            return sites, JobState(job.state), job.message

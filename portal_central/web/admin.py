@@ -11,16 +11,13 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from federation import __version__
-from portal_central.accounts import notices, passwords, service, throttle
-from portal_central.accounts.mail import MailError
+from portal_central.accounts import service, throttle
+from portal_central.accounts.actions import apply_decision, delete_account, send_reset_link
 from portal_central.accounts.status import Role
 from portal_central.deps import AdminUser, StateDep
-from portal_central.devcert import issued_by_dev_ca
 from portal_central.errors import PortalError
 from portal_central.models import OutboxMail, User
 from portal_central.paths import RowId
-from portal_central.sites.connections import DISABLED
 from portal_central.state import CentralState
 from portal_common.web import is_htmx, render
 
@@ -132,46 +129,6 @@ async def decide(
     return await _in_thread(_user_row, request, state, user, notice=notice, failed=failed, tab=tab)
 
 
-async def send_reset_link(state: CentralState, *, user_id: int) -> tuple[User, str, bool]:
-    """An admin's reset link for an account: made, committed, then mailed."""
-
-    def make() -> tuple[User, passwords.ResetLink]:
-        with state.database.session() as session:
-            user = service.get_user(session=session, user_id=user_id)
-            link = passwords.new_reset_link(
-                session=session,
-                user=user,
-                base_url=state.settings.url,
-                minutes=state.settings.password_reset_minutes,
-            )
-            return user, link
-
-    user, link = await _in_thread(make)
-    try:
-        await notices.send_reset_link(state, link, by_admin=True)
-    except MailError as error:
-        return user, f"The reset link was not sent: {error}. Send one again later.", True
-    if state.settings.smtp_host is None:
-        return user, f"A reset link for {user.username} is in the outbox: forward it.", False
-    return user, f"A reset link was mailed to {user.email}.", False
-
-
-async def delete_account(state: CentralState, *, user_id: int, admin: User) -> str:
-    """Delete an account; a site's WebSocket is closed at once. The admin's notice."""
-
-    def delete() -> service.Deleted:
-        with state.database.session() as session:
-            return service.delete_account(session=session, user_id=user_id, by=admin)
-
-    deleted = await _in_thread(delete)
-    if deleted.site_id:
-        await state.connections.close(
-            deleted.site_id, code=DISABLED, reason="this site's account was deleted"
-        )
-    kept = " Finished jobs still name its institution." if deleted.kept_for_jobs else ""
-    return f"{deleted.username} is deleted: it can no longer sign in.{kept}"
-
-
 def _presence(state: CentralState, users: list[User]) -> dict[int, tuple[bool, float | None]]:
     """Each site's connection: online now, and when central last heard from it."""
     return {
@@ -179,49 +136,6 @@ def _presence(state: CentralState, users: list[User]) -> dict[int, tuple[bool, f
         for u in users
         if u.site_id
     }
-
-
-async def apply_decision(
-    state: CentralState, *, user_id: int, action: str
-) -> tuple[User, str, bool]:
-    """Decide, commit, then mail the user; a mail failure does not undo the decision."""
-
-    def decide() -> User:
-        with state.database.session() as session:
-            return service.decide(session=session, user_id=user_id, action=action)
-
-    user = await _in_thread(decide)
-    if action == "disable" and user.site_id:
-        await state.connections.close(user.site_id, code=DISABLED, reason="this site was disabled")
-    template = {"approve": "site_approved", "reject": "site_rejected"}.get(action)
-    notice = {
-        "approve": f"Approved: site_id {user.site_id}, mailed to {user.email}.",
-        "reject": f"Rejected; {user.email} was told.",
-        "disable": "Disabled: its tokens are revoked.",
-        "enable": "Enabled again.",
-    }[action]
-    if template is None:
-        return user, notice, False
-    try:
-        await state.mailer.send(
-            to=user.email,
-            template=template,
-            user=user,
-            central_url=state.settings.url,
-            site_install=state.settings.site_install or "",
-            version=__version__,
-            own_ca=issued_by_dev_ca(state.settings.certfile),
-            tls=state.settings.tls,
-        )
-    except MailError as error:
-        return user, f"{notice.split(':')[0]}, but {error}. site_id: {user.site_id}", True
-    if state.settings.smtp_host is None:
-        notice = {
-            "approve": f"Approved: site_id {user.site_id}; the mail for {user.email} is in the "
-            "outbox (forward it).",
-            "reject": f"Rejected; the mail for {user.email} is in the outbox (forward it).",
-        }[action]
-    return user, notice, False
 
 
 @router.get("/outbox", response_class=HTMLResponse)

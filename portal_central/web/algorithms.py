@@ -9,11 +9,11 @@ from starlette.concurrency import run_in_threadpool
 from federation.registry import Algorithm, file_names
 from portal_central import algorithms_store as store
 from portal_central.deps import AdminUser, CurrentUser, StateDep
-from portal_central.errors import FieldInvalid, NotFound, PortalError
+from portal_central.errors import NotFound, PortalError
+from portal_central.intake import read_upload
 from portal_central.models import User
 from portal_central.paths import RowId
 from portal_central.state import CentralState
-from portal_common.uploads import read_form
 from portal_common.web import render
 
 router = APIRouter(prefix="/algorithms", include_in_schema=False)
@@ -68,29 +68,6 @@ async def upload(request: Request, admin: AdminUser, state: StateDep) -> Respons
 def _keep(state: CentralState, algorithm: Algorithm, admin: User) -> None:
     with state.database.session() as session:
         store.store(session=session, registry=state.registry, algorithm=algorithm, uploader=admin)
-
-
-async def read_upload(request: Request) -> dict[str, bytes]:
-    """The three uploaded files (fields central, remote, params) by their names; the names must
-    follow the contract. Read in memory, within FIP_CENTRAL_MAX_FORM_BYTES."""
-    form = await read_form(request)
-    files: dict[str, bytes] = {}
-    for field in ("central", "remote", "params"):
-        upload_file = form.file(field)
-        name = (upload_file.filename if upload_file else "").rsplit("/", 1)[-1]
-        if upload_file is None or not name:
-            raise FieldInvalid(f"choose the {field} file", field=field)
-        files[name] = bytes(upload_file.content)
-    central_name = next((n for n in files if n.endswith("Central.py")), None)
-    if central_name is None:
-        raise FieldInvalid("the central file must be named <Name>Central.py", field="central")
-    expected = file_names(central_name.removesuffix("Central.py"))
-    if set(files) != set(expected):
-        raise FieldInvalid(
-            f"the files must be named {', '.join(expected)}; got {', '.join(sorted(files))}",
-            field="remote" if expected[1] not in files else "params",
-        )
-    return files
 
 
 @router.get("/{name}", response_class=HTMLResponse)

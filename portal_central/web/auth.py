@@ -9,6 +9,7 @@ from fastapi import APIRouter, BackgroundTasks, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from portal_central.accounts import notices, passwords, service
+from portal_central.accounts.actions import forgot_answer
 from portal_central.accounts.limits import RateLimited, client_address
 from portal_central.deps import SESSION_COOKIE, CurrentUser, OptionalUser, StateDep
 from portal_central.errors import FieldInvalid, PortalError
@@ -177,14 +178,6 @@ def register(
 
 
 # ---------------------------------------------------------------- forgotten and changed passwords
-
-
-def forgot_answer(minutes: float) -> str:
-    """The one answer to "forgot password", whether or not an account matched."""
-    return (
-        "If an account has that username or email, a link to choose a new password is on its "
-        f"way there. It works once, for {minutes:g} minutes."
-    )
 
 
 @router.get("/forgot-password", response_class=HTMLResponse)

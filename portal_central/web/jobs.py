@@ -15,26 +15,23 @@ from starlette.concurrency import run_in_threadpool
 
 from federation import roles
 from federation.compare import REFERENCE_CHAINED, REFERENCE_SINGLE
-from federation.data import Table, check_columns, read_csv_chunks
 from federation.errors import InputError
 from federation.job import JobEvent
 from federation.outputs import report_json
 from federation.registry import Algorithm
-from federation.roles import check_upload, spec_text_columns
 from portal_central import algorithms_store as store
 from portal_central.accounts.status import AccountStatus, Role
 from portal_central.deps import AdminUser, CurrentUser, StateDep, data_upload
 from portal_central.errors import FieldInvalid, NotFound, PortalError
+from portal_central.intake import take_central_data
 from portal_central.jobs import analysis, checks, reports, service
 from portal_central.jobs.header import (
     ColumnSummary,
     HeaderReader,
     pattern_view,
     read_pattern_view,
-    summarize_table,
 )
-from portal_central.jobs.orchestrator import spec_of
-from portal_central.jobs.results import Format, result_response
+from portal_central.jobs.results import Format, result_file
 from portal_central.jobs.status import JobState
 from portal_central.jobs.store import Run
 from portal_central.models import Job, User
@@ -48,10 +45,9 @@ from portal_common.uploads import (
     FileStart,
     Form,
     MultipartStream,
-    file_part,
     form_of,
 )
-from portal_common.web import is_htmx, markup, render
+from portal_common.web import attachment, is_htmx, markup, render
 
 router = APIRouter(prefix="/jobs", include_in_schema=False)
 _in_thread = run_in_threadpool
@@ -449,65 +445,10 @@ def _redirect(request: Request, url: str) -> Response:
     return RedirectResponse(url, status_code=303)
 
 
-async def take_central_data(
-    request: Request, state: CentralState, job_id: int, admin: User
-) -> PortalError | None:
-    """Read central's CSV for a job (multipart field ``file``) after the job is found, check it
-    as a site's is checked and against what the job needs of central's rows (``checks``), and
-    hand it to the runner; the error to show, if any: the job stays as it was, waiting for a
-    corrected file. Messages name the file and column, never a cell's value."""
-    try:
-        job = await _in_thread(_visible_job, state, job_id, admin)
-        async with file_part(request, "file") as upload:
-            if upload is None:
-                raise FieldInvalid("choose central's CSV file", field="file")
-            # Parsed as it arrives, and checked, in worker threads: a large file must not stop
-            # the event loop, nor be held whole beside its table.
-            try:
-                table = await read_csv_chunks(
-                    upload.chunks, label=upload.filename, text=spec_text_columns(spec_of(job))
-                )
-            except InputError as error:
-                raise FieldInvalid(str(error), field="file") from None
-        await _in_thread(_check_central_table, state, job, table)
-        await state.orchestrator.upload_central_data(job, table)
-    except PortalError as error:
-        return error
-    return None
-
-
 def _visible_job(state: CentralState, job_id: int, user: User) -> Job:
     """The job if ``user`` may see it (its session closed: read only its columns)."""
     with state.database.session() as session:
         return service.get_job(session=session, job_id=job_id, user=user)
-
-
-def _check_central_table(state: CentralState, job: Job, table: Table) -> None:
-    """Central's table for ``job``, checked as a site's is (columns by name, roles and
-    levels) and against what the job needs of central's rows (``checks``): messages name the
-    file and column, never a cell's value."""
-    spec = spec_of(job)
-    try:
-        check_columns(table, job.columns)
-        # in the job's layout, text levels as the job's codes
-        coded = check_upload(table, spec, show_values=False, alone=not job.participants)
-    except InputError as error:
-        raise FieldInvalid(str(error), field="file") from None
-    checks.refuse(
-        checks.data_problems(
-            state.registry.get(job.algorithm.name, job.algorithm.version),
-            summarize_table(coded),
-            [
-                checks.TargetSpec(t["name"], t["type"], tuple(t.get("levels", ())))
-                for t in job.targets
-            ],
-            job.params,
-            sites=len(job.participants),
-            label=table.label,
-            modelled=set(spec.columns),
-        ),
-        field="file",
-    )
 
 
 def _error_page(
@@ -546,7 +487,8 @@ def _status_or_redirect(request: Request, state: CentralState, job_id: int, user
 def download(job_id: RowId, admin: AdminUser, state: StateDep, format: Format = "zip") -> Response:
     with state.database.session() as session:
         job = service.get_job(session=session, job_id=job_id, user=admin)
-    return result_response(store=state.store, job=job, format=format)
+    file = result_file(store=state.store, job=job, format=format)
+    return attachment(file.body, filename=file.filename, media_type=file.media_type)
 
 
 @router.get("/{job_id}/events")
