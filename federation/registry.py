@@ -208,6 +208,17 @@ def _builtin_folders() -> list[Path]:
     ]
 
 
+@functools.cache
+def _shipped() -> tuple[Algorithm, ...]:
+    """The built-in algorithms, read and checked once per process. They are files of the
+    installed package, which do not change under a running process any more than its Python
+    modules do; an ``Algorithm`` is not changed once read, so registries may share one."""
+    return tuple(
+        read_algorithm(folder.name, read_folder(folder), builtin=True)
+        for folder in _builtin_folders()
+    )
+
+
 class Registry:
     """Algorithms by name, each with its versions in the order they were added."""
 
@@ -216,9 +227,10 @@ class Registry:
 
     @classmethod
     def with_builtins(cls) -> Registry:
+        """A new registry of the built-in algorithms (read once per process, ``_shipped``)."""
         registry = cls()
-        for folder in _builtin_folders():
-            registry.add(read_algorithm(folder.name, read_folder(folder), builtin=True))
+        for algorithm in _shipped():
+            registry.add(algorithm)
         return registry
 
     @classmethod

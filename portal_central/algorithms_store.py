@@ -66,35 +66,43 @@ def _row(algorithm: Algorithm, *, builtin: bool, uploader: User | None) -> Algor
     )
 
 
-def sync_builtins(*, session: Session) -> None:
-    """Record every built-in version that the database does not have yet."""
-    for algorithm in Registry.with_builtins().all():
-        known = session.scalar(
-            select(AlgorithmVersion).where(
-                AlgorithmVersion.name == algorithm.name,
-                AlgorithmVersion.version == algorithm.version,
-            )
+def sync_builtins(*, session: Session, shipped: Registry | None = None) -> None:
+    """Record every built-in version (of ``shipped``, by default those of this install) that
+    the database does not have yet."""
+    stored = {
+        (row.name, row.version): row.digest
+        for row in session.execute(
+            select(AlgorithmVersion.name, AlgorithmVersion.version, AlgorithmVersion.digest)
         )
-        if known is None:
+    }
+    for algorithm in (shipped or Registry.with_builtins()).all():
+        digest = stored.get((algorithm.name, algorithm.version))
+        if digest is None:
             session.add(_row(algorithm, builtin=True, uploader=None))
             log.info("built-in algorithm %s %s registered", algorithm.name, algorithm.version)
-        elif known.digest != algorithm.digest:
+        elif digest != algorithm.digest:
             raise AlgorithmInvalid(
                 f"built-in {algorithm.name} {algorithm.version} differs from the version of that "
                 "number in the database; give changed files a new version in params.json"
             )
 
 
-def load_registry(*, session: Session) -> Registry:
+def load_registry(*, session: Session, shipped: Registry | None = None) -> Registry:
     """Every stored version (retired ones too: old jobs pin them), read and validated from its
     bytes; none of its code runs here. A version that no longer validates (stored before
-    replies were declared) is left out, with a line in the log."""
-    shipped = {a.digest for a in Registry.with_builtins().all()}
+    replies were declared) is left out, with a line in the log. A version whose digest is that
+    of a built-in of this install (``shipped``, by default read here) is that built-in, already
+    read: the digest covers all three files."""
+    builtins = {a.digest: a for a in (shipped or Registry.with_builtins()).all()}
     registry = Registry()
     rows = session.scalars(select(AlgorithmVersion).order_by(AlgorithmVersion.id))
     for row in rows:
+        known = builtins.get(row.digest)
+        if known is not None and (known.name, known.version) == (row.name, row.version):
+            registry.add(known)
+            continue
         try:
-            algorithm = read_algorithm(row.name, files_of(row), builtin=row.digest in shipped)
+            algorithm = read_algorithm(row.name, files_of(row), builtin=False)
         except AlgorithmInvalid as error:
             log.warning("algorithm %s %s cannot be used: %s", row.name, row.version, error)
             continue

@@ -71,10 +71,11 @@ class CentralState:
         notifier = SiteNotifier(
             database=database, connections=connections, store=store, tasks=tasks
         )
+        shipped = Registry.with_builtins()
         with database.session() as session:
-            sync_builtins(session=session)
+            sync_builtins(session=session, shipped=shipped)
         with database.session() as session:
-            registry = load_registry(session=session)
+            registry = load_registry(session=session, shipped=shipped)
         orchestrator = Orchestrator(
             database=database,
             registry=registry,
