@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -37,8 +37,8 @@ from portal_common.uploads import BodyLimit
 from portal_common.web import (
     ENVIRONMENT,
     STATIC,
+    CrossSiteRefusal,
     api_docs,
-    cross_site,
     is_htmx,
     render,
     routes_of,
@@ -99,17 +99,9 @@ def create_app(settings: CentralSettings) -> FastAPI:
         BodyLimit, limit=settings.max_form_bytes, setting="FIP_CENTRAL_MAX_FORM_BYTES"
     )
 
-    @app.middleware("http")
-    async def same_origin(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        """Refuse posts that a page of another site made the browser send (sign-in and
-        registration included, which carry no session yet); scripts send no Origin."""
-        if cross_site(request):
-            return await _portal_error(
-                request, Forbidden("this form was sent from another web site; refused")
-            )
-        return await call_next(request)
+    # Posts that a page of another site made the browser send are refused (sign-in and
+    # registration included, which carry no session yet); scripts send no Origin.
+    app.add_middleware(CrossSiteRefusal, allowed=None, refuse=_cross_site_refused)
 
     app.add_exception_handler(PortalError, _portal_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
@@ -157,6 +149,12 @@ def create_app(settings: CentralSettings) -> FastAPI:
 def _wants_json(request: Request) -> bool:
     return request.url.path.startswith("/api/") or "application/json" in request.headers.get(
         "accept", ""
+    )
+
+
+async def _cross_site_refused(request: Request) -> Response:
+    return await _portal_error(
+        request, Forbidden("this form was sent from another web site; refused")
     )
 
 

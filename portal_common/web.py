@@ -10,7 +10,7 @@ import base64
 import hashlib
 import ipaddress
 import re
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -353,3 +353,31 @@ def cross_site(request: Request, allowed: Collection[str] | None = None) -> bool
         return True
     netloc = f"{_bracketed(split.hostname or '')}:{port}"
     return netloc not in allowed
+
+
+class CrossSiteRefusal:
+    """ASGI middleware: a request that ``cross_site`` calls cross-site (with ``allowed`` as
+    given) is answered by ``refuse`` before any route, or any middleware inside this one,
+    reads it; every other request passes untouched. A plain ASGI middleware, like
+    ``SecurityHeaders``: ``@app.middleware("http")`` ran every request, this check's few
+    comparisons included, through a task group and memory streams of its own."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        allowed: Collection[str] | None,
+        refuse: Callable[[Request], Awaitable[Response]],
+    ) -> None:
+        self.app = app
+        self.allowed = allowed
+        self.refuse = refuse
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            request = Request(scope)
+            if cross_site(request, self.allowed):
+                response = await self.refuse(request)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -13,7 +13,15 @@ from fastapi.staticfiles import StaticFiles
 
 from portal_common import metrics as prometheus
 from portal_common.uploads import BodyLimit
-from portal_common.web import STATIC, HostCheck, api_docs, cross_site, is_htmx, render, routes_of
+from portal_common.web import (
+    STATIC,
+    CrossSiteRefusal,
+    HostCheck,
+    api_docs,
+    is_htmx,
+    render,
+    routes_of,
+)
 from portal_common.web import security_headers as install_security_headers
 from portal_site import api, pages
 from portal_site import metrics as site_metrics
@@ -59,16 +67,9 @@ def create_app(settings: SiteSettings) -> FastAPI:
     # Every body counted as it arrives; the CSV upload routes raise the limit for themselves.
     app.add_middleware(BodyLimit, limit=settings.max_form_bytes, setting="FIP_SITE_MAX_FORM_BYTES")
 
-    @app.middleware("http")
-    async def same_origin(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        """Refuse form posts from other web pages, whose Origin is not one of this portal's
-        names (the session cookie is SameSite=Strict too, and forms carry a CSRF token)."""
-        if cross_site(request, hosts):
-            return JSONResponse({"detail": "cross-site request refused"}, status_code=403)
-        response = await call_next(request)
-        return response
+    # Form posts from other web pages, whose Origin is not one of this portal's names, are
+    # refused (the session cookie is SameSite=Strict too, and forms carry a CSRF token).
+    app.add_middleware(CrossSiteRefusal, allowed=hosts, refuse=_cross_site_refused)
 
     metrics = prometheus.registry(site_metrics.families(lambda: app.state.site))
 
@@ -94,6 +95,10 @@ def create_app(settings: SiteSettings) -> FastAPI:
     install_security_headers(app)
     app.add_middleware(HostCheck, allowed=hosts)  # outermost: before any route or middleware
     return app
+
+
+async def _cross_site_refused(request: Request) -> Response:
+    return JSONResponse({"detail": "cross-site request refused"}, status_code=403)
 
 
 async def _sign_in_required(request: Request, error: SignInRequired) -> Response:

@@ -266,3 +266,29 @@ def test_fip_simulate_refuses_a_non_finite_parameter_by_name(
     assert code == 1
     assert "parameter 'ridge'" in capsys.readouterr().err
     assert not out.exists() or not any(out.iterdir()), "nothing was written"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "answers"),
+    [
+        ("/sign-in", {"data": {"username": "admin", "password": "x"}}, "text/html"),
+        ("/register", {"data": {"username": "evil"}}, "text/html"),
+        ("/api/register", {"json": {"username": "evil"}}, "application/json"),
+    ],
+)
+def test_a_post_another_web_site_made_the_browser_send_is_refused_unread(
+    central: TestClient, path: str, body: dict[str, Any], answers: str
+) -> None:
+    """Sign-in and registration carry no session yet: only the Origin shows that a page of
+    another site sent them. The refusal comes before the route reads the body."""
+    refused = central.post(path, headers={"Origin": "https://evil.example"}, **body)
+    assert refused.status_code == 403
+    assert refused.headers["content-type"].startswith(answers)
+    assert "sent from another web site; refused" in refused.text
+    assert refused.headers["X-Frame-Options"]  # the security headers wrap the refusal too
+    with_origin = central.post(
+        "/sign-in",
+        data={"username": ADMIN["username"], "password": ADMIN["password"]},
+        headers={"Origin": "http://testserver"},
+    )
+    assert with_origin.status_code in (200, 303)
