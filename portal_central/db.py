@@ -11,6 +11,8 @@ from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
+from portal_common.migrations import at_head
+
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 """Alembic's scripts for central's database (they ship in the package)."""
 
@@ -39,7 +41,15 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade(url: str) -> None:
-    """Bring the schema to the newest migration (at start-up, and `fip central db upgrade`)."""
+    """Bring the schema to the newest migration (at start-up, and `fip central db upgrade`);
+    a database already there is only looked at (``portal_common.migrations``)."""
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            if at_head(connection, MIGRATIONS):
+                return
+    finally:
+        engine.dispose()
     command.upgrade(alembic_config(url), "head")
 
 

@@ -36,6 +36,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 
 from federation.job import JobEvent
 from federation.policy import Policy
+from portal_common.migrations import at_head
 from portal_common.sqltypes import UTCDateTime
 
 log = logging.getLogger(__name__)
@@ -139,7 +140,10 @@ def alembic_config(connection: Connection) -> AlembicConfig:
 def upgrade(connection: Connection) -> None:
     """Bring the schema to the newest migration. A database that a site portal made before it
     had migrations holds the first revision's tables without Alembic's record: it is marked as
-    at that revision first, then upgraded like any other."""
+    at that revision first, then upgraded like any other. A database already at the newest
+    revision is only looked at (``portal_common.migrations``)."""
+    if at_head(connection, MIGRATIONS):
+        return
     config = alembic_config(connection)
     tables = set(inspect(connection).get_table_names())
     if "config" in tables and "alembic_version" not in tables:
