@@ -78,17 +78,6 @@ Message = Annotated[Request | Reply | ErrorReply, Field(discriminator="type")]
 _MESSAGE = TypeAdapter(Message)
 
 
-class _ArraySpec(BaseModel):
-    dtype: str
-    shape: list[int]
-    nbytes: int
-
-
-class _Header(BaseModel):
-    message: dict[str, Any]
-    arrays: list[_ArraySpec]
-
-
 def encode(message: Request | Reply | ErrorReply) -> bytes:
     """Serialise a message and the arrays inside it into one frame."""
     arrays: list[np.ndarray] = []
@@ -111,29 +100,26 @@ def decode(frame: bytes) -> Request | Reply | ErrorReply:
         raise ProtocolError("truncated frame")
     (length,) = _LENGTH.unpack_from(frame, 4)
     start = 8 + length
-    try:
-        header = _Header.model_validate_json(frame[8:start])
-    except ValidationError as error:
-        raise ProtocolError(f"malformed frame header: {error.errors()[0]['msg']}") from None
+    message, specs = _header(frame[8:start])
     arrays: list[np.ndarray] = []
     offset = start
-    for spec in header.arrays:
-        if spec.dtype not in ALLOWED_DTYPES:
-            raise ProtocolError(f"array dtype {spec.dtype!r} is not allowed on the wire")
-        dtype = np.dtype(spec.dtype)
-        if len(spec.shape) > 32 or any(not 0 <= d < 2**40 for d in spec.shape):
+    for dtype_name, shape, nbytes in specs:
+        if dtype_name not in ALLOWED_DTYPES:
+            raise ProtocolError(f"array dtype {dtype_name!r} is not allowed on the wire")
+        dtype = np.dtype(dtype_name)
+        if len(shape) > 32 or any(not 0 <= d < 2**40 for d in shape):
             raise ProtocolError("array shape is not a list of sizes")
-        count = math.prod(spec.shape)  # Python integers: no overflow
-        if spec.nbytes != dtype.itemsize * count or spec.nbytes > len(frame):
+        count = math.prod(shape)  # Python integers: no overflow
+        if nbytes != dtype.itemsize * count or nbytes > len(frame):
             raise ProtocolError("array byte length does not match its shape")
-        if offset + spec.nbytes > len(frame):
+        if offset + nbytes > len(frame):
             raise ProtocolError("truncated frame: array bytes missing")
-        flat = np.frombuffer(frame, dtype=dtype, count=spec.nbytes // dtype.itemsize, offset=offset)
-        arrays.append(flat.reshape(spec.shape))
-        offset += spec.nbytes
+        flat = np.frombuffer(frame, dtype=dtype, count=nbytes // dtype.itemsize, offset=offset)
+        arrays.append(flat.reshape(shape))
+        offset += nbytes
     if offset != len(frame):
         raise ProtocolError("frame has trailing bytes")
-    body = _insert(header.message, arrays)
+    body = _insert(message, arrays)
     if body.get("protocol_version") != PROTOCOL_VERSION:
         raise ProtocolError(
             f"protocol version {body.get('protocol_version')!r} is not supported "
@@ -186,9 +172,38 @@ def _extract(value: Any, arrays: list[np.ndarray]) -> Any:
     return value
 
 
+def _header(raw: bytes) -> tuple[dict[str, Any], list[tuple[str, list[int], int]]]:
+    """A frame header's message and its arrays' (dtype, shape, byte length), their types
+    checked: parsed by ``json.loads`` and looked at once, not validated through a model (a
+    site decodes every request before it can start on it; this takes half the time)."""
+    try:
+        header = json.loads(raw)
+    except ValueError as error:  # UnicodeDecodeError is one
+        raise ProtocolError(f"malformed frame header: {error}") from None
+    if not isinstance(header, dict):
+        raise ProtocolError("malformed frame header: not an object")
+    message, arrays = header.get("message"), header.get("arrays")
+    if not isinstance(message, dict) or not isinstance(arrays, list):
+        raise ProtocolError("malformed frame header: no message or no list of arrays")
+    specs = []
+    for spec in arrays:
+        if not isinstance(spec, dict):
+            raise ProtocolError("malformed frame header: an array is not described")
+        dtype, shape, nbytes = spec.get("dtype"), spec.get("shape"), spec.get("nbytes")
+        if (
+            not isinstance(dtype, str)
+            or not isinstance(shape, list)
+            or not all(type(d) is int for d in shape)
+            or type(nbytes) is not int
+        ):
+            raise ProtocolError("malformed frame header: an array's dtype, shape or byte length")
+        specs.append((dtype, shape, nbytes))
+    return message, specs
+
+
 def _insert(value: Any, arrays: list[np.ndarray]) -> Any:
     if isinstance(value, dict):
-        if value.keys() == {"$array"}:
+        if len(value) == 1 and "$array" in value:
             index = value["$array"]
             if not isinstance(index, int) or not 0 <= index < len(arrays):
                 raise ProtocolError("array reference out of range")

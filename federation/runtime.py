@@ -427,9 +427,13 @@ class CentralJob:
         return results
 
     async def _exchange(self, site: str, frame: bytes, ops: list[Op]) -> bytes:
-        """One site's answer to a request, within the deadline."""
+        """One site's answer to a request, within the deadline. The exchange runs in this
+        task (``asyncio.timeout``, not a task of its own as ``wait_for`` makes): every site's
+        request is on its way before central's own part of the round starts in its thread,
+        which would otherwise hold the GIL while the event loop sends."""
         try:
-            return await asyncio.wait_for(self._transport.exchange(site, frame), self.deadline)
+            async with asyncio.timeout(self.deadline):
+                return await self._transport.exchange(site, frame)
         except SiteLost:
             raise
         except TimeoutError:

@@ -99,6 +99,18 @@ def _frame(header: dict[str, object], payload: bytes = b"") -> bytes:
         (_frame({"message": {"protocol_version": 1, "type": "other"}, "arrays": []}), "malformed"),
         (_frame({"message": {"$array": 3}, "arrays": []}), "out of range"),
         (MAGIC + struct.pack("<I", 5) + b"{not}", "header"),
+        (MAGIC + struct.pack("<I", 2) + b"[]", "header: not an object"),
+        (_frame({"message": {}}), "no list of arrays"),
+        (_frame({"message": [], "arrays": []}), "no message"),
+        (_frame({"message": {}, "arrays": [8]}), "an array is not described"),
+        (
+            _frame({"message": {}, "arrays": [{"dtype": "<f8", "shape": [1], "nbytes": "8"}]}),
+            "dtype, shape or byte length",
+        ),
+        (
+            _frame({"message": {}, "arrays": [{"dtype": "<f8", "shape": [1.0], "nbytes": 8}]}),
+            "dtype, shape or byte length",
+        ),
         (
             _frame(
                 {"message": {}, "arrays": [{"dtype": "<f8", "shape": [2**32, 2**32], "nbytes": 0}]}

@@ -4,11 +4,15 @@ back whole; one long-lived HTTPS client to central; a request decoded once."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
+from sqlalchemy import Table
 
 from federation import protocol
 from federation.job import JobSpec
@@ -18,7 +22,7 @@ from portal_site.central import CentralError
 from portal_site.job_info import parse_job
 from portal_site.jobs import LocalJob
 from portal_site.state import SiteState
-from portal_site.store import Store
+from portal_site.store import LedgerEntry, LedgerWriter, Store, utcnow
 from tests.helpers import builtin
 from tests.site_fixtures import site_settings
 from tests.test_secure_aggregation import federation, secure_spec
@@ -160,3 +164,60 @@ def test_a_request_is_decoded_once_at_the_site_and_its_reply_noted_without_decod
         assert ledger[1].shapes == [{"n": [], "xtx": [5, 5], "xty": [5], "yty": []}]
     finally:
         state.store.dispose()
+
+
+def _wait_until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "the ledger's writer did not get there"
+        time.sleep(0.005)
+
+
+def test_rows_whose_write_failed_are_written_once_the_database_takes_them_in_order(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A batch the database refused (here its table is away for a moment) is tried again
+    before any later row: every message recorded is in the ledger, in the order sent."""
+    store = Store(f"sqlite:///{tmp_path / 'site.db'}")
+    try:
+        with store.engine.begin() as connection:
+            connection.exec_driver_sql("ALTER TABLE ledger RENAME TO ledger_away")
+        with caplog.at_level(logging.WARNING, logger="portal_site.store"):
+            for seq in range(3):
+                store.record(job_id="j", kind=f"op-{seq}", shapes=[], rows=0, size=1)
+            _wait_until(lambda: "not written yet" in caplog.text)
+        with store.engine.begin() as connection:
+            connection.exec_driver_sql("ALTER TABLE ledger_away RENAME TO ledger")
+        for seq in range(3, 6):
+            store.record(job_id="j", kind=f"op-{seq}", shapes=[], rows=0, size=1)
+        entries = store.ledger()
+        assert [e.kind for e in reversed(entries)] == [f"op-{seq}" for seq in range(6)]
+        assert "could not be written" not in caplog.text
+    finally:
+        store.dispose()
+
+
+def test_rows_the_database_never_takes_are_given_up_and_logged_and_later_ones_written(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After its last retry a batch is given up (the loss is in the site's log); reading the
+    ledger does not wait for it forever, and the rows recorded afterwards are written."""
+    store = Store(f"sqlite:///{tmp_path / 'site.db'}")
+    writer = LedgerWriter(store.engine, retry_pauses=(0.001,))
+    ledger = cast(Table, LedgerEntry.__table__)
+    row = {"at": utcnow(), "job_id": "j", "shapes": [], "rows": 0, "bytes": 1, "note": ""}
+    try:
+        with store.engine.begin() as connection:
+            connection.exec_driver_sql("ALTER TABLE ledger RENAME TO ledger_away")
+        with caplog.at_level(logging.WARNING, logger="portal_site.store"):
+            writer.record(ledger, {**row, "kind": "lost"})
+            writer.flush()
+        assert "1 ledger or event row(s) could not be written" in caplog.text
+        with store.engine.begin() as connection:
+            connection.exec_driver_sql("ALTER TABLE ledger_away RENAME TO ledger")
+        writer.record(ledger, {**row, "kind": "kept"})
+        writer.flush()
+        assert [e.kind for e in store.ledger()] == ["kept"]
+    finally:
+        writer.close()
+        store.dispose()
