@@ -99,16 +99,16 @@ class CsvStream:
                 self._next_cut *= 2
                 continue
             self._next_cut = _BLOCK
-            block = bytes(memoryview(self._pending)[:cut])
-            del self._pending[:cut]
-            parsed += self._parse(block)
+            parsed += self._parse(cut)
+            # the rest in a new buffer: Arrow's threads may still hold a view of this one
+            self._pending = bytearray(memoryview(self._pending)[cut:])
         return parsed
 
     def finish(self) -> list[Rows]:
         if self.layout is None:
             self._start()
-        parsed = self._parse(bytes(self._pending))
-        self._pending.clear()
+        parsed = self._parse(len(self._pending))
+        self._pending = bytearray()
         if self.rows == 0:
             raise InputError(f"{self.label}: the file has a header but no data rows")
         return parsed
@@ -122,11 +122,12 @@ class CsvStream:
             if name in self.text or name == ROW_NAMES
         )
 
-    def _parse(self, block: bytes) -> list[Rows]:
+    def _parse(self, size: int) -> list[Rows]:
+        """The rows of the first ``size`` bytes held (whole lines), read where they are."""
         assert self.layout is not None
-        if not block:
+        if not size:
             return []
-        first = self._line
+        first, block = self._line, _Block(self._pending, size)
         try:  # the named text columns only first: the common case, several times faster
             rows, endings = _rows_of(block, first, self.layout, self.label, self._textual)
         except InputError:
@@ -185,8 +186,30 @@ def _last_cut(content: bytes | bytearray, newline: bytes, stop: int) -> int:
     return cut
 
 
+class _Block:
+    """The first ``size`` bytes of ``data``: a block parsed where it was received, without a
+    copy (a fresh copy of each block cost more than its parsing by Arrow, in page faults)."""
+
+    __slots__ = ("data", "size")
+
+    def __init__(self, data: bytes | bytearray, size: int) -> None:
+        self.data, self.size = data, size
+
+    def view(self) -> memoryview:
+        return memoryview(self.data)[: self.size]
+
+    def find(self, sub: bytes) -> int:
+        return self.data.find(sub, 0, self.size)
+
+    def count(self, sub: bytes) -> int:
+        return self.data.count(sub, 0, self.size)
+
+    def endswith(self, suffix: bytes) -> bool:
+        return self.data.endswith(suffix, 0, self.size)
+
+
 def _rows_of(
-    block: bytes, first: int, layout: Layout, label: str, textual: frozenset[int]
+    block: _Block, first: int, layout: Layout, label: str, textual: frozenset[int]
 ) -> tuple[Rows | None, int]:
     """A block of whole lines parsed (None if it holds blank lines only), and the count of
     its line endings; ``first`` is the file's line number of its first line.
@@ -198,22 +221,23 @@ def _rows_of(
     exact reader."""
     unterminated = not block.endswith(layout.newline)
     parsed = None
-    if layout.newline == b"\n" and b'"' not in block:
-        parsed = _parse_plain(block, layout, textual)
-    if parsed is not None and b"\r" in block:
+    if layout.newline == b"\n" and block.find(b'"') < 0:
+        parsed = _parse_plain(block.view(), layout, textual)
+    if parsed is not None and block.find(b"\r") >= 0:
         if parsed[0].shape[0] != block.count(b"\n") + unterminated:
             parsed = None  # a CR alone ended a line: the exact reader names it
     if parsed is None:
         endings = block.count(layout.newline)
-        lines = _data_lines(block, first, layout, label)
+        whole = bytes(block.view())
+        lines = _data_lines(whole, first, layout, label)
         if not lines.size:
             return None, endings
-        values, texts = _parse_exact(block, lines, layout, label, textual)
+        values, texts = _parse_exact(whole, lines, layout, label, textual)
     else:
         values, texts = parsed
         endings = values.shape[0] - unterminated
         lines = np.arange(first, first + values.shape[0], dtype=np.int64)
-        blank = _blank_rows(block, values, texts)
+        blank = _blank_rows(block.view(), values, texts)
         if blank is not None:
             kept = ~blank
             values, lines = values[kept], lines[kept]
@@ -230,7 +254,7 @@ def _rows_of(
 
 
 def _blank_rows(
-    block: bytes, values: np.ndarray, texts: dict[int, np.ndarray]
+    block: bytes | memoryview, values: np.ndarray, texts: dict[int, np.ndarray]
 ) -> np.ndarray | None:
     """Which rows of a plain block (one per line) are blank lines, or None if none is: of
     the rows missing in every cell (few, found from the values), those whose line is empty
@@ -256,7 +280,7 @@ def _blank_rows(
 
 
 def _parse_plain(
-    block: bytes, layout: Layout, textual: frozenset[int]
+    block: bytes | memoryview, layout: Layout, textual: frozenset[int]
 ) -> tuple[np.ndarray, dict[int, np.ndarray]] | None:
     """The values (and the text columns' cells) of a plain block by Arrow's reader (its
     threads take a quarter of the block each), with the missing tokens as nulls; None where
