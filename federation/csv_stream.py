@@ -109,6 +109,7 @@ class CsvStream:
             self._start()
         parsed = self._parse(len(self._pending))
         self._pending = bytearray()
+        pa.default_memory_pool().release_unused()  # what Arrow's allocator kept of the blocks
         if self.rows == 0:
             raise InputError(f"{self.label}: the file has a header but no data rows")
         return parsed
