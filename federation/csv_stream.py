@@ -6,11 +6,13 @@ it is complete, so the per-byte work and the text held never span the file. A bl
 after a line ending outside quotes, so a row split across pieces, a quoted cell holding a line
 break or a CRLF split between two pieces is read whole.
 
-A plain block (no quotes, LF or CRLF endings) is parsed by Arrow's CSV reader; anything it does
-not take as numbers of the header's width (a ragged row, a non-numeric cell, bad UTF-8, quotes,
-CR-only lines) is parsed by the exact reader (pandas, after a count of each line's fields), which
-names the line and the column at fault. Both give the same float64 values. Line numbers are the
-file's, counted across blocks (the header is line 1; blank lines are skipped but counted).
+A plain block (no quotes, LF or CRLF endings) is parsed once, where it was received, by Arrow's
+CSV reader, which gives its rows (one per line: its blank lines are found among the rows missing
+in every cell), and converted to float64 by Arrow; anything it does not take as numbers of the
+header's width (a ragged row, a non-numeric cell, bad UTF-8, quotes, CR-only lines) is parsed
+by the exact reader (pandas, after a count of each line's fields), which names the line and the
+column at fault. Both give the same float64 values. Line numbers are the file's, counted across
+blocks (the header is line 1; blank lines are skipped but counted).
 """
 
 from __future__ import annotations

@@ -513,6 +513,9 @@ def test_a_row_of_missing_cells_is_a_row_and_a_blank_line_is_none(ending: bytes)
     )
     assert same_bits(numeric.values, table.values[:, :2])
     assert numeric.lines is not None and numeric.lines.tolist() == [2, 3, 5, 7]
+    single = read_csv(ending.join([b"a", b"1", b"", b"NA", b"2"]) + ending, label=LABEL)
+    assert same_bits(single.values, np.array([[1.0], [np.nan], [2.0]]))
+    assert single.lines is not None and single.lines.tolist() == [2, 4, 5]
 
 
 def test_a_carriage_return_inside_a_line_is_refused_with_its_line() -> None:
