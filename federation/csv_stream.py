@@ -6,11 +6,13 @@ it is complete, so the per-byte work and the text held never span the file. A bl
 after a line ending outside quotes, so a row split across pieces, a quoted cell holding a line
 break or a CRLF split between two pieces is read whole.
 
-A plain block (no quotes, LF or CRLF endings) is parsed by Arrow's CSV reader; anything it does
-not take as numbers of the header's width (a ragged row, a non-numeric cell, bad UTF-8, quotes,
-CR-only lines) is parsed by the exact reader (pandas, after a count of each line's fields), which
-names the line and the column at fault. Both give the same float64 values. Line numbers are the
-file's, counted across blocks (the header is line 1; blank lines are skipped but counted).
+A plain block (no quotes, LF or CRLF endings) is parsed once, where it was received, by Arrow's
+CSV reader, which gives its rows (one per line: its blank lines are found among the rows missing
+in every cell), and converted to float64 by Arrow; anything it does not take as numbers of the
+header's width (a ragged row, a non-numeric cell, bad UTF-8, quotes, CR-only lines) is parsed
+by the exact reader (pandas, after a count of each line's fields), which names the line and the
+column at fault. Both give the same float64 values. Line numbers are the file's, counted across
+blocks (the header is line 1; blank lines are skipped but counted).
 """
 
 from __future__ import annotations
@@ -99,16 +101,17 @@ class CsvStream:
                 self._next_cut *= 2
                 continue
             self._next_cut = _BLOCK
-            block = bytes(memoryview(self._pending)[:cut])
-            del self._pending[:cut]
-            parsed += self._parse(block)
+            parsed += self._parse(cut)
+            # the rest in a new buffer: Arrow's threads may still hold a view of this one
+            self._pending = bytearray(memoryview(self._pending)[cut:])
         return parsed
 
     def finish(self) -> list[Rows]:
         if self.layout is None:
             self._start()
-        parsed = self._parse(bytes(self._pending))
-        self._pending.clear()
+        parsed = self._parse(len(self._pending))
+        self._pending = bytearray()
+        pa.default_memory_pool().release_unused()  # what Arrow's allocator kept of the blocks
         if self.rows == 0:
             raise InputError(f"{self.label}: the file has a header but no data rows")
         return parsed
@@ -122,19 +125,20 @@ class CsvStream:
             if name in self.text or name == ROW_NAMES
         )
 
-    def _parse(self, block: bytes) -> list[Rows]:
+    def _parse(self, size: int) -> list[Rows]:
+        """The rows of the first ``size`` bytes held (whole lines), read where they are."""
         assert self.layout is not None
-        first, endings = self._line, block.count(self.layout.newline)
-        self._line += endings
-        if not block:
+        if not size:
             return []
+        first, block = self._line, _Block(self._pending, size)
         try:  # the named text columns only first: the common case, several times faster
-            rows = _rows_of(block, first, endings, self.layout, self.label, self._textual)
+            rows, endings = _rows_of(block, first, self.layout, self.label, self._textual)
         except InputError:
             if not self.all_text:
                 raise
             every = frozenset(range(len(self.layout.columns)))
-            rows = _rows_of(block, first, endings, self.layout, self.label, every)
+            rows, endings = _rows_of(block, first, self.layout, self.label, every)
+        self._line += endings
         if rows is None:
             return []
         self.rows += rows.lines.size
@@ -185,47 +189,106 @@ def _last_cut(content: bytes | bytearray, newline: bytes, stop: int) -> int:
     return cut
 
 
+class _Block:
+    """The first ``size`` bytes of ``data``: a block parsed where it was received, without a
+    copy (a fresh copy of each block cost more than its parsing by Arrow, in page faults)."""
+
+    __slots__ = ("data", "size")
+
+    def __init__(self, data: bytes | bytearray, size: int) -> None:
+        self.data, self.size = data, size
+
+    def view(self) -> memoryview:
+        return memoryview(self.data)[: self.size]
+
+    def find(self, sub: bytes) -> int:
+        return self.data.find(sub, 0, self.size)
+
+    def count(self, sub: bytes) -> int:
+        return self.data.count(sub, 0, self.size)
+
+    def endswith(self, suffix: bytes) -> bool:
+        return self.data.endswith(suffix, 0, self.size)
+
+
 def _rows_of(
-    block: bytes, first: int, endings: int, layout: Layout, label: str, textual: frozenset[int]
-) -> Rows | None:
-    """A block of whole lines parsed (None if it holds blank lines only); ``first`` is the
-    file's line number of its first line, ``endings`` the count of its line endings."""
-    plain = (
-        layout.newline == b"\n"
-        and b'"' not in block
-        and (b"\r" not in block or block.count(b"\r") == block.count(b"\r\n"))
-    )
-    lines = np.zeros(0, dtype=np.int64)
-    parsed = _parse_plain(block, layout, textual) if plain else None
-    if parsed is not None:
-        count = endings + (not block.endswith(b"\n"))
-        if parsed[0].shape[0] == count:
-            lines = np.arange(first, first + count, dtype=np.int64)
-        else:  # blank lines, which Arrow skips
-            lines = _data_lines(block, first, layout, label)
-    if parsed is None or parsed[0].shape[0] != lines.size:
-        lines = _data_lines(block, first, layout, label)
+    block: _Block, first: int, layout: Layout, label: str, textual: frozenset[int]
+) -> tuple[Rows | None, int]:
+    """A block of whole lines parsed (None if it holds blank lines only), and the count of
+    its line endings; ``first`` is the file's line number of its first line.
+
+    A plain block is parsed once, by Arrow, which also gives its lines: it reads a row per
+    line, a blank line as a row of missing cells (:func:`_blank_rows` takes those out, from
+    the bytes of the few rows missing in every cell). A CR alone, which Arrow takes as a line
+    ending, is caught by comparing its rows with the block's LFs. Any other block takes the
+    exact reader."""
+    unterminated = not block.endswith(layout.newline)
+    parsed = None
+    if layout.newline == b"\n" and block.find(b'"') < 0:
+        parsed = _parse_plain(block.view(), layout, textual)
+    if parsed is not None and block.find(b"\r") >= 0:
+        if parsed[0].shape[0] != block.count(b"\n") + unterminated:
+            parsed = None  # a CR alone ended a line: the exact reader names it
+    if parsed is None:
+        endings = block.count(layout.newline)
+        whole = bytes(block.view())
+        lines = _data_lines(whole, first, layout, label)
         if not lines.size:
-            return None
-        parsed = _parse_exact(block, lines, layout, label, textual)
-    values, texts = parsed
-    if not lines.size:
-        return None
-    rows, cols = np.nonzero(np.isinf(values))
-    if rows.size:
+            return None, endings
+        values, texts = _parse_exact(whole, lines, layout, label, textual)
+    else:
+        values, texts = parsed
+        endings = values.shape[0] - unterminated
+        lines = np.arange(first, first + values.shape[0], dtype=np.int64)
+        blank = _blank_rows(block.view(), values, texts)
+        if blank is not None:
+            kept = ~blank
+            values, lines = values[kept], lines[kept]
+            texts = {j: cells[kept] for j, cells in texts.items()}
+            if not lines.size:
+                return None, endings
+    if np.isinf(values).any():
+        rows, cols = np.nonzero(np.isinf(values))
         raise InputError(
             f"{label}: column '{layout.columns[cols[0]]}' has an infinite value on line "
             f"{lines[int(rows[0])]}"
         )
-    return Rows(values, lines, texts)
+    return Rows(values, lines, texts), endings
+
+
+def _blank_rows(
+    block: bytes | memoryview, values: np.ndarray, texts: dict[int, np.ndarray]
+) -> np.ndarray | None:
+    """Which rows of a plain block (one per line) are blank lines, or None if none is: of
+    the rows missing in every cell (few, found from the values), those whose line is empty
+    (or a lone CR before its LF)."""
+    rows = np.flatnonzero(np.isnan(values[:, 0]))
+    if rows.size:
+        rows = rows[np.isnan(values[rows]).all(axis=1)]
+    for cells in texts.values():
+        rows = rows[np.array([cell is None for cell in cells[rows]], dtype=bool)]
+    if not rows.size:
+        return None
+    buffer = np.frombuffer(block, dtype=np.uint8)
+    ends = np.flatnonzero(buffer == ord("\n"))  # one int64 per line, not per byte
+    starts = np.concatenate(([0], ends + 1))[rows]
+    lengths = np.concatenate((ends, [buffer.size]))[rows] - starts
+    carriage = buffer[np.minimum(starts, buffer.size - 1)] == ord("\r")
+    blank = (lengths == 0) | ((lengths == 1) & carriage)
+    if not blank.any():
+        return None
+    found = np.zeros(values.shape[0], dtype=bool)
+    found[rows[blank]] = True
+    return found
 
 
 def _parse_plain(
-    block: bytes, layout: Layout, textual: frozenset[int]
+    block: bytes | memoryview, layout: Layout, textual: frozenset[int]
 ) -> tuple[np.ndarray, dict[int, np.ndarray]] | None:
     """The values (and the text columns' cells) of a plain block by Arrow's reader (its
     threads take a quarter of the block each), with the missing tokens as nulls; None where
-    it refuses the block (the exact reader says why)."""
+    it refuses the block (the exact reader says why). A blank line is a row of missing cells
+    (:func:`_blank_rows` finds it)."""
     names = [f"c{j}" for j in range(len(layout.columns))]
     try:
         table = pa_csv.read_csv(
@@ -233,7 +296,9 @@ def _parse_plain(
             read_options=pa_csv.ReadOptions(
                 column_names=names, encoding="utf8", block_size=_BLOCK // 4
             ),
-            parse_options=pa_csv.ParseOptions(newlines_in_values=False, quote_char=False),
+            parse_options=pa_csv.ParseOptions(
+                newlines_in_values=False, quote_char=False, ignore_empty_lines=False
+            ),
             convert_options=pa_csv.ConvertOptions(
                 column_types={
                     name: pa.string() if j in textual else pa.float64()
@@ -245,38 +310,32 @@ def _parse_plain(
         )
     except pa.ArrowInvalid:
         return None
+    numeric = [j for j in range(len(names)) if j not in textual]
+    numbers = _float64_matrix(table.select(numeric)) if numeric else None
+    if numbers is not None and not textual:
+        return numbers, {}
     values = np.empty((table.num_rows, len(names)), dtype=np.float64)
+    if numbers is not None:
+        values[:, numeric] = numbers
     texts: dict[int, np.ndarray] = {}
-    for j, column in enumerate(table.columns):
-        if j in textual:
-            texts[j] = _as_text(column.to_numpy())
-            values[:, j] = _numbers_of(texts[j])
-        else:
-            values[:, j] = _float64s(column)
+    for j in sorted(textual):
+        texts[j] = _as_text(table.column(j).to_numpy())
+        values[:, j] = _numbers_of(texts[j])
     return values, texts
 
 
-def _float64s(column: pa.ChunkedArray) -> np.ndarray:
-    """A float64 column's cells, NaN where null, read from its Arrow buffers (pyarrow's
-    ``to_numpy`` imports pandas, a large part of fip's start-up)."""
-    parts = [_chunk_float64s(chunk) for chunk in column.chunks]
+def _float64_matrix(table: pa.Table) -> np.ndarray:
+    """An Arrow table of float64 columns as one C-ordered (rows, columns) array, NaN where
+    null, converted by Arrow (a row-major tensor of each record batch); pyarrow's
+    ``to_numpy`` and ``to_pandas`` would import pandas, a large part of fip's start-up."""
+    parts = [
+        np.asarray(batch.to_tensor(null_to_nan=True, row_major=True))
+        for batch in table.to_batches()
+        if batch.num_rows
+    ]
     if not parts:
-        return np.zeros(0)
+        return np.zeros((0, table.num_columns))
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
-
-
-def _chunk_float64s(chunk: pa.Array) -> np.ndarray:
-    """One Arrow float64 chunk as numpy, NaN where null."""
-    size, offset = len(chunk), chunk.offset
-    validity, data = chunk.buffers()
-    if data is None or chunk.null_count == size:
-        return np.full(size, np.nan)
-    values = np.frombuffer(data, dtype=np.float64, count=size, offset=8 * offset)
-    if not chunk.null_count:
-        return values
-    bits = np.frombuffer(validity, dtype=np.uint8)
-    valid = np.unpackbits(bits, count=offset + size, bitorder="little")[offset:]
-    return np.where(valid.view(bool), values, np.nan)
 
 
 def _data_lines(block: bytes, first: int, layout: Layout, label: str) -> np.ndarray:

@@ -198,6 +198,7 @@ class _Matrix:
     def _resize(self, size: int) -> None:
         try:
             self._map.resize(size)
+            _huge_pages(self._map)
         except (OSError, SystemError):  # no mremap (not Linux): a new map, and one copy
             bigger = _anonymous(size)
             kept = min(size, len(self._map))
@@ -207,8 +208,20 @@ class _Matrix:
 
 
 def _anonymous(size: int) -> mmap.mmap:
-    """Private memory (a shared map would be a file in memory, which cannot grow in place)."""
-    return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
+    """Private memory (a shared map would be a file in memory, which cannot grow in place),
+    in huge pages where the system gives them (as numpy asks for its large arrays): a page
+    fault per 2 MiB instead of per 4 KiB, which took half the time of filling the map."""
+    memory = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
+    _huge_pages(memory)
+    return memory
+
+
+def _huge_pages(memory: mmap.mmap) -> None:
+    if hasattr(mmap, "MADV_HUGEPAGE"):  # Linux
+        try:
+            memory.madvise(mmap.MADV_HUGEPAGE)
+        except OSError:  # a kernel without transparent huge pages
+            pass
 
 
 def _pieces(source: Path | bytes | bytearray, label: str) -> Iterator[bytes | memoryview]:

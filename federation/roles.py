@@ -339,23 +339,70 @@ def roles_to_wire(columns: Columns) -> dict[str, object]:
 
 def check_upload(
     table: Table, spec: JobSpec, *, show_values: bool = True, alone: bool = False
-) -> Table:
+) -> Coding:
     """Everything a job needs of an uploaded table, at central and at sites, before anyone
     waits: its columns (by name), its factors' and text targets' cells among the job's levels,
     each target's observed cells values its method takes; ``alone`` (central's table in a job
-    of no site) refuses a target it never observes. The table in the job's layout."""
-    coded = code_table(table, spec, show_values=show_values)
+    of no site) refuses a target it never observes. How the table goes into the job's layout
+    (its matrix in that layout is not built: a copy of the whole table)."""
+    coding = coding_of(table, spec, show_values=show_values)
     for target in spec.targets:
-        cells = coded.values[:, target.column]
+        cells = coding.column(target.column)
         if alone and np.isnan(cells).all():
             raise InputError(
                 f"{table.label}: column '{target.name}' is a target but every cell is missing, "
                 "and no site takes part: there is nothing to fit it on"
             )
-        check_target_values(
-            coded, target.column, target.type, show_values=show_values, levels=target.levels
+        column = Table(
+            label=table.label, columns=(target.name,), values=cells[:, None], lines=table.lines
         )
-    return coded
+        check_target_values(column, 0, target.type, show_values=show_values, levels=target.levels)
+    return coding
+
+
+@dataclass(frozen=True)
+class Coding:
+    """How a table goes into a job's layout: the table position of each of the job's
+    ``columns``, and the level indices of its factors and text targets (by job position)."""
+
+    table: Table
+    columns: tuple[str, ...]
+    positions: tuple[int, ...]
+    codes: Mapping[int, np.ndarray]
+
+    @property
+    def unchanged(self) -> bool:
+        """The table's matrix is already the job's (same columns in order, nothing coded)."""
+        return self.positions == tuple(range(len(self.table.columns))) and not self.codes
+
+    def column(self, j: int) -> np.ndarray:
+        """The job's column ``j`` (a view of the table's where it is not coded)."""
+        codes = self.codes.get(j)
+        return codes if codes is not None else self.table.values[:, self.positions[j]]
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` in the job's layout (a new array)."""
+        block = self.table.values[start:stop][:, list(self.positions)]
+        for j, codes in self.codes.items():
+            block[:, j] = codes[start:stop]
+        return block
+
+
+def coding_of(table: Table, spec: JobSpec, *, show_values: bool = True) -> Coding:
+    """How ``table`` goes into the job's layout, refusing what cannot (see
+    :func:`code_table`), without building the matrix."""
+    check_columns(table, spec.columns, ignore=spec.carried)
+    positions = tuple(table.column(name) for name in spec.columns)
+    labels = {t.name: t.labels for t in spec.targets if t.labels}
+    codes: dict[int, np.ndarray] = {}
+    for j, name in enumerate(spec.columns):
+        if name in spec.factors:
+            codes[j] = _codes(table, name, spec.factors[name], show_values, "factor")
+        elif name in labels:
+            codes[j] = _codes(table, name, labels[name], show_values, "target")
+        elif name in table.text:
+            _require_numbers(table, name, "a numeric column", show_values=show_values)
+    return Coding(table=table, columns=tuple(spec.columns), positions=positions, codes=codes)
 
 
 def code_table(table: Table, spec: JobSpec, *, show_values: bool = True) -> Table:
@@ -365,29 +412,15 @@ def code_table(table: Table, spec: JobSpec, *, show_values: bool = True) -> Tabl
     if table.coded:
         check_columns(table, spec.columns)
         return table
-    check_columns(table, spec.columns, ignore=spec.carried)
-    positions = [table.column(name) for name in spec.columns]
-    labels = {t.name: t.labels for t in spec.targets if t.labels}
-    if (
-        positions == list(range(len(table.columns)))
-        and not spec.factors
-        and not labels
-        and not table.text
-    ):
+    coding = coding_of(table, spec, show_values=show_values)
+    if coding.unchanged and not table.text:
         return replace(table, coded=True)
-    values = table.values[:, positions]
-    for j, name in enumerate(spec.columns):
-        if name in spec.factors:
-            values[:, j] = _codes(table, name, spec.factors[name], show_values, "factor")
-        elif name in labels:
-            values[:, j] = _codes(table, name, labels[name], show_values, "target")
-        elif name in table.text:
-            _require_numbers(table, name, "a numeric column", show_values=show_values)
-    kept = set(spec.factors) | set(labels) | (set(spec.carried) & set(table.columns))
+    labels = {t.name for t in spec.targets if t.labels}
+    kept = set(spec.factors) | labels | (set(spec.carried) & set(table.columns))
     return Table(
         label=table.label,
         columns=tuple(spec.columns),
-        values=values,
+        values=coding.rows(0, table.rows),
         lines=table.lines,
         text={name: cells for name, cells in table.text.items() if name in kept},
         notes=table.notes,

@@ -61,14 +61,14 @@ def _check_central_table(state: CentralState, job: Job, table: Table) -> None:
     spec = spec_of(job)
     try:
         check_columns(table, job.columns)
-        # in the job's layout, text levels as the job's codes
-        coded = check_upload(table, spec, show_values=False, alone=not job.participants)
+        # in the job's layout, text levels as the job's codes (a block at a time)
+        coding = check_upload(table, spec, show_values=False, alone=not job.participants)
     except InputError as error:
         raise FieldInvalid(str(error), field="file") from None
     checks.refuse(
         checks.data_problems(
             state.registry.get(job.algorithm.name, job.algorithm.version),
-            summarize_table(coded),
+            summarize_table(coding),
             [
                 checks.TargetSpec(t["name"], t["type"], tuple(t.get("levels", ())))
                 for t in job.targets

@@ -486,10 +486,36 @@ def test_the_plain_reader_equals_the_exact_one() -> None:
         plain = csv_stream._parse_plain(body, layout, frozenset())
         assert plain is not None
         exact, _ = csv_stream._parse_exact(body, lines, layout, LABEL, frozenset())
-        assert same_bits(plain[0], exact) and same_bits(plain[0], values)
+        blank = csv_stream._blank_rows(body, *plain)  # Arrow reads them as rows of missing cells
+        assert (blank is not None) == (b"\n\n" in body)
+        kept = plain[0] if blank is None else plain[0][~blank]
+        assert same_bits(kept, exact) and same_bits(kept, values)
         table = read_csv(content, label=LABEL)
         assert same_bits(table.values, values)
         assert [table.line(r) for r in range(table.rows)] == lines.tolist()
+
+
+@pytest.mark.parametrize("ending", [b"\n", b"\r\n"], ids=["LF", "CRLF"])
+def test_a_row_of_missing_cells_is_a_row_and_a_blank_line_is_none(ending: bytes) -> None:
+    """A row whose every cell is missing (empty or a missing token) is read, a blank line
+    beside it is skipped and counted, with a text column or without."""
+    lines = [b"a,b,t", b"1,2,x", b",,", b"", b"NA,NaN,NA", b"", b"3,4,y"]
+    content = ending.join(lines) + ending
+
+    table = read_csv(content, label=LABEL, text=("t",))
+    assert same_bits(
+        table.values, np.array([[1, 2, np.nan], [np.nan] * 3, [np.nan] * 3, [3, 4, np.nan]])
+    )
+    assert table.lines is not None and table.lines.tolist() == [2, 3, 5, 7]
+    assert table.text["t"].tolist() == ["x", None, None, "y"]
+    numeric = read_csv(
+        ending.join(line.rpartition(b",")[0] for line in lines) + ending, label=LABEL
+    )
+    assert same_bits(numeric.values, table.values[:, :2])
+    assert numeric.lines is not None and numeric.lines.tolist() == [2, 3, 5, 7]
+    single = read_csv(ending.join([b"a", b"1", b"", b"NA", b"2"]) + ending, label=LABEL)
+    assert same_bits(single.values, np.array([[1.0], [np.nan], [2.0]]))
+    assert single.lines is not None and single.lines.tolist() == [2, 4, 5]
 
 
 def test_a_carriage_return_inside_a_line_is_refused_with_its_line() -> None:

@@ -531,3 +531,42 @@ def test_a_job_with_a_factor_stays_invariant_to_a_predictors_offset(shift: float
             j = first.table.columns.index(name)
             scale = np.nanstd(a[:, j])
             np.testing.assert_allclose(a[:, j] / scale, b[:, j] / scale, rtol=0, atol=1e-8)
+
+
+def test_the_job_layout_a_block_at_a_time_equals_the_coded_table() -> None:
+    """A file in another order, with a carried text column, a text factor and a text target:
+    the upload's checks read it a block of rows at a time (``check_upload``'s coding), and
+    those blocks are the coded table's rows to the bit; a target's bad cell is still named by
+    its line."""
+    from federation.roles import check_upload, code_table
+
+    order = ["b", "f", "id", "y", "x"]
+    (central,) = tables({"central": 21}, {"central": 50}, order={"central": order}).values()
+    central.text["f"][[2, 7]] = None
+    spec = make_spec(
+        algorithm=builtin("SIMICE"),
+        central=central,
+        sites=["a"],
+        targets=[("y", "gaussian"), ("f", "categorical")],
+        params={},
+        roles={"id": CARRIED},
+    )
+
+    coding = check_upload(central, spec)
+    coded = code_table(central, spec)
+    assert coded.columns == coding.columns == tuple(spec.columns) != central.columns
+    blocks = np.vstack([coding.rows(start, start + 7) for start in range(0, central.rows, 7)])
+    assert np.array_equal(blocks.view(np.int64), coded.values.view(np.int64))
+    assert np.isnan(coded.values[[2, 7], coded.columns.index("f")]).all()
+
+    central.values[4, central.column("b")] = 0.5
+    spec_b = make_spec(
+        algorithm=builtin("SIMI"),
+        central=central,
+        sites=["a"],
+        targets=[("b", "logistic")],
+        params={},
+        roles={"id": CARRIED, "f": FACTOR},
+    )
+    with pytest.raises(InputError, match=r"central\.csv: column 'b'.*0\.5 \(line 6\)"):
+        check_upload(central, spec_b)

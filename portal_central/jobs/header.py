@@ -15,7 +15,6 @@ from algorithms import methods
 from algorithms.methods._levels import MAX_LEVELS
 from federation import roles
 from federation.csv_stream import CsvStream, Rows
-from federation.data import Table
 from federation.diagnostics import MissingPattern, md_pattern_of_counts
 
 MAX_PATTERNS = 100_000
@@ -235,18 +234,17 @@ class HeaderReader:
         return md_pattern_of_counts(self._csv.columns, missing, list(self._patterns.values()))
 
 
-def summarize_table(table: Table) -> list[ColumnSummary]:
-    """The same counts of a table already read and coded (central's upload in the job's layout,
-    text levels as their codes: ``federation.roles.code_table``), checked as its header was."""
+def summarize_table(coding: roles.Coding) -> list[ColumnSummary]:
+    """The same counts of a table already read, in the job's layout (central's upload, text
+    levels as their codes: ``federation.roles.coding_of``), checked as its header was; a block
+    of rows is put in that layout at a time, never the whole table beside itself."""
+    table = coding.table
     reader = HeaderReader(label=table.label)
     step = _SUMMARY_ROWS  # a block of rows at a time: the counts' temporaries stay small
-    reader._count(
-        [
-            Rows(table.values[start : start + step], np.arange(start, start + step), {})
-            for start in range(0, table.rows, step)
-        ]
-    )
-    return reader._summaries(table.columns, table.rows)
+    for start in range(0, table.rows, step):
+        rows = coding.rows(start, start + step)
+        reader._count([Rows(rows, np.arange(start, start + rows.shape[0]), {})])
+    return reader._summaries(coding.columns, table.rows)
 
 
 def summarize(content: bytes, *, label: str) -> list[ColumnSummary]:

@@ -25,7 +25,7 @@ from federation.errors import CentralRefused, FipError, InputError
 from federation.job import CENTRAL, JobEvent, JobSpec, target_from_wire
 from federation.protocol import Cancel, ControlMessage, Ready, Unready
 from federation.registry import Registry
-from federation.roles import code_table, spec_of_definition
+from federation.roles import coding_of, spec_of_definition
 from federation.runtime import REQUEST_SECONDS, JobResult, run_job
 from federation.simulation import add_analysis
 from federation.site import SiteRunner
@@ -106,7 +106,7 @@ class Orchestrator:
             raise Conflict(f"job {job.id} is {job.state}; its data cannot change now")
         try:
             check_columns(table, job.columns)
-            code_table(table, spec_of(job))
+            coding_of(table, spec_of(job))  # refused as the job would (without its copy)
         except InputError as error:
             raise FieldInvalid(str(error), field="file") from None
         self._store.hold_data(job.id, table)
