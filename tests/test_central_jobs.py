@@ -531,7 +531,7 @@ def test_downloads_are_streamed_in_chunks_equal_to_the_built_files(
 ) -> None:
     """Both data downloads arrive as a stream of many chunks (small ones here), with no
     Content-Length, and their bytes equal the files built whole from the same result."""
-    monkeypatch.setattr(outputs, "_CHUNK_CELLS", 64)
+    monkeypatch.setattr(outputs, "_CHUNK_CELLS", 512)
     central, done, expected = finished
     job_id = done["id"]
     headers = admin_auth(central)
