@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from bs4 import BeautifulSoup, Tag
 from fastapi.testclient import TestClient
 from sqlalchemy import select
@@ -31,6 +33,7 @@ from tests.central_fixtures import (
     upload_algorithm,
     upload_parts,
 )
+from tests.prepared_central import central_with_meandraw
 
 CENTRAL_FILE, REMOTE_FILE, PARAMS_FILE = "MEANDRAWCentral.py", "MEANDRAWRemote.py", "params.json"
 
@@ -56,6 +59,14 @@ def _versions(client: TestClient, name: str) -> list[dict[str, Any]]:
 
 def _soup(html: str) -> BeautifulSoup:
     return BeautifulSoup(html, "html.parser")
+
+
+@pytest.fixture
+def central_meandraw(tmp_path: Path) -> Iterator[TestClient]:
+    """Central as the ``central`` fixture's (SQLite), with MEANDRAW 1.0.0 uploaded already:
+    the upload, made once per run, is copied with its database (tests/prepared_central.py)."""
+    with central_with_meandraw(tmp_path) as client:
+        yield client
 
 
 def test_builtins_are_listed_after_start_up(central: TestClient) -> None:
@@ -160,8 +171,8 @@ def _retire_form(page: BeautifulSoup, version: str) -> Tag:
     raise AssertionError(f"no row for version {version}")
 
 
-def test_retire_a_version_through_the_page(central: TestClient) -> None:
-    upload_algorithm(central, meandraw_files())
+def test_retire_a_version_through_the_page(central_meandraw: TestClient) -> None:
+    central = central_meandraw  # with MEANDRAW 1.0.0
     upload_algorithm(central, meandraw_files("1.1.0"))
     csrf = browser_sign_in(central, ADMIN["username"], ADMIN["password"])
     form = _retire_form(_soup(central.get("/algorithms/MEANDRAW").text), "1.1.0")
@@ -218,8 +229,9 @@ def test_retire_a_version_through_the_page(central: TestClient) -> None:
 
 
 def test_methods_are_spelled_out_with_when_to_use_them_where_they_are_picked(
-    central: TestClient,
+    central_meandraw: TestClient,
 ) -> None:
+    central = central_meandraw  # with MEANDRAW, an upload
     browser_sign_in(central, ADMIN["username"], ADMIN["password"])
     listing = _soup(central.get("/algorithms").text)
     wizard = _soup(central.get("/jobs/new").text)
@@ -239,7 +251,7 @@ def test_methods_are_spelled_out_with_when_to_use_them_where_they_are_picked(
         assert method.title in label.get_text(" ", strip=True), name
         assert method.when in label.get_text(" ", strip=True), name
     assert "Averaged-fit imputation (average mixture, AVGM)" in page.get_text()
-    meandraw = upload_algorithm(central, meandraw_files())
+    (meandraw,) = _versions(central, "MEANDRAW")
     assert meandraw["name"] not in METHODS, "an upload shows its own description only"
 
 

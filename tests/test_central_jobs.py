@@ -39,12 +39,11 @@ from tests.central_fixtures import (
     create_admin,
     edited_csv,
     make_settings,
-    meandraw_files,
     portal_state,
     token,
-    upload_algorithm,
     wait_for_state,
 )
+from tests.prepared_central import central_with_meandraw
 from tests.r_reference import run_r
 
 TARGETS = [{"column": "bmi", "type": "gaussian"}, {"column": "smoker", "type": "logistic"}]
@@ -124,6 +123,14 @@ def _page_text(client: TestClient, job_id: int) -> str:
     return BeautifulSoup(page.text, "html.parser").get_text(" ", strip=True)
 
 
+@pytest.fixture
+def central_meandraw(tmp_path: Path) -> Iterator[TestClient]:
+    """Central as the ``central`` fixture's (SQLite), with MEANDRAW uploaded already: the
+    upload, made once per run, is copied with its database (tests/prepared_central.py)."""
+    with central_with_meandraw(tmp_path) as client:
+        yield client
+
+
 # ------------------------------------------------------------------ creation
 
 
@@ -192,8 +199,8 @@ def test_the_seed_takes_its_whole_range(central: TestClient) -> None:
         assert response.json()["seed"] == seed
 
 
-def test_every_creation_error_names_its_field(central: TestClient) -> None:
-    upload_algorithm(central, meandraw_files())  # continuous targets only
+def test_every_creation_error_names_its_field(central_meandraw: TestClient) -> None:
+    central = central_meandraw  # with MEANDRAW: continuous targets only
     north_id, north = approved_site(central, "north")
     _, south = approved_site(central, "south")
     disabled = central.post(f"/api/users/{north_id}/disable", headers=admin_auth(central))
@@ -436,16 +443,27 @@ def test_r_builds_a_mids_from_the_downloaded_zip(
     assert len(list(tmp_path.glob("plot*.png"))) == 2
 
 
+@pytest.fixture(scope="module")
+def finished(
+    tmp_path_factory: pytest.TempPathFactory, demo_files: dict[str, Path]
+) -> Iterator[tuple[TestClient, dict[str, Any], JobResult]]:
+    """A portal (SQLite) with the default job completed on central's demo data, and the same
+    job run by the simulation: for the tests that only read the job (none discards it)."""
+    folder = tmp_path_factory.mktemp("finished")
+    with _portal(folder, f"sqlite:///{folder / 'central.db'}") as client:
+        done = _run_to_completion(client, demo_files["central"])
+        yield client, done, _simulated(demo_files["central"], **_job())
+
+
 def test_a_central_only_job_runs_like_the_simulation(
-    central: TestClient, demo_files: dict[str, Path]
+    finished: tuple[TestClient, dict[str, Any], JobResult], demo_files: dict[str, Path]
 ) -> None:
+    central, done, expected = finished
     path = demo_files["central"]
-    done = _run_to_completion(central, path)
     job_id = done["id"]
     assert done["results_available"] is True
     assert done["started_at"] is not None and done["finished_at"] is not None
     assert "2 imputed datasets" in done["message"]
-    expected = _simulated(path, **_job())
     headers = admin_auth(central)
 
     long = central.get(f"/api/jobs/{job_id}/result?format=long", headers=headers)
@@ -509,14 +527,13 @@ def test_a_central_only_job_runs_like_the_simulation(
 
 
 def test_downloads_are_streamed_in_chunks_equal_to_the_built_files(
-    central: TestClient, demo_files: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+    finished: tuple[TestClient, dict[str, Any], JobResult], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Both data downloads arrive as a stream of many chunks (small ones here), with no
     Content-Length, and their bytes equal the files built whole from the same result."""
-    monkeypatch.setattr(outputs, "_CHUNK_CELLS", 64)
-    path = demo_files["central"]
-    job_id = _run_to_completion(central, path)["id"]
-    expected = _simulated(path, **_job())
+    monkeypatch.setattr(outputs, "_CHUNK_CELLS", 512)
+    central, done, expected = finished
+    job_id = done["id"]
     headers = admin_auth(central)
 
     for format, built in (("long", long_csv(expected)), ("zip", zip_bytes(expected))):

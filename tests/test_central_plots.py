@@ -1,6 +1,9 @@
 """A completed job's plausibility plots at central: the page's lazily loaded section, each SVG
 and CSV, the JSON numbers (equal to the downloaded datasets), who may see them, and what the page
-says once the results are gone; with real jobs through the API."""
+says once the results are gone; with real jobs through the API.
+
+The tests that only read a completed job share one (``finished``: a portal of the module with
+one job done, drawn once); a test that discards results or needs other data has its own."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import io
 import statistics
 import xml.etree.ElementTree as ET
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +30,7 @@ from tests.central_fixtures import (
     approved_site,
     bearer,
     browser_sign_in,
+    edited_csv,
     portal_state,
     token,
 )
@@ -33,6 +38,20 @@ from tests.test_central_jobs import _create, _portal, _run_to_completion
 
 SQLITE = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 SVG = "{http://www.w3.org/2000/svg}"
+IMPUTATIONS = 3
+"""The shared job's: not the default 2, so that no count of imputations passes by chance."""
+
+
+@pytest.fixture(scope="module")
+def finished(
+    tmp_path_factory: pytest.TempPathFactory, demo_files: dict[str, Path]
+) -> Iterator[tuple[TestClient, int]]:
+    """A portal (SQLite) with one completed IMICE job on central's demo data, for the tests
+    that only read it: its plots are drawn once for them all, as the portal's cache does."""
+    folder = tmp_path_factory.mktemp("plots")
+    with _portal(folder, f"sqlite:///{folder / 'central.db'}") as client:
+        done = _run_to_completion(client, demo_files["central"], imputations=IMPUTATIONS)
+        yield client, done["id"]
 
 
 def _long(client: TestClient, job_id: int) -> pd.DataFrame:
@@ -51,15 +70,12 @@ def _groups(long: pd.DataFrame, column: str) -> list[list[float]]:
     return groups
 
 
-@SQLITE
-def test_the_numbers_equal_the_downloaded_datasets(
-    central: TestClient, demo_files: dict[str, Path]
-) -> None:
-    job_id = _run_to_completion(central, demo_files["central"], imputations=3)["id"]
+def test_the_numbers_equal_the_downloaded_datasets(finished: tuple[TestClient, int]) -> None:
+    central, job_id = finished
     got = central.get(f"/api/jobs/{job_id}/plausibility", headers=admin_auth(central))
     assert got.status_code == 200, got.text
     numbers = got.json()
-    assert numbers["job"] == job_id and numbers["imputations"] == 3
+    assert numbers["job"] == job_id and numbers["imputations"] == IMPUTATIONS
     bmi, smoker = numbers["targets"]
     assert (bmi["name"], bmi["kind"], smoker["name"], smoker["kind"]) == (
         "bmi", "density", "smoker", "bars",
@@ -79,11 +95,10 @@ def test_the_numbers_equal_the_downloaded_datasets(
     ]
 
 
-@SQLITE
 def test_the_page_loads_the_plots_with_their_tables_svg_and_csv(
-    central: TestClient, demo_files: dict[str, Path]
+    finished: tuple[TestClient, int],
 ) -> None:
-    job_id = _run_to_completion(central, demo_files["central"])["id"]
+    central, job_id = finished
     browser_sign_in(central, ADMIN["username"], ADMIN["password"])
     page = BeautifulSoup(central.get(f"/jobs/{job_id}").text, "html.parser")
     lazy = page.find(id=f"job-{job_id}-plots")
@@ -111,6 +126,7 @@ def test_the_page_loads_the_plots_with_their_tables_svg_and_csv(
             "observed",
             "imputation 1",
             "imputation 2",
+            "imputation 3",
         ]
         table = central.get(f"/jobs/{job_id}/plots/{target['name']}.csv")
         assert table.status_code == 200
@@ -126,18 +142,16 @@ def test_the_page_loads_the_plots_with_their_tables_svg_and_csv(
     assert smoker_cells[0] == f"{first['count']} ({100 * first['share']:.1f}%)"
 
 
-@SQLITE
 def test_a_target_name_that_is_not_plain_has_its_plot(
-    central: TestClient, demo_files: dict[str, Path], tmp_path: Path
+    finished: tuple[TestClient, int], demo_files: dict[str, Path], tmp_path: Path
 ) -> None:
+    central, _ = finished  # a job of its own there: one target, the one renamed
     renamed = tmp_path / "central.csv"
-    text = demo_files["central"].read_text()
+    complete = edited_csv(demo_files["central"], tmp_path / "smoker.csv", complete=["smoker"])
+    text = complete.read_text()  # smoker complete: bmi can be the one target
     renamed.write_text(text.replace("bmi", "bmi (kg/m2)", 1))
     columns = text.splitlines()[0].replace("bmi", "bmi (kg/m2)").split(",")
-    targets = [
-        {"column": "bmi (kg/m2)", "type": "gaussian"},
-        {"column": "smoker", "type": "logistic"},
-    ]
+    targets = [{"column": "bmi (kg/m2)", "type": "gaussian"}]
     job_id = _run_to_completion(central, renamed, columns=columns, targets=targets)["id"]
     browser_sign_in(central, ADMIN["username"], ADMIN["password"])
     section = BeautifulSoup(central.get(f"/jobs/{job_id}/plots").text, "html.parser")
@@ -149,9 +163,8 @@ def test_a_target_name_that_is_not_plain_has_its_plot(
     assert "bmi_kg_m2.svg" in svg.headers["content-disposition"]
 
 
-@SQLITE
-def test_only_admins_see_the_plots(central: TestClient, demo_files: dict[str, Path]) -> None:
-    job_id = _run_to_completion(central, demo_files["central"])["id"]
+def test_only_admins_see_the_plots(finished: tuple[TestClient, int]) -> None:
+    central, job_id = finished
     approved_site(central, "north")
     site = bearer(token(central, "north", SITE_PASSWORD))
     central.cookies.clear()  # no admin's session: only the headers sent count
@@ -172,8 +185,8 @@ def test_only_admins_see_the_plots(central: TestClient, demo_files: dict[str, Pa
     assert nothing.status_code == 404
 
 
-@SQLITE
-def test_no_plots_before_completion_nor_for_a_comparison(central: TestClient) -> None:
+def test_no_plots_before_completion_nor_for_a_comparison(finished: tuple[TestClient, int]) -> None:
+    central, _ = finished
     headers = admin_auth(central)
     job = _create(central)
     early = central.get(f"/api/jobs/{job['id']}/plausibility", headers=headers)
@@ -188,7 +201,9 @@ def test_when_the_results_are_gone_the_page_says_so(
     tmp_path: Path, database_url: str, demo_files: dict[str, Path]
 ) -> None:
     with _portal(tmp_path, database_url, download_grace_seconds=0) as client:
-        job_id = _run_to_completion(client, demo_files["central"])["id"]
+        data = edited_csv(demo_files["central"], tmp_path / "smoker.csv", complete=["smoker"])
+        bmi = [{"column": "bmi", "type": "gaussian"}]  # one target: one plot to draw
+        job_id = _run_to_completion(client, data, targets=bmi)["id"]
         headers = admin_auth(client)
         before = len(CACHE)
         assert client.get(f"/jobs/{job_id}/plots/bmi.svg", headers=headers).status_code == 200
@@ -215,11 +230,10 @@ def test_when_the_results_are_gone_the_page_says_so(
         assert "the plausibility plots went with it" in page.get_text(" ", strip=True)
 
 
-@SQLITE
 def test_the_page_shows_the_trace_plots_of_a_completed_simice_job(
-    central: TestClient, demo_files: dict[str, Path]
+    finished: tuple[TestClient, int],
 ) -> None:
-    job_id = _run_to_completion(central, demo_files["central"])["id"]
+    central, job_id = finished
     browser_sign_in(central, ADMIN["username"], ADMIN["password"])
     section = BeautifulSoup(central.get(f"/jobs/{job_id}/plots").text, "html.parser")
     report = central.get(f"/api/jobs/{job_id}/report", headers=admin_auth(central)).json()

@@ -47,10 +47,10 @@ from tests.central_fixtures import (
     polling_pauses,
     portal_state,
     token,
-    upload_algorithm,
     upload_parts,
 )
 from tests.federation_env import Federation, connect_site
+from tests.prepared_central import central_with_meandraw
 from tests.processes import TcpProxy, wait_for
 
 CHAINED = [{"column": "bmi", "type": "gaussian"}, {"column": "smoker", "type": "logistic"}]
@@ -164,6 +164,14 @@ def _page(client: TestClient, job_id: int) -> BeautifulSoup:
     return _soup(response.text)
 
 
+@pytest.fixture
+def central_meandraw(tmp_path: Path) -> Iterator[TestClient]:
+    """Central as the ``central`` fixture's (SQLite), with MEANDRAW uploaded already: the
+    upload, made once per run, is copied with its database (tests/prepared_central.py)."""
+    with central_with_meandraw(tmp_path) as client:
+        yield client
+
+
 # ------------------------------------------------------------------ creation
 
 
@@ -244,8 +252,8 @@ def test_a_comparison_is_a_parent_with_one_child_per_method(central: TestClient)
     assert again.json()["field"] == "compare" and "at least one method" in again.json()["detail"]
 
 
-def test_comparison_creation_errors_name_their_field(central: TestClient) -> None:
-    upload_algorithm(central, meandraw_files())  # one continuous target; no ridge parameter
+def test_comparison_creation_errors_name_their_field(central_meandraw: TestClient) -> None:
+    central = central_meandraw  # with MEANDRAW: one continuous target; no ridge parameter
     cases: list[tuple[str, dict[str, Any], str, list[str]]] = [
         # (case, overrides, field, words in the message)
         (
@@ -463,13 +471,13 @@ def test_a_comparison_runs_every_method_on_centrals_data(
 
 
 def test_a_failed_method_leaves_the_comparison_partial_and_is_retried(
-    central: TestClient, demo_files: dict[str, Path]
+    central_meandraw: TestClient, demo_files: dict[str, Path]
 ) -> None:
     """SIMI with ridge 0 fails on demo central with two equal predictors (a singular fit that
     no check can see before it); MEANDRAW, an uploaded method, imputes bmi. The comparison is
     partial and keeps central's data for a retry; a retry is a new child job (the failed one
     stays failed); cancel releases the data."""
-    upload_algorithm(central, meandraw_files())
+    central = central_meandraw  # MEANDRAW is there already
     path = _collinear(demo_files)
     parent = _create(
         central,
@@ -577,11 +585,11 @@ def test_a_failed_method_leaves_the_comparison_partial_and_is_retried(
 
 
 def test_a_partial_comparisons_data_expires_and_the_comparison_says_so(
-    central: TestClient, demo_files: dict[str, Path]
+    central_meandraw: TestClient, demo_files: dict[str, Path]
 ) -> None:
     """Central's rows kept for a retry do not stay forever: once nothing used them for the
     results' expiry time they go, and the comparison is cancelled with the reason."""
-    upload_algorithm(central, meandraw_files())
+    central = central_meandraw  # MEANDRAW is there already
     parent = _create(
         central,
         algorithm="SIMI",
@@ -675,9 +683,8 @@ def _compare_boxes(html: str) -> list[Tag]:
     return _soup(html).select("fieldset.compare input[type=checkbox][name=compare]")
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # no storage
-def test_the_wizard_offers_methods_of_the_same_kind(central: TestClient) -> None:
-    upload_algorithm(central, meandraw_files())  # a third-party one-target method
+def test_the_wizard_offers_methods_of_the_same_kind(central_meandraw: TestClient) -> None:
+    central = central_meandraw  # with MEANDRAW, a third-party one-target method
     csrf = browser_sign_in(central, ADMIN["username"], ADMIN["password"])
     offered = {}
     for algorithm in ("SIMI", "IMI", "SIMICE", "CSLMICE", "MEANDRAW"):
@@ -794,11 +801,10 @@ def test_the_comparison_page_opens_before_it_runs(central: TestClient) -> None:
     assert [(r[0], r[1]) for r in rows] == [("SIMI", "created"), ("IMI", "created")]
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # memory only
 def test_a_comparison_with_an_intercept_only_method_is_reported(
-    central: TestClient, demo_files: dict[str, Path]
+    central_meandraw: TestClient, demo_files: dict[str, Path]
 ) -> None:
-    upload_algorithm(central, meandraw_files())
+    central = central_meandraw  # MEANDRAW is there already
     parent = _create(
         central, algorithm="SIMI", compare=["MEANDRAW"], targets=SBP, parameters={}, seed=3
     )
@@ -810,11 +816,10 @@ def test_a_comparison_with_an_intercept_only_method_is_reported(
     assert central.get(f"/jobs/{parent['id']}", headers=admin_auth(central)).status_code == 200
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # memory only
 def test_cancelling_a_partial_comparison_through_a_method_says_so(
-    central: TestClient, demo_files: dict[str, Path]
+    central_meandraw: TestClient, demo_files: dict[str, Path]
 ) -> None:
-    upload_algorithm(central, meandraw_files())
+    central = central_meandraw  # MEANDRAW is there already
     parent = _create(
         central,
         algorithm="SIMI",
@@ -831,11 +836,10 @@ def test_cancelling_a_partial_comparison_through_a_method_says_so(
     assert _get(central, parent["id"])["message"] == "cancelled at central"
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # no storage
 def test_the_wizard_creates_every_comparison_it_offers(
-    central: TestClient, demo_files: dict[str, Path]
+    central_meandraw: TestClient, demo_files: dict[str, Path]
 ) -> None:
-    upload_algorithm(central, meandraw_files())
+    central = central_meandraw  # MEANDRAW is there already
     _, north = approved_site(central, "north")  # the wizard refuses a pooled job with no site
     csrf = browser_sign_in(central, ADMIN["username"], ADMIN["password"])
     form = {
