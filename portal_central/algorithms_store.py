@@ -154,8 +154,10 @@ def current(
     return in_service[-1]
 
 
-def validate_upload(files: dict[str, bytes]) -> Algorithm:
-    """Load an upload (named by its Central file) and run it on synthetic data."""
+def validate_upload(files: dict[str, bytes], registry: Registry) -> Algorithm:
+    """Load an upload (named by its Central file) and run it on synthetic data. A version
+    number ``registry`` holds already is refused before the trial run (``store`` checks the
+    database again, where two uploads of one number would meet)."""
     centrals = [name for name in files if name.endswith("Central.py")]
     if len(centrals) != 1:
         raise FieldInvalid("the central file must be named <Name>Central.py", field="central")
@@ -164,6 +166,9 @@ def validate_upload(files: dict[str, bytes]) -> Algorithm:
         algorithm = load_algorithm(name, files)
     except AlgorithmInvalid as error:
         raise FieldInvalid(str(error), field=_field_of(str(error), name)) from None
+    for known in registry.versions(algorithm.name):
+        if known.version == algorithm.version:
+            raise _taken(algorithm, known.digest)
     said: list[str] = []  # what the remote half said at the synthetic sites: for its uploader
 
     def note(event: JobEvent) -> None:
@@ -193,17 +198,22 @@ def store(
         )
     )
     if known is not None:
-        same = " with the same files" if known.digest == algorithm.digest else ""
-        raise Conflict(
-            f"{algorithm.name} version {algorithm.version} exists already{same}; "
-            "give the new files a new version in params.json",
-            field="params",
-        )
+        raise _taken(algorithm, known.digest)
     row = _row(algorithm, builtin=False, uploader=uploader)
     session.add(row)
     session.flush()
     registry.add(algorithm)
     return row
+
+
+def _taken(algorithm: Algorithm, digest: str) -> Conflict:
+    """The refusal of a version number that exists already (with files of ``digest``)."""
+    same = " with the same files" if digest == algorithm.digest else ""
+    return Conflict(
+        f"{algorithm.name} version {algorithm.version} exists already{same}; "
+        "give the new files a new version in params.json",
+        field="params",
+    )
 
 
 def retire(
@@ -232,5 +242,5 @@ def _field_of(message: str, name: str) -> str:
     return "params"
 
 
-async def validate_upload_async(files: dict[str, bytes]) -> Algorithm:
-    return await asyncio.to_thread(validate_upload, files)
+async def validate_upload_async(files: dict[str, bytes], registry: Registry) -> Algorithm:
+    return await asyncio.to_thread(validate_upload, files, registry)

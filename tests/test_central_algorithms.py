@@ -525,3 +525,25 @@ def test_a_job_too_wide_for_one_message_is_refused_when_it_is_created(
     assert refused.status_code == 422, refused.text
     assert "SIMI on 3000 columns makes replies of 69 MiB" in refused.text
     assert "more than the 64 MiB a message between central and a site may carry" in refused.text
+
+
+def test_a_version_number_taken_is_refused_before_its_trial_run(
+    central_meandraw: TestClient,
+) -> None:
+    """Running new code to refuse its number anyway would cost a trial (sandbox processes) and
+    report the wrong fault: here the new files would fail their trial, and the answer is about
+    the number."""
+    files = meandraw_files()
+    remote = "MEANDRAWRemote.py"
+    broken = (
+        b"\n\ndef broken(site):\n    raise RuntimeError('x')\n\n\nHANDLERS = {'moments': broken}\n"
+    )
+    files[remote] = files[remote] + broken
+    refused = central_meandraw.post(
+        "/api/algorithms", files=upload_parts(files), headers=admin_auth(central_meandraw)
+    )
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["field"] == "params"
+    assert "MEANDRAW version 1.0.0 exists already;" in refused.json()["detail"]
+    assert "trial run" not in refused.json()["detail"]
+    assert [v["version"] for v in _versions(central_meandraw, "MEANDRAW")] == ["1.0.0"]

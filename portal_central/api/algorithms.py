@@ -69,7 +69,7 @@ async def upload(request: Request, admin: AdminUser, state: StateDep) -> Version
     """Upload an algorithm or a new version (multipart fields central, remote, params: the files
     <Name>Central.py, <Name>Remote.py, params.json); it is validated and run once before it is
     stored. Read after the token is checked, in memory, within FIP_CENTRAL_MAX_FORM_BYTES."""
-    algorithm = await store.validate_upload_async(await read_upload(request))
+    algorithm = await store.validate_upload_async(await read_upload(request), state.registry)
 
     def keep() -> VersionOut:
         with state.database.session() as session:

@@ -49,7 +49,7 @@ async def upload(request: Request, admin: AdminUser, state: StateDep) -> Respons
     """Upload a new algorithm or a new version: validated, run once, then stored. The form
     (three small files) is read in memory after the admin and the CSRF token are checked."""
     try:
-        algorithm = await store.validate_upload_async(await read_upload(request))
+        algorithm = await store.validate_upload_async(await read_upload(request), state.registry)
         await run_in_threadpool(_keep, state, algorithm, admin)
     except PortalError as error:
         return await run_in_threadpool(
