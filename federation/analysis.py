@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy import special, stats
+from scipy import special
 
 from federation.errors import FitError, InputError
 from federation.formula import (
@@ -270,8 +270,10 @@ def pool(
     fmi = (riv + 2.0 / (df + 3.0)) / (riv + 1.0)
     se = np.sqrt(t)
     statistic = qbar / se
-    p_value = 2.0 * stats.t.sf(np.abs(statistic), np.maximum(df, 0.001))
-    half = stats.t.ppf(0.975, df) * se
+    # Student's t through scipy.special (what scipy.stats.t computes, to the bit), sparing the
+    # import of scipy.stats (about 0.8 s) to every process that pools an analysis
+    p_value = 2.0 * special.stdtr(np.maximum(df, 0.001), -np.abs(statistic))
+    half = special.stdtrit(df, 0.975) * se
     columns = {
         "estimate": qbar, "std.error": se, "statistic": statistic, "df": df, "p.value": p_value,
         "conf.low": qbar - half, "conf.high": qbar + half, "ubar": ubar, "b": b, "t": t,
@@ -308,7 +310,7 @@ def imputations_needed(fmi: float, m: int, *, cv: float = TARGET_CV, alpha: floa
     information ``fmi``, the imputations needed for standard errors that would change by at most
     ``cv`` if imputed again, taking the upper (1 - alpha) bound of the fmi on the logit scale."""
     clipped = min(max(fmi, 1e-12), 1.0 - 1e-12)
-    upper = special.expit(special.logit(clipped) + stats.norm.ppf(1 - alpha / 2) * math.sqrt(2 / m))
+    upper = special.expit(special.logit(clipped) + special.ndtri(1 - alpha / 2) * math.sqrt(2 / m))
     return math.ceil(1.0 + 0.5 * (float(upper) / cv) ** 2)
 
 
