@@ -19,6 +19,7 @@ import pytest
 from federation.plots import (
     RASTER_POINTS,
     Cells,
+    TargetPlot,
     bw_nrd0,
     describe,
     draw,
@@ -62,6 +63,12 @@ def result() -> JobResult:
     )
 
 
+@pytest.fixture(scope="module")
+def plots(result: JobResult) -> tuple[TargetPlot, ...]:
+    """The job's figures, drawn once and read by several tests (a tuple: none may replace one)."""
+    return tuple(plausibility(result))
+
+
 def _groups(result: JobResult, column: int) -> list[list[float]]:
     """Observed cells, then each imputation's imputed cells, from the datasets themselves."""
     original = result.dataset(0)
@@ -73,8 +80,9 @@ def _groups(result: JobResult, column: int) -> list[list[float]]:
     return groups
 
 
-def test_the_density_table_equals_the_data(result: JobResult) -> None:
-    plots = plausibility(result)
+def test_the_density_table_equals_the_data(
+    result: JobResult, plots: tuple[TargetPlot, ...]
+) -> None:
     assert [p.name for p in plots] == ["weight (kg)", "smoker"]
     rows = plots[0].numbers.rows()
     assert [(r["imp"], r["cells"]) for r in rows] == [(0, "observed")] + [
@@ -89,8 +97,8 @@ def test_the_density_table_equals_the_data(result: JobResult) -> None:
         assert (row["q1"], row["median"], row["q3"]) == pytest.approx((q1, median, q3), rel=1e-12)
 
 
-def test_the_bar_table_counts_each_level(result: JobResult) -> None:
-    numbers = plausibility(result)[1].numbers
+def test_the_bar_table_counts_each_level(result: JobResult, plots: tuple[TargetPlot, ...]) -> None:
+    numbers = plots[1].numbers
     assert numbers.kind == "bars" and numbers.levels == (0.0, 1.0)
     by_group: dict[int, dict[str, tuple[int, float]]] = {}
     for row in numbers.rows():
@@ -113,8 +121,10 @@ def _group(root: ET.Element, gid: str) -> ET.Element:
     return found
 
 
-def test_the_svg_has_a_title_a_description_and_a_point_per_cell(result: JobResult) -> None:
-    density = plausibility(result)[0]
+def test_the_svg_has_a_title_a_description_and_a_point_per_cell(
+    result: JobResult, plots: tuple[TargetPlot, ...]
+) -> None:
+    density = plots[0]
     root = _svg(density.svg)
     title, desc = root.find(f"{SVG}title"), root.find(f"{SVG}desc")
     assert title is not None and title.text is not None and "weight (kg)" in title.text
@@ -135,8 +145,10 @@ def _bar_height(root: ET.Element, gid: str) -> float:
     return max(ys) - min(ys)
 
 
-def test_bar_heights_are_proportional_to_the_counts(result: JobResult) -> None:
-    bars = plausibility(result)[1]
+def test_bar_heights_are_proportional_to_the_counts(
+    result: JobResult, plots: tuple[TargetPlot, ...]
+) -> None:
+    bars = plots[1]
     root = _svg(bars.svg)
     ratios = []
     for imp, cells in enumerate(_groups(result, 2)):
@@ -149,8 +161,10 @@ def test_bar_heights_are_proportional_to_the_counts(result: JobResult) -> None:
     assert max(ratios) - min(ratios) < 1e-3 * max(ratios)
 
 
-def test_the_same_job_draws_the_same_bytes_with_no_date(result: JobResult) -> None:
-    first, second = plausibility(result), plausibility(result)
+def test_the_same_job_draws_the_same_bytes_with_no_date(
+    result: JobResult, plots: tuple[TargetPlot, ...]
+) -> None:
+    first, second = plots, plausibility(result)  # drawn apart: the fixture's, then again
     assert [p.svg for p in first] == [p.svg for p in second]
     assert b"<dc:date>" not in first[0].svg
 

@@ -5,6 +5,7 @@ refused; a lost site makes its round start again with fresh masks."""
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -483,12 +484,12 @@ def run_dropping(
     return result, transport
 
 
-@pytest.mark.parametrize("after", [False, True], ids=["before-it-ran", "after-it-ran"])
-def test_a_site_lost_during_a_masked_round_restarts_it_with_fresh_masks(after: bool) -> None:
-    """The round starts again with a new round number; the instructions that rode on the lost
-    request run once at the lost site, so the imputations equal an undisturbed run's."""
+@functools.cache
+def undisturbed_run() -> JobResult:
+    """The masked SIMICE job of ``run_dropping`` with no site lost: run once, shared (read only)
+    by the tests that compare a disturbed run against it."""
     central, sites = federation(19)
-    undisturbed = run(
+    return run(
         "SIMICE",
         central,
         sites,
@@ -497,6 +498,13 @@ def test_a_site_lost_during_a_masked_round_restarts_it_with_fresh_masks(after: b
         imputations=2,
         secure_aggregation=True,
     )
+
+
+@pytest.mark.parametrize("after", [False, True], ids=["before-it-ran", "after-it-ran"])
+def test_a_site_lost_during_a_masked_round_restarts_it_with_fresh_masks(after: bool) -> None:
+    """The round starts again with a new round number; the instructions that rode on the lost
+    request run once at the lost site, so the imputations equal an undisturbed run's."""
+    undisturbed = undisturbed_run()
     result, transport = run_dropping(drops={"site1": {0, 3}}, after=after)
     assert result.report["secure_aggregation"]["restarts"] == 2
     same_imputations(undisturbed, result, rtol=1e-12)
@@ -534,15 +542,7 @@ def test_sites_lost_in_turn_run_the_instructions_once() -> None:
     """site1 is lost on a round, site2 on its restart before it ran: the second restart still
     runs the instructions of the first request once at each site."""
     central, sites = federation(19)
-    undisturbed = run(
-        "SIMICE",
-        central,
-        sites,
-        [("g", "gaussian"), ("b", "logistic")],
-        seed=21,
-        imputations=2,
-        secure_aggregation=True,
-    )
+    undisturbed = undisturbed_run()
     chosen = builtin("SIMICE")
     spec = make_spec(
         algorithm=chosen,
