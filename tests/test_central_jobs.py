@@ -450,6 +450,27 @@ def test_a_job_read_runs_a_few_statements_without_the_algorithm_files(
     assert [c.parent_id for c in read.children] == [read.id] * len(read.children)
 
 
+def test_a_job_page_reads_the_signed_in_account_in_one_statement(central: TestClient) -> None:
+    _, north = approved_site(central, "north")
+    job = _create(central, participants=[north])
+    browser_sign_in(central, ADMIN["username"], ADMIN["password"])
+    state = portal_state(central)
+    statements: list[str] = []
+
+    def record(_connection: object, _cursor: object, statement: str, *_: object) -> None:
+        statements.append(statement)
+
+    event.listen(state.database.engine, "before_cursor_execute", record)
+    try:
+        page = central.get(f"/jobs/{job['id']}")
+    finally:
+        event.remove(state.database.engine, "before_cursor_execute", record)
+    assert page.status_code == 200 and "North Hospital" in page.text
+    # The account, its session not signed out and the pending badge in one; then the job.
+    assert len(statements) <= 1 + JOB_READ_STATEMENTS, statements
+    assert "signed_out_sessions" in statements[0] and "count" in statements[0]
+
+
 # ------------------------------------------------------------------ runs and results
 
 
