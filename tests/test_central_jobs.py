@@ -25,7 +25,7 @@ from federation.registry import Registry
 from federation.runtime import JobResult
 from federation.simulation import simulate
 from portal_central.app import create_app
-from portal_central.errors import InvalidTransition
+from portal_central.errors import InvalidTransition, NotFound
 from portal_central.jobs import service
 from portal_central.jobs.status import ACTIVE, FINAL, TRANSITIONS, JobState, advance
 from portal_central.models import Job, User
@@ -469,6 +469,35 @@ def test_a_job_page_reads_the_signed_in_account_in_one_statement(central: TestCl
     # The account, its session not signed out and the pending badge in one; then the job.
     assert len(statements) <= 1 + JOB_READ_STATEMENTS, statements
     assert "signed_out_sessions" in statements[0] and "count" in statements[0]
+
+
+def test_a_job_alone_is_one_statement_and_hidden_from_other_sites(central: TestClient) -> None:
+    _, north = approved_site(central, "north")
+    approved_site(central, "south")
+    job = _create(central, participants=[north])
+    state = portal_state(central)
+    with state.database.session() as session:
+        users = {u.username: u for u in session.scalars(select(User))}
+    statements: list[str] = []
+
+    def record(_connection: object, _cursor: object, statement: str, *_: object) -> None:
+        statements.append(statement)
+
+    found = {}
+    event.listen(state.database.engine, "before_cursor_execute", record)
+    try:
+        for name in (ADMIN["username"], "north"):
+            statements.clear()
+            with state.database.session() as session:
+                found[name] = service.find_job(session=session, job_id=job["id"], user=users[name])
+            assert len(statements) == (1 if name == ADMIN["username"] else 2), statements
+    finally:
+        event.remove(state.database.engine, "before_cursor_execute", record)
+    assert found[ADMIN["username"]].state == found["north"].state == job["state"]
+    assert found["north"].parent_id is None
+    for name, job_id in (("south", job["id"]), (ADMIN["username"], job["id"] + 99)):
+        with state.database.session() as session, pytest.raises(NotFound, match="no job"):
+            service.find_job(session=session, job_id=job_id, user=users[name])
 
 
 # ------------------------------------------------------------------ runs and results
