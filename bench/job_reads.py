@@ -4,7 +4,7 @@ Starts central in process (a TestClient on a fresh SQLite database, cheap argon2
 three sites, creates a comparison job on them (the reference, CSLMICE, AVGMMICE and IMICE: a
 parent with four child jobs) and a plain job, then reads them N times each::
 
-    python bench/job_reads.py [N]
+    python bench/job_reads.py [--requests N | --quick]
 
 and prints, per kind of read, the SQL statements each request runs (a SQLAlchemy
 ``before_cursor_execute`` counter on central's engine) and the CPU milliseconds per request
@@ -13,6 +13,7 @@ and prints, per kind of read, the SQL statements each request runs (a SQLAlchemy
 
 from __future__ import annotations
 
+import argparse
 import sys
 import tempfile
 import time
@@ -110,4 +111,8 @@ def _measure(
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 200)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=200, help="requests of each kind")
+    parser.add_argument("--quick", action="store_true", help="20 requests of each kind")
+    options = parser.parse_args()
+    main(20 if options.quick else options.requests)
