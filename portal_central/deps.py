@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Request
+from sqlalchemy import exists, func, select
+from sqlalchemy.orm import aliased
 from starlette.concurrency import run_in_threadpool
 
-from portal_central.accounts.service import pending_count
 from portal_central.accounts.status import AccountStatus, Role
 from portal_central.errors import Forbidden, Unauthorized
 from portal_central.models import SignedOutSession, User
@@ -79,16 +80,25 @@ def _account(
     state: CentralState, claims: Claims, from_cookie: bool
 ) -> tuple[User | None, bool, int]:
     """The caller's account, whether its browser session was signed out, and (for an admin's
-    page) how many registrations wait."""
+    page) how many registrations wait: one statement for a page as for an API call."""
     with state.database.session() as session:
-        user = session.get(User, claims.user_id)
-        signed_out = from_cookie and session.get(SignedOutSession, claims.session_id) is not None
+        if not from_cookie:
+            return session.get(User, claims.user_id), False, 0
+        signed_out = exists().where(SignedOutSession.session_id == claims.session_id)
+        waiting = aliased(User)  # not the caller's row: every account that waits
         pending = (
-            pending_count(session)
-            if from_cookie and user is not None and user.role == Role.ADMIN
-            else 0
+            select(func.count())
+            .select_from(waiting)
+            .where(waiting.status == AccountStatus.PENDING)
+            .scalar_subquery()
         )
-    return user, signed_out, pending
+        row = session.execute(
+            select(User, signed_out, pending).where(User.id == claims.user_id)
+        ).first()
+    if row is None:  # the account is gone: the cookie signs nobody in
+        return None, False, 0
+    user, out, count = row
+    return user, bool(out), count if user.role == Role.ADMIN else 0
 
 
 async def _check_csrf(request: Request, state: CentralState, session_id: str) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from bs4 import BeautifulSoup
 from fastapi.testclient import TestClient
+from sqlalchemy import event, select
 
 from federation import outputs
 from federation.data import read_csv
@@ -24,9 +25,10 @@ from federation.registry import Registry
 from federation.runtime import JobResult
 from federation.simulation import simulate
 from portal_central.app import create_app
-from portal_central.errors import InvalidTransition
+from portal_central.errors import InvalidTransition, NotFound
+from portal_central.jobs import service
 from portal_central.jobs.status import ACTIVE, FINAL, TRANSITIONS, JobState, advance
-from portal_central.models import Job
+from portal_central.models import Job, User
 from tests.central_fixtures import (
     ADMIN,
     EVERY_DATABASE,
@@ -396,6 +398,106 @@ def test_site_users_see_only_their_jobs(central: TestClient) -> None:
     ):
         assert central.request(method, path).status_code == 401, path
     assert central.post("/api/jobs", json=_job()).status_code == 401
+
+
+JOB_READ_STATEMENTS = 4
+"""A job read's SQL: the job with its algorithm, creator and parent joined, then one SELECT per
+collection (participants with their users, children with their algorithms, the children's
+participants with their users), however many sites and methods."""
+
+
+def test_a_job_read_runs_a_few_statements_without_the_algorithm_files(
+    central: TestClient,
+) -> None:
+    sites = [approved_site(central, name)[1] for name in ("north", "south")]
+    job = _create(central, participants=sites, compare=["AVGMMICE"])
+    shown = central.get(f"/api/jobs/{job['id']}", headers=admin_auth(central)).json()
+    assert len(shown["methods"]) == 2 and len(shown["participants"]) == 2
+    state = portal_state(central)
+    statements: list[str] = []
+
+    def record(_connection: object, _cursor: object, statement: str, *_: object) -> None:
+        statements.append(statement)
+
+    with state.database.session() as session:
+        admin = session.scalar(select(User).where(User.username == ADMIN["username"]))
+        north = session.scalar(select(User).where(User.site_id == sites[0]))
+        assert admin is not None and north is not None
+    event.listen(state.database.engine, "before_cursor_execute", record)
+    try:
+        with state.database.session() as session:
+            read = service.get_job(session=session, job_id=job["id"], user=admin)
+            assert len(statements) <= JOB_READ_STATEMENTS, statements
+            listed = service.list_jobs(session=session, user=admin)
+            seen_by_site = service.list_jobs(session=session, user=north)
+    finally:
+        event.remove(state.database.engine, "before_cursor_execute", record)
+    assert len(statements) <= 3 * JOB_READ_STATEMENTS, statements
+    assert not any("central_source" in s or "params_json" in s for s in statements)
+    # Detached, the job still shows everything its pages and the API show.
+    assert [j.id for j in listed] == [j.id for j in seen_by_site] == [job["id"]]
+    assert (read.algorithm.name, read.algorithm.version, read.algorithm.digest) == (
+        shown["algorithm"],
+        shown["version"],
+        shown["digest"],
+    )
+    assert read.created_by.username == ADMIN["username"]
+    assert [p.user.site_id for p in read.participants] == sites
+    assert [
+        (c.algorithm.name, c.algorithm.digest, [p.user.site_id for p in c.participants])
+        for c in read.methods
+    ] == [(m["algorithm"], m["digest"], m["participants"]) for m in shown["methods"]]
+    assert [c.parent_id for c in read.children] == [read.id] * len(read.children)
+
+
+def test_a_job_page_reads_the_signed_in_account_in_one_statement(central: TestClient) -> None:
+    _, north = approved_site(central, "north")
+    job = _create(central, participants=[north])
+    browser_sign_in(central, ADMIN["username"], ADMIN["password"])
+    state = portal_state(central)
+    statements: list[str] = []
+
+    def record(_connection: object, _cursor: object, statement: str, *_: object) -> None:
+        statements.append(statement)
+
+    event.listen(state.database.engine, "before_cursor_execute", record)
+    try:
+        page = central.get(f"/jobs/{job['id']}")
+    finally:
+        event.remove(state.database.engine, "before_cursor_execute", record)
+    assert page.status_code == 200 and "North Hospital" in page.text
+    # The account, its session not signed out and the pending badge in one; then the job.
+    assert len(statements) <= 1 + JOB_READ_STATEMENTS, statements
+    assert "signed_out_sessions" in statements[0] and "count" in statements[0]
+
+
+def test_a_job_alone_is_one_statement_and_hidden_from_other_sites(central: TestClient) -> None:
+    _, north = approved_site(central, "north")
+    approved_site(central, "south")
+    job = _create(central, participants=[north])
+    state = portal_state(central)
+    with state.database.session() as session:
+        users = {u.username: u for u in session.scalars(select(User))}
+    statements: list[str] = []
+
+    def record(_connection: object, _cursor: object, statement: str, *_: object) -> None:
+        statements.append(statement)
+
+    found = {}
+    event.listen(state.database.engine, "before_cursor_execute", record)
+    try:
+        for name in (ADMIN["username"], "north"):
+            statements.clear()
+            with state.database.session() as session:
+                found[name] = service.find_job(session=session, job_id=job["id"], user=users[name])
+            assert len(statements) == (1 if name == ADMIN["username"] else 2), statements
+    finally:
+        event.remove(state.database.engine, "before_cursor_execute", record)
+    assert found[ADMIN["username"]].state == found["north"].state == job["state"]
+    assert found["north"].parent_id is None
+    for name, job_id in (("south", job["id"]), (ADMIN["username"], job["id"] + 99)):
+        with state.database.session() as session, pytest.raises(NotFound, match="no job"):
+            service.find_job(session=session, job_id=job_id, user=users[name])
 
 
 # ------------------------------------------------------------------ runs and results

@@ -7,8 +7,8 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import delete, select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy import delete, exists, select
+from sqlalchemy.orm import Session, defer, joinedload, selectinload
 
 from algorithms import methods as methods_registry
 from federation import secure
@@ -466,14 +466,30 @@ def _param_field(message: str) -> str:
     return "params"
 
 
+SOURCES = (
+    AlgorithmVersion.central_source,
+    AlgorithmVersion.remote_source,
+    AlgorithmVersion.params_json,
+)
+"""An algorithm version's files: a job read leaves them out (a job shows its algorithm's name,
+version and digest; ``algorithms_store.files_of`` reads them from its own query). Read on a
+job's algorithm inside its session they load then; on a detached job they raise."""
+
+
 def _query() -> Any:
+    """A job with what its pages and the API show: the many-to-one rows (its algorithm without
+    the files, its creator, its parent) joined in the job's own SELECT, and one SELECT for each
+    collection (the participants with their users; the children with their algorithms; the
+    children's participants with their users): 4 statements for a job, however many sites."""
     return select(Job).options(
-        selectinload(Job.participants).selectinload(JobParticipant.user),
-        selectinload(Job.algorithm),
-        selectinload(Job.created_by),
-        selectinload(Job.children).selectinload(Job.algorithm),
-        selectinload(Job.children).selectinload(Job.participants).selectinload(JobParticipant.user),
-        selectinload(Job.parent),
+        joinedload(Job.algorithm).options(*(defer(c) for c in SOURCES)),
+        joinedload(Job.created_by),
+        joinedload(Job.parent),
+        selectinload(Job.participants).joinedload(JobParticipant.user),
+        selectinload(Job.children).options(
+            joinedload(Job.algorithm).options(*(defer(c) for c in SOURCES)),
+            selectinload(Job.participants).joinedload(JobParticipant.user),
+        ),
     )
 
 
@@ -492,6 +508,20 @@ def get_job(*, session: Session, job_id: int, user: User) -> Job:
     if user.role != Role.ADMIN and all(p.user_id != user.id for p in job.participants):
         # Not found rather than forbidden: a site does not learn which jobs exist.
         raise NotFound(f"no job {job_id}")
+    return job
+
+
+def find_job(*, session: Session, job_id: int, user: User) -> Job:
+    """The job as ``get_job`` finds it, but alone: none of its relations loaded (one statement
+    for an admin, two for a site), for a caller that reads only its columns (a relation read
+    on it once its session closed raises)."""
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"no job {job_id}")
+    if user.role != Role.ADMIN and not session.scalar(
+        select(exists().where(JobParticipant.job_id == job_id, JobParticipant.user_id == user.id))
+    ):
+        raise NotFound(f"no job {job_id}")  # as get_job: a site does not learn which jobs exist
     return job
 
 

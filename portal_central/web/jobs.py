@@ -446,9 +446,10 @@ def _redirect(request: Request, url: str) -> Response:
 
 
 def _visible_job(state: CentralState, job_id: int, user: User) -> Job:
-    """The job if ``user`` may see it (its session closed: read only its columns)."""
+    """The job if ``user`` may see it, alone (its session closed: read only its columns): a
+    live log line of a running job reads it for each viewer."""
     with state.database.session() as session:
-        return service.get_job(session=session, job_id=job_id, user=user)
+        return service.find_job(session=session, job_id=job_id, user=user)
 
 
 def _error_page(
