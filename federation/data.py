@@ -24,7 +24,7 @@ import numpy as np
 from algorithms import methods
 from federation import csv_stream
 from federation.csv_stream import MISSING_TOKENS, ROW_NAMES, CsvStream, Rows
-from federation.errors import InputError
+from federation.errors import InputError, unreadable
 
 __all__ = ["MISSING_TOKENS", "Table", "TableReader", "read_csv", "read_csv_chunks"]
 
@@ -233,12 +233,8 @@ def _pieces(source: Path | bytes | bytearray, label: str) -> Iterator[bytes | me
         return
     try:
         file = source.open("rb")
-    except FileNotFoundError:
-        raise InputError(f"{label}: no such file") from None
-    except IsADirectoryError:
-        raise InputError(f"{label}: is a folder, not a CSV file") from None
     except OSError as error:
-        raise InputError(f"{label}: cannot be read ({error.strerror})") from None
+        raise unreadable(label, error) from None
     with file:
         while piece := file.read(csv_stream._BLOCK):
             yield piece

@@ -41,3 +41,12 @@ class AlgorithmInvalid(FipError):
 class SiteLost(FipError):
     """A site's connection dropped during a request and the site is back: its answer to that
     request is unknown. A securely aggregated round then starts again with fresh masks."""
+
+
+def unreadable(label: str, error: OSError) -> InputError:
+    """Why the file ``label`` cannot be opened or read, in the words every reader uses."""
+    if isinstance(error, FileNotFoundError):
+        return InputError(f"{label}: no such file")
+    if isinstance(error, IsADirectoryError):
+        return InputError(f"{label}: is a folder, not a CSV file")
+    return InputError(f"{label}: cannot be read ({error.strerror})")

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from federation.csv_stream import MISSING_TOKENS
-from federation.errors import InputError
+from federation.errors import InputError, unreadable
 
 
 def read_long(source: Path | bytes, *, label: str | None = None) -> list[dict[str, np.ndarray]]:
@@ -68,9 +68,5 @@ def _read(source: Path | bytes, label: str) -> bytes:
         return source
     try:
         return source.read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"{label}: no such file") from None
-    except IsADirectoryError:
-        raise InputError(f"{label}: is a folder, not a CSV file") from None
     except OSError as error:
-        raise InputError(f"{label}: cannot be read ({error.strerror})") from None
+        raise unreadable(label, error) from None

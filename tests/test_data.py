@@ -635,3 +635,17 @@ def test_an_error_in_a_later_block_names_its_line(
         with pytest.raises(InputError) as raised:
             read_in_pieces(content, list(range(piece, len(content), piece)))
         assert str(raised.value).startswith(f"{LABEL}: ") and expected in str(raised.value)
+
+
+@pytest.mark.parametrize("reader", ["read_csv", "read_long"])
+def test_a_file_that_cannot_be_opened_is_named_with_why(tmp_path: Path, reader: str) -> None:
+    """Both readers name the file and say why in the same words (``errors.unreadable``)."""
+    from federation.long_format import read_long
+
+    read = {"read_csv": read_csv, "read_long": read_long}[reader]
+    folder = tmp_path / "results.csv"
+    folder.mkdir()
+    with pytest.raises(InputError, match="results.csv: is a folder, not a CSV file"):
+        read(folder, label="results.csv")
+    with pytest.raises(InputError, match="absent.csv: no such file"):
+        read(tmp_path / "absent.csv", label="absent.csv")
