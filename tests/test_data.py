@@ -3,6 +3,7 @@ that names the file and the column or line at fault."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from federation.data import (
     read_csv,
 )
 from federation.errors import InputError
+from federation.long_format import read_long
 
 LABEL = "north.csv"
 
@@ -637,12 +639,11 @@ def test_an_error_in_a_later_block_names_its_line(
         assert str(raised.value).startswith(f"{LABEL}: ") and expected in str(raised.value)
 
 
-@pytest.mark.parametrize("reader", ["read_csv", "read_long"])
-def test_a_file_that_cannot_be_opened_is_named_with_why(tmp_path: Path, reader: str) -> None:
+@pytest.mark.parametrize("read", [read_csv, read_long], ids=["read_csv", "read_long"])
+def test_a_file_that_cannot_be_opened_is_named_with_why(
+    tmp_path: Path, read: Callable[..., object]
+) -> None:
     """Both readers name the file and say why in the same words (``errors.unreadable``)."""
-    from federation.long_format import read_long
-
-    read = {"read_csv": read_csv, "read_long": read_long}[reader]
     folder = tmp_path / "results.csv"
     folder.mkdir()
     with pytest.raises(InputError, match="results.csv: is a folder, not a CSV file"):
