@@ -1,20 +1,21 @@
 """The portal's side of a sandboxed remote half: a process of its own, held by a pipe.
 
 A site runs an uploaded (not built-in) remote half only here, and only after its user approved
-the digest: the child process (``federation/sandbox_child.py``, started as a script with
-``python -I``) loads the source, shows that it opened nothing while loading, locks itself down
-(no new file or socket, no file written), and only then receives the job's data. It dies with
-the job (or with the portal). What it answers is data for the portal's guard, never trusted: the
-runner checks it against the declared replies before anything leaves the site, and its error
-texts stay in the site's own log.
+the digest: the child process (forked by ``federation/sandbox_child.py``, a clean fork server
+started once per portal as a script with ``python -I``) loads the source, shows that it opened
+nothing while loading, locks itself down (no new file or socket, no file written), and only then
+receives the job's data. It dies with the job (or with the portal). What it answers is data for
+the portal's guard, never trusted: the runner checks it against the declared replies before
+anything leaves the site, and its error texts stay in the site's own log.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import select
-import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -22,7 +23,7 @@ import threading
 import time
 import weakref
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -57,17 +58,11 @@ class Sandbox:
         self._lock = threading.Lock()
         self._limit = ANSWER_BYTES
         self.logs: list[str] = []
-        self._process = subprocess.Popen(
-            [sys.executable, "-I", str(CHILD)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            cwd="/",
-            env={"PATH": os.defpath, **_blas_env()},
-            close_fds=True,
-            start_new_session=True,  # its own process group: close() kills all of it
+        self._server = _fork_server()
+        self.pid, self._requests, self._answers = self._server.start()
+        self._reap = weakref.finalize(
+            self, _stop, self._server, self.pid, (self._requests, self._answers)
         )
-        self._reap = weakref.finalize(self, _reap, self._process)
         """Kills the process when this object goes, should close() never be called."""
         try:
             loaded = self._ask(
@@ -79,10 +74,6 @@ class Sandbox:
             raise
         self.handlers = frozenset(str(h) for h in loaded.get("handlers", []))
         self.local = frozenset(str(h) for h in loaded.get("local", []))
-
-    @property
-    def pid(self) -> int:
-        return self._process.pid
 
     def open(
         self,
@@ -126,18 +117,16 @@ class Sandbox:
 
     @property
     def alive(self) -> bool:
-        return self._process.poll() is None
+        return self._reap.alive and self._server.alive(self.pid)
 
     def _ask(self, message: dict[str, Any], *, seconds: float | None = None) -> Any:
         """Send one command and read its answer, all within ``seconds``; any fault of the
         process (silence, a malformed or oversized answer) kills it."""
         seconds = self._seconds if seconds is None else seconds
         with self._lock:
-            stdin, stdout = self._process.stdin, self._process.stdout
-            assert stdin is not None and stdout is not None
             try:
-                sandbox_child.write_frame(stdin, message)
-                body = _read_answer(stdout.fileno(), time.monotonic() + seconds, self._limit)
+                sandbox_child.write_frame(self._requests, message)
+                body = _read_answer(self._answers.fileno(), time.monotonic() + seconds, self._limit)
                 answer = sandbox_child.unpack(body)
             except TimeoutError:
                 self.close()
@@ -167,17 +156,104 @@ class Sandbox:
         return answer.get("ok", {})
 
 
-def _reap(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, signal.SIGKILL)
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
-    process.wait(timeout=10)
-    for stream in (process.stdin, process.stdout):
-        if stream is not None and not stream.closed:
-            with contextlib.suppress(OSError):
-                stream.close()
+def _stop(server: _ForkServer, pid: int, pipes: tuple[IO[bytes], ...]) -> None:
+    server.stop(pid)
+    for pipe in pipes:
+        with contextlib.suppress(OSError):
+            pipe.close()
+
+
+class _ForkServer:
+    """The portal's end of the fork server (see ``sandbox_child``): starts, stops and watches
+    the sandboxes, which are the server's children, by their pid. One request at a time."""
+
+    def __init__(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with theirs:
+            self._process = subprocess.Popen(
+                [sys.executable, "-I", str(CHILD)],
+                stdin=theirs.fileno(),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                cwd="/",
+                env={"PATH": os.defpath, **_blas_env()},
+                close_fds=True,
+                start_new_session=True,  # away from the portal's terminal and its signals
+            )
+        ours.settimeout(START_SECONDS)
+        self._socket = ours
+        self._owner = os.getpid()
+        self._lock = threading.Lock()
+
+    @property
+    def usable(self) -> bool:
+        return self._owner == os.getpid() and self._process.poll() is None
+
+    def start(self) -> tuple[int, IO[bytes], IO[bytes]]:
+        """A new sandbox process: its pid, the pipe to it and the pipe from it."""
+        requests_in, requests = os.pipe()
+        answers, answers_out = os.pipe()
+        try:
+            reply = self._ask(sandbox_child.START, (requests_in, answers_out))
+        except BaseException:
+            os.close(requests)
+            os.close(answers)
+            raise
+        finally:
+            os.close(requests_in)
+            os.close(answers_out)
+        if reply[:1] != b"P" or len(reply) != 1 + sandbox_child.PID.size:
+            os.close(requests)
+            os.close(answers)
+            raise SandboxFailed(
+                "the sandbox process could not be started",
+                detail=reply[1:].decode(errors="replace"),
+            )
+        (pid,) = sandbox_child.PID.unpack(reply[1:])
+        return pid, os.fdopen(requests, "wb"), os.fdopen(answers, "rb")
+
+    def stop(self, pid: int) -> None:
+        """Kill the sandbox and reap it; when the server is gone, its children went with it."""
+        with contextlib.suppress(OSError, SandboxFailed):
+            self._ask(sandbox_child.STOP + sandbox_child.PID.pack(pid))
+
+    def alive(self, pid: int) -> bool:
+        try:
+            return self._ask(sandbox_child.ALIVE + sandbox_child.PID.pack(pid)) == b"Y"
+        except (OSError, SandboxFailed):
+            return False
+
+    def close(self) -> None:
+        """End the server: it kills its sandboxes when its socket closes."""
+        self._socket.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._process.wait(timeout=10)
+
+    def _ask(self, message: bytes, fds: tuple[int, ...] = ()) -> bytes:
+        with self._lock:
+            try:
+                socket.send_fds(self._socket, [message], list(fds))
+                reply = self._socket.recv(64)
+            except OSError:
+                self._process.kill()  # silent or gone: its children die with it
+                raise
+        if not reply:
+            raise SandboxFailed("the sandbox fork server stopped")
+        return reply
+
+
+_server: _ForkServer | None = None
+_server_lock = threading.Lock()
+
+
+def _fork_server() -> _ForkServer:
+    """This process's fork server, started on first use and again should it have stopped."""
+    global _server
+    with _server_lock:
+        if _server is None or not _server.usable:
+            _server = _ForkServer()
+            atexit.register(_server.close)
+        return _server
 
 
 def _read_answer(fd: int, deadline: float, limit: int) -> bytearray:

@@ -1,6 +1,7 @@
 """The sandbox process in which a site runs an uploaded remote half, and its pipe codec.
 
-Run as a script (``python -I sandbox_child.py``) by :mod:`federation.sandbox`; it imports only
+Run once per portal as a script (``python -I sandbox_child.py``) by :mod:`federation.sandbox`,
+as a fork server (below) whose children are the sandboxes; it imports only
 the standard library and numpy, so that the code it loads finds nothing of the portal: the
 packages ``federation``, ``portal_site``, ``portal_central`` and ``algorithms`` cannot be
 imported here, and patching anything in this process changes nothing in the portal's.
@@ -411,18 +412,25 @@ def lock_down() -> None:
         os.setgroups([])
         os.setgid(NOBODY)
         os.setuid(NOBODY)
+        _die_with_parent()
     _seccomp()
 
 
-def _die_with_parent() -> None:
-    try:
-        import ctypes
-        import signal
+_parent = 0
+"""The fork server's pid, in its child."""
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+
+def _die_with_parent() -> None:
+    """Be killed when the fork server ends, or end now if it already has. A change of identity
+    clears this, so ``lock_down`` sets it again after dropping root's."""
+    import ctypes
+    import signal
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(1, signal.SIGKILL) != 0:  # PR_SET_PDEATHSIG
+        raise LockDownFailed(f"pdeathsig: errno {ctypes.get_errno()}")
+    if os.getppid() != _parent:
+        os._exit(1)
 
 
 def _serve(channel_in: IO[bytes], channel_out: IO[bytes]) -> None:
@@ -550,14 +558,18 @@ PRELOADED = (
 remote half imports what else it needs at its top, while it loads."""
 
 
-def main() -> None:
+def _preload() -> None:
     import importlib
-    import resource
-    import signal
 
     for name in PRELOADED:
         importlib.import_module(name)
-    _die_with_parent()
+
+
+def _run() -> None:
+    """Serve one remote half on descriptors 0 and 1 (the pipes from the portal)."""
+    import resource
+    import signal
+
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write fails (EFBIG) instead of killing
     resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
     sys.meta_path.insert(0, _Blocker())
@@ -572,5 +584,103 @@ def main() -> None:
     _serve(channel_in, channel_out)
 
 
+# ------------------------------------------------------------------ the fork server
+#
+# Starting Python and importing numpy costs a site about 0.2 s of CPU per sandbox. The portal
+# therefore starts this script once, as a fork server (``python -I sandbox_child.py``): a clean
+# process that imports what a sandbox preloads and then only forks. It never sees data or code:
+# a request hands it the two pipe ends of a new sandbox (SCM_RIGHTS over a Unix socket that is
+# its standard input), and its child (a copy of this clean process) makes them its 0 and 1,
+# closes everything else, the server's socket included, drops the modules the server imported
+# for itself, and serves exactly as a sandbox started on its own would, lock-down included.
+# Every child is this server's: it is killed and reaped only here, by its pid, which cannot be
+# reused before the server reaps it. When the portal goes (its end of the socket closes), the
+# server kills its children and exits; should the server itself die, its children die with it
+# (PDEATHSIG).
+
+START, STOP, ALIVE = b"S", b"K", b"A"
+PID = struct.Struct("<q")
+
+
+def fork_server() -> None:
+    import resource  # noqa: F401 - imported by every sandbox anyway
+    import signal
+
+    _preload()
+    clean = set(sys.modules)
+    import socket  # the server's own, which its children drop
+
+    control = socket.socket(fileno=0)
+    children: set[int] = set()
+    try:
+        while True:
+            try:
+                message, fds, _flags, _address = socket.recv_fds(control, 64, 2)
+            except OSError:
+                return
+            if not message:
+                return  # the portal is gone
+            _reap(children)
+            kind, argument = message[:1], message[1:]
+            if kind == START and len(fds) == 2:
+                try:
+                    pid = os.fork()
+                except OSError as error:
+                    control.send(b"E" + str(error).encode()[:50])
+                else:
+                    if pid == 0:
+                        _child(control, *fds, modules=clean)
+                    children.add(pid)
+                    control.send(b"P" + PID.pack(pid))
+            elif kind in (STOP, ALIVE) and len(argument) == PID.size:
+                (pid,) = PID.unpack(argument)
+                if kind == STOP and pid in children:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                    children.discard(pid)
+                control.send(b"Y" if pid in children else b"N")
+            else:
+                control.send(b"E")
+            for fd in fds:
+                os.close(fd)
+    finally:
+        for pid in children:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+
+
+def _reap(children: set[int]) -> None:
+    """Forget the children that ended (a sandbox ends when its pipe closes)."""
+    for pid in list(children):
+        done, _status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            children.discard(pid)
+
+
+def _child(control: Any, requests: int, answers: int, *, modules: set[str]) -> None:
+    """In the forked child: become a sandbox on the two pipes; never return to the server.
+    It keeps only the ``modules`` a sandbox preloads (not the server's ``socket``)."""
+    import resource
+
+    global _parent
+    code = 1
+    try:
+        _parent = os.getppid()
+        os.setsid()  # its own process group, away from the server's
+        _die_with_parent()
+        control.detach()  # its descriptor is closed below with the rest
+        os.dup2(requests, 0)
+        os.dup2(answers, 1)
+        null = os.open(os.devnull, os.O_RDWR)
+        os.dup2(null, 2)
+        os.closerange(3, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+        for name in set(sys.modules) - modules:
+            del sys.modules[name]
+        _run()
+        code = 0
+    finally:
+        os._exit(code)
+
+
 if __name__ == "__main__":
-    main()
+    fork_server()

@@ -4,6 +4,8 @@ the portal, opens nothing once loaded, writes nothing, and dies with its job."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -241,3 +243,113 @@ def test_print_reaches_nobody(closing: list[Sandbox]) -> None:
     closing.append(sandbox)
 
     assert sandbox.call("talk", {}) == {"ok": 1}
+
+
+# ------------------------------------------------------------------ the fork server
+
+
+def _state(pid: int) -> str:
+    """The process's state letter ("Z" for a zombie), or "" when there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return ""
+
+
+def _gone(pid: int) -> bool:
+    return _state(pid) in ("", "Z", "X")
+
+
+def test_a_sandbox_holds_no_socket_and_none_of_the_fork_servers_own_modules(
+    closing: list[Sandbox],
+) -> None:
+    """It is forked from the fork server, which holds a socket to the portal and imported
+    ``socket``: the child keeps neither, so it cannot ask the server for anything."""
+    source = BASE + (
+        "import stat\n"
+        "def look(site):\n"
+        "    sockets = []\n"
+        "    for fd in range(256):\n"
+        "        try:\n"
+        "            mode = os.fstat(fd).st_mode\n"
+        "        except OSError:\n"
+        "            continue\n"
+        "        if stat.S_ISSOCK(mode):\n"
+        "            sockets.append(fd)\n"
+        "    return {'sockets': sockets, 'modules': sorted(m for m in sys.modules\n"
+        "            if m.split('.')[0] in ('socket', '_socket', 'selectors'))}\n\n"
+        "HANDLERS = {'look': look}\n"
+    )
+    sandbox = _opened(source)
+    closing.append(sandbox)
+
+    assert sandbox.call("look", {}) == {"sockets": [], "modules": []}
+
+
+def test_sandboxes_die_with_their_fork_server_and_the_next_one_gets_a_new_server() -> None:
+    from federation import sandbox as module
+
+    hanging = BASE + "import time\ndef hang(site):\n    time.sleep(60)\n\nHANDLERS = {}\n"
+    first = _opened(hanging)
+    server = module._fork_server()
+    pid = first.pid
+
+    os.kill(server._process.pid, 9)
+    server._process.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while not _gone(pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+    assert _gone(pid), "the sandbox outlived its fork server"
+    assert not first.alive
+    with pytest.raises(SandboxFailed):
+        first.call("hang", {})
+    second = _opened(BASE + "HANDLERS = {}\n")
+    try:
+        assert module._fork_server() is not server
+        assert second.alive
+    finally:
+        second.close()
+
+
+PORTAL = """
+import sys, time
+import numpy as np
+from federation import sandbox
+
+half = sandbox.Sandbox(name="T", file_name="TRemote.py", source=sys.argv[1])
+half.open(site="s", spec=sandbox_spec, label="s.csv", columns=["a", "b"],
+          values=np.zeros((4, 2)), is_central=False, rng=np.random.default_rng(1))
+print(half.pid, sandbox._fork_server()._process.pid, flush=True)
+half.call("spin", {})
+"""
+
+
+def test_the_sandbox_and_its_fork_server_die_with_a_killed_portal() -> None:
+    """The portal is SIGKILLed while its sandbox computes: nothing of either stays behind.
+    (Before the fork server, a sandbox running as nobody outlived it: dropping root's identity
+    cleared its parent-death signal.)"""
+    source = BASE + "def spin(site):\n    while True:\n        pass\n\nHANDLERS = {'spin': spin}\n"
+    portal = subprocess.Popen(
+        [sys.executable, "-c", f"sandbox_spec = {SPEC!r}\n{PORTAL}", source],
+        stdout=subprocess.PIPE,
+    )
+    assert portal.stdout is not None
+    try:
+        half, server = (int(pid) for pid in portal.stdout.readline().split())
+        deadline = time.monotonic() + 10
+        while _state(half) != "R" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _state(half) == "R", "the sandbox is computing"
+        assert not _gone(server)
+    finally:
+        portal.kill()
+        portal.wait(timeout=10)
+        portal.stdout.close()
+    deadline = time.monotonic() + 10
+    while not (_gone(half) and _gone(server)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+    assert _gone(half), "the sandbox outlived its portal"
+    assert _gone(server), "the fork server outlived its portal"
