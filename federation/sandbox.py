@@ -60,10 +60,10 @@ class Sandbox:
         self.logs: list[str] = []
         self._server = _fork_server()
         self.pid, self._requests, self._answers = self._server.start()
-        self._reap = weakref.finalize(
-            self, _stop, self._server, self.pid, (self._requests, self._answers)
+        self._forgotten = weakref.finalize(
+            self, _forgotten, self._server, self.pid, (self._requests, self._answers)
         )
-        """Kills the process when this object goes, should close() never be called."""
+        """Stops the process when this object goes, should close() never be called."""
         try:
             loaded = self._ask(
                 {"cmd": "load", "name": name, "file_name": file_name, "source": source},
@@ -112,12 +112,14 @@ class Sandbox:
         return result
 
     def close(self) -> None:
-        """Kill the process and anything it started (its data goes with it)."""
-        self._reap()
+        """Kill the process (its data goes with it); it is gone when this returns."""
+        if self._forgotten.detach() is not None:
+            _close(self._requests, self._answers)
+            self._server.stop(self.pid)
 
     @property
     def alive(self) -> bool:
-        return self._reap.alive and self._server.alive(self.pid)
+        return self._forgotten.alive and self._server.alive(self.pid)
 
     def _ask(self, message: dict[str, Any], *, seconds: float | None = None) -> Any:
         """Send one command and read its answer, all within ``seconds``; any fault of the
@@ -156,16 +158,25 @@ class Sandbox:
         return answer.get("ok", {})
 
 
-def _stop(server: _ForkServer, pid: int, pipes: tuple[IO[bytes], ...]) -> None:
-    server.stop(pid)
+def _close(*pipes: IO[bytes]) -> None:
     for pipe in pipes:
         with contextlib.suppress(OSError):
             pipe.close()
 
 
+def _forgotten(server: _ForkServer, pid: int, pipes: tuple[IO[bytes], ...]) -> None:
+    """A sandbox dropped without close(). This may run inside the garbage collector, on a thread
+    that is itself in the middle of a request to the server: so it never waits for the server,
+    it asks for the stop to be sent as soon as the server is free."""
+    _close(*pipes)
+    server.stop_soon(pid)
+
+
 class _ForkServer:
     """The portal's end of the fork server (see ``sandbox_child``): starts, stops and watches
-    the sandboxes, which are the server's children, by their pid. One request at a time."""
+    the sandboxes, which are the server's children, by their pid. One request at a time; a
+    request that fails or is interrupted leaves the conversation in doubt, so the server is
+    then killed (its sandboxes with it) and the next sandbox starts a new one."""
 
     def __init__(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -184,61 +195,97 @@ class _ForkServer:
         self._socket = ours
         self._owner = os.getpid()
         self._lock = threading.Lock()
+        self._stops: list[int] = []
+        self._broken = False
 
     @property
     def usable(self) -> bool:
-        return self._owner == os.getpid() and self._process.poll() is None
+        return self._mine and not self._broken and self._process.poll() is None
+
+    @property
+    def _mine(self) -> bool:
+        """False in a copy of the portal made by fork: the server is the original's."""
+        return self._owner == os.getpid()
 
     def start(self) -> tuple[int, IO[bytes], IO[bytes]]:
         """A new sandbox process: its pid, the pipe to it and the pipe from it."""
-        requests_in, requests = os.pipe()
-        answers, answers_out = os.pipe()
+        fds: list[int] = []
         try:
-            reply = self._ask(sandbox_child.START, (requests_in, answers_out))
+            fds.extend(os.pipe())  # the sandbox reads requests from fds[0], we write fds[1]
+            fds.extend(os.pipe())  # we read answers from fds[2], the sandbox writes fds[3]
+            reply = self._ask(sandbox_child.START, (fds[0], fds[3]))
+            if reply[:1] != b"P" or len(reply) != 1 + sandbox_child.PID.size:
+                raise SandboxFailed(
+                    "the sandbox process could not be started",
+                    detail=reply[1:].decode(errors="replace"),
+                )
         except BaseException:
-            os.close(requests)
-            os.close(answers)
+            for fd in fds:
+                os.close(fd)
             raise
-        finally:
-            os.close(requests_in)
-            os.close(answers_out)
-        if reply[:1] != b"P" or len(reply) != 1 + sandbox_child.PID.size:
-            os.close(requests)
-            os.close(answers)
-            raise SandboxFailed(
-                "the sandbox process could not be started",
-                detail=reply[1:].decode(errors="replace"),
-            )
+        os.close(fds[0])
+        os.close(fds[3])
         (pid,) = sandbox_child.PID.unpack(reply[1:])
-        return pid, os.fdopen(requests, "wb"), os.fdopen(answers, "rb")
+        return pid, os.fdopen(fds[1], "wb"), os.fdopen(fds[2], "rb")
 
     def stop(self, pid: int) -> None:
         """Kill the sandbox and reap it; when the server is gone, its children went with it."""
-        with contextlib.suppress(OSError, SandboxFailed):
+        with contextlib.suppress(SandboxFailed):
             self._ask(sandbox_child.STOP + sandbox_child.PID.pack(pid))
+
+    def stop_soon(self, pid: int) -> None:
+        """Stop the sandbox now if the server is free, else as soon as the request under way
+        ends; never waits."""
+        self._stops.append(pid)
+        self._send_stops()
 
     def alive(self, pid: int) -> bool:
         try:
             return self._ask(sandbox_child.ALIVE + sandbox_child.PID.pack(pid)) == b"Y"
-        except (OSError, SandboxFailed):
+        except SandboxFailed:
             return False
 
     def close(self) -> None:
         """End the server: it kills its sandboxes when its socket closes."""
-        self._socket.close()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self._process.wait(timeout=10)
+        if self._mine:
+            self._socket.close()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._process.wait(timeout=10)
 
     def _ask(self, message: bytes, fds: tuple[int, ...] = ()) -> bytes:
         with self._lock:
+            reply = self._request(message, fds)
+        self._send_stops()
+        return reply
+
+    def _send_stops(self) -> None:
+        while self._stops and self._lock.acquire(blocking=False):
             try:
-                socket.send_fds(self._socket, [message], list(fds))
-                reply = self._socket.recv(64)
-            except OSError:
-                self._process.kill()  # silent or gone: its children die with it
-                raise
-        if not reply:
-            raise SandboxFailed("the sandbox fork server stopped")
+                while self._stops:
+                    stop = sandbox_child.STOP + sandbox_child.PID.pack(self._stops.pop())
+                    with contextlib.suppress(SandboxFailed):
+                        self._request(stop)
+            finally:
+                self._lock.release()
+
+    def _request(self, message: bytes, fds: tuple[int, ...] = ()) -> bytes:
+        """One request and its reply; the caller holds the lock."""
+        if not self.usable:
+            raise SandboxFailed("the sandbox fork server is not running")
+        try:
+            socket.send_fds(self._socket, [message], list(fds))
+            reply = self._socket.recv(64)
+            if not reply:
+                raise EOFError("the fork server closed its socket")
+        except BaseException as error:
+            self._broken = True
+            self._process.kill()  # its sandboxes die with it
+            self._process.wait()
+            if isinstance(error, Exception):
+                raise SandboxFailed(
+                    "the sandbox fork server failed; it was stopped", detail=repr(error)
+                ) from None
+            raise
         return reply
 
 
@@ -251,9 +298,29 @@ def _fork_server() -> _ForkServer:
     global _server
     with _server_lock:
         if _server is None or not _server.usable:
+            if _server is not None:
+                _server.close()
             _server = _ForkServer()
-            atexit.register(_server.close)
         return _server
+
+
+def _close_server() -> None:
+    if _server is not None:
+        _server.close()
+
+
+def _forget_server_in_a_fork() -> None:
+    """A process forked from the portal does not share the portal's server: it closes its copy
+    of the socket, so that the server still sees the portal go."""
+    global _server
+    if _server is not None:
+        with contextlib.suppress(OSError):
+            _server._socket.close()
+    _server = None
+
+
+atexit.register(_close_server)
+os.register_at_fork(after_in_child=_forget_server_in_a_fork)
 
 
 def _read_answer(fd: int, deadline: float, limit: int) -> bytearray:

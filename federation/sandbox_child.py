@@ -255,8 +255,10 @@ DENIED = {
         87,
         88,
         101,
+        129,
         133,
         155,
+        157,
         160,
         161,
         165,
@@ -271,6 +273,7 @@ DENIED = {
         266,
         272,
         288,
+        297,
         298,
         302,
         308,
@@ -305,7 +308,9 @@ DENIED = {
         129,
         130,
         131,
+        138,
         164,
+        167,
         198,
         199,
         200,
@@ -314,6 +319,7 @@ DENIED = {
         203,
         220,
         221,
+        240,
         241,
         242,
         261,
@@ -338,7 +344,9 @@ execve, kill, truncate, rename, creat, link, unlink, symlink, ptrace, mknod, piv
 setrlimit, chroot, mount, umount2, tkill, tgkill, openat, mknodat, unlinkat, renameat, linkat,
 symlinkat, unshare, accept4, perf_event_open, prlimit64, setns, process_vm_readv/writev,
 renameat2, memfd_create, bpf, execveat, userfaultfd, pidfd_send_signal, io_uring_setup,
-pidfd_open, clone3, openat2, pidfd_getfd (aarch64 has no open, creat, fork or vfork)."""
+pidfd_open, clone3, openat2, pidfd_getfd, and rt_sigqueueinfo, rt_tgsigqueueinfo (signals by
+another name) and prctl (which could clear the parent-death signal or make the process
+dumpable) (aarch64 has no open, creat, fork or vfork)."""
 _AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
 NOBODY = 65534
 
@@ -591,12 +599,14 @@ def _run() -> None:
 # process that imports what a sandbox preloads and then only forks. It never sees data or code:
 # a request hands it the two pipe ends of a new sandbox (SCM_RIGHTS over a Unix socket that is
 # its standard input), and its child (a copy of this clean process) makes them its 0 and 1,
-# closes everything else, the server's socket included, drops the modules the server imported
-# for itself, and serves exactly as a sandbox started on its own would, lock-down included.
-# Every child is this server's: it is killed and reaped only here, by its pid, which cannot be
-# reused before the server reaps it. When the portal goes (its end of the socket closes), the
-# server kills its children and exits; should the server itself die, its children die with it
-# (PDEATHSIG).
+# closes everything else, the server's socket included, takes a fresh seed for numpy's global
+# generator, and serves exactly as a sandbox started on its own would, lock-down included.
+#
+# Every child is this server's, and is reaped only when the portal stops it: one that ended by
+# itself stays a zombie until then, so its pid cannot be reused while the portal holds it and
+# a stop can only ever reach the sandbox it was meant for. When the portal goes (its end of the
+# socket closes), the server kills its children and exits; should the server itself die, its
+# children die with it (PDEATHSIG, which the lock-down keeps them from clearing).
 
 START, STOP, ALIVE = b"S", b"K", b"A"
 PID = struct.Struct("<q")
@@ -608,7 +618,7 @@ def fork_server() -> None:
 
     _preload()
     clean = set(sys.modules)
-    import socket  # the server's own, which its children drop
+    import socket  # the server's own, which its children cannot import
 
     control = socket.socket(fileno=0)
     children: set[int] = set()
@@ -620,7 +630,6 @@ def fork_server() -> None:
                 return
             if not message:
                 return  # the portal is gone
-            _reap(children)
             kind, argument = message[:1], message[1:]
             if kind == START and len(fds) == 2:
                 try:
@@ -629,6 +638,7 @@ def fork_server() -> None:
                     control.send(b"E" + str(error).encode()[:50])
                 else:
                     if pid == 0:
+                        children.clear()  # its siblings are none of its business
                         _child(control, *fds, modules=clean)
                     children.add(pid)
                     control.send(b"P" + PID.pack(pid))
@@ -638,7 +648,8 @@ def fork_server() -> None:
                     os.kill(pid, signal.SIGKILL)
                     os.waitpid(pid, 0)
                     children.discard(pid)
-                control.send(b"Y" if pid in children else b"N")
+                running = pid in children and _running(pid)
+                control.send(b"Y" if running else b"N")
             else:
                 control.send(b"E")
             for fd in fds:
@@ -649,17 +660,14 @@ def fork_server() -> None:
             os.waitpid(pid, 0)
 
 
-def _reap(children: set[int]) -> None:
-    """Forget the children that ended (a sandbox ends when its pipe closes)."""
-    for pid in list(children):
-        done, _status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            children.discard(pid)
+def _running(pid: int) -> bool:
+    """Whether the child has not ended, without reaping it."""
+    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
 
 
 def _child(control: Any, requests: int, answers: int, *, modules: set[str]) -> None:
     """In the forked child: become a sandbox on the two pipes; never return to the server.
-    It keeps only the ``modules`` a sandbox preloads (not the server's ``socket``)."""
+    Of the modules, it keeps those a sandbox preloads (not the server's ``socket``)."""
     import resource
 
     global _parent
@@ -676,6 +684,7 @@ def _child(control: Any, requests: int, answers: int, *, modules: set[str]) -> N
         os.closerange(3, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
         for name in set(sys.modules) - modules:
             del sys.modules[name]
+        np.random.seed()  # the server's global generator state is every child's otherwise
         _run()
         code = 0
     finally:

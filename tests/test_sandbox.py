@@ -3,9 +3,12 @@ the portal, opens nothing once loaded, writes nothing, and dies with its job."""
 
 from __future__ import annotations
 
+import gc
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 
@@ -138,6 +141,9 @@ def test_nothing_is_written_even_while_loading(tmp_path: os.PathLike[str]) -> No
         "os.fork()",
         "os.kill(os.getppid(), 9)",
         "__import__('socket')",
+        "syscall(LIBC.sigqueue(os.getpid(), 0, 0))",  # a signal by another system call
+        "syscall(LIBC.prctl(1, 0, 0, 0, 0))",  # no longer to die with the fork server
+        "syscall(LIBC.prctl(4, 1, 0, 0, 0))",  # dumpable: its memory in a core file
     ],
 )
 def test_once_loaded_it_opens_and_starts_nothing(action: str, closing: list[Sandbox]) -> None:
@@ -261,11 +267,12 @@ def _gone(pid: int) -> bool:
     return _state(pid) in ("", "Z", "X")
 
 
-def test_a_sandbox_holds_no_socket_and_none_of_the_fork_servers_own_modules(
+def test_a_sandbox_holds_no_socket_and_cannot_import_the_fork_servers_socket_module(
     closing: list[Sandbox],
 ) -> None:
     """It is forked from the fork server, which holds a socket to the portal and imported
-    ``socket``: the child keeps neither, so it cannot ask the server for anything."""
+    ``socket``: the child holds no socket descriptor (it cannot ask the server for anything)
+    and cannot import the module (the code stays in its memory, useless without a socket)."""
     source = BASE + (
         "import stat\n"
         "def look(site):\n"
@@ -353,3 +360,118 @@ def test_the_sandbox_and_its_fork_server_die_with_a_killed_portal() -> None:
 
     assert _gone(half), "the sandbox outlived its portal"
     assert _gone(server), "the fork server outlived its portal"
+
+
+def test_each_sandbox_draws_its_own_numpy_global_random_numbers() -> None:
+    """Forked from one server, they would otherwise share its global generator's state (two
+    jobs' noise that cancels when subtracted)."""
+    source = (
+        BASE
+        + "def draw(site):\n    return {'x': np.random.random()}\n\nHANDLERS = {'draw': draw}\n"
+    )
+    first, second = _opened(source), _opened(source)
+    try:
+        assert first.call("draw", {})["x"] != second.call("draw", {})["x"]
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_sandbox_that_ended_by_itself_keeps_its_pid_until_the_portal_stops_it() -> None:
+    """Its pid stays taken (a zombie) until close(), so the stop cannot reach another job's
+    sandbox that was given the same pid."""
+    source = BASE + (
+        "import signal\ndef end_soon(site):\n    signal.setitimer(signal.ITIMER_REAL, 0.05)\n"
+        "    return {}\n\nHANDLERS = {'end_soon': end_soon}\n"
+    )
+    ending = _opened(source)
+    ending.call("end_soon", {})
+    deadline = time.monotonic() + 10
+    while _state(ending.pid) != "Z" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    other = _opened(BASE + "HANDLERS = {}\n")  # a request to the server in between
+    try:
+        assert _state(ending.pid) == "Z"
+        assert not ending.alive
+        ending.close()
+        assert _state(ending.pid) == ""
+        assert other.alive
+    finally:
+        other.close()
+
+
+def test_a_sandbox_dropped_during_a_request_on_the_same_thread_is_stopped_without_a_deadlock() -> (
+    None
+):
+    """The garbage collector may drop a sandbox while its own thread holds the server's lock:
+    the stop waits for the lock to be free instead of waiting on itself."""
+    from federation import sandbox as module
+
+    dropped = _opened(BASE + "HANDLERS = {}\n")
+    pid = dropped.pid
+    server = module._fork_server()
+    finished = threading.Event()
+
+    def drop_while_holding_the_lock() -> None:
+        nonlocal dropped
+        with server._lock:
+            del dropped
+            gc.collect()
+        finished.set()
+
+    worker = threading.Thread(target=drop_while_holding_the_lock, daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+
+    assert finished.is_set(), "the thread waited on the lock it held"
+    assert server.alive(pid) is False  # the queued stop went first
+    assert _state(pid) == ""
+
+
+def test_a_fork_server_that_does_not_answer_is_replaced() -> None:
+    from federation import sandbox as module
+
+    server = module._fork_server()
+    os.kill(server._process.pid, signal.SIGSTOP)
+    server._socket.settimeout(0.1)
+
+    with pytest.raises(SandboxFailed, match="fork server failed"):
+        _sandbox(BASE + "HANDLERS = {}\n")
+
+    replaced = _sandbox(BASE + "HANDLERS = {}\n")
+    try:
+        assert module._fork_server() is not server
+        assert replaced.alive
+    finally:
+        replaced.close()
+
+
+FORKING_PORTAL = """
+import os, sys
+import numpy as np
+from federation import sandbox
+
+half = sandbox.Sandbox(name="T", file_name="TRemote.py", source=sys.argv[1])
+half.open(site="s", spec=sandbox_spec, label="s.csv", columns=["a", "b"],
+          values=np.ones((4, 2)), is_central=False, rng=np.random.default_rng(1))
+child = os.fork()
+if child == 0:
+    sys.exit(0)  # its exit runs the atexit hooks and finalizers it inherited
+os.waitpid(child, 0)
+print(half.call("total", {})["sum"], flush=True)
+"""
+
+
+def test_a_process_forked_from_the_portal_leaves_the_portals_sandboxes_alone() -> None:
+    source = BASE + (
+        "def total(site):\n    return {'sum': float(site.data.values.sum())}\n\n"
+        "HANDLERS = {'total': total}\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", f"sandbox_spec = {SPEC!r}\n{FORKING_PORTAL}", source],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert done.stdout.strip() == "8.0", done.stderr[-2000:]
