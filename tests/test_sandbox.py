@@ -312,25 +312,39 @@ def test_sandboxes_die_with_their_fork_server_and_the_next_one_gets_a_new_server
     assert not first.alive
     with pytest.raises(SandboxFailed):
         first.call("hang", {})
-    second = _opened(BASE + "HANDLERS = {}\n")
+    _a_new_server_serves(instead_of=server)
+
+
+def _a_new_server_serves(*, instead_of: object) -> None:
+    from federation import sandbox as module
+
+    fresh = _opened(BASE + "HANDLERS = {}\n")
     try:
-        assert module._fork_server() is not server
-        assert second.alive
+        assert module._fork_server() is not instead_of
+        assert fresh.alive
     finally:
-        second.close()
+        fresh.close()
 
 
 PORTAL = """
-import sys, time
+import os, sys
 import numpy as np
 from federation import sandbox
 
 half = sandbox.Sandbox(name="T", file_name="TRemote.py", source=sys.argv[1])
 half.open(site="s", spec=sandbox_spec, label="s.csv", columns=["a", "b"],
-          values=np.zeros((4, 2)), is_central=False, rng=np.random.default_rng(1))
+          values=np.ones((4, 2)), is_central=False, rng=np.random.default_rng(1))
+"""
+"""A portal (of the test's own) with one sandbox open on four rows of ones; the test's half
+is its first argument."""
+
+KILLED_PORTAL = (
+    PORTAL
+    + """
 print(half.pid, sandbox._fork_server()._process.pid, flush=True)
 half.call("spin", {})
 """
+)
 
 
 def test_the_sandbox_and_its_fork_server_die_with_a_killed_portal() -> None:
@@ -339,7 +353,7 @@ def test_the_sandbox_and_its_fork_server_die_with_a_killed_portal() -> None:
     cleared its parent-death signal.)"""
     source = BASE + "def spin(site):\n    while True:\n        pass\n\nHANDLERS = {'spin': spin}\n"
     portal = subprocess.Popen(
-        [sys.executable, "-c", f"sandbox_spec = {SPEC!r}\n{PORTAL}", source],
+        [sys.executable, "-c", f"sandbox_spec = {SPEC!r}\n{KILLED_PORTAL}", source],
         stdout=subprocess.PIPE,
     )
     assert portal.stdout is not None
@@ -438,28 +452,19 @@ def test_a_fork_server_that_does_not_answer_is_replaced() -> None:
     with pytest.raises(SandboxFailed, match="fork server failed"):
         _sandbox(BASE + "HANDLERS = {}\n")
 
-    replaced = _sandbox(BASE + "HANDLERS = {}\n")
-    try:
-        assert module._fork_server() is not server
-        assert replaced.alive
-    finally:
-        replaced.close()
+    _a_new_server_serves(instead_of=server)
 
 
-FORKING_PORTAL = """
-import os, sys
-import numpy as np
-from federation import sandbox
-
-half = sandbox.Sandbox(name="T", file_name="TRemote.py", source=sys.argv[1])
-half.open(site="s", spec=sandbox_spec, label="s.csv", columns=["a", "b"],
-          values=np.ones((4, 2)), is_central=False, rng=np.random.default_rng(1))
+FORKING_PORTAL = (
+    PORTAL
+    + """
 child = os.fork()
 if child == 0:
     sys.exit(0)  # its exit runs the atexit hooks and finalizers it inherited
 os.waitpid(child, 0)
 print(half.call("total", {})["sum"], flush=True)
 """
+)
 
 
 def test_a_process_forked_from_the_portal_leaves_the_portals_sandboxes_alone() -> None:
