@@ -55,7 +55,9 @@ class Sandbox:
 
     def __init__(self, *, name: str, file_name: str, source: str, seconds: float = CALL_SECONDS):
         self._seconds = seconds
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        """Held by a command under way; pipes are closed only under it (never while another
+        thread reads or writes them: their numbers could be reused by the next sandbox)."""
         self._limit = ANSWER_BYTES
         self.logs: list[str] = []
         self._server = _fork_server()
@@ -112,10 +114,12 @@ class Sandbox:
         return result
 
     def close(self) -> None:
-        """Kill the process (its data goes with it); it is gone when this returns."""
+        """Kill the process (its data goes with it); it is gone when this returns. From another
+        thread, a command under way then fails at once, and the pipes are closed after it."""
         if self._forgotten.detach() is not None:
-            _close(self._requests, self._answers)
             self._server.stop(self.pid)
+            with self._lock:
+                _close(self._requests, self._answers)
 
     @property
     def alive(self) -> bool:
@@ -126,9 +130,12 @@ class Sandbox:
         process (silence, a malformed or oversized answer) kills it."""
         seconds = self._seconds if seconds is None else seconds
         with self._lock:
+            if self._requests.closed:
+                raise SandboxFailed("the sandboxed remote half was stopped")
             try:
-                sandbox_child.write_frame(self._requests, message)
-                body = _read_answer(self._answers.fileno(), time.monotonic() + seconds, self._limit)
+                deadline = time.monotonic() + seconds
+                _write_request(self._requests.fileno(), sandbox_child.pack(message), deadline)
+                body = _read_answer(self._answers.fileno(), deadline, self._limit)
                 answer = sandbox_child.unpack(body)
             except TimeoutError:
                 self.close()
@@ -225,8 +232,9 @@ class _ForkServer:
             raise
         os.close(fds[0])
         os.close(fds[3])
+        os.set_blocking(fds[1], False)  # writes wait in select(), with the command's deadline
         (pid,) = sandbox_child.PID.unpack(reply[1:])
-        return pid, os.fdopen(fds[1], "wb"), os.fdopen(fds[2], "rb")
+        return pid, os.fdopen(fds[1], "wb", buffering=0), os.fdopen(fds[2], "rb", buffering=0)
 
     def stop(self, pid: int) -> None:
         """Kill the sandbox and reap it; when the server is gone, its children went with it."""
@@ -254,19 +262,25 @@ class _ForkServer:
 
     def _ask(self, message: bytes, fds: tuple[int, ...] = ()) -> bytes:
         with self._lock:
+            self._send_queued_stops()
             reply = self._request(message, fds)
         self._send_stops()
         return reply
 
     def _send_stops(self) -> None:
+        """The queued stops, if the server is free; whoever holds it sends them on release."""
         while self._stops and self._lock.acquire(blocking=False):
             try:
-                while self._stops:
-                    stop = sandbox_child.STOP + sandbox_child.PID.pack(self._stops.pop())
-                    with contextlib.suppress(SandboxFailed):
-                        self._request(stop)
+                self._send_queued_stops()
             finally:
                 self._lock.release()
+
+    def _send_queued_stops(self) -> None:
+        """The caller holds the lock."""
+        while self._stops:
+            stop = sandbox_child.STOP + sandbox_child.PID.pack(self._stops.pop())
+            with contextlib.suppress(SandboxFailed):
+                self._request(stop)
 
     def _request(self, message: bytes, fds: tuple[int, ...] = ()) -> bytes:
         """One request and its reply; the caller holds the lock."""
@@ -312,15 +326,29 @@ def _close_server() -> None:
 def _forget_server_in_a_fork() -> None:
     """A process forked from the portal does not share the portal's server: it closes its copy
     of the socket, so that the server still sees the portal go."""
-    global _server
+    global _server, _server_lock
     if _server is not None:
         with contextlib.suppress(OSError):
             _server._socket.close()
     _server = None
+    _server_lock = threading.Lock()  # another thread may have held it at the fork
 
 
 atexit.register(_close_server)
 os.register_at_fork(after_in_child=_forget_server_in_a_fork)
+
+
+def _write_request(fd: int, buffers: list[bytes | memoryview], deadline: float) -> None:
+    """A frame's buffers onto the (non-blocking) pipe, the whole of it before ``deadline``: a
+    process that stops reading cannot hold the portal's thread."""
+    for buffer in buffers:
+        view = memoryview(buffer).cast("B")
+        while view:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([], [fd], [], left)[1]:
+                raise TimeoutError
+            with contextlib.suppress(BlockingIOError):
+                view = view[os.write(fd, view[: 1 << 20]) :]
 
 
 def _read_answer(fd: int, deadline: float, limit: int) -> bytearray:

@@ -3,8 +3,10 @@ the portal, opens nothing once loaded, writes nothing, and dies with its job."""
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +17,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
+from federation import sandbox_child
 from federation.sandbox import Sandbox, SandboxFailed
 
 SPEC = {
@@ -144,6 +147,12 @@ def test_nothing_is_written_even_while_loading(tmp_path: os.PathLike[str]) -> No
         "syscall(LIBC.sigqueue(os.getpid(), 0, 0))",  # a signal by another system call
         "syscall(LIBC.prctl(1, 0, 0, 0, 0))",  # no longer to die with the fork server
         "syscall(LIBC.prctl(4, 1, 0, 0, 0))",  # dumpable: its memory in a core file
+        # a signal sent by the kernel to the owner of a descriptor when the portal writes to it:
+        "syscall(LIBC.fcntl(3, 8, os.getpid()))",  # F_SETOWN
+        "syscall(LIBC.fcntl(3, 10, 9))",  # F_SETSIG
+        "syscall(LIBC.ioctl(3, 0x8901, ctypes.byref(ctypes.c_int(os.getpid()))))",  # FIOSETOWN
+        "syscall(LIBC.setpriority(0, 0, 19))",  # would slow another site's sandbox
+        "syscall(LIBC.shmget(0, 4096, 0o1600))",  # memory that outlives it, shared
     ],
 )
 def test_once_loaded_it_opens_and_starts_nothing(action: str, closing: list[Sandbox]) -> None:
@@ -448,9 +457,12 @@ def test_a_fork_server_that_does_not_answer_is_replaced() -> None:
     server = module._fork_server()
     os.kill(server._process.pid, signal.SIGSTOP)
     server._socket.settimeout(0.1)
-
-    with pytest.raises(SandboxFailed, match="fork server failed"):
-        _sandbox(BASE + "HANDLERS = {}\n")
+    try:
+        with pytest.raises(SandboxFailed, match="fork server failed"):
+            _sandbox(BASE + "HANDLERS = {}\n")
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # a stopped server would outlive us
+            os.kill(server._process.pid, signal.SIGCONT)
 
     _a_new_server_serves(instead_of=server)
 
@@ -480,3 +492,114 @@ def test_a_process_forked_from_the_portal_leaves_the_portals_sandboxes_alone() -
     )
 
     assert done.stdout.strip() == "8.0", done.stderr[-2000:]
+
+
+def test_a_half_still_reads_and_sets_its_own_descriptors_flags(closing: list[Sandbox]) -> None:
+    """fcntl is refused only for the commands that name another process."""
+    source = BASE + (
+        "def flags(site):\n    os.set_blocking(0, False)\n"
+        "    return {'blocking': os.get_blocking(0)}\n\nHANDLERS = {'flags': flags}\n"
+    )
+    sandbox = _opened(source)
+    closing.append(sandbox)
+
+    assert sandbox.call("flags", {}) == {"blocking": False}
+
+
+def test_no_directory_is_made_even_where_anyone_may_write(closing: list[Sandbox]) -> None:
+    """A folder in /tmp is a write to disk too (its name could carry data)."""
+    folder = f"/tmp/fip-sandbox-test-{os.getpid()}"
+    source = BASE + f"def make(site):\n    os.mkdir({folder!r})\n\nHANDLERS = {{'make': make}}\n"
+    sandbox = _opened(source)
+    closing.append(sandbox)
+    try:
+        with pytest.raises(SandboxFailed) as caught:
+            sandbox.call("make", {})
+        assert "Operation not permitted" in caught.value.detail
+        assert not os.path.exists(folder)
+    finally:
+        if os.path.isdir(folder):
+            os.rmdir(folder)
+
+
+STOPS_READING = BASE + (
+    "import signal, time\n"
+    "def stop_reading(site):\n"
+    "    signal.signal(signal.SIGALRM, lambda *_: time.sleep(60))\n"
+    "    signal.setitimer(signal.ITIMER_REAL, 0.001)\n"
+    "    return {}\n\nHANDLERS = {'stop_reading': stop_reading, 'take': lambda site, x: {}}\n"
+)
+"""A half that stops reading its pipe in the middle of the next command."""
+
+
+def _send_a_large_command_in_a_thread(sandbox: Sandbox) -> tuple[threading.Thread, list[object]]:
+    outcome: list[object] = []
+
+    def send() -> None:
+        try:
+            outcome.append(sandbox.call("take", {"x": np.zeros(2_000_000)}))
+        except SandboxFailed as error:
+            outcome.append(error)
+
+    sandbox.call("stop_reading", {})
+    thread = threading.Thread(target=send, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def test_a_half_that_stops_reading_cannot_hold_the_portal_past_the_deadline() -> None:
+    sandbox = _opened(STOPS_READING, seconds=0.2)
+    try:
+        thread, outcome = _send_a_large_command_in_a_thread(sandbox)
+        thread.join(timeout=10)
+
+        assert not thread.is_alive(), "the portal's write waited for the half for good"
+        assert isinstance(outcome[0], SandboxFailed)
+        assert "did not answer in 0.2 s" in str(outcome[0])
+        assert not sandbox.alive
+    finally:
+        sandbox.close()
+
+
+def test_closing_from_another_thread_ends_a_command_under_way_at_once() -> None:
+    """As a cancelled job does: the command's thread fails, close() returns, both at once."""
+    sandbox = _opened(STOPS_READING, seconds=30)
+    thread, outcome = _send_a_large_command_in_a_thread(sandbox)
+    time.sleep(0.05)
+    closer = threading.Thread(target=sandbox.close, daemon=True)
+    closer.start()
+    closer.join(timeout=10)
+    thread.join(timeout=10)
+
+    assert not closer.is_alive(), "close() waited for the command"
+    assert not thread.is_alive()
+    assert isinstance(outcome[0], SandboxFailed)
+    assert not sandbox.alive
+
+
+HEADERS = {
+    "x86_64": ("/usr/include/x86_64-linux-gnu/asm/unistd_64.h", r"#define __NR_(\w+) (\d+)"),
+    "aarch64": ("/usr/include/asm-generic/unistd.h", r"#define __NR(?:3264)?_(\w+) (\d+)"),
+}
+NOT_IN_THE_GENERIC_TABLE = set(
+    "open creat rename link unlink symlink mknod mkdir rmdir chmod chown lchown utime utimes"
+    " futimesat fork vfork".split()
+)
+
+
+@pytest.mark.parametrize("machine", sorted(sandbox_child.SYSCALLS))
+def test_every_denied_call_has_its_number_from_linuxs_own_table(machine: str) -> None:
+    """The numbers are checked against the kernel headers of this machine (Debian's
+    linux-libc-dev ships both tables); a name the headers lack is newer than they are."""
+    numbers = sandbox_child.SYSCALLS[machine]
+    named = {n for group in sandbox_child.DENIED_CALLS.values() for n in group.split()}
+    absent = NOT_IN_THE_GENERIC_TABLE if machine == "aarch64" else set()
+    path, pattern = HEADERS[machine]
+    with open(path) as header:
+        linux = dict(re.findall(pattern, header.read()))
+
+    assert named - set(numbers) == absent
+    assert set(numbers) - named == set(sandbox_child.DENIED_ARGUMENTS)
+    wrong = {n: (k, linux[n]) for n, k in numbers.items() if n in linux and int(linux[n]) != k}
+    assert not wrong
+    assert set(numbers) - set(linux) <= {"fchmodat2"}
