@@ -1,13 +1,15 @@
 """The sandbox process in which a site runs an uploaded remote half, and its pipe codec.
 
-Run as a script (``python -I sandbox_child.py``) by :mod:`federation.sandbox`; it imports only
+Run once per portal as a script (``python -I sandbox_child.py``) by :mod:`federation.sandbox`,
+as a fork server (below) whose children are the sandboxes; it imports only
 the standard library and numpy, so that the code it loads finds nothing of the portal: the
 packages ``federation``, ``portal_site``, ``portal_central`` and ``algorithms`` cannot be
 imported here, and patching anything in this process changes nothing in the portal's.
 
 The uploaded code runs only after the process locked itself down for good (``lock_down``): it
-can open no file, socket or pipe, start no process or thread, signal or trace no other process,
-write no file and change none of these limits; as root it is nobody. Only then does the job's
+can open no file, socket or pipe, start no process or thread, signal, trace, renice or share
+memory with no other process, write no file or folder, and change none of these limits; as
+root it is nobody. Only then does the job's
 data arrive, over the pipe. A machine on which this cannot be done runs no uploaded code.
 Everything it answers goes back over the pipe to the portal, which checks it against the
 declared replies before anything leaves the site.
@@ -230,114 +232,222 @@ class _Blocker:
 # Applied before the uploaded code runs, in this order: no new process or thread and no file
 # written (resource limits), no new file descriptor (every number up to the limit is taken),
 # root's identity dropped when the portal runs as root, then a seccomp filter that no code can
-# lift: the system calls that open, create or link files, make sockets, start processes or
-# programs, signal or trace other processes, change limits or namespaces fail with EPERM.
+# lift: the system calls below fail with EPERM.
 
-DENIED = {
-    "x86_64": (
-        2,
-        41,
-        42,
-        43,
-        49,
-        50,
-        53,
-        56,
-        57,
-        58,
-        59,
-        62,
-        76,
-        82,
-        85,
-        86,
-        87,
-        88,
-        101,
-        133,
-        155,
-        160,
-        161,
-        165,
-        166,
-        200,
-        234,
-        257,
-        259,
-        263,
-        264,
-        265,
-        266,
-        272,
-        288,
-        298,
-        302,
-        308,
-        310,
-        311,
-        316,
-        319,
-        321,
-        322,
-        323,
-        424,
-        425,
-        434,
-        435,
-        437,
-        438,
-    ),
-    "aarch64": (
-        33,
-        35,
-        36,
-        37,
-        38,
-        39,
-        40,
-        41,
-        45,
-        51,
-        56,
-        97,
-        117,
-        129,
-        130,
-        131,
-        164,
-        198,
-        199,
-        200,
-        201,
-        202,
-        203,
-        220,
-        221,
-        241,
-        242,
-        261,
-        268,
-        270,
-        271,
-        276,
-        279,
-        280,
-        281,
-        282,
-        424,
-        425,
-        434,
-        435,
-        437,
-        438,
-    ),
+DENIED_CALLS = {
+    "files": "open creat openat openat2 truncate rename renameat renameat2 link linkat unlink"
+    " unlinkat symlink symlinkat mknod mknodat mkdir mkdirat rmdir memfd_create",
+    "what files are": "chmod fchmod fchmodat fchmodat2 chown fchown lchown fchownat utime utimes"
+    " futimesat utimensat setxattr lsetxattr fsetxattr removexattr lremovexattr fremovexattr",
+    "sockets": "socket socketpair connect accept accept4 bind listen",
+    "processes and programs": "clone clone3 fork vfork execve execveat",
+    "other processes": "kill tkill tgkill rt_sigqueueinfo rt_tgsigqueueinfo pidfd_send_signal"
+    " pidfd_open pidfd_getfd ptrace process_vm_readv process_vm_writev setpriority"
+    " sched_setparam sched_setscheduler sched_setaffinity sched_setattr ioprio_set",
+    "memory, queues and keys shared between processes": "shmget shmat shmctl semget semop"
+    " semctl semtimedop msgget msgsnd msgrcv msgctl mq_open add_key request_key keyctl",
+    "itself": "prctl setrlimit prlimit64 unshare setns chroot pivot_root mount umount2",
+    "the kernel's other doors": "bpf perf_event_open userfaultfd io_uring_setup",
 }
-"""By number: open, socket, connect, accept, bind, listen, socketpair, clone, fork, vfork,
-execve, kill, truncate, rename, creat, link, unlink, symlink, ptrace, mknod, pivot_root,
-setrlimit, chroot, mount, umount2, tkill, tgkill, openat, mknodat, unlinkat, renameat, linkat,
-symlinkat, unshare, accept4, perf_event_open, prlimit64, setns, process_vm_readv/writev,
-renameat2, memfd_create, bpf, execveat, userfaultfd, pidfd_send_signal, io_uring_setup,
-pidfd_open, clone3, openat2, pidfd_getfd (aarch64 has no open, creat, fork or vfork)."""
+"""What a locked-down sandbox cannot do, by purpose. ``prctl`` because it could clear the
+parent-death signal or make the process dumpable (its memory in a core file); the calls on
+other processes because a sandbox runs as ``nobody``, like every other site's sandbox."""
+
+SYSCALLS = {
+    "x86_64": {
+        "open": 2,
+        "creat": 85,
+        "openat": 257,
+        "openat2": 437,
+        "truncate": 76,
+        "rename": 82,
+        "renameat": 264,
+        "renameat2": 316,
+        "link": 86,
+        "linkat": 265,
+        "unlink": 87,
+        "unlinkat": 263,
+        "symlink": 88,
+        "symlinkat": 266,
+        "mknod": 133,
+        "mknodat": 259,
+        "mkdir": 83,
+        "mkdirat": 258,
+        "rmdir": 84,
+        "memfd_create": 319,
+        "chmod": 90,
+        "fchmod": 91,
+        "fchmodat": 268,
+        "fchmodat2": 452,
+        "chown": 92,
+        "fchown": 93,
+        "lchown": 94,
+        "fchownat": 260,
+        "utime": 132,
+        "utimes": 235,
+        "futimesat": 261,
+        "utimensat": 280,
+        "setxattr": 188,
+        "lsetxattr": 189,
+        "fsetxattr": 190,
+        "removexattr": 197,
+        "lremovexattr": 198,
+        "fremovexattr": 199,
+        "socket": 41,
+        "socketpair": 53,
+        "connect": 42,
+        "accept": 43,
+        "accept4": 288,
+        "bind": 49,
+        "listen": 50,
+        "clone": 56,
+        "clone3": 435,
+        "fork": 57,
+        "vfork": 58,
+        "execve": 59,
+        "execveat": 322,
+        "kill": 62,
+        "tkill": 200,
+        "tgkill": 234,
+        "rt_sigqueueinfo": 129,
+        "rt_tgsigqueueinfo": 297,
+        "pidfd_send_signal": 424,
+        "pidfd_open": 434,
+        "pidfd_getfd": 438,
+        "ptrace": 101,
+        "process_vm_readv": 310,
+        "process_vm_writev": 311,
+        "setpriority": 141,
+        "sched_setparam": 142,
+        "sched_setscheduler": 144,
+        "sched_setaffinity": 203,
+        "sched_setattr": 314,
+        "ioprio_set": 251,
+        "shmget": 29,
+        "shmat": 30,
+        "shmctl": 31,
+        "semget": 64,
+        "semop": 65,
+        "semctl": 66,
+        "semtimedop": 220,
+        "msgget": 68,
+        "msgsnd": 69,
+        "msgrcv": 70,
+        "msgctl": 71,
+        "mq_open": 240,
+        "add_key": 248,
+        "request_key": 249,
+        "keyctl": 250,
+        "prctl": 157,
+        "setrlimit": 160,
+        "prlimit64": 302,
+        "unshare": 272,
+        "setns": 308,
+        "chroot": 161,
+        "pivot_root": 155,
+        "mount": 165,
+        "umount2": 166,
+        "bpf": 321,
+        "perf_event_open": 298,
+        "userfaultfd": 323,
+        "io_uring_setup": 425,
+        "fcntl": 72,
+        "ioctl": 16,
+    },
+    "aarch64": {  # the generic table: no open, creat, rename, link, unlink, symlink, mknod,
+        # mkdir, rmdir, chmod, chown, lchown, utime(s), futimesat, fork or vfork
+        "openat": 56,
+        "openat2": 437,
+        "truncate": 45,
+        "renameat": 38,
+        "renameat2": 276,
+        "linkat": 37,
+        "unlinkat": 35,
+        "symlinkat": 36,
+        "mknodat": 33,
+        "mkdirat": 34,
+        "memfd_create": 279,
+        "fchmod": 52,
+        "fchmodat": 53,
+        "fchmodat2": 452,
+        "fchown": 55,
+        "fchownat": 54,
+        "utimensat": 88,
+        "setxattr": 5,
+        "lsetxattr": 6,
+        "fsetxattr": 7,
+        "removexattr": 14,
+        "lremovexattr": 15,
+        "fremovexattr": 16,
+        "socket": 198,
+        "socketpair": 199,
+        "connect": 203,
+        "accept": 202,
+        "accept4": 242,
+        "bind": 200,
+        "listen": 201,
+        "clone": 220,
+        "clone3": 435,
+        "execve": 221,
+        "execveat": 281,
+        "kill": 129,
+        "tkill": 130,
+        "tgkill": 131,
+        "rt_sigqueueinfo": 138,
+        "rt_tgsigqueueinfo": 240,
+        "pidfd_send_signal": 424,
+        "pidfd_open": 434,
+        "pidfd_getfd": 438,
+        "ptrace": 117,
+        "process_vm_readv": 270,
+        "process_vm_writev": 271,
+        "setpriority": 140,
+        "sched_setparam": 118,
+        "sched_setscheduler": 119,
+        "sched_setaffinity": 122,
+        "sched_setattr": 274,
+        "ioprio_set": 30,
+        "shmget": 194,
+        "shmat": 196,
+        "shmctl": 195,
+        "semget": 190,
+        "semop": 193,
+        "semctl": 191,
+        "semtimedop": 192,
+        "msgget": 186,
+        "msgsnd": 189,
+        "msgrcv": 188,
+        "msgctl": 187,
+        "mq_open": 180,
+        "add_key": 217,
+        "request_key": 218,
+        "keyctl": 219,
+        "prctl": 167,
+        "setrlimit": 164,
+        "prlimit64": 261,
+        "unshare": 97,
+        "setns": 268,
+        "chroot": 51,
+        "pivot_root": 41,
+        "mount": 40,
+        "umount2": 39,
+        "bpf": 280,
+        "perf_event_open": 241,
+        "userfaultfd": 282,
+        "io_uring_setup": 425,
+        "fcntl": 25,
+        "ioctl": 29,
+    },
+}
+"""The numbers of the calls by machine (Linux's tables for x86_64 and the generic one)."""
+
+DENIED_ARGUMENTS = {
+    "fcntl": (8, 10, 15),  # F_SETOWN, F_SETSIG, F_SETOWN_EX
+    "ioctl": (0x8901, 0x8902),  # FIOSETOWN, SIOCSPGRP
+}
+"""Calls refused for some commands only: naming another process as the owner of a descriptor,
+or the signal it is sent, would have the kernel signal that process when the portal writes to
+the sandbox's pipe."""
 _AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
 NOBODY = 65534
 
@@ -346,14 +456,53 @@ class LockDownFailed(Exception):
     """This machine cannot confine the uploaded code: it is not run."""
 
 
+def filter_program(machine: str) -> list[tuple[int, int, int, int]]:
+    """The seccomp filter as classic BPF instructions (code, jump if true, jump if false, k)."""
+    if machine not in SYSCALLS:
+        raise LockDownFailed(f"no system-call filter for {machine}")
+    numbers = SYSCALLS[machine]
+    denied = [
+        numbers[name]
+        for group in DENIED_CALLS.values()
+        for name in group.split()
+        if name in numbers
+    ]
+    load, equal, at_least, ret = 0x20, 0x15, 0x35, 0x06
+    allow, refuse, kill = 0x7FFF0000, 0x00050000 | 1, 0x80000000  # EPERM; kill the process
+    argument = 24  # the low half of the second argument (seccomp_data.args[1])
+    # Written with labels for the jumps, resolved below into relative offsets.
+    code: list[tuple[int, str | int, str | int, int]] = [
+        (load, 0, 0, 4),  # the architecture
+        (equal, 1, 0, _AUDIT_ARCH[machine]),
+        (ret, 0, 0, kill),
+        (load, 0, 0, 0),  # the system call's number
+        (at_least, "refuse", 0, 0x40000000),  # x32 calls on x86_64
+        *((equal, "refuse", 0, number) for number in denied),
+        *((equal, call, 0, numbers[call]) for call in DENIED_ARGUMENTS),
+        (ret, 0, 0, allow),
+    ]
+    labels = {}
+    for call, commands in DENIED_ARGUMENTS.items():
+        labels[call] = len(code)
+        code += [
+            (load, 0, 0, argument),
+            *((equal, "refuse", 0, command) for command in commands),
+            (ret, 0, 0, allow),
+        ]
+    labels["refuse"] = len(code)
+    code.append((ret, 0, 0, refuse))
+    program = []
+    for index, (operation, if_true, if_false, k) in enumerate(code):
+        jumps = [labels[j] - index - 1 if isinstance(j, str) else j for j in (if_true, if_false)]
+        program.append((operation, jumps[0], jumps[1], k))
+    return program
+
+
 def _seccomp() -> None:
     import ctypes
     import platform
 
-    machine = platform.machine()
-    if machine not in DENIED:
-        raise LockDownFailed(f"no system-call filter for {machine}")
-    denied = DENIED[machine]
+    code = filter_program(platform.machine())
 
     class Instruction(ctypes.Structure):
         _fields_ = [
@@ -366,19 +515,6 @@ def _seccomp() -> None:
     class Program(ctypes.Structure):
         _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(Instruction))]
 
-    load, equal, at_least, ret = 0x20, 0x15, 0x35, 0x06
-    allow, refuse, kill = 0x7FFF0000, 0x00050000 | 1, 0x80000000  # EPERM; kill the process
-    n = len(denied)
-    code = [
-        (load, 0, 0, 4),  # the architecture
-        (equal, 1, 0, _AUDIT_ARCH[machine]),
-        (ret, 0, 0, kill),
-        (load, 0, 0, 0),  # the system call's number
-        (at_least, n + 1, 0, 0x40000000),  # x32 calls on x86_64
-        *((equal, n - i, 0, number) for i, number in enumerate(denied)),
-        (ret, 0, 0, allow),
-        (ret, 0, 0, refuse),
-    ]
     instructions = (Instruction * len(code))(*(Instruction(*step) for step in code))
     program = Program(len(code), instructions)
     libc = ctypes.CDLL(None, use_errno=True)
@@ -411,18 +547,25 @@ def lock_down() -> None:
         os.setgroups([])
         os.setgid(NOBODY)
         os.setuid(NOBODY)
+        _die_with_parent()
     _seccomp()
 
 
-def _die_with_parent() -> None:
-    try:
-        import ctypes
-        import signal
+_parent = 0
+"""The fork server's pid, in its child."""
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+
+def _die_with_parent() -> None:
+    """Be killed when the fork server ends, or end now if it already has. A change of identity
+    clears this, so ``lock_down`` sets it again after dropping root's."""
+    import ctypes
+    import signal
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(1, signal.SIGKILL) != 0:  # PR_SET_PDEATHSIG
+        raise LockDownFailed(f"pdeathsig: errno {ctypes.get_errno()}")
+    if os.getppid() != _parent:
+        os._exit(1)
 
 
 def _serve(channel_in: IO[bytes], channel_out: IO[bytes]) -> None:
@@ -550,14 +693,18 @@ PRELOADED = (
 remote half imports what else it needs at its top, while it loads."""
 
 
-def main() -> None:
+def _preload() -> None:
     import importlib
-    import resource
-    import signal
 
     for name in PRELOADED:
         importlib.import_module(name)
-    _die_with_parent()
+
+
+def _run() -> None:
+    """Serve one remote half on descriptors 0 and 1 (the pipes from the portal)."""
+    import resource
+    import signal
+
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write fails (EFBIG) instead of killing
     resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
     sys.meta_path.insert(0, _Blocker())
@@ -572,5 +719,104 @@ def main() -> None:
     _serve(channel_in, channel_out)
 
 
+# ------------------------------------------------------------------ the fork server
+#
+# Starting Python and importing numpy costs a site about 0.2 s of CPU per sandbox. The portal
+# therefore starts this script once, as a fork server (``python -I sandbox_child.py``): a clean
+# process that imports what a sandbox preloads and then only forks. It never sees data or code:
+# a request hands it the two pipe ends of a new sandbox (SCM_RIGHTS over a Unix socket that is
+# its standard input), and its child (a copy of this clean process) makes them its 0 and 1,
+# closes everything else, the server's socket included, takes a fresh seed for numpy's global
+# generator, and serves exactly as a sandbox started on its own would, lock-down included.
+#
+# Every child is this server's, and is reaped only when the portal stops it: one that ended by
+# itself stays a zombie until then, so its pid cannot be reused while the portal holds it and
+# a stop can only ever reach the sandbox it was meant for. When the portal goes (its end of the
+# socket closes), the server kills its children and exits; should the server itself die, its
+# children die with it (PDEATHSIG, which the lock-down keeps them from clearing).
+
+START, STOP, ALIVE = b"S", b"K", b"A"
+PID = struct.Struct("<q")
+
+
+def fork_server() -> None:
+    import resource  # noqa: F401 - imported by every sandbox anyway
+    import signal
+
+    _preload()
+    clean = set(sys.modules)
+    import socket  # the server's own, which its children cannot import
+
+    control = socket.socket(fileno=0)
+    children: set[int] = set()
+    try:
+        while True:
+            try:
+                message, fds, _flags, _address = socket.recv_fds(control, 64, 2)
+            except OSError:
+                return
+            if not message:
+                return  # the portal is gone
+            kind, argument = message[:1], message[1:]
+            if kind == START and len(fds) == 2:
+                try:
+                    pid = os.fork()
+                except OSError as error:
+                    control.send(b"E" + str(error).encode()[:50])
+                else:
+                    if pid == 0:
+                        children.clear()  # its siblings are none of its business
+                        _child(control, *fds, modules=clean)
+                    children.add(pid)
+                    control.send(b"P" + PID.pack(pid))
+            elif kind in (STOP, ALIVE) and len(argument) == PID.size:
+                (pid,) = PID.unpack(argument)
+                if kind == STOP and pid in children:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                    children.discard(pid)
+                running = pid in children and _running(pid)
+                control.send(b"Y" if running else b"N")
+            else:
+                control.send(b"E")
+            for fd in fds:
+                os.close(fd)
+    finally:
+        for pid in children:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+
+
+def _running(pid: int) -> bool:
+    """Whether the child has not ended, without reaping it."""
+    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
+
+
+def _child(control: Any, requests: int, answers: int, *, modules: set[str]) -> None:
+    """In the forked child: become a sandbox on the two pipes; never return to the server.
+    Of the modules, it keeps those a sandbox preloads (not the server's ``socket``)."""
+    import resource
+
+    global _parent
+    code = 1
+    try:
+        _parent = os.getppid()
+        os.setsid()  # its own process group, away from the server's
+        _die_with_parent()
+        control.detach()  # its descriptor is closed below with the rest
+        os.dup2(requests, 0)
+        os.dup2(answers, 1)
+        null = os.open(os.devnull, os.O_RDWR)
+        os.dup2(null, 2)
+        os.closerange(3, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+        for name in set(sys.modules) - modules:
+            del sys.modules[name]
+        np.random.seed()  # the server's global generator state is every child's otherwise
+        _run()
+        code = 0
+    finally:
+        os._exit(code)
+
+
 if __name__ == "__main__":
-    main()
+    fork_server()

@@ -3,13 +3,21 @@ the portal, opens nothing once loaded, writes nothing, and dies with its job."""
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
+import re
+import signal
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
 
+from federation import sandbox_child
 from federation.sandbox import Sandbox, SandboxFailed
 
 SPEC = {
@@ -136,6 +144,15 @@ def test_nothing_is_written_even_while_loading(tmp_path: os.PathLike[str]) -> No
         "os.fork()",
         "os.kill(os.getppid(), 9)",
         "__import__('socket')",
+        "syscall(LIBC.sigqueue(os.getpid(), 0, 0))",  # a signal by another system call
+        "syscall(LIBC.prctl(1, 0, 0, 0, 0))",  # no longer to die with the fork server
+        "syscall(LIBC.prctl(4, 1, 0, 0, 0))",  # dumpable: its memory in a core file
+        # a signal sent by the kernel to the owner of a descriptor when the portal writes to it:
+        "syscall(LIBC.fcntl(3, 8, os.getpid()))",  # F_SETOWN
+        "syscall(LIBC.fcntl(3, 10, 9))",  # F_SETSIG
+        "syscall(LIBC.ioctl(3, 0x8901, ctypes.byref(ctypes.c_int(os.getpid()))))",  # FIOSETOWN
+        "syscall(LIBC.setpriority(0, 0, 19))",  # would slow another site's sandbox
+        "syscall(LIBC.shmget(0, 4096, 0o1600))",  # memory that outlives it, shared
     ],
 )
 def test_once_loaded_it_opens_and_starts_nothing(action: str, closing: list[Sandbox]) -> None:
@@ -241,3 +258,348 @@ def test_print_reaches_nobody(closing: list[Sandbox]) -> None:
     closing.append(sandbox)
 
     assert sandbox.call("talk", {}) == {"ok": 1}
+
+
+# ------------------------------------------------------------------ the fork server
+
+
+def _state(pid: int) -> str:
+    """The process's state letter ("Z" for a zombie), or "" when there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return ""
+
+
+def _gone(pid: int) -> bool:
+    return _state(pid) in ("", "Z", "X")
+
+
+def test_a_sandbox_holds_no_socket_and_cannot_import_the_fork_servers_socket_module(
+    closing: list[Sandbox],
+) -> None:
+    """It is forked from the fork server, which holds a socket to the portal and imported
+    ``socket``: the child holds no socket descriptor (it cannot ask the server for anything)
+    and cannot import the module (the code stays in its memory, useless without a socket)."""
+    source = BASE + (
+        "import stat\n"
+        "def look(site):\n"
+        "    sockets = []\n"
+        "    for fd in range(256):\n"
+        "        try:\n"
+        "            mode = os.fstat(fd).st_mode\n"
+        "        except OSError:\n"
+        "            continue\n"
+        "        if stat.S_ISSOCK(mode):\n"
+        "            sockets.append(fd)\n"
+        "    return {'sockets': sockets, 'modules': sorted(m for m in sys.modules\n"
+        "            if m.split('.')[0] in ('socket', '_socket', 'selectors'))}\n\n"
+        "HANDLERS = {'look': look}\n"
+    )
+    sandbox = _opened(source)
+    closing.append(sandbox)
+
+    assert sandbox.call("look", {}) == {"sockets": [], "modules": []}
+
+
+def test_sandboxes_die_with_their_fork_server_and_the_next_one_gets_a_new_server() -> None:
+    from federation import sandbox as module
+
+    hanging = BASE + "import time\ndef hang(site):\n    time.sleep(60)\n\nHANDLERS = {}\n"
+    first = _opened(hanging)
+    server = module._fork_server()
+    pid = first.pid
+
+    os.kill(server._process.pid, 9)
+    server._process.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while not _gone(pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+    assert _gone(pid), "the sandbox outlived its fork server"
+    assert not first.alive
+    with pytest.raises(SandboxFailed):
+        first.call("hang", {})
+    _a_new_server_serves(instead_of=server)
+
+
+def _a_new_server_serves(*, instead_of: object) -> None:
+    from federation import sandbox as module
+
+    fresh = _opened(BASE + "HANDLERS = {}\n")
+    try:
+        assert module._fork_server() is not instead_of
+        assert fresh.alive
+    finally:
+        fresh.close()
+
+
+PORTAL = """
+import os, sys
+import numpy as np
+from federation import sandbox
+
+half = sandbox.Sandbox(name="T", file_name="TRemote.py", source=sys.argv[1])
+half.open(site="s", spec=sandbox_spec, label="s.csv", columns=["a", "b"],
+          values=np.ones((4, 2)), is_central=False, rng=np.random.default_rng(1))
+"""
+"""A portal (of the test's own) with one sandbox open on four rows of ones; the test's half
+is its first argument."""
+
+KILLED_PORTAL = (
+    PORTAL
+    + """
+print(half.pid, sandbox._fork_server()._process.pid, flush=True)
+half.call("spin", {})
+"""
+)
+
+
+def test_the_sandbox_and_its_fork_server_die_with_a_killed_portal() -> None:
+    """The portal is SIGKILLed while its sandbox computes: nothing of either stays behind.
+    (Before the fork server, a sandbox running as nobody outlived it: dropping root's identity
+    cleared its parent-death signal.)"""
+    source = BASE + "def spin(site):\n    while True:\n        pass\n\nHANDLERS = {'spin': spin}\n"
+    portal = subprocess.Popen(
+        [sys.executable, "-c", f"sandbox_spec = {SPEC!r}\n{KILLED_PORTAL}", source],
+        stdout=subprocess.PIPE,
+    )
+    assert portal.stdout is not None
+    try:
+        half, server = (int(pid) for pid in portal.stdout.readline().split())
+        deadline = time.monotonic() + 10
+        while _state(half) != "R" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _state(half) == "R", "the sandbox is computing"
+        assert not _gone(server)
+    finally:
+        portal.kill()
+        portal.wait(timeout=10)
+        portal.stdout.close()
+    deadline = time.monotonic() + 10
+    while not (_gone(half) and _gone(server)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+    assert _gone(half), "the sandbox outlived its portal"
+    assert _gone(server), "the fork server outlived its portal"
+
+
+def test_each_sandbox_draws_its_own_numpy_global_random_numbers() -> None:
+    """Forked from one server, they would otherwise share its global generator's state (two
+    jobs' noise that cancels when subtracted)."""
+    source = (
+        BASE
+        + "def draw(site):\n    return {'x': np.random.random()}\n\nHANDLERS = {'draw': draw}\n"
+    )
+    first, second = _opened(source), _opened(source)
+    try:
+        assert first.call("draw", {})["x"] != second.call("draw", {})["x"]
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_sandbox_that_ended_by_itself_keeps_its_pid_until_the_portal_stops_it() -> None:
+    """Its pid stays taken (a zombie) until close(), so the stop cannot reach another job's
+    sandbox that was given the same pid."""
+    source = BASE + (
+        "import signal\ndef end_soon(site):\n    signal.setitimer(signal.ITIMER_REAL, 0.05)\n"
+        "    return {}\n\nHANDLERS = {'end_soon': end_soon}\n"
+    )
+    ending = _opened(source)
+    ending.call("end_soon", {})
+    deadline = time.monotonic() + 10
+    while _state(ending.pid) != "Z" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    other = _opened(BASE + "HANDLERS = {}\n")  # a request to the server in between
+    try:
+        assert _state(ending.pid) == "Z"
+        assert not ending.alive
+        ending.close()
+        assert _state(ending.pid) == ""
+        assert other.alive
+    finally:
+        other.close()
+
+
+def test_a_sandbox_dropped_during_a_request_on_the_same_thread_is_stopped_without_a_deadlock() -> (
+    None
+):
+    """The garbage collector may drop a sandbox while its own thread holds the server's lock:
+    the stop waits for the lock to be free instead of waiting on itself."""
+    from federation import sandbox as module
+
+    dropped = _opened(BASE + "HANDLERS = {}\n")
+    pid = dropped.pid
+    server = module._fork_server()
+    finished = threading.Event()
+
+    def drop_while_holding_the_lock() -> None:
+        nonlocal dropped
+        with server._lock:
+            del dropped
+            gc.collect()
+        finished.set()
+
+    worker = threading.Thread(target=drop_while_holding_the_lock, daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+
+    assert finished.is_set(), "the thread waited on the lock it held"
+    assert server.alive(pid) is False  # the queued stop went first
+    assert _state(pid) == ""
+
+
+def test_a_fork_server_that_does_not_answer_is_replaced() -> None:
+    from federation import sandbox as module
+
+    server = module._fork_server()
+    os.kill(server._process.pid, signal.SIGSTOP)
+    server._socket.settimeout(0.1)
+    try:
+        with pytest.raises(SandboxFailed, match="fork server failed"):
+            _sandbox(BASE + "HANDLERS = {}\n")
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # a stopped server would outlive us
+            os.kill(server._process.pid, signal.SIGCONT)
+
+    _a_new_server_serves(instead_of=server)
+
+
+FORKING_PORTAL = (
+    PORTAL
+    + """
+child = os.fork()
+if child == 0:
+    sys.exit(0)  # its exit runs the atexit hooks and finalizers it inherited
+os.waitpid(child, 0)
+print(half.call("total", {})["sum"], flush=True)
+"""
+)
+
+
+def test_a_process_forked_from_the_portal_leaves_the_portals_sandboxes_alone() -> None:
+    source = BASE + (
+        "def total(site):\n    return {'sum': float(site.data.values.sum())}\n\n"
+        "HANDLERS = {'total': total}\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", f"sandbox_spec = {SPEC!r}\n{FORKING_PORTAL}", source],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert done.stdout.strip() == "8.0", done.stderr[-2000:]
+
+
+def test_a_half_still_reads_and_sets_its_own_descriptors_flags(closing: list[Sandbox]) -> None:
+    """fcntl is refused only for the commands that name another process."""
+    source = BASE + (
+        "def flags(site):\n    os.set_blocking(0, False)\n"
+        "    return {'blocking': os.get_blocking(0)}\n\nHANDLERS = {'flags': flags}\n"
+    )
+    sandbox = _opened(source)
+    closing.append(sandbox)
+
+    assert sandbox.call("flags", {}) == {"blocking": False}
+
+
+def test_no_directory_is_made_even_where_anyone_may_write(closing: list[Sandbox]) -> None:
+    """A folder in /tmp is a write to disk too (its name could carry data)."""
+    folder = f"/tmp/fip-sandbox-test-{os.getpid()}"
+    source = BASE + f"def make(site):\n    os.mkdir({folder!r})\n\nHANDLERS = {{'make': make}}\n"
+    sandbox = _opened(source)
+    closing.append(sandbox)
+    try:
+        with pytest.raises(SandboxFailed) as caught:
+            sandbox.call("make", {})
+        assert "Operation not permitted" in caught.value.detail
+        assert not os.path.exists(folder)
+    finally:
+        if os.path.isdir(folder):
+            os.rmdir(folder)
+
+
+STOPS_READING = BASE + (
+    "import signal, time\n"
+    "def stop_reading(site):\n"
+    "    signal.signal(signal.SIGALRM, lambda *_: time.sleep(60))\n"
+    "    signal.setitimer(signal.ITIMER_REAL, 0.001)\n"
+    "    return {}\n\nHANDLERS = {'stop_reading': stop_reading, 'take': lambda site, x: {}}\n"
+)
+"""A half that stops reading its pipe in the middle of the next command."""
+
+
+def _send_a_large_command_in_a_thread(sandbox: Sandbox) -> tuple[threading.Thread, list[object]]:
+    outcome: list[object] = []
+
+    def send() -> None:
+        try:
+            outcome.append(sandbox.call("take", {"x": np.zeros(2_000_000)}))
+        except SandboxFailed as error:
+            outcome.append(error)
+
+    sandbox.call("stop_reading", {})
+    thread = threading.Thread(target=send, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def test_a_half_that_stops_reading_cannot_hold_the_portal_past_the_deadline() -> None:
+    sandbox = _opened(STOPS_READING, seconds=0.2)
+    try:
+        thread, outcome = _send_a_large_command_in_a_thread(sandbox)
+        thread.join(timeout=10)
+
+        assert not thread.is_alive(), "the portal's write waited for the half for good"
+        assert isinstance(outcome[0], SandboxFailed)
+        assert "did not answer in 0.2 s" in str(outcome[0])
+        assert not sandbox.alive
+    finally:
+        sandbox.close()
+
+
+def test_closing_from_another_thread_ends_a_command_under_way_at_once() -> None:
+    """As a cancelled job does: the command's thread fails, close() returns, both at once."""
+    sandbox = _opened(STOPS_READING, seconds=30)
+    thread, outcome = _send_a_large_command_in_a_thread(sandbox)
+    time.sleep(0.05)
+    closer = threading.Thread(target=sandbox.close, daemon=True)
+    closer.start()
+    closer.join(timeout=10)
+    thread.join(timeout=10)
+
+    assert not closer.is_alive(), "close() waited for the command"
+    assert not thread.is_alive()
+    assert isinstance(outcome[0], SandboxFailed)
+    assert not sandbox.alive
+
+
+HEADERS = {
+    "x86_64": ("/usr/include/x86_64-linux-gnu/asm/unistd_64.h", r"#define __NR_(\w+) (\d+)"),
+    "aarch64": ("/usr/include/asm-generic/unistd.h", r"#define __NR(?:3264)?_(\w+) (\d+)"),
+}
+NOT_IN_THE_GENERIC_TABLE = set(
+    "open creat rename link unlink symlink mknod mkdir rmdir chmod chown lchown utime utimes"
+    " futimesat fork vfork".split()
+)
+
+
+@pytest.mark.parametrize("machine", sorted(sandbox_child.SYSCALLS))
+def test_every_denied_call_has_its_number_from_linuxs_own_table(machine: str) -> None:
+    """The numbers are checked against the kernel headers of this machine (Debian's
+    linux-libc-dev ships both tables); a name the headers lack is newer than they are."""
+    numbers = sandbox_child.SYSCALLS[machine]
+    named = {n for group in sandbox_child.DENIED_CALLS.values() for n in group.split()}
+    absent = NOT_IN_THE_GENERIC_TABLE if machine == "aarch64" else set()
+    path, pattern = HEADERS[machine]
+    with open(path) as header:
+        linux = dict(re.findall(pattern, header.read()))
+
+    assert named - set(numbers) == absent
+    assert set(numbers) - named == set(sandbox_child.DENIED_ARGUMENTS)
+    wrong = {n: (k, linux[n]) for n, k in numbers.items() if n in linux and int(linux[n]) != k}
+    assert not wrong
+    assert set(numbers) - set(linux) <= {"fchmodat2"}
