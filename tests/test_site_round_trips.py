@@ -221,3 +221,39 @@ def test_rows_the_database_never_takes_are_given_up_and_logged_and_later_ones_wr
     finally:
         writer.close()
         store.dispose()
+
+
+def test_only_the_first_row_of_a_batch_wakes_the_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Recording a message wakes the writer's thread only when a batch starts: the rows that
+    follow while it lingers change nothing it waits for (a wake-up each would cost a thread
+    switch beside the loop answering central). Every row is still written, in one batch."""
+    wakes: list[int] = []
+
+    class Counting(threading.Condition):
+        def notify_all(self) -> None:
+            wakes.append(1)
+            super().notify_all()
+
+    store = Store(f"sqlite:///{tmp_path / 'site.db'}")
+    monkeypatch.setattr("portal_site.store.threading.Condition", Counting)
+    writer = LedgerWriter(store.engine, linger=60.0)  # only a reader ends this batch
+    monkeypatch.undo()
+    wakes.clear()  # starting its thread set an Event (a Condition too)
+    ledger = cast(Table, LedgerEntry.__table__)
+    row = {"at": utcnow(), "job_id": "j", "shapes": [], "rows": 0, "bytes": 1, "note": ""}
+    try:
+        for seq in range(50):
+            writer.record(ledger, {**row, "kind": f"op-{seq}"})
+        assert len(wakes) == 1
+        writer.flush()
+        assert [e.kind for e in reversed(store.ledger(limit=100))] == [
+            f"op-{seq}" for seq in range(50)
+        ]
+        writer.record(ledger, {**row, "kind": "next"})  # a new batch: its first row wakes it
+        writer.flush()
+        assert store.ledger(limit=1)[0].kind == "next"
+    finally:
+        writer.close()
+        store.dispose()
