@@ -17,7 +17,7 @@ from sqlalchemy import Table
 from federation import protocol
 from federation.job import JobSpec
 from federation.protocol import Op, Reply, Request, encode
-from federation.site import OPEN, SiteRunner
+from federation.site import CLOSE, OPEN, SiteRunner
 from portal_site.central import CentralError
 from portal_site.job_info import parse_job
 from portal_site.jobs import LocalJob
@@ -162,6 +162,67 @@ def test_a_request_is_decoded_once_at_the_site_and_its_reply_noted_without_decod
         assert [e.bytes for e in ledger] == [len(frame) for frame in socket.sent]
         assert ledger[1].rows == rows_used > 0  # read from the open's reply as it was sent
         assert ledger[1].shapes == [{"n": [], "xtx": [5, 5], "xty": [5], "yty": []}]
+    finally:
+        state.store.dispose()
+
+
+def test_a_jobs_requests_are_answered_in_one_thread_of_its_own_until_it_closes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The site's runner answers off the event loop, in the job's own thread (one request at
+    a time, like the runner): every request of the job in the same thread, which is let go
+    when the job's close has been answered."""
+    state = SiteState.create(site_settings(tmp_path / "site"))
+    worker = state.worker
+    spec = secure_spec(("site0",))
+    spec = JobSpec.from_wire(
+        {**spec.to_wire(), "params": {**spec.params, "secure_aggregation": False}}
+    )
+    _, tables = federation(24, sites=1)
+    runner = SiteRunner(site="site0", data=tables["site0"], algorithm=builtin("SIMI"))
+    worker.jobs._jobs[spec.job_id] = LocalJob(
+        job_id=spec.job_id, info=parse_job(job_info()), runner=runner
+    )
+    threads: list[threading.Thread] = []
+    answer = runner.answer
+
+    def noting(request: Any) -> Any:
+        threads.append(threading.current_thread())
+        return answer(request)
+
+    monkeypatch.setattr(runner, "answer", noting)
+
+    class Socket:
+        def __init__(self) -> None:
+            self.sent: list[bytes] = []
+
+        async def send(self, frame: bytes) -> None:
+            self.sent.append(frame)
+
+    socket = Socket()
+    requests = [
+        Request(job_id=spec.job_id, seq=0, ops=[Op(name=OPEN, args={"spec": spec.to_wire()})]),
+        Request(job_id=spec.job_id, seq=1, ops=[Op(name="gaussian_stats", args={"target": 4})]),
+        Request(job_id=spec.job_id, seq=2, ops=[Op(name=CLOSE)]),
+    ]
+
+    async def scenario() -> tuple[threading.Thread, bool]:
+        for request in requests[:2]:
+            await worker._answer(socket, encode(request))  # type: ignore[arg-type]
+        lane = worker._lanes[spec.job_id]
+        await worker._answer(socket, encode(requests[2]))  # type: ignore[arg-type]
+        deadline = time.monotonic() + 5
+        while lane.running():  # its thread ends once the close is answered
+            assert time.monotonic() < deadline, "the job's thread did not end"
+            await asyncio.sleep(0.005)
+        return threading.current_thread(), spec.job_id in worker._lanes
+
+    try:
+        loop_thread, kept = asyncio.run(scenario())
+        assert len(socket.sent) == 3
+        assert all(isinstance(protocol.decode(frame), Reply) for frame in socket.sent)
+        assert len(set(threads)) == 1 and threads[0] is not loop_thread
+        assert not kept
     finally:
         state.store.dispose()
 
