@@ -195,6 +195,34 @@ def test_results_come_from_every_participant_central_first_and_traffic_is_counte
     assert events[-1].kind == "progress" and events[-1].fraction == 1.0
 
 
+def test_every_sites_request_is_on_its_way_before_centrals_own_part_starts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A round trip overlaps central's own part with the sites' work: the request is handed to
+    every site's transport before central's handler starts in its thread, not after it."""
+    algorithm, runners, local, transport = _setup("sums")
+    order: list[str] = []
+
+    class Noting(RecordingTransport):
+        async def exchange(self, site: str, frame: bytes) -> bytes:
+            request = decode(frame)
+            assert isinstance(request, Request)
+            order.append(f"sent {site} {'+'.join(op.name for op in request.ops)}")
+            return await super().exchange(site, frame)
+
+    call = local.call
+
+    def noted(name: str, args: dict[str, object], **options: object) -> object:
+        order.append(f"central {name}")
+        return call(name, args, **options)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(local, "call", noted)
+    asyncio.run(_run(algorithm, local, Noting(runners)))
+
+    total = order.index("central total")
+    assert {"sent a total", "sent b total"} <= set(order[:total]), order
+
+
 def test_every_site_gets_open_then_close() -> None:
     algorithm, runners, local, transport = _setup("sums")
 
