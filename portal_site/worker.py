@@ -25,6 +25,7 @@ from websockets.frames import CLOSE_CODE_EXPLANATIONS, CloseCode
 
 from federation.errors import ProtocolError
 from federation.job import JobEvent
+from federation.lane import Lane
 from federation.protocol import (
     MAX_FRAME_BYTES,
     ControlMessage,
@@ -43,7 +44,6 @@ from federation.protocol import (
 )
 from federation.secure import MASKED
 from federation.site import CLOSE, Answer
-from portal_common.lane import Lane
 from portal_common.tasks import Tasks
 from portal_site.central import CentralClient, CentralError, ssl_context, websocket_url
 from portal_site.jobs import LocalJobs, SiteError

@@ -1,4 +1,4 @@
-"""The lane: one thread running a job's calls in order for the event loop (portal_common.lane)."""
+"""The lane: one thread running a job's calls in order for the event loop (federation.lane)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from portal_common.lane import Lane
+from federation.lane import Lane
 
 
 def test_calls_run_in_order_in_one_thread_off_the_loop() -> None:
