@@ -27,8 +27,12 @@ For every job and round-trip time it prints the seconds from the job's start at 
 last site ready and central's data in) to its results, the round trips and ms per round trip
 from the job's report, the same job in one process (``fip simulate``'s in-memory transport),
 and the ratio network / (in-process + round trips x RTT): 1.0 would be a network that costs
-nothing but its latency. Times are medians of ``--repeat`` runs. It prints numbers; it asserts
-nothing (but that the network job makes the in-process job's round trips).
+nothing but its latency. Times are medians of ``--repeat`` runs. The last column, the network
+path's own cost a round trip, is the median over the runs of (network - in-process) / round
+trips - RTT, in ms: in-process and network runs alternate, each network run set against the
+in-process run just before it, so that the machine's load (this one is shared) weighs on both
+alike. It prints numbers; it asserts nothing (but that each network run makes the round trips
+of the in-process run beside it).
 """
 
 from __future__ import annotations
@@ -359,6 +363,9 @@ class Row:
     network: float
     trips: int
     local: float
+    overhead: float
+    """ms a round trip beyond the latency: the median over the runs of (network - in-process)
+    / round trips - RTT, each network run against the in-process run just before it."""
 
     @property
     def ratio(self) -> float:
@@ -368,7 +375,7 @@ class Row:
 def print_rows(rows: Sequence[Row]) -> None:
     header = (
         "job            RTT ms  network s  round trips  ms/round trip  in-process s  "
-        "in-process + trips x RTT s  ratio"
+        "in-process + trips x RTT s  ratio  overhead ms/round trip"
     )
     print(header)
     print("-" * len(header))
@@ -378,7 +385,7 @@ def print_rows(rows: Sequence[Row]) -> None:
         print(
             f"{name:<13}  {row.rtt:6.0f}  {row.network:9.2f}  {row.trips:11d}  "
             f"{1000 * row.network / row.trips:13.1f}  {row.local:12.2f}  {expected:26.2f}  "
-            f"{row.ratio:4.2f}x"
+            f"{row.ratio:4.2f}x  {row.overhead:22.2f}"
         )
 
 
@@ -413,22 +420,37 @@ def run_shape(shape: Shape, args: argparse.Namespace, root: Path) -> tuple[list[
             }
             in_process(job, few, site_ids)
         for job in shape.jobs:
-            local_runs = [
-                in_process(job, tables[job.algorithm], site_ids) for _ in range(args.repeat)
-            ]
+            # In-process and network runs alternate (each repeat: one in-process run, then the
+            # network run at every RTT), so that a change in the machine's load between runs
+            # weighs on both sides of each difference alike.
+            local_runs: list[tuple[float, int]] = []
+            runs: dict[float, list[tuple[float, dict[str, Any]]]] = {rtt: [] for rtt in args.rtt}
+            for _ in range(args.repeat):
+                local_runs.append(in_process(job, tables[job.algorithm], site_ids))
+                for rtt in args.rtt:
+                    delayed.relay.rtt_ms = rtt
+                    runs[rtt].append(run_job(fed, job, layout.columns, files[job.algorithm]))
             local = statistics.median(seconds for seconds, _ in local_runs)
             for rtt in args.rtt:
-                delayed.relay.rtt_ms = rtt
-                runs = [
-                    run_job(fed, job, layout.columns, files[job.algorithm])
-                    for _ in range(args.repeat)
-                ]
-                trips = {int(report["round_trips"]) for _, report in runs}
-                assert trips == {local_runs[0][1]}, "the same job takes the same round trips"
-                row = Row(job, rtt, statistics.median(s for s, _ in runs), trips.pop(), local)
+                pairs = list(zip(local_runs, runs[rtt], strict=True))
+                for (_, local_trips), (_, report) in pairs:
+                    trips = int(report["round_trips"])
+                    assert trips == local_trips, "the same job takes the same round trips"
+                overhead = statistics.median(
+                    1000 * (network - seconds) / trips - rtt
+                    for (seconds, trips), (network, _) in pairs
+                )
+                row = Row(
+                    job,
+                    rtt,
+                    statistics.median(seconds for seconds, _ in runs[rtt]),
+                    int(statistics.median(trips for _, trips in local_runs)),
+                    local,
+                    overhead,
+                )
                 print(
                     f"  {job.algorithm} at {rtt:g} ms: {row.network:.2f} s, {row.trips} round "
-                    f"trips, {row.ratio:.2f}x",
+                    f"trips, {row.ratio:.2f}x, {row.overhead:.2f} ms a round trip beyond RTT",
                     flush=True,
                 )
                 rows.append(row)

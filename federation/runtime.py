@@ -9,9 +9,9 @@ An algorithm's central half is a coroutine ``run(job)`` that asks and awaits::
 Transport, the message codec, round-trip and byte accounting, progress, the report and clean
 cancellation are written once here. Central is a participant: every ``ask`` also runs on
 central's own data, in process, and its result comes first. Work on central's data runs in a
-worker thread, so a portal's event loop stays free, and every ``await`` is a point where a
-cancelled job stops. Arguments reach central's own handlers exactly as they reach the sites:
-through the wire codec (read-only arrays, plain numbers).
+thread of the job's own (``federation.lane``), so a portal's event loop stays free, and every
+``await`` is a point where a cancelled job stops. Arguments reach central's own handlers
+exactly as they reach the sites: through the wire codec (read-only arrays, plain numbers).
 
 ``ask_sum`` runs an operation declared ``summed`` and returns only the sum over participants:
 in a job with ``secure_aggregation`` the remote sites mask their replies and central decodes
@@ -44,6 +44,7 @@ from federation.errors import (
     SiteLost,
 )
 from federation.job import CENTRAL, JobEvent, JobSpec, Target, random_stream
+from federation.lane import Lane
 from federation.protocol import ErrorReply, Frame, Op, Reply, Request, decode, encode, message_of
 from federation.replies import PREPARE, Bounds, Dims, check_values
 from federation.roles import code_table
@@ -104,6 +105,8 @@ class CentralJob:
     _local: SiteRunner
     _transport: Transport
     _sink: EventSink | None
+    _lane: Lane = field(default_factory=lambda: Lane("central-job"))
+    """The thread where central's own part runs, call after call (never on the loop)."""
     traffic: Traffic = field(default_factory=Traffic)
     site_summaries: dict[str, Result] = field(default_factory=dict)
     fits: list[dict[str, Any]] = field(default_factory=list)
@@ -155,7 +158,7 @@ class CentralJob:
         Instructions queued by :meth:`tell` travel in the same request, before this operation.
         """
         op = _as_sent(name, args)
-        local = asyncio.to_thread(self._local.call, name, op.args)
+        local = self._lane.run(self._local.call, name, op.args)
         if not self.spec.sites:
             return {CENTRAL: await local}
         ops = [*self._pending, op]
@@ -172,7 +175,7 @@ class CentralJob:
         if not self.secure:
             return _sum(list((await self.ask(name, **args)).values()))
         op = _as_sent(name, args)
-        local = asyncio.to_thread(self._local.call, name, op.args)
+        local = self._lane.run(self._local.call, name, op.args)
         pending, self._pending = self._pending, []
         own, remote = await asyncio.gather(local, self._masked_sum(name, op.args, pending))
         return _sum([own, remote])
@@ -230,14 +233,14 @@ class CentralJob:
         Instructions still queued when ``run`` returns are not sent: the job has ended.
         """
         op = _as_sent(name, args)
-        await asyncio.to_thread(self._local.call, name, op.args)
+        await self._lane.run(self._local.call, name, op.args)
         if self.spec.sites:
             self._pending.append(op)
 
     async def local(self, name: str, **args: Any) -> Result:
         """Run an operation on central's own data only (it may return rows: nothing is sent)."""
         op = _as_sent(name, args)
-        return await asyncio.to_thread(self._local.call, name, op.args, local=True)
+        return await self._lane.run(self._local.call, name, op.args, local=True)
 
     def emit_imputation(self, values: np.ndarray) -> None:
         """Deliver imputed dataset number ``len(imputations) + 1`` of central's data."""
@@ -519,10 +522,8 @@ class CentralJob:
     async def _open(self) -> None:
         spec_args = {"spec": self.spec.to_wire()}
         try:
-            # prepare runs on central's whole table: in a worker thread, like every handler
-            self.site_summaries[CENTRAL] = await asyncio.to_thread(
-                self._local.call, OPEN, spec_args
-            )
+            # prepare runs on central's whole table: in the job's thread, like every handler
+            self.site_summaries[CENTRAL] = await self._lane.run(self._local.call, OPEN, spec_args)
         except FipError as error:
             message = str(error)
             raise CentralRefused(
@@ -580,6 +581,8 @@ class CentralJob:
                 )
 
     async def _close(self) -> None:
+        # Not in the job's thread: a call still running there (a cancelled job's, an uploaded
+        # half stuck in its sandbox) would hold it up, where closing ends that sandbox.
         await asyncio.to_thread(self._local.call, CLOSE, {})
         if not self.spec.sites:
             return
@@ -631,7 +634,10 @@ async def run_job(
                 "job %s: %d instruction(s) left unsent at the end", spec.job_id, len(job._pending)
             )
     finally:
-        await job._close()
+        try:
+            await job._close()
+        finally:
+            job._lane.close()
     expected = int(spec.params["imputations"])
     if len(job.imputed_cells) != expected:
         raise ProtocolError(

@@ -199,13 +199,18 @@ class LedgerWriter:
         self._thread.start()
 
     def record(self, table: Table, row: dict[str, Any]) -> None:
-        """Queue ``row`` (every column of ``table`` but its id) for the next batch."""
+        """Queue ``row`` (every column of ``table`` but its id) for the next batch. Only the
+        first row of a batch wakes the writer: the rows that follow it while it lingers, or
+        while it writes, change nothing it waits for, and a wake-up per message would cost
+        a thread switch beside the loop answering central."""
         with self._changed:
             if self._closed:
                 raise RuntimeError("the ledger is closed")
+            first = not self._pending
             self._pending.append((table, row))
             self._recorded += 1
-            self._changed.notify_all()
+            if first:
+                self._changed.notify_all()
 
     def flush(self) -> None:
         """Wait until every row recorded so far is written (or given up, logged)."""

@@ -25,6 +25,7 @@ from websockets.frames import CLOSE_CODE_EXPLANATIONS, CloseCode
 
 from federation.errors import ProtocolError
 from federation.job import JobEvent
+from federation.lane import Lane
 from federation.protocol import (
     MAX_FRAME_BYTES,
     ControlMessage,
@@ -42,7 +43,7 @@ from federation.protocol import (
     encode_control,
 )
 from federation.secure import MASKED
-from federation.site import Answer
+from federation.site import CLOSE, Answer
 from portal_common.tasks import Tasks
 from portal_site.central import CentralClient, CentralError, ssl_context, websocket_url
 from portal_site.jobs import LocalJobs, SiteError
@@ -77,6 +78,8 @@ class Worker:
         """The running attempt to stay connected (:meth:`_connections`)."""
         self._tasks = Tasks(on_failure=self._task_failed)
         self.sent = {"messages": 0, "bytes": 0}
+        self._lanes: dict[str, Lane] = {}
+        """Per job, the thread that answers its requests (one at a time, as its runner does)."""
         self._client: CentralClient | None = None
         self._client_for: tuple[str, str] = ("", "")
         jobs.send = self.send_control
@@ -394,7 +397,7 @@ class Worker:
             answer = _error(request, "failed", "internal error at the site; see its log")
         else:
             try:
-                answer = await asyncio.to_thread(runner.answer, request)
+                answer = await self._lane(request.job_id).run(runner.answer, request)
             except ProtocolError as error:
                 answer = _error(request, "failed", str(error))
             except Exception:  # a bug here must not leave central waiting without a word
@@ -413,6 +416,17 @@ class Worker:
         self.sent["messages"] += 1
         self.sent["bytes"] += len(reply)
         self._note(request, answer)
+        if request.ops[-1].name == CLOSE:  # the job's last request: its thread may go
+            lane = self._lanes.pop(request.job_id, None)
+            if lane is not None:
+                lane.close()
+
+    def _lane(self, job_id: str) -> Lane:
+        """The job's answering thread (its runner works off the loop: never on it)."""
+        lane = self._lanes.get(job_id)
+        if lane is None:
+            lane = self._lanes[job_id] = Lane(f"site-job-{job_id}")
+        return lane
 
     def _warn(self, job_id: str, message: str) -> None:
         """Show a failure on the job's page at this site (when the site knows the job)."""
@@ -473,6 +487,9 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._session
         await self._tasks.cancel_all()
+        for lane in self._lanes.values():
+            lane.close()
+        self._lanes.clear()
         if self._socket is not None:
             await self._socket.close()
         if self._client is not None:

@@ -67,25 +67,36 @@ class DelayRelay:
         reset on either side resets both (``source_writer`` is the source's own socket)."""
         queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue(IN_FLIGHT)
         broken = False
+        holding = False
+        """The writer holds a chunk it took from the queue and has not yet passed on."""
 
         async def read() -> None:
             nonlocal broken
             try:
                 while data := await source.read(CHUNK):
+                    if not self.rtt_ms and not holding and queue.empty():
+                        # No delay and nothing before it: straight on, as a wire would (not
+                        # through the writer, a hop of the relay's own that is no latency).
+                        sink.write(data)
+                        await sink.drain()
+                        continue
                     await queue.put((time.monotonic() + self.rtt_ms / 2000, data))
             except (ConnectionError, OSError):
                 broken = True
             await queue.put((time.monotonic() + self.rtt_ms / 2000, b""))  # the end, delayed too
 
         async def write() -> None:
+            nonlocal holding
             while True:
                 due, data = await queue.get()
+                holding = True
                 while (wait := due - time.monotonic()) > 0:  # never early, whatever the clock
                     await asyncio.sleep(wait)
                 if not data:
                     break
                 sink.write(data)
                 await sink.drain()
+                holding = False
             if broken:
                 raise ConnectionResetError
             if sink.can_write_eof():

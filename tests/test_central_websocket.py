@@ -395,6 +395,32 @@ def test_a_reply_from_a_site_that_was_not_asked_is_not_taken(insecure: TestClien
     assert isinstance(reply, Reply) and reply.results == [{"n": 12}]
 
 
+def test_an_exchange_whose_socket_is_replaced_sends_again_on_the_new_one(
+    insecure: TestClient,
+) -> None:
+    """An exchange waits on its reply alone, no task of its own watching the socket: when the
+    site's connection is replaced before it answers, the closing wakes the exchange, which
+    sends the same request on the new connection and returns the reply that comes there."""
+    _, north_id, north_access = _site(insecure, "north")
+    job_id = str(_job(insecure, [north_id]))
+    connections = _state(insecure).connections
+    frame = encode(Request(job_id=job_id, seq=0, ops=[Op(name="gaussian_stats")]))
+    with ExitStack() as later:
+        with _connect(insecure, bearer(north_access)) as first:
+            _welcome(first)
+            answer = first.portal.start_task_soon(connections.exchange, north_id, frame)
+            assert first.receive_bytes() == frame
+            second = later.enter_context(_connect(insecure, bearer(north_access)))
+            _welcome(second)
+            assert second.receive_bytes() == frame  # the same request, on the new socket
+            assert not answer.done()
+        second.send_bytes(encode(Reply(job_id=job_id, seq=0, results=[{"n": 12}])))
+        reply = decode(answer.result(timeout=RECEIVE_SECONDS))
+        link = connections.link(north_id)
+        assert link is not None and not link.waiting  # nothing left waiting on the socket
+    assert isinstance(reply, Reply) and reply.results == [{"n": 12}]
+
+
 def test_central_decodes_a_reply_once_and_its_own_request_not_at_all(
     insecure: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:

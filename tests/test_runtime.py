@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -193,6 +194,61 @@ def test_results_come_from_every_participant_central_first_and_traffic_is_counte
     assert result.report["bytes_received"] == sum(len(f) for f in transport.received)
     assert [s["name"] for s in result.report["sites"]] == ["central", "a", "b"]
     assert events[-1].kind == "progress" and events[-1].fraction == 1.0
+
+
+def test_every_sites_request_is_on_its_way_before_centrals_own_part_starts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A round trip overlaps central's own part with the sites' work: the request is handed to
+    every site's transport before central's handler starts in its thread, not after it."""
+    algorithm, runners, local, transport = _setup("sums")
+    order: list[str] = []
+
+    class Noting(RecordingTransport):
+        async def exchange(self, site: str, frame: bytes) -> bytes:
+            request = decode(frame)
+            assert isinstance(request, Request)
+            order.append(f"sent {site} {'+'.join(op.name for op in request.ops)}")
+            return await super().exchange(site, frame)
+
+    call = local.call
+
+    def noted(name: str, args: dict[str, object], **options: object) -> object:
+        order.append(f"central {name}")
+        return call(name, args, **options)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(local, "call", noted)
+    asyncio.run(_run(algorithm, local, Noting(runners)))
+
+    total = order.index("central total")
+    assert {"sent a total", "sent b total"} <= set(order[:total]), order
+
+
+def test_centrals_own_part_runs_in_one_thread_of_the_jobs_own_that_ends_with_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every call on central's data (open, the asks, the local calls) runs off the event loop
+    in the same thread, one after another; the thread ends when the job has. (Closing runs
+    beside it: a call stuck there must not hold up the close that ends its sandbox.)"""
+    algorithm, runners, local, transport = _setup("sums")
+    threads: list[threading.Thread] = []
+    call = local.call
+
+    def noted(name: str, args: dict[str, object], **options: object) -> object:
+        if name != CLOSE:
+            threads.append(threading.current_thread())
+        return call(name, args, **options)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(local, "call", noted)
+
+    async def scenario() -> threading.Thread:
+        await _run(algorithm, local, transport)
+        return threading.current_thread()
+
+    loop_thread = asyncio.run(scenario())
+    assert len(threads) >= 4 and len(set(threads)) == 1 and threads[0] is not loop_thread
+    threads[0].join(timeout=5)
+    assert not threads[0].is_alive()
 
 
 def test_every_site_gets_open_then_close() -> None:

@@ -17,7 +17,7 @@ from sqlalchemy import Table
 from federation import protocol
 from federation.job import JobSpec
 from federation.protocol import Op, Reply, Request, encode
-from federation.site import OPEN, SiteRunner
+from federation.site import CLOSE, OPEN, SiteRunner
 from portal_site.central import CentralError
 from portal_site.job_info import parse_job
 from portal_site.jobs import LocalJob
@@ -166,6 +166,67 @@ def test_a_request_is_decoded_once_at_the_site_and_its_reply_noted_without_decod
         state.store.dispose()
 
 
+def test_a_jobs_requests_are_answered_in_one_thread_of_its_own_until_it_closes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The site's runner answers off the event loop, in the job's own thread (one request at
+    a time, like the runner): every request of the job in the same thread, which is let go
+    when the job's close has been answered."""
+    state = SiteState.create(site_settings(tmp_path / "site"))
+    worker = state.worker
+    spec = secure_spec(("site0",))
+    spec = JobSpec.from_wire(
+        {**spec.to_wire(), "params": {**spec.params, "secure_aggregation": False}}
+    )
+    _, tables = federation(24, sites=1)
+    runner = SiteRunner(site="site0", data=tables["site0"], algorithm=builtin("SIMI"))
+    worker.jobs._jobs[spec.job_id] = LocalJob(
+        job_id=spec.job_id, info=parse_job(job_info()), runner=runner
+    )
+    threads: list[threading.Thread] = []
+    answer = runner.answer
+
+    def noting(request: Any) -> Any:
+        threads.append(threading.current_thread())
+        return answer(request)
+
+    monkeypatch.setattr(runner, "answer", noting)
+
+    class Socket:
+        def __init__(self) -> None:
+            self.sent: list[bytes] = []
+
+        async def send(self, frame: bytes) -> None:
+            self.sent.append(frame)
+
+    socket = Socket()
+    requests = [
+        Request(job_id=spec.job_id, seq=0, ops=[Op(name=OPEN, args={"spec": spec.to_wire()})]),
+        Request(job_id=spec.job_id, seq=1, ops=[Op(name="gaussian_stats", args={"target": 4})]),
+        Request(job_id=spec.job_id, seq=2, ops=[Op(name=CLOSE)]),
+    ]
+
+    async def scenario() -> tuple[threading.Thread, bool]:
+        for request in requests[:2]:
+            await worker._answer(socket, encode(request))  # type: ignore[arg-type]
+        lane = worker._lanes[spec.job_id]
+        await worker._answer(socket, encode(requests[2]))  # type: ignore[arg-type]
+        deadline = time.monotonic() + 5
+        while lane.running():  # its thread ends once the close is answered
+            assert time.monotonic() < deadline, "the job's thread did not end"
+            await asyncio.sleep(0.005)
+        return threading.current_thread(), spec.job_id in worker._lanes
+
+    try:
+        loop_thread, kept = asyncio.run(scenario())
+        assert len(socket.sent) == 3
+        assert all(isinstance(protocol.decode(frame), Reply) for frame in socket.sent)
+        assert len(set(threads)) == 1 and threads[0] is not loop_thread
+        assert not kept
+    finally:
+        state.store.dispose()
+
+
 def _wait_until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
     deadline = time.monotonic() + seconds
     while not condition():
@@ -218,6 +279,42 @@ def test_rows_the_database_never_takes_are_given_up_and_logged_and_later_ones_wr
         writer.record(ledger, {**row, "kind": "kept"})
         writer.flush()
         assert [e.kind for e in store.ledger()] == ["kept"]
+    finally:
+        writer.close()
+        store.dispose()
+
+
+def test_only_the_first_row_of_a_batch_wakes_the_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Recording a message wakes the writer's thread only when a batch starts: the rows that
+    follow while it lingers change nothing it waits for (a wake-up each would cost a thread
+    switch beside the loop answering central). Every row is still written, in one batch."""
+    wakes: list[int] = []
+
+    class Counting(threading.Condition):
+        def notify_all(self) -> None:
+            wakes.append(1)
+            super().notify_all()
+
+    store = Store(f"sqlite:///{tmp_path / 'site.db'}")
+    monkeypatch.setattr("portal_site.store.threading.Condition", Counting)
+    writer = LedgerWriter(store.engine, linger=60.0)  # only a reader ends this batch
+    monkeypatch.undo()
+    wakes.clear()  # starting its thread set an Event (a Condition too)
+    ledger = cast(Table, LedgerEntry.__table__)
+    row = {"at": utcnow(), "job_id": "j", "shapes": [], "rows": 0, "bytes": 1, "note": ""}
+    try:
+        for seq in range(50):
+            writer.record(ledger, {**row, "kind": f"op-{seq}"})
+        assert len(wakes) == 1
+        writer.flush()
+        assert [e.kind for e in reversed(store.ledger(limit=100))] == [
+            f"op-{seq}" for seq in range(50)
+        ]
+        writer.record(ledger, {**row, "kind": "next"})  # a new batch: its first row wakes it
+        writer.flush()
+        assert store.ledger(limit=1)[0].kind == "next"
     finally:
         writer.close()
         store.dispose()

@@ -48,6 +48,16 @@ class SiteLink:
     last_seen: float = field(default_factory=time.time)
     closed: asyncio.Event = field(default_factory=asyncio.Event)
     _send: asyncio.Lock = field(default_factory=asyncio.Lock)
+    waiting: set[asyncio.Future[bytes | None]] = field(default_factory=set)
+    """The replies awaited over this socket: each is given None when it closes."""
+
+    def close(self) -> None:
+        """This socket is gone: every exchange waiting on it learns so (a reply of None)."""
+        self.closed.set()
+        for future in self.waiting:
+            if not future.done():
+                future.set_result(None)
+        self.waiting.clear()
 
     async def send_bytes(self, frame: bytes) -> None:
         async with self._send:
@@ -68,7 +78,7 @@ class Connections:
         self._last_seen: dict[str, float] = {}
         self._dropped_at: dict[str, float] = {}
         self._arrived: dict[str, asyncio.Event] = {}
-        self._pending: dict[tuple[str, str, int], asyncio.Future[bytes]] = {}
+        self._pending: dict[tuple[str, str, int], asyncio.Future[bytes | None]] = {}
         self.policies: dict[str, Policy] = {}
         """What each site said of its disclosure policy when it last connected."""
         self.traffic = {
@@ -113,7 +123,7 @@ class Connections:
         self._dropped_at.pop(site_id, None)
         self._arrival(site_id).set()
         if old is not None:
-            old.closed.set()
+            old.close()
             with contextlib.suppress(Exception):
                 await old.websocket.close(code=REPLACED, reason="replaced by a newer connection")
         log.info("site %s connected", site_id, extra={"site_id": site_id})
@@ -121,7 +131,7 @@ class Connections:
         return link
 
     def detach(self, link: SiteLink) -> None:
-        link.closed.set()
+        link.close()
         self._last_seen[link.site_id] = link.last_seen
         if self._links.get(link.site_id) is link:
             del self._links[link.site_id]
@@ -145,32 +155,31 @@ class Connections:
 
     async def exchange(self, site_id: str, frame: bytes) -> bytes:
         """Send a request frame to a site and return its reply frame, across reconnects (the
-        reply a :class:`Frame` carrying its message, decoded once on arrival)."""
+        reply a :class:`Frame` carrying its message, decoded once on arrival). The reply is
+        awaited on one future, which :meth:`deliver` completes, or the socket's closing (with
+        None): no task of its own watches the socket."""
         request = message_of(frame)
         if not isinstance(request, Request):
             raise ProtocolError("only requests are sent to sites")
         key = (site_id, request.job_id, request.seq)
         masked = any(op.name == MASKED for op in request.ops)
         lost = False
+        loop = asyncio.get_running_loop()
         while True:
             link = await self._wait_for(site_id)
             if lost:
                 raise SiteLost("the connection dropped during a masked round; the site is back")
-            future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+            future: asyncio.Future[bytes | None] = loop.create_future()
             self._pending[key] = future
+            link.waiting.add(future)
             try:
                 await link.send_bytes(frame)
                 self.traffic["messages_sent"] += 1
                 self.traffic["bytes_sent"] += len(frame)
-                closed: asyncio.Future[Any] = asyncio.ensure_future(link.closed.wait())
-                waiting: set[asyncio.Future[Any]] = {future, closed}
-                try:
-                    done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    closed.cancel()
-                if future in done:
-                    return future.result()
-                lost = masked
+                reply = await future
+                if reply is not None:
+                    return reply
+                lost = masked  # the socket closed before the reply came
             except Exception as error:  # noqa: BLE001 - any send failure means this socket is gone
                 log.info("site %s: send failed (%s); waiting for it to reconnect", site_id, error)
                 # Forget the socket now (its handler may not have noticed yet), so that the
@@ -179,6 +188,7 @@ class Connections:
                 lost = masked
             finally:
                 self._pending.pop(key, None)
+                link.waiting.discard(future)
                 future.cancel()
             await asyncio.sleep(0)  # never spin: let the sockets' handlers run between attempts
 
