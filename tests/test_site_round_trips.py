@@ -29,6 +29,16 @@ from tests.test_secure_aggregation import federation, secure_spec
 from tests.test_site_trust import job_info
 
 
+class _Central:
+    """Where a worker sends its replies (its connection to central), kept in order."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    async def send(self, frame: bytes) -> None:
+        self.sent.append(frame)
+
+
 def test_every_recorded_message_is_listed_in_order_even_from_many_threads(
     tmp_path: Path,
 ) -> None:
@@ -132,16 +142,7 @@ def test_a_request_is_decoded_once_at_the_site_and_its_reply_noted_without_decod
     monkeypatch.setattr("federation.site.decode", counting)
     monkeypatch.setattr("federation.protocol.decode", counting)
 
-    class Socket:
-        """Where the worker sends its replies (the connection to central)."""
-
-        def __init__(self) -> None:
-            self.sent: list[bytes] = []
-
-        async def send(self, frame: bytes) -> None:
-            self.sent.append(frame)
-
-    socket = Socket()
+    socket = _Central()
     requests = [
         Request(job_id=spec.job_id, seq=0, ops=[Op(name=OPEN, args={"spec": spec.to_wire()})]),
         Request(job_id=spec.job_id, seq=1, ops=[Op(name="gaussian_stats", args={"target": 4})]),
@@ -192,14 +193,7 @@ def test_a_jobs_requests_are_answered_in_one_thread_of_its_own_until_it_closes(
 
     monkeypatch.setattr(runner, "answer", noting)
 
-    class Socket:
-        def __init__(self) -> None:
-            self.sent: list[bytes] = []
-
-        async def send(self, frame: bytes) -> None:
-            self.sent.append(frame)
-
-    socket = Socket()
+    socket = _Central()
     requests = [
         Request(job_id=spec.job_id, seq=0, ops=[Op(name=OPEN, args={"spec": spec.to_wire()})]),
         Request(job_id=spec.job_id, seq=1, ops=[Op(name="gaussian_stats", args={"target": 4})]),
