@@ -114,12 +114,8 @@ def test_the_site_keeps_one_https_client_to_central_until_its_address_changes(
         state.store.dispose()
 
 
-def test_a_request_is_decoded_once_at_the_site_and_its_reply_noted_without_decoding(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The worker decodes a request to find its job; the runner answers that decoded request
-    and says what its reply holds, which the ledger notes: one decode a message, where there
-    were three (the worker's, the runner's, and the reply's for the ledger)."""
+def _a_site_with_a_simi_job(tmp_path: Path) -> tuple[SiteState, JobSpec, SiteRunner]:
+    """A site whose worker knows one SIMI job (without secure aggregation), and its runner."""
     state = SiteState.create(site_settings(tmp_path / "site"))
     worker = state.worker
     spec = secure_spec(("site0",))
@@ -131,6 +127,17 @@ def test_a_request_is_decoded_once_at_the_site_and_its_reply_noted_without_decod
     worker.jobs._jobs[spec.job_id] = LocalJob(
         job_id=spec.job_id, info=parse_job(job_info()), runner=runner
     )
+    return state, spec, runner
+
+
+def test_a_request_is_decoded_once_at_the_site_and_its_reply_noted_without_decoding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker decodes a request to find its job; the runner answers that decoded request
+    and says what its reply holds, which the ledger notes: one decode a message, where there
+    were three (the worker's, the runner's, and the reply's for the ledger)."""
+    state, spec, runner = _a_site_with_a_simi_job(tmp_path)
+    worker = state.worker
     decoded = []
     decode = protocol.decode
 
@@ -173,17 +180,8 @@ def test_a_jobs_requests_are_answered_in_one_thread_of_its_own_until_it_closes(
     """The site's runner answers off the event loop, in the job's own thread (one request at
     a time, like the runner): every request of the job in the same thread, which is let go
     when the job's close has been answered."""
-    state = SiteState.create(site_settings(tmp_path / "site"))
+    state, spec, runner = _a_site_with_a_simi_job(tmp_path)
     worker = state.worker
-    spec = secure_spec(("site0",))
-    spec = JobSpec.from_wire(
-        {**spec.to_wire(), "params": {**spec.params, "secure_aggregation": False}}
-    )
-    _, tables = federation(24, sites=1)
-    runner = SiteRunner(site="site0", data=tables["site0"], algorithm=builtin("SIMI"))
-    worker.jobs._jobs[spec.job_id] = LocalJob(
-        job_id=spec.job_id, info=parse_job(job_info()), runner=runner
-    )
     threads: list[threading.Thread] = []
     answer = runner.answer
 
