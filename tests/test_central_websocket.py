@@ -7,6 +7,7 @@ so a socket that central forgets to close fails the test instead of hanging it.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -38,8 +39,9 @@ from federation.protocol import (
     encode_control,
     message_of,
 )
+from federation.states import JobState
 from portal_central.app import create_app
-from portal_central.models import User
+from portal_central.models import Job, User
 from portal_central.security import Tokens
 from portal_central.sites.notifier import PROGRESS_INTERVAL
 from portal_central.state import CentralState
@@ -532,6 +534,51 @@ def test_progress_reaches_a_site_a_few_times_a_second_and_the_last_always(
         assert updates[-1].step == "fit 200" and updates[-1].job_id == str(job_id)
         assert updates[-1].state == "created"
         assert len(updates) <= 2 + elapsed / PROGRESS_INTERVAL, (len(updates), elapsed)
+
+
+def test_a_state_read_before_a_newer_one_never_puts_the_older_state_back(
+    insecure: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two state changes close together (waiting, then running, as a job starts): the read
+    for the first may finish after the read for the second. The site must end on the newer
+    state, and so must the progress pushed after it (its page said "waiting" through a run)."""
+    _, north, access = _site(insecure, "north")
+    job_id = _job(insecure, [north])
+    state = _state(insecure)
+    state.store.open(job_id)
+    read = state.notifier._read
+    first_read_done, second_read_done = threading.Event(), threading.Event()
+    reads: list[str] = []
+
+    def reading_in_turn(job: int) -> Any:
+        found = read(job)
+        reads.append(found[1] if found else "")
+        if len(reads) == 1:
+            first_read_done.set()  # the first read lands after the second, if the second may run
+            second_read_done.wait(timeout=0.1)
+        else:
+            second_read_done.set()
+        return found
+
+    monkeypatch.setattr(state.notifier, "_read", reading_in_turn)
+    with _connect(insecure, bearer(access)) as socket:
+        _welcome(socket)
+        state.broker.publish(job_id, "state")  # read as "created"
+        assert first_read_done.wait(timeout=10)
+        with state.database.session() as session:
+            job = session.get(Job, job_id)
+            assert job is not None
+            job.state = JobState.WAITING
+        state.broker.publish(job_id, "state")  # read as "waiting"
+        state.broker.publish(job_id, JobEvent(kind="progress", message="fit 1", fraction=0.5))
+        updates: list[JobUpdate] = []
+        while len(updates) < 3:  # two states and the progress
+            message = decode_control(_receive_text(socket))
+            if isinstance(message, JobUpdate):
+                updates.append(message)
+
+    assert [u.state for u in updates] == ["created", "waiting", "waiting"]
+    assert reads == ["created", "waiting"]  # the progress reused the last read
 
 
 @pytest.mark.slow  # central closes the started job when the site leaves: ~5 s

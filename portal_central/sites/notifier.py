@@ -3,8 +3,10 @@
 The notifier listens to the broker. A job's state change ("state") is sent to every participant
 that is online, with its sites, state and message read afresh from the database; progress is
 sent at most every ``PROGRESS_INTERVAL`` seconds (the latest always goes, at most this late),
-reusing what was read for the last state. A site that is offline reads the state when it comes
-back. The notifier forgets a job once it has told its sites that the job ended.
+reusing what was read for the last state. A job's pushes take turns, in the order of its events:
+a read of the state that started earlier cannot land later and put an older state back (the
+site's page said "waiting" through a whole run). A site that is offline reads the state when it
+comes back. The notifier forgets a job once it has told its sites that the job ended.
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ class SiteNotifier:
         self._audiences: dict[int, _Audience] = {}
         self._progress_due: set[int] = set()
         self._progress_told: dict[int, float] = {}
+        self._turns: dict[int, asyncio.Lock] = {}
+        """Per job, the lock its pushes take in turn (first come, first served)."""
 
     def on_event(self, topic: Hashable, message: JobEvent | str) -> None:
         """A broker listener: a state change goes at once, progress throttled."""
@@ -65,7 +69,7 @@ class SiteNotifier:
 
     def known(self) -> int:
         """How many jobs' audiences are held now."""
-        return len(self._audiences) + len(self._progress_told)
+        return len(self._audiences) + len(self._progress_told) + len(self._turns)
 
     async def _tell_progress(self, job_id: int) -> None:
         told = self._progress_told.get(job_id, 0.0)
@@ -76,13 +80,22 @@ class SiteNotifier:
 
     async def tell(self, job_id: int, *, fresh: bool) -> None:
         """Push the job's state and progress to every participant that is online; its sites,
-        state and message are read from the database when ``fresh`` or not read before."""
+        state and message are read from the database when ``fresh`` or not read before. After
+        the pushes of the job's earlier events."""
+        async with self._turns.setdefault(job_id, asyncio.Lock()):
+            await self._tell(job_id, fresh=fresh)
+
+    def _forget(self, job_id: int) -> None:
+        self._audiences.pop(job_id, None)
+        self._progress_told.pop(job_id, None)
+        self._turns.pop(job_id, None)
+
+    async def _tell(self, job_id: int, *, fresh: bool) -> None:
         audience = self._audiences.get(job_id)
         if fresh or audience is None:
             read = await asyncio.to_thread(self._read, job_id)
             if read is None:  # deleted meanwhile
-                self._audiences.pop(job_id, None)
-                self._progress_told.pop(job_id, None)
+                self._forget(job_id)
                 return
             if audience is None:
                 audience = self._audiences[job_id] = _Audience(*read)
@@ -105,8 +118,7 @@ class SiteNotifier:
             except Exception as error:  # noqa: BLE001 - gone meanwhile: it reads the state on return
                 log.info("job %s: could not tell site %s its state: %r", job_id, site, error)
         if audience.state in FINAL:
-            self._audiences.pop(job_id, None)
-            self._progress_told.pop(job_id, None)
+            self._forget(job_id)
 
     def _read(self, job_id: int) -> tuple[list[str], JobState, str] | None:
         with self._database.session() as session:
