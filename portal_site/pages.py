@@ -503,15 +503,23 @@ async def cancel(request: Request, job_id: str, site: Site) -> Response:
 async def job_events(request: Request, job_id: str, site: Site) -> EventSourceResponse:
     job = site.jobs.get(job_id) or await site.jobs.load(job_id)
 
+    async def fragment(name: str) -> ServerSentEvent:
+        if name == "log":
+            block, context = "log_lines", {"job": job}
+        else:
+            block, context = "job_status", await status_values(site, job)
+        return ServerSentEvent(event=name, data=markup(request, JOB, context, block=block))
+
     async def stream() -> AsyncIterator[ServerSentEvent]:
         async with site.jobs.subscribe(job) as queue:
+            # What changed between the page's rendering and this subscription (or while a
+            # reconnecting browser was away) is not lost: the blocks as they are now, first.
+            yield await fragment("status")
+            yield await fragment("log")
             while True:
                 event = await queue.get()
-                if isinstance(event, JobEvent) and event.kind != "progress":
-                    name, block, context = "log", "log_lines", {"job": job}
-                else:
-                    name, block, context = "status", "job_status", await status_values(site, job)
-                yield ServerSentEvent(event=name, data=markup(request, JOB, context, block=block))
+                is_log = isinstance(event, JobEvent) and event.kind != "progress"
+                yield await fragment("log" if is_log else "status")
 
     return EventSourceResponse(stream(), ping=15)
 
@@ -522,10 +530,10 @@ async def status_events(request: Request, site: Site) -> EventSourceResponse:
 
     async def stream() -> AsyncIterator[ServerSentEvent]:
         async with site.jobs.broker.subscribe(CONNECTION) as queue:
-            while True:
-                await queue.get()
+            while True:  # the badge as it is now (it may have changed since the page), then
                 badge = markup(request, "site/_status.html", {"connection": connection(site)})
                 yield ServerSentEvent(event="status", data=badge)
+                await queue.get()  # at each change
 
     return EventSourceResponse(stream(), ping=15)
 

@@ -564,13 +564,15 @@ def test_job_events_stream(central: TestClient) -> None:
                 elif not line and kind:
                     events.append((kind, data))
                     kind, data = "", ""
-                    if len(events) == 2:
+                    if len(events) == 5:
                         break
         finally:
             watchdog.cancel()
-    assert [kind for kind, _ in events] == ["log", "status"]
-    assert "hello from a test" in events[0][1] and "north" in events[0][1]
-    assert "cancelled" in events[1][1] and f'id="job-{job_id}-status"' in events[1][1]
+    # First the blocks as they were when the stream opened, then each change.
+    assert [kind for kind, _ in events] == ["status", "progress", "log", "log", "status"]
+    assert "created" in events[0][1] and f'id="job-{job_id}-status"' in events[0][1]
+    assert "hello from a test" in events[3][1] and "north" in events[3][1]
+    assert "cancelled" in events[4][1] and f'id="job-{job_id}-status"' in events[4][1]
 
     # Only those who may see the job get its events.
     central.cookies.clear()

@@ -7,6 +7,7 @@ the same state, and checks that every event's HTML is exactly its block in the p
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +19,8 @@ from federation.job import JobEvent
 from portal_central.jobs.status import JobState
 from portal_central.models import Job
 from portal_site.state import SiteState
-from tests.central_fixtures import portal_state
+from portal_site.worker import CONNECTION
+from tests.central_fixtures import admin_auth, portal_state
 from tests.helpers import sse_events
 from tests.site_fixtures import site_client, site_settings
 from tests.test_central_wizard import _admin, _api_job
@@ -48,7 +50,7 @@ def test_centrals_live_events_are_the_blocks_of_its_job_page(central: TestClient
         broker.publish(job_id, JobEvent(kind="progress", message="cycle 2 of 5", fraction=0.4))
         broker.publish(job_id, JobEvent(kind="log", message="cycle 2: fitted 'bmi'", site="north"))
         broker.publish(job_id, "state")
-        events = dict(sse_events(response.iter_lines(), 3))
+        events = dict(sse_events(response.iter_lines(), 6))  # the blocks as they were, then these
     page = central.get(f"/jobs/{job_id}").text
     assert set(events) == {"progress", "log", "status"}
     assert "40% cycle 2 of 5" in events["progress"]
@@ -74,10 +76,63 @@ def test_a_sites_live_events_are_the_blocks_of_its_job_page(tmp_path: Path) -> N
         with client.stream("GET", "/jobs/1/events") as response:
             _wait_for_subscriber(lambda: jobs.broker.subscribers("1"))
             asyncio.run(jobs.upload(job, GOOD_CSV, "north.csv"))  # a log line, then a state
-            events = dict(sse_events(response.iter_lines(), 2))
+            events = dict(sse_events(response.iter_lines(), 4))  # after the blocks as they were
         page = client.get("/jobs/1").text
     assert set(events) == {"log", "status"}
     assert "data loaded: north.csv, 12 rows" in events["log"]
     assert "north.csv: 12 rows, held in memory only" in events["status"]
     for name, html in events.items():
         assert html in page, f"the {name} event differs from its block in the page"
+
+
+def _first_event(response: object, wake: Callable[[], None]) -> tuple[str, str]:
+    """The stream's first event, which must come by itself: should nothing come within 5 s,
+    ``wake`` is called (so that the test ends) and the test fails."""
+    woken = threading.Event()
+
+    def wake_up() -> None:
+        woken.set()
+        wake()
+
+    watchdog = threading.Timer(5.0, wake_up)
+    watchdog.start()
+    try:
+        (first,) = sse_events(response.iter_lines(), 1)  # type: ignore[attr-defined]
+    finally:
+        watchdog.cancel()
+    assert not woken.is_set(), "the stream sent nothing until something was published"
+    return first
+
+
+def test_a_job_page_opened_before_a_change_is_brought_up_to_date(central: TestClient) -> None:
+    """The job is cancelled after its page was rendered and before the page's stream opened
+    (the browser loads htmx first): nothing is published to the stream then, and the page
+    would say "created" until the next event; the stream starts with the blocks as they are."""
+    job_id = _api_job(central)
+    _admin(central)
+    assert "created" in central.get(f"/jobs/{job_id}").text
+    assert central.post(f"/api/jobs/{job_id}/cancel", headers=admin_auth(central)).is_success
+    broker = portal_state(central).broker
+    with central.stream("GET", f"/jobs/{job_id}/events") as response:
+        name, html = _first_event(
+            response, lambda: broker.publish(job_id, JobEvent(kind="progress", message="wake"))
+        )
+    assert name == "status"
+    assert f'id="job-{job_id}-status"' in html and "cancelled" in html
+
+
+def test_a_sites_connection_badge_opened_before_a_change_is_brought_up_to_date(
+    tmp_path: Path,
+) -> None:
+    """The worker connects after a page was rendered and before its stream opened: the badge
+    stream starts with the connection as it is, not as the page was rendered."""
+    with site_client(site_settings(tmp_path / "site")) as client:
+        state: SiteState = client.app.state.site  # type: ignore[attr-defined]
+        worker, broker = state.worker, state.jobs.broker
+        assert worker.status != "connected"
+        assert worker.status in client.get("/settings").text
+        worker._set("connected", "https://central.example")  # nobody listens yet
+        with client.stream("GET", "/events/status") as response:
+            name, html = _first_event(response, lambda: broker.publish(CONNECTION, "wake"))
+    assert name == "status"
+    assert 'id="connection"' in html and "connection-connected" in html

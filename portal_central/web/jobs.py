@@ -499,22 +499,27 @@ async def events(
     """Live fragments for the job page: progress, the event log, and the state block."""
     await _in_thread(_visible_job, state, job_id, user)
 
+    async def fragment(name: str) -> ServerSentEvent:
+        if name == "progress":
+            block, context = "job_progress", _progress_values(state, job_id)
+        elif name == "log":
+            block, context = "log_lines", await _in_thread(_live_log_values, state, job_id, user)
+        else:
+            block, context = "job_status", await _in_thread(_job_context, state, job_id, user)
+        return ServerSentEvent(event=name, data=markup(request, DETAIL, context, block=block))
+
     async def stream() -> AsyncIterator[ServerSentEvent]:
         async with state.broker.subscribe(job_id) as queue:
+            # What changed between the page's rendering and this subscription (or while a
+            # reconnecting browser was away) is not lost: the blocks as they are now, first.
+            for name in ("status", "progress", "log"):
+                yield await fragment(name)
             while True:
                 event = await queue.get()
-                if isinstance(event, JobEvent) and event.kind == "progress":
-                    name, block = "progress", "job_progress"
-                    context = _progress_values(state, job_id)
-                elif isinstance(event, JobEvent):
-                    name, block = "log", "log_lines"
-                    context = await _in_thread(_live_log_values, state, job_id, user)
+                if isinstance(event, JobEvent):
+                    yield await fragment("progress" if event.kind == "progress" else "log")
                 else:
-                    name, block = "status", "job_status"
-                    context = await _in_thread(_job_context, state, job_id, user)
-                yield ServerSentEvent(
-                    event=name, data=markup(request, DETAIL, context, block=block)
-                )
+                    yield await fragment("status")
 
     return EventSourceResponse(stream(), ping=15)
 
