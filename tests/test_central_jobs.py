@@ -7,6 +7,7 @@ import io
 import json
 import time
 import zipfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -638,15 +639,45 @@ def test_downloads_are_streamed_in_chunks_equal_to_the_built_files(
     job_id = done["id"]
     headers = admin_auth(central)
 
-    for format, built in (("long", long_csv(expected)), ("zip", zip_bytes(expected))):
+    for format, built in (
+        ("long", list(outputs.long_chunks(expected))),
+        ("zip", list(outputs.zip_chunks(expected))),
+    ):
         with central.stream(
             "GET", f"/api/jobs/{job_id}/result?format={format}", headers=headers
         ) as response:
             assert response.status_code == 200
             assert "content-length" not in response.headers
             chunks = list(response.iter_raw())
-        assert len(chunks) > (5 if format == "long" else 1), format  # deflate buffers the zip's
-        assert b"".join(chunks) == built, format
+        assert len(chunks) > 5, format
+        assert b"".join(chunks) == b"".join(built), _first_difference(format, chunks, built)
+
+
+def _first_difference(format: str, sent: list[bytes], built: list[bytes]) -> str:
+    """Where a download first differs from the file built whole, chunk by chunk; for a zip,
+    also whether what was sent still unpacks to the same files (a different deflate of the
+    same text, or damaged bytes)."""
+    where = next(
+        (k for k, pair in enumerate(zip(sent, built, strict=False)) if pair[0] != pair[1]),
+        min(len(sent), len(built)),
+    )
+    said = f"{format}: {len(sent)} chunks sent, {len(built)} built; first different: {where}"
+    if where < min(len(sent), len(built)):
+        one, other = sent[where], built[where]
+        offset = next(
+            (i for i, pair in enumerate(zip(one, other, strict=False)) if pair[0] != pair[1]), None
+        )
+        said += f" (sizes {len(one)} and {len(other)}, first different byte {offset})"
+    if format == "zip":
+        with zipfile.ZipFile(io.BytesIO(b"".join(built))) as unpacked:
+            wanted = {name: unpacked.read(name) for name in unpacked.namelist()}
+        try:
+            with zipfile.ZipFile(io.BytesIO(b"".join(sent))) as unpacked:
+                same = {name: unpacked.read(name) == wanted.get(name) for name in wanted}
+            said += f"; the files sent unpack, equal to the built ones: {same}"
+        except (zipfile.BadZipFile, zlib.error, KeyError) as error:
+            said += f"; the zip sent is damaged: {error}"
+    return said
 
 
 def test_central_upload_that_cannot_run_is_refused_and_a_corrected_one_runs(
