@@ -92,9 +92,16 @@ _MACROS = ENVIRONMENT.get_template("_macros.html").module
 ENVIRONMENT.globals.update(
     {name: getattr(_MACROS, name) for name in ("field", "when", "badge", "alert")}
 )
-PAGE_DEFAULTS: dict[str, Any] = {"user": None, "csrf_token": "", "nav": "", "portal": "central"}
+PAGE_DEFAULTS: dict[str, Any] = {
+    "user": None,
+    "csrf_token": "",
+    "nav": "",
+    "portal": "central",
+    "events_seen": None,
+}
 """What every page may use; a portal's dependencies put the caller's values in
-``request.state.page_context``."""
+``request.state.page_context`` (``events_seen``: the broker's count before the page read what it
+shows, for its live streams' ``?seen=``)."""
 
 
 def is_htmx(request: Request) -> bool:

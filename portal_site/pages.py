@@ -72,6 +72,7 @@ async def get_site(request: Request) -> SiteState:
     request.state.local_session = session
     request.state.page_context = {
         "portal": "site",
+        "events_seen": state.jobs.broker.sequence,  # before what the page shows is read
         "connection": connection(state),
         "csrf_token": csrf,
         "local_user": True,
@@ -500,7 +501,12 @@ async def cancel(request: Request, job_id: str, site: Site) -> Response:
 
 
 @router.get("/jobs/{job_id}/events")
-async def job_events(request: Request, job_id: str, site: Site) -> EventSourceResponse:
+async def job_events(
+    request: Request, job_id: str, site: Site, seen: int | None = None
+) -> EventSourceResponse:
+    """The job page's live blocks: as they are now if they may have changed since the page was
+    rendered (``seen``: the broker's count then; or while a reconnecting browser was away),
+    then at each change."""
     job = site.jobs.get(job_id) or await site.jobs.load(job_id)
 
     async def fragment(name: str) -> ServerSentEvent:
@@ -512,10 +518,9 @@ async def job_events(request: Request, job_id: str, site: Site) -> EventSourceRe
 
     async def stream() -> AsyncIterator[ServerSentEvent]:
         async with site.jobs.subscribe(job) as queue:
-            # What changed between the page's rendering and this subscription (or while a
-            # reconnecting browser was away) is not lost: the blocks as they are now, first.
-            yield await fragment("status")
-            yield await fragment("log")
+            if site.jobs.broker.missed_since(seen):
+                yield await fragment("status")
+                yield await fragment("log")
             while True:
                 event = await queue.get()
                 is_log = isinstance(event, JobEvent) and event.kind != "progress"
@@ -525,15 +530,22 @@ async def job_events(request: Request, job_id: str, site: Site) -> EventSourceRe
 
 
 @router.get("/events/status")
-async def status_events(request: Request, site: Site) -> EventSourceResponse:
-    """The connection badge, live."""
+async def status_events(
+    request: Request, site: Site, seen: int | None = None
+) -> EventSourceResponse:
+    """The connection badge, live: as it is now if it may have changed since the page was
+    rendered (``seen``: the broker's count then), and at each change."""
+    broker = site.jobs.broker
 
     async def stream() -> AsyncIterator[ServerSentEvent]:
-        async with site.jobs.broker.subscribe(CONNECTION) as queue:
-            while True:  # the badge as it is now (it may have changed since the page), then
-                badge = markup(request, "site/_status.html", {"connection": connection(site)})
-                yield ServerSentEvent(event="status", data=badge)
-                await queue.get()  # at each change
+        async with broker.subscribe(CONNECTION) as queue:
+            missed = broker.missed_since(seen)
+            while True:
+                if missed:
+                    badge = markup(request, "site/_status.html", {"connection": connection(site)})
+                    yield ServerSentEvent(event="status", data=badge)
+                await queue.get()
+                missed = True
 
     return EventSourceResponse(stream(), ping=15)
 

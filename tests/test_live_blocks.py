@@ -7,9 +7,11 @@ the same state, and checks that every event's HTML is exactly its block in the p
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 from collections.abc import Callable
+from html import unescape
 from pathlib import Path
 
 import pytest
@@ -104,35 +106,66 @@ def _first_event(response: object, wake: Callable[[], None]) -> tuple[str, str]:
     return first
 
 
+def _stream_of(page: str) -> str:
+    """The address of a page's live stream, as its browser opens it (``sse-connect``)."""
+    found = re.search(r'sse-connect="([^"]+)"', page)
+    assert found is not None, "the page has a live stream"
+    return unescape(found.group(1))
+
+
 def test_a_job_page_opened_before_a_change_is_brought_up_to_date(central: TestClient) -> None:
     """The job is cancelled after its page was rendered and before the page's stream opened
     (the browser loads htmx first): nothing is published to the stream then, and the page
     would say "created" until the next event; the stream starts with the blocks as they are."""
     job_id = _api_job(central)
     _admin(central)
-    assert "created" in central.get(f"/jobs/{job_id}").text
+    page = central.get(f"/jobs/{job_id}").text
+    assert "created" in page
     assert central.post(f"/api/jobs/{job_id}/cancel", headers=admin_auth(central)).is_success
     broker = portal_state(central).broker
-    with central.stream("GET", f"/jobs/{job_id}/events") as response:
-        name, html = _first_event(
+    with central.stream("GET", _stream_of(page)) as response:
+        name, block = _first_event(
             response, lambda: broker.publish(job_id, JobEvent(kind="progress", message="wake"))
         )
     assert name == "status"
-    assert f'id="job-{job_id}-status"' in html and "cancelled" in html
+    assert f'id="job-{job_id}-status"' in block and "cancelled" in block
+
+
+def test_a_job_page_whose_job_did_not_change_gets_only_the_changes(central: TestClient) -> None:
+    """Nothing happened between the page and its stream: the stream sends no block again
+    (a swap right after the page loads could take a click meant for the block it replaces)."""
+    job_id = _api_job(central)
+    _admin(central)
+    page = central.get(f"/jobs/{job_id}").text
+    broker = portal_state(central).broker
+    with central.stream("GET", _stream_of(page)) as response:
+        _wait_for_subscriber(lambda: broker.subscribers(job_id))
+        broker.publish(job_id, JobEvent(kind="log", message="the first news", site="north"))
+        name, block = _first_event(response, lambda: None)
+    assert name == "log" and "the first news" in block
 
 
 def test_a_sites_connection_badge_opened_before_a_change_is_brought_up_to_date(
     tmp_path: Path,
 ) -> None:
     """The worker connects after a page was rendered and before its stream opened: the badge
-    stream starts with the connection as it is, not as the page was rendered."""
+    stream starts with the connection as it is, not as the page was rendered; with no change
+    in between it waits for the next one."""
     with site_client(site_settings(tmp_path / "site")) as client:
         state: SiteState = client.app.state.site  # type: ignore[attr-defined]
         worker, broker = state.worker, state.jobs.broker
         assert worker.status != "connected"
-        assert worker.status in client.get("/settings").text
+        page = client.get("/settings").text
+        assert worker.status in page
         worker._set("connected", "https://central.example")  # nobody listens yet
-        with client.stream("GET", "/events/status") as response:
-            name, html = _first_event(response, lambda: broker.publish(CONNECTION, "wake"))
-    assert name == "status"
-    assert 'id="connection"' in html and "connection-connected" in html
+        with client.stream("GET", _stream_of(page)) as response:
+            name, badge = _first_event(response, lambda: broker.publish(CONNECTION, "wake"))
+        assert name == "status"
+        assert 'id="connection"' in badge and "connection-connected" in badge
+
+        page = client.get("/settings").text
+        with client.stream("GET", _stream_of(page)) as response:
+            _wait_for_subscriber(lambda: broker.subscribers(CONNECTION))
+            worker._set("reconnecting", "central went away")
+            name, badge = _first_event(response, lambda: None)
+    assert name == "status" and "connection-reconnecting" in badge

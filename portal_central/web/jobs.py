@@ -494,9 +494,11 @@ def download(job_id: RowId, admin: AdminUser, state: StateDep, format: Format = 
 
 @router.get("/{job_id}/events")
 async def events(
-    request: Request, job_id: RowId, user: CurrentUser, state: StateDep
+    request: Request, job_id: RowId, user: CurrentUser, state: StateDep, seen: int | None = None
 ) -> EventSourceResponse:
-    """Live fragments for the job page: progress, the event log, and the state block."""
+    """Live fragments for the job page: progress, the event log, and the state block; first
+    all three as they are now if they may have changed since the page was rendered (``seen``:
+    the broker's count then; or while a reconnecting browser was away)."""
     await _in_thread(_visible_job, state, job_id, user)
 
     async def fragment(name: str) -> ServerSentEvent:
@@ -510,10 +512,9 @@ async def events(
 
     async def stream() -> AsyncIterator[ServerSentEvent]:
         async with state.broker.subscribe(job_id) as queue:
-            # What changed between the page's rendering and this subscription (or while a
-            # reconnecting browser was away) is not lost: the blocks as they are now, first.
-            for name in ("status", "progress", "log"):
-                yield await fragment(name)
+            if state.broker.missed_since(seen):
+                for name in ("status", "progress", "log"):
+                    yield await fragment(name)
             while True:
                 event = await queue.get()
                 if isinstance(event, JobEvent):
