@@ -49,7 +49,6 @@ def _claims(request: Request, state: CentralState) -> tuple[Claims, bool] | None
 
 async def optional_user(request: Request, state: StateDep) -> User | None:
     """The signed-in user, if any; checks that the account is still approved and unrevoked."""
-    seen = state.broker.sequence  # before anything the page shows is read (Broker.sequence)
     found = _claims(request, state)
     if found is None:
         return None
@@ -73,7 +72,6 @@ async def optional_user(request: Request, state: StateDep) -> User | None:
         "user": user,
         "csrf_token": state.tokens.csrf(claims.session_id) if from_cookie else "",
         "pending_count": pending,
-        "events_seen": seen,
     }
     return user
 

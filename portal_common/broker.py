@@ -5,8 +5,8 @@ A topic is any hashable key (central uses a job's id, the site its job's id or `
 Subscribers get every message published to their topic after they subscribed, in order, on an
 unbounded queue; a listener (central's site notifier) sees every message of every topic. A
 message published from another thread hops to the loop first, so queues and listeners are only
-ever touched there. The broker keeps nothing but its subscribers and a count of the messages it
-delivered (:attr:`Broker.sequence`): a topic nobody listens to holds no memory.
+ever touched there. Besides its subscribers, the broker keeps only how many messages each topic
+has had (:meth:`Broker.count`), an integer per topic.
 """
 
 from __future__ import annotations
@@ -32,10 +32,7 @@ class Broker(Generic[M]):
         self._listeners: list[Listener[M]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = threading.get_ident()
-        self.sequence = 0
-        """How many messages were delivered, on any topic. A page rendered when this was ``n``
-        (read before the state it shows) whose stream subscribes while it is still ``n`` has
-        missed nothing; otherwise its stream sends the page's live blocks as they are now."""
+        self._counts: dict[Hashable, int] = {}
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """The portal's event loop (called once at start-up, on it)."""
@@ -73,13 +70,18 @@ class Broker(Generic[M]):
                 if not queues:
                     del self._topics[topic]
 
-    def missed_since(self, seen: int | None) -> bool:
-        """Whether a message may have been delivered since the count was ``seen`` (None: not
-        known, so yes)."""
-        return seen is None or self.sequence != seen
+    def count(self, topic: Hashable) -> int:
+        """How many messages the topic has had. A page that read this before what it shows,
+        and whose stream subscribes while it is unchanged, has missed nothing; otherwise its
+        stream first sends the page's live blocks as they are now (:meth:`missed_since`)."""
+        return self._counts.get(topic, 0)
+
+    def missed_since(self, topic: Hashable, seen: int | None) -> bool:
+        """Whether the topic had a message since its count was ``seen`` (None: not known)."""
+        return seen is None or self.count(topic) != seen
 
     def _deliver(self, topic: Hashable, message: M) -> None:
-        self.sequence += 1
+        self._counts[topic] = self._counts.get(topic, 0) + 1
         # Listeners first, in the order they were added: a subscriber woken by the message
         # then reads what they recorded (central's progress, the event log).
         for listener in self._listeners:

@@ -98,10 +98,12 @@ PAGE_DEFAULTS: dict[str, Any] = {
     "nav": "",
     "portal": "central",
     "events_seen": None,
+    "connection_seen": None,
 }
 """What every page may use; a portal's dependencies put the caller's values in
-``request.state.page_context`` (``events_seen``: the broker's count before the page read what it
-shows, for its live streams' ``?seen=``)."""
+``request.state.page_context``. ``events_seen`` and ``connection_seen``: the broker's count of the
+page's topic (its job; the site's connection) before the page read what it shows, which its live
+stream is given (``?seen=``, :meth:`Broker.count`)."""
 
 
 def is_htmx(request: Request) -> bool:

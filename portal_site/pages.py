@@ -72,7 +72,7 @@ async def get_site(request: Request) -> SiteState:
     request.state.local_session = session
     request.state.page_context = {
         "portal": "site",
-        "events_seen": state.jobs.broker.sequence,  # before what the page shows is read
+        "connection_seen": state.jobs.broker.count(CONNECTION),  # before it is read
         "connection": connection(state),
         "csrf_token": csrf,
         "local_user": True,
@@ -432,8 +432,9 @@ async def status_values(site: SiteState, job: LocalJob) -> dict[str, Any]:
 
 
 async def job_context(site: SiteState, job_id: str, **extra: Any) -> dict[str, Any]:
+    seen = site.jobs.broker.count(job_id)  # before the job is read: see Broker.count
     job = await site.jobs.load(job_id)
-    return {**await status_values(site, job), "nav": "jobs", **extra}
+    return {**await status_values(site, job), "nav": "jobs", "events_seen": seen, **extra}
 
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
@@ -518,7 +519,7 @@ async def job_events(
 
     async def stream() -> AsyncIterator[ServerSentEvent]:
         async with site.jobs.subscribe(job) as queue:
-            if site.jobs.broker.missed_since(seen):
+            if site.jobs.broker.missed_since(job.job_id, seen):
                 yield await fragment("status")
                 yield await fragment("log")
             while True:
@@ -539,7 +540,7 @@ async def status_events(
 
     async def stream() -> AsyncIterator[ServerSentEvent]:
         async with broker.subscribe(CONNECTION) as queue:
-            missed = broker.missed_since(seen)
+            missed = broker.missed_since(CONNECTION, seen)
             while True:
                 if missed:
                     badge = markup(request, "site/_status.html", {"connection": connection(site)})

@@ -132,12 +132,14 @@ def test_a_job_page_opened_before_a_change_is_brought_up_to_date(central: TestCl
 
 
 def test_a_job_page_whose_job_did_not_change_gets_only_the_changes(central: TestClient) -> None:
-    """Nothing happened between the page and its stream: the stream sends no block again
-    (a swap right after the page loads could take a click meant for the block it replaces)."""
+    """Nothing happened to the job between its page and the page's stream (another job's news
+    does not count): the stream sends no block again, since a swap right after the page loads
+    could take a click meant for the block it replaces."""
     job_id = _api_job(central)
     _admin(central)
     page = central.get(f"/jobs/{job_id}").text
     broker = portal_state(central).broker
+    broker.publish(job_id + 1, JobEvent(kind="log", message="another job's news"))
     with central.stream("GET", _stream_of(page)) as response:
         _wait_for_subscriber(lambda: broker.subscribers(job_id))
         broker.publish(job_id, JobEvent(kind="log", message="the first news", site="north"))

@@ -281,6 +281,7 @@ def gone_reason(state: CentralState, job: Job, run: Run) -> str:
 
 
 def _job_context(state: CentralState, job_id: int, user: User, **extra: Any) -> dict[str, Any]:
+    seen = state.broker.count(job_id)  # before the job is read: see Broker.count
     with state.database.session() as session:
         job = service.get_job(session=session, job_id=job_id, user=user)
         missing = state.orchestrator.missing_sites(job) if job.state == JobState.WAITING else []
@@ -320,6 +321,7 @@ def _job_context(state: CentralState, job_id: int, user: User, **extra: Any) -> 
         "policies": policies,
         "has_data": run.data is not None,
         "error": "",
+        "events_seen": seen,
         **extra,
     }
 
@@ -512,7 +514,7 @@ async def events(
 
     async def stream() -> AsyncIterator[ServerSentEvent]:
         async with state.broker.subscribe(job_id) as queue:
-            if state.broker.missed_since(seen):
+            if state.broker.missed_since(job_id, seen):
                 for name in ("status", "progress", "log"):
                     yield await fragment(name)
             while True:
