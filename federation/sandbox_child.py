@@ -232,222 +232,162 @@ class _Blocker:
 # Applied before the uploaded code runs, in this order: no new process or thread and no file
 # written (resource limits), no new file descriptor (every number up to the limit is taken),
 # root's identity dropped when the portal runs as root, then a seccomp filter that no code can
-# lift: the system calls below fail with EPERM.
+# lift: it lets through the system calls below and fails every other with EPERM.
 
-DENIED_CALLS = {
-    "files": "open creat openat openat2 truncate rename renameat renameat2 link linkat unlink"
-    " unlinkat symlink symlinkat mknod mknodat mkdir mkdirat rmdir memfd_create",
-    "what files are": "chmod fchmod fchmodat fchmodat2 chown fchown lchown fchownat utime utimes"
-    " futimesat utimensat setxattr lsetxattr fsetxattr removexattr lremovexattr fremovexattr",
-    "sockets": "socket socketpair connect accept accept4 bind listen",
-    "processes and programs": "clone clone3 fork vfork execve execveat",
-    "other processes": "kill tkill tgkill rt_sigqueueinfo rt_tgsigqueueinfo pidfd_send_signal"
-    " pidfd_open pidfd_getfd ptrace process_vm_readv process_vm_writev setpriority"
-    " sched_setparam sched_setscheduler sched_setaffinity sched_setattr ioprio_set",
-    "memory, queues and keys shared between processes": "shmget shmat shmctl semget semop"
-    " semctl semtimedop msgget msgsnd msgrcv msgctl mq_open add_key request_key keyctl",
-    "itself": "prctl setrlimit prlimit64 unshare setns chroot pivot_root mount umount2",
-    "the kernel's other doors": "bpf perf_event_open userfaultfd io_uring_setup",
+ALLOWED_CALLS = {
+    "its pipes to the portal, and the descriptors it holds": "read write readv writev lseek close",
+    "its own memory": "brk mmap munmap mremap mprotect madvise mbind",
+    "clocks, sleeping and its own timers": "gettimeofday time nanosleep getitimer setitimer alarm",
+    "its own signal handling": "rt_sigaction rt_sigprocmask rt_sigreturn sigaltstack"
+    " restart_syscall",
+    "waiting": "poll ppoll select pselect6 sched_yield",
+    "what it is and what it used": "getpid getppid gettid getuid geteuid getgid getegid"
+    " getcwd getrusage times",
+    "random bytes": "getrandom",
+    "ending": "exit exit_group",
 }
-"""What a locked-down sandbox cannot do, by purpose. ``prctl`` because it could clear the
-parent-death signal or make the process dumpable (its memory in a core file); the calls on
-other processes because a sandbox runs as ``nobody``, like every other site's sandbox."""
+"""What a locked-down sandbox may do, by purpose: what CPython and numpy need to compute on the
+data it is sent and to answer on its pipe (traced over the sandbox tests and a numpy workload
+of linear algebra, sorting, FFTs and large arrays). Everything else fails with EPERM: opening,
+reading the names, sizes or times of files (``stat``, ``readlink``, ``access``), sockets,
+processes and threads, signals to others, shared memory, keys, ``prctl``, and every call a
+newer kernel adds. The clocks, ``futex``, ``sched_getaffinity``, ``fcntl`` and ``ioctl`` are let
+through for some arguments only (:data:`ALLOWED_ARGUMENTS`)."""
+
+
+@dataclass(frozen=True)
+class Only:
+    """A call let through for some values of one of its arguments: ``one_of`` them, ``below``
+    a bound, or ``having`` these bits set. The filter reads the argument's low half, which is
+    all the kernel reads of these ``int`` arguments."""
+
+    argument: int
+    one_of: tuple[int, ...] = ()
+    below: int | None = None
+    having: int | None = None
+
+
+ALLOWED_ARGUMENTS = {
+    # a descriptor's flags; naming another process as its owner (F_SETOWN) is not among them:
+    # the kernel would signal that process when the portal writes to the sandbox's pipe
+    "fcntl": Only(1, one_of=(0, 1, 2, 3, 4, 1030)),  # F_DUPFD, F_[GS]ETFD, F_[GS]ETFL,
+    # F_DUPFD_CLOEXEC
+    "ioctl": Only(1, one_of=(0x5401, 0x5413, 0x541B, 0x5421, 0x5450, 0x5451)),  # TCGETS,
+    # TIOCGWINSZ, FIONREAD, FIONBIO, FIONCLEX, FIOCLEX; not FIOSETOWN, for the same reason
+    # its own CPUs (pid 0): for another pid it would tell whether that process exists
+    "sched_getaffinity": Only(0, one_of=(0,)),
+    # the machine's clocks and its own CPU time: a negative id is another process's CPU clock
+    "clock_gettime": Only(0, below=16),
+    "clock_getres": Only(0, below=16),
+    "clock_nanosleep": Only(0, below=16),
+    # a private futex, keyed by its own memory: a shared one on a page of libc's text has the
+    # same key in every process, and two sandboxes could talk through it
+    "futex": Only(1, having=0x80),  # FUTEX_PRIVATE_FLAG
+}
+"""The calls let through for some arguments only."""
 
 SYSCALLS = {
     "x86_64": {
-        "open": 2,
-        "creat": 85,
-        "openat": 257,
-        "openat2": 437,
-        "truncate": 76,
-        "rename": 82,
-        "renameat": 264,
-        "renameat2": 316,
-        "link": 86,
-        "linkat": 265,
-        "unlink": 87,
-        "unlinkat": 263,
-        "symlink": 88,
-        "symlinkat": 266,
-        "mknod": 133,
-        "mknodat": 259,
-        "mkdir": 83,
-        "mkdirat": 258,
-        "rmdir": 84,
-        "memfd_create": 319,
-        "chmod": 90,
-        "fchmod": 91,
-        "fchmodat": 268,
-        "fchmodat2": 452,
-        "chown": 92,
-        "fchown": 93,
-        "lchown": 94,
-        "fchownat": 260,
-        "utime": 132,
-        "utimes": 235,
-        "futimesat": 261,
-        "utimensat": 280,
-        "setxattr": 188,
-        "lsetxattr": 189,
-        "fsetxattr": 190,
-        "removexattr": 197,
-        "lremovexattr": 198,
-        "fremovexattr": 199,
-        "socket": 41,
-        "socketpair": 53,
-        "connect": 42,
-        "accept": 43,
-        "accept4": 288,
-        "bind": 49,
-        "listen": 50,
-        "clone": 56,
-        "clone3": 435,
-        "fork": 57,
-        "vfork": 58,
-        "execve": 59,
-        "execveat": 322,
-        "kill": 62,
-        "tkill": 200,
-        "tgkill": 234,
-        "rt_sigqueueinfo": 129,
-        "rt_tgsigqueueinfo": 297,
-        "pidfd_send_signal": 424,
-        "pidfd_open": 434,
-        "pidfd_getfd": 438,
-        "ptrace": 101,
-        "process_vm_readv": 310,
-        "process_vm_writev": 311,
-        "setpriority": 141,
-        "sched_setparam": 142,
-        "sched_setscheduler": 144,
-        "sched_setaffinity": 203,
-        "sched_setattr": 314,
-        "ioprio_set": 251,
-        "shmget": 29,
-        "shmat": 30,
-        "shmctl": 31,
-        "semget": 64,
-        "semop": 65,
-        "semctl": 66,
-        "semtimedop": 220,
-        "msgget": 68,
-        "msgsnd": 69,
-        "msgrcv": 70,
-        "msgctl": 71,
-        "mq_open": 240,
-        "add_key": 248,
-        "request_key": 249,
-        "keyctl": 250,
-        "prctl": 157,
-        "setrlimit": 160,
-        "prlimit64": 302,
-        "unshare": 272,
-        "setns": 308,
-        "chroot": 161,
-        "pivot_root": 155,
-        "mount": 165,
-        "umount2": 166,
-        "bpf": 321,
-        "perf_event_open": 298,
-        "userfaultfd": 323,
-        "io_uring_setup": 425,
+        "read": 0,
+        "write": 1,
+        "readv": 19,
+        "writev": 20,
+        "lseek": 8,
+        "close": 3,
+        "brk": 12,
+        "mmap": 9,
+        "munmap": 11,
+        "mremap": 25,
+        "mprotect": 10,
+        "madvise": 28,
+        "mbind": 237,
+        "clock_gettime": 228,
+        "clock_getres": 229,
+        "gettimeofday": 96,
+        "time": 201,
+        "nanosleep": 35,
+        "clock_nanosleep": 230,
+        "getitimer": 36,
+        "setitimer": 38,
+        "alarm": 37,
+        "rt_sigaction": 13,
+        "rt_sigprocmask": 14,
+        "rt_sigreturn": 15,
+        "sigaltstack": 131,
+        "restart_syscall": 219,
+        "futex": 202,
+        "poll": 7,
+        "ppoll": 271,
+        "select": 23,
+        "pselect6": 270,
+        "sched_yield": 24,
+        "getcwd": 79,
+        "getpid": 39,
+        "getppid": 110,
+        "gettid": 186,
+        "getuid": 102,
+        "geteuid": 107,
+        "getgid": 104,
+        "getegid": 108,
+        "sched_getaffinity": 204,
+        "getrusage": 98,
+        "times": 100,
+        "getrandom": 318,
+        "exit": 60,
+        "exit_group": 231,
         "fcntl": 72,
         "ioctl": 16,
     },
-    "aarch64": {  # the generic table: no open, creat, rename, link, unlink, symlink, mknod,
-        # mkdir, rmdir, chmod, chown, lchown, utime(s), futimesat, fork or vfork
-        "openat": 56,
-        "openat2": 437,
-        "truncate": 45,
-        "renameat": 38,
-        "renameat2": 276,
-        "linkat": 37,
-        "unlinkat": 35,
-        "symlinkat": 36,
-        "mknodat": 33,
-        "mkdirat": 34,
-        "memfd_create": 279,
-        "fchmod": 52,
-        "fchmodat": 53,
-        "fchmodat2": 452,
-        "fchown": 55,
-        "fchownat": 54,
-        "utimensat": 88,
-        "setxattr": 5,
-        "lsetxattr": 6,
-        "fsetxattr": 7,
-        "removexattr": 14,
-        "lremovexattr": 15,
-        "fremovexattr": 16,
-        "socket": 198,
-        "socketpair": 199,
-        "connect": 203,
-        "accept": 202,
-        "accept4": 242,
-        "bind": 200,
-        "listen": 201,
-        "clone": 220,
-        "clone3": 435,
-        "execve": 221,
-        "execveat": 281,
-        "kill": 129,
-        "tkill": 130,
-        "tgkill": 131,
-        "rt_sigqueueinfo": 138,
-        "rt_tgsigqueueinfo": 240,
-        "pidfd_send_signal": 424,
-        "pidfd_open": 434,
-        "pidfd_getfd": 438,
-        "ptrace": 117,
-        "process_vm_readv": 270,
-        "process_vm_writev": 271,
-        "setpriority": 140,
-        "sched_setparam": 118,
-        "sched_setscheduler": 119,
-        "sched_setaffinity": 122,
-        "sched_setattr": 274,
-        "ioprio_set": 30,
-        "shmget": 194,
-        "shmat": 196,
-        "shmctl": 195,
-        "semget": 190,
-        "semop": 193,
-        "semctl": 191,
-        "semtimedop": 192,
-        "msgget": 186,
-        "msgsnd": 189,
-        "msgrcv": 188,
-        "msgctl": 187,
-        "mq_open": 180,
-        "add_key": 217,
-        "request_key": 218,
-        "keyctl": 219,
-        "prctl": 167,
-        "setrlimit": 164,
-        "prlimit64": 261,
-        "unshare": 97,
-        "setns": 268,
-        "chroot": 51,
-        "pivot_root": 41,
-        "mount": 40,
-        "umount2": 39,
-        "bpf": 280,
-        "perf_event_open": 241,
-        "userfaultfd": 282,
-        "io_uring_setup": 425,
+    "aarch64": {  # the generic table: no time, alarm, poll or select (ppoll, pselect6 serve)
+        "read": 63,
+        "write": 64,
+        "readv": 65,
+        "writev": 66,
+        "lseek": 62,
+        "close": 57,
+        "brk": 214,
+        "mmap": 222,
+        "munmap": 215,
+        "mremap": 216,
+        "mprotect": 226,
+        "madvise": 233,
+        "mbind": 235,
+        "clock_gettime": 113,
+        "clock_getres": 114,
+        "gettimeofday": 169,
+        "nanosleep": 101,
+        "clock_nanosleep": 115,
+        "getitimer": 102,
+        "setitimer": 103,
+        "rt_sigaction": 134,
+        "rt_sigprocmask": 135,
+        "rt_sigreturn": 139,
+        "sigaltstack": 132,
+        "restart_syscall": 128,
+        "futex": 98,
+        "ppoll": 73,
+        "pselect6": 72,
+        "sched_yield": 124,
+        "getcwd": 17,
+        "getpid": 172,
+        "getppid": 173,
+        "gettid": 178,
+        "getuid": 174,
+        "geteuid": 175,
+        "getgid": 176,
+        "getegid": 177,
+        "sched_getaffinity": 123,
+        "getrusage": 165,
+        "times": 153,
+        "getrandom": 278,
+        "exit": 93,
+        "exit_group": 94,
         "fcntl": 25,
         "ioctl": 29,
     },
 }
 """The numbers of the calls by machine (Linux's tables for x86_64 and the generic one)."""
 
-DENIED_ARGUMENTS = {
-    "fcntl": (8, 10, 15),  # F_SETOWN, F_SETSIG, F_SETOWN_EX
-    "ioctl": (0x8901, 0x8902),  # FIOSETOWN, SIOCSPGRP
-}
-"""Calls refused for some commands only: naming another process as the owner of a descriptor,
-or the signal it is sent, would have the kernel signal that process when the portal writes to
-the sandbox's pipe."""
 _AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
 NOBODY = 65534
 
@@ -461,15 +401,14 @@ def filter_program(machine: str) -> list[tuple[int, int, int, int]]:
     if machine not in SYSCALLS:
         raise LockDownFailed(f"no system-call filter for {machine}")
     numbers = SYSCALLS[machine]
-    denied = [
+    allowed = [
         numbers[name]
-        for group in DENIED_CALLS.values()
+        for group in ALLOWED_CALLS.values()
         for name in group.split()
         if name in numbers
     ]
-    load, equal, at_least, ret = 0x20, 0x15, 0x35, 0x06
+    load, equal, at_least, has_bits, ret = 0x20, 0x15, 0x35, 0x45, 0x06
     allow, refuse, kill = 0x7FFF0000, 0x00050000 | 1, 0x80000000  # EPERM; kill the process
-    argument = 24  # the low half of the second argument (seccomp_data.args[1])
     # Written with labels for the jumps, resolved below into relative offsets.
     code: list[tuple[int, str | int, str | int, int]] = [
         (load, 0, 0, 4),  # the architecture
@@ -477,23 +416,29 @@ def filter_program(machine: str) -> list[tuple[int, int, int, int]]:
         (ret, 0, 0, kill),
         (load, 0, 0, 0),  # the system call's number
         (at_least, "refuse", 0, 0x40000000),  # x32 calls on x86_64
-        *((equal, "refuse", 0, number) for number in denied),
-        *((equal, call, 0, numbers[call]) for call in DENIED_ARGUMENTS),
-        (ret, 0, 0, allow),
+        *((equal, "allow", 0, number) for number in allowed),
+        *((equal, call, 0, numbers[call]) for call in ALLOWED_ARGUMENTS),
+        (ret, 0, 0, refuse),
     ]
     labels = {}
-    for call, commands in DENIED_ARGUMENTS.items():
+    for call, only in ALLOWED_ARGUMENTS.items():
         labels[call] = len(code)
-        code += [
-            (load, 0, 0, argument),
-            *((equal, "refuse", 0, command) for command in commands),
-            (ret, 0, 0, allow),
-        ]
+        code.append((load, 0, 0, 16 + 8 * only.argument))  # low half of seccomp_data.args[i]
+        code += [(equal, "allow", 0, value) for value in only.one_of]
+        if only.below is not None:
+            code.append((at_least, 0, "allow", only.below))
+        if only.having is not None:
+            code.append((has_bits, "allow", 0, only.having))
+        code.append((ret, 0, 0, refuse))
     labels["refuse"] = len(code)
     code.append((ret, 0, 0, refuse))
+    labels["allow"] = len(code)
+    code.append((ret, 0, 0, allow))
     program = []
     for index, (operation, if_true, if_false, k) in enumerate(code):
         jumps = [labels[j] - index - 1 if isinstance(j, str) else j for j in (if_true, if_false)]
+        if not all(0 <= jump <= 255 for jump in jumps):
+            raise LockDownFailed("the system-call filter is too long for its jumps")
         program.append((operation, jumps[0], jumps[1], k))
     return program
 
@@ -528,6 +473,7 @@ def lock_down() -> None:
     """Confine this process for good (see above); ``LockDownFailed`` if it cannot be done."""
     import resource
 
+    _first_to_go_when_memory_runs_out()
     resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))  # no fork, no thread
     resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
     opened = []
@@ -549,6 +495,17 @@ def lock_down() -> None:
         os.setuid(NOBODY)
         _die_with_parent()
     _seccomp()
+
+
+def _first_to_go_when_memory_runs_out() -> None:
+    """Should the machine run out of memory, the kernel ends this process first: a job's
+    arrays may take what memory there is, but never the site's portal with them. (Without
+    /proc the kernel's own choice stands.)"""
+    try:
+        with open("/proc/self/oom_score_adj", "w") as setting:
+            setting.write("1000")
+    except OSError:
+        pass
 
 
 _parent = 0
