@@ -502,7 +502,7 @@ def test_a_process_forked_from_the_portal_leaves_the_portals_sandboxes_alone() -
 
 
 def test_a_half_still_reads_and_sets_its_own_descriptors_flags(closing: list[Sandbox]) -> None:
-    """fcntl is refused only for the commands that name another process."""
+    """fcntl passes for a descriptor's own flags, not for a command naming another process."""
     source = BASE + (
         "def flags(site):\n    os.set_blocking(0, False)\n"
         "    return {'blocking': os.get_blocking(0)}\n\nHANDLERS = {'flags': flags}\n"
