@@ -53,7 +53,17 @@ class SandboxFailed(FipError):
 class Sandbox:
     """One process running one remote half for one job."""
 
-    def __init__(self, *, name: str, file_name: str, source: str, seconds: float = CALL_SECONDS):
+    def __init__(
+        self,
+        *,
+        name: str,
+        file_name: str,
+        source: str,
+        seconds: float = CALL_SECONDS,
+        memory: int | None = None,
+    ):
+        """``memory``: the most bytes of data the process may hold (None: no limit of its own;
+        it is the first process the kernel ends when the machine runs out)."""
         self._seconds = seconds
         self._lock = threading.RLock()
         """Held by a command under way; pipes are closed only under it (never while another
@@ -68,7 +78,13 @@ class Sandbox:
         """Stops the process when this object goes, should close() never be called."""
         try:
             loaded = self._ask(
-                {"cmd": "load", "name": name, "file_name": file_name, "source": source},
+                {
+                    "cmd": "load",
+                    "name": name,
+                    "file_name": file_name,
+                    "source": source,
+                    "memory": memory,
+                },
                 seconds=max(seconds, START_SECONDS),
             )
         except BaseException:

@@ -469,11 +469,15 @@ def _seccomp() -> None:
         raise LockDownFailed(f"seccomp: errno {ctypes.get_errno()}")
 
 
-def lock_down() -> None:
-    """Confine this process for good (see above); ``LockDownFailed`` if it cannot be done."""
+def lock_down(memory: int | None = None) -> None:
+    """Confine this process for good (see above); ``LockDownFailed`` if it cannot be done.
+    ``memory``: the most bytes of data it may hold (RLIMIT_DATA: its heap and every private
+    mapping it writes), beyond which an allocation fails with MemoryError."""
     import resource
 
     _first_to_go_when_memory_runs_out()
+    if memory is not None:
+        resource.setrlimit(resource.RLIMIT_DATA, (memory, memory))
     resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))  # no fork, no thread
     resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
     opened = []
@@ -542,7 +546,9 @@ def _serve(channel_in: IO[bytes], channel_out: IO[bytes]) -> None:
         command = request.get("cmd")
         try:
             if command == "load":
-                module = _load(request["name"], request["file_name"], request["source"])
+                module = _load(
+                    request["name"], request["file_name"], request["source"], request.get("memory")
+                )
                 prepare = getattr(module, "prepare", None)
                 handlers = getattr(module, "HANDLERS", {})
                 local = getattr(module, "LOCAL", {})
@@ -618,14 +624,15 @@ def _logs(job: SiteJob | None) -> list[str]:
     return lines
 
 
-def _load(name: str, file_name: str, source: str) -> Any:
-    """Compile the uploaded half, lock this process down, and only then run the half's code."""
+def _load(name: str, file_name: str, source: str, memory: int | None) -> Any:
+    """Compile the uploaded half, lock this process down (with at most ``memory`` bytes of data,
+    if given), and only then run the half's code."""
     import types
 
     code = compile(source, f"<{name}/{file_name}>", "exec", dont_inherit=True)
     module = types.ModuleType(f"fip_sandboxed_{name}_remote")
     sys.modules[module.__name__] = module
-    lock_down()
+    lock_down(memory)
     exec(code, module.__dict__)
     return module
 

@@ -144,8 +144,9 @@ class InProcess:
 class Sandboxed:
     """An uploaded remote half, run in a process of its own started when the job opens."""
 
-    def __init__(self, algorithm: Algorithm) -> None:
+    def __init__(self, algorithm: Algorithm, *, memory: int | None = None) -> None:
         self._algorithm = algorithm
+        self._memory = memory
         self._sandbox: Sandbox | None = None
 
     @property
@@ -159,6 +160,7 @@ class Sandboxed:
             name=algorithm.name,
             file_name=file_names(algorithm.name)[1],
             source=algorithm.remote_source,
+            memory=self._memory,
         )
         try:
             self._algorithm.replies.check_handlers(
@@ -222,16 +224,20 @@ class SiteRunner:
         on_event: Callable[[JobEvent], None] | None = None,
         policy: Policy | None = None,
         sandbox: bool | None = None,
+        sandbox_memory: int | None = None,
     ) -> None:
         """``sandbox`` runs the remote half in a process of its own; by default every
-        algorithm but a built-in one is sandboxed."""
+        algorithm but a built-in one is sandboxed, holding at most ``sandbox_memory`` bytes of
+        data if given."""
         self.site = site
         self.data = data
         self.algorithm = algorithm
         self.replies = algorithm.replies
         self.policy = policy or OPEN_POLICY
         isolate = (not algorithm.builtin) if sandbox is None else sandbox
-        self.remote: RemoteHalf = Sandboxed(algorithm) if isolate else InProcess(algorithm.remote)
+        self.remote: RemoteHalf = (
+            Sandboxed(algorithm, memory=sandbox_memory) if isolate else InProcess(algorithm.remote)
+        )
         self._is_central = is_central
         self._on_event = on_event
         self._opened = False

@@ -119,8 +119,12 @@ class LocalJobs:
         keep_event: Callable[[str, JobEvent], None] | None = None,
         kept_events: Callable[[str], list[JobEvent]] | None = None,
         broker: Broker[JobEvent | str] | None = None,
+        sandbox_memory: int | None = None,
     ) -> None:
+        """``sandbox_memory``: the most bytes of data an uploaded remote half's sandbox may
+        hold (None: no limit of its own)."""
         self._jobs: dict[str, LocalJob] = {}
+        self._sandbox_memory = sandbox_memory
         self.broker: Broker[JobEvent | str] = broker or Broker()
         """The site's events: a job's under its id, the connection's under ``CONNECTION``."""
         self.broker.listen(self._record)
@@ -349,6 +353,7 @@ class LocalJobs:
             algorithm=algorithm,
             on_event=lambda event: self.publish(job, event),
             policy=self.policy,
+            sandbox_memory=self._sandbox_memory,
         )
         spec = self._spec(job)
         runner.expected = {

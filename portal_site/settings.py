@@ -39,6 +39,11 @@ class SiteSettings(BaseSettings):
     """The largest CSV upload: held in memory (at most about 2.5 times its size while read)."""
     max_form_bytes: int = Field(default=1 << 20, ge=1)
     """The largest body of every other request (forms, JSON)."""
+    sandbox_memory_mb: int | None = Field(default=None, ge=64)
+    """The most memory (MiB of data: its heap and the arrays it makes) the process running an
+    uploaded remote half may take; past it, the half fails with MemoryError. Unset: no limit of
+    its own (the kernel still ends that process first, not the portal, when memory runs out).
+    It holds a copy of the site's table, so allow a few times the table's size."""
 
     @field_validator("allowed_hosts")
     @classmethod
@@ -70,6 +75,10 @@ class SiteSettings(BaseSettings):
     def prepare(self) -> SiteSettings:
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         return self
+
+    @property
+    def sandbox_memory_bytes(self) -> int | None:
+        return None if self.sandbox_memory_mb is None else self.sandbox_memory_mb * 2**20
 
     @property
     def database(self) -> str:

@@ -27,6 +27,7 @@ class SiteState:
             policy=lambda: store.policy(settings.min_rows),
             keep_event=store.record_event,
             kept_events=store.events,
+            sandbox_memory=settings.sandbox_memory_bytes,
         )
         auth = LocalAuth(
             store,

@@ -49,12 +49,12 @@ def prepare(site):
 (``socket`` is not), so an attacker goes through ctypes to the system calls themselves."""
 
 
-def _sandbox(source: str, seconds: float = 30) -> Sandbox:
-    return Sandbox(name="T", file_name="TRemote.py", source=source, seconds=seconds)
+def _sandbox(source: str, seconds: float = 30, memory: int | None = None) -> Sandbox:
+    return Sandbox(name="T", file_name="TRemote.py", source=source, seconds=seconds, memory=memory)
 
 
-def _opened(source: str, seconds: float = 30) -> Sandbox:
-    sandbox = _sandbox(source, seconds)
+def _opened(source: str, seconds: float = 30, memory: int | None = None) -> Sandbox:
+    sandbox = _sandbox(source, seconds, memory)
     sandbox.open(
         site="s",
         spec=SPEC,
@@ -652,6 +652,26 @@ def test_a_sandbox_is_the_first_process_ended_when_memory_runs_out(
 
     with open(f"/proc/{sandbox.pid}/oom_score_adj") as setting:
         assert setting.read().strip() == "1000"
+
+
+def test_a_sandbox_with_a_memory_limit_fails_past_it_and_computes_below_it(
+    closing: list[Sandbox],
+) -> None:
+    """FIP_SITE_SANDBOX_MEMORY_MB: an allocation past the limit fails with MemoryError (the
+    site's log says so); below it the half computes as ever."""
+    source = BASE + (
+        "def take(site, megabytes):\n"
+        "    return {'sum': float(np.ones(megabytes * 2**17).sum())}\n"
+        "\nHANDLERS = {'take': take}\n"
+    )
+    sandbox = _opened(source, memory=192 * 2**20)
+    closing.append(sandbox)
+
+    assert sandbox.call("take", {"megabytes": 64}) == {"sum": 64 * 2**17}
+    with pytest.raises(SandboxFailed) as caught:
+        sandbox.call("take", {"megabytes": 256})
+    assert "MemoryError" in caught.value.detail
+    assert sandbox.alive
 
 
 def test_no_directory_is_made_even_where_anyone_may_write(closing: list[Sandbox]) -> None:

@@ -119,11 +119,21 @@ class Central:
 class Site:
     """LocalJobs wired to a fake central, with approvals kept in a set."""
 
-    def __init__(self, central: Central | None = None, *, min_rows_floor: int = 0) -> None:
+    def __init__(
+        self,
+        central: Central | None = None,
+        *,
+        min_rows_floor: int = 0,
+        sandbox_memory: int | None = None,
+    ) -> None:
         self.central = central or Central()
         self.approvals: set[str] = set()
         self.policy = Policy(min_rows=min_rows_floor)
-        self.jobs = LocalJobs(approved=self.approvals.__contains__, policy=lambda: self.policy)
+        self.jobs = LocalJobs(
+            approved=self.approvals.__contains__,
+            policy=lambda: self.policy,
+            sandbox_memory=sandbox_memory,
+        )
         self.jobs.site_id = "north1"
         self.jobs.send = self.central.send
         self.jobs.fetch_json = self.central.fetch_json
@@ -495,7 +505,7 @@ def test_no_code_runs_at_a_site_before_approval_and_the_central_half_never(
 ) -> None:
     files = _spy_package(tmp_path)
     digest = package_digest(files)
-    site = Site(SpyCentral(files))
+    site = Site(SpyCentral(files), sandbox_memory=256 * 2**20)  # FIP_SITE_SANDBOX_MEMORY_MB
     job = site.add(algorithm="SPY", digest=digest, target_type="gaussian")
 
     code = run(site.jobs.remote_code(job))  # what the job's page shows
@@ -530,14 +540,17 @@ def test_no_code_runs_at_a_site_before_approval_and_the_central_half_never(
             )
         )
         answer = decode(runner.handle(encode(Request(job_id="1", seq=1, ops=[Op(name="who")]))))
+        pid = int(answer.results[0]["pid"]) if isinstance(answer, Reply) else 0
+        with open(f"/proc/{pid}/limits") as limits:
+            data_limit = next(line for line in limits if line.startswith("Max data size"))
     finally:
         numbers = (runner.requests, runner.budget, runner.numbers_sent)
         run(site.jobs.cancel(job))  # the sandbox goes with the job, whatever happened
 
     assert isinstance(opened, Reply), opened
     assert isinstance(answer, Reply), answer
-    pid = int(answer.results[0]["pid"])
     assert pid != os.getpid(), "the approved remote half runs in a process of its own"
+    assert data_limit.split()[3:5] == [str(256 * 2**20)] * 2, "the site's memory limit holds"
     # open: rows, rows_used, 3 observed, 1 target_rows; then one pid
     assert numbers == (2, 2 + 1 * 25, 7)
     assert not (tmp_path / "central").exists(), "the central half never runs at a site"
@@ -551,6 +564,30 @@ def test_no_code_runs_at_a_site_before_approval_and_the_central_half_never(
         time.sleep(0.05)
     else:
         raise AssertionError("the sandbox process outlived its job")
+
+
+def test_the_sandboxs_memory_limit_is_a_setting_and_a_too_small_one_is_refused_by_name(
+    tmp_path: Path,
+) -> None:
+    """FIP_SITE_SANDBOX_MEMORY_MB reaches the jobs (whose sandboxes hold it, as above); unset,
+    a sandbox has no limit of its own; below 64 MiB (numpy alone needs some) it is refused."""
+    from pydantic import ValidationError
+
+    from portal_site.cli import _problems
+    from portal_site.state import SiteState
+    from tests.site_fixtures import site_settings
+
+    state = SiteState.create(site_settings(tmp_path / "a", sandbox_memory_mb=512))
+    try:
+        assert state.jobs._sandbox_memory == 512 * 2**20
+    finally:
+        state.store.dispose()
+    assert site_settings(tmp_path / "b").sandbox_memory_bytes is None
+    with pytest.raises(ValidationError) as caught:
+        site_settings(tmp_path / "c", sandbox_memory_mb=32)
+    assert _problems(caught.value) == (
+        "FIP_SITE_SANDBOX_MEMORY_MB: Input should be greater than or equal to 64"
+    )
 
 
 def test_a_comparison_answers_only_the_methods_started_here() -> None:
